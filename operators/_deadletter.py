@@ -1,0 +1,84 @@
+"""Dead letters: the structured record of an input or event that failed."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "payload_text"]
+
+#: Payloads longer than this many characters are truncated in a dead letter.
+PAYLOAD_LIMIT = 2048
+
+ErrorKind = Literal["parse", "validation", "user_error", "key_error", "halted"]
+
+
+class Origin(BaseModel):
+    """Where a record came from: the source step, partition and position."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    partition: str
+    offset: int
+    file: str | None = None
+    line: int | None = None
+
+
+class DeadLetter(BaseModel):
+    """A record that could not go on, kept with everything needed to act on it.
+
+    ``errors`` holds pydantic's structured validation errors (without URLs)
+    when validation failed. ``payload`` is the raw record or the event as
+    JSON, truncated past `PAYLOAD_LIMIT` characters; ``payload_size`` and
+    ``payload_sha256`` describe the whole payload.
+
+    >>> dl = DeadLetter.build(
+    ...     pipeline="p", step="parse", kind="parse", error_type="ValueError",
+    ...     message="bad", payload="x" * 5000)
+    >>> len(dl.payload), dl.payload_size, dl.truncated
+    (2048, 5000, True)
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    pipeline: str
+    step: str
+    kind: ErrorKind
+    error_type: str
+    message: str
+    function: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    payload: str
+    payload_size: int
+    payload_sha256: str
+    truncated: bool
+    origin: Origin | None = None
+    event_time: datetime | None = None
+    attempts: int = 1
+
+    @classmethod
+    def build(cls, *, payload: str, **fields: Any) -> DeadLetter:
+        """Make a dead letter, truncating and hashing the payload."""
+        digest = hashlib.sha256(payload.encode("utf-8", "replace")).hexdigest()
+        return cls(
+            payload=payload[:PAYLOAD_LIMIT],
+            payload_size=len(payload),
+            payload_sha256=digest,
+            truncated=len(payload) > PAYLOAD_LIMIT,
+            **fields,
+        )
+
+
+def payload_text(item: Any) -> str:
+    """Render any payload (raw bytes, a string, an event, a value) as text."""
+    if isinstance(item, bytes | bytearray):
+        return bytes(item).decode("utf-8", "replace")
+    if isinstance(item, str):
+        return item
+    if isinstance(item, BaseModel):
+        return item.model_dump_json()
+    return repr(item)

@@ -1,0 +1,342 @@
+"""Sinks: where records go. `PacketSink` writes a stage's packets to them.
+
+An evflow sink opens one writer per worker. The compiler gathers every sink
+fed by one stage into a single bytewax output step (`PacketSink`): each
+packet's lists go to their sinks, and its dead letters to the dead-letter sink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from pydantic import BaseModel
+
+from operators._deadletter import DeadLetter, payload_text
+from operators._stage import Counters, Packet, describe_function
+
+__all__ = [
+    "CallbackSink",
+    "JsonlSink",
+    "MemorySink",
+    "PacketSink",
+    "RunContext",
+    "Sink",
+    "StdoutSink",
+    "Writer",
+]
+
+
+class RunContext:
+    """What one run shares between its workers: collected outputs, resources."""
+
+    def __init__(self, pipeline: str) -> None:
+        """Start an empty context for ``pipeline``."""
+        self.pipeline = pipeline
+        self.outputs: dict[str, list[Any]] = {}
+        self._shared: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def collect(self, name: str) -> list[Any]:
+        """Return the list that memory sink ``name`` appends to."""
+        with self._lock:
+            return self.outputs.setdefault(name, [])
+
+    def shared(self, key: Any, make: Callable[[], Any]) -> Any:
+        """Return the run-wide object for ``key``, making it once."""
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = make()
+            return self._shared[key]
+
+    def close(self) -> None:
+        """Close what was shared (open files)."""
+        for value in self._shared.values():
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()
+        self._shared.clear()
+
+
+class Writer(ABC):
+    """Writes lists of records for one worker."""
+
+    @abstractmethod
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        """Write ``items``; return the records that failed, with the error."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release."""
+
+
+class Sink(ABC):
+    """A destination for records."""
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """A short, stable description used to name the write step."""
+
+    @abstractmethod
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Open this worker's writer."""
+
+    @property
+    def function(self) -> str:
+        """What to name in a dead letter when a write fails."""
+        return type(self).__name__
+
+
+class _ListWriter(Writer):
+    def __init__(self, target: list[Any]) -> None:
+        self.target = target
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        self.target.extend(items)
+        return []
+
+
+class MemorySink(Sink):
+    """Keep records in memory; they appear in ``RunResult.outputs[name]``."""
+
+    def __init__(self, name: str) -> None:
+        """Collect under ``name``."""
+        if not name.isidentifier():
+            msg = (
+                f"memory sink name must be an identifier; got {name!r}. "
+                f"Hint: sinks.memory('alerts')."
+            )
+            raise ValueError(msg)
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the write step after the output."""
+        return f"memory_{self.name}"
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Append to the run's list for this name."""
+        return _ListWriter(ctx.collect(self.name))
+
+
+def to_json(item: Any) -> str:
+    """Serialise a record as one JSON line (events via pydantic)."""
+    if isinstance(item, BaseModel):
+        return item.model_dump_json()
+    return json.dumps(item, default=str)
+
+
+class _FileWriter(Writer):
+    def __init__(self, handle: Any, lock: threading.Lock) -> None:
+        self.handle = handle
+        self.lock = lock
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        text = "".join(to_json(item) + "\n" for item in items)
+        with self.lock:
+            self.handle.write(text)
+        return []
+
+    def close(self) -> None:
+        with self.lock:
+            self.handle.flush()
+
+
+class JsonlSink(Sink):
+    """Write records as JSON Lines to one file, truncated when the run starts."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Write to ``path``."""
+        self.path = os.fspath(path)
+
+    @property
+    def label(self) -> str:
+        """Name the write step after the file."""
+        stem = os.path.splitext(os.path.basename(self.path))[0]
+        return f"jsonl_{stem}"
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Share one handle between the run's workers."""
+
+        def make() -> tuple[Any, threading.Lock]:
+            parent = os.path.dirname(self.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            return open(self.path, "w", encoding="utf-8"), threading.Lock()  # noqa: SIM115
+
+        handle, lock = ctx.shared(("jsonl", os.path.abspath(self.path)), make)
+        return _FileWriter(handle, lock)
+
+
+class _StdoutWriter(Writer):
+    def __init__(self, show: Callable[[Any], None]) -> None:
+        self.show = show
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        for item in items:
+            self.show(item)
+        return []
+
+
+class StdoutSink(Sink):
+    """Print records to the terminal with rich."""
+
+    def __init__(self, prefix: str = "") -> None:
+        """Print each record, after ``prefix``."""
+        self.prefix = prefix
+
+    @property
+    def label(self) -> str:
+        """Name the write step."""
+        return "stdout"
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Print through one shared console."""
+        from rich.console import Console
+
+        console: Console = ctx.shared("console", Console)
+        lock: threading.Lock = ctx.shared("console_lock", threading.Lock)
+
+        def show(item: Any) -> None:
+            with lock:
+                if self.prefix:
+                    console.print(self.prefix, item)
+                else:
+                    console.print(item)
+
+        return _StdoutWriter(show)
+
+
+class _CallbackWriter(Writer):
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        failed = []
+        fn = self.fn
+        for item in items:
+            try:
+                fn(item)
+            except Exception as exc:  # noqa: BLE001 - becomes a dead letter
+                failed.append((item, exc))
+        return failed
+
+
+class CallbackSink(Sink):
+    """Call a function with each record; a failing call is dead-lettered."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        """Call ``fn(record)`` for every record."""
+        if not callable(fn):
+            msg = f"callback sink needs a callable; got {type(fn).__name__} {fn!r}."
+            raise TypeError(msg)
+        self.fn = fn
+
+    @property
+    def label(self) -> str:
+        """Name the write step after the function."""
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return "callback" if name == "<lambda>" else f"callback_{name}"
+
+    @property
+    def function(self) -> str:
+        """Name the user's function."""
+        return describe_function(self.fn)
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Call the function from this worker."""
+        return _CallbackWriter(self.fn)
+
+
+_IN, _OUT, _DEAD = 0, 1, 4
+
+
+class _PacketPartition(StatelessSinkPartition[Packet]):
+    def __init__(self, owner: PacketSink, worker_index: int, worker_count: int) -> None:
+        self.owner = owner
+        ctx = owner.ctx
+        self.writers = [
+            (exit_index, row, sink, sink.open(ctx, worker_index, worker_count))
+            for exit_index, row, sink in owner.targets
+        ]
+        dead = owner.dead_sink
+        self.dead_writer = None if dead is None else dead[1].open(ctx, worker_index, worker_count)
+        self.dead_row = None if dead is None else dead[0]
+
+    def write_batch(self, items: list[Packet]) -> None:
+        owner = self.owner
+        table = owner.counters.table()
+        for packet in items:
+            dead = packet.dead
+            for exit_index, row_index, sink, writer in self.writers:
+                records = packet.exits[exit_index]
+                if not records:
+                    continue
+                row = table[row_index]
+                row[_IN] += len(records)
+                failed = writer.write(records)
+                row[_OUT] += len(records) - len(failed)
+                if failed:
+                    row[_DEAD] += len(failed)
+                    if dead is packet.dead:
+                        dead = list(dead)
+                    dead.extend(owner.sink_failure(row_index, sink, item, exc)
+                                for item, exc in failed)
+            if dead and self.dead_writer is not None:
+                assert self.dead_row is not None
+                row = table[self.dead_row]
+                row[_IN] += len(dead)
+                self.dead_writer.write(dead)
+                row[_OUT] += len(dead)
+            elif dead:
+                owner.ctx.collect("__dead_letters__").extend(dead)
+
+    def close(self) -> None:
+        for _, _, _, writer in self.writers:
+            writer.close()
+        if self.dead_writer is not None:
+            self.dead_writer.close()
+
+
+class PacketSink(DynamicSink[Packet]):
+    """One bytewax output for every sink a stage feeds, plus dead letters.
+
+    ``targets`` lists ``(exit index, counter row, sink)``; ``dead_sink`` is
+    ``(counter row, sink)`` for dead letters, or None to keep them in the
+    run context.
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        counters: Counters,
+        targets: Sequence[tuple[int, int, Sink]],
+        dead_sink: tuple[int, Sink] | None,
+    ) -> None:
+        """Describe where each exit goes."""
+        self.ctx = ctx
+        self.counters = counters
+        self.targets = list(targets)
+        self.dead_sink = dead_sink
+
+    def sink_failure(self, row: int, sink: Sink, item: Any, exc: Exception) -> DeadLetter:
+        """Make the dead letter for a record a sink could not take."""
+        return DeadLetter.build(
+            pipeline=self.ctx.pipeline,
+            step=self.counters.steps[row],
+            kind="user_error",
+            error_type=type(exc).__qualname__,
+            message=str(exc),
+            function=sink.function,
+            payload=payload_text(item),
+            event_time=getattr(item, "time", None),
+        )
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PacketPartition:
+        """Open every writer for one worker."""
+        return _PacketPartition(self, worker_index, worker_count)

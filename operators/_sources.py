@@ -1,0 +1,500 @@
+"""Sources: where records come from, read in chunks, one partition at a time.
+
+An evflow source lists its partitions and opens a reader per partition.
+`ChunkSource` adapts any of them to a bytewax ``FixedPartitionedSource`` whose
+items are `Chunk` values (a batch of records with their origin), so bytewax's
+per-item cost is paid once per batch. A reader's state is its position, which
+is what bytewax snapshots for recovery.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import random
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from operators._event import Schema
+from operators._stage import Chunk
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "ChunkSource",
+    "CsvSource",
+    "GenerateSource",
+    "JsonlSource",
+    "MemorySource",
+    "Reader",
+    "Source",
+    "StdinSource",
+]
+
+#: Records per chunk unless a source is told otherwise.
+DEFAULT_BATCH = 1000
+
+
+class Reader(ABC):
+    """Reads one partition: chunks of records, and the position to resume at."""
+
+    @abstractmethod
+    def next_chunk(self) -> Chunk | None:
+        """Return the next chunk, or None when nothing is ready now."""
+
+    @abstractmethod
+    def position(self) -> Any:
+        """Return the position to resume from (picklable)."""
+
+    def next_awake(self) -> datetime | None:
+        """Return when to ask again after an empty read (None: at once)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the reader holds."""
+
+
+class Source(ABC):
+    """A partitioned, replayable source of records."""
+
+    #: The event schema that raw records are parsed with, if any.
+    schema: Schema | None = None
+    #: Records per chunk.
+    batch_size: int = DEFAULT_BATCH
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """A short, stable description used to name the read step."""
+
+    @abstractmethod
+    def partitions(self) -> list[str]:
+        """Return the partition names (stable across runs)."""
+
+    @abstractmethod
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Open a reader on ``partition``, resuming at ``resume`` if given."""
+
+    @property
+    def needs_parse(self) -> bool:
+        """Whether records are raw (text, dicts) and need the schema."""
+        return self.schema is not None
+
+
+class _Partition(StatefulSourcePartition[Chunk, Any]):
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def next_batch(self) -> list[Chunk]:
+        chunk = self.reader.next_chunk()
+        if chunk is None:
+            return []
+        return [chunk]
+
+    def next_awake(self) -> datetime | None:
+        return self.reader.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.reader.position()
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class ChunkSource(FixedPartitionedSource[Chunk, Any]):
+    """A bytewax source over an evflow `Source`, yielding chunks."""
+
+    def __init__(self, source: Source) -> None:
+        """Wrap ``source``."""
+        self.source = source
+
+    def list_parts(self) -> list[str]:
+        """List the partitions."""
+        return self.source.partitions()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _Partition:
+        """Open one partition."""
+        return _Partition(self.source.open(for_part, step_id.rsplit(".", 1)[-1], resume_state))
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    size, extra = divmod(n, parts)
+    bounds = []
+    start = 0
+    for p in range(parts):
+        end = start + size + (1 if p < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def _check_batch(batch_size: int) -> int:
+    if batch_size < 1:
+        msg = f"batch_size must be at least 1; got {batch_size}."
+        raise ValueError(msg)
+    return batch_size
+
+
+class _ListReader(Reader):
+    def __init__(
+        self, items: Sequence[Any], start: int, end: int, step: str, part: str, batch: int
+    ) -> None:
+        self.items = items
+        self.pos = start
+        self.start = start
+        self.end = end
+        self.step = step
+        self.part = part
+        self.batch = batch
+
+    def next_chunk(self) -> Chunk | None:
+        if self.pos >= self.end:
+            raise StopIteration
+        stop = min(self.pos + self.batch, self.end)
+        chunk = Chunk(list(self.items[self.pos : stop]), self.step, self.part, self.pos)
+        self.pos = stop
+        return chunk
+
+    def position(self) -> int:
+        return self.pos
+
+
+class MemorySource(Source):
+    """Records held in memory: events, dicts or JSON text (with a schema)."""
+
+    def __init__(
+        self,
+        items: Iterable[Any],
+        *,
+        schema: Schema | None = None,
+        partitions: int = 1,
+        batch_size: int = DEFAULT_BATCH,
+        name: str = "memory",
+    ) -> None:
+        """Hold ``items``, split into ``partitions`` contiguous parts."""
+        if partitions < 1:
+            msg = f"partitions must be at least 1; got {partitions}."
+            raise ValueError(msg)
+        self.items = list(items)
+        self.schema = schema
+        self.parts = partitions
+        self.batch_size = _check_batch(batch_size)
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the source."""
+        return self.name
+
+    def partitions(self) -> list[str]:
+        """One partition name per part."""
+        return [f"part{p}" for p in range(self.parts)]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Read one contiguous part of the list."""
+        start, end = _split(len(self.items), self.parts)[int(partition[4:])]
+        if resume is not None:
+            start = int(resume)
+        return _ListReader(self.items, start, end, step, partition, self.batch_size)
+
+
+def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
+    text = os.fspath(path_or_glob)
+    files = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+    return files
+
+
+class _LinesReader(Reader):
+    """Reads a text file line by line, keeping line numbers."""
+
+    def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
+        self.path = path
+        self.step = step
+        self.batch = batch
+        self.file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self.line = 0
+        if resume is not None:
+            self.line, offset = resume
+            self.file.seek(offset)
+
+    def next_chunk(self) -> Chunk | None:
+        lines = []
+        readline = self.file.readline
+        for _ in range(self.batch):
+            line = readline()
+            if not line:
+                break
+            lines.append(line.rstrip(b"\r\n"))
+        if not lines:
+            raise StopIteration
+        chunk = Chunk(lines, self.step, self.path, self.line, file=self.path, line=self.line + 1)
+        self.line += len(lines)
+        return chunk
+
+    def position(self) -> tuple[int, int]:
+        return (self.line, self.file.tell())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class JsonlSource(Source):
+    """JSON Lines files: one partition per file, one record per line."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
+    ) -> None:
+        """Read the files matching ``path`` (a path or a glob)."""
+        self.path = os.fspath(path)
+        self.schema = schema
+        self.batch_size = _check_batch(batch_size)
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the file pattern."""
+        return "jsonl_" + Path(self.path).stem.replace("*", "_")
+
+    def partitions(self) -> list[str]:
+        """One partition per file."""
+        files = _expand(self.path)
+        if not files:
+            msg = f"jsonl source: no file matches {self.path!r}."
+            raise FileNotFoundError(msg)
+        return files
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Open one file."""
+        return _LinesReader(partition, step, self.batch_size, resume)
+
+
+class _CsvReader(Reader):
+    def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
+        self.path = path
+        self.step = step
+        self.batch = batch
+        self.file = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.rows = csv.DictReader(self.file)
+        self.done = 0
+        skip = int(resume or 0)
+        for _ in range(skip):
+            next(self.rows, None)
+        self.done = skip
+
+    def next_chunk(self) -> Chunk | None:
+        rows: list[Any] = []
+        for row in self.rows:
+            rows.append({k: v for k, v in row.items() if v != "" and k is not None})
+            if len(rows) >= self.batch:
+                break
+        if not rows:
+            raise StopIteration
+        # Line 1 is the header; row n is on line n + 1 (no multi-line cells).
+        chunk = Chunk(rows, self.step, self.path, self.done, file=self.path, line=self.done + 2)
+        self.done += len(rows)
+        return chunk
+
+    def position(self) -> int:
+        return self.done
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class CsvSource(Source):
+    """CSV files with a header row: one partition per file, a row per record."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
+    ) -> None:
+        """Read the files matching ``path``; empty cells are left out."""
+        self.path = os.fspath(path)
+        self.schema = schema
+        self.batch_size = _check_batch(batch_size)
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the file pattern."""
+        return "csv_" + Path(self.path).stem.replace("*", "_")
+
+    def partitions(self) -> list[str]:
+        """One partition per file."""
+        files = _expand(self.path)
+        if not files:
+            msg = f"csv source: no file matches {self.path!r}."
+            raise FileNotFoundError(msg)
+        return files
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Open one file."""
+        return _CsvReader(partition, step, self.batch_size, resume)
+
+
+Factory = Callable[[random.Random, int], Any]
+
+
+class _GenerateReader(Reader):
+    def __init__(
+        self, src: GenerateSource, part: int, step: str, resume: Any | None
+    ) -> None:
+        self.src = src
+        self.part = part
+        self.step = step
+        self.rng = random.Random(f"{src.seed}:{part}")
+        self.made = 0
+        if resume is not None:
+            self.made, state = resume
+            self.rng.setstate(state)
+        self.started = datetime.now(timezone.utc)
+        self.resumed_at = self.made
+        self.wake: datetime | None = None
+
+    def _limit(self) -> int | None:
+        src = self.src
+        if src.count is None:
+            return None
+        size, extra = divmod(src.count, src.parts)
+        return size + (1 if self.part < extra else 0)
+
+    def next_chunk(self) -> Chunk | None:
+        src = self.src
+        n = src.batch_size
+        limit = self._limit()
+        if limit is not None:
+            n = min(n, limit - self.made)
+            if n <= 0:
+                raise StopIteration
+        if src.rate is not None:
+            per_part = src.rate / src.parts
+            elapsed = (datetime.now(timezone.utc) - self.started).total_seconds()
+            due = int(elapsed * per_part) - (self.made - self.resumed_at)
+            if due <= 0:
+                self.wake = datetime.now(timezone.utc) + timedelta(seconds=1 / per_part)
+                return None
+            n = min(n, due)
+            self.wake = None
+        factory = src.factory
+        rng = self.rng
+        parts = src.parts
+        first = self.made
+        items = [factory(rng, (first + i) * parts + self.part) for i in range(n)]
+        self.made += n
+        return Chunk(items, self.step, f"gen{self.part}", first)
+
+    def next_awake(self) -> datetime | None:
+        return self.wake
+
+    def position(self) -> tuple[int, Any]:
+        return (self.made, self.rng.getstate())
+
+
+class GenerateSource(Source):
+    """Deterministic synthetic records from a seed.
+
+    ``factory(rng, i)`` makes record number ``i`` (an event, a dict or JSON
+    text) with the partition's own ``random.Random``. Partition ``p`` makes
+    records ``p, p + P, p + 2P, ...``; the same seed and partition count
+    always give the same records, whatever the worker count. ``count=None``
+    makes an unbounded source; ``rate`` caps records per second in all.
+    """
+
+    def __init__(
+        self,
+        factory: Factory,
+        *,
+        count: int | None,
+        seed: int = 0,
+        partitions: int = 1,
+        rate: float | None = None,
+        schema: Schema | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        name: str = "generate",
+    ) -> None:
+        """Describe the generator; nothing is made until it runs."""
+        if not callable(factory):
+            msg = (
+                f"generate: factory must be callable as factory(rng, index); got "
+                f"{type(factory).__name__}."
+            )
+            raise TypeError(msg)
+        if count is not None and count < 0:
+            msg = f"generate: count must be zero or more, or None for unbounded; got {count}."
+            raise ValueError(msg)
+        if partitions < 1:
+            msg = f"generate: partitions must be at least 1; got {partitions}."
+            raise ValueError(msg)
+        if rate is not None and rate <= 0:
+            msg = f"generate: rate must be a positive number of records per second; got {rate}."
+            raise ValueError(msg)
+        self.factory = factory
+        self.count = count
+        self.seed = seed
+        self.parts = partitions
+        self.rate = rate
+        self.schema = schema
+        self.batch_size = _check_batch(batch_size)
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the generator."""
+        return self.name
+
+    def partitions(self) -> list[str]:
+        """One partition name per part."""
+        return [f"gen{p}" for p in range(self.parts)]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Start (or resume) one part of the sequence."""
+        return _GenerateReader(self, int(partition[3:]), step, resume)
+
+
+class _StdinReader(Reader):
+    def __init__(self, step: str, batch: int) -> None:
+        self.step = step
+        self.batch = batch
+        self.line = 0
+
+    def next_chunk(self) -> Chunk | None:
+        stream = sys.stdin.buffer
+        lines = []
+        for _ in range(self.batch):
+            line = stream.readline()
+            if not line:
+                break
+            lines.append(line.rstrip(b"\r\n"))
+        if not lines:
+            raise StopIteration
+        chunk = Chunk(lines, self.step, "stdin", self.line, file="<stdin>", line=self.line + 1)
+        self.line += len(lines)
+        return chunk
+
+    def position(self) -> int:
+        return self.line
+
+
+class StdinSource(Source):
+    """JSON Lines read from standard input (one partition)."""
+
+    def __init__(self, *, schema: Schema, batch_size: int = DEFAULT_BATCH) -> None:
+        """Read standard input until it closes."""
+        self.schema = schema
+        self.batch_size = _check_batch(batch_size)
+
+    @property
+    def label(self) -> str:
+        """Name the read step."""
+        return "stdin"
+
+    def partitions(self) -> list[str]:
+        """Standard input is one partition."""
+        return ["stdin"]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Read from standard input (it cannot be replayed)."""
+        return _StdinReader(step, self.batch_size)

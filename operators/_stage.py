@@ -1,0 +1,636 @@
+"""The fused stateless stage: many logical steps in one bytewax step.
+
+A *stage* is a tree of stateless operations (parse, filter, map, flat_map,
+inspect, key checks, forward) rooted at one input stream. The compiler turns
+each such tree into one bytewax ``flat_map_batch`` step. Records travel as
+`Chunk` values (a list of records and where they came from), so bytewax's
+per-item cost is paid once per chunk, and each operation runs over a whole
+list at a time. A failing record is taken out of the list and handled by the
+step's error policy; the rest of the list goes on.
+
+The stage emits one `Packet` per chunk: the records that reached each exit of
+the tree (a sink, a later stage, the dead letters).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from operators._deadletter import DeadLetter, ErrorKind, Origin, payload_text
+from operators._policy import ErrorPolicy, PipelineHalted
+
+__all__ = [
+    "COUNTER_FIELDS",
+    "Chunk",
+    "Counters",
+    "Exit",
+    "FilterOp",
+    "FlatMapOp",
+    "ForwardOp",
+    "InspectOp",
+    "KeyCheckOp",
+    "MapOp",
+    "Node",
+    "Packet",
+    "ParseOp",
+    "StageOp",
+    "describe_function",
+    "run_stage",
+    "stage",
+]
+
+#: Per-step counters, in this order.
+COUNTER_FIELDS = ("in", "out", "filtered", "unrouted", "dead", "skipped", "created")
+_IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
+
+
+@dataclass
+class Chunk:
+    """A list of records with their origin.
+
+    ``offset`` is the position of the first record within its partition;
+    ``line`` is the line number of the first record when it came from a file.
+    """
+
+    items: list[Any]
+    source: str
+    partition: str
+    offset: int = 0
+    file: str | None = None
+    line: int | None = None
+
+    def origin(self, index: int) -> Origin:
+        """Return the origin of the record at ``index`` in this chunk."""
+        return Origin(
+            source=self.source,
+            partition=self.partition,
+            offset=self.offset + index,
+            file=self.file,
+            line=None if self.line is None else self.line + index,
+        )
+
+
+@dataclass
+class Packet:
+    """What one chunk produced: records per exit, plus its dead letters."""
+
+    exits: list[list[Any]]
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class Counters:
+    """Per-step counters, one table per worker thread, summed on demand."""
+
+    def __init__(self, steps: Sequence[str]) -> None:
+        """Make zeroed counters for ``steps``."""
+        self.steps = list(steps)
+        self._tables: dict[int, list[list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def table(self) -> list[list[int]]:
+        """Return this thread's table (created on first use)."""
+        ident = threading.get_ident()
+        table = self._tables.get(ident)
+        if table is None:
+            with self._lock:
+                table = [[0] * len(COUNTER_FIELDS) for _ in self.steps]
+                self._tables[ident] = table
+        return table
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Sum the tables of every thread, by step name."""
+        sums = [[0] * len(COUNTER_FIELDS) for _ in self.steps]
+        for table in list(self._tables.values()):
+            for row, total in zip(table, sums, strict=True):
+                for i, value in enumerate(row):
+                    total[i] += value
+        return {
+            step: dict(zip(COUNTER_FIELDS, row, strict=True))
+            for step, row in zip(self.steps, sums, strict=True)
+        }
+
+
+def describe_function(fn: Any) -> str:
+    """Name a user function the way error messages show it.
+
+    >>> def is_big(e): return True
+    >>> describe_function(is_big).startswith("<is_big line ")
+    True
+    >>> describe_function(lambda e: e).startswith("<lambda line ")
+    True
+    """
+    target = fn if callable(fn) and hasattr(fn, "__code__") else type(fn)
+    name = (getattr(fn, "__qualname__", None) or type(fn).__qualname__).strip("<>")
+    module = getattr(fn, "__module__", None)
+    code = getattr(target, "__code__", None)
+    where = f" line {code.co_firstlineno}" if code is not None else ""
+    prefix = f"{module}." if module not in (None, "__main__", "builtins") else ""
+    return f"<{prefix}{name}{where}>"
+
+
+class _Run:
+    """What one chunk's processing needs: counters, origin, dead letters."""
+
+    __slots__ = ("chunk", "dead", "pipeline", "table")
+
+    def __init__(self, pipeline: str, chunk: Chunk, table: list[list[int]]) -> None:
+        self.pipeline = pipeline
+        self.chunk = chunk
+        self.table = table
+        self.dead: list[DeadLetter] = []
+
+
+class Node:
+    """A node of the stage tree: something that receives a list of records."""
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Receive ``items`` and pass what comes out to the next nodes."""
+        raise NotImplementedError
+
+
+class Exit(Node):
+    """A leaf: records that reach it leave the stage through exit ``index``."""
+
+    def __init__(self, index: int) -> None:
+        """Make exit number ``index``."""
+        self.index = index
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Collect the records for this exit."""
+        if items:
+            slot = out[self.index]
+            if slot:
+                slot.extend(items)
+            else:
+                out[self.index] = items
+
+
+def _fan_out(
+    nexts: Sequence[Node], items: list[Any], run: _Run, out: list[list[Any]], row: list[int]
+) -> None:
+    if len(nexts) == 1:
+        nexts[0].push(items, run, out)
+        return
+    # Every further consumer of the same list gets a copy of each record.
+    row[_CREATED] += len(items) * (len(nexts) - 1)
+    for node in nexts:
+        node.push(list(items), run, out)
+
+
+class StageOp(Node):
+    """A stateless step: a user function applied over a list of records."""
+
+    kind = "step"
+    error_kind: ErrorKind = "user_error"
+
+    def __init__(
+        self, step: str, index: int, fn: Any, policy: ErrorPolicy, nexts: Sequence[Node] = ()
+    ) -> None:
+        """Make step ``step`` (counter row ``index``) calling ``fn``."""
+        self.step = step
+        self.index = index
+        self.fn = fn
+        self.policy = policy
+        self.nexts: list[Node] = list(nexts)
+        self.function = describe_function(fn)
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Transform a list of records."""
+        raise NotImplementedError
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Apply this step and hand the result on."""
+        row = run.table[self.index]
+        row[_IN] += len(items)
+        result = self.apply(items, run, row)
+        row[_OUT] += len(result)
+        _fan_out(self.nexts, result, run, out, row)
+
+    def call(self, item: Any) -> Any:
+        """Call the user function once (used again by retries)."""
+        return self.fn(item)
+
+    def recover(self, item: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
+        """Apply the error policy to a failing record.
+
+        Returns ``(True, result)`` when a retry succeeded, else ``(False, None)``
+        after counting the record as skipped or dead-lettered.
+        """
+        policy = self.policy
+        attempts = 1
+        if policy.mode == "retry":
+            while attempts < policy.attempts:
+                if policy.backoff:
+                    time.sleep(policy.backoff * 2 ** (attempts - 1))
+                attempts += 1
+                try:
+                    return True, self.call(item)
+                except Exception as again:  # noqa: BLE001 - the policy decides
+                    exc = again
+        if policy.mode == "skip":
+            row[_SKIPPED] += 1
+            return False, None
+        payload = payload_text(item)
+        if policy.mode == "halt":
+            raise PipelineHalted(run.pipeline, self.step, self.function, payload) from exc
+        row[_DEAD] += 1
+        run.dead.append(
+            DeadLetter.build(
+                pipeline=run.pipeline,
+                step=self.step,
+                kind=self.error_kind,
+                error_type=type(exc).__qualname__,
+                message=str(exc),
+                function=self.function,
+                payload=payload,
+                event_time=getattr(item, "time", None),
+                attempts=attempts,
+            )
+        )
+        return False, None
+
+
+class FilterOp(StageOp):
+    """Keep the records for which the predicate is true."""
+
+    kind = "filter"
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Filter a list."""
+        fn = self.fn
+        kept: list[Any] = []
+        append = kept.append
+        failed = 0
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    if fn(x):
+                        append(x)
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, value = self.recover(x, exc, run, row)
+                if not ok:
+                    failed += 1
+                elif value:
+                    append(x)
+        row[_FILTERED] += len(items) - len(kept) - failed
+        return kept
+
+
+class MapOp(StageOp):
+    """Replace each record with the function's result."""
+
+    kind = "map"
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Map a list."""
+        fn = self.fn
+        result: list[Any] = []
+        append = result.append
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    append(fn(x))
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, value = self.recover(x, exc, run, row)
+                if ok:
+                    append(value)
+        return result
+
+
+class FlatMapOp(StageOp):
+    """Replace each record with zero or more records."""
+
+    kind = "flat_map"
+
+    def call(self, item: Any) -> Any:
+        """Call the function and materialise what it returns."""
+        return list(self.fn(item))
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Flat-map a list; an input giving nothing counts as filtered."""
+        call = self.call
+        result: list[Any] = []
+        extend = result.extend
+        empty = 0
+        failed = 0
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    values = call(x)
+                    if values:
+                        extend(values)
+                    else:
+                        empty += 1
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, values = self.recover(x, exc, run, row)
+                if not ok:
+                    failed += 1
+                elif values:
+                    extend(values)
+                else:
+                    empty += 1
+        row[_FILTERED] += empty
+        # Each input that gave k > 1 records created k - 1 new ones.
+        row[_CREATED] += len(result) - (len(items) - empty - failed)
+        return result
+
+
+class InspectOp(StageOp):
+    """Call a function on each record for its side effect; pass records on."""
+
+    kind = "inspect"
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Inspect a list."""
+        fn = self.fn
+        passed: list[Any] = []
+        append = passed.append
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    fn(x)
+                    append(x)
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, _ = self.recover(x, exc, run, row)
+                if ok:
+                    append(x)
+        return passed
+
+
+class KeyCheckOp(StageOp):
+    """Compute each record's key, which must be a string; pass records on."""
+
+    kind = "key_by"
+    error_kind: ErrorKind = "key_error"
+
+    def call(self, item: Any) -> Any:
+        """Compute and check one key."""
+        key = self.fn(item)
+        if not isinstance(key, str):
+            msg = (
+                f"step {self.step!r} (key_by): key function {self.function} must "
+                f"return str; got {type(key).__name__} {key!r}. Hint: convert it, "
+                f"for example key_by(lambda e: str(e.user_id))."
+            )
+            raise TypeError(msg)
+        return key
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Check the keys of a list."""
+        call = self.call
+        passed: list[Any] = []
+        append = passed.append
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    call(x)
+                    append(x)
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, _ = self.recover(x, exc, run, row)
+                if ok:
+                    append(x)
+        return passed
+
+
+class ForwardOp(StageOp):
+    """Route each record to named branches by predicates.
+
+    ``mode="first"`` sends a record to the first route whose predicate holds;
+    ``mode="all"`` copies it to every such route. Records matching none go
+    to the ``otherwise`` branch when there is one, or are counted unrouted.
+    """
+
+    kind = "forward"
+
+    def __init__(
+        self,
+        step: str,
+        index: int,
+        predicates: Sequence[Callable[[Any], bool]],
+        policy: ErrorPolicy,
+        *,
+        mode: str,
+        branches: Sequence[Sequence[Node]],
+        otherwise: Sequence[Node] | None,
+    ) -> None:
+        """Make a router over ``predicates`` with one branch each."""
+        super().__init__(step, index, predicates, policy)
+        self.predicates = list(predicates)
+        self.mode = mode
+        self.branches = [list(b) for b in branches]
+        self.otherwise = None if otherwise is None else list(otherwise)
+        self.function = ", ".join(describe_function(p) for p in self.predicates)
+
+    def call(self, item: Any) -> Any:
+        """Return the indexes of the routes the record goes to."""
+        hits = []
+        for i, pred in enumerate(self.predicates):
+            if pred(item):
+                hits.append(i)
+                if self.mode == "first":
+                    break
+        return hits
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Split a list over the branches."""
+        row = run.table[self.index]
+        row[_IN] += len(items)
+        lists: list[list[Any]] = [[] for _ in self.predicates]
+        rest: list[Any] = []
+        call = self.call
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    hits = call(x)
+                    if not hits:
+                        rest.append(x)
+                    for i in hits:
+                        lists[i].append(x)
+                    if len(hits) > 1:
+                        row[_CREATED] += len(hits) - 1
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, hits = self.recover(x, exc, run, row)
+                if ok:
+                    if not hits:
+                        rest.append(x)
+                    for i in hits:
+                        lists[i].append(x)
+                    if len(hits) > 1:
+                        row[_CREATED] += len(hits) - 1
+        routed = sum(len(lst) for lst in lists)
+        row[_OUT] += routed
+        for branch, lst in zip(self.branches, lists, strict=True):
+            _fan_out(branch, lst, run, out, row)
+        if self.otherwise is None:
+            row[_UNROUTED] += len(rest)
+        else:
+            row[_OUT] += len(rest)
+            _fan_out(self.otherwise, rest, run, out, row)
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Unused: forward overrides `push`."""
+        raise NotImplementedError
+
+
+class ParseOp(StageOp):
+    """Turn raw records (JSON text, dicts) into events with one validator.
+
+    Events that are already instances pass through. A record that is not
+    valid JSON is a ``parse`` dead letter; one that breaks the schema is a
+    ``validation`` dead letter carrying pydantic's structured errors.
+    """
+
+    kind = "parse"
+
+    def __init__(
+        self,
+        step: str,
+        index: int,
+        adapter: TypeAdapter[Any] | None,
+        policy: ErrorPolicy,
+        nexts: Sequence[Node] = (),
+    ) -> None:
+        """Make a parse step with a compiled validator (None: pass records on)."""
+        super().__init__(step, index, None, policy, nexts)
+        self.adapter = adapter
+        self.function = "schema"
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Parse a list; dead letters carry the record's origin."""
+        row = run.table[self.index]
+        if self.adapter is None:
+            row[_IN] += len(items)
+            row[_OUT] += len(items)
+            _fan_out(self.nexts, items, run, out, row)
+            return
+        parse_json = self.adapter.validate_json
+        parse_obj = self.adapter.validate_python
+        events: list[Any] = []
+        append = events.append
+        blank = 0
+        failures: list[tuple[int, Any, Exception]] = []
+        index = 0
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    if isinstance(x, bytes | str):
+                        if x.strip():
+                            append(parse_json(x))
+                        else:
+                            blank += 1
+                    elif isinstance(x, BaseModel):
+                        append(x)
+                    else:
+                        append(parse_obj(x))
+                    index += 1
+                break
+            except Exception as exc:  # noqa: BLE001 - dead-lettered below
+                failures.append((index, x, exc))
+                index += 1
+        row[_IN] += len(items) - blank
+        for position, raw, exc in failures:
+            self._fail(position, raw, exc, run, row)
+        row[_OUT] += len(events)
+        _fan_out(self.nexts, events, run, out, row)
+
+    def _fail(self, position: int, raw: Any, exc: Exception, run: _Run, row: list[int]) -> None:
+        if self.policy.mode == "skip":
+            row[_SKIPPED] += 1
+            return
+        payload = payload_text(raw)
+        if self.policy.mode == "halt":
+            raise PipelineHalted(run.pipeline, self.step, "schema", payload) from exc
+        errors = None
+        kind: ErrorKind = "parse"
+        message = str(exc)
+        if isinstance(exc, ValidationError):
+            errors = [_plain(e) for e in exc.errors(include_url=False)]
+            if not any(e["type"] == "json_invalid" for e in errors):
+                kind = "validation"
+            message = f"{exc.error_count()} validation error(s) for {exc.title}"
+        row[_DEAD] += 1
+        run.dead.append(
+            DeadLetter.build(
+                pipeline=run.pipeline,
+                step=self.step,
+                kind=kind,
+                error_type=type(exc).__qualname__,
+                message=message,
+                function="schema",
+                errors=errors,
+                payload=payload,
+                origin=run.chunk.origin(position),
+            )
+        )
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Unused: parse overrides `push`."""
+        raise NotImplementedError
+
+
+def _plain(error: Any) -> dict[str, Any]:
+    # pydantic puts the offending input and context values in errors; keep
+    # them as text so dead letters stay serialisable.
+    plain = dict(error)
+    if "input" in plain:
+        plain["input"] = payload_text(plain["input"])[:200]
+    if "ctx" in plain:
+        plain["ctx"] = {k: str(v) for k, v in plain["ctx"].items()}
+    plain["loc"] = [str(p) for p in plain.get("loc", ())]
+    return plain
+
+
+def run_stage(
+    roots: Sequence[Node], exits: int, pipeline: str, counters: Counters, chunks: Iterable[Chunk]
+) -> list[Packet]:
+    """Push each chunk through the stage tree and return one packet each."""
+    table = counters.table()
+    packets = []
+    for chunk in chunks:
+        run = _Run(pipeline, chunk, table)
+        out: list[list[Any]] = [[] for _ in range(exits)]
+        items = chunk.items
+        for i, root in enumerate(roots):
+            root.push(items if i == 0 else list(items), run, out)
+        packets.append(Packet(out, run.dead))
+    return packets
+
+
+def stage(
+    step_id: str,
+    up: Stream[Chunk],
+    roots: Sequence[Node],
+    exits: int,
+    pipeline: str,
+    counters: Counters,
+) -> Stream[Packet]:
+    """Run a fused stage over a stream of chunks (a bytewax operator).
+
+    Each chunk becomes one `Packet` holding what reached each exit.
+    """
+
+    def mapper(chunks: list[Chunk]) -> list[Packet]:
+        return run_stage(roots, exits, pipeline, counters, chunks)
+
+    return op.flat_map_batch(step_id, up, mapper)

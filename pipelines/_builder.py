@@ -1,0 +1,504 @@
+"""The fluent builder: immutable `Pipeline`, `Stream`, `KeyedStream`, `Routes`.
+
+Every method returns a new value and leaves ``self`` as it was. A stream
+holds the pipeline built so far (its graph) and the port it reads from;
+``write`` returns the pipeline with the new sink. Branches built apart are
+put back together with ``|`` (graph union).
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+from operators import Event, Policy, Sink, Source, as_policy, event_classes
+
+from pipelines._graph import Graph, Node, Port, auto_name, check_name
+
+if TYPE_CHECKING:
+    from pipelines._result import RunResult
+
+__all__ = ["KeyedStream", "Pipeline", "Routes", "Stream"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+E = TypeVar("E", bound=Event)
+
+_RESERVED_ROUTES = {"write", "names", "pipeline", "streams"}
+
+
+def _detail(fn: Any) -> str | None:
+    name = getattr(fn, "__name__", None)
+    if name is None or name == "<lambda>":
+        return None
+    return str(name)
+
+
+def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
+    if not callable(fn):
+        msg = (
+            f"step {step!r} ({kind}): {what} must be callable; got "
+            f"{type(fn).__name__} {fn!r}. Hint: {hint}"
+        )
+        raise TypeError(msg)
+
+
+class Pipeline:
+    """A named dataflow graph, built by chaining and run with `run`.
+
+    >>> from pipelines import sources, sinks
+    >>> p = Pipeline("nums").read(sources.memory([1, 2, 3])).map(lambda x: x * 10)
+    >>> result = p.write(sinks.memory("out")).run()
+    >>> sorted(result.outputs["out"])
+    [10, 20, 30]
+    """
+
+    __slots__ = ("_dead", "_graph", "_name")
+
+    def __init__(self, name: str, *, _graph: Graph | None = None, _dead: Sink | None = None):
+        """Start an empty pipeline called ``name`` (a plain identifier)."""
+        object.__setattr__(self, "_name", check_name(name, "pipeline name"))
+        object.__setattr__(self, "_graph", _graph or Graph())
+        object.__setattr__(self, "_dead", _dead)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        """Refuse changes: pipelines are immutable values."""
+        msg = f"Pipeline is immutable; cannot set {key!r}. Hint: methods return a new value."
+        raise AttributeError(msg)
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name."""
+        return self._name
+
+    @property
+    def graph(self) -> Graph:
+        """The logical graph (read-only)."""
+        return self._graph
+
+    @property
+    def dead_letter_sink(self) -> Sink | None:
+        """Where dead letters are written, or None to keep them in the result."""
+        return self._dead
+
+    @property
+    def steps(self) -> list[str]:
+        """Step names in the order they were added."""
+        return [n.name for n in self._graph]
+
+    def _with(self, graph: Graph, dead: Sink | None = None) -> Pipeline:
+        return Pipeline(self._name, _graph=graph, _dead=dead if dead is not None else self._dead)
+
+    def read(self, source: Source, *, name: str | None = None) -> Stream[Any]:
+        """Start a stream from ``source`` (see `pipelines.sources`)."""
+        if not isinstance(source, Source):
+            msg = (
+                f"pipeline {self._name!r}: read() needs a source; got "
+                f"{type(source).__name__} {source!r}. Hint: read(sources.memory([...])) "
+                f"or read(sources.jsonl('data/*.jsonl', schema=MyEvent))."
+            )
+            raise TypeError(msg)
+        step = check_name(name) if name else self._graph.unique(auto_name("read", source.label))
+        classes = event_classes(source.schema) if source.schema is not None else None
+        node = Node(step, "read", params={"source": source, "classes": classes})
+        pipe = self._with(self._graph.add(node))
+        return Stream(pipe, Port(node), classes)
+
+    def dead_letters(self, sink: Sink) -> Pipeline:
+        """Return this pipeline with its dead letters written to ``sink``."""
+        if not isinstance(sink, Sink):
+            msg = (
+                f"pipeline {self._name!r}: dead_letters() needs a sink; got "
+                f"{type(sink).__name__}. Hint: dead_letters(sinks.jsonl('dead.jsonl'))."
+            )
+            raise TypeError(msg)
+        return self._with(self._graph, sink)
+
+    def __or__(self, other: Pipeline) -> Pipeline:
+        """Combine two pipelines built from the same start (branches)."""
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        if other._name != self._name:
+            msg = (
+                f"cannot combine pipeline {self._name!r} with pipeline {other._name!r}. "
+                f"Hint: build both branches from the same Pipeline(...)."
+            )
+            raise ValueError(msg)
+        if self._dead is not None and other._dead is not None and self._dead is not other._dead:
+            msg = (
+                f"pipeline {self._name!r}: the pipelines being combined write dead "
+                f"letters to different sinks. Hint: call dead_letters() once, on the result."
+            )
+            raise ValueError(msg)
+        return self._with(self._graph.union([other._graph]), other._dead)
+
+    def check(self) -> None:
+        """Check the whole graph before running; raise on the first problem."""
+        from pipelines._compile import check
+
+        check(self)
+
+    def run(self, *, workers: int = 1) -> RunResult:
+        """Run on ``workers`` threads in this process and return the result."""
+        from pipelines._run import run
+
+        return run(self, workers=workers)
+
+    def __repr__(self) -> str:
+        """Show the name and steps."""
+        return f"Pipeline({self._name!r}, steps={self.steps})"
+
+    def __rich__(self) -> Any:
+        """Render as a tree (rich protocol)."""
+        from pipelines._render import to_tree
+
+        return to_tree(self)
+
+
+class Stream(Generic[T]):
+    """A stream of records of type ``T`` inside a pipeline under construction."""
+
+    __slots__ = ("_classes", "_pipeline", "_port", "_scope")
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        port: Port,
+        classes: tuple[type[Event], ...] | None = None,
+        scope: str = "",
+    ) -> None:
+        """Point at ``port`` of ``pipeline`` (use `Pipeline.read` instead).
+
+        ``scope`` prefixes the default names of the steps added after it, so
+        that branches of a forward name their steps apart (``big_map``).
+        """
+        self._pipeline = pipeline
+        self._port = port
+        self._classes = classes
+        self._scope = scope
+
+    def _next(
+        self, pipe: Pipeline, node: Node, classes: tuple[type[Event], ...] | None
+    ) -> Stream[Any]:
+        return Stream(pipe, Port(node), classes, self._scope)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline built so far."""
+        return self._pipeline
+
+    @property
+    def step(self) -> str:
+        """The step (and route) this stream reads from."""
+        return str(self._port)
+
+    @property
+    def event_classes(self) -> tuple[type[Event], ...] | None:
+        """The event classes this stream may carry, when known."""
+        return self._classes
+
+    def __repr__(self) -> str:
+        """Show where the stream is."""
+        return f"{type(self).__name__}({self._pipeline.name!r}, at={self.step!r})"
+
+    def _add(
+        self,
+        kind: str,
+        fn: Any,
+        name: str | None,
+        detail: str | None,
+        on_error: Policy,
+        params: Mapping[str, Any] | None = None,
+        inputs: tuple[Port, ...] | None = None,
+        graph: Graph | None = None,
+    ) -> tuple[Pipeline, Node]:
+        graph = graph or self._pipeline.graph
+        step = check_name(name) if name else graph.unique(self._auto(kind, detail))
+        node = Node(
+            step,
+            kind,
+            inputs if inputs is not None else (self._port,),
+            fn,
+            as_policy(on_error),
+            dict(params or {}),
+        )
+        return self._pipeline._with(graph.add(node)), node
+
+    def _auto(self, kind: str, detail: str | None) -> str:
+        base = auto_name(kind, detail)
+        return f"{self._scope}_{base}" if self._scope else base
+
+    @overload
+    def filter(
+        self, predicate: type[E], *, name: str | None = ..., on_error: Policy = ...
+    ) -> Stream[E]: ...
+
+    @overload
+    def filter(
+        self, predicate: Callable[[T], object], *, name: str | None = ..., on_error: Policy = ...
+    ) -> Stream[T]: ...
+
+    def filter(
+        self, predicate: Any, *, name: str | None = None, on_error: Policy = "dead_letter"
+    ) -> Stream[Any]:
+        """Keep the records for which ``predicate`` holds, or of one event class.
+
+        >>> from pipelines import sources, testing
+        >>> s = Pipeline("p").read(sources.memory(range(6))).filter(lambda x: x % 2 == 0)
+        >>> sorted(testing.outputs(s))
+        [0, 2, 4]
+        """
+        classes = self._classes
+        if isinstance(predicate, type):
+            cls = predicate
+            if not issubclass(cls, Event):
+                msg = (
+                    f"step {name or 'filter'!r} (filter): a class filter needs an Event "
+                    f"subclass; got {cls.__name__}. Hint: filter(lambda e: isinstance(e, X))."
+                )
+                raise TypeError(msg)
+            if classes is not None and not any(issubclass(c, cls) for c in classes):
+                known = ", ".join(c.__name__ for c in classes)
+                msg = (
+                    f"step {name or 'filter_' + cls.__name__!r} (filter): stream "
+                    f"{self.step!r} carries {known}, never {cls.__name__}. Hint: "
+                    f"filter by one of {known}, or add {cls.__name__} to the source schema."
+                )
+                raise TypeError(msg)
+            narrowed = tuple(c for c in classes or (cls,) if issubclass(c, cls))
+            pipe, node = self._add(
+                "filter", _IsInstance(cls), name, cls.__name__, on_error, {"cls": cls}
+            )
+            return self._next(pipe, node, narrowed)
+        _callable(predicate, name or "filter", "filter", "predicate",
+                  "filter(lambda e: e.user != 'bot') or filter(MyEvent).")
+        pipe, node = self._add("filter", predicate, name, _detail(predicate), on_error)
+        return self._same(pipe, node)
+
+    def _same(self, pipe: Pipeline, node: Node) -> Stream[T]:
+        return self._next(pipe, node, self._classes)
+
+    def map(
+        self, fn: Callable[[T], U], *, name: str | None = None, on_error: Policy = "dead_letter"
+    ) -> Stream[U]:
+        """Replace each record with ``fn(record)``."""
+        _callable(fn, name or "map", "map", "function", "map(lambda e: e.amount).")
+        pipe, node = self._add("map", fn, name, _detail(fn), on_error)
+        return self._next(pipe, node, None)
+
+    def flat_map(
+        self,
+        fn: Callable[[T], Iterable[U]],
+        *,
+        name: str | None = None,
+        on_error: Policy = "dead_letter",
+    ) -> Stream[U]:
+        """Replace each record with the records ``fn(record)`` returns (0 or more)."""
+        _callable(fn, name or "flat_map", "flat_map", "function",
+                  "flat_map(lambda e: e.items).")
+        pipe, node = self._add("flat_map", fn, name, _detail(fn), on_error)
+        return self._next(pipe, node, None)
+
+    def inspect(
+        self,
+        fn: Callable[[T], object] = print,
+        *,
+        name: str | None = None,
+        on_error: Policy = "dead_letter",
+    ) -> Stream[T]:
+        """Call ``fn(record)`` for its side effect (default: print); pass records on."""
+        _callable(fn, name or "inspect", "inspect", "function", "inspect(print).")
+        pipe, node = self._add("inspect", fn, name, _detail(fn), on_error)
+        return self._same(pipe, node)
+
+    def key_by(
+        self, key: Callable[[T], str], *, name: str | None = None, on_error: Policy = "dead_letter"
+    ) -> KeyedStream[T]:
+        """Key records by ``key(record)`` (a str): keyed work is partitioned by it."""
+        _callable(key, name or "key_by", "key_by", "key function",
+                  "key_by(lambda e: e.user).")
+        pipe, node = self._add("key_by", key, name, _detail(key), on_error)
+        return KeyedStream(pipe, Port(node), self._classes, self._scope)
+
+    def merge(self, *others: Stream[T], name: str | None = None) -> Stream[T]:
+        """Interleave this stream with ``others`` (of the same pipeline)."""
+        graphs = []
+        for other in others:
+            if not isinstance(other, Stream):
+                msg = (
+                    f"step {name or 'merge'!r} (merge): can only merge streams; got "
+                    f"{type(other).__name__}. Hint: a.merge(b, c)."
+                )
+                raise TypeError(msg)
+            if other._pipeline.name != self._pipeline.name:
+                msg = (
+                    f"step {name or 'merge'!r} (merge): stream {other.step!r} belongs to "
+                    f"pipeline {other._pipeline.name!r}, not {self._pipeline.name!r}. "
+                    f"Hint: read every source from the same Pipeline(...)."
+                )
+                raise ValueError(msg)
+            graphs.append(other._pipeline.graph)
+        if not others:
+            msg = f"step {name or 'merge'!r} (merge): nothing to merge. Hint: a.merge(b)."
+            raise ValueError(msg)
+        graph = self._pipeline.graph.union(graphs)
+        inputs = (self._port, *(o._port for o in others))
+        pipe, node = self._add("merge", None, name, None, "dead_letter", inputs=inputs,
+                               graph=graph)
+        classes: tuple[type[Event], ...] | None = None
+        if self._classes is not None and all(o._classes is not None for o in others):
+            merged = list(self._classes)
+            for o in others:
+                merged += [c for c in o._classes or () if c not in merged]
+            classes = tuple(merged)
+        return Stream(pipe, Port(node), classes)
+
+    def forward(
+        self,
+        *,
+        otherwise: str | None = None,
+        mode: Literal["first", "all"] = "first",
+        name: str | None = None,
+        on_error: Policy = "dead_letter",
+        **routes: Callable[[T], object],
+    ) -> Routes[T]:
+        """Route records to named branches by predicates.
+
+        ``mode="first"`` sends each record to the first route that matches;
+        ``mode="all"`` copies it to every route that matches. Records matching
+        none go to the branch named by ``otherwise``, or are counted unrouted.
+
+        >>> from pipelines import sources, sinks
+        >>> routes = Pipeline("p").read(sources.memory(range(10))).forward(
+        ...     big=lambda x: x >= 7, otherwise="rest")
+        >>> result = routes.write(big=sinks.memory("big"), rest=sinks.memory("rest")).run()
+        >>> sorted(result.outputs["big"]), len(result.outputs["rest"])
+        ([7, 8, 9], 7)
+        """
+        step = name or "forward"
+        if not routes:
+            msg = (
+                f"step {step!r} (forward): no routes given. Hint: "
+                f"forward(big=lambda e: e.amount > 100, otherwise='rest')."
+            )
+            raise ValueError(msg)
+        if mode not in ("first", "all"):
+            msg = f"step {step!r} (forward): mode must be 'first' or 'all'; got {mode!r}."
+            raise ValueError(msg)
+        names = [*routes, *([otherwise] if otherwise is not None else [])]
+        for route in names:
+            if not isinstance(route, str) or not route.isidentifier() or keyword.iskeyword(
+                route
+            ) or route.startswith("_") or route in _RESERVED_ROUTES:
+                msg = (
+                    f"step {step!r} (forward): route name {route!r} is not a usable "
+                    f"identifier (no leading underscore, not one of "
+                    f"{sorted(_RESERVED_ROUTES)}). Hint: otherwise='rest'."
+                )
+                raise ValueError(msg)
+        if otherwise in routes:
+            msg = (
+                f"step {step!r} (forward): otherwise={otherwise!r} is also a route. "
+                f"Hint: give the unmatched branch its own name."
+            )
+            raise ValueError(msg)
+        for route, pred in routes.items():
+            _callable(pred, step, "forward", f"route {route!r}",
+                      f"forward({route}=lambda e: ...).")
+        detail = "_".join(routes)
+        pipe, node = self._add(
+            "forward", tuple(routes.values()), name, detail, on_error,
+            {"routes": tuple(routes), "otherwise": otherwise, "mode": mode},
+        )
+        prefix = f"{self._scope}_" if self._scope else ""
+        return Routes(
+            pipe,
+            {r: Stream(pipe, Port(node, r), self._classes, prefix + r) for r in names},
+        )
+
+    def write(self, sink: Sink, *, name: str | None = None) -> Pipeline:
+        """Write the stream to ``sink`` and return the pipeline."""
+        if not isinstance(sink, Sink):
+            msg = (
+                f"step {name or 'write'!r} (write): write() needs a sink; got "
+                f"{type(sink).__name__} {sink!r}. Hint: write(sinks.memory('out'))."
+            )
+            raise TypeError(msg)
+        graph = self._pipeline.graph
+        step = check_name(name) if name else graph.unique(self._auto(sink.label, None))
+        node = Node(step, "write", (self._port,), params={"sink": sink})
+        return self._pipeline._with(graph.add(node))
+
+    def _at(self, pipeline: Pipeline) -> Stream[T]:
+        """This stream, inside a larger pipeline that contains it."""
+        return type(self)(pipeline, self._port, self._classes, self._scope)
+
+
+class KeyedStream(Stream[T]):
+    """A stream whose records carry a key: keyed work is partitioned by it."""
+
+    __slots__ = ()
+
+
+class _IsInstance:
+    """A picklable class predicate (``filter(View)``)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.__name__ = f"is_{cls.__name__}"
+        self.__qualname__ = self.__name__
+
+    def __call__(self, item: Any) -> bool:
+        return isinstance(item, self.cls)
+
+
+class Routes(Generic[T]):
+    """The branches of a `Stream.forward`: ``routes.big``, ``routes["big"]``."""
+
+    __slots__ = ("_pipeline", "_streams")
+
+    def __init__(self, pipeline: Pipeline, streams: dict[str, Stream[T]]) -> None:
+        """Hold one stream per route name."""
+        self._pipeline = pipeline
+        self._streams = streams
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline built so far."""
+        return self._pipeline
+
+    @property
+    def names(self) -> list[str]:
+        """The route names, ``otherwise`` last."""
+        return list(self._streams)
+
+    def __getattr__(self, route: str) -> Stream[T]:
+        """Return the branch called ``route``."""
+        try:
+            return self._streams[route]
+        except KeyError:
+            msg = f"no route {route!r}; the routes are {list(self._streams)}."
+            raise AttributeError(msg) from None
+
+    def __getitem__(self, route: str) -> Stream[T]:
+        """Return the branch called ``route``."""
+        try:
+            return self._streams[route]
+        except KeyError:
+            msg = f"no route {route!r}; the routes are {list(self._streams)}."
+            raise KeyError(msg) from None
+
+    def __iter__(self) -> Iterator[Stream[T]]:
+        """Iterate over the branches."""
+        return iter(self._streams.values())
+
+    def write(self, **sinks: Sink) -> Pipeline:
+        """Write each named branch to its sink and return the combined pipeline."""
+        if not sinks:
+            msg = "Routes.write needs at least one route=sink. Hint: write(big=sinks.memory('big'))."
+            raise ValueError(msg)
+        result = self._pipeline
+        for route, sink in sinks.items():
+            result = self[route]._at(result).write(sink)
+        return result

@@ -1,0 +1,99 @@
+"""Rendering: small pure functions from a pipeline or result to rich output."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.tree import Tree
+
+from operators import describe_function
+
+from pipelines._graph import Node
+
+if TYPE_CHECKING:
+    from pipelines._builder import Pipeline
+    from pipelines._result import RunResult
+
+__all__ = ["node_label", "summary_table", "to_tree"]
+
+
+def node_label(node: Node) -> str:
+    """Describe one step in a line: kind, name and what it calls or touches."""
+    kind = node.kind
+    detail = ""
+    if kind == "read":
+        detail = node.params["source"].label
+        classes = node.params.get("classes")
+        if classes:
+            detail += " as " + " | ".join(c.__name__ for c in classes)
+    elif kind == "write":
+        detail = node.params["sink"].label
+    elif kind == "forward":
+        detail = ", ".join(node.params["routes"]) + f" (mode={node.params['mode']})"
+        if node.params["otherwise"]:
+            detail += f", otherwise={node.params['otherwise']}"
+    elif kind == "filter" and "cls" in node.params:
+        detail = node.params["cls"].__name__
+    elif node.fn is not None:
+        detail = describe_function(node.fn)
+    policy = "" if node.policy.mode == "dead_letter" else f" [on_error={node.policy.mode}]"
+    return f"[bold]{node.name}[/bold] [dim]{kind}[/dim] {detail}{policy}".rstrip()
+
+
+def to_tree(pipeline: Pipeline) -> Tree:
+    """Render the pipeline's graph as a rich tree, sources at the roots."""
+    graph = pipeline.graph
+    users = graph.consumers()
+    root = Tree(f"[bold cyan]pipeline {pipeline.name}[/bold cyan]")
+    shown: set[str] = set()
+
+    def grow(branch: Tree, node: Node) -> None:
+        here = branch.add(node_label(node))
+        if node.name in shown:
+            return
+        shown.add(node.name)
+        for port in node.ports():
+            target = here if port is None else here.add(f"[magenta]route {port}[/magenta]")
+            for user in users[(node.name, port)]:
+                if user.kind == "merge" and user.name in shown:
+                    target.add(f"[dim]-> {user.name}[/dim]")
+                else:
+                    grow(target, user)
+
+    for node in graph:
+        if node.kind == "read":
+            grow(root, node)
+    if pipeline.dead_letter_sink is not None:
+        root.add(f"[red]dead letters[/red] -> {pipeline.dead_letter_sink.label}")
+    return root
+
+
+def summary_table(result: RunResult) -> Table:
+    """Per-step counts with totals, and whether they reconcile."""
+    ok = "[green]reconciles[/green]" if result.reconciles else "[red]does NOT reconcile[/red]"
+    table = Table(
+        title=f"pipeline {result.pipeline}: {result.workers} worker(s), "
+        f"{result.seconds:.2f}s",
+        caption=(
+            f"read {result.read} + created {result.created} = written {result.written} "
+            f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
+            f"{result.dead} + skipped {result.skipped}: {ok}"
+        ),
+    )
+    columns = ("received", "out", "filtered", "unrouted", "dead", "skipped", "created")
+    headers = ("in", "out", "filtered", "unrouted", "dead", "skipped", "created")
+    table.add_column("step")
+    table.add_column("kind")
+    for header in headers:
+        table.add_column(header, justify="right")
+    for counts in result.counts.values():
+        values: list[Any] = [getattr(counts, c) for c in columns]
+        table.add_row(counts.step, counts.kind, *(str(v) if v else "." for v in values))
+    table.add_row(
+        "[bold]total[/bold]", "",
+        str(result.read), str(result.written), str(result.filtered), str(result.unrouted),
+        str(result.dead), str(result.skipped), str(result.created),
+        end_section=True,
+    )
+    return table

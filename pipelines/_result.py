@@ -1,0 +1,132 @@
+"""`RunResult`: what a run produced, and counts that reconcile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from operators import DeadLetter
+
+__all__ = ["RunResult", "StepCounts"]
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """What one step saw: records in and out, and where the others went.
+
+    For every step, ``received + created == out + filtered + unrouted + dead +
+    skipped``, where ``created`` counts extra records a step made (a
+    flat_map's outputs past the first, copies for several routes or readers).
+    """
+
+    step: str
+    kind: str
+    received: int = 0
+    out: int = 0
+    filtered: int = 0
+    unrouted: int = 0
+    dead: int = 0
+    skipped: int = 0
+    created: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        """Whether this step's counts add up."""
+        return self.received + self.created == (
+            self.out + self.filtered + self.unrouted + self.dead + self.skipped
+        )
+
+
+class RunResult:
+    """The outcome of a run: memory-sink outputs, dead letters, counts.
+
+    Counts reconcile for a bounded input:
+    ``read + created == written + filtered + unrouted + dead + skipped``.
+    """
+
+    def __init__(
+        self,
+        pipeline: str,
+        outputs: dict[str, list[Any]],
+        dead_letters: list[DeadLetter],
+        counts: dict[str, StepCounts],
+        workers: int,
+        seconds: float,
+    ) -> None:
+        """Hold the parts of a finished run."""
+        self.pipeline = pipeline
+        self.outputs = outputs
+        self.dead_letters = dead_letters
+        self.counts = counts
+        self.workers = workers
+        self.seconds = seconds
+
+    def _sum(self, field: str, kinds: tuple[str, ...] | None = None) -> int:
+        return sum(
+            getattr(c, field) for c in self.counts.values() if kinds is None or c.kind in kinds
+        )
+
+    @property
+    def read(self) -> int:
+        """Records read from every source."""
+        return self._sum("received", ("read",))
+
+    @property
+    def written(self) -> int:
+        """Records written to every sink (dead letters not included)."""
+        return self._sum("out", ("write",))
+
+    @property
+    def filtered(self) -> int:
+        """Records dropped by filters (and flat_maps that returned nothing)."""
+        return self._sum("filtered")
+
+    @property
+    def unrouted(self) -> int:
+        """Records that matched no route of a forward without ``otherwise``."""
+        return self._sum("unrouted")
+
+    @property
+    def dead(self) -> int:
+        """Records that became dead letters."""
+        return self._sum("dead")
+
+    @property
+    def skipped(self) -> int:
+        """Failing records dropped by the ``skip`` policy."""
+        return self._sum("skipped")
+
+    @property
+    def created(self) -> int:
+        """Extra records made by flat_maps, multi-route copies and fan-out."""
+        return self._sum("created")
+
+    @property
+    def reconciles(self) -> bool:
+        """Whether every record read is accounted for, step by step and in all."""
+        total = self.written + self.filtered + self.unrouted + self.dead + self.skipped
+        return self.read + self.created == total and all(
+            c.balanced for c in self.counts.values()
+        )
+
+    def __getitem__(self, name: str) -> list[Any]:
+        """Return the outputs of memory sink ``name``."""
+        return self.outputs[name]
+
+    def __repr__(self) -> str:
+        """Summarise in one line."""
+        return (
+            f"RunResult({self.pipeline!r}, read={self.read}, written={self.written}, "
+            f"filtered={self.filtered}, unrouted={self.unrouted}, dead={self.dead}, "
+            f"skipped={self.skipped}, created={self.created}, reconciles={self.reconciles})"
+        )
+
+    def summary(self) -> Any:
+        """Return a rich table of per-step counts with the totals line."""
+        from pipelines._render import summary_table
+
+        return summary_table(self)
+
+    def __rich__(self) -> Any:
+        """Render as the summary table."""
+        return self.summary()

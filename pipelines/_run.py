@@ -1,0 +1,76 @@
+"""Run a pipeline in this process, on one or more worker threads."""
+
+from __future__ import annotations
+
+import time
+
+from bytewax.testing import cluster_main, run_main
+
+from operators import DeadLetter, PipelineHalted, RunContext
+
+from pipelines._builder import Pipeline
+from pipelines._compile import compile_pipeline
+from pipelines._result import RunResult, StepCounts
+
+__all__ = ["root_cause", "run"]
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """Find the exception that matters under the engine's wrappers.
+
+    A `PipelineHalted` anywhere in the chain wins; otherwise the innermost
+    cause (the user's or the source's own exception).
+    """
+    seen = set()
+    current: BaseException | None = exc
+    innermost = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PipelineHalted):
+            return current
+        innermost = current
+        current = current.__cause__ or current.__context__
+    return innermost
+
+
+def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
+    """Compile and run ``pipeline`` on ``workers`` threads; return its result."""
+    if not isinstance(workers, int) or workers < 1:
+        msg = f"workers must be a positive int; got {workers!r}. Hint: run(workers=2)."
+        raise ValueError(msg)
+    ctx = RunContext(pipeline.name)
+    compiled = compile_pipeline(pipeline, ctx, workers)
+    started = time.perf_counter()
+    try:
+        if workers == 1:
+            run_main(compiled.flow)
+        else:
+            cluster_main(compiled.flow, [], 0, worker_count_per_proc=workers)
+    except Exception as exc:
+        cause = root_cause(exc)
+        if cause is exc:
+            raise
+        if isinstance(cause, PipelineHalted):
+            raise cause from cause.__cause__
+        raise cause from None
+    finally:
+        ctx.close()
+    seconds = time.perf_counter() - started
+    totals = compiled.counters.totals()
+    counts = {
+        step: StepCounts(
+            step,
+            compiled.kinds[step],
+            received=row["in"],
+            out=row["out"],
+            filtered=row["filtered"],
+            unrouted=row["unrouted"],
+            dead=row["dead"],
+            skipped=row["skipped"],
+            created=row["created"],
+        )
+        for step, row in totals.items()
+    }
+    outputs = {k: v for k, v in ctx.outputs.items() if k != "__dead_letters__"}
+    dead: list[DeadLetter] = ctx.outputs.get("__dead_letters__", [])
+    return RunResult(pipeline.name, outputs, dead, counts, workers, seconds)

@@ -1,0 +1,103 @@
+"""Sources: where a pipeline's records come from.
+
+Every source reads in chunks (1000 records by default) and knows its
+partitions; bad records are never dropped: with a ``schema`` they are parsed
+and validated in one step, and failures become dead letters with their origin.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from operators import (
+    DEFAULT_BATCH,
+    CsvSource,
+    GenerateSource,
+    JsonlSource,
+    MemorySource,
+    Schema,
+    Source,
+    StdinSource,
+)
+from operators._sources import Factory
+
+__all__ = ["Source", "csv", "generate", "jsonl", "memory", "stdin"]
+
+
+def memory(
+    items: Iterable[Any],
+    *,
+    schema: Schema | None = None,
+    partitions: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    name: str = "memory",
+) -> MemorySource:
+    """Read records held in memory.
+
+    Without a schema the records flow as they are. With one, JSON text and
+    dicts are validated into events (bad ones become dead letters).
+
+    >>> from pipelines import Pipeline, testing
+    >>> sorted(testing.outputs(Pipeline("p").read(memory([3, 1, 2]))))
+    [1, 2, 3]
+    """
+    return MemorySource(
+        items, schema=schema, partitions=partitions, batch_size=batch_size, name=name
+    )
+
+
+def jsonl(
+    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
+) -> JsonlSource:
+    """Read JSON Lines files (a path or a glob), one partition per file.
+
+    A malformed line or a schema violation becomes a dead letter naming the
+    file and line.
+    """
+    return JsonlSource(path, schema=schema, batch_size=batch_size)
+
+
+def csv(
+    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
+) -> CsvSource:
+    """Read CSV files with a header row (a path or a glob), one partition per file."""
+    return CsvSource(path, schema=schema, batch_size=batch_size)
+
+
+def generate(
+    factory: Factory,
+    *,
+    count: int | None,
+    seed: int = 0,
+    partitions: int = 1,
+    rate: float | None = None,
+    schema: Schema | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    name: str = "generate",
+) -> GenerateSource:
+    """Generate deterministic synthetic records: ``factory(rng, index)``.
+
+    ``count=None`` never ends; ``rate`` caps records per second.
+
+    >>> from pipelines import Pipeline, testing
+    >>> src = generate(lambda rng, i: i * 2, count=4, partitions=2)
+    >>> sorted(testing.outputs(Pipeline("p").read(src)))
+    [0, 2, 4, 6]
+    """
+    return GenerateSource(
+        factory,
+        count=count,
+        seed=seed,
+        partitions=partitions,
+        rate=rate,
+        schema=schema,
+        batch_size=batch_size,
+        name=name,
+    )
+
+
+def stdin(*, schema: Schema, batch_size: int = DEFAULT_BATCH) -> StdinSource:
+    """Read JSON Lines from standard input until it closes."""
+    return StdinSource(schema=schema, batch_size=batch_size)
