@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import types
 import typing
@@ -49,12 +50,12 @@ class Event(BaseModel):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give a subclass without its own ``type`` a literal one."""
-        annotations = cls.__dict__.get("__annotations__", {})
+        annotations = dict(inspect.get_annotations(cls))
         if "type" not in annotations:
             name = cls.__name__.lower()
-            annotations["type"] = Literal[name]  # type: ignore[valid-type]
+            annotations["type"] = Literal[name]
             cls.__annotations__ = annotations
-            cls.type = name  # type: ignore[assignment]
+            cls.type = name
         super().__init_subclass__(**kwargs)
 
     def get_type(self) -> str:
@@ -76,7 +77,7 @@ def event_classes(schema: Schema) -> tuple[type[Event], ...]:
     """
     if isinstance(schema, type) and issubclass(schema, Event):
         return (schema,)
-    origin = typing.get_origin(schema)
+    origin: Any = typing.get_origin(schema)
     if origin is Union or origin is types.UnionType:
         classes: list[type[Event]] = []
         for arg in typing.get_args(schema):
@@ -120,5 +121,6 @@ def schema_adapter(schema: Schema) -> TypeAdapter[Any]:
         seen[name] = cls
     if len(classes) == 1:
         return TypeAdapter(classes[0])
-    union = Union[tuple(classes)]  # type: ignore[valid-type]  # noqa: UP007
-    return TypeAdapter(Annotated[union, Field(discriminator="type")])
+    union: Any = Union[tuple(classes)]  # noqa: UP007 - built from a tuple
+    tagged: Any = Annotated[union, Field(discriminator="type")]
+    return TypeAdapter(tagged)

@@ -77,6 +77,5 @@ class PipelineHalted(RuntimeError):
         self.function = function
         self.payload = payload
         super().__init__(
-            f"pipeline {pipeline!r} halted at step {step!r} ({function}) "
-            f"on {payload[:200]!r}"
+            f"pipeline {pipeline!r} halted at step {step!r} ({function}) on {payload[:200]!r}"
         )

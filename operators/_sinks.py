@@ -131,20 +131,39 @@ def to_json(item: Any) -> str:
     return json.dumps(item, default=str)
 
 
-class _FileWriter(Writer):
-    def __init__(self, handle: Any, lock: threading.Lock) -> None:
-        self.handle = handle
-        self.lock = lock
+class _SharedFile:
+    """One open file for all of a run's workers, written under a lock."""
 
-    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
-        text = "".join(to_json(item) + "\n" for item in items)
+    def __init__(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self.handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> None:
         with self.lock:
             self.handle.write(text)
-        return []
+
+    def flush(self) -> None:
+        with self.lock:
+            self.handle.flush()
 
     def close(self) -> None:
         with self.lock:
-            self.handle.flush()
+            self.handle.close()
+
+
+class _FileWriter(Writer):
+    def __init__(self, shared: _SharedFile) -> None:
+        self.shared = shared
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        self.shared.write("".join(to_json(item) + "\n" for item in items))
+        return []
+
+    def close(self) -> None:
+        self.shared.flush()
 
 
 class JsonlSink(Sink):
@@ -162,15 +181,8 @@ class JsonlSink(Sink):
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Share one handle between the run's workers."""
-
-        def make() -> tuple[Any, threading.Lock]:
-            parent = os.path.dirname(self.path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            return open(self.path, "w", encoding="utf-8"), threading.Lock()  # noqa: SIM115
-
-        handle, lock = ctx.shared(("jsonl", os.path.abspath(self.path)), make)
-        return _FileWriter(handle, lock)
+        path = os.path.abspath(self.path)
+        return _FileWriter(ctx.shared(("jsonl", path), lambda: _SharedFile(path)))
 
 
 class _StdoutWriter(Writer):
@@ -285,8 +297,9 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                     row[_DEAD] += len(failed)
                     if dead is packet.dead:
                         dead = list(dead)
-                    dead.extend(owner.sink_failure(row_index, sink, item, exc)
-                                for item, exc in failed)
+                    dead.extend(
+                        owner.sink_failure(row_index, sink, item, exc) for item, exc in failed
+                    )
             if dead and self.dead_writer is not None:
                 assert self.dead_row is not None
                 row = table[self.dead_row]

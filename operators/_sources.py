@@ -206,8 +206,9 @@ class MemorySource(Source):
 
 def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
     text = os.fspath(path_or_glob)
-    files = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
-    return files
+    if glob.has_magic(text):
+        return sorted(glob.glob(text))
+    return [text] if os.path.exists(text) else []
 
 
 class _LinesReader(Reader):
@@ -339,9 +340,7 @@ Factory = Callable[[random.Random, int], Any]
 
 
 class _GenerateReader(Reader):
-    def __init__(
-        self, src: GenerateSource, part: int, step: str, resume: Any | None
-    ) -> None:
+    def __init__(self, src: GenerateSource, part: int, step: str, resume: Any | None) -> None:
         self.src = src
         self.part = part
         self.step = step
@@ -492,7 +491,7 @@ class StdinSource(Source):
         return "stdin"
 
     def partitions(self) -> list[str]:
-        """Standard input is one partition."""
+        """Return the one partition of standard input."""
         return ["stdin"]
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:

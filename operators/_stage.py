@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,9 @@ __all__ = [
     "run_stage",
     "stage",
 ]
+
+#: Records pushed through a stage at a time (a chunk is cut into slices).
+SLICE = 128
 
 #: Per-step counters, in this order.
 COUNTER_FIELDS = ("in", "out", "filtered", "unrouted", "dead", "skipped", "created")
@@ -139,12 +142,13 @@ def describe_function(fn: Any) -> str:
 class _Run:
     """What one chunk's processing needs: counters, origin, dead letters."""
 
-    __slots__ = ("chunk", "dead", "pipeline", "table")
+    __slots__ = ("base", "chunk", "dead", "pipeline", "table")
 
     def __init__(self, pipeline: str, chunk: Chunk, table: list[list[int]]) -> None:
         self.pipeline = pipeline
         self.chunk = chunk
         self.table = table
+        self.base = 0
         self.dead: list[DeadLetter] = []
 
 
@@ -410,6 +414,12 @@ class KeyCheckOp(StageOp):
         return passed
 
 
+class _RouteError(Exception):
+    def __init__(self, item: Any, error: Exception) -> None:
+        self.item = item
+        self.error = error
+
+
 class ForwardOp(StageOp):
     """Route each record to named branches by predicates.
 
@@ -449,27 +459,64 @@ class ForwardOp(StageOp):
                     break
         return hits
 
+    def _first(self, it: Iterator[Any], lists: list[list[Any]], rest: list[Any]) -> None:
+        x = None
+        try:
+            if len(self.predicates) == 1:
+                pred = self.predicates[0]
+                hit = lists[0].append
+                miss = rest.append
+                for x in it:
+                    if pred(x):
+                        hit(x)
+                    else:
+                        miss(x)
+                return
+            pairs = [(pred, lst.append) for pred, lst in zip(self.predicates, lists, strict=True)]
+            miss = rest.append
+            for x in it:
+                for pred, hit in pairs:
+                    if pred(x):
+                        hit(x)
+                        break
+                else:
+                    miss(x)
+        except Exception as exc:
+            raise _RouteError(x, exc) from exc
+
+    def _all(
+        self, it: Iterator[Any], lists: list[list[Any]], rest: list[Any], row: list[int]
+    ) -> None:
+        x = None
+        try:
+            for x in it:
+                hits = self.call(x)
+                if not hits:
+                    rest.append(x)
+                for i in hits:
+                    lists[i].append(x)
+                if len(hits) > 1:
+                    row[_CREATED] += len(hits) - 1
+        except Exception as exc:
+            raise _RouteError(x, exc) from exc
+
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Split a list over the branches."""
         row = run.table[self.index]
         row[_IN] += len(items)
         lists: list[list[Any]] = [[] for _ in self.predicates]
         rest: list[Any] = []
-        call = self.call
         it = iter(items)
         while True:
             try:
-                for x in it:
-                    hits = call(x)
-                    if not hits:
-                        rest.append(x)
-                    for i in hits:
-                        lists[i].append(x)
-                    if len(hits) > 1:
-                        row[_CREATED] += len(hits) - 1
+                if self.mode == "first":
+                    self._first(it, lists, rest)
+                else:
+                    self._all(it, lists, rest, row)
                 break
-            except Exception as exc:  # noqa: BLE001 - handed to the policy
-                ok, hits = self.recover(x, exc, run, row)
+            except _RouteError as failure:
+                x = failure.item
+                ok, hits = self.recover(x, failure.error, run, row)
                 if ok:
                     if not hits:
                         rest.append(x)
@@ -514,6 +561,11 @@ class ParseOp(StageOp):
         super().__init__(step, index, None, policy, nexts)
         self.adapter = adapter
         self.function = "schema"
+        if adapter is not None:
+            # The compiled validator itself: no Python wrapper per record.
+            validator = getattr(adapter, "validator", None)
+            self.parse_json = getattr(validator, "validate_json", adapter.validate_json)
+            self.parse_python = getattr(validator, "validate_python", adapter.validate_python)
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Parse a list; dead letters carry the record's origin."""
@@ -523,36 +575,52 @@ class ParseOp(StageOp):
             row[_OUT] += len(items)
             _fan_out(self.nexts, items, run, out, row)
             return
-        parse_json = self.adapter.validate_json
-        parse_obj = self.adapter.validate_python
         events: list[Any] = []
         append = events.append
         blank = 0
         failures: list[tuple[int, Any, Exception]] = []
-        index = 0
-        it = iter(items)
-        while True:
-            try:
-                for x in it:
-                    if isinstance(x, bytes | str):
-                        if x.strip():
-                            append(parse_json(x))
-                        else:
-                            blank += 1
-                    elif isinstance(x, BaseModel):
-                        append(x)
+        if items and isinstance(items[0], bytes | str):
+            # Fast path for raw text: one compiled call per record. Anything
+            # unusual (blank lines, non-text records) goes by the slow path.
+            parse = self.parse_json
+            index = 0
+            it = iter(items)
+            while True:
+                try:
+                    for x in it:
+                        append(parse(x))
+                        index += 1
+                    break
+                except Exception as exc:  # noqa: BLE001 - looked at below
+                    if not isinstance(x, bytes | str):
+                        try:
+                            append(self.parse_one(x))
+                        except Exception as other:  # noqa: BLE001 - dead-lettered
+                            failures.append((index, x, other))
+                    elif x.strip():
+                        failures.append((index, x, exc))
                     else:
-                        append(parse_obj(x))
+                        blank += 1
                     index += 1
-                break
-            except Exception as exc:  # noqa: BLE001 - dead-lettered below
-                failures.append((index, x, exc))
-                index += 1
+        else:
+            for index, x in enumerate(items):
+                try:
+                    append(self.parse_one(x))
+                except Exception as exc:  # noqa: BLE001 - dead-lettered below
+                    failures.append((index, x, exc))
         row[_IN] += len(items) - blank
-        for position, raw, exc in failures:
-            self._fail(position, raw, exc, run, row)
+        for position, raw, error in failures:
+            self._fail(position, raw, error, run, row)
         row[_OUT] += len(events)
         _fan_out(self.nexts, events, run, out, row)
+
+    def parse_one(self, x: Any) -> Any:
+        """Parse one record of any form: text, an event, a mapping."""
+        if isinstance(x, BaseModel):
+            return x
+        if isinstance(x, bytes | str):
+            return self.parse_json(x)
+        return self.parse_python(x)
 
     def _fail(self, position: int, raw: Any, exc: Exception, run: _Run, row: list[int]) -> None:
         if self.policy.mode == "skip":
@@ -580,7 +648,7 @@ class ParseOp(StageOp):
                 function="schema",
                 errors=errors,
                 payload=payload,
-                origin=run.chunk.origin(position),
+                origin=run.chunk.origin(run.base + position),
             )
         )
 
@@ -607,12 +675,18 @@ def run_stage(
     """Push each chunk through the stage tree and return one packet each."""
     table = counters.table()
     packets = []
+    step = SLICE
     for chunk in chunks:
         run = _Run(pipeline, chunk, table)
         out: list[list[Any]] = [[] for _ in range(exits)]
         items = chunk.items
-        for i, root in enumerate(roots):
-            root.push(items if i == 0 else list(items), run, out)
+        # Work through a chunk in slices: few records are alive at once, so
+        # they die young (cheap for the garbage collector) and stay in cache.
+        for start in range(0, len(items), step):
+            part = items[start : start + step] if len(items) > step else items
+            run.base = start
+            for i, root in enumerate(roots):
+                root.push(part if i == 0 else list(part), run, out)
         packets.append(Packet(out, run.dead))
     return packets
 

@@ -13,7 +13,6 @@
 """
 
 from operators import DeadLetter, ErrorPolicy, Event, Origin, PipelineHalted, retry
-
 from pipelines import sinks, sources, testing
 from pipelines._builder import KeyedStream, Pipeline, Routes, Stream
 from pipelines._compile import PipelineError

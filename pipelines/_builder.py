@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from operators import Event, Policy, Sink, Source, as_policy, event_classes
-
 from pipelines._graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
@@ -55,6 +54,10 @@ class Pipeline:
     """
 
     __slots__ = ("_dead", "_graph", "_name")
+
+    _name: str
+    _graph: Graph
+    _dead: Sink | None
 
     def __init__(self, name: str, *, _graph: Graph | None = None, _dead: Sink | None = None):
         """Start an empty pipeline called ``name`` (a plain identifier)."""
@@ -271,8 +274,13 @@ class Stream(Generic[T]):
                 "filter", _IsInstance(cls), name, cls.__name__, on_error, {"cls": cls}
             )
             return self._next(pipe, node, narrowed)
-        _callable(predicate, name or "filter", "filter", "predicate",
-                  "filter(lambda e: e.user != 'bot') or filter(MyEvent).")
+        _callable(
+            predicate,
+            name or "filter",
+            "filter",
+            "predicate",
+            "filter(lambda e: e.user != 'bot') or filter(MyEvent).",
+        )
         pipe, node = self._add("filter", predicate, name, _detail(predicate), on_error)
         return self._same(pipe, node)
 
@@ -295,8 +303,7 @@ class Stream(Generic[T]):
         on_error: Policy = "dead_letter",
     ) -> Stream[U]:
         """Replace each record with the records ``fn(record)`` returns (0 or more)."""
-        _callable(fn, name or "flat_map", "flat_map", "function",
-                  "flat_map(lambda e: e.items).")
+        _callable(fn, name or "flat_map", "flat_map", "function", "flat_map(lambda e: e.items).")
         pipe, node = self._add("flat_map", fn, name, _detail(fn), on_error)
         return self._next(pipe, node, None)
 
@@ -316,8 +323,7 @@ class Stream(Generic[T]):
         self, key: Callable[[T], str], *, name: str | None = None, on_error: Policy = "dead_letter"
     ) -> KeyedStream[T]:
         """Key records by ``key(record)`` (a str): keyed work is partitioned by it."""
-        _callable(key, name or "key_by", "key_by", "key function",
-                  "key_by(lambda e: e.user).")
+        _callable(key, name or "key_by", "key_by", "key function", "key_by(lambda e: e.user).")
         pipe, node = self._add("key_by", key, name, _detail(key), on_error)
         return KeyedStream(pipe, Port(node), self._classes, self._scope)
 
@@ -344,8 +350,7 @@ class Stream(Generic[T]):
             raise ValueError(msg)
         graph = self._pipeline.graph.union(graphs)
         inputs = (self._port, *(o._port for o in others))
-        pipe, node = self._add("merge", None, name, None, "dead_letter", inputs=inputs,
-                               graph=graph)
+        pipe, node = self._add("merge", None, name, None, "dead_letter", inputs=inputs, graph=graph)
         classes: tuple[type[Event], ...] | None = None
         if self._classes is not None and all(o._classes is not None for o in others):
             merged = list(self._classes)
@@ -388,9 +393,13 @@ class Stream(Generic[T]):
             raise ValueError(msg)
         names = [*routes, *([otherwise] if otherwise is not None else [])]
         for route in names:
-            if not isinstance(route, str) or not route.isidentifier() or keyword.iskeyword(
-                route
-            ) or route.startswith("_") or route in _RESERVED_ROUTES:
+            if (
+                not isinstance(route, str)
+                or not route.isidentifier()
+                or keyword.iskeyword(route)
+                or route.startswith("_")
+                or route in _RESERVED_ROUTES
+            ):
                 msg = (
                     f"step {step!r} (forward): route name {route!r} is not a usable "
                     f"identifier (no leading underscore, not one of "
@@ -404,11 +413,14 @@ class Stream(Generic[T]):
             )
             raise ValueError(msg)
         for route, pred in routes.items():
-            _callable(pred, step, "forward", f"route {route!r}",
-                      f"forward({route}=lambda e: ...).")
+            _callable(pred, step, "forward", f"route {route!r}", f"forward({route}=lambda e: ...).")
         detail = "_".join(routes)
         pipe, node = self._add(
-            "forward", tuple(routes.values()), name, detail, on_error,
+            "forward",
+            tuple(routes.values()),
+            name,
+            detail,
+            on_error,
             {"routes": tuple(routes), "otherwise": otherwise, "mode": mode},
         )
         prefix = f"{self._scope}_" if self._scope else ""
@@ -431,7 +443,7 @@ class Stream(Generic[T]):
         return self._pipeline._with(graph.add(node))
 
     def _at(self, pipeline: Pipeline) -> Stream[T]:
-        """This stream, inside a larger pipeline that contains it."""
+        """Return this stream, inside a larger pipeline that contains it."""
         return type(self)(pipeline, self._port, self._classes, self._scope)
 
 
@@ -496,7 +508,9 @@ class Routes(Generic[T]):
     def write(self, **sinks: Sink) -> Pipeline:
         """Write each named branch to its sink and return the combined pipeline."""
         if not sinks:
-            msg = "Routes.write needs at least one route=sink. Hint: write(big=sinks.memory('big'))."
+            msg = (
+                "Routes.write needs at least one route=sink. Hint: write(big=sinks.memory('big'))."
+            )
             raise ValueError(msg)
         result = self._pipeline
         for route, sink in sinks.items():

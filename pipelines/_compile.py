@@ -36,7 +36,6 @@ from operators import (
     stage,
 )
 from operators import Node as StageNode
-
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
 
@@ -133,12 +132,16 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
                         user.policy,
                         mode=user.params["mode"],
                         branches=[tree(stage_, (user.name, r)) for r in routes],
-                        otherwise=None if otherwise is None else tree(stage_, (user.name, otherwise)),
+                        otherwise=None
+                        if otherwise is None
+                        else tree(stage_, (user.name, otherwise)),
                     )
                 )
             else:
                 nexts = tree(stage_, (user.name, None))
-                nodes.append(_OPS[user.kind](user.name, row[user.name], user.fn, user.policy, nexts))
+                nodes.append(
+                    _OPS[user.kind](user.name, row[user.name], user.fn, user.policy, nexts)
+                )
         return nodes
 
     for node in graph:

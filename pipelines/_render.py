@@ -8,7 +8,6 @@ from rich.table import Table
 from rich.tree import Tree
 
 from operators import describe_function
-
 from pipelines._graph import Node
 
 if TYPE_CHECKING:
@@ -73,8 +72,7 @@ def summary_table(result: RunResult) -> Table:
     """Per-step counts with totals, and whether they reconcile."""
     ok = "[green]reconciles[/green]" if result.reconciles else "[red]does NOT reconcile[/red]"
     table = Table(
-        title=f"pipeline {result.pipeline}: {result.workers} worker(s), "
-        f"{result.seconds:.2f}s",
+        title=f"pipeline {result.pipeline}: {result.workers} worker(s), {result.seconds:.2f}s",
         caption=(
             f"read {result.read} + created {result.created} = written {result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
@@ -91,9 +89,15 @@ def summary_table(result: RunResult) -> Table:
         values: list[Any] = [getattr(counts, c) for c in columns]
         table.add_row(counts.step, counts.kind, *(str(v) if v else "." for v in values))
     table.add_row(
-        "[bold]total[/bold]", "",
-        str(result.read), str(result.written), str(result.filtered), str(result.unrouted),
-        str(result.dead), str(result.skipped), str(result.created),
+        "[bold]total[/bold]",
+        "",
+        str(result.read),
+        str(result.written),
+        str(result.filtered),
+        str(result.unrouted),
+        str(result.dead),
+        str(result.skipped),
+        str(result.created),
         end_section=True,
     )
     return table

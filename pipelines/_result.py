@@ -105,9 +105,7 @@ class RunResult:
     def reconciles(self) -> bool:
         """Whether every record read is accounted for, step by step and in all."""
         total = self.written + self.filtered + self.unrouted + self.dead + self.skipped
-        return self.read + self.created == total and all(
-            c.balanced for c in self.counts.values()
-        )
+        return self.read + self.created == total and all(c.balanced for c in self.counts.values())
 
     def __getitem__(self, name: str) -> list[Any]:
         """Return the outputs of memory sink ``name``."""

@@ -7,7 +7,6 @@ import time
 from bytewax.testing import cluster_main, run_main
 
 from operators import DeadLetter, PipelineHalted, RunContext
-
 from pipelines._builder import Pipeline
 from pipelines._compile import compile_pipeline
 from pipelines._result import RunResult, StepCounts
@@ -43,9 +42,11 @@ def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
     started = time.perf_counter()
     try:
         if workers == 1:
-            run_main(compiled.flow)
+            run_main(compiled.flow)  # type: ignore[no-untyped-call]
         else:
-            cluster_main(compiled.flow, [], 0, worker_count_per_proc=workers)
+            cluster_main(  # type: ignore[no-untyped-call]
+                compiled.flow, [], 0, worker_count_per_proc=workers
+            )
     except Exception as exc:
         cause = root_cause(exc)
         if cause is exc:

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from operators import MemorySource, Schema
-
 from pipelines._builder import Pipeline, Stream
 from pipelines._graph import Node
 from pipelines._result import RunResult
@@ -41,8 +40,7 @@ def replace_sources(
         if node.kind == "read":
             old = node.params["source"]
             source = MemorySource(items, schema=schema if schema is not None else old.schema)
-            new = Node(node.name, "read", (), None, node.policy,
-                       {**node.params, "source": source})
+            new = Node(node.name, "read", (), None, node.policy, {**node.params, "source": source})
             replaced[node.name] = new
             nodes[node.name] = new
         else:

@@ -1,0 +1,139 @@
+"""The ``evflow`` command: run, list and draw pipelines."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pipelines._builder import Pipeline
+
+__all__ = ["load_target", "main"]
+
+
+class TargetError(Exception):
+    """A TARGET that names nothing runnable."""
+
+
+def _resolve(obj: Any, target: str) -> Pipeline:
+    if isinstance(obj, Pipeline):
+        return obj
+    if callable(obj):
+        made = obj()
+        if isinstance(made, Pipeline):
+            return made
+        obj = made
+    msg = (
+        f"{target} is a {type(obj).__name__}, not a Pipeline. Hint: point at a "
+        f"Pipeline value or a function with no arguments that returns one."
+    )
+    raise TargetError(msg)
+
+
+def load_target(target: str) -> Pipeline:
+    """Load a pipeline from a catalog name, ``module:attr`` or ``file.py:attr``."""
+    from pipelines import catalog
+
+    if target in catalog.NAMES:
+        return catalog.load(target)
+    if ":" not in target:
+        msg = (
+            f"unknown pipeline {target!r}. Hint: a catalog name ({', '.join(catalog.NAMES)}), "
+            f"module:attribute, or path/to/file.py:attribute."
+        )
+        raise TargetError(msg)
+    where, attr = target.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            msg = f"no such file: {where}"
+            raise TargetError(msg)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        sys.path.insert(0, str(path.parent.resolve()))
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, ".")
+        module = importlib.import_module(where)
+    if not hasattr(module, attr):
+        names = sorted(n for n in vars(module) if not n.startswith("_"))
+        msg = f"{where} has no attribute {attr!r}; it has {names}."
+        raise TargetError(msg)
+    return _resolve(getattr(module, attr), target)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """Format a traceback keeping the user's frames, not the engine's or ours."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "/bytewax/" not in f.filename
+        and "/pipelines/_" not in f.filename
+        and "/operators/_" not in f.filename
+        and "importlib" not in f.filename
+    ]
+    lines = traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evflow", description="Run evflow pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a pipeline and print its summary")
+    run.add_argument("target", help="catalog name, module:attribute or file.py:attribute")
+    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    sub.add_parser("list", help="list the catalog")
+    graph = sub.add_parser("graph", help="print a pipeline as a tree")
+    graph.add_argument("target")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    if args.command == "list":
+        from pipelines import catalog
+
+        for name in catalog.NAMES:
+            console.print(f"[bold]{name}[/bold]  {catalog.describe(name)}")
+        return 0
+    try:
+        pipeline = load_target(args.target)
+        if args.command == "graph":
+            console.print(pipeline)
+            return 0
+        if args.workers < 1:
+            err.print(f"[red]error:[/red] --workers must be at least 1; got {args.workers}")
+            return 2
+        result = pipeline.run(workers=args.workers)
+    except TargetError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - shown to the user, root cause first
+        err.print(f"[red]error in pipeline {args.target}:[/red]")
+        cause = exc.__cause__
+        if cause is not None:
+            err.print(_user_traceback(cause), markup=False, highlight=False)
+        err.print(_user_traceback(exc), markup=False, highlight=False)
+        return 1
+    console.print(result.summary())
+    if result.dead_letters:
+        kinds: dict[str, int] = {}
+        for letter in result.dead_letters:
+            kinds[f"{letter.step}: {letter.kind}"] = (
+                kinds.get(f"{letter.step}: {letter.kind}", 0) + 1
+            )
+        for what, n in sorted(kinds.items()):
+            console.print(f"  dead letters at {what}: {n}")
+    return 0 if result.reconciles else 1

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines import Pipeline, sinks, sources, testing
+from tests.helpers import View
+
+
+def test_jsonl_sink_writes_events_and_truncates_on_each_run(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "out.jsonl"
+    events = [View(user=str(i)) for i in range(50)]
+    p = Pipeline("w").read(sources.memory(events, batch_size=7)).write(sinks.jsonl(out))
+    p.run(workers=2)
+    p.run(workers=2)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(int(r["user"]) for r in rows) == list(range(50))
+
+
+def test_stdout_sink_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    Pipeline("o").read(sources.memory(["hello"])).write(sinks.stdout(prefix=">")).run()
+    assert "> hello" in capsys.readouterr().out
+
+
+def test_callback_sink_failures_become_dead_letters() -> None:
+    seen: list[Any] = []
+
+    def keep(x: int) -> None:
+        if x == 3:
+            raise RuntimeError("disk full")
+        seen.append(x)
+
+    result = testing.run(Pipeline("c").read(sources.memory(range(5))).write(sinks.callback(keep)))
+    assert sorted(seen) == [0, 1, 2, 4]
+    [dead] = result.dead_letters
+    assert dead.step == "callback_keep" and dead.message == "disk full" and dead.payload == "3"
+    assert result.written == 4 and result.dead == 1 and result.reconciles
+
+
+def test_sink_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"memory sink name must be an identifier; got 'a b'"):
+        sinks.memory("a b")
+    with pytest.raises(TypeError, match=r"callback sink needs a callable; got int"):
+        sinks.callback(3)  # type: ignore[arg-type]
+
+
+def test_dead_letters_can_go_to_any_sink(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    p = (
+        Pipeline("d")
+        .read(sources.memory(["{}", '{"type": "view", "user": "u"}'], schema=View))
+        .write(sinks.memory("ok"))
+        .dead_letters(sinks.jsonl(dead))
+    )
+    result = p.run()
+    [row] = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert row["kind"] == "validation" and row["errors"][0]["loc"] == ["user"]
+    assert result.dead == 1 and result.dead_letters == [] and result.reconciles
+    assert result.counts["dead_letters"].out == 1

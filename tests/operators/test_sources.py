@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from operators import GenerateSource, JsonlSource, MemorySource
+from pipelines import Pipeline, sinks, sources, testing
+from tests.helpers import Purchase, View, line, multiset
+
+
+def _drain(source: object, step: str = "s") -> list[object]:
+    items: list[object] = []
+    for part in source.partitions():  # type: ignore[attr-defined]
+        reader = source.open(part, step, None)  # type: ignore[attr-defined]
+        try:
+            while True:
+                chunk = reader.next_chunk()
+                if chunk is not None:
+                    items.extend(chunk.items)
+        except StopIteration:
+            pass
+    return items
+
+
+def test_memory_partitions_split_contiguously_and_resume() -> None:
+    src = MemorySource(range(10), partitions=3, batch_size=2)
+    assert src.partitions() == ["part0", "part1", "part2"]
+    assert _drain(src) == list(range(10))
+    reader = src.open("part1", "s", 5)
+    chunk = reader.next_chunk()
+    assert chunk is not None and chunk.items == [5, 6] and chunk.offset == 5
+
+
+def test_batch_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"batch_size must be at least 1; got 0"):
+        sources.memory([], batch_size=0)
+    with pytest.raises(ValueError, match=r"partitions must be at least 1; got 0"):
+        sources.memory([], partitions=0)
+
+
+def test_jsonl_one_partition_per_file_with_lines(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text(line(type="view", user="a") + "\n\n" + "{bad\n")
+    (tmp_path / "b.jsonl").write_text(line(type="purchase", user="b", amount=3) + "\n")
+    src = sources.jsonl(tmp_path / "*.jsonl", schema=View | Purchase)
+    assert [Path(p).name for p in src.partitions()] == ["a.jsonl", "b.jsonl"]
+    result = testing.run(Pipeline("j").read(src).write(sinks.memory("out")), workers=2)
+    assert sorted(e.user for e in result["out"]) == ["a", "b"]
+    [dead] = result.dead_letters
+    assert dead.origin is not None and dead.origin.line == 3
+    assert dead.origin.file is not None and dead.origin.file.endswith("a.jsonl")
+    assert result.read == 3 and result.reconciles
+
+
+def test_jsonl_resumes_at_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(line(type="view", user=str(i)) + "\n" for i in range(5)))
+    src = JsonlSource(path, schema=View, batch_size=2)
+    reader = src.open(str(path), "s", None)
+    reader.next_chunk()
+    pos = reader.position()
+    reader.close()
+    again = src.open(str(path), "s", pos)
+    chunk = again.next_chunk()
+    assert chunk is not None and chunk.line == 3 and b'"user": "2"' in chunk.items[0]
+    again.close()
+
+
+def test_jsonl_with_no_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"jsonl source: no file matches"):
+        sources.jsonl(tmp_path / "none*.jsonl", schema=View).partitions()
+
+
+def test_csv_rows_validate_into_events(tmp_path: Path) -> None:
+    path = tmp_path / "buys.csv"
+    path.write_text("type,user,amount\npurchase,a,1.5\npurchase,b,lots\npurchase,c,\n")
+    result = testing.run(
+        Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("out"))
+    )
+    assert [(e.user, e.amount) for e in result["out"]] == [("a", 1.5)]
+    lines = sorted(d.origin.line for d in result.dead_letters if d.origin)
+    assert lines == [3, 4]
+    assert all(d.kind == "validation" for d in result.dead_letters)
+    assert {e["loc"][0] for d in result.dead_letters for e in d.errors or []} == {"amount"}
+    with pytest.raises(FileNotFoundError, match=r"csv source: no file matches"):
+        sources.csv(tmp_path / "none.csv", schema=Purchase).partitions()
+
+
+def test_generate_is_deterministic_and_independent_of_workers() -> None:
+    def make(rng: object, i: int) -> tuple[int, float]:
+        return (i, round(rng.random(), 6))  # type: ignore[attr-defined]
+
+    src = sources.generate(make, count=1001, seed=3, partitions=3, batch_size=100)
+    one = testing.outputs(Pipeline("g").read(src))
+    two = testing.outputs(Pipeline("g").read(src), workers=2)
+    assert sorted(i for i, _ in one) == list(range(1001))
+    assert multiset(one) == multiset(two)
+    other = testing.outputs(Pipeline("g").read(sources.generate(make, count=1001, seed=4,
+                                                                partitions=3)))
+    assert multiset(one) != multiset(other)
+
+
+def test_generate_resumes_exactly() -> None:
+    src = GenerateSource(lambda rng, i: (i, rng.random()), count=10, batch_size=4)
+    reader = src.open("gen0", "s", None)
+    first = reader.next_chunk()
+    pos = reader.position()
+    rest = reader.next_chunk()
+    resumed = src.open("gen0", "s", pos).next_chunk()
+    assert first is not None and rest is not None and resumed is not None
+    assert resumed.items == rest.items
+
+
+def test_generate_at_a_rate_paces_itself() -> None:
+    src = GenerateSource(lambda rng, i: i, count=None, rate=1000.0, batch_size=10_000)
+    reader = src.open("gen0", "s", None)
+    assert reader.next_chunk() is None and reader.next_awake() is not None
+    import time
+
+    time.sleep(0.05)
+    chunk = reader.next_chunk()
+    assert chunk is not None and 10 <= len(chunk.items) <= 500
+
+
+def test_generate_checks_its_arguments() -> None:
+    with pytest.raises(TypeError, match=r"generate: factory must be callable"):
+        sources.generate(3, count=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"generate: count must be zero or more"):
+        sources.generate(lambda r, i: i, count=-1)
+    with pytest.raises(ValueError, match=r"generate: partitions must be at least 1"):
+        sources.generate(lambda r, i: i, count=1, partitions=0)
+    with pytest.raises(ValueError, match=r"generate: rate must be a positive number"):
+        sources.generate(lambda r, i: i, count=1, rate=0)
+
+
+def test_stdin_reads_json_lines(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(
+        "from pipelines import Pipeline, sources, sinks\n"
+        "from typing import Literal\n"
+        "from operators import Event\n"
+        "class V(Event):\n    type: Literal['v'] = 'v'\n    n: int\n"
+        "r = Pipeline('s').read(sources.stdin(schema=V)).write(sinks.memory('o')).run()\n"
+        "print(sorted(e.n for e in r['o']), r.dead)\n"
+    )
+    data = '{"type": "v", "n": 2}\n{"type": "v", "n": 1}\nnope\n'
+    done = subprocess.run([sys.executable, str(script)], input=data, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[1, 2] 1"
