@@ -183,8 +183,11 @@ def _fan_out(
     if len(nexts) == 1:
         nexts[0].push(items, run, out)
         return
-    # Every further consumer of the same list gets a copy of each record.
-    row[_CREATED] += len(items) * (len(nexts) - 1)
+    # Every further consumer of the same list gets a copy of each record:
+    # the step handed on more records than it made.
+    extra = len(items) * (len(nexts) - 1)
+    row[_CREATED] += extra
+    row[_OUT] += extra
     for node in nexts:
         node.push(list(items), run, out)
 

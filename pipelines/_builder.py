@@ -93,8 +93,14 @@ class Pipeline:
     def _with(self, graph: Graph, dead: Sink | None = None) -> Pipeline:
         return Pipeline(self._name, _graph=graph, _dead=dead if dead is not None else self._dead)
 
-    def read(self, source: Source, *, name: str | None = None) -> Stream[Any]:
-        """Start a stream from ``source`` (see `pipelines.sources`)."""
+    def read(
+        self, source: Source, *, name: str | None = None, on_error: Policy = "dead_letter"
+    ) -> Stream[Any]:
+        """Start a stream from ``source`` (see `pipelines.sources`).
+
+        ``on_error`` applies to records the source's schema rejects; parsing
+        is deterministic, so ``retry`` there acts as ``dead_letter``.
+        """
         if not isinstance(source, Source):
             msg = (
                 f"pipeline {self._name!r}: read() needs a source; got "
@@ -104,7 +110,9 @@ class Pipeline:
             raise TypeError(msg)
         step = check_name(name) if name else self._graph.unique(auto_name("read", source.label))
         classes = event_classes(source.schema) if source.schema is not None else None
-        node = Node(step, "read", params={"source": source, "classes": classes})
+        node = Node(
+            step, "read", policy=as_policy(on_error), params={"source": source, "classes": classes}
+        )
         pipe = self._with(self._graph.add(node))
         return Stream(pipe, Port(node), classes)
 

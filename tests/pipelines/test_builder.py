@@ -1,0 +1,166 @@
+"""The builder: immutable values, deterministic names, misuse caught when a step is added."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines import KeyedStream, Pipeline, PipelineError, sinks, sources
+from tests.helpers import Purchase, View
+
+
+def src() -> sources.MemorySource:  # type: ignore[name-defined]
+    return sources.memory([View(user="a"), Purchase(user="b", amount=3)])
+
+
+def truthy(e: object) -> bool:
+    return bool(e)
+
+
+def is_view(e: object) -> bool:
+    return isinstance(e, View)
+
+
+def test_methods_return_new_values_and_never_change_self() -> None:
+    p = Pipeline("p")
+    s = p.read(src())
+    before = list(s.pipeline.steps)
+    f = s.filter(is_view)
+    m = f.map(lambda e: e)
+    assert s.pipeline.steps == before == ["read_memory"]
+    assert f.pipeline.steps == ["read_memory", "filter_is_view"]
+    assert m.pipeline.steps == ["read_memory", "filter_is_view", "map"]
+    assert p.steps == []
+    with pytest.raises(AttributeError, match=r"Pipeline is immutable; cannot set 'x'"):
+        p.x = 1  # type: ignore[attr-defined]
+
+
+def test_default_names_are_deterministic_and_scoped_by_route() -> None:
+    def build() -> list[str]:
+        routes = Pipeline("p").read(src()).map(str).map(str).forward(a=bool, otherwise="b")
+        return (routes.a.map(len).write(sinks.memory("x")) | routes.b.map(len).write(
+            sinks.memory("y"))).steps
+
+    assert build() == build() == [
+        "read_memory", "map_str", "map_str_2", "forward_a", "a_map_len", "a_memory_x",
+        "b_map_len", "b_memory_y",
+    ]
+
+
+def test_explicit_duplicate_name_fails_with_hint() -> None:
+    s = Pipeline("p").read(src()).map(str, name="clean")
+    with pytest.raises(ValueError, match=r"step name 'clean' \(filter\) is already used by a "
+                                         r"map step.*pass another name=, e.g. name='clean_2'"):
+        s.filter(truthy, name="clean")
+
+
+def test_bad_step_name_fails() -> None:
+    with pytest.raises(ValueError, match=r"step name must be a plain identifier.*got 'by user'"):
+        Pipeline("p").read(src()).map(str, name="by user")
+    with pytest.raises(ValueError, match=r"pipeline name must be a plain identifier"):
+        Pipeline("my-pipe")
+
+
+def test_union_of_clashing_steps_fails() -> None:
+    s = Pipeline("p").read(src())
+    a = s.map(str, name="m").write(sinks.memory("a"))
+    b = s.filter(truthy, name="m").write(sinks.memory("b"))
+    with pytest.raises(ValueError, match=r"two different steps are named 'm' \(map and filter\)"):
+        a | b  # noqa: B018
+    with pytest.raises(ValueError, match=r"cannot combine pipeline 'p' with pipeline 'q'"):
+        a | Pipeline("q").read(src()).write(sinks.memory("c"))  # noqa: B018
+
+
+def test_non_callables_are_refused_where_added() -> None:
+    s = Pipeline("p").read(src())
+    with pytest.raises(TypeError, match=r"step 'filter' \(filter\): predicate must be callable; "
+                                        r"got int 3\. Hint:"):
+        s.filter(3)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"step 'map' \(map\): function must be callable"):
+        s.map("upper")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"step 'flat_map' \(flat_map\): function must be"):
+        s.flat_map(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"step 'inspect' \(inspect\): function must be"):
+        s.inspect(1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"step 'key_by' \(key_by\): key function must be"):
+        s.key_by("user")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"step 'forward' \(forward\): route 'big' must be"):
+        s.forward(big=1)  # type: ignore[arg-type]
+
+
+def test_class_filter_narrows_and_checks_the_schema() -> None:
+    typed = Pipeline("p").read(sources.memory([], schema=View | Purchase))
+    assert typed.event_classes == (View, Purchase)
+    assert typed.filter(Purchase).event_classes == (Purchase,)
+    with pytest.raises(TypeError, match=r"class filter needs an Event subclass; got int"):
+        typed.filter(int)  # type: ignore[arg-type]
+    only_views = Pipeline("p").read(sources.memory([], schema=View))
+    with pytest.raises(TypeError, match=r"carries View, never Purchase\. Hint: filter by one"):
+        only_views.filter(Purchase)
+
+
+def test_forward_route_checks() -> None:
+    s = Pipeline("p").read(src())
+    with pytest.raises(ValueError, match=r"step 'forward' \(forward\): no routes given"):
+        s.forward()
+    with pytest.raises(ValueError, match=r"route name 'write' is not a usable identifier"):
+        s.forward(write=bool)
+    with pytest.raises(ValueError, match=r"route name '_x' is not a usable identifier"):
+        s.forward(_x=bool)
+    with pytest.raises(ValueError, match=r"route name 'no route' is not a usable identifier"):
+        s.forward(a=bool, otherwise="no route")
+    with pytest.raises(ValueError, match=r"otherwise='a' is also a route"):
+        s.forward(a=bool, otherwise="a")
+    with pytest.raises(ValueError, match=r"mode must be 'first' or 'all'; got 'any'"):
+        s.forward(a=bool, mode="any")  # type: ignore[arg-type]
+    routes = s.forward(a=bool, otherwise="b")
+    assert routes.names == ["a", "b"] and routes["a"].step == "forward_a.a"
+    with pytest.raises(AttributeError, match=r"no route 'c'; the routes are \['a', 'b'\]"):
+        routes.c  # noqa: B018
+    with pytest.raises(KeyError, match=r"no route 'c'"):
+        routes["c"]
+    with pytest.raises(ValueError, match=r"Routes.write needs at least one route=sink"):
+        routes.write()
+
+
+def test_read_write_merge_argument_checks() -> None:
+    with pytest.raises(TypeError, match=r"pipeline 'p': read\(\) needs a source; got list"):
+        Pipeline("p").read([1, 2])  # type: ignore[arg-type]
+    s = Pipeline("p").read(src())
+    with pytest.raises(TypeError, match=r"step 'write' \(write\): write\(\) needs a sink; got str"):
+        s.write("out.jsonl")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"step 'merge' \(merge\): can only merge streams; got int"):
+        s.merge(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"belongs to pipeline 'q', not 'p'"):
+        s.merge(Pipeline("q").read(src()))
+    with pytest.raises(ValueError, match=r"step 'merge' \(merge\): nothing to merge"):
+        s.merge()
+    with pytest.raises(TypeError, match=r"dead_letters\(\) needs a sink; got str"):
+        s.write(sinks.memory("o")).dead_letters("x")  # type: ignore[arg-type]
+
+
+def test_key_by_returns_a_keyed_stream() -> None:
+    keyed = Pipeline("p").read(src()).key_by(lambda e: e.user)
+    assert isinstance(keyed, KeyedStream)
+
+
+def test_branches_that_reach_no_sink_fail_when_compiling() -> None:
+    routes = Pipeline("p").read(src()).forward(a=bool, otherwise="b")
+    half = routes.a.write(sinks.memory("a"))
+    with pytest.raises(PipelineError, match=r"branch 'b' of step 'forward_a' \(forward\) never "
+                                            r"reaches a sink\. Hint: routes\.b\.write"):
+        half.run()
+    s = Pipeline("p").read(src())
+    dangling = s.map(str, name="lost")
+    written = s.write(sinks.memory("o")) | dangling.map(len).pipeline
+    with pytest.raises(PipelineError, match=r"the output of step 'map_len' \(map\) never reaches"):
+        written.check()
+    with pytest.raises(PipelineError, match=r"pipeline 'p' reads nothing"):
+        Pipeline("p").run()
+
+
+def test_dead_letter_sinks_must_agree_when_combining() -> None:
+    s = Pipeline("p").read(src())
+    a = s.write(sinks.memory("a")).dead_letters(sinks.memory("d1"))
+    b = s.map(str).write(sinks.memory("b")).dead_letters(sinks.memory("d2"))
+    with pytest.raises(ValueError, match=r"write dead letters to different sinks"):
+        a | b  # noqa: B018
