@@ -23,7 +23,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators._event import Schema
-from operators._stage import Chunk
+from operators._stage import Chunk, Counters
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -88,10 +88,13 @@ class Source(ABC):
 
 
 class _Partition(StatefulSourcePartition[Chunk, Any]):
-    def __init__(self, reader: Reader) -> None:
+    def __init__(self, reader: Reader, counters: Counters | None) -> None:
         self.reader = reader
+        self.counters = counters
 
     def next_batch(self) -> list[Chunk]:
+        if self.counters is not None and self.counters.halted is not None:
+            raise StopIteration
         chunk = self.reader.next_chunk()
         if chunk is None:
             return []
@@ -110,9 +113,10 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
 class ChunkSource(FixedPartitionedSource[Chunk, Any]):
     """A bytewax source over an evflow `Source`, yielding chunks."""
 
-    def __init__(self, source: Source) -> None:
-        """Wrap ``source``."""
+    def __init__(self, source: Source, counters: Counters | None = None) -> None:
+        """Wrap ``source``; with ``counters``, stop reading once the run halts."""
         self.source = source
+        self.counters = counters
 
     def list_parts(self) -> list[str]:
         """List the partitions."""
@@ -120,7 +124,8 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _Partition:
         """Open one partition."""
-        return _Partition(self.source.open(for_part, step_id.rsplit(".", 1)[-1], resume_state))
+        reader = self.source.open(for_part, step_id.rsplit(".", 1)[-1], resume_state)
+        return _Partition(reader, self.counters)
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:

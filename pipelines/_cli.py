@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     console = Console()
-    err = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(width=120)
+
+    def fail(text: str) -> None:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
     if args.command == "list":
         from pipelines import catalog
 
@@ -114,18 +119,19 @@ def main(argv: list[str] | None = None) -> int:
             console.print(pipeline)
             return 0
         if args.workers < 1:
-            err.print(f"[red]error:[/red] --workers must be at least 1; got {args.workers}")
+            fail(f"error: --workers must be at least 1; got {args.workers}")
             return 2
         result = pipeline.run(workers=args.workers)
     except TargetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        fail(f"error: {exc}")
         return 2
     except Exception as exc:  # noqa: BLE001 - shown to the user, root cause first
-        err.print(f"[red]error in pipeline {args.target}:[/red]")
+        fail(f"error in pipeline {args.target}:")
         cause = exc.__cause__
         if cause is not None:
-            err.print(_user_traceback(cause), markup=False, highlight=False)
-        err.print(_user_traceback(exc), markup=False, highlight=False)
+            fail(_user_traceback(cause))
+            fail("The above caused:")
+        fail(_user_traceback(exc))
         return 1
     console.print(result.summary())
     if result.dead_letters:

@@ -153,7 +153,7 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
             source = node.params["source"]
             if source.schema is not None:
                 adapter = schema_adapter(source.schema)
-            chunks: BwStream[Chunk] = op.input(node.name, flow, ChunkSource(source))
+            chunks: BwStream[Chunk] = op.input(node.name, flow, ChunkSource(source, counters))
         else:
             chunks = op.merge(node.name, *merge_inputs.pop(node.name))
         if workers > 1:

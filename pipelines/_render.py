@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -37,7 +38,8 @@ def node_label(node: Node) -> str:
     elif node.fn is not None:
         detail = describe_function(node.fn)
     policy = "" if node.policy.mode == "dead_letter" else f" [on_error={node.policy.mode}]"
-    return f"[bold]{node.name}[/bold] [dim]{kind}[/dim] {detail}{policy}".rstrip()
+    text = escape(f"{detail}{policy}")
+    return f"[bold]{node.name}[/bold] [dim]{kind}[/dim] {text}".rstrip()
 
 
 def to_tree(pipeline: Pipeline) -> Tree:

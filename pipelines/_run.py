@@ -56,6 +56,9 @@ def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
         raise cause from None
     finally:
         ctx.close()
+    halted = compiled.counters.halted
+    if halted is not None:
+        raise halted from halted.__cause__
     seconds = time.perf_counter() - started
     totals = compiled.counters.totals()
     counts = {

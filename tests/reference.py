@@ -43,8 +43,11 @@ def interpret(pipeline: Pipeline) -> Outcome:
                     records.append(item)
                     continue
                 try:
-                    records.append(adapter.validate_json(item) if isinstance(item, str | bytes)
-                                   else adapter.validate_python(item))
+                    records.append(
+                        adapter.validate_json(item)
+                        if isinstance(item, str | bytes)
+                        else adapter.validate_python(item)
+                    )
                 except Exception:
                     outcome.dead[step] += 1
             ports[(step, None)] = records

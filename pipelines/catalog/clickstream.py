@@ -114,6 +114,7 @@ def to_alert(event: PageView | Click | Purchase) -> Alert:
     """Convert a big purchase to an alert in euros (an unknown currency fails)."""
     assert isinstance(event, Purchase)
     return Alert(
+        id=f"alert-{event.id}",
         user=event.user,
         amount_eur=round(event.amount * TO_EUR[event.currency], 2),
         purchase_id=event.id,

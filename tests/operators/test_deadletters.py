@@ -10,16 +10,18 @@ from tests.helpers import View
 
 def test_long_payload_is_truncated_with_size_and_hash() -> None:
     payload = "é" * (PAYLOAD_LIMIT + 10)
-    dl = DeadLetter.build(pipeline="p", step="s", kind="parse", error_type="E", message="m",
-                          payload=payload)
+    dl = DeadLetter.build(
+        pipeline="p", step="s", kind="parse", error_type="E", message="m", payload=payload
+    )
     assert len(dl.payload) == PAYLOAD_LIMIT and dl.truncated
     assert dl.payload_size == PAYLOAD_LIMIT + 10
     assert dl.payload_sha256 == hashlib.sha256(payload.encode()).hexdigest()
 
 
 def test_short_payload_is_whole() -> None:
-    dl = DeadLetter.build(pipeline="p", step="s", kind="parse", error_type="E", message="m",
-                          payload="abc")
+    dl = DeadLetter.build(
+        pipeline="p", step="s", kind="parse", error_type="E", message="m", payload="abc"
+    )
     assert dl.payload == "abc" and not dl.truncated and dl.payload_size == 3
 
 

@@ -97,8 +97,9 @@ def test_generate_is_deterministic_and_independent_of_workers() -> None:
     two = testing.outputs(Pipeline("g").read(src), workers=2)
     assert sorted(i for i, _ in one) == list(range(1001))
     assert multiset(one) == multiset(two)
-    other = testing.outputs(Pipeline("g").read(sources.generate(make, count=1001, seed=4,
-                                                                partitions=3)))
+    other = testing.outputs(
+        Pipeline("g").read(sources.generate(make, count=1001, seed=4, partitions=3))
+    )
     assert multiset(one) != multiset(other)
 
 
@@ -146,6 +147,12 @@ def test_stdin_reads_json_lines(tmp_path: Path) -> None:
         "print(sorted(e.n for e in r['o']), r.dead)\n"
     )
     data = '{"type": "v", "n": 2}\n{"type": "v", "n": 1}\nnope\n'
-    done = subprocess.run([sys.executable, str(script)], input=data, capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert done.stdout.strip() == "[1, 2] 1"

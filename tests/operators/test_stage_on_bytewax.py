@@ -28,7 +28,11 @@ from tests.helpers import Purchase, View
 def _tree(counters: Counters) -> ParseOp:
     policy = as_policy("dead_letter")
     forward = ForwardOp(
-        "route", 2, [lambda e: isinstance(e, Purchase)], policy, mode="first",
+        "route",
+        2,
+        [lambda e: isinstance(e, Purchase)],
+        policy,
+        mode="first",
         branches=[[MapOp("amount", 3, lambda e: 100 / e.amount, policy, [Exit(0)])]],
         otherwise=[Exit(1)],
     )
@@ -54,8 +58,11 @@ def test_run_stage_counts_and_dead_letters() -> None:
     assert packet.exits[0] == [25.0]
     assert [e.user for e in packet.exits[1]] == ["a"]
     kinds = sorted((d.step, d.kind, d.origin.line if d.origin else None) for d in packet.dead)
-    assert kinds == [("amount", "user_error", None), ("parse", "parse", 5),
-                     ("parse", "validation", 6)]
+    assert kinds == [
+        ("amount", "user_error", None),
+        ("parse", "parse", 5),
+        ("parse", "validation", 6),
+    ]
     totals = counters.totals()
     assert totals["parse"]["in"] == 6  # the blank line is not a record
     assert totals["parse"]["dead"] == 2 and totals["parse"]["out"] == 4

@@ -37,19 +37,33 @@ def test_methods_return_new_values_and_never_change_self() -> None:
 def test_default_names_are_deterministic_and_scoped_by_route() -> None:
     def build() -> list[str]:
         routes = Pipeline("p").read(src()).map(str).map(str).forward(a=bool, otherwise="b")
-        return (routes.a.map(len).write(sinks.memory("x")) | routes.b.map(len).write(
-            sinks.memory("y"))).steps
+        return (
+            routes.a.map(len).write(sinks.memory("x")) | routes.b.map(len).write(sinks.memory("y"))
+        ).steps
 
-    assert build() == build() == [
-        "read_memory", "map_str", "map_str_2", "forward_a", "a_map_len", "a_memory_x",
-        "b_map_len", "b_memory_y",
-    ]
+    assert (
+        build()
+        == build()
+        == [
+            "read_memory",
+            "map_str",
+            "map_str_2",
+            "forward_a",
+            "a_map_len",
+            "a_memory_x",
+            "b_map_len",
+            "b_memory_y",
+        ]
+    )
 
 
 def test_explicit_duplicate_name_fails_with_hint() -> None:
     s = Pipeline("p").read(src()).map(str, name="clean")
-    with pytest.raises(ValueError, match=r"step name 'clean' \(filter\) is already used by a "
-                                         r"map step.*pass another name=, e.g. name='clean_2'"):
+    with pytest.raises(
+        ValueError,
+        match=r"step name 'clean' \(filter\) is already used by a "
+        r"map step.*pass another name=, e.g. name='clean_2'",
+    ):
         s.filter(truthy, name="clean")
 
 
@@ -65,15 +79,18 @@ def test_union_of_clashing_steps_fails() -> None:
     a = s.map(str, name="m").write(sinks.memory("a"))
     b = s.filter(truthy, name="m").write(sinks.memory("b"))
     with pytest.raises(ValueError, match=r"two different steps are named 'm' \(map and filter\)"):
-        a | b  # noqa: B018
+        a | b
     with pytest.raises(ValueError, match=r"cannot combine pipeline 'p' with pipeline 'q'"):
-        a | Pipeline("q").read(src()).write(sinks.memory("c"))  # noqa: B018
+        a | Pipeline("q").read(src()).write(sinks.memory("c"))
 
 
 def test_non_callables_are_refused_where_added() -> None:
     s = Pipeline("p").read(src())
-    with pytest.raises(TypeError, match=r"step 'filter' \(filter\): predicate must be callable; "
-                                        r"got int 3\. Hint:"):
+    with pytest.raises(
+        TypeError,
+        match=r"step 'filter' \(filter\): predicate must be callable; "
+        r"got int 3\. Hint:",
+    ):
         s.filter(3)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"step 'map' \(map\): function must be callable"):
         s.map("upper")  # type: ignore[arg-type]
@@ -146,8 +163,11 @@ def test_key_by_returns_a_keyed_stream() -> None:
 def test_branches_that_reach_no_sink_fail_when_compiling() -> None:
     routes = Pipeline("p").read(src()).forward(a=bool, otherwise="b")
     half = routes.a.write(sinks.memory("a"))
-    with pytest.raises(PipelineError, match=r"branch 'b' of step 'forward_a' \(forward\) never "
-                                            r"reaches a sink\. Hint: routes\.b\.write"):
+    with pytest.raises(
+        PipelineError,
+        match=r"branch 'b' of step 'forward_a' \(forward\) never "
+        r"reaches a sink\. Hint: routes\.b\.write",
+    ):
         half.run()
     s = Pipeline("p").read(src())
     dangling = s.map(str, name="lost")
@@ -163,4 +183,4 @@ def test_dead_letter_sinks_must_agree_when_combining() -> None:
     a = s.write(sinks.memory("a")).dead_letters(sinks.memory("d1"))
     b = s.map(str).write(sinks.memory("b")).dead_letters(sinks.memory("d2"))
     with pytest.raises(ValueError, match=r"write dead letters to different sinks"):
-        a | b  # noqa: B018
+        a | b

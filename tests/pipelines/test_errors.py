@@ -63,22 +63,27 @@ def test_bad_jsonl_input_is_dead_lettered_with_origin_and_counts_reconcile(
         .forward(buys=lambda e: isinstance(e, Purchase), otherwise="other")
     )
     p = routes.buys.map(risky).write(sinks.memory("doubled")) | routes.other.write(
-        sinks.memory("views"))
+        sinks.memory("views")
+    )
     for workers in (1, 2):
         result = p.run(workers=workers)
         assert result.read == 2100
         assert len(result["doubled"]) == good_purchases and len(result["views"]) == views
         assert Counter(d.kind for d in result.dead_letters) == expected
         for kind, lines in expected_lines.items():
-            got = {(Path(d.origin.file or "").name, d.origin.line)
-                   for d in result.dead_letters if d.kind == kind and d.origin}
+            got = {
+                (Path(d.origin.file or "").name, d.origin.line)
+                for d in result.dead_letters
+                if d.kind == kind and d.origin
+            }
             assert got == lines
         validation = [d for d in result.dead_letters if d.kind == "validation"]
         assert all(d.errors and "url" not in d.errors[0] for d in validation)
         user = [d for d in result.dead_letters if d.kind == "user_error"]
         assert all(d.step == "buys_map_risky" and d.error_type == "ValueError" for d in user)
-        assert all(d.message.startswith("unlucky amount") and '"amount":13' in d.payload
-                   for d in user)
+        assert all(
+            d.message.startswith("unlucky amount") and '"amount":13' in d.payload for d in user
+        )
         assert result.dead == sum(expected.values())
         assert result.read == result.written + result.dead and result.reconciles
 
@@ -99,17 +104,26 @@ class Flaky:
 
 def test_retry_then_succeed() -> None:
     flaky = Flaky(fails=2)
-    result = (Pipeline("r").read(sources.memory([1, 2, 3]))
-              .map(flaky, on_error=retry(3, backoff=0.001)).write(sinks.memory("o")).run())
+    result = (
+        Pipeline("r")
+        .read(sources.memory([1, 2, 3]))
+        .map(flaky, on_error=retry(3, backoff=0.001))
+        .write(sinks.memory("o"))
+        .run()
+    )
     assert sorted(result["o"]) == [10, 20, 30] and result.dead == 0
     assert flaky.calls == Counter({1: 3, 2: 3, 3: 3})
 
 
 def test_retry_exhausted_becomes_a_dead_letter_with_attempts() -> None:
     flaky = Flaky(fails=5)
-    result = (Pipeline("r").read(sources.memory([1, 2]))
-              .map(flaky, name="call_service", on_error=retry(2, backoff=0))
-              .write(sinks.memory("o")).run())
+    result = (
+        Pipeline("r")
+        .read(sources.memory([1, 2]))
+        .map(flaky, name="call_service", on_error=retry(2, backoff=0))
+        .write(sinks.memory("o"))
+        .run()
+    )
     assert result["o"] == [] and result.dead == 2
     assert {d.attempts for d in result.dead_letters} == {2}
     assert {d.message for d in result.dead_letters} == {"try 2 for 1", "try 2 for 2"}
@@ -117,16 +131,24 @@ def test_retry_exhausted_becomes_a_dead_letter_with_attempts() -> None:
 
 
 def test_skip_counts_without_dead_letters() -> None:
-    result = (Pipeline("s").read(sources.memory([1, 0, 2]))
-              .filter(lambda x: 1 / x > 0, on_error="skip").write(sinks.memory("o")).run())
+    result = (
+        Pipeline("s")
+        .read(sources.memory([1, 0, 2]))
+        .filter(lambda x: 1 / x > 0, on_error="skip")
+        .write(sinks.memory("o"))
+        .run()
+    )
     assert sorted(result["o"]) == [1, 2] and result.dead_letters == []
     assert result.skipped == 1 and result.reconciles
 
 
 def test_skip_on_parse() -> None:
-    result = (Pipeline("s").read(sources.memory(["{", '{"type": "view", "user": "u"}'],
-                                                schema=View), on_error="skip")
-              .write(sinks.memory("o")).run())
+    result = (
+        Pipeline("s")
+        .read(sources.memory(["{", '{"type": "view", "user": "u"}'], schema=View), on_error="skip")
+        .write(sinks.memory("o"))
+        .run()
+    )
     assert len(result["o"]) == 1 and result.skipped == 1 and result.dead == 0
 
 
@@ -137,14 +159,19 @@ def explode(x: int) -> int:
 
 
 def test_halt_stops_with_the_users_exception_first() -> None:
-    p = (Pipeline("h").read(sources.memory([1, 2, 3]))
-         .map(explode, name="price", on_error="halt").write(sinks.memory("o")))
+    p = (
+        Pipeline("h")
+        .read(sources.memory([1, 2, 3]))
+        .map(explode, name="price", on_error="halt")
+        .write(sinks.memory("o"))
+    )
     with pytest.raises(PipelineHalted) as info:
         p.run()
     halted = info.value
     assert halted.step == "price" and halted.payload == "2"
-    assert "pipeline 'h' halted at step 'price' (<tests.pipelines.test_errors.explode line" \
-        in str(halted)
+    assert "pipeline 'h' halted at step 'price' (<tests.pipelines.test_errors.explode line" in str(
+        halted
+    )
     assert isinstance(halted.__cause__, KeyError)
     text = "".join(traceback.format_exception(halted))
     # The user's exception comes first, and no engine wrapper sits between.
@@ -153,14 +180,20 @@ def test_halt_stops_with_the_users_exception_first() -> None:
 
 
 def test_halt_on_parse_names_the_schema() -> None:
-    p = (Pipeline("h").read(sources.memory(["nope"], schema=View), on_error="halt")
-         .write(sinks.memory("o")))
+    p = (
+        Pipeline("h")
+        .read(sources.memory(["nope"], schema=View), on_error="halt")
+        .write(sinks.memory("o"))
+    )
     with pytest.raises(PipelineHalted, match=r"halted at step 'read_memory' \(schema\)"):
         p.run()
 
 
 def test_an_error_outside_user_code_is_shown_without_engine_wrappers(tmp_path: Path) -> None:
-    p = Pipeline("x").read(sources.jsonl(tmp_path / "missing.jsonl", schema=View)).write(
-        sinks.memory("o"))
+    p = (
+        Pipeline("x")
+        .read(sources.jsonl(tmp_path / "missing.jsonl", schema=View))
+        .write(sinks.memory("o"))
+    )
     with pytest.raises(FileNotFoundError, match=r"jsonl source: no file matches"):
         p.run()

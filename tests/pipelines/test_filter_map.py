@@ -7,8 +7,12 @@ from typing import Any
 from pipelines import Pipeline, sinks, sources, testing
 from tests.helpers import Purchase, View, multiset
 
-EVENTS = [View(user="a"), Purchase(user="a", amount=5), View(user="bot"),
-          Purchase(user="b", amount=500)]
+EVENTS = [
+    View(user="a"),
+    Purchase(user="a", amount=5),
+    View(user="bot"),
+    Purchase(user="b", amount=500),
+]
 
 
 def test_filter_by_predicate_and_by_class() -> None:
@@ -74,13 +78,19 @@ def test_one_stream_written_twice_counts_the_copy() -> None:
 
 
 def test_same_results_on_one_and_two_workers() -> None:
-    events = [View(user=f"u{i % 7}") if i % 3 else Purchase(user=f"u{i % 5}", amount=i)
-              for i in range(3000)]
-    routes = (Pipeline("w").read(sources.memory(events, partitions=3, batch_size=100))
-              .filter(lambda e: e.user != "u0").forward(big=lambda e: getattr(e, "amount", 0) > 900,
-                                                        otherwise="rest"))
+    events = [
+        View(user=f"u{i % 7}") if i % 3 else Purchase(user=f"u{i % 5}", amount=i)
+        for i in range(3000)
+    ]
+    routes = (
+        Pipeline("w")
+        .read(sources.memory(events, partitions=3, batch_size=100))
+        .filter(lambda e: e.user != "u0")
+        .forward(big=lambda e: getattr(e, "amount", 0) > 900, otherwise="rest")
+    )
     p = routes.big.map(lambda e: e.amount).write(sinks.memory("big")) | routes.rest.write(
-        sinks.memory("rest"))
+        sinks.memory("rest")
+    )
     one, two = p.run(workers=1), p.run(workers=2)
     assert multiset(one["big"]) == multiset(two["big"]) and len(one["big"]) > 0
     assert multiset(one["rest"]) == multiset(two["rest"])

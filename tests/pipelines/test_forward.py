@@ -10,10 +10,14 @@ def nums() -> sources.MemorySource:  # type: ignore[name-defined]
 
 
 def test_first_match_with_otherwise() -> None:
-    routes = Pipeline("f").read(nums()).forward(
-        small=lambda x: x < 5, even=lambda x: x % 2 == 0, otherwise="rest")
-    result = routes.write(small=sinks.memory("small"), even=sinks.memory("even"),
-                          rest=sinks.memory("rest")).run()
+    routes = (
+        Pipeline("f")
+        .read(nums())
+        .forward(small=lambda x: x < 5, even=lambda x: x % 2 == 0, otherwise="rest")
+    )
+    result = routes.write(
+        small=sinks.memory("small"), even=sinks.memory("even"), rest=sinks.memory("rest")
+    ).run()
     assert sorted(result["small"]) == [0, 1, 2, 3, 4]
     assert sorted(result["even"]) == [6, 8, 10, 12, 14, 16, 18]
     assert sorted(result["rest"]) == [5, 7, 9, 11, 13, 15, 17, 19]
@@ -21,8 +25,11 @@ def test_first_match_with_otherwise() -> None:
 
 
 def test_every_match_copies_and_unmatched_are_counted_unrouted() -> None:
-    routes = Pipeline("f").read(nums()).forward(
-        small=lambda x: x < 5, even=lambda x: x % 2 == 0, mode="all")
+    routes = (
+        Pipeline("f")
+        .read(nums())
+        .forward(small=lambda x: x < 5, even=lambda x: x % 2 == 0, mode="all")
+    )
     result = routes.write(small=sinks.memory("small"), even=sinks.memory("even")).run()
     assert sorted(result["small"]) == [0, 1, 2, 3, 4]
     assert sorted(result["even"]) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
@@ -35,8 +42,9 @@ def test_every_match_copies_and_unmatched_are_counted_unrouted() -> None:
 
 def test_branches_continue_with_their_own_steps() -> None:
     routes = Pipeline("f").read(nums()).forward(odd=lambda x: x % 2 == 1, otherwise="even")
-    p = (routes.odd.map(lambda x: -x).write(sinks.memory("neg"))
-         | routes.even.filter(lambda x: x > 10).write(sinks.memory("big_even")))
+    p = routes.odd.map(lambda x: -x).write(sinks.memory("neg")) | routes.even.filter(
+        lambda x: x > 10
+    ).write(sinks.memory("big_even"))
     result = p.run()
     assert sorted(result["neg"]) == sorted(-x for x in range(1, 20, 2))
     assert sorted(result["big_even"]) == [12, 14, 16, 18]

@@ -1,0 +1,116 @@
+"""The evflow command: run, list, graph; errors shown with the user's own line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines._cli import load_target, main
+
+APP = """
+from pipelines import Pipeline, sources, sinks
+
+def double(x):
+    return x * 2
+
+pipeline = Pipeline("app").read(sources.memory([1, 2, 3])).map(double).write(sinks.memory("o"))
+
+def build():
+    return pipeline
+
+not_a_pipeline = 42
+"""
+
+BROKEN = """
+from pipelines import Pipeline, sources, sinks
+
+def boom():
+    raise RuntimeError("config missing: API_KEY")
+
+pipeline = Pipeline("b").read(sources.memory([1])).map(lambda x: x, on_error="halt").write(
+    sinks.memory("o"))
+value = boom()
+"""
+
+
+def test_run_catalog_prints_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "clickstream", "-w", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline clickstream: 2 worker(s)" in out and "reconciles" in out
+    assert "dead letters at read_web: parse" in out
+
+
+def test_list_and_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    assert "clickstream" in capsys.readouterr().out
+    assert main(["graph", "clickstream"]) == 0
+    out = capsys.readouterr().out
+    assert "forward_big" in out and "route rest" in out and "all_events" in out
+
+
+def test_file_and_module_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = tmp_path / "myapp.py"
+    app.write_text(APP)
+    assert main(["run", f"{app}:pipeline"]) == 0
+    assert "map_double" in capsys.readouterr().out
+    assert load_target(f"{app}:build").name == "app"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_target("myapp:pipeline").steps[-1] == "memory_o"
+
+
+def test_target_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "myapp2.py"
+    app.write_text(APP)
+    assert main(["run", "nosuch"]) == 2
+    assert "unknown pipeline 'nosuch'. Hint: a catalog name (clickstream" in capsys.readouterr().err
+    assert main(["run", f"{app}:missing"]) == 2
+    assert "has no attribute 'missing'" in capsys.readouterr().err
+    assert main(["run", f"{app}:not_a_pipeline"]) == 2
+    assert "is a int, not a Pipeline" in capsys.readouterr().err
+    assert main(["run", f"{tmp_path}/none.py:p"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["run", "clickstream", "-w", "0"]) == 2
+
+
+def test_error_in_user_file_shows_the_users_line(tmp_path: Path) -> None:
+    app = tmp_path / "broken.py"
+    app.write_text(BROKEN)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: config missing: API_KEY" in done.stderr
+    assert 'broken.py", line 5, in boom' in done.stderr
+    assert "importlib" not in done.stderr
+
+
+def test_halt_in_cli_shows_root_cause_first(tmp_path: Path) -> None:
+    app = tmp_path / "halts.py"
+    app.write_text(
+        "from pipelines import Pipeline, sources, sinks\n"
+        "def check(x):\n"
+        "    if x == 2:\n"
+        "        raise ValueError('two is not allowed')\n"
+        "    return x\n"
+        "pipeline = (Pipeline('h').read(sources.memory([1, 2]))"
+        ".map(check, on_error='halt').write(sinks.memory('o')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    err = done.stderr
+    assert err.index("ValueError: two is not allowed") < err.index("PipelineHalted")
+    assert 'halts.py", line 4, in check' in err
+    assert "bytewax" not in err
