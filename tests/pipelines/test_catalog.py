@@ -35,3 +35,10 @@ def test_clickstream_alerts_follow_the_threshold() -> None:
     low = testing.run(clickstream.build(count=2000, threshold=10.0))
     high = testing.run(clickstream.build(count=2000, threshold=1000.0))
     assert len(low["alerts"]) > len(high["alerts"])
+
+
+def test_unknown_catalog_name() -> None:
+    import pytest
+
+    with pytest.raises(KeyError, match=r"no catalog pipeline 'nope'; the catalog has"):
+        catalog.load("nope")
