@@ -3,14 +3,6 @@
 from __future__ import annotations
 
 from pipelines import Pipeline, sinks, sources
-from tests.helpers import Purchase, View
-
-EVENTS = [
-    View(user="a"),
-    Purchase(user="a", amount=5),
-    View(user="bot"),
-    Purchase(user="b", amount=500),
-]
 
 
 def test_key_by_checks_keys_are_strings() -> None:

@@ -7,13 +7,6 @@ import pytest
 from pipelines import Pipeline, sinks, sources
 from tests.helpers import Purchase, View, multiset
 
-EVENTS = [
-    View(user="a"),
-    Purchase(user="a", amount=5),
-    View(user="bot"),
-    Purchase(user="b", amount=500),
-]
-
 
 def test_same_results_on_one_and_two_workers() -> None:
     events = [
