@@ -281,6 +281,12 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
         self.dead_row = None if dead is None else dead[0]
 
     def write_batch(self, items: list[Packet]) -> None:
+        try:
+            self._write(items)
+        except Exception as exc:  # noqa: BLE001 - a broken sink halts the run cleanly
+            self.owner.counters.halt(exc)
+
+    def _write(self, items: list[Packet]) -> None:
         owner = self.owner
         table = owner.counters.table()
         for packet in items:

@@ -88,26 +88,38 @@ class Source(ABC):
 
 
 class _Partition(StatefulSourcePartition[Chunk, Any]):
-    def __init__(self, reader: Reader, counters: Counters | None) -> None:
+    """One partition's reader; a failure halts the run instead of the engine."""
+
+    def __init__(self, reader: Reader | None, counters: Counters | None) -> None:
         self.reader = reader
         self.counters = counters
 
     def next_batch(self) -> list[Chunk]:
-        if self.counters is not None and self.counters.halted is not None:
+        halted = self.counters is not None and self.counters.halted is not None
+        if self.reader is None or halted:
             raise StopIteration
-        chunk = self.reader.next_chunk()
+        try:
+            chunk = self.reader.next_chunk()
+        except StopIteration:
+            raise
+        except Exception as exc:
+            if self.counters is None:
+                raise
+            self.counters.halt(exc)
+            raise StopIteration from None
         if chunk is None:
             return []
         return [chunk]
 
     def next_awake(self) -> datetime | None:
-        return self.reader.next_awake()
+        return None if self.reader is None else self.reader.next_awake()
 
     def snapshot(self) -> Any:
-        return self.reader.position()
+        return None if self.reader is None else self.reader.position()
 
     def close(self) -> None:
-        self.reader.close()
+        if self.reader is not None:
+            self.reader.close()
 
 
 class ChunkSource(FixedPartitionedSource[Chunk, Any]):
@@ -119,12 +131,24 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         self.counters = counters
 
     def list_parts(self) -> list[str]:
-        """List the partitions."""
-        return self.source.partitions()
+        """List the partitions (none, and a halted run, if that fails)."""
+        try:
+            return self.source.partitions()
+        except Exception as exc:
+            if self.counters is None:
+                raise
+            self.counters.halt(exc)
+            return []
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _Partition:
         """Open one partition."""
-        reader = self.source.open(for_part, step_id.rsplit(".", 1)[-1], resume_state)
+        try:
+            reader = self.source.open(for_part, step_id.rsplit(".", 1)[-1], resume_state)
+        except Exception as exc:
+            if self.counters is None:
+                raise
+            self.counters.halt(exc)
+            return _Partition(None, self.counters)
         return _Partition(reader, self.counters)
 
 

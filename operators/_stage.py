@@ -93,9 +93,10 @@ class Counters:
     """Per-step counters, one table per worker thread, summed on demand.
 
     They also carry the run's halt: when a step with the ``halt`` policy
-    fails, ``halted`` holds the `PipelineHalted`; sources then stop reading
-    and stages drop what is still in flight, so the run ends cleanly and the
-    runner raises it (no engine panic in between).
+    fails (or a source or sink breaks), ``halted`` holds the exception;
+    sources then stop reading and stages drop what is still in flight, so the
+    run ends cleanly and the runner raises it, with no engine panic between
+    the user and the cause.
     """
 
     def __init__(self, steps: Sequence[str]) -> None:
@@ -103,7 +104,13 @@ class Counters:
         self.steps = list(steps)
         self._tables: dict[int, list[list[int]]] = {}
         self._lock = threading.Lock()
-        self.halted: PipelineHalted | None = None
+        self.halted: BaseException | None = None
+
+    def halt(self, exc: BaseException) -> None:
+        """Stop the run because of ``exc`` (the first one is kept)."""
+        with self._lock:
+            if self.halted is None:
+                self.halted = exc
 
     def table(self) -> list[list[int]]:
         """Return this thread's table (created on first use)."""
@@ -700,10 +707,8 @@ def run_stage(
             try:
                 for i, root in enumerate(roots):
                     root.push(part if i == 0 else list(part), run, out)
-            except PipelineHalted as halted:
-                with counters._lock:
-                    if counters.halted is None:
-                        counters.halted = halted
+            except Exception as exc:  # noqa: BLE001 - a halt, or a fault of evflow's own
+                counters.halt(exc)
                 return packets
         packets.append(Packet(out, run.dead))
     return packets

@@ -90,8 +90,10 @@ def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
     finally:
         ctx.close()
     halted = compiled.counters.halted
-    if halted is not None:
+    if isinstance(halted, PipelineHalted):
         raise halted from halted.__cause__
+    if halted is not None:
+        raise halted
     seconds = time.perf_counter() - started
     totals = compiled.counters.totals()
     counts = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from operators import Chunk, Reader, RunContext, Sink, Source, Writer
 from pipelines import Pipeline, PipelineHalted, retry, sinks, sources
 from tests.helpers import Purchase, View
 
@@ -197,3 +200,75 @@ def test_an_error_outside_user_code_is_shown_without_engine_wrappers(tmp_path: P
     )
     with pytest.raises(FileNotFoundError, match=r"jsonl source: no file matches"):
         p.run()
+
+
+class _BrokenWriter(Writer):
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        raise OSError("disk full")
+
+
+class BrokenSink(Sink):
+    @property
+    def label(self) -> str:
+        return "broken"
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        return _BrokenWriter()
+
+
+def test_a_broken_sink_stops_the_run_with_its_own_error() -> None:
+    p = Pipeline("b").read(sources.memory(range(5000), batch_size=10)).write(BrokenSink())
+    with pytest.raises(OSError, match=r"^disk full$"):
+        p.run(workers=2)
+
+
+class _FailingReader(Reader):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def next_chunk(self) -> Chunk | None:
+        self.calls += 1
+        if self.calls > 2:
+            raise ConnectionResetError("peer went away")
+        return Chunk([self.calls], "s", "p0")
+
+    def position(self) -> int:
+        return self.calls
+
+
+class FailingSource(Source):
+    @property
+    def label(self) -> str:
+        return "failing"
+
+    def partitions(self) -> list[str]:
+        return ["p0"]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        return _FailingReader()
+
+
+def test_a_failing_source_stops_the_run_with_its_own_error() -> None:
+    p = Pipeline("f").read(FailingSource()).write(sinks.memory("o"))
+    with pytest.raises(ConnectionResetError, match=r"peer went away"):
+        p.run()
+
+
+def test_cli_shows_a_source_error_without_an_engine_panic(tmp_path: Path) -> None:
+    app = tmp_path / "missing_input.py"
+    app.write_text(
+        "from pipelines import Pipeline, sources, sinks\n"
+        "from pipelines.catalog.clickstream import PageView\n"
+        "p = Pipeline('x').read(sources.jsonl('nope.jsonl', schema=PageView))"
+        ".write(sinks.memory('o'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:p"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert "FileNotFoundError: jsonl source: no file matches 'nope.jsonl'" in done.stderr
+    assert "panicked" not in done.stderr
