@@ -18,7 +18,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import BaseModel
 
 from operators._deadletter import DeadLetter, payload_text
-from operators._stage import Counters, Packet, describe_function
+from operators._stage import COUNTER_FIELDS, Counters, Packet, describe_function
 
 __all__ = [
     "CallbackSink",
@@ -39,6 +39,8 @@ class RunContext:
         """Start an empty context for ``pipeline``."""
         self.pipeline = pipeline
         self.outputs: dict[str, list[Any]] = {}
+        #: Dead letters of a run that writes them to no sink of its own.
+        self.dead_letters: list[DeadLetter] = []
         self._shared: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
@@ -265,7 +267,7 @@ class CallbackSink(Sink):
         return _CallbackWriter(self.fn)
 
 
-_IN, _OUT, _DEAD = 0, 1, 4
+_IN, _OUT, _DEAD = (COUNTER_FIELDS.index(f) for f in ("in", "out", "dead"))
 
 
 class _PacketPartition(StatelessSinkPartition[Packet]):
@@ -301,8 +303,6 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                 row[_OUT] += len(records) - len(failed)
                 if failed:
                     row[_DEAD] += len(failed)
-                    if dead is packet.dead:
-                        dead = list(dead)
                     dead.extend(
                         owner.sink_failure(row_index, sink, item, exc) for item, exc in failed
                     )
@@ -313,7 +313,7 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                 self.dead_writer.write(dead)
                 row[_OUT] += len(dead)
             elif dead:
-                owner.ctx.collect("__dead_letters__").extend(dead)
+                owner.ctx.dead_letters.extend(dead)
 
     def close(self) -> None:
         for _, _, _, writer in self.writers:

@@ -10,7 +10,6 @@ start the next stage).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -190,8 +189,3 @@ class _Unpack:
     def __call__(self, packets: list[Packet]) -> list[Chunk]:
         i = self.index
         return [Chunk(p.exits[i], self.source, "stage") for p in packets if p.exits[i]]
-
-
-def describe(pipeline: Pipeline) -> dict[str, Any]:
-    """Return a plain description of the stages (for rendering and tests)."""
-    return {n.name: n.kind for n in pipeline.graph}

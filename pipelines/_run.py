@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from bytewax.testing import cluster_main, run_main
 
-from operators import DeadLetter, PipelineHalted, RunContext
+from operators import PipelineHalted, RunContext
 from pipelines._builder import Pipeline
 from pipelines._compile import compile_pipeline
 from pipelines._result import RunResult, StepCounts
@@ -110,6 +110,4 @@ def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
         )
         for step, row in totals.items()
     }
-    outputs = {k: v for k, v in ctx.outputs.items() if k != "__dead_letters__"}
-    dead: list[DeadLetter] = ctx.outputs.get("__dead_letters__", [])
-    return RunResult(pipeline.name, outputs, dead, counts, workers, seconds)
+    return RunResult(pipeline.name, ctx.outputs, ctx.dead_letters, counts, workers, seconds)

@@ -17,7 +17,7 @@ from typing import Any
 
 from operators import MemorySource, Schema
 from pipelines._builder import Pipeline, Stream
-from pipelines._graph import Node
+from pipelines._graph import Graph, Node, Port
 from pipelines._result import RunResult
 from pipelines.sinks import memory
 
@@ -31,8 +31,6 @@ def replace_sources(
 
     The schema of the replaced source is kept unless ``schema`` is given.
     """
-    from pipelines._graph import Graph
-
     items = list(records)
     nodes = {}
     replaced: dict[str, Node] = {}
@@ -50,8 +48,6 @@ def replace_sources(
 
 
 def _rewire(node: Node, replaced: dict[str, Node]) -> Node:
-    from pipelines._graph import Port
-
     inputs = tuple(Port(replaced[p.node.name], p.route) for p in node.inputs)
     return Node(node.name, node.kind, inputs, node.fn, node.policy, node.params)
 
