@@ -18,6 +18,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import BaseModel
 
 from operators._deadletter import DeadLetter, payload_text
+from operators._sources import slug
 from operators._stage import COUNTER_FIELDS, Counters, Packet, describe_function
 
 __all__ = [
@@ -179,7 +180,7 @@ class JsonlSink(Sink):
     def label(self) -> str:
         """Name the write step after the file."""
         stem = os.path.splitext(os.path.basename(self.path))[0]
-        return f"jsonl_{stem}"
+        return f"jsonl_{slug(stem)}"
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Share one handle between the run's workers."""

@@ -13,6 +13,7 @@ import csv
 import glob
 import os
 import random
+import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -152,6 +153,15 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         return _Partition(reader, self.counters)
 
 
+def slug(text: str) -> str:
+    """Turn a file name into a step-name part: letters, digits, underscores.
+
+    >>> slug("clicks-2026-*.v2")
+    'clicks_2026_v2'
+    """
+    return re.sub(r"\W+", "_", text).strip("_") or "file"
+
+
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
     size, extra = divmod(n, parts)
     bounds = []
@@ -288,7 +298,7 @@ class JsonlSource(Source):
     @property
     def label(self) -> str:
         """Name the read step after the file pattern."""
-        return "jsonl_" + Path(self.path).stem.replace("*", "_")
+        return "jsonl_" + slug(Path(self.path).stem)
 
     def partitions(self) -> list[str]:
         """One partition per file."""
@@ -350,7 +360,7 @@ class CsvSource(Source):
     @property
     def label(self) -> str:
         """Name the read step after the file pattern."""
-        return "csv_" + Path(self.path).stem.replace("*", "_")
+        return "csv_" + slug(Path(self.path).stem)
 
     def partitions(self) -> list[str]:
         """One partition per file."""
