@@ -4,6 +4,7 @@ Each piece works on a plain bytewax ``Dataflow`` too; the ``pipelines``
 package compiles its fluent graphs onto them.
 """
 
+from operators import agg, windows
 from operators._deadletter import PAYLOAD_LIMIT, DeadLetter, ErrorKind, Origin, payload_text
 from operators._event import Event, Schema, event_classes, schema_adapter, type_name
 from operators._policy import ErrorPolicy, PipelineHalted, Policy, as_policy, retry
@@ -90,6 +91,7 @@ __all__ = [
     "StdinSource",
     "StdoutSink",
     "Writer",
+    "agg",
     "as_policy",
     "describe_function",
     "event_classes",
@@ -100,4 +102,5 @@ __all__ = [
     "stage",
     "to_json",
     "type_name",
+    "windows",
 ]

@@ -91,18 +91,26 @@ class Source(ABC):
 class _Partition(StatefulSourcePartition[Chunk, Any]):
     """One partition's reader; a failure halts the run instead of the engine."""
 
-    def __init__(self, reader: Reader | None, counters: Counters | None) -> None:
+    def __init__(
+        self, reader: Reader | None, counters: Counters | None, step: str, part: str
+    ) -> None:
         self.reader = reader
         self.counters = counters
+        self.step = step
+        self.part = part
+        self.ended = False
 
     def next_batch(self) -> list[Chunk]:
         halted = self.counters is not None and self.counters.halted is not None
-        if self.reader is None or halted:
+        if self.reader is None or halted or self.ended:
             raise StopIteration
         try:
             chunk = self.reader.next_chunk()
         except StopIteration:
-            raise
+            # Say so downstream first: event-time windows stop waiting for
+            # this partition's watermark.
+            self.ended = True
+            return [Chunk([], self.step, self.part, eof=True)]
         except Exception as exc:
             if self.counters is None:
                 raise
@@ -143,14 +151,15 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _Partition:
         """Open one partition."""
+        step = step_id.rsplit(".", 1)[-1]
         try:
-            reader = self.source.open(for_part, step_id.rsplit(".", 1)[-1], resume_state)
+            reader = self.source.open(for_part, step, resume_state)
         except Exception as exc:
             if self.counters is None:
                 raise
             self.counters.halt(exc)
-            return _Partition(None, self.counters)
-        return _Partition(reader, self.counters)
+            return _Partition(None, self.counters, step, for_part)
+        return _Partition(reader, self.counters, step, for_part)
 
 
 def slug(text: str) -> str:

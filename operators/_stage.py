@@ -51,7 +51,17 @@ __all__ = [
 SLICE = 128
 
 #: Per-step counters, in this order.
-COUNTER_FIELDS = ("in", "out", "filtered", "unrouted", "dead", "skipped", "created")
+COUNTER_FIELDS = (
+    "in",
+    "out",
+    "filtered",
+    "unrouted",
+    "dead",
+    "skipped",
+    "created",
+    "aggregated",
+    "open",
+)
 _IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
 
 
@@ -69,6 +79,8 @@ class Chunk:
     offset: int = 0
     file: str | None = None
     line: int | None = None
+    #: True for the empty chunk that says the partition has ended.
+    eof: bool = False
 
     def origin(self, index: int) -> Origin:
         """Return the origin of the record at ``index`` in this chunk."""
@@ -83,10 +95,23 @@ class Chunk:
 
 @dataclass
 class Packet:
-    """What one chunk produced: records per exit, plus its dead letters."""
+    """What one chunk produced: records per exit, plus its dead letters.
+
+    ``source`` and ``partition`` name the source partition the chunk came
+    from, and ``eof`` says that partition has ended (event-time windows
+    track progress per partition).
+    """
 
     exits: list[list[Any]]
     dead: list[DeadLetter] = field(default_factory=list)
+    source: str = ""
+    partition: str = ""
+    eof: bool = False
+
+    @property
+    def origin_id(self) -> str:
+        """The source partition as one string: ``step/partition``."""
+        return f"{self.source}/{self.partition}"
 
 
 class Counters:
@@ -710,7 +735,7 @@ def run_stage(
             except Exception as exc:  # noqa: BLE001 - a halt, or a fault of evflow's own
                 counters.halt(exc)
                 return packets
-        packets.append(Packet(out, run.dead))
+        packets.append(Packet(out, run.dead, chunk.source, chunk.partition, chunk.eof))
     return packets
 
 

@@ -14,11 +14,13 @@
 
 from operators import DeadLetter, ErrorPolicy, Event, Origin, PipelineHalted, retry
 from pipelines import sinks, sources, testing
-from pipelines._builder import KeyedStream, Pipeline, Routes, Stream
+from pipelines._builder import Pipeline, Routes, Stream
 from pipelines._compile import PipelineError
+from pipelines._keyed import AggregateStream, KeyedStream, WindowedStream, WindowResult
 from pipelines._result import RunResult, StepCounts
 
 __all__ = [
+    "AggregateStream",
     "DeadLetter",
     "ErrorPolicy",
     "Event",
@@ -31,6 +33,8 @@ __all__ = [
     "RunResult",
     "StepCounts",
     "Stream",
+    "WindowResult",
+    "WindowedStream",
     "retry",
     "sinks",
     "sources",

@@ -16,9 +16,10 @@ from operators import Event, Policy, Sink, Source, as_policy, event_classes
 from pipelines._graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
+    from pipelines._keyed import KeyedStream
     from pipelines._result import RunResult
 
-__all__ = ["KeyedStream", "Pipeline", "Routes", "Stream"]
+__all__ = ["Pipeline", "Routes", "Stream"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -281,7 +282,7 @@ class Stream(Generic[T]):
             pipe, node = self._add(
                 "filter", _IsInstance(cls), name, cls.__name__, on_error, {"cls": cls}
             )
-            return self._next(pipe, node, narrowed)
+            return self._same(pipe, node, narrowed)
         _callable(
             predicate,
             name or "filter",
@@ -292,8 +293,18 @@ class Stream(Generic[T]):
         pipe, node = self._add("filter", predicate, name, _detail(predicate), on_error)
         return self._same(pipe, node)
 
-    def _same(self, pipe: Pipeline, node: Node) -> Stream[T]:
-        return self._next(pipe, node, self._classes)
+    def _same(
+        self, pipe: Pipeline, node: Node, classes: tuple[type[Event], ...] | bool | None = True
+    ) -> Stream[Any]:
+        """Return the next stream of the same kind (keyed stays keyed); True keeps classes."""
+        return self._rebuild(
+            pipe, Port(node), self._classes if classes is True else classes or None
+        )
+
+    def _rebuild(
+        self, pipe: Pipeline, port: Port, classes: tuple[type[Event], ...] | None
+    ) -> Stream[Any]:
+        return Stream(pipe, port, classes, self._scope)
 
     def map(
         self, fn: Callable[[T], U], *, name: str | None = None, on_error: Policy = "dead_letter"
@@ -333,7 +344,9 @@ class Stream(Generic[T]):
         """Key records by ``key(record)`` (a str): keyed work is partitioned by it."""
         _callable(key, name or "key_by", "key_by", "key function", "key_by(lambda e: e.user).")
         pipe, node = self._add("key_by", key, name, _detail(key), on_error)
-        return KeyedStream(pipe, Port(node), self._classes, self._scope)
+        from pipelines._keyed import KeyedStream
+
+        return KeyedStream(pipe, Port(node), self._classes, self._scope, key=key)
 
     def merge(self, *others: Stream[T], name: str | None = None) -> Stream[T]:
         """Interleave this stream with ``others`` (of the same pipeline)."""
@@ -452,13 +465,20 @@ class Stream(Generic[T]):
 
     def _at(self, pipeline: Pipeline) -> Stream[T]:
         """Return this stream, inside a larger pipeline that contains it."""
-        return type(self)(pipeline, self._port, self._classes, self._scope)
+        return self._rebuild(pipeline, self._port, self._classes)
 
+    if not TYPE_CHECKING:
 
-class KeyedStream(Stream[T]):
-    """A stream whose records carry a key: keyed work is partitioned by it."""
-
-    __slots__ = ()
+        def __getattr__(self, name: str) -> Any:
+            """Explain keyed-only methods on an unkeyed stream."""
+            if name in ("window", "aggregate"):
+                msg = (
+                    f"stream {self.step!r} is not keyed, so it has no {name}(). Hint: "
+                    f"key it first: .key_by(lambda e: e.user).{name}(...)."
+                )
+                raise AttributeError(msg)
+            msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+            raise AttributeError(msg)
 
 
 class _IsInstance:

@@ -10,6 +10,7 @@ start the next stage).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -35,6 +36,7 @@ from operators import (
     stage,
 )
 from operators import Node as StageNode
+from operators._windowing import Bucketize, ClockOp, Marked, SplitOp, WindowLogic, WindowSpec
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
 
@@ -63,8 +65,8 @@ def check(pipeline: Pipeline) -> None:
         )
         raise PipelineError(msg)
     for (step, route), users in graph.consumers().items():
-        if users:
-            continue
+        if users or route == "late":
+            continue  # unwritten late events become dead letters
         node = graph[step]
         if route is not None:
             msg = (
@@ -114,12 +116,19 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
     users = graph.consumers()
     flow = Dataflow(pipeline.name)
     merge_inputs: dict[str, list[BwStream[Chunk]]] = {}
+    agg_inputs: dict[str, BwStream[tuple[str, Marked]]] = {}
 
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
         nodes: list[StageNode] = []
         for user in users[port]:
             if user.kind in ("write", "merge"):
                 nodes.append(stage_.exit(user.kind, user))
+            elif user.kind == "aggregate":
+                exit_ = stage_.exit("aggregate", user)
+                clock = user.params["clock"]
+                nodes.append(
+                    ClockOp(user.name, row[user.name], user.fn, clock, user.policy, [exit_])
+                )
             elif user.kind == "forward":
                 routes = user.params["routes"]
                 otherwise = user.params["otherwise"]
@@ -144,22 +153,30 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
         return nodes
 
     for node in graph:
-        if node.kind not in ("read", "merge"):
+        if node.kind not in ("read", "merge", "aggregate"):
             continue
         stage_ = _Stage(node)
-        adapter = None
-        if node.kind == "read":
-            source = node.params["source"]
-            if source.schema is not None:
-                adapter = schema_adapter(source.schema)
-            chunks: BwStream[Chunk] = op.input(node.name, flow, ChunkSource(source, counters))
+        root: StageNode
+        if node.kind == "aggregate":
+            # Keyed state: bytewax routes key buckets to workers.
+            spec = _window_spec(pipeline, node, row[node.name], counters, users)
+            outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), _LogicBuilder(spec))
+            chunks = op.flat_map_batch(f"{node.name}_chunks", outputs, _ToChunk(node.name))
+            root = SplitOp(
+                tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
+            )
         else:
-            chunks = op.merge(node.name, *merge_inputs.pop(node.name))
-        if workers > 1:
-            chunks = op.redistribute(f"{node.name}_spread", chunks)
-        root = ParseOp(
-            node.name, row[node.name], adapter, node.policy, tree(stage_, (node.name, None))
-        )
+            adapter = None
+            if node.kind == "read":
+                source = node.params["source"]
+                if source.schema is not None:
+                    adapter = schema_adapter(source.schema)
+                chunks = op.input(node.name, flow, ChunkSource(source, counters))
+            else:
+                chunks = op.merge(node.name, *merge_inputs.pop(node.name))
+            root = ParseOp(
+                node.name, row[node.name], adapter, node.policy, tree(stage_, (node.name, None))
+            )
         packets = stage(
             f"{node.name}_stage", chunks, [root], len(stage_.exits), pipeline.name, counters
         )
@@ -176,7 +193,69 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
                     f"{node.name}_to_{target.name}_{i}", packets, _Unpack(i, node.name)
                 )
                 merge_inputs.setdefault(target.name, []).append(unpacked)
+            elif kind == "aggregate":
+                marked = op.flat_map_batch(
+                    f"{node.name}_to_{target.name}_{i}", packets, Bucketize(i)
+                )
+                agg_inputs[target.name] = marked
     return Compiled(flow, counters, kinds)
+
+
+def _source_partitions(node: Node) -> list[str]:
+    """Return the ``step/partition`` ids of every source partition upstream of ``node``."""
+    if node.kind == "read":
+        return [f"{node.name}/{p}" for p in node.params["source"].partitions()]
+    ids: list[str] = []
+    for port in node.inputs:
+        ids += [i for i in _source_partitions(port.node) if i not in ids]
+    return ids
+
+
+def _window_spec(
+    pipeline: Pipeline,
+    node: Node,
+    row: int,
+    counters: Counters,
+    users: dict[tuple[str, str | None], list[Node]],
+) -> WindowSpec:
+    aggregators = node.params["aggregators"]
+    return WindowSpec(
+        pipeline=pipeline.name,
+        step=node.name,
+        row=row,
+        counters=counters,
+        window=node.params["window"],
+        clock=node.params["clock"],
+        names=list(aggregators),
+        aggs=list(aggregators.values()),
+        result_model=node.params["result_model"],
+        partitions=_source_partitions(node),
+        late_wanted=bool(users[(node.name, "late")]),
+        emit=node.params["emit"],
+        ttl=node.params["ttl"],
+    )
+
+
+class _LogicBuilder:
+    """Build (or resume) the window state of one key bucket."""
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, resume: Any | None) -> WindowLogic:
+        return WindowLogic(self.spec, resume)
+
+
+class _ToChunk:
+    """Gather an aggregate's outputs into one chunk per batch."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def __call__(self, items: list[tuple[str, Any]]) -> list[Chunk]:
+        if not items:
+            return []
+        return [Chunk([value for _, value in items], self.step, "out")]
 
 
 class _Unpack:
@@ -188,4 +267,8 @@ class _Unpack:
 
     def __call__(self, packets: list[Packet]) -> list[Chunk]:
         i = self.index
-        return [Chunk(p.exits[i], self.source, "stage") for p in packets if p.exits[i]]
+        return [
+            Chunk(p.exits[i], p.source, p.partition, eof=p.eof)
+            for p in packets
+            if p.exits[i] or p.eof
+        ]

@@ -29,6 +29,8 @@ class Node:
         """Name this node's outputs: a forward has one per route."""
         if self.kind == "write":
             return ()
+        if self.kind == "aggregate":
+            return (None, "late")
         if self.kind == "forward":
             names: tuple[str | None, ...] = tuple(self.params["routes"])
             if self.params["otherwise"] is not None:

@@ -78,11 +78,31 @@ def summary_table(result: RunResult) -> Table:
         caption=(
             f"read {result.read} + created {result.created} = written {result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
-            f"{result.dead} + skipped {result.skipped}: {ok}"
+            f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated}: {ok}"
         ),
     )
-    columns = ("received", "out", "filtered", "unrouted", "dead", "skipped", "created")
-    headers = ("in", "out", "filtered", "unrouted", "dead", "skipped", "created")
+    columns = (
+        "received",
+        "out",
+        "filtered",
+        "unrouted",
+        "dead",
+        "skipped",
+        "created",
+        "aggregated",
+        "open",
+    )
+    headers = (
+        "in",
+        "out",
+        "filtered",
+        "unrouted",
+        "dead",
+        "skipped",
+        "created",
+        "aggregated",
+        "open",
+    )
     table.add_column("step")
     table.add_column("kind")
     for header in headers:
@@ -100,6 +120,8 @@ def summary_table(result: RunResult) -> Table:
         str(result.dead),
         str(result.skipped),
         str(result.created),
+        str(result.aggregated),
+        str(result.open_windows),
         end_section=True,
     )
     return table

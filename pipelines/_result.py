@@ -15,8 +15,10 @@ class StepCounts:
     """What one step saw: records in and out, and where the others went.
 
     For every step, ``received + created == out + filtered + unrouted + dead +
-    skipped``, where ``created`` counts extra records a step made (a
-    flat_map's outputs past the first, copies for several routes or readers).
+    skipped + aggregated``, where ``created`` counts records a step made (a
+    flat_map's outputs past the first, copies for several routes or readers,
+    an aggregate's results) and ``aggregated`` the events an aggregate took
+    in. ``open`` is the number of windows (or running keys) still held.
     """
 
     step: str
@@ -28,12 +30,14 @@ class StepCounts:
     dead: int = 0
     skipped: int = 0
     created: int = 0
+    aggregated: int = 0
+    open: int = 0
 
     @property
     def balanced(self) -> bool:
         """Whether this step's counts add up."""
         return self.received + self.created == (
-            self.out + self.filtered + self.unrouted + self.dead + self.skipped
+            self.out + self.filtered + self.unrouted + self.dead + self.skipped + self.aggregated
         )
 
 
@@ -41,7 +45,7 @@ class RunResult:
     """The outcome of a run: memory-sink outputs, dead letters, counts.
 
     Counts reconcile for a bounded input:
-    ``read + created == written + filtered + unrouted + dead + skipped``.
+    ``read + created == written + filtered + unrouted + dead + skipped + aggregated``.
     """
 
     def __init__(
@@ -102,9 +106,26 @@ class RunResult:
         return self._sum("created")
 
     @property
+    def aggregated(self) -> int:
+        """Events taken into aggregates (windows or running aggregates)."""
+        return self._sum("aggregated")
+
+    @property
+    def open_windows(self) -> int:
+        """Windows or running keys still held (zero once a bounded run ends)."""
+        return self._sum("open")
+
+    @property
     def reconciles(self) -> bool:
         """Whether every record read is accounted for, step by step and in all."""
-        total = self.written + self.filtered + self.unrouted + self.dead + self.skipped
+        total = (
+            self.written
+            + self.filtered
+            + self.unrouted
+            + self.dead
+            + self.skipped
+            + self.aggregated
+        )
         return self.read + self.created == total and all(c.balanced for c in self.counts.values())
 
     def __getitem__(self, name: str) -> list[Any]:
@@ -116,7 +137,8 @@ class RunResult:
         return (
             f"RunResult({self.pipeline!r}, read={self.read}, written={self.written}, "
             f"filtered={self.filtered}, unrouted={self.unrouted}, dead={self.dead}, "
-            f"skipped={self.skipped}, created={self.created}, reconciles={self.reconciles})"
+            f"skipped={self.skipped}, created={self.created}, aggregated={self.aggregated}, "
+            f"reconciles={self.reconciles})"
         )
 
     def summary(self) -> Any:

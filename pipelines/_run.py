@@ -107,6 +107,8 @@ def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
             dead=row["dead"],
             skipped=row["skipped"],
             created=row["created"],
+            aggregated=row["aggregated"],
+            open=row["open"],
         )
         for step, row in totals.items()
     }

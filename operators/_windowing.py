@@ -1,0 +1,590 @@
+"""Keyed windows and running aggregates over bytewax, with per-partition watermarks.
+
+How a windowed aggregate runs:
+
+1. Inside the upstream stage, `ClockOp` gives each event its key and time
+   (a failure is dead-lettered): records become ``(key, ts, event)``.
+2. `Bucketize` groups a packet's records into a fixed number of key buckets
+   and tags each group with the source partition it came from and that
+   partition's largest event time; every bucket hears from every chunk, so
+   every bucket knows every partition's progress (the watermark markers).
+3. bytewax's ``stateful_batch`` routes buckets to workers; `WindowLogic`
+   holds the windows of all keys of one bucket. A partition's watermark is
+   its largest event time minus ``max_delay``; the minimum over all partitions
+   closes windows and decides lateness, so results do not depend on how many
+   workers read the partitions or how fast.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from operators._deadletter import DeadLetter, payload_text
+from operators._policy import ErrorPolicy
+from operators._stage import COUNTER_FIELDS, Counters, Node, Packet, StageOp, _fan_out, _Run
+from operators.agg import Aggregator
+from operators.windows import (
+    Clock,
+    Count,
+    EventTime,
+    Session,
+    Sliding,
+    Tumbling,
+    Window,
+)
+
+__all__ = [
+    "BUCKETS",
+    "Bucketize",
+    "ClockOp",
+    "Marked",
+    "SplitOp",
+    "WindowLogic",
+    "WindowSpec",
+    "event_seconds",
+    "make_adder",
+]
+
+#: Key buckets: the unit of window state that bytewax routes to workers.
+BUCKETS = 32
+_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (
+    COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open")
+)
+_NEVER = -math.inf
+_DONE = math.inf
+
+
+def event_seconds(value: Any) -> float:
+    """Turn an event time (aware datetime, or epoch seconds) into seconds.
+
+    >>> event_seconds(datetime(1970, 1, 1, 0, 1, tzinfo=timezone.utc))
+    60.0
+    """
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            msg = (
+                f"event time {value.isoformat()} has no timezone; evflow needs aware "
+                f"timestamps. Hint: declare the field as pydantic AwareDatetime."
+            )
+            raise ValueError(msg)
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    msg = f"event time must be an aware datetime or epoch seconds; got {value!r}."
+    raise TypeError(msg)
+
+
+class ClockOp(StageOp):
+    """Give each event its key and time: ``(key, ts, event)``."""
+
+    kind = "aggregate"
+
+    def __init__(
+        self,
+        step: str,
+        index: int,
+        key: Callable[[Any], str],
+        clock: Clock | None,
+        policy: ErrorPolicy,
+        nexts: Sequence[Node] = (),
+    ) -> None:
+        """Make the clock for aggregate step ``step``."""
+        super().__init__(step, index, key, policy, nexts)
+        self.key = key
+        if isinstance(clock, EventTime):
+            if clock.fn is not None:
+                fn = clock.fn
+                self.time_of: Callable[[Any], float] = lambda e: event_seconds(fn(e))
+            else:
+                name = clock.field or "time"
+                self.time_of = lambda e: event_seconds(getattr(e, name))
+        else:
+            self.time_of = lambda e: time.time()
+
+    def call(self, item: Any) -> Any:
+        """Key and time one event."""
+        key = self.key(item)
+        if not isinstance(key, str):
+            msg = (
+                f"step {self.step!r} (aggregate): key function {self.function} must return "
+                f"str; got {type(key).__name__} {key!r}."
+            )
+            raise TypeError(msg)
+        return (key, self.time_of(item), item)
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Key and time a list (not counted: the aggregate step counts)."""
+        call = self.call
+        row = run.table[self.index]
+        records: list[Any] = []
+        append = records.append
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    append(call(x))
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                row[_IN] += 1
+                ok, value = self.recover(x, exc, run, row)
+                if ok:
+                    row[_IN] -= 1
+                    append(value)
+        _fan_out(self.nexts, records, run, out, row)
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Unused: the clock overrides `push`."""
+        raise NotImplementedError
+
+
+@dataclass
+class Marked:
+    """One bucket's share of a chunk, with its partition's progress."""
+
+    partition: str
+    latest: float
+    eof: bool
+    records: list[tuple[str, float, Any]] = field(default_factory=list)
+
+
+class Bucketize:
+    """Split an exit of packets into per-bucket `Marked` items (a flat_map_batch)."""
+
+    def __init__(self, exit_index: int, buckets: int = BUCKETS) -> None:
+        """Read exit ``exit_index`` of each packet."""
+        self.exit_index = exit_index
+        self.buckets = buckets
+        self.cache: dict[str, int] = {}
+
+    def bucket_of(self, key: str) -> int:
+        """Return a key's bucket (stable across processes)."""
+        bucket = self.cache.get(key)
+        if bucket is None:
+            if len(self.cache) > 100_000:
+                self.cache.clear()
+            bucket = self.cache[key] = zlib.crc32(key.encode()) % self.buckets
+        return bucket
+
+    def __call__(self, packets: list[Packet]) -> list[tuple[str, Marked]]:
+        """Group records by bucket; every bucket gets the partition's progress."""
+        out: list[tuple[str, Marked]] = []
+        n = self.buckets
+        for packet in packets:
+            records = packet.exits[self.exit_index] if packet.exits else []
+            if not records and not packet.eof:
+                continue
+            groups: list[list[Any]] = [[] for _ in range(n)]
+            bucket_of = self.cache.get
+            latest = _NEVER
+            for record in records:
+                b = bucket_of(record[0])
+                if b is None:
+                    b = self.bucket_of(record[0])
+                groups[b].append(record)
+                if record[1] > latest:
+                    latest = record[1]
+            part = packet.origin_id
+            out.extend((str(b), Marked(part, latest, packet.eof, groups[b])) for b in range(n))
+        return out
+
+
+def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], None]:
+    """Generate ``add(accs, event, ts)`` for these aggregators, all or nothing.
+
+    Values are read and new accumulators computed before any is stored, so an
+    event whose value cannot be aggregated changes nothing.
+
+    >>> from operators import agg
+    >>> add = make_adder([agg.count(), agg.sum("real")])
+    >>> accs = [0, 0]
+    >>> add(accs, 2.5, 0.0); add(accs, 1.5, 0.0); accs
+    [2, 4.0]
+    """
+    env: dict[str, Any] = {}
+    lines = ["def add(a, e, ts):"]
+    for i, g in enumerate(aggs):
+        env[f"g{i}"] = g
+        value = "e" if g.field is None else f"e.{g.field}"
+        expr = g.inline(f"a[{i}]", value) or f"g{i}.add(a[{i}], {value}, ts, e)"
+        lines.append(f"    n{i} = {expr}")
+    if aggs:
+        lines.append("    " + "; ".join(f"a[{i}] = n{i}" for i in range(len(aggs))))
+    else:
+        lines.append("    pass")
+    exec("\n".join(lines), env)
+    adder: Callable[[list[Any], Any, float], None] = env["add"]
+    return adder
+
+
+@dataclass
+class WindowSpec:
+    """Everything one aggregate step's bucket logic needs."""
+
+    pipeline: str
+    step: str
+    row: int
+    counters: Counters
+    window: Window | None
+    clock: Clock | None
+    names: list[str]
+    aggs: list[Aggregator]
+    result_model: Any
+    partitions: list[str]
+    late_wanted: bool
+    emit: str = "final"
+    ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        """Generate the adder once."""
+        self.add = make_adder(self.aggs)
+        clock = self.clock
+        self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
+        self.idle = clock.idle_timeout if isinstance(clock, EventTime) else 0.0
+        self.event_time = isinstance(clock, EventTime)
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
+    """All windows (or running aggregates) of the keys of one bucket."""
+
+    def __init__(self, spec: WindowSpec, resume: dict[str, Any] | None) -> None:
+        """Start empty, or from a snapshot."""
+        self.spec = spec
+        state = resume or {}
+        self.wm: dict[str, float] = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
+        now = time.time()
+        self.wall: dict[str, float] = dict.fromkeys(self.wm, now)
+        self.closed: float = state.get("closed", _NEVER)
+        self.wins: dict[Any, Any] = state.get("wins", {})
+        self.heap: list[tuple[float, str, float]] = state.get("heap", [])
+        self.expiry: dict[str, float] = {}
+
+    # -- watermark ---------------------------------------------------------
+
+    def watermark(self, now: float | None = None) -> float:
+        """Return the smallest partition watermark (following the wall clock when idle)."""
+        spec = self.spec
+        if not spec.event_time:
+            return time.time() if now is None else now
+        if now is None:
+            low = min(self.wm.values(), default=_DONE)
+        else:
+            low = _DONE
+            for part, wm in self.wm.items():
+                idle_for = now - self.wall[part] - spec.idle
+                if idle_for > 0 and wm != _DONE:
+                    wm = now - spec.idle if wm == _NEVER else wm + idle_for
+                low = low if low < wm else wm
+        return low if low > self.closed else self.closed
+
+    # -- results -----------------------------------------------------------
+
+    def _result(self, key: str, start: float | None, end: float | None, accs: list[Any]) -> Any:
+        spec = self.spec
+        values = {n: g.result(a) for n, g, a in zip(spec.names, spec.aggs, accs, strict=True)}
+        when = _utc(end) if end is not None else datetime.now(timezone.utc)
+        stamp = "running" if start is None else f"{start:.6f}"
+        return spec.result_model.model_construct(
+            id=f"{spec.step}/{key}/{stamp}",
+            time=when,
+            key=key,
+            start=None if start is None else _utc(start),
+            end=None if end is None else _utc(end),
+            **values,
+        )
+
+    def _close(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        heap = self.heap
+        wins = self.wins
+        window = self.spec.window
+        while heap and heap[0][0] <= upto:
+            end, key, start = heapq.heappop(heap)
+            if isinstance(window, Session):
+                sessions = wins.get(key) or []
+                found = None
+                for s in sessions:
+                    if s[0] == start and s[1] == end:
+                        found = s
+                        break
+                if found is None:
+                    continue  # merged into another session since
+                sessions.remove(found)
+                if not sessions:
+                    del wins[key]
+                accs = found[2]
+            else:
+                accs = wins.pop((key, start))
+            out.append(("r", self._result(key, start, end, accs)))
+            row[_OUT] += 1
+            row[_CREATED] += 1
+            row[_OPEN] -= 1
+        if upto > self.closed:
+            self.closed = upto
+
+    # -- the bytewax protocol ------------------------------------------------
+
+    def on_batch(self, values: list[Marked]) -> tuple[list[tuple[str, Any]], bool]:
+        """Add a batch of records and close the windows the watermarks pass."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        window = spec.window
+        now = time.time()
+        for marked in values:
+            records = marked.records
+            if records:
+                row[_IN] += len(records)
+                if window is None:
+                    self._running(records, out, row, now)
+                elif isinstance(window, Count):
+                    self._count(window, records, out, row)
+                else:
+                    self._timed(window, records, out, row)
+            part = marked.partition
+            if spec.event_time and part in self.wm:
+                if marked.eof:
+                    self.wm[part] = _DONE
+                elif marked.latest != _NEVER:
+                    candidate = marked.latest - spec.delay
+                    if candidate > self.wm[part]:
+                        self.wm[part] = candidate
+                        self.wall[part] = now
+        if window is not None and not isinstance(window, Count):
+            self._close(self.watermark(), out, row)
+        return out, False
+
+    def _timed(
+        self, window: Window, records: list[Any], out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        spec = self.spec
+        add = spec.add
+        wins = self.wins
+        wm = self.watermark()
+        late = 0
+        for key, ts, event in records:
+            if ts < wm:
+                late += 1
+                self._late(event, ts, out, row)
+                continue
+            if isinstance(window, Tumbling):
+                size = window.size
+                start = ts - ts % size
+                accs = wins.get((key, start))
+                if accs is None:
+                    accs = wins[(key, start)] = [g.create() for g in spec.aggs]
+                    heapq.heappush(self.heap, (start + size, key, start))
+                    row[_OPEN] += 1
+                add(accs, event, ts)
+            elif isinstance(window, Sliding):
+                for start, end in window.assign(ts):
+                    accs = wins.get((key, start))
+                    if accs is None:
+                        accs = wins[(key, start)] = [g.create() for g in spec.aggs]
+                        heapq.heappush(self.heap, (end, key, start))
+                        row[_OPEN] += 1
+                    add(accs, event, ts)
+            else:
+                assert isinstance(window, Session)
+                self._session(window, key, ts, event, row)
+        row[_AGG] += len(records) - late
+
+    def _session(self, window: Session, key: str, ts: float, event: Any, row: list[int]) -> None:
+        spec = self.spec
+        sessions: list[list[Any]] = self.wins.setdefault(key, [])
+        start, end = ts, ts + window.gap
+        accs = [g.create() for g in spec.aggs]
+        spec.add(accs, event, ts)
+        keep = []
+        for s in sessions:
+            if s[0] <= end and ts < s[1]:  # overlaps [ts, ts + gap)
+                start = min(start, s[0])
+                end = max(end, s[1])
+                accs = [g.merge(a, b) for g, a, b in zip(spec.aggs, s[2], accs, strict=True)]
+                row[_OPEN] -= 1
+            else:
+                keep.append(s)
+        keep.append([start, end, accs])
+        self.wins[key] = keep
+        row[_OPEN] += 1
+        heapq.heappush(self.heap, (end, key, start))
+
+    def _count(
+        self, window: Count, records: list[Any], out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        spec = self.spec
+        wins = self.wins
+        for key, ts, event in records:
+            slot = wins.get(key)
+            if slot is None:
+                slot = wins[key] = [0, ts, ts, [g.create() for g in spec.aggs]]
+                row[_OPEN] += 1
+            spec.add(slot[3], event, ts)
+            slot[0] += 1
+            slot[1] = ts if ts < slot[1] else slot[1]
+            slot[2] = ts if ts > slot[2] else slot[2]
+            if slot[0] >= window.n:
+                del wins[key]
+                out.append(("r", self._result(key, slot[1], slot[2], slot[3])))
+                row[_OUT] += 1
+                row[_CREATED] += 1
+                row[_OPEN] -= 1
+        row[_AGG] += len(records)
+
+    def _running(
+        self, records: list[Any], out: list[tuple[str, Any]], row: list[int], now: float
+    ) -> None:
+        spec = self.spec
+        wins = self.wins
+        ttl = spec.ttl
+        for key, ts, event in records:
+            accs = wins.get(key)
+            if accs is None:
+                accs = wins[key] = [g.create() for g in spec.aggs]
+                row[_OPEN] += 1
+            spec.add(accs, event, ts)
+            if ttl is not None:
+                self.expiry[key] = now + ttl
+            if spec.emit == "running":
+                out.append(("r", self._result(key, None, None, accs)))
+                row[_OUT] += 1
+                row[_CREATED] += 1
+        row[_AGG] += len(records)
+
+    def _late(self, event: Any, ts: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        spec = self.spec
+        if spec.late_wanted:
+            out.append(("l", event))
+            row[_OUT] += 1
+            return
+        row[_DEAD] += 1
+        payload = payload_text(event)
+        out.append(
+            (
+                "d",
+                DeadLetter.build(
+                    pipeline=spec.pipeline,
+                    step=spec.step,
+                    kind="late",
+                    error_type="LateEvent",
+                    message=(
+                        f"event time {_utc(ts).isoformat()} is behind the watermark "
+                        f"{_utc(self.watermark()).isoformat()}; write the step's .late stream "
+                        f"to a sink to keep late events apart"
+                    ),
+                    payload=payload,
+                    event_time=_utc(ts),
+                ),
+            )
+        )
+
+    def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Close windows by wall-clock progress; expire idle running keys."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        now = time.time()
+        if spec.window is None:
+            for key, due in list(self.expiry.items()):
+                if due <= now:
+                    del self.expiry[key]
+                    accs = self.wins.pop(key)
+                    row[_OPEN] -= 1
+                    if spec.emit == "final":
+                        out.append(("r", self._result(key, None, None, accs)))
+                        row[_OUT] += 1
+                        row[_CREATED] += 1
+        elif not isinstance(spec.window, Count):
+            self._close(self.watermark(now), out, row)
+        return out, False
+
+    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Close every window and emit final aggregates: the input ended."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        window = spec.window
+        if window is None:
+            for key, accs in self.wins.items():
+                row[_OPEN] -= 1
+                if spec.emit == "final":
+                    out.append(("r", self._result(key, None, None, accs)))
+                    row[_OUT] += 1
+                    row[_CREATED] += 1
+            self.wins.clear()
+        elif isinstance(window, Count):
+            for key, slot in self.wins.items():
+                out.append(("r", self._result(key, slot[1], slot[2], slot[3])))
+                row[_OUT] += 1
+                row[_CREATED] += 1
+                row[_OPEN] -= 1
+            self.wins.clear()
+        else:
+            self._close(_DONE, out, row)
+        return out, True
+
+    def notify_at(self) -> datetime | None:
+        """When wall-clock progress could next close a window (or expire a key)."""
+        spec = self.spec
+        if spec.window is None:
+            if not self.expiry:
+                return None
+            return _utc(min(self.expiry.values()))
+        if isinstance(spec.window, Count) or not self.heap:
+            return None
+        end = self.heap[0][0]
+        if not spec.event_time:
+            return _utc(end)
+        due = 0.0
+        for part, wm in self.wm.items():
+            if wm < end:
+                base = self.wall[part] + spec.idle
+                due = max(due, base + (end - wm) if wm != _NEVER else base)
+        return _utc(due) if due else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """State to resume from: watermarks, open windows."""
+        return {
+            "wm": dict(self.wm),
+            "closed": self.closed,
+            "wins": self.wins,
+            "heap": list(self.heap),
+        }
+
+
+class SplitOp(Node):
+    """Root of the stage after an aggregate: results, late events, dead letters."""
+
+    def __init__(self, results: Sequence[Node], late: Sequence[Node], row: int) -> None:
+        """Send results and late events to their branches."""
+        self.results = list(results)
+        self.late = list(late)
+        self.row = row
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Split tagged outputs of the aggregate."""
+        results: list[Any] = []
+        late: list[Any] = []
+        for tag, value in items:
+            if tag == "r":
+                results.append(value)
+            elif tag == "l":
+                late.append(value)
+            else:
+                run.dead.append(value)
+        row = run.table[self.row]
+        if results:
+            _fan_out(self.results, results, run, out, row)
+        if late:
+            _fan_out(self.late, late, run, out, row)

@@ -1,0 +1,425 @@
+"""Aggregators: what `aggregate` computes per key and window.
+
+Every aggregator follows one protocol, which a user's own aggregator follows
+too (subclass `Aggregator`):
+
+- ``create()`` returns an empty accumulator;
+- ``add(acc, value, ts, event)`` returns the accumulator with one more value
+  (``value`` is ``value_of(event)``: the field, or the event itself);
+- ``merge(a, b)`` returns the accumulator of both (exact for every built-in,
+  within the documented error for `quantile`), so partial aggregates made
+  apart (per worker, per batch) combine into the same result;
+- ``result(acc)`` returns the value put in the result record.
+
+>>> a = mean("amount")
+>>> acc = a.create()
+>>> for v in (1.0, 2.0, 6.0):
+...     acc = a.add(acc, v, 0.0, None)
+>>> a.result(acc), a.result(a.merge(acc, a.add(a.create(), 7.0, 0.0, None)))
+(3.0, 4.0)
+"""
+
+from __future__ import annotations
+
+import operator
+import typing
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+from operators._event import Event
+
+__all__ = [
+    "Aggregator",
+    "collect",
+    "count",
+    "count_distinct",
+    "first",
+    "last",
+    "max",
+    "mean",
+    "min",
+    "quantile",
+    "sum",
+    "top_k",
+]
+
+_NUMERIC = (int, float, Decimal)
+
+
+def _is_numeric(annotation: Any) -> bool:
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, _NUMERIC)
+        and (annotation is not bool)
+    )
+
+
+class Aggregator:
+    """The base of every aggregator (see the module docstring for the protocol)."""
+
+    #: The event field read, or None for the whole event.
+    field: str | None = None
+    #: Whether the field must be numeric.
+    numeric = False
+    #: The Python type of ``result`` (used for the typed result record).
+    result_type: Any = Any
+
+    @property
+    def label(self) -> str:
+        """A short description (``sum(amount)``)."""
+        return f"{type(self).__name__.lower()}({self.field or ''})"
+
+    def value_of(self, event: Any) -> Any:
+        """Return what this aggregator reads from an event."""
+        if self.field is None:
+            return event
+        return self._get(event)
+
+    def _get(self, event: Any) -> Any:
+        getter = self.__dict__.get("_getter")
+        if getter is None:
+            getter = operator.attrgetter(self.field or "")
+            self.__dict__["_getter"] = getter
+        return getter(event)
+
+    def create(self) -> Any:
+        """Return an empty accumulator."""
+        raise NotImplementedError
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        """Return ``acc`` with one more value."""
+        raise NotImplementedError
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """Return the accumulator of both."""
+        raise NotImplementedError
+
+    def result(self, acc: Any) -> Any:
+        """Return the final value."""
+        return acc
+
+    def inline(self, acc: str, value: str) -> str | None:
+        """Return a Python expression for ``add`` (for generated code), or None."""
+        return None
+
+    def check(self, classes: tuple[type[Event], ...], step: str) -> None:
+        """Check the field against the event classes; raise with their fields."""
+        if self.field is None:
+            return
+        for cls in classes:
+            fields = cls.model_fields
+            if self.field not in fields:
+                msg = (
+                    f"step {step!r} (aggregate): {self.label} reads field "
+                    f"{self.field!r}, which {cls.__name__} does not have; its fields are "
+                    f"{sorted(fields)}. Hint: filter to the class that has it first."
+                )
+                raise ValueError(msg)
+            annotation = fields[self.field].annotation
+            if self.numeric and not _is_numeric(annotation):
+                numeric = sorted(f for f, info in fields.items() if _is_numeric(info.annotation))
+                msg = (
+                    f"step {step!r} (aggregate): {self.label} needs a numeric field, but "
+                    f"{cls.__name__}.{self.field} is {_type_name(annotation)}; the numeric "
+                    f"fields of {cls.__name__} are {numeric}."
+                )
+                raise TypeError(msg)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+class _Count(Aggregator):
+    result_type = int
+
+    def __init__(self, cls: type | None) -> None:
+        self.cls = cls
+
+    @property
+    def label(self) -> str:
+        return f"count({self.cls.__name__ if self.cls else ''})"
+
+    def create(self) -> int:
+        return 0
+
+    def add(self, acc: int, value: Any, ts: float, event: Any) -> int:
+        if self.cls is None or isinstance(event, self.cls):
+            return acc + 1
+        return acc
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def inline(self, acc: str, value: str) -> str | None:
+        return f"{acc} + 1" if self.cls is None else None
+
+
+def count(cls: type | None = None) -> Aggregator:
+    """Count events (only those of event class ``cls`` when given)."""
+    if cls is not None and not isinstance(cls, type):
+        msg = f"count(cls): cls must be an event class; got {cls!r}."
+        raise TypeError(msg)
+    return _Count(cls)
+
+
+class _Sum(Aggregator):
+    numeric = True
+    result_type = float
+
+    def __init__(self, field: str) -> None:
+        self.field = _field(field, "sum")
+
+    def create(self) -> Any:
+        return 0
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        return acc + value
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def inline(self, acc: str, value: str) -> str | None:
+        return f"{acc} + {value}"
+
+
+def _field(field: Any, what: str) -> str:
+    if not isinstance(field, str) or not field.isidentifier():
+        msg = f"{what}(field): field must be a field name; got {field!r}. Hint: {what}('amount')."
+        raise TypeError(msg)
+    return field
+
+
+def sum(field: str) -> Aggregator:
+    """Sum a numeric field."""
+    return _Sum(field)
+
+
+class _Mean(Aggregator):
+    numeric = True
+    result_type = typing.Optional[float]  # noqa: UP045 - a runtime type object
+
+    def __init__(self, field: str) -> None:
+        self.field = _field(field, "mean")
+
+    def create(self) -> tuple[Any, int]:
+        return (0, 0)
+
+    def add(self, acc: tuple[Any, int], value: Any, ts: float, event: Any) -> tuple[Any, int]:
+        return (acc[0] + value, acc[1] + 1)
+
+    def merge(self, a: tuple[Any, int], b: tuple[Any, int]) -> tuple[Any, int]:
+        return (a[0] + b[0], a[1] + b[1])
+
+    def result(self, acc: tuple[Any, int]) -> float | None:
+        return acc[0] / acc[1] if acc[1] else None
+
+
+def mean(field: str) -> Aggregator:
+    """Arithmetic mean of a numeric field (None for no values)."""
+    return _Mean(field)
+
+
+class _Extreme(Aggregator):
+    def __init__(self, field: str, largest: bool) -> None:
+        self.field = _field(field, "max" if largest else "min")
+        self.largest = largest
+
+    @property
+    def label(self) -> str:
+        return f"{'max' if self.largest else 'min'}({self.field})"
+
+    def create(self) -> Any:
+        return None
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        if acc is None:
+            return value
+        return (value if value > acc else acc) if self.largest else (value if value < acc else acc)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return b if a is None else a
+        return self.add(a, b, 0.0, None)
+
+
+def min(field: str) -> Aggregator:
+    """Smallest value of a field (None for no values)."""
+    return _Extreme(field, largest=False)
+
+
+def max(field: str) -> Aggregator:
+    """Largest value of a field (None for no values)."""
+    return _Extreme(field, largest=True)
+
+
+class _Edge(Aggregator):
+    """The value of the earliest (or latest) event by time; ties by event id."""
+
+    def __init__(self, field: str | None, latest: bool) -> None:
+        self.field = None if field is None else _field(field, "last" if latest else "first")
+        self.latest = latest
+
+    @property
+    def label(self) -> str:
+        return f"{'last' if self.latest else 'first'}({self.field or ''})"
+
+    def create(self) -> Any:
+        return None
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        return self.merge(acc, (ts, str(getattr(event, "id", "")), value))
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return b if a is None else a
+        pick_b = (b[0], b[1]) > (a[0], a[1]) if self.latest else (b[0], b[1]) < (a[0], a[1])
+        return b if pick_b else a
+
+    def result(self, acc: Any) -> Any:
+        return None if acc is None else acc[2]
+
+
+def first(field: str | None = None) -> Aggregator:
+    """Take the field (or event) of the earliest event by time."""
+    return _Edge(field, latest=False)
+
+
+def last(field: str | None = None) -> Aggregator:
+    """Take the field (or event) of the latest event by time."""
+    return _Edge(field, latest=True)
+
+
+class _Distinct(Aggregator):
+    result_type = int
+
+    def __init__(self, field: str) -> None:
+        self.field = _field(field, "count_distinct")
+
+    def create(self) -> set[Any]:
+        return set()
+
+    def add(self, acc: set[Any], value: Any, ts: float, event: Any) -> set[Any]:
+        acc.add(value)
+        return acc
+
+    def merge(self, a: set[Any], b: set[Any]) -> set[Any]:
+        return a | b
+
+    def result(self, acc: set[Any]) -> int:
+        return len(acc)
+
+
+def count_distinct(field: str) -> Aggregator:
+    """Exact number of distinct values of a field."""
+    return _Distinct(field)
+
+
+class _TopK(Aggregator):
+    result_type = list[tuple[Any, int]]
+
+    def __init__(self, field: str, k: int) -> None:
+        self.field = _field(field, "top_k")
+        if not isinstance(k, int) or k < 1:
+            msg = f"top_k: k must be a positive int; got {k!r}."
+            raise ValueError(msg)
+        self.k = k
+
+    @property
+    def label(self) -> str:
+        return f"top_k({self.field}, {self.k})"
+
+    def create(self) -> Counter[Any]:
+        return Counter()
+
+    def add(self, acc: Counter[Any], value: Any, ts: float, event: Any) -> Counter[Any]:
+        acc[value] += 1
+        return acc
+
+    def merge(self, a: Counter[Any], b: Counter[Any]) -> Counter[Any]:
+        return a + b
+
+    def result(self, acc: Counter[Any]) -> list[tuple[Any, int]]:
+        ranked = sorted(acc.items(), key=lambda kv: (-kv[1], repr(kv[0])))
+        return ranked[: self.k]
+
+
+def top_k(field: str, k: int = 10) -> Aggregator:
+    """Find the ``k`` most frequent values of a field, with counts (exact; ties by value)."""
+    return _TopK(field, k)
+
+
+class _Quantile(Aggregator):
+    numeric = True
+    result_type = typing.Optional[float]  # noqa: UP045 - a runtime type object
+
+    def __init__(self, field: str, q: float, relative_accuracy: float) -> None:
+        self.field = _field(field, "quantile")
+        if not 0 <= q <= 1:
+            msg = f"quantile: q must be between 0 and 1; got {q!r}. Hint: quantile('ms', 0.95)."
+            raise ValueError(msg)
+        if not 0 < relative_accuracy < 1:
+            msg = f"quantile: relative_accuracy must be in (0, 1); got {relative_accuracy!r}."
+            raise ValueError(msg)
+        self.q = q
+        self.relative_accuracy = relative_accuracy
+
+    @property
+    def label(self) -> str:
+        return f"quantile({self.field}, {self.q:g})"
+
+    def create(self) -> Any:
+        from ddsketch import DDSketch
+
+        return DDSketch(relative_accuracy=self.relative_accuracy)
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        acc.add(float(value))
+        return acc
+
+    def merge(self, a: Any, b: Any) -> Any:
+        a.merge(b)
+        return a
+
+    def result(self, acc: Any) -> float | None:
+        if acc.count == 0:
+            return None
+        value = acc.get_quantile_value(self.q)
+        return None if value is None else float(value)
+
+
+def quantile(field: str, q: float, *, relative_accuracy: float = 0.01) -> Aggregator:
+    """Estimate the ``q`` quantile of a numeric field with a mergeable DDSketch.
+
+    Accuracy: for positive values the result ``x`` is within
+    ``relative_accuracy`` (1% by default) of a true ``q`` quantile ``v`` of the
+    values seen: ``|x - v| <= relative_accuracy * |v|``. Merging sketches
+    keeps that guarantee.
+    """
+    return _Quantile(field, q, relative_accuracy)
+
+
+class _Collect(Aggregator):
+    result_type = list[Any]
+
+    def __init__(self, field: str | None) -> None:
+        self.field = None if field is None else _field(field, "collect")
+
+    def create(self) -> list[Any]:
+        return []
+
+    def add(self, acc: list[Any], value: Any, ts: float, event: Any) -> list[Any]:
+        acc.append(value)
+        return acc
+
+    def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return a + b
+
+    def result(self, acc: list[Any]) -> list[Any]:
+        return list(acc)
+
+
+def collect(field: str | None = None) -> Aggregator:
+    """Every value of a field (or every event), in arrival order."""
+    return _Collect(field)

@@ -1,0 +1,316 @@
+"""Window kinds and clocks for keyed aggregation.
+
+Windows are per key and aligned to the Unix epoch (UTC):
+
+- `tumbling` windows of a fixed size, side by side;
+- `sliding` windows of a fixed size starting every ``every``;
+- `session` windows that close after a gap with no events for the key;
+- `count` windows of ``n`` events per key (in arrival order).
+
+A clock says what time an event has: `event_time` reads it from the event (a
+field or a function) and tolerates events out of order by ``max_delay``;
+`processing_time` uses the wall clock when the event reaches the window.
+
+>>> tumbling(seconds=60).assign(125.0)
+[(120.0, 180.0)]
+>>> sliding(seconds=60, every=timedelta(seconds=30)).assign(125.0)
+[(90.0, 150.0), (120.0, 180.0)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+__all__ = [
+    "Clock",
+    "Count",
+    "EventTime",
+    "ProcessingTime",
+    "Session",
+    "Sliding",
+    "Tumbling",
+    "Window",
+    "count",
+    "event_time",
+    "processing_time",
+    "session",
+    "sliding",
+    "to_datetime",
+    "to_seconds",
+    "tumbling",
+]
+
+
+def to_seconds(
+    value: timedelta | float | None = None,
+    *,
+    what: str,
+    milliseconds: float = 0,
+    seconds: float = 0,
+    minutes: float = 0,
+    hours: float = 0,
+    days: float = 0,
+) -> float:
+    """Turn a timedelta, a number of seconds or keyword parts into seconds.
+
+    >>> to_seconds(timedelta(minutes=1), what="size"), to_seconds(what="size", seconds=90)
+    (60.0, 90.0)
+    """
+    if value is None:
+        total = timedelta(
+            milliseconds=milliseconds, seconds=seconds, minutes=minutes, hours=hours, days=days
+        ).total_seconds()
+    elif isinstance(value, timedelta):
+        total = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        total = float(value)
+    else:
+        msg = f"{what} must be a timedelta or a number of seconds; got {value!r}."
+        raise TypeError(msg)
+    if not math.isfinite(total) or total <= 0:
+        msg = (
+            f"{what} must be positive; got {total:g} seconds. Hint: for example "
+            f"tumbling(seconds=60) or tumbling(timedelta(minutes=1))."
+        )
+        raise ValueError(msg)
+    return total
+
+
+def to_datetime(seconds: float) -> datetime:
+    """Turn seconds since the epoch into an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+class Window:
+    """A kind of window; see the module's functions."""
+
+    kind = "window"
+
+    @property
+    def label(self) -> str:
+        """A short, stable description used in step names."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Tumbling(Window):
+    """Fixed-size windows side by side: ``[k*size, (k+1)*size)``."""
+
+    size: float
+    kind = "tumbling"
+
+    def assign(self, ts: float) -> list[tuple[float, float]]:
+        """Return the one window that holds ``ts``."""
+        start = ts - ts % self.size
+        return [(start, start + self.size)]
+
+    @property
+    def label(self) -> str:
+        """Name it by kind and size."""
+        return f"tumbling_{self.size:g}s".replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Sliding(Window):
+    """Windows of ``size`` seconds starting every ``every`` seconds (overlapping)."""
+
+    size: float
+    every: float
+    kind = "sliding"
+
+    def assign(self, ts: float) -> list[tuple[float, float]]:
+        """Return every window that holds ``ts``, earliest first."""
+        last = ts - ts % self.every
+        windows = []
+        start = last
+        while start > ts - self.size:
+            windows.append((start, start + self.size))
+            start -= self.every
+        windows.reverse()
+        return windows
+
+    @property
+    def label(self) -> str:
+        """Name it by kind, size and step."""
+        return f"sliding_{self.size:g}s_every_{self.every:g}s".replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Session(Window):
+    """A key's session lasts until ``gap`` seconds pass with no event for it."""
+
+    gap: float
+    kind = "session"
+
+    @property
+    def label(self) -> str:
+        """Name it by kind and gap."""
+        return f"session_{self.gap:g}s".replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Count(Window):
+    """Every ``n`` events of a key (in arrival order) form a window."""
+
+    n: int
+    kind = "count"
+
+    @property
+    def label(self) -> str:
+        """Name it by kind and size."""
+        return f"count_{self.n}"
+
+
+def tumbling(
+    size: timedelta | float | None = None,
+    *,
+    milliseconds: float = 0,
+    seconds: float = 0,
+    minutes: float = 0,
+    hours: float = 0,
+    days: float = 0,
+) -> Tumbling:
+    """Tumbling windows: ``tumbling(seconds=60)`` or ``tumbling(timedelta(minutes=1))``."""
+    return Tumbling(
+        to_seconds(
+            size,
+            what="tumbling window size",
+            milliseconds=milliseconds,
+            seconds=seconds,
+            minutes=minutes,
+            hours=hours,
+            days=days,
+        )
+    )
+
+
+def sliding(
+    size: timedelta | float | None = None,
+    every: timedelta | float | None = None,
+    *,
+    milliseconds: float = 0,
+    seconds: float = 0,
+    minutes: float = 0,
+    hours: float = 0,
+) -> Sliding:
+    """Sliding windows of ``size`` (or keyword parts) starting every ``every``.
+
+    ``every`` must not exceed the size, and the size must be a whole multiple of it.
+
+    >>> sliding(seconds=60, every=15).size
+    60.0
+    """
+    length = to_seconds(
+        size,
+        what="sliding window size",
+        milliseconds=milliseconds,
+        seconds=seconds,
+        minutes=minutes,
+        hours=hours,
+    )
+    step = to_seconds(every, what="sliding window every")
+    if step > length:
+        msg = (
+            f"sliding window: every ({step:g}s) is longer than the size ({length:g}s), "
+            f"which would leave gaps no window covers. Hint: use every <= size, or "
+            f"tumbling() when they are equal."
+        )
+        raise ValueError(msg)
+    ratio = length / step
+    if abs(ratio - round(ratio)) > 1e-9:
+        msg = (
+            f"sliding window: the size ({length:g}s) must be a whole multiple of every "
+            f"({step:g}s). Hint: sliding(seconds=60, every=15)."
+        )
+        raise ValueError(msg)
+    return Sliding(length, step)
+
+
+def session(
+    gap: timedelta | float | None = None,
+    *,
+    milliseconds: float = 0,
+    seconds: float = 0,
+    minutes: float = 0,
+    hours: float = 0,
+) -> Session:
+    """Session windows that close after ``gap`` with no event for the key."""
+    return Session(
+        to_seconds(
+            gap,
+            what="session gap",
+            milliseconds=milliseconds,
+            seconds=seconds,
+            minutes=minutes,
+            hours=hours,
+        )
+    )
+
+
+def count(n: int) -> Count:
+    """Count windows of ``n`` events per key; a bounded input's end closes the last one."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        msg = f"count window: n must be a positive int; got {n!r}. Hint: count(100)."
+        raise ValueError(msg)
+    return Count(n)
+
+
+class Clock:
+    """How an event's time is found; see `event_time` and `processing_time`."""
+
+
+@dataclass(frozen=True)
+class EventTime(Clock):
+    """Event time read from a field or computed by a function.
+
+    A source partition's watermark is the largest event time it has read minus
+    ``max_delay``; the smallest watermark over all partitions closes windows
+    and decides lateness. A partition idle for ``idle_timeout`` seconds lets
+    its watermark follow the wall clock, so windows close when input stops.
+    """
+
+    field: str | None
+    fn: Callable[[Any], Any] | None
+    max_delay: float
+    idle_timeout: float
+
+
+@dataclass(frozen=True)
+class ProcessingTime(Clock):
+    """The wall clock when an event reaches the window; nothing is ever late."""
+
+
+def event_time(
+    field: str | Callable[[Any], Any] = "time",
+    *,
+    max_delay: timedelta | float = 0,
+    idle_timeout: timedelta | float = timedelta(seconds=5),
+) -> EventTime:
+    """Event time from ``field`` (default ``time``) or a function of the event.
+
+    >>> event_time("ts", max_delay=timedelta(seconds=5)).max_delay
+    5.0
+    """
+    delay = max_delay.total_seconds() if isinstance(max_delay, timedelta) else float(max_delay)
+    if not math.isfinite(delay) or delay < 0:
+        msg = f"event_time: max_delay must be zero or positive; got {max_delay!r}."
+        raise ValueError(msg)
+    idle = to_seconds(idle_timeout, what="event_time idle_timeout")
+    if isinstance(field, str):
+        return EventTime(field, None, delay, idle)
+    if callable(field):
+        return EventTime(None, field, delay, idle)
+    msg = (
+        f"event_time needs a field name or a function of the event; got {field!r}. "
+        f"Hint: event_time('ts') or event_time(lambda e: e.ts)."
+    )
+    raise TypeError(msg)
+
+
+def processing_time() -> ProcessingTime:
+    """Use the wall clock at the window."""
+    return ProcessingTime()
