@@ -68,7 +68,7 @@ class Aggregator:
     @property
     def label(self) -> str:
         """A short description (``sum(amount)``)."""
-        return f"{type(self).__name__.lower()}({self.field or ''})"
+        return f"{type(self).__name__.lower().lstrip('_')}({self.field or ''})"
 
     def value_of(self, event: Any) -> Any:
         """Return what this aggregator reads from an event."""

@@ -1,0 +1,149 @@
+"""Each aggregator against a direct computation, merges exact, fields checked."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from operators import Event, agg
+from operators._windowing import make_adder
+
+
+class Reading(Event):
+    sensor: str
+    value: float
+    note: str = ""
+    at: datetime | None = None
+
+
+def run_agg(a: agg.Aggregator, values: list[Any], split: int | None = None) -> Any:
+    """Add values (with their index as time); with split, add two halves apart and merge."""
+    def fold(part: list[tuple[int, Any]]) -> Any:
+        acc = a.create()
+        for ts, v in part:
+            acc = a.add(acc, v, float(ts), None)
+        return acc
+
+    indexed = list(enumerate(values))
+    if split is None:
+        return a.result(fold(indexed))
+    return a.result(a.merge(fold(indexed[:split]), fold(indexed[split:])))
+
+
+VALUES = [random.Random(3).uniform(-50, 150) for _ in range(2001)]
+
+
+@pytest.mark.parametrize("split", [None, 0, 700, 2001])
+def test_builtins_against_direct_computation(split: int | None) -> None:
+    assert run_agg(agg.count(), VALUES, split) == len(VALUES)
+    assert run_agg(agg.sum("v"), VALUES, split) == pytest.approx(sum(VALUES))
+    assert run_agg(agg.mean("v"), VALUES, split) == pytest.approx(statistics.fmean(VALUES))
+    assert run_agg(agg.min("v"), VALUES, split) == min(VALUES)
+    assert run_agg(agg.max("v"), VALUES, split) == max(VALUES)
+    assert run_agg(agg.first("v"), VALUES, split) == VALUES[0]
+    assert run_agg(agg.last("v"), VALUES, split) == VALUES[-1]
+    ints = [int(v) % 37 for v in VALUES]
+    assert run_agg(agg.count_distinct("v"), ints, split) == len(set(ints))
+    expected_top = sorted(Counter(ints).items(), key=lambda kv: (-kv[1], repr(kv[0])))[:3]
+    assert run_agg(agg.top_k("v", 3), ints, split) == expected_top
+    assert sorted(run_agg(agg.collect("v"), VALUES, split)) == sorted(VALUES)
+
+
+def test_empty_aggregates() -> None:
+    assert run_agg(agg.mean("v"), []) is None
+    assert run_agg(agg.min("v"), []) is None
+    assert run_agg(agg.quantile("v", 0.5), []) is None
+    assert run_agg(agg.first(), []) is None
+
+
+@pytest.mark.parametrize("q", [0.01, 0.5, 0.95, 0.99])
+def test_quantile_within_documented_relative_error(q: float) -> None:
+    rng = random.Random(11)
+    values = [rng.lognormvariate(3, 1) for _ in range(20_000)]
+    for split in (None, 9_000):
+        got = run_agg(agg.quantile("v", q), values, split)
+        ordered = sorted(values)
+        # Any rank near q is a true quantile; the sketch is within 1% of one of them.
+        low = ordered[max(0, int(q * (len(values) - 1)) - 1)]
+        high = ordered[min(len(values) - 1, int(q * (len(values) - 1)) + 1)]
+        assert low * 0.99 <= got <= high * 1.01
+
+
+def test_count_of_one_class_and_first_by_time() -> None:
+    class Other(Event):
+        pass
+
+    a = agg.count(Reading)
+    acc = a.create()
+    for event in (Reading(sensor="s", value=1), Other(), Reading(sensor="s", value=2)):
+        acc = a.add(acc, event, 0.0, event)
+    assert a.result(acc) == 2
+    f = agg.first("v")
+    acc = f.create()
+    for ts, v in ((5.0, "late"), (1.0, "early"), (3.0, "middle")):
+        acc = f.add(acc, v, ts, None)
+    assert f.result(acc) == "early"
+
+
+def test_fields_are_checked_against_the_model() -> None:
+    agg.sum("value").check((Reading,), "s")
+    agg.count_distinct("note").check((Reading,), "s")
+    with pytest.raises(ValueError, match=r"step 's' \(aggregate\): sum\(amount\) reads field "
+                                         r"'amount', which Reading does not have; its fields are"):
+        agg.sum("amount").check((Reading,), "s")
+    with pytest.raises(TypeError, match=r"mean\(note\) needs a numeric field, but Reading.note is "
+                                        r"str; the numeric fields of Reading are \['value'\]"):
+        agg.mean("note").check((Reading,), "s")
+    with pytest.raises(TypeError, match=r"sum\(field\): field must be a field name; got 3"):
+        agg.sum(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"quantile: q must be between 0 and 1; got 1.5"):
+        agg.quantile("value", 1.5)
+    with pytest.raises(ValueError, match=r"quantile: relative_accuracy must be in \(0, 1\)"):
+        agg.quantile("value", 0.5, relative_accuracy=0)
+    with pytest.raises(ValueError, match=r"top_k: k must be a positive int; got 0"):
+        agg.top_k("note", 0)
+    with pytest.raises(TypeError, match=r"count\(cls\): cls must be an event class; got 'x'"):
+        agg.count("x")  # type: ignore[arg-type]
+
+
+class Spread(agg.Aggregator):
+    """A user's own aggregator: max - min of a field."""
+
+    numeric = True
+    result_type = float
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def create(self) -> tuple[float, float] | None:
+        return None
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        return (value, value) if acc is None else (min(acc[0], value), max(acc[1], value))
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return b if a is None else a
+        return (min(a[0], b[0]), max(a[1], b[1]))
+
+    def result(self, acc: Any) -> float:
+        return 0.0 if acc is None else acc[1] - acc[0]
+
+
+def test_a_users_own_aggregator_follows_the_protocol() -> None:
+    assert run_agg(Spread("v"), VALUES) == max(VALUES) - min(VALUES)
+    assert run_agg(Spread("v"), VALUES, 500) == max(VALUES) - min(VALUES)
+
+
+def test_generated_adder_changes_nothing_when_a_value_fails() -> None:
+    add = make_adder([agg.count(), agg.sum("value")])
+    accs = [0, 0]
+    add(accs, Reading(sensor="s", value=2), 0.0)
+    with pytest.raises(AttributeError):
+        add(accs, object(), 0.0)
+    assert accs == [1, 2.0]
