@@ -281,12 +281,20 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         if now is None:
             low = min(self.wm.values(), default=_DONE)
         else:
-            low = _DONE
-            for part, wm in self.wm.items():
-                idle_for = now - self.wall[part] - spec.idle
-                if idle_for > 0 and wm != _DONE:
-                    wm = now - spec.idle if wm == _NEVER else wm + idle_for
-                low = low if low < wm else wm
+            # A partition silent for longer than idle_timeout does not hold the
+            # others back; when every open partition is idle, the watermark
+            # follows the wall clock from the newest one.
+            waiting = [p for p, wm in self.wm.items() if wm != _DONE]
+            active = [self.wm[p] for p in waiting if now - self.wall[p] <= spec.idle]
+            if active:
+                low = min(active)
+            elif not waiting:
+                low = _DONE
+            else:
+                newest = max(self.wm[p] for p in waiting)
+                last = max(self.wall[p] for p in waiting)
+                base = newest if newest != _NEVER else last
+                low = base + (now - last - spec.idle)
         return low if low > self.closed else self.closed
 
     # -- results -----------------------------------------------------------
@@ -371,7 +379,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         spec = self.spec
         add = spec.add
         wins = self.wins
-        wm = self.watermark()
+        wm = self.watermark() if spec.event_time else _NEVER  # processing time: never late
         late = 0
         for key, ts, event in records:
             if ts < wm:
@@ -546,12 +554,18 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         end = self.heap[0][0]
         if not spec.event_time:
             return _utc(end)
-        due = 0.0
-        for part, wm in self.wm.items():
-            if wm < end:
-                base = self.wall[part] + spec.idle
-                due = max(due, base + (end - wm) if wm != _NEVER else base)
-        return _utc(due) if due else None
+        lagging = [p for p, wm in self.wm.items() if wm < end]
+        if not lagging:
+            return None
+        # When the lagging partitions have all gone idle they stop holding
+        # the window; if no partition is past its end, the wall clock must
+        # also cover the rest of the way.
+        due = max(self.wall[p] for p in lagging) + spec.idle
+        if len(lagging) == len(self.wm):
+            newest = max(self.wm.values())
+            if newest != _NEVER:
+                due += end - newest
+        return _utc(due)
 
     def snapshot(self) -> dict[str, Any]:
         """State to resume from: watermarks, open windows."""

@@ -23,6 +23,7 @@ class Reading(Event):
 
 def run_agg(a: agg.Aggregator, values: list[Any], split: int | None = None) -> Any:
     """Add values (with their index as time); with split, add two halves apart and merge."""
+
     def fold(part: list[tuple[int, Any]]) -> Any:
         acc = a.create()
         for ts, v in part:
@@ -93,11 +94,17 @@ def test_count_of_one_class_and_first_by_time() -> None:
 def test_fields_are_checked_against_the_model() -> None:
     agg.sum("value").check((Reading,), "s")
     agg.count_distinct("note").check((Reading,), "s")
-    with pytest.raises(ValueError, match=r"step 's' \(aggregate\): sum\(amount\) reads field "
-                                         r"'amount', which Reading does not have; its fields are"):
+    with pytest.raises(
+        ValueError,
+        match=r"step 's' \(aggregate\): sum\(amount\) reads field "
+        r"'amount', which Reading does not have; its fields are",
+    ):
         agg.sum("amount").check((Reading,), "s")
-    with pytest.raises(TypeError, match=r"mean\(note\) needs a numeric field, but Reading.note is "
-                                        r"str; the numeric fields of Reading are \['value'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"mean\(note\) needs a numeric field, but Reading.note is "
+        r"str; the numeric fields of Reading are \['value'\]",
+    ):
         agg.mean("note").check((Reading,), "s")
     with pytest.raises(TypeError, match=r"sum\(field\): field must be a field name; got 3"):
         agg.sum(3)  # type: ignore[arg-type]

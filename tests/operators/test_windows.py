@@ -31,7 +31,10 @@ def test_sliding_assignment_and_edges() -> None:
     assert w.assign(10.0) == [(5.0, 15.0), (10.0, 20.0)]
     assert w.assign(4.999) == [(-5.0, 5.0), (0.0, 10.0)]
     assert windows.sliding(timedelta(seconds=30), timedelta(seconds=10)).assign(30.0) == [
-        (10.0, 40.0), (20.0, 50.0), (30.0, 60.0)]
+        (10.0, 40.0),
+        (20.0, 50.0),
+        (30.0, 60.0),
+    ]
 
 
 def test_window_arguments_are_checked() -> None:

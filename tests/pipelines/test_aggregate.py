@@ -1,0 +1,331 @@
+"""aggregate: windows over keyed streams, event time, late events, running aggregates."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operators import Event, agg, windows
+from operators._stage import Counters
+from operators._windowing import Marked, WindowLogic, WindowSpec
+from pipelines import Pipeline, sinks, sources, testing
+from tests.helpers import multiset
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+class Hit(Event):
+    user: str
+    amount: float = 1.0
+    page: str = "/"
+
+
+def hit(user: str, second: float, amount: float = 1.0) -> Hit:
+    return Hit(user=user, amount=amount, time=T0 + timedelta(seconds=second), id=f"{user}@{second}")
+
+
+def table(results: list[Any], *names: str) -> list[tuple[Any, ...]]:
+    rows = []
+    for r in results:
+        rows.append(
+            (
+                r.key,
+                (r.start - T0).total_seconds() if r.start else None,
+                (r.end - T0).total_seconds() if r.end else None,
+                *(getattr(r, n) for n in names),
+            )
+        )
+    return sorted(rows)
+
+
+def test_tumbling_with_out_of_order_events_and_late_ones() -> None:
+    # event time (s):  0   3   12   5    14   2        25
+    # arrival order:   1   2   3    4    5    6        7
+    # max_delay 8:     watermark after 12 is 4: event 5 is on time (>= 4);
+    #                  after 14 it is 6: event 2 is late (< 6); 25 closes [10,20).
+    events = [hit("a", s) for s in (0, 3, 12, 5, 14, 2, 25)]
+    results = (
+        Pipeline("t")
+        .read(sources.memory(events, schema=Hit, batch_size=1))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10), clock=windows.event_time("time", max_delay=8))
+        .aggregate(n=agg.count(), total=agg.sum("amount"))
+    )
+    p = results.write(sinks.memory("out")) | results.late.write(sinks.memory("late"))
+    r = p.run()
+    assert table(r["out"], "n") == [("a", 0, 10, 3), ("a", 10, 20, 2), ("a", 20, 30, 1)]
+    assert [e.id for e in r["late"]] == ["a@2"]
+    agg_step = next(c for c in r.counts.values() if c.kind == "aggregate")
+    assert (agg_step.received, agg_step.aggregated, agg_step.out) == (7, 6, 4)
+    # read = aggregated + late (written) + filtered + dead-lettered
+    assert r.read == r.aggregated + len(r["late"]) + r.filtered + r.dead
+    assert r.reconciles and r.open_windows == 0
+    assert r["out"][0].type == results.result_model.model_fields["type"].default
+
+
+def test_late_events_with_no_sink_become_dead_letters() -> None:
+    events = [hit("a", s) for s in (10, 1)]
+    r = (
+        Pipeline("t")
+        .read(sources.memory(events, batch_size=1))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=5))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("out"))
+        .run()
+    )
+    [dead] = r.dead_letters
+    assert dead.kind == "late" and "behind the watermark" in dead.message
+    assert '"id":"a@1"' in dead.payload and r.reconciles
+
+
+def test_sliding_session_and_count_windows_in_a_pipeline() -> None:
+    events = [hit(u, s, amount=s) for u in ("a", "b") for s in (0, 4, 6, 21, 23, 40)]
+    src = sources.memory(events, partitions=2, batch_size=3)
+    keyed = Pipeline("w").read(src).key_by(lambda e: e.user)
+    sliding = keyed.window(windows.sliding(seconds=10, every=5)).aggregate(n=agg.count())
+    got = table(sliding.write(sinks.memory("o")).run()["o"], "n")
+    # windows [-5,5) [0,10) [5,15) [15,25) [20,30) [35,45) [40,50) per user
+    expected = [
+        (-5, 5, 2),
+        (0, 10, 3),
+        (5, 15, 1),
+        (15, 25, 2),
+        (20, 30, 2),
+        (35, 45, 1),
+        (40, 50, 1),
+    ]
+    assert got == sorted((u, s, e, n) for u in ("a", "b") for s, e, n in expected)
+    session = keyed.window(windows.session(seconds=5)).aggregate(n=agg.count(), s=agg.sum("amount"))
+    got = table(session.write(sinks.memory("o")).run()["o"], "n", "s")
+    # gap 5: {0,4,6} -> [0, 11); {21,23} -> [21, 28); {40} -> [40, 45)
+    assert got == sorted(
+        (u, s, e, n, t)
+        for u in ("a", "b")
+        for s, e, n, t in ((0, 11, 3, 10.0), (21, 28, 2, 44.0), (40, 45, 1, 40.0))
+    )
+    counted = keyed.window(windows.count(4)).aggregate(n=agg.count(), s=agg.sum("amount"))
+    one = Pipeline("w").read(sources.memory(events, batch_size=3)).key_by(lambda e: e.user)
+    counted = one.window(windows.count(4)).aggregate(n=agg.count(), s=agg.sum("amount"))
+    got = table(counted.write(sinks.memory("o")).run()["o"], "n", "s")
+    # per user in arrival order: (0,4,6,21) then the rest at the end of input (23,40)
+    assert got == sorted(
+        (u, s, e, n, t) for u in ("a", "b") for s, e, n, t in ((0, 21, 4, 31.0), (23, 40, 2, 63.0))
+    )
+
+
+def test_running_aggregates_emit_every_update_or_once() -> None:
+    events = [hit(u, s, amount=s) for s, u in enumerate("abab")]
+    keyed = Pipeline("r").read(sources.memory(events)).key_by(lambda e: e.user)
+    running = keyed.aggregate(emit="running", total=agg.sum("amount")).write(sinks.memory("o"))
+    got = sorted((x.key, x.total) for x in running.run()["o"])
+    assert got == [("a", 0.0), ("a", 2.0), ("b", 1.0), ("b", 4.0)]
+    final = keyed.aggregate(total=agg.sum("amount"), last=agg.last("amount"))
+    r = final.write(sinks.memory("o")).run()
+    assert sorted((x.key, x.total, x.last, x.start) for x in r["o"]) == [
+        ("a", 2.0, 2.0, None),
+        ("b", 4.0, 3.0, None),
+    ]
+    assert r.reconciles and r.open_windows == 0
+
+
+def write_files(tmp_path: Path) -> Path:
+    # Each user's events are spread over three files of very different sizes,
+    # read by different workers at different speeds; every file is in order.
+    rows: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    for i in range(3000):
+        user = f"u{i % 13}"
+        f = 0 if i % 10 < 7 else (1 if i % 10 < 9 else 2)
+        rows[f].append(
+            json.dumps(
+                {
+                    "type": "hit",
+                    "user": user,
+                    "amount": i % 7,
+                    "id": f"e{i}",
+                    "time": (T0 + timedelta(seconds=i / 20)).isoformat(),
+                }
+            )
+        )
+    for f, lines in rows.items():
+        (tmp_path / f"part{f}.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_same_results_on_1_2_and_4_workers_with_keys_across_files(tmp_path: Path) -> None:
+    folder = write_files(tmp_path)
+    results = (
+        Pipeline("files")
+        .read(sources.jsonl(folder / "*.jsonl", schema=Hit, batch_size=50))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10), clock=windows.event_time("time", max_delay=0))
+        .aggregate(n=agg.count(), total=agg.sum("amount"), top=agg.top_k("amount", 2))
+    )
+    p = results.write(sinks.memory("out")) | results.late.write(sinks.memory("late"))
+    runs = [p.run(workers=w) for w in (1, 2, 4)]
+    for r in runs:
+        assert r.read == 3000 and r["late"] == [] and r.reconciles and r.open_windows == 0
+        assert sum(x.n for x in r["out"]) == 3000
+    assert multiset(runs[0]["out"]) == multiset(runs[1]["out"]) == multiset(runs[2]["out"])
+
+
+def test_naive_time_at_run_time_is_a_dead_letter() -> None:
+    events = [hit("a", 1)]
+    naive = windows.event_time(lambda e: e.time.replace(tzinfo=None))
+    r = (
+        Pipeline("n")
+        .read(sources.memory(events))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=5), clock=naive)
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    [dead] = r.dead_letters
+    assert dead.error_type == "ValueError" and "has no timezone" in dead.message
+    assert r.reconciles
+
+
+def test_processing_time_windows_close_at_the_end() -> None:
+    r = (
+        Pipeline("p")
+        .read(sources.memory([hit("a", 0), hit("b", 0), hit("a", 0)]))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=3600), clock=windows.processing_time())
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sorted((x.key, x.n) for x in r["o"]) == [("a", 2), ("b", 1)]
+
+
+class WithNaive(Event):
+    user: str
+    at: datetime
+
+
+def test_misuse_fails_at_build_time() -> None:
+    s = Pipeline("m").read(sources.memory([], schema=Hit))
+    with pytest.raises(
+        AttributeError,
+        match=r"stream 'read_memory' is not keyed, so it has no "
+        r"window\(\)\. Hint: key it first",
+    ):
+        s.window(windows.tumbling(seconds=1))  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match=r"has no aggregate\(\)"):
+        s.aggregate(n=agg.count())  # type: ignore[attr-defined]
+    keyed = s.key_by(lambda e: e.user)
+    win = keyed.window(windows.tumbling(seconds=1))
+    with pytest.raises(ValueError, match=r"sum\(price\) reads field 'price', which Hit does not"):
+        win.aggregate(total=agg.sum("price"))
+    with pytest.raises(TypeError, match=r"mean\(page\) needs a numeric field"):
+        win.aggregate(avg=agg.mean("page"))
+    with pytest.raises(ValueError, match=r"no aggregators given"):
+        win.aggregate()
+    with pytest.raises(TypeError, match=r"n= must be an aggregator from operators.agg"):
+        win.aggregate(n=len)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'key' cannot name a result value"):
+        win.aggregate(key=agg.count())
+    with pytest.raises(TypeError, match=r"window\(\) needs a window; got int"):
+        keyed.window(10)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"window\(clock=...\) needs windows.event_time"):
+        keyed.window(windows.tumbling(seconds=1), clock="event")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"event_time field 'ts' is not a field of Hit"):
+        keyed.window(windows.tumbling(seconds=1), clock=windows.event_time("ts"))
+    naive = Pipeline("m").read(sources.memory([], schema=WithNaive)).key_by(lambda e: e.user)
+    with pytest.raises(
+        TypeError,
+        match=r"event_time field WithNaive.at is datetime, which "
+        r"allows timezone-naive times",
+    ):
+        naive.window(windows.tumbling(seconds=1), clock=windows.event_time("at"))
+    unbounded = Pipeline("m").read(sources.generate(lambda r, i: hit("a", i), count=None))
+    with pytest.raises(ValueError, match=r"emit='final' needs a bounded input.*Hint: window it"):
+        unbounded.key_by(lambda e: e.user).aggregate(n=agg.count())
+    with pytest.raises(ValueError, match=r"aggregate: emit must be 'final' or 'running'"):
+        keyed.aggregate(emit="sometimes", n=agg.count())  # type: ignore[arg-type]
+    done = win.aggregate(n=agg.count())
+    with pytest.raises(ValueError, match=r"event-time windows after another aggregate"):
+        done.key_by(lambda r: r.key).window(windows.tumbling(seconds=5)).aggregate(n=agg.count())
+
+
+def spec(
+    window: Any, clock: Any, *, parts: list[str], ttl: float | None = None, emit: str = "final"
+) -> WindowSpec:
+    from pipelines._keyed import _result_model
+
+    aggs = {"n": agg.count()}
+    return WindowSpec(
+        pipeline="p",
+        step="s",
+        row=0,
+        counters=Counters(["s"]),
+        window=window,
+        clock=clock,
+        names=["n"],
+        aggs=list(aggs.values()),
+        result_model=_result_model("s", aggs),
+        partitions=parts,
+        late_wanted=True,
+        emit=emit,
+        ttl=ttl,
+    )
+
+
+def test_closed_window_state_is_discarded() -> None:
+    logic = WindowLogic(
+        spec(windows.tumbling(seconds=1), windows.event_time(), parts=["src/p0"]), None
+    )
+    records = [(f"k{i}", float(i % 100), None) for i in range(10_000)]
+    out, _ = logic.on_batch([Marked("src/p0", 99.0, False, records)])
+    assert len(logic.wins) == 100 * 100 - len(out)  # windows before 99 s closed already
+    out2, _ = logic.on_batch([Marked("src/p0", 500.0, False, [])])
+    assert len(out) + len(out2) == 10_000
+    assert logic.wins == {} and logic.heap == []  # no state left once windows close
+
+
+def test_watermark_is_the_minimum_over_partitions_and_idle_partitions_advance() -> None:
+    logic = WindowLogic(
+        spec(
+            windows.tumbling(seconds=10),
+            windows.event_time(idle_timeout=0.05),
+            parts=["s/a", "s/b"],
+        ),
+        None,
+    )
+    out, _ = logic.on_batch([Marked("s/a", 50.0, False, [("k", 1.0, None)])])
+    assert out == []  # partition b has said nothing yet: the window stays open
+    out, _ = logic.on_batch([Marked("s/b", 3.0, False, [("k", 3.0, None)])])
+    assert out == [] and logic.watermark() == 3.0
+    assert logic.notify_at() is not None
+    time.sleep(0.06)
+    out, _ = logic.on_notify()  # b idle longer than idle_timeout: it follows the wall clock
+    assert [r.n for _, r in out] == [2]
+
+
+def test_running_keys_expire_after_their_ttl() -> None:
+    logic = WindowLogic(spec(None, None, parts=["s/a"], ttl=0.05), None)
+    logic.on_batch([Marked("s/a", 0.0, False, [("k", 0.0, None), ("j", 0.0, None)])])
+    assert len(logic.wins) == 2 and logic.notify_at() is not None
+    time.sleep(0.06)
+    out, _ = logic.on_notify()
+    assert sorted((r.key, r.n) for _, r in out) == [("j", 1), ("k", 1)]
+    assert logic.wins == {}
+
+
+def test_clickstream_test_seam_with_windows() -> None:
+    events = [hit("a", s) for s in range(30)]
+    p = (
+        Pipeline("seam")
+        .read(sources.memory([], schema=Hit))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+    )
+    assert sorted(x.n for x in testing.run(p, events, workers=2)["o"]) == [10, 10, 10]
