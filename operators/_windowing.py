@@ -416,7 +416,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         spec.add(accs, event, ts)
         keep = []
         for s in sessions:
-            if s[0] <= end and ts < s[1]:  # overlaps [ts, ts + gap)
+            if s[0] < end and start < s[1]:  # overlaps the session so far
                 start = min(start, s[0])
                 end = max(end, s[1])
                 accs = [g.merge(a, b) for g, a, b in zip(spec.aggs, s[2], accs, strict=True)]
