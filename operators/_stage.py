@@ -620,6 +620,9 @@ class ParseOp(StageOp):
         events: list[Any] = []
         append = events.append
         blank = 0
+        # Failures are kept without their tracebacks: a traceback holds this
+        # frame, whose locals hold the failures list, and that cycle would
+        # leave the whole slice of events for the garbage collector.
         failures: list[tuple[int, Any, Exception]] = []
         if items and isinstance(items[0], bytes | str):
             # Fast path for raw text: one compiled call per record. Anything
@@ -638,9 +641,9 @@ class ParseOp(StageOp):
                         try:
                             append(self.parse_one(x))
                         except Exception as other:  # noqa: BLE001 - dead-lettered
-                            failures.append((index, x, other))
+                            failures.append((index, x, other.with_traceback(None)))
                     elif x.strip():
-                        failures.append((index, x, exc))
+                        failures.append((index, x, exc.with_traceback(None)))
                     else:
                         blank += 1
                     index += 1
@@ -649,7 +652,7 @@ class ParseOp(StageOp):
                 try:
                     append(self.parse_one(x))
                 except Exception as exc:  # noqa: BLE001 - dead-lettered below
-                    failures.append((index, x, exc))
+                    failures.append((index, x, exc.with_traceback(None)))
         row[_IN] += len(items) - blank
         for position, raw, error in failures:
             self._fail(position, raw, error, run, row)
