@@ -11,8 +11,10 @@ How a windowed aggregate runs:
 3. bytewax's ``stateful_batch`` routes buckets to workers; `WindowLogic`
    holds the windows of all keys of one bucket. A partition's watermark is
    its largest event time minus ``max_delay``; the minimum over all partitions
-   closes windows and decides lateness, so results do not depend on how many
-   workers read the partitions or how fast.
+   closes windows. An event is late when it is behind its own partition's
+   watermark (or behind where windows already closed): that depends only on
+   the partition's own order, so results do not depend on how many workers
+   read the partitions or how fast.
 """
 
 from __future__ import annotations
@@ -392,7 +394,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 elif isinstance(window, Count):
                     self._count(window, records, out, row)
                 else:
-                    self._timed(window, records, out, row)
+                    self._timed(window, records, out, row, marked.partition)
             part = marked.partition
             if spec.event_time and part in self.wm:
                 if marked.eof:
@@ -407,12 +409,25 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         return out, False
 
     def _timed(
-        self, window: Window, records: list[Any], out: list[tuple[str, Any]], row: list[int]
+        self,
+        window: Window,
+        records: list[Any],
+        out: list[tuple[str, Any]],
+        row: list[int],
+        part: str,
     ) -> None:
         spec = self.spec
         add = spec.add
         wins = self.wins
-        wm = self.watermark() if spec.event_time else _NEVER  # processing time: never late
+        # An event is late when it is behind its own partition's watermark (or
+        # behind where windows were already closed). That depends only on the
+        # partition's own order, so lateness is the same whatever the worker
+        # count; the minimum over partitions still decides when windows close.
+        if spec.event_time:
+            own = self.wm.get(part, _NEVER)
+            wm = own if own > self.closed else self.closed
+        else:
+            wm = _NEVER  # processing time: never late
         late = 0
         if isinstance(window, Tumbling):
             # The hot loop: one dict lookup and the generated adder per event.

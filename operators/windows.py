@@ -268,9 +268,12 @@ class EventTime(Clock):
     """Event time read from a field or computed by a function.
 
     A source partition's watermark is the largest event time it has read minus
-    ``max_delay``; the smallest watermark over all partitions closes windows
-    and decides lateness. A partition idle for ``idle_timeout`` seconds lets
-    its watermark follow the wall clock, so windows close when input stops.
+    ``max_delay``; the smallest watermark over all partitions closes windows.
+    An event behind its own partition's watermark is late (so lateness does
+    not depend on how fast other partitions are read). A partition silent
+    for ``idle_timeout`` seconds stops holding the others back, and when all
+    are silent the watermark follows the wall clock, so windows close when
+    input stops.
     """
 
     field: str | None

@@ -3,8 +3,9 @@
 Generated records (a few percent malformed, invalid or of an unknown type)
 from two sources, web and app, are merged, bots are filtered out, events are
 keyed by user, purchases above a threshold are forwarded to an alerts sink
-(converted to euros; an unknown currency is a dead letter), and every other
-event feeds per-page hit records into a counts sink.
+(converted to euros; an unknown currency is a dead letter), every other
+event feeds per-page hit records into a counts sink, and each user's events,
+views and purchases are counted per one-minute window.
 
 >>> from pipelines import testing
 >>> result = testing.run(build(count=2000))
@@ -21,7 +22,7 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from operators import Event, Sink
+from operators import Event, Sink, agg, windows
 from pipelines import sinks, sources
 from pipelines._builder import Pipeline
 
@@ -138,6 +139,7 @@ def build(
     threshold: float = 150.0,
     alerts: Sink | None = None,
     counts: Sink | None = None,
+    per_user_sink: Sink | None = None,
 ) -> Pipeline:
     """Build the clickstream pipeline on ``count`` web and ``count // 4`` app records."""
     p = Pipeline("clickstream")
@@ -151,15 +153,18 @@ def build(
             make_record, count=count // 4, seed=seed + 1, schema=ClickEvents, name="app"
         )
     )
-    routes = (
-        web.merge(app, name="all_events")
-        .filter(is_human)
-        .key_by(user_of)
-        .forward(big=lambda e: isinstance(e, Purchase) and e.amount > threshold, otherwise="rest")
+    users = web.merge(app, name="all_events").filter(is_human).key_by(user_of)
+    routes = users.forward(
+        big=lambda e: isinstance(e, Purchase) and e.amount > threshold, otherwise="rest"
     )
-    return routes.big.map(to_alert).write(alerts or sinks.memory("alerts")) | routes.rest.flat_map(
-        page_hits
-    ).write(counts or sinks.memory("counts"))
+    per_user = users.window(windows.tumbling(minutes=1)).aggregate(
+        events=agg.count(), views=agg.count(PageView), purchases=agg.count(Purchase)
+    )
+    return (
+        routes.big.map(to_alert).write(alerts or sinks.memory("alerts"))
+        | routes.rest.flat_map(page_hits).write(counts or sinks.memory("counts"))
+        | per_user.write(per_user_sink or sinks.memory("per_user"))
+    )
 
 
 pipeline = build

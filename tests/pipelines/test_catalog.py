@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from pipelines import catalog, testing
 from pipelines.catalog import clickstream
@@ -10,7 +11,7 @@ from tests.helpers import multiset
 
 
 def test_catalog_lists_and_loads() -> None:
-    assert "clickstream" in catalog.NAMES
+    assert "clickstream" in catalog.NAMES and "sensors" in catalog.NAMES
     assert catalog.load("clickstream").name == "clickstream"
     assert catalog.describe("clickstream").startswith("Clickstream:")
 
@@ -18,11 +19,21 @@ def test_catalog_lists_and_loads() -> None:
 def test_clickstream_exercises_every_operator_and_reconciles() -> None:
     p = clickstream.build(count=4000)
     kinds = {n.kind for n in p.graph}
-    assert kinds == {"read", "merge", "filter", "key_by", "forward", "map", "flat_map", "write"}
+    assert kinds == {
+        "read",
+        "merge",
+        "filter",
+        "key_by",
+        "forward",
+        "map",
+        "flat_map",
+        "write",
+        "aggregate",
+    }
     one = testing.run(p)
     two = testing.run(p, workers=2)
     assert one.read == 5000 and one.reconciles and two.reconciles
-    for sink in ("alerts", "counts"):
+    for sink in ("alerts", "counts", "per_user"):
         assert multiset(one[sink]) == multiset(two[sink]) and one[sink]
     dead = Counter(d.kind for d in one.dead_letters)
     assert dead["parse"] > 0 and dead["validation"] > 0 and dead["user_error"] > 0
@@ -42,3 +53,26 @@ def test_unknown_catalog_name() -> None:
 
     with pytest.raises(KeyError, match=r"no catalog pipeline 'nope'; the catalog has"):
         catalog.load("nope")
+
+
+def test_sensors_same_results_on_1_2_and_4_workers() -> None:
+    from pipelines.catalog import sensors
+
+    p = sensors.build(count=6000)
+    runs = [testing.run(p, workers=w) for w in (1, 2, 4)]
+    for r in runs:
+        assert r.reconciles and r.open_windows == 0 and r.read == 6000
+
+    def rows(r: Any, sink: str) -> Counter[Any]:
+        if sink == "late_readings":
+            return multiset(r[sink])
+        # means are sums of floats, whose last bits depend on the order of adding
+        return Counter((w.key, w.start, round(w.mean, 9), w.peak, w.n) for w in r[sink])
+
+    for sink in ("alerts", "stats", "late_readings"):
+        assert runs[0][sink], sink
+        assert rows(runs[0], sink) == rows(runs[1], sink) == rows(runs[2], sink)
+    # exactly the readings an hour behind are late; nothing within the allowed delay is
+    for late in runs[0]["late_readings"]:
+        made = sensors.START.timestamp() + int(late.id[1:]) / 10
+        assert made - late.at.timestamp() >= 3600 - 4
