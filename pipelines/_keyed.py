@@ -11,7 +11,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import AwareDatetime, create_model
 
@@ -40,6 +40,11 @@ class WindowResult(Event):
     key: str
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
+
+    if TYPE_CHECKING:
+        # The named values are fields of each step's own subclass, made at
+        # build time; to the type checker they are plain attributes.
+        def __getattr__(self, name: str) -> Any: ...
 
 
 class KeyedStream(Stream[T]):
