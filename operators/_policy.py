@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["ErrorPolicy", "PipelineHalted", "Policy", "as_policy", "retry"]
 
@@ -79,3 +79,7 @@ class PipelineHalted(RuntimeError):
         super().__init__(
             f"pipeline {pipeline!r} halted at step {step!r} ({function}) on {payload[:200]!r}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's arguments (halts cross processes)."""
+        return (type(self), (self.pipeline, self.step, self.function, self.payload))

@@ -36,9 +36,14 @@ __all__ = [
 class RunContext:
     """What one run shares between its workers: collected outputs, resources."""
 
-    def __init__(self, pipeline: str) -> None:
-        """Start an empty context for ``pipeline``."""
+    def __init__(self, pipeline: str, *, append_files: bool = False) -> None:
+        """Start an empty context for ``pipeline``.
+
+        With ``append_files`` (one process of several), file sinks append to
+        files the parent process truncated, instead of truncating them.
+        """
         self.pipeline = pipeline
+        self.append_files = append_files
         self.outputs: dict[str, list[Any]] = {}
         #: Dead letters of a run that writes them to no sink of its own.
         self.dead_letters: list[DeadLetter] = []
@@ -137,16 +142,22 @@ def to_json(item: Any) -> str:
 class _SharedFile:
     """One open file for all of a run's workers, written under a lock."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, append: bool = False) -> None:
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self.handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        # Processes of one run append to the file their parent truncated; the
+        # handle is unbuffered so each batch goes out as one write() call.
+        if append:
+            self.handle: Any = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        else:
+            self.handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.binary = append
         self.lock = threading.Lock()
 
     def write(self, text: str) -> None:
         with self.lock:
-            self.handle.write(text)
+            self.handle.write(text.encode() if self.binary else text)
 
     def flush(self) -> None:
         with self.lock:
@@ -185,7 +196,7 @@ class JsonlSink(Sink):
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Share one handle between the run's workers."""
         path = os.path.abspath(self.path)
-        return _FileWriter(ctx.shared(("jsonl", path), lambda: _SharedFile(path)))
+        return _FileWriter(ctx.shared(("jsonl", path), lambda: _SharedFile(path, ctx.append_files)))
 
 
 class _StdoutWriter(Writer):

@@ -151,11 +151,15 @@ class Pipeline:
 
         check(self)
 
-    def run(self, *, workers: int = 1) -> RunResult:
-        """Run on ``workers`` threads in this process and return the result."""
+    def run(self, *, workers: int = 1, processes: int = 1) -> RunResult:
+        """Run and return the result: ``workers`` threads in each of ``processes``.
+
+        With ``processes > 1`` this process forks a cluster of that many on
+        loopback (bytewax's own cluster); results do not depend on either count.
+        """
         from pipelines._run import run
 
-        return run(self, workers=workers)
+        return run(self, workers=workers, processes=processes)
 
     def __repr__(self) -> str:
         """Show the name and steps."""

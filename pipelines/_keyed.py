@@ -9,6 +9,7 @@ of the window apart on ``.late``.
 from __future__ import annotations
 
 import keyword
+import zlib
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -323,4 +324,11 @@ def _result_model(step: str, aggregators: dict[str, Aggregator]) -> type[WindowR
         fields[out_name] = (aggregator.result_type, None)
     camel = "".join(part.capitalize() for part in step.split("_")) + "Result"
     model: type[WindowResult] = create_model(camel, __base__=WindowResult, **fields)
+    # Results travel between processes pickled, by name: give each model a
+    # stable, unique name in this module.
+    spec = ",".join(f"{n}={a.label}" for n, a in aggregators.items())
+    name = f"{camel}_{zlib.crc32(spec.encode()):08x}"
+    model.__module__ = __name__
+    model.__qualname__ = name
+    globals()[name] = model
     return model

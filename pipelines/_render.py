@@ -74,7 +74,9 @@ def summary_table(result: RunResult) -> Table:
     """Per-step counts with totals, and whether they reconcile."""
     ok = "[green]reconciles[/green]" if result.reconciles else "[red]does NOT reconcile[/red]"
     table = Table(
-        title=f"pipeline {result.pipeline}: {result.workers} worker(s), {result.seconds:.2f}s",
+        title=f"pipeline {result.pipeline}: {result.workers} worker(s)"
+        + (f" x {result.processes} processes" if result.processes > 1 else "")
+        + f", {result.seconds:.2f}s",
         caption=(
             f"read {result.read} + created {result.created} = written {result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "

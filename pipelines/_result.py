@@ -56,8 +56,10 @@ class RunResult:
         counts: dict[str, StepCounts],
         workers: int,
         seconds: float,
+        processes: int = 1,
     ) -> None:
         """Hold the parts of a finished run."""
+        self.processes = processes
         self.pipeline = pipeline
         self.outputs = outputs
         self.dead_letters = dead_letters

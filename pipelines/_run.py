@@ -1,4 +1,4 @@
-"""Run a pipeline in this process, on one or more worker threads."""
+"""Run a pipeline: in this process on worker threads, or on several processes."""
 
 from __future__ import annotations
 
@@ -7,15 +7,26 @@ import gc
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from bytewax.testing import cluster_main, run_main
 
-from operators import PipelineHalted, RunContext
+from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, RunContext
 from pipelines._builder import Pipeline
 from pipelines._compile import compile_pipeline
 from pipelines._result import RunResult, StepCounts
 
-__all__ = ["GC_THRESHOLD", "gc_tuned", "root_cause", "run"]
+__all__ = [
+    "GC_THRESHOLD",
+    "Outcome",
+    "execute",
+    "gc_tuned",
+    "raise_error",
+    "result_of",
+    "root_cause",
+    "run",
+]
 
 #: The garbage collector's first threshold while a pipeline runs.
 GC_THRESHOLD = 50_000
@@ -64,42 +75,72 @@ def root_cause(exc: BaseException) -> BaseException:
     return innermost
 
 
-def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
-    """Compile and run ``pipeline`` on ``workers`` threads; return its result."""
-    if not isinstance(workers, int) or workers < 1:
-        msg = f"workers must be a positive int; got {workers!r}. Hint: run(workers=2)."
-        raise ValueError(msg)
-    ctx = RunContext(pipeline.name)
+@dataclass
+class Outcome:
+    """What one process of a run produced (sent to the parent when several run)."""
+
+    outputs: dict[str, list[Any]]
+    dead_letters: list[DeadLetter]
+    totals: dict[str, dict[str, int]]
+    kinds: dict[str, str]
+    error: BaseException | None = None
+
+
+def execute(
+    pipeline: Pipeline,
+    workers: int,
+    addresses: list[str] | None = None,
+    proc_id: int = 0,
+    *,
+    append_files: bool = False,
+) -> Outcome:
+    """Compile and run ``pipeline`` in this process (one process of a cluster)."""
+    ctx = RunContext(pipeline.name, append_files=append_files)
     compiled = compile_pipeline(pipeline, ctx, workers)
-    started = time.perf_counter()
+    error: BaseException | None = None
     try:
         with gc_tuned():
-            if workers == 1:
+            if not addresses and workers == 1:
                 run_main(compiled.flow)  # type: ignore[no-untyped-call]
             else:
                 cluster_main(  # type: ignore[no-untyped-call]
-                    compiled.flow, [], 0, worker_count_per_proc=workers
+                    compiled.flow, addresses or [], proc_id, worker_count_per_proc=workers
                 )
-    except Exception as exc:
-        cause = root_cause(exc)
-        if cause is exc:
-            raise
-        if isinstance(cause, PipelineHalted):
-            raise cause from cause.__cause__
-        raise cause from None
+    except Exception as exc:  # noqa: BLE001 - raised again by the caller, root cause first
+        error = root_cause(exc)
     finally:
         ctx.close()
-    halted = compiled.counters.halted
-    if isinstance(halted, PipelineHalted):
-        raise halted from halted.__cause__
-    if halted is not None:
-        raise halted
-    seconds = time.perf_counter() - started
-    totals = compiled.counters.totals()
+    if compiled.counters.halted is not None:
+        error = compiled.counters.halted
+    return Outcome(ctx.outputs, ctx.dead_letters, compiled.counters.totals(), compiled.kinds, error)
+
+
+def raise_error(error: BaseException) -> NoReturn:
+    """Raise a run's error: a halt with the user's exception as its cause."""
+    if isinstance(error, PipelineHalted):
+        raise error from error.__cause__
+    raise error
+
+
+def result_of(
+    pipeline: Pipeline, outcomes: list[Outcome], workers: int, processes: int, seconds: float
+) -> RunResult:
+    """Sum the outcomes of a run's processes into one `RunResult`."""
+    kinds = outcomes[0].kinds
+    totals = {step: dict.fromkeys(COUNTER_FIELDS, 0) for step in kinds}
+    outputs: dict[str, list[Any]] = {}
+    dead: list[DeadLetter] = []
+    for outcome in outcomes:
+        for step, row in outcome.totals.items():
+            for field_name, value in row.items():
+                totals[step][field_name] += value
+        for name, items in outcome.outputs.items():
+            outputs.setdefault(name, []).extend(items)
+        dead.extend(outcome.dead_letters)
     counts = {
         step: StepCounts(
             step,
-            compiled.kinds[step],
+            kinds[step],
             received=row["in"],
             out=row["out"],
             filtered=row["filtered"],
@@ -112,4 +153,21 @@ def run(pipeline: Pipeline, *, workers: int = 1) -> RunResult:
         )
         for step, row in totals.items()
     }
-    return RunResult(pipeline.name, ctx.outputs, ctx.dead_letters, counts, workers, seconds)
+    return RunResult(pipeline.name, outputs, dead, counts, workers, seconds, processes)
+
+
+def run(pipeline: Pipeline, *, workers: int = 1, processes: int = 1) -> RunResult:
+    """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes."""
+    for what, value in (("workers", workers), ("processes", processes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
+            raise ValueError(msg)
+    if processes > 1:
+        from pipelines._processes import run_processes
+
+        return run_processes(pipeline, workers, processes)
+    started = time.perf_counter()
+    outcome = execute(pipeline, workers)
+    if outcome.error is not None:
+        raise_error(outcome.error)
+    return result_of(pipeline, [outcome], workers, 1, time.perf_counter() - started)

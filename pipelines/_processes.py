@@ -1,0 +1,180 @@
+"""Run a pipeline on several processes of this host through bytewax's own cluster.
+
+The parent checks the pipeline, truncates file sinks, picks free loopback
+ports and forks one process per cluster member; each builds the same dataflow
+(forked, so user functions need not be importable) and runs its share with
+``cluster_main``. Each sends back its memory-sink outputs, dead letters and
+counts, which the parent sums. A process that dies takes the others down with
+it, and the parent says which one and how.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import socket
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from operators import JsonlSink
+from pipelines._builder import Pipeline
+from pipelines._compile import check
+from pipelines._result import RunResult
+from pipelines._run import Outcome, execute, raise_error, result_of
+
+__all__ = ["free_ports", "run_processes"]
+
+
+def free_ports(n: int) -> list[int]:
+    """Return ``n`` free TCP ports on the loopback interface."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _check_picklable(pipeline: Pipeline, processes: int) -> None:
+    """Events cross processes pickled: their classes must be importable."""
+    classes: list[Any] = []
+    for node in pipeline.graph:
+        if node.kind == "read" and node.params.get("classes"):
+            classes.extend(node.params["classes"])
+        elif node.kind == "aggregate":
+            classes.append(node.params["result_model"])
+    for cls in classes:
+        try:
+            pickle.dumps(cls)
+        except Exception as exc:  # noqa: BLE001 - reported with the class named
+            msg = (
+                f"pipeline {pipeline.name!r} runs on {processes} processes, where events "
+                f"travel between processes pickled, but event class {cls.__qualname__} "
+                f"(module {cls.__module__}) cannot be pickled: {exc}. Hint: define it at "
+                f"module level, not inside a function."
+            )
+            raise TypeError(msg) from None
+
+
+def _child(
+    pipeline: Pipeline, workers: int, addresses: list[str], proc_id: int, conn: Connection
+) -> None:
+    try:
+        outcome = execute(pipeline, workers, addresses, proc_id, append_files=True)
+        error = outcome.error
+        detail = None
+        if error is not None:
+            detail = "".join(traceback.format_exception(error))
+            cause = error.__cause__
+            outcome.error = None
+            payload: Any = (outcome, _portable(error), _portable(cause), detail)
+        else:
+            payload = (outcome, None, None, None)
+        try:
+            conn.send(payload)
+        except Exception as exc:  # noqa: BLE001 - the parent is told why
+            conn.send(
+                (
+                    None,
+                    RuntimeError(
+                        f"process {proc_id} could not send its results to the parent: {exc}. Hint: "
+                        f"records kept in memory sinks must be picklable."
+                    ),
+                    None,
+                    None,
+                )
+            )
+    finally:
+        conn.close()
+        os._exit(0)
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error.with_traceback(None)
+    except Exception:  # noqa: BLE001 - an exception that cannot travel is described
+        return RuntimeError(f"{type(error).__qualname__}: {error}")
+
+
+def run_processes(pipeline: Pipeline, workers: int, processes: int) -> RunResult:
+    """Run ``pipeline`` on ``processes`` processes of ``workers`` threads each."""
+    check(pipeline)
+    _check_picklable(pipeline, processes)
+    for node in pipeline.graph:
+        sink = node.params.get("sink") if node.kind == "write" else None
+        if isinstance(sink, JsonlSink):
+            parent = os.path.dirname(sink.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            open(sink.path, "w").close()
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(processes)]
+    context = multiprocessing.get_context("fork")
+    started = time.perf_counter()
+    procs = []
+    pending: dict[Any, int] = {}
+    for proc_id in range(processes):
+        receive, send = context.Pipe(duplex=False)
+        proc = context.Process(
+            target=_child,
+            args=(pipeline, workers, addresses, proc_id, send),
+            name=f"evflow-{pipeline.name}-{proc_id}",
+            daemon=True,
+        )
+        proc.start()
+        send.close()
+        procs.append(proc)
+        pending[receive] = proc_id
+    outcomes: dict[int, Any] = {}
+    failure: str | None = None
+    try:
+        while pending and failure is None:
+            sentinels = {procs[i].sentinel: i for i in pending.values()}
+            for ready in wait([*pending, *sentinels], timeout=1.0):
+                if isinstance(ready, Connection) and ready in pending:
+                    proc_id = pending.pop(ready)
+                    try:
+                        outcomes[proc_id] = ready.recv()
+                    except EOFError:
+                        procs[proc_id].join(1)
+                        failure = (
+                            f"process {proc_id} of pipeline {pipeline.name!r} ended without "
+                            f"a result (exit code {procs[proc_id].exitcode}); the others "
+                            f"were stopped"
+                        )
+                elif isinstance(ready, int):
+                    proc_id = sentinels[ready]
+                    conn = next((c for c, i in pending.items() if i == proc_id), None)
+                    if conn is not None and not conn.poll(0.5):
+                        failure = (
+                            f"process {proc_id} of pipeline {pipeline.name!r} died (exit "
+                            f"code {procs[proc_id].exitcode}) before it finished; the others "
+                            f"were stopped"
+                        )
+    finally:
+        for proc in procs:
+            if failure is not None and proc.is_alive():
+                proc.terminate()
+            proc.join(5)
+    if failure is not None:
+        raise RuntimeError(failure)
+    results: list[Outcome] = []
+    for proc_id in range(processes):
+        outcome, error, cause, detail = outcomes[proc_id]
+        if error is not None:
+            if cause is not None:
+                error.__cause__ = cause
+            if detail and hasattr(error, "add_note"):
+                error.add_note(f"in process {proc_id}:\n{detail}")
+            raise_error(error)
+        results.append(outcome)
+    return result_of(pipeline, results, workers, processes, time.perf_counter() - started)

@@ -1,0 +1,111 @@
+"""Several processes: the same results as one, errors and crashes reported, files whole."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from operators import Event, agg, windows
+from pipelines import Pipeline, PipelineHalted, sinks, sources, testing
+from pipelines.catalog import clickstream
+from tests.helpers import multiset
+from tests.pipelines.test_aggregate import Hit, write_files
+
+
+def test_windows_over_files_agree_on_processes_and_workers(tmp_path: Path) -> None:
+    folder = write_files(tmp_path)
+    results = (
+        Pipeline("files")
+        .read(sources.jsonl(folder / "*.jsonl", schema=Hit, batch_size=50))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10))
+        .aggregate(n=agg.count(), total=agg.sum("amount"))
+    )
+    p = results.write(sinks.memory("out")) | results.late.write(sinks.memory("late"))
+    one = p.run()
+    for workers, processes in ((1, 2), (2, 2)):
+        many = p.run(workers=workers, processes=processes)
+        assert many.processes == processes and many["late"] == []
+        assert multiset(many["out"]) == multiset(one["out"])
+        assert many.counts == one.counts and many.reconciles
+
+
+def test_clickstream_on_two_processes_matches_one() -> None:
+    p = clickstream.build(count=6000)
+    one = testing.run(p)
+    two = p.run(processes=2)
+    for sink in ("alerts", "counts", "per_user"):
+        assert multiset(two[sink]) == multiset(one[sink])
+    assert Counter(d.kind for d in two.dead_letters) == Counter(d.kind for d in one.dead_letters)
+    assert two.reconciles and two.read == one.read
+
+
+def test_jsonl_sink_gets_every_record_once(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text("stale\n")
+    p = (
+        Pipeline("j")
+        .read(sources.memory(range(5000), partitions=4, batch_size=100))
+        .write(sinks.jsonl(out))
+    )
+    p.run(processes=2)
+    assert sorted(json.loads(x) for x in out.read_text().splitlines()) == list(range(5000))
+
+
+def check_price(x: int) -> int:
+    if x == 77:
+        raise ValueError("no price for 77")
+    return x
+
+
+def test_halt_in_a_child_process_reaches_the_caller() -> None:
+    p = (
+        Pipeline("h")
+        .read(sources.memory(range(200), partitions=2, batch_size=10))
+        .map(check_price, on_error="halt")
+        .write(sinks.memory("o"))
+    )
+    with pytest.raises(PipelineHalted, match=r"halted at step 'map_check_price'") as info:
+        p.run(processes=2)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "no price for 77" in str(info.value.__cause__)
+
+
+def die(x: int) -> int:
+    if x == 3:
+        os._exit(3)
+    return x
+
+
+def test_a_process_that_dies_stops_the_run_and_is_named() -> None:
+    p = (
+        Pipeline("crash")
+        .read(sources.memory(range(10), partitions=2, batch_size=1))
+        .map(die)
+        .write(sinks.memory("o"))
+    )
+    with pytest.raises(RuntimeError, match=r"process \d of pipeline 'crash' .*exit code 3"):
+        p.run(processes=2)
+
+
+def test_unpicklable_event_classes_are_refused_before_running() -> None:
+    class Local(Event):
+        n: int = 0
+
+    p = Pipeline("l").read(sources.memory([], schema=Local)).write(sinks.memory("o"))
+    with pytest.raises(
+        TypeError,
+        match=r"runs on 2 processes.*event class "
+        r".*Local .*cannot be pickled.*define it at module level",
+    ):
+        p.run(processes=2)
+
+
+def test_process_count_is_checked() -> None:
+    p = Pipeline("c").read(sources.memory([1])).write(sinks.memory("o"))
+    with pytest.raises(ValueError, match=r"processes must be a positive int; got 0"):
+        p.run(processes=0)
