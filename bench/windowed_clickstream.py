@@ -11,6 +11,9 @@ timestamps fire no notifications), source batch size 1000. Its clock waits 5
 seconds of system time: with no wait, bytewax moves each key's watermark on
 with system time and calls some on-time events late (its results then differ).
 
+evflow also runs on 2 processes (the input split in 2 partitions) to show
+what a second process brings on this machine.
+
 Run: ``python bench/windowed_clickstream.py [--events N] [--rounds R]``.
 All three must produce the same results; the medians and ratios are printed.
 """
@@ -73,16 +76,16 @@ def make_lines(n: int, seed: int = 2) -> list[bytes]:
 Row = tuple[str, float, int, float]
 
 
-def run_evflow(lines: list[bytes]) -> list[Row]:
+def run_evflow(lines: list[bytes], processes: int = 1) -> list[Row]:
     results = (
         Pipeline("bench_windows")
-        .read(sources.memory(lines, schema=SCHEMA))
+        .read(sources.memory(lines, schema=SCHEMA, partitions=processes))
         .filter(Purchase)
         .key_by(lambda e: e.user)
         .window(windows.tumbling(seconds=SIZE), clock=windows.event_time("time"))
         .aggregate(n=agg.count(), total=agg.sum("amount"))
     )
-    out = results.write(sinks.memory("out")).run()
+    out = results.write(sinks.memory("out")).run(processes=processes)
     return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
 
 
@@ -156,6 +159,7 @@ def main() -> None:
     lines = make_lines(args.events)
     variants = {
         "evflow": lambda: run_evflow(lines),
+        "evflow 2 processes": lambda: run_evflow(lines, processes=2),
         "bytewax": lambda: run_bytewax(lines),
         "python loop": lambda: run_loop(lines),
     }
@@ -174,11 +178,12 @@ def main() -> None:
     assert expected is not None
     print(f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, medians:")
     for name, m in med.items():
-        print(f"  {name:12s} {m:6.3f}s  {m / args.events * 1e6:5.2f} us/event")
+        print(f"  {name:20s} {m:6.3f}s  {m / args.events * 1e6:5.2f} us/event")
     print(f"evflow speed vs bytewax:     {med['bytewax'] / med['evflow']:.2f}x  (target >= 3x)")
     print(
         f"evflow speed vs python loop: {med['python loop'] / med['evflow']:.2f}x  (target >= 0.5x)"
     )
+    print(f"evflow on 2 processes vs 1:  {med['evflow'] / med['evflow 2 processes']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ __all__ = [
     "FlatMapOp",
     "ForwardOp",
     "InspectOp",
+    "IsInstance",
     "KeyCheckOp",
     "MapOp",
     "Node",
@@ -304,6 +305,24 @@ class StageOp(Node):
         return False, None
 
 
+class IsInstance:
+    """The predicate of a class filter (``filter(View)``); stages run it inline.
+
+    >>> IsInstance(int)(3), IsInstance(int).__name__
+    (True, 'is_int')
+    """
+
+    def __init__(self, cls: type) -> None:
+        """Match instances of ``cls``."""
+        self.cls = cls
+        self.__name__ = f"is_{cls.__name__}"
+        self.__qualname__ = self.__name__
+
+    def __call__(self, item: Any) -> bool:
+        """Whether ``item`` is an instance of the class."""
+        return isinstance(item, self.cls)
+
+
 class FilterOp(StageOp):
     """Keep the records for which the predicate is true."""
 
@@ -312,6 +331,12 @@ class FilterOp(StageOp):
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Filter a list."""
         fn = self.fn
+        if isinstance(fn, IsInstance):
+            # A class test cannot fail: one comprehension, no calls per record.
+            cls = fn.cls
+            kept_ = [x for x in items if isinstance(x, cls)]
+            row[_FILTERED] += len(items) - len(kept_)
+            return kept_
         kept: list[Any] = []
         append = kept.append
         failed = 0

@@ -12,7 +12,7 @@ import keyword
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-from operators import Event, Policy, Sink, Source, as_policy, event_classes
+from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
 from pipelines._graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ class Stream(Generic[T]):
                 raise TypeError(msg)
             narrowed = tuple(c for c in classes or (cls,) if issubclass(c, cls))
             pipe, node = self._add(
-                "filter", _IsInstance(cls), name, cls.__name__, on_error, {"cls": cls}
+                "filter", IsInstance(cls), name, cls.__name__, on_error, {"cls": cls}
             )
             return self._same(pipe, node, narrowed)
         _callable(
@@ -483,18 +483,6 @@ class Stream(Generic[T]):
                 raise AttributeError(msg)
             msg = f"{type(self).__name__!r} object has no attribute {name!r}"
             raise AttributeError(msg)
-
-
-class _IsInstance:
-    """A picklable class predicate (``filter(View)``)."""
-
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
-        self.__name__ = f"is_{cls.__name__}"
-        self.__qualname__ = self.__name__
-
-    def __call__(self, item: Any) -> bool:
-        return isinstance(item, self.cls)
 
 
 class Routes(Generic[T]):
