@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline and print its summary")
     run.add_argument("target", help="catalog name, module:attribute or file.py:attribute")
-    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads")
+    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
+    run.add_argument("-p", "--processes", type=int, default=1, help="processes on this host")
     sub.add_parser("list", help="list the catalog")
     graph = sub.add_parser("graph", help="print a pipeline as a tree")
     graph.add_argument("target")
@@ -118,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "graph":
             console.print(pipeline)
             return 0
-        if args.workers < 1:
-            fail(f"error: --workers must be at least 1; got {args.workers}")
-            return 2
-        result = pipeline.run(workers=args.workers)
+        for what in ("workers", "processes"):
+            if getattr(args, what) < 1:
+                fail(f"error: --{what} must be at least 1; got {getattr(args, what)}")
+                return 2
+        result = pipeline.run(workers=args.workers, processes=args.processes)
     except TargetError as exc:
         fail(f"error: {exc}")
         return 2

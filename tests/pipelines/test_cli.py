@@ -75,6 +75,9 @@ def test_target_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["run", f"{tmp_path}/none.py:p"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["run", "clickstream", "-w", "0"]) == 2
+    assert "--workers must be at least 1; got 0" in capsys.readouterr().err
+    assert main(["run", "clickstream", "-p", "0"]) == 2
+    assert "--processes must be at least 1; got 0" in capsys.readouterr().err
 
 
 def test_error_in_user_file_shows_the_users_line(tmp_path: Path) -> None:
@@ -114,3 +117,9 @@ def test_halt_in_cli_shows_root_cause_first(tmp_path: Path) -> None:
     assert err.index("ValueError: two is not allowed") < err.index("PipelineHalted")
     assert 'halts.py", line 4, in check' in err
     assert "bytewax" not in err
+
+
+def test_run_on_two_processes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "sensors", "-p", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline sensors: 1 worker(s) x 2 processes" in out and "reconciles" in out
