@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import random
-import statistics
-import time
 from typing import Any, Literal
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
+from harness import interleaved, report
 from pydantic import TypeAdapter
 
 from operators import Event, RunContext, Sink, Writer, schema_adapter
@@ -176,21 +175,9 @@ def main() -> None:
         "bytewax": lambda: run_bytewax(lines, adapter),
         "python loop": lambda: run_loop(lines, adapter),
     }
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    expected = None
-    for r in range(args.rounds):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            counts = fn()
-            times[name].append(time.perf_counter() - t0)
-            if expected is None:
-                expected = counts
-            assert counts == expected, f"{name} counted {counts}, expected {expected}"
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med, expected = interleaved(variants, args.rounds)
     print(f"\n{args.events} events, {args.rounds} rounds, medians (counts big/rest {expected}):")
-    for name, m in med.items():
-        print(f"  {name:20s} {m:6.3f}s  {m / args.events * 1e6:5.2f} us/event")
+    report(med, args.events)
     bw, loop, ev = med["bytewax"], med["python loop"], med["evflow"]
     untuned = med["evflow no-gc-tuning"]
     print(f"evflow speed vs bytewax:     {bw / ev:.2f}x  (target >= 1.10x)")

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -32,6 +30,7 @@ import bytewax.operators as op
 import bytewax.operators.windowing as win
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
+from harness import interleaved, report
 
 from operators import Event, agg, schema_adapter, windows
 from pipelines import Pipeline, sinks, sources
@@ -163,22 +162,9 @@ def main() -> None:
         "bytewax": lambda: run_bytewax(lines),
         "python loop": lambda: run_loop(lines),
     }
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    expected = None
-    for r in range(args.rounds):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            rows = fn()
-            times[name].append(time.perf_counter() - t0)
-            if expected is None:
-                expected = rows
-            assert rows == expected, f"{name} gave different results"
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    assert expected is not None
+    med, expected = interleaved(variants, args.rounds)
     print(f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, medians:")
-    for name, m in med.items():
-        print(f"  {name:20s} {m:6.3f}s  {m / args.events * 1e6:5.2f} us/event")
+    report(med, args.events)
     print(f"evflow speed vs bytewax:     {med['bytewax'] / med['evflow']:.2f}x  (target >= 3x)")
     print(
         f"evflow speed vs python loop: {med['python loop'] / med['evflow']:.2f}x  (target >= 0.5x)"

@@ -481,6 +481,18 @@ class KeyCheckOp(StageOp):
         return passed
 
 
+def _place(
+    x: Any, hits: list[int], lists: list[list[Any]], rest: list[Any], row: list[int]
+) -> None:
+    """Put a record on every route it matched (a copy past the first), or aside."""
+    if not hits:
+        rest.append(x)
+    for i in hits:
+        lists[i].append(x)
+    if len(hits) > 1:
+        row[_CREATED] += len(hits) - 1
+
+
 class _RouteError(Exception):
     def __init__(self, item: Any, error: Exception) -> None:
         self.item = item
@@ -557,13 +569,7 @@ class ForwardOp(StageOp):
         x = None
         try:
             for x in it:
-                hits = self.call(x)
-                if not hits:
-                    rest.append(x)
-                for i in hits:
-                    lists[i].append(x)
-                if len(hits) > 1:
-                    row[_CREATED] += len(hits) - 1
+                _place(x, self.call(x), lists, rest, row)
         except Exception as exc:
             raise _RouteError(x, exc) from exc
 
@@ -585,12 +591,7 @@ class ForwardOp(StageOp):
                 x = failure.item
                 ok, hits = self.recover(x, failure.error, run, row)
                 if ok:
-                    if not hits:
-                        rest.append(x)
-                    for i in hits:
-                        lists[i].append(x)
-                    if len(hits) > 1:
-                        row[_CREATED] += len(hits) - 1
+                    _place(x, hits, lists, rest, row)
         routed = sum(len(lst) for lst in lists)
         row[_OUT] += routed
         for branch, lst in zip(self.branches, lists, strict=True):
