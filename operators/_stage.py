@@ -62,6 +62,7 @@ COUNTER_FIELDS = (
     "created",
     "aggregated",
     "open",
+    "handled",
 )
 _IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
 

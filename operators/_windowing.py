@@ -99,10 +99,13 @@ class ClockOp(StageOp):
         clock: Clock | None,
         policy: ErrorPolicy,
         nexts: Sequence[Node] = (),
+        *,
+        kind: str = "aggregate",
     ) -> None:
-        """Make the clock for aggregate step ``step``."""
+        """Make the clock for keyed step ``step`` (an aggregate or a keyed dispatch)."""
         super().__init__(step, index, key, policy, nexts)
         self.key = key
+        self.kind = kind
         if isinstance(clock, EventTime):
             read = clock.fn or operator.attrgetter(clock.field or "time")
 
@@ -121,7 +124,7 @@ class ClockOp(StageOp):
         key = self.key(item)
         if not isinstance(key, str):
             msg = (
-                f"step {self.step!r} (aggregate): key function {self.function} must return "
+                f"step {self.step!r} ({self.kind}): key function {self.function} must return "
                 f"str; got {type(key).__name__} {key!r}."
             )
             raise TypeError(msg)

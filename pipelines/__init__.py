@@ -13,8 +13,10 @@
 """
 
 from operators import DeadLetter, ErrorPolicy, Event, Origin, PipelineHalted, retry
+from operators._dispatch import stateful
 from pipelines import sinks, sources, testing
 from pipelines._builder import Pipeline, Routes, Stream
+from pipelines._bus import EventBus, Handler
 from pipelines._compile import PipelineError
 from pipelines._keyed import AggregateStream, KeyedStream, WindowedStream, WindowResult
 from pipelines._result import RunResult, StepCounts
@@ -24,6 +26,8 @@ __all__ = [
     "DeadLetter",
     "ErrorPolicy",
     "Event",
+    "EventBus",
+    "Handler",
     "KeyedStream",
     "Origin",
     "Pipeline",
@@ -38,5 +42,6 @@ __all__ = [
     "retry",
     "sinks",
     "sources",
+    "stateful",
     "testing",
 ]

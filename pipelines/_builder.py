@@ -454,6 +454,44 @@ class Stream(Generic[T]):
             {r: Stream(pipe, Port(node, r), self._classes, prefix + r) for r in names},
         )
 
+    def dispatch(
+        self,
+        handlers: Mapping[type | str, Any],
+        *,
+        default: Any = None,
+        name: str | None = None,
+        on_error: Policy = "dead_letter",
+        concurrency: int = 16,
+    ) -> Stream[Any]:
+        """Hand each event to the handlers registered for its type; their results flow on.
+
+        Keys are event classes (a subclass goes to its nearest registered base)
+        or type names (``get_type()``); a handler is a function, an object with
+        ``handle(event)``, or `stateful` (keyed streams). A handler returns
+        nothing, one value, or an iterable of values. Events with no handler
+        become dead letters (kind ``unhandled``) unless ``default`` is a handler;
+        when the stream's classes are known, a class with no handler is an error
+        here unless ``default`` is given (``"dead_letter"`` or a handler).
+        ``async def`` handlers of a batch run concurrently, ``concurrency`` at a time.
+
+        >>> from pipelines import sources, testing
+        >>> s = Pipeline("d").read(sources.memory([1, "a", 2.5]))
+        >>> sorted(map(str, testing.outputs(s.dispatch({int: lambda n: n * 10, str: str.upper},
+        ...                                              default="dead_letter"))))
+        ['10', 'A']
+        """
+        from pipelines._bus import add_dispatch
+
+        return add_dispatch(
+            self,
+            handlers,
+            default=default,
+            name=name,
+            on_error=on_error,
+            concurrency=concurrency,
+            key=getattr(self, "_key", None),
+        )
+
     def write(self, sink: Sink, *, name: str | None = None) -> Pipeline:
         """Write the stream to ``sink`` and return the pipeline."""
         if not isinstance(sink, Sink):

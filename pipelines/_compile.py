@@ -36,6 +36,7 @@ from operators import (
     stage,
 )
 from operators import Node as StageNode
+from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._windowing import Bucketize, ClockOp, Marked, SplitOp, WindowLogic, WindowSpec
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
@@ -129,6 +130,20 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
                 nodes.append(
                     ClockOp(user.name, row[user.name], user.fn, clock, user.policy, [exit_])
                 )
+            elif user.kind == "dispatch" and user.params["key"] is not None:
+                # Keyed: each key's events go, in order, to the worker of its bucket.
+                exit_ = stage_.exit("aggregate", user)
+                key = user.params["key"]
+                nodes.append(
+                    ClockOp(
+                        user.name, row[user.name], key, None, user.policy, [exit_], kind="dispatch"
+                    )
+                )
+            elif user.kind == "dispatch":
+                nexts = tree(stage_, (user.name, None))
+                nodes.append(
+                    DispatchOp(user.name, row[user.name], _dispatch(pipeline, user), nexts)
+                )
             elif user.kind == "forward":
                 routes = user.params["routes"]
                 otherwise = user.params["otherwise"]
@@ -153,11 +168,17 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
         return nodes
 
     for node in graph:
-        if node.kind not in ("read", "merge", "aggregate"):
+        keyed_dispatch = node.kind == "dispatch" and node.params["key"] is not None
+        if node.kind not in ("read", "merge", "aggregate") and not keyed_dispatch:
             continue
         stage_ = _Stage(node)
         root: StageNode
-        if node.kind == "aggregate":
+        if keyed_dispatch:
+            builder = _DispatchBuilder(_dispatch(pipeline, node), counters, row[node.name])
+            outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), builder)
+            chunks = op.flat_map_batch(f"{node.name}_chunks", outputs, _ToChunk(node.name))
+            root = SplitOp(tree(stage_, (node.name, None)), [], row[node.name])
+        elif node.kind == "aggregate":
             # Keyed state: bytewax routes key buckets to workers.
             spec = _window_spec(pipeline, node, row[node.name], counters, users)
             outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), _LogicBuilder(spec))
@@ -234,6 +255,37 @@ def _window_spec(
         emit=node.params["emit"],
         ttl=node.params["ttl"],
     )
+
+
+def _dispatch(pipeline: Pipeline, node: Node) -> Dispatch:
+    """Build the delivery logic of a dispatch step (handlers indexed once)."""
+    index = 0
+    refs: dict[Any, list[HandlerRef]] = {}
+    for event_type, handlers in node.params["table"].items():
+        refs[event_type] = []
+        for handler in handlers:
+            refs[event_type].append(HandlerRef(handler, index))
+            index += 1
+    default = [HandlerRef(h, index + i) for i, h in enumerate(node.params["default"])]
+    return Dispatch(
+        pipeline.name,
+        node.name,
+        Dispatcher(refs, default),
+        node.policy,
+        node.params["concurrency"],
+    )
+
+
+class _DispatchBuilder:
+    """Build (or resume) the handler states of one key bucket."""
+
+    def __init__(self, dispatch: Dispatch, counters: Counters, row: int) -> None:
+        self.dispatch = dispatch
+        self.counters = counters
+        self.row = row
+
+    def __call__(self, resume: Any | None) -> DispatchLogic:
+        return DispatchLogic(self.dispatch, self.counters, self.row, resume)
 
 
 class _LogicBuilder:

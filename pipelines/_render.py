@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
@@ -70,6 +70,21 @@ def to_tree(pipeline: Pipeline) -> Tree:
     return root
 
 
+#: The summary's count columns: (StepCounts field, header).
+_COLUMNS = (
+    ("received", "in"),
+    ("out", "out"),
+    ("filtered", "filtered"),
+    ("unrouted", "unrouted"),
+    ("dead", "dead"),
+    ("skipped", "skipped"),
+    ("created", "created"),
+    ("aggregated", "aggregated"),
+    ("handled", "handled"),
+    ("open", "open"),
+)
+
+
 def summary_table(result: RunResult) -> Table:
     """Per-step counts with totals, and whether they reconcile."""
     ok = "[green]reconciles[/green]" if result.reconciles else "[red]does NOT reconcile[/red]"
@@ -80,50 +95,26 @@ def summary_table(result: RunResult) -> Table:
         caption=(
             f"read {result.read} + created {result.created} = written {result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
-            f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated}: {ok}"
+            f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated} + "
+            f"handled {result.handled}: {ok}"
         ),
-    )
-    columns = (
-        "received",
-        "out",
-        "filtered",
-        "unrouted",
-        "dead",
-        "skipped",
-        "created",
-        "aggregated",
-        "open",
-    )
-    headers = (
-        "in",
-        "out",
-        "filtered",
-        "unrouted",
-        "dead",
-        "skipped",
-        "created",
-        "aggregated",
-        "open",
     )
     table.add_column("step")
     table.add_column("kind")
-    for header in headers:
+    for _, header in _COLUMNS:
         table.add_column(header, justify="right")
     for counts in result.counts.values():
-        values: list[Any] = [getattr(counts, c) for c in columns]
+        values = [getattr(counts, field) for field, _ in _COLUMNS]
         table.add_row(counts.step, counts.kind, *(str(v) if v else "." for v in values))
+    totals = {
+        "received": result.read,
+        "out": result.written,
+        "open": result.open_windows,
+    }
     table.add_row(
         "[bold]total[/bold]",
         "",
-        str(result.read),
-        str(result.written),
-        str(result.filtered),
-        str(result.unrouted),
-        str(result.dead),
-        str(result.skipped),
-        str(result.created),
-        str(result.aggregated),
-        str(result.open_windows),
+        *(str(totals.get(field, getattr(result, field, 0))) for field, _ in _COLUMNS),
         end_section=True,
     )
     return table

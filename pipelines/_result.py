@@ -18,7 +18,8 @@ class StepCounts:
     skipped + aggregated``, where ``created`` counts records a step made (a
     flat_map's outputs past the first, copies for several routes or readers,
     an aggregate's results) and ``aggregated`` the events an aggregate took
-    in. ``open`` is the number of windows (or running keys) still held.
+    in. ``open`` is the number of windows (or running keys) still held;
+    ``handled`` counts deliveries whose dispatch handler returned nothing.
     """
 
     step: str
@@ -32,12 +33,19 @@ class StepCounts:
     created: int = 0
     aggregated: int = 0
     open: int = 0
+    handled: int = 0
 
     @property
     def balanced(self) -> bool:
         """Whether this step's counts add up."""
         return self.received + self.created == (
-            self.out + self.filtered + self.unrouted + self.dead + self.skipped + self.aggregated
+            self.out
+            + self.filtered
+            + self.unrouted
+            + self.dead
+            + self.skipped
+            + self.aggregated
+            + self.handled
         )
 
 
@@ -45,7 +53,8 @@ class RunResult:
     """The outcome of a run: memory-sink outputs, dead letters, counts.
 
     Counts reconcile for a bounded input:
-    ``read + created == written + filtered + unrouted + dead + skipped + aggregated``.
+    ``read + created == written + filtered + unrouted + dead + skipped + aggregated +
+    handled``.
     """
 
     def __init__(
@@ -113,6 +122,11 @@ class RunResult:
         return self._sum("aggregated")
 
     @property
+    def handled(self) -> int:
+        """Deliveries to dispatch handlers that returned nothing."""
+        return self._sum("handled")
+
+    @property
     def open_windows(self) -> int:
         """Windows or running keys still held (zero once a bounded run ends)."""
         return self._sum("open")
@@ -127,6 +141,7 @@ class RunResult:
             + self.dead
             + self.skipped
             + self.aggregated
+            + self.handled
         )
         return self.read + self.created == total and all(c.balanced for c in self.counts.values())
 

@@ -150,6 +150,7 @@ def result_of(
             created=row["created"],
             aggregated=row["aggregated"],
             open=row["open"],
+            handled=row["handled"],
         )
         for step, row in totals.items()
     }

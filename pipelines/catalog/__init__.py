@@ -9,7 +9,7 @@ from pipelines._builder import Pipeline
 __all__ = ["NAMES", "describe", "load"]
 
 #: Catalog names, each a module of this package with ``build()`` and ``pipeline``.
-NAMES = ("clickstream", "sensors")
+NAMES = ("clickstream", "orders", "sensors")
 
 
 def load(name: str) -> Pipeline:

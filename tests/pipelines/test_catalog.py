@@ -76,3 +76,20 @@ def test_sensors_same_results_on_1_2_and_4_workers() -> None:
     for late in runs[0]["late_readings"]:
         made = sensors.START.timestamp() + int(late.id[1:]) / 10
         assert made - late.at.timestamp() >= 3600 - 4
+
+
+def test_orders_dispatch_by_type_with_per_order_state() -> None:
+    from pipelines.catalog import orders
+
+    p = orders.build(count=5000)
+    runs = [testing.run(p, workers=w) for w in (1, 2, 4)]
+    for r in runs:
+        assert r.reconciles and r.read == 5000
+    assert multiset(runs[0]["notifications"]) == multiset(runs[1]["notifications"])
+    assert multiset(runs[0]["notifications"]) == multiset(runs[2]["notifications"])
+    dead = Counter(d.kind for d in runs[0]["dead_letters"])
+    assert dead["unhandled"] > 0 and dead["validation"] > 0 and dead["parse"] > 0
+    refused = [d for d in runs[0]["dead_letters"] if d.kind == "user_error"]
+    assert refused and all("cannot ship while" in d.message for d in refused)
+    texts = Counter(n.text for n in runs[0]["notifications"])
+    assert texts["order received"] > 0 and texts["ready to ship"] > 0

@@ -1,0 +1,389 @@
+"""dispatch: each event goes to the handlers registered for its type.
+
+A `Dispatcher` resolves an event's handlers with one dictionary lookup per
+event class (the nearest registered base class wins, then the type name), so
+the cost per event does not grow with the number of registered types. A
+handler is a function or an object with ``handle``; what it returns flows on
+(nothing, one value, or several as a list, set, generator or other iterator;
+a tuple is one value). ``async def`` handlers of a
+batch run concurrently, up to a limit, and their results keep the events'
+order. `stateful` handlers keep one state per key (on keyed streams), shared
+by all the stateful handlers of the step and kept in its snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from operators._deadletter import DeadLetter, payload_text
+from operators._event import Event
+from operators._policy import ErrorPolicy, PipelineHalted
+from operators._stage import (
+    COUNTER_FIELDS,
+    Counters,
+    Node,
+    StageOp,
+    _fan_out,
+    _Run,
+    describe_function,
+)
+
+__all__ = [
+    "Dispatch",
+    "DispatchLogic",
+    "DispatchOp",
+    "Dispatcher",
+    "HandlerRef",
+    "Stateful",
+    "stateful",
+]
+
+_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _HANDLED = (
+    COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "skipped", "created", "handled")
+)
+_MISS = object()
+
+
+class Stateful:
+    """A handler with per-key state: ``fn(state, event) -> (new_state, output)``."""
+
+    def __init__(self, fn: Callable[[Any, Any], tuple[Any, Any]], initial: Callable[[], Any]):
+        """Wrap ``fn``; ``initial()`` makes a key's first state."""
+        if not callable(fn) or not callable(initial):
+            msg = (
+                f"stateful(fn, initial=...) needs callables; got {fn!r} and {initial!r}. "
+                f"Hint: stateful(lambda state, e: (state, e), initial=dict)."
+            )
+            raise TypeError(msg)
+        self.fn = fn
+        self.initial = initial
+        self.__name__ = getattr(fn, "__name__", "stateful")
+
+
+def stateful(
+    fn: Callable[[Any, Any], tuple[Any, Any]], *, initial: Callable[[], Any] = dict
+) -> Stateful:
+    """Make a handler that keeps state per key (keyed streams only).
+
+    ``fn(state, event)`` returns ``(new_state, output)``. Each key has one
+    state, shared by the step's stateful handlers (an order's handlers all see
+    the order), made by the first handler's ``initial()``; it lives in the
+    dispatch step and is saved in its snapshots, not in globals.
+
+    >>> count = stateful(lambda n, e: (n + 1, n + 1), initial=int)
+    >>> count.fn(0, "event")
+    (1, 1)
+    """
+    return Stateful(fn, initial)
+
+
+class HandlerRef:
+    """One registered handler: its callable, name, and how to call it."""
+
+    def __init__(self, handler: Any, index: int) -> None:
+        """Describe ``handler`` (a function, an object with ``handle``, or `Stateful`)."""
+        self.index = index
+        self.stateful = isinstance(handler, Stateful)
+        if self.stateful:
+            self.fn: Callable[..., Any] = handler.fn
+            self.initial: Callable[[], Any] = handler.initial
+        elif callable(handler) and not hasattr(handler, "handle"):
+            self.fn = handler
+        else:
+            self.fn = handler.handle
+        self.name = describe_function(self.fn)
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+
+def _single(value: Any) -> bool:
+    """Whether a handler's result is one value: lists, sets and iterators are many.
+
+    A tuple is one value (a record), as are strings, dicts and events.
+    """
+    return not isinstance(value, list | set | frozenset | Iterator)
+
+
+class Dispatcher:
+    """Find an event's handlers: by nearest registered class, then by type name."""
+
+    def __init__(
+        self, table: Mapping[type | str, Sequence[HandlerRef]], default: Sequence[HandlerRef]
+    ) -> None:
+        """Index the handlers by class and by type name."""
+        self.by_class = {k: list(v) for k, v in table.items() if isinstance(k, type)}
+        self.by_name = {k: list(v) for k, v in table.items() if isinstance(k, str)}
+        self.default = list(default)
+        self.cache: dict[type, list[HandlerRef]] = {}
+
+    def handlers_for(self, event: Any) -> list[HandlerRef]:
+        """Return the handlers of ``event`` (empty: unhandled)."""
+        found = self.cache.get(event.__class__, _MISS)
+        if found is _MISS:
+            return self._resolve(event)
+        return found  # type: ignore[return-value]
+
+    def _resolve(self, event: Any) -> list[HandlerRef]:
+        cls = event.__class__
+        for base in cls.__mro__:
+            handlers = self.by_class.get(base)
+            if handlers is not None:
+                self.cache[cls] = handlers
+                return handlers
+        get_type = getattr(event, "get_type", None)
+        if self.by_name and get_type is not None:
+            handlers = self.by_name.get(get_type(), self.default)
+            # An evflow event's type is fixed by its class; a plain object's
+            # get_type() may depend on the instance, so it is asked each time.
+            if isinstance(event, Event) and type(event).get_type is Event.get_type:
+                self.cache[cls] = handlers
+            return handlers
+        self.cache[cls] = self.default
+        return self.default
+
+
+class Dispatch:
+    """Deliver events to their handlers, with the step's error policy."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        step: str,
+        dispatcher: Dispatcher,
+        policy: ErrorPolicy,
+        concurrency: int,
+    ) -> None:
+        """Set up delivery for step ``step``."""
+        self.pipeline = pipeline
+        self.step = step
+        self.dispatcher = dispatcher
+        self.policy = policy
+        self.concurrency = concurrency
+        refs = [h for hs in dispatcher.by_class.values() for h in hs]
+        refs += [h for hs in dispatcher.by_name.values() for h in hs] + dispatcher.default
+        self.has_async = any(h.is_async for h in refs)
+
+    def run(
+        self,
+        records: Iterable[tuple[str | None, Any]],
+        row: list[int],
+        dead: list[DeadLetter],
+        states: dict[str, Any] | None,
+    ) -> list[Any]:
+        """Deliver ``(key, event)`` records; return what the handlers returned, in order."""
+        out: list[Any] = []
+        waiting: list[tuple[list[Any], HandlerRef, Any, Any]] = []
+        slots: list[Any] = []  # with async handlers: results per delivery, in order
+        for key, event in records:
+            row[_IN] += 1
+            handlers = self.dispatcher.handlers_for(event)
+            if not handlers:
+                row[_DEAD] += 1
+                dead.append(
+                    self._letter(
+                        event,
+                        "unhandled",
+                        "UnhandledEvent",
+                        f"no handler for {type(event).__name__}",
+                        None,
+                        1,
+                    )
+                )
+                continue
+            if len(handlers) > 1:
+                row[_CREATED] += len(handlers) - 1
+            for handler in handlers:
+                if self.has_async:
+                    slot: list[Any] = []
+                    slots.append(slot)
+                    if handler.is_async:
+                        waiting.append((slot, handler, key, event))
+                        continue
+                    target = slot
+                else:
+                    target = out
+                ok, value = self._call(handler, key, event, states, row, dead)
+                if ok:
+                    self._emit(value, target, row)
+        if self.has_async:
+            self._await(waiting, row, dead)
+            for slot in slots:
+                out.extend(slot)
+        return out
+
+    def _call(
+        self,
+        handler: HandlerRef,
+        key: str | None,
+        event: Any,
+        states: dict[str, Any] | None,
+        row: list[int],
+        dead: list[DeadLetter],
+        first_error: Exception | None = None,
+    ) -> tuple[bool, Any]:
+        policy = self.policy
+        attempts = 0
+        error = first_error
+        tries = policy.attempts if policy.mode == "retry" else 1
+        while attempts < tries:
+            if attempts and policy.backoff:
+                time.sleep(policy.backoff * 2 ** (attempts - 1))
+            attempts += 1
+            if error is not None and attempts == 1:
+                continue  # the first attempt already failed (async)
+            try:
+                if handler.stateful:
+                    assert states is not None and key is not None
+                    state = states[key] if key in states else handler.initial()
+                    new_state, value = handler.fn(state, event)
+                    states[key] = new_state
+                    return True, value
+                if handler.is_async:
+                    return True, asyncio.run(handler.fn(event))
+                return True, handler.fn(event)
+            except Exception as exc:  # noqa: BLE001 - the policy decides
+                error = exc
+        assert error is not None
+        if policy.mode == "skip":
+            row[_SKIPPED] += 1
+            return False, None
+        if policy.mode == "halt":
+            raise PipelineHalted(
+                self.pipeline, self.step, handler.name, payload_text(event)
+            ) from error
+        row[_DEAD] += 1
+        dead.append(
+            self._letter(
+                event, "user_error", type(error).__qualname__, str(error), handler.name, attempts
+            )
+        )
+        return False, None
+
+    def _emit(self, value: Any, target: list[Any], row: list[int]) -> None:
+        if value is None:
+            row[_HANDLED] += 1
+        elif _single(value):
+            target.append(value)
+            row[_OUT] += 1
+        else:
+            values = list(value)
+            if not values:
+                row[_HANDLED] += 1
+                return
+            target.extend(values)
+            row[_OUT] += len(values)
+            row[_CREATED] += len(values) - 1
+
+    def _await(
+        self,
+        waiting: list[tuple[list[Any], HandlerRef, Any, Any]],
+        row: list[int],
+        dead: list[DeadLetter],
+    ) -> None:
+        if not waiting:
+            return
+
+        async def gather() -> list[Any]:
+            limit = asyncio.Semaphore(self.concurrency)
+
+            async def one(handler: HandlerRef, event: Any) -> Any:
+                async with limit:
+                    return await handler.fn(event)
+
+            return await asyncio.gather(
+                *(one(h, e) for _, h, _, e in waiting), return_exceptions=True
+            )
+
+        results = asyncio.run(gather())
+        for (slot, handler, key, event), result in zip(waiting, results, strict=True):
+            if isinstance(result, Exception):
+                ok, value = self._call(handler, key, event, None, row, dead, first_error=result)
+            else:
+                ok, value = True, result
+            if ok:
+                self._emit(value, slot, row)
+
+    def _letter(
+        self,
+        event: Any,
+        kind: Any,
+        error_type: str,
+        message: str,
+        function: str | None,
+        attempts: int,
+    ) -> DeadLetter:
+        return DeadLetter.build(
+            pipeline=self.pipeline,
+            step=self.step,
+            kind=kind,
+            error_type=error_type,
+            message=message,
+            function=function,
+            payload=payload_text(event),
+            event_time=getattr(event, "time", None),
+            attempts=attempts,
+        )
+
+
+class DispatchOp(StageOp):
+    """dispatch inside a stage (unkeyed streams: no state, no exchange)."""
+
+    kind = "dispatch"
+
+    def __init__(self, step: str, index: int, dispatch: Dispatch, nexts: Sequence[Node]) -> None:
+        """Deliver each record of a list."""
+        super().__init__(step, index, None, dispatch.policy, nexts)
+        self.dispatch = dispatch
+        self.function = "handlers"
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Deliver and pass the handlers' results on."""
+        row = run.table[self.index]
+        results = self.dispatch.run(((None, e) for e in items), row, run.dead, None)
+        _fan_out(self.nexts, results, run, out, row)
+
+    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Unused: dispatch overrides `push`."""
+        raise NotImplementedError
+
+
+class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
+    """dispatch on a keyed stream: one bucket of keys, in order, with their states."""
+
+    def __init__(
+        self, dispatch: Dispatch, counters: Counters, row: int, resume: dict[str, Any] | None
+    ) -> None:
+        """Start with no state, or the snapshot's."""
+        self.dispatch = dispatch
+        self.counters = counters
+        self.row = row
+        self.states: dict[str, Any] = (resume or {}).get("states", {})
+
+    def on_batch(self, values: list[Any]) -> tuple[list[tuple[str, Any]], bool]:
+        """Deliver each record of the batch, key by key in arrival order."""
+        row = self.counters.table()[self.row]
+        dead: list[DeadLetter] = []
+        results: list[Any] = []
+        try:
+            for marked in values:
+                results += self.dispatch.run(
+                    ((k, e) for k, _, e in marked.records), row, dead, self.states
+                )
+        except Exception as exc:  # noqa: BLE001 - a halt stops the run cleanly
+            self.counters.halt(exc)
+        out: list[tuple[str, Any]] = [("r", r) for r in results]
+        out += [("d", d) for d in dead]
+        return out, False
+
+    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Nothing is pending at the end; the states go."""
+        return [], True
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the per-key states of stateful handlers."""
+        return {"states": self.states}

@@ -1,0 +1,225 @@
+"""dispatch's builder, and the classic `EventBus` with `Handler`.
+
+``stream.dispatch({Purchase: review, Refund: [audit, notify]}, default=...)``
+hands each event to the handlers of its type. `EventBus` keeps the classic
+``register`` / ``publish`` API, delivering synchronously in this process, and
+``bus.pipeline(source)`` turns the same registrations into a dataflow.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from operators import Policy, Sink, Source, as_policy, type_name
+from operators._dispatch import Stateful
+from pipelines._graph import Node, Port, check_name
+
+if TYPE_CHECKING:
+    from pipelines._builder import Pipeline, Stream
+
+__all__ = ["EventBus", "Handler", "add_dispatch"]
+
+HandlerLike = Any  # a function, an object with handle(event), or stateful(...)
+
+
+class Handler(ABC):
+    """Base of the classic event-bus handler: override ``handle(event)``."""
+
+    @abstractmethod
+    def handle(self, event: Any) -> Any:
+        """Handle one event; what is returned flows on in a dataflow."""
+
+
+def _usable(handler: Any) -> bool:
+    if isinstance(handler, Stateful):
+        return True
+    handle = getattr(handler, "handle", None)
+    return callable(handle) or callable(handler)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _label(key: Any) -> str:
+    return key.__name__ if isinstance(key, type) else repr(key)
+
+
+def add_dispatch(
+    stream: Stream[Any],
+    handlers: Mapping[type | str, HandlerLike | Sequence[HandlerLike]],
+    *,
+    default: Literal["dead_letter"] | HandlerLike | None,
+    name: str | None,
+    on_error: Policy,
+    concurrency: int,
+    key: Callable[[Any], str] | None,
+) -> Stream[Any]:
+    """Check the handlers and add a dispatch step after ``stream``."""
+    from pipelines._builder import Stream
+
+    step = name or "dispatch"
+    if not isinstance(handlers, Mapping) or not handlers:
+        msg = (
+            f"step {step!r} (dispatch): handlers must be a non-empty mapping from event "
+            f"class (or type name) to handlers; got {handlers!r}. Hint: "
+            f"dispatch({{Purchase: review, Refund: [audit, notify]}})."
+        )
+        raise TypeError(msg)
+    table: dict[type | str, list[Any]] = {}
+    for event_type, value in handlers.items():
+        if not isinstance(event_type, type | str):
+            msg = (
+                f"step {step!r} (dispatch): {event_type!r} is neither an event class nor a "
+                f"type name. Hint: dispatch({{Purchase: review}}) or dispatch({{'click': h}})."
+            )
+            raise TypeError(msg)
+        table[event_type] = _as_list(value)
+    defaults: list[Any] = [] if default in (None, "dead_letter") else _as_list(default)
+    for event_type, items in [*table.items(), ("default", defaults)]:
+        for handler in items:
+            if not _usable(handler):
+                msg = (
+                    f"step {step!r} (dispatch): the handler for {_label(event_type)} must be "
+                    f"a function or an object with handle(event); got "
+                    f"{type(handler).__name__} {handler!r}. Hint: {{{_label(event_type)}: "
+                    f"lambda e: ...}}."
+                )
+                raise TypeError(msg)
+            if isinstance(handler, Stateful) and key is None:
+                msg = (
+                    f"step {step!r} (dispatch): stateful handlers keep one state per key, "
+                    f"so they need a keyed stream. Hint: .key_by(lambda e: e.order_id)"
+                    f".dispatch(...)."
+                )
+                raise TypeError(msg)
+    if not isinstance(concurrency, int) or concurrency < 1:
+        msg = f"step {step!r} (dispatch): concurrency must be a positive int; got {concurrency!r}."
+        raise ValueError(msg)
+    classes = stream.event_classes
+    if classes is not None and default is None:
+        names = {k for k in table if isinstance(k, str)}
+        bases = [k for k in table if isinstance(k, type)]
+        missing = [
+            c
+            for c in classes
+            if not any(issubclass(c, b) for b in bases) and type_name(c) not in names
+        ]
+        if missing:
+            listed = ", ".join(c.__name__ for c in missing)
+            msg = (
+                f"step {step!r} (dispatch): no handler for {listed}, which stream "
+                f"{stream.step!r} carries. Hint: register a handler for each, or make it "
+                f"explicit with default='dead_letter' (or a default handler)."
+            )
+            raise ValueError(msg)
+    pipeline = stream.pipeline
+    graph = pipeline.graph
+    step_name = check_name(name) if name else graph.unique(stream._auto("dispatch", None))
+    node = Node(
+        step_name,
+        "dispatch",
+        (stream._port,),
+        None,
+        as_policy(on_error),
+        {"table": table, "default": defaults, "key": key, "concurrency": concurrency},
+    )
+    return Stream(pipeline._with(graph.add(node)), Port(node), None, stream._scope)
+
+
+class EventBus:
+    """The classic in-process event bus, and the door to an evflow dataflow.
+
+    >>> from pipelines import Event, EventBus, Handler
+    >>> class Click(Event):
+    ...     def get_type(self): return "click"
+    >>> class Printer(Handler):
+    ...     def handle(self, event): print("handled", event.get_type())
+    >>> bus = EventBus()
+    >>> bus.register("click", Printer())
+    >>> bus.publish(Click())
+    handled click
+    """
+
+    def __init__(self) -> None:
+        """Start with no handlers."""
+        self._handlers: dict[type | str, list[Any]] = {}
+        #: Events published with no handler (the classic bus drops them; we keep them).
+        self.unhandled: list[Any] = []
+
+    def register(self, event_type: type | str, handler: HandlerLike) -> None:
+        """Have ``handler`` handle events of ``event_type`` (a type name or a class)."""
+        if not isinstance(event_type, type | str):
+            msg = f"register: event_type must be a type name or a class; got {event_type!r}."
+            raise TypeError(msg)
+        if not _usable(handler) or isinstance(handler, Stateful):
+            msg = (
+                f"register: handler must be a function or an object with handle(event); got "
+                f"{type(handler).__name__} {handler!r}."
+            )
+            raise TypeError(msg)
+        self._handlers.setdefault(event_type, []).append(handler)
+
+    def unregister(self, event_type: type | str, handler: HandlerLike) -> None:
+        """Stop ``handler`` handling ``event_type``."""
+        handlers = self._handlers.get(event_type, [])
+        if handler not in handlers:
+            msg = f"unregister: {handler!r} is not registered for {event_type!r}."
+            raise ValueError(msg)
+        handlers.remove(handler)
+        if not handlers:
+            del self._handlers[event_type]
+
+    def handlers(self) -> dict[type | str, list[Any]]:
+        """Return a copy of the registrations."""
+        return {k: list(v) for k, v in self._handlers.items()}
+
+    def publish(self, event: Any) -> list[Any]:
+        """Deliver ``event`` now to every handler of its type; return their results."""
+        found: list[Any] = []
+        for cls in type(event).__mro__:
+            found += self._handlers.get(cls, [])
+        get_type = getattr(event, "get_type", None)
+        if get_type is not None:
+            found += self._handlers.get(get_type(), [])
+        if not found:
+            self.unhandled.append(event)
+        results = []
+        for handler in found:
+            call = handler.handle if callable(getattr(handler, "handle", None)) else handler
+            value = call(event)
+            if value is not None:
+                results.append(value)
+        return results
+
+    def pipeline(
+        self,
+        source: Source,
+        *,
+        name: str = "event_bus",
+        key: Callable[[Any], str] | None = None,
+        sink: Sink | None = None,
+        on_error: Policy = "dead_letter",
+    ) -> Pipeline:
+        """Return the evflow pipeline that does what this bus does, as a dataflow.
+
+        Events of ``source`` are dispatched to the registered handlers (by
+        class, then by ``get_type()``); with ``key`` the stream is keyed first,
+        so each key's events are handled in order on one worker. Events no
+        handler takes become dead letters; what handlers return goes to
+        ``sink`` (a memory sink ``"results"`` by default).
+        """
+        from pipelines._builder import Pipeline
+        from pipelines.sinks import memory
+
+        if not self._handlers:
+            msg = "EventBus.pipeline: no handler is registered. Hint: bus.register('click', h)."
+            raise ValueError(msg)
+        stream: Any = Pipeline(name).read(source)
+        if key is not None:
+            stream = stream.key_by(key)
+        handled = stream.dispatch(self.handlers(), default="dead_letter", on_error=on_error)
+        result: Pipeline = handled.write(sink or memory("results"))
+        return result

@@ -1,0 +1,121 @@
+"""The classic EventBus API, and the same bus as an evflow dataflow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operators import Event
+from pipelines import EventBus, Handler, sinks, sources
+
+CLASSIC = textwrap.dedent("""
+    from pipelines import Event, EventBus, Handler
+
+    class ClickEvent(Event):
+        def get_type(self): return "click"
+    class ClickHandler(Handler):
+        def handle(self, event): print("handled click")
+    bus = EventBus(); bus.register("click", ClickHandler()); bus.publish(ClickEvent())
+""")
+
+CLASSIC_TWO = textwrap.dedent('''
+    from pipelines import Event, EventBus, Handler
+
+    class ClickEvent(Event):
+        def get_type(self): return "click"
+
+    class UpdateEvent:
+        """A plain class with get_type(): no pydantic fields at all."""
+        def get_type(self): return "update"
+
+    class ClickHandler(Handler):
+        def handle(self, event): print("handled click")
+
+    class UpdateHandler(Handler):
+        def handle(self, event): print("handled update")
+
+    bus = EventBus()
+    bus.register("click", ClickHandler())
+    bus.register("update", UpdateHandler())
+    bus.publish(ClickEvent())
+    bus.publish(UpdateEvent())
+''')
+
+
+def run_script(tmp_path: Path, code: str) -> str:
+    script = tmp_path / "bus_example.py"
+    script.write_text(code)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout
+
+
+def test_the_classic_example_runs_verbatim(tmp_path: Path) -> None:
+    assert run_script(tmp_path, CLASSIC) == "handled click\n"
+    assert run_script(tmp_path, CLASSIC_TWO) == "handled click\nhandled update\n"
+
+
+class Click(Event):
+    def get_type(self) -> str:
+        return "click"
+
+
+class Note(Handler):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def handle(self, event: Any) -> str:
+        self.seen.append(event.get_type())
+        return f"noted {event.get_type()}"
+
+
+def test_register_publish_unregister_and_unhandled() -> None:
+    bus = EventBus()
+    note = Note()
+    bus.register("click", note)
+    bus.register(Click, lambda e: "by class")
+    assert bus.publish(Click()) == ["by class", "noted click"]
+    bus.unregister("click", note)
+    assert bus.publish(Click()) == ["by class"]
+    assert bus.publish(object()) == [] and len(bus.unhandled) == 1
+    with pytest.raises(ValueError, match=r"unregister: .* is not registered for 'click'"):
+        bus.unregister("click", note)
+    with pytest.raises(
+        TypeError,
+        match=r"register: handler must be a function or an object "
+        r"with handle\(event\); got int 5",
+    ):
+        bus.register("click", 5)
+    with pytest.raises(TypeError, match=r"register: event_type must be a type name or a class"):
+        bus.register(3, note)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Can't instantiate abstract class"):
+        Handler()  # type: ignore[abstract]
+
+
+class Hover(Event):
+    target: str = "x"
+
+
+def test_the_same_bus_as_a_dataflow() -> None:
+    bus = EventBus()
+    bus.register("click", lambda e: ("click", e.id))
+    bus.register(Hover, lambda e: ("hover", e.target))
+    events = [Click(id=f"c{i}") for i in range(5)] + [Hover(target="menu")] + [object()]
+    result = bus.pipeline(sources.memory(events, partitions=2)).run(workers=2)
+    assert sorted(result["results"]) == sorted(
+        [("click", f"c{i}") for i in range(5)] + [("hover", "menu")]
+    )
+    [dead] = result.dead_letters
+    assert dead.kind == "unhandled" and result.reconciles
+    keyed = bus.pipeline(
+        sources.memory(events[:-1]), key=lambda e: e.type, sink=sinks.memory("out"), name="bus2"
+    ).run(processes=2)
+    assert len(keyed["out"]) == 6 and keyed.reconciles
+    with pytest.raises(ValueError, match=r"EventBus.pipeline: no handler is registered"):
+        EventBus().pipeline(sources.memory([]))

@@ -1,0 +1,271 @@
+"""dispatch: handlers by type, results flowing on, failures, keys, async, exhaustiveness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any, Literal
+
+import pytest
+
+from operators import Event
+from pipelines import Pipeline, PipelineHalted, retry, sinks, sources, stateful, testing
+from tests.helpers import Purchase, View, multiset
+
+
+class Refund(Event):
+    type: Literal["refund"] = "refund"
+    user: str
+    amount: float
+
+
+class BigPurchase(Purchase):
+    type: Literal["big_purchase"] = "big_purchase"  # type: ignore[assignment]
+
+
+def test_by_exact_class_base_class_and_type_name() -> None:
+    events = [
+        Purchase(user="a", amount=1),
+        BigPurchase(user="b", amount=900),
+        Refund(user="c", amount=2),
+        View(user="d"),
+    ]
+    s = Pipeline("d").read(sources.memory(events))
+    handled = s.dispatch(
+        {
+            Purchase: lambda e: f"purchase {e.user}",  # BigPurchase resolves here too
+            "refund": [lambda e: f"audit {e.user}", lambda e: f"notify {e.user}"],
+            View: lambda e: None,  # handled, nothing flows on
+        }
+    )
+    r = handled.write(sinks.memory("o")).run()
+    assert sorted(r["o"]) == ["audit c", "notify c", "purchase a", "purchase b"]
+    step = r.counts["dispatch"]
+    assert (step.received, step.out, step.created, step.handled) == (4, 4, 1, 1)
+    assert r.reconciles
+
+
+class Auditor:
+    """A handler object: its handle() is called."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def handle(self, event: Any) -> list[Any]:
+        self.seen.append(event.user)
+        return [event.user, event.amount]  # a list: two values flow on
+
+
+def test_handler_objects_iterables_tuples_and_default() -> None:
+    auditor = Auditor()
+    events = [Refund(user="a", amount=3), View(user="v"), Purchase(user="p", amount=1)]
+    s = Pipeline("d").read(sources.memory(events))
+    r = (
+        s.dispatch(
+            {Refund: auditor, Purchase: lambda e: (e.user, e.amount)},
+            default=lambda e: iter(["default", e.type]),
+        )
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert auditor.seen == ["a"]
+    assert sorted(map(str, r["o"])) == sorted(["a", "3.0", "('p', 1.0)", "default", "view"])
+    assert r.reconciles
+
+
+def test_unhandled_events_become_dead_letters() -> None:
+    s = Pipeline("d").read(sources.memory([Purchase(user="a", amount=1), View(user="b")]))
+    r = s.dispatch({Purchase: lambda e: e}, default="dead_letter").write(sinks.memory("o")).run()
+    [dead] = r.dead_letters
+    assert dead.kind == "unhandled" and dead.message == "no handler for View"
+    assert r.reconciles and len(r["o"]) == 1
+
+
+def test_exhaustiveness_is_checked_when_the_step_is_added() -> None:
+    s = Pipeline("d").read(sources.memory([], schema=Purchase | Refund | View))
+    with pytest.raises(
+        ValueError,
+        match=r"step 'dispatch' \(dispatch\): no handler for Refund, "
+        r"View, which stream 'read_memory' carries\. Hint: "
+        r"register a handler for each, or make it explicit "
+        r"with default='dead_letter'",
+    ):
+        s.dispatch({Purchase: print})
+    s.dispatch({Purchase: print}, default="dead_letter")  # explicit: fine
+    s.dispatch({Purchase: print, "refund": print, View: print})  # covered by name and class
+    s.dispatch({Event: print})  # a base class covers everything
+
+
+def test_misuse_is_caught_when_the_step_is_added() -> None:
+    s = Pipeline("d").read(sources.memory([]))
+    with pytest.raises(
+        TypeError,
+        match=r"handler for Purchase must be a function or an object "
+        r"with handle\(event\); got int 3",
+    ):
+        s.dispatch({Purchase: 3})
+    with pytest.raises(TypeError, match=r"handlers must be a non-empty mapping"):
+        s.dispatch({})
+    with pytest.raises(TypeError, match=r"3 is neither an event class nor a type name"):
+        s.dispatch({3: print})  # type: ignore[dict-item]
+    with pytest.raises(
+        TypeError,
+        match=r"stateful handlers keep one state per key, so they need "
+        r"a keyed stream",
+    ):
+        s.dispatch({Purchase: stateful(lambda st, e: (st, e))})
+    with pytest.raises(ValueError, match=r"concurrency must be a positive int; got 0"):
+        s.dispatch({Purchase: print}, concurrency=0)
+    with pytest.raises(TypeError, match=r"stateful\(fn, initial=...\) needs callables"):
+        stateful(3)  # type: ignore[arg-type]
+
+
+POISON = 31_337
+
+
+def picky(e: Purchase) -> float:
+    if e.amount == POISON:
+        raise ValueError("cannot price this one")
+    return e.amount
+
+
+def test_a_poison_event_among_100_000_is_a_dead_letter_after_retries() -> None:
+    events = [Purchase(user=f"u{i % 50}", amount=i, id=f"p{i}") for i in range(100_000)]
+    s = Pipeline("poison").read(sources.memory(events, partitions=2))
+    for keyed in (False, True):
+        stream = s.key_by(lambda e: e.user) if keyed else s
+        r = (
+            stream.dispatch({Purchase: picky}, on_error=retry(3, backoff=0.001))
+            .write(sinks.memory("o"))
+            .run(workers=2)
+        )
+        [dead] = r.dead_letters
+        assert dead.attempts == 3 and dead.message == "cannot price this one"
+        assert dead.function is not None and "picky" in dead.function
+        assert len(r["o"]) == 99_999 and r.reconciles
+
+
+def test_a_key_that_always_fails_does_not_block_others() -> None:
+    events = [Purchase(user="bad" if i % 10 == 0 else f"u{i % 7}", amount=i) for i in range(500)]
+
+    def fussy(e: Purchase) -> str:
+        if e.user == "bad":
+            raise RuntimeError("bad user")
+        return e.user
+
+    r = (
+        Pipeline("k")
+        .read(sources.memory(events, batch_size=20))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: fussy})
+        .write(sinks.memory("o"))
+        .run(workers=2)
+    )
+    assert len(r["o"]) == 450 and r.dead == 50 and r.reconciles
+
+
+def test_halt_in_a_keyed_dispatch_stops_with_the_users_error() -> None:
+    def stop(e: Purchase) -> None:
+        raise KeyError("no route for " + e.user)
+
+    p = (
+        Pipeline("h")
+        .read(sources.memory([Purchase(user="a", amount=1)]))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: stop}, on_error="halt")
+        .write(sinks.memory("o"))
+    )
+    with pytest.raises(PipelineHalted, match=r"halted at step 'dispatch'") as info:
+        p.run()
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def order_state(state: dict[str, Any], e: Event) -> tuple[dict[str, Any], Any]:
+    state = {**state, "events": state.get("events", 0) + 1, "last": e.type}
+    return state, (getattr(e, "user", ""), state["events"], e.type)
+
+
+def test_keyed_stateful_handlers_and_1_2_4_workers_agree() -> None:
+    events = [
+        Purchase(user=f"u{i % 13}", amount=i, id=f"e{i}")
+        if i % 4
+        else Refund(user=f"u{i % 13}", amount=i, id=f"e{i}")
+        for i in range(2000)
+    ]
+    p = (
+        Pipeline("s")
+        .read(sources.memory(events, batch_size=64))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: stateful(order_state), Refund: stateful(order_state)})
+        .write(sinks.memory("o"))
+    )
+    runs = [p.run(workers=w) for w in (1, 2, 4)]
+    assert multiset(runs[0]["o"]) == multiset(runs[1]["o"]) == multiset(runs[2]["o"])
+    # one state per key, shared by both handlers: each key's count runs 1..n without gaps
+    per_key = Counter(user for user, _, _ in runs[0]["o"])
+    for user, n in per_key.items():
+        assert sorted(c for u, c, _ in runs[0]["o"] if u == user) == list(range(1, n + 1))
+    unkeyed = (
+        Pipeline("s")
+        .read(sources.memory(events, partitions=3))
+        .dispatch({Purchase: lambda e: e.id, Refund: lambda e: e.id})
+        .write(sinks.memory("o"))
+    )
+    outs = [unkeyed.run(workers=w)["o"] for w in (1, 2, 4)]
+    assert sorted(outs[0]) == sorted(outs[1]) == sorted(outs[2])
+
+
+async def slow_echo(e: Purchase) -> tuple[str, float]:
+    await asyncio.sleep(0.02 if int(e.amount) % 2 else 0.001)  # later events can finish first
+    return (e.user, e.amount)
+
+
+def test_async_handlers_run_concurrently_and_keep_order() -> None:
+    events = [Purchase(user=f"u{i % 3}", amount=i) for i in range(60)]
+    p = (
+        Pipeline("a")
+        .read(sources.memory(events))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: slow_echo}, concurrency=30)
+        .write(sinks.memory("o"))
+    )
+    started = time.perf_counter()
+    r = p.run()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 30 * 0.02  # sequentially: 30 slow calls of 20 ms at least
+    for user in ("u0", "u1", "u2"):
+        amounts = [a for u, a in r["o"] if u == user]
+        assert amounts == sorted(amounts)  # per-key order kept
+    assert len(r["o"]) == 60 and r.reconciles
+
+
+async def flaky_async(e: Purchase) -> float:
+    if e.amount == 3:
+        raise ConnectionError("service down")
+    return e.amount
+
+
+def test_async_failures_follow_the_policy() -> None:
+    events = [Purchase(user="u", amount=i) for i in range(6)]
+    r = (
+        Pipeline("a")
+        .read(sources.memory(events))
+        .dispatch({Purchase: flaky_async}, on_error=retry(2, backoff=0))
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sorted(r["o"]) == [0, 1, 2, 4, 5]
+    [dead] = r.dead_letters
+    assert dead.attempts == 2 and dead.error_type == "ConnectionError"
+
+
+def test_dispatch_through_the_test_seam() -> None:
+    p = (
+        Pipeline("seam")
+        .read(sources.memory([], schema=Purchase))
+        .dispatch({Purchase: lambda e: e.amount * 2})
+        .write(sinks.memory("o"))
+    )
+    r = testing.run(p, [Purchase(user="a", amount=2)])
+    assert r["o"] == [4.0]
