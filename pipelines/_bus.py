@@ -176,8 +176,12 @@ class EventBus:
         """Return a copy of the registrations."""
         return {k: list(v) for k, v in self._handlers.items()}
 
-    def publish(self, event: Any) -> list[Any]:
-        """Deliver ``event`` now to every handler of its type; return their results."""
+    def publish(self, event: Any) -> None:
+        """Deliver ``event`` now to every handler of its type, in registration order.
+
+        Handlers registered for a class (or a base class) come first, then those
+        registered for the type name ``event.get_type()``.
+        """
         found: list[Any] = []
         for cls in type(event).__mro__:
             found += self._handlers.get(cls, [])
@@ -186,13 +190,9 @@ class EventBus:
             found += self._handlers.get(get_type(), [])
         if not found:
             self.unhandled.append(event)
-        results = []
         for handler in found:
             call = handler.handle if callable(getattr(handler, "handle", None)) else handler
-            value = call(event)
-            if value is not None:
-                results.append(value)
-        return results
+            call(event)
 
     def pipeline(
         self,
