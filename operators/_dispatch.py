@@ -48,6 +48,7 @@ _IN, _OUT, _DEAD, _SKIPPED, _CREATED, _HANDLED = (
     COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "skipped", "created", "handled")
 )
 _MISS = object()
+_ONE = frozenset({str, int, float, tuple, dict, bytes, bool})
 
 
 class Stateful:
@@ -167,15 +168,80 @@ class Dispatch:
         refs = [h for hs in dispatcher.by_class.values() for h in hs]
         refs += [h for hs in dispatcher.by_name.values() for h in hs] + dispatcher.default
         self.has_async = any(h.is_async for h in refs)
+        self.has_stateful = any(h.stateful for h in refs)
 
     def run(
+        self,
+        events: list[Any],
+        keys: list[str] | None,
+        row: list[int],
+        dead: list[DeadLetter],
+        states: dict[str, Any] | None,
+    ) -> list[Any]:
+        """Deliver events (with their keys, if keyed); return the results, in order."""
+        if not self.has_async and not self.has_stateful:
+            return self._run_plain(events, row, dead)
+        pairs = zip(keys, events, strict=True) if keys is not None else ((None, e) for e in events)
+        return self._run_general(pairs, row, dead, states)
+
+    def _run_plain(self, events: list[Any], row: list[int], dead: list[DeadLetter]) -> list[Any]:
+        """The common case, kept tight: plain handlers, called in place."""
+        out: list[Any] = []
+        append = out.append
+        cached = self.dispatcher.cache.get
+        resolve = self.dispatcher._resolve
+        handled = created = emitted = 0
+        for event in events:
+            handlers = cached(event.__class__)
+            if handlers is None:
+                handlers = resolve(event)
+            if len(handlers) == 1:
+                handler = handlers[0]
+                try:
+                    value = handler.fn(event)
+                except Exception as exc:  # noqa: BLE001 - the policy decides
+                    ok, value = self._call(handler, None, event, None, row, dead, exc)
+                    if not ok:
+                        continue
+                if value is None:
+                    handled += 1
+                elif value.__class__ in _ONE or _single(value):
+                    append(value)
+                    emitted += 1
+                else:
+                    self._emit(value, out, row)
+                continue
+            if not handlers:
+                row[_DEAD] += 1
+                dead.append(
+                    self._letter(
+                        event,
+                        "unhandled",
+                        "UnhandledEvent",
+                        f"no handler for {type(event).__name__}",
+                        None,
+                        1,
+                    )
+                )
+                continue
+            created += len(handlers) - 1
+            for handler in handlers:
+                ok, value = self._call(handler, None, event, None, row, dead)
+                if ok:
+                    self._emit(value, out, row)
+        row[_IN] += len(events)
+        row[_HANDLED] += handled
+        row[_OUT] += emitted
+        row[_CREATED] += created
+        return out
+
+    def _run_general(
         self,
         records: Iterable[tuple[str | None, Any]],
         row: list[int],
         dead: list[DeadLetter],
         states: dict[str, Any] | None,
     ) -> list[Any]:
-        """Deliver ``(key, event)`` records; return what the handlers returned, in order."""
         out: list[Any] = []
         waiting: list[tuple[list[Any], HandlerRef, Any, Any]] = []
         slots: list[Any] = []  # with async handlers: results per delivery, in order
@@ -344,7 +410,7 @@ class DispatchOp(StageOp):
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Deliver and pass the handlers' results on."""
         row = run.table[self.index]
-        results = self.dispatch.run(((None, e) for e in items), row, run.dead, None)
+        results = self.dispatch.run(items, None, row, run.dead, None)
         _fan_out(self.nexts, results, run, out, row)
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
@@ -371,8 +437,9 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
         results: list[Any] = []
         try:
             for marked in values:
+                records = marked.records
                 results += self.dispatch.run(
-                    ((k, e) for k, _, e in marked.records), row, dead, self.states
+                    [r[2] for r in records], [r[0] for r in records], row, dead, self.states
                 )
         except Exception as exc:  # noqa: BLE001 - a halt stops the run cleanly
             self.counters.halt(exc)
