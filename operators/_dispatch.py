@@ -185,7 +185,7 @@ class Dispatch:
         return self._run_general(pairs, row, dead, states)
 
     def _run_plain(self, events: list[Any], row: list[int], dead: list[DeadLetter]) -> list[Any]:
-        """The common case, kept tight: plain handlers, called in place."""
+        """Deliver to plain handlers, called in place: the common case, kept tight."""
         out: list[Any] = []
         append = out.append
         cached = self.dispatcher.cache.get
