@@ -82,11 +82,6 @@ class Source(ABC):
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open a reader on ``partition``, resuming at ``resume`` if given."""
 
-    @property
-    def needs_parse(self) -> bool:
-        """Whether records are raw (text, dicts) and need the schema."""
-        return self.schema is not None
-
 
 class _Partition(StatefulSourcePartition[Chunk, Any]):
     """One partition's reader; a failure halts the run instead of the engine."""

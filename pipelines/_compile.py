@@ -259,18 +259,28 @@ def _window_spec(
 
 def _dispatch(pipeline: Pipeline, node: Node) -> Dispatch:
     """Build the delivery logic of a dispatch step (handlers indexed once)."""
-    index = 0
-    refs: dict[Any, list[HandlerRef]] = {}
-    for event_type, handlers in node.params["table"].items():
-        refs[event_type] = []
-        for handler in handlers:
-            refs[event_type].append(HandlerRef(handler, index))
-            index += 1
-    default = [HandlerRef(h, index + i) for i, h in enumerate(node.params["default"])]
+    # One HandlerRef per handler object and one list per set of handlers, however
+    # many types share them: delivery then touches the same few objects for
+    # every event, whatever the number of registered types.
+    made: dict[int, HandlerRef] = {}
+    lists: dict[tuple[int, ...], list[HandlerRef]] = {}
+
+    def ref(handler: Any) -> HandlerRef:
+        found = made.get(id(handler))
+        if found is None:
+            found = made[id(handler)] = HandlerRef(handler, len(made))
+        return found
+
+    def refs_for(handlers: list[Any]) -> list[HandlerRef]:
+        refs = [ref(h) for h in handlers]
+        return lists.setdefault(tuple(id(r) for r in refs), refs)
+
+    table = {event_type: refs_for(hs) for event_type, hs in node.params["table"].items()}
+    default = refs_for(node.params["default"])
     return Dispatch(
         pipeline.name,
         node.name,
-        Dispatcher(refs, default),
+        Dispatcher(table, default),
         node.policy,
         node.params["concurrency"],
     )
