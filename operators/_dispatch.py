@@ -124,13 +124,13 @@ class Dispatcher:
 
     def handlers_for(self, event: Any) -> list[HandlerRef]:
         """Return the handlers of ``event`` (empty: unhandled)."""
-        found = self.cache.get(event.__class__, _MISS)
+        found = self.cache.get(type(event), _MISS)
         if found is _MISS:
             return self._resolve(event)
         return found  # type: ignore[return-value]
 
     def _resolve(self, event: Any) -> list[HandlerRef]:
-        cls = event.__class__
+        cls = type(event)
         for base in cls.__mro__:
             handlers = self.by_class.get(base)
             if handlers is not None:
@@ -192,7 +192,7 @@ class Dispatch:
         resolve = self.dispatcher._resolve
         handled = created = emitted = 0
         for event in events:
-            handlers = cached(event.__class__)
+            handlers = cached(type(event))
             if handlers is None:
                 handlers = resolve(event)
             if len(handlers) == 1:
