@@ -7,6 +7,16 @@ package compiles its fluent graphs onto them.
 from operators import agg, windows
 from operators._deadletter import PAYLOAD_LIMIT, DeadLetter, ErrorKind, Origin, payload_text
 from operators._event import Event, Schema, event_classes, schema_adapter, type_name
+from operators._ops import (
+    FilterOp,
+    FlatMapOp,
+    ForwardOp,
+    InspectOp,
+    IsInstance,
+    KeyCheckOp,
+    MapOp,
+)
+from operators._parse import ParseOp
 from operators._policy import ErrorPolicy, PipelineHalted, Policy, as_policy, retry
 from operators._sinks import (
     CallbackSink,
@@ -35,16 +45,8 @@ from operators._stage import (
     Chunk,
     Counters,
     Exit,
-    FilterOp,
-    FlatMapOp,
-    ForwardOp,
-    InspectOp,
-    IsInstance,
-    KeyCheckOp,
-    MapOp,
     Node,
     Packet,
-    ParseOp,
     StageOp,
     describe_function,
     run_stage,

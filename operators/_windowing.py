@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import heapq
 import math
-import operator
 import time
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
-from operators._policy import ErrorPolicy
-from operators._stage import COUNTER_FIELDS, Counters, Node, Packet, StageOp, _fan_out, _Run
+from operators._keying import Marked
+from operators._stage import COUNTER_FIELDS, Counters
 from operators.agg import Aggregator
 from operators.windows import (
     Clock,
@@ -45,20 +43,8 @@ from operators.windows import (
     Window,
 )
 
-__all__ = [
-    "BUCKETS",
-    "Bucketize",
-    "ClockOp",
-    "Marked",
-    "SplitOp",
-    "WindowLogic",
-    "WindowSpec",
-    "event_seconds",
-    "make_adder",
-]
+__all__ = ["WindowLogic", "WindowSpec", "make_adder"]
 
-#: Key buckets: the unit of window state that bytewax routes to workers.
-BUCKETS = 32
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (
     COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open")
 )
@@ -66,150 +52,7 @@ _NEVER = -math.inf
 _DONE = math.inf
 
 
-def event_seconds(value: Any) -> float:
-    """Turn an event time (aware datetime, or epoch seconds) into seconds.
-
-    >>> event_seconds(datetime(1970, 1, 1, 0, 1, tzinfo=timezone.utc))
-    60.0
-    """
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            msg = (
-                f"event time {value.isoformat()} has no timezone; evflow needs aware "
-                f"timestamps. Hint: declare the field as pydantic AwareDatetime."
-            )
-            raise ValueError(msg)
-        return value.timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    msg = f"event time must be an aware datetime or epoch seconds; got {value!r}."
-    raise TypeError(msg)
-
-
-class ClockOp(StageOp):
-    """Give each event its key and time: ``(key, ts, event)``."""
-
-    kind = "aggregate"
-
-    def __init__(
-        self,
-        step: str,
-        index: int,
-        key: Callable[[Any], str],
-        clock: Clock | None,
-        policy: ErrorPolicy,
-        nexts: Sequence[Node] = (),
-        *,
-        kind: str = "aggregate",
-    ) -> None:
-        """Make the clock for keyed step ``step`` (an aggregate or a keyed dispatch)."""
-        super().__init__(step, index, key, policy, nexts)
-        self.key = key
-        self.kind = kind
-        if isinstance(clock, EventTime):
-            read = clock.fn or operator.attrgetter(clock.field or "time")
-
-            def time_of(event: Any) -> float:
-                value = read(event)
-                if value.__class__ is datetime and value.tzinfo is not None:
-                    return float(value.timestamp())
-                return event_seconds(value)
-
-            self.time_of: Callable[[Any], float] = time_of
-        else:
-            self.time_of = lambda e: time.time()
-
-    def call(self, item: Any) -> Any:
-        """Key and time one event."""
-        key = self.key(item)
-        if not isinstance(key, str):
-            msg = (
-                f"step {self.step!r} ({self.kind}): key function {self.function} must return "
-                f"str; got {type(key).__name__} {key!r}."
-            )
-            raise TypeError(msg)
-        return (key, self.time_of(item), item)
-
-    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
-        """Key and time a list (not counted: the aggregate step counts)."""
-        key_of = self.key
-        time_of = self.time_of
-        row = run.table[self.index]
-        records: list[Any] = []
-        append = records.append
-        it = iter(items)
-        while True:
-            try:
-                for x in it:
-                    key = key_of(x)
-                    if key.__class__ is not str:
-                        self.call(x)  # raises the key error, with its message
-                    append((key, time_of(x), x))
-                break
-            except Exception as exc:  # noqa: BLE001 - handed to the policy
-                row[_IN] += 1
-                ok, value = self.recover(x, exc, run, row)
-                if ok:
-                    row[_IN] -= 1
-                    append(value)
-        _fan_out(self.nexts, records, run, out, row)
-
-    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
-        """Unused: the clock overrides `push`."""
-        raise NotImplementedError
-
-
-@dataclass
-class Marked:
-    """One bucket's share of a chunk, with its partition's progress."""
-
-    partition: str
-    latest: float
-    eof: bool
-    records: list[tuple[str, float, Any]] = field(default_factory=list)
-
-
-class Bucketize:
-    """Split an exit of packets into per-bucket `Marked` items (a flat_map_batch)."""
-
-    def __init__(self, exit_index: int, buckets: int = BUCKETS) -> None:
-        """Read exit ``exit_index`` of each packet."""
-        self.exit_index = exit_index
-        self.buckets = buckets
-        self.cache: dict[str, int] = {}
-
-    def bucket_of(self, key: str) -> int:
-        """Return a key's bucket (stable across processes)."""
-        bucket = self.cache.get(key)
-        if bucket is None:
-            if len(self.cache) > 100_000:
-                self.cache.clear()
-            bucket = self.cache[key] = zlib.crc32(key.encode()) % self.buckets
-        return bucket
-
-    def __call__(self, packets: list[Packet]) -> list[tuple[str, Marked]]:
-        """Group records by bucket; every bucket gets the partition's progress."""
-        out: list[tuple[str, Marked]] = []
-        n = self.buckets
-        for packet in packets:
-            records = packet.exits[self.exit_index] if packet.exits else []
-            if not records and not packet.eof:
-                continue
-            groups: list[list[Any]] = [[] for _ in range(n)]
-            bucket_of = self.cache.get
-            latest = _NEVER
-            for record in records:
-                b = bucket_of(record[0])
-                if b is None:
-                    b = self.bucket_of(record[0])
-                groups[b].append(record)
-                if record[1] > latest:
-                    latest = record[1]
-            part = packet.origin_id
-            out.extend((str(b), Marked(part, latest, packet.eof, groups[b])) for b in range(n))
-        return out
-
-
+#: Key buckets: the unit of window state that bytewax routes to workers.
 def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], None]:
     """Generate ``add(accs, event, ts)`` for these aggregators, all or nothing.
 
@@ -638,30 +481,3 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             "wins": self.wins,
             "heap": list(self.heap),
         }
-
-
-class SplitOp(Node):
-    """Root of the stage after an aggregate: results, late events, dead letters."""
-
-    def __init__(self, results: Sequence[Node], late: Sequence[Node], row: int) -> None:
-        """Send results and late events to their branches."""
-        self.results = list(results)
-        self.late = list(late)
-        self.row = row
-
-    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
-        """Split tagged outputs of the aggregate."""
-        results: list[Any] = []
-        late: list[Any] = []
-        for tag, value in items:
-            if tag == "r":
-                results.append(value)
-            elif tag == "l":
-                late.append(value)
-            else:
-                run.dead.append(value)
-        row = run.table[self.row]
-        if results:
-            _fan_out(self.results, results, run, out, row)
-        if late:
-            _fan_out(self.late, late, run, out, row)

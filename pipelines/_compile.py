@@ -37,7 +37,8 @@ from operators import (
 )
 from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
-from operators._windowing import Bucketize, ClockOp, Marked, SplitOp, WindowLogic, WindowSpec
+from operators._keying import Bucketize, ClockOp, Marked, SplitOp
+from operators._windowing import WindowLogic, WindowSpec
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from operators import Event, agg, windows
+from operators._keying import Marked
 from operators._stage import Counters
-from operators._windowing import Marked, WindowLogic, WindowSpec
+from operators._windowing import WindowLogic, WindowSpec
 from pipelines import Pipeline, sinks, sources, testing
 from tests.helpers import multiset
 
