@@ -151,15 +151,17 @@ class Pipeline:
 
         check(self)
 
-    def run(self, *, workers: int = 1, processes: int = 1) -> RunResult:
+    def run(self, *, workers: int = 1, processes: int = 1, monitor: Any = None) -> RunResult:
         """Run and return the result: ``workers`` threads in each of ``processes``.
 
         With ``processes > 1`` this process forks a cluster of that many on
         loopback (bytewax's own cluster); results do not depend on either count.
+        ``monitor`` (one process) is called with the compiled pipeline before it
+        runs, for live views.
         """
         from pipelines._run import run
 
-        return run(self, workers=workers, processes=processes)
+        return run(self, workers=workers, processes=processes, monitor=monitor)
 
     def __repr__(self) -> str:
         """Show the name and steps."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import json
+import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from pipelines._builder import Pipeline
+from pipelines._result import RunResult
 
 __all__ = ["load_target", "main"]
 
@@ -92,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("target", help="catalog name, module:attribute or file.py:attribute")
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
     run.add_argument("-p", "--processes", type=int, default=1, help="processes on this host")
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print only the summary")
+    shown.add_argument("--json", action="store_true", help="print the summary as JSON")
+    shown.add_argument(
+        "--live", action="store_true", help="draw the live view even when not on a terminal"
+    )
     sub.add_parser("list", help="list the catalog")
     graph = sub.add_parser("graph", help="print a pipeline as a tree")
     graph.add_argument("target")
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, what) < 1:
                 fail(f"error: --{what} must be at least 1; got {getattr(args, what)}")
                 return 2
-        result = pipeline.run(workers=args.workers, processes=args.processes)
+        return _run(pipeline, args, console)
     except TargetError as exc:
         fail(f"error: {exc}")
         return 2
@@ -135,13 +146,62 @@ def main(argv: list[str] | None = None) -> int:
             fail("The above caused:")
         fail(_user_traceback(exc))
         return 1
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM stop a run the way Ctrl-C does (summary so far, exit 130)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
+    """Run with the live view (unless told otherwise) and print the summary."""
+    from pipelines._live import LiveView
+    from pipelines._run import counts_of
+
+    _stop_on_sigterm()
+    live = (args.live or console.is_terminal) and not (args.quiet or args.json)
+    if args.live:
+        console = Console(force_terminal=True, width=120)
+    view = LiveView(console)
+    started = time.perf_counter()
+    try:
+        if live and args.processes == 1:
+            with view:
+                result = pipeline.run(workers=args.workers, monitor=view)
+        else:
+            result = pipeline.run(
+                workers=args.workers,
+                processes=args.processes,
+                monitor=view if args.processes == 1 else None,
+            )
+    except KeyboardInterrupt:
+        compiled = view.compiled
+        sys.stderr.write("interrupted: the counts so far\n")
+        if compiled is not None:
+            counts = counts_of(compiled.counters.totals(), compiled.kinds)
+            partial = RunResult(
+                pipeline.name, {}, [], counts, args.workers, time.perf_counter() - started
+            )
+            _summary(partial, args, console)
+        return 130
+    _summary(result, args, console)
+    return 0 if result.reconciles else 1
+
+
+def _summary(result: RunResult, args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
     console.print(result.summary())
     if result.dead_letters:
         kinds: dict[str, int] = {}
         for letter in result.dead_letters:
-            kinds[f"{letter.step}: {letter.kind}"] = (
-                kinds.get(f"{letter.step}: {letter.kind}", 0) + 1
-            )
+            where = f"{letter.step}: {letter.kind}"
+            kinds[where] = kinds.get(where, 0) + 1
         for what, n in sorted(kinds.items()):
             console.print(f"  dead letters at {what}: {n}")
-    return 0 if result.reconciles else 1

@@ -145,6 +145,42 @@ class RunResult:
         )
         return self.read + self.created == total and all(c.balanced for c in self.counts.values())
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the summary as plain data (for JSON): totals, steps, dead letters by kind.
+
+        >>> from pipelines import Pipeline, sources, sinks
+        >>> r = Pipeline("p").read(sources.memory([1, 2])).write(sinks.memory("o")).run()
+        >>> d = r.to_dict()
+        >>> d["read"], d["written"], d["reconciles"], d["steps"]["memory_o"]["out"]
+        (2, 2, True, 2)
+        """
+        kinds: dict[str, int] = {}
+        for letter in self.dead_letters:
+            kinds[letter.kind] = kinds.get(letter.kind, 0) + 1
+        return {
+            "pipeline": self.pipeline,
+            "workers": self.workers,
+            "processes": self.processes,
+            "seconds": round(self.seconds, 6),
+            "read": self.read,
+            "written": self.written,
+            "filtered": self.filtered,
+            "unrouted": self.unrouted,
+            "dead": self.dead,
+            "skipped": self.skipped,
+            "created": self.created,
+            "aggregated": self.aggregated,
+            "handled": self.handled,
+            "open": self.open_windows,
+            "reconciles": self.reconciles,
+            "steps": {
+                step: {k: v for k, v in vars(c).items() if k != "step"}
+                for step, c in self.counts.items()
+            },
+            "dead_letters_kept": kinds,
+            "outputs": {name: len(items) for name, items in self.outputs.items()},
+        }
+
     def __getitem__(self, name: str) -> list[Any]:
         """Return the outputs of memory sink ``name``."""
         return self.outputs[name]

@@ -6,7 +6,7 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -14,7 +14,7 @@ from bytewax.testing import cluster_main, run_main
 
 from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, RunContext
 from pipelines._builder import Pipeline
-from pipelines._compile import compile_pipeline
+from pipelines._compile import Compiled, compile_pipeline
 from pipelines._result import RunResult, StepCounts
 
 __all__ = [
@@ -93,10 +93,17 @@ def execute(
     proc_id: int = 0,
     *,
     append_files: bool = False,
+    monitor: Callable[[Compiled], None] | None = None,
 ) -> Outcome:
-    """Compile and run ``pipeline`` in this process (one process of a cluster)."""
+    """Compile and run ``pipeline`` in this process (one process of a cluster).
+
+    ``monitor`` is called with the compiled pipeline before it runs; its
+    counters fill up while it runs (the live view reads them).
+    """
     ctx = RunContext(pipeline.name, append_files=append_files)
     compiled = compile_pipeline(pipeline, ctx, workers)
+    if monitor is not None:
+        monitor(compiled)
     error: BaseException | None = None
     try:
         with gc_tuned():
@@ -137,7 +144,13 @@ def result_of(
         for name, items in outcome.outputs.items():
             outputs.setdefault(name, []).extend(items)
         dead.extend(outcome.dead_letters)
-    counts = {
+    counts = counts_of(totals, kinds)
+    return RunResult(pipeline.name, outputs, dead, counts, workers, seconds, processes)
+
+
+def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[str, StepCounts]:
+    """Turn counter totals into `StepCounts` by step."""
+    return {
         step: StepCounts(
             step,
             kinds[step],
@@ -154,11 +167,19 @@ def result_of(
         )
         for step, row in totals.items()
     }
-    return RunResult(pipeline.name, outputs, dead, counts, workers, seconds, processes)
 
 
-def run(pipeline: Pipeline, *, workers: int = 1, processes: int = 1) -> RunResult:
-    """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes."""
+def run(
+    pipeline: Pipeline,
+    *,
+    workers: int = 1,
+    processes: int = 1,
+    monitor: Callable[[Compiled], None] | None = None,
+) -> RunResult:
+    """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
+
+    ``monitor`` (one process only) sees the compiled pipeline before it runs.
+    """
     for what, value in (("workers", workers), ("processes", processes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
@@ -168,7 +189,7 @@ def run(pipeline: Pipeline, *, workers: int = 1, processes: int = 1) -> RunResul
 
         return run_processes(pipeline, workers, processes)
     started = time.perf_counter()
-    outcome = execute(pipeline, workers)
+    outcome = execute(pipeline, workers, monitor=monitor)
     if outcome.error is not None:
         raise_error(outcome.error)
     return result_of(pipeline, [outcome], workers, 1, time.perf_counter() - started)

@@ -123,3 +123,56 @@ def test_run_on_two_processes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "sensors", "-p", "2"]) == 0
     out = capsys.readouterr().out
     assert "pipeline sensors: 1 worker(s) x 2 processes" in out and "reconciles" in out
+
+
+def test_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["run", "orders", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pipeline"] == "orders" and data["reconciles"] is True
+    assert data["read"] == 50_000 and data["steps"]["dispatch"]["kind"] == "dispatch"
+    assert data["dead"] == data["read"] + data["created"] - data["written"] - data["handled"]
+
+
+def test_quiet_and_live(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "sensors", "--quiet"]) == 0
+    quiet = capsys.readouterr().out
+    assert "pipeline sensors" in quiet and "events in" not in quiet
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", "clickstream", "--live"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    assert "events in" in done.stdout and "running for" in done.stdout
+    assert "pipeline clickstream" in done.stdout
+
+
+ENDLESS = """
+from pipelines import Pipeline, sources, sinks
+pipeline = (Pipeline("endless")
+            .read(sources.generate(lambda rng, i: i, count=None, rate=2000))
+            .filter(lambda n: n % 2 == 0).write(sinks.memory("o")))
+"""
+
+
+def test_sigterm_stops_and_prints_the_counts_so_far(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    app = tmp_path / "endless.py"
+    app.write_text(ENDLESS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted: the counts so far" in err
+    assert "pipeline endless" in out and "filter" in out
