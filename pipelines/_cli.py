@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("target", help="catalog name, module:attribute or file.py:attribute")
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process")
     run.add_argument("-p", "--processes", type=int, default=1, help="processes on this host")
+    run.add_argument(
+        "--addresses", help="join a cluster: host:port of every process, comma-separated"
+    )
+    run.add_argument("--process-id", type=int, default=0, help="this process's place in it")
+    run.add_argument(
+        "--allow-remote", action="store_true", help="allow addresses other than loopback"
+    )
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="print only the summary")
     shown.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -170,7 +177,17 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     view = LiveView(console)
     started = time.perf_counter()
     try:
-        if live and args.processes == 1:
+        if args.addresses:
+            from pipelines._processes import run_member
+
+            result = run_member(
+                pipeline,
+                args.workers,
+                args.addresses.split(","),
+                args.process_id,
+                allow_remote=args.allow_remote,
+            )
+        elif live and args.processes == 1:
             with view:
                 result = pipeline.run(workers=args.workers, monitor=view)
         else:

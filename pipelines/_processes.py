@@ -25,7 +25,7 @@ from pipelines._compile import check
 from pipelines._result import RunResult
 from pipelines._run import Outcome, execute, raise_error, result_of
 
-__all__ = ["free_ports", "run_processes"]
+__all__ = ["check_addresses", "free_ports", "run_member", "run_processes"]
 
 
 def free_ports(n: int) -> list[int]:
@@ -178,3 +178,58 @@ def run_processes(pipeline: Pipeline, workers: int, processes: int) -> RunResult
             raise_error(error)
         results.append(outcome)
     return result_of(pipeline, results, workers, processes, time.perf_counter() - started)
+
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def check_addresses(addresses: list[str], *, allow_remote: bool = False) -> list[str]:
+    """Check cluster addresses (``host:port``): loopback only, unless allowed.
+
+    >>> check_addresses(["127.0.0.1:2101", "localhost:2102"])
+    ['127.0.0.1:2101', 'localhost:2102']
+    """
+    checked = []
+    for address in addresses:
+        host, sep, port = address.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            msg = f"cluster address {address!r} is not host:port. Hint: 127.0.0.1:2101."
+            raise ValueError(msg)
+        if not allow_remote and not host.startswith(_LOOPBACK):
+            msg = (
+                f"cluster address {address!r} is not on loopback. Traffic between the "
+                f"processes of a cluster is unauthenticated and unencrypted (pickled "
+                f"records); keep it on a private network and pass --allow-remote (or "
+                f"allow_remote=True) to use other addresses."
+            )
+            raise ValueError(msg)
+        checked.append(f"{host}:{port}")
+    return checked
+
+
+def run_member(
+    pipeline: Pipeline,
+    workers: int,
+    addresses: list[str],
+    process_id: int,
+    *,
+    allow_remote: bool = False,
+) -> RunResult:
+    """Run this process's share of a cluster that other processes (or hosts) join.
+
+    Every member runs the same pipeline with the same ``addresses``; each
+    returns the counts and outputs of its own share.
+    """
+    addresses = check_addresses(addresses, allow_remote=allow_remote)
+    if not 0 <= process_id < len(addresses):
+        msg = (
+            f"process id {process_id} is not in 0..{len(addresses) - 1} for "
+            f"{len(addresses)} addresses."
+        )
+        raise ValueError(msg)
+    check(pipeline)
+    started = time.perf_counter()
+    outcome = execute(pipeline, workers, addresses, process_id, append_files=False)
+    if outcome.error is not None:
+        raise_error(outcome.error)
+    return result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)

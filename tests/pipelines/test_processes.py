@@ -109,3 +109,65 @@ def test_process_count_is_checked() -> None:
     p = Pipeline("c").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(ValueError, match=r"processes must be a positive int; got 0"):
         p.run(processes=0)
+
+
+MEMBER = """
+from pipelines import Pipeline, sources, sinks
+pipeline = (Pipeline("members").read(sources.memory(range(1000), partitions=4, batch_size=50))
+            .filter(lambda n: n % 3 == 0).write(sinks.memory("o")))
+"""
+
+
+def test_members_of_a_cluster_join_by_address(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pipelines._processes import free_ports
+
+    app = tmp_path / "member_app.py"
+    app.write_text(MEMBER)
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines",
+                "run",
+                f"{app}:pipeline",
+                "--json",
+                "--addresses",
+                addresses,
+                "--process-id",
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(o["read"] for o in outs) == 1000  # each process read its own partitions
+    assert sum(o["written"] for o in outs) == 334
+    assert all(o["processes"] == 2 for o in outs)
+
+
+def test_non_loopback_addresses_need_the_flag() -> None:
+    from pipelines._processes import check_addresses, run_member
+
+    p = Pipeline("c").read(sources.memory([1])).write(sinks.memory("o"))
+    with pytest.raises(
+        ValueError,
+        match=r"cluster address '10.1.2.3:2101' is not on loopback.*"
+        r"unauthenticated.*--allow-remote",
+    ):
+        run_member(p, 1, ["127.0.0.1:2100", "10.1.2.3:2101"], 0)
+    with pytest.raises(ValueError, match=r"'0.0.0.0:2101' is not on loopback"):
+        check_addresses(["0.0.0.0:2101"])
+    assert check_addresses(["10.1.2.3:2101"], allow_remote=True) == ["10.1.2.3:2101"]
+    with pytest.raises(ValueError, match=r"cluster address 'nowhere' is not host:port"):
+        check_addresses(["nowhere"])
+    with pytest.raises(ValueError, match=r"process id 2 is not in 0..1 for 2 addresses"):
+        run_member(p, 1, ["127.0.0.1:2100", "127.0.0.1:2101"], 2)
