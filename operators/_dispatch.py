@@ -212,17 +212,7 @@ class Dispatch:
                     self._emit(value, out, row)
                 continue
             if not handlers:
-                row[_DEAD] += 1
-                dead.append(
-                    self._letter(
-                        event,
-                        "unhandled",
-                        "UnhandledEvent",
-                        f"no handler for {type(event).__name__}",
-                        None,
-                        1,
-                    )
-                )
+                self._unhandled(event, row, dead)
                 continue
             created += len(handlers) - 1
             for handler in handlers:
@@ -249,17 +239,7 @@ class Dispatch:
             row[_IN] += 1
             handlers = self.dispatcher.handlers_for(event)
             if not handlers:
-                row[_DEAD] += 1
-                dead.append(
-                    self._letter(
-                        event,
-                        "unhandled",
-                        "UnhandledEvent",
-                        f"no handler for {type(event).__name__}",
-                        None,
-                        1,
-                    )
-                )
+                self._unhandled(event, row, dead)
                 continue
             if len(handlers) > 1:
                 row[_CREATED] += len(handlers) - 1
@@ -373,6 +353,11 @@ class Dispatch:
                 ok, value = True, result
             if ok:
                 self._emit(value, slot, row)
+
+    def _unhandled(self, event: Any, row: list[int], dead: list[DeadLetter]) -> None:
+        row[_DEAD] += 1
+        message = f"no handler for {type(event).__name__}"
+        dead.append(self._letter(event, "unhandled", "UnhandledEvent", message, None, 1))
 
     def _letter(
         self,
