@@ -136,6 +136,8 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
 
     def list_parts(self) -> list[str]:
         """List the partitions (none, and a halted run, if that fails)."""
+        if self.counters is not None:
+            self.counters.started()  # bytewax lists partitions once the cluster formed
         try:
             return self.source.partitions()
         except Exception as exc:

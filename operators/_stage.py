@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +123,13 @@ class Counters:
         self._tables: dict[int, list[list[int]]] = {}
         self._lock = threading.Lock()
         self.halted: BaseException | None = None
+        #: Called once when the dataflow starts on this process (its cluster formed).
+        self.on_start: Callable[[], None] | None = None
+
+    def started(self) -> None:
+        """Say that the dataflow has started here (sources are being listed)."""
+        if self.on_start is not None:
+            self.on_start()
 
     def halt(self, exc: BaseException) -> None:
         """Stop the run because of ``exc`` (the first one is kept)."""

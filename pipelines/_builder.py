@@ -151,17 +151,31 @@ class Pipeline:
 
         check(self)
 
-    def run(self, *, workers: int = 1, processes: int = 1, monitor: Any = None) -> RunResult:
+    def run(
+        self,
+        *,
+        workers: int = 1,
+        processes: int = 1,
+        monitor: Any = None,
+        formation_timeout: float = 30.0,
+    ) -> RunResult:
         """Run and return the result: ``workers`` threads in each of ``processes``.
 
         With ``processes > 1`` this process forks a cluster of that many on
         loopback (bytewax's own cluster); results do not depend on either count.
         ``monitor`` (one process) is called with the compiled pipeline before it
-        runs, for live views.
+        runs, for live views. A cluster that has not formed within
+        ``formation_timeout`` seconds is stopped with an error.
         """
         from pipelines._run import run
 
-        return run(self, workers=workers, processes=processes, monitor=monitor)
+        return run(
+            self,
+            workers=workers,
+            processes=processes,
+            monitor=monitor,
+            formation_timeout=formation_timeout,
+        )
 
     def __repr__(self) -> str:
         """Show the name and steps."""

@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--process-id", type=int, default=0, help="this process's place in it")
     run.add_argument(
+        "--formation-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a cluster of processes may take to form (default 30)",
+    )
+    run.add_argument(
         "--allow-remote", action="store_true", help="allow addresses other than loopback"
     )
     shown = run.add_mutually_exclusive_group()
@@ -195,6 +201,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
                 workers=args.workers,
                 processes=args.processes,
                 monitor=view if args.processes == 1 else None,
+                formation_timeout=args.formation_timeout,
             )
     except KeyboardInterrupt:
         compiled = view.compiled

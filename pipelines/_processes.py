@@ -21,7 +21,7 @@ from typing import Any
 
 from operators import JsonlSink
 from pipelines._builder import Pipeline
-from pipelines._compile import check
+from pipelines._compile import Compiled, check
 from pipelines._result import RunResult
 from pipelines._run import Outcome, execute, raise_error, result_of
 
@@ -64,10 +64,23 @@ def _check_picklable(pipeline: Pipeline, processes: int) -> None:
 
 
 def _child(
-    pipeline: Pipeline, workers: int, addresses: list[str], proc_id: int, conn: Connection
+    pipeline: Pipeline,
+    workers: int,
+    addresses: list[str],
+    proc_id: int,
+    conn: Connection,
+    formed: Any,
 ) -> None:
+    def signal_formed(compiled: Compiled) -> None:
+        def mark() -> None:
+            formed.value = 1
+
+        compiled.counters.on_start = mark
+
     try:
-        outcome = execute(pipeline, workers, addresses, proc_id, append_files=True)
+        outcome = execute(
+            pipeline, workers, addresses, proc_id, append_files=True, monitor=signal_formed
+        )
         error = outcome.error
         detail = None
         if error is not None:
@@ -106,8 +119,14 @@ def _portable(error: BaseException | None) -> BaseException | None:
         return RuntimeError(f"{type(error).__qualname__}: {error}")
 
 
-def run_processes(pipeline: Pipeline, workers: int, processes: int) -> RunResult:
-    """Run ``pipeline`` on ``processes`` processes of ``workers`` threads each."""
+def run_processes(
+    pipeline: Pipeline, workers: int, processes: int, formation_timeout: float = 30.0
+) -> RunResult:
+    """Run ``pipeline`` on ``processes`` processes of ``workers`` threads each.
+
+    A cluster whose processes have not all started their dataflow within
+    ``formation_timeout`` seconds is stopped with an error naming them.
+    """
     check(pipeline)
     _check_picklable(pipeline, processes)
     for node in pipeline.graph:
@@ -122,11 +141,13 @@ def run_processes(pipeline: Pipeline, workers: int, processes: int) -> RunResult
     started = time.perf_counter()
     procs = []
     pending: dict[Any, int] = {}
+    formed = [context.Value("i", 0) for _ in range(processes)]
+    deadline = time.monotonic() + formation_timeout
     for proc_id in range(processes):
         receive, send = context.Pipe(duplex=False)
         proc = context.Process(
             target=_child,
-            args=(pipeline, workers, addresses, proc_id, send),
+            args=(pipeline, workers, addresses, proc_id, send, formed[proc_id]),
             name=f"evflow-{pipeline.name}-{proc_id}",
             daemon=True,
         )
@@ -138,6 +159,15 @@ def run_processes(pipeline: Pipeline, workers: int, processes: int) -> RunResult
     failure: str | None = None
     try:
         while pending and failure is None:
+            waiting = [i for i, flag in enumerate(formed) if not flag.value]
+            if waiting and time.monotonic() > deadline:
+                failure = (
+                    f"the cluster of {processes} processes for pipeline {pipeline.name!r} did "
+                    f"not form within {formation_timeout:g} s: process(es) {waiting} never "
+                    f"started their dataflow; all were stopped. Hint: check that every "
+                    f"process can import the pipeline and reach the others' addresses."
+                )
+                break
             sentinels = {procs[i].sentinel: i for i in pending.values()}
             for ready in wait([*pending, *sentinels], timeout=1.0):
                 if isinstance(ready, Connection) and ready in pending:

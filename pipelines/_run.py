@@ -175,6 +175,7 @@ def run(
     workers: int = 1,
     processes: int = 1,
     monitor: Callable[[Compiled], None] | None = None,
+    formation_timeout: float = 30.0,
 ) -> RunResult:
     """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
 
@@ -187,7 +188,7 @@ def run(
     if processes > 1:
         from pipelines._processes import run_processes
 
-        return run_processes(pipeline, workers, processes)
+        return run_processes(pipeline, workers, processes, formation_timeout)
     started = time.perf_counter()
     outcome = execute(pipeline, workers, monitor=monitor)
     if outcome.error is not None:

@@ -171,3 +171,43 @@ def test_non_loopback_addresses_need_the_flag() -> None:
         check_addresses(["nowhere"])
     with pytest.raises(ValueError, match=r"process id 2 is not in 0..1 for 2 addresses"):
         run_member(p, 1, ["127.0.0.1:2100", "127.0.0.1:2101"], 2)
+
+
+class _Stuck(sources.Source):
+    """A source whose partitions cannot be listed: a process stuck before joining."""
+
+    @property
+    def label(self) -> str:
+        return "stuck"
+
+    def partitions(self) -> list[str]:
+        import time
+
+        time.sleep(120)
+        return ["p0"]
+
+    def open(self, partition: str, step: str, resume: object) -> sources.Source:  # type: ignore[override]
+        raise AssertionError("never opened")
+
+
+def test_a_cluster_that_does_not_form_is_stopped_in_time() -> None:
+    import time
+
+    # Windows list their partitions while the pipeline is compiled in each process,
+    # before the process joins the cluster: here that never ends.
+    p = (
+        Pipeline("stuck")
+        .read(_Stuck())
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=5))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        RuntimeError,
+        match=r"did not form within 2 s: process\(es\) \[0, 1\] "
+        r"never started",
+    ):
+        p.run(processes=2, formation_timeout=2)
+    assert time.monotonic() - started < 20
