@@ -150,6 +150,11 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         self.wins: dict[Any, Any] = state.get("wins", {})
         self.heap: list[tuple[float, str, float]] = state.get("heap", [])
         self.expiry: dict[str, float] = {}
+        if self.wins:
+            # Resumed: the restored windows are open in this run too.
+            held = self.wins.values()
+            restored = sum(len(v) for v in held) if isinstance(spec.window, Session) else len(held)
+            spec.counters.table()[spec.row][_OPEN] += restored
 
     # -- watermark ---------------------------------------------------------
 

@@ -9,6 +9,7 @@ put back together with ``|`` (graph union).
 from __future__ import annotations
 
 import keyword
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -158,6 +159,8 @@ class Pipeline:
         processes: int = 1,
         monitor: Any = None,
         formation_timeout: float = 30.0,
+        recovery: str | os.PathLike[str] | None = None,
+        snapshot_interval: float = 5.0,
     ) -> RunResult:
         """Run and return the result: ``workers`` threads in each of ``processes``.
 
@@ -165,7 +168,10 @@ class Pipeline:
         loopback (bytewax's own cluster); results do not depend on either count.
         ``monitor`` (one process) is called with the compiled pipeline before it
         runs, for live views. A cluster that has not formed within
-        ``formation_timeout`` seconds is stopped with an error.
+        ``formation_timeout`` seconds is stopped with an error. With
+        ``recovery`` (a directory, created private on first use), state is
+        snapshotted every ``snapshot_interval`` seconds and a later run with the
+        same directory resumes from the last snapshot.
         """
         from pipelines._run import run
 
@@ -175,6 +181,8 @@ class Pipeline:
             processes=processes,
             monitor=monitor,
             formation_timeout=formation_timeout,
+            recovery=recovery,
+            snapshot_interval=snapshot_interval,
         )
 
     def __repr__(self) -> str:

@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         "--addresses", help="join a cluster: host:port of every process, comma-separated"
     )
     run.add_argument("--process-id", type=int, default=0, help="this process's place in it")
+    run.add_argument("--recovery", help="directory for snapshots; a rerun resumes from them")
+    run.add_argument(
+        "--snapshot-interval", type=float, default=5.0, help="seconds between snapshots"
+    )
     run.add_argument(
         "--formation-timeout",
         type=float,
@@ -195,13 +199,20 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
             )
         elif live and args.processes == 1:
             with view:
-                result = pipeline.run(workers=args.workers, monitor=view)
+                result = pipeline.run(
+                    workers=args.workers,
+                    monitor=view,
+                    recovery=args.recovery,
+                    snapshot_interval=args.snapshot_interval,
+                )
         else:
             result = pipeline.run(
                 workers=args.workers,
                 processes=args.processes,
                 monitor=view if args.processes == 1 else None,
                 formation_timeout=args.formation_timeout,
+                recovery=args.recovery,
+                snapshot_interval=args.snapshot_interval,
             )
     except KeyboardInterrupt:
         compiled = view.compiled

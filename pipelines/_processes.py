@@ -23,7 +23,7 @@ from operators import JsonlSink
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, check
 from pipelines._result import RunResult
-from pipelines._run import Outcome, execute, raise_error, result_of
+from pipelines._run import Outcome, Recovery, execute, raise_error, result_of
 
 __all__ = ["check_addresses", "free_ports", "run_member", "run_processes"]
 
@@ -70,6 +70,7 @@ def _child(
     proc_id: int,
     conn: Connection,
     formed: Any,
+    recovery: Recovery | None,
 ) -> None:
     def signal_formed(compiled: Compiled) -> None:
         def mark() -> None:
@@ -79,7 +80,13 @@ def _child(
 
     try:
         outcome = execute(
-            pipeline, workers, addresses, proc_id, append_files=True, monitor=signal_formed
+            pipeline,
+            workers,
+            addresses,
+            proc_id,
+            append_files=True,
+            monitor=signal_formed,
+            recovery=recovery,
         )
         error = outcome.error
         detail = None
@@ -120,7 +127,11 @@ def _portable(error: BaseException | None) -> BaseException | None:
 
 
 def run_processes(
-    pipeline: Pipeline, workers: int, processes: int, formation_timeout: float = 30.0
+    pipeline: Pipeline,
+    workers: int,
+    processes: int,
+    formation_timeout: float = 30.0,
+    recovery: Recovery | None = None,
 ) -> RunResult:
     """Run ``pipeline`` on ``processes`` processes of ``workers`` threads each.
 
@@ -147,7 +158,7 @@ def run_processes(
         receive, send = context.Pipe(duplex=False)
         proc = context.Process(
             target=_child,
-            args=(pipeline, workers, addresses, proc_id, send, formed[proc_id]),
+            args=(pipeline, workers, addresses, proc_id, send, formed[proc_id], recovery),
             name=f"evflow-{pipeline.name}-{proc_id}",
             daemon=True,
         )

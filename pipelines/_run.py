@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
 from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, RunContext
@@ -75,6 +79,39 @@ def root_cause(exc: BaseException) -> BaseException:
     return innermost
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """Where snapshots go and how often: the run resumes from the last one."""
+
+    directory: Path
+    snapshot_interval: float = 5.0
+
+    @classmethod
+    def prepare(cls, directory: str | os.PathLike[str], snapshot_interval: float) -> Recovery:
+        """Create the store (private to this user) on first use; refuse an unsafe one.
+
+        A store others can write to could hold snapshots that run code on
+        resume, so evflow refuses it.
+        """
+        if snapshot_interval <= 0:
+            msg = f"snapshot_interval must be positive seconds; got {snapshot_interval!r}."
+            raise ValueError(msg)
+        path = Path(directory)
+        if not path.exists():
+            path.mkdir(parents=True, mode=0o700)
+        mode = path.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            msg = (
+                f"recovery directory {str(path)!r} can be written by other users (mode "
+                f"{stat.filemode(mode)}); its snapshots are pickles that run code when "
+                f"resumed, so evflow will not use it. Hint: chmod 700 {path}."
+            )
+            raise PermissionError(msg)
+        if not any(path.glob("*.sqlite3")):
+            init_db_dir(path, 1)  # type: ignore[no-untyped-call]
+        return cls(path, snapshot_interval)
+
+
 @dataclass
 class Outcome:
     """What one process of a run produced (sent to the parent when several run)."""
@@ -94,6 +131,7 @@ def execute(
     *,
     append_files: bool = False,
     monitor: Callable[[Compiled], None] | None = None,
+    recovery: Recovery | None = None,
 ) -> Outcome:
     """Compile and run ``pipeline`` in this process (one process of a cluster).
 
@@ -105,13 +143,23 @@ def execute(
     if monitor is not None:
         monitor(compiled)
     error: BaseException | None = None
+    options: dict[str, Any] = {}
+    if recovery is not None:
+        options = {
+            "recovery_config": RecoveryConfig(recovery.directory),  # type: ignore[no-untyped-call]
+            "epoch_interval": timedelta(seconds=recovery.snapshot_interval),
+        }
     try:
         with gc_tuned():
             if not addresses and workers == 1:
-                run_main(compiled.flow)  # type: ignore[no-untyped-call]
+                run_main(compiled.flow, **options)  # type: ignore[no-untyped-call]
             else:
                 cluster_main(  # type: ignore[no-untyped-call]
-                    compiled.flow, addresses or [], proc_id, worker_count_per_proc=workers
+                    compiled.flow,
+                    addresses or [],
+                    proc_id,
+                    worker_count_per_proc=workers,
+                    **options,
                 )
     except Exception as exc:  # noqa: BLE001 - raised again by the caller, root cause first
         error = root_cause(exc)
@@ -176,6 +224,8 @@ def run(
     processes: int = 1,
     monitor: Callable[[Compiled], None] | None = None,
     formation_timeout: float = 30.0,
+    recovery: str | os.PathLike[str] | None = None,
+    snapshot_interval: float = 5.0,
 ) -> RunResult:
     """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
 
@@ -185,12 +235,13 @@ def run(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
             raise ValueError(msg)
+    store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)
     if processes > 1:
         from pipelines._processes import run_processes
 
-        return run_processes(pipeline, workers, processes, formation_timeout)
+        return run_processes(pipeline, workers, processes, formation_timeout, store)
     started = time.perf_counter()
-    outcome = execute(pipeline, workers, monitor=monitor)
+    outcome = execute(pipeline, workers, monitor=monitor, recovery=store)
     if outcome.error is not None:
         raise_error(outcome.error)
     return result_of(pipeline, [outcome], workers, 1, time.perf_counter() - started)
