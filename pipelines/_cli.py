@@ -7,10 +7,12 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,34 +188,10 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
         console = Console(force_terminal=True, width=120)
     view = LiveView(console)
     started = time.perf_counter()
+    quiet_stdout = _stdout_to_stderr() if args.json else contextlib.nullcontext()
     try:
-        if args.addresses:
-            from pipelines._processes import run_member
-
-            result = run_member(
-                pipeline,
-                args.workers,
-                args.addresses.split(","),
-                args.process_id,
-                allow_remote=args.allow_remote,
-            )
-        elif live and args.processes == 1:
-            with view:
-                result = pipeline.run(
-                    workers=args.workers,
-                    monitor=view,
-                    recovery=args.recovery,
-                    snapshot_interval=args.snapshot_interval,
-                )
-        else:
-            result = pipeline.run(
-                workers=args.workers,
-                processes=args.processes,
-                monitor=view if args.processes == 1 else None,
-                formation_timeout=args.formation_timeout,
-                recovery=args.recovery,
-                snapshot_interval=args.snapshot_interval,
-            )
+        with quiet_stdout:
+            result = _start(pipeline, args, view, live)
     except KeyboardInterrupt:
         compiled = view.compiled
         sys.stderr.write("interrupted: the counts so far\n")
@@ -226,6 +204,45 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
         return 130
     _summary(result, args, console)
     return 0 if result.reconciles else 1
+
+
+def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) -> RunResult:
+    """Run as the options say: a cluster member, with the live view, or plainly."""
+    if args.addresses:
+        from pipelines._processes import run_member
+
+        return run_member(
+            pipeline,
+            args.workers,
+            args.addresses.split(","),
+            args.process_id,
+            allow_remote=args.allow_remote,
+        )
+    options: dict[str, Any] = {
+        "workers": args.workers,
+        "processes": args.processes,
+        "formation_timeout": args.formation_timeout,
+        "recovery": args.recovery,
+        "snapshot_interval": args.snapshot_interval,
+    }
+    if args.processes > 1:
+        return pipeline.run(**options)
+    with view if live else contextlib.nullcontext():
+        return pipeline.run(monitor=view, **options)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what the engine prints to stderr, so stdout holds only the JSON summary."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _summary(result: RunResult, args: argparse.Namespace, console: Console) -> None:
