@@ -109,6 +109,10 @@ class Recovery:
             raise PermissionError(msg)
         if not any(path.glob("*.sqlite3")):
             init_db_dir(path, 1)  # type: ignore[no-untyped-call]
+        else:
+            from pipelines._store import check_store
+
+            check_store(path)
         return cls(path, snapshot_interval)
 
 

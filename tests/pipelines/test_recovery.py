@@ -148,3 +148,38 @@ def test_an_unsafe_recovery_directory_is_refused(tmp_path: Path) -> None:
     assert fresh.stat().st_mode & 0o777 == 0o700 and list(fresh.glob("*.sqlite3"))
     with pytest.raises(ValueError, match=r"snapshot_interval must be positive seconds"):
         p.run(recovery=fresh, snapshot_interval=0)
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_tampered_store_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    import pickle
+    import sqlite3
+
+    from pipelines._store import UnsafeSnapshotError
+
+    store = tmp_path / "store"
+    p = Pipeline("t").read(sources.memory(range(10))).write(sinks.memory("o"))
+    p.run(recovery=store)
+    marker = tmp_path / "pwned"
+    part = next(store.glob("*.sqlite3"))
+    with sqlite3.connect(part) as db:
+        db.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+            "VALUES ('t.read_memory', 'part0', 99, ?)",
+            (pickle.dumps(_Evil(marker)),),
+        )
+    with pytest.raises(
+        UnsafeSnapshotError,
+        match=r"holds a snapshot of step 't.read_memory' "
+        r"\(key 'part0'\) that refers to "
+        r"(posix|os)\.system, which is not evflow state",
+    ):
+        p.run(recovery=store)
+    assert not marker.exists()
