@@ -202,12 +202,21 @@ def run_processes(
                             f"were stopped"
                         )
     finally:
+        if failure is not None:
+            # Give the others a moment to end by themselves (their peer is gone),
+            # so their exit codes tell what happened; then stop them.
+            deadline_end = time.monotonic() + 2
+            while time.monotonic() < deadline_end and any(p.is_alive() for p in procs):
+                time.sleep(0.05)
         for proc in procs:
             if failure is not None and proc.is_alive():
                 proc.terminate()
             proc.join(5)
     if failure is not None:
-        raise RuntimeError(failure)
+        # Which process failed first is a race; say how each one ended.
+        ended = ", ".join(f"process {i}: exit code {proc.exitcode}" for i, proc in enumerate(procs))
+        msg = f"{failure} ({ended})"
+        raise RuntimeError(msg)
     results: list[Outcome] = []
     for proc_id in range(processes):
         outcome, error, cause, detail = outcomes[proc_id]
