@@ -148,15 +148,15 @@ class InspectOp(StageOp):
     kind = "inspect"
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
-        """Inspect a list."""
-        fn = self.fn
+        """Call ``call`` on each record and keep the records whose call did not fail."""
+        call = self.call
         passed: list[Any] = []
         append = passed.append
         it = iter(items)
         while True:
             try:
                 for x in it:
-                    fn(x)
+                    call(x)
                     append(x)
                 break
             except Exception as exc:  # noqa: BLE001 - handed to the policy
@@ -166,7 +166,7 @@ class InspectOp(StageOp):
         return passed
 
 
-class KeyCheckOp(StageOp):
+class KeyCheckOp(InspectOp):
     """Compute each record's key, which must be a string; pass records on."""
 
     kind = "key_by"
@@ -183,24 +183,6 @@ class KeyCheckOp(StageOp):
             )
             raise TypeError(msg)
         return key
-
-    def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
-        """Check the keys of a list."""
-        call = self.call
-        passed: list[Any] = []
-        append = passed.append
-        it = iter(items)
-        while True:
-            try:
-                for x in it:
-                    call(x)
-                    append(x)
-                break
-            except Exception as exc:  # noqa: BLE001 - handed to the policy
-                ok, _ = self.recover(x, exc, run, row)
-                if ok:
-                    append(x)
-        return passed
 
 
 def _place(
