@@ -146,18 +146,19 @@ class _SharedFile:
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        # Processes of one run append to the file their parent truncated; the
-        # handle is unbuffered so each batch goes out as one write() call.
-        if append:
-            self.handle: Any = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
-        else:
-            self.handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self.binary = append
+        # Unbuffered: each batch goes to the operating system in one write()
+        # call, so what a run wrote before a crash (and before its last
+        # snapshot) is in the file even if the process is killed. Processes of
+        # one run append to the file their parent truncated.
+        mode = "ab" if append else "wb"
+        self.handle: Any = open(path, mode, buffering=0)  # noqa: SIM115 - closed by close()
         self.lock = threading.Lock()
 
     def write(self, text: str) -> None:
+        data = memoryview(text.encode())
         with self.lock:
-            self.handle.write(text.encode() if self.binary else text)
+            while data:
+                data = data[self.handle.write(data) :]
 
     def flush(self) -> None:
         with self.lock:
