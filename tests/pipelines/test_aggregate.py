@@ -330,3 +330,25 @@ def test_clickstream_test_seam_with_windows() -> None:
         .write(sinks.memory("o"))
     )
     assert sorted(x.n for x in testing.run(p, events, workers=2)["o"]) == [10, 10, 10]
+
+
+def test_event_times_and_keys_are_checked_where_they_are_read() -> None:
+    from operators import as_policy
+    from operators._keying import ClockOp, event_seconds
+
+    assert event_seconds(1.5) == 1.5
+    with pytest.raises(
+        TypeError,
+        match=r"event time must be an aware datetime or epoch seconds; "
+        r"got '2026-01-01'",
+    ):
+        event_seconds("2026-01-01")
+    clock = ClockOp(
+        "agg", 0, lambda e: 7, windows.event_time(), as_policy("dead_letter"), kind="dispatch"
+    )
+    with pytest.raises(
+        TypeError,
+        match=r"step 'agg' \(dispatch\): key function .* must return "
+        r"str; got int 7",
+    ):
+        clock.call(hit("a", 1))

@@ -217,3 +217,18 @@ def test_a_cluster_that_does_not_form_is_stopped_in_time() -> None:
     ):
         p.run(processes=2, formation_timeout=2)
     assert time.monotonic() - started < 20
+
+
+def test_outputs_that_cannot_travel_back_are_reported() -> None:
+    p = (
+        Pipeline("unpicklable")
+        .read(sources.memory(range(4), partitions=2))
+        .map(lambda n: lambda: n)
+        .write(sinks.memory("o"))
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"could not send its results to the parent.*"
+        r"records kept in memory sinks must be picklable",
+    ):
+        p.run(processes=2)
