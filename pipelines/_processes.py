@@ -78,6 +78,7 @@ def _child(
 
         compiled.counters.on_start = mark
 
+    sent = False
     try:
         outcome = execute(
             pipeline,
@@ -99,6 +100,7 @@ def _child(
             payload = (outcome, None, None, None)
         try:
             conn.send(payload)
+            sent = True
         except Exception as exc:  # noqa: BLE001 - the parent is told why
             conn.send(
                 (
@@ -111,9 +113,12 @@ def _child(
                     None,
                 )
             )
+            sent = True
     finally:
         conn.close()
-        os._exit(0)
+        # Exit at once (no atexit handlers of the parent's copy); non-zero when
+        # the parent got nothing, so its message shows something went wrong.
+        os._exit(0 if sent else 1)
 
 
 def _portable(error: BaseException | None) -> BaseException | None:
