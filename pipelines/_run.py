@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -108,7 +109,12 @@ class Recovery:
             )
             raise PermissionError(msg)
         if not any(path.glob("*.sqlite3")):
-            init_db_dir(path, 1)  # type: ignore[no-untyped-call]
+            # Made aside, then moved in whole: a run killed while the store is
+            # being made leaves no half-made partition behind.
+            with tempfile.TemporaryDirectory(dir=path, prefix=".init-") as fresh:
+                init_db_dir(Path(fresh), 1)  # type: ignore[no-untyped-call]
+                for part in Path(fresh).glob("*.sqlite3"):
+                    os.replace(part, path / part.name)
         else:
             from pipelines._store import check_store
 

@@ -8,6 +8,7 @@ and refuses the store if anything else is there.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import sqlite3
@@ -62,10 +63,19 @@ def check_store(directory: Path) -> int:
     """
     checked = 0
     for part in sorted(directory.glob("*.sqlite3")):
-        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
-            rows = db.execute(
-                "SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL"
-            ).fetchall()
+        try:
+            # Opened as bytewax opens it (the store is in WAL mode, which a
+            # read-only connection cannot always read), and closed at once.
+            with contextlib.closing(sqlite3.connect(part)) as db:
+                rows = db.execute(
+                    "SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            msg = (
+                f"recovery store {str(directory)!r}: {part.name} is not a readable evflow "
+                f"recovery partition ({exc}). Hint: remove the store to start afresh."
+            )
+            raise UnsafeSnapshotError(msg) from None
         for step, key, blob in rows:
             try:
                 _Restricted(io.BytesIO(blob)).load()

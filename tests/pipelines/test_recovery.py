@@ -110,8 +110,8 @@ def test_killed_at_random_and_resumed_loses_nothing(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
     )
+    assert final.returncode == 0, final.stderr[-3000:] + final.stdout[-3000:]
     assert json.loads(final.stdout)["reconciles"]
     assert kills >= 3  # attempts were killed mid-run (most are, unless the machine is idle)
     rows: dict[tuple[str, float], set[tuple[int, int]]] = defaultdict(set)
@@ -183,3 +183,18 @@ def test_a_tampered_store_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     ):
         p.run(recovery=store)
     assert not marker.exists()
+
+
+def test_a_store_that_is_not_a_recovery_store_is_refused(tmp_path: Path) -> None:
+    from pipelines._store import UnsafeSnapshotError
+
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    (store / "part-0.sqlite3").write_bytes(b"not a database at all" * 100)
+    p = Pipeline("t").read(sources.memory([1])).write(sinks.memory("o"))
+    with pytest.raises(
+        UnsafeSnapshotError,
+        match=r"part-0.sqlite3 is not a readable evflow "
+        r"recovery partition",
+    ):
+        p.run(recovery=store)
