@@ -20,6 +20,7 @@ from operators._parse import ParseOp
 from operators._policy import ErrorPolicy, PipelineHalted, Policy, as_policy, retry
 from operators._sinks import (
     CallbackSink,
+    ExactJsonl,
     JsonlSink,
     MemorySink,
     PacketSink,
@@ -66,6 +67,7 @@ __all__ = [
     "ErrorKind",
     "ErrorPolicy",
     "Event",
+    "ExactJsonl",
     "Exit",
     "FilterOp",
     "FlatMapOp",

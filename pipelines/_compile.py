@@ -20,11 +20,13 @@ from operators import (
     Chunk,
     ChunkSource,
     Counters,
+    ExactJsonl,
     Exit,
     FilterOp,
     FlatMapOp,
     ForwardOp,
     InspectOp,
+    JsonlSink,
     KeyCheckOp,
     MapOp,
     Packet,
@@ -104,8 +106,14 @@ class Compiled:
     kinds: dict[str, str]
 
 
-def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> Compiled:
-    """Build the bytewax ``Dataflow`` for ``pipeline`` (checked first)."""
+def compile_pipeline(
+    pipeline: Pipeline, ctx: RunContext, workers: int = 1, *, exact_files: bool = False
+) -> Compiled:
+    """Build the bytewax ``Dataflow`` for ``pipeline`` (checked first).
+
+    With ``exact_files`` (a run with recovery), jsonl sinks keep their length
+    in the snapshots and are cut back to it on resume: exactly once.
+    """
     check(pipeline)
     graph = pipeline.graph
     kinds = {n.name: n.kind for n in graph}
@@ -202,11 +210,22 @@ def compile_pipeline(pipeline: Pipeline, ctx: RunContext, workers: int = 1) -> C
         packets = stage(
             f"{node.name}_stage", chunks, [root], len(stage_.exits), pipeline.name, counters
         )
-        targets = [
-            (i, row[target.name], target.params["sink"])
-            for i, (kind, target) in enumerate(stage_.exits)
-            if kind == "write"
-        ]
+        targets = []
+        for i, (kind, target) in enumerate(stage_.exits):
+            if kind != "write":
+                continue
+            sink = target.params["sink"]
+            if exact_files and isinstance(sink, JsonlSink):
+                records = op.flat_map_batch(
+                    f"{node.name}_to_{target.name}_{i}", packets, _Records(i, sink.path)
+                )
+                op.output(
+                    f"{target.name}_exact",
+                    records,
+                    ExactJsonl(sink.path, counters, row[target.name]),
+                )
+            else:
+                targets.append((i, row[target.name], sink))
         dead = None if dead_sink is None else (row[dead_step], dead_sink)
         op.output(f"{node.name}_out", packets, PacketSink(ctx, counters, targets, dead))
         for i, (kind, target) in enumerate(stage_.exits):
@@ -319,6 +338,18 @@ class _ToChunk:
         if not items:
             return []
         return [Chunk([value for _, value in items], self.step, "out")]
+
+
+class _Records:
+    """Take one exit's records out of a stage's packets, for a keyed sink."""
+
+    def __init__(self, index: int, key: str) -> None:
+        self.index = index
+        self.key = key
+
+    def __call__(self, packets: list[Packet]) -> list[tuple[str, list[Any]]]:
+        i = self.index
+        return [(self.key, p.exits[i]) for p in packets if p.exits[i]]
 
 
 class _Unpack:

@@ -147,7 +147,7 @@ def run_processes(
     _check_picklable(pipeline, processes)
     for node in pipeline.graph:
         sink = node.params.get("sink") if node.kind == "write" else None
-        if isinstance(sink, JsonlSink):
+        if isinstance(sink, JsonlSink) and recovery is None:
             parent = os.path.dirname(sink.path)
             if parent:
                 os.makedirs(parent, exist_ok=True)

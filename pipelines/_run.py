@@ -149,7 +149,7 @@ def execute(
     counters fill up while it runs (the live view reads them).
     """
     ctx = RunContext(pipeline.name, append_files=append_files)
-    compiled = compile_pipeline(pipeline, ctx, workers)
+    compiled = compile_pipeline(pipeline, ctx, workers, exact_files=recovery is not None)
     if monitor is not None:
         monitor(compiled)
     error: BaseException | None = None
