@@ -161,6 +161,7 @@ class Pipeline:
         formation_timeout: float = 30.0,
         recovery: str | os.PathLike[str] | None = None,
         snapshot_interval: float = 5.0,
+        restart: int = 0,
     ) -> RunResult:
         """Run and return the result: ``workers`` threads in each of ``processes``.
 
@@ -171,7 +172,9 @@ class Pipeline:
         ``formation_timeout`` seconds is stopped with an error. With
         ``recovery`` (a directory, created private on first use), state is
         snapshotted every ``snapshot_interval`` seconds and a later run with the
-        same directory resumes from the last snapshot.
+        same directory resumes from the last snapshot. With ``restart`` (and
+        ``recovery``) a cluster whose process dies starts again from the last
+        snapshot, up to that many times.
         """
         from pipelines._run import run
 
@@ -183,6 +186,7 @@ class Pipeline:
             formation_timeout=formation_timeout,
             recovery=recovery,
             snapshot_interval=snapshot_interval,
+            restart=restart,
         )
 
     def __repr__(self) -> str:

@@ -108,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
         "--snapshot-interval", type=float, default=5.0, help="seconds between snapshots"
     )
     run.add_argument(
+        "--restart",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --recovery: when a process dies, restart the cluster from the last "
+        "snapshot, up to N times",
+    )
+    run.add_argument(
         "--formation-timeout",
         type=float,
         default=30.0,
@@ -224,8 +232,9 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
         "formation_timeout": args.formation_timeout,
         "recovery": args.recovery,
         "snapshot_interval": args.snapshot_interval,
+        "restart": args.restart,
     }
-    if args.processes > 1:
+    if args.processes > 1 or args.restart:
         return pipeline.run(**options)
     with view if live else contextlib.nullcontext():
         return pipeline.run(monitor=view, **options)

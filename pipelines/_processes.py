@@ -10,6 +10,7 @@ it, and the parent says which one and how.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -25,7 +26,20 @@ from pipelines._compile import Compiled, check
 from pipelines._result import RunResult
 from pipelines._run import Outcome, Recovery, execute, raise_error, result_of
 
-__all__ = ["check_addresses", "free_ports", "run_member", "run_processes"]
+__all__ = [
+    "ClusterError",
+    "check_addresses",
+    "free_ports",
+    "run_member",
+    "run_processes",
+    "run_supervised",
+]
+
+log = logging.getLogger("evflow")
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster died, or the cluster did not form."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -221,7 +235,7 @@ def run_processes(
         # Which process failed first is a race; say how each one ended.
         ended = ", ".join(f"process {i}: exit code {proc.exitcode}" for i, proc in enumerate(procs))
         msg = f"{failure} ({ended})"
-        raise RuntimeError(msg)
+        raise ClusterError(msg)
     results: list[Outcome] = []
     for proc_id in range(processes):
         outcome, error, cause, detail = outcomes[proc_id]
@@ -233,6 +247,39 @@ def run_processes(
             raise_error(error)
         results.append(outcome)
     return result_of(pipeline, results, workers, processes, time.perf_counter() - started)
+
+
+def run_supervised(
+    pipeline: Pipeline,
+    workers: int,
+    processes: int,
+    formation_timeout: float,
+    recovery: Recovery,
+    restarts: int,
+) -> RunResult:
+    """Run as `run_processes` does; when the cluster fails, start it again.
+
+    Each new start resumes from the last snapshot in ``recovery``; after
+    ``restarts`` new starts, the failure is raised. A failure of the pipeline
+    itself (a halt) is not retried: it would fail the same way again.
+    """
+    for attempt in range(restarts + 1):
+        try:
+            result = run_processes(pipeline, workers, processes, formation_timeout, recovery)
+        except ClusterError as exc:
+            if attempt == restarts:
+                exc.add_note(f"the cluster was restarted {restarts} time(s) before this")
+                raise
+            log.warning(
+                "evflow: %s; restarting from the last snapshot (%d of %d)",
+                exc,
+                attempt + 1,
+                restarts,
+            )
+            continue
+        result.restarts = attempt
+        return result
+    raise AssertionError  # pragma: no cover - the loop returns or raises
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")

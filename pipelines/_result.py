@@ -75,6 +75,8 @@ class RunResult:
         self.counts = counts
         self.workers = workers
         self.seconds = seconds
+        #: How many times a supervised run started its cluster again.
+        self.restarts = 0
 
     def _sum(self, field: str, kinds: tuple[str, ...] | None = None) -> int:
         return sum(
@@ -161,6 +163,7 @@ class RunResult:
             "pipeline": self.pipeline,
             "workers": self.workers,
             "processes": self.processes,
+            "restarts": self.restarts,
             "seconds": round(self.seconds, 6),
             "read": self.read,
             "written": self.written,

@@ -236,16 +236,34 @@ def run(
     formation_timeout: float = 30.0,
     recovery: str | os.PathLike[str] | None = None,
     snapshot_interval: float = 5.0,
+    restart: int = 0,
 ) -> RunResult:
     """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
 
     ``monitor`` (one process only) sees the compiled pipeline before it runs.
+    With ``restart`` (which needs ``recovery``), the run goes on child
+    processes, and when one of them dies the whole cluster starts again from
+    the last snapshot, up to ``restart`` times.
     """
     for what, value in (("workers", workers), ("processes", processes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
             raise ValueError(msg)
+    if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
+        msg = f"restart must be an int >= 0; got {restart!r}."
+        raise ValueError(msg)
+    if restart and recovery is None:
+        msg = (
+            f"restart={restart} needs recovery: a restarted cluster resumes from the last "
+            f"snapshot. Hint: run(recovery='state/', restart={restart})."
+        )
+        raise ValueError(msg)
     store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)
+    if restart:
+        from pipelines._processes import run_supervised
+
+        assert store is not None
+        return run_supervised(pipeline, workers, processes, formation_timeout, store, restart)
     if processes > 1:
         from pipelines._processes import run_processes
 

@@ -116,8 +116,12 @@ def test_killed_at_random_and_resumed_loses_nothing(tmp_path: Path) -> None:
     assert final.returncode == 0, final.stderr[-3000:] + final.stdout[-3000:]
     assert json.loads(final.stdout)["reconciles"]
     assert kills >= 3  # attempts were killed mid-run (most are, unless the machine is idle)
-    # the jsonl sinks were cut back to the last snapshot on each resume:
-    # every event and every window was written exactly once, over all the runs
+    assert_written_once(events, out)
+
+
+def assert_written_once(events: Path, out: Path) -> None:
+    """Every event and every window was written exactly once, over all the runs."""
+    # the jsonl sinks were cut back to the last snapshot on each resume
     ids = Counter(json.loads(line)["id"] for line in events.read_text().splitlines())
     assert set(ids) == {f"t{i}" for i in range(60000)}
     assert max(ids.values()) == 1
@@ -129,6 +133,44 @@ def test_killed_at_random_and_resumed_loses_nothing(tmp_path: Path) -> None:
     assert max(rows.values()) == 1
     assert {(k, s): (n, t) for k, s, n, t in rows} == expected
     assert sum(n for n, _ in expected.values()) == 60000
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_a_killed_process_of_a_cluster_is_restarted_and_results_are_exact(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "recover_app.py"
+    app.write_text(APP)
+    out, events = tmp_path / "windows.jsonl", tmp_path / "events.jsonl"
+    env = {**os.environ, "RATE": "20000", "OUT": str(out), "EVENTS": str(events)}
+    command = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "-p", "2"]
+    command += ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.2"]
+    proc = subprocess.Popen(
+        [*command, "--restart", "2", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    members = children(proc.pid)
+    assert len(members) == 2, "the cluster did not start"
+    os.kill(members[1], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert (
+        "process 1 of pipeline" in stderr and "restarting from the last snapshot (1 of 2)" in stderr
+    )
+    summary = json.loads(stdout)
+    assert summary["restarts"] == 1 and summary["reconciles"]
+    assert_written_once(events, out)
 
 
 def time_of(text: str) -> float:
@@ -200,3 +242,11 @@ def test_a_store_that_is_not_a_recovery_store_is_refused(tmp_path: Path) -> None
         r"recovery partition",
     ):
         p.run(recovery=store)
+
+
+def test_restart_needs_recovery() -> None:
+    p = Pipeline("r").read(sources.memory([1])).write(sinks.memory("o"))
+    with pytest.raises(ValueError, match=r"restart=2 needs recovery"):
+        p.run(restart=2)
+    with pytest.raises(ValueError, match=r"restart must be an int >= 0"):
+        p.run(restart=-1)
