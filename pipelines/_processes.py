@@ -268,8 +268,8 @@ def run_supervised(
             result = run_processes(pipeline, workers, processes, formation_timeout, recovery)
         except ClusterError as exc:
             if attempt == restarts:
-                exc.add_note(f"the cluster was restarted {restarts} time(s) before this")
-                raise
+                msg = f"{exc}; the cluster had been restarted {restarts} time(s) before this"
+                raise ClusterError(msg) from None
             log.warning(
                 "evflow: %s; restarting from the last snapshot (%d of %d)",
                 exc,
