@@ -54,6 +54,7 @@ COUNTER_FIELDS = (
     "aggregated",
     "open",
     "handled",
+    "late",
 )
 _IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
 
@@ -125,6 +126,9 @@ class Counters:
         self.halted: BaseException | None = None
         #: Called once when the dataflow starts on this process (its cluster formed).
         self.on_start: Callable[[], None] | None = None
+        #: Event-time progress of windowed steps: ``(step, bucket) -> (watermark,
+        #: newest event time)`` in epoch seconds, as each bucket last saw it.
+        self.marks: dict[tuple[str, str], tuple[float, float]] = {}
 
     def started(self) -> None:
         """Say that the dataflow has started here (sources are being listed)."""
@@ -146,6 +150,18 @@ class Counters:
                 table = [[0] * len(COUNTER_FIELDS) for _ in self.steps]
                 self._tables[ident] = table
         return table
+
+    def progress(self) -> dict[str, tuple[float, float]]:
+        """Return each windowed step's ``(watermark, newest event time)``.
+
+        The watermark is the lowest over the step's buckets (what holds
+        windows open); the newest event time the highest.
+        """
+        found: dict[str, tuple[float, float]] = {}
+        for (step, _), (mark, newest) in list(self.marks.items()):
+            low, high = found.get(step, (mark, newest))
+            found[step] = (min(low, mark), max(high, newest))
+        return found
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Sum the tables of every thread, by step name."""

@@ -45,8 +45,8 @@ from operators.windows import (
 
 __all__ = ["WindowLogic", "WindowSpec", "make_adder"]
 
-_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (
-    COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open")
+_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE = (
+    COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open", "late")
 )
 _NEVER = -math.inf
 _DONE = math.inf
@@ -150,6 +150,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         self.wins: dict[Any, Any] = state.get("wins", {})
         self.heap: list[tuple[float, str, float]] = state.get("heap", [])
         self.expiry: dict[str, float] = {}
+        self.newest = _NEVER
+        self.mark_key = (spec.step, str(id(self)))
         if self.wins:
             # Resumed: the restored windows are open in this run too.
             held = self.wins.values()
@@ -251,12 +253,17 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 if marked.eof:
                     self.wm[part] = _DONE
                 elif marked.latest != _NEVER:
+                    if marked.latest > self.newest:
+                        self.newest = marked.latest
                     candidate = marked.latest - spec.delay
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
                         self.wall[part] = now
         if window is not None and not isinstance(window, Count):
-            self._close(self.watermark(), out, row)
+            mark = self.watermark()
+            self._close(mark, out, row)
+            if spec.event_time and self.newest != _NEVER:
+                spec.counters.marks[self.mark_key] = (mark, self.newest)
         return out, False
 
     def _timed(
@@ -383,6 +390,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
 
     def _late(self, event: Any, ts: float, out: list[tuple[str, Any]], row: list[int]) -> None:
         spec = self.spec
+        row[_LATE] += 1
         if spec.late_wanted:
             out.append(("l", event))
             row[_OUT] += 1

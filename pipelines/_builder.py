@@ -162,6 +162,7 @@ class Pipeline:
         recovery: str | os.PathLike[str] | None = None,
         snapshot_interval: float = 5.0,
         restart: int = 0,
+        metrics_port: int | None = None,
     ) -> RunResult:
         """Run and return the result: ``workers`` threads in each of ``processes``.
 
@@ -174,8 +175,11 @@ class Pipeline:
         snapshotted every ``snapshot_interval`` seconds and a later run with the
         same directory resumes from the last snapshot. With ``restart`` (and
         ``recovery``) a cluster whose process dies starts again from the last
-        snapshot, up to that many times.
+        snapshot, up to that many times. With ``metrics_port``, Prometheus
+        metrics are served on ``127.0.0.1`` while the run lasts (process i of a
+        cluster on ``metrics_port + i``).
         """
+        from pipelines._metrics import Metrics
         from pipelines._run import run
 
         return run(
@@ -187,6 +191,7 @@ class Pipeline:
             recovery=recovery,
             snapshot_interval=snapshot_interval,
             restart=restart,
+            metrics=None if metrics_port is None else Metrics(metrics_port),
         )
 
     def __repr__(self) -> str:

@@ -122,7 +122,18 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a cluster of processes may take to form (default 30)",
     )
     run.add_argument(
-        "--allow-remote", action="store_true", help="allow addresses other than loopback"
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port while running (process i: port + i)",
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", help="interface for metrics (default loopback)"
+    )
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow cluster addresses and a metrics host other than loopback (the traffic "
+        "is unauthenticated: keep it on a private network)",
     )
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -216,15 +227,28 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
 
 def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) -> RunResult:
     """Run as the options say: a cluster member, with the live view, or plainly."""
+    from pipelines._metrics import Metrics
+
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = Metrics(args.metrics_port, args.metrics_host).check(
+            allow_remote=args.allow_remote
+        )
     if args.addresses:
         from pipelines._processes import run_member
+        from pipelines._run import Recovery
 
+        recovery = None
+        if args.recovery:
+            recovery = Recovery.prepare(args.recovery, args.snapshot_interval)
         return run_member(
             pipeline,
             args.workers,
             args.addresses.split(","),
             args.process_id,
             allow_remote=args.allow_remote,
+            recovery=recovery,
+            metrics=metrics,
         )
     options: dict[str, Any] = {
         "workers": args.workers,
@@ -233,11 +257,14 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
         "recovery": args.recovery,
         "snapshot_interval": args.snapshot_interval,
         "restart": args.restart,
+        "metrics": metrics,
     }
+    from pipelines._run import run
+
     if args.processes > 1 or args.restart:
-        return pipeline.run(**options)
+        return run(pipeline, **options)
     with view if live else contextlib.nullcontext():
-        return pipeline.run(monitor=view, **options)
+        return run(pipeline, monitor=view, **options)
 
 
 @contextlib.contextmanager

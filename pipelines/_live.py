@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console, Group
@@ -14,7 +16,27 @@ from pipelines._compile import Compiled
 
 __all__ = ["LiveView"]
 
-_SHOWN = ("in", "out", "filtered", "dead", "aggregated", "handled", "open")
+_SHOWN = ("in", "out", "filtered", "dead", "late", "aggregated", "handled", "open")
+
+
+def watermark_lines(compiled: Compiled) -> list[str]:
+    """Describe each windowed step's event-time progress, one line each.
+
+    The lag is how far the watermark (what closes windows) is behind the
+    newest event time seen: the allowed delay plus any slow partition.
+    """
+    lines = []
+    for step, (mark, newest) in sorted(compiled.counters.progress().items()):
+        if mark == math.inf:
+            lines.append(f"{step}: input ended, every window closed")
+        elif mark == -math.inf:
+            lines.append(f"{step}: no watermark yet (a partition has sent nothing)")
+        else:
+            when = datetime.fromtimestamp(mark, timezone.utc).isoformat(timespec="seconds")
+            lines.append(
+                f"{step}: watermark {when}, lag {newest - mark:,.1f} s behind the newest event"
+            )
+    return lines
 
 
 class LiveView:
@@ -87,8 +109,10 @@ class LiveView:
                 step, compiled.kinds[step], *(str(row[n]) if row[n] else "." for n in _SHOWN)
             )
         dead = sum(row["dead"] for row in totals.values())
+        late = sum(row["late"] for row in totals.values())
         line = Text(
             f"events in {self.rates[0]:,.0f}/s, out {self.rates[1]:,.0f}/s; "
-            f"read {read:,}, written {written:,}, dead letters {dead:,}"
+            f"read {read:,}, written {written:,}, dead letters {dead:,}, late events {late:,}"
         )
-        return Group(line, table)
+        marks = [Text(m) for m in watermark_lines(compiled)]
+        return Group(line, table, *marks)

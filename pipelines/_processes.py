@@ -23,6 +23,7 @@ from typing import Any
 from operators import JsonlSink
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, check
+from pipelines._metrics import Metrics
 from pipelines._result import RunResult
 from pipelines._run import Outcome, Recovery, execute, raise_error, result_of
 
@@ -85,6 +86,7 @@ def _child(
     conn: Connection,
     formed: Any,
     recovery: Recovery | None,
+    metrics: Metrics | None,
 ) -> None:
     def signal_formed(compiled: Compiled) -> None:
         def mark() -> None:
@@ -102,6 +104,7 @@ def _child(
             append_files=True,
             monitor=signal_formed,
             recovery=recovery,
+            metrics=metrics,
         )
         error = outcome.error
         detail = None
@@ -151,6 +154,7 @@ def run_processes(
     processes: int,
     formation_timeout: float = 30.0,
     recovery: Recovery | None = None,
+    metrics: Metrics | None = None,
 ) -> RunResult:
     """Run ``pipeline`` on ``processes`` processes of ``workers`` threads each.
 
@@ -177,7 +181,16 @@ def run_processes(
         receive, send = context.Pipe(duplex=False)
         proc = context.Process(
             target=_child,
-            args=(pipeline, workers, addresses, proc_id, send, formed[proc_id], recovery),
+            args=(
+                pipeline,
+                workers,
+                addresses,
+                proc_id,
+                send,
+                formed[proc_id],
+                recovery,
+                metrics,
+            ),
             name=f"evflow-{pipeline.name}-{proc_id}",
             daemon=True,
         )
@@ -256,6 +269,7 @@ def run_supervised(
     formation_timeout: float,
     recovery: Recovery,
     restarts: int,
+    metrics: Metrics | None = None,
 ) -> RunResult:
     """Run as `run_processes` does; when the cluster fails, start it again.
 
@@ -265,7 +279,9 @@ def run_supervised(
     """
     for attempt in range(restarts + 1):
         try:
-            result = run_processes(pipeline, workers, processes, formation_timeout, recovery)
+            result = run_processes(
+                pipeline, workers, processes, formation_timeout, recovery, metrics
+            )
         except ClusterError as exc:
             if attempt == restarts:
                 msg = f"{exc}; the cluster had been restarted {restarts} time(s) before this"
@@ -316,6 +332,8 @@ def run_member(
     process_id: int,
     *,
     allow_remote: bool = False,
+    recovery: Recovery | None = None,
+    metrics: Metrics | None = None,
 ) -> RunResult:
     """Run this process's share of a cluster that other processes (or hosts) join.
 
@@ -331,7 +349,15 @@ def run_member(
         raise ValueError(msg)
     check(pipeline)
     started = time.perf_counter()
-    outcome = execute(pipeline, workers, addresses, process_id, append_files=False)
+    outcome = execute(
+        pipeline,
+        workers,
+        addresses,
+        process_id,
+        append_files=False,
+        recovery=recovery,
+        metrics=metrics,
+    )
     if outcome.error is not None:
         raise_error(outcome.error)
     return result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)

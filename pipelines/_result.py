@@ -34,6 +34,8 @@ class StepCounts:
     aggregated: int = 0
     open: int = 0
     handled: int = 0
+    #: Events behind the watermark (already counted as out to the late stream, or dead).
+    late: int = 0
 
     @property
     def balanced(self) -> bool:

@@ -20,6 +20,7 @@ from bytewax.testing import cluster_main, run_main
 from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, RunContext
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, compile_pipeline
+from pipelines._metrics import Metrics
 from pipelines._result import RunResult, StepCounts
 
 __all__ = [
@@ -142,6 +143,7 @@ def execute(
     append_files: bool = False,
     monitor: Callable[[Compiled], None] | None = None,
     recovery: Recovery | None = None,
+    metrics: Metrics | None = None,
 ) -> Outcome:
     """Compile and run ``pipeline`` in this process (one process of a cluster).
 
@@ -152,6 +154,11 @@ def execute(
     compiled = compile_pipeline(pipeline, ctx, workers, exact_files=recovery is not None)
     if monitor is not None:
         monitor(compiled)
+    server = None
+    if metrics is not None:
+        from pipelines._metrics import serve_metrics
+
+        server = serve_metrics(metrics, pipeline.name, compiled, proc_id)
     error: BaseException | None = None
     options: dict[str, Any] = {}
     if recovery is not None:
@@ -175,6 +182,8 @@ def execute(
         error = root_cause(exc)
     finally:
         ctx.close()
+        if server is not None:
+            server.close()
     if compiled.counters.halted is not None:
         error = compiled.counters.halted
     return Outcome(ctx.outputs, ctx.dead_letters, compiled.counters.totals(), compiled.kinds, error)
@@ -222,6 +231,7 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
             aggregated=row["aggregated"],
             open=row["open"],
             handled=row["handled"],
+            late=row["late"],
         )
         for step, row in totals.items()
     }
@@ -237,13 +247,15 @@ def run(
     recovery: str | os.PathLike[str] | None = None,
     snapshot_interval: float = 5.0,
     restart: int = 0,
+    metrics: Metrics | None = None,
 ) -> RunResult:
     """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
 
     ``monitor`` (one process only) sees the compiled pipeline before it runs.
     With ``restart`` (which needs ``recovery``), the run goes on child
     processes, and when one of them dies the whole cluster starts again from
-    the last snapshot, up to ``restart`` times.
+    the last snapshot, up to ``restart`` times. With ``metrics``, each process
+    serves Prometheus metrics while it runs (process i on ``metrics.port + i``).
     """
     for what, value in (("workers", workers), ("processes", processes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -263,13 +275,15 @@ def run(
         from pipelines._processes import run_supervised
 
         assert store is not None
-        return run_supervised(pipeline, workers, processes, formation_timeout, store, restart)
+        return run_supervised(
+            pipeline, workers, processes, formation_timeout, store, restart, metrics
+        )
     if processes > 1:
         from pipelines._processes import run_processes
 
-        return run_processes(pipeline, workers, processes, formation_timeout, store)
+        return run_processes(pipeline, workers, processes, formation_timeout, store, metrics)
     started = time.perf_counter()
-    outcome = execute(pipeline, workers, monitor=monitor, recovery=store)
+    outcome = execute(pipeline, workers, monitor=monitor, recovery=store, metrics=metrics)
     if outcome.error is not None:
         raise_error(outcome.error)
     return result_of(pipeline, [outcome], workers, 1, time.perf_counter() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,11 @@ def test_quiet_and_live(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert done.returncode == 0
     assert "events in" in done.stdout and "running for" in done.stdout
+    assert "late events" in done.stdout
+    # clickstream has an event-time window: its watermark and lag are shown
+    assert re.search(
+        r"aggregate_\w+: watermark 2026-01-01T[\d:]+\+00:00, lag [\d.,]+ s", done.stdout
+    )
     assert "pipeline clickstream" in done.stdout
 
 

@@ -1,0 +1,137 @@
+"""Prometheus metrics served while a pipeline runs (``--metrics-port``)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines._cli import main
+from pipelines._processes import free_ports
+
+APP = """
+from datetime import datetime, timedelta, timezone
+from pipelines import Pipeline, sources, sinks, Event
+from operators import agg, windows
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+class Tick(Event):
+    user: str
+    amount: int
+
+def make(rng, i):
+    back = 60 if i % 100 == 99 else 0  # one event in a hundred is a minute late
+    return Tick(user=f"u{i % 7}", amount=i % 50, id=f"t{i}",
+                time=T0 + timedelta(milliseconds=10 * i, seconds=-back))
+
+def check(e):
+    if e.amount == 13:
+        raise ValueError("unlucky amount")
+    return e
+
+pipeline = (
+    Pipeline("metered")
+    .read(sources.generate(make, count=None, rate=5000))
+    .map(check)
+    .key_by(lambda e: e.user)
+    .window(windows.tumbling(seconds=1))
+    .aggregate(n=agg.count())
+    .write(sinks.memory("out"))
+)
+"""
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
+    assert len(found) == 1, (name, labels, sorted(k[0] for k in samples))
+    return found[0]
+
+
+def test_a_running_pipeline_serves_its_counters(tmp_path: Path) -> None:
+    app = tmp_path / "metered.py"
+    app.write_text(APP)
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "run",
+            f"{app}:pipeline",
+            "--quiet",
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                samples = scrape(port)
+            except OSError:
+                continue
+            if samples and value(samples, "evflow_late_events_total") > 0:
+                break
+        read = value(samples, "evflow_step_records_total", kind="read", counter="in")
+        assert read > 0
+        assert value(samples, "evflow_dead_letters_total", step="map_check") > 0
+        assert value(samples, "evflow_late_events_total", pipeline="metered") > 0
+        assert value(samples, "evflow_watermark_lag_seconds", pipeline="metered") >= 0
+        later = scrape(port)
+        assert value(later, "evflow_step_records_total", kind="read", counter="in") >= read
+        assert value(later, "evflow_throughput_events_per_second", pipeline="metered") > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    # the server went away with the run
+    with pytest.raises(OSError):
+        scrape(port)
+
+
+def test_metrics_stay_on_loopback_unless_allowed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "sensors", "--metrics-port", "0", "--metrics-host", "0.0.0.0"]) == 1
+    assert "metrics host '0.0.0.0' is not on loopback" in capsys.readouterr().err
+
+
+def test_metrics_on_a_short_run_through_the_api() -> None:
+    from pipelines import Pipeline, sinks, sources
+
+    port = free_ports(1)[0]
+    seen: list[float] = []
+
+    def peek(n: int) -> int:
+        if n == 500:
+            seen.append(
+                value(scrape(port), "evflow_step_records_total", counter="in", step="map_peek")
+            )
+        return n
+
+    result = (
+        Pipeline("api").read(sources.memory(range(1000))).map(peek).write(sinks.memory("o"))
+    ).run(metrics_port=port)
+    assert len(result["o"]) == 1000 and seen and seen[0] >= 0
