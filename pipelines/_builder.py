@@ -163,6 +163,7 @@ class Pipeline:
         snapshot_interval: float = 5.0,
         restart: int = 0,
         metrics_port: int | None = None,
+        progress: bool | None = None,
     ) -> RunResult:
         """Run and return the result: ``workers`` threads in each of ``processes``.
 
@@ -177,7 +178,8 @@ class Pipeline:
         ``recovery``) a cluster whose process dies starts again from the last
         snapshot, up to that many times. With ``metrics_port``, Prometheus
         metrics are served on ``127.0.0.1`` while the run lasts (process i of a
-        cluster on ``metrics_port + i``).
+        cluster on ``metrics_port + i``). In a Jupyter notebook the counts show
+        and update while the run lasts (``progress=False`` turns that off).
         """
         from pipelines._metrics import Metrics
         from pipelines._run import run
@@ -192,6 +194,7 @@ class Pipeline:
             snapshot_interval=snapshot_interval,
             restart=restart,
             metrics=None if metrics_port is None else Metrics(metrics_port),
+            progress=progress,
         )
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -14,7 +15,7 @@ from rich.text import Text
 
 from pipelines._compile import Compiled
 
-__all__ = ["LiveView"]
+__all__ = ["LiveView", "NotebookProgress", "in_notebook", "watermark_lines"]
 
 _SHOWN = ("in", "out", "filtered", "dead", "late", "aggregated", "handled", "open")
 
@@ -116,3 +117,92 @@ class LiveView:
         )
         marks = [Text(m) for m in watermark_lines(compiled)]
         return Group(line, table, *marks)
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython with a kernel attached)."""
+    import sys
+
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class NotebookProgress:
+    """The live view in a notebook: an HTML table updated in place while a run lasts.
+
+    `Pipeline.run` uses it by itself in a Jupyter kernel (``progress=False``
+    turns it off). It needs IPython, which every notebook has.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        """Update every ``interval`` seconds."""
+        self.interval = interval
+        self.compiled: Compiled | None = None
+        self.started = time.perf_counter()
+        self.updates = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle: Any = None
+        self._last = (self.started, 0)
+        self._rate = 0.0
+
+    def __call__(self, compiled: Compiled) -> None:
+        """Watch ``compiled`` (called by the run, before it starts)."""
+        self.compiled = compiled
+        self.started = time.perf_counter()
+        self._last = (self.started, 0)
+
+    def html(self, done: bool = False) -> str:
+        """Return the current display."""
+        from pipelines._html import progress_html
+
+        compiled = self.compiled
+        if compiled is None:
+            return "<p>starting...</p>"
+        totals = compiled.counters.totals()
+        kinds = compiled.kinds
+        read = sum(row["in"] for step, row in totals.items() if kinds[step] == "read")
+        written = sum(row["out"] for step, row in totals.items() if kinds[step] == "write")
+        dead = sum(row["dead"] for row in totals.values())
+        late = sum(row["late"] for row in totals.values())
+        now = time.perf_counter()
+        then, before = self._last
+        if now - then >= self.interval / 2:
+            self._rate = (read - before) / (now - then)
+            self._last = (now, read)
+        state = "finished" if done else "running"
+        title = f"{state} for {now - self.started:.1f}s"
+        line = (
+            f"events in {self._rate:,.0f}/s; read {read:,}, written {written:,}, "
+            f"dead letters {dead:,}, late events {late:,}"
+        )
+        return progress_html(title, totals, kinds, compiled.counters.progress(), line)
+
+    def _show(self, done: bool = False) -> None:
+        from IPython.display import HTML
+
+        self._handle.update(HTML(self.html(done)))  # type: ignore[no-untyped-call]
+        self.updates += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._show()
+
+    def __enter__(self) -> NotebookProgress:
+        """Show the display and start updating it."""
+        from IPython.display import HTML, display
+
+        self._handle = display(HTML(self.html()), display_id=True)  # type: ignore[no-untyped-call]
+        self._thread = threading.Thread(target=self._loop, name="evflow-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop updating; leave the final counts shown."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._show(done=True)

@@ -248,6 +248,7 @@ def run(
     snapshot_interval: float = 5.0,
     restart: int = 0,
     metrics: Metrics | None = None,
+    progress: bool | None = None,
 ) -> RunResult:
     """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
 
@@ -256,6 +257,8 @@ def run(
     processes, and when one of them dies the whole cluster starts again from
     the last snapshot, up to ``restart`` times. With ``metrics``, each process
     serves Prometheus metrics while it runs (process i on ``metrics.port + i``).
+    ``progress`` shows the live counts in a notebook (by default when run in a
+    Jupyter kernel, in one process).
     """
     for what, value in (("workers", workers), ("processes", processes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -283,7 +286,15 @@ def run(
 
         return run_processes(pipeline, workers, processes, formation_timeout, store, metrics)
     started = time.perf_counter()
-    outcome = execute(pipeline, workers, monitor=monitor, recovery=store, metrics=metrics)
+    shown: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if monitor is None and progress is not False:
+        from pipelines._live import NotebookProgress, in_notebook
+
+        if progress or in_notebook():
+            monitor = view = NotebookProgress()
+            shown = view
+    with shown:
+        outcome = execute(pipeline, workers, monitor=monitor, recovery=store, metrics=metrics)
     if outcome.error is not None:
         raise_error(outcome.error)
     return result_of(pipeline, [outcome], workers, 1, time.perf_counter() - started)
