@@ -15,13 +15,13 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Node, Packet, StageOp, _fan_out, _Run
 from operators.windows import Clock, EventTime
 
-__all__ = ["BUCKETS", "Bucketize", "ClockOp", "Marked", "SplitOp", "event_seconds"]
+__all__ = ["BUCKETS", "Bucketize", "ClockOp", "Combine", "Marked", "SplitOp", "event_seconds"]
 
 BUCKETS = 32
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (
@@ -127,21 +127,44 @@ class ClockOp(StageOp):
 
 @dataclass
 class Marked:
-    """One bucket's share of a chunk, with its partition's progress."""
+    """One bucket's share of a chunk, with its partition's progress.
+
+    ``partials`` are windows already aggregated from ``combined`` of the
+    chunk's events (before the key exchange): ``(key, start, end, accs, ids)``.
+    """
 
     partition: str
     latest: float
     eof: bool
     records: list[tuple[str, float, Any]] = field(default_factory=list)
+    partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
+    combined: int = 0
+
+
+class Combine(Protocol):
+    """Pre-aggregates a chunk's records per key and window (see `Bucketize`)."""
+
+    def __call__(
+        self, records: list[tuple[str, float, Any]], partition: str, latest: float
+    ) -> tuple[list[Any], list[tuple[str, float, float, list[Any], list[str]]]]:
+        """Return the records to send as they are, and the partial windows."""
 
 
 class Bucketize:
-    """Split an exit of packets into per-bucket `Marked` items (a flat_map_batch)."""
+    """Split an exit of packets into per-bucket `Marked` items (a flat_map_batch).
 
-    def __init__(self, exit_index: int, buckets: int = BUCKETS) -> None:
+    With ``combine``, each chunk's events are first aggregated per key and
+    window where they are read, and the partial windows cross to the worker
+    of their key instead of the events (far fewer, smaller records to pickle).
+    """
+
+    def __init__(
+        self, exit_index: int, buckets: int = BUCKETS, combine: Combine | None = None
+    ) -> None:
         """Read exit ``exit_index`` of each packet."""
         self.exit_index = exit_index
         self.buckets = buckets
+        self.combine = combine
         self.cache: dict[str, int] = {}
 
     def bucket_of(self, key: str) -> int:
@@ -165,14 +188,26 @@ class Bucketize:
             bucket_of = self.cache.get
             latest = _NEVER
             for record in records:
+                if record[1] > latest:
+                    latest = record[1]
+            part = packet.origin_id
+            partials: list[Any] = []
+            if self.combine is not None and records:
+                records, partials = self.combine(records, part, latest)
+            for record in records:
                 b = bucket_of(record[0])
                 if b is None:
                     b = self.bucket_of(record[0])
                 groups[b].append(record)
-                if record[1] > latest:
-                    latest = record[1]
-            part = packet.origin_id
-            out.extend((str(b), Marked(part, latest, packet.eof, groups[b])) for b in range(n))
+            marks = [Marked(part, latest, packet.eof, groups[b]) for b in range(n)]
+            for partial in partials:
+                b = bucket_of(partial[0])
+                if b is None:
+                    b = self.bucket_of(partial[0])
+                mark = marks[b]
+                mark.partials.append(partial)
+                mark.combined += len(partial[4])
+            out.extend((str(b), marks[b]) for b in range(n))
         return out
 
 

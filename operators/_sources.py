@@ -418,7 +418,10 @@ class _GenerateReader(Reader):
             elapsed = (datetime.now(timezone.utc) - self.started).total_seconds()
             due = int(elapsed * per_part) - (self.made - self.resumed_at)
             if due <= 0:
-                self.wake = datetime.now(timezone.utc) + timedelta(seconds=1 / per_part)
+                # Wake when about 20 ms of records are due (at least one), not
+                # for every record: a slow rate must not keep the worker busy.
+                wait = max(1.0, min(float(n), per_part * 0.02)) / per_part
+                self.wake = datetime.now(timezone.utc) + timedelta(seconds=wait)
                 return None
             n = min(n, due)
             self.wake = None

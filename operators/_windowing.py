@@ -20,6 +20,7 @@ How a windowed aggregate runs:
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from operators.windows import (
     Window,
 )
 
-__all__ = ["WindowLogic", "WindowSpec", "make_adder"]
+__all__ = ["Combiner", "WindowLogic", "WindowSpec", "can_combine", "make_adder"]
 
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE = (
     COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open", "late")
@@ -121,6 +122,81 @@ class WindowSpec:
         object.__setattr__(record, "__pydantic_extra__", None)
         object.__setattr__(record, "__pydantic_private__", None)
         return record
+
+
+def can_combine(window: Window | None, clock: Clock | None, aggs: Sequence[Aggregator]) -> bool:
+    """Whether a windowed step's events can be aggregated before the key exchange.
+
+    Tumbling event-time windows whose aggregators all merge can.
+
+    >>> from operators import agg, windows
+    >>> can_combine(windows.tumbling(seconds=10), windows.event_time(), [agg.sum("x")])
+    True
+    >>> can_combine(windows.session(gap=10), windows.event_time(), [agg.count()])
+    False
+    """
+    return (
+        isinstance(window, Tumbling)
+        and isinstance(clock, EventTime)
+        and all(type(g).merge is not Aggregator.merge for g in aggs)
+    )
+
+
+class Combiner:
+    """Aggregate a chunk's events per key and tumbling window before the key exchange.
+
+    Runs where the chunk was read (in `Bucketize`), so it sees each source
+    partition in order: an event behind its partition's watermark (as this
+    worker last saw it) goes on as it is, and the window step judges it
+    exactly as it would without combining. The others become partial windows
+    ``(key, start, end, accs, ids)``; the window step merges them. If a
+    partial reaches a window that has already closed (its partition was idle
+    past the clock's ``idle_timeout`` meanwhile, or the run resumed), each of
+    its events becomes a late dead letter naming the event id.
+    """
+
+    def __init__(self, size: float, aggs: Sequence[Aggregator], delay: float) -> None:
+        """Combine into windows of ``size`` seconds."""
+        self.size = size
+        self.aggs = list(aggs)
+        self.add = make_adder(aggs)
+        self.delay = delay
+        self.wm: dict[str, float] = {}
+
+    def __call__(
+        self, records: list[tuple[str, float, Any]], partition: str, latest: float
+    ) -> tuple[list[Any], list[tuple[str, float, float, list[Any], list[str]]]]:
+        """Return the records to send as they are, and the partial windows."""
+        own = self.wm.get(partition, _NEVER)
+        size = self.size
+        add = self.add
+        aggs = self.aggs
+        raw: list[Any] = []
+        wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
+        get = wins.get
+        for record in records:
+            key, ts, event = record
+            if ts < own:
+                raw.append(record)
+                continue
+            start = ts - ts % size
+            slot = get((key, start))
+            if slot is None:
+                slot = wins[(key, start)] = ([g.create() for g in aggs], [])
+            try:
+                add(slot[0], event, ts)
+            except Exception:  # noqa: BLE001 - the window step meets it again, as usual
+                raw.append(record)
+                continue
+            slot[1].append(getattr(event, "id", ""))
+        if latest != _NEVER and latest - self.delay > own:
+            self.wm[partition] = latest - self.delay
+        partials = [
+            (key, start, start + size, accs, ids)
+            for (key, start), (accs, ids) in wins.items()
+            if ids
+        ]
+        return raw, partials
 
 
 _UTC_CACHE: dict[float, datetime] = {}
@@ -239,6 +315,9 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         window = spec.window
         now = time.time()
         for marked in values:
+            if marked.partials:
+                row[_IN] += marked.combined
+                self._merge(marked.partials, out, row)
             records = marked.records
             if records:
                 row[_IN] += len(records)
@@ -325,6 +404,71 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 assert isinstance(window, Session)
                 self._session(window, key, ts, event, row)
         row[_AGG] += len(records) - late
+
+    def _merge(
+        self,
+        partials: list[tuple[str, float, float, list[Any], list[str]]],
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """Merge windows aggregated before the exchange into this bucket's windows."""
+        aggs = self.spec.aggs
+        wins = self.wins
+        heap = self.heap
+        opened = merged = 0
+        for key, start, end, accs, ids in partials:
+            if end <= self.closed:
+                self._late_partial(key, start, end, ids, out, row)
+                continue
+            held = wins.get((key, start))
+            if held is None:
+                wins[(key, start)] = accs
+                heapq.heappush(heap, (end, key, start))
+                opened += 1
+            else:
+                for i, g in enumerate(aggs):
+                    held[i] = g.merge(held[i], accs[i])
+            merged += len(ids)
+        row[_OPEN] += opened
+        row[_AGG] += merged
+
+    def _late_partial(
+        self,
+        key: str,
+        start: float,
+        end: float,
+        ids: list[str],
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        spec = self.spec
+        row[_DEAD] += len(ids)
+        row[_LATE] += len(ids)
+        for event_id in ids:
+            payload = json.dumps(
+                {"id": event_id, "key": key, "start": _utc(start).isoformat()}, sort_keys=True
+            )
+            out.append(
+                (
+                    "d",
+                    DeadLetter.build(
+                        pipeline=spec.pipeline,
+                        step=spec.step,
+                        kind="late",
+                        error_type="LateEvent",
+                        message=(
+                            f"event {event_id!r} of key {key!r} was aggregated before the key "
+                            f"exchange, and its window [{_utc(start).isoformat()}, "
+                            f"{_utc(end).isoformat()}) had closed when it arrived (its source "
+                            f"partition was idle past idle_timeout, or the run resumed); the "
+                            f"payload was not kept. Hint: aggregate(..., combine=False) keeps "
+                            f"late events whole"
+                        ),
+                        payload=payload,
+                        event_time=_utc(start),
+                    ),
+                )
+            )
 
     def _session(self, window: Session, key: str, ts: float, event: Any, row: list[int]) -> None:
         spec = self.spec

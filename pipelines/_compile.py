@@ -40,7 +40,7 @@ from operators import (
 from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._keying import Bucketize, ClockOp, Marked, SplitOp
-from operators._windowing import WindowLogic, WindowSpec
+from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
 
@@ -107,10 +107,12 @@ class Compiled:
 
 
 def compile_pipeline(
-    pipeline: Pipeline, ctx: RunContext, workers: int = 1, *, exact_files: bool = False
+    pipeline: Pipeline, ctx: RunContext, total_workers: int = 1, *, exact_files: bool = False
 ) -> Compiled:
     """Build the bytewax ``Dataflow`` for ``pipeline`` (checked first).
 
+    ``total_workers`` is the number of workers in the whole cluster; with more
+    than one, windows that can be are aggregated before the key exchange.
     With ``exact_files`` (a run with recovery), jsonl sinks keep their length
     in the snapshots and are cut back to it on resume: exactly once.
     """
@@ -235,8 +237,13 @@ def compile_pipeline(
                 )
                 merge_inputs.setdefault(target.name, []).append(unpacked)
             elif kind == "aggregate":
+                combine = None
+                if total_workers > 1 and target.kind == "aggregate":
+                    combine = _combiner(target, users)
                 marked = op.flat_map_batch(
-                    f"{node.name}_to_{target.name}_{i}", packets, Bucketize(i)
+                    f"{node.name}_to_{target.name}_{i}",
+                    packets,
+                    Bucketize(i, combine=combine),
                 )
                 agg_inputs[target.name] = marked
     return Compiled(flow, counters, kinds)
@@ -250,6 +257,18 @@ def _source_partitions(node: Node) -> list[str]:
     for port in node.inputs:
         ids += [i for i in _source_partitions(port.node) if i not in ids]
     return ids
+
+
+def _combiner(node: Node, users: dict[tuple[str, str | None], list[Node]]) -> Combiner | None:
+    """Return the pre-exchange aggregation for an aggregate step, where it applies."""
+    params = node.params
+    window = params["window"]
+    aggs = list(params["aggregators"].values())
+    if not params.get("combine") or users[(node.name, "late")]:
+        return None  # written late events must stay whole
+    if not can_combine(window, params["clock"], aggs):
+        return None
+    return Combiner(window.size, aggs, params["clock"].max_delay)
 
 
 def _window_spec(

@@ -173,13 +173,24 @@ class WindowedStream(Generic[T]):
         *,
         name: str | None = None,
         on_error: Policy = "dead_letter",
+        combine: bool = True,
         **aggregators: Aggregator,
     ) -> AggregateStream[T]:
         """Aggregate each key's windows: one result record per key and window.
 
         Late events (behind the watermark) go to ``.late`` of the result.
+
+        On more than one worker, tumbling event-time windows whose aggregators
+        merge are first aggregated where the events are read, and partial
+        windows cross to the worker of their key instead of the events
+        (``combine=False`` turns that off). Results are the same; only an
+        event that reaches a window already closed while its partition was
+        idle, or across a resume, is dead-lettered by its id without its
+        payload (unless ``.late`` is written, which keeps late events whole).
         """
-        return _aggregate(self._keyed, self._window, self._clock, name, on_error, aggregators)
+        return _aggregate(
+            self._keyed, self._window, self._clock, name, on_error, aggregators, combine=combine
+        )
 
 
 L = TypeVar("L")
@@ -259,6 +270,7 @@ def _aggregate(
     *,
     emit: str = "final",
     ttl: float | None = None,
+    combine: bool = False,
 ) -> AggregateStream[Any]:
     label = "running" if window is None else window.label
     step = check_name(name) if name else None
@@ -309,6 +321,7 @@ def _aggregate(
             "result_model": model,
             "emit": emit,
             "ttl": ttl,
+            "combine": combine,
         },
     )
     pipe = pipeline._with(graph.add(node))

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import socket
 import time
 import traceback
@@ -94,6 +95,10 @@ def _child(
 
         compiled.counters.on_start = mark
 
+    # The parent stops a failed cluster with SIGTERM: take the default action
+    # (a handler inherited from the parent, such as the command line's, would
+    # wait for the engine to hand control back).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sent = False
     try:
         outcome = execute(
@@ -244,6 +249,9 @@ def run_processes(
             if failure is not None and proc.is_alive():
                 proc.terminate()
             proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
     if failure is not None:
         # Which process failed first is a race; say how each one ended.
         ended = ", ".join(f"process {i}: exit code {proc.exitcode}" for i, proc in enumerate(procs))
