@@ -375,7 +375,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             for key, ts, event in records:
                 if ts < wm:
                     late += 1
-                    self._late(event, ts, out, row)
+                    self._late(event, ts, wm, out, row)
                     continue
                 start = ts - ts % size
                 accs = get((key, start))
@@ -390,7 +390,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         for key, ts, event in records:
             if ts < wm:
                 late += 1
-                self._late(event, ts, out, row)
+                self._late(event, ts, wm, out, row)
                 continue
             if isinstance(window, Sliding):
                 for start, end in window.assign(ts):
@@ -532,7 +532,10 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 row[_CREATED] += 1
         row[_AGG] += len(records)
 
-    def _late(self, event: Any, ts: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+    def _late(
+        self, event: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        """Send on (or dead-letter) an event behind ``wm``, its partition's watermark."""
         spec = self.spec
         row[_LATE] += 1
         if spec.late_wanted:
@@ -551,7 +554,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                     error_type="LateEvent",
                     message=(
                         f"event time {_utc(ts).isoformat()} is behind the watermark "
-                        f"{_utc(self.watermark()).isoformat()}; write the step's .late stream "
+                        f"{_utc(wm).isoformat()}; write the step's .late stream "
                         f"to a sink to keep late events apart"
                     ),
                     payload=payload,

@@ -101,23 +101,26 @@ def _child(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sent = False
     try:
-        outcome = execute(
-            pipeline,
-            workers,
-            addresses,
-            proc_id,
-            append_files=True,
-            monitor=signal_formed,
-            recovery=recovery,
-            metrics=metrics,
-        )
-        error = outcome.error
+        outcome: Outcome | None = None
+        try:
+            outcome = execute(
+                pipeline,
+                workers,
+                addresses,
+                proc_id,
+                append_files=True,
+                monitor=signal_formed,
+                recovery=recovery,
+                metrics=metrics,
+            )
+            error = outcome.error
+            outcome.error = None
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent (engine panics too)
+            error = exc
         detail = None
         if error is not None:
             detail = "".join(traceback.format_exception(error))
-            cause = error.__cause__
-            outcome.error = None
-            payload: Any = (outcome, _portable(error), _portable(cause), detail)
+            payload: Any = (outcome, _portable(error), _portable(error.__cause__), detail)
         else:
             payload = (outcome, None, None, None)
         try:

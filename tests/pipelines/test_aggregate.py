@@ -352,3 +352,76 @@ def test_event_times_and_keys_are_checked_where_they_are_read() -> None:
         r"str; got int 7",
     ):
         clock.call(hit("a", 1))
+
+
+def combined_pipeline(events: list[Hit], combine: bool) -> Pipeline:
+    return (
+        Pipeline("combined")
+        .read(sources.memory(events, partitions=3))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10), clock=windows.event_time(max_delay=2))
+        .aggregate(
+            combine=combine,
+            n=agg.count(),
+            total=agg.sum("amount"),
+            low=agg.min("amount"),
+            pages=agg.count_distinct("page"),
+            first=agg.first("amount"),
+        )
+        .write(sinks.memory("o"))
+    )
+
+
+def test_windows_combined_before_the_exchange_equal_windows_of_events() -> None:
+    import random
+
+    rng = random.Random(5)
+    events = [
+        hit(f"u{rng.randrange(30)}", i * 0.05 + rng.uniform(-3, 0), float(rng.randrange(100)))
+        for i in range(6000)
+    ]
+    names = ("n", "total", "low", "pages", "first")
+    plain = combined_pipeline(events, combine=False).run()
+    assert plain.reconciles
+    for workers, processes in ((2, 1), (1, 2)):
+        result = combined_pipeline(events, combine=True).run(workers=workers, processes=processes)
+        assert result.reconciles
+        assert multiset(table(result["o"], *names)) == multiset(table(plain["o"], *names))
+        # the same events were late (behind their partition's watermark) either way
+        assert sorted(d.payload for d in result.dead_letters) == sorted(
+            d.payload for d in plain.dead_letters
+        )
+        assert result.counts["aggregate_tumbling_10s_n_total_low_pages_first"].late > 0
+
+
+def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
+    from operators._windowing import Combiner
+
+    combine = Combiner(10.0, [agg.count(), agg.sum("amount")], delay=0.0)
+    first = [("a", 12.0, hit("a", 12)), ("a", 15.0, hit("a", 15)), ("b", 25.0, hit("b", 25))]
+    raw, partials = combine(first, "src/p0", 25.0)
+    assert raw == []
+    assert sorted((k, s, e, accs, ids) for k, s, e, accs, ids in partials) == [
+        ("a", 10.0, 20.0, [2, 2.0], ["a@12", "a@15"]),
+        ("b", 20.0, 30.0, [1, 1.0], ["b@25"]),
+    ]
+    late = ("a", 18.0, hit("a", 18))
+    raw, partials = combine([late, ("a", 31.0, hit("a", 31))], "src/p0", 31.0)
+    assert raw == [late]  # behind the partition's watermark (25): judged at the window
+    assert [(k, s, ids) for k, s, _, _, ids in partials] == [("a", 30.0, ["a@31"])]
+
+
+def test_a_partial_for_a_closed_window_becomes_late_dead_letters_by_event_id() -> None:
+    logic = WindowLogic(
+        spec(windows.tumbling(seconds=10), windows.event_time(), parts=["s/a", "s/b"]), None
+    )
+    logic.spec.late_wanted = False
+    logic.on_batch([Marked("s/a", 50.0, False), Marked("s/b", 50.0, False)])
+    assert logic.closed == 50.0
+    marked = Marked("s/a", 55.0, False, partials=[("k", 30.0, 40.0, [2], ["e1", "e2"])], combined=2)
+    out, _ = logic.on_batch([marked])
+    letters = [v for tag, v in out if tag == "d"]
+    assert [json.loads(d.payload)["id"] for d in letters] == ["e1", "e2"]
+    assert {d.kind for d in letters} == {"late"} and "had closed" in letters[0].message
+    row = logic.spec.counters.totals()["s"]
+    assert row["in"] == 2 and row["dead"] == 2 and row["late"] == 2 and row["aggregated"] == 0
