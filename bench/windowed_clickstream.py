@@ -88,7 +88,11 @@ def run_evflow(lines: list[bytes], processes: int = 1) -> list[Row]:
     return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
 
 
-def run_bytewax(lines: list[bytes]) -> list[Row]:
+def bytewax_flow(source: Any, got: list[Any], wait: float = 5.0) -> Dataflow:
+    """The hand-written bytewax dataflow: results go to ``got``.
+
+    ``wait`` is the event clock's system-time wait (see the module docstring).
+    """
     adapter = schema_adapter(SCHEMA)
     parse = adapter.validate_json
 
@@ -99,7 +103,7 @@ def run_bytewax(lines: list[bytes]) -> list[Row]:
             return None
 
     flow = Dataflow("bench_bytewax_windows")
-    raw = op.input("inp", flow, TestingSource(lines, batch_size=1000))
+    raw = op.input("inp", flow, source)
     events = op.filter_map("parse", raw, parse_or_none)
     buys = op.filter("purchases", events, lambda e: isinstance(e, Purchase))
     keyed = op.key_on("user", buys, lambda e: e.user)
@@ -108,7 +112,7 @@ def run_bytewax(lines: list[bytes]) -> list[Row]:
     # calls on-time events late. A few seconds of wait keeps results exact.
     clock = win.EventClock(
         ts_getter=lambda e: e.time,
-        wait_for_system_duration=timedelta(seconds=5),
+        wait_for_system_duration=timedelta(seconds=wait),
         to_system_utc=lambda dt: None,
     )
     windower = win.TumblingWindower(length=timedelta(seconds=SIZE), align_to=T0)
@@ -121,12 +125,20 @@ def run_bytewax(lines: list[bytes]) -> list[Row]:
         lambda acc, e: [acc[0] + 1, acc[1] + e.amount],
         lambda a, b: [a[0] + b[0], a[1] + b[1]],
     )
-    got: list[Any] = []
     op.output("out", folded.down, TestingSink(got))
-    run_main(flow)
-    # Tumbling window ids count windows from align_to.
-    base = T0.timestamp()
+    return flow
+
+
+def bytewax_rows(got: list[Any]) -> list[Row]:
+    """Turn bytewax's ``(key, (window id, acc))`` results into sorted rows."""
+    base = T0.timestamp()  # tumbling window ids count windows from align_to
     return sorted((k, base + wid * SIZE, acc[0], round(acc[1], 6)) for k, (wid, acc) in got)
+
+
+def run_bytewax(lines: list[bytes]) -> list[Row]:
+    got: list[Any] = []
+    run_main(bytewax_flow(TestingSource(lines, batch_size=1000), got))
+    return bytewax_rows(got)
 
 
 def run_loop(lines: list[bytes]) -> list[Row]:

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("stateless_clickstream.py", 3000, "evflow speed vs python loop:"),
         ("windowed_clickstream.py", 4000, "evflow on 2 processes vs 1:"),
         ("dispatch_types.py", 2000, "1000 types: evflow"),
+        ("scaling.py", 4000, "evflow speed vs bytewax on 2 processes:"),
     ],
 )
 def test_benchmark_runs_and_variants_agree(script: str, events: int, expected: str) -> None:
@@ -29,3 +30,18 @@ def test_benchmark_runs_and_variants_agree(script: str, events: int, expected: s
         cwd=ROOT,
     )
     assert expected in done.stdout
+
+
+def test_chaos_script_kills_resumes_and_checks() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "chaos.py"), "--kills", "2", "--events", "6000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=ROOT,
+    )
+    assert (
+        "2 runs killed with SIGKILL" in done.stdout
+        and "none lost, none written twice" in done.stdout
+    )

@@ -1,0 +1,166 @@
+"""Scaling benchmark: the windowed clickstream on 1, 2, 4, ... processes.
+
+Workload (as in windowed_clickstream.py): N JSON events generated before
+timing, split into as many partitions as processes; parse and validate, keep
+purchases, key by user, 10-second tumbling event-time windows, count and sum
+per user and window. Each variant writes its window results to files.
+
+- evflow: ``run(processes=P)`` (its tumbling windows are aggregated where the
+  events are read, and partial windows cross the key exchange);
+- bytewax: the same dataflow written by hand with ``fold_window`` over a
+  partitioned source, on a forked cluster of P processes (``cluster_main``),
+  so nearly every purchase crosses to another process, pickled.
+
+Every variant must produce the same windows. Printed: median seconds per
+process count and the speed-up over one process of the same variant.
+
+Run: ``python bench/scaling.py --processes 1,2 [--events N] [--rounds R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import cluster_main
+from harness import interleaved
+from windowed_clickstream import SCHEMA, SIZE, Purchase, Row, bytewax_flow, bytewax_rows, make_lines
+
+from operators import agg, windows
+from pipelines import Pipeline, sinks, sources
+from pipelines._processes import free_ports
+
+
+def run_evflow(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+    out = workdir / f"evflow_{processes}.jsonl"
+    (
+        Pipeline("bench_scaling")
+        .read(sources.memory(lines, schema=SCHEMA, partitions=processes))
+        .filter(Purchase)
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=SIZE), clock=windows.event_time("time"))
+        .aggregate(n=agg.count(), total=agg.sum("amount"))
+        .write(sinks.jsonl(out))
+    ).run(processes=processes)
+    rows = []
+    for line in out.read_text().splitlines():
+        r = json.loads(line)
+        start = _seconds(r["start"])
+        rows.append((r["key"], start, r["n"], round(r["total"], 6)))
+    return sorted(rows)
+
+
+def _seconds(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class _Slice(StatefulSourcePartition[bytes, int]):
+    def __init__(self, lines: list[bytes], resume: int | None) -> None:
+        self.lines = lines
+        self.at = resume or 0
+
+    def next_batch(self) -> list[bytes]:
+        if self.at >= len(self.lines):
+            raise StopIteration
+        batch = self.lines[self.at : self.at + 1000]
+        self.at += len(batch)
+        return batch
+
+    def snapshot(self) -> int:
+        return self.at
+
+
+class SlicedSource(FixedPartitionedSource[bytes, int]):
+    """The lines cut into ``parts`` partitions, like evflow's memory source."""
+
+    def __init__(self, lines: list[bytes], parts: int) -> None:
+        self.lines = lines
+        self.parts = parts
+
+    def list_parts(self) -> list[str]:
+        return [f"part{i}" for i in range(self.parts)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Slice:
+        i = int(for_part[4:])
+        return _Slice(self.lines[i :: self.parts], resume_state)
+
+
+def _bytewax_member(lines: list[bytes], addresses: list[str], i: int, out: str) -> None:
+    got: list[Any] = []
+    # bytewax keeps one watermark per key: partitions read at different speeds
+    # would make on-time events late, so windows wait for the end of input
+    # (evflow keeps a watermark per partition and closes windows as it goes).
+    flow = bytewax_flow(SlicedSource(lines, len(addresses)), got, wait=10**7)
+    cluster_main(flow, addresses, i, worker_count_per_proc=1)
+    with open(out, "w") as f:
+        json.dump(got, f)
+    os._exit(0)
+
+
+def run_bytewax(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(processes)]
+    context = multiprocessing.get_context("fork")
+    outs = [str(workdir / f"bytewax_{processes}_{i}.json") for i in range(processes)]
+    procs = [
+        context.Process(target=_bytewax_member, args=(lines, addresses, i, outs[i]))
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            msg = f"a bytewax process failed (exit code {proc.exitcode})"
+            raise RuntimeError(msg)
+    got: list[Any] = []
+    for out in outs:
+        with open(out) as f:
+            got.extend((k, (wid, acc)) for k, (wid, acc) in json.load(f))
+    return bytewax_rows(got)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--processes", default="1,2", help="process counts, comma-separated")
+    parser.add_argument("--skip-bytewax", action="store_true")
+    args = parser.parse_args()
+    counts = [int(p) for p in args.processes.split(",")]
+    lines = make_lines(args.events)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        variants: dict[str, Any] = {}
+        for p in counts:
+            variants[f"evflow {p}"] = lambda p=p: run_evflow(lines, p, workdir)
+            if not args.skip_bytewax:
+                variants[f"bytewax {p}"] = lambda p=p: run_bytewax(lines, p, workdir)
+        med, expected = interleaved(variants, args.rounds)
+    print(
+        f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, "
+        f"{os.cpu_count()} cores; medians and speed-up over 1 process:"
+    )
+    for name in ("evflow", "bytewax"):
+        if f"{name} {counts[0]}" not in med:
+            continue
+        base = med[f"{name} {counts[0]}"] * counts[0] if counts[0] == 1 else None
+        for p in counts:
+            m = med[f"{name} {p}"]
+            speedup = f"{base / m:5.2f}x" if base else "  -  "
+            print(f"  {name:8s} {p:3d} processes  {m:7.3f}s  {speedup}")
+    for p in counts:
+        if f"bytewax {p}" in med:
+            ratio = med[f"bytewax {p}"] / med[f"evflow {p}"]
+            print(f"evflow speed vs bytewax on {p} processes: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
