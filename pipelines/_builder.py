@@ -203,9 +203,39 @@ class Pipeline:
 
     def __rich__(self) -> Any:
         """Render as a tree (rich protocol)."""
-        from pipelines._render import to_tree
+        from pipelines.render import to_tree
 
         return to_tree(self)
+
+    def _repr_html_(self) -> str:
+        """Show as a drawing of the graph in a notebook (see `pipelines.render`)."""
+        from pipelines.render import to_html
+
+        return to_html(self)
+
+    def _repr_svg_(self) -> str:
+        """Draw the graph as SVG (Graphviz when installed, evflow's layout otherwise)."""
+        from pipelines.render import to_svg
+
+        return to_svg(self)
+
+    def preview(self, records: Iterable[Any] | None = None, *, limit: int = 20) -> RunResult:
+        """Run on a small sample in this process; every sink becomes a memory output.
+
+        The sample is ``records`` (read by every source, parsed with its
+        schema) or else the first ``limit`` records of each source. Outputs
+        are kept under each write step's name; nothing is written anywhere.
+        The result shows as tables (HTML in a notebook, rich in a terminal).
+
+        >>> from pipelines import sources, sinks
+        >>> p = Pipeline("p").read(sources.memory(range(100))).map(lambda x: 10 // (x % 7))
+        >>> result = p.write(sinks.jsonl("never_written.jsonl")).preview(limit=10)
+        >>> result["jsonl_never_written"], result.dead
+        ([10, 5, 3, 2, 2, 1, 10, 5], 2)
+        """
+        from pipelines.testing import preview
+
+        return preview(self, records, limit=limit)
 
 
 class Stream(Generic[T]):

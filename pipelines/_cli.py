@@ -142,8 +142,15 @@ def _parser() -> argparse.ArgumentParser:
         "--live", action="store_true", help="draw the live view even when not on a terminal"
     )
     sub.add_parser("list", help="list the catalog")
-    graph = sub.add_parser("graph", help="print a pipeline as a tree")
+    graph = sub.add_parser("graph", help="draw a pipeline: tree, Mermaid, DOT or SVG")
     graph.add_argument("target")
+    graph.add_argument(
+        "--format",
+        choices=("tree", "mermaid", "dot", "svg"),
+        default="tree",
+        help="tree (default), Mermaid text, Graphviz DOT, or SVG (Graphviz when installed)",
+    )
+    graph.add_argument("-o", "--output", help="write to this file instead of stdout")
     return parser
 
 
@@ -166,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipeline = load_target(args.target)
         if args.command == "graph":
-            console.print(pipeline)
-            return 0
+            return _graph(pipeline, args, console)
         for what in ("workers", "processes"):
             if getattr(args, what) < 1:
                 fail(f"error: --{what} must be at least 1; got {getattr(args, what)}")
@@ -184,6 +190,26 @@ def main(argv: list[str] | None = None) -> int:
             fail("The above caused:")
         fail(_user_traceback(exc))
         return 1
+
+
+def _graph(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
+    """Write the pipeline's picture in the format asked for."""
+    from pipelines import render
+
+    if args.format == "tree":
+        if args.output:
+            with open(args.output, "w") as f:
+                Console(file=f, width=120).print(render.to_tree(pipeline))
+        else:
+            console.print(render.to_tree(pipeline))
+        return 0
+    make = {"mermaid": render.to_mermaid, "dot": render.to_dot, "svg": render.to_svg}
+    text = make[args.format](pipeline)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
 
 
 def _stop_on_sigterm() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     from pipelines._builder import Pipeline
     from pipelines._result import RunResult
 
-__all__ = ["node_label", "summary_table", "to_tree"]
+__all__ = ["node_label", "result_tables", "summary_table", "to_tree"]
 
 
 def node_label(node: Node) -> str:
@@ -118,3 +120,41 @@ def summary_table(result: RunResult) -> Table:
         end_section=True,
     )
     return table
+
+
+def _cell(value: Any) -> str:
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return escape(text if len(text) <= 60 else text[:59] + "\u2026")
+
+
+def records_table(title: str, records: list[Any], limit: int = 20) -> Table:
+    """Show the first ``limit`` records as a table, one column per field."""
+    from pipelines._html import record_dict
+
+    dicts = [record_dict(r) for r in records[:limit]]
+    headers: list[str] = []
+    for d in dicts:
+        headers.extend(k for k in d if k not in headers)
+    more = len(records) - len(dicts)
+    table = Table(title=title, caption=f"... and {more:,} more" if more > 0 else None)
+    for h in headers or ["value"]:
+        table.add_column(h)
+    for d in dicts:
+        table.add_row(*(_cell(d.get(h, "")) for h in headers))
+    return table
+
+
+def result_tables(result: RunResult, limit: int = 20) -> Group:
+    """Render counts, then each memory output, then dead letters, as rich tables."""
+    parts: list[Any] = [summary_table(result)]
+    for name, records in result.outputs.items():
+        parts.append(records_table(f"output {name} ({len(records):,})", records, limit))
+    if result.dead_letters:
+        table = Table(title=f"dead letters ({len(result.dead_letters):,})")
+        for column in ("step", "kind", "error_type", "message", "payload"):
+            table.add_column(column)
+        for letter in result.dead_letters[:limit]:
+            columns = ("step", "kind", "error_type", "message", "payload")
+            table.add_row(*(_cell(getattr(letter, c)) for c in columns))
+        parts.append(table)
+    return Group(*parts)

@@ -188,7 +188,7 @@ class RunResult:
 
     def __getitem__(self, name: str) -> list[Any]:
         """Return the outputs of memory sink ``name``."""
-        return self.outputs[name]
+        return self._output(name)
 
     def __repr__(self) -> str:
         """Summarise in one line."""
@@ -205,6 +205,57 @@ class RunResult:
 
         return summary_table(self)
 
+    def to_dicts(self, name: str) -> list[dict[str, Any]]:
+        """Return memory output ``name`` as a list of dicts (events by their fields).
+
+        >>> from pipelines import Pipeline, sources, sinks
+        >>> r = Pipeline("p").read(sources.memory([1, 2])).write(sinks.memory("o")).run()
+        >>> r.to_dicts("o")
+        [{'value': 1}, {'value': 2}]
+        """
+        from pipelines._html import record_dict
+
+        return [record_dict(r) for r in self._output(name)]
+
+    def to_pandas(self, name: str | None = None) -> Any:
+        """Return memory output ``name`` (or the dead letters) as a pandas DataFrame.
+
+        Needs pandas (``pip install pandas``); evflow does not require it.
+        """
+        try:
+            import pandas as pd  # type: ignore[import-untyped]
+        except ImportError:
+            msg = (
+                "RunResult.to_pandas needs pandas, which is not installed. Hint: pip install "
+                "pandas, or use RunResult.to_dicts(name) for plain dicts."
+            )
+            raise ImportError(msg) from None
+        if name is None:
+            return pd.DataFrame([d.model_dump() for d in self.dead_letters])
+        return pd.DataFrame(self.to_dicts(name))
+
+    def _output(self, name: str) -> list[Any]:
+        if name not in self.outputs:
+            known = ", ".join(sorted(self.outputs)) or "none"
+            msg = (
+                f"run of pipeline {self.pipeline!r} has no memory output {name!r}; it has: "
+                f"{known}. Hint: write the stream to sinks.memory({name!r})."
+            )
+            raise KeyError(msg)
+        return self.outputs[name]
+
+    def tables(self, limit: int = 20) -> Any:
+        """Return rich tables: counts, the first ``limit`` records of each output, dead letters."""
+        from pipelines._render import result_tables
+
+        return result_tables(self, limit)
+
     def __rich__(self) -> Any:
-        """Render as the summary table."""
-        return self.summary()
+        """Render as tables: counts, outputs and dead letters."""
+        return self.tables()
+
+    def _repr_html_(self) -> str:
+        """Show as HTML tables in a notebook: counts, outputs, dead letters."""
+        from pipelines._html import result_html
+
+        return result_html(self)

@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import Any
 
-from operators import MemorySource, Schema
+from operators import MemorySource, Schema, Source
 from pipelines._builder import Pipeline, Stream
 from pipelines._graph import Graph, Node, Port
 from pipelines._result import RunResult
 from pipelines.sinks import memory
 
-__all__ = ["outputs", "replace_sources", "run"]
+__all__ = ["head", "outputs", "preview", "replace_sources", "run"]
 
 
 def replace_sources(
@@ -47,9 +49,70 @@ def replace_sources(
     return Pipeline(pipeline.name, _graph=Graph(nodes), _dead=pipeline.dead_letter_sink)
 
 
-def _rewire(node: Node, replaced: dict[str, Node]) -> Node:
+def head(source: Source, limit: int, *, timeout: float = 10.0) -> list[Any]:
+    """Read the first ``limit`` raw records of ``source`` (partitions in order).
+
+    A source that has fewer gives what it has; one that is slow (a rate, an
+    endless stream) gives what came within ``timeout`` seconds.
+    """
+    items: list[Any] = []
+    deadline = time.monotonic() + timeout
+    for part in source.partitions():
+        reader = source.open(part, "preview", None)
+        try:
+            while len(items) < limit and time.monotonic() < deadline:
+                try:
+                    chunk = reader.next_chunk()
+                except StopIteration:
+                    break
+                if chunk is None:
+                    wake = reader.next_awake()
+                    pause = 0.01 if wake is None else (wake - datetime.now(timezone.utc))
+                    time.sleep(min(max(_seconds(pause), 0.001), 0.2))
+                    continue
+                items.extend(chunk.items[: limit - len(items)])
+        finally:
+            reader.close()
+        if len(items) >= limit:
+            break
+    return items
+
+
+def _seconds(pause: Any) -> float:
+    return pause.total_seconds() if hasattr(pause, "total_seconds") else float(pause)
+
+
+def preview(
+    pipeline: Pipeline, records: Iterable[Any] | None = None, *, limit: int = 20
+) -> RunResult:
+    """Run ``pipeline`` on a small sample; every sink becomes a memory output.
+
+    The sample is ``records`` (read by every source) or else the first
+    ``limit`` records of each source. Each write step's records are kept under
+    its step name in ``outputs``; dead letters stay in the result. Nothing is
+    written to files or services.
+    """
+    nodes: dict[str, Node] = {}
+    replaced: dict[str, Node] = {}
+    sample = None if records is None else list(records)
+    for node in pipeline.graph:
+        if node.kind == "read":
+            old = node.params["source"]
+            items = sample if sample is not None else head(old, limit)
+            params = {**node.params, "source": MemorySource(items, schema=old.schema)}
+            new = Node(node.name, "read", (), None, node.policy, params)
+        elif node.kind == "write":
+            new = _rewire(node, replaced, {"sink": memory(node.name)})
+        else:
+            new = _rewire(node, replaced)
+        nodes[node.name] = replaced[node.name] = new
+    return Pipeline(pipeline.name, _graph=Graph(nodes)).run(progress=False)
+
+
+def _rewire(node: Node, replaced: dict[str, Node], params: dict[str, Any] | None = None) -> Node:
     inputs = tuple(Port(replaced[p.node.name], p.route) for p in node.inputs)
-    return Node(node.name, node.kind, inputs, node.fn, node.policy, node.params)
+    merged = node.params if params is None else {**node.params, **params}
+    return Node(node.name, node.kind, inputs, node.fn, node.policy, merged)
 
 
 def run(

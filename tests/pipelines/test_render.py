@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
 from rich.console import Console
 
+from operators import agg, windows
 from pipelines import Pipeline, sinks, sources
-from pipelines._render import to_tree
+from pipelines._cli import main
+from pipelines.render import to_dot, to_mermaid, to_svg, to_tree
 from tests.helpers import Purchase, View
 
 
@@ -49,3 +57,212 @@ def test_summary_table_shows_totals_and_reconciliation() -> None:
     assert "filter" in text and "total" in text
     assert "read 3 + created 0 = written 2 + filtered 1" in text and "reconciles" in text
     assert "RunResult('s', read=3, written=2, filtered=1" in repr(result)
+
+
+# -- pictures: Mermaid, DOT, SVG, notebook displays ---------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def review(p: Purchase) -> View:
+    return View(user=p.user, page="/review")
+
+
+def shop() -> Pipeline:
+    """Routes, a dispatch, a window whose late events are written, and one whose are not."""
+    source = Pipeline("shop").read(sources.memory([], schema=View | Purchase))
+    routes = source.forward(big=lambda e: isinstance(e, Purchase), otherwise="rest")
+    reviewed = routes.big.dispatch({Purchase: review}, default="dead_letter").write(
+        sinks.memory("reviews")
+    )
+    windowed = routes.rest.key_by(lambda e: e.user).window(windows.tumbling(seconds=60))
+    counted = windowed.aggregate(n=agg.count(), name="per_minute")
+    return (
+        reviewed
+        | counted.write(sinks.memory("counts"))
+        | counted.late.write(sinks.memory("late"))
+        | source.key_by(lambda e: e.user, name="by_user")
+        .window(windows.tumbling(seconds=10))
+        .aggregate(n=agg.count(), name="no_late_reader")
+        .write(sinks.memory("tens"))
+    )
+
+
+EDGES = {
+    ("read_memory", "forward_big", ""),
+    ("forward_big", "big_dispatch", "big"),
+    ("big_dispatch", "big_memory_reviews", ""),
+    ("forward_big", "rest_key_by", "rest"),
+    ("rest_key_by", "per_minute", ""),
+    ("per_minute", "rest_memory_counts", ""),
+    ("per_minute", "per_minute_late_memory_late", "late"),
+    ("read_memory", "by_user", ""),
+    ("by_user", "no_late_reader", ""),
+    ("no_late_reader", "memory_tens", ""),
+}
+
+
+def parse_dot(text: str) -> tuple[dict[str, str], set[tuple[str, str, str, str]]]:
+    """Read back the nodes (id -> first label line) and edges (with label and style)."""
+    assert text.startswith('digraph "shop" {') and text.rstrip().endswith("}")
+    nodes: dict[str, str] = {}
+    edges: set[tuple[str, str, str, str]] = set()
+    for line in text.splitlines()[1:-1]:
+        edge = re.fullmatch(r'\s*(\w+) -> (\w+) \[label="([^"]*)"(.*)\];', line)
+        node = re.fullmatch(r'\s*(\w+) \[label="((?:[^"\\]|\\.)*)"(.*)\];', line)
+        if edge:
+            style = "dashed" if "style=dashed" in edge.group(4) else "solid"
+            edges.add((edge.group(1), edge.group(2), edge.group(3), style))
+        elif node:
+            nodes[node.group(1)] = node.group(2).split("\\n")
+    return nodes, edges
+
+
+def test_dot_has_every_step_and_edge_with_routes_late_and_dead_letters() -> None:
+    p = shop()
+    nodes, edges = parse_dot(to_dot(p))
+    names = {n.name for n in p.graph}
+    by_id = {i: lines[0].split(": ", 1)[1] for i, lines in nodes.items() if i != "dead"}
+    assert set(by_id.values()) == names
+    ids = {name: i for i, name in by_id.items()}
+    data = {(by_id[a], by_id[b], label) for a, b, label, style in edges if b != "dead"}
+    assert {e[:2] for e in data} == {e[:2] for e in EDGES} and data == {
+        (a, b, label) for a, b, label in EDGES
+    }
+    kinds = {lines[0].split(": ")[0] for i, lines in nodes.items() if i != "dead"}
+    assert kinds == {"read", "forward", "dispatch", "write", "key_by", "aggregate"}
+    # event types and dispatch handlers are labelled
+    assert nodes[ids["read_memory"]][1] == "View | Purchase"
+    assert "Purchase -> review" in nodes[ids["big_dispatch"]][2]
+    assert nodes[ids["per_minute"]][2] == "tumbling_60s: n=count()"
+    # dead letters are drawn apart; late events nobody reads go there too
+    dead = {(by_id[a], label, style) for a, b, label, style in edges if b == "dead"}
+    assert ("forward_big", "dead letters", "dashed") in dead
+    assert ("no_late_reader", "dead letters + late", "dashed") in dead
+    assert ("per_minute", "dead letters", "dashed") in dead
+    late_edge = [e for e in edges if e[2] == "late"]
+    assert len(late_edge) == 1 and by_id[late_edge[0][0]] == "per_minute"
+
+
+def test_mermaid_has_every_step_and_edge() -> None:
+    p = shop()
+    text = to_mermaid(p)
+    assert text.startswith("flowchart LR\n")
+    boxes = {m[0]: m[2] for m in re.findall(r'^\s+(s\d+)\["(\w+): (\w+)', text, re.M)}
+    assert set(boxes.values()) == {n.name for n in p.graph}
+    arrows = re.findall(r"^\s+(s\d+) -->(?:\|(\w+)\|)? (s\d+)$", text, re.M)
+    dashed = re.findall(r"^\s+(s\d+) -\. ([\w +]+) \.-> (\w+)$", text, re.M)
+    data = {(boxes[a], boxes[b], label) for a, label, b in arrows}
+    data |= {(boxes[a], boxes[b], label) for a, label, b in dashed if b != "dead"}
+    assert data == EDGES
+    assert {boxes[a] for a, _, b in dashed if b == "dead"} >= {"forward_big", "per_minute"}
+    assert "class dead deadbox" in text
+
+
+def test_svg_and_html_displays_are_well_formed() -> None:
+    p = shop()
+    for svg in (to_svg(p, engine="builtin"), p._repr_svg_()):
+        root = ElementTree.fromstring(svg[svg.index("<svg") :])
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        text = " ".join(t or "" for t in root.itertext())
+        for name in ("read_memory", "forward_big", "big_dispatch", "per_minute", "dead letters"):
+            assert name in text, name
+    root = ElementTree.fromstring(p._repr_html_())
+    assert root.tag == "div" and root.find("{http://www.w3.org/2000/svg}svg") is not None
+    assert "flowchart LR" in (root.find("details/pre").text or "")  # type: ignore[union-attr]
+    builtin = ElementTree.fromstring(to_svg(p, engine="builtin"))
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    assert len(builtin.findall(".//svg:g[@class='step']", ns)) == len(p.graph)
+    assert builtin.findall(".//svg:path[@class='edge dead']", ns)
+    assert builtin.findall(".//svg:path[@class='edge late']", ns)
+
+
+def test_graphviz_draws_the_dot_when_installed() -> None:
+    from pipelines.render import has_dot
+
+    if not has_dot():
+        with pytest.raises(Exception, match="dot"):
+            to_svg(shop(), engine="graphviz")
+        return
+    root = ElementTree.fromstring(to_svg(shop(), engine="graphviz").split("?>", 1)[-1].strip())
+    titles = {t.text for t in root.iter("{http://www.w3.org/2000/svg}title")}
+    assert {"s0", "dead", "s0&#45;&gt;s1"} & titles or {"s0", "dead"} <= titles
+
+
+def test_cli_graph_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "orders.svg"
+    assert main(["graph", "orders", "--format", "svg", "-o", str(out)]) == 0
+    root = ElementTree.parse(out).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert main(["graph", "orders", "--format", "mermaid"]) == 0
+    assert capsys.readouterr().out.startswith("flowchart LR")
+    assert main(["graph", "orders", "--format", "dot"]) == 0
+    assert capsys.readouterr().out.startswith('digraph "orders"')
+    assert main(["graph", "orders"]) == 0
+    assert "pipeline orders" in capsys.readouterr().out
+
+
+# -- previews and results as tables -------------------------------------------
+
+
+def test_preview_on_a_sample_shows_outputs_dead_letters_and_counts(tmp_path: Path) -> None:
+    target = tmp_path / "never.jsonl"
+    p = (
+        Pipeline("pv")
+        .read(sources.memory([], schema=View | Purchase))
+        .filter(Purchase)
+        .write(sinks.jsonl(target))
+    )
+    sample = [
+        '{"type": "purchase", "user": "a", "amount": 3}',
+        '{"type": "view", "user": "b"}',
+        '{"type": "purchase", "user": "c"}',
+        "not json",
+    ]
+    result = p.preview(sample)
+    assert not target.exists()  # a preview writes nowhere
+    assert [e.user for e in result["jsonl_never"]] == ["a"]
+    assert sorted(d.kind for d in result.dead_letters) == ["parse", "validation"]
+    assert result.reconciles and result.read == 4
+    html = result._repr_html_()
+    root = ElementTree.fromstring(html)
+    captions = [c.text or "" for c in root.iter("caption")]
+    assert any(c.startswith("output jsonl_never (1)") for c in captions)
+    assert any(c.startswith("dead letters (2)") for c in captions)
+    assert any("reconciles" in c for c in captions)
+    cells = [td.text for td in root.iter("td")]
+    assert "validation" in cells and "parse" in cells and "a" in cells
+    text = render(result)
+    assert "output jsonl_never (1)" in text and "dead letters (2)" in text
+
+
+def test_preview_reads_the_first_records_of_the_source() -> None:
+    p = (
+        Pipeline("head")
+        .read(sources.generate(lambda rng, i: i, count=None, rate=100_000))
+        .map(lambda n: n * 2)
+        .write(sinks.stdout())
+    )
+    result = p.preview(limit=7)
+    assert result["stdout"] == [0, 2, 4, 6, 8, 10, 12]
+
+
+def test_results_convert_to_dicts_and_dataframes() -> None:
+    import pandas as pd
+
+    events = [Purchase(user=u, amount=a, time=T0) for u, a in (("a", 1.0), ("b", 2.5))]
+    result = Pipeline("df").read(sources.memory(events)).write(sinks.memory("o")).run()
+    rows = result.to_dicts("o")
+    assert [(r["user"], r["amount"], r["type"]) for r in rows] == [
+        ("a", 1.0, "purchase"),
+        ("b", 2.5, "purchase"),
+    ]
+    frame = result.to_pandas("o")
+    assert isinstance(frame, pd.DataFrame) and list(frame["amount"]) == [1.0, 2.5]
+    with pytest.raises(KeyError, match=r"no memory output 'x'; it has: o"):
+        result.to_dicts("x")
+    broken = (
+        Pipeline("dl").read(sources.memory([1, 0])).map(lambda x: 1 // x).write(sinks.memory("o"))
+    ).run()
+    dead = broken.to_pandas()
+    assert list(dead["error_type"]) == ["ZeroDivisionError"]
