@@ -223,8 +223,9 @@ class Pipeline:
         """Run on a small sample in this process; every sink becomes a memory output.
 
         The sample is ``records`` (read by every source, parsed with its
-        schema) or else the first ``limit`` records of each source. Outputs
-        are kept under each write step's name; nothing is written anywhere.
+        schema) or else the first ``limit`` records of each source. Memory
+        sinks keep their names; any other sink becomes a memory output named
+        after its write step. Nothing is written anywhere.
         The result shows as tables (HTML in a notebook, rich in a terminal).
 
         >>> from pipelines import sources, sinks

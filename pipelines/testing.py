@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from operators import MemorySource, Schema, Source
+from operators import MemorySink, MemorySource, Schema, Source
 from pipelines._builder import Pipeline, Stream
 from pipelines._graph import Graph, Node, Port
 from pipelines._result import RunResult
@@ -88,9 +88,9 @@ def preview(
     """Run ``pipeline`` on a small sample; every sink becomes a memory output.
 
     The sample is ``records`` (read by every source) or else the first
-    ``limit`` records of each source. Each write step's records are kept under
-    its step name in ``outputs``; dead letters stay in the result. Nothing is
-    written to files or services.
+    ``limit`` records of each source. Memory sinks keep their names; every
+    other sink becomes a memory output named after its write step. Dead
+    letters stay in the result. Nothing is written to files or services.
     """
     nodes: dict[str, Node] = {}
     replaced: dict[str, Node] = {}
@@ -101,7 +101,7 @@ def preview(
             items = sample if sample is not None else head(old, limit)
             params = {**node.params, "source": MemorySource(items, schema=old.schema)}
             new = Node(node.name, "read", (), None, node.policy, params)
-        elif node.kind == "write":
+        elif node.kind == "write" and not isinstance(node.params["sink"], MemorySink):
             new = _rewire(node, replaced, {"sink": memory(node.name)})
         else:
             new = _rewire(node, replaced)
