@@ -37,7 +37,9 @@ from pipelines import Pipeline, sinks, sources
 from pipelines._processes import free_ports
 
 
-def run_evflow(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+def run_evflow(
+    lines: list[bytes], processes: int, workdir: Path, recovery: Path | None = None
+) -> list[Row]:
     out = workdir / f"evflow_{processes}.jsonl"
     (
         Pipeline("bench_scaling")
@@ -47,7 +49,7 @@ def run_evflow(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
         .window(windows.tumbling(seconds=SIZE), clock=windows.event_time("time"))
         .aggregate(n=agg.count(), total=agg.sum("amount"))
         .write(sinks.jsonl(out))
-    ).run(processes=processes)
+    ).run(processes=processes, recovery=recovery, snapshot_interval=5.0)
     rows = []
     for line in out.read_text().splitlines():
         r = json.loads(line)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("windowed_clickstream.py", 4000, "evflow on 2 processes vs 1:"),
         ("dispatch_types.py", 2000, "1000 types: evflow"),
         ("scaling.py", 4000, "evflow speed vs bytewax on 2 processes:"),
+        ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):"),
     ],
 )
 def test_benchmark_runs_and_variants_agree(script: str, events: int, expected: str) -> None:
