@@ -8,8 +8,10 @@ per user and window. Each variant writes its window results to files.
 - evflow: ``run(processes=P)`` (its tumbling windows are aggregated where the
   events are read, and partial windows cross the key exchange);
 - bytewax: the same dataflow written by hand with ``fold_window`` over a
-  partitioned source, on a forked cluster of P processes (``cluster_main``),
-  so nearly every purchase crosses to another process, pickled.
+  source partitioned by user (split before timing, so that its per-key
+  watermarks see each key in order), on a forked cluster of P processes
+  (``cluster_main``); each purchase crosses to the process of its key,
+  pickled, whenever bytewax routes the key away from its partition's reader.
 
 Every variant must produce the same windows. Printed: median seconds per
 process count and the speed-up over one process of the same variant.
@@ -24,6 +26,7 @@ import json
 import multiprocessing
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -80,39 +83,54 @@ class _Slice(StatefulSourcePartition[bytes, int]):
         return self.at
 
 
-class SlicedSource(FixedPartitionedSource[bytes, int]):
-    """The lines cut into ``parts`` partitions, like evflow's memory source."""
+class ByUserSource(FixedPartitionedSource[bytes, int]):
+    """The lines split into partitions by user, made before timing.
 
-    def __init__(self, lines: list[bytes], parts: int) -> None:
-        self.lines = lines
+    bytewax keeps one event-time watermark per key, moved on by the newest
+    event of that key: if a key's events came through two partitions read at
+    different speeds, on-time events would be called late and dropped. With
+    each user's events in one partition (in order), its results are exact.
+    """
+
+    def __init__(self, parts: list[list[bytes]]) -> None:
         self.parts = parts
 
     def list_parts(self) -> list[str]:
-        return [f"part{i}" for i in range(self.parts)]
+        return [f"part{i}" for i in range(len(self.parts))]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Slice:
-        i = int(for_part[4:])
-        return _Slice(self.lines[i :: self.parts], resume_state)
+        return _Slice(self.parts[int(for_part[4:])], resume_state)
 
 
-def _bytewax_member(lines: list[bytes], addresses: list[str], i: int, out: str) -> None:
+def split_by_user(lines: list[bytes], count: int) -> list[list[bytes]]:
+    """Split lines into ``count`` partitions by user (malformed lines go to the first)."""
+    parts: list[list[bytes]] = [[] for _ in range(count)]
+    for line in lines:
+        try:
+            user = json.loads(line)["user"]
+        except ValueError:
+            parts[0].append(line)
+            continue
+        parts[zlib.crc32(user.encode()) % count].append(line)
+    return parts
+
+
+def _bytewax_member(parts: list[list[bytes]], addresses: list[str], i: int, out: str) -> None:
     got: list[Any] = []
-    # bytewax keeps one watermark per key: partitions read at different speeds
-    # would make on-time events late, so windows wait for the end of input
-    # (evflow keeps a watermark per partition and closes windows as it goes).
-    flow = bytewax_flow(SlicedSource(lines, len(addresses)), got, wait=10**7)
+    flow = bytewax_flow(ByUserSource(parts), got)
     cluster_main(flow, addresses, i, worker_count_per_proc=1)
     with open(out, "w") as f:
         json.dump(got, f)
     os._exit(0)
 
 
-def run_bytewax(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+def run_bytewax(parts: list[list[bytes]], workdir: Path) -> list[Row]:
+    processes = len(parts)
     addresses = [f"127.0.0.1:{p}" for p in free_ports(processes)]
     context = multiprocessing.get_context("fork")
     outs = [str(workdir / f"bytewax_{processes}_{i}.json") for i in range(processes)]
     procs = [
-        context.Process(target=_bytewax_member, args=(lines, addresses, i, outs[i]))
+        context.Process(target=_bytewax_member, args=(parts, addresses, i, outs[i]))
         for i in range(processes)
     ]
     for proc in procs:
@@ -144,7 +162,8 @@ def main() -> None:
         for p in counts:
             variants[f"evflow {p}"] = lambda p=p: run_evflow(lines, p, workdir)
             if not args.skip_bytewax:
-                variants[f"bytewax {p}"] = lambda p=p: run_bytewax(lines, p, workdir)
+                parts = split_by_user(lines, p)
+                variants[f"bytewax {p}"] = lambda parts=parts: run_bytewax(parts, workdir)
         med, expected = interleaved(variants, args.rounds)
     print(
         f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, "

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,6 +32,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._keying import Marked
+from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
 from operators.agg import Aggregator
 from operators.windows import (
@@ -46,8 +47,9 @@ from operators.windows import (
 
 __all__ = ["Combiner", "WindowLogic", "WindowSpec", "can_combine", "make_adder"]
 
-_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE = (
-    COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open", "late")
+_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE, _SKIPPED = (
+    COUNTER_FIELDS.index(f)
+    for f in ("in", "out", "dead", "created", "aggregated", "open", "late", "skipped")
 )
 _NEVER = -math.inf
 _DONE = math.inf
@@ -99,6 +101,7 @@ class WindowSpec:
     late_wanted: bool
     emit: str = "final"
     ttl: float | None = None
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
 
     def __post_init__(self) -> None:
         """Generate the adder once."""
@@ -379,11 +382,18 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                     continue
                 start = ts - ts % size
                 accs = get((key, start))
-                if accs is None:
-                    accs = wins[(key, start)] = [g.create() for g in spec.aggs]
-                    heapq.heappush(heap, (start + size, key, start))
-                    opened += 1
-                add(accs, event, ts)
+                try:
+                    if accs is None:
+                        fresh = [g.create() for g in spec.aggs]
+                        add(fresh, event, ts)
+                        wins[(key, start)] = fresh
+                        heapq.heappush(heap, (start + size, key, start))
+                        opened += 1
+                    else:
+                        add(accs, event, ts)  # all or nothing: a failure changes nothing
+                except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                    late += 1
+                    self._failed(event, ts, exc, out, row)
             row[_OPEN] += opened
             row[_AGG] += len(records) - late
             return
@@ -392,18 +402,31 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 late += 1
                 self._late(event, ts, wm, out, row)
                 continue
-            if isinstance(window, Sliding):
-                for start, end in window.assign(ts):
-                    accs = wins.get((key, start))
-                    if accs is None:
-                        accs = wins[(key, start)] = [g.create() for g in spec.aggs]
-                        heapq.heappush(self.heap, (end, key, start))
-                        row[_OPEN] += 1
-                    add(accs, event, ts)
-            else:
-                assert isinstance(window, Session)
-                self._session(window, key, ts, event, row)
+            try:
+                if isinstance(window, Sliding):
+                    self._sliding(window, key, ts, event, row)
+                else:
+                    assert isinstance(window, Session)
+                    self._session(window, key, ts, event, row)
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                late += 1
+                self._failed(event, ts, exc, out, row)
         row[_AGG] += len(records) - late
+
+    def _sliding(self, window: Sliding, key: str, ts: float, event: Any, row: list[int]) -> None:
+        spec = self.spec
+        wins = self.wins
+        spans = window.assign(ts)
+        # Every window of the event takes it, or none does.
+        held = [wins.get((key, start)) for start, _ in spans]
+        new = [[g.create() for g in spec.aggs] if a is None else list(a) for a in held]
+        for accs in new:
+            spec.add(accs, event, ts)
+        for (start, end), before, accs in zip(spans, held, new, strict=True):
+            wins[(key, start)] = accs
+            if before is None:
+                heapq.heappush(self.heap, (end, key, start))
+                row[_OPEN] += 1
 
     def _merge(
         self,
@@ -495,12 +518,19 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
     ) -> None:
         spec = self.spec
         wins = self.wins
+        failed = 0
         for key, ts, event in records:
             slot = wins.get(key)
+            accs = [g.create() for g in spec.aggs] if slot is None else slot[3]
+            try:
+                spec.add(accs, event, ts)
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                failed += 1
+                self._failed(event, ts, exc, out, row)
+                continue
             if slot is None:
-                slot = wins[key] = [0, ts, ts, [g.create() for g in spec.aggs]]
+                slot = wins[key] = [0, ts, ts, accs]
                 row[_OPEN] += 1
-            spec.add(slot[3], event, ts)
             slot[0] += 1
             slot[1] = ts if ts < slot[1] else slot[1]
             slot[2] = ts if ts > slot[2] else slot[2]
@@ -510,7 +540,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 row[_OUT] += 1
                 row[_CREATED] += 1
                 row[_OPEN] -= 1
-        row[_AGG] += len(records)
+        row[_AGG] += len(records) - failed
 
     def _running(
         self, records: list[Any], out: list[tuple[str, Any]], row: list[int], now: float
@@ -518,19 +548,61 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         spec = self.spec
         wins = self.wins
         ttl = spec.ttl
+        failed = 0
         for key, ts, event in records:
             accs = wins.get(key)
+            fresh = accs is None
             if accs is None:
-                accs = wins[key] = [g.create() for g in spec.aggs]
+                accs = [g.create() for g in spec.aggs]
+            try:
+                spec.add(accs, event, ts)
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                failed += 1
+                self._failed(event, ts, exc, out, row)
+                continue
+            if fresh:
+                wins[key] = accs
                 row[_OPEN] += 1
-            spec.add(accs, event, ts)
             if ttl is not None:
                 self.expiry[key] = now + ttl
             if spec.emit == "running":
                 out.append(("r", self._result(key, None, None, accs)))
                 row[_OUT] += 1
                 row[_CREATED] += 1
-        row[_AGG] += len(records)
+        row[_AGG] += len(records) - failed
+
+    def _failed(
+        self, event: Any, ts: float, exc: Exception, out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        """Apply the step's error policy to an event an aggregator could not take."""
+        spec = self.spec
+        mode = spec.policy.mode
+        if mode == "skip":
+            row[_SKIPPED] += 1
+            return
+        names = ", ".join(f"{n}={g.label}" for n, g in zip(spec.names, spec.aggs, strict=True))
+        payload = payload_text(event)
+        if mode == "halt":
+            halted = PipelineHalted(spec.pipeline, spec.step, names, payload)
+            halted.__cause__ = exc
+            spec.counters.halt(halted)
+            return
+        row[_DEAD] += 1
+        out.append(
+            (
+                "d",
+                DeadLetter.build(
+                    pipeline=spec.pipeline,
+                    step=spec.step,
+                    kind="user_error",
+                    error_type=type(exc).__qualname__,
+                    message=f"an aggregator ({names}) could not take the event: {exc}",
+                    function=names,
+                    payload=payload,
+                    event_time=_utc(ts),
+                ),
+            )
+        )
 
     def _late(
         self, event: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]

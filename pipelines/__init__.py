@@ -14,7 +14,7 @@
 
 from operators import DeadLetter, ErrorPolicy, Event, Origin, PipelineHalted, retry
 from operators._dispatch import stateful
-from pipelines import sinks, sources, testing
+from pipelines import render, sinks, sources, testing
 from pipelines._builder import Pipeline, Routes, Stream
 from pipelines._bus import EventBus, Handler
 from pipelines._compile import PipelineError
@@ -39,6 +39,7 @@ __all__ = [
     "Stream",
     "WindowResult",
     "WindowedStream",
+    "render",
     "retry",
     "sinks",
     "sources",

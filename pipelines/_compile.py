@@ -293,6 +293,7 @@ def _window_spec(
         late_wanted=bool(users[(node.name, "late")]),
         emit=node.params["emit"],
         ttl=node.params["ttl"],
+        policy=node.policy,
     )
 
 

@@ -208,6 +208,7 @@ def run_processes(
         pending[receive] = proc_id
     outcomes: dict[int, Any] = {}
     failure: str | None = None
+    interrupted = False
     try:
         while pending and failure is None:
             waiting = [i for i, flag in enumerate(formed) if not flag.value]
@@ -241,6 +242,11 @@ def run_processes(
                             f"code {procs[proc_id].exitcode}) before it finished; the others "
                             f"were stopped"
                         )
+    except BaseException:
+        # Ctrl-C or SIGTERM (as KeyboardInterrupt): stop the cluster at once; the
+        # recovery store keeps its last complete snapshot.
+        interrupted = True
+        raise
     finally:
         if failure is not None:
             # Give the others a moment to end by themselves (their peer is gone),
@@ -249,7 +255,7 @@ def run_processes(
             while time.monotonic() < deadline_end and any(p.is_alive() for p in procs):
                 time.sleep(0.05)
         for proc in procs:
-            if failure is not None and proc.is_alive():
+            if (failure is not None or interrupted) and proc.is_alive():
                 proc.terminate()
             proc.join(5)
             if proc.is_alive():

@@ -38,7 +38,20 @@ from pipelines._render import node_label, to_tree
 if TYPE_CHECKING:
     from pipelines._builder import Pipeline
 
-__all__ = ["Drawing", "describe", "to_dot", "to_mermaid", "to_svg", "to_tree"]
+__all__ = [
+    "Box",
+    "Drawing",
+    "Edge",
+    "describe",
+    "drawing",
+    "event_types",
+    "has_dot",
+    "to_dot",
+    "to_html",
+    "to_mermaid",
+    "to_svg",
+    "to_tree",
+]
 
 #: Steps whose failures become dead letters (merge and key-free routing cannot fail).
 _FAILING = {

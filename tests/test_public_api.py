@@ -15,7 +15,14 @@ def isort_key(name: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["operators", "pipelines", "pipelines.sources", "pipelines.sinks", "pipelines.testing"],
+    [
+        "operators",
+        "pipelines",
+        "pipelines.render",
+        "pipelines.sources",
+        "pipelines.sinks",
+        "pipelines.testing",
+    ],
 )
 def test_all_is_sorted_and_importable(module: str) -> None:
     mod = importlib.import_module(module)

@@ -14,7 +14,7 @@ from operators import Event, agg, windows
 from operators._keying import Marked
 from operators._stage import Counters
 from operators._windowing import WindowLogic, WindowSpec
-from pipelines import Pipeline, sinks, sources, testing
+from pipelines import Pipeline, PipelineHalted, sinks, sources, testing
 from tests.helpers import multiset
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -425,3 +425,65 @@ def test_a_partial_for_a_closed_window_becomes_late_dead_letters_by_event_id() -
     assert {d.kind for d in letters} == {"late"} and "had closed" in letters[0].message
     row = logic.spec.counters.totals()["s"]
     assert row["in"] == 2 and row["dead"] == 2 and row["late"] == 2 and row["aggregated"] == 0
+
+
+class Shaky(agg.Aggregator):
+    """A user's aggregator that cannot take some values."""
+
+    field = "amount"
+
+    def create(self) -> float:
+        return 0.0
+
+    def add(self, acc: float, value: Any, ts: float, event: Any) -> float:
+        if value == 13:
+            raise ValueError("13 is unlucky")
+        return acc + value
+
+    def merge(self, a: float, b: float) -> float:
+        return a + b
+
+
+@pytest.mark.parametrize(
+    "window",
+    [windows.tumbling(seconds=10), windows.sliding(seconds=10, every=5), windows.count(3), None],
+    ids=["tumbling", "sliding", "count", "running"],
+)
+def test_an_aggregator_that_fails_dead_letters_the_event_and_the_run_goes_on(window: Any) -> None:
+    events = [hit("a", s, amount=13.0 if s in (3, 4) else 1.0) for s in range(12)]
+    keyed = Pipeline("agg_err").read(sources.memory(events)).key_by(lambda e: e.user)
+    aggregated = (
+        keyed.aggregate(n=agg.count(), total=Shaky())
+        if window is None
+        else keyed.window(window).aggregate(n=agg.count(), total=Shaky())
+    )
+    result = aggregated.write(sinks.memory("o")).run()
+    assert result.reconciles
+    assert [json.loads(d.payload)["id"] for d in result.dead_letters] == ["a@3", "a@4"]
+    letter = result.dead_letters[0]
+    assert letter.kind == "user_error" and "13 is unlucky" in letter.message
+    assert "n=count(), total=shaky(amount)" in letter.message
+    # the two events count nowhere else: every other event is in exactly one result
+    copies = 2 if isinstance(window, windows.Sliding) else 1  # a sliding window's event is in 2
+    assert sum(r.n for r in result["o"]) == 10 * copies
+    assert all(r.total == r.n for r in result["o"])
+
+
+def test_an_aggregator_failure_under_skip_and_halt() -> None:
+    events = [hit("a", s, amount=13.0 if s == 3 else 1.0) for s in range(6)]
+
+    def build(on_error: Any) -> Pipeline:
+        return (
+            Pipeline("agg_policy")
+            .read(sources.memory(events))
+            .key_by(lambda e: e.user)
+            .window(windows.tumbling(seconds=10))
+            .aggregate(n=agg.count(), total=Shaky(), on_error=on_error)
+            .write(sinks.memory("o"))
+        )
+
+    skipped = build("skip").run()
+    assert skipped.reconciles and skipped.skipped == 1 and skipped.dead == 0
+    assert [r.n for r in skipped["o"]] == [5]
+    with pytest.raises(PipelineHalted, match=r"halted at step 'aggregate_tumbling_10s_n_total'"):
+        build("halt").run()

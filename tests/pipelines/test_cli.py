@@ -182,3 +182,33 @@ def test_sigterm_stops_and_prints_the_counts_so_far(tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert "interrupted: the counts so far" in err
     assert "pipeline endless" in out and "filter" in out
+
+
+def test_sigterm_stops_a_cluster_of_processes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    app = tmp_path / "endless.py"
+    app.write_text(ENDLESS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "-p", "2", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 30
+    members: list[int] = []
+    while len(members) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        members = [int(p) for p in path.read_text().split()] if path.exists() else []
+    assert len(members) == 2
+    time.sleep(2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert time.monotonic() - started < 10
+    time.sleep(0.5)
+    for pid in members:  # the cluster's processes were stopped too
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} still runs"
