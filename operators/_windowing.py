@@ -45,7 +45,7 @@ from operators.windows import (
     Window,
 )
 
-__all__ = ["Combiner", "WindowLogic", "WindowSpec", "can_combine", "make_adder"]
+__all__ = ["Combiner", "WindowLogic", "WindowSpec", "can_combine", "make_adder", "make_merger"]
 
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE, _SKIPPED = (
     COUNTER_FIELDS.index(f)
@@ -84,6 +84,32 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     return adder
 
 
+def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], None]:
+    """Generate ``merge(held, accs)``: merge each of ``accs`` into ``held``, in place.
+
+    >>> from operators import agg
+    >>> merge = make_merger([agg.count(), agg.max("x")])
+    >>> held = [2, 5.0]
+    >>> merge(held, [3, 7.0]); held
+    [5, 7.0]
+    """
+    env: dict[str, Any] = {}
+    lines = ["def merge(h, a):"]
+    for i, g in enumerate(aggs):
+        env[f"g{i}"] = g
+        expr = g.inline_merge(f"h[{i}]", f"a[{i}]") or f"g{i}.merge(h[{i}], a[{i}])"
+        lines.append(f"    h[{i}] = {expr}")
+    if not aggs:
+        lines.append("    pass")
+    exec("\n".join(lines), env)
+    merger: Callable[[list[Any], list[Any]], None] = env["merge"]
+    return merger
+
+
+#: Accumulators that can be shared by copying the list that holds them.
+_IMMUTABLE = (int, float, str, bytes, tuple, type(None))
+
+
 @dataclass
 class WindowSpec:
     """Everything one aggregate step's bucket logic needs."""
@@ -104,8 +130,9 @@ class WindowSpec:
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
 
     def __post_init__(self) -> None:
-        """Generate the adder once."""
+        """Generate the adder and the merger once."""
         self.add = make_adder(self.aggs)
+        self.merge = make_merger(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
         clock = self.clock
         self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
@@ -165,6 +192,9 @@ class Combiner:
         self.add = make_adder(aggs)
         self.delay = delay
         self.wm: dict[str, float] = {}
+        template = [g.create() for g in self.aggs]
+        # Fresh accumulators by copying one list when none can be changed in place.
+        self.template = template if all(isinstance(a, _IMMUTABLE) for a in template) else None
 
     def __call__(
         self, records: list[tuple[str, float, Any]], partition: str, latest: float
@@ -174,6 +204,7 @@ class Combiner:
         size = self.size
         add = self.add
         aggs = self.aggs
+        template = self.template
         raw: list[Any] = []
         wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
         get = wins.get
@@ -185,7 +216,8 @@ class Combiner:
             start = ts - ts % size
             slot = get((key, start))
             if slot is None:
-                slot = wins[(key, start)] = ([g.create() for g in aggs], [])
+                fresh = template.copy() if template is not None else [g.create() for g in aggs]
+                slot = wins[(key, start)] = (fresh, [])
             try:
                 add(slot[0], event, ts)
             except Exception:  # noqa: BLE001 - the window step meets it again, as usual
@@ -435,22 +467,23 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         row: list[int],
     ) -> None:
         """Merge windows aggregated before the exchange into this bucket's windows."""
-        aggs = self.spec.aggs
+        merge = self.spec.merge
         wins = self.wins
+        get = wins.get
         heap = self.heap
+        closed = self.closed
         opened = merged = 0
         for key, start, end, accs, ids in partials:
-            if end <= self.closed:
+            if end <= closed:
                 self._late_partial(key, start, end, ids, out, row)
                 continue
-            held = wins.get((key, start))
+            held = get((key, start))
             if held is None:
                 wins[(key, start)] = accs
                 heapq.heappush(heap, (end, key, start))
                 opened += 1
             else:
-                for i, g in enumerate(aggs):
-                    held[i] = g.merge(held[i], accs[i])
+                merge(held, accs)
             merged += len(ids)
         row[_OPEN] += opened
         row[_AGG] += merged

@@ -103,6 +103,10 @@ class Aggregator:
         """Return a Python expression for ``add`` (for generated code), or None."""
         return None
 
+    def inline_merge(self, a: str, b: str) -> str | None:
+        """Return a Python expression for ``merge`` (for generated code), or None."""
+        return None
+
     def check(self, classes: tuple[type[Event], ...], step: str) -> None:
         """Check the field against the event classes; raise with their fields."""
         if self.field is None:
@@ -155,6 +159,9 @@ class _Count(Aggregator):
     def inline(self, acc: str, value: str) -> str | None:
         return f"{acc} + 1" if self.cls is None else None
 
+    def inline_merge(self, a: str, b: str) -> str | None:
+        return f"{a} + {b}"
+
 
 def count(cls: type | None = None) -> Aggregator:
     """Count events (only those of event class ``cls`` when given)."""
@@ -182,6 +189,9 @@ class _Sum(Aggregator):
 
     def inline(self, acc: str, value: str) -> str | None:
         return f"{acc} + {value}"
+
+    def inline_merge(self, a: str, b: str) -> str | None:
+        return f"{a} + {b}"
 
 
 def _field(field: Any, what: str) -> str:

@@ -107,12 +107,14 @@ class Compiled:
 
 
 def compile_pipeline(
-    pipeline: Pipeline, ctx: RunContext, total_workers: int = 1, *, exact_files: bool = False
+    pipeline: Pipeline, ctx: RunContext, processes: int = 1, *, exact_files: bool = False
 ) -> Compiled:
     """Build the bytewax ``Dataflow`` for ``pipeline`` (checked first).
 
-    ``total_workers`` is the number of workers in the whole cluster; with more
-    than one, windows that can be are aggregated before the key exchange.
+    ``processes`` is the number of processes in the cluster: with more than
+    one, events would cross between them pickled, so windows that can be are
+    aggregated before the key exchange (within one process, workers hand
+    records over without pickling, and combining would only add work).
     With ``exact_files`` (a run with recovery), jsonl sinks keep their length
     in the snapshots and are cut back to it on resume: exactly once.
     """
@@ -238,7 +240,7 @@ def compile_pipeline(
                 merge_inputs.setdefault(target.name, []).append(unpacked)
             elif kind == "aggregate":
                 combine = None
-                if total_workers > 1 and target.kind == "aggregate":
+                if processes > 1 and target.kind == "aggregate":
                     combine = _combiner(target, users)
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",

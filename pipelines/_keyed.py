@@ -180,10 +180,10 @@ class WindowedStream(Generic[T]):
 
         Late events (behind the watermark) go to ``.late`` of the result.
 
-        On more than one worker, tumbling event-time windows whose aggregators
+        On more than one process, tumbling event-time windows whose aggregators
         merge are first aggregated where the events are read, and partial
-        windows cross to the worker of their key instead of the events
-        (``combine=False`` turns that off). Results are the same; only an
+        windows cross to the process of their key instead of the events,
+        pickled (``combine=False`` turns that off). Results are the same; only an
         event that reaches a window already closed while its partition was
         idle, or across a resume, is dead-lettered by its id without its
         payload (unless ``.late`` is written, which keeps late events whole).

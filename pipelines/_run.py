@@ -151,8 +151,8 @@ def execute(
     counters fill up while it runs (the live view reads them).
     """
     ctx = RunContext(pipeline.name, append_files=append_files)
-    total = workers * max(1, len(addresses or ()))
-    compiled = compile_pipeline(pipeline, ctx, total, exact_files=recovery is not None)
+    processes = max(1, len(addresses or ()))
+    compiled = compile_pipeline(pipeline, ctx, processes, exact_files=recovery is not None)
     if monitor is not None:
         monitor(compiled)
     server = None
