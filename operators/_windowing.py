@@ -488,6 +488,29 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         row[_OPEN] += opened
         row[_AGG] += merged
 
+    def _dead(
+        self,
+        kind: str,
+        error_type: str,
+        message: str,
+        payload: str,
+        ts: float,
+        function: str | None = None,
+    ) -> tuple[str, DeadLetter]:
+        """Make a dead letter of this step, tagged for the split after the step."""
+        spec = self.spec
+        letter = DeadLetter.build(
+            pipeline=spec.pipeline,
+            step=spec.step,
+            kind=kind,
+            error_type=error_type,
+            message=message,
+            function=function,
+            payload=payload,
+            event_time=_utc(ts),
+        )
+        return ("d", letter)
+
     def _late_partial(
         self,
         key: str,
@@ -497,34 +520,20 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         out: list[tuple[str, Any]],
         row: list[int],
     ) -> None:
-        spec = self.spec
         row[_DEAD] += len(ids)
         row[_LATE] += len(ids)
         for event_id in ids:
             payload = json.dumps(
                 {"id": event_id, "key": key, "start": _utc(start).isoformat()}, sort_keys=True
             )
-            out.append(
-                (
-                    "d",
-                    DeadLetter.build(
-                        pipeline=spec.pipeline,
-                        step=spec.step,
-                        kind="late",
-                        error_type="LateEvent",
-                        message=(
-                            f"event {event_id!r} of key {key!r} was aggregated before the key "
-                            f"exchange, and its window [{_utc(start).isoformat()}, "
-                            f"{_utc(end).isoformat()}) had closed when it arrived (its source "
-                            f"partition was idle past idle_timeout, or the run resumed); the "
-                            f"payload was not kept. Hint: aggregate(..., combine=False) keeps "
-                            f"late events whole"
-                        ),
-                        payload=payload,
-                        event_time=_utc(start),
-                    ),
-                )
+            message = (
+                f"event {event_id!r} of key {key!r} was aggregated before the key exchange, "
+                f"and its window [{_utc(start).isoformat()}, {_utc(end).isoformat()}) had "
+                f"closed when it arrived (its source partition was idle past idle_timeout, or "
+                f"the run resumed); the payload was not kept. Hint: aggregate(..., "
+                f"combine=False) keeps late events whole"
             )
+            out.append(self._dead("late", "LateEvent", message, payload, start))
 
     def _session(self, window: Session, key: str, ts: float, event: Any, row: list[int]) -> None:
         spec = self.spec
@@ -621,21 +630,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             spec.counters.halt(halted)
             return
         row[_DEAD] += 1
-        out.append(
-            (
-                "d",
-                DeadLetter.build(
-                    pipeline=spec.pipeline,
-                    step=spec.step,
-                    kind="user_error",
-                    error_type=type(exc).__qualname__,
-                    message=f"an aggregator ({names}) could not take the event: {exc}",
-                    function=names,
-                    payload=payload,
-                    event_time=_utc(ts),
-                ),
-            )
-        )
+        message = f"an aggregator ({names}) could not take the event: {exc}"
+        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, names))
 
     def _late(
         self, event: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]
@@ -648,25 +644,11 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             row[_OUT] += 1
             return
         row[_DEAD] += 1
-        payload = payload_text(event)
-        out.append(
-            (
-                "d",
-                DeadLetter.build(
-                    pipeline=spec.pipeline,
-                    step=spec.step,
-                    kind="late",
-                    error_type="LateEvent",
-                    message=(
-                        f"event time {_utc(ts).isoformat()} is behind the watermark "
-                        f"{_utc(wm).isoformat()}; write the step's .late stream "
-                        f"to a sink to keep late events apart"
-                    ),
-                    payload=payload,
-                    event_time=_utc(ts),
-                ),
-            )
+        message = (
+            f"event time {_utc(ts).isoformat()} is behind the watermark {_utc(wm).isoformat()}; "
+            f"write the step's .late stream to a sink to keep late events apart"
         )
+        out.append(self._dead("late", "LateEvent", message, payload_text(event), ts))
 
     def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
         """Close windows by wall-clock progress; expire idle running keys."""

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from pipelines._result import COUNT_COLUMNS
+
 if TYPE_CHECKING:
     from operators import DeadLetter
     from pipelines._result import RunResult
@@ -108,22 +110,6 @@ def dead_letters_html(letters: Sequence[DeadLetter], *, limit: int = LIMIT) -> s
     rows = [[getattr(d, f) for f in _LETTER_FIELDS] for d in letters[:limit]]
     caption = f"dead letters ({len(letters):,})"
     return table_html(list(_LETTER_FIELDS), rows, caption=caption, total=len(letters))
-
-
-#: The count columns of the summary: (StepCounts field, header).
-COUNT_COLUMNS = (
-    ("received", "in"),
-    ("out", "out"),
-    ("filtered", "filtered"),
-    ("unrouted", "unrouted"),
-    ("dead", "dead"),
-    ("skipped", "skipped"),
-    ("created", "created"),
-    ("aggregated", "aggregated"),
-    ("handled", "handled"),
-    ("late", "late"),
-    ("open", "open"),
-)
 
 
 def counts_html(result: RunResult) -> str:

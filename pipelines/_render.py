@@ -12,6 +12,7 @@ from rich.tree import Tree
 
 from operators import describe_function
 from pipelines._graph import Node
+from pipelines._result import COUNT_COLUMNS
 
 if TYPE_CHECKING:
     from pipelines._builder import Pipeline
@@ -72,21 +73,6 @@ def to_tree(pipeline: Pipeline) -> Tree:
     return root
 
 
-#: The summary's count columns: (StepCounts field, header).
-_COLUMNS = (
-    ("received", "in"),
-    ("out", "out"),
-    ("filtered", "filtered"),
-    ("unrouted", "unrouted"),
-    ("dead", "dead"),
-    ("skipped", "skipped"),
-    ("created", "created"),
-    ("aggregated", "aggregated"),
-    ("handled", "handled"),
-    ("open", "open"),
-)
-
-
 def summary_table(result: RunResult) -> Table:
     """Per-step counts with totals, and whether they reconcile."""
     ok = "[green]reconciles[/green]" if result.reconciles else "[red]does NOT reconcile[/red]"
@@ -103,10 +89,10 @@ def summary_table(result: RunResult) -> Table:
     )
     table.add_column("step")
     table.add_column("kind")
-    for _, header in _COLUMNS:
+    for _, header in COUNT_COLUMNS:
         table.add_column(header, justify="right")
     for counts in result.counts.values():
-        values = [getattr(counts, field) for field, _ in _COLUMNS]
+        values = [getattr(counts, field) for field, _ in COUNT_COLUMNS]
         table.add_row(counts.step, counts.kind, *(str(v) if v else "." for v in values))
     totals = {
         "received": result.read,
@@ -116,7 +102,7 @@ def summary_table(result: RunResult) -> Table:
     table.add_row(
         "[bold]total[/bold]",
         "",
-        *(str(totals.get(field, getattr(result, field, 0))) for field, _ in _COLUMNS),
+        *(str(totals.get(field, getattr(result, field, 0))) for field, _ in COUNT_COLUMNS),
         end_section=True,
     )
     return table

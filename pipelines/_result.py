@@ -7,7 +7,22 @@ from typing import Any
 
 from operators import DeadLetter
 
-__all__ = ["RunResult", "StepCounts"]
+__all__ = ["COUNT_COLUMNS", "RunResult", "StepCounts"]
+
+#: The count columns of summaries, in order: (StepCounts field, header).
+COUNT_COLUMNS = (
+    ("received", "in"),
+    ("out", "out"),
+    ("filtered", "filtered"),
+    ("unrouted", "unrouted"),
+    ("dead", "dead"),
+    ("skipped", "skipped"),
+    ("created", "created"),
+    ("aggregated", "aggregated"),
+    ("handled", "handled"),
+    ("late", "late"),
+    ("open", "open"),
+)
 
 
 @dataclass(frozen=True)
