@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Node, Packet, StageOp, _fan_out, _Run
 from operators.windows import Clock, EventTime
@@ -87,13 +88,7 @@ class ClockOp(StageOp):
 
     def call(self, item: Any) -> Any:
         """Key and time one event."""
-        key = self.key(item)
-        if not isinstance(key, str):
-            msg = (
-                f"step {self.step!r} ({self.kind}): key function {self.function} must return "
-                f"str; got {type(key).__name__} {key!r}."
-            )
-            raise TypeError(msg)
+        key = check_key(self.key(item), self.step, self.kind, self.function)
         return (key, self.time_of(item), item)
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:

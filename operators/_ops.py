@@ -24,7 +24,16 @@ from operators._stage import (
     describe_function,
 )
 
-__all__ = ["FilterOp", "FlatMapOp", "ForwardOp", "InspectOp", "IsInstance", "KeyCheckOp", "MapOp"]
+__all__ = [
+    "FilterOp",
+    "FlatMapOp",
+    "ForwardOp",
+    "InspectOp",
+    "IsInstance",
+    "KeyCheckOp",
+    "MapOp",
+    "check_key",
+]
 
 
 class IsInstance:
@@ -174,15 +183,23 @@ class KeyCheckOp(InspectOp):
 
     def call(self, item: Any) -> Any:
         """Compute and check one key."""
-        key = self.fn(item)
-        if not isinstance(key, str):
-            msg = (
-                f"step {self.step!r} (key_by): key function {self.function} must "
-                f"return str; got {type(key).__name__} {key!r}. Hint: convert it, "
-                f"for example key_by(lambda e: str(e.user_id))."
-            )
-            raise TypeError(msg)
-        return key
+        return check_key(self.fn(item), self.step, self.kind, self.function)
+
+
+def check_key(key: Any, step: str, kind: str, function: str) -> str:
+    """Return ``key`` if it is a string; else raise, naming the step and the function.
+
+    >>> check_key("u1", "by_user", "key_by", "<user_of>")
+    'u1'
+    """
+    if not isinstance(key, str):
+        msg = (
+            f"step {step!r} ({kind}): key function {function} must return str; got "
+            f"{type(key).__name__} {key!r}. Hint: convert it, for example "
+            f"key_by(lambda e: str(e.user_id))."
+        )
+        raise TypeError(msg)
+    return key
 
 
 def _place(

@@ -145,6 +145,19 @@ def to_json(item: Any) -> str:
     return json.dumps(item, default=str)
 
 
+def write_all(handle: Any, data: bytes) -> int:
+    """Write all of ``data`` to an unbuffered file (a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[handle.write(view) :]
+    return len(data)
+
+
+def to_lines(items: list[Any]) -> str:
+    """Serialise records as JSON Lines, one per line."""
+    return "".join(to_json(item) + "\n" for item in items)
+
+
 class _SharedFile:
     """One open file for all of a run's workers, written under a lock."""
 
@@ -161,10 +174,8 @@ class _SharedFile:
         self.lock = threading.Lock()
 
     def write(self, text: str) -> None:
-        data = memoryview(text.encode())
         with self.lock:
-            while data:
-                data = data[self.handle.write(data) :]
+            write_all(self.handle, text.encode())
 
     def flush(self) -> None:
         with self.lock:
@@ -180,7 +191,7 @@ class _FileWriter(Writer):
         self.shared = shared
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
-        self.shared.write("".join(to_json(item) + "\n" for item in items))
+        self.shared.write(to_lines(items))
         return []
 
     def close(self) -> None:
@@ -405,12 +416,9 @@ class _ExactFile(StatefulSinkPartition[list[Any], int]):
         try:
             row = owner.counters.table()[owner.row]
             for records in values:
-                data = memoryview("".join(to_json(item) + "\n" for item in records).encode())
+                data = to_lines(records).encode()
                 row[_IN] += len(records)
-                size = len(data)
-                while data:
-                    data = data[self.handle.write(data) :]
-                self.offset += size
+                self.offset += write_all(self.handle, data)
                 row[_OUT] += len(records)
         except Exception as exc:  # noqa: BLE001 - a broken sink halts the run cleanly
             owner.counters.halt(exc)

@@ -564,11 +564,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         for key, ts, event in records:
             slot = wins.get(key)
             accs = [g.create() for g in spec.aggs] if slot is None else slot[3]
-            try:
-                spec.add(accs, event, ts)
-            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            if not self._take(accs, event, ts, out, row):
                 failed += 1
-                self._failed(event, ts, exc, out, row)
                 continue
             if slot is None:
                 slot = wins[key] = [0, ts, ts, accs]
@@ -596,11 +593,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             fresh = accs is None
             if accs is None:
                 accs = [g.create() for g in spec.aggs]
-            try:
-                spec.add(accs, event, ts)
-            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            if not self._take(accs, event, ts, out, row):
                 failed += 1
-                self._failed(event, ts, exc, out, row)
                 continue
             if fresh:
                 wins[key] = accs
@@ -612,6 +606,17 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 row[_OUT] += 1
                 row[_CREATED] += 1
         row[_AGG] += len(records) - failed
+
+    def _take(
+        self, accs: list[Any], event: Any, ts: float, out: list[tuple[str, Any]], row: list[int]
+    ) -> bool:
+        """Add an event to ``accs`` (all or nothing); on failure apply the step's policy."""
+        try:
+            self.spec.add(accs, event, ts)
+        except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            self._failed(event, ts, exc, out, row)
+            return False
+        return True
 
     def _failed(
         self, event: Any, ts: float, exc: Exception, out: list[tuple[str, Any]], row: list[int]

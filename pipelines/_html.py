@@ -7,9 +7,8 @@ them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ __all__ = [
     "counts_html",
     "dead_letters_html",
     "progress_html",
+    "record_columns",
     "record_dict",
     "records_html",
     "result_html",
@@ -92,14 +92,23 @@ def table_html(
     return "".join(parts)
 
 
-def records_html(records: Sequence[Any], *, caption: str | None = None, limit: int = LIMIT) -> str:
-    """Render the first ``limit`` records as a table, one column per field."""
+def record_columns(records: Sequence[Any], limit: int) -> tuple[list[str], list[list[Any]]]:
+    """Lay the first ``limit`` records out as columns (every field seen) and rows.
+
+    >>> record_columns([{"a": 1}, {"b": 2}], 10)
+    (['a', 'b'], [[1, ''], ['', 2]])
+    """
     dicts = [record_dict(r) for r in records[:limit]]
     headers: list[str] = []
     for d in dicts:
         headers.extend(k for k in d if k not in headers)
-    rows = [[d.get(h, "") for h in headers] for d in dicts]
-    return table_html(headers or ["value"], rows, caption=caption, total=len(records))
+    return headers or ["value"], [[d.get(h, "") for h in headers] for d in dicts]
+
+
+def records_html(records: Sequence[Any], *, caption: str | None = None, limit: int = LIMIT) -> str:
+    """Render the first ``limit`` records as a table, one column per field."""
+    headers, rows = record_columns(records, limit)
+    return table_html(headers, rows, caption=caption, total=len(records))
 
 
 _LETTER_FIELDS = ("step", "kind", "error_type", "message", "payload")
@@ -152,21 +161,17 @@ def progress_html(
     title: str,
     totals: Mapping[str, Mapping[str, int]],
     kinds: Mapping[str, str],
-    marks: Mapping[str, tuple[float, float]],
+    shown: Sequence[str],
     line: str,
+    notes: Sequence[str],
 ) -> str:
-    """Render a running pipeline's counts (the notebook's live display)."""
-    shown = ("in", "out", "filtered", "dead", "late", "aggregated", "handled", "open")
+    """Render a running pipeline's counts (the notebook's live display), notes below."""
     rows = [[step, kinds[step], *(row[n] for n in shown)] for step, row in totals.items()]
     parts = [
         '<div class="evflow-progress">',
         f"<p>{escape(title)}: {escape(line)}</p>",
         table_html(["step", "kind", *shown], rows),
+        *(f"<p>{escape(note)}</p>" for note in notes),
+        "</div>",
     ]
-    for step, (mark, newest) in sorted(marks.items()):
-        if math.isfinite(mark):
-            when = datetime.fromtimestamp(mark, timezone.utc).isoformat(timespec="seconds")
-            text = f"{step}: watermark {when}, lag {newest - mark:,.1f} s behind the newest event"
-            parts.append(f"<p>{escape(text)}</p>")
-    parts.append("</div>")
     return "".join(parts)

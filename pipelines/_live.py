@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,9 +16,18 @@ from rich.text import Text
 
 from pipelines._compile import Compiled
 
-__all__ = ["LiveView", "NotebookProgress", "in_notebook", "watermark_lines"]
+__all__ = [
+    "SHOWN",
+    "LiveView",
+    "NotebookProgress",
+    "Progress",
+    "Sample",
+    "in_notebook",
+    "watermark_lines",
+]
 
-_SHOWN = ("in", "out", "filtered", "dead", "late", "aggregated", "handled", "open")
+#: The counters the live displays show, by step.
+SHOWN = ("in", "out", "filtered", "dead", "late", "aggregated", "handled", "open")
 
 
 def watermark_lines(compiled: Compiled) -> list[str]:
@@ -40,6 +50,67 @@ def watermark_lines(compiled: Compiled) -> list[str]:
     return lines
 
 
+@dataclass
+class Sample:
+    """A run's counts at one moment: by step, in all, and the rates since the last sample."""
+
+    totals: dict[str, dict[str, int]]
+    read: int
+    written: int
+    dead: int
+    late: int
+    rate_in: float
+    rate_out: float
+    elapsed: float
+
+    @property
+    def line(self) -> str:
+        """The one-line summary the live displays show above their table."""
+        return (
+            f"events in {self.rate_in:,.0f}/s, out {self.rate_out:,.0f}/s; read {self.read:,}, "
+            f"written {self.written:,}, dead letters {self.dead:,}, late events {self.late:,}"
+        )
+
+
+class Progress:
+    """Sample a running pipeline's counters for live displays and metrics."""
+
+    def __init__(self) -> None:
+        """Watch nothing yet."""
+        self.watch(None)
+
+    def watch(self, compiled: Compiled | None) -> None:
+        """Start watching ``compiled``; rates count from now."""
+        self.compiled = compiled
+        self.started = time.perf_counter()
+        self._last = (self.started, 0, 0)
+        self._rates = (0.0, 0.0)
+
+    def sample(self, every: float = 0.5) -> Sample:
+        """Sum the counters; rates are renewed when ``every`` seconds have passed."""
+        compiled = self.compiled
+        assert compiled is not None, "nothing watched yet"
+        totals = compiled.counters.totals()
+        kinds = compiled.kinds
+        read = sum(row["in"] for step, row in totals.items() if kinds[step] == "read")
+        written = sum(row["out"] for step, row in totals.items() if kinds[step] == "write")
+        now = time.perf_counter()
+        then, read_before, written_before = self._last
+        if now - then >= every and now > then:
+            span = now - then
+            self._rates = ((read - read_before) / span, (written - written_before) / span)
+            self._last = (now, read, written)
+        return Sample(
+            totals,
+            read,
+            written,
+            sum(row["dead"] for row in totals.values()),
+            sum(row["late"] for row in totals.values()),
+            *self._rates,
+            now - self.started,
+        )
+
+
 class LiveView:
     """Redraw per-step counts of the run a few times a second (a rich ``Live``).
 
@@ -57,10 +128,7 @@ class LiveView:
     def __init__(self, console: Console, refresh_per_second: float = 4.0) -> None:
         """Draw on ``console``."""
         self.console = console
-        self.compiled: Compiled | None = None
-        self.started = time.perf_counter()
-        self.last: tuple[float, int, int] = (self.started, 0, 0)
-        self.rates = (0.0, 0.0)
+        self.progress = Progress()
         self.frames = 0
         self.live = Live(
             get_renderable=self.render,
@@ -69,11 +137,14 @@ class LiveView:
             transient=True,
         )
 
+    @property
+    def compiled(self) -> Compiled | None:
+        """The pipeline being watched, once the run has compiled it."""
+        return self.progress.compiled
+
     def __call__(self, compiled: Compiled) -> None:
         """Watch ``compiled`` (called by the run, before it starts)."""
-        self.compiled = compiled
-        self.started = time.perf_counter()
-        self.last = (self.started, 0, 0)
+        self.progress.watch(compiled)
 
     def __enter__(self) -> LiveView:
         """Start drawing."""
@@ -91,32 +162,18 @@ class LiveView:
         compiled = self.compiled
         if compiled is None:
             return Text("starting...")
-        totals = compiled.counters.totals()
-        read = sum(row["in"] for step, row in totals.items() if compiled.kinds[step] == "read")
-        written = sum(row["out"] for step, row in totals.items() if compiled.kinds[step] == "write")
-        now = time.perf_counter()
-        then, read_before, written_before = self.last
-        if now - then >= 0.5:
-            span = now - then
-            self.rates = ((read - read_before) / span, (written - written_before) / span)
-            self.last = (now, read, written)
-        table = Table(title=f"running for {now - self.started:.1f}s", expand=False)
+        sample = self.progress.sample()
+        table = Table(title=f"running for {sample.elapsed:.1f}s", expand=False)
         table.add_column("step")
         table.add_column("kind")
-        for name in _SHOWN:
+        for name in SHOWN:
             table.add_column(name, justify="right")
-        for step, row in totals.items():
+        for step, row in sample.totals.items():
             table.add_row(
-                step, compiled.kinds[step], *(str(row[n]) if row[n] else "." for n in _SHOWN)
+                step, compiled.kinds[step], *(str(row[n]) if row[n] else "." for n in SHOWN)
             )
-        dead = sum(row["dead"] for row in totals.values())
-        late = sum(row["late"] for row in totals.values())
-        line = Text(
-            f"events in {self.rates[0]:,.0f}/s, out {self.rates[1]:,.0f}/s; "
-            f"read {read:,}, written {written:,}, dead letters {dead:,}, late events {late:,}"
-        )
         marks = [Text(m) for m in watermark_lines(compiled)]
-        return Group(line, table, *marks)
+        return Group(Text(sample.line), table, *marks)
 
 
 def in_notebook() -> bool:
@@ -140,46 +197,29 @@ class NotebookProgress:
     def __init__(self, interval: float = 0.5) -> None:
         """Update every ``interval`` seconds."""
         self.interval = interval
-        self.compiled: Compiled | None = None
-        self.started = time.perf_counter()
+        self.progress = Progress()
         self.updates = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handle: Any = None
-        self._last = (self.started, 0)
-        self._rate = 0.0
 
     def __call__(self, compiled: Compiled) -> None:
         """Watch ``compiled`` (called by the run, before it starts)."""
-        self.compiled = compiled
-        self.started = time.perf_counter()
-        self._last = (self.started, 0)
+        self.progress.watch(compiled)
 
     def html(self, done: bool = False) -> str:
         """Return the current display."""
         from pipelines._html import progress_html
 
-        compiled = self.compiled
+        compiled = self.progress.compiled
         if compiled is None:
             return "<p>starting...</p>"
-        totals = compiled.counters.totals()
-        kinds = compiled.kinds
-        read = sum(row["in"] for step, row in totals.items() if kinds[step] == "read")
-        written = sum(row["out"] for step, row in totals.items() if kinds[step] == "write")
-        dead = sum(row["dead"] for row in totals.values())
-        late = sum(row["late"] for row in totals.values())
-        now = time.perf_counter()
-        then, before = self._last
-        if now - then >= self.interval / 2:
-            self._rate = (read - before) / (now - then)
-            self._last = (now, read)
+        sample = self.progress.sample(self.interval / 2)
         state = "finished" if done else "running"
-        title = f"{state} for {now - self.started:.1f}s"
-        line = (
-            f"events in {self._rate:,.0f}/s; read {read:,}, written {written:,}, "
-            f"dead letters {dead:,}, late events {late:,}"
+        title = f"{state} for {sample.elapsed:.1f}s"
+        return progress_html(
+            title, sample.totals, compiled.kinds, SHOWN, sample.line, watermark_lines(compiled)
         )
-        return progress_html(title, totals, kinds, compiled.counters.progress(), line)
 
     def _show(self, done: bool = False) -> None:
         from IPython.display import HTML

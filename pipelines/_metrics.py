@@ -8,7 +8,6 @@ own share on its own port: ``port + process id``.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,6 @@ from prometheus_client.registry import Collector
 from pipelines._compile import Compiled
 
 __all__ = ["Metrics", "MetricsCollector", "serve_metrics"]
-
-_LOOPBACK = ("127.", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,9 @@ class Metrics:
         >>> Metrics(9100).check(allow_remote=False).host
         '127.0.0.1'
         """
-        if not allow_remote and not self.host.startswith(_LOOPBACK):
+        from pipelines._processes import is_loopback
+
+        if not allow_remote and not is_loopback(self.host):
             msg = (
                 f"metrics host {self.host!r} is not on loopback; metrics are served "
                 f"without authentication. Pass --allow-remote (or allow_remote=True) "
@@ -58,15 +57,17 @@ class MetricsCollector(Collector):
 
     def __init__(self, pipeline: str, compiled: Compiled) -> None:
         """Read ``compiled``'s counters."""
+        from pipelines._live import Progress
+
         self.pipeline = pipeline
         self.compiled = compiled
-        self.started = time.monotonic()
-        self.last = (self.started, 0)
+        self.progress = Progress()
+        self.progress.watch(compiled)
 
     def collect(self) -> Iterator[Metric]:
         """Yield per-step counters, dead letters, late events, throughput, watermarks."""
         compiled = self.compiled
-        totals = compiled.counters.totals()
+        sample = self.progress.sample(every=0.0)  # throughput since the previous scrape
         records = CounterMetricFamily(
             "evflow_step_records",
             "Records per step and what became of them (in, out, filtered, dead, ...).",
@@ -80,40 +81,30 @@ class MetricsCollector(Collector):
             "Events behind the watermark at a windowed step.",
             labels=["pipeline", "step"],
         )
-        read = 0
-        for step, row in totals.items():
-            kind = compiled.kinds[step]
-            for counter, value in row.items():
-                if counter in ("open",):
-                    continue
-                records.add_metric([self.pipeline, step, kind, counter], value)
-            dead.add_metric([self.pipeline, step], row["dead"])
-            if kind == "aggregate":
-                late.add_metric([self.pipeline, step], row["late"])
-            if kind == "read":
-                read += row["in"]
-        yield records
-        yield dead
-        yield late
         open_ = GaugeMetricFamily(
             "evflow_open_windows",
             "Windows (or running keys) held by an aggregate step.",
             labels=["pipeline", "step"],
         )
-        for step, row in totals.items():
-            if compiled.kinds[step] == "aggregate":
+        for step, row in sample.totals.items():
+            kind = compiled.kinds[step]
+            for counter, value in row.items():
+                if counter != "open":
+                    records.add_metric([self.pipeline, step, kind, counter], value)
+            dead.add_metric([self.pipeline, step], row["dead"])
+            if kind == "aggregate":
+                late.add_metric([self.pipeline, step], row["late"])
                 open_.add_metric([self.pipeline, step], row["open"])
+        yield records
+        yield dead
+        yield late
         yield open_
-        now = time.monotonic()
-        then, before = self.last
-        rate = (read - before) / (now - then) if now > then else 0.0
-        self.last = (now, read)
         throughput = GaugeMetricFamily(
             "evflow_throughput_events_per_second",
             "Events read per second since the previous scrape.",
             labels=["pipeline"],
         )
-        throughput.add_metric([self.pipeline], rate)
+        throughput.add_metric([self.pipeline], sample.rate_in)
         yield throughput
         lag = GaugeMetricFamily(
             "evflow_watermark_lag_seconds",
@@ -127,7 +118,7 @@ class MetricsCollector(Collector):
         uptime = GaugeMetricFamily(
             "evflow_run_seconds", "Seconds since the run started.", labels=["pipeline"]
         )
-        uptime.add_metric([self.pipeline], now - self.started)
+        uptime.add_metric([self.pipeline], sample.elapsed)
         yield uptime
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "ClusterError",
     "check_addresses",
     "free_ports",
+    "is_loopback",
     "run_member",
     "run_processes",
     "run_supervised",
@@ -318,6 +319,15 @@ def run_supervised(
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0")
+    (True, False)
+    """
+    return host.startswith(_LOOPBACK)
+
+
 def check_addresses(addresses: list[str], *, allow_remote: bool = False) -> list[str]:
     """Check cluster addresses (``host:port``): loopback only, unless allowed.
 
@@ -330,7 +340,7 @@ def check_addresses(addresses: list[str], *, allow_remote: bool = False) -> list
         if not sep or not host or not port.isdigit():
             msg = f"cluster address {address!r} is not host:port. Hint: 127.0.0.1:2101."
             raise ValueError(msg)
-        if not allow_remote and not host.startswith(_LOOPBACK):
+        if not allow_remote and not is_loopback(host):
             msg = (
                 f"cluster address {address!r} is not on loopback. Traffic between the "
                 f"processes of a cluster is unauthenticated and unencrypted (pickled "

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from pipelines._builder import Pipeline
     from pipelines._result import RunResult
 
-__all__ = ["node_label", "result_tables", "summary_table", "to_tree"]
+__all__ = ["node_detail", "node_label", "result_tables", "summary_table", "to_tree"]
 
 
-def node_label(node: Node) -> str:
-    """Describe one step in a line: kind, name and what it calls or touches."""
+def node_detail(node: Node) -> str:
+    """Say in plain text what a step calls or touches, and its policy when not the default."""
     kind = node.kind
     detail = ""
     if kind == "read":
@@ -41,8 +41,13 @@ def node_label(node: Node) -> str:
     elif node.fn is not None:
         detail = describe_function(node.fn)
     policy = "" if node.policy.mode == "dead_letter" else f" [on_error={node.policy.mode}]"
-    text = escape(f"{detail}{policy}")
-    return f"[bold]{node.name}[/bold] [dim]{kind}[/dim] {text}".rstrip()
+    return f"{detail}{policy}"
+
+
+def node_label(node: Node) -> str:
+    """Describe one step in a line of rich markup: kind, name and what it calls or touches."""
+    text = escape(node_detail(node))
+    return f"[bold]{node.name}[/bold] [dim]{node.kind}[/dim] {text}".rstrip()
 
 
 def to_tree(pipeline: Pipeline) -> Tree:
@@ -115,18 +120,15 @@ def _cell(value: Any) -> str:
 
 def records_table(title: str, records: list[Any], limit: int = 20) -> Table:
     """Show the first ``limit`` records as a table, one column per field."""
-    from pipelines._html import record_dict
+    from pipelines._html import record_columns
 
-    dicts = [record_dict(r) for r in records[:limit]]
-    headers: list[str] = []
-    for d in dicts:
-        headers.extend(k for k in d if k not in headers)
-    more = len(records) - len(dicts)
+    headers, rows = record_columns(records, limit)
+    more = len(records) - len(rows)
     table = Table(title=title, caption=f"... and {more:,} more" if more > 0 else None)
-    for h in headers or ["value"]:
+    for h in headers:
         table.add_column(h)
-    for d in dicts:
-        table.add_row(*(_cell(d.get(h, "")) for h in headers))
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
     return table
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipelines._graph import Node
-from pipelines._render import node_label, to_tree
+from pipelines._render import node_detail, to_tree
 
 if TYPE_CHECKING:
     from pipelines._builder import Pipeline
@@ -168,9 +168,7 @@ def describe(node: Node) -> str:
         window = params["window"]
         aggs = ", ".join(f"{n}={a.label}" for n, a in params["aggregators"].items())
         return f"{window.label if window is not None else 'running'}: {aggs}"
-    # The tree's one-line label without its markup and the repeated name and kind.
-    text = node_label(node).split("[/dim]", 1)[-1].strip()
-    return html.unescape(text.replace("\\[", "["))
+    return node_detail(node)
 
 
 def _handler_name(handler: Any) -> str:

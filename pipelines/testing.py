@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from operators import MemorySink, MemorySource, Schema, Source
+from operators import MemorySink, MemorySource, Schema, Sink, Source
 from pipelines._builder import Pipeline, Stream
 from pipelines._graph import Graph, Node, Port
 from pipelines._result import RunResult
@@ -34,19 +34,14 @@ def replace_sources(
     The schema of the replaced source is kept unless ``schema`` is given.
     """
     items = list(records)
-    nodes = {}
-    replaced: dict[str, Node] = {}
-    for node in pipeline.graph:
-        if node.kind == "read":
-            old = node.params["source"]
-            source = MemorySource(items, schema=schema if schema is not None else old.schema)
-            new = Node(node.name, "read", (), None, node.policy, {**node.params, "source": source})
-            replaced[node.name] = new
-            nodes[node.name] = new
-        else:
-            nodes[node.name] = _rewire(node, replaced)
-            replaced[node.name] = nodes[node.name]
-    return Pipeline(pipeline.name, _graph=Graph(nodes), _dead=pipeline.dead_letter_sink)
+
+    def memory_source(node: Node) -> dict[str, Any] | None:
+        if node.kind != "read":
+            return None
+        old = node.params["source"]
+        return {"source": MemorySource(items, schema=schema if schema is not None else old.schema)}
+
+    return _rebuild(pipeline, memory_source, dead=pipeline.dead_letter_sink)
 
 
 def head(source: Source, limit: int, *, timeout: float = 10.0) -> list[Any]:
@@ -92,21 +87,28 @@ def preview(
     other sink becomes a memory output named after its write step. Dead
     letters stay in the result. Nothing is written to files or services.
     """
-    nodes: dict[str, Node] = {}
-    replaced: dict[str, Node] = {}
     sample = None if records is None else list(records)
-    for node in pipeline.graph:
+
+    def in_memory(node: Node) -> dict[str, Any] | None:
         if node.kind == "read":
             old = node.params["source"]
             items = sample if sample is not None else head(old, limit)
-            params = {**node.params, "source": MemorySource(items, schema=old.schema)}
-            new = Node(node.name, "read", (), None, node.policy, params)
-        elif node.kind == "write" and not isinstance(node.params["sink"], MemorySink):
-            new = _rewire(node, replaced, {"sink": memory(node.name)})
-        else:
-            new = _rewire(node, replaced)
-        nodes[node.name] = replaced[node.name] = new
-    return Pipeline(pipeline.name, _graph=Graph(nodes)).run(progress=False)
+            return {"source": MemorySource(items, schema=old.schema)}
+        if node.kind == "write" and not isinstance(node.params["sink"], MemorySink):
+            return {"sink": memory(node.name)}
+        return None
+
+    return _rebuild(pipeline, in_memory, dead=None).run(progress=False)
+
+
+def _rebuild(
+    pipeline: Pipeline, change: Callable[[Node], dict[str, Any] | None], *, dead: Sink | None
+) -> Pipeline:
+    """Copy the graph, with the parameters ``change`` returns for some steps replaced."""
+    replaced: dict[str, Node] = {}
+    for node in pipeline.graph:
+        replaced[node.name] = _rewire(node, replaced, change(node))
+    return Pipeline(pipeline.name, _graph=Graph(replaced), _dead=dead)
 
 
 def _rewire(node: Node, replaced: dict[str, Node], params: dict[str, Any] | None = None) -> Node:

@@ -188,6 +188,8 @@ def test_sigterm_stops_a_cluster_of_processes(tmp_path: Path) -> None:
     import signal
     import time
 
+    from tests.helpers import children
+
     app = tmp_path / "endless.py"
     app.write_text(ENDLESS)
     proc = subprocess.Popen(
@@ -196,12 +198,11 @@ def test_sigterm_stops_a_cluster_of_processes(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.monotonic() + 30
     members: list[int] = []
     while len(members) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-        members = [int(p) for p in path.read_text().split()] if path.exists() else []
+        members = children(proc.pid)
     assert len(members) == 2
     time.sleep(2)
     started = time.monotonic()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from pipelines import Pipeline, sinks, sources
+from tests.helpers import children
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,11 +40,6 @@ def test_killed_at_random_and_resumed_loses_nothing(tmp_path: Path) -> None:
     summary = chaos.finish()
     assert summary["reconciles"]
     chaos.check()
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def test_a_killed_process_of_a_cluster_is_restarted_and_results_are_exact(
