@@ -236,6 +236,11 @@ class RunResult:
         """Return memory output ``name`` (or the dead letters) as a pandas DataFrame.
 
         Needs pandas (``pip install pandas``); evflow does not require it.
+
+        >>> from pipelines import Pipeline, sources, sinks
+        >>> p = Pipeline("p").read(sources.memory([{"a": 1}, {"a": 2}]))
+        >>> p.write(sinks.memory("o")).run().to_pandas("o")["a"].tolist()
+        [1, 2]
         """
         try:
             import pandas as pd  # type: ignore[import-untyped]

@@ -49,6 +49,10 @@ def head(source: Source, limit: int, *, timeout: float = 10.0) -> list[Any]:
 
     A source that has fewer gives what it has; one that is slow (a rate, an
     endless stream) gives what came within ``timeout`` seconds.
+
+    >>> from pipelines import sources
+    >>> head(sources.generate(lambda rng, i: i, count=None), 3)
+    [0, 1, 2]
     """
     items: list[Any] = []
     deadline = time.monotonic() + timeout

@@ -135,3 +135,19 @@ def test_metrics_on_a_short_run_through_the_api() -> None:
         Pipeline("api").read(sources.memory(range(1000))).map(peek).write(sinks.memory("o"))
     ).run(metrics_port=port)
     assert len(result["o"]) == 1000 and seen and seen[0] >= 0
+
+
+def test_a_metrics_port_out_of_range_or_taken_is_refused() -> None:
+    import socket
+
+    from pipelines import Pipeline, sinks, sources
+
+    p = Pipeline("ports").read(sources.memory([1])).write(sinks.memory("o"))
+    with pytest.raises(ValueError, match=r"metrics port must be in 0\.\.65535; got 70000"):
+        p.run(metrics_port=70000)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot serve metrics on 127\.0\.0\.1:{port}: .*"):
+            p.run(metrics_port=port)

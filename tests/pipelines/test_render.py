@@ -270,3 +270,17 @@ def test_results_convert_to_dicts_and_dataframes() -> None:
     ).run()
     dead = broken.to_pandas()
     assert list(dead["error_type"]) == ["ZeroDivisionError"]
+
+
+def test_to_svg_names_its_engines_and_to_pandas_says_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    with pytest.raises(ValueError, match=r"engine must be 'auto', 'graphviz' or 'builtin'"):
+        to_svg(shop(), engine="cairo")
+    result = Pipeline("np").read(sources.memory([1])).write(sinks.memory("o")).run()
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
+    with pytest.raises(ImportError, match=r"to_pandas needs pandas, which is not installed"):
+        result.to_pandas("o")
+    assert result.to_dicts("o") == [{"value": 1}]
