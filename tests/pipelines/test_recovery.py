@@ -145,3 +145,26 @@ def test_restart_needs_recovery() -> None:
         p.run(restart=2)
     with pytest.raises(ValueError, match=r"restart must be an int >= 0"):
         p.run(restart=-1)
+
+
+def test_a_cluster_that_keeps_failing_is_given_up_after_its_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines._processes as processes
+    from pipelines._run import Recovery
+
+    starts: list[int] = []
+
+    def always_dies(*args: object) -> None:
+        starts.append(1)
+        raise processes.ClusterError("process 1 of pipeline 'r' died (exit code -9)")
+
+    monkeypatch.setattr(processes, "run_processes", always_dies)
+    p = Pipeline("r").read(sources.memory([1])).write(sinks.memory("o"))
+    store = Recovery.prepare(tmp_path / "store", 1.0)
+    with pytest.raises(
+        processes.ClusterError,
+        match=r"died \(exit code -9\); the cluster had been restarted 2 time\(s\) before this",
+    ):
+        processes.run_supervised(p, 1, 2, 30.0, store, 2)
+    assert len(starts) == 3
