@@ -26,7 +26,7 @@ from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, check
 from pipelines._metrics import Metrics
 from pipelines._result import RunResult
-from pipelines._run import Outcome, Recovery, execute, raise_error, result_of
+from pipelines._run import Outcome, Recovery, execute, gc_tuned, raise_error, result_of
 
 __all__ = [
     "ClusterError",
@@ -172,6 +172,22 @@ def run_processes(
     """
     check(pipeline)
     _check_picklable(pipeline, processes)
+    # Frozen before the fork, the parent's objects are never walked by a
+    # collection, here or in the children: no page of theirs is copied for it,
+    # and taking in the children's results starts no full collection over a
+    # large input still held here.
+    with gc_tuned():
+        return _run_cluster(pipeline, workers, processes, formation_timeout, recovery, metrics)
+
+
+def _run_cluster(
+    pipeline: Pipeline,
+    workers: int,
+    processes: int,
+    formation_timeout: float,
+    recovery: Recovery | None,
+    metrics: Metrics | None,
+) -> RunResult:
     for node in pipeline.graph:
         sink = node.params.get("sink") if node.kind == "write" else None
         if isinstance(sink, JsonlSink) and recovery is None:

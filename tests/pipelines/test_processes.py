@@ -232,3 +232,33 @@ def test_outputs_that_cannot_travel_back_are_reported() -> None:
         r"records kept in memory sinks must be picklable",
     ):
         p.run(processes=2)
+
+
+def test_parent_objects_are_frozen_while_the_cluster_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Frozen before the fork, the parent's objects are never walked by the
+    # collector (no page copied for it in the children, no full collection
+    # over a large input when the results come back); afterwards the parent's
+    # collector is as it was.
+    import gc
+    import multiprocessing.process
+
+    at_fork: list[int] = []
+    start = multiprocessing.process.BaseProcess.start
+
+    def recording_start(self: multiprocessing.process.BaseProcess) -> None:
+        at_fork.append(gc.get_freeze_count())
+        start(self)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", recording_start)
+    before = (gc.get_freeze_count(), gc.get_threshold())
+    result = (
+        Pipeline("frozen")
+        .read(sources.memory(range(2000), partitions=2))
+        .write(sinks.memory("out"))
+        .run(processes=2)
+    )
+    assert sorted(result["out"]) == list(range(2000))
+    assert len(at_fork) == 2 and all(count > before[0] for count in at_fork)
+    assert (gc.get_freeze_count(), gc.get_threshold()) == before
