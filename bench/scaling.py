@@ -11,7 +11,13 @@ per user and window. Each variant writes its window results to files.
   source partitioned by user (split before timing, so that its per-key
   watermarks see each key in order), on a forked cluster of P processes
   (``cluster_main``); each purchase crosses to the process of its key,
-  pickled, whenever bytewax routes the key away from its partition's reader.
+  pickled, whenever bytewax routes the key away from its partition's reader;
+- shares (the ceiling of this machine, not a way to run evflow): P forked
+  processes, each an independent one-process evflow run over its contiguous
+  share of the input, with nothing exchanged and no cluster; the parent adds
+  up their per-share windows (count and sum merge) into the same windows.
+  What it reaches is what P processes give on this machine for this pipeline's
+  work, with no coordination at all.
 
 Every variant must produce the same windows. Printed: median seconds per
 process count and the speed-up over one process of the same variant.
@@ -41,9 +47,13 @@ from pipelines._processes import free_ports
 
 
 def run_evflow(
-    lines: list[bytes], processes: int, workdir: Path, recovery: Path | None = None
+    lines: list[bytes],
+    processes: int,
+    workdir: Path,
+    recovery: Path | None = None,
+    out: Path | None = None,
 ) -> list[Row]:
-    out = workdir / f"evflow_{processes}.jsonl"
+    out = out or workdir / f"evflow_{processes}.jsonl"
     (
         Pipeline("bench_scaling")
         .read(sources.memory(lines, schema=SCHEMA, partitions=processes))
@@ -59,6 +69,39 @@ def run_evflow(
         start = _seconds(r["start"])
         rows.append((r["key"], start, r["n"], round(r["total"], 6)))
     return sorted(rows)
+
+
+def _share_member(lines: list[bytes], out: Path) -> None:
+    run_evflow(lines, 1, out.parent, out=out)
+    os._exit(0)
+
+
+def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+    """Independent one-process runs over contiguous shares, windows added up after."""
+    context = multiprocessing.get_context("fork")
+    size = -(-len(lines) // processes)
+    outs = [workdir / f"share_{processes}_{i}.jsonl" for i in range(processes)]
+    procs = [
+        context.Process(target=_share_member, args=(lines[i * size : (i + 1) * size], outs[i]))
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            msg = f"a share process failed (exit code {proc.exitcode})"
+            raise RuntimeError(msg)
+    sums: dict[tuple[str, str], list[float]] = {}
+    for out in outs:
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            acc = sums.setdefault((r["key"], r["start"]), [0, 0.0])
+            acc[0] += r["n"]
+            acc[1] += r["total"]
+    return sorted(
+        (key, _seconds(start), int(n), round(total, 6)) for (key, start), (n, total) in sums.items()
+    )
 
 
 def _seconds(text: str) -> float:
@@ -153,6 +196,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--processes", default="1,2", help="process counts, comma-separated")
     parser.add_argument("--skip-bytewax", action="store_true")
+    parser.add_argument(
+        "--shares",
+        action="store_true",
+        help="also time independent one-process runs over shares of the input",
+    )
     args = parser.parse_args()
     counts = [int(p) for p in args.processes.split(",")]
     lines = make_lines(args.events)
@@ -161,6 +209,8 @@ def main() -> None:
         variants: dict[str, Any] = {}
         for p in counts:
             variants[f"evflow {p}"] = lambda p=p: run_evflow(lines, p, workdir)
+            if args.shares and p > 1:
+                variants[f"shares {p}"] = lambda p=p: run_shares(lines, p, workdir)
             if not args.skip_bytewax:
                 parts = split_by_user(lines, p)
                 variants[f"bytewax {p}"] = lambda parts=parts: run_bytewax(parts, workdir)
@@ -169,12 +219,15 @@ def main() -> None:
         f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, "
         f"{os.cpu_count()} cores; medians and speed-up over 1 process:"
     )
-    for name in ("evflow", "bytewax"):
-        if f"{name} {counts[0]}" not in med:
+    for name in ("evflow", "shares", "bytewax"):
+        first = "evflow" if name == "shares" else name
+        if f"{first} {counts[0]}" not in med:
             continue
-        base = med[f"{name} {counts[0]}"] * counts[0] if counts[0] == 1 else None
+        base = med[f"{first} {counts[0]}"] * counts[0] if counts[0] == 1 else None
         for p in counts:
-            m = med[f"{name} {p}"]
+            m = med.get(f"{name} {p}", med[f"{first} {p}"] if p == 1 else None)
+            if m is None:
+                continue
             speedup = f"{base / m:5.2f}x" if base else "  -  "
             print(f"  {name:8s} {p:3d} processes  {m:7.3f}s  {speedup}")
     for p in counts:

@@ -12,18 +12,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
-    ("script", "events", "expected"),
+    ("script", "events", "expected", "extra"),
     [
-        ("stateless_clickstream.py", 3000, "evflow speed vs python loop:"),
-        ("windowed_clickstream.py", 4000, "evflow on 2 processes vs 1:"),
-        ("dispatch_types.py", 2000, "1000 types: evflow"),
-        ("scaling.py", 4000, "evflow speed vs bytewax on 2 processes:"),
-        ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):"),
+        ("stateless_clickstream.py", 3000, "evflow speed vs python loop:", ()),
+        ("windowed_clickstream.py", 4000, "evflow on 2 processes vs 1:", ()),
+        ("dispatch_types.py", 2000, "1000 types: evflow", ()),
+        ("scaling.py", 4000, "evflow speed vs bytewax on 2 processes:", ()),
+        ("scaling.py", 4000, "shares     2 processes", ("--shares", "--skip-bytewax")),
+        ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):", ()),
     ],
 )
-def test_benchmark_runs_and_variants_agree(script: str, events: int, expected: str) -> None:
+def test_benchmark_runs_and_variants_agree(
+    script: str, events: int, expected: str, extra: tuple[str, ...]
+) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--events", str(events), "--rounds", "1"],
+        [
+            sys.executable,
+            str(ROOT / "bench" / script),
+            "--events",
+            str(events),
+            "--rounds",
+            "1",
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
