@@ -76,22 +76,28 @@ def _share_member(lines: list[bytes], out: Path) -> None:
     os._exit(0)
 
 
-def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
-    """Independent one-process runs over contiguous shares, windows added up after."""
+def fork_all(what: str, target: Any, args: list[tuple[Any, ...]]) -> None:
+    """Fork one process per argument tuple, wait for all; any failure raises."""
     context = multiprocessing.get_context("fork")
-    size = -(-len(lines) // processes)
-    outs = [workdir / f"share_{processes}_{i}.jsonl" for i in range(processes)]
-    procs = [
-        context.Process(target=_share_member, args=(lines[i * size : (i + 1) * size], outs[i]))
-        for i in range(processes)
-    ]
+    procs = [context.Process(target=target, args=a) for a in args]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join()
         if proc.exitcode != 0:
-            msg = f"a share process failed (exit code {proc.exitcode})"
+            msg = f"a {what} process failed (exit code {proc.exitcode})"
             raise RuntimeError(msg)
+
+
+def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+    """Independent one-process runs over contiguous shares, windows added up after."""
+    size = -(-len(lines) // processes)
+    outs = [workdir / f"share_{processes}_{i}.jsonl" for i in range(processes)]
+    fork_all(
+        "share",
+        _share_member,
+        [(lines[i * size : (i + 1) * size], outs[i]) for i in range(processes)],
+    )
     sums: dict[tuple[str, str], list[float]] = {}
     for out in outs:
         for line in out.read_text().splitlines():
@@ -170,19 +176,8 @@ def _bytewax_member(parts: list[list[bytes]], addresses: list[str], i: int, out:
 def run_bytewax(parts: list[list[bytes]], workdir: Path) -> list[Row]:
     processes = len(parts)
     addresses = [f"127.0.0.1:{p}" for p in free_ports(processes)]
-    context = multiprocessing.get_context("fork")
     outs = [str(workdir / f"bytewax_{processes}_{i}.json") for i in range(processes)]
-    procs = [
-        context.Process(target=_bytewax_member, args=(parts, addresses, i, outs[i]))
-        for i in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-        if proc.exitcode != 0:
-            msg = f"a bytewax process failed (exit code {proc.exitcode})"
-            raise RuntimeError(msg)
+    fork_all("bytewax", _bytewax_member, [(parts, addresses, i, outs[i]) for i in range(processes)])
     got: list[Any] = []
     for out in outs:
         with open(out) as f:
