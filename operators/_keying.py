@@ -122,10 +122,15 @@ class ClockOp(StageOp):
 
 @dataclass
 class Marked:
-    """One bucket's share of a chunk, with its partition's progress.
+    """One bucket's share of a batch of one partition's chunks, with its progress.
 
-    ``partials`` are windows already aggregated from ``combined`` of the
-    chunk's events (before the key exchange): ``(key, start, end, accs, ids)``.
+    ``records`` are those of every chunk in order; ``cuts`` says where each
+    chunk but the last ends: ``(end index in records, the partition's newest
+    event time after that chunk)``, so that lateness is judged chunk by chunk
+    whatever the batch. ``latest`` and ``eof`` are the partition's progress
+    after the last chunk. ``partials`` are windows already aggregated from
+    ``combined`` of the events (before the key exchange):
+    ``(key, start, end, accs, ids)``.
     """
 
     partition: str
@@ -134,15 +139,38 @@ class Marked:
     records: list[tuple[str, float, Any]] = field(default_factory=list)
     partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
     combined: int = 0
+    cuts: list[tuple[int, float]] = field(default_factory=list)
+
+    def segments(self) -> list[tuple[list[tuple[str, float, Any]], float]]:
+        """Return each chunk's records with the partition's newest event time after it."""
+        if not self.cuts:
+            return [(self.records, self.latest)]
+        records = self.records
+        out = []
+        at = 0
+        for end, latest in self.cuts:
+            out.append((records[at:end], latest))
+            at = end
+        out.append((records[at:], self.latest))
+        return out
 
 
 class Combine(Protocol):
-    """Pre-aggregates a chunk's records per key and window (see `Bucketize`)."""
+    """Pre-aggregates records per key and window (see `Bucketize`)."""
 
-    def __call__(
-        self, records: list[tuple[str, float, Any]], partition: str, latest: float
-    ) -> tuple[list[Any], list[tuple[str, float, float, list[Any], list[str]]]]:
-        """Return the records to send as they are, and the partial windows."""
+    def add_chunk(
+        self,
+        records: list[tuple[str, float, Any]],
+        partition: str,
+        latest: float,
+        wins: dict[tuple[str, float], tuple[list[Any], list[str]]],
+    ) -> list[Any]:
+        """Aggregate one chunk into ``wins``; return the records to send as they are."""
+
+    def partials(
+        self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]
+    ) -> list[tuple[str, float, float, list[Any], list[str]]]:
+        """Return the partial windows held in ``wins``."""
 
 
 class Bucketize:
@@ -172,38 +200,57 @@ class Bucketize:
         return bucket
 
     def __call__(self, packets: list[Packet]) -> list[tuple[str, Marked]]:
-        """Group records by bucket; every bucket gets the partition's progress."""
+        """Group records by bucket; every bucket gets each partition's progress.
+
+        The packets of one partition in this batch make one `Marked` per
+        bucket (fewer, larger items to exchange), cut where each chunk ends.
+        """
+        index = self.exit_index
+        by_part: dict[str, list[Packet]] = {}
+        for packet in packets:
+            if (packet.exits and packet.exits[index]) or packet.eof:
+                by_part.setdefault(packet.origin_id, []).append(packet)
         out: list[tuple[str, Marked]] = []
         n = self.buckets
-        for packet in packets:
-            records = packet.exits[self.exit_index] if packet.exits else []
-            if not records and not packet.eof:
-                continue
-            groups: list[list[Any]] = [[] for _ in range(n)]
-            bucket_of = self.cache.get
+        for part, group in by_part.items():
+            marks = [Marked(part, _NEVER, False) for _ in range(n)]
+            wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
             latest = _NEVER
-            for record in records:
-                if record[1] > latest:
-                    latest = record[1]
-            part = packet.origin_id
-            partials: list[Any] = []
-            if self.combine is not None and records:
-                records, partials = self.combine(records, part, latest)
-            for record in records:
-                b = bucket_of(record[0])
-                if b is None:
-                    b = self.bucket_of(record[0])
-                groups[b].append(record)
-            marks = [Marked(part, latest, packet.eof, groups[b]) for b in range(n)]
-            for partial in partials:
-                b = bucket_of(partial[0])
-                if b is None:
-                    b = self.bucket_of(partial[0])
-                mark = marks[b]
-                mark.partials.append(partial)
-                mark.combined += len(partial[4])
-            out.extend((str(b), marks[b]) for b in range(n))
+            for i, packet in enumerate(group):
+                records = packet.exits[index] if packet.exits else []
+                if i and latest != _NEVER:
+                    # The previous chunk ends here: each bucket's cut.
+                    for mark in marks:
+                        mark.cuts.append((len(mark.records), latest))
+                for record in records:
+                    if record[1] > latest:
+                        latest = record[1]
+                if self.combine is not None and records:
+                    records = self.combine.add_chunk(records, part, latest, wins)
+                self._spread(records, marks)
+            if wins and self.combine is not None:
+                for partial in self.combine.partials(wins):
+                    mark = marks[self._bucket(partial[0])]
+                    mark.partials.append(partial)
+                    mark.combined += len(partial[4])
+            eof = group[-1].eof
+            for b, mark in enumerate(marks):
+                mark.latest = latest
+                mark.eof = eof
+                out.append((str(b), mark))
         return out
+
+    def _bucket(self, key: str) -> int:
+        b = self.cache.get(key)
+        return self.bucket_of(key) if b is None else b
+
+    def _spread(self, records: list[Any], marks: list[Marked]) -> None:
+        bucket_of = self.cache.get
+        for record in records:
+            b = bucket_of(record[0])
+            if b is None:
+                b = self.bucket_of(record[0])
+            marks[b].records.append(record)
 
 
 class SplitOp(Node):

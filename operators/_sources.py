@@ -41,9 +41,16 @@ __all__ = [
 #: Records per chunk unless a source is told otherwise.
 DEFAULT_BATCH = 1000
 
+#: Chunks a partition hands over at once, when that many are ready.
+READ_AHEAD = 8
+
 
 class Reader(ABC):
     """Reads one partition: chunks of records, and the position to resume at."""
+
+    #: Whether several chunks may be read in a row: False for a reader that
+    #: waits for its input (the records read so far go on at once).
+    read_ahead: bool = True
 
     @abstractmethod
     def next_chunk(self) -> Chunk | None:
@@ -99,21 +106,29 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
         halted = self.counters is not None and self.counters.halted is not None
         if self.reader is None or halted or self.ended:
             raise StopIteration
-        try:
-            chunk = self.reader.next_chunk()
-        except StopIteration:
-            # Say so downstream first: event-time windows stop waiting for
-            # this partition's watermark.
-            self.ended = True
-            return [Chunk([], self.step, self.part, eof=True)]
-        except Exception as exc:
-            if self.counters is None:
-                raise
-            self.counters.halt(exc)
-            raise StopIteration from None
-        if chunk is None:
-            return []
-        return [chunk]
+        # Up to READ_AHEAD chunks that are ready now: the steps after take
+        # them in one call, and a keyed step gets one item per key bucket for
+        # all of them (its per-item costs, and pickling, paid once).
+        chunks: list[Chunk] = []
+        most = READ_AHEAD if self.reader.read_ahead else 1
+        while len(chunks) < most:
+            try:
+                chunk = self.reader.next_chunk()
+            except StopIteration:
+                # Say so downstream first: event-time windows stop waiting for
+                # this partition's watermark.
+                self.ended = True
+                chunks.append(Chunk([], self.step, self.part, eof=True))
+                break
+            except Exception as exc:
+                if self.counters is None:
+                    raise
+                self.counters.halt(exc)
+                raise StopIteration from None
+            if chunk is None:
+                break
+            chunks.append(chunk)
+        return chunks
 
     def next_awake(self) -> datetime | None:
         return None if self.reader is None else self.reader.next_awake()
@@ -502,6 +517,8 @@ class GenerateSource(Source):
 
 
 class _StdinReader(Reader):
+    read_ahead = False  # a pipe may be slow: hand each chunk on as it is read
+
     def __init__(self, step: str, batch: int) -> None:
         self.step = step
         self.batch = batch

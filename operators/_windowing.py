@@ -4,10 +4,11 @@ How a windowed aggregate runs:
 
 1. Inside the upstream stage, `ClockOp` gives each event its key and time
    (a failure is dead-lettered): records become ``(key, ts, event)``.
-2. `Bucketize` groups a packet's records into a fixed number of key buckets
-   and tags each group with the source partition it came from and that
-   partition's largest event time; every bucket hears from every chunk, so
-   every bucket knows every partition's progress (the watermark markers).
+2. `Bucketize` groups the records of a batch of one partition's chunks into a
+   fixed number of key buckets and tags each group with the partition and its
+   largest event time after each chunk; every bucket hears from every batch,
+   so every bucket knows every partition's progress (the watermark markers),
+   chunk by chunk.
 3. bytewax's ``stateful_batch`` routes buckets to workers; `WindowLogic`
    holds the windows of all keys of one bucket. A partition's watermark is
    its largest event time minus ``max_delay``; the minimum over all partitions
@@ -199,14 +200,30 @@ class Combiner:
     def __call__(
         self, records: list[tuple[str, float, Any]], partition: str, latest: float
     ) -> tuple[list[Any], list[tuple[str, float, float, list[Any], list[str]]]]:
-        """Return the records to send as they are, and the partial windows."""
+        """Combine one chunk: the records to send as they are, and the partial windows."""
+        wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
+        raw = self.add_chunk(records, partition, latest, wins)
+        return raw, self.partials(wins)
+
+    def add_chunk(
+        self,
+        records: list[tuple[str, float, Any]],
+        partition: str,
+        latest: float,
+        wins: dict[tuple[str, float], tuple[list[Any], list[str]]],
+    ) -> list[Any]:
+        """Aggregate one chunk's events into ``wins``; return those to send as they are.
+
+        ``wins`` may already hold windows from earlier chunks of the same
+        partition in this batch: they go on growing. The partition's
+        watermark moves on after the chunk (``latest``: its newest event time).
+        """
         own = self.wm.get(partition, _NEVER)
         size = self.size
         add = self.add
         aggs = self.aggs
         template = self.template
         raw: list[Any] = []
-        wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
         get = wins.get
         for record in records:
             key, ts, event = record
@@ -226,12 +243,18 @@ class Combiner:
             slot[1].append(getattr(event, "id", ""))
         if latest != _NEVER and latest - self.delay > own:
             self.wm[partition] = latest - self.delay
-        partials = [
+        return raw
+
+    def partials(
+        self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]
+    ) -> list[tuple[str, float, float, list[Any], list[str]]]:
+        """Return the partial windows of ``wins``: ``(key, start, end, accs, ids)``."""
+        size = self.size
+        return [
             (key, start, start + size, accs, ids)
             for (key, start), (accs, ids) in wins.items()
             if ids
         ]
-        return raw, partials
 
 
 _UTC_CACHE: dict[float, datetime] = {}
@@ -351,28 +374,31 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         now = time.time()
         for marked in values:
             if marked.partials:
+                # Windows close only after the whole batch: merging first is
+                # the same as merging chunk by chunk.
                 row[_IN] += marked.combined
                 self._merge(marked.partials, out, row)
-            records = marked.records
-            if records:
-                row[_IN] += len(records)
-                if window is None:
-                    self._running(records, out, row, now)
-                elif isinstance(window, Count):
-                    self._count(window, records, out, row)
-                else:
-                    self._timed(window, records, out, row, marked.partition)
             part = marked.partition
-            if spec.event_time and part in self.wm:
-                if marked.eof:
-                    self.wm[part] = _DONE
-                elif marked.latest != _NEVER:
-                    if marked.latest > self.newest:
-                        self.newest = marked.latest
-                    candidate = marked.latest - spec.delay
+            tracked = spec.event_time and part in self.wm
+            segments = marked.segments() if tracked else [(marked.records, marked.latest)]
+            for records, latest in segments:
+                if records:
+                    row[_IN] += len(records)
+                    if window is None:
+                        self._running(records, out, row, now)
+                    elif isinstance(window, Count):
+                        self._count(window, records, out, row)
+                    else:
+                        self._timed(window, records, out, row, part)
+                if tracked and latest != _NEVER:
+                    if latest > self.newest:
+                        self.newest = latest
+                    candidate = latest - spec.delay
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
                         self.wall[part] = now
+            if tracked and marked.eof:
+                self.wm[part] = _DONE
         if window is not None and not isinstance(window, Count):
             mark = self.watermark()
             self._close(mark, out, row)

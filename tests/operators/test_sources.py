@@ -156,3 +156,34 @@ def test_stdin_reads_json_lines(tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.strip() == "[1, 2] 1"
+
+
+def test_a_partition_hands_over_the_chunks_ready_now_up_to_its_read_ahead() -> None:
+    from operators._sources import READ_AHEAD, ChunkSource
+
+    part = ChunkSource(MemorySource(range(25), batch_size=2)).build_part("s", "part0", None)
+    batches = []
+    try:
+        while True:
+            batches.append(part.next_batch())
+    except StopIteration:
+        pass
+    sizes = [len(b) for b in batches]
+    assert sizes[0] == READ_AHEAD > 1  # 13 chunks ready: the first call takes 8
+    assert sum(sizes) == 14 and batches[-1][-1].eof  # 13 chunks, then the end
+    assert [x for b in batches for c in b for x in c.items] == list(range(25))
+    assert part.snapshot() == 25
+
+
+def test_standard_input_hands_on_each_chunk_as_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from operators import StdinSource
+    from operators._sources import ChunkSource
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"1\n2\n3\n")))
+    part = ChunkSource(StdinSource(schema=None, batch_size=1)).build_part("s", "stdin", None)
+    # a pipe may wait for its next line: what was read goes on without waiting
+    assert [c.items for c in part.next_batch()] == [[b"1"]]

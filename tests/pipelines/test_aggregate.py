@@ -411,6 +411,57 @@ def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
     assert [(k, s, ids) for k, s, _, _, ids in partials] == [("a", 30.0, ["a@31"])]
 
 
+def test_a_batch_of_chunks_judges_lateness_chunk_by_chunk() -> None:
+    # Two chunks of one partition in one item: the second chunk's event at 3 s is
+    # behind the watermark the first chunk set (20 s), as if they came one by one.
+    def run(values: list[Marked]) -> tuple[list[Any], dict[str, int]]:
+        logic = WindowLogic(
+            spec(windows.tumbling(seconds=10), windows.event_time(), parts=["s/a"]), None
+        )
+        out, _ = logic.on_batch(values)
+        out += logic.on_eof()[0]
+        return sorted((tag, getattr(v, "n", None)) for tag, v in out), logic.spec.counters.totals()[
+            "s"
+        ]
+
+    first = [("k", 1.0, hit("k", 1)), ("k", 20.0, hit("k", 20))]
+    second = [("k", 3.0, hit("k", 3)), ("k", 21.0, hit("k", 21))]
+    apart = run([Marked("s/a", 20.0, False, first), Marked("s/a", 21.0, False, second)])
+    batched = run([Marked("s/a", 21.0, False, first + second, cuts=[(2, 20.0)])])
+    assert batched == apart
+    assert batched[1]["late"] == 1 and [n for tag, n in batched[0] if tag == "r"] == [1, 2]
+
+
+def test_bucketize_sends_one_item_per_bucket_for_a_batch_and_combines_across_it() -> None:
+    from operators._keying import Bucketize
+    from operators._stage import Packet
+    from operators._windowing import Combiner
+
+    def packet(records: list[Any], eof: bool = False) -> Packet:
+        return Packet([records], source="s", partition="a", eof=eof)
+
+    chunks = [
+        [("k", 1.0, hit("k", 1)), ("j", 2.0, hit("j", 2))],
+        [("k", 4.0, hit("k", 4))],
+        [],
+    ]
+    combine = Combiner(10.0, [agg.count()], delay=0.0)
+    items = Bucketize(0, buckets=4, combine=combine)(
+        [packet(chunks[0]), packet(chunks[1]), packet(chunks[2], eof=True)]
+    )
+    assert sorted(b for b, _ in items) == ["0", "1", "2", "3"]  # one item per bucket
+    marks = [m for _, m in items]
+    assert all(m.partition == "s/a" and m.latest == 4.0 and m.eof for m in marks)
+    partials = sorted((p[0], p[1], p[3], p[4]) for m in marks for p in m.partials)
+    # k's two events, in two chunks, make one partial window
+    assert partials == [("j", 0.0, [1], ["j@2"]), ("k", 0.0, [2], ["k@1", "k@4"])]
+    assert sum(m.combined for m in marks) == 3 and all(m.records == [] for m in marks)
+    plain = Bucketize(0, buckets=4)([packet(chunks[0]), packet(chunks[1])])
+    k_mark = next(m for _, m in plain if any(r[0] == "k" for r in m.records))
+    assert [r[1] for r in k_mark.records] == [1.0, 4.0]
+    assert k_mark.cuts == [(1, 2.0)] and k_mark.latest == 4.0
+
+
 def test_a_partial_for_a_closed_window_becomes_late_dead_letters_by_event_id() -> None:
     logic = WindowLogic(
         spec(windows.tumbling(seconds=10), windows.event_time(), parts=["s/a", "s/b"]), None

@@ -101,6 +101,7 @@ def test_a_running_pipeline_serves_its_counters(tmp_path: Path) -> None:
         assert value(samples, "evflow_dead_letters_total", step="map_check") > 0
         assert value(samples, "evflow_late_events_total", pipeline="metered") > 0
         assert value(samples, "evflow_watermark_lag_seconds", pipeline="metered") >= 0
+        time.sleep(0.3)  # the rate is over the time since the previous scrape
         later = scrape(port)
         assert value(later, "evflow_step_records_total", kind="read", counter="in") >= read
         assert value(later, "evflow_throughput_events_per_second", pipeline="metered") > 0
