@@ -15,14 +15,17 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Node, Packet, StageOp, _fan_out, _Run
 from operators.windows import Clock, EventTime
 
-__all__ = ["BUCKETS", "Bucketize", "ClockOp", "Combine", "Marked", "SplitOp", "event_seconds"]
+if TYPE_CHECKING:
+    from operators._windowing import Combiner
+
+__all__ = ["BUCKETS", "Bucketize", "ClockOp", "Marked", "SplitOp", "event_seconds"]
 
 BUCKETS = 32
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (
@@ -155,24 +158,6 @@ class Marked:
         return out
 
 
-class Combine(Protocol):
-    """Pre-aggregates records per key and window (see `Bucketize`)."""
-
-    def add_chunk(
-        self,
-        records: list[tuple[str, float, Any]],
-        partition: str,
-        latest: float,
-        wins: dict[tuple[str, float], tuple[list[Any], list[str]]],
-    ) -> list[Any]:
-        """Aggregate one chunk into ``wins``; return the records to send as they are."""
-
-    def partials(
-        self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]
-    ) -> list[tuple[str, float, float, list[Any], list[str]]]:
-        """Return the partial windows held in ``wins``."""
-
-
 class Bucketize:
     """Split an exit of packets into per-bucket `Marked` items (a flat_map_batch).
 
@@ -182,7 +167,7 @@ class Bucketize:
     """
 
     def __init__(
-        self, exit_index: int, buckets: int = BUCKETS, combine: Combine | None = None
+        self, exit_index: int, buckets: int = BUCKETS, combine: Combiner | None = None
     ) -> None:
         """Read exit ``exit_index`` of each packet."""
         self.exit_index = exit_index
