@@ -13,12 +13,17 @@ def interleaved(
 ) -> tuple[dict[str, float], Any]:
     """Run every variant once per round, in turn; all must return the same result.
 
-    Returns the median seconds of each variant and the common result.
+    Each round starts one variant further on (round 2 starts with the second,
+    and so on), so that no variant always runs first or right after the same
+    one. Returns the median seconds of each variant and the common result.
     """
     times: dict[str, list[float]] = {k: [] for k in variants}
     expected: Any = None
+    names = list(variants)
     for r in range(rounds):
-        for name, fn in variants.items():
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = variants[name]
             t0 = time.perf_counter()
             got = fn()
             times[name].append(time.perf_counter() - t0)
