@@ -197,14 +197,6 @@ class Combiner:
         # Fresh accumulators by copying one list when none can be changed in place.
         self.template = template if all(isinstance(a, _IMMUTABLE) for a in template) else None
 
-    def __call__(
-        self, records: list[tuple[str, float, Any]], partition: str, latest: float
-    ) -> tuple[list[Any], list[tuple[str, float, float, list[Any], list[str]]]]:
-        """Combine one chunk: the records to send as they are, and the partial windows."""
-        wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
-        raw = self.add_chunk(records, partition, latest, wins)
-        return raw, self.partials(wins)
-
     def add_chunk(
         self,
         records: list[tuple[str, float, Any]],

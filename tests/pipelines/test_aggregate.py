@@ -397,7 +397,13 @@ def test_windows_combined_before_the_exchange_equal_windows_of_events() -> None:
 def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
     from operators._windowing import Combiner
 
-    combine = Combiner(10.0, [agg.count(), agg.sum("amount")], delay=0.0)
+    combiner = Combiner(10.0, [agg.count(), agg.sum("amount")], delay=0.0)
+
+    def combine(records: list[Any], partition: str, latest: float) -> tuple[list[Any], list[Any]]:
+        wins: dict[Any, Any] = {}
+        raw = combiner.add_chunk(records, partition, latest, wins)
+        return raw, combiner.partials(wins)
+
     first = [("a", 12.0, hit("a", 12)), ("a", 15.0, hit("a", 15)), ("b", 25.0, hit("b", 25))]
     raw, partials = combine(first, "src/p0", 25.0)
     assert raw == []
