@@ -39,10 +39,9 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main
 from harness import interleaved
-from windowed_clickstream import SCHEMA, SIZE, Purchase, Row, bytewax_flow, bytewax_rows, make_lines
+from windowed_clickstream import Row, bytewax_flow, bytewax_rows, make_lines, windowed
 
-from operators import agg, windows
-from pipelines import Pipeline, sinks, sources
+from pipelines import sinks
 from pipelines._processes import free_ports
 
 
@@ -54,15 +53,9 @@ def run_evflow(
     out: Path | None = None,
 ) -> list[Row]:
     out = out or workdir / f"evflow_{processes}.jsonl"
-    (
-        Pipeline("bench_scaling")
-        .read(sources.memory(lines, schema=SCHEMA, partitions=processes))
-        .filter(Purchase)
-        .key_by(lambda e: e.user)
-        .window(windows.tumbling(seconds=SIZE), clock=windows.event_time("time"))
-        .aggregate(n=agg.count(), total=agg.sum("amount"))
-        .write(sinks.jsonl(out))
-    ).run(processes=processes, recovery=recovery, snapshot_interval=5.0)
+    windowed("bench_scaling", lines, processes).write(sinks.jsonl(out)).run(
+        processes=processes, recovery=recovery, snapshot_interval=5.0
+    )
     rows = []
     for line in out.read_text().splitlines():
         r = json.loads(line)

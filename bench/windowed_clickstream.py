@@ -75,15 +75,20 @@ def make_lines(n: int, seed: int = 2) -> list[bytes]:
 Row = tuple[str, float, int, float]
 
 
-def run_evflow(lines: list[bytes], processes: int = 1) -> list[Row]:
-    results = (
-        Pipeline("bench_windows")
-        .read(sources.memory(lines, schema=SCHEMA, partitions=processes))
+def windowed(name: str, lines: list[bytes], partitions: int) -> Any:
+    """The evflow pipeline of this workload, up to its results (no sink yet)."""
+    return (
+        Pipeline(name)
+        .read(sources.memory(lines, schema=SCHEMA, partitions=partitions))
         .filter(Purchase)
         .key_by(lambda e: e.user)
         .window(windows.tumbling(seconds=SIZE), clock=windows.event_time("time"))
         .aggregate(n=agg.count(), total=agg.sum("amount"))
     )
+
+
+def run_evflow(lines: list[bytes], processes: int = 1) -> list[Row]:
+    results = windowed("bench_windows", lines, processes)
     out = results.write(sinks.memory("out")).run(processes=processes)
     return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
 
