@@ -30,15 +30,21 @@ from pipelines._run import Outcome, Recovery, execute, gc_tuned, raise_error, re
 
 __all__ = [
     "ClusterError",
+    "await_listeners",
     "check_addresses",
     "free_ports",
     "is_loopback",
+    "listening_ports",
     "run_member",
     "run_processes",
     "run_supervised",
 ]
 
 log = logging.getLogger("evflow")
+
+# How long a forked member waits for the members before it to listen, before
+# it leaves the connecting to the engine's own retries.
+_LISTEN_WAIT = 10.0
 
 
 class ClusterError(RuntimeError):
@@ -57,6 +63,51 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def listening_ports() -> set[int] | None:
+    """Return the TCP ports this host listens on, or None where that cannot be read.
+
+    Read from ``/proc/net/tcp`` and ``/proc/net/tcp6`` (Linux); elsewhere None.
+    """
+    ports: set[int] = set()
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for row in rows:
+            fields = row.split()
+            # local address "HEXIP:HEXPORT", state 0A is LISTEN
+            if len(fields) > 3 and fields[3] == "0A":
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports if found else None
+
+
+def await_listeners(addresses: list[str], timeout: float) -> bool:
+    """Wait until a process listens on the port of each of ``addresses`` (this host).
+
+    A cluster member connects to the members before it, and when one of them
+    is not listening yet, the engine waits a whole second before it tries
+    again (and says so on standard output). Forked members therefore wait here,
+    a few milliseconds at a time, for the ones before them to listen. Returns
+    whether all listen; False at ``timeout``, or at once where listening ports
+    cannot be read (the engine's own retry then applies).
+    """
+    wanted = {int(a.rpartition(":")[2]) for a in addresses}
+    deadline = time.monotonic() + timeout
+    while True:
+        ports = listening_ports()
+        if ports is None:
+            return False
+        if wanted <= ports:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
 
 
 def _check_picklable(pipeline: Pipeline, processes: int) -> None:
@@ -104,6 +155,8 @@ def _child(
     try:
         outcome: Outcome | None = None
         try:
+            if proc_id:
+                await_listeners(addresses[:proc_id], _LISTEN_WAIT)
             outcome = execute(
                 pipeline,
                 workers,

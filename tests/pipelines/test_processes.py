@@ -262,3 +262,74 @@ def test_parent_objects_are_frozen_while_the_cluster_runs(
     assert sorted(result["out"]) == list(range(2000))
     assert len(at_fork) == 2 and all(count > before[0] for count in at_fork)
     assert (gc.get_freeze_count(), gc.get_threshold()) == before
+
+
+def test_listening_ports_are_read_from_the_system() -> None:
+    import socket
+
+    from pipelines._processes import listening_ports
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    try:
+        assert port not in (listening_ports() or set())  # bound, not listening yet
+        server.listen()
+        assert port in (listening_ports() or set())
+    finally:
+        server.close()
+    assert port not in (listening_ports() or set())
+
+
+def test_await_listeners_returns_when_the_port_listens() -> None:
+    import socket
+    import threading
+    import time
+
+    from pipelines._processes import await_listeners, free_ports
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    timer = threading.Timer(0.3, server.listen)
+    started = time.monotonic()
+    timer.start()
+    try:
+        assert await_listeners([f"127.0.0.1:{port}"], timeout=10)
+        assert 0.25 < time.monotonic() - started < 5
+    finally:
+        timer.join()
+        server.close()
+    (unused,) = free_ports(1)
+    started = time.monotonic()
+    assert not await_listeners([f"127.0.0.1:{unused}"], timeout=0.2)
+    assert time.monotonic() - started < 2
+
+
+def test_members_wait_for_the_members_before_them_to_listen(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Process 0 starts its engine late. Process 1 must not try to connect
+    # before it listens: the engine would wait a whole second before trying
+    # again, and print that it does on standard output.
+    import time
+
+    import pipelines._processes as processes
+
+    execute = processes.execute
+
+    def late_first(*args: object, **kwargs: object) -> object:
+        if args[3] == 0:
+            time.sleep(0.5)
+        return execute(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(processes, "execute", late_first)
+    result = (
+        Pipeline("late_first")
+        .read(sources.memory(range(100), partitions=2))
+        .write(sinks.memory("out"))
+        .run(processes=2)
+    )
+    assert sorted(result["out"]) == list(range(100))
+    out, err = capfd.readouterr()
+    assert "retrying" not in out + err
