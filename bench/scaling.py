@@ -17,7 +17,12 @@ per user and window. Each variant writes its window results to files.
   share of the input, with nothing exchanged and no cluster; the parent adds
   up their per-share windows (count and sum merge) into the same windows.
   What it reaches is what P processes give on this machine for this pipeline's
-  work, with no coordination at all.
+  work, with no coordination at all;
+- beside a busy core (``--contention``, a measure of the machine, not a way to
+  run evflow): the one-process evflow run while another process keeps a second
+  core busy with a plain Python loop. How much slower it runs than alone is
+  what sharing the machine costs each process before any work is shared; P
+  divided by it bounds what P processes can reach here.
 
 Every variant must produce the same windows. Printed: median seconds per
 process count and the speed-up over one process of the same variant.
@@ -31,6 +36,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import tempfile
 import zlib
 from pathlib import Path
@@ -101,6 +107,20 @@ def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
     return sorted(
         (key, _seconds(start), int(n), round(total, 6)) for (key, start), (n, total) in sums.items()
     )
+
+
+def beside_busy_core(fn: Any) -> Any:
+    """Return ``fn()``, run while a forked process spins a Python loop on another core."""
+    pid = os.fork()
+    if pid == 0:
+        x = 0
+        while True:
+            x = (x * 31 + 7) % 1_000_003
+    try:
+        return fn()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def _seconds(text: str) -> float:
@@ -189,12 +209,21 @@ def main() -> None:
         action="store_true",
         help="also time independent one-process runs over shares of the input",
     )
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="also time the one-process run beside a busy core (the machine's own cost)",
+    )
     args = parser.parse_args()
     counts = [int(p) for p in args.processes.split(",")]
     lines = make_lines(args.events)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         variants: dict[str, Any] = {}
+        if args.contention:
+            variants["evflow 1 beside a busy core"] = lambda: beside_busy_core(
+                lambda: run_evflow(lines, 1, workdir)
+            )
         for p in counts:
             variants[f"evflow {p}"] = lambda p=p: run_evflow(lines, p, workdir)
             if args.shares and p > 1:
@@ -218,6 +247,13 @@ def main() -> None:
                 continue
             speedup = f"{base / m:5.2f}x" if base else "  -  "
             print(f"  {name:8s} {p:3d} processes  {m:7.3f}s  {speedup}")
+    busy = med.get("evflow 1 beside a busy core")
+    if busy is not None and "evflow 1" in med:
+        slower = busy / med["evflow 1"]
+        print(
+            f"  beside a busy core, 1 process  {busy:7.3f}s: {slower:.2f}x as long as alone; "
+            f"so 2 processes can reach at most {2 / slower:.2f}x here"
+        )
     for p in counts:
         if f"bytewax {p}" in med:
             ratio = med[f"bytewax {p}"] / med[f"evflow {p}"]
