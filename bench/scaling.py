@@ -18,11 +18,6 @@ per user and window. Each variant writes its window results to files.
   up their per-share windows (count and sum merge) into the same windows.
   What it reaches is what P processes give on this machine for this pipeline's
   work, with no coordination at all;
-- beside a busy core (``--contention``, a measure of the machine, not a way to
-  run evflow): the one-process evflow run while another process keeps a second
-  core busy with a plain Python loop. How much slower it runs than alone is
-  what sharing the machine costs each process before any work is shared; P
-  divided by it bounds what P processes can reach here.
 
 Every variant must produce the same windows. Printed: median seconds per
 process count and the speed-up over one process of the same variant.
@@ -36,7 +31,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import signal
 import tempfile
 import zlib
 from pathlib import Path
@@ -45,7 +39,14 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import cluster_main
 from harness import interleaved
-from windowed_clickstream import Row, bytewax_flow, bytewax_rows, make_lines, windowed
+from windowed_clickstream import (
+    Row,
+    bytewax_flow,
+    bytewax_rows,
+    make_lines,
+    run_loop,
+    windowed,
+)
 
 from pipelines import sinks
 from pipelines._processes import free_ports
@@ -109,18 +110,30 @@ def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
     )
 
 
-def beside_busy_core(fn: Any) -> Any:
-    """Return ``fn()``, run while a forked process spins a Python loop on another core."""
-    pid = os.fork()
-    if pid == 0:
-        x = 0
-        while True:
-            x = (x * 31 + 7) % 1_000_003
-    try:
-        return fn()
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+def _loop_member(lines: list[bytes], out: Path) -> None:
+    out.write_text(json.dumps(run_loop(lines)))
+    os._exit(0)
+
+
+def run_loop_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
+    """The bare loop in forked processes over contiguous shares, windows added up after."""
+    if processes == 1:
+        return run_loop(lines)
+    size = -(-len(lines) // processes)
+    outs = [workdir / f"loop_{processes}_{i}.json" for i in range(processes)]
+    fork_all(
+        "loop",
+        _loop_member,
+        [(lines[i * size : (i + 1) * size], outs[i]) for i in range(processes)],
+    )
+    sums: dict[tuple[str, float], list[float]] = {}
+    for out in outs:
+        for key, start, n, total in json.loads(out.read_text()):
+            acc = sums.setdefault((key, start), [0, 0.0])
+            acc[0] += n
+            acc[1] += total
+    rows = [(key, start, int(n), round(total, 6)) for (key, start), (n, total) in sums.items()]
+    return sorted(rows)
 
 
 def _seconds(text: str) -> float:
@@ -210,9 +223,9 @@ def main() -> None:
         help="also time independent one-process runs over shares of the input",
     )
     parser.add_argument(
-        "--contention",
+        "--loop",
         action="store_true",
-        help="also time the one-process run beside a busy core (the machine's own cost)",
+        help="also time the bare Python loop, in one process and over shares in P",
     )
     args = parser.parse_args()
     counts = [int(p) for p in args.processes.split(",")]
@@ -220,14 +233,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         variants: dict[str, Any] = {}
-        if args.contention:
-            variants["evflow 1 beside a busy core"] = lambda: beside_busy_core(
-                lambda: run_evflow(lines, 1, workdir)
-            )
         for p in counts:
             variants[f"evflow {p}"] = lambda p=p: run_evflow(lines, p, workdir)
             if args.shares and p > 1:
                 variants[f"shares {p}"] = lambda p=p: run_shares(lines, p, workdir)
+            if args.loop:
+                variants[f"loop {p}"] = lambda p=p: run_loop_shares(lines, p, workdir)
             if not args.skip_bytewax:
                 parts = split_by_user(lines, p)
                 variants[f"bytewax {p}"] = lambda parts=parts: run_bytewax(parts, workdir)
@@ -236,7 +247,7 @@ def main() -> None:
         f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, "
         f"{os.cpu_count()} cores; medians and speed-up over 1 process:"
     )
-    for name in ("evflow", "shares", "bytewax"):
+    for name in ("evflow", "shares", "loop", "bytewax"):
         first = "evflow" if name == "shares" else name
         if f"{first} {counts[0]}" not in med:
             continue
@@ -247,13 +258,14 @@ def main() -> None:
                 continue
             speedup = f"{base / m:5.2f}x" if base else "  -  "
             print(f"  {name:8s} {p:3d} processes  {m:7.3f}s  {speedup}")
-    busy = med.get("evflow 1 beside a busy core")
-    if busy is not None and "evflow 1" in med:
-        slower = busy / med["evflow 1"]
-        print(
-            f"  beside a busy core, 1 process  {busy:7.3f}s: {slower:.2f}x as long as alone; "
-            f"so 2 processes can reach at most {2 / slower:.2f}x here"
-        )
+    for p in counts[1:]:
+        if f"loop {p}" in med and f"loop {counts[0]}" in med:
+            loop = med[f"loop {counts[0]}"] / med[f"loop {p}"]
+            ours = med[f"evflow {counts[0]}"] / med[f"evflow {p}"]
+            print(
+                f"evflow's speed-up on {p} processes is {ours / loop:.2f} of the bare loop's "
+                f"({ours:.2f}x vs {loop:.2f}x over {counts[0]} process(es))"
+            )
     for p in counts:
         if f"bytewax {p}" in med:
             ratio = med[f"bytewax {p}"] / med[f"evflow {p}"]

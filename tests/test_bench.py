@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("dispatch_types.py", 2000, "1000 types: evflow", ()),
         ("scaling.py", 4000, "evflow speed vs bytewax on 2 processes:", ()),
         ("scaling.py", 4000, "shares     2 processes", ("--shares", "--skip-bytewax")),
-        ("scaling.py", 4000, "beside a busy core, 1 process", ("--contention", "--skip-bytewax")),
+        ("scaling.py", 4000, "of the bare loop's", ("--loop", "--skip-bytewax")),
         ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):", ()),
     ],
 )
