@@ -116,9 +116,11 @@ def _loop_member(lines: list[bytes], out: Path) -> None:
 
 
 def run_loop_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
-    """The bare loop in forked processes over contiguous shares, windows added up after."""
-    if processes == 1:
-        return run_loop(lines)
+    """The bare loop in forked processes over contiguous shares, windows added up after.
+
+    Forked for one process too, so that each count pays the same costs of a
+    forked process (its copied pages, its results written and read back).
+    """
     size = -(-len(lines) // processes)
     outs = [workdir / f"loop_{processes}_{i}.json" for i in range(processes)]
     fork_all(
