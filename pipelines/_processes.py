@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -66,25 +67,55 @@ def free_ports(n: int) -> list[int]:
 
 
 def listening_ports() -> set[int] | None:
-    """Return the TCP ports this host listens on, or None where that cannot be read.
+    """Return the TCP ports this host listens on, or None where that cannot be asked.
 
-    Read from ``/proc/net/tcp`` and ``/proc/net/tcp6`` (Linux); elsewhere None.
+    Asked of the kernel's socket diagnostics over netlink (Linux), for listening
+    sockets only: about 0.1 ms, where reading ``/proc/net/tcp`` walks every
+    connection of the host (16 ms on a shared machine). Elsewhere None.
     """
     ports: set[int] = set()
-    found = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        found = True
-        for row in rows:
-            fields = row.split()
-            # local address "HEXIP:HEXPORT", state 0A is LISTEN
-            if len(fields) > 3 and fields[3] == "0A":
-                ports.add(int(fields[1].rpartition(":")[2], 16))
-    return ports if found else None
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            ports |= _listening(family)
+    except (OSError, AttributeError, struct.error):
+        return None
+    return ports
+
+
+# Netlink socket diagnostics (linux/sock_diag.h, linux/inet_diag.h).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x301
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_TCP_LISTEN = 10
+
+
+def _listening(family: int) -> set[int]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2.0)
+        # inet_diag_req_v2: family, protocol, ext, pad, states; a zeroed socket id.
+        request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << _TCP_LISTEN)
+        request += bytes(48)
+        header = struct.pack(
+            "=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0
+        )
+        nl.sendto(header + request, (0, 0))
+        ports: set[int] = set()
+        while True:
+            data = nl.recv(65536)
+            at = 0
+            while at + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, at)
+                if kind == _NLMSG_DONE:
+                    return ports
+                if kind == _NLMSG_ERROR or length < 16:
+                    msg = "socket diagnostics refused the request"
+                    raise OSError(msg)
+                # inet_diag_msg: family, state, timer, retrans, then the source port.
+                ports.add(struct.unpack_from(">H", data, at + 20)[0])
+                at += (length + 3) & ~3
+            if not data:
+                return ports
 
 
 def await_listeners(addresses: list[str], timeout: float) -> bool:
@@ -92,8 +123,9 @@ def await_listeners(addresses: list[str], timeout: float) -> bool:
 
     A cluster member connects to the members before it, and when one of them
     is not listening yet, the engine waits a whole second before it tries
-    again (and says so on standard output). Forked members therefore wait here,
-    a few milliseconds at a time, for the ones before them to listen. Returns
+    again (and says so on standard output). Members on this host therefore
+    wait here, a few milliseconds at a time, for the ones before them to
+    listen. Returns
     whether all listen; False at ``timeout``, or at once where listening ports
     cannot be read (the engine's own retry then applies).
     """
@@ -445,6 +477,9 @@ def run_member(
         raise ValueError(msg)
     check(pipeline)
     started = time.perf_counter()
+    earlier = addresses[:process_id]
+    if earlier and all(is_loopback(a.rpartition(":")[0]) for a in earlier):
+        await_listeners(earlier, _LISTEN_WAIT)
     outcome = execute(
         pipeline,
         workers,
