@@ -23,6 +23,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._event import Event
+from operators._keying import BUCKET_LAYOUT, check_layout
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
     COUNTER_FIELDS,
@@ -410,6 +411,7 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
         self, dispatch: Dispatch, counters: Counters, row: int, resume: dict[str, Any] | None
     ) -> None:
         """Start with no state, or the snapshot's."""
+        check_layout(dispatch.step, resume)
         self.dispatch = dispatch
         self.counters = counters
         self.row = row
@@ -438,4 +440,4 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
 
     def snapshot(self) -> dict[str, Any]:
         """Return the per-key states of stateful handlers."""
-        return {"states": self.states}
+        return {"states": self.states, "layout": BUCKET_LAYOUT}

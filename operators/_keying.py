@@ -25,9 +25,54 @@ from operators.windows import Clock, EventTime
 if TYPE_CHECKING:
     from operators._windowing import Combiner
 
-__all__ = ["BUCKETS", "Bucketize", "ClockOp", "Marked", "SplitOp", "event_seconds"]
+__all__ = [
+    "BUCKETS",
+    "BUCKET_KEYS",
+    "BUCKET_LAYOUT",
+    "Bucketize",
+    "ClockOp",
+    "Marked",
+    "SplitOp",
+    "check_layout",
+    "event_seconds",
+]
 
-BUCKETS = 32
+#: The state keys of the key buckets. bytewax sends each state key to worker
+#: ``hash(key) % workers``; bucket i's name was found by trying names against
+#: the engine so that its hash is i modulo 1680. With any worker count that
+#: divides 1680 (1 to 8, 10, 12, 14, 15, 16, 20, 21, 24, 28, 30, ...) bucket i
+#: goes to worker ``i % workers``, so every worker holds as many buckets as any
+#: other, give or take one (named "0" to "31", 16 workers held 0 to 6 each).
+BUCKET_KEYS: tuple[str, ...] = (
+    "407", "505", "5832", "762", "1525", "2659", "2035", "2500", "1947", "104", "841",
+    "5875", "1004", "1264", "471", "722", "330", "588", "1816", "172", "3775", "5922",
+    "1731", "20", "195", "42", "37", "2326", "2693", "5680", "930", "2968",
+)  # fmt: skip
+BUCKETS = len(BUCKET_KEYS)
+#: Written into the snapshot of every bucket: a snapshot without it was keyed
+#: by other bucket names, and resuming from it would split each key's state.
+BUCKET_LAYOUT = "buckets-1680-32"
+
+
+def check_layout(step: str, resume: dict[str, Any] | None) -> None:
+    """Refuse a bucket snapshot written with other bucket names.
+
+    >>> check_layout("w", {"layout": BUCKET_LAYOUT})
+    >>> check_layout("w", {"wins": {}})
+    Traceback (most recent call last):
+    ...
+    ValueError: step 'w': its snapshot in the recovery store ...
+    """
+    if resume is not None and resume.get("layout") != BUCKET_LAYOUT:
+        msg = (
+            f"step {step!r}: its snapshot in the recovery store was written by an earlier "
+            f"evflow that grouped keys into other buckets; resuming from it would split "
+            f"each key's state in two. Hint: finish the run with the evflow that started "
+            f"it, or remove the store to start afresh."
+        )
+        raise ValueError(msg)
+
+
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (
     COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "created", "aggregated", "open")
 )
@@ -172,6 +217,9 @@ class Bucketize:
         """Read exit ``exit_index`` of each packet."""
         self.exit_index = exit_index
         self.buckets = buckets
+        self.names = (
+            BUCKET_KEYS[:buckets] if buckets <= BUCKETS else [str(b) for b in range(buckets)]
+        )
         self.combine = combine
         self.cache: dict[str, int] = {}
 
@@ -222,7 +270,7 @@ class Bucketize:
             for b, mark in enumerate(marks):
                 mark.latest = latest
                 mark.eof = eof
-                out.append((str(b), mark))
+                out.append((self.names[b], mark))
         return out
 
     def _bucket(self, key: str) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
-from operators._keying import Marked
+from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
 from operators.agg import Aggregator
@@ -56,7 +56,6 @@ _NEVER = -math.inf
 _DONE = math.inf
 
 
-#: Key buckets: the unit of window state that bytewax routes to workers.
 def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], None]:
     """Generate ``add(accs, event, ts)`` for these aggregators, all or nothing.
 
@@ -267,6 +266,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
 
     def __init__(self, spec: WindowSpec, resume: dict[str, Any] | None) -> None:
         """Start empty, or from a snapshot."""
+        check_layout(spec.step, resume)
         self.spec = spec
         state = resume or {}
         self.wm: dict[str, float] = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
@@ -750,4 +750,5 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             "closed": self.closed,
             "wins": self.wins,
             "heap": list(self.heap),
+            "layout": BUCKET_LAYOUT,
         }

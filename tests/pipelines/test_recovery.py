@@ -168,3 +168,40 @@ def test_a_cluster_that_keeps_failing_is_given_up_after_its_restarts(
     ):
         processes.run_supervised(p, 1, 2, 30.0, store, 2)
     assert len(starts) == 3
+
+
+def test_a_store_keyed_by_other_bucket_names_is_refused(tmp_path: Path) -> None:
+    # A window snapshot written by an evflow that grouped keys into other
+    # buckets (no layout mark) would split each key's state: refused, named.
+    import math
+    import pickle
+    import sqlite3
+
+    from operators import agg, windows
+    from tests.pipelines.test_aggregate import hit
+
+    store = tmp_path / "store"
+    p = (
+        Pipeline("t")
+        .read(sources.memory([hit(f"u{i % 3}", i) for i in range(100)]))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+    )
+    assert len(p.run(recovery=store)["o"]) == 30
+    old = {"wm": {"read_memory/part0": 50.0}, "closed": -math.inf, "wins": {}, "heap": []}
+    part = next(store.glob("*.sqlite3"))
+    with sqlite3.connect(part) as db:
+        step = db.execute("SELECT DISTINCT step_id FROM snaps WHERE step_id LIKE '%aggregate%'")
+        (step_id,) = step.fetchone()
+        db.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, '5', 1, ?)",
+            (step_id, pickle.dumps(old)),
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"step 'aggregate_tumbling_10s_n': its snapshot in the recovery store was "
+        r"written by an earlier evflow that grouped keys into other buckets",
+    ):
+        p.run(recovery=store)

@@ -32,3 +32,49 @@ def test_workers_must_be_a_positive_int() -> None:
     p = Pipeline("w").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(ValueError, match=r"workers must be a positive int; got 0\. Hint:"):
         p.run(workers=0)
+
+
+def _worker_of_each_key(keys: list[str], workers: int) -> dict[str, int]:
+    """Route ``keys`` through a bytewax stateful step on ``workers`` workers."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import TestingSource, cluster_main
+
+    where: dict[str, int] = {}
+
+    class Recorder(StatelessSinkPartition[tuple[str, None]]):
+        def __init__(self, worker: int) -> None:
+            self.worker = worker
+
+        def write_batch(self, items: list[tuple[str, None]]) -> None:
+            for key, _ in items:
+                where[key] = self.worker
+
+    class ByWorker(DynamicSink[tuple[str, None]]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Recorder:
+            return Recorder(worker_index)
+
+    flow = Dataflow("routes")
+    keyed = op.input("keys", flow, TestingSource([(k, None) for k in keys]))
+    held = op.stateful_map("hold", keyed, lambda state, value: (state, value))
+    op.output("where", held, ByWorker())
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return where
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4, 6, 8, 12, 16])
+def test_key_buckets_spread_evenly_over_workers(workers: int) -> None:
+    # Window and keyed-dispatch state lives in key buckets that the engine
+    # routes to workers by a hash of their names: each worker must hold as
+    # many as any other, give or take one (plain names "0".."31" put 6 on
+    # one worker of 16 and none on two others).
+    from collections import Counter
+
+    from operators._keying import BUCKET_KEYS
+
+    where = _worker_of_each_key(list(BUCKET_KEYS), workers)
+    assert set(where) == set(BUCKET_KEYS)
+    held = Counter(where.values())
+    counts = [held.get(w, 0) for w in range(workers)]
+    assert max(counts) - min(counts) <= 1, counts
