@@ -89,25 +89,33 @@ def fork_all(what: str, target: Any, args: list[tuple[Any, ...]]) -> None:
             raise RuntimeError(msg)
 
 
+def fork_over_shares(
+    what: str, member: Any, lines: list[bytes], processes: int, workdir: Path
+) -> list[Path]:
+    """Fork ``member(share, out)`` over contiguous shares of ``lines``; return the outs."""
+    size = -(-len(lines) // processes)
+    outs = [workdir / f"{what}_{processes}_{i}.out" for i in range(processes)]
+    fork_all(what, member, [(lines[i * size : (i + 1) * size], outs[i]) for i in range(processes)])
+    return outs
+
+
+def add_up(rows: Any) -> list[Row]:
+    """Add up ``(key, start, n, total)`` rows of the same window (count and sum merge)."""
+    sums: dict[tuple[str, float], list[float]] = {}
+    for key, start, n, total in rows:
+        acc = sums.setdefault((key, start), [0, 0.0])
+        acc[0] += n
+        acc[1] += total
+    return sorted(
+        (key, start, int(n), round(total, 6)) for (key, start), (n, total) in sums.items()
+    )
+
+
 def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
     """Independent one-process runs over contiguous shares, windows added up after."""
-    size = -(-len(lines) // processes)
-    outs = [workdir / f"share_{processes}_{i}.jsonl" for i in range(processes)]
-    fork_all(
-        "share",
-        _share_member,
-        [(lines[i * size : (i + 1) * size], outs[i]) for i in range(processes)],
-    )
-    sums: dict[tuple[str, str], list[float]] = {}
-    for out in outs:
-        for line in out.read_text().splitlines():
-            r = json.loads(line)
-            acc = sums.setdefault((r["key"], r["start"]), [0, 0.0])
-            acc[0] += r["n"]
-            acc[1] += r["total"]
-    return sorted(
-        (key, _seconds(start), int(n), round(total, 6)) for (key, start), (n, total) in sums.items()
-    )
+    outs = fork_over_shares("share", _share_member, lines, processes, workdir)
+    records = [json.loads(line) for out in outs for line in out.read_text().splitlines()]
+    return add_up((r["key"], _seconds(r["start"]), r["n"], r["total"]) for r in records)
 
 
 def _loop_member(lines: list[bytes], out: Path) -> None:
@@ -121,21 +129,8 @@ def run_loop_shares(lines: list[bytes], processes: int, workdir: Path) -> list[R
     Forked for one process too, so that each count pays the same costs of a
     forked process (its copied pages, its results written and read back).
     """
-    size = -(-len(lines) // processes)
-    outs = [workdir / f"loop_{processes}_{i}.json" for i in range(processes)]
-    fork_all(
-        "loop",
-        _loop_member,
-        [(lines[i * size : (i + 1) * size], outs[i]) for i in range(processes)],
-    )
-    sums: dict[tuple[str, float], list[float]] = {}
-    for out in outs:
-        for key, start, n, total in json.loads(out.read_text()):
-            acc = sums.setdefault((key, start), [0, 0.0])
-            acc[0] += n
-            acc[1] += total
-    rows = [(key, start, int(n), round(total, 6)) for (key, start), (n, total) in sums.items()]
-    return sorted(rows)
+    outs = fork_over_shares("loop", _loop_member, lines, processes, workdir)
+    return add_up(row for out in outs for row in json.loads(out.read_text()))
 
 
 def _seconds(text: str) -> float:

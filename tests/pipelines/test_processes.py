@@ -234,6 +234,17 @@ def test_outputs_that_cannot_travel_back_are_reported() -> None:
         p.run(processes=2)
 
 
+def pass_through_on_two_processes(name: str, count: int) -> None:
+    """Run ``range(count)`` through a pipeline on 2 processes; every number comes out."""
+    result = (
+        Pipeline(name)
+        .read(sources.memory(range(count), partitions=2))
+        .write(sinks.memory("out"))
+        .run(processes=2)
+    )
+    assert sorted(result["out"]) == list(range(count))
+
+
 def test_parent_objects_are_frozen_while_the_cluster_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -253,13 +264,7 @@ def test_parent_objects_are_frozen_while_the_cluster_runs(
 
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", recording_start)
     before = (gc.get_freeze_count(), gc.get_threshold())
-    result = (
-        Pipeline("frozen")
-        .read(sources.memory(range(2000), partitions=2))
-        .write(sinks.memory("out"))
-        .run(processes=2)
-    )
-    assert sorted(result["out"]) == list(range(2000))
+    pass_through_on_two_processes("frozen", 2000)
     assert len(at_fork) == 2 and all(count > before[0] for count in at_fork)
     assert (gc.get_freeze_count(), gc.get_threshold()) == before
 
@@ -324,12 +329,6 @@ def test_members_wait_for_the_members_before_them_to_listen(
         return execute(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(processes, "execute", late_first)
-    result = (
-        Pipeline("late_first")
-        .read(sources.memory(range(100), partitions=2))
-        .write(sinks.memory("out"))
-        .run(processes=2)
-    )
-    assert sorted(result["out"]) == list(range(100))
+    pass_through_on_two_processes("late_first", 100)
     out, err = capfd.readouterr()
     assert "retrying" not in out + err
