@@ -20,7 +20,10 @@ per user and window. Each variant writes its window results to files.
   work, with no coordination at all;
 
 Every variant must produce the same windows. Printed: median seconds per
-process count and the speed-up over one process of the same variant.
+process count, the speed-up over one process of the same variant, and the
+median CPU time of all its processes together (user and system). evflow's CPU
+time on P processes against the shares' on P tells what evflow's cluster
+costs apart from what running P processes at once costs on this machine.
 
 Run: ``python bench/scaling.py --processes 1,2 [--events N] [--rounds R]``.
 """
@@ -28,6 +31,7 @@ Run: ``python bench/scaling.py --processes 1,2 [--events N] [--rounds R]``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -119,6 +123,10 @@ def run_shares(lines: list[bytes], processes: int, workdir: Path) -> list[Row]:
 
 
 def _loop_member(lines: list[bytes], out: Path) -> None:
+    # The parent's objects are frozen here, as evflow's runs freeze them: else
+    # the loop's collections walk the whole inherited heap, more often the
+    # longer its share (one process over all the input paid most).
+    gc.freeze()
     out.write_text(json.dumps(run_loop(lines)))
     os._exit(0)
 
@@ -239,7 +247,8 @@ def main() -> None:
             if not args.skip_bytewax:
                 parts = split_by_user(lines, p)
                 variants[f"bytewax {p}"] = lambda parts=parts: run_bytewax(parts, workdir)
-        med, expected = interleaved(variants, args.rounds)
+        cpu: dict[str, float] = {}
+        med, expected = interleaved(variants, args.rounds, cpu)
     print(
         f"\n{args.events} events, {args.rounds} rounds, {len(expected)} windows, "
         f"{os.cpu_count()} cores; medians and speed-up over 1 process:"
@@ -254,7 +263,8 @@ def main() -> None:
             if m is None:
                 continue
             speedup = f"{base / m:5.2f}x" if base else "  -  "
-            print(f"  {name:8s} {p:3d} processes  {m:7.3f}s  {speedup}")
+            used = cpu.get(f"{name} {p}", cpu.get(f"{first} {p}", 0.0))
+            print(f"  {name:8s} {p:3d} processes  {m:7.3f}s  {speedup}  cpu {used:7.2f}s")
     for p in counts[1:]:
         if f"loop {p}" in med and f"loop {counts[0]}" in med:
             loop = med[f"loop {counts[0]}"] / med[f"loop {p}"]
