@@ -43,8 +43,8 @@ __all__ = [
 
 log = logging.getLogger("evflow")
 
-# How long a forked member waits for the members before it to listen, before
-# it leaves the connecting to the engine's own retries.
+# How long a member on this host waits for the members before it to listen,
+# before it leaves the connecting to the engine's own retries.
 _LISTEN_WAIT = 10.0
 
 
@@ -74,12 +74,16 @@ def listening_ports() -> set[int] | None:
     connection of the host (16 ms on a shared machine). Elsewhere None.
     """
     ports: set[int] = set()
-    try:
-        for family in (socket.AF_INET, socket.AF_INET6):
+    answered = False
+    for family in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
+        if family is None:
+            continue
+        try:
             ports |= _listening(family)
-    except (OSError, AttributeError, struct.error):
-        return None
-    return ports
+        except (OSError, AttributeError, struct.error):
+            continue  # no netlink here, or no such family on this host
+        answered = True
+    return ports if answered else None
 
 
 # Netlink socket diagnostics (linux/sock_diag.h, linux/inet_diag.h).
@@ -125,9 +129,8 @@ def await_listeners(addresses: list[str], timeout: float) -> bool:
     is not listening yet, the engine waits a whole second before it tries
     again (and says so on standard output). Members on this host therefore
     wait here, a few milliseconds at a time, for the ones before them to
-    listen. Returns
-    whether all listen; False at ``timeout``, or at once where listening ports
-    cannot be read (the engine's own retry then applies).
+    listen. Returns whether all listen: False at ``timeout``, or at once where
+    listening ports cannot be asked (the engine's own retry then applies).
     """
     wanted = {int(a.rpartition(":")[2]) for a in addresses}
     deadline = time.monotonic() + timeout

@@ -332,3 +332,20 @@ def test_members_wait_for_the_members_before_them_to_listen(
     pass_through_on_two_processes("late_first", 100)
     out, err = capfd.readouterr()
     assert "retrying" not in out + err
+
+
+def test_without_socket_diagnostics_members_do_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where the kernel cannot be asked (no netlink: not Linux), the engine's
+    # own retries apply: nobody waits.
+    import time
+
+    import pipelines._processes as processes
+
+    def refused(family: int) -> set[int]:
+        raise OSError("no netlink here")
+
+    monkeypatch.setattr(processes, "_listening", refused)
+    assert processes.listening_ports() is None
+    started = time.monotonic()
+    assert not processes.await_listeners(["127.0.0.1:9"], timeout=5)
+    assert time.monotonic() - started < 1
