@@ -12,12 +12,17 @@ per user and window. Each variant writes its window results to files.
   watermarks see each key in order), on a forked cluster of P processes
   (``cluster_main``); each purchase crosses to the process of its key,
   pickled, whenever bytewax routes the key away from its partition's reader;
-- shares (the ceiling of this machine, not a way to run evflow): P forked
+- shares (``--shares``, a reference, not a way to run evflow): P forked
   processes, each an independent one-process evflow run over its contiguous
   share of the input, with nothing exchanged and no cluster; the parent adds
   up their per-share windows (count and sum merge) into the same windows.
-  What it reaches is what P processes give on this machine for this pipeline's
-  work, with no coordination at all;
+  What it reaches is what P processes give on this machine for evflow's
+  per-event work, with no coordination at all;
+- loop (``--loop``, a reference with no framework at all): the bare Python loop
+  of windowed_clickstream.py (the same parser, dict windows) in one forked
+  process over the whole input and in P forked processes over contiguous
+  shares, each freezing the heap it inherits, the parent adding up their
+  windows: what P processes give here for the parsing and counting alone.
 
 Every variant must produce the same windows. Printed: median seconds per
 process count, the speed-up over one process of the same variant, and the
@@ -25,7 +30,8 @@ median CPU time of all its processes together (user and system). evflow's CPU
 time on P processes against the shares' on P tells what evflow's cluster
 costs apart from what running P processes at once costs on this machine.
 
-Run: ``python bench/scaling.py --processes 1,2 [--events N] [--rounds R]``.
+Run: ``python bench/scaling.py --processes 1,2 [--events N] [--rounds R]
+[--shares] [--loop] [--skip-bytewax]``.
 """
 
 from __future__ import annotations
