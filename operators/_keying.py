@@ -263,7 +263,7 @@ class Bucketize:
                 self._spread(records, marks)
             if wins and self.combine is not None:
                 for partial in self.combine.partials(wins):
-                    mark = marks[self._bucket(partial[0])]
+                    mark = marks[self.bucket_of(partial[0])]
                     mark.partials.append(partial)
                     mark.combined += len(partial[4])
             eof = group[-1].eof
@@ -272,10 +272,6 @@ class Bucketize:
                 mark.eof = eof
                 out.append((self.names[b], mark))
         return out
-
-    def _bucket(self, key: str) -> int:
-        b = self.cache.get(key)
-        return self.bucket_of(key) if b is None else b
 
     def _spread(self, records: list[Any], marks: list[Marked]) -> None:
         bucket_of = self.cache.get
