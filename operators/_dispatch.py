@@ -428,7 +428,7 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
                 results += self.dispatch.run(
                     [r[2] for r in records], [r[0] for r in records], row, dead, self.states
                 )
-        except Exception as exc:  # noqa: BLE001 - a halt stops the run cleanly
+        except Exception as exc:  # noqa: BLE001 - a halt stops the run
             self.counters.halt(exc)
         out: list[tuple[str, Any]] = [("r", r) for r in results]
         out += [("d", d) for d in dead]

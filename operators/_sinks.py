@@ -31,6 +31,7 @@ __all__ = [
     "ExactJsonl",
     "JsonlSink",
     "MemorySink",
+    "OutputChangedError",
     "PacketSink",
     "RunContext",
     "Sink",
@@ -315,7 +316,7 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
     def write_batch(self, items: list[Packet]) -> None:
         try:
             self._write(items)
-        except Exception as exc:  # noqa: BLE001 - a broken sink halts the run cleanly
+        except Exception as exc:  # noqa: BLE001 - a broken sink halts the run
             self.owner.counters.halt(exc)
 
     def _write(self, items: list[Packet]) -> None:
@@ -400,6 +401,8 @@ class _ExactFile(StatefulSinkPartition[list[Any], int]):
         if parent:
             os.makedirs(parent, exist_ok=True)
         self.owner = owner
+        if offset:
+            _check_resumable(path, offset)
         if offset is None or not os.path.exists(path):
             self.handle: Any = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
             self.offset = 0
@@ -420,7 +423,7 @@ class _ExactFile(StatefulSinkPartition[list[Any], int]):
                 row[_IN] += len(records)
                 self.offset += write_all(self.handle, data)
                 row[_OUT] += len(records)
-        except Exception as exc:  # noqa: BLE001 - a broken sink halts the run cleanly
+        except Exception as exc:  # noqa: BLE001 - a broken sink halts the run
             owner.counters.halt(exc)
 
     def snapshot(self) -> int:
@@ -428,6 +431,29 @@ class _ExactFile(StatefulSinkPartition[list[Any], int]):
 
     def close(self) -> None:
         self.handle.close()
+
+
+class OutputChangedError(RuntimeError):
+    """An exactly-once output file is shorter than the snapshot a run resumes from."""
+
+
+def _check_resumable(path: str, offset: int) -> None:
+    """Refuse to resume onto a file that lost part of what the snapshot covers."""
+    try:
+        size: int | None = os.stat(path).st_size
+    except FileNotFoundError:
+        size = None
+    if size is not None and size >= offset:
+        return
+    what = "does not exist" if size is None else f"holds {size:,} bytes"
+    msg = (
+        f"jsonl sink {path!r} {what}, but the recovery store's last snapshot covers "
+        f"{offset:,} bytes written to it: the file was deleted or cut short after that "
+        f"run, and resuming would lose (or pad with zeros) the records of the earlier run. "
+        f"Hint: put the file back as it was, or start over: remove the recovery store and "
+        f"the output files and run again."
+    )
+    raise OutputChangedError(msg)
 
 
 class ExactJsonl(FixedPartitionedSink[list[Any], int]):

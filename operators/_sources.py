@@ -103,8 +103,9 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
         self.ended = False
 
     def next_batch(self) -> list[Chunk]:
-        halted = self.counters is not None and self.counters.halted is not None
-        if self.reader is None or halted or self.ended:
+        if self.counters is not None:
+            self.counters.check_halted()
+        if self.reader is None or self.ended:
             raise StopIteration
         # Up to READ_AHEAD chunks that are ready now: the steps after take
         # them in one call, and a keyed step gets one item per key bucket for
@@ -124,7 +125,6 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
                 if self.counters is None:
                     raise
                 self.counters.halt(exc)
-                raise StopIteration from None
             if chunk is None:
                 break
             chunks.append(chunk)
@@ -150,7 +150,7 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         self.counters = counters
 
     def list_parts(self) -> list[str]:
-        """List the partitions (none, and a halted run, if that fails)."""
+        """List the partitions (a failure halts the run)."""
         if self.counters is not None:
             self.counters.started()  # bytewax lists partitions once the cluster formed
         try:
@@ -159,7 +159,6 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
             if self.counters is None:
                 raise
             self.counters.halt(exc)
-            return []
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _Partition:
         """Open one partition."""
@@ -170,7 +169,6 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
             if self.counters is None:
                 raise
             self.counters.halt(exc)
-            return _Partition(None, self.counters, step, for_part)
         return _Partition(reader, self.counters, step, for_part)
 
 

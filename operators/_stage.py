@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -33,6 +33,7 @@ __all__ = [
     "Exit",
     "Node",
     "Packet",
+    "RunHalted",
     "StageOp",
     "describe_function",
     "run_stage",
@@ -108,14 +109,24 @@ class Packet:
         return f"{self.source}/{self.partition}"
 
 
+class RunHalted(Exception):
+    """Raised inside the engine to abort a halted run (the cause is in `Counters.halted`).
+
+    A halt aborts the dataflow where it happens, like a crash: the engine
+    never closes the epoch that holds the failing record, so no snapshot
+    covers records whose results were not written, and a resumed run starts
+    from a point at which every earlier record's effects are durable.
+    """
+
+
 class Counters:
     """Per-step counters, one table per worker thread, summed on demand.
 
     They also carry the run's halt: when a step with the ``halt`` policy
-    fails (or a source or sink breaks), ``halted`` holds the exception;
-    sources then stop reading and stages drop what is still in flight, so the
-    run ends cleanly and the runner raises it, with no engine panic between
-    the user and the cause.
+    fails (or a source or sink breaks), ``halted`` holds the exception and
+    `RunHalted` aborts the engine at once (every worker that meets the halt
+    raises it too); the runner then raises the kept exception, with no
+    engine panic between the user and the cause.
     """
 
     def __init__(self, steps: Sequence[str]) -> None:
@@ -135,11 +146,17 @@ class Counters:
         if self.on_start is not None:
             self.on_start()
 
-    def halt(self, exc: BaseException) -> None:
-        """Stop the run because of ``exc`` (the first one is kept)."""
+    def halt(self, exc: BaseException) -> NoReturn:
+        """Stop the run because of ``exc`` (the first one is kept): raise `RunHalted`."""
         with self._lock:
             if self.halted is None:
                 self.halted = exc
+        raise RunHalted from exc
+
+    def check_halted(self) -> None:
+        """Raise `RunHalted` when another step or worker has halted the run."""
+        if self.halted is not None:
+            raise RunHalted
 
     def table(self) -> list[list[int]]:
         """Return this thread's table (created on first use)."""
@@ -328,8 +345,7 @@ def run_stage(
     packets: list[Packet] = []
     step = SLICE
     for chunk in chunks:
-        if counters.halted is not None:
-            break
+        counters.check_halted()
         run = _Run(pipeline, chunk, table)
         out: list[list[Any]] = [[] for _ in range(exits)]
         items = chunk.items
@@ -341,9 +357,10 @@ def run_stage(
             try:
                 for i, root in enumerate(roots):
                     root.push(part if i == 0 else list(part), run, out)
+            except RunHalted:
+                raise
             except Exception as exc:  # noqa: BLE001 - a halt, or a fault of evflow's own
                 counters.halt(exc)
-                return packets
         packets.append(Packet(out, run.dead, chunk.source, chunk.partition, chunk.eof))
     return packets
 

@@ -651,7 +651,6 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             halted = PipelineHalted(spec.pipeline, spec.step, names, payload)
             halted.__cause__ = exc
             spec.counters.halt(halted)
-            return
         row[_DEAD] += 1
         message = f"an aggregator ({names}) could not take the event: {exc}"
         out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, names))

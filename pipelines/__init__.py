@@ -12,7 +12,15 @@
 ['BB', 'CCC']
 """
 
-from operators import DeadLetter, ErrorPolicy, Event, Origin, PipelineHalted, retry
+from operators import (
+    DeadLetter,
+    ErrorPolicy,
+    Event,
+    Origin,
+    OutputChangedError,
+    PipelineHalted,
+    retry,
+)
 from operators._dispatch import stateful
 from pipelines import render, sinks, sources, testing
 from pipelines._builder import Pipeline, Routes, Stream
@@ -30,6 +38,7 @@ __all__ = [
     "Handler",
     "KeyedStream",
     "Origin",
+    "OutputChangedError",
     "Pipeline",
     "PipelineError",
     "PipelineHalted",

@@ -10,6 +10,7 @@ it, and the parent says which one and how.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from operators import JsonlSink
+from operators import JsonlSink, PipelineHalted
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, check
 from pipelines._metrics import Metrics
@@ -371,17 +372,27 @@ def _run_cluster(
         ended = ", ".join(f"process {i}: exit code {proc.exitcode}" for i, proc in enumerate(procs))
         msg = f"{failure} ({ended})"
         raise ClusterError(msg)
-    results: list[Outcome] = []
-    for proc_id in range(processes):
-        outcome, error, cause, detail = outcomes[proc_id]
-        if error is not None:
-            if cause is not None:
-                error.__cause__ = cause
-            if detail and hasattr(error, "add_note"):
-                error.add_note(f"in process {proc_id}:\n{detail}")
-            raise_error(error)
-        results.append(outcome)
+    failed = [i for i in range(processes) if outcomes[i][1] is not None]
+    if failed:
+        # A member that halts aborts its engine, and the others then lose their
+        # peer ("Send thread panic"): the member with a cause of its own speaks.
+        proc_id = min(failed, key=lambda i: (not _own_error(outcomes[i][1]), i))
+        _, error, cause, detail = outcomes[proc_id]
+        if cause is not None:
+            error.__cause__ = cause
+        if detail and hasattr(error, "add_note"):
+            error.add_note(f"in process {proc_id}:\n{detail}")
+        raise_error(error)
+    results: list[Outcome] = [outcomes[proc_id][0] for proc_id in range(processes)]
     return result_of(pipeline, results, workers, processes, time.perf_counter() - started)
+
+
+def _own_error(error: BaseException) -> bool:
+    """Whether ``error`` is a member's own failure, not the loss of a peer that failed."""
+    if isinstance(error, PipelineHalted):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return "PanicException" not in text or "Send thread panic" not in text
 
 
 def run_supervised(
@@ -483,15 +494,16 @@ def run_member(
     earlier = addresses[:process_id]
     if earlier and all(is_loopback(a.rpartition(":")[0]) for a in earlier):
         await_listeners(earlier, _LISTEN_WAIT)
-    outcome = execute(
-        pipeline,
-        workers,
-        addresses,
-        process_id,
-        append_files=False,
-        recovery=recovery,
-        metrics=metrics,
-    )
+    with contextlib.nullcontext() if recovery is None else recovery.held(process_id):
+        outcome = execute(
+            pipeline,
+            workers,
+            addresses,
+            process_id,
+            append_files=False,
+            recovery=recovery,
+            metrics=metrics,
+        )
     if outcome.error is not None:
         raise_error(outcome.error)
     return result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,9 @@ from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, RunContext
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, compile_pipeline
 from pipelines._metrics import Metrics
+from pipelines._panics import quiet_panics
 from pipelines._result import RunResult, StepCounts
+from pipelines._store import check_permissions, check_store, lock_store
 
 __all__ = [
     "GC_THRESHOLD",
@@ -93,7 +94,8 @@ class Recovery:
         """Create the store (private to this user) on first use; refuse an unsafe one.
 
         A store others can write to could hold snapshots that run code on
-        resume, so evflow refuses it.
+        resume, so evflow refuses it. The store is locked, made and its
+        snapshots checked by `held`, for the whole run.
         """
         if snapshot_interval <= 0:
             msg = f"snapshot_interval must be positive seconds; got {snapshot_interval!r}."
@@ -101,26 +103,30 @@ class Recovery:
         path = Path(directory)
         if not path.exists():
             path.mkdir(parents=True, mode=0o700)
-        mode = path.stat().st_mode
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
-            msg = (
-                f"recovery directory {str(path)!r} can be written by other users (mode "
-                f"{stat.filemode(mode)}); its snapshots are pickles that run code when "
-                f"resumed, so evflow will not use it. Hint: chmod 700 {path}."
-            )
-            raise PermissionError(msg)
-        if not any(path.glob("*.sqlite3")):
-            # Made aside, then moved in whole: a run killed while the store is
-            # being made leaves no half-made partition behind.
-            with tempfile.TemporaryDirectory(dir=path, prefix=".init-") as fresh:
-                init_db_dir(Path(fresh), 1)  # type: ignore[no-untyped-call]
-                for part in Path(fresh).glob("*.sqlite3"):
-                    os.replace(part, path / part.name)
-        else:
-            from pipelines._store import check_store
-
-            check_store(path)
+        check_permissions(path)
         return cls(path, snapshot_interval)
+
+    @contextlib.contextmanager
+    def held(self, member: int | None = None) -> Iterator[None]:
+        """Hold the store for a run: locked, checked, and made on first use.
+
+        ``member`` is the process id of a cluster member started by hand (the
+        members of one cluster share the store). A second run on a held store
+        is refused at once (`StoreInUseError`).
+        """
+        path = self.directory
+        with lock_store(path, member):
+            check_permissions(path)
+            if not any(path.glob("*.sqlite3")):
+                # Made aside, then moved in whole: a run killed while the store
+                # is being made leaves no half-made partition behind.
+                with tempfile.TemporaryDirectory(dir=path, prefix=".init-") as fresh:
+                    init_db_dir(Path(fresh), 1)  # type: ignore[no-untyped-call]
+                    for part in Path(fresh).glob("*.sqlite3"):
+                        os.replace(part, path / part.name)
+            else:
+                check_store(path)
+            yield
 
 
 @dataclass
@@ -168,7 +174,7 @@ def execute(
             "epoch_interval": timedelta(seconds=recovery.snapshot_interval),
         }
     try:
-        with gc_tuned():
+        with gc_tuned(), quiet_panics():
             if not addresses and workers == 1:
                 run_main(compiled.flow, **options)  # type: ignore[no-untyped-call]
             else:
@@ -179,7 +185,11 @@ def execute(
                     worker_count_per_proc=workers,
                     **options,
                 )
-    except Exception as exc:  # noqa: BLE001 - raised again by the caller, root cause first
+    except BaseException as exc:
+        # The engine's panics (pyo3's PanicException) are BaseExceptions too;
+        # Ctrl-C and exits go on unless the run had halted first.
+        if compiled.counters.halted is None and not _engine_error(exc):
+            raise
         error = root_cause(exc)
     finally:
         ctx.close()
@@ -188,6 +198,10 @@ def execute(
     if compiled.counters.halted is not None:
         error = compiled.counters.halted
     return Outcome(ctx.outputs, ctx.dead_letters, compiled.counters.totals(), compiled.kinds, error)
+
+
+def _engine_error(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def raise_error(error: BaseException) -> NoReturn:
@@ -275,6 +289,31 @@ def run(
         )
         raise ValueError(msg)
     store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)
+    with contextlib.nullcontext() if store is None else store.held():
+        return _run(
+            pipeline,
+            workers,
+            processes,
+            monitor,
+            formation_timeout,
+            store,
+            restart,
+            metrics,
+            progress,
+        )
+
+
+def _run(
+    pipeline: Pipeline,
+    workers: int,
+    processes: int,
+    monitor: Callable[[Compiled], None] | None,
+    formation_timeout: float,
+    store: Recovery | None,
+    restart: int,
+    metrics: Metrics | None,
+    progress: bool | None,
+) -> RunResult:
     if restart:
         from pipelines._processes import run_supervised
 

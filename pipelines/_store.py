@@ -1,65 +1,180 @@
-"""Checking a recovery store before resuming from it.
+"""The recovery store: who may use it, one run at a time, and what it may hold.
 
-bytewax keeps snapshots as pickles in SQLite files; unpickling runs whatever
-the pickle names. Before a run resumes, evflow reads every snapshot with a
-restricted unpickler that allows only evflow's own state types and plain data,
-and refuses the store if anything else is there.
+bytewax keeps snapshots as pickles in SQLite files, and unpickling runs
+whatever the pickle names. Before a run resumes, evflow reads every snapshot's
+opcodes without executing any of them (``pickletools``) and allows only an
+explicit list of exact ``module.qualname`` pairs: evflow's state types, plain
+data, and the event classes the running program has defined. The store
+itself must belong to the user who runs evflow and be writable by no one
+else, and it is locked for the whole run, so a second run on it is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import pickle
+import fcntl
+import os
+import pickletools
+import socket
 import sqlite3
+import stat
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-__all__ = ["UnsafeSnapshotError", "check_store"]
+__all__ = [
+    "SAFE_GLOBALS",
+    "StoreInUseError",
+    "UnsafeSnapshotError",
+    "check_permissions",
+    "check_snapshot",
+    "check_store",
+    "lock_store",
+]
 
-_ALLOWED = {
-    "builtins": {
-        "dict",
-        "list",
-        "set",
-        "frozenset",
-        "tuple",
-        "int",
-        "float",
-        "str",
-        "bytes",
-        "bytearray",
-        "bool",
-        "complex",
-        "object",
-        "slice",
-        "range",
-    },
-    "copyreg": {"_reconstructor"},
-    "collections": {"Counter", "OrderedDict", "deque", "defaultdict"},
-    "datetime": {"datetime", "date", "time", "timedelta", "timezone"},
-    "decimal": {"Decimal"},
+#: The globals a snapshot may name: exact ``(module, qualname)`` pairs, each a
+#: class or constructor that builds plain data and calls nothing else.
+SAFE_GLOBALS = frozenset(
+    [
+        *(
+            ("builtins", name)
+            for name in (
+                "bool",
+                "bytearray",
+                "bytes",
+                "complex",
+                "dict",
+                "float",
+                "frozenset",
+                "int",
+                "list",
+                "object",
+                "set",
+                "str",
+                "tuple",
+            )
+        ),
+        ("copyreg", "_reconstructor"),
+        ("collections", "Counter"),
+        ("collections", "OrderedDict"),
+        ("collections", "deque"),
+        ("datetime", "date"),
+        ("datetime", "datetime"),
+        ("datetime", "time"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("decimal", "Decimal"),
+        ("ddsketch.ddsketch", "DDSketch"),
+        ("ddsketch.ddsketch", "BaseDDSketch"),
+        ("ddsketch.mapping", "LogarithmicMapping"),
+        ("ddsketch.store", "DenseStore"),
+        ("ddsketch.store", "CollapsingLowestDenseStore"),
+        ("ddsketch.store", "CollapsingHighestDenseStore"),
+        # Marker classes (no instances are made) that bound a store's index range.
+        ("ddsketch.store", "_NegativeIntInfinity"),
+        ("ddsketch.store", "_PositiveIntInfinity"),
+    ]
+)
+
+# Opcodes that push a string an opcode naming a global may take from the stack.
+_STRINGS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "SHORT_BINSTRING",
+    "BINSTRING",
+    "STRING",
 }
-_PACKAGES = ("operators", "ddsketch")
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+# Opcodes that reach objects no allow-list can vouch for.
+_REFUSED = {
+    "EXT1": "an extension-registry code",
+    "EXT2": "an extension-registry code",
+    "EXT4": "an extension-registry code",
+    "PERSID": "a persistent id",
+    "BINPERSID": "a persistent id",
+}
 
 
 class UnsafeSnapshotError(PermissionError):
-    """A recovery store holds something other than evflow state: not resumed."""
+    """A recovery store holds something other than evflow state, or others can change it."""
 
 
-class _Restricted(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _ALLOWED.get(module)
-        if (allowed is not None and name in allowed) or module.split(".")[0] in _PACKAGES:
-            return super().find_class(module, name)
-        msg = f"{module}.{name}"
-        raise pickle.UnpicklingError(msg)
+class StoreInUseError(RuntimeError):
+    """Another run holds the recovery store."""
+
+
+def _event_class(module: str, name: str) -> bool:
+    """Whether ``module.name`` is an evflow event class this program already defined.
+
+    Looked up in the modules already imported, never importing one (that
+    would run its code), and only by a plain name (no attribute paths).
+    """
+    found = getattr(sys.modules.get(module), "__dict__", {}).get(name)
+    if not isinstance(found, type):
+        return False
+    from operators import Event
+
+    return issubclass(found, Event) and found.__module__ == module and found.__qualname__ == name
+
+
+def _allowed(module: str, name: str) -> bool:
+    if (module, name) in SAFE_GLOBALS:
+        return True
+    return "." not in name and _event_class(module, name)
+
+
+def check_snapshot(blob: bytes) -> str | None:
+    """Walk a pickle's opcodes (nothing is run); return what is refused, or None.
+
+    >>> import pickle
+    >>> check_snapshot(pickle.dumps({"wins": [1.5, "a"]})) is None
+    True
+    >>> check_snapshot(pickle.dumps(print))
+    "the global 'builtins.print', which is not evflow state"
+    """
+    recent: list[str | None] = []  # what the last opcodes pushed, strings known
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, _ in pickletools.genops(blob):
+            name = opcode.name
+            if name in _REFUSED:
+                return f"{_REFUSED[name]} ({name})"
+            if name in ("GLOBAL", "INST"):
+                module, _, qualname = str(arg).partition(" ")
+                if not _allowed(module, qualname):
+                    return f"the global {module + '.' + qualname!r}, which is not evflow state"
+                recent.append(None)
+            elif name == "STACK_GLOBAL":
+                if len(recent) < 2 or recent[-1] is None or recent[-2] is None:
+                    return "a global whose name is computed, not written out (STACK_GLOBAL)"
+                module, qualname = recent[-2], recent[-1]
+                if not _allowed(module, qualname):
+                    return f"the global {module + '.' + qualname!r}, which is not evflow state"
+                recent.append(None)
+            elif name in _MEMO_PUT:
+                index = len(memo) if name == "MEMOIZE" else int(str(arg))
+                memo[index] = recent[-1] if recent else None
+            elif name in _MEMO_GET:
+                recent.append(memo.get(int(str(arg))))
+            elif name in _STRINGS:
+                recent.append(arg if isinstance(arg, str) else None)
+            else:
+                recent.append(None)
+            del recent[:-2]
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle is described, not raised
+        return f"a damaged pickle ({type(exc).__name__}: {exc})"
+    return None
 
 
 def check_store(directory: Path) -> int:
-    """Read every snapshot in ``directory`` safely; return how many were checked.
+    """Check every snapshot in ``directory`` without running it; return how many.
 
-    Raises `UnsafeSnapshotError` naming the step and the forbidden global.
+    Raises `UnsafeSnapshotError` naming the store, the file, the step and
+    what is wrong.
     """
     checked = 0
     for part in sorted(directory.glob("*.sqlite3")):
@@ -73,19 +188,115 @@ def check_store(directory: Path) -> int:
         except sqlite3.Error as exc:
             msg = (
                 f"recovery store {str(directory)!r}: {part.name} is not a readable evflow "
-                f"recovery partition ({exc}). Hint: remove the store to start afresh."
+                f"recovery partition ({exc}). Hint: remove the store (and the outputs "
+                f"written with it) to start over."
             )
             raise UnsafeSnapshotError(msg) from None
         for step, key, blob in rows:
-            try:
-                _Restricted(io.BytesIO(blob)).load()
-            except pickle.UnpicklingError as exc:
+            refused = (
+                check_snapshot(blob)
+                if isinstance(blob, bytes)
+                else f"a {type(blob).__name__} where a pickle should be"
+            )
+            if refused is not None:
                 msg = (
-                    f"recovery store {str(directory)!r} holds a snapshot of step {step!r} "
-                    f"(key {key!r}) that refers to {exc}, which is not evflow state; evflow "
-                    f"will not resume from it (unpickling it would run that code). Hint: "
-                    f"remove the store to start afresh, or find who wrote to it."
+                    f"recovery store {str(directory)!r} ({part.name}) holds a snapshot of "
+                    f"step {step!r} (key {key!r}) that refers to {refused}; evflow will "
+                    f"not resume from it (unpickling it could run code, and nothing of "
+                    f"it was run). Hint: remove the store (and the outputs written with "
+                    f"it) to start over, or find who wrote to it."
                 )
-                raise UnsafeSnapshotError(msg) from None
+                raise UnsafeSnapshotError(msg)
             checked += 1
     return checked
+
+
+def check_permissions(directory: Path) -> None:
+    """Refuse a store that another user owns or can write, or that holds links.
+
+    Snapshots are pickles that run code when resumed, so the directory and
+    every file in it must belong to the user running evflow and be writable
+    by no one else.
+    """
+    me = os.geteuid()
+    for path in [directory, *sorted(directory.iterdir())]:
+        info = path.lstat()
+        where = "recovery directory" if path == directory else "recovery store file"
+        if stat.S_ISLNK(info.st_mode):
+            msg = (
+                f"{where} {str(path)!r} is a symbolic link; a store may hold only its own "
+                f"files, so evflow will not use it. Hint: remove the link."
+            )
+            raise UnsafeSnapshotError(msg)
+        if info.st_uid != me:
+            msg = (
+                f"{where} {str(path)!r} belongs to user id {info.st_uid}, not to you "
+                f"({me}); its snapshots are pickles that run code when resumed, so evflow "
+                f"will not use it. Hint: remove it, or have its owner hand it over "
+                f"(chown -R $USER {directory})."
+            )
+            raise UnsafeSnapshotError(msg)
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            msg = (
+                f"{where} {str(path)!r} can be written by other users (mode "
+                f"{stat.filemode(info.st_mode)}); its snapshots are pickles that run code "
+                f"when resumed, so evflow will not use it. Hint: chmod go-w {path}."
+            )
+            raise UnsafeSnapshotError(msg)
+
+
+_LOCK = ".evflow.lock"
+
+
+def _holders(directory: Path) -> str:
+    """Say what the runs holding the store wrote into its lock files."""
+    said = []
+    for path in sorted(directory.glob(_LOCK + "*")):
+        with contextlib.suppress(OSError):
+            said += [line for line in path.read_text().splitlines() if line.strip()]
+    return "; ".join(said) or "a process that did not say who it is"
+
+
+@contextlib.contextmanager
+def lock_store(directory: Path, member: int | None = None) -> Iterator[None]:
+    """Hold the store for one run; refuse at once when another run holds it.
+
+    The lock is an ``flock`` on a file in the store, so the kernel releases it
+    when its process dies, whatever kills it. A run takes it exclusively; the
+    members of a cluster started by hand (``member`` is the process id) share
+    it, and each holds its own member lock, so two members with the same id
+    are refused too.
+    """
+    held: list[tuple[int, bool]] = []
+    try:
+        names = [(_LOCK, member is None)]
+        if member is not None:
+            names.append((f"{_LOCK}.{member}", True))
+        for name, exclusive in names:
+            fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                msg = (
+                    f"recovery store {str(directory)!r} is in use by another run "
+                    f"({_holders(directory)}); two runs on one store lose and duplicate "
+                    f"records. Hint: wait for that run to end (or stop it), or give this "
+                    f"one another --recovery directory."
+                )
+                raise StoreInUseError(msg) from None
+            held.append((fd, exclusive))
+            if exclusive:
+                started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                who = f"pid {os.getpid()} on {socket.gethostname()}, started {started}"
+                if member is not None:
+                    who = f"cluster member {member}, {who}"
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{who}: {' '.join(sys.argv)[:200]}\n".encode(), 0)
+        yield
+    finally:
+        for fd, exclusive in reversed(held):
+            if exclusive:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # the holder's line goes with its lock
+            os.close(fd)

@@ -80,7 +80,10 @@ def test_an_unsafe_recovery_directory_is_refused(tmp_path: Path) -> None:
     store.mkdir()
     store.chmod(0o777)
     p = Pipeline("r").read(sources.memory([1])).write(sinks.memory("o"))
-    with pytest.raises(PermissionError, match=r"can be written by other users .*chmod 700"):
+    with pytest.raises(
+        PermissionError,
+        match=r"recovery directory .* can be written by other users \(mode drwxrwxrwx\).*chmod go-w",
+    ):
         p.run(recovery=store)
     fresh = tmp_path / "fresh_store"
     assert p.run(recovery=fresh)["o"] == [1]
