@@ -10,8 +10,15 @@ id is in the events file exactly once (no input lost, none written twice),
 and the windows file holds every window exactly once, equal to a direct
 computation.
 
-Run: ``python bench/chaos.py [--kills 50] [--events 100000] [--seed S]``.
-The test suite runs the same with 10 kills (tests/pipelines/test_recovery.py).
+With ``--mixed ROUNDS``, each round is a fault drawn at random instead: a
+SIGKILL; a halt (a map with ``on_error="halt"`` fails on a random event); a
+full disk (a file-size limit at a random point of the output); a SIGKILL of
+the parent of a 2-process run (its members must end with it); or a second
+run started on the store of a running one (it must be refused).
+
+Run: ``python bench/chaos.py [--kills 50 | --mixed 50] [--events 100000] [--seed S]``.
+The test suite runs small versions (tests/pipelines/test_recovery.py and
+tests/pipelines/test_faults.py).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -46,10 +54,17 @@ def make(rng, i):
     return Tick(user=f"u{rng.randrange(20)}", amount=rng.randrange(100), id=f"t{i}",
                 time=T0 + timedelta(milliseconds=10 * i))
 
+FAIL_AT = os.environ.get("FAIL_AT", "")
+
+def stop_at(e):
+    if e.id == FAIL_AT:
+        raise RuntimeError(f"failure injected at {e.id}")
+    return e
+
 ticks = Pipeline("recover").read(
     sources.generate(make, count=int(os.environ["EVENTS"]), partitions=2, batch_size=500,
                      rate=float(os.environ["RATE"]))
-)
+).map(stop_at, on_error="halt")
 pipeline = ticks.write(sinks.jsonl(os.environ["EVENTS_OUT"])) | (
     ticks.key_by(lambda e: e.user)
     .window(windows.tumbling(seconds=5))
@@ -119,6 +134,104 @@ class Chaos:
                 break
         return done
 
+    def run(
+        self,
+        *extra: str,
+        fail_at: int | None = None,
+        file_limit: int | None = None,
+        rate: float | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run to the end (or to a failure): optionally halting at event ``fail_at``,
+        or with the output files' disk full beyond ``file_limit`` bytes."""
+        env = self.env(rate)
+        if fail_at is not None:
+            env["FAIL_AT"] = f"t{fail_at}"
+
+        def full_disk() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a signal
+            assert file_limit is not None
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+        return subprocess.run(
+            self.command(*extra, "--quiet"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=full_disk if file_limit is not None else None,
+        )
+
+    def halt(self, rng: random.Random, *extra: str) -> None:
+        """A map with ``on_error="halt"`` fails on a random event: the run stops, says why."""
+        written = set()
+        if self.events_out.exists():
+            written = {json.loads(line)["id"] for line in self.events_out.read_text().splitlines()}
+        left = [i for i in range(self.events) if f"t{i}" not in written]
+        if not left:
+            return
+        at = rng.choice(left)  # an event not yet through: the run meets it
+        done = self.run(*extra, fail_at=at, rate=1e9)
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert f"failure injected at t{at}" in done.stderr, done.stderr[-3000:]
+        assert "halted at step 'map_stop_at'" in done.stderr, done.stderr[-3000:]
+
+    def fail_writes(self, rng: random.Random, *extra: str) -> bool:
+        """The disk fills up (a file-size limit) at a random point of the output.
+
+        Returns whether a write failed (the limit may lie beyond the output's end).
+        """
+        written = self.events_out.stat().st_size if self.events_out.exists() else 0
+        final = self.events * 90  # about 90 bytes an event
+        limit = written + int(rng.uniform(0.05, 0.9) * max(final - written, 100_000))
+        done = self.run(*extra, file_limit=limit, rate=1e9)
+        if done.returncode == 0:
+            return False
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert "error in pipeline" in done.stderr, done.stderr[-3000:]
+        return True
+
+    def kill_parent(self, rng: random.Random) -> None:
+        """SIGKILL the parent of a 2-process run: its members must end with it."""
+        proc = subprocess.Popen(
+            self.command("-p", "2", "--quiet"),
+            env=self.env(rate=self.events / 20),  # 20 s of input: the members are busy
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while len(members(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        found = members(proc.pid)
+        time.sleep(rng.uniform(0.2, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 1
+        while any(alive(pid) for pid in found) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = [pid for pid in found if alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert len(found) == 2, "the cluster did not start"
+        assert not left, f"members {left} outlived their parent"
+
+    def concurrent(self, rng: random.Random) -> None:
+        """A second run on the store of a running one is refused at once."""
+        first = subprocess.Popen(
+            self.command("--quiet"),
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3, 0.8))
+        if first.poll() is None:
+            second = self.run(rate=1e9)
+            running = first.poll() is None
+            if running:
+                assert second.returncode == 1, second.stderr[-3000:]
+                assert "is in use by another run" in second.stderr, second.stderr[-3000:]
+            first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+
     def finish(self) -> dict[str, object]:
         """Resume to the end at full speed; return the JSON summary."""
         final = subprocess.run(
@@ -167,26 +280,81 @@ class Chaos:
         assert got == self.expected_windows(), "the windows differ from a direct computation"
 
 
+def members(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+MODES = ("kill", "halt", "write_failure", "parent_kill", "concurrent")
+
+
+def mixed(chaos: Chaos, rounds: int, rng: random.Random) -> Counter[str]:
+    """Run ``rounds`` faults drawn at random from `MODES`; return how many of each."""
+    done: Counter[str] = Counter()
+    for _ in range(rounds):
+        mode = rng.choice(MODES)
+        workers = str(rng.choice((1, 2)))
+        if mode == "kill":
+            chaos.kill_at_random(1, rng, max_attempts=3)
+        elif mode == "halt":
+            chaos.halt(rng, "-w", workers)
+        elif mode == "write_failure":
+            chaos.fail_writes(rng, "-w", workers)
+        elif mode == "parent_kill":
+            chaos.kill_parent(rng)
+        else:
+            chaos.concurrent(rng)
+        done[mode] += 1
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--mixed",
+        type=int,
+        metavar="ROUNDS",
+        help="instead of SIGKILLs only, ROUNDS faults drawn from: " + ", ".join(MODES),
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    # Slow enough that the runs are killed before the input ends.
-    rate = max(2_000.0, args.events / (0.5 * args.kills))
     started = time.perf_counter()
+    rounds = args.mixed or args.kills
+    # Slow enough that the runs are stopped before the input ends.
+    rate = max(2_000.0, args.events / (0.5 * rounds))
     with tempfile.TemporaryDirectory() as tmp:
         chaos = Chaos(Path(tmp), args.events, rate)
-        kills = chaos.kill_at_random(args.kills, rng, max_attempts=args.kills * 4)
+        if args.mixed:
+            done = mixed(chaos, args.mixed, rng)
+            what = ", ".join(f"{n} {mode}" for mode, n in sorted(done.items()))
+            what = f"{args.mixed} faults at random ({what})"
+        else:
+            kills = chaos.kill_at_random(args.kills, rng, max_attempts=args.kills * 4)
+            what = (
+                f"{kills} runs killed with SIGKILL at random moments, worker count alternating 1/2"
+            )
         summary = chaos.finish()
         chaos.check()
     print(
-        f"{kills} runs killed with SIGKILL at random moments, worker count alternating 1/2, "
-        f"then resumed to the end: {args.events:,} events, none lost, none written twice; "
-        f"{len(chaos.expected_windows()):,} windows, each written once and equal to a direct "
-        f"computation; final run reconciles: {summary['reconciles']} "
+        f"{what}, then resumed to the end: {args.events:,} events, none lost, none written "
+        f"twice; {len(chaos.expected_windows()):,} windows, each written once and equal to a "
+        f"direct computation; final run reconciles: {summary['reconciles']} "
         f"({time.perf_counter() - started:.0f} s in all)"
     )
 

@@ -75,6 +75,9 @@ class Source(ABC):
     schema: Schema | None = None
     #: Records per chunk.
     batch_size: int = DEFAULT_BATCH
+    #: Whether a resumed run can read again from a snapshot's position. A run
+    #: with recovery refuses a source that cannot (standard input).
+    replayable: bool = True
 
     @property
     @abstractmethod
@@ -541,7 +544,9 @@ class _StdinReader(Reader):
 
 
 class StdinSource(Source):
-    """JSON Lines read from standard input (one partition)."""
+    """JSON Lines read from standard input (one partition); it cannot be replayed."""
+
+    replayable = False
 
     def __init__(self, *, schema: Schema, batch_size: int = DEFAULT_BATCH) -> None:
         """Read standard input until it closes."""

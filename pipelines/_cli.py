@@ -86,6 +86,7 @@ def _user_traceback(exc: BaseException) -> str:
         and "/pipelines/_" not in f.filename
         and "/operators/_" not in f.filename
         and "importlib" not in f.filename
+        and "/contextlib.py" not in f.filename
     ]
     lines = traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)
@@ -248,7 +249,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
             _summary(partial, args, console)
         return 130
     _summary(result, args, console)
-    return 0 if result.reconciles else 1
+    return 0 if result.reconciles or result.partial else 1
 
 
 def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) -> RunResult:
@@ -262,10 +263,11 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
         )
     if args.addresses:
         from pipelines._processes import run_member
-        from pipelines._run import Recovery
+        from pipelines._run import Recovery, check_replayable
 
         recovery = None
         if args.recovery:
+            check_replayable(pipeline)
             recovery = Recovery.prepare(args.recovery, args.snapshot_interval)
         return run_member(
             pipeline,

@@ -18,6 +18,7 @@ import pickle
 import signal
 import socket
 import struct
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -34,12 +35,14 @@ __all__ = [
     "ClusterError",
     "await_listeners",
     "check_addresses",
+    "die_with_parent",
     "free_ports",
     "is_loopback",
     "listening_ports",
     "run_member",
     "run_processes",
     "run_supervised",
+    "truncate_files",
 ]
 
 log = logging.getLogger("evflow")
@@ -167,6 +170,35 @@ def _check_picklable(pipeline: Pipeline, processes: int) -> None:
             raise TypeError(msg) from None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this forked member die when its parent does, whatever kills the parent.
+
+    On Linux the kernel sends SIGKILL to the member when the parent's thread
+    that forked it ends (``PR_SET_PDEATHSIG``); a member whose parent is
+    already gone exits at once. Elsewhere a thread watches the parent.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the signal was armed
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="evflow-parent-watch", daemon=True).start()
+
+
 def _child(
     pipeline: Pipeline,
     workers: int,
@@ -176,6 +208,7 @@ def _child(
     formed: Any,
     recovery: Recovery | None,
     metrics: Metrics | None,
+    parent: int,
 ) -> None:
     def signal_formed(compiled: Compiled) -> None:
         def mark() -> None:
@@ -183,6 +216,7 @@ def _child(
 
         compiled.counters.on_start = mark
 
+    die_with_parent(parent)
     # The parent stops a failed cluster with SIGTERM: take the default action
     # (a handler inherited from the parent, such as the command line's, would
     # wait for the engine to hand control back).
@@ -269,6 +303,22 @@ def run_processes(
         return _run_cluster(pipeline, workers, processes, formation_timeout, recovery, metrics)
 
 
+def truncate_files(pipeline: Pipeline) -> None:
+    """Empty the jsonl files a run writes, before its processes append to them.
+
+    Dead letters written to a file included. Without recovery, one process
+    empties them before the cluster forms (the parent of ``-p``, member 0 of
+    a cluster started by hand), and every process appends its own records.
+    """
+    sinks = [node.params.get("sink") for node in pipeline.graph if node.kind == "write"]
+    for sink in [*sinks, pipeline.dead_letter_sink]:
+        if isinstance(sink, JsonlSink):
+            parent = os.path.dirname(sink.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            open(sink.path, "w").close()
+
+
 def _run_cluster(
     pipeline: Pipeline,
     workers: int,
@@ -277,13 +327,8 @@ def _run_cluster(
     recovery: Recovery | None,
     metrics: Metrics | None,
 ) -> RunResult:
-    for node in pipeline.graph:
-        sink = node.params.get("sink") if node.kind == "write" else None
-        if isinstance(sink, JsonlSink) and recovery is None:
-            parent = os.path.dirname(sink.path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            open(sink.path, "w").close()
+    if recovery is None:
+        truncate_files(pipeline)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(processes)]
     context = multiprocessing.get_context("fork")
     started = time.perf_counter()
@@ -304,6 +349,7 @@ def _run_cluster(
                 formed[proc_id],
                 recovery,
                 metrics,
+                os.getpid(),
             ),
             name=f"evflow-{pipeline.name}-{proc_id}",
             daemon=True,
@@ -495,15 +541,20 @@ def run_member(
     if earlier and all(is_loopback(a.rpartition(":")[0]) for a in earlier):
         await_listeners(earlier, _LISTEN_WAIT)
     with contextlib.nullcontext() if recovery is None else recovery.held(process_id):
+        if process_id == 0 and recovery is None:
+            # No record flows before every member has joined, member 0 included.
+            truncate_files(pipeline)
         outcome = execute(
             pipeline,
             workers,
             addresses,
             process_id,
-            append_files=False,
+            append_files=True,
             recovery=recovery,
             metrics=metrics,
         )
     if outcome.error is not None:
         raise_error(outcome.error)
-    return result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)
+    result = result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)
+    result.member = process_id
+    return result

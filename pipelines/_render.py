@@ -81,6 +81,11 @@ def to_tree(pipeline: Pipeline) -> Tree:
 def summary_table(result: RunResult) -> Table:
     """Per-step counts with totals, and whether they reconcile."""
     ok = "[green]reconciles[/green]" if result.reconciles else "[red]does NOT reconcile[/red]"
+    if result.partial:
+        ok = (
+            f"the share of cluster member {result.member} of {result.processes} only: "
+            f"records cross members, so counts reconcile over the whole cluster, not here"
+        )
     table = Table(
         title=f"pipeline {result.pipeline}: {result.workers} worker(s)"
         + (f" x {result.processes} processes" if result.processes > 1 else "")

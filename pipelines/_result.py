@@ -94,6 +94,14 @@ class RunResult:
         self.seconds = seconds
         #: How many times a supervised run started its cluster again.
         self.restarts = 0
+        #: The process id of a cluster member started by hand: its counts are
+        #: its own share only (records cross members), so they are partial.
+        self.member: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether the counts are one cluster member's share (they reconcile only in all)."""
+        return self.member is not None
 
     def _sum(self, field: str, kinds: tuple[str, ...] | None = None) -> int:
         return sum(
@@ -192,7 +200,8 @@ class RunResult:
             "aggregated": self.aggregated,
             "handled": self.handled,
             "open": self.open_windows,
-            "reconciles": self.reconciles,
+            "reconciles": None if self.partial else self.reconciles,
+            "member": self.member,
             "steps": {
                 step: {k: v for k, v in vars(c).items() if k != "step"}
                 for step, c in self.counts.items()

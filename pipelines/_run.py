@@ -27,6 +27,7 @@ from pipelines._store import check_permissions, check_store, lock_store
 __all__ = [
     "GC_THRESHOLD",
     "Outcome",
+    "check_replayable",
     "execute",
     "gc_tuned",
     "raise_error",
@@ -127,6 +128,25 @@ class Recovery:
             else:
                 check_store(path)
             yield
+
+
+def check_replayable(pipeline: Pipeline) -> None:
+    """Refuse recovery for a pipeline that reads a source it cannot read again.
+
+    A resumed run reads each source from its last snapshot's position; a
+    source that cannot go back there (standard input) would lose or repeat
+    records while the run says it resumed.
+    """
+    for node in pipeline.graph:
+        source = node.params.get("source") if node.kind == "read" else None
+        if source is not None and not source.replayable:
+            msg = (
+                f"pipeline {pipeline.name!r}: step {node.name!r} reads {source.label}, which "
+                f"cannot be read again from a snapshot's position, so a run with recovery "
+                f"could not resume it exactly. Hint: save the input to a file and read it "
+                f"with sources.jsonl(...), or run without recovery."
+            )
+            raise ValueError(msg)
 
 
 @dataclass
@@ -288,6 +308,8 @@ def run(
             f"snapshot. Hint: run(recovery='state/', restart={restart})."
         )
         raise ValueError(msg)
+    if recovery is not None:
+        check_replayable(pipeline)
     store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)
     with contextlib.nullcontext() if store is None else store.held():
         return _run(
