@@ -1,0 +1,303 @@
+"""The recovery store: snapshots checked by their opcodes, owners and modes, links."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipelines import Pipeline, sinks, sources
+from pipelines._store import SAFE_GLOBALS, UnsafeSnapshotError, check_snapshot
+
+# Names a hostile snapshot would reach for, written every way a pickle can.
+DANGEROUS = [
+    ("os", "system"),
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("builtins", "exec"),
+    ("builtins", "getattr"),
+    ("builtins", "__import__"),
+    ("subprocess", "Popen"),
+    ("operators._sources", "os.system"),  # an attribute path under evflow's own module
+    ("operators._sources", "os"),
+    ("operators", "_sources"),
+    ("pipelines._store", "os.system"),
+    ("datetime", "datetime.__reduce__"),
+    ("copyreg", "__builtins__"),
+]
+ALLOWED = sorted(SAFE_GLOBALS)
+
+
+def _text(s: str, how: str) -> bytes:
+    """Push the string ``s`` with opcode family ``how``."""
+    raw = s.encode()
+    if how == "short":
+        return b"\x8c" + bytes([len(raw)]) + raw
+    if how == "binunicode":
+        return b"X" + struct.pack("<I", len(raw)) + raw
+    if how == "binunicode8":
+        return b"\x8d" + struct.pack("<Q", len(raw)) + raw
+    if how == "unicode":
+        return b"V" + raw + b"\n"
+    if how == "binstring":
+        return b"T" + struct.pack("<i", len(raw)) + raw
+    return b"S" + repr(s).encode() + b"\n"
+
+
+def payload(module: str, name: str, form: str, how: str, call: bool) -> bytes:
+    """A pickle whose one global is ``module.name``, named with opcode ``form``."""
+    head = b"\x80\x04" if form.startswith("stack") else b""
+    if form == "global":
+        body = b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+    elif form == "inst":
+        return b"(i" + module.encode() + b"\n" + name.encode() + b"\n."
+    elif form == "stack":
+        body = _text(module, how) + _text(name, how) + b"\x93"
+    elif form == "stack_memo":  # the names put in the memo, fetched back, then used
+        body = (
+            _text(module, how)
+            + b"\x94"  # MEMOIZE 0
+            + _text(name, how)
+            + b"r\x07\x00\x00\x00"  # LONG_BINPUT 7
+            + b"0"  # POP
+            + b"0"  # POP
+            + b"h\x00"  # BINGET 0
+            + b"j\x07\x00\x00\x00"  # LONG_BINGET 7
+            + b"\x93"
+        )
+    elif form == "stack_put":  # text PUT / GET
+        body = _text(module, how) + b"p1\n0" + _text(name, how) + b"p2\n0g1\ng2\n\x93"
+    else:
+        raise AssertionError(form)
+    if call:
+        body += b")R"  # EMPTY_TUPLE, REDUCE
+    return head + body + b"."
+
+
+FORMS = ["global", "inst", "stack", "stack_memo", "stack_put"]
+HOWS = ["short", "binunicode", "binunicode8", "unicode", "binstring", "string"]
+
+
+class Recorder(pickle.Unpickler):
+    """Load a pickle, recording every global it asks for and allowing none unknown."""
+
+    def __init__(self, blob: bytes) -> None:
+        super().__init__(io.BytesIO(blob))
+        self.asked: list[tuple[str, str]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.asked.append((module, name))
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent id")
+
+
+@given(
+    target=st.sampled_from(DANGEROUS),
+    form=st.sampled_from(FORMS),
+    how=st.sampled_from(HOWS),
+    call=st.booleans(),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_every_way_of_naming_a_dangerous_global_is_refused(
+    target: tuple[str, str], form: str, how: str, call: bool
+) -> None:
+    blob = payload(*target, form, how, call)
+    refused = check_snapshot(blob)
+    assert refused is not None, (target, form, how)
+    assert ".".join(target) in refused or "computed" in refused or "damaged" in refused
+
+
+@given(
+    target=st.sampled_from(ALLOWED),
+    form=st.sampled_from(FORMS),
+    how=st.sampled_from(HOWS),
+)
+@settings(max_examples=200, deadline=None)
+def test_allowed_globals_pass_however_they_are_named(
+    target: tuple[str, str], form: str, how: str
+) -> None:
+    blob = payload(*target, form, how, call=False)
+    assert check_snapshot(blob) is None, (target, form, how)
+    recorder = Recorder(blob)
+    with contextlib.suppress(TypeError):  # INST calls the class with no arguments
+        recorder.load()
+    assert recorder.asked == [target]  # the checker read the name the loader uses
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("target", [print, os.system, eval, getattr, pickle.loads])
+def test_pickles_of_callables_are_refused_at_every_protocol(protocol: int, target: Any) -> None:
+    blob = pickle.dumps({"wins": [1, target]}, protocol=protocol)
+    refused = check_snapshot(blob)
+    assert refused is not None and "which is not evflow state" in refused
+
+
+@pytest.mark.parametrize("opcode", [b"\x82\x01", b"\x83\x01\x00", b"\x84\x01\x00\x00\x00"])
+def test_extension_codes_and_persistent_ids_are_refused(opcode: bytes) -> None:
+    assert check_snapshot(b"\x80\x02" + opcode + b".") == "an extension-registry code (EXT" + (
+        {1: "1", 2: "2", 4: "4"}[len(opcode) - 1] + ")"
+    )
+    assert check_snapshot(b"Pabc\n.") == "a persistent id (PERSID)"
+    assert check_snapshot(b"\x80\x02K\x01Q.") == "a persistent id (BINPERSID)"
+
+
+def test_a_global_whose_name_is_computed_is_refused() -> None:
+    # The module name is the result of a call, not a string written out.
+    blob = b"\x80\x04\x8c\x08builtinsK\x01\x85R\x8c\x06system\x93."
+    assert check_snapshot(blob) == (
+        "a global whose name is computed, not written out (STACK_GLOBAL)"
+    )
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_random_bytes_never_pass_with_a_global_outside_the_list(blob: bytes) -> None:
+    # Whatever the checker accepts, loading asks only for allowed globals.
+    if check_snapshot(blob) is None:
+        recorder = Recorder(blob)
+        with contextlib.suppress(Exception):  # a damaged pickle may fail to load
+            recorder.load()
+        assert set(recorder.asked) <= SAFE_GLOBALS
+
+
+def test_real_snapshots_of_every_state_kind_pass(tmp_path: Path) -> None:
+    # Windows of each kind, every built-in aggregator, running aggregates and
+    # keyed dispatch state, with the events themselves kept (collect, last).
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+    from pipelines import PipelineHalted, stateful
+    from pipelines._store import check_store
+    from tests.helpers import Purchase
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    buys = [
+        Purchase(user=f"u{i % 5}", amount=i % 17, time=t0 + timedelta(seconds=i))
+        for i in range(3_000)
+    ]
+
+    def stop(e: Purchase) -> Purchase:
+        if e.amount == 16 and e.time > t0 + timedelta(seconds=2_900):
+            raise RuntimeError("stop")
+        return e
+
+    def tally(state: list[float], e: Purchase) -> tuple[list[float], None]:
+        return [*state, e.amount], None
+
+    stream = (
+        Pipeline("kinds")
+        .read(sources.memory(buys, schema=Purchase, batch_size=10))
+        .map(stop, on_error="halt")
+    )
+    keyed = stream.key_by(lambda e: e.user)
+    aggs = {
+        "n": agg.count(),
+        "s": agg.sum("amount"),
+        "m": agg.mean("amount"),
+        "lo": agg.min("amount"),
+        "hi": agg.max("amount"),
+        "f": agg.first("amount"),
+        "l": agg.last(),
+        "d": agg.count_distinct("amount"),
+        "t": agg.top_k("amount", 3),
+        "q": agg.quantile("amount", 0.5),
+        "c": agg.collect(),
+    }
+    p = stream.write(sinks.memory("all"))
+    kinds = [
+        windows.tumbling(seconds=500),
+        windows.sliding(seconds=500, every=100),
+        windows.session(gap=50),
+        windows.count(400),
+    ]
+    for i, window in enumerate(kinds):
+        p = p | keyed.window(window).aggregate(name=f"w{i}", **aggs).write(sinks.memory(f"w{i}"))
+    p = p | keyed.aggregate(emit="running", name="running", **aggs).write(sinks.memory("r"))
+    p = p | keyed.dispatch({Purchase: stateful(tally, initial=list)}).write(sinks.memory("d"))
+    with pytest.raises(PipelineHalted):
+        p.run(recovery=tmp_path / "store", snapshot_interval=0.001)
+    assert check_store(tmp_path / "store") > 10
+
+
+def _tamper(store: Path, blob: bytes) -> None:
+    part = next(store.glob("*.sqlite3"))
+    with sqlite3.connect(part) as db:
+        db.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+            "VALUES ('t.read_memory', 'part0', 99, ?)",
+            (blob,),
+        )
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_snapshot_naming_os_system_under_evflows_module_runs_nothing(
+    tmp_path: Path, form: str
+) -> None:
+    store = tmp_path / "store"
+    p = Pipeline("t").read(sources.memory(range(10))).write(sinks.memory("o"))
+    p.run(recovery=store)
+    marker = tmp_path / "pwned"
+    command = f"touch {marker}"
+    blob = payload("operators._sources", "os.system", form, "short", call=False)
+    # Call it with the command: ( <global> command TUPLE1 REDUCE )
+    blob = blob[:-1] + _text(command, "short") + b"\x85R."
+    _tamper(store, blob)
+    with pytest.raises(UnsafeSnapshotError, match=r"'operators\._sources\.os\.system'"):
+        p.run(recovery=store)
+    assert not marker.exists()
+
+
+def test_a_store_file_others_can_write_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    p = Pipeline("t").read(sources.memory([1])).write(sinks.memory("o"))
+    p.run(recovery=store)
+    part = next(store.glob("*.sqlite3"))
+    part.chmod(0o666)
+    with pytest.raises(
+        UnsafeSnapshotError,
+        match=rf"recovery store file '{part}' can be written by other users "
+        rf"\(mode -rw-rw-rw-\).*Hint: chmod go-w {part}",
+    ):
+        p.run(recovery=store)
+    part.chmod(0o600)
+    assert p.run(recovery=store).reconciles  # resumed at the end: nothing left to read
+
+
+def test_a_link_in_the_store_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    p = Pipeline("t").read(sources.memory([1])).write(sinks.memory("o"))
+    p.run(recovery=store)
+    elsewhere = tmp_path / "elsewhere.sqlite3"
+    elsewhere.write_bytes(b"")
+    (store / "part-1.sqlite3").symlink_to(elsewhere)
+    with pytest.raises(UnsafeSnapshotError, match=r"part-1.sqlite3' is a symbolic link"):
+        p.run(recovery=store)
+
+
+def test_a_store_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    p = Pipeline("t").read(sources.memory([1])).write(sinks.memory("o"))
+    p.run(recovery=store)
+    owner = store.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)  # as another user sees it
+    with pytest.raises(
+        UnsafeSnapshotError,
+        match=rf"recovery directory '{store}' belongs to user id {owner}, not to you "
+        rf"\({owner + 1}\).*chown -R \$USER {store}",
+    ):
+        p.run(recovery=store)
