@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -177,6 +178,77 @@ def test_non_loopback_addresses_need_the_flag() -> None:
         check_addresses(["nowhere"])
     with pytest.raises(ValueError, match=r"process id 2 is not in 0..1 for 2 addresses"):
         run_member(p, 1, ["127.0.0.1:2100", "127.0.0.1:2101"], 2)
+
+
+LOOK_ALIKES = [
+    "localhost.evil.example",
+    "127.0.0.1.evil.example",
+    "::1234",
+    "[::1234]",
+    "localhost:80@10.0.0.1",
+    "0.0.0.0",
+    "[::]",
+    "10.0.0.1",
+    "localhost.",
+    "local host",
+    "127.0.0.1/8",
+    "",
+]
+
+
+@pytest.mark.parametrize("host", LOOK_ALIKES)
+def test_loopback_look_alikes_are_not_loopback(host: str) -> None:
+    from pipelines._metrics import Metrics
+    from pipelines._processes import check_addresses, is_loopback
+
+    assert not is_loopback(host)
+    with pytest.raises(ValueError, match=r"is not on loopback|is not host:port"):
+        check_addresses([f"{host}:2101"])
+    with pytest.raises(
+        ValueError, match=rf"metrics host {re.escape(repr(host))} is not on loopback"
+    ):
+        Metrics(9100, host).check(allow_remote=False)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "[::1]", "::1", "localhost"])
+def test_loopback_hosts_are_loopback(host: str) -> None:
+    from pipelines._processes import is_loopback
+
+    assert is_loopback(host)
+
+
+def test_a_name_is_loopback_only_if_every_address_it_resolves_to_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from pipelines._processes import check_addresses, is_loopback
+
+    answers = {
+        "both.example": ["127.0.0.1", "10.0.0.7"],
+        "inside.example": ["127.0.0.1", "::1"],
+    }
+
+    def resolve(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "unknown")
+        return [(0, 0, 0, "", (a, 0)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert not is_loopback("both.example")
+    assert is_loopback("inside.example")
+    assert not is_loopback("nowhere.example")
+    with pytest.raises(ValueError, match=r"'both.example:2101' is not on loopback"):
+        check_addresses(["both.example:2101"])
+
+
+def test_bare_ipv6_and_bad_ports_are_not_host_port() -> None:
+    from pipelines._processes import check_addresses
+
+    for address in ["::1:2101", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:"]:
+        with pytest.raises(ValueError, match=r"is not host:port. Hint: 127.0.0.1:2101, or \["):
+            check_addresses([address])
+    assert check_addresses(["[::1]:2101"]) == ["[::1]:2101"]
 
 
 class _Stuck(sources.Source):
