@@ -10,9 +10,10 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,43 +214,109 @@ def _graph(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> in
     return 0
 
 
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM stop a run the way Ctrl-C does (summary so far, exit 130)."""
+#: Seconds a run stopped by Ctrl-C or SIGTERM has to end by itself.
+STOP_GRACE = 10.0
 
-    def interrupt(signum: int, frame: Any) -> None:
+
+class _Stopper:
+    """Ctrl-C and SIGTERM: stop the run, and end the process if it does not stop.
+
+    The first signal stops the run as Ctrl-C does (the summary so far, exit
+    130). A step that does not give control back (a user function that
+    hangs) could keep the engine from stopping, so evflow ends the process
+    after ``STOP_GRACE`` seconds (``EVFLOW_STOP_GRACE``), printing the counts
+    so far; a second signal ends it at once. Either way a run with recovery
+    keeps its last complete snapshot, as after a crash.
+    """
+
+    def __init__(self, last_words: Callable[[], None]) -> None:
+        self.last_words = last_words
+        self.timer: threading.Timer | None = None
+
+    def install(self) -> None:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+
+    def stop(self, signum: int, frame: Any) -> None:
+        grace = float(os.environ.get("EVFLOW_STOP_GRACE", STOP_GRACE))
+        self.timer = threading.Timer(grace, self.force, args=(grace,))
+        self.timer.daemon = True
+        self.timer.start()
+        # A second signal ends the process at once, whatever it is doing.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         raise KeyboardInterrupt
 
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, interrupt)
+    def force(self, grace: float) -> None:
+        sys.stderr.write(
+            f"evflow: the run did not stop within {grace:g} s of the stop request (a step "
+            f"is still busy); ending it now. A run with recovery resumes from its last "
+            f"complete snapshot.\n"
+        )
+        with contextlib.suppress(Exception):
+            self.last_words()
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     """Run with the live view (unless told otherwise) and print the summary."""
     from pipelines._live import LiveView
-    from pipelines._run import counts_of
 
-    _stop_on_sigterm()
     live = (args.live or console.is_terminal) and not (args.quiet or args.json)
     if args.live:
         console = Console(force_terminal=True, width=120)
     view = LiveView(console)
     started = time.perf_counter()
+
+    def last_words() -> None:
+        sys.stderr.write("interrupted: the counts so far\n")
+        partial = _counts_so_far(KeyboardInterrupt(), view, pipeline, args, started)
+        if partial is not None:
+            _summary(partial, args, console)
+
+    stopping = _Stopper(last_words)
+    stopping.install()
     quiet_stdout = _stdout_to_stderr() if args.json else contextlib.nullcontext()
     try:
         with quiet_stdout:
             result = _start(pipeline, args, view, live)
-    except KeyboardInterrupt:
-        compiled = view.compiled
+    except KeyboardInterrupt as stop:
         sys.stderr.write("interrupted: the counts so far\n")
-        if compiled is not None:
-            counts = counts_of(compiled.counters.totals(), compiled.kinds)
-            partial = RunResult(
-                pipeline.name, {}, [], counts, args.workers, time.perf_counter() - started
-            )
+        partial = _counts_so_far(stop, view, pipeline, args, started)
+        if partial is not None:
             _summary(partial, args, console)
         return 130
+    finally:
+        stopping.cancel()
     _summary(result, args, console)
     return 0 if result.reconciles or result.partial else 1
+
+
+def _counts_so_far(
+    stop: KeyboardInterrupt,
+    view: Any,
+    pipeline: Pipeline,
+    args: argparse.Namespace,
+    started: float,
+) -> RunResult | None:
+    """Return a stopped run's counts: from its members, or from this process's counters."""
+    sent = getattr(stop, "result", None)
+    if isinstance(sent, RunResult):
+        return sent
+    compiled = view.compiled
+    if compiled is None:
+        return None
+    from pipelines._run import counts_of
+
+    counts = counts_of(compiled.counters.totals(), compiled.kinds)
+    return RunResult(pipeline.name, {}, [], counts, args.workers, time.perf_counter() - started)
 
 
 def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) -> RunResult:
@@ -277,6 +344,7 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
             allow_remote=args.allow_remote,
             recovery=recovery,
             metrics=metrics,
+            formation_timeout=args.formation_timeout,
         )
     options: dict[str, Any] = {
         "workers": args.workers,

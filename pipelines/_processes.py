@@ -35,6 +35,7 @@ from pipelines._run import Outcome, Recovery, execute, gc_tuned, raise_error, re
 
 __all__ = [
     "ClusterError",
+    "Interrupted",
     "await_listeners",
     "check_addresses",
     "die_with_parent",
@@ -224,12 +225,16 @@ def _child(
     # (a handler inherited from the parent, such as the command line's, would
     # wait for the engine to hand control back).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The parent asks a member to stop with SIGINT: it stops as a one-process
+    # run does and sends its counts so far.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sent = False
     try:
         outcome: Outcome | None = None
         try:
-            if proc_id:
-                await_listeners(addresses[:proc_id], _LISTEN_WAIT)
+            earlier = addresses[:proc_id]
+            if earlier and all(is_loopback(split_address(a)[0]) for a in earlier):
+                await_listeners(earlier, _LISTEN_WAIT)
             outcome = execute(
                 pipeline,
                 workers,
@@ -322,6 +327,19 @@ def truncate_files(pipeline: Pipeline) -> None:
             open(sink.path, "w").close()
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a multi-process run; ``result`` holds the counts so far."""
+
+    def __init__(self, result: RunResult | None) -> None:
+        """Carry the counts the members sent back before they stopped."""
+        super().__init__("interrupted")
+        self.result = result
+
+
+# How long stopped members have to send their counts back before they are killed.
+_STOP_GRACE = 3.0
+
+
 def _run_cluster(
     pipeline: Pipeline,
     workers: int,
@@ -333,13 +351,35 @@ def _run_cluster(
     if recovery is None:
         truncate_files(pipeline)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(processes)]
+    started = time.perf_counter()
+    outcomes = _run_members(
+        pipeline, workers, addresses, list(range(processes)), formation_timeout, recovery, metrics
+    )
+    return result_of(pipeline, outcomes, workers, processes, time.perf_counter() - started)
+
+
+def _run_members(
+    pipeline: Pipeline,
+    workers: int,
+    addresses: list[str],
+    ids: list[int],
+    formation_timeout: float,
+    recovery: Recovery | None,
+    metrics: Metrics | None,
+) -> list[Outcome]:
+    """Fork the cluster members ``ids`` (all of them, or one started by hand) and wait.
+
+    A member that dies stops the others; members that have not started their
+    dataflow within ``formation_timeout`` are stopped; Ctrl-C or SIGTERM stop
+    them all, with the counts they send back within a grace period.
+    """
     context = multiprocessing.get_context("fork")
     started = time.perf_counter()
-    procs = []
+    procs: dict[int, Any] = {}
     pending: dict[Any, int] = {}
-    formed = [context.Value("i", 0) for _ in range(processes)]
+    formed = {i: context.Value("i", 0) for i in ids}
     deadline = time.monotonic() + formation_timeout
-    for proc_id in range(processes):
+    for proc_id in ids:
         receive, send = context.Pipe(duplex=False)
         proc = context.Process(
             target=_child,
@@ -359,24 +399,19 @@ def _run_cluster(
         )
         proc.start()
         send.close()
-        procs.append(proc)
+        procs[proc_id] = proc
         pending[receive] = proc_id
     outcomes: dict[int, Any] = {}
     failure: str | None = None
-    interrupted = False
+    waiting: list[int] = []
     try:
         while pending and failure is None:
-            waiting = [i for i, flag in enumerate(formed) if not flag.value]
+            waiting = [i for i, flag in formed.items() if not flag.value]
             if waiting and time.monotonic() > deadline:
-                failure = (
-                    f"the cluster of {processes} processes for pipeline {pipeline.name!r} did "
-                    f"not form within {formation_timeout:g} s: process(es) {waiting} never "
-                    f"started their dataflow; all were stopped. Hint: check that every "
-                    f"process can import the pipeline and reach the others' addresses."
-                )
+                failure = _not_formed(pipeline, addresses, ids, waiting, formation_timeout)
                 break
             sentinels = {procs[i].sentinel: i for i in pending.values()}
-            for ready in wait([*pending, *sentinels], timeout=1.0):
+            for ready in wait([*pending, *sentinels], timeout=0.5):
                 if isinstance(ready, Connection) and ready in pending:
                     proc_id = pending.pop(ready)
                     try:
@@ -397,20 +432,27 @@ def _run_cluster(
                             f"code {procs[proc_id].exitcode}) before it finished; the others "
                             f"were stopped"
                         )
-    except BaseException:
-        # Ctrl-C or SIGTERM (as KeyboardInterrupt): stop the cluster at once; the
-        # recovery store keeps its last complete snapshot.
-        interrupted = True
-        raise
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the members stop as a one-process run does (the
+        # recovery store keeps its last complete snapshot) and send their
+        # counts; whoever does not within the grace period is killed.
+        _gather_on_stop(procs, pending, outcomes)
+        partial = [o[0] for o in outcomes.values() if o[0] is not None]
+        summed = None
+        if partial:
+            summed = result_of(
+                pipeline, partial, workers, len(addresses), time.perf_counter() - started
+            )
+        raise Interrupted(summed) from None
     finally:
-        if failure is not None:
+        if failure is not None and not waiting:
             # Give the others a moment to end by themselves (their peer is gone),
             # so their exit codes tell what happened; then stop them.
             deadline_end = time.monotonic() + 2
-            while time.monotonic() < deadline_end and any(p.is_alive() for p in procs):
+            while time.monotonic() < deadline_end and any(p.is_alive() for p in procs.values()):
                 time.sleep(0.05)
-        for proc in procs:
-            if (failure is not None or interrupted) and proc.is_alive():
+        for proc in procs.values():
+            if proc.is_alive():
                 proc.terminate()
             proc.join(5)
             if proc.is_alive():
@@ -418,10 +460,10 @@ def _run_cluster(
                 proc.join(5)
     if failure is not None:
         # Which process failed first is a race; say how each one ended.
-        ended = ", ".join(f"process {i}: exit code {proc.exitcode}" for i, proc in enumerate(procs))
+        ended = ", ".join(f"process {i}: exit code {p.exitcode}" for i, p in procs.items())
         msg = f"{failure} ({ended})"
         raise ClusterError(msg)
-    failed = [i for i in range(processes) if outcomes[i][1] is not None]
+    failed = [i for i in ids if outcomes[i][1] is not None]
     if failed:
         # A member that halts aborts its engine, and the others then lose their
         # peer ("Send thread panic"): the member with a cause of its own speaks.
@@ -432,8 +474,43 @@ def _run_cluster(
         if detail and hasattr(error, "add_note"):
             error.add_note(f"in process {proc_id}:\n{detail}")
         raise_error(error)
-    results: list[Outcome] = [outcomes[proc_id][0] for proc_id in range(processes)]
-    return result_of(pipeline, results, workers, processes, time.perf_counter() - started)
+    return [outcomes[i][0] for i in ids]
+
+
+def _not_formed(
+    pipeline: Pipeline, addresses: list[str], ids: list[int], waiting: list[int], timeout: float
+) -> str:
+    if len(ids) == len(addresses):
+        return (
+            f"the cluster of {len(ids)} processes for pipeline {pipeline.name!r} did "
+            f"not form within {timeout:g} s: process(es) {waiting} never "
+            f"started their dataflow; all were stopped. Hint: check that every "
+            f"process can import the pipeline and reach the others' addresses."
+        )
+    others = [a for i, a in enumerate(addresses) if i not in ids]
+    return (
+        f"cluster member {ids[0]} of pipeline {pipeline.name!r} could not form its cluster "
+        f"within {timeout:g} s: not every member at {', '.join(others)} joined; it was "
+        f"stopped. Hint: start every member with the same --addresses, check that they "
+        f"can reach each other, or give them longer with --formation-timeout."
+    )
+
+
+def _gather_on_stop(
+    procs: dict[int, Any], pending: dict[Any, int], outcomes: dict[int, Any]
+) -> None:
+    """Ask the members to stop (SIGINT) and take the outcomes they send in time."""
+    for proc in procs.values():
+        if proc.is_alive():
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGINT)
+    end = time.monotonic() + _STOP_GRACE
+    while pending and time.monotonic() < end:
+        for ready in wait(list(pending), timeout=max(0.0, end - time.monotonic())):
+            assert isinstance(ready, Connection)
+            proc_id = pending.pop(ready)
+            with contextlib.suppress(EOFError, OSError):
+                outcomes[proc_id] = ready.recv()
 
 
 def _own_error(error: BaseException) -> bool:
@@ -562,11 +639,13 @@ def run_member(
     allow_remote: bool = False,
     recovery: Recovery | None = None,
     metrics: Metrics | None = None,
+    formation_timeout: float = 30.0,
 ) -> RunResult:
     """Run this process's share of a cluster that other processes (or hosts) join.
 
     Every member runs the same pipeline with the same ``addresses``; each
-    returns the counts and outputs of its own share.
+    returns the counts and outputs of its own share. A member whose cluster
+    has not formed within ``formation_timeout`` seconds stops with an error.
     """
     addresses = check_addresses(addresses, allow_remote=allow_remote)
     if not 0 <= process_id < len(addresses):
@@ -577,24 +656,26 @@ def run_member(
         raise ValueError(msg)
     check(pipeline)
     started = time.perf_counter()
-    earlier = addresses[:process_id]
-    if earlier and all(is_loopback(a.rpartition(":")[0]) for a in earlier):
-        await_listeners(earlier, _LISTEN_WAIT)
     with contextlib.nullcontext() if recovery is None else recovery.held(process_id):
         if process_id == 0 and recovery is None:
             # No record flows before every member has joined, member 0 included.
             truncate_files(pipeline)
-        outcome = execute(
-            pipeline,
-            workers,
-            addresses,
-            process_id,
-            append_files=True,
-            recovery=recovery,
-            metrics=metrics,
-        )
-    if outcome.error is not None:
-        raise_error(outcome.error)
+        # On a process of its own, as with -p: this one keeps the formation
+        # timeout and stops it on Ctrl-C or SIGTERM whatever the engine does.
+        try:
+            [outcome] = _run_members(
+                pipeline,
+                workers,
+                addresses,
+                [process_id],
+                formation_timeout,
+                recovery,
+                metrics,
+            )
+        except Interrupted as stop:
+            if stop.result is not None:
+                stop.result.member = process_id
+            raise
     result = result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)
     result.member = process_id
     return result

@@ -210,7 +210,7 @@ def execute(
         # Ctrl-C and exits go on unless the run had halted first.
         if compiled.counters.halted is None and not _engine_error(exc):
             raise
-        error = root_cause(exc)
+        error = exc if isinstance(exc, KeyboardInterrupt) else root_cause(exc)
     finally:
         ctx.close()
         if server is not None:
@@ -221,7 +221,8 @@ def execute(
 
 
 def _engine_error(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+    """Whether ``exc`` ends the run with an outcome (Ctrl-C included), not at once."""
+    return isinstance(exc, Exception | KeyboardInterrupt) or type(exc).__name__ == "PanicException"
 
 
 def raise_error(error: BaseException) -> NoReturn:
