@@ -359,7 +359,10 @@ def run_stage(
                     root.push(part if i == 0 else list(part), run, out)
             except RunHalted:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a halt, or a fault of evflow's own
+            except BaseException as exc:  # noqa: BLE001 - a halt, a fault, a user's stop
+                # Kept for the runner, which raises it in this process (a
+                # KeyboardInterrupt from a user function included) instead of
+                # the engine's panic, which loses it on several processes.
                 counters.halt(exc)
         packets.append(Packet(out, run.dead, chunk.source, chunk.partition, chunk.eof))
     return packets

@@ -348,10 +348,15 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 accs = found[2]
             else:
                 accs = wins.pop((key, start))
-            out.append(("r", self._result(key, start, end, accs)))
-            row[_OUT] += 1
             row[_CREATED] += 1
             row[_OPEN] -= 1
+            try:
+                result = self._result(key, start, end, accs)
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                self._failed_result(key, start, exc, out, row)
+                continue
+            out.append(("r", result))
+            row[_OUT] += 1
         if upto > self.closed:
             self.closed = upto
 
@@ -501,7 +506,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 heapq.heappush(heap, (end, key, start))
                 opened += 1
             else:
-                merge(held, accs)
+                trial = held.copy()  # all or nothing: a failure leaves the window as it was
+                try:
+                    merge(trial, accs)
+                except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                    self._failed_partial(key, start, ids, exc, out, row)
+                    continue
+                held[:] = trial
             merged += len(ids)
         row[_OPEN] += opened
         row[_AGG] += merged
@@ -528,6 +539,56 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             event_time=_utc(ts),
         )
         return ("d", letter)
+
+    def _failed_partial(
+        self,
+        key: str,
+        start: float,
+        ids: list[str],
+        exc: Exception,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """Apply the step's policy to a partial window the aggregators could not merge."""
+        spec = self.spec
+        names = ", ".join(f"{n}={g.label}" for n, g in zip(spec.names, spec.aggs, strict=True))
+        where = {"key": key, "start": _utc(start).isoformat(), "events": len(ids)}
+        if spec.policy.mode == "skip":
+            row[_SKIPPED] += len(ids)
+            return
+        if spec.policy.mode == "halt":
+            halted = PipelineHalted(spec.pipeline, spec.step, names, json.dumps(where))
+            halted.__cause__ = exc
+            spec.counters.halt(halted)
+        row[_DEAD] += len(ids)
+        for event_id in ids:
+            payload = json.dumps({"id": event_id, **where}, sort_keys=True)
+            message = (
+                f"the aggregators ({names}) could not merge the partial window of key "
+                f"{key!r} holding event {event_id!r} (aggregated before the key exchange; "
+                f"the payload was not kept): {exc}"
+            )
+            out.append(
+                self._dead("user_error", type(exc).__qualname__, message, payload, start, names)
+            )
+
+    def _failed_result(
+        self, key: str, start: float, exc: Exception, out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        """Apply the step's policy to a closed window whose result could not be made."""
+        spec = self.spec
+        names = ", ".join(f"{n}={g.label}" for n, g in zip(spec.names, spec.aggs, strict=True))
+        payload = json.dumps({"key": key, "start": _utc(start).isoformat()}, sort_keys=True)
+        if spec.policy.mode == "skip":
+            row[_SKIPPED] += 1
+            return
+        if spec.policy.mode == "halt":
+            halted = PipelineHalted(spec.pipeline, spec.step, names, payload)
+            halted.__cause__ = exc
+            spec.counters.halt(halted)
+        row[_DEAD] += 1
+        message = f"the result of the window of key {key!r} could not be made ({names}): {exc}"
+        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, start, names))
 
     def _late_partial(
         self,

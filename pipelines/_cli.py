@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except TargetError as exc:
         fail(f"error: {exc}")
         return 2
-    except Exception as exc:  # noqa: BLE001 - shown to the user, root cause first
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - shown, root cause first
         fail(f"error in pipeline {args.target}:")
         cause = exc.__cause__
         if cause is not None:
@@ -232,6 +232,8 @@ class _Stopper:
     def __init__(self, last_words: Callable[[], None]) -> None:
         self.last_words = last_words
         self.timer: threading.Timer | None = None
+        #: Whether Ctrl-C or SIGTERM asked the run to stop.
+        self.requested = False
 
     def install(self) -> None:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
@@ -239,6 +241,7 @@ class _Stopper:
             signal.signal(signal.SIGINT, self.stop)
 
     def stop(self, signum: int, frame: Any) -> None:
+        self.requested = True
         grace = float(os.environ.get("EVFLOW_STOP_GRACE", STOP_GRACE))
         self.timer = threading.Timer(grace, self.force, args=(grace,))
         self.timer.daemon = True
@@ -288,6 +291,8 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
         with quiet_stdout:
             result = _start(pipeline, args, view, live)
     except KeyboardInterrupt as stop:
+        if not stopping.requested:
+            raise  # raised by a user function, not by Ctrl-C: an error like any other
         sys.stderr.write("interrupted: the counts so far\n")
         partial = _counts_so_far(stop, view, pipeline, args, started)
         if partial is not None:

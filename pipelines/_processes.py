@@ -30,6 +30,7 @@ from operators import JsonlSink, PipelineHalted
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, check
 from pipelines._metrics import Metrics
+from pipelines._panics import quiet_panics
 from pipelines._result import RunResult
 from pipelines._run import Outcome, Recovery, execute, gc_tuned, raise_error, result_of
 
@@ -373,6 +374,23 @@ def _run_members(
     dataflow within ``formation_timeout`` are stopped; Ctrl-C or SIGTERM stop
     them all, with the counts they send back within a grace period.
     """
+    # The members write to this process's filtered standard error: what the
+    # engine prints as they lose a peer, even as they exit, stays off it.
+    with quiet_panics():
+        return _fork_and_wait(
+            pipeline, workers, addresses, ids, formation_timeout, recovery, metrics
+        )
+
+
+def _fork_and_wait(
+    pipeline: Pipeline,
+    workers: int,
+    addresses: list[str],
+    ids: list[int],
+    formation_timeout: float,
+    recovery: Recovery | None,
+    metrics: Metrics | None,
+) -> list[Outcome]:
     context = multiprocessing.get_context("fork")
     started = time.perf_counter()
     procs: dict[int, Any] = {}

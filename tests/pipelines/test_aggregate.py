@@ -544,3 +544,75 @@ def test_an_aggregator_failure_under_skip_and_halt() -> None:
     assert [r.n for r in skipped["o"]] == [5]
     with pytest.raises(PipelineHalted, match=r"halted at step 'aggregate_tumbling_10s_n_total'"):
         build("halt").run()
+
+
+class Tick(Event):
+    user: str
+    amount: int
+
+
+def _tick(rng: Any, i: int) -> Tick:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    user = f"u{i // 3 % 4}"  # every user in both partitions
+    return Tick(user=user, amount=i, id=f"t{i}", time=t0 + timedelta(milliseconds=10 * i))
+
+
+class _BrokenMerge(agg.Aggregator):
+    def create(self) -> int:
+        return 0
+
+    def add(self, acc: int, value: Any, ts: float, event: Any) -> int:
+        return acc + 1
+
+    def merge(self, a: int, b: int) -> int:
+        raise ValueError("merge is broken")
+
+    def result(self, acc: int) -> int:
+        return acc
+
+
+class _BrokenResult(_BrokenMerge):
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def result(self, acc: int) -> int:
+        raise ZeroDivisionError("no result")
+
+
+def _windowed(aggregator: agg.Aggregator, on_error: Any = "dead_letter") -> Pipeline:
+    return (
+        Pipeline("broken")
+        .read(sources.generate(_tick, count=4_000, partitions=2))  # interleaved
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=5))
+        .aggregate(n=aggregator, on_error=on_error)
+        .write(sinks.memory("w"))
+    )
+
+
+def test_a_failing_merge_on_two_processes_becomes_dead_letters_per_event() -> None:
+    # Partial windows are merged after the key exchange only on several
+    # processes: each event of a partial that cannot be merged is a dead
+    # letter, named by its id; nothing is lost and the counts reconcile.
+    result = _windowed(_BrokenMerge()).run(processes=2)
+    assert result.reconciles
+    merged = sum(w.n for w in result["w"])
+    dead = [d for d in result.dead_letters if d.error_type == "ValueError"]
+    assert dead and all("could not merge the partial window" in d.message for d in dead)
+    assert all("merge is broken" in d.message for d in dead)
+    ids = {json.loads(d.payload)["id"] for d in dead}
+    assert merged + len(ids) == 4_000 and len(ids) == len(dead)
+    with pytest.raises(PipelineHalted, match=r"halted at step 'aggregate_tumbling_5s_n'") as info:
+        _windowed(_BrokenMerge(), on_error="halt").run(processes=2)
+    assert "merge is broken" in str(info.value.__cause__)
+    skipped = _windowed(_BrokenMerge(), on_error="skip").run(processes=2)
+    assert skipped.reconciles and skipped.skipped == len(ids)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_failing_result_becomes_a_dead_letter_per_window(processes: int) -> None:
+    result = _windowed(_BrokenResult()).run(processes=processes)
+    assert result["w"] == [] and result.reconciles
+    assert len(result.dead_letters) == 4 * 8  # 4 users, 8 windows of 5 s each
+    assert {d.error_type for d in result.dead_letters} == {"ZeroDivisionError"}
+    assert all("could not be made" in d.message for d in result.dead_letters)

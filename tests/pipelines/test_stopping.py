@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipelines._processes import free_ports
 from tests.helpers import children
 
@@ -150,3 +152,30 @@ def test_sigterm_stops_a_member_waiting_for_an_unresolvable_peer(tmp_path: Path)
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - stopped < 5
     assert proc.returncode == 130 and "interrupted" in err
+
+
+INTERRUPTING = """
+from pipelines import Pipeline, sources, sinks
+def f(x):
+    if x["i"] == 5000:
+        raise KeyboardInterrupt("raised by the user's function")
+    return x
+pipeline = (Pipeline("kbd")
+    .read(sources.generate(lambda rng, i: {"i": i}, count=20_000, partitions=2))
+    .map(f).write(sinks.memory("o")))
+"""
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_keyboard_interrupt_from_a_user_function_is_shown_first(
+    tmp_path: Path, processes: str
+) -> None:
+    app = tmp_path / "interrupting.py"
+    app.write_text(INTERRUPTING)
+    proc = start(app, "-p", processes, "--quiet")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "PanicException" not in err and "Send thread panic" not in err
+    assert err.startswith("error in pipeline")
+    assert 'interrupting.py", line 5, in f' in err
+    assert "KeyboardInterrupt: raised by the user's function" in err
