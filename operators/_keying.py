@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
-from operators._stage import COUNTER_FIELDS, Node, Packet, StageOp, _fan_out, _Run
+from operators._stage import COUNTER_FIELDS, Node, Packet, ResumeError, StageOp, _fan_out, _Run
 from operators.windows import Clock, EventTime
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def check_layout(step: str, resume: dict[str, Any] | None) -> None:
     >>> check_layout("w", {"wins": {}})
     Traceback (most recent call last):
     ...
-    ValueError: step 'w': its snapshot in the recovery store ...
+    operators._stage.ResumeError: step 'w': its snapshot in the recovery store ...
     """
     if resume is not None and resume.get("layout") != BUCKET_LAYOUT:
         msg = (
@@ -70,7 +70,7 @@ def check_layout(step: str, resume: dict[str, Any] | None) -> None:
             f"each key's state in two. Hint: finish the run with the evflow that started "
             f"it, or remove the store to start afresh."
         )
-        raise ValueError(msg)
+        raise ResumeError(msg)
 
 
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._sources import slug
-from operators._stage import COUNTER_FIELDS, Counters, Packet, describe_function
+from operators._stage import COUNTER_FIELDS, Counters, Packet, ResumeError, describe_function
 
 __all__ = [
     "CallbackSink",
@@ -481,4 +481,11 @@ class ExactJsonl(FixedPartitionedSink[list[Any], int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ExactFile:
         """Open the file: anew, or cut back to the snapshot's length."""
-        return _ExactFile(self, resume_state)
+        offset: Any = resume_state
+        if offset is not None and (type(offset) is not int or offset < 0):
+            problem = ValueError(f"a file length must be an int >= 0; got {offset!r}")
+            self.counters.halt(ResumeError.of(step_id.rsplit(".", 1)[-1], problem, for_part))
+        try:
+            return _ExactFile(self, resume_state)
+        except OutputChangedError as exc:
+            self.counters.halt(exc)

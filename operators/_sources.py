@@ -24,7 +24,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators._event import Schema
-from operators._stage import Chunk, Counters
+from operators._stage import Chunk, Counters, ResumeError
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -171,6 +171,8 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         except Exception as exc:
             if self.counters is None:
                 raise
+            if resume_state is not None:
+                self.counters.halt(ResumeError.of(step, exc, for_part))
             self.counters.halt(exc)
         return _Partition(reader, self.counters, step, for_part)
 

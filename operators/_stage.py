@@ -33,6 +33,7 @@ __all__ = [
     "Exit",
     "Node",
     "Packet",
+    "ResumeError",
     "RunHalted",
     "StageOp",
     "describe_function",
@@ -117,6 +118,21 @@ class RunHalted(Exception):
     covers records whose results were not written, and a resumed run starts
     from a point at which every earlier record's effects are durable.
     """
+
+
+class ResumeError(RuntimeError):
+    """A step cannot resume from its snapshot: the recovery store is damaged or foreign."""
+
+    @classmethod
+    def of(cls, step: str, exc: BaseException, part: str | None = None) -> ResumeError:
+        """Describe ``exc``, met while ``step`` (its partition ``part``) resumed."""
+        where = f"step {step!r}" + (f" (partition {part!r})" if part is not None else "")
+        msg = (
+            f"{where} cannot resume from its snapshot ({type(exc).__name__}: {exc}): the "
+            f"recovery store is damaged, or was written by another pipeline or another "
+            f"version of this one"
+        )
+        return cls(msg)
 
 
 class Counters:

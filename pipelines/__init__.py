@@ -19,6 +19,7 @@ from operators import (
     Origin,
     OutputChangedError,
     PipelineHalted,
+    ResumeError,
     retry,
 )
 from operators._dispatch import stateful
@@ -42,6 +43,7 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineHalted",
+    "ResumeError",
     "Routes",
     "RunResult",
     "StepCounts",

@@ -32,6 +32,7 @@ from operators import (
     Packet,
     PacketSink,
     ParseOp,
+    ResumeError,
     RunContext,
     Sink,
     schema_adapter,
@@ -337,7 +338,15 @@ class _DispatchBuilder:
         self.row = row
 
     def __call__(self, resume: Any | None) -> DispatchLogic:
-        return DispatchLogic(self.dispatch, self.counters, self.row, resume)
+        try:
+            return DispatchLogic(self.dispatch, self.counters, self.row, resume)
+        except ResumeError as exc:
+            self.counters.halt(exc)
+        except Exception as exc:
+            if resume is None:
+                raise
+            step = self.counters.steps[self.row]
+            self.counters.halt(ResumeError.of(step, exc))
 
 
 class _LogicBuilder:
@@ -347,7 +356,14 @@ class _LogicBuilder:
         self.spec = spec
 
     def __call__(self, resume: Any | None) -> WindowLogic:
-        return WindowLogic(self.spec, resume)
+        try:
+            return WindowLogic(self.spec, resume)
+        except ResumeError as exc:
+            self.spec.counters.halt(exc)
+        except Exception as exc:
+            if resume is None:
+                raise
+            self.spec.counters.halt(ResumeError.of(self.spec.step, exc))
 
 
 class _ToChunk:

@@ -434,6 +434,11 @@ def _fork_and_wait(
                     proc_id = pending.pop(ready)
                     try:
                         outcomes[proc_id] = ready.recv()
+                        if outcomes[proc_id][1] is not None and _own_error(outcomes[proc_id][1]):
+                            # Its own failure (not a lost peer): the others would
+                            # only wait for it, so they are stopped now.
+                            pending.clear()
+                            break
                     except EOFError:
                         procs[proc_id].join(1)
                         failure = (
@@ -481,7 +486,7 @@ def _fork_and_wait(
         ended = ", ".join(f"process {i}: exit code {p.exitcode}" for i, p in procs.items())
         msg = f"{failure} ({ended})"
         raise ClusterError(msg)
-    failed = [i for i in ids if outcomes[i][1] is not None]
+    failed = [i for i in ids if i in outcomes and outcomes[i][1] is not None]
     if failed:
         # A member that halts aborts its engine, and the others then lose their
         # peer ("Send thread panic"): the member with a cause of its own speaks.

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
-from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, RunContext
+from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, ResumeError, RunContext
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, compile_pipeline
 from pipelines._metrics import Metrics
@@ -217,6 +217,12 @@ def execute(
             server.close()
     if compiled.counters.halted is not None:
         error = compiled.counters.halted
+    if isinstance(error, ResumeError) and recovery is not None:
+        files = ", ".join(sorted(p.name for p in recovery.directory.glob("*.sqlite3")))
+        error = ResumeError(
+            f"recovery store {str(recovery.directory)!r} ({files}): {error}. Hint: remove "
+            f"the store and the outputs written with it to start over."
+        )
     return Outcome(ctx.outputs, ctx.dead_letters, compiled.counters.totals(), compiled.kinds, error)
 
 

@@ -127,6 +127,10 @@ def _allowed(module: str, name: str) -> bool:
     return "." not in name and _event_class(module, name)
 
 
+def _foreign(module: str, qualname: str) -> str:
+    return f"refers to the global {module + '.' + qualname!r}, which is not evflow state"
+
+
 def check_snapshot(blob: bytes) -> str | None:
     """Walk a pickle's opcodes (nothing is run); return what is refused, or None.
 
@@ -134,7 +138,7 @@ def check_snapshot(blob: bytes) -> str | None:
     >>> check_snapshot(pickle.dumps({"wins": [1.5, "a"]})) is None
     True
     >>> check_snapshot(pickle.dumps(print))
-    "the global 'builtins.print', which is not evflow state"
+    "refers to the global 'builtins.print', which is not evflow state"
     """
     recent: list[str | None] = []  # what the last opcodes pushed, strings known
     memo: dict[int, str | None] = {}
@@ -142,18 +146,20 @@ def check_snapshot(blob: bytes) -> str | None:
         for opcode, arg, _ in pickletools.genops(blob):
             name = opcode.name
             if name in _REFUSED:
-                return f"{_REFUSED[name]} ({name})"
+                return f"refers to {_REFUSED[name]} ({name})"
             if name in ("GLOBAL", "INST"):
                 module, _, qualname = str(arg).partition(" ")
                 if not _allowed(module, qualname):
-                    return f"the global {module + '.' + qualname!r}, which is not evflow state"
+                    return _foreign(module, qualname)
                 recent.append(None)
             elif name == "STACK_GLOBAL":
                 if len(recent) < 2 or recent[-1] is None or recent[-2] is None:
-                    return "a global whose name is computed, not written out (STACK_GLOBAL)"
+                    return (
+                        "refers to a global whose name is computed, not written out (STACK_GLOBAL)"
+                    )
                 module, qualname = recent[-2], recent[-1]
                 if not _allowed(module, qualname):
-                    return f"the global {module + '.' + qualname!r}, which is not evflow state"
+                    return _foreign(module, qualname)
                 recent.append(None)
             elif name in _MEMO_PUT:
                 index = len(memo) if name == "MEMOIZE" else int(str(arg))
@@ -166,7 +172,7 @@ def check_snapshot(blob: bytes) -> str | None:
                 recent.append(None)
             del recent[:-2]
     except Exception as exc:  # noqa: BLE001 - a damaged pickle is described, not raised
-        return f"a damaged pickle ({type(exc).__name__}: {exc})"
+        return f"is damaged ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -196,14 +202,14 @@ def check_store(directory: Path) -> int:
             refused = (
                 check_snapshot(blob)
                 if isinstance(blob, bytes)
-                else f"a {type(blob).__name__} where a pickle should be"
+                else f"is a {type(blob).__name__}, not a pickle"
             )
             if refused is not None:
                 msg = (
                     f"recovery store {str(directory)!r} ({part.name}) holds a snapshot of "
-                    f"step {step!r} (key {key!r}) that refers to {refused}; evflow will "
-                    f"not resume from it (unpickling it could run code, and nothing of "
-                    f"it was run). Hint: remove the store (and the outputs written with "
+                    f"step {step!r} (key {key!r}) that {refused}; evflow will not resume "
+                    f"from it (nothing of it was run: unpickling what is not evflow state "
+                    f"could run code). Hint: remove the store (and the outputs written with "
                     f"it) to start over, or find who wrote to it."
                 )
                 raise UnsafeSnapshotError(msg)

@@ -152,3 +152,22 @@ def test_a_metrics_port_out_of_range_or_taken_is_refused() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=rf"cannot serve metrics on 127\.0\.0\.1:{port}: .*"):
             p.run(metrics_port=port)
+
+
+def test_a_metrics_port_in_use_on_two_processes_is_named_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    port = free_ports(1)[0]
+    with socket.socket() as taken:  # process 1's port (port + 1) is in use
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        began = time.monotonic()
+        code = main(["run", "sensors", "-p", "2", "--metrics-port", str(port), "--quiet"])
+        assert time.monotonic() - began < 10  # not the 30 s formation timeout
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"cannot serve metrics on 127.0.0.1:{port + 1}" in err
+    assert "did not form" not in err

@@ -203,8 +203,10 @@ def test_a_store_keyed_by_other_bucket_names_is_refused(tmp_path: Path) -> None:
             "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, '5', 1, ?)",
             (step_id, pickle.dumps(old)),
         )
+    from pipelines import ResumeError
+
     with pytest.raises(
-        ValueError,
+        ResumeError,
         match=r"step 'aggregate_tumbling_10s_n': its snapshot in the recovery store was "
         r"written by an earlier evflow that grouped keys into other buckets",
     ):

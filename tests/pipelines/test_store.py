@@ -147,18 +147,20 @@ def test_pickles_of_callables_are_refused_at_every_protocol(protocol: int, targe
 
 @pytest.mark.parametrize("opcode", [b"\x82\x01", b"\x83\x01\x00", b"\x84\x01\x00\x00\x00"])
 def test_extension_codes_and_persistent_ids_are_refused(opcode: bytes) -> None:
-    assert check_snapshot(b"\x80\x02" + opcode + b".") == "an extension-registry code (EXT" + (
+    assert check_snapshot(
+        b"\x80\x02" + opcode + b"."
+    ) == "refers to an extension-registry code (EXT" + (
         {1: "1", 2: "2", 4: "4"}[len(opcode) - 1] + ")"
     )
-    assert check_snapshot(b"Pabc\n.") == "a persistent id (PERSID)"
-    assert check_snapshot(b"\x80\x02K\x01Q.") == "a persistent id (BINPERSID)"
+    assert check_snapshot(b"Pabc\n.") == "refers to a persistent id (PERSID)"
+    assert check_snapshot(b"\x80\x02K\x01Q.") == "refers to a persistent id (BINPERSID)"
 
 
 def test_a_global_whose_name_is_computed_is_refused() -> None:
     # The module name is the result of a call, not a string written out.
     blob = b"\x80\x04\x8c\x08builtinsK\x01\x85R\x8c\x06system\x93."
     assert check_snapshot(blob) == (
-        "a global whose name is computed, not written out (STACK_GLOBAL)"
+        "refers to a global whose name is computed, not written out (STACK_GLOBAL)"
     )
 
 
@@ -299,5 +301,80 @@ def test_a_store_of_another_user_is_refused(
         UnsafeSnapshotError,
         match=rf"recovery directory '{store}' belongs to user id {owner}, not to you "
         rf"\({owner + 1}\).*chown -R \$USER {store}",
+    ):
+        p.run(recovery=store)
+
+
+def _halted_store(tmp_path: Path) -> tuple[Pipeline, Path]:
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+    from pipelines import PipelineHalted
+    from tests.helpers import Purchase
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    buys = [
+        Purchase(user=f"u{i % 3}", amount=i, time=t0 + timedelta(seconds=i)) for i in range(2_000)
+    ]
+
+    def stop(e: Purchase) -> Purchase:
+        if e.amount == 1_900:
+            raise RuntimeError("stop")
+        return e
+
+    p = (
+        Pipeline("damaged")
+        .read(sources.memory(buys, schema=Purchase, batch_size=10))
+        .map(stop, on_error="halt")
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=100))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("w"))
+    )
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        p.run(recovery=store, snapshot_interval=0.001)
+    return p, store
+
+
+@pytest.mark.parametrize("step", ["damaged.read_memory", "damaged.aggregate_tumbling_100s_n"])
+def test_a_snapshot_of_the_wrong_shape_gives_one_message(tmp_path: Path, step: str) -> None:
+    from pipelines import ResumeError
+
+    p, store = _halted_store(tmp_path)
+    part = next(store.glob("*.sqlite3"))
+    with sqlite3.connect(part) as db:
+        changed = db.execute(
+            "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND ser_change IS NOT NULL",
+            (pickle.dumps("not a state"), step),
+        ).rowcount
+    assert changed > 0
+    name = step.split(".")[1]
+    with pytest.raises(
+        ResumeError,
+        match=rf"recovery store '{store}' \(part-0.sqlite3\): step '{name}'.* cannot resume "
+        r"from its snapshot \(.*\): the recovery store is damaged, or was written by another "
+        r"pipeline.*Hint: remove the store and the outputs written with it to start over",
+    ):
+        p.run(recovery=store)
+
+
+def test_flipped_bytes_in_a_snapshot_give_one_message(tmp_path: Path) -> None:
+    p, store = _halted_store(tmp_path)
+    part = next(store.glob("*.sqlite3"))
+    with sqlite3.connect(part) as db:
+        step, key, epoch, blob = db.execute(
+            "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+            "WHERE step_id LIKE '%aggregate%' AND ser_change IS NOT NULL"
+        ).fetchone()
+        db.execute(
+            "UPDATE snaps SET ser_change = ? "
+            "WHERE step_id = ? AND state_key = ? AND snap_epoch = ?",
+            (blob[: len(blob) // 2], step, key, epoch),
+        )
+    with pytest.raises(
+        UnsafeSnapshotError,
+        match=rf"recovery store '{store}' \(part-0.sqlite3\) holds a snapshot of step "
+        rf"'{step}' \(key '{key}'\) that is damaged \(.*\).*Hint: remove the store",
     ):
         p.run(recovery=store)
