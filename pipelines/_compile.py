@@ -9,6 +9,7 @@ start the next stage).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,9 @@ class Compiled:
     flow: Dataflow
     counters: Counters
     kinds: dict[str, str]
+    #: The partitions of each step whose state is kept by partition (sources,
+    #: exactly-once files), by engine step id: a resumed run must have them all.
+    partitions: dict[str, Callable[[], list[str]]] = field(default_factory=dict)
 
 
 def compile_pipeline(
@@ -131,6 +135,7 @@ def compile_pipeline(
     users = graph.consumers()
     flow = Dataflow(pipeline.name)
     merge_inputs: dict[str, list[BwStream[Chunk]]] = {}
+    partitions: dict[str, Callable[[], list[str]]] = {}
     agg_inputs: dict[str, BwStream[tuple[str, Marked]]] = {}
 
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
@@ -207,6 +212,7 @@ def compile_pipeline(
                 if source.schema is not None:
                     adapter = schema_adapter(source.schema)
                 chunks = op.input(node.name, flow, ChunkSource(source, counters))
+                partitions[f"{pipeline.name}.{node.name}"] = source.partitions
             else:
                 chunks = op.merge(node.name, *merge_inputs.pop(node.name))
             root = ParseOp(
@@ -224,11 +230,9 @@ def compile_pipeline(
                 records = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}", packets, _Records(i, sink.path)
                 )
-                op.output(
-                    f"{target.name}_exact",
-                    records,
-                    ExactJsonl(sink.path, counters, row[target.name]),
-                )
+                exact = ExactJsonl(sink.path, counters, row[target.name])
+                op.output(f"{target.name}_exact", records, exact)
+                partitions[f"{pipeline.name}.{target.name}_exact"] = exact.list_parts
             else:
                 targets.append((i, row[target.name], sink))
         dead = None if dead_sink is None else (row[dead_step], dead_sink)
@@ -249,7 +253,7 @@ def compile_pipeline(
                     Bucketize(i, combine=combine),
                 )
                 agg_inputs[target.name] = marked
-    return Compiled(flow, counters, kinds)
+    return Compiled(flow, counters, kinds, partitions)
 
 
 def _source_partitions(node: Node) -> list[str]:

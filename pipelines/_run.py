@@ -22,7 +22,7 @@ from pipelines._compile import Compiled, compile_pipeline
 from pipelines._metrics import Metrics
 from pipelines._panics import quiet_panics
 from pipelines._result import RunResult, StepCounts
-from pipelines._store import check_permissions, check_store, lock_store
+from pipelines._store import check_partitions, check_permissions, check_store, lock_store
 
 __all__ = [
     "GC_THRESHOLD",
@@ -179,6 +179,8 @@ def execute(
     ctx = RunContext(pipeline.name, append_files=append_files)
     processes = max(1, len(addresses or ()))
     compiled = compile_pipeline(pipeline, ctx, processes, exact_files=recovery is not None)
+    if recovery is not None:
+        check_partitions(recovery.directory, compiled.partitions)
     if monitor is not None:
         monitor(compiled)
     server = None

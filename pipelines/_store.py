@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +27,7 @@ __all__ = [
     "SAFE_GLOBALS",
     "StoreInUseError",
     "UnsafeSnapshotError",
+    "check_partitions",
     "check_permissions",
     "check_snapshot",
     "check_store",
@@ -215,6 +216,42 @@ def check_store(directory: Path) -> int:
                 raise UnsafeSnapshotError(msg)
             checked += 1
     return checked
+
+
+def check_partitions(directory: Path, partitions: dict[str, Callable[[], list[str]]]) -> None:
+    """Refuse to resume a store whose partitioned steps had partitions this run lacks.
+
+    Sources and exactly-once files keep their state by partition (a file's
+    absolute path, a generator's part); a snapshot of a partition this run
+    does not have would be lost, and the engine stops on it with a panic.
+    """
+    from operators import ResumeError
+
+    kept: dict[str, set[str]] = {}
+    for part in sorted(directory.glob("*.sqlite3")):
+        with contextlib.closing(sqlite3.connect(part)) as db:
+            for step, key in db.execute(
+                "SELECT DISTINCT step_id, state_key FROM snaps WHERE ser_change IS NOT NULL"
+            ):
+                kept.setdefault(step, set()).add(key)
+    for step, listed in partitions.items():
+        if step not in kept:
+            continue
+        try:
+            now = set(listed())
+        except Exception:  # noqa: BLE001 - the run itself reports a source that fails
+            continue
+        gone = sorted(kept[step] - now)
+        if gone:
+            msg = (
+                f"recovery store {str(directory)!r} holds the state of step "
+                f"{step.split('.', 1)[1]!r} for partition(s) {gone}, which this run does not "
+                f"have (it has {sorted(now)}): a relative path now points elsewhere (was the "
+                f"run started from another directory?), or the input changed. Hint: run from "
+                f"the directory the store was made in, or use absolute paths; or remove the "
+                f"store and the outputs written with it to start over."
+            )
+            raise ResumeError(msg)
 
 
 def check_permissions(directory: Path) -> None:

@@ -378,3 +378,41 @@ def test_flipped_bytes_in_a_snapshot_give_one_message(tmp_path: Path) -> None:
         rf"'{step}' \(key '{key}'\) that is damaged \(.*\).*Hint: remove the store",
     ):
         p.run(recovery=store)
+
+
+def test_resuming_from_another_directory_says_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines import PipelineHalted, ResumeError
+
+    def pipeline(fail: bool) -> Pipeline:
+        def stop(x: int) -> int:
+            if fail and x == 15_000:
+                raise RuntimeError("stop")
+            return x
+
+        return (
+            Pipeline("rel")
+            .read(sources.memory(range(20_000), batch_size=100))
+            .map(stop, on_error="halt")
+            .write(sinks.jsonl("out.jsonl"))  # relative to the working directory
+        )
+
+    store = tmp_path / "store"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(PipelineHalted):
+        pipeline(True).run(recovery=store, snapshot_interval=0.001)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(
+        ResumeError,
+        match=rf"holds the state of step 'jsonl_out_exact' for partition\(s\) "
+        rf"\['{tmp_path}/a/out.jsonl'\], which this run does not have \(it has "
+        rf"\['{tmp_path}/b/out.jsonl'\]\).*started from another directory",
+    ):
+        pipeline(False).run(recovery=store)
+    monkeypatch.chdir(tmp_path / "a")
+    pipeline(False).run(recovery=store)
+    written = [int(line) for line in (tmp_path / "a" / "out.jsonl").read_text().splitlines()]
+    assert sorted(written) == list(range(20_000))
