@@ -53,9 +53,25 @@ def _text(s: str, how: str) -> bytes:
     return b"S" + repr(s).encode() + b"\n"
 
 
-def payload(module: str, name: str, form: str, how: str, call: bool) -> bytes:
+# Ways to call (or build with) the global on the stack.
+CALLS = {
+    "none": b"",
+    "reduce": b")R",  # EMPTY_TUPLE, REDUCE
+    "obj": b"",  # handled in payload(): MARK, global, OBJ
+    "newobj": b")\x81",  # EMPTY_TUPLE, NEWOBJ
+    "newobj_ex": b")}\x92",  # EMPTY_TUPLE, EMPTY_DICT, NEWOBJ_EX
+    "build": b")R}b",  # REDUCE, then BUILD with a state dict
+}
+
+
+def payload(
+    module: str, name: str, form: str, how: str, call: bool | str, protocol: int = 4
+) -> bytes:
     """A pickle whose one global is ``module.name``, named with opcode ``form``."""
-    head = b"\x80\x04" if form.startswith("stack") else b""
+    kind = ("reduce" if call else "none") if isinstance(call, bool) else call
+    head = b"\x80" + bytes([max(protocol, 4)]) if form.startswith("stack") else b""
+    if not form.startswith("stack") and protocol >= 2:
+        head = b"\x80" + bytes([protocol])
     if form == "global":
         body = b"c" + module.encode() + b"\n" + name.encode() + b"\n"
     elif form == "inst":
@@ -78,9 +94,9 @@ def payload(module: str, name: str, form: str, how: str, call: bool) -> bytes:
         body = _text(module, how) + b"p1\n0" + _text(name, how) + b"p2\n0g1\ng2\n\x93"
     else:
         raise AssertionError(form)
-    if call:
-        body += b")R"  # EMPTY_TUPLE, REDUCE
-    return head + body + b"."
+    if kind == "obj":
+        return head + b"(" + body + b"o."
+    return head + body + CALLS[kind] + b"."
 
 
 FORMS = ["global", "inst", "stack", "stack_memo", "stack_put"]
@@ -108,13 +124,18 @@ class Recorder(pickle.Unpickler):
     target=st.sampled_from(DANGEROUS),
     form=st.sampled_from(FORMS),
     how=st.sampled_from(HOWS),
-    call=st.booleans(),
+    call=st.sampled_from(sorted(CALLS)),
+    protocol=st.integers(0, 5),
 )
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_every_way_of_naming_a_dangerous_global_is_refused(
-    target: tuple[str, str], form: str, how: str, call: bool
+    target: tuple[str, str], form: str, how: str, call: str, protocol: int
 ) -> None:
-    blob = payload(*target, form, how, call)
+    blob = payload(*target, form, how, call, protocol)
+    recorder = Recorder(blob)  # a real unpickler would ask for the target (refused here)
+    with contextlib.suppress(Exception):
+        recorder.load()
+    assert target in recorder.asked
     refused = check_snapshot(blob)
     assert refused is not None, (target, form, how)
     assert ".".join(target) in refused or "computed" in refused or "damaged" in refused
@@ -329,7 +350,7 @@ def _halted_store(tmp_path: Path) -> tuple[Pipeline, Path]:
         .key_by(lambda e: e.user)
         .window(windows.tumbling(seconds=100))
         .aggregate(n=agg.count())
-        .write(sinks.memory("w"))
+        .write(sinks.jsonl(tmp_path / "w.jsonl"))
     )
     store = tmp_path / "store"
     with pytest.raises(PipelineHalted):
@@ -337,7 +358,10 @@ def _halted_store(tmp_path: Path) -> tuple[Pipeline, Path]:
     return p, store
 
 
-@pytest.mark.parametrize("step", ["damaged.read_memory", "damaged.aggregate_tumbling_100s_n"])
+@pytest.mark.parametrize(
+    "step",
+    ["damaged.read_memory", "damaged.aggregate_tumbling_100s_n", "damaged.jsonl_w_exact"],
+)
 def test_a_snapshot_of_the_wrong_shape_gives_one_message(tmp_path: Path, step: str) -> None:
     from pipelines import ResumeError
 
