@@ -550,17 +550,10 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         row: list[int],
     ) -> None:
         """Apply the step's policy to a partial window the aggregators could not merge."""
-        spec = self.spec
-        names = ", ".join(f"{n}={g.label}" for n, g in zip(spec.names, spec.aggs, strict=True))
         where = {"key": key, "start": _utc(start).isoformat(), "events": len(ids)}
-        if spec.policy.mode == "skip":
-            row[_SKIPPED] += len(ids)
+        names = self._policy(exc, json.dumps(where), row, len(ids))
+        if names is None:
             return
-        if spec.policy.mode == "halt":
-            halted = PipelineHalted(spec.pipeline, spec.step, names, json.dumps(where))
-            halted.__cause__ = exc
-            spec.counters.halt(halted)
-        row[_DEAD] += len(ids)
         for event_id in ids:
             payload = json.dumps({"id": event_id, **where}, sort_keys=True)
             message = (
@@ -576,19 +569,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         self, key: str, start: float, exc: Exception, out: list[tuple[str, Any]], row: list[int]
     ) -> None:
         """Apply the step's policy to a closed window whose result could not be made."""
-        spec = self.spec
-        names = ", ".join(f"{n}={g.label}" for n, g in zip(spec.names, spec.aggs, strict=True))
         payload = json.dumps({"key": key, "start": _utc(start).isoformat()}, sort_keys=True)
-        if spec.policy.mode == "skip":
-            row[_SKIPPED] += 1
-            return
-        if spec.policy.mode == "halt":
-            halted = PipelineHalted(spec.pipeline, spec.step, names, payload)
-            halted.__cause__ = exc
-            spec.counters.halt(halted)
-        row[_DEAD] += 1
-        message = f"the result of the window of key {key!r} could not be made ({names}): {exc}"
-        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, start, names))
+        names = self._policy(exc, payload, row)
+        if names is not None:
+            message = f"the result of the window of key {key!r} could not be made ({names}): {exc}"
+            out.append(
+                self._dead("user_error", type(exc).__qualname__, message, payload, start, names)
+            )
 
     def _late_partial(
         self,
@@ -697,24 +684,35 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             return False
         return True
 
+    def _policy(self, exc: Exception, payload: str, row: list[int], n: int = 1) -> str | None:
+        """Apply the step's policy to a failure that ``n`` events share.
+
+        Returns the aggregators' names when dead letters are to be made, None
+        when they were skipped; a halt raises.
+        """
+        spec = self.spec
+        if spec.policy.mode == "skip":
+            row[_SKIPPED] += n
+            return None
+        names = ", ".join(f"{a}={g.label}" for a, g in zip(spec.names, spec.aggs, strict=True))
+        if spec.policy.mode == "halt":
+            halted = PipelineHalted(spec.pipeline, spec.step, names, payload)
+            halted.__cause__ = exc
+            spec.counters.halt(halted)
+        row[_DEAD] += n
+        return names
+
     def _failed(
         self, event: Any, ts: float, exc: Exception, out: list[tuple[str, Any]], row: list[int]
     ) -> None:
         """Apply the step's error policy to an event an aggregator could not take."""
-        spec = self.spec
-        mode = spec.policy.mode
-        if mode == "skip":
-            row[_SKIPPED] += 1
-            return
-        names = ", ".join(f"{n}={g.label}" for n, g in zip(spec.names, spec.aggs, strict=True))
         payload = payload_text(event)
-        if mode == "halt":
-            halted = PipelineHalted(spec.pipeline, spec.step, names, payload)
-            halted.__cause__ = exc
-            spec.counters.halt(halted)
-        row[_DEAD] += 1
-        message = f"an aggregator ({names}) could not take the event: {exc}"
-        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, names))
+        names = self._policy(exc, payload, row)
+        if names is not None:
+            message = f"an aggregator ({names}) could not take the event: {exc}"
+            out.append(
+                self._dead("user_error", type(exc).__qualname__, message, payload, ts, names)
+            )
 
     def _late(
         self, event: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]

@@ -359,6 +359,9 @@ def _run_cluster(
     return result_of(pipeline, outcomes, workers, processes, time.perf_counter() - started)
 
 
+# The members write to this process's filtered standard error: what the engine
+# prints as they lose a peer, even as they exit, stays off it.
+@quiet_panics()
 def _run_members(
     pipeline: Pipeline,
     workers: int,
@@ -374,23 +377,6 @@ def _run_members(
     dataflow within ``formation_timeout`` are stopped; Ctrl-C or SIGTERM stop
     them all, with the counts they send back within a grace period.
     """
-    # The members write to this process's filtered standard error: what the
-    # engine prints as they lose a peer, even as they exit, stays off it.
-    with quiet_panics():
-        return _fork_and_wait(
-            pipeline, workers, addresses, ids, formation_timeout, recovery, metrics
-        )
-
-
-def _fork_and_wait(
-    pipeline: Pipeline,
-    workers: int,
-    addresses: list[str],
-    ids: list[int],
-    formation_timeout: float,
-    recovery: Recovery | None,
-    metrics: Metrics | None,
-) -> list[Outcome]:
     context = multiprocessing.get_context("fork")
     started = time.perf_counter()
     procs: dict[int, Any] = {}

@@ -58,8 +58,8 @@ def test_a_hanging_function_on_two_workers_cannot_keep_sigterm_from_stopping_it(
     stopped = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - stopped < 6
-    assert proc.returncode == 130
+    assert time.monotonic() - stopped < 10, err[-3000:]  # the 1 s grace, on a busy machine
+    assert proc.returncode == 130, err[-3000:]
     assert "did not stop within 1 s of the stop request (a step is still busy)" in err
     assert "interrupted: the counts so far" in err
     assert "pipeline hang: 2 worker(s)" in out and "map_slow" in out
