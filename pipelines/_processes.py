@@ -26,13 +26,21 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from operators import JsonlSink, PipelineHalted
+from operators import PipelineHalted
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, check
 from pipelines._metrics import Metrics
 from pipelines._panics import quiet_panics
 from pipelines._result import RunResult
-from pipelines._run import Outcome, Recovery, execute, gc_tuned, raise_error, result_of
+from pipelines._run import (
+    Outcome,
+    Recovery,
+    execute,
+    gc_tuned,
+    raise_error,
+    result_of,
+    truncate_files,
+)
 
 __all__ = [
     "ClusterError",
@@ -47,7 +55,6 @@ __all__ = [
     "run_processes",
     "run_supervised",
     "split_address",
-    "truncate_files",
 ]
 
 log = logging.getLogger("evflow")
@@ -310,22 +317,6 @@ def run_processes(
     # large input still held here.
     with gc_tuned():
         return _run_cluster(pipeline, workers, processes, formation_timeout, recovery, metrics)
-
-
-def truncate_files(pipeline: Pipeline) -> None:
-    """Empty the jsonl files a run writes, before its processes append to them.
-
-    Dead letters written to a file included. Without recovery, one process
-    empties them before the cluster forms (the parent of ``-p``, member 0 of
-    a cluster started by hand), and every process appends its own records.
-    """
-    sinks = [node.params.get("sink") for node in pipeline.graph if node.kind == "write"]
-    for sink in [*sinks, pipeline.dead_letter_sink]:
-        if isinstance(sink, JsonlSink):
-            parent = os.path.dirname(sink.path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            open(sink.path, "w").close()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -665,8 +656,8 @@ def run_member(
         raise ValueError(msg)
     check(pipeline)
     started = time.perf_counter()
-    with contextlib.nullcontext() if recovery is None else recovery.held(process_id):
-        if process_id == 0 and recovery is None:
+    with contextlib.nullcontext(True) if recovery is None else recovery.held(process_id) as fresh:
+        if process_id == 0 and fresh:
             # No record flows before every member has joined, member 0 included.
             truncate_files(pipeline)
         # On a process of its own, as with -p: this one keeps the formation

@@ -16,7 +16,14 @@ from typing import Any, NoReturn
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
-from operators import COUNTER_FIELDS, DeadLetter, PipelineHalted, ResumeError, RunContext
+from operators import (
+    COUNTER_FIELDS,
+    DeadLetter,
+    JsonlSink,
+    PipelineHalted,
+    ResumeError,
+    RunContext,
+)
 from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, compile_pipeline
 from pipelines._metrics import Metrics
@@ -34,6 +41,7 @@ __all__ = [
     "result_of",
     "root_cause",
     "run",
+    "truncate_files",
 ]
 
 #: The garbage collector's first threshold while a pipeline runs.
@@ -108,9 +116,10 @@ class Recovery:
         return cls(path, snapshot_interval)
 
     @contextlib.contextmanager
-    def held(self, member: int | None = None) -> Iterator[None]:
+    def held(self, member: int | None = None) -> Iterator[bool]:
         """Hold the store for a run: locked, checked, and made on first use.
 
+        Yields whether the store is fresh (the run starts from nothing).
         ``member`` is the process id of a cluster member started by hand (the
         members of one cluster share the store). A second run on a held store
         is refused at once (`StoreInUseError`).
@@ -118,16 +127,34 @@ class Recovery:
         path = self.directory
         with lock_store(path, member):
             check_permissions(path)
-            if not any(path.glob("*.sqlite3")):
+            fresh = not any(path.glob("*.sqlite3"))
+            if fresh:
                 # Made aside, then moved in whole: a run killed while the store
                 # is being made leaves no half-made partition behind.
-                with tempfile.TemporaryDirectory(dir=path, prefix=".init-") as fresh:
-                    init_db_dir(Path(fresh), 1)  # type: ignore[no-untyped-call]
-                    for part in Path(fresh).glob("*.sqlite3"):
+                with tempfile.TemporaryDirectory(dir=path, prefix=".init-") as made:
+                    init_db_dir(Path(made), 1)  # type: ignore[no-untyped-call]
+                    for part in Path(made).glob("*.sqlite3"):
                         os.replace(part, path / part.name)
             else:
                 check_store(path)
-            yield
+            yield fresh
+
+
+def truncate_files(pipeline: Pipeline) -> None:
+    """Empty the jsonl files a run writes, before its processes append to them.
+
+    Dead letters written to a file included. One process empties them before
+    the cluster forms (the parent of ``-p``, member 0 of a cluster started by
+    hand), and every process appends its own records; with recovery, only a
+    run on a fresh store does, and a resumed run appends to them.
+    """
+    sinks = [node.params.get("sink") for node in pipeline.graph if node.kind == "write"]
+    for sink in [*sinks, pipeline.dead_letter_sink]:
+        if isinstance(sink, JsonlSink):
+            parent = os.path.dirname(sink.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            open(sink.path, "w").close()
 
 
 def check_replayable(pipeline: Pipeline) -> None:
@@ -176,7 +203,8 @@ def execute(
     ``monitor`` is called with the compiled pipeline before it runs; its
     counters fill up while it runs (the live view reads them).
     """
-    ctx = RunContext(pipeline.name, append_files=append_files)
+    # With recovery, files are emptied once for a fresh store, then appended to.
+    ctx = RunContext(pipeline.name, append_files=append_files or recovery is not None)
     processes = max(1, len(addresses or ()))
     compiled = compile_pipeline(pipeline, ctx, processes, exact_files=recovery is not None)
     if recovery is not None:
@@ -320,7 +348,9 @@ def run(
     if recovery is not None:
         check_replayable(pipeline)
     store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)
-    with contextlib.nullcontext() if store is None else store.held():
+    with contextlib.nullcontext(False) if store is None else store.held() as fresh:
+        if fresh:
+            truncate_files(pipeline)
         return _run(
             pipeline,
             workers,

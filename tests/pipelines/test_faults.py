@@ -297,3 +297,41 @@ def test_a_random_mix_of_faults_loses_nothing(tmp_path: Path) -> None:
     assert sum(done.values()) == 6
     assert chaos.finish()["reconciles"]
     chaos.check()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_dead_letters_to_a_file_survive_a_resume(tmp_path: Path, processes: int) -> None:
+    # A fresh store starts the file afresh; a resumed run appends to it, so the
+    # dead letters of the run before the halt are kept (at least once).
+    dead = tmp_path / "dead.jsonl"
+    dead.write_text("left over from an earlier run\n")
+
+    def pipeline(halt_at: int | None) -> Pipeline:
+        def check(x: int) -> int:
+            if x % 100 == 0:
+                raise ValueError(f"bad {x}")
+            return x
+
+        def stop(x: int) -> int:
+            if x == halt_at:
+                raise RuntimeError("halt here")
+            return x
+
+        return (
+            Pipeline("dl")
+            .read(sources.memory(range(20_000), batch_size=50, partitions=2))
+            .map(check)  # every hundredth record is a dead letter
+            .map(stop, on_error="halt")
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+            .dead_letters(sinks.jsonl(dead))
+        )
+
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline(15_001).run(recovery=store, snapshot_interval=0.001, processes=processes)
+    before = dead.read_text().splitlines()
+    assert before and "left over" not in dead.read_text()
+    pipeline(None).run(recovery=store, processes=processes)
+    payloads = [json.loads(line)["payload"] for line in dead.read_text().splitlines()]
+    assert set(payloads) == {str(x) for x in range(0, 20_000, 100)}
+    assert dead.read_text().startswith("\n".join(before))  # appended to, not replaced
