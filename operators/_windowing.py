@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
@@ -106,8 +107,24 @@ def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], 
     return merger
 
 
-#: Accumulators that can be shared by copying the list that holds them.
-_IMMUTABLE = (int, float, str, bytes, tuple, type(None))
+#: Values that cannot change in place.
+_ATOMS = (int, float, complex, str, bytes, bool, type(None), Decimal)
+
+
+def frozen(value: Any) -> bool:
+    """Whether ``value`` cannot change in place, all the way down.
+
+    Windows share a fresh accumulator from `Aggregator.create` only when it is
+    frozen (a tuple of numbers, say); a tuple holding a list is not.
+
+    >>> frozen((0, 0.0)), frozen((0, [])), frozen(frozenset({1, (2, 3)})), frozen([])
+    (True, False, True, False)
+    """
+    if isinstance(value, _ATOMS):
+        return True
+    if type(value) in (tuple, frozenset):
+        return all(frozen(v) for v in value)
+    return False
 
 
 @dataclass
@@ -193,8 +210,8 @@ class Combiner:
         self.delay = delay
         self.wm: dict[str, float] = {}
         template = [g.create() for g in self.aggs]
-        # Fresh accumulators by copying one list when none can be changed in place.
-        self.template = template if all(isinstance(a, _IMMUTABLE) for a in template) else None
+        # Fresh accumulators by copying one list when none can change in place.
+        self.template = template if all(frozen(a) for a in template) else None
 
     def add_chunk(
         self,

@@ -616,3 +616,38 @@ def test_a_failing_result_becomes_a_dead_letter_per_window(processes: int) -> No
     assert len(result.dead_letters) == 4 * 8  # 4 users, 8 windows of 5 s each
     assert {d.error_type for d in result.dead_letters} == {"ZeroDivisionError"}
     assert all("could not be made" in d.message for d in result.dead_letters)
+
+
+class _Kept(agg.Aggregator):
+    """Keeps the amounts in a list inside a tuple, changed in place (a user's choice)."""
+
+    def create(self) -> tuple[int, list[int]]:
+        return (0, [])
+
+    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        acc[1].append(event.amount)
+        return (acc[0] + 1, acc[1])
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return (a[0] + b[0], a[1] + b[1])
+
+    def result(self, acc: Any) -> int:
+        return len(acc[1])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_each_window_gets_its_own_accumulator_from_create(processes: int) -> None:
+    # Every window of every key holds 125 events (5 s of events 10 ms apart,
+    # 4 users): the kept values equal the count, on one process or several.
+    result = (
+        Pipeline("kept")
+        .read(sources.generate(_tick, count=4_000, partitions=2))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=5))
+        .aggregate(n=agg.count(), kept=_Kept())
+        .write(sinks.memory("w"))
+        .run(processes=processes)
+    )
+    rows = result["w"]
+    assert len(rows) == 32 and all(w.kept == w.n for w in rows)
+    assert sum(w.n for w in rows) == 4_000
