@@ -205,6 +205,7 @@ class Combiner:
     def __init__(self, size: float, aggs: Sequence[Aggregator], delay: float) -> None:
         """Combine into windows of ``size`` seconds."""
         self.size = size
+        self.window = Tumbling(size)
         self.aggs = list(aggs)
         self.add = make_adder(aggs)
         self.delay = delay
@@ -227,7 +228,7 @@ class Combiner:
         watermark moves on after the chunk (``latest``: its newest event time).
         """
         own = self.wm.get(partition, _NEVER)
-        size = self.size
+        start_of = self.window.start_of
         add = self.add
         aggs = self.aggs
         template = self.template
@@ -238,7 +239,7 @@ class Combiner:
             if ts < own:
                 raw.append(record)
                 continue
-            start = ts - ts % size
+            start = start_of(ts)
             slot = get((key, start))
             if slot is None:
                 fresh = template.copy() if template is not None else [g.create() for g in aggs]
@@ -257,9 +258,9 @@ class Combiner:
         self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]
     ) -> list[tuple[str, float, float, list[Any], list[str]]]:
         """Return the partial windows of ``wins``: ``(key, start, end, accs, ids)``."""
-        size = self.size
+        end_of = self.window.end_of
         return [
-            (key, start, start + size, accs, ids)
+            (key, start, end_of(start), accs, ids)
             for (key, start), (accs, ids) in wins.items()
             if ids
         ]
@@ -443,7 +444,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         late = 0
         if isinstance(window, Tumbling):
             # The hot loop: one dict lookup and the generated adder per event.
-            size = window.size
+            start_of = window.start_of
+            end_of = window.end_of
             heap = self.heap
             get = wins.get
             opened = 0
@@ -452,14 +454,14 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                     late += 1
                     self._late(event, ts, wm, out, row)
                     continue
-                start = ts - ts % size
+                start = start_of(ts)
                 accs = get((key, start))
                 try:
                     if accs is None:
                         fresh = [g.create() for g in spec.aggs]
                         add(fresh, event, ts)
                         wins[(key, start)] = fresh
-                        heapq.heappush(heap, (start + size, key, start))
+                        heapq.heappush(heap, (end_of(start), key, start))
                         opened += 1
                     else:
                         add(accs, event, ts)  # all or nothing: a failure changes nothing

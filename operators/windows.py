@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -96,17 +96,66 @@ class Window:
         raise NotImplementedError
 
 
+#: Window bounds are computed in whole microseconds (the resolution of an
+#: event's datetime), never with float ``%`` on epoch seconds.
+_US = 1_000_000
+
+
+def micros(seconds: float) -> int:
+    """Return ``seconds`` as whole microseconds.
+
+    >>> micros(0.01), micros(1767225600.01)
+    (10000, 1767225600010000)
+    """
+    return round(seconds * _US)
+
+
+def whole_micros(seconds: float, what: str) -> int:
+    """Return ``seconds`` as whole microseconds; refuse a size that is not a whole number.
+
+    >>> whole_micros(0.0005, "size")
+    500
+    """
+    us = micros(seconds)
+    if us <= 0 or abs(seconds * _US - us) > 1e-3:
+        msg = (
+            f"{what} must be a whole number of microseconds (the resolution of event "
+            f"times); got {seconds!r} s. Hint: tumbling(milliseconds=10)."
+        )
+        raise ValueError(msg)
+    return us
+
+
 @dataclass(frozen=True)
 class Tumbling(Window):
-    """Fixed-size windows side by side: ``[k*size, (k+1)*size)``."""
+    """Fixed-size windows side by side: ``[k*size, (k+1)*size)``.
+
+    >>> w = Tumbling(0.01)
+    >>> w.assign(1767225600.01), w.assign(1767225600.1)
+    ([(1767225600.01, 1767225600.02)], [(1767225600.1, 1767225600.11)])
+    """
 
     size: float
+    _us: int = field(init=False, repr=False, compare=False)
     kind = "tumbling"
+
+    def __post_init__(self) -> None:
+        """Keep the size in microseconds (a whole, positive number of them)."""
+        object.__setattr__(self, "_us", whole_micros(self.size, "tumbling window size"))
+
+    def start_of(self, ts: float) -> float:
+        """Return the start of the window that holds ``ts``."""
+        t = round(ts * _US)
+        return (t - t % self._us) / _US
+
+    def end_of(self, start: float) -> float:
+        """Return the end of the window that starts at ``start``."""
+        return (round(start * _US) + self._us) / _US
 
     def assign(self, ts: float) -> list[tuple[float, float]]:
         """Return the one window that holds ``ts``."""
-        start = ts - ts % self.size
-        return [(start, start + self.size)]
+        start = self.start_of(ts)
+        return [(start, self.end_of(start))]
 
     @property
     def label(self) -> str:
@@ -120,16 +169,29 @@ class Sliding(Window):
 
     size: float
     every: float
+    _us: int = field(init=False, repr=False, compare=False)
+    _every_us: int = field(init=False, repr=False, compare=False)
     kind = "sliding"
 
+    def __post_init__(self) -> None:
+        """Keep the size and step in microseconds."""
+        object.__setattr__(self, "_us", whole_micros(self.size, "sliding window size"))
+        object.__setattr__(self, "_every_us", whole_micros(self.every, "sliding window every"))
+
     def assign(self, ts: float) -> list[tuple[float, float]]:
-        """Return every window that holds ``ts``, earliest first."""
-        last = ts - ts % self.every
+        """Return every window that holds ``ts``, earliest first.
+
+        >>> Sliding(0.01, 0.005).assign(1767225600.012)
+        [(1767225600.005, 1767225600.015), (1767225600.01, 1767225600.02)]
+        """
+        t = round(ts * _US)
+        size = self._us
+        every = self._every_us
+        start = t - t % every
         windows = []
-        start = last
-        while start > ts - self.size:
-            windows.append((start, start + self.size))
-            start -= self.every
+        while start > t - size:
+            windows.append((start / _US, (start + size) / _US))
+            start -= every
         windows.reverse()
         return windows
 
@@ -220,6 +282,8 @@ def sliding(
             f"tumbling() when they are equal."
         )
         raise ValueError(msg)
+    whole_micros(length, "sliding window size")
+    whole_micros(step, "sliding window every")
     ratio = length / step
     if abs(ratio - round(ratio)) > 1e-9:
         msg = (

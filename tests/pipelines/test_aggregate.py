@@ -651,3 +651,82 @@ def test_each_window_gets_its_own_accumulator_from_create(processes: int) -> Non
     rows = result["w"]
     assert len(rows) == 32 and all(w.kept == w.n for w in rows)
     assert sum(w.n for w in rows) == 4_000
+
+
+# Present-day epochs, where float `%` on epoch seconds misplaces events:
+#
+#   ms after 2026-11-30T00:00:00   0    5   10   15   20  ...  100  105
+#   tumbling 10 ms                [0, 10)  [10, 20)  ...  [100, 110)
+#   sliding 10 ms every 5 ms      [-5, 5) [0, 10) [5, 15) [10, 20) ...
+NOW = datetime(2026, 11, 30, tzinfo=timezone.utc)
+
+
+def _stamped(offsets_us: list[int]) -> list[Tick]:
+    return [
+        Tick(user="u", amount=i, id=f"t{i}", time=NOW + timedelta(microseconds=us))
+        for i, us in enumerate(offsets_us)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("window", "size_us"),
+    [
+        (windows.tumbling(milliseconds=10), 10_000),
+        (windows.tumbling(milliseconds=1), 1_000),
+        (windows.tumbling(0.0005), 500),  # sub-millisecond
+    ],
+)
+def test_short_tumbling_windows_hold_exactly_their_events(window: Any, size_us: int) -> None:
+    offsets = sorted({k * 250 for k in range(2_000)} | {10_000, 100_000, 100_001, 99_999})
+    events = _stamped(offsets)
+    result = (
+        Pipeline("short")
+        .read(sources.memory(events, schema=Tick, batch_size=7))
+        .key_by(lambda e: e.user)
+        .window(window)
+        .aggregate(ids=agg.collect("id"), n=agg.count())
+        .write(sinks.memory("w"))
+        .run()
+    )
+    by_id = {e.id: e for e in events}
+    assert sum(w.n for w in result["w"]) == len(events)
+    assert len({w.id for w in result["w"]}) == len(result["w"])  # one result per window
+    for w in result["w"]:
+        start_us = round((w.start - NOW).total_seconds() * 1e6)
+        assert start_us % size_us == 0 and w.end - w.start == timedelta(microseconds=size_us)
+        for event_id in w.ids:
+            assert w.start <= by_id[event_id].time < w.end, (event_id, w.start, w.end)
+
+
+def test_short_sliding_windows_give_one_result_per_window_with_every_event() -> None:
+    offsets = [k * 1_000 for k in range(200)]  # an event each millisecond
+    events = _stamped(offsets)
+    result = (
+        Pipeline("short")
+        .read(sources.memory(events, schema=Tick, batch_size=7))
+        .key_by(lambda e: e.user)
+        .window(windows.sliding(milliseconds=10, every=0.005))
+        .aggregate(ids=agg.collect("id"))
+        .write(sinks.memory("w"))
+        .run()
+    )
+    rows = result["w"]
+    assert len({w.id for w in rows}) == len(rows)
+    starts = sorted(round((w.start - NOW).total_seconds() * 1e6) for w in rows)
+    assert starts == list(range(-5_000, 200_000, 5_000))
+    by_id = {e.id: e for e in events}
+    seen: dict[str, int] = {}
+    for w in rows:
+        assert w.end - w.start == timedelta(milliseconds=10)
+        assert sorted(w.ids) == sorted(e.id for e in events if w.start <= e.time < w.end)
+        for event_id in w.ids:
+            assert w.start <= by_id[event_id].time < w.end
+            seen[event_id] = seen.get(event_id, 0) + 1
+    assert seen == {e.id: 2 for e in events}  # each event in both of its windows
+
+
+def test_window_sizes_are_whole_microseconds() -> None:
+    with pytest.raises(ValueError, match=r"tumbling window size must be a whole number of mic"):
+        windows.tumbling(1.5e-6)
+    with pytest.raises(ValueError, match=r"sliding window every must be a whole number of mic"):
+        windows.sliding(seconds=1, every=3.5e-6)
