@@ -13,7 +13,7 @@ __all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "payload_text"]
 #: Payloads longer than this many characters are truncated in a dead letter.
 PAYLOAD_LIMIT = 2048
 
-ErrorKind = Literal["parse", "validation", "user_error", "key_error", "late", "unhandled"]
+ErrorKind = Literal["parse", "validation", "user_error", "key_error", "late", "future", "unhandled"]
 
 
 class Origin(BaseModel):

@@ -14,9 +14,10 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from operators._deadletter import DeadLetter, payload_text
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Node, Packet, ResumeError, StageOp, _fan_out, _Run
@@ -121,6 +122,7 @@ class ClockOp(StageOp):
         super().__init__(step, index, key, policy, nexts)
         self.key = key
         self.kind = kind
+        self.max_future = clock.max_future if isinstance(clock, EventTime) else None
         if isinstance(clock, EventTime):
             read = clock.fn or operator.attrgetter(clock.field or "time")
 
@@ -146,6 +148,8 @@ class ClockOp(StageOp):
         row = run.table[self.index]
         records: list[Any] = []
         append = records.append
+        now = time.time()
+        limit = math.inf if self.max_future is None else now + self.max_future
         it = iter(items)
         while True:
             try:
@@ -153,7 +157,11 @@ class ClockOp(StageOp):
                     key = key_of(x)
                     if key.__class__ is not str:
                         self.call(x)  # raises the key error, with its message
-                    append((key, time_of(x), x))
+                    ts = time_of(x)
+                    if ts > limit:
+                        self._future(x, ts, now, run, row)
+                        continue
+                    append((key, ts, x))
                 break
             except Exception as exc:  # noqa: BLE001 - handed to the policy
                 row[_IN] += 1
@@ -166,6 +174,31 @@ class ClockOp(StageOp):
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Unused: the clock overrides `push`."""
         raise NotImplementedError
+
+    def _future(self, event: Any, ts: float, now: float, run: _Run, row: list[int]) -> None:
+        """Dead-letter an event dated beyond ``max_future`` (it moves no watermark)."""
+        row[_IN] += 1
+        row[_DEAD] += 1
+        when = datetime.fromtimestamp(ts, timezone.utc) if ts < 253402300799 else None
+        message = (
+            f"event time {when.isoformat() if when else f'{ts:g} s'} is "
+            f"{ts - now:,.0f} s ahead of the wall clock "
+            f"({datetime.fromtimestamp(now, timezone.utc).isoformat(timespec='seconds')}), "
+            f"beyond the clock's max_future ({self.max_future:g} s); it would move its "
+            f"partition's watermark that far and make every later event late. Hint: fix "
+            f"the event's time, or pass event_time(..., max_future=...) (None: no bound)."
+        )
+        run.dead.append(
+            DeadLetter.build(
+                pipeline=run.pipeline,
+                step=self.step,
+                kind="future",
+                error_type="FutureEvent",
+                message=message,
+                payload=payload_text(event),
+                event_time=when,
+            )
+        )
 
 
 @dataclass

@@ -344,6 +344,9 @@ class EventTime(Clock):
     fn: Callable[[Any], Any] | None
     max_delay: float
     idle_timeout: float
+    #: Seconds an event time may lie ahead of the wall clock when it is read;
+    #: beyond, the event is a ``future`` dead letter and moves no watermark.
+    max_future: float | None = None
 
 
 @dataclass(frozen=True)
@@ -356,21 +359,30 @@ def event_time(
     *,
     max_delay: timedelta | float = 0,
     idle_timeout: timedelta | float = timedelta(seconds=5),
+    max_future: timedelta | float | None = timedelta(days=365),
 ) -> EventTime:
     """Event time from ``field`` (default ``time``) or a function of the event.
 
+    An event dated more than ``max_future`` ahead of the wall clock when it is
+    read (one year by default; ``None``: no bound) is a dead letter of kind
+    ``future``: it would move its partition's watermark that far ahead and
+    make every later event of the partition late.
+
     >>> event_time("ts", max_delay=timedelta(seconds=5)).max_delay
     5.0
+    >>> event_time(max_future=timedelta(hours=1)).max_future
+    3600.0
     """
     delay = max_delay.total_seconds() if isinstance(max_delay, timedelta) else float(max_delay)
     if not math.isfinite(delay) or delay < 0:
         msg = f"event_time: max_delay must be zero or positive; got {max_delay!r}."
         raise ValueError(msg)
     idle = to_seconds(idle_timeout, what="event_time idle_timeout")
+    ahead = None if max_future is None else to_seconds(max_future, what="event_time max_future")
     if isinstance(field, str):
-        return EventTime(field, None, delay, idle)
+        return EventTime(field, None, delay, idle, ahead)
     if callable(field):
-        return EventTime(None, field, delay, idle)
+        return EventTime(None, field, delay, idle, ahead)
     msg = (
         f"event_time needs a field name or a function of the event; got {field!r}. "
         f"Hint: event_time('ts') or event_time(lambda e: e.ts)."

@@ -730,3 +730,44 @@ def test_window_sizes_are_whole_microseconds() -> None:
         windows.tumbling(1.5e-6)
     with pytest.raises(ValueError, match=r"sliding window every must be a whole number of mic"):
         windows.sliding(seconds=1, every=3.5e-6)
+
+
+def _with_one_from_the_far_future() -> list[Tick]:
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    events = [
+        Tick(user=f"u{i % 3}", amount=1, id=f"t{i}", time=t0 + timedelta(seconds=i))
+        for i in range(600)
+    ]
+    events[100] = Tick(user="u0", amount=1, id="far", time=t0.replace(year=2926))
+    return events
+
+
+def test_an_event_from_the_far_future_is_a_dead_letter_and_moves_no_watermark() -> None:
+    def run(clock: Any) -> Any:
+        keyed = (
+            Pipeline("future")
+            .read(sources.memory(_with_one_from_the_far_future(), schema=Tick, batch_size=10))
+            .key_by(lambda e: e.user)
+            .window(windows.tumbling(seconds=60), clock=clock)
+            .aggregate(n=agg.count())
+        )
+        return (keyed.write(sinks.memory("w")) | keyed.late.write(sinks.memory("late"))).run()
+
+    result = run(windows.event_time())  # the default bound: one year ahead of the wall clock
+    assert result["late"] == [] and result.reconciles
+    assert sum(w.n for w in result["w"]) == 599
+    [letter] = result.dead_letters
+    assert (letter.kind, letter.error_type, letter.step) == (
+        "future",
+        "FutureEvent",
+        "aggregate_tumbling_60s_n",
+    )
+    assert "event time 2926-01-01T00:00:00+00:00 is" in letter.message
+    assert "beyond the clock's max_future (3.1536e+07 s)" in letter.message
+    unbounded = run(windows.event_time(max_future=None))  # what an unbounded clock does
+    assert len(unbounded["late"]) >= 490  # nearly every later event
+
+
+def test_max_future_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"event_time max_future must be positive"):
+        windows.event_time(max_future=0)
