@@ -38,9 +38,15 @@ class Event(BaseModel):
     ('click', 'ada', True)
     >>> c.get_type()
     'click'
+
+    Numbers must be finite: ``NaN``, ``Infinity`` and overflowing values such
+    as ``1e999`` fail validation (a ``validation`` dead letter where records
+    are read) instead of being written out as ``null`` later. A class that
+    wants them says ``model_config = ConfigDict(allow_inf_nan=True)``; they are
+    then written out as the JSON constants ``NaN`` and ``Infinity``.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, ser_json_inf_nan="constants")
 
     type: str = "event"
     id: str = Field(default_factory=_new_id)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ConfigDict
 
-from operators import Chunk, Reader, RunContext, Sink, Source, Writer
+from operators import Chunk, Event, Reader, RunContext, Sink, Source, Writer
 from pipelines import Pipeline, PipelineHalted, retry, sinks, sources
 from tests.helpers import Purchase, View
 
@@ -272,3 +273,36 @@ def test_cli_shows_a_source_error_without_an_engine_panic(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert "FileNotFoundError: jsonl source: no file matches 'nope.jsonl'" in done.stderr
     assert "panicked" not in done.stderr
+
+
+class _Reading(Event):
+    sensor: str
+    value: float
+
+
+class _Loose(_Reading):
+    model_config = ConfigDict(allow_inf_nan=True)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_validation_dead_letters(tmp_path: Path, raw: str) -> None:
+    lines = ['{"sensor": "a", "value": 1.5}', f'{{"sensor": "b", "value": {raw}}}']
+    out = tmp_path / "out.jsonl"
+    result = (
+        Pipeline("finite")
+        .read(sources.memory(lines, schema=_Reading))
+        .write(sinks.jsonl(out))
+        .run()
+    )
+    [letter] = result.dead_letters
+    assert letter.kind == "validation" and letter.step == "read_memory"
+    assert letter.errors is not None and letter.errors[0]["type"] == "finite_number"
+    assert raw in letter.payload
+    assert [json.loads(line)["value"] for line in out.read_text().splitlines()] == [1.5]
+    # A class that opts in keeps the value, written out as the JSON constant.
+    loose = (
+        Pipeline("loose").read(sources.memory(lines, schema=_Loose)).write(sinks.jsonl(out)).run()
+    )
+    assert loose.dead_letters == []
+    written = out.read_text().splitlines()[1]
+    assert ('"value":NaN' in written) if raw == "NaN" else ("Infinity" in written)
