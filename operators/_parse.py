@@ -9,7 +9,17 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
 from operators._policy import ErrorPolicy, PipelineHalted
-from operators._stage import _DEAD, _IN, _OUT, _SKIPPED, Node, StageOp, _fan_out, _Run
+from operators._stage import (
+    _DEAD,
+    _IN,
+    _OUT,
+    _SKIPPED,
+    Node,
+    StageOp,
+    Unreadable,
+    _fan_out,
+    _Run,
+)
 
 __all__ = ["ParseOp"]
 
@@ -98,13 +108,15 @@ class ParseOp(StageOp):
             return x
         if isinstance(x, bytes | str):
             return self.parse_json(x)
+        if isinstance(x, Unreadable):
+            raise x.error
         return self.parse_python(x)
 
     def _fail(self, position: int, raw: Any, exc: Exception, run: _Run, row: list[int]) -> None:
         if self.policy.mode == "skip":
             row[_SKIPPED] += 1
             return
-        payload = payload_text(raw)
+        payload = raw.text if isinstance(raw, Unreadable) else payload_text(raw)
         if self.policy.mode == "halt":
             raise PipelineHalted(run.pipeline, self.step, "schema", payload) from exc
         errors = None

@@ -24,7 +24,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators._event import Schema
-from operators._stage import Chunk, Counters, ResumeError
+from operators._stage import Chunk, Counters, ResumeError, Unreadable
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -286,6 +286,8 @@ class _LinesReader(Reader):
         if resume is not None:
             self.line, offset = resume
             self.file.seek(offset)
+        elif self.file.read(3) != b"\xef\xbb\xbf":
+            self.file.seek(0)  # no byte-order mark to skip
 
     def next_chunk(self) -> Chunk | None:
         lines = []
@@ -338,29 +340,82 @@ class JsonlSource(Source):
 
 
 class _CsvReader(Reader):
+    """Reads a CSV file with a header row; a row it cannot make out is `Unreadable`.
+
+    Bytes that are not UTF-8 and rows with more fields than the header become
+    dead letters at the read step (with the file and line); a byte-order mark
+    before the header is skipped.
+    """
+
     def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
         self.path = path
         self.step = step
         self.batch = batch
-        self.file = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.rows = csv.DictReader(self.file)
+        # Undecodable bytes survive as surrogates, so one bad row spoils no other.
+        self.file = open(  # noqa: SIM115 - closed in close()
+            path, newline="", encoding="utf-8", errors="surrogateescape"
+        )
+        self.reader = csv.reader(self.file)
+        header = next(self.reader, [])
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        self.header = header
+        self.pending: tuple[list[str], int] | None = None
         self.done = 0
         skip = int(resume or 0)
         for _ in range(skip):
-            next(self.rows, None)
+            if self._row() is None:
+                break
         self.done = skip
 
+    def _row(self) -> tuple[list[str], int] | None:
+        """Return the next row with any field and its line, or None at the end."""
+        if self.pending is not None:
+            row, self.pending = self.pending, None
+            return row
+        for fields in self.reader:
+            if fields:  # blank lines are skipped
+                return fields, self.reader.line_num
+        return None
+
+    def _record(self, fields: list[str]) -> Any:
+        text = ",".join(fields)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:  # the codec's own words and position
+                return Unreadable(raw.decode("utf-8", "replace"), exc)
+        if len(fields) > len(self.header):
+            reason = (
+                f"the row has {len(fields)} fields; the header has {len(self.header)} "
+                f"({', '.join(self.header)})"
+            )
+            return Unreadable(text, ValueError(reason))
+        return {k: v for k, v in zip(self.header, fields, strict=False) if v != ""}
+
     def next_chunk(self) -> Chunk | None:
-        rows: list[Any] = []
-        for row in self.rows:
-            rows.append({k: v for k, v in row.items() if v != "" and k is not None})
-            if len(rows) >= self.batch:
+        records: list[Any] = []
+        first = 0
+        while len(records) < self.batch:
+            found = self._row()
+            if found is None:
                 break
-        if not rows:
+            fields, line = found
+            if not records:
+                first = line
+            elif line != first + len(records):
+                # A blank line or a cell over several lines: the next chunk starts
+                # here, so that each record's line stays first line + index.
+                self.pending = found
+                break
+            records.append(self._record(fields))
+        if not records:
             raise StopIteration
-        # Line 1 is the header; row n is on line n + 1 (no multi-line cells).
-        chunk = Chunk(rows, self.step, self.path, self.done, file=self.path, line=self.done + 2)
-        self.done += len(rows)
+        chunk = Chunk(records, self.step, self.path, self.done, file=self.path, line=first)
+        self.done += len(records)
         return chunk
 
     def position(self) -> int:

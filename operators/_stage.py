@@ -36,6 +36,7 @@ __all__ = [
     "ResumeError",
     "RunHalted",
     "StageOp",
+    "Unreadable",
     "describe_function",
     "run_stage",
     "stage",
@@ -108,6 +109,18 @@ class Packet:
     def origin_id(self) -> str:
         """The source partition as one string: ``step/partition``."""
         return f"{self.source}/{self.partition}"
+
+
+@dataclass
+class Unreadable:
+    """A record a reader could not make out: the parse step dead-letters it.
+
+    ``text`` is what was read (undecodable bytes replaced), ``error`` why it
+    could not be read; the dead letter carries the chunk's file and line.
+    """
+
+    text: str
+    error: Exception
 
 
 class RunHalted(Exception):

@@ -187,3 +187,55 @@ def test_standard_input_hands_on_each_chunk_as_it_is_read(
     part = ChunkSource(StdinSource(schema=None, batch_size=1)).build_part("s", "stdin", None)
     # a pipe may wait for its next line: what was read goes on without waiting
     assert [c.items for c in part.next_batch()] == [[b"1"]]
+
+
+def _csv_purchases(tmp_path: Path, rows: list[bytes], head: bytes = b"") -> Path:
+    path = tmp_path / "buys.csv"
+    path.write_bytes(head + b"type,user,amount\n" + b"".join(r + b"\n" for r in rows))
+    return path
+
+
+def test_a_csv_row_that_is_not_utf8_is_a_dead_letter_with_file_and_line(tmp_path: Path) -> None:
+    rows = [f"purchase,u{i},{i}".encode() for i in range(5_000)]
+    rows[2_999] = b"purchase,caf\xe9,12"  # Latin-1, not UTF-8
+    path = _csv_purchases(tmp_path, rows)
+    result = (
+        Pipeline("c")
+        .read(sources.csv(path, schema=Purchase, batch_size=64))
+        .write(sinks.memory("out"))
+        .run()
+    )
+    assert len(result["out"]) == 4_999 and result.reconciles
+    [letter] = result.dead_letters
+    assert (letter.kind, letter.error_type, letter.step) == (
+        "parse",
+        "UnicodeDecodeError",
+        "read_csv_buys",
+    )
+    assert "can't decode byte 0xe9" in letter.message
+    assert letter.origin is not None
+    assert (letter.origin.file, letter.origin.line) == (str(path), 3_001)  # header is line 1
+    assert letter.payload == "purchase,caf\ufffd,12"
+
+
+def test_a_csv_row_with_extra_fields_is_a_dead_letter(tmp_path: Path) -> None:
+    rows = [b"purchase,ada,3", b"purchase,bob,4,surplus", b"", b"purchase,eve,5"]
+    path = _csv_purchases(tmp_path, rows)
+    result = Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("out")).run()
+    assert [p.user for p in result["out"]] == ["ada", "eve"]
+    [letter] = result.dead_letters
+    assert letter.error_type == "ValueError" and letter.payload == "purchase,bob,4,surplus"
+    assert letter.message == "the row has 4 fields; the header has 3 (type, user, amount)"
+    assert letter.origin is not None and letter.origin.line == 3
+
+
+def test_a_byte_order_mark_is_skipped_in_csv_and_jsonl(tmp_path: Path) -> None:
+    path = _csv_purchases(tmp_path, [b"purchase,ada,3"], head=b"\xef\xbb\xbf")
+    result = Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("out")).run()
+    assert [p.user for p in result["out"]] == ["ada"] and not result.dead_letters
+    jsonl = tmp_path / "buys.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + line(type="purchase", user="bob", amount=2).encode())
+    result = (
+        Pipeline("j").read(sources.jsonl(jsonl, schema=Purchase)).write(sinks.memory("out")).run()
+    )
+    assert [p.user for p in result["out"]] == ["bob"] and not result.dead_letters
