@@ -123,6 +123,7 @@ class ClockOp(StageOp):
         self.key = key
         self.kind = kind
         self.max_future = clock.max_future if isinstance(clock, EventTime) else None
+        self.processing = not isinstance(clock, EventTime)
         if isinstance(clock, EventTime):
             read = clock.fn or operator.attrgetter(clock.field or "time")
 
@@ -143,20 +144,36 @@ class ClockOp(StageOp):
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Key and time a list (not counted: the aggregate step counts)."""
+        self.push_keyed(items, None, run, out)
+
+    def push_keyed(
+        self, items: list[Any], keys: list[str] | None, run: _Run, out: list[list[Any]]
+    ) -> None:
+        """Time a list whose keys the key_by step before has computed (or key it here).
+
+        With processing time, the wall clock is read once for the whole list.
+        """
         key_of = self.key
-        time_of = self.time_of
+        time_of = None if self.processing else self.time_of
         row = run.table[self.index]
         records: list[Any] = []
         append = records.append
         now = time.time()
         limit = math.inf if self.max_future is None else now + self.max_future
-        it = iter(items)
+        it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
         while True:
             try:
-                for x in it:
-                    key = key_of(x)
-                    if key.__class__ is not str:
-                        self.call(x)  # raises the key error, with its message
+                for entry in it:
+                    if keys is None:
+                        x = entry
+                        key = key_of(x)
+                        if key.__class__ is not str:
+                            self.call(x)  # raises the key error, with its message
+                    else:
+                        x, key = entry
+                    if time_of is None:
+                        append((key, now, x))
+                        continue
                     ts = time_of(x)
                     if ts > limit:
                         self._future(x, ts, now, run, row)

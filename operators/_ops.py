@@ -185,6 +185,41 @@ class KeyCheckOp(InspectOp):
         """Compute and check one key."""
         return check_key(self.fn(item), self.step, self.kind, self.function)
 
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Key each record once; a keyed step after this one takes the keys as they are."""
+        row = run.table[self.index]
+        row[_IN] += len(items)
+        key_of = self.fn
+        passed: list[Any] = []
+        keys: list[str] = []
+        it = iter(items)
+        while True:
+            try:
+                for x in it:
+                    key = key_of(x)
+                    if key.__class__ is not str:
+                        key = self.call(x)  # raises the key error, with its message
+                    keys.append(key)
+                    passed.append(x)
+                break
+            except Exception as exc:  # noqa: BLE001 - handed to the policy
+                ok, key = self.recover(x, exc, run, row)
+                if ok:
+                    keys.append(key)
+                    passed.append(x)
+        row[_OUT] += len(passed)
+        nexts = self.nexts
+        if len(nexts) > 1:
+            extra = len(passed) * (len(nexts) - 1)
+            row[_CREATED] += extra
+            row[_OUT] += extra
+        for i, node in enumerate(nexts):
+            records = passed if i == len(nexts) - 1 else list(passed)
+            if getattr(node, "key", None) is key_of and hasattr(node, "push_keyed"):
+                node.push_keyed(records, keys, run, out)
+            else:
+                node.push(records, run, out)
+
 
 def check_key(key: Any, step: str, kind: str, function: str) -> str:
     """Return ``key`` if it is a string; else raise, naming the step and the function.

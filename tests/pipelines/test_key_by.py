@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipelines import Pipeline, sinks, sources
 
 
@@ -15,3 +17,58 @@ def test_key_by_checks_keys_are_strings() -> None:
     assert "must return str; got int 7. Hint: convert it" in bad.message
     assert all(d.kind == "key_error" for d in result.dead_letters)
     assert result.reconciles
+
+
+def test_the_key_function_is_called_once_per_event_before_a_keyed_step() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+    from tests.helpers import Purchase
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    buys = [
+        Purchase(user=f"u{i % 7}", amount=i, time=t0 + timedelta(seconds=i)) for i in range(1_000)
+    ]
+    calls: list[int] = []
+
+    def user_of(e: Purchase) -> str:
+        calls.append(1)
+        return e.user
+
+    keyed = Pipeline("k").read(sources.memory(buys, schema=Purchase)).key_by(user_of)
+    windowed = keyed.window(windows.tumbling(seconds=100)).aggregate(n=agg.count())
+    result = windowed.write(sinks.memory("w")).run()
+    assert sum(w.n for w in result["w"]) == 1_000
+    assert len(calls) == 1_000
+    calls.clear()
+    both = windowed.write(sinks.memory("w")) | keyed.aggregate(
+        emit="final", name="totals", n=agg.count()
+    ).write(sinks.memory("t"))
+    result = both.run()
+    assert sum(w.n for w in result["t"]) == 1_000 and len(calls) == 1_000
+
+
+def test_running_aggregates_read_the_clock_once_per_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    import operators._keying as keying
+    from operators import agg
+
+    reads: list[int] = []
+    real = keying.time.time
+
+    class Clock:
+        @staticmethod
+        def time() -> float:
+            reads.append(1)
+            return real()
+
+    monkeypatch.setattr(keying, "time", Clock)
+    result = (
+        Pipeline("r")
+        .read(sources.memory([{"u": str(i % 3)} for i in range(5_000)], batch_size=1_000))
+        .key_by(lambda r: r["u"])
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sum(r.n for r in result["o"]) == 5_000
+    assert 0 < len(reads) <= 50  # a read per list of records, not per record
