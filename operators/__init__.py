@@ -19,6 +19,7 @@ from operators._ops import (
 from operators._parse import ParseOp
 from operators._policy import ErrorPolicy, PipelineHalted, Policy, as_policy, retry
 from operators._sinks import (
+    DEAD_LETTERS_KEPT,
     CallbackSink,
     ExactJsonl,
     JsonlSink,
@@ -58,6 +59,7 @@ from operators._stage import (
 
 __all__ = [
     "COUNTER_FIELDS",
+    "DEAD_LETTERS_KEPT",
     "DEFAULT_BATCH",
     "PAYLOAD_LIMIT",
     "CallbackSink",

@@ -27,6 +27,7 @@ from operators._sources import slug
 from operators._stage import COUNTER_FIELDS, Counters, Packet, ResumeError, describe_function
 
 __all__ = [
+    "DEAD_LETTERS_KEPT",
     "CallbackSink",
     "ExactJsonl",
     "JsonlSink",
@@ -38,6 +39,12 @@ __all__ = [
     "StdoutSink",
     "Writer",
 ]
+
+
+#: How many dead letters a run keeps in memory when it writes them to no sink
+#: (`Pipeline.dead_letters`): a bounded sample, so that millions of bad
+#: records cannot exhaust memory; the counts by step and kind stay exact.
+DEAD_LETTERS_KEPT = 10_000
 
 
 class RunContext:
@@ -52,10 +59,23 @@ class RunContext:
         self.pipeline = pipeline
         self.append_files = append_files
         self.outputs: dict[str, list[Any]] = {}
-        #: Dead letters of a run that writes them to no sink of its own.
+        #: Dead letters of a run that writes them to no sink of its own: the
+        #: first `DEAD_LETTERS_KEPT`, with exact counts by step and kind.
         self.dead_letters: list[DeadLetter] = []
+        self.dead_counts: dict[tuple[str, str], int] = {}
         self._shared: dict[Any, Any] = {}
         self._lock = threading.Lock()
+
+    def keep_dead(self, letters: list[DeadLetter]) -> None:
+        """Count ``letters`` by step and kind; keep them while fewer than the bound are kept."""
+        with self._lock:
+            counts = self.dead_counts
+            for letter in letters:
+                where = (letter.step, letter.kind)
+                counts[where] = counts.get(where, 0) + 1
+            room = DEAD_LETTERS_KEPT - len(self.dead_letters)
+            if room > 0:
+                self.dead_letters.extend(letters[:room])
 
     def collect(self, name: str) -> list[Any]:
         """Return the list that memory sink ``name`` appends to."""
@@ -344,7 +364,7 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                 self.dead_writer.write(dead)
                 row[_OUT] += len(dead)
             elif dead:
-                owner.ctx.dead_letters.extend(dead)
+                owner.ctx.keep_dead(dead)
 
     def close(self) -> None:
         for _, _, _, writer in self.writers:

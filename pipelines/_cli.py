@@ -387,10 +387,5 @@ def _summary(result: RunResult, args: argparse.Namespace, console: Console) -> N
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     console.print(result.summary())
-    if result.dead_letters:
-        kinds: dict[str, int] = {}
-        for letter in result.dead_letters:
-            where = f"{letter.step}: {letter.kind}"
-            kinds[where] = kinds.get(where, 0) + 1
-        for what, n in sorted(kinds.items()):
-            console.print(f"  dead letters at {what}: {n}")
+    for (step, kind), n in sorted(result.dead_letter_counts.items()):
+        console.print(f"  dead letters at {step}: {kind}: {n}")

@@ -143,7 +143,10 @@ def result_tables(result: RunResult, limit: int = 20) -> Group:
     for name, records in result.outputs.items():
         parts.append(records_table(f"output {name} ({len(records):,})", records, limit))
     if result.dead_letters:
-        table = Table(title=f"dead letters ({len(result.dead_letters):,})")
+        total = sum(result.dead_letter_counts.values())
+        kept = len(result.dead_letters)
+        shown = f"{total:,}" if kept == total else f"{total:,}; the first {kept:,} kept"
+        table = Table(title=f"dead letters ({shown})")
         for column in ("step", "kind", "error_type", "message", "payload"):
             table.add_column(column)
         for letter in result.dead_letters[:limit]:

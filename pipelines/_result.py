@@ -83,12 +83,24 @@ class RunResult:
         workers: int,
         seconds: float,
         processes: int = 1,
+        *,
+        dead_counts: dict[tuple[str, str], int] | None = None,
     ) -> None:
         """Hold the parts of a finished run."""
         self.processes = processes
         self.pipeline = pipeline
         self.outputs = outputs
+        #: The dead letters kept in memory: all of them up to
+        #: ``operators.DEAD_LETTERS_KEPT``, the first ones beyond (see
+        #: `dead_letter_counts` for exact counts; a dead-letter sink gets them all).
         self.dead_letters = dead_letters
+        if dead_counts is None:
+            dead_counts = {}
+            for letter in dead_letters:
+                where = (letter.step, letter.kind)
+                dead_counts[where] = dead_counts.get(where, 0) + 1
+        #: Exact numbers of dead letters kept or counted, by ``(step, kind)``.
+        self.dead_letter_counts = dead_counts
         self.counts = counts
         self.workers = workers
         self.seconds = seconds
@@ -182,8 +194,8 @@ class RunResult:
         (2, 2, True, 2)
         """
         kinds: dict[str, int] = {}
-        for letter in self.dead_letters:
-            kinds[letter.kind] = kinds.get(letter.kind, 0) + 1
+        for (_, kind), n in self.dead_letter_counts.items():
+            kinds[kind] = kinds.get(kind, 0) + n
         return {
             "pipeline": self.pipeline,
             "workers": self.workers,
@@ -207,6 +219,7 @@ class RunResult:
                 for step, c in self.counts.items()
             },
             "dead_letters_kept": kinds,
+            "dead_letters_in_memory": len(self.dead_letters),
             "outputs": {name: len(items) for name, items in self.outputs.items()},
         }
 

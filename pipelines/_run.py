@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,6 +18,7 @@ from bytewax.testing import cluster_main, run_main
 
 from operators import (
     COUNTER_FIELDS,
+    DEAD_LETTERS_KEPT,
     DeadLetter,
     JsonlSink,
     PipelineHalted,
@@ -185,6 +186,8 @@ class Outcome:
     totals: dict[str, dict[str, int]]
     kinds: dict[str, str]
     error: BaseException | None = None
+    #: Exact dead-letter counts by ``(step, kind)`` (``dead_letters`` is a sample).
+    dead_counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def execute(
@@ -253,7 +256,14 @@ def execute(
             f"recovery store {str(recovery.directory)!r} ({files}): {error}. Hint: remove "
             f"the store and the outputs written with it to start over."
         )
-    return Outcome(ctx.outputs, ctx.dead_letters, compiled.counters.totals(), compiled.kinds, error)
+    return Outcome(
+        ctx.outputs,
+        ctx.dead_letters,
+        compiled.counters.totals(),
+        compiled.kinds,
+        error,
+        ctx.dead_counts,
+    )
 
 
 def _engine_error(exc: BaseException) -> bool:
@@ -276,15 +286,20 @@ def result_of(
     totals = {step: dict.fromkeys(COUNTER_FIELDS, 0) for step in kinds}
     outputs: dict[str, list[Any]] = {}
     dead: list[DeadLetter] = []
+    dead_counts: dict[tuple[str, str], int] = {}
     for outcome in outcomes:
         for step, row in outcome.totals.items():
             for field_name, value in row.items():
                 totals[step][field_name] += value
         for name, items in outcome.outputs.items():
             outputs.setdefault(name, []).extend(items)
-        dead.extend(outcome.dead_letters)
+        dead.extend(outcome.dead_letters[: max(0, DEAD_LETTERS_KEPT - len(dead))])
+        for where, n in outcome.dead_counts.items():
+            dead_counts[where] = dead_counts.get(where, 0) + n
     counts = counts_of(totals, kinds)
-    return RunResult(pipeline.name, outputs, dead, counts, workers, seconds, processes)
+    return RunResult(
+        pipeline.name, outputs, dead, counts, workers, seconds, processes, dead_counts=dead_counts
+    )
 
 
 def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[str, StepCounts]:

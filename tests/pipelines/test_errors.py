@@ -306,3 +306,59 @@ def test_non_finite_numbers_are_validation_dead_letters(tmp_path: Path, raw: str
     assert loose.dead_letters == []
     written = out.read_text().splitlines()[1]
     assert ('"value":NaN' in written) if raw == "NaN" else ("Infinity" in written)
+
+
+MANY_BAD = """
+import json, sys
+from pipelines import Pipeline, sources, sinks
+from tests.helpers import View
+path = sys.argv[1]
+with open(path, "w") as f:
+    for i in range(1_000_000):
+        f.write('{"type": "view", "user": "u%d"\\n' % i)  # not JSON: the brace never closes
+r = Pipeline("bad").read(sources.jsonl(path, schema=View)).write(sinks.memory("o")).run()
+print(json.dumps({
+    "dead": r.dead, "kept": len(r.dead_letters), "reconciles": r.reconciles,
+    "counts": {f"{s}:{k}": n for (s, k), n in r.dead_letter_counts.items()},
+    "first": r.dead_letters[0].payload,
+    # The peak resident size of this program (ru_maxrss would count the parent's
+    # memory too: Linux keeps the larger of it and the forked copy's across exec).
+    "rss_mb": next(int(l.split()[1]) for l in open("/proc/self/status")
+                   if l.startswith("VmHWM:")) / 1024,
+}))
+"""
+
+
+def test_a_million_bad_lines_keep_a_bounded_sample_and_exact_counts(tmp_path: Path) -> None:
+    from operators import DEAD_LETTERS_KEPT
+
+    done = subprocess.run(
+        [sys.executable, "-c", MANY_BAD, str(tmp_path / "bad.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout)
+    assert got["dead"] == 1_000_000 and got["reconciles"]
+    assert got["kept"] == DEAD_LETTERS_KEPT == 10_000
+    assert got["counts"] == {"read_jsonl_bad:parse": 1_000_000}
+    assert got["first"] == '{"type": "view", "user": "u0"'
+    assert got["rss_mb"] < 300, got  # all of them kept took gigabytes
+
+
+def test_dead_letters_beyond_the_bound_are_counted_on_several_processes() -> None:
+    from operators import DEAD_LETTERS_KEPT
+
+    lines = ["not json"] * (DEAD_LETTERS_KEPT + 500)
+    result = (
+        Pipeline("bound")
+        .read(sources.memory(lines, schema=View, partitions=2))
+        .write(sinks.memory("o"))
+        .run(processes=2)
+    )
+    assert len(result.dead_letters) == DEAD_LETTERS_KEPT
+    assert result.dead_letter_counts == {("read_memory", "parse"): DEAD_LETTERS_KEPT + 500}
+    assert result.to_dict()["dead_letters_kept"] == {"parse": DEAD_LETTERS_KEPT + 500}
+    assert result.dead == DEAD_LETTERS_KEPT + 500 and result.reconciles
