@@ -235,6 +235,9 @@ class Marked:
     latest: float
     eof: bool
     records: list[tuple[str, float, Any]] = field(default_factory=list)
+    #: Since when the partition has had nothing to read, if its source said so
+    #: after the batch's last records.
+    idle_since: float | None = None
     partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
     combined: int = 0
     cuts: list[tuple[int, float]] = field(default_factory=list)
@@ -291,7 +294,7 @@ class Bucketize:
         index = self.exit_index
         by_part: dict[str, list[Packet]] = {}
         for packet in packets:
-            if (packet.exits and packet.exits[index]) or packet.eof:
+            if (packet.exits and packet.exits[index]) or packet.eof or packet.idle_since:
                 by_part.setdefault(packet.origin_id, []).append(packet)
         out: list[tuple[str, Marked]] = []
         n = self.buckets
@@ -317,9 +320,11 @@ class Bucketize:
                     mark.partials.append(partial)
                     mark.combined += len(partial[4])
             eof = group[-1].eof
+            idle_since = group[-1].idle_since
             for b, mark in enumerate(marks):
                 mark.latest = latest
                 mark.eof = eof
+                mark.idle_since = idle_since
                 out.append((self.names[b], mark))
         return out
 

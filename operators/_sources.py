@@ -15,6 +15,7 @@ import os
 import random
 import re
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -43,6 +44,9 @@ DEFAULT_BATCH = 1000
 
 #: Chunks a partition hands over at once, when that many are ready.
 READ_AHEAD = 8
+
+#: Seconds a partition has had nothing to read before it says it is idle.
+QUIET = 0.1
 
 
 class Reader(ABC):
@@ -104,6 +108,9 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
         self.step = step
         self.part = part
         self.ended = False
+        #: Since when the reader has had nothing to read (None: it has).
+        self.quiet_since: float | None = None
+        self.said_idle = False
 
     def next_batch(self) -> list[Chunk]:
         if self.counters is not None:
@@ -131,6 +138,19 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
             if chunk is None:
                 break
             chunks.append(chunk)
+        if chunks:
+            self.quiet_since = None
+            self.said_idle = False
+            return chunks
+        # Nothing to read: once that has lasted a moment, say so downstream
+        # (once), so that event-time windows can stop waiting for this
+        # partition after their idle_timeout. A step that is busy says nothing.
+        now = time.time()
+        if self.quiet_since is None:
+            self.quiet_since = now
+        elif not self.said_idle and now - self.quiet_since >= QUIET:
+            self.said_idle = True
+            chunks.append(Chunk([], self.step, self.part, idle_since=self.quiet_since))
         return chunks
 
     def next_awake(self) -> datetime | None:

@@ -78,6 +78,9 @@ class Chunk:
     line: int | None = None
     #: True for the empty chunk that says the partition has ended.
     eof: bool = False
+    #: On the empty chunk that says the partition has nothing to read: since
+    #: when (wall-clock seconds). Only a source says a partition is idle.
+    idle_since: float | None = None
 
     def origin(self, index: int) -> Origin:
         """Return the origin of the record at ``index`` in this chunk."""
@@ -104,6 +107,7 @@ class Packet:
     source: str = ""
     partition: str = ""
     eof: bool = False
+    idle_since: float | None = None
 
     @property
     def origin_id(self) -> str:
@@ -393,7 +397,9 @@ def run_stage(
                 # KeyboardInterrupt from a user function included) instead of
                 # the engine's panic, which loses it on several processes.
                 counters.halt(exc)
-        packets.append(Packet(out, run.dead, chunk.source, chunk.partition, chunk.eof))
+        packets.append(
+            Packet(out, run.dead, chunk.source, chunk.partition, chunk.eof, chunk.idle_since)
+        )
     return packets
 
 

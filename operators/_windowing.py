@@ -288,8 +288,9 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         self.spec = spec
         state = resume or {}
         self.wm: dict[str, float] = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
-        now = time.time()
-        self.wall: dict[str, float] = dict.fromkeys(self.wm, now)
+        #: Since when each partition's source has said it has nothing to read
+        #: (None: it is reading). A busy step never makes a partition idle.
+        self.idle: dict[str, float | None] = dict.fromkeys(self.wm)
         self.closed: float = state.get("closed", _NEVER)
         self.wins: dict[Any, Any] = state.get("wins", {})
         self.heap: list[tuple[float, str, float]] = state.get("heap", [])
@@ -310,22 +311,30 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         if not spec.event_time:
             return time.time() if now is None else now
         if now is None:
-            low = min(self.wm.values(), default=_DONE)
+            now = time.time()
+        # A partition whose source has had nothing to read for longer than
+        # idle_timeout does not hold the others back; when every open
+        # partition is idle, the watermark follows the wall clock from the
+        # newest event time read (never from the wall clock alone: a partition
+        # that has read nothing gives no event time).
+        waiting = [p for p, wm in self.wm.items() if wm != _DONE]
+        idle = self.idle
+        active = []
+        for p in waiting:
+            since = idle[p]
+            if since is None or now - since <= spec.idle:
+                active.append(self.wm[p])
+        if active:
+            low = min(active)
+        elif not waiting:
+            low = _DONE
         else:
-            # A partition silent for longer than idle_timeout does not hold the
-            # others back; when every open partition is idle, the watermark
-            # follows the wall clock from the newest one.
-            waiting = [p for p, wm in self.wm.items() if wm != _DONE]
-            active = [self.wm[p] for p in waiting if now - self.wall[p] <= spec.idle]
-            if active:
-                low = min(active)
-            elif not waiting:
-                low = _DONE
+            newest = max(self.wm[p] for p in waiting)
+            if newest == _NEVER:
+                low = _NEVER
             else:
-                newest = max(self.wm[p] for p in waiting)
-                last = max(self.wall[p] for p in waiting)
-                base = newest if newest != _NEVER else last
-                low = base + (now - last - spec.idle)
+                since = max(idle[p] or 0.0 for p in waiting)
+                low = newest + max(0.0, now - since - spec.idle)
         return low if low > self.closed else self.closed
 
     # -- results -----------------------------------------------------------
@@ -411,9 +420,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                     candidate = latest - spec.delay
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
-                        self.wall[part] = now
-            if tracked and marked.eof:
-                self.wm[part] = _DONE
+            if tracked:
+                if marked.records or marked.partials:
+                    self.idle[part] = None
+                if marked.idle_since is not None:
+                    self.idle[part] = marked.idle_since
+                if marked.eof:
+                    self.wm[part] = _DONE
         if window is not None and not isinstance(window, Count):
             mark = self.watermark()
             self._close(mark, out, row)
@@ -812,12 +825,16 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             return None
         # When the lagging partitions have all gone idle they stop holding
         # the window; if no partition is past its end, the wall clock must
-        # also cover the rest of the way.
-        due = max(self.wall[p] for p in lagging) + spec.idle
+        # also cover the rest of the way. A partition still reading holds it.
+        quiet = [self.idle[p] for p in lagging]
+        if any(since is None for since in quiet):
+            return None
+        due = max(since or 0.0 for since in quiet) + spec.idle
         if len(lagging) == len(self.wm):
             newest = max(self.wm.values())
-            if newest != _NEVER:
-                due += end - newest
+            if newest == _NEVER:
+                return None
+            due += end - newest
         return _utc(due)
 
     def snapshot(self) -> dict[str, Any]:

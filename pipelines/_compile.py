@@ -404,7 +404,7 @@ class _Unpack:
     def __call__(self, packets: list[Packet]) -> list[Chunk]:
         i = self.index
         return [
-            Chunk(p.exits[i], p.source, p.partition, eof=p.eof)
+            Chunk(p.exits[i], p.source, p.partition, eof=p.eof, idle_since=p.idle_since)
             for p in packets
-            if p.exits[i] or p.eof
+            if p.exits[i] or p.eof or p.idle_since is not None
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from operators import Event, agg, windows
+from operators import Chunk, Event, Reader, Source, agg, windows
 from operators._keying import Marked
 from operators._stage import Counters
 from operators._windowing import WindowLogic, WindowSpec
@@ -303,9 +304,17 @@ def test_watermark_is_the_minimum_over_partitions_and_idle_partitions_advance() 
     assert out == []  # partition b has said nothing yet: the window stays open
     out, _ = logic.on_batch([Marked("s/b", 3.0, False, [("k", 3.0, None)])])
     assert out == [] and logic.watermark() == 3.0
-    assert logic.notify_at() is not None
+    # b says nothing more, but its source has not said it is idle: a busy step
+    # upstream never makes a partition idle, however long it takes
+    assert logic.notify_at() is None
     time.sleep(0.06)
-    out, _ = logic.on_notify()  # b idle longer than idle_timeout: it follows the wall clock
+    out, _ = logic.on_notify()
+    assert out == [] and logic.watermark() == 3.0
+    # b's source says it has had nothing to read since now
+    out, _ = logic.on_batch([Marked("s/b", -math.inf, False, [], idle_since=time.time())])
+    assert out == [] and logic.notify_at() is not None
+    time.sleep(0.06)
+    out, _ = logic.on_notify()  # b idle longer than idle_timeout: a's watermark rules
     assert [r.n for _, r in out] == [2]
 
 
@@ -771,3 +780,82 @@ def test_an_event_from_the_far_future_is_a_dead_letter_and_moves_no_watermark() 
 def test_max_future_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"event_time max_future must be positive"):
         windows.event_time(max_future=0)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _old_tick(rng: Any, i: int) -> Tick:
+    return Tick(user=f"u{i % 3}", amount=i, id=f"t{i}", time=EPOCH + timedelta(seconds=i))
+
+
+def _stalls(e: Tick) -> Tick:
+    if e.id == "t180":  # partition 0's 91st event: one slow call (an enrichment, a retry)
+        time.sleep(1.5)
+    return e
+
+
+@pytest.mark.parametrize(("workers", "processes"), [(1, 1), (2, 1), (1, 2)])
+def test_a_slow_step_does_not_make_its_partition_idle(workers: int, processes: int) -> None:
+    keyed = (
+        Pipeline("slow")
+        .read(sources.generate(_old_tick, count=200, partitions=2, batch_size=10))
+        .map(_stalls)
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10), clock=windows.event_time(idle_timeout=0.3))
+        .aggregate(n=agg.count())
+    )
+    result = (keyed.write(sinks.memory("w")) | keyed.late.write(sinks.memory("late"))).run(
+        workers=workers, processes=processes
+    )
+    assert result["late"] == [] and result.dead_letters == []
+    assert sum(w.n for w in result["w"]) == 200 and len(result["w"]) == 60
+
+
+class _QuietReader(Reader):
+    """Partition 'late' has nothing to read for a second, then its events."""
+
+    def __init__(self, partition: str, step: str) -> None:
+        self.partition = partition
+        self.step = step
+        self.start = time.monotonic()
+        self.done = False
+
+    def next_chunk(self) -> Chunk | None:
+        if self.done:
+            raise StopIteration
+        if self.partition == "late" and time.monotonic() - self.start < 1.0:
+            return None  # nothing to read yet
+        self.done = True
+        offset = 0 if self.partition == "busy" else 1
+        events = [_old_tick(None, 2 * i + offset) for i in range(50)]
+        return Chunk(events, self.step, self.partition)
+
+    def position(self) -> bool:
+        return self.done
+
+
+class _Quiet(Source):
+    label = "quiet"
+
+    def partitions(self) -> list[str]:
+        return ["busy", "late"]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        return _QuietReader(partition, step)
+
+
+def test_a_partition_that_has_read_nothing_never_gives_the_wall_clock() -> None:
+    # Events of 1970: a watermark taken from today's wall clock would call
+    # every event of the partition that starts late "late".
+    keyed = (
+        Pipeline("quiet")
+        .read(_Quiet())
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10), clock=windows.event_time(idle_timeout=0.3))
+        .aggregate(n=agg.count())
+    )
+    result = (keyed.write(sinks.memory("w")) | keyed.late.write(sinks.memory("late"))).run(
+        workers=2
+    )
+    assert result["late"] == [] and sum(w.n for w in result["w"]) == 100
