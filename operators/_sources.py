@@ -14,6 +14,7 @@ import glob
 import os
 import random
 import re
+import select
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -595,26 +596,69 @@ class GenerateSource(Source):
 
 
 class _StdinReader(Reader):
+    """Hands on the lines of standard input as they arrive, never waiting for more.
+
+    What the pipe holds now is read without blocking; when it holds nothing,
+    the reader says so (the partition can then go idle and event-time windows
+    close while an open pipe is silent) and asks again shortly.
+    """
+
     read_ahead = False  # a pipe may be slow: hand each chunk on as it is read
 
     def __init__(self, step: str, batch: int) -> None:
         self.step = step
         self.batch = batch
         self.line = 0
+        self.stream = sys.stdin.buffer
+        try:
+            self.fd: int | None = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's stand-in)
+            self.fd = None
+        self.pending = b""
+        self.ready: list[bytes] = []
+        self.ended = False
+        self.waiting = False
+
+    def _take(self) -> None:
+        """Take what standard input holds now."""
+        if self.fd is None:
+            line = self.stream.readline()
+            if line:
+                self.ready.append(line.rstrip(b"\r\n"))
+            else:
+                self.ended = True
+            return
+        if not select.select([self.fd], [], [], 0)[0]:
+            return
+        data = os.read(self.fd, 1 << 16)
+        if not data:
+            self.ended = True
+            if self.pending:
+                self.ready.append(self.pending.rstrip(b"\r"))
+                self.pending = b""
+            return
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        self.ready.extend(line.rstrip(b"\r") for line in lines)
 
     def next_chunk(self) -> Chunk | None:
-        stream = sys.stdin.buffer
-        lines = []
-        for _ in range(self.batch):
-            line = stream.readline()
-            if not line:
-                break
-            lines.append(line.rstrip(b"\r\n"))
-        if not lines:
-            raise StopIteration
+        if not self.ready and not self.ended:
+            self._take()
+        if not self.ready:
+            if self.ended:
+                raise StopIteration
+            self.waiting = True
+            return None
+        self.waiting = False
+        lines, self.ready = self.ready[: self.batch], self.ready[self.batch :]
         chunk = Chunk(lines, self.step, "stdin", self.line, file="<stdin>", line=self.line + 1)
         self.line += len(lines)
         return chunk
+
+    def next_awake(self) -> datetime | None:
+        """Ask again in 20 ms when the pipe held nothing."""
+        if not self.waiting:
+            return None
+        return datetime.now(timezone.utc) + timedelta(milliseconds=20)
 
     def position(self) -> int:
         return self.line

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,6 @@ def test_generate_at_a_rate_paces_itself() -> None:
     src = GenerateSource(lambda rng, i: i, count=None, rate=1000.0, batch_size=10_000)
     reader = src.open("gen0", "s", None)
     assert reader.next_chunk() is None and reader.next_awake() is not None
-    import time
 
     time.sleep(0.05)
     chunk = reader.next_chunk()
@@ -239,3 +239,82 @@ def test_a_byte_order_mark_is_skipped_in_csv_and_jsonl(tmp_path: Path) -> None:
         Pipeline("j").read(sources.jsonl(jsonl, schema=Purchase)).write(sinks.memory("out")).run()
     )
     assert [p.user for p in result["out"]] == ["bob"] and not result.dead_letters
+
+
+STDIN_APP = """
+import sys
+from datetime import datetime, timezone
+from typing import Literal
+from pipelines import Pipeline, sources, sinks
+from operators import Event, agg, windows
+
+class V(Event):
+    type: Literal["v"] = "v"
+    n: int
+
+def show(record):
+    print(record, flush=True)
+
+events = Pipeline("s").read(sources.stdin(schema=V))
+if sys.argv[1] == "lines":
+    pipeline = events.map(lambda e: f"got {e.n}").write(sinks.callback(show))
+else:
+    pipeline = (
+        events.key_by(lambda e: "all")
+        .window(windows.tumbling(seconds=10), clock=windows.event_time(idle_timeout=0.3))
+        .aggregate(n=agg.count())
+        .map(lambda w: f"window {w.start.second} n={w.n}")
+        .write(sinks.callback(show))
+    )
+pipeline.run()
+"""
+
+
+def _stdin_app(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
+    app = tmp_path / "stdin_app.py"
+    app.write_text(STDIN_APP)
+    return subprocess.Popen(
+        [sys.executable, str(app), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def _readline(proc: subprocess.Popen[str], seconds: float) -> str:
+    """The next line the app prints, or "" if none comes within ``seconds``."""
+    import select
+
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    return proc.stdout.readline() if ready else ""
+
+
+def _event(n: int, second: float) -> str:
+    return line(type="v", n=n, time=f"2026-01-01T00:00:{second:06.3f}Z") + "\n"
+
+
+def test_standard_input_hands_on_each_line_as_it_arrives(tmp_path: Path) -> None:
+    proc = _stdin_app(tmp_path, "lines")
+    assert proc.stdin is not None and proc.stdout is not None
+    for n in (1, 2):
+        proc.stdin.write(_event(n, 1.0))
+        proc.stdin.flush()
+        # the record comes out while the pipe stays open (not 1,000 lines later)
+        assert _readline(proc, 20).strip() == f"got {n}"
+    _, err = proc.communicate(timeout=30)  # closes standard input: the run ends
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_a_silent_open_pipe_does_not_hold_windows_open(tmp_path: Path) -> None:
+    proc = _stdin_app(tmp_path, "windows")
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(_event(1, 9.5) + _event(2, 9.8))
+    proc.stdin.flush()
+    # Nothing more is written, and the pipe stays open: after idle_timeout the
+    # watermark follows the wall clock from 9.8 s, so the window [0, 10) closes.
+    assert _readline(proc, 10).strip() == "window 0 n=2"
+    _, err = proc.communicate(timeout=30)  # closes standard input: the run ends
+    assert proc.returncode == 0, err[-3000:]
