@@ -238,6 +238,9 @@ class Marked:
     #: Since when the partition has had nothing to read, if its source said so
     #: after the batch's last records.
     idle_since: float | None = None
+    #: Records behind an earlier event of their partition in this batch (late
+    #: whatever the bucket knows), each with the watermark it is behind.
+    behind: list[tuple[tuple[str, float, Any], float]] = field(default_factory=list)
     partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
     combined: int = 0
     cuts: list[tuple[int, float]] = field(default_factory=list)
@@ -265,9 +268,21 @@ class Bucketize:
     """
 
     def __init__(
-        self, exit_index: int, buckets: int = BUCKETS, combine: Combiner | None = None
+        self,
+        exit_index: int,
+        buckets: int = BUCKETS,
+        combine: Combiner | None = None,
+        delay: float | None = None,
     ) -> None:
-        """Read exit ``exit_index`` of each packet."""
+        """Read exit ``exit_index`` of each packet.
+
+        With ``delay`` (an event-time window's ``max_delay``), each event is
+        judged against its partition's watermark as it stands just before it:
+        one behind an earlier event of the same batch goes to its bucket as
+        ``behind``, late whatever the batch size; the bucket judges the others
+        against the partition's watermark before the batch.
+        """
+        self.delay = delay
         self.exit_index = exit_index
         self.buckets = buckets
         self.names = (
@@ -308,9 +323,12 @@ class Bucketize:
                     # The previous chunk ends here: each bucket's cut.
                     for mark in marks:
                         mark.cuts.append((len(mark.records), latest))
-                for record in records:
-                    if record[1] > latest:
-                        latest = record[1]
+                if self.delay is None:
+                    for record in records:
+                        if record[1] > latest:
+                            latest = record[1]
+                else:
+                    records, latest = self._judge(records, latest, marks)
                 if self.combine is not None and records:
                     records = self.combine.add_chunk(records, part, latest, wins)
                 self._spread(records, marks)
@@ -327,6 +345,23 @@ class Bucketize:
                 mark.idle_since = idle_since
                 out.append((self.names[b], mark))
         return out
+
+    def _judge(
+        self, records: list[Any], latest: float, marks: list[Marked]
+    ) -> tuple[list[Any], float]:
+        """Set aside the records behind an earlier event of the batch; return the rest."""
+        delay = self.delay
+        assert delay is not None
+        kept: list[Any] = []
+        for record in records:
+            ts = record[1]
+            if ts < latest - delay:
+                marks[self.bucket_of(record[0])].behind.append((record, latest - delay))
+                continue
+            kept.append(record)
+            if ts > latest:
+                latest = ts
+        return kept, latest
 
     def _spread(self, records: list[Any], marks: list[Marked]) -> None:
         bucket_of = self.cache.get

@@ -404,6 +404,11 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 self._merge(marked.partials, out, row)
             part = marked.partition
             tracked = spec.event_time and part in self.wm
+            if marked.behind:
+                row[_IN] += len(marked.behind)
+                own = self.wm.get(part, _NEVER)
+                for (_, ts, event), wm in marked.behind:
+                    self._late(event, ts, wm if wm > own else own, out, row)
             segments = marked.segments() if tracked else [(marked.records, marked.latest)]
             for records, latest in segments:
                 if records:

@@ -43,6 +43,7 @@ from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._keying import Bucketize, ClockOp, Marked, SplitOp
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
+from operators.windows import Count, EventTime
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
 
@@ -245,12 +246,19 @@ def compile_pipeline(
                 merge_inputs.setdefault(target.name, []).append(unpacked)
             elif kind == "aggregate":
                 combine = None
-                if processes > 1 and target.kind == "aggregate":
-                    combine = _combiner(target, users)
+                delay = None
+                if target.kind == "aggregate":
+                    if processes > 1:
+                        combine = _combiner(target, users)
+                    clock = target.params["clock"]
+                    window = target.params["window"]
+                    timed = window is not None and not isinstance(window, Count)
+                    if timed and isinstance(clock, EventTime):
+                        delay = clock.max_delay  # late events are judged in Bucketize
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",
                     packets,
-                    Bucketize(i, combine=combine),
+                    Bucketize(i, combine=combine, delay=delay),
                 )
                 agg_inputs[target.name] = marked
     return Compiled(flow, counters, kinds, partitions)

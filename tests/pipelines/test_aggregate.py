@@ -859,3 +859,46 @@ def test_a_partition_that_has_read_nothing_never_gives_the_wall_clock() -> None:
         workers=2
     )
     assert result["late"] == [] and sum(w.n for w in result["w"]) == 100
+
+
+def _readings() -> list[Tick]:
+    # An event a second; one in 500 arrives 10 minutes late (its time is old).
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    out = []
+    for i in range(10_000):
+        at = t0 + timedelta(seconds=i) - (timedelta(minutes=10) if i % 500 == 499 else timedelta())
+        out.append(Tick(user=f"u{i % 5}", amount=i, id=f"t{i}", time=at))
+    return out
+
+
+def _reference(events: list[Tick], delay: float, size: float) -> tuple[Any, set[str]]:
+    """Per event: late if behind its partition's newest time before it, minus the delay."""
+    newest = -math.inf
+    windows_: dict[tuple[str, float], int] = {}
+    late: set[str] = set()
+    for e in events:
+        ts = e.time.timestamp()
+        if ts < newest - delay:
+            late.add(e.id)
+            continue
+        newest = max(newest, ts)
+        start = ts - ts % size
+        windows_[(e.user, start)] = windows_.get((e.user, start), 0) + 1
+    return windows_, late
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 1_000])
+def test_lateness_is_judged_event_by_event_whatever_the_batch_size(batch_size: int) -> None:
+    events = _readings()
+    keyed = (
+        Pipeline("readings")
+        .read(sources.memory(events, schema=Tick, batch_size=batch_size))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=60), clock=windows.event_time(max_delay=30))
+        .aggregate(n=agg.count())
+    )
+    result = (keyed.write(sinks.memory("w")) | keyed.late.write(sinks.memory("late"))).run()
+    expected_windows, expected_late = _reference(events, 30.0, 60.0)
+    assert {e.id for e in result["late"]} == expected_late and len(expected_late) == 20
+    got = {(w.key, w.start.timestamp()): w.n for w in result["w"]}
+    assert got == expected_windows
