@@ -224,8 +224,8 @@ class Marked:
 
     ``records`` are those of every chunk in order; ``cuts`` says where each
     chunk but the last ends: ``(end index in records, the partition's newest
-    event time after that chunk)``, so that lateness is judged chunk by chunk
-    whatever the batch. ``latest`` and ``eof`` are the partition's progress
+    event time after that chunk)``; ``behind`` holds the events already late
+    by the order of the batch. ``latest`` and ``eof`` are the partition's progress
     after the last chunk. ``partials`` are windows already aggregated from
     ``combined`` of the events (before the key exchange):
     ``(key, start, end, accs, ids)``.

@@ -7,15 +7,17 @@ How a windowed aggregate runs:
 2. `Bucketize` groups the records of a batch of one partition's chunks into a
    fixed number of key buckets and tags each group with the partition and its
    largest event time after each chunk; every bucket hears from every batch,
-   so every bucket knows every partition's progress (the watermark markers),
-   chunk by chunk.
+   so every bucket knows every partition's progress (the watermark markers).
+   An event behind an earlier event of its batch (minus ``max_delay``) is set
+   aside as late there; the bucket judges the others against the partition's
+   watermark before the batch. So each event is judged against its
+   partition's watermark as it stands just before it, whatever the batch size.
 3. bytewax's ``stateful_batch`` routes buckets to workers; `WindowLogic`
    holds the windows of all keys of one bucket. A partition's watermark is
-   its largest event time minus ``max_delay``; the minimum over all partitions
-   closes windows. An event is late when it is behind its own partition's
-   watermark (or behind where windows already closed): that depends only on
-   the partition's own order, so results do not depend on how many workers
-   read the partitions or how fast.
+   its largest event time minus ``max_delay``; the minimum over the
+   partitions that are not idle (a source says when it has nothing to read)
+   closes windows. Lateness depends only on the partition's own order, so
+   results do not depend on how many workers read the partitions or how fast.
 """
 
 from __future__ import annotations

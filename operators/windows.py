@@ -333,11 +333,13 @@ class EventTime(Clock):
 
     A source partition's watermark is the largest event time it has read minus
     ``max_delay``; the smallest watermark over all partitions closes windows.
-    An event behind its own partition's watermark is late (so lateness does
-    not depend on how fast other partitions are read). A partition silent
-    for ``idle_timeout`` seconds stops holding the others back, and when all
-    are silent the watermark follows the wall clock, so windows close when
-    input stops.
+    An event behind its own partition's watermark as it stands just before it
+    is late (so lateness depends neither on the batch size nor on how fast
+    other partitions are read). A partition whose source has had nothing to
+    read for ``idle_timeout`` seconds stops holding the others back, and when
+    all are idle the watermark follows the wall clock from the newest event
+    time read, so windows close when input stops. An event more than
+    ``max_future`` seconds ahead of the wall clock is a ``future`` dead letter.
     """
 
     field: str | None
