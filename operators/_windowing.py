@@ -428,10 +428,9 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
             if tracked:
-                if marked.records or marked.partials:
-                    self.idle[part] = None
-                if marked.idle_since is not None:
-                    self.idle[part] = marked.idle_since
+                # Whatever the partition delivered in this batch (to any bucket),
+                # it is reading again, unless its source said it is idle since.
+                self.idle[part] = marked.idle_since
                 if marked.eof:
                     self.wm[part] = _DONE
         if window is not None and not isinstance(window, Count):

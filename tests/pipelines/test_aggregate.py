@@ -316,6 +316,11 @@ def test_watermark_is_the_minimum_over_partitions_and_idle_partitions_advance() 
     time.sleep(0.06)
     out, _ = logic.on_notify()  # b idle longer than idle_timeout: a's watermark rules
     assert [r.n for _, r in out] == [2]
+    # b reads again (its events went to other buckets: this one hears its progress)
+    out, _ = logic.on_batch([Marked("s/b", 20.0, False, [])])
+    assert logic.idle["s/b"] is None
+    out, _ = logic.on_batch([Marked("s/a", 90.0, False, [("k", 70.0, None)])])
+    assert out == [] and logic.notify_at() is None  # b holds window [70, 80) open again
 
 
 def test_running_keys_expire_after_their_ttl() -> None:
