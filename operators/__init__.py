@@ -5,7 +5,14 @@ package compiles its fluent graphs onto them.
 """
 
 from operators import agg, windows
-from operators._deadletter import PAYLOAD_LIMIT, DeadLetter, ErrorKind, Origin, payload_text
+from operators._deadletter import (
+    PAYLOAD_LIMIT,
+    DeadLetter,
+    ErrorKind,
+    Origin,
+    count_dead,
+    payload_text,
+)
 from operators._event import Event, Schema, event_classes, schema_adapter, type_name
 from operators._ops import (
     FilterOp,
@@ -105,6 +112,7 @@ __all__ = [
     "Writer",
     "agg",
     "as_policy",
+    "count_dead",
     "describe_function",
     "event_classes",
     "payload_text",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "payload_text"]
+__all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "count_dead", "payload_text"]
 
 #: Payloads longer than this many characters are truncated in a dead letter.
 PAYLOAD_LIMIT = 2048
@@ -82,3 +83,14 @@ def payload_text(item: Any) -> str:
     if isinstance(item, BaseModel):
         return item.model_dump_json()
     return repr(item)
+
+
+def count_dead(
+    letters: Iterable[DeadLetter], counts: dict[tuple[str, str], int] | None = None
+) -> dict[tuple[str, str], int]:
+    """Add ``letters`` to ``counts`` (a new dict by default) by ``(step, kind)``; return it."""
+    counts = {} if counts is None else counts
+    for letter in letters:
+        where = (letter.step, letter.kind)
+        counts[where] = counts.get(where, 0) + 1
+    return counts

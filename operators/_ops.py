@@ -208,17 +208,7 @@ class KeyCheckOp(InspectOp):
                     keys.append(key)
                     passed.append(x)
         row[_OUT] += len(passed)
-        nexts = self.nexts
-        if len(nexts) > 1:
-            extra = len(passed) * (len(nexts) - 1)
-            row[_CREATED] += extra
-            row[_OUT] += extra
-        for i, node in enumerate(nexts):
-            records = passed if i == len(nexts) - 1 else list(passed)
-            if getattr(node, "key", None) is key_of and hasattr(node, "push_keyed"):
-                node.push_keyed(records, keys, run, out)
-            else:
-                node.push(records, run, out)
+        _fan_out(self.nexts, passed, run, out, row, keys=(key_of, keys))
 
 
 def check_key(key: Any, step: str, kind: str, function: str) -> str:

@@ -22,7 +22,7 @@ from bytewax.outputs import (
 )
 from pydantic import BaseModel
 
-from operators._deadletter import DeadLetter, payload_text
+from operators._deadletter import DeadLetter, count_dead, payload_text
 from operators._sources import slug
 from operators._stage import COUNTER_FIELDS, Counters, Packet, ResumeError, describe_function
 
@@ -69,10 +69,7 @@ class RunContext:
     def keep_dead(self, letters: list[DeadLetter]) -> None:
         """Count ``letters`` by step and kind; keep them while fewer than the bound are kept."""
         with self._lock:
-            counts = self.dead_counts
-            for letter in letters:
-                where = (letter.step, letter.kind)
-                counts[where] = counts.get(where, 0) + 1
+            count_dead(letters, self.dead_counts)
             room = DEAD_LETTERS_KEPT - len(self.dead_letters)
             if room > 0:
                 self.dead_letters.extend(letters[:room])

@@ -264,6 +264,12 @@ class Node:
         """Receive ``items`` and pass what comes out to the next nodes."""
         raise NotImplementedError
 
+    def push_keyed(
+        self, items: list[Any], keys: list[str], run: _Run, out: list[list[Any]]
+    ) -> None:
+        """Receive ``items`` with their keys (a keyed step uses them; others need not)."""
+        self.push(items, run, out)
+
 
 class Exit(Node):
     """A leaf: records that reach it leave the stage through exit ``index``."""
@@ -283,10 +289,27 @@ class Exit(Node):
 
 
 def _fan_out(
-    nexts: Sequence[Node], items: list[Any], run: _Run, out: list[list[Any]], row: list[int]
+    nexts: Sequence[Node],
+    items: list[Any],
+    run: _Run,
+    out: list[list[Any]],
+    row: list[int],
+    keys: tuple[Callable[[Any], Any], list[str]] | None = None,
 ) -> None:
+    """Hand ``items`` to each next node; ``keys`` are the items' keys and their function.
+
+    A keyed step after a key_by step with the same key function takes the
+    keys as they are (``push_keyed``) instead of calling the function again.
+    """
+
+    def hand(node: Node, records: list[Any]) -> None:
+        if keys is not None and getattr(node, "key", None) is keys[0]:
+            node.push_keyed(records, keys[1], run, out)
+        else:
+            node.push(records, run, out)
+
     if len(nexts) == 1:
-        nexts[0].push(items, run, out)
+        hand(nexts[0], items)
         return
     # Every further consumer of the same list gets a copy of each record:
     # the step handed on more records than it made.
@@ -294,7 +317,7 @@ def _fan_out(
     row[_CREATED] += extra
     row[_OUT] += extra
     for node in nexts:
-        node.push(list(items), run, out)
+        hand(node, list(items))
 
 
 class StageOp(Node):

@@ -278,13 +278,13 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     view = LiveView(console)
     started = time.perf_counter()
 
-    def last_words() -> None:
+    def so_far(stop: BaseException | None = None) -> None:
         sys.stderr.write("interrupted: the counts so far\n")
-        partial = _counts_so_far(KeyboardInterrupt(), view, pipeline, args, started)
+        partial = _counts_so_far(stop, view, pipeline, args, started)
         if partial is not None:
             _summary(partial, args, console)
 
-    stopping = _Stopper(last_words)
+    stopping = _Stopper(so_far)
     stopping.install()
     quiet_stdout = _stdout_to_stderr() if args.json else contextlib.nullcontext()
     try:
@@ -293,10 +293,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt as stop:
         if not stopping.requested:
             raise  # raised by a user function, not by Ctrl-C: an error like any other
-        sys.stderr.write("interrupted: the counts so far\n")
-        partial = _counts_so_far(stop, view, pipeline, args, started)
-        if partial is not None:
-            _summary(partial, args, console)
+        so_far(stop)
         return 130
     finally:
         stopping.cancel()
@@ -305,7 +302,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
 
 
 def _counts_so_far(
-    stop: KeyboardInterrupt,
+    stop: BaseException | None,
     view: Any,
     pipeline: Pipeline,
     args: argparse.Namespace,

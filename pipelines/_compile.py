@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -341,6 +341,25 @@ def _dispatch(pipeline: Pipeline, node: Node) -> Dispatch:
     )
 
 
+L = TypeVar("L")
+
+
+def _resumed(counters: Counters, step: str, resume: Any | None, build: Callable[[], L]) -> L:
+    """Build a key bucket's logic; a snapshot it cannot resume from halts the run.
+
+    The failure becomes one `ResumeError` naming the step (the runner adds
+    the store), instead of an engine panic.
+    """
+    try:
+        return build()
+    except ResumeError as exc:
+        counters.halt(exc)
+    except Exception as exc:
+        if resume is None:
+            raise
+        counters.halt(ResumeError.of(step, exc))
+
+
 class _DispatchBuilder:
     """Build (or resume) the handler states of one key bucket."""
 
@@ -350,15 +369,13 @@ class _DispatchBuilder:
         self.row = row
 
     def __call__(self, resume: Any | None) -> DispatchLogic:
-        try:
-            return DispatchLogic(self.dispatch, self.counters, self.row, resume)
-        except ResumeError as exc:
-            self.counters.halt(exc)
-        except Exception as exc:
-            if resume is None:
-                raise
-            step = self.counters.steps[self.row]
-            self.counters.halt(ResumeError.of(step, exc))
+        counters = self.counters
+        return _resumed(
+            counters,
+            counters.steps[self.row],
+            resume,
+            lambda: DispatchLogic(self.dispatch, counters, self.row, resume),
+        )
 
 
 class _LogicBuilder:
@@ -368,14 +385,8 @@ class _LogicBuilder:
         self.spec = spec
 
     def __call__(self, resume: Any | None) -> WindowLogic:
-        try:
-            return WindowLogic(self.spec, resume)
-        except ResumeError as exc:
-            self.spec.counters.halt(exc)
-        except Exception as exc:
-            if resume is None:
-                raise
-            self.spec.counters.halt(ResumeError.of(self.spec.step, exc))
+        spec = self.spec
+        return _resumed(spec.counters, spec.step, resume, lambda: WindowLogic(spec, resume))
 
 
 class _ToChunk:

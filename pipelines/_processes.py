@@ -148,7 +148,7 @@ def await_listeners(addresses: list[str], timeout: float) -> bool:
     listen. Returns whether all listen: False at ``timeout``, or at once where
     listening ports cannot be asked (the engine's own retry then applies).
     """
-    wanted = {int(a.rpartition(":")[2]) for a in addresses}
+    wanted = {split_address(a)[1] for a in addresses}
     deadline = time.monotonic() + timeout
     while True:
         ports = listening_ports()

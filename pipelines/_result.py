@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from operators import DeadLetter
+from operators import DeadLetter, count_dead
 
 __all__ = ["COUNT_COLUMNS", "RunResult", "StepCounts"]
 
@@ -95,10 +95,7 @@ class RunResult:
         #: `dead_letter_counts` for exact counts; a dead-letter sink gets them all).
         self.dead_letters = dead_letters
         if dead_counts is None:
-            dead_counts = {}
-            for letter in dead_letters:
-                where = (letter.step, letter.kind)
-                dead_counts[where] = dead_counts.get(where, 0) + 1
+            dead_counts = count_dead(dead_letters)
         #: Exact numbers of dead letters kept or counted, by ``(step, kind)``.
         self.dead_letter_counts = dead_counts
         self.counts = counts
