@@ -88,7 +88,14 @@ def payload_text(item: Any) -> str:
 def count_dead(
     letters: Iterable[DeadLetter], counts: dict[tuple[str, str], int] | None = None
 ) -> dict[tuple[str, str], int]:
-    """Add ``letters`` to ``counts`` (a new dict by default) by ``(step, kind)``; return it."""
+    """Add ``letters`` to ``counts`` (a new dict by default) by ``(step, kind)``; return it.
+
+    >>> letter = DeadLetter.build(
+    ...     pipeline="p", step="read", kind="parse", error_type="E", message="m", payload="x"
+    ... )
+    >>> count_dead([letter, letter])
+    {('read', 'parse'): 2}
+    """
     counts = {} if counts is None else counts
     for letter in letters:
         where = (letter.step, letter.kind)
