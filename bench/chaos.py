@@ -165,7 +165,10 @@ class Chaos:
         """A map with ``on_error="halt"`` fails on a random event: the run stops, says why."""
         written = set()
         if self.events_out.exists():
-            written = {json.loads(line)["id"] for line in self.events_out.read_text().splitlines()}
+            # A member stopped while writing may leave a torn last line (no
+            # newline yet); the resume cuts the file back to its snapshot.
+            whole = self.events_out.read_text().rpartition("\n")[0]
+            written = {json.loads(line)["id"] for line in whole.splitlines()}
         left = [i for i in range(self.events) if f"t{i}" not in written]
         if not left:
             return

@@ -238,8 +238,9 @@ class Marked:
     #: Since when the partition has had nothing to read, if its source said so
     #: after the batch's last records.
     idle_since: float | None = None
-    #: Records behind an earlier event of their partition in this batch (late
-    #: whatever the bucket knows), each with the watermark it is behind.
+    #: Records behind an earlier event of their partition in this batch, set
+    #: aside before aggregating where they were read, each with the watermark
+    #: it is behind (the bucket judges it window by window against that).
     behind: list[tuple[tuple[str, float, Any], float]] = field(default_factory=list)
     partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
     combined: int = 0
@@ -277,10 +278,11 @@ class Bucketize:
         """Read exit ``exit_index`` of each packet.
 
         With ``delay`` (an event-time window's ``max_delay``), each event is
-        judged against its partition's watermark as it stands just before it:
-        one behind an earlier event of the same batch goes to its bucket as
-        ``behind``, late whatever the batch size; the bucket judges the others
-        against the partition's watermark before the batch.
+        judged against its partition's watermark as it stands just before it,
+        whatever the batch size: before one behind an earlier event of the
+        same batch, its bucket's share is cut (the bucket moves the
+        partition's watermark on there); when combining, such an event goes
+        to its bucket as ``behind`` with the watermark it is behind.
         """
         self.delay = delay
         self.exit_index = exit_index
@@ -327,6 +329,9 @@ class Bucketize:
                     for record in records:
                         if record[1] > latest:
                             latest = record[1]
+                elif self.combine is None:
+                    latest = self._cut_behind(records, latest, marks)
+                    continue
                 else:
                     records, latest = self._judge(records, latest, marks)
                 if self.combine is not None and records:
@@ -346,10 +351,37 @@ class Bucketize:
                 out.append((self.names[b], mark))
         return out
 
+    def _cut_behind(self, records: list[Any], latest: float, marks: list[Marked]) -> float:
+        """Spread records in order, cutting before each one behind an earlier event of the batch.
+
+        The cut tells the bucket the partition's newest event time just
+        before that event, so the bucket judges it (window by window) against
+        the watermark as it stood then. Returns the newest event time.
+        """
+        delay = self.delay
+        assert delay is not None
+        bucket_of = self.cache.get
+        for record in records:
+            ts = record[1]
+            b = bucket_of(record[0])
+            if b is None:
+                b = self.bucket_of(record[0])
+            mark = marks[b]
+            if ts < latest - delay:
+                mark.cuts.append((len(mark.records), latest))
+            elif ts > latest:
+                latest = ts
+            mark.records.append(record)
+        return latest
+
     def _judge(
         self, records: list[Any], latest: float, marks: list[Marked]
     ) -> tuple[list[Any], float]:
-        """Set aside the records behind an earlier event of the batch; return the rest."""
+        """Set aside the records behind an earlier event of the batch; return the rest.
+
+        Used before aggregating where the events are read: the bucket judges
+        each set-aside event against the watermark it carries.
+        """
         delay = self.delay
         assert delay is not None
         kept: list[Any] = []

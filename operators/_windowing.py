@@ -8,16 +8,19 @@ How a windowed aggregate runs:
    fixed number of key buckets and tags each group with the partition and its
    largest event time after each chunk; every bucket hears from every batch,
    so every bucket knows every partition's progress (the watermark markers).
-   An event behind an earlier event of its batch (minus ``max_delay``) is set
-   aside as late there; the bucket judges the others against the partition's
-   watermark before the batch. So each event is judged against its
+   Before an event behind an earlier event of its batch (minus
+   ``max_delay``) the bucket's share is cut, so the bucket moves the
+   partition's watermark on there. So each event is judged against its
    partition's watermark as it stands just before it, whatever the batch size.
 3. bytewax's ``stateful_batch`` routes buckets to workers; `WindowLogic`
    holds the windows of all keys of one bucket. A partition's watermark is
    its largest event time minus ``max_delay``; the minimum over the
    partitions that are not idle (a source says when it has nothing to read)
-   closes windows. Lateness depends only on the partition's own order, so
-   results do not depend on how many workers read the partitions or how fast.
+   closes windows. An event joins each of its windows whose end its
+   partition's watermark has not reached, and is late only when it has
+   reached all of them. Lateness depends only on the partition's own order,
+   so results do not depend on how many workers read the partitions or how
+   fast.
 """
 
 from __future__ import annotations
@@ -295,7 +298,14 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         self.idle: dict[str, float | None] = dict.fromkeys(self.wm)
         self.closed: float = state.get("closed", _NEVER)
         self.wins: dict[Any, Any] = state.get("wins", {})
+        #: ``(when the window closes, key, start)``; a session closes one gap
+        #: after its end (see `_session`).
         self.heap: list[tuple[float, str, float]] = state.get("heap", [])
+        window = spec.window
+        if isinstance(window, Session) and state and state.get("sessions") != "end+gap":
+            # A snapshot of an evflow that closed sessions at their end.
+            self.heap = [(end + window.gap, key, start) for end, key, start in self.heap]
+            heapq.heapify(self.heap)
         self.expiry: dict[str, float] = {}
         self.newest = _NEVER
         self.mark_key = (spec.step, str(id(self)))
@@ -360,13 +370,14 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         heap = self.heap
         wins = self.wins
         window = self.spec.window
+        gap = window.gap if isinstance(window, Session) else 0.0
         while heap and heap[0][0] <= upto:
             end, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
                 sessions = wins.get(key) or []
                 found = None
                 for s in sessions:
-                    if s[0] == start and s[1] == end:
+                    if s[0] == start and s[1] + gap == end:
                         found = s
                         break
                 if found is None:
@@ -374,6 +385,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 sessions.remove(found)
                 if not sessions:
                     del wins[key]
+                end = found[1]
                 accs = found[2]
             else:
                 accs = wins.pop((key, start))
@@ -406,11 +418,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 self._merge(marked.partials, out, row)
             part = marked.partition
             tracked = spec.event_time and part in self.wm
-            if marked.behind:
+            if marked.behind and window is not None and not isinstance(window, Count):
+                # Set aside before the events were aggregated where they were
+                # read: each is judged against the watermark just before it.
                 row[_IN] += len(marked.behind)
-                own = self.wm.get(part, _NEVER)
-                for (_, ts, event), wm in marked.behind:
-                    self._late(event, ts, wm if wm > own else own, out, row)
+                floor = max(self.wm.get(part, _NEVER), self.closed)
+                for record, wm in marked.behind:
+                    self._timed(window, [record], out, row, part, wm if wm > floor else floor)
             segments = marked.segments() if tracked else [(marked.records, marked.latest)]
             for records, latest in segments:
                 if records:
@@ -447,18 +461,23 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         out: list[tuple[str, Any]],
         row: list[int],
         part: str,
+        wm: float | None = None,
     ) -> None:
+        """Add records to their windows; each window whose end ``wm`` has passed refuses them.
+
+        An event joins every window of its own that is still open for its
+        partition's watermark (or where windows were already closed) and is
+        late only when none is. That depends only on the partition's own
+        order, so lateness is the same whatever the worker count; the minimum
+        over partitions still decides when windows close.
+        """
         spec = self.spec
         add = spec.add
         wins = self.wins
-        # An event is late when it is behind its own partition's watermark (or
-        # behind where windows were already closed). That depends only on the
-        # partition's own order, so lateness is the same whatever the worker
-        # count; the minimum over partitions still decides when windows close.
-        if spec.event_time:
+        if wm is None and spec.event_time:
             own = self.wm.get(part, _NEVER)
             wm = own if own > self.closed else self.closed
-        else:
+        elif wm is None:
             wm = _NEVER  # processing time: never late
         late = 0
         if isinstance(window, Tumbling):
@@ -469,11 +488,11 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             get = wins.get
             opened = 0
             for key, ts, event in records:
-                if ts < wm:
+                start = start_of(ts)
+                if ts < wm and end_of(start) <= wm:
                     late += 1
                     self._late(event, ts, wm, out, row)
                     continue
-                start = start_of(ts)
                 accs = get((key, start))
                 try:
                     if accs is None:
@@ -491,13 +510,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             row[_AGG] += len(records) - late
             return
         for key, ts, event in records:
-            if ts < wm:
+            if ts < wm and window.last_end(ts) <= wm:
                 late += 1
                 self._late(event, ts, wm, out, row)
                 continue
             try:
                 if isinstance(window, Sliding):
-                    self._sliding(window, key, ts, event, row)
+                    self._sliding(window, key, ts, event, row, wm)
                 else:
                     assert isinstance(window, Session)
                     self._session(window, key, ts, event, row)
@@ -506,10 +525,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                 self._failed(event, ts, exc, out, row)
         row[_AGG] += len(records) - late
 
-    def _sliding(self, window: Sliding, key: str, ts: float, event: Any, row: list[int]) -> None:
+    def _sliding(
+        self, window: Sliding, key: str, ts: float, event: Any, row: list[int], wm: float
+    ) -> None:
         spec = self.spec
         wins = self.wins
-        spans = window.assign(ts)
+        # The windows whose end the watermark has passed are closed for it.
+        spans = [span for span in window.assign(ts) if span[1] > wm]
         # Every window of the event takes it, or none does.
         held = [wins.get((key, start)) for start, _ in spans]
         new = [[g.create() for g in spec.aggs] if a is None else list(a) for a in held]
@@ -657,7 +679,11 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         keep.append([start, end, accs])
         self.wins[key] = keep
         row[_OPEN] += 1
-        heapq.heappush(self.heap, (end, key, start))
+        # The session closes one gap after its end: until the watermark is
+        # there, an event behind it whose own gap reaches past it may still
+        # extend the session, so waiting keeps the result the same whatever
+        # the schedule.
+        heapq.heappush(self.heap, (end + window.gap, key, start))
 
     def _count(
         self, window: Count, records: list[Any], out: list[tuple[str, Any]], row: list[int]
@@ -851,4 +877,5 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             "wins": self.wins,
             "heap": list(self.heap),
             "layout": BUCKET_LAYOUT,
+            "sessions": "end+gap",
         }

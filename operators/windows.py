@@ -90,6 +90,14 @@ class Window:
 
     kind = "window"
 
+    def last_end(self, ts: float) -> float:
+        """Return the end of the last window that can hold an event at ``ts``.
+
+        An event is late as a whole when the watermark has reached this: every
+        window of its own has closed.
+        """
+        return math.inf
+
     @property
     def label(self) -> str:
         """A short, stable description used in step names."""
@@ -157,6 +165,10 @@ class Tumbling(Window):
         start = self.start_of(ts)
         return [(start, self.end_of(start))]
 
+    def last_end(self, ts: float) -> float:
+        """Return the end of the window that holds ``ts``."""
+        return self.end_of(self.start_of(ts))
+
     @property
     def label(self) -> str:
         """Name it by kind and size."""
@@ -195,6 +207,15 @@ class Sliding(Window):
         windows.reverse()
         return windows
 
+    def last_end(self, ts: float) -> float:
+        """Return the end of the latest window that holds ``ts``.
+
+        >>> Sliding(10, 5).last_end(12.0)
+        20.0
+        """
+        t = round(ts * _US)
+        return (t - t % self._every_us + self._us) / _US
+
     @property
     def label(self) -> str:
         """Name it by kind, size and step."""
@@ -203,10 +224,19 @@ class Sliding(Window):
 
 @dataclass(frozen=True)
 class Session(Window):
-    """A key's session lasts until ``gap`` seconds pass with no event for it."""
+    """A key's session lasts until ``gap`` seconds pass with no event for it.
+
+    An event at ``ts`` opens ``[ts, ts + gap)``; sessions that overlap merge.
+    Two events exactly ``gap`` apart do not share a session (windows are
+    half-open, ``[start, end)``, like every other window here).
+    """
 
     gap: float
     kind = "session"
+
+    def last_end(self, ts: float) -> float:
+        """Return the end of the session an event at ``ts`` opens on its own."""
+        return ts + self.gap
 
     @property
     def label(self) -> str:

@@ -46,11 +46,12 @@ def table(results: list[Any], *names: str) -> list[tuple[Any, ...]]:
 
 
 def test_tumbling_with_out_of_order_events_and_late_ones() -> None:
-    # event time (s):  0   3   12   5    14   2        25
+    # event time (s):  0   3   12   5    19   2        25
     # arrival order:   1   2   3    4    5    6        7
     # max_delay 8:     watermark after 12 is 4: event 5 is on time (>= 4);
-    #                  after 14 it is 6: event 2 is late (< 6); 25 closes [10,20).
-    events = [hit("a", s) for s in (0, 3, 12, 5, 14, 2, 25)]
+    #                  after 19 it is 11: event 2's window [0,10) has closed,
+    #                  so it is late; 25 closes [10,20).
+    events = [hit("a", s) for s in (0, 3, 12, 5, 19, 2, 25)]
     results = (
         Pipeline("t")
         .read(sources.memory(events, schema=Hit, batch_size=1))
@@ -907,3 +908,85 @@ def test_lateness_is_judged_event_by_event_whatever_the_batch_size(batch_size: i
     assert {e.id for e in result["late"]} == expected_late and len(expected_late) == 20
     got = {(w.key, w.start.timestamp()): w.n for w in result["w"]}
     assert got == expected_windows
+
+
+def late_split(window: Any, seconds: list[float], batch: int, *, combine: bool = True) -> Any:
+    """Run key 'a' at these event times (max_delay 0); return (windows table, late ids)."""
+    events = [hit("a", s) for s in seconds]
+    results = (
+        Pipeline("late")
+        .read(sources.memory(events, batch_size=batch))
+        .key_by(lambda e: e.user)
+        .window(window, clock=windows.event_time("time", max_delay=0))
+        .aggregate(n=agg.count(), total=agg.sum("amount"), combine=combine)
+    )
+    r = (results.write(sinks.memory("out")) | results.late.write(sinks.memory("late"))).run()
+    assert r.reconciles and r.open_windows == 0
+    return table(r["out"], "n"), [e.id for e in r["late"]]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 100])
+@pytest.mark.parametrize("combine", [True, False])
+def test_an_event_behind_the_watermark_joins_its_tumbling_window_while_open(
+    batch: int, combine: bool
+) -> None:
+    # After 15 s the watermark is 15: 12 s is behind it, but its window [10, 20)
+    # is still open, so it joins it; 8 s's window [0, 10) has closed: late.
+    got, late = late_split(windows.tumbling(seconds=10), [0, 15, 12, 8], batch, combine=combine)
+    assert got == [("a", 0, 10, 1), ("a", 10, 20, 2)]
+    assert late == ["a@8"]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 100])
+def test_an_event_behind_the_watermark_joins_only_its_sliding_windows_still_open(
+    batch: int,
+) -> None:
+    # Windows of 10 s every 5 s. After 13 s the watermark is 13: 6 s belongs to
+    # [0, 10) (closed) and [5, 15) (open): it joins [5, 15) only. 2 s belongs to
+    # [-5, 5) and [0, 10), both closed: it is late, and only then.
+    got, late = late_split(windows.sliding(seconds=10, every=5), [0, 13, 6, 2], batch)
+    assert got == [
+        ("a", -5, 5, 1),
+        ("a", 0, 10, 1),
+        ("a", 5, 15, 2),
+        ("a", 10, 20, 1),
+    ]
+    assert late == ["a@2"]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 100])
+def test_an_event_behind_the_watermark_extends_a_session_while_its_own_gap_is_open(
+    batch: int,
+) -> None:
+    # Gap 5. After 20 s the watermark is 20: 16 s's own gap [16, 21) reaches past
+    # it, so it joins and extends the session of 20 s to [16, 25). 14 s's own gap
+    # [14, 19) has passed: late (judged on its own gap, so the verdict never
+    # depends on which other partitions' events came first).
+    got, late = late_split(windows.session(seconds=5), [10, 20, 16, 14], batch)
+    assert got == [("a", 10, 15, 1), ("a", 16, 25, 2)]
+    assert late == ["a@14"]
+
+
+def test_two_events_exactly_one_gap_apart_are_two_sessions() -> None:
+    got, late = late_split(windows.session(seconds=5), [0, 5, 10.5], 100)
+    assert got == [("a", 0, 5, 1), ("a", 5, 10, 1), ("a", 10.5, 15.5, 1)] and late == []
+
+
+def test_a_session_closes_one_gap_after_its_end() -> None:
+    logic = WindowLogic(
+        spec(windows.session(seconds=5), windows.event_time(max_delay=0), parts=["s/a"]), None
+    )
+    out, _ = logic.on_batch([Marked("s/a", 10.0, False, [("k", 10.0, hit("k", 10))])])
+    assert out == []
+    # The watermark passes the session's end (15): an event behind it whose own
+    # gap reaches past it could still extend the session, so it stays open.
+    out, _ = logic.on_batch([Marked("s/a", 17.0, False, [("j", 17.0, hit("j", 17))])])
+    assert out == []
+    out, _ = logic.on_batch(
+        [Marked("s/a", 19.0, False, [("j", 19.0, hit("j", 19)), ("k", 14.5, hit("k", 14.5))])]
+    )
+    assert out == []  # 14.5 s's gap reaches 19.5: it extends k's session to [10, 19.5)
+    out, _ = logic.on_batch([Marked("s/a", 25.0, False, [])])
+    [(tag, result)] = out
+    assert tag == "r" and (result.key, result.n) == ("k", 2)
+    assert (result.start.timestamp(), result.end.timestamp()) == (10.0, 19.5)

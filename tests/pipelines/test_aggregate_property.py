@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,37 +22,44 @@ class Tick(Event):
     v: int
 
 
-def reference_late(events: list[tuple[str, float, int]], delay: float) -> list[bool]:
-    """One partition in order: late when behind its newest earlier event time minus the delay.
+def reference_marks(events: list[tuple[str, float, int]], delay: float) -> list[float]:
+    """One partition in order: the watermark just before each event.
 
-    Judged event by event, so the chunk (batch) size does not matter.
+    It is the newest earlier event time minus the delay, judged event by
+    event, so the chunk (batch) size does not matter.
     """
     newest = -math.inf
-    late = []
+    marks = []
     for _, ts, _ in events:
-        late.append(ts < newest - delay)
+        marks.append(newest - delay)
         newest = max(newest, ts)
-    return late
+    return marks
 
 
 def reference_windows(
-    kind: str, size: float, every: float, events: list[tuple[str, float, int]], n: int
-) -> Counter[tuple[Any, ...]]:
+    kind: str, size: float, every: float, events: list[tuple[str, float, int, float]], n: int
+) -> tuple[Counter[tuple[Any, ...]], list[bool]]:
+    """The windows of ``(key, ts, value, watermark)`` events, and which events were late.
+
+    An event joins each of its windows whose end the watermark just before it
+    has not reached; it is late when it joins none.
+    """
     groups: dict[tuple[str, float, float], list[int]] = defaultdict(list)
     done: list[tuple[str, float, float, list[int]]] = []  # count windows may share bounds
-    if kind == "tumbling":
-        for k, ts, v in events:
-            start = ts - ts % size
-            groups[(k, start, start + size)].append(v)
-    elif kind == "sliding":
-        w = windows.sliding(size, every)
-        for k, ts, v in events:
-            for start, end in w.assign(ts):
+    late: list[bool] = []
+    if kind in ("tumbling", "sliding"):
+        w = windows.sliding(size, every) if kind == "sliding" else windows.tumbling(size)
+        for k, ts, v, wm in events:
+            spans = [(s, e) for s, e in w.assign(ts) if e > wm]
+            late.append(not spans)
+            for start, end in spans:
                 groups[(k, start, end)].append(v)
     elif kind == "session":
         by_key: dict[str, list[tuple[float, int]]] = defaultdict(list)
-        for k, ts, v in events:
-            by_key[k].append((ts, v))
+        for k, ts, v, wm in events:
+            late.append(ts + size <= wm)
+            if not late[-1]:
+                by_key[k].append((ts, v))
         for k, items in by_key.items():
             items.sort()
             start, end, values = items[0][0], items[0][0] + size, [items[0][1]]
@@ -65,7 +73,8 @@ def reference_windows(
             groups[(k, start, end)] = values
     else:  # count windows, in arrival order
         open_: dict[str, list[tuple[float, int]]] = defaultdict(list)
-        for k, ts, v in events:
+        for k, ts, v, _ in events:
+            late.append(False)
             open_[k].append((ts, v))
             if len(open_[k]) == n:
                 items = open_.pop(k)
@@ -77,9 +86,10 @@ def reference_windows(
                 (k, min(t for t, _ in items), max(t for t, _ in items), [v for _, v in items])
             )
     done += [(k, s, e, vs) for (k, s, e), vs in groups.items()]
-    return Counter(
+    found = Counter(
         (k, round(s, 6), round(e, 6), len(vs), sum(vs), min(vs), max(vs)) for k, s, e, vs in done
     )
+    return found, late
 
 
 @st.composite
@@ -102,6 +112,9 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
         "n": draw(st.integers(1, 5)),
         "batch": draw(st.sampled_from([1, 4, 50])),
         "workers": draw(st.sampled_from([1, 2])),
+        # A step that stalls on one event for longer than idle_timeout: a busy
+        # partition is not idle, so nothing changes.
+        "stall": draw(st.integers(0, 4).map(lambda x: x == 0)),
     }
 
 
@@ -121,11 +134,20 @@ def test_windows_agree_with_reference(case: dict[str, Any]) -> None:
         "session": windows.session(size),
         "count": windows.count(case["n"]),
     }[kind]
+    stall_on = f"e{len(events) // 2}" if case["stall"] else None
+
+    def stall(e: Tick) -> Tick:
+        if e.id == stall_on:
+            time.sleep(0.3)
+        return e
+
+    clock = windows.event_time("time", max_delay=case["delay"], idle_timeout=0.05)
     results = (
         Pipeline("prop")
         .read(sources.memory(ticks, partitions=parts, batch_size=case["batch"]))
+        .map(stall)
         .key_by(lambda e: e.k)
-        .window(window, clock=windows.event_time("time", max_delay=case["delay"]))
+        .window(window, clock=clock)
         .aggregate(n=agg.count(), s=agg.sum("v"), lo=agg.min("v"), hi=agg.max("v"))
     )
     p = results.write(sinks.memory("out")) | results.late.write(sinks.memory("late"))
@@ -133,19 +155,16 @@ def test_windows_agree_with_reference(case: dict[str, Any]) -> None:
 
     base = (T0 - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds()
     rel = [(k, base + ts, v) for k, ts, v in events]
-    if kind == "count":
-        late_flags = [False] * len(rel)
-    else:
-        # Each partition (a contiguous part of the input) is judged on its own.
-        late_flags = []
-        size_, extra = divmod(len(rel), parts)
-        start = 0
-        for p_ in range(parts):
-            part = rel[start : start + size_ + (1 if p_ < extra else 0)]
-            start += len(part)
-            late_flags += reference_late(part, case["delay"])
-    on_time = [e for e, late in zip(rel, late_flags, strict=True) if not late]
-    expected = reference_windows(kind, size, every, on_time, case["n"])
+    # Each partition (a contiguous part of the input) is judged on its own.
+    marks: list[float] = []
+    size_, extra = divmod(len(rel), parts)
+    start = 0
+    for p_ in range(parts):
+        part = rel[start : start + size_ + (1 if p_ < extra else 0)]
+        start += len(part)
+        marks += reference_marks(part, case["delay"])
+    judged = [(k, ts, v, wm) for (k, ts, v), wm in zip(rel, marks, strict=True)]
+    expected, late_flags = reference_windows(kind, size, every, judged, case["n"])
     got = Counter(
         (x.key, round(x.start.timestamp(), 6), round(x.end.timestamp(), 6), x.n, x.s, x.lo, x.hi)
         for x in r["out"]
