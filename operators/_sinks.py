@@ -66,11 +66,14 @@ class RunContext:
         self._shared: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
-    def keep_dead(self, letters: list[DeadLetter]) -> None:
-        """Count ``letters`` by step and kind; keep them while fewer than the bound are kept."""
+    def keep_dead(self, letters: list[DeadLetter], *, keep: bool = True) -> None:
+        """Count ``letters`` by step and kind; keep them while fewer than the bound are kept.
+
+        With ``keep=False`` they are only counted (a dead-letter sink has them).
+        """
         with self._lock:
             count_dead(letters, self.dead_counts)
-            room = DEAD_LETTERS_KEPT - len(self.dead_letters)
+            room = DEAD_LETTERS_KEPT - len(self.dead_letters) if keep else 0
             if room > 0:
                 self.dead_letters.extend(letters[:room])
 
@@ -340,7 +343,8 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
         owner = self.owner
         table = owner.counters.table()
         for packet in items:
-            dead = packet.dead
+            # Another output writes the stage's own dead letters: leave them be.
+            dead = [] if owner.dead_elsewhere else packet.dead
             for exit_index, row_index, sink, writer in self.writers:
                 records = packet.exits[exit_index]
                 if not records:
@@ -360,6 +364,7 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                 row[_IN] += len(dead)
                 self.dead_writer.write(dead)
                 row[_OUT] += len(dead)
+                owner.ctx.keep_dead(dead, keep=False)
             elif dead:
                 owner.ctx.keep_dead(dead)
 
@@ -375,7 +380,9 @@ class PacketSink(DynamicSink[Packet]):
 
     ``targets`` lists ``(exit index, counter row, sink)``; ``dead_sink`` is
     ``(counter row, sink)`` for dead letters, or None to keep them in the
-    run context.
+    run context. With ``dead_elsewhere``, the stage's dead letters go to an
+    exactly-once file by another output, and only those of records a sink
+    here refused are kept in the run context.
     """
 
     def __init__(
@@ -384,12 +391,15 @@ class PacketSink(DynamicSink[Packet]):
         counters: Counters,
         targets: Sequence[tuple[int, int, Sink]],
         dead_sink: tuple[int, Sink] | None,
+        *,
+        dead_elsewhere: bool = False,
     ) -> None:
         """Describe where each exit goes."""
         self.ctx = ctx
         self.counters = counters
         self.targets = list(targets)
         self.dead_sink = dead_sink
+        self.dead_elsewhere = dead_elsewhere
 
     def sink_failure(self, row: int, sink: Sink, item: Any, exc: Exception) -> DeadLetter:
         """Make the dead letter for a record a sink could not take."""

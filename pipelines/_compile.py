@@ -138,6 +138,11 @@ def compile_pipeline(
     merge_inputs: dict[str, list[BwStream[Chunk]]] = {}
     partitions: dict[str, Callable[[], list[str]]] = {}
     agg_inputs: dict[str, BwStream[tuple[str, Marked]]] = {}
+    # With recovery, a jsonl dead-letter file is written exactly once too: the
+    # dead letters of every stage travel to its one writer.
+    exact_dead = exact_files and isinstance(dead_sink, JsonlSink)
+    dead_path = dead_sink.path if isinstance(dead_sink, JsonlSink) else ""
+    dead_streams: list[BwStream[tuple[str, list[Any]]]] = []
 
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
         nodes: list[StageNode] = []
@@ -236,8 +241,18 @@ def compile_pipeline(
                 partitions[f"{pipeline.name}.{target.name}_exact"] = exact.list_parts
             else:
                 targets.append((i, row[target.name], sink))
-        dead = None if dead_sink is None else (row[dead_step], dead_sink)
-        op.output(f"{node.name}_out", packets, PacketSink(ctx, counters, targets, dead))
+        dead = None if dead_sink is None or exact_dead else (row[dead_step], dead_sink)
+        op.output(
+            f"{node.name}_out",
+            packets,
+            PacketSink(ctx, counters, targets, dead, dead_elsewhere=exact_dead),
+        )
+        if exact_dead:
+            dead_streams.append(
+                op.flat_map_batch(
+                    f"{node.name}_dead_letters", packets, _DeadRecords(ctx, dead_path)
+                )
+            )
         for i, (kind, target) in enumerate(stage_.exits):
             if kind == "merge":
                 unpacked = op.flat_map_batch(
@@ -261,6 +276,14 @@ def compile_pipeline(
                     Bucketize(i, combine=combine, delay=delay),
                 )
                 agg_inputs[target.name] = marked
+    if dead_streams:
+        assert isinstance(dead_sink, JsonlSink)
+        merged = dead_streams[0]
+        if len(dead_streams) > 1:
+            merged = op.merge(f"{dead_step}_merge", *dead_streams)
+        exact = ExactJsonl(dead_sink.path, counters, row[dead_step])
+        op.output(f"{dead_step}_exact", merged, exact)
+        partitions[f"{pipeline.name}.{dead_step}_exact"] = exact.list_parts
     return Compiled(flow, counters, kinds, partitions)
 
 
@@ -411,6 +434,22 @@ class _Records:
     def __call__(self, packets: list[Packet]) -> list[tuple[str, list[Any]]]:
         i = self.index
         return [(self.key, p.exits[i]) for p in packets if p.exits[i]]
+
+
+class _DeadRecords:
+    """Take a stage's dead letters out of its packets, for the exactly-once file."""
+
+    def __init__(self, ctx: RunContext, path: str) -> None:
+        self.ctx = ctx
+        self.path = path
+
+    def __call__(self, packets: list[Packet]) -> list[tuple[str, list[Any]]]:
+        out: list[tuple[str, list[Any]]] = []
+        for p in packets:
+            if p.dead:
+                self.ctx.keep_dead(p.dead, keep=False)
+                out.append((self.path, p.dead))
+        return out
 
 
 class _Unpack:
