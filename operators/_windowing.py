@@ -41,7 +41,7 @@ from operators._deadletter import DeadLetter, payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
-from operators.agg import Aggregator
+from operators.agg import Aggregator, exact_add, exact_merge
 from operators.windows import (
     Clock,
     Count,
@@ -69,12 +69,13 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     event whose value cannot be aggregated changes nothing.
 
     >>> from operators import agg
-    >>> add = make_adder([agg.count(), agg.sum("real")])
-    >>> accs = [0, 0]
-    >>> add(accs, 2.5, 0.0); add(accs, 1.5, 0.0); accs
+    >>> aggs = [agg.count(), agg.sum("real")]
+    >>> add = make_adder(aggs)
+    >>> accs = [g.create() for g in aggs]
+    >>> add(accs, 2.5, 0.0); add(accs, 1.5, 0.0); [g.result(a) for g, a in zip(aggs, accs)]
     [2, 4.0]
     """
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"exact_add": exact_add}
     lines = ["def add(a, e, ts):"]
     for i, g in enumerate(aggs):
         env[f"g{i}"] = g
@@ -99,7 +100,7 @@ def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], 
     >>> merge(held, [3, 7.0]); held
     [5, 7.0]
     """
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"exact_merge": exact_merge}
     lines = ["def merge(h, a):"]
     for i, g in enumerate(aggs):
         env[f"g{i}"] = g

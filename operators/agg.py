@@ -171,27 +171,82 @@ def count(cls: type | None = None) -> Aggregator:
     return _Count(cls)
 
 
+#: An exact sum: ``(the sum of values that are not floats, m, e)``; the floats
+#: sum to exactly ``m / 2**e`` (``e`` is -1 while no float was added).
+ExactSum = tuple[Any, int, int]
+
+#: The exact sum of nothing.
+EXACT_ZERO: ExactSum = (0, 0, -1)
+
+
+def exact_add(acc: ExactSum, value: Any) -> ExactSum:
+    """Add ``value`` to an exact sum: a float adds its exact binary value.
+
+    Floats are summed without rounding and rounded once, by `exact_total`, so
+    the sum does not depend on the order of the values (nor on how partial
+    sums were grouped): ``0.1 + 0.2 + 0.3`` and ``0.3 + 0.2 + 0.1`` agree.
+
+    >>> up = exact_add(exact_add(exact_add(EXACT_ZERO, 0.1), 0.2), 0.3)
+    >>> down = exact_add(exact_add(exact_add(EXACT_ZERO, 0.3), 0.2), 0.1)
+    >>> exact_total(up) == exact_total(down) == 0.6, (0.1 + 0.2) + 0.3 == 0.6
+    (True, False)
+    """
+    if value.__class__ is not float:
+        return (acc[0] + value, acc[1], acc[2])
+    n, d = value.as_integer_ratio()  # value == n / 2**k
+    k = d.bit_length() - 1
+    other, m, e = acc
+    if k > e:
+        return (other, (m << (k - e) if e >= 0 else 0) + n, k)
+    return (other, m + (n << (e - k)), e)
+
+
+def exact_merge(a: ExactSum, b: ExactSum) -> ExactSum:
+    """Return the exact sum of both exact sums."""
+    if b[2] < 0:
+        return (a[0] + b[0], a[1], a[2])
+    if a[2] < 0:
+        return (a[0] + b[0], b[1], b[2])
+    e = a[2] if a[2] > b[2] else b[2]
+    return (a[0] + b[0], (a[1] << (e - a[2])) + (b[1] << (e - b[2])), e)
+
+
+def exact_total(acc: ExactSum, divisor: int = 1) -> Any:
+    """Return the exact sum divided by ``divisor``, rounded once (a float if floats were added)."""
+    other, m, e = acc
+    if e < 0:
+        return other if divisor == 1 else other / divisor
+    if other.__class__ is int:
+        return (m + (other << e)) / ((1 << e) * divisor)  # int / int: rounded once
+    return (other + m / (1 << e)) / divisor
+
+
 class _Sum(Aggregator):
+    """Sums floats exactly (rounded once at the end), so the order of events does not matter."""
+
     numeric = True
     result_type = float
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "sum")
 
-    def create(self) -> Any:
-        return 0
+    def create(self) -> ExactSum:
+        return EXACT_ZERO
 
-    def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
-        return acc + value
+    def add(self, acc: ExactSum, value: Any, ts: float, event: Any) -> ExactSum:
+        return exact_add(acc, value)
 
-    def merge(self, a: Any, b: Any) -> Any:
-        return a + b
+    def merge(self, a: ExactSum, b: ExactSum) -> ExactSum:
+        return exact_merge(a, b)
+
+    def result(self, acc: ExactSum) -> Any:
+        return exact_total(acc)
 
     def inline(self, acc: str, value: str) -> str | None:
-        return f"{acc} + {value}"
+        return f"exact_add({acc}, {value})"
 
     def inline_merge(self, a: str, b: str) -> str | None:
-        return f"{a} + {b}"
+        return f"exact_merge({a}, {b})"
 
 
 def _field(field: Any, what: str) -> str:
@@ -207,23 +262,27 @@ def sum(field: str) -> Aggregator:
 
 
 class _Mean(Aggregator):
+    """The exact sum (see `exact_add`) over the count, rounded once."""
+
     numeric = True
     result_type = typing.Optional[float]  # noqa: UP045 - a runtime type object
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "mean")
 
-    def create(self) -> tuple[Any, int]:
-        return (0, 0)
+    def create(self) -> tuple[ExactSum, int]:
+        return (EXACT_ZERO, 0)
 
-    def add(self, acc: tuple[Any, int], value: Any, ts: float, event: Any) -> tuple[Any, int]:
-        return (acc[0] + value, acc[1] + 1)
+    def add(
+        self, acc: tuple[ExactSum, int], value: Any, ts: float, event: Any
+    ) -> tuple[ExactSum, int]:
+        return (exact_add(acc[0], value), acc[1] + 1)
 
-    def merge(self, a: tuple[Any, int], b: tuple[Any, int]) -> tuple[Any, int]:
-        return (a[0] + b[0], a[1] + b[1])
+    def merge(self, a: tuple[ExactSum, int], b: tuple[ExactSum, int]) -> tuple[ExactSum, int]:
+        return (exact_merge(a[0], b[0]), a[1] + b[1])
 
-    def result(self, acc: tuple[Any, int]) -> float | None:
-        return acc[0] / acc[1] if acc[1] else None
+    def result(self, acc: tuple[ExactSum, int]) -> float | None:
+        return exact_total(acc[0], acc[1]) if acc[1] else None
 
 
 def mean(field: str) -> Aggregator:

@@ -23,7 +23,17 @@ from pipelines._graph import Graph, Node, Port
 from pipelines._result import RunResult
 from pipelines.sinks import memory
 
-__all__ = ["head", "outputs", "preview", "replace_sources", "run"]
+__all__ = [
+    "Exploration",
+    "Schedule",
+    "ScheduleDependence",
+    "explore",
+    "head",
+    "outputs",
+    "preview",
+    "replace_sources",
+    "run",
+]
 
 
 def replace_sources(
@@ -142,3 +152,6 @@ def outputs(stream: Stream[Any], *, workers: int = 1) -> list[Any]:
     """Write ``stream`` to a memory sink, run, and return what reached it."""
     result = stream.write(memory("_test_output"), name="_test_output").run(workers=workers)
     return result.outputs.get("_test_output", [])
+
+
+from pipelines._explore import Exploration, Schedule, ScheduleDependence, explore  # noqa: E402

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,17 @@ def test_two_commands_and_ci_runs_the_test_command() -> None:
     assert tests.endswith("python -m pytest") and "'.[test]'" in tests
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
     assert ci[-1] == tests
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_docs_python_examples_run(
+    page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    # A module of its own, as a user's script is: events defined in it travel
+    # pickled between the processes of a cluster.
+    module = types.ModuleType(f"docs_{page[:-3].replace('-', '_')}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    for snippet in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        exec(compile(snippet, f"docs/{page}", "exec", dont_inherit=True), module.__dict__)
