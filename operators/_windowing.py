@@ -41,7 +41,7 @@ from operators._deadletter import DeadLetter, payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
-from operators.agg import Aggregator, exact_add, exact_merge
+from operators.agg import Aggregator, exact_add, exact_merge, exact_total
 from operators.windows import (
     Clock,
     Count,
@@ -89,6 +89,35 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     exec("\n".join(lines), env)
     adder: Callable[[list[Any], Any, float], None] = env["add"]
     return adder
+
+
+def make_finisher(
+    step: str, names: Sequence[str], aggs: Sequence[Aggregator], construct: Callable[..., Any]
+) -> Callable[[str, float, float, list[Any]], Any]:
+    """Generate ``finish(key, start, end, accs)``: the result record of a closed window.
+
+    >>> from operators import agg
+    >>> finish = make_finisher("s", ["n", "total"], [agg.count(), agg.sum("x")], dict)
+    >>> r = finish("k", 10.0, 20.0, [2, agg.sum("x").add(agg.sum("x").create(), 1.5, 0, None)])
+    >>> r["id"], r["n"], r["total"], r["end"].isoformat()
+    ('s/k/10.000000', 2, 1.5, '1970-01-01T00:00:20+00:00')
+    """
+    env: dict[str, Any] = {"utc": _utc, "construct": construct, "step": step, "head": f"{step}/"}
+    values = []
+    for i, (name, g) in enumerate(zip(names, aggs, strict=True)):
+        env[f"g{i}"] = g
+        values.append(f"{name!r}: {g.inline_result(f'a[{i}]') or f'g{i}.result(a[{i}])'}")
+    env.update(exact_total=exact_total)
+    lines = [
+        "def finish(key, start, end, a):",
+        "    return construct({'type': step, 'id': f'{head}{key}/{start:.6f}', "
+        "'time': utc(end), 'key': key, 'start': utc(start), 'end': utc(end), "
+        + ", ".join(values)
+        + "})",
+    ]
+    exec("\n".join(lines), env)
+    finisher: Callable[[str, float, float, list[Any]], Any] = env["finish"]
+    return finisher
 
 
 def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], None]:
@@ -157,6 +186,7 @@ class WindowSpec:
         self.add = make_adder(self.aggs)
         self.merge = make_merger(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
+        self.finish = make_finisher(self.step, self.names, self.aggs, self.construct)
         clock = self.clock
         self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
         self.idle = clock.idle_timeout if isinstance(clock, EventTime) else 0.0
@@ -354,6 +384,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
 
     def _result(self, key: str, start: float | None, end: float | None, accs: list[Any]) -> Any:
         spec = self.spec
+        if start is not None and end is not None:
+            return spec.finish(key, start, end, accs)
         stamp = "running" if start is None else f"{start:.6f}"
         fields: dict[str, Any] = {
             "type": spec.step,
@@ -483,13 +515,14 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         late = 0
         if isinstance(window, Tumbling):
             # The hot loop: one dict lookup and the generated adder per event.
-            start_of = window.start_of
             end_of = window.end_of
+            size_us = window.size_us
             heap = self.heap
             get = wins.get
             opened = 0
             for key, ts, event in records:
-                start = start_of(ts)
+                t = round(ts * 1_000_000)  # Tumbling.start_of, inline
+                start = (t - t % size_us) / 1_000_000
                 if ts < wm and end_of(start) <= wm:
                     late += 1
                     self._late(event, ts, wm, out, row)

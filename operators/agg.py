@@ -107,6 +107,10 @@ class Aggregator:
         """Return a Python expression for ``merge`` (for generated code), or None."""
         return None
 
+    def inline_result(self, acc: str) -> str | None:
+        """Return a Python expression for ``result`` (for generated code), or None."""
+        return None
+
     def check(self, classes: tuple[type[Event], ...], step: str) -> None:
         """Check the field against the event classes; raise with their fields."""
         if self.field is None:
@@ -158,6 +162,9 @@ class _Count(Aggregator):
 
     def inline(self, acc: str, value: str) -> str | None:
         return f"{acc} + 1" if self.cls is None else None
+
+    def inline_result(self, acc: str) -> str | None:
+        return acc
 
     def inline_merge(self, a: str, b: str) -> str | None:
         return f"{a} + {b}"
@@ -247,6 +254,9 @@ class _Sum(Aggregator):
 
     def inline_merge(self, a: str, b: str) -> str | None:
         return f"exact_merge({a}, {b})"
+
+    def inline_result(self, acc: str) -> str | None:
+        return f"exact_total({acc})"
 
 
 def _field(field: Any, what: str) -> str:

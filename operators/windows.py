@@ -151,6 +151,11 @@ class Tumbling(Window):
         """Keep the size in microseconds (a whole, positive number of them)."""
         object.__setattr__(self, "_us", whole_micros(self.size, "tumbling window size"))
 
+    @property
+    def size_us(self) -> int:
+        """The size in whole microseconds."""
+        return self._us
+
     def start_of(self, ts: float) -> float:
         """Return the start of the window that holds ``ts``."""
         t = round(ts * _US)
