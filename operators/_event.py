@@ -78,7 +78,8 @@ def event_classes(schema: Schema) -> tuple[type[Event], ...]:
 
     >>> class A(Event): pass
     >>> class B(Event): pass
-    >>> [c.__name__ for c in event_classes(A | B)]
+    >>> names = [c.__name__ for c in event_classes(A | B)]
+    >>> names
     ['A', 'B']
     """
     if isinstance(schema, type) and issubclass(schema, Event):

@@ -8,6 +8,8 @@ hands each event to the handlers of its type. `EventBus` keeps the classic
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -129,6 +131,51 @@ def add_dispatch(
     return Stream(pipeline._with(graph.add(node)), Port(node), None, stream._scope)
 
 
+def _run_to_end(awaitable: Any, event: Any) -> Any:
+    """Run an async handler's awaitable to its end, outside any running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop running in this thread: run one
+    else:
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()  # never awaited otherwise: say so instead of a warning at exit
+        msg = (
+            f"EventBus.publish: an async handler for {event!r} cannot be run to its end "
+            f"inside a running event loop. Hint: await bus.publish_async(event)."
+        )
+        raise RuntimeError(msg)
+
+    async def wait() -> Any:
+        return await awaitable
+
+    return asyncio.run(wait())
+
+
+def split_state(handlers: Mapping[Any, Sequence[Any]]) -> list[str]:
+    """Name the handler objects whose instance attributes would be split among workers.
+
+    >>> class Counter:
+    ...     def __init__(self): self.seen = 0
+    ...     def handle(self, event): self.seen += 1
+    >>> split_state({"click": [Counter(), print]})
+    ["Counter (attributes: seen) for 'click'"]
+    """
+    found = []
+    for event_type, items in handlers.items():
+        for handler in items:
+            if isinstance(handler, Stateful) or inspect.isroutine(handler):
+                continue
+            attributes = sorted(getattr(handler, "__dict__", {}))
+            if attributes and callable(getattr(handler, "handle", None)):
+                found.append(
+                    f"{type(handler).__name__} (attributes: {', '.join(attributes)}) "
+                    f"for {_label(event_type)}"
+                )
+    return found
+
+
 class EventBus:
     """The classic in-process event bus, and the door to an evflow dataflow.
 
@@ -139,8 +186,9 @@ class EventBus:
     ...     def handle(self, event): print("handled", event.get_type())
     >>> bus = EventBus()
     >>> bus.register("click", Printer())
-    >>> bus.publish(Click())
+    >>> bus.publish(Click())  # what the handlers returned
     handled click
+    [None]
     """
 
     def __init__(self) -> None:
@@ -176,12 +224,7 @@ class EventBus:
         """Return a copy of the registrations."""
         return {k: list(v) for k, v in self._handlers.items()}
 
-    def publish(self, event: Any) -> None:
-        """Deliver ``event`` now to every handler of its type, in registration order.
-
-        Handlers registered for a class (or a base class) come first, then those
-        registered for the type name ``event.get_type()``.
-        """
+    def _found(self, event: Any) -> list[Any]:
         found: list[Any] = []
         for cls in type(event).__mro__:
             found += self._handlers.get(cls, [])
@@ -190,9 +233,40 @@ class EventBus:
             found += self._handlers.get(get_type(), [])
         if not found:
             self.unhandled.append(event)
-        for handler in found:
-            call = handler.handle if callable(getattr(handler, "handle", None)) else handler
-            call(event)
+        return [h.handle if callable(getattr(h, "handle", None)) else h for h in found]
+
+    def publish(self, event: Any) -> list[Any]:
+        """Deliver ``event`` now to every handler of its type, in registration order.
+
+        Handlers registered for a class (or a base class) come first, then those
+        registered for the type name ``event.get_type()``. Returns what the
+        handlers returned, in that order. An ``async def`` handler is run to
+        its end here; inside a running event loop, ``await
+        bus.publish_async(event)`` instead.
+
+        >>> bus = EventBus()
+        >>> async def later(event): return f"awaited {event}"
+        >>> bus.register(str, later); bus.register(str, len)
+        >>> bus.publish("hi")
+        ['awaited hi', 2]
+        """
+        results = []
+        for call in self._found(event):
+            value = call(event)
+            if inspect.isawaitable(value):
+                value = _run_to_end(value, event)
+            results.append(value)
+        return results
+
+    async def publish_async(self, event: Any) -> list[Any]:
+        """Deliver ``event`` like `publish`, awaiting ``async def`` handlers in this event loop."""
+        results = []
+        for call in self._found(event):
+            value = call(event)
+            if inspect.isawaitable(value):
+                value = await value
+            results.append(value)
+        return results
 
     def pipeline(
         self,
@@ -202,6 +276,7 @@ class EventBus:
         key: Callable[[Any], str] | None = None,
         sink: Sink | None = None,
         on_error: Policy = "dead_letter",
+        concurrency: int = 1,
     ) -> Pipeline:
         """Return the evflow pipeline that does what this bus does, as a dataflow.
 
@@ -209,7 +284,14 @@ class EventBus:
         class, then by ``get_type()``); with ``key`` the stream is keyed first,
         so each key's events are handled in order on one worker. Events no
         handler takes become dead letters; what handlers return goes to
-        ``sink`` (a memory sink ``"results"`` by default).
+        ``sink`` (a memory sink ``"results"`` by default). ``async def``
+        handlers of a batch run concurrently, up to ``concurrency`` at once on
+        each worker (so workers x processes x ``concurrency`` in all).
+
+        Each worker and process holds its own copy of a handler object: state
+        kept in its attributes is split among them (evflow warns when a run
+        on several workers dispatches to such an object). Keep state with
+        ``stateful(...)`` handlers on a keyed stream instead.
         """
         from pipelines._builder import Pipeline
         from pipelines.sinks import memory
@@ -220,6 +302,8 @@ class EventBus:
         stream: Any = Pipeline(name).read(source)
         if key is not None:
             stream = stream.key_by(key)
-        handled = stream.dispatch(self.handlers(), default="dead_letter", on_error=on_error)
+        handled = stream.dispatch(
+            self.handlers(), default="dead_letter", on_error=on_error, concurrency=concurrency
+        )
         result: Pipeline = handled.write(sink or memory("results"))
         return result

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -45,18 +46,21 @@ def _resolve(obj: Any, target: str) -> Pipeline:
 
 
 def load_target(target: str) -> Pipeline:
-    """Load a pipeline from a catalog name, ``module:attr`` or ``file.py:attr``."""
+    """Load a pipeline from a catalog name, ``module:attr`` or ``file.py:attr``.
+
+    Without ``:attr``, a file (or module) gives its attribute ``pipeline``.
+    """
     from pipelines import catalog
 
     if target in catalog.NAMES:
         return catalog.load(target)
-    if ":" not in target:
+    if ":" not in target and not target.endswith(".py"):
         msg = (
             f"unknown pipeline {target!r}. Hint: a catalog name ({', '.join(catalog.NAMES)}), "
-            f"module:attribute, or path/to/file.py:attribute."
+            f"module:attribute, or path/to/file.py[:attribute]."
         )
         raise TargetError(msg)
-    where, attr = target.rsplit(":", 1)
+    where, attr = target.rsplit(":", 1) if ":" in target else (target, "pipeline")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
@@ -139,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument(
+        "--max-dead-ratio",
+        type=_ratio,
+        metavar="R",
+        help="exit with status 3 when more than this share (0 to 1) of the records read "
+        "became dead letters",
+    )
     shown.add_argument("--json", action="store_true", help="print the summary as JSON")
     shown.add_argument(
         "--live", action="store_true", help="draw the live view even when not on a terminal"
@@ -154,6 +165,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     graph.add_argument("-o", "--output", help="write to this file instead of stdout")
     return parser
+
+
+def _ratio(text: str) -> float:
+    """Parse a share from 0 to 1 (for --max-dead-ratio)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        msg = f"a share from 0 to 1, such as 0.05; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +321,15 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     finally:
         stopping.cancel()
     _summary(result, args, console)
+    for warning in result.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    limit = args.max_dead_ratio
+    if limit is not None and result.dead_ratio > limit:
+        sys.stderr.write(
+            f"error: {result.dead:,} of the {result.read:,} records read became dead letters "
+            f"({result.dead_ratio:.1%}), more than --max-dead-ratio {limit:g} allows\n"
+        )
+        return 3
     return 0 if result.reconciles or result.partial else 1
 
 

@@ -95,14 +95,21 @@ def summary_table(result: RunResult) -> Table:
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
             f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated} + "
             f"handled {result.handled}: {ok}"
+            + "".join(f"\n[bold red]warning:[/bold red] {w}" for w in result.warnings)
         ),
     )
+    # Only the columns that have something in them (received and out always).
+    columns = [
+        (field, header)
+        for field, header in COUNT_COLUMNS
+        if field in ("received", "out") or any(getattr(c, field) for c in result.counts.values())
+    ]
     table.add_column("step")
     table.add_column("kind")
-    for _, header in COUNT_COLUMNS:
+    for _, header in columns:
         table.add_column(header, justify="right")
     for counts in result.counts.values():
-        values = [getattr(counts, field) for field, _ in COUNT_COLUMNS]
+        values = [getattr(counts, field) for field, _ in columns]
         table.add_row(counts.step, counts.kind, *(str(v) if v else "." for v in values))
     totals = {
         "received": result.read,
@@ -112,7 +119,7 @@ def summary_table(result: RunResult) -> Table:
     table.add_row(
         "[bold]total[/bold]",
         "",
-        *(str(totals.get(field, getattr(result, field, 0))) for field, _ in COUNT_COLUMNS),
+        *(str(totals.get(field, getattr(result, field, 0))) for field, _ in columns),
         end_section=True,
     )
     return table

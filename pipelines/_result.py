@@ -181,13 +181,48 @@ class RunResult:
         )
         return self.read + self.created == total and all(c.balanced for c in self.counts.values())
 
+    @property
+    def dead_ratio(self) -> float:
+        """The share of the records read that became dead letters (0.0 when none was read)."""
+        return self.dead / self.read if self.read else 0.0
+
+    @property
+    def warnings(self) -> list[str]:
+        """Steps that turned every record they received into a dead letter.
+
+        Such a step (a typo in a lambda, a wrong field) lets the run "succeed"
+        while nothing gets through it, so the summary says so.
+
+        >>> from pipelines import Pipeline, sources, sinks
+        >>> r = (Pipeline("p").read(sources.memory([1, 2])).map(lambda x: x.amout)
+        ...      .write(sinks.memory("o")).run())
+        >>> r.warnings
+        ["step 'map' turned all 2 records it received into dead letters (user_error)"]
+        """
+        found = []
+        for counts in self.counts.values():
+            seen = counts.received + counts.created
+            if seen and counts.dead == seen:
+                kinds = sorted(
+                    kind
+                    for (step, kind), n in self.dead_letter_counts.items()
+                    if step == counts.step and n
+                )
+                why = f" ({', '.join(kinds)})" if kinds else ""
+                found.append(
+                    f"step {counts.step!r} turned all {seen:,} records it received into "
+                    f"dead letters{why}"
+                )
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """Return the summary as plain data (for JSON): totals, steps, dead letters by kind.
 
         >>> from pipelines import Pipeline, sources, sinks
         >>> r = Pipeline("p").read(sources.memory([1, 2])).write(sinks.memory("o")).run()
         >>> d = r.to_dict()
-        >>> d["read"], d["written"], d["reconciles"], d["steps"]["memory_o"]["out"]
+        >>> step = d["steps"].get("memory_o")
+        >>> d["read"], d["written"], d["reconciles"], step.get("out")
         (2, 2, True, 2)
         """
         kinds: dict[str, int] = {}
@@ -210,6 +245,8 @@ class RunResult:
             "handled": self.handled,
             "open": self.open_windows,
             "reconciles": None if self.partial else self.reconciles,
+            "dead_ratio": round(self.dead_ratio, 6),
+            "warnings": self.warnings,
             "member": self.member,
             "steps": {
                 step: {k: v for k, v in vars(c).items() if k != "step"}

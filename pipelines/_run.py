@@ -7,6 +7,7 @@ import gc
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -324,6 +325,25 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
     }
 
 
+def warn_split_state(pipeline: Pipeline, copies: int) -> None:
+    """Warn when a dispatch hands events to handler objects that keep state in attributes."""
+    from pipelines._bus import split_state
+
+    for node in pipeline.graph:
+        if node.kind != "dispatch":
+            continue
+        found = split_state({**node.params["table"], "default": node.params["default"]})
+        if found:
+            warnings.warn(
+                f"step {node.name!r}: {'; '.join(found)}: each of the run's {copies} workers "
+                f"holds its own copy of a handler object, so state kept in its attributes is "
+                f"split among them. Hint: keep state with stateful(...) handlers on a keyed "
+                f"stream.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 def run(
     pipeline: Pipeline,
     *,
@@ -354,6 +374,8 @@ def run(
     if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
         msg = f"restart must be an int >= 0; got {restart!r}."
         raise ValueError(msg)
+    if workers * processes > 1:
+        warn_split_state(pipeline, workers * processes)
     if restart and recovery is None:
         msg = (
             f"restart={restart} needs recovery: a restarted cluster resumes from the last "

@@ -124,3 +124,51 @@ def test_the_same_bus_as_a_dataflow() -> None:
     assert len(keyed["out"]) == 6 and keyed.reconciles
     with pytest.raises(ValueError, match=r"EventBus.pipeline: no handler is registered"):
         EventBus().pipeline(sources.memory([]))
+
+
+def test_publish_runs_async_handlers_and_returns_every_result() -> None:
+    import asyncio
+
+    bus = EventBus()
+
+    async def slow(event: str) -> str:
+        await asyncio.sleep(0)
+        return f"async {event}"
+
+    bus.register(str, slow)
+    bus.register(str, str.upper)
+    assert bus.publish("hi") == ["async hi", "HI"]  # never "coroutine was never awaited"
+    assert asyncio.run(bus.publish_async("yo")) == ["async yo", "YO"]
+
+    async def inside_a_loop() -> None:
+        with pytest.raises(RuntimeError, match=r"await bus.publish_async\(event\)"):
+            bus.publish("hi")
+
+    asyncio.run(inside_a_loop())
+
+
+def test_bus_pipeline_takes_concurrency_and_warns_of_state_split_among_workers() -> None:
+    import asyncio
+
+    class Tally:
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def handle(self, event: int) -> int:
+            self.seen += 1
+            return event
+
+    async def double(event: int) -> int:
+        await asyncio.sleep(0.001)
+        return event * 2
+
+    bus = EventBus()
+    bus.register(int, double)
+    flow = bus.pipeline(sources.memory(range(20)), concurrency=8)
+    [step] = [n for n in flow.graph if n.kind == "dispatch"]
+    assert step.params["concurrency"] == 8
+    assert sorted(flow.run(workers=2)["results"]) == [i * 2 for i in range(20)]
+    bus.register(int, Tally())
+    with pytest.warns(RuntimeWarning, match=r"Tally \(attributes: seen\).*split among them"):
+        bus.pipeline(sources.memory(range(4))).run(workers=2)
+    assert len(bus.pipeline(sources.memory(range(4))).run()["results"]) == 8  # 1 worker: quiet

@@ -213,3 +213,65 @@ def test_sigterm_stops_a_cluster_of_processes(tmp_path: Path) -> None:
     time.sleep(0.5)
     for pid in members:  # the cluster's processes were stopped too
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} still runs"
+
+
+TYPO = """
+from pipelines import Event, Pipeline, sources, sinks
+
+class Txn(Event):
+    amount: float
+
+pipeline = (
+    Pipeline("typo")
+    .read(sources.memory([Txn(amount=a) for a in range(10)] + ["not JSON"], schema=Txn))
+    .map(lambda t: t.amout * 2)  # a typo: every event becomes a dead letter
+    .write(sinks.memory("o"))
+)
+"""
+
+
+def test_a_step_that_eats_everything_is_flagged_and_can_fail_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = tmp_path / "typo.py"
+    app.write_text(TYPO)
+    assert main(["run", f"{app}:pipeline", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    warning = "step 'map' turned all 10 records it received into dead letters (user_error)"
+    assert f"warning: {warning}" in captured.err and "warning:" in captured.out
+    # 11 of 11 records read are dead letters (10 at the map, 1 at parsing)
+    assert main(["run", f"{app}:pipeline", "--quiet", "--max-dead-ratio", "0.5"]) == 3
+    err = capsys.readouterr().err
+    assert "11 of the 11 records read became dead letters (100.0%)" in err
+    assert main(["run", f"{app}:pipeline", "--json", "--max-dead-ratio", "1"]) == 0
+    out = capsys.readouterr().out
+    assert '"dead_ratio": 1.0' in out and warning in out
+    with pytest.raises(SystemExit):
+        main(["run", f"{app}:pipeline", "--max-dead-ratio", "5"])
+    assert "a share from 0 to 1" in capsys.readouterr().err
+
+
+def test_a_step_that_passes_some_records_is_not_flagged() -> None:
+    from pipelines import Pipeline, sinks, sources
+
+    r = (
+        Pipeline("some")
+        .read(sources.memory([1, 0, 2]))
+        .map(lambda x: 10 // x)
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert r.dead == 1 and r.warnings == [] and abs(r.dead_ratio - 1 / 3) < 1e-9
+
+
+def test_a_file_without_an_attribute_runs_its_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = tmp_path / "plain.py"
+    app.write_text(APP)
+    assert main(["run", str(app), "--quiet"]) == 0
+    assert "map_double" in capsys.readouterr().out
+    none = tmp_path / "empty.py"
+    none.write_text("x = 1\n")
+    assert main(["run", str(none)]) == 2
+    assert "has no attribute 'pipeline'" in capsys.readouterr().err
