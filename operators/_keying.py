@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._ops import check_key
@@ -23,8 +23,24 @@ from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Node, Packet, ResumeError, StageOp, _fan_out, _Run
 from operators.windows import Clock, EventTime
 
-if TYPE_CHECKING:
-    from operators._windowing import Combiner
+
+class Combining(Protocol):
+    """What `Bucketize` asks of the pre-aggregation (`operators._windowing.Combiner`)."""
+
+    def add_chunk(
+        self,
+        records: list[tuple[str, float, Any]],
+        partition: str,
+        latest: float,
+        wins: dict[tuple[str, float], tuple[list[Any], list[str]]],
+    ) -> list[Any]:
+        """Aggregate one chunk's events into ``wins``; return those to send as they are."""
+
+    def partials(
+        self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]
+    ) -> list[tuple[str, float, float, list[Any], list[str]]]:
+        """Return the partial windows of ``wins``."""
+
 
 __all__ = [
     "BUCKETS",
@@ -272,7 +288,7 @@ class Bucketize:
         self,
         exit_index: int,
         buckets: int = BUCKETS,
-        combine: Combiner | None = None,
+        combine: Combining | None = None,
         delay: float | None = None,
     ) -> None:
         """Read exit ``exit_index`` of each packet.
