@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def imports(package: str) -> dict[str, set[str]]:
     """Every import (lazy and type-checking ones included) between a package's modules."""
     modules = {}
-    for path in (ROOT / package).rglob("*.py"):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for path in (ROOT / "src" / package).rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT / "src").with_suffix("").parts)
         modules[name.removesuffix(".__init__")] = path
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():

@@ -23,7 +23,68 @@ keyed: KeyedStream[Buy] = start.key_by(lambda e: e.user)
 only: Stream[Buy] = Pipeline("t").read(sources.memory([])).filter(Buy)
 routes = start.forward(big=lambda e: e.amount > 10, otherwise="rest")
 big: Stream[Buy] = routes.big
+from_file: Stream[Buy] = Pipeline("t").read(sources.jsonl("buys.jsonl", schema=Buy))
+total: Stream[float] = from_file.map(lambda t: t.amount * 2)
+numbers: Stream[int] = Pipeline("t").read(sources.memory(range(3)))
 """
+
+RESULTS = """
+from operators import agg, windows
+from pipelines import Event, Pipeline, Stream, WindowResult, sinks, sources
+
+class Buy(Event):
+    user: str
+    amount: float
+
+class Totals(WindowResult):
+    n: int = 0
+    revenue: float = 0.0
+
+keyed = Pipeline("t").read(sources.memory([Buy(user="a", amount=1.0)])).key_by(lambda b: b.user)
+totals: Stream[Totals] = keyed.window(windows.tumbling(seconds=60)).aggregate(
+    into=Totals, n=agg.count(), revenue=agg.sum("amount")
+)
+revenue: Stream[float] = totals.map(lambda w: w.revenue)
+"""
+
+WRONG = {
+    # a typo in a field of a typed source's events
+    "field": (
+        """
+from pipelines import Event, Pipeline, sources
+
+class Txn(Event):
+    amount: float
+
+Pipeline("t").read(sources.jsonl("t.jsonl", schema=Txn)).map(lambda t: t.amout)
+""",
+        '"Txn" has no attribute "amout"',
+    ),
+    # a typo in a field of a typed result
+    "result": (
+        RESULTS + "typo = totals.map(lambda w: w.totl)\n",
+        '"Totals" has no attribute "totl"',
+    ),
+    # window before key_by: only a keyed stream has windows
+    "order": (
+        """
+from operators import windows
+from pipelines import Pipeline, sources
+
+Pipeline("t").read(sources.memory([1])).window(windows.tumbling(seconds=1))
+""",
+        'has no attribute "window"',
+    ),
+    # a key that is not a string
+    "key": (
+        """
+from pipelines import Pipeline, sources
+
+Pipeline("t").read(sources.memory([1])).key_by(lambda x: x + 1)
+""",
+        "Incompatible return value type",
+    ),
+}
 
 BAD = """
 from pipelines import Pipeline, Stream, sources
@@ -36,8 +97,11 @@ names: Stream[int] = start.map(lambda n: str(n))
 def mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "example.py"
     path.write_text(code)
+    # Outside the repository, as a user's project: mypy finds the installed
+    # packages through the install's .pth file.
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(path)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
@@ -50,3 +114,36 @@ def test_types_flow_through_the_chain(tmp_path: Path) -> None:
     bad = mypy(tmp_path, BAD)
     assert bad.returncode == 1
     assert 'Incompatible return value type (got "str", expected "int")' in bad.stdout
+
+
+def test_typed_sources_results_and_wrong_steps(tmp_path: Path) -> None:
+    good = mypy(tmp_path, RESULTS)
+    assert good.returncode == 0, good.stdout
+    # All the wrong uses in one file (one mypy run): each must be reported.
+    bad = mypy(tmp_path, "\n".join(code for code, _ in WRONG.values()))
+    assert bad.returncode == 1
+    for what, (_, expected) in WRONG.items():
+        assert expected in bad.stdout, (what, bad.stdout)
+
+
+def test_into_must_hold_every_aggregator() -> None:
+    import pytest
+
+    from operators import agg, windows
+    from pipelines import Pipeline, WindowResult, sources
+
+    class Partial(WindowResult):
+        n: int = 0
+
+    class Extra(WindowResult):
+        n: int = 0
+        owner: str
+
+    keyed = Pipeline("t").read(sources.memory([1])).key_by(lambda x: str(x))
+    window = keyed.window(windows.tumbling(seconds=1), clock=windows.processing_time())
+    with pytest.raises(ValueError, match=r"Partial has no field for \['total'\]"):
+        window.aggregate(into=Partial, n=agg.count(), total=agg.sum("x"))
+    with pytest.raises(ValueError, match=r"fields \['owner'\] are filled by no aggregator"):
+        window.aggregate(into=Extra, n=agg.count())
+    with pytest.raises(TypeError, match="must be a subclass of WindowResult"):
+        window.aggregate(into=int, n=agg.count())  # type: ignore[type-var]

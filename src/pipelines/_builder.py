@@ -96,8 +96,8 @@ class Pipeline:
         return Pipeline(self._name, _graph=graph, _dead=dead if dead is not None else self._dead)
 
     def read(
-        self, source: Source, *, name: str | None = None, on_error: Policy = "dead_letter"
-    ) -> Stream[Any]:
+        self, source: Source[T], *, name: str | None = None, on_error: Policy = "dead_letter"
+    ) -> Stream[T]:
         """Start a stream from ``source`` (see `pipelines.sources`).
 
         ``on_error`` applies to records the source's schema rejects; parsing

@@ -163,12 +163,12 @@ class _ScheduledReader(Reader):
         self.inner.close()
 
 
-class _ScheduledSource(Source):
+class _ScheduledSource(Source[Any]):
     """A source read under a schedule: its batch size, partition names, stall and crash."""
 
     def __init__(
         self,
-        inner: Source,
+        inner: Source[Any],
         step: str,
         schedule: Schedule,
         stall_seconds: float,
@@ -356,7 +356,7 @@ class _Runner:
         for node in self.pipeline.graph:
             if node.kind != "read":
                 continue
-            source: Source = node.params["source"]
+            source: Source[Any] = node.params["source"]
             parts = {}
             for part in source.partitions():
                 reader = source.open(part, node.name, None)
@@ -483,7 +483,9 @@ def explore(
                 return None
             old = node.params["source"]
             given = schema if schema is not None else old.schema
-            source = MemorySource(items, schema=given, partitions=partitions, name=old.label)
+            source: MemorySource[Any] = MemorySource(
+                items, schema=given, partitions=partitions, name=old.label
+            )
             return {"source": source}
 
         from pipelines.testing import _rebuild

@@ -22,10 +22,11 @@ from operators.windows import Clock, EventTime, Window, event_time, to_seconds
 from pipelines._builder import Pipeline, Stream
 from pipelines._graph import Graph, Node, Port, check_name
 
-__all__ = ["AggregateStream", "KeyedStream", "WindowResult", "WindowedStream"]
+__all__ = ["AggregateStream", "AnyResult", "KeyedStream", "WindowResult", "WindowedStream"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
+L = TypeVar("L")
 
 _RESERVED = {"key", "start", "end", "type", "id", "time"}
 
@@ -42,10 +43,22 @@ class WindowResult(Event):
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
 
+
+class AnyResult(WindowResult):
+    """The base of the result class each aggregate step makes (without ``into=``).
+
+    Its named values are fields made at build time: to a type checker they are
+    attributes of any type. Name your own `WindowResult` subclass with
+    ``aggregate(into=...)`` to have them checked.
+    """
+
     if TYPE_CHECKING:
-        # The named values are fields of each step's own subclass, made at
-        # build time; to the type checker they are plain attributes.
+
         def __getattr__(self, name: str) -> Any: ...
+
+
+#: The result model of an aggregate (your own with ``aggregate(into=...)``).
+R = TypeVar("R", bound=WindowResult)
 
 
 class KeyedStream(Stream[T]):
@@ -123,20 +136,46 @@ class KeyedStream(Stream[T]):
         _check_clock(clock, self._classes, self.step)
         return WindowedStream(self, window, clock)
 
+    @overload
     def aggregate(
         self,
         *,
+        into: type[R],
+        emit: Literal["final", "running"] = ...,
+        ttl: timedelta | float | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+        **aggregators: Aggregator,
+    ) -> AggregateStream[R, T]: ...
+
+    @overload
+    def aggregate(
+        self,
+        *,
+        into: None = None,
+        emit: Literal["final", "running"] = ...,
+        ttl: timedelta | float | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+        **aggregators: Aggregator,
+    ) -> AggregateStream[AnyResult, T]: ...
+
+    def aggregate(
+        self,
+        *,
+        into: type[WindowResult] | None = None,
         emit: Literal["final", "running"] = "final",
         ttl: timedelta | float | None = None,
         name: str | None = None,
         on_error: Policy = "dead_letter",
         **aggregators: Aggregator,
-    ) -> AggregateStream[T]:
+    ) -> AggregateStream[Any, T]:
         """Keep a running aggregate per key, without windows.
 
         ``emit="running"`` emits the key's result after every event;
         ``emit="final"`` once, when a bounded input ends. With ``ttl`` a key
         idle that long (wall clock) is dropped, its final result emitted first.
+        ``into`` names the result model (see `WindowedStream.aggregate`).
         """
         if emit not in ("final", "running"):
             msg = f"aggregate: emit must be 'final' or 'running'; got {emit!r}."
@@ -150,7 +189,9 @@ class KeyedStream(Stream[T]):
                 f"use emit='running', or give a ttl."
             )
             raise ValueError(msg)
-        return _aggregate(self, None, None, name, on_error, aggregators, emit=emit, ttl=seconds)
+        return _aggregate(
+            self, None, None, name, on_error, aggregators, emit=emit, ttl=seconds, into=into
+        )
 
 
 class WindowedStream(Generic[T]):
@@ -168,17 +209,44 @@ class WindowedStream(Generic[T]):
         """Show the window."""
         return f"WindowedStream(at={self._keyed.step!r}, window={self._window.label})"
 
+    @overload
     def aggregate(
         self,
         *,
+        into: type[R],
+        name: str | None = ...,
+        on_error: Policy = ...,
+        combine: bool = ...,
+        **aggregators: Aggregator,
+    ) -> AggregateStream[R, T]: ...
+
+    @overload
+    def aggregate(
+        self,
+        *,
+        into: None = None,
+        name: str | None = ...,
+        on_error: Policy = ...,
+        combine: bool = ...,
+        **aggregators: Aggregator,
+    ) -> AggregateStream[AnyResult, T]: ...
+
+    def aggregate(
+        self,
+        *,
+        into: type[WindowResult] | None = None,
         name: str | None = None,
         on_error: Policy = "dead_letter",
         combine: bool = True,
         **aggregators: Aggregator,
-    ) -> AggregateStream[T]:
+    ) -> AggregateStream[Any, T]:
         """Aggregate each key's windows: one result record per key and window.
 
         Late events (behind the watermark) go to ``.late`` of the result.
+        ``into`` is your own subclass of `WindowResult` with one field per
+        aggregator (and defaults for any other field): the results are of that
+        class, so a type checker knows their fields (``w.totl`` is an error).
+        Without it, each step makes its own result class.
 
         On more than one process, tumbling event-time windows whose aggregators
         merge are first aggregated where the events are read, and partial
@@ -189,14 +257,18 @@ class WindowedStream(Generic[T]):
         payload (unless ``.late`` is written, which keeps late events whole).
         """
         return _aggregate(
-            self._keyed, self._window, self._clock, name, on_error, aggregators, combine=combine
+            self._keyed,
+            self._window,
+            self._clock,
+            name,
+            on_error,
+            aggregators,
+            combine=combine,
+            into=into,
         )
 
 
-L = TypeVar("L")
-
-
-class AggregateStream(Stream[WindowResult], Generic[L]):
+class AggregateStream(Stream[R], Generic[R, L]):
     """The results of an aggregate; ``.late`` holds the events that came too late."""
 
     __slots__ = ("_late",)
@@ -271,7 +343,8 @@ def _aggregate(
     emit: str = "final",
     ttl: float | None = None,
     combine: bool = False,
-) -> AggregateStream[Any]:
+    into: type[WindowResult] | None = None,
+) -> AggregateStream[Any, Any]:
     label = "running" if window is None else window.label
     step = check_name(name) if name else None
     shown = step or f"aggregate_{label}"
@@ -307,7 +380,7 @@ def _aggregate(
     pipeline = keyed.pipeline
     graph: Graph = pipeline.graph
     step = step or graph.unique(keyed._auto("aggregate", f"{label}_{'_'.join(aggregators)}"))
-    model = _result_model(step, aggregators)
+    model = _result_model(step, aggregators) if into is None else _check_into(into, aggregators)
     node = Node(
         step,
         "aggregate",
@@ -329,6 +402,35 @@ def _aggregate(
     return AggregateStream(pipe, Port(node), (model,), keyed._scope, late)
 
 
+def _check_into(into: Any, aggregators: dict[str, Aggregator]) -> type[WindowResult]:
+    """Check a result model the user names: a WindowResult with a field per aggregator."""
+    if not (isinstance(into, type) and issubclass(into, WindowResult)):
+        msg = (
+            f"aggregate(into=...) must be a subclass of WindowResult; got {into!r}. Hint: "
+            f"class Totals(WindowResult): n: int = 0."
+        )
+        raise TypeError(msg)
+    fields = into.model_fields
+    missing = [n for n in aggregators if n not in fields]
+    if missing:
+        msg = (
+            f"aggregate(into={into.__name__}): {into.__name__} has no field for {missing}; "
+            f"its fields are {sorted(fields)}. Hint: add {missing[0]}: ... = None to it."
+        )
+        raise ValueError(msg)
+    base = WindowResult.model_fields
+    unfilled = [
+        n for n, f in fields.items() if n not in aggregators and n not in base and f.is_required()
+    ]
+    if unfilled:
+        msg = (
+            f"aggregate(into={into.__name__}): fields {unfilled} are filled by no aggregator "
+            f"and have no default. Hint: give them defaults, or aggregate into them."
+        )
+        raise ValueError(msg)
+    return into
+
+
 def _result_model(step: str, aggregators: dict[str, Aggregator]) -> type[WindowResult]:
     fields: dict[str, Any] = {
         "type": (Literal[step], step),
@@ -336,7 +438,7 @@ def _result_model(step: str, aggregators: dict[str, Aggregator]) -> type[WindowR
     for out_name, aggregator in aggregators.items():
         fields[out_name] = (aggregator.result_type, None)
     camel = "".join(part.capitalize() for part in step.split("_")) + "Result"
-    model: type[WindowResult] = create_model(camel, __base__=WindowResult, **fields)
+    model: type[WindowResult] = create_model(camel, __base__=AnyResult, **fields)
     # Results travel between processes pickled, by name: give each model a
     # stable, unique name in this module.
     spec = ",".join(f"{n}={a.label}" for n, a in aggregators.items())

@@ -270,7 +270,7 @@ class EventBus:
 
     def pipeline(
         self,
-        source: Source,
+        source: Source[Any],
         *,
         name: str = "event_bus",
         key: Callable[[Any], str] | None = None,

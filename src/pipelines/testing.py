@@ -54,7 +54,7 @@ def replace_sources(
     return _rebuild(pipeline, memory_source, dead=pipeline.dead_letter_sink)
 
 
-def head(source: Source, limit: int, *, timeout: float = 10.0) -> list[Any]:
+def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]:
     """Read the first ``limit`` raw records of ``source`` (partitions in order).
 
     A source that has fewer gives what it has; one that is slow (a rate, an

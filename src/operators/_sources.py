@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -73,8 +73,12 @@ class Reader(ABC):
         """Release what the reader holds."""
 
 
-class Source(ABC):
-    """A partitioned, replayable source of records."""
+#: The type of the records a source gives (after its schema, if any).
+R = TypeVar("R", covariant=True)
+
+
+class Source(ABC, Generic[R]):
+    """A partitioned, replayable source of records of type ``R``."""
 
     #: The event schema that raw records are parsed with, if any.
     schema: Schema | None = None
@@ -168,7 +172,7 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
 class ChunkSource(FixedPartitionedSource[Chunk, Any]):
     """A bytewax source over an evflow `Source`, yielding chunks."""
 
-    def __init__(self, source: Source, counters: Counters | None = None) -> None:
+    def __init__(self, source: Source[Any], counters: Counters | None = None) -> None:
         """Wrap ``source``; with ``counters``, stop reading once the run halts."""
         self.source = source
         self.counters = counters
@@ -249,7 +253,7 @@ class _ListReader(Reader):
         return self.pos
 
 
-class MemorySource(Source):
+class MemorySource(Source[R]):
     """Records held in memory: events, dicts or JSON text (with a schema)."""
 
     def __init__(
@@ -331,7 +335,7 @@ class _LinesReader(Reader):
         self.file.close()
 
 
-class JsonlSource(Source):
+class JsonlSource(Source[R]):
     """JSON Lines files: one partition per file, one record per line."""
 
     def __init__(
@@ -446,7 +450,7 @@ class _CsvReader(Reader):
         self.file.close()
 
 
-class CsvSource(Source):
+class CsvSource(Source[R]):
     """CSV files with a header row: one partition per file, a row per record."""
 
     def __init__(
@@ -534,7 +538,7 @@ class _GenerateReader(Reader):
         return (self.made, self.rng.getstate())
 
 
-class GenerateSource(Source):
+class GenerateSource(Source[Any]):
     """Deterministic synthetic records from a seed.
 
     ``factory(rng, i)`` makes record number ``i`` (an event, a dict or JSON
@@ -664,7 +668,7 @@ class _StdinReader(Reader):
         return self.line
 
 
-class StdinSource(Source):
+class StdinSource(Source[R]):
     """JSON Lines read from standard input (one partition); it cannot be replayed."""
 
     replayable = False

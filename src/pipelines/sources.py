@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from operators import (
     DEFAULT_BATCH,
     CsvSource,
+    Event,
     GenerateSource,
     JsonlSource,
     MemorySource,
@@ -25,6 +26,46 @@ from operators._sources import Factory
 
 __all__ = ["Source", "csv", "generate", "jsonl", "memory", "stdin"]
 
+T = TypeVar("T")
+E = TypeVar("E", bound=Event)
+
+# The record type a source gives: an event class for ``schema=Class``, the
+# items' own type without a schema, and Any for a union (``View | Purchase``:
+# narrow it with ``filter(View)``).
+
+
+@overload
+def memory(
+    items: Iterable[Any],
+    *,
+    schema: type[E],
+    partitions: int = ...,
+    batch_size: int = ...,
+    name: str = ...,
+) -> MemorySource[E]: ...
+
+
+@overload
+def memory(
+    items: Iterable[T],
+    *,
+    schema: None = None,
+    partitions: int = ...,
+    batch_size: int = ...,
+    name: str = ...,
+) -> MemorySource[T]: ...
+
+
+@overload
+def memory(
+    items: Iterable[Any],
+    *,
+    schema: Schema,
+    partitions: int = ...,
+    batch_size: int = ...,
+    name: str = ...,
+) -> MemorySource[Any]: ...
+
 
 def memory(
     items: Iterable[Any],
@@ -33,7 +74,7 @@ def memory(
     partitions: int = 1,
     batch_size: int = DEFAULT_BATCH,
     name: str = "memory",
-) -> MemorySource:
+) -> MemorySource[Any]:
     """Read records held in memory.
 
     Without a schema the records flow as they are. With one, JSON text and
@@ -48,9 +89,21 @@ def memory(
     )
 
 
+@overload
+def jsonl(
+    path: str | os.PathLike[str], *, schema: type[E], batch_size: int = ...
+) -> JsonlSource[E]: ...
+
+
+@overload
+def jsonl(
+    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = ...
+) -> JsonlSource[Any]: ...
+
+
 def jsonl(
     path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
-) -> JsonlSource:
+) -> JsonlSource[Any]:
     """Read JSON Lines files (a path or a glob), one partition per file.
 
     A malformed line or a schema violation becomes a dead letter naming the
@@ -59,9 +112,21 @@ def jsonl(
     return JsonlSource(path, schema=schema, batch_size=batch_size)
 
 
+@overload
+def csv(
+    path: str | os.PathLike[str], *, schema: type[E], batch_size: int = ...
+) -> CsvSource[E]: ...
+
+
+@overload
+def csv(
+    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = ...
+) -> CsvSource[Any]: ...
+
+
 def csv(
     path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
-) -> CsvSource:
+) -> CsvSource[Any]:
     """Read CSV files with a header row (a path or a glob), one partition per file."""
     return CsvSource(path, schema=schema, batch_size=batch_size)
 
@@ -98,6 +163,14 @@ def generate(
     )
 
 
-def stdin(*, schema: Schema, batch_size: int = DEFAULT_BATCH) -> StdinSource:
+@overload
+def stdin(*, schema: type[E], batch_size: int = ...) -> StdinSource[E]: ...
+
+
+@overload
+def stdin(*, schema: Schema, batch_size: int = ...) -> StdinSource[Any]: ...
+
+
+def stdin(*, schema: Schema, batch_size: int = DEFAULT_BATCH) -> StdinSource[Any]:
     """Read JSON Lines from standard input until it closes."""
     return StdinSource(schema=schema, batch_size=batch_size)

@@ -27,11 +27,12 @@ from pipelines import render, sinks, sources, testing
 from pipelines._builder import Pipeline, Routes, Stream
 from pipelines._bus import EventBus, Handler
 from pipelines._compile import PipelineError
-from pipelines._keyed import AggregateStream, KeyedStream, WindowedStream, WindowResult
+from pipelines._keyed import AggregateStream, AnyResult, KeyedStream, WindowedStream, WindowResult
 from pipelines._result import RunResult, StepCounts
 
 __all__ = [
     "AggregateStream",
+    "AnyResult",
     "DeadLetter",
     "ErrorPolicy",
     "Event",
