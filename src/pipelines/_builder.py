@@ -11,7 +11,7 @@ from __future__ import annotations
 import keyword
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
 from pipelines._graph import Graph, Node, Port, auto_name, check_name
@@ -94,6 +94,23 @@ class Pipeline:
 
     def _with(self, graph: Graph, dead: Sink | None = None) -> Pipeline:
         return Pipeline(self._name, _graph=graph, _dead=dead if dead is not None else self._dead)
+
+    def rebuilt(
+        self, change: Callable[[Node], dict[str, Any] | None], *, dead: Sink | None
+    ) -> Pipeline:
+        """Copy this pipeline with the parameters ``change`` returns for some steps replaced.
+
+        ``change(node)`` returns the parameters to replace (a source, a sink),
+        or None to keep the step as it is; ``dead`` is the copy's dead-letter
+        sink. The test seam uses it to swap sources and sinks.
+        """
+        replaced: dict[str, Node] = {}
+        for node in self._graph:
+            params = change(node)
+            inputs = tuple(Port(replaced[p.node.name], p.route) for p in node.inputs)
+            merged = node.params if params is None else {**node.params, **params}
+            replaced[node.name] = Node(node.name, node.kind, inputs, node.fn, node.policy, merged)
+        return Pipeline(self._name, _graph=Graph(replaced), _dead=dead)
 
     def read(
         self, source: Source[T], *, name: str | None = None, on_error: Policy = "dead_letter"
@@ -181,8 +198,8 @@ class Pipeline:
         cluster on ``metrics_port + i``). In a Jupyter notebook the counts show
         and update while the run lasts (``progress=False`` turns that off).
         """
+        from pipelines._launch import run
         from pipelines._metrics import Metrics
-        from pipelines._run import run
 
         return run(
             self,
@@ -234,7 +251,7 @@ class Pipeline:
         >>> result["jsonl_never_written"], result.dead
         ([10, 5, 3, 2, 2, 1, 10, 5], 2)
         """
-        from pipelines.testing import preview
+        from pipelines._sample import preview
 
         return preview(self, records, limit=limit)
 
@@ -243,6 +260,11 @@ class Stream(Generic[T]):
     """A stream of records of type ``T`` inside a pipeline under construction."""
 
     __slots__ = ("_classes", "_pipeline", "_port", "_scope")
+
+    #: The keyed stream class that ``key_by`` gives: `pipelines._keyed` sets
+    #: it when imported (the package imports it), so that this module does not
+    #: import its own subclass.
+    _keyed_class: ClassVar[Any]
 
     def __init__(
         self,
@@ -307,6 +329,12 @@ class Stream(Generic[T]):
             dict(params or {}),
         )
         return self._pipeline._with(graph.add(node)), node
+
+    def _then(self, node: Node) -> Stream[Any]:
+        """Return the stream out of ``node``, a step added after this stream."""
+        return Stream(
+            self._pipeline._with(self._pipeline.graph.add(node)), Port(node), None, self._scope
+        )
 
     def _auto(self, kind: str, detail: str | None) -> str:
         base = auto_name(kind, detail)
@@ -415,9 +443,10 @@ class Stream(Generic[T]):
         """Key records by ``key(record)`` (a str): keyed work is partitioned by it."""
         _callable(key, name or "key_by", "key_by", "key function", "key_by(lambda e: e.user).")
         pipe, node = self._add("key_by", key, name, _detail(key), on_error)
-        from pipelines._keyed import KeyedStream
-
-        return KeyedStream(pipe, Port(node), self._classes, self._scope, key=key)
+        keyed: KeyedStream[T] = self._keyed_class(
+            pipe, Port(node), self._classes, self._scope, key=key
+        )
+        return keyed
 
     def merge(self, *others: Stream[T], name: str | None = None) -> Stream[T]:
         """Interleave this stream with ``others`` (of the same pipeline)."""
@@ -547,7 +576,7 @@ class Stream(Generic[T]):
         ...                                              default="dead_letter"))))
         ['10', 'A']
         """
-        from pipelines._bus import add_dispatch
+        from pipelines._handlers import add_dispatch
 
         return add_dispatch(
             self,

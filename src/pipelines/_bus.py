@@ -1,7 +1,6 @@
-"""dispatch's builder, and the classic `EventBus` with `Handler`.
+"""The classic `EventBus` with `Handler`, and the door from it to a dataflow.
 
-``stream.dispatch({Purchase: review, Refund: [audit, notify]}, default=...)``
-hands each event to the handlers of its type. `EventBus` keeps the classic
+`EventBus` keeps the classic
 ``register`` / ``publish`` API, delivering synchronously in this process, and
 ``bus.pipeline(source)`` turns the same registrations into a dataflow.
 """
@@ -11,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from operators import Policy, Sink, Source, as_policy, type_name
+from operators import Policy, Sink, Source
 from operators._dispatch import Stateful
-from pipelines._graph import Node, Port, check_name
+from pipelines._handlers import HandlerLike, usable
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline, Stream
+    from pipelines._builder import Pipeline
 
-__all__ = ["EventBus", "Handler", "add_dispatch"]
-
-HandlerLike = Any  # a function, an object with handle(event), or stateful(...)
+__all__ = ["EventBus", "Handler"]
 
 
 class Handler(ABC):
@@ -32,103 +29,6 @@ class Handler(ABC):
     @abstractmethod
     def handle(self, event: Any) -> Any:
         """Handle one event; what is returned flows on in a dataflow."""
-
-
-def _usable(handler: Any) -> bool:
-    if isinstance(handler, Stateful):
-        return True
-    handle = getattr(handler, "handle", None)
-    return callable(handle) or callable(handler)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _label(key: Any) -> str:
-    return key.__name__ if isinstance(key, type) else repr(key)
-
-
-def add_dispatch(
-    stream: Stream[Any],
-    handlers: Mapping[type | str, HandlerLike | Sequence[HandlerLike]],
-    *,
-    default: Literal["dead_letter"] | HandlerLike | None,
-    name: str | None,
-    on_error: Policy,
-    concurrency: int,
-    key: Callable[[Any], str] | None,
-) -> Stream[Any]:
-    """Check the handlers and add a dispatch step after ``stream``."""
-    from pipelines._builder import Stream
-
-    step = name or "dispatch"
-    if not isinstance(handlers, Mapping) or not handlers:
-        msg = (
-            f"step {step!r} (dispatch): handlers must be a non-empty mapping from event "
-            f"class (or type name) to handlers; got {handlers!r}. Hint: "
-            f"dispatch({{Purchase: review, Refund: [audit, notify]}})."
-        )
-        raise TypeError(msg)
-    table: dict[type | str, list[Any]] = {}
-    for event_type, value in handlers.items():
-        if not isinstance(event_type, type | str):
-            msg = (
-                f"step {step!r} (dispatch): {event_type!r} is neither an event class nor a "
-                f"type name. Hint: dispatch({{Purchase: review}}) or dispatch({{'click': h}})."
-            )
-            raise TypeError(msg)
-        table[event_type] = _as_list(value)
-    defaults: list[Any] = [] if default in (None, "dead_letter") else _as_list(default)
-    for event_type, items in [*table.items(), ("default", defaults)]:
-        for handler in items:
-            if not _usable(handler):
-                msg = (
-                    f"step {step!r} (dispatch): the handler for {_label(event_type)} must be "
-                    f"a function or an object with handle(event); got "
-                    f"{type(handler).__name__} {handler!r}. Hint: {{{_label(event_type)}: "
-                    f"lambda e: ...}}."
-                )
-                raise TypeError(msg)
-            if isinstance(handler, Stateful) and key is None:
-                msg = (
-                    f"step {step!r} (dispatch): stateful handlers keep one state per key, "
-                    f"so they need a keyed stream. Hint: .key_by(lambda e: e.order_id)"
-                    f".dispatch(...)."
-                )
-                raise TypeError(msg)
-    if not isinstance(concurrency, int) or concurrency < 1:
-        msg = f"step {step!r} (dispatch): concurrency must be a positive int; got {concurrency!r}."
-        raise ValueError(msg)
-    classes = stream.event_classes
-    if classes is not None and default is None:
-        names = {k for k in table if isinstance(k, str)}
-        bases = [k for k in table if isinstance(k, type)]
-        missing = [
-            c
-            for c in classes
-            if not any(issubclass(c, b) for b in bases) and type_name(c) not in names
-        ]
-        if missing:
-            listed = ", ".join(c.__name__ for c in missing)
-            msg = (
-                f"step {step!r} (dispatch): no handler for {listed}, which stream "
-                f"{stream.step!r} carries. Hint: register a handler for each, or make it "
-                f"explicit with default='dead_letter' (or a default handler)."
-            )
-            raise ValueError(msg)
-    pipeline = stream.pipeline
-    graph = pipeline.graph
-    step_name = check_name(name) if name else graph.unique(stream._auto("dispatch", None))
-    node = Node(
-        step_name,
-        "dispatch",
-        (stream._port,),
-        None,
-        as_policy(on_error),
-        {"table": table, "default": defaults, "key": key, "concurrency": concurrency},
-    )
-    return Stream(pipeline._with(graph.add(node)), Port(node), None, stream._scope)
 
 
 def _run_to_end(awaitable: Any, event: Any) -> Any:
@@ -151,29 +51,6 @@ def _run_to_end(awaitable: Any, event: Any) -> Any:
         return await awaitable
 
     return asyncio.run(wait())
-
-
-def split_state(handlers: Mapping[Any, Sequence[Any]]) -> list[str]:
-    """Name the handler objects whose instance attributes would be split among workers.
-
-    >>> class Counter:
-    ...     def __init__(self): self.seen = 0
-    ...     def handle(self, event): self.seen += 1
-    >>> split_state({"click": [Counter(), print]})
-    ["Counter (attributes: seen) for 'click'"]
-    """
-    found = []
-    for event_type, items in handlers.items():
-        for handler in items:
-            if isinstance(handler, Stateful) or inspect.isroutine(handler):
-                continue
-            attributes = sorted(getattr(handler, "__dict__", {}))
-            if attributes and callable(getattr(handler, "handle", None)):
-                found.append(
-                    f"{type(handler).__name__} (attributes: {', '.join(attributes)}) "
-                    f"for {_label(event_type)}"
-                )
-    return found
 
 
 class EventBus:
@@ -202,7 +79,7 @@ class EventBus:
         if not isinstance(event_type, type | str):
             msg = f"register: event_type must be a type name or a class; got {event_type!r}."
             raise TypeError(msg)
-        if not _usable(handler) or isinstance(handler, Stateful):
+        if not usable(handler) or isinstance(handler, Stateful):
             msg = (
                 f"register: handler must be a function or an object with handle(event); got "
                 f"{type(handler).__name__} {handler!r}."

@@ -275,6 +275,9 @@ class _Stopper:
         raise KeyboardInterrupt
 
     def force(self, grace: float) -> None:
+        from pipelines._panics import unfiltered_stderr
+
+        unfiltered_stderr()  # what follows must reach the terminal before the exit
         sys.stderr.write(
             f"evflow: the run did not stop within {grace:g} s of the stop request (a step "
             f"is still busy); ending it now. A run with recovery resumes from its last "
@@ -389,7 +392,7 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
         "restart": args.restart,
         "metrics": metrics,
     }
-    from pipelines._run import run
+    from pipelines._launch import run
 
     if args.processes > 1 or args.restart:
         return run(pipeline, **options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -44,8 +44,10 @@ from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp,
 from operators._keying import Bucketize, ClockOp, Marked, SplitOp
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime
-from pipelines._builder import Pipeline
 from pipelines._graph import Node
+
+if TYPE_CHECKING:
+    from pipelines._builder import Pipeline
 
 __all__ = ["Compiled", "PipelineError", "check", "compile_pipeline"]
 

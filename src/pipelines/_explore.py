@@ -28,9 +28,9 @@ from typing import Any
 
 from operators import Chunk, MemorySource, Reader, Schema, Source
 from operators.windows import EventTime
-from pipelines import sinks
 from pipelines._builder import Pipeline
 from pipelines._graph import Node
+from pipelines.sinks import jsonl
 
 __all__ = ["DIMENSIONS", "Exploration", "Schedule", "ScheduleDependence", "explore"]
 
@@ -303,8 +303,6 @@ class _Runner:
         self.count = 0
 
     def _build(self, schedule: Schedule, out: Path, *, crashing: bool) -> Pipeline:
-        from pipelines.testing import _rebuild
-
         def change(node: Node) -> dict[str, Any] | None:
             if node.kind == "read":
                 source = _ScheduledSource(
@@ -316,10 +314,10 @@ class _Runner:
                 )
                 return {"source": source}
             if node.kind == "write":
-                return {"sink": sinks.jsonl(out / f"{node.name}.jsonl")}
+                return {"sink": jsonl(out / f"{node.name}.jsonl")}
             return None
 
-        return _rebuild(self.pipeline, change, dead=sinks.jsonl(out / "_dead_letters.jsonl"))
+        return self.pipeline.rebuilt(change, dead=jsonl(out / "_dead_letters.jsonl"))
 
     def observe(self, schedule: Schedule) -> Observed:
         """Run under ``schedule`` and read back what it wrote."""
@@ -488,9 +486,7 @@ def explore(
             )
             return {"source": source}
 
-        from pipelines.testing import _rebuild
-
-        pipeline = _rebuild(pipeline, memory, dead=pipeline.dead_letter_sink)
+        pipeline = pipeline.rebuilt(memory, dead=pipeline.dead_letter_sink)
     pause = _stall_seconds(pipeline) if stall is None else stall
     found = Exploration(seed)
     with tempfile.TemporaryDirectory(prefix="evflow-explore-") as folder:

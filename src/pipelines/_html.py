@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from pipelines._result import COUNT_COLUMNS
-
 if TYPE_CHECKING:
     from operators import DeadLetter
     from pipelines._result import RunResult
@@ -30,6 +28,22 @@ __all__ = [
     "result_html",
     "table_html",
 ]
+
+#: The count columns of summaries, in order: (StepCounts field, header); the
+#: text tables (`pipelines._render`) show them too.
+COUNT_COLUMNS = (
+    ("received", "in"),
+    ("out", "out"),
+    ("filtered", "filtered"),
+    ("unrouted", "unrouted"),
+    ("dead", "dead"),
+    ("skipped", "skipped"),
+    ("created", "created"),
+    ("aggregated", "aggregated"),
+    ("handled", "handled"),
+    ("late", "late"),
+    ("open", "open"),
+)
 
 #: Rows shown per table before "... and N more".
 LIMIT = 20

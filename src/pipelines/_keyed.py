@@ -447,3 +447,6 @@ def _result_model(step: str, aggregators: dict[str, Aggregator]) -> type[WindowR
     model.__qualname__ = name
     globals()[name] = model
     return model
+
+
+Stream._keyed_class = KeyedStream  # what key_by gives (see Stream._keyed_class)

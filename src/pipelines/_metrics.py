@@ -40,7 +40,7 @@ class Metrics:
         >>> Metrics(9100).check(allow_remote=False).host
         '127.0.0.1'
         """
-        from pipelines._processes import is_loopback
+        from pipelines._net import is_loopback
 
         if not allow_remote and not is_loopback(self.host):
             msg = (

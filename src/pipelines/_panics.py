@@ -67,6 +67,21 @@ def drop_panics(lines: Iterable[str]) -> Iterator[str]:
         yield line
 
 
+#: The standard error file descriptors that `quiet_panics` set aside, innermost last.
+_SAVED: list[int] = []
+
+
+def unfiltered_stderr() -> None:
+    """Point standard error straight at the terminal again (for last words before an exit).
+
+    While `quiet_panics` filters standard error through a thread, what is
+    written just before ``os._exit`` could die in the pipe with that thread.
+    """
+    if _SAVED:
+        sys.stderr.flush()
+        os.dup2(_SAVED[0], 2)
+
+
 @contextlib.contextmanager
 def quiet_panics() -> Iterator[None]:
     """Filter standard error (the file descriptor) through `drop_panics` meanwhile."""
@@ -82,6 +97,7 @@ def quiet_panics() -> Iterator[None]:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
+    _SAVED.append(saved)
 
     def forward() -> None:
         with open(read_end, "rb") as pipe, open(saved, "wb", buffering=0, closefd=False) as out:
@@ -97,4 +113,5 @@ def quiet_panics() -> Iterator[None]:
             sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last writer: the thread sees the end
         thread.join(5)
+        _SAVED.remove(saved)
         os.close(saved)

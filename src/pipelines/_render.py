@@ -12,7 +12,7 @@ from rich.tree import Tree
 
 from operators import describe_function
 from pipelines._graph import Node
-from pipelines._result import COUNT_COLUMNS
+from pipelines._html import COUNT_COLUMNS
 
 if TYPE_CHECKING:
     from pipelines._builder import Pipeline

@@ -6,23 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators import DeadLetter, count_dead
+from pipelines._html import COUNT_COLUMNS
 
 __all__ = ["COUNT_COLUMNS", "RunResult", "StepCounts"]
-
-#: The count columns of summaries, in order: (StepCounts field, header).
-COUNT_COLUMNS = (
-    ("received", "in"),
-    ("out", "out"),
-    ("filtered", "filtered"),
-    ("unrouted", "unrouted"),
-    ("dead", "dead"),
-    ("skipped", "skipped"),
-    ("created", "created"),
-    ("aggregated", "aggregated"),
-    ("handled", "handled"),
-    ("late", "late"),
-    ("open", "open"),
-)
 
 
 @dataclass(frozen=True)

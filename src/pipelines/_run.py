@@ -6,13 +6,11 @@ import contextlib
 import gc
 import os
 import tempfile
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
@@ -26,12 +24,14 @@ from operators import (
     ResumeError,
     RunContext,
 )
-from pipelines._builder import Pipeline
 from pipelines._compile import Compiled, compile_pipeline
 from pipelines._metrics import Metrics
 from pipelines._panics import quiet_panics
 from pipelines._result import RunResult, StepCounts
 from pipelines._store import check_partitions, check_permissions, check_store, lock_store
+
+if TYPE_CHECKING:
+    from pipelines._builder import Pipeline
 
 __all__ = [
     "GC_THRESHOLD",
@@ -42,7 +42,6 @@ __all__ = [
     "raise_error",
     "result_of",
     "root_cause",
-    "run",
     "truncate_files",
 ]
 
@@ -323,116 +322,3 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
         )
         for step, row in totals.items()
     }
-
-
-def warn_split_state(pipeline: Pipeline, copies: int) -> None:
-    """Warn when a dispatch hands events to handler objects that keep state in attributes."""
-    from pipelines._bus import split_state
-
-    for node in pipeline.graph:
-        if node.kind != "dispatch":
-            continue
-        found = split_state({**node.params["table"], "default": node.params["default"]})
-        if found:
-            warnings.warn(
-                f"step {node.name!r}: {'; '.join(found)}: each of the run's {copies} workers "
-                f"holds its own copy of a handler object, so state kept in its attributes is "
-                f"split among them. Hint: keep state with stateful(...) handlers on a keyed "
-                f"stream.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-
-def run(
-    pipeline: Pipeline,
-    *,
-    workers: int = 1,
-    processes: int = 1,
-    monitor: Callable[[Compiled], None] | None = None,
-    formation_timeout: float = 30.0,
-    recovery: str | os.PathLike[str] | None = None,
-    snapshot_interval: float = 5.0,
-    restart: int = 0,
-    metrics: Metrics | None = None,
-    progress: bool | None = None,
-) -> RunResult:
-    """Run ``pipeline`` on ``workers`` threads in each of ``processes`` processes.
-
-    ``monitor`` (one process only) sees the compiled pipeline before it runs.
-    With ``restart`` (which needs ``recovery``), the run goes on child
-    processes, and when one of them dies the whole cluster starts again from
-    the last snapshot, up to ``restart`` times. With ``metrics``, each process
-    serves Prometheus metrics while it runs (process i on ``metrics.port + i``).
-    ``progress`` shows the live counts in a notebook (by default when run in a
-    Jupyter kernel, in one process).
-    """
-    for what, value in (("workers", workers), ("processes", processes)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
-            raise ValueError(msg)
-    if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
-        msg = f"restart must be an int >= 0; got {restart!r}."
-        raise ValueError(msg)
-    if workers * processes > 1:
-        warn_split_state(pipeline, workers * processes)
-    if restart and recovery is None:
-        msg = (
-            f"restart={restart} needs recovery: a restarted cluster resumes from the last "
-            f"snapshot. Hint: run(recovery='state/', restart={restart})."
-        )
-        raise ValueError(msg)
-    if recovery is not None:
-        check_replayable(pipeline)
-    store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)
-    with contextlib.nullcontext(False) if store is None else store.held() as fresh:
-        if fresh:
-            truncate_files(pipeline)
-        return _run(
-            pipeline,
-            workers,
-            processes,
-            monitor,
-            formation_timeout,
-            store,
-            restart,
-            metrics,
-            progress,
-        )
-
-
-def _run(
-    pipeline: Pipeline,
-    workers: int,
-    processes: int,
-    monitor: Callable[[Compiled], None] | None,
-    formation_timeout: float,
-    store: Recovery | None,
-    restart: int,
-    metrics: Metrics | None,
-    progress: bool | None,
-) -> RunResult:
-    if restart:
-        from pipelines._processes import run_supervised
-
-        assert store is not None
-        return run_supervised(
-            pipeline, workers, processes, formation_timeout, store, restart, metrics
-        )
-    if processes > 1:
-        from pipelines._processes import run_processes
-
-        return run_processes(pipeline, workers, processes, formation_timeout, store, metrics)
-    started = time.perf_counter()
-    shown: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if monitor is None and progress is not False:
-        from pipelines._live import NotebookProgress, in_notebook
-
-        if progress or in_notebook():
-            monitor = view = NotebookProgress()
-            shown = view
-    with shown:
-        outcome = execute(pipeline, workers, monitor=monitor, recovery=store, metrics=metrics)
-    if outcome.error is not None:
-        raise_error(outcome.error)
-    return result_of(pipeline, [outcome], workers, 1, time.perf_counter() - started)

@@ -1,0 +1,83 @@
+"""Samples: a source's first records, and a pipeline run on a small sample.
+
+It takes a pipeline and plain values: what it builds, the pipeline rebuilds
+itself (`Pipeline.rebuilt`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from operators import MemorySink, MemorySource, Source
+from pipelines.sinks import memory
+
+if TYPE_CHECKING:
+    from pipelines._builder import Pipeline
+    from pipelines._graph import Node
+    from pipelines._result import RunResult
+
+__all__ = ["head", "preview"]
+
+
+def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]:
+    """Read the first ``limit`` raw records of ``source`` (partitions in order).
+
+    A source that has fewer gives what it has; one that is slow (a rate, an
+    endless stream) gives what came within ``timeout`` seconds.
+
+    >>> from pipelines import sources
+    >>> head(sources.generate(lambda rng, i: i, count=None), 3)
+    [0, 1, 2]
+    """
+    items: list[Any] = []
+    deadline = time.monotonic() + timeout
+    for part in source.partitions():
+        reader = source.open(part, "preview", None)
+        try:
+            while len(items) < limit and time.monotonic() < deadline:
+                try:
+                    chunk = reader.next_chunk()
+                except StopIteration:
+                    break
+                if chunk is None:
+                    wake = reader.next_awake()
+                    pause = 0.01 if wake is None else (wake - datetime.now(timezone.utc))
+                    time.sleep(min(max(_seconds(pause), 0.001), 0.2))
+                    continue
+                items.extend(chunk.items[: limit - len(items)])
+        finally:
+            reader.close()
+        if len(items) >= limit:
+            break
+    return items
+
+
+def _seconds(pause: Any) -> float:
+    return pause.total_seconds() if hasattr(pause, "total_seconds") else float(pause)
+
+
+def preview(
+    pipeline: Pipeline, records: Iterable[Any] | None = None, *, limit: int = 20
+) -> RunResult:
+    """Run ``pipeline`` on a small sample; every sink becomes a memory output.
+
+    The sample is ``records`` (read by every source) or else the first
+    ``limit`` records of each source. Memory sinks keep their names; every
+    other sink becomes a memory output named after its write step. Dead
+    letters stay in the result. Nothing is written to files or services.
+    """
+    sample = None if records is None else list(records)
+
+    def in_memory(node: Node) -> dict[str, Any] | None:
+        if node.kind == "read":
+            old = node.params["source"]
+            items = sample if sample is not None else head(old, limit)
+            return {"source": MemorySource(items, schema=old.schema)}
+        if node.kind == "write" and not isinstance(node.params["sink"], MemorySink):
+            return {"sink": memory(node.name)}
+        return None
+
+    return pipeline.rebuilt(in_memory, dead=None).run(progress=False)
