@@ -64,6 +64,24 @@ class Event(BaseModel):
             cls.type = name
         super().__init_subclass__(**kwargs)
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Give a subclass without a docstring one: ``help()`` shows evflow's words first."""
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.__doc__ is None:
+            fields = ", ".join(
+                f"{name}: {getattr(info.annotation, '__name__', info.annotation)}"
+                for name, info in cls.model_fields.items()
+                if name not in Event.model_fields
+            )
+            kind = cls.model_fields["type"].default
+            intro = (Event.__doc__ or "").split("\n\n")[0]
+            cls.__doc__ = (
+                f"An evflow event of type {kind!r}, with {fields or 'no fields of its own'} "
+                f"besides type, id and time.\n\n{intro}\n\nSee operators.Event for ids, "
+                f"times and validation."
+            )
+
     def get_type(self) -> str:
         """Return the event's type name (the event-bus vocabulary)."""
         return self.type

@@ -104,6 +104,8 @@ class Drawing:
     boxes: list[Box] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     dead_label: str = "RunResult.dead_letters"
+    #: Whether the dead-letter box and its edges are drawn.
+    show_dead: bool = True
 
 
 def _type_name(t: Any) -> str:
@@ -176,12 +178,16 @@ def _handler_name(handler: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-def drawing(pipeline: Pipeline) -> Drawing:
-    """Lay the pipeline out as boxes and labelled edges (the common model)."""
+def drawing(pipeline: Pipeline, *, dead_letters: bool = True) -> Drawing:
+    """Lay the pipeline out as boxes and labelled edges (the common model).
+
+    ``dead_letters=False`` leaves out the dead-letter box and its edges (for
+    large graphs). The late stream of a window is labelled with its events' type.
+    """
     types = event_types(pipeline)
     graph = pipeline.graph
     ids = {node.name: f"s{i}" for i, node in enumerate(graph)}
-    draw = Drawing(pipeline.name)
+    draw = Drawing(pipeline.name, show_dead=dead_letters)
     sink = pipeline.dead_letter_sink
     if sink is not None:
         draw.dead_label = sink.label
@@ -195,12 +201,13 @@ def drawing(pipeline: Pipeline) -> Drawing:
             style = "data"
             if port.route == "late":
                 style = "late"
+                label = f"late {types[port.node.inputs[0].node.name]}"
             draw.edges.append(Edge(ids[port.node.name], ids[node.name], label, style))
         failing = node.kind in _FAILING or (node.kind == "read" and node.params.get("classes"))
         label = "dead letters" if node.policy.mode in ("dead_letter", "retry") else ""
         if node.kind == "aggregate" and not users[(node.name, "late")]:
             label = f"{label} + late" if label else "late"  # unread late events die too
-        if failing and label:
+        if failing and label and dead_letters:
             draw.edges.append(Edge(ids[node.name], "dead", label, "dead"))
     return draw
 
@@ -209,17 +216,18 @@ def drawing(pipeline: Pipeline) -> Drawing:
 
 
 def _mermaid_text(text: str) -> str:
-    return html.escape(text, quote=True).replace("#", "&num;")
+    return html.escape(text, quote=True).replace("#", "&num;").replace("|", "&#124;")
 
 
-def to_mermaid(pipeline: Pipeline) -> str:
+def to_mermaid(pipeline: Pipeline, *, dead_letters: bool = True) -> str:
     """Render the pipeline as a Mermaid flowchart (for Markdown, GitHub, docs)."""
-    draw = drawing(pipeline)
+    draw = drawing(pipeline, dead_letters=dead_letters)
     out = ["flowchart LR"]
     for box in draw.boxes:
         text = "<br/>".join(_mermaid_text(line) for line in box.lines)
         out.append(f'    {box.id}["{text}"]')
-    out.append(f'    dead[("dead letters<br/>{_mermaid_text(draw.dead_label)}")]')
+    if draw.show_dead:
+        out.append(f'    dead[("dead letters<br/>{_mermaid_text(draw.dead_label)}")]')
     for edge in draw.edges:
         label = _mermaid_text(edge.label)
         if edge.style in ("dead", "late"):
@@ -228,8 +236,9 @@ def to_mermaid(pipeline: Pipeline) -> str:
             out.append(f"    {edge.source} -->|{label}| {edge.target}")
         else:
             out.append(f"    {edge.source} --> {edge.target}")
-    out.append("    classDef deadbox stroke:#c00,color:#c00")
-    out.append("    class dead deadbox")
+    if draw.show_dead:
+        out.append("    classDef deadbox stroke:#c00,color:#c00")
+        out.append("    class dead deadbox")
     return "\n".join(out)
 
 
@@ -247,9 +256,9 @@ _DOT_STYLE = {
 }
 
 
-def to_dot(pipeline: Pipeline) -> str:
+def to_dot(pipeline: Pipeline, *, dead_letters: bool = True) -> str:
     """Render the pipeline as Graphviz DOT (``dot -Tsvg`` draws it)."""
-    draw = drawing(pipeline)
+    draw = drawing(pipeline, dead_letters=dead_letters)
     out = [
         f"digraph {_dot_string(draw.name)} {{",
         "  rankdir=LR;",
@@ -259,9 +268,12 @@ def to_dot(pipeline: Pipeline) -> str:
     for box in draw.boxes:
         label = "\n".join(box.lines)
         out.append(f"  {box.id} [label={_dot_string(label)}];")
-    dead = f"dead letters\n{draw.dead_label}"
-    out.append(f"  dead [label={_dot_string(dead)}, shape=cylinder, color=red3, fontcolor=red3];")
-    out.append("  { rank=sink; dead; }")
+    if draw.show_dead:
+        dead = f"dead letters\n{draw.dead_label}"
+        out.append(
+            f"  dead [label={_dot_string(dead)}, shape=cylinder, color=red3, fontcolor=red3];"
+        )
+        out.append("  { rank=sink; dead; }")
     for edge in draw.edges:
         out.append(
             f"  {edge.source} -> {edge.target} [label={_dot_string(edge.label)}"
@@ -285,7 +297,7 @@ def has_dot() -> bool:
     return True
 
 
-def to_svg(pipeline: Pipeline, *, engine: str = "auto") -> str:
+def to_svg(pipeline: Pipeline, *, engine: str = "auto", dead_letters: bool = True) -> str:
     """Render the pipeline as SVG.
 
     ``engine="graphviz"`` lays it out with the ``dot`` program (through the
@@ -298,9 +310,10 @@ def to_svg(pipeline: Pipeline, *, engine: str = "auto") -> str:
     if engine == "graphviz" or (engine == "auto" and has_dot()):
         import graphviz
 
-        svg: str = graphviz.Source(to_dot(pipeline)).pipe(format="svg", encoding="utf-8")
+        dot = to_dot(pipeline, dead_letters=dead_letters)
+        svg: str = graphviz.Source(dot).pipe(format="svg", encoding="utf-8")
         return svg
-    return _builtin_svg(drawing(pipeline))
+    return _builtin_svg(drawing(pipeline, dead_letters=dead_letters))
 
 
 _BOX_W, _BOX_H, _GAP_X, _GAP_Y, _LINE = 250, 58, 60, 22, 14
@@ -327,7 +340,7 @@ def _builtin_svg(draw: Drawing) -> str:
     width = max(x for x, _ in pos.values()) + _BOX_W + 20
     bottom = max(y for _, y in pos.values()) + _BOX_H + 3 * _GAP_Y
     pos["dead"] = ((width - _BOX_W) / 2, bottom)
-    height = bottom + _BOX_H + 20
+    height = bottom + _BOX_H + 20 if draw.show_dead else bottom - 2 * _GAP_Y
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" '
@@ -382,7 +395,9 @@ def _builtin_svg(draw: Drawing) -> str:
         out.append("</g>")
     x, y = pos["dead"]
     out.append(
-        f'<g class="dead" id="dead"><rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" '
+        ""
+        if not draw.show_dead
+        else f'<g class="dead" id="dead"><rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" '
         f'height="{_BOX_H}" rx="20" fill="#fff5f5" stroke="#c00" stroke-dasharray="5,4"/>'
         f'<text x="{x + 10:.0f}" y="{y + 22:.0f}" fill="#c00" font-weight="bold">dead letters'
         f'</text><text x="{x + 10:.0f}" y="{y + 38:.0f}" fill="#c00">'

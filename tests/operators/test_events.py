@@ -60,3 +60,19 @@ def test_two_classes_with_one_type_name_are_refused() -> None:
 
     with pytest.raises(TypeError, match=r"View and Other share the type name 'view'"):
         schema_adapter(View | Other)
+
+
+def test_help_on_an_event_class_starts_with_evflow_words() -> None:
+    import pydoc
+
+    class Refund(Event):
+        amount: float
+        reason: str = ""
+
+    class Documented(Event):
+        """Mine."""
+
+    text = pydoc.render_doc(Refund, renderer=pydoc.plaintext)
+    words = "An evflow event of type 'refund', with amount: float, reason: str"
+    assert words in text and text.index(words) < text.index("Method resolution order")
+    assert Documented.__doc__ == "Mine."
