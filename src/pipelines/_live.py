@@ -164,13 +164,17 @@ class LiveView:
             return Text("starting...")
         sample = self.progress.sample()
         table = Table(title=f"running for {sample.elapsed:.1f}s", expand=False)
+        # Only the counters that have something in them (in and out always).
+        shown = [
+            n for n in SHOWN if n in ("in", "out") or any(r[n] for r in sample.totals.values())
+        ]
         table.add_column("step")
         table.add_column("kind")
-        for name in SHOWN:
+        for name in shown:
             table.add_column(name, justify="right")
         for step, row in sample.totals.items():
             table.add_row(
-                step, compiled.kinds[step], *(str(row[n]) if row[n] else "." for n in SHOWN)
+                step, compiled.kinds[step], *(str(row[n]) if row[n] else "." for n in shown)
             )
         marks = [Text(m) for m in watermark_lines(compiled)]
         return Group(Text(sample.line), table, *marks)

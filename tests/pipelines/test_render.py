@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -298,3 +299,24 @@ def test_to_svg_names_its_engines_and_to_pandas_says_what_it_needs(
     with pytest.raises(ImportError, match=r"to_pandas needs pandas, which is not installed"):
         result.to_pandas("o")
     assert result.to_dicts("o") == [{"value": 1}]
+
+
+def test_tables_show_only_the_counters_that_have_something_in_them() -> None:
+    import io
+
+    from pipelines._live import LiveView
+
+    view = LiveView(Console(file=io.StringIO()))
+    p = Pipeline("few").read(sources.memory([1, 2, 3])).filter(lambda x: x > 1)
+    result = p.write(sinks.memory("o")).run(monitor=view)
+
+    def header(renderable: Any) -> str:
+        out = Console(file=io.StringIO(), width=200)
+        out.print(renderable)
+        text = out.file.getvalue()  # type: ignore[attr-defined]
+        return next(line for line in text.splitlines() if "step" in line and "kind" in line)
+
+    for line in (header(result.summary()), header(view.render())):
+        assert "in" in line and "out" in line and "filtered" in line, line
+        for empty in ("late", "open", "handled", "aggregated", "unrouted"):
+            assert empty not in line, (empty, line)
