@@ -87,7 +87,9 @@ print("reconciles:", preview.reconciles)""",
     """preview.to_pandas()[["step", "kind", "error_type", "payload"]]""",
     """## A full run
 
-On 20,000 generated lines, with the counts shown while it runs:""",
+On 20,000 generated lines: `testing.run` runs the whole pipeline in this
+process with every source reading the lines, and shows the counts while it
+runs.""",
     """import json
 import random
 
@@ -102,8 +104,10 @@ def line(i: int) -> str:
     return json.dumps({"type": "view", "user": user, "page": f"/p{i % 7}"})
 
 
+from pipelines import testing
+
 lines = [line(i) for i in range(20_000)]
-result = shop.preview(lines)
+result = testing.run(shop, lines)
 big, rest = len(result["big"]), len(result["rest"])
 print(f"{result.read:,} read, {big:,} big purchases, {rest:,} others,")
 print(f"{result.filtered:,} bot events filtered; reconciles: {result.reconciles}")""",
@@ -210,16 +214,22 @@ bus.unhandled""",
     """## The same handlers as a dataflow step
 
 `dispatch` sends each event to the handlers of its type; what a handler
-returns flows on. A handler that raises is retried (here up to 3 attempts)
-and then dead-lettered; a type with no handler goes to dead letters too.""",
+returns flows on. A bad order fails a check before it (a deterministic error:
+no retry can mend it, so it is a dead letter at once); a handler that raises
+is retried (here up to 3 attempts, for a busy payment service) and then
+dead-lettered; a type with no handler goes to dead letters too.""",
     """from pipelines import Pipeline, retry, sinks, sources
 
 attempts = {}
 
 
+def check(event: Event) -> Event:
+    if isinstance(event, Order) and event.amount < 0:
+        raise ValueError(f"negative amount {event.amount}")
+    return event
+
+
 def bill(order: Order) -> dict:
-    if order.amount < 0:
-        raise ValueError(f"negative amount {order.amount}")
     if order.user == "flaky":
         attempts[order.id] = attempts.get(order.id, 0) + 1
         if attempts[order.id] < 2:
@@ -245,6 +255,7 @@ events = [
 flow = (
     Pipeline("billing")
     .read(sources.memory(events))
+    .map(check)
     .dispatch(
         {Order: bill, Signup: greet},
         default="dead_letter",
@@ -264,6 +275,37 @@ print("reconciles:", result.reconciles)
 for letter in result.dead_letters:
     print(f"- {letter.kind}: {letter.error_type}: {letter.message[:60]}", end=" ")
     print(f"(attempts: {letter.attempts})")""",
+    """## Async and stateful handlers
+
+An `async def` handler (an HTTP call, say) runs concurrently with the others
+of its batch, up to `concurrency` at once on each worker, and results keep
+their order. A `stateful` handler on a keyed stream keeps one state per key
+(saved with the run's snapshots), instead of attributes on a handler object,
+which each worker would hold a copy of.""",
+    """import asyncio
+
+from pipelines import stateful
+
+
+async def notify(order: Order) -> dict:
+    await asyncio.sleep(0.01)  # the call to a notification service
+    return {"user": order.user, "notified": order.amount}
+
+
+def running_total(total: float, order: Order) -> tuple[float, dict]:
+    total += order.amount  # the state: this user's total so far
+    return total, {"user": order.user, "total": total}
+
+
+orders = [Order(user=u, amount=a) for u, a in [("ana", 3), ("ben", 5), ("ana", 4)]]
+keyed = Pipeline("orders").read(sources.memory(orders)).key_by(lambda o: o.user)
+notified = keyed.dispatch({Order: notify}, concurrency=8, name="notify")
+totals = keyed.dispatch({Order: stateful(running_total, initial=float)}, name="totals")
+both = (notified.write(sinks.memory("notified")) | totals.write(sinks.memory("totals"))).run(
+    progress=False
+)
+print(both["notified"])
+print(both["totals"])""",
 ]
 
 SCALING = [
@@ -304,7 +346,8 @@ print({label: signature(r) == base for label, r in results.items()})""",
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.bar(list(timings), list(timings.values()), color=["#557", "#779", "#99b"])
 ax.set_ylabel("seconds (lower is better)")
-ax.set_title(f"clickstream, {results['1 worker'].read:,} generated events, this machine")""",
+ax.set_title(f"clickstream, {results['1 worker'].read:,} generated events, this machine")
+plt.show()""",
     """## About the timings
 
 Timings on a shared machine are noisy, and a small run is dominated by

@@ -14,10 +14,11 @@ by all the stateful handlers of the step and kept in its snapshots.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -50,6 +51,23 @@ _IN, _OUT, _DEAD, _SKIPPED, _CREATED, _HANDLED = (
 )
 _MISS = object()
 _ONE = frozenset({str, int, float, tuple, dict, bytes, bool})
+
+
+T = TypeVar("T")
+
+
+def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``make()`` gives to its end, from synchronous code.
+
+    Where an event loop already runs in this thread (a notebook's kernel),
+    the coroutine runs on a thread of its own with its own loop.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="evflow-async") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 class Stateful:
@@ -291,7 +309,7 @@ class Dispatch:
                     states[key] = new_state
                     return True, value
                 if handler.is_async:
-                    return True, asyncio.run(handler.fn(event))
+                    return True, run_async(lambda: handler.fn(event))
                 return True, handler.fn(event)
             except Exception as exc:  # noqa: BLE001 - the policy decides
                 error = exc
@@ -346,7 +364,7 @@ class Dispatch:
                 *(one(h, e) for _, h, _, e in waiting), return_exceptions=True
             )
 
-        results = asyncio.run(gather())
+        results = run_async(gather)
         for (slot, handler, key, event), result in zip(waiting, results, strict=True):
             if isinstance(result, Exception):
                 ok, value = self._call(handler, key, event, None, row, dead, first_error=result)

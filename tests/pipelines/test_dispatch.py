@@ -269,3 +269,26 @@ def test_dispatch_through_the_test_seam() -> None:
     )
     r = testing.run(p, [Purchase(user="a", amount=2)])
     assert r["o"] == [4.0]
+
+
+def test_async_handlers_run_where_an_event_loop_is_already_running() -> None:
+    # A notebook's kernel runs cells inside its event loop: asyncio.run() would refuse.
+    events = [Purchase(user="u", amount=i) for i in range(5)]
+    p = (
+        Pipeline("loop")
+        .read(sources.memory(events))
+        .dispatch({Purchase: slow_echo}, concurrency=5)
+        .dispatch({tuple: echo_pair})
+        .write(sinks.memory("o"))
+    )
+
+    async def in_a_loop() -> Any:
+        return p.run()
+
+    r = asyncio.run(in_a_loop())
+    assert sorted(a for _, a in r["o"]) == [0, 1, 2, 3, 4] and r.reconciles
+
+
+async def echo_pair(pair: tuple[str, float]) -> tuple[str, float]:
+    await asyncio.sleep(0)
+    return pair
