@@ -59,7 +59,7 @@ from windowed_clickstream import (
 )
 
 from pipelines import sinks
-from pipelines._processes import free_ports
+from pipelines._running.cluster import free_ports
 
 
 def run_evflow(

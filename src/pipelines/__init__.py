@@ -24,11 +24,17 @@ from operators import (
 )
 from operators._dispatch import stateful
 from pipelines import render, sinks, sources, testing
-from pipelines._builder import Pipeline, Routes, Stream
-from pipelines._bus import EventBus, Handler
-from pipelines._compile import PipelineError
-from pipelines._keyed import AggregateStream, AnyResult, KeyedStream, WindowedStream, WindowResult
-from pipelines._result import RunResult, StepCounts
+from pipelines._building.builder import Pipeline, Routes, Stream
+from pipelines._building.bus import EventBus, Handler
+from pipelines._building.keyed import (
+    AggregateStream,
+    AnyResult,
+    KeyedStream,
+    WindowedStream,
+    WindowResult,
+)
+from pipelines._running.compile import PipelineError
+from pipelines._showing.result import RunResult, StepCounts
 
 __all__ = [
     "AggregateStream",

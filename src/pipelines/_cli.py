@@ -20,8 +20,8 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines._builder import Pipeline
-from pipelines._result import RunResult
+from pipelines._building.builder import Pipeline
+from pipelines._showing.result import RunResult
 
 __all__ = ["load_target", "main"]
 
@@ -275,7 +275,7 @@ class _Stopper:
         raise KeyboardInterrupt
 
     def force(self, grace: float) -> None:
-        from pipelines._panics import unfiltered_stderr
+        from pipelines._running.panics import unfiltered_stderr
 
         unfiltered_stderr()  # what follows must reach the terminal before the exit
         sys.stderr.write(
@@ -296,7 +296,7 @@ class _Stopper:
 
 def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     """Run with the live view (unless told otherwise) and print the summary."""
-    from pipelines._live import LiveView
+    from pipelines._showing.live import LiveView
 
     live = (args.live or console.is_terminal) and not (args.quiet or args.json)
     if args.live:
@@ -350,7 +350,7 @@ def _counts_so_far(
     compiled = view.compiled
     if compiled is None:
         return None
-    from pipelines._run import counts_of
+    from pipelines._running.run import counts_of
 
     counts = counts_of(compiled.counters.totals(), compiled.kinds)
     return RunResult(pipeline.name, {}, [], counts, args.workers, time.perf_counter() - started)
@@ -358,7 +358,7 @@ def _counts_so_far(
 
 def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) -> RunResult:
     """Run as the options say: a cluster member, with the live view, or plainly."""
-    from pipelines._metrics import Metrics
+    from pipelines._running.metrics import Metrics
 
     metrics = None
     if args.metrics_port is not None:
@@ -366,8 +366,8 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
             allow_remote=args.allow_remote
         )
     if args.addresses:
-        from pipelines._processes import run_member
-        from pipelines._run import Recovery, check_replayable
+        from pipelines._running.cluster import run_member
+        from pipelines._running.run import Recovery, check_replayable
 
         recovery = None
         if args.recovery:
@@ -392,7 +392,7 @@ def _start(pipeline: Pipeline, args: argparse.Namespace, view: Any, live: bool) 
         "restart": args.restart,
         "metrics": metrics,
     }
-    from pipelines._launch import run
+    from pipelines._running.launch import run
 
     if args.processes > 1 or args.restart:
         return run(pipeline, **options)

@@ -28,8 +28,8 @@ from typing import Any
 
 from operators import Chunk, MemorySource, Reader, Schema, Source
 from operators.windows import EventTime
-from pipelines._builder import Pipeline
-from pipelines._graph import Node
+from pipelines._building.builder import Pipeline
+from pipelines._building.graph import Node
 from pipelines.sinks import jsonl
 
 __all__ = ["DIMENSIONS", "Exploration", "Schedule", "ScheduleDependence", "explore"]

@@ -15,9 +15,9 @@ from operators import MemorySink, MemorySource, Source
 from pipelines.sinks import memory
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
-    from pipelines._graph import Node
-    from pipelines._result import RunResult
+    from pipelines._building.builder import Pipeline
+    from pipelines._building.graph import Node
+    from pipelines._showing.result import RunResult
 
 __all__ = ["head", "preview"]
 

@@ -32,11 +32,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines._graph import Node
-from pipelines._render import node_detail, to_tree
+from pipelines._building.graph import Node
+from pipelines._showing.tables import node_detail, to_tree
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
+    from pipelines._building.builder import Pipeline
 
 __all__ = [
     "Box",

@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from operators import MemorySource, Schema
-from pipelines._builder import Pipeline, Stream
-from pipelines._graph import Node
-from pipelines._result import RunResult
+from pipelines._building.builder import Pipeline, Stream
+from pipelines._building.graph import Node
 from pipelines._sample import head, preview
+from pipelines._showing.result import RunResult
 from pipelines.sinks import memory
 
 __all__ = [

@@ -260,7 +260,7 @@ def test_misuse_fails_at_build_time() -> None:
 def spec(
     window: Any, clock: Any, *, parts: list[str], ttl: float | None = None, emit: str = "final"
 ) -> WindowSpec:
-    from pipelines._keyed import _result_model
+    from pipelines._building.keyed import _result_model
 
     aggs = {"n": agg.count()}
     return WindowSpec(

@@ -22,7 +22,7 @@ import pytest
 
 import operators._sinks as sink_module
 from pipelines import OutputChangedError, Pipeline, PipelineHalted, sinks, sources
-from pipelines._processes import free_ports
+from pipelines._running.cluster import free_ports
 from tests.helpers import View
 from tests.pipelines.test_recovery import load_chaos
 
@@ -129,8 +129,8 @@ def test_a_second_run_on_a_store_in_use_is_refused_at_once(tmp_path: Path) -> No
 
 
 def test_two_members_of_one_store_and_id_are_refused(tmp_path: Path) -> None:
-    from pipelines._run import Recovery
-    from pipelines._store import StoreInUseError
+    from pipelines._running.run import Recovery
+    from pipelines._running.store import StoreInUseError
 
     store = Recovery.prepare(tmp_path / "store", 1.0)
     with store.held(member=0), store.held(member=1):
@@ -187,8 +187,8 @@ def test_members_started_by_hand_write_each_record_once(tmp_path: Path) -> None:
 
 
 def test_a_member_started_by_hand_says_its_counts_are_a_share(tmp_path: Path) -> None:
-    from pipelines._render import summary_table
-    from pipelines._result import RunResult
+    from pipelines._showing.result import RunResult
+    from pipelines._showing.tables import summary_table
 
     result = RunResult("p", {}, [], {}, 1, 0.1, 2)
     result.member = 1

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines._cli import main
-from pipelines._processes import free_ports
+from pipelines._running.cluster import free_ports
 
 APP = """
 from datetime import datetime, timedelta, timezone

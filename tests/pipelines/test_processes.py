@@ -127,7 +127,7 @@ def test_members_of_a_cluster_join_by_address(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from pipelines._processes import free_ports
+    from pipelines._running.cluster import free_ports
 
     app = tmp_path / "member_app.py"
     app.write_text(MEMBER)
@@ -162,7 +162,7 @@ def test_members_of_a_cluster_join_by_address(tmp_path: Path) -> None:
 
 
 def test_non_loopback_addresses_need_the_flag() -> None:
-    from pipelines._processes import check_addresses, run_member
+    from pipelines._running.cluster import check_addresses, run_member
 
     p = Pipeline("c").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(
@@ -198,8 +198,8 @@ LOOK_ALIKES = [
 
 @pytest.mark.parametrize("host", LOOK_ALIKES)
 def test_loopback_look_alikes_are_not_loopback(host: str) -> None:
-    from pipelines._metrics import Metrics
-    from pipelines._processes import check_addresses, is_loopback
+    from pipelines._running.cluster import check_addresses, is_loopback
+    from pipelines._running.metrics import Metrics
 
     assert not is_loopback(host)
     with pytest.raises(ValueError, match=r"is not on loopback|is not host:port"):
@@ -212,7 +212,7 @@ def test_loopback_look_alikes_are_not_loopback(host: str) -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "[::1]", "::1", "localhost"])
 def test_loopback_hosts_are_loopback(host: str) -> None:
-    from pipelines._processes import is_loopback
+    from pipelines._running.cluster import is_loopback
 
     assert is_loopback(host)
 
@@ -222,7 +222,7 @@ def test_a_name_is_loopback_only_if_every_address_it_resolves_to_is(
 ) -> None:
     import socket
 
-    from pipelines._processes import check_addresses, is_loopback
+    from pipelines._running.cluster import check_addresses, is_loopback
 
     answers = {
         "both.example": ["127.0.0.1", "10.0.0.7"],
@@ -243,7 +243,7 @@ def test_a_name_is_loopback_only_if_every_address_it_resolves_to_is(
 
 
 def test_bare_ipv6_and_bad_ports_are_not_host_port() -> None:
-    from pipelines._processes import check_addresses
+    from pipelines._running.cluster import check_addresses
 
     for address in ["::1:2101", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:"]:
         with pytest.raises(ValueError, match=r"is not host:port. Hint: 127.0.0.1:2101, or \["):
@@ -344,7 +344,7 @@ def test_parent_objects_are_frozen_while_the_cluster_runs(
 def test_listening_ports_are_read_from_the_system() -> None:
     import socket
 
-    from pipelines._processes import listening_ports
+    from pipelines._running.cluster import listening_ports
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -363,7 +363,7 @@ def test_await_listeners_returns_when_the_port_listens() -> None:
     import threading
     import time
 
-    from pipelines._processes import await_listeners, free_ports
+    from pipelines._running.cluster import await_listeners, free_ports
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -391,7 +391,7 @@ def test_members_wait_for_the_members_before_them_to_listen(
     # again, and print that it does on standard output.
     import time
 
-    import pipelines._processes as processes
+    import pipelines._running.cluster as processes
 
     execute = processes.execute
 
@@ -411,7 +411,7 @@ def test_without_socket_diagnostics_members_do_not_wait(monkeypatch: pytest.Monk
     # own retries apply: nobody waits.
     import time
 
-    import pipelines._processes as processes
+    import pipelines._running.cluster as processes
 
     def refused(family: int) -> set[int]:
         raise OSError("no netlink here")

@@ -105,7 +105,7 @@ def test_a_tampered_store_is_refused_and_nothing_runs(tmp_path: Path) -> None:
     import pickle
     import sqlite3
 
-    from pipelines._store import UnsafeSnapshotError
+    from pipelines._running.store import UnsafeSnapshotError
 
     store = tmp_path / "store"
     p = Pipeline("t").read(sources.memory(range(10))).write(sinks.memory("o"))
@@ -129,7 +129,7 @@ def test_a_tampered_store_is_refused_and_nothing_runs(tmp_path: Path) -> None:
 
 
 def test_a_store_that_is_not_a_recovery_store_is_refused(tmp_path: Path) -> None:
-    from pipelines._store import UnsafeSnapshotError
+    from pipelines._running.store import UnsafeSnapshotError
 
     store = tmp_path / "store"
     store.mkdir(mode=0o700)
@@ -154,8 +154,8 @@ def test_restart_needs_recovery() -> None:
 def test_a_cluster_that_keeps_failing_is_given_up_after_its_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipelines._processes as processes
-    from pipelines._run import Recovery
+    import pipelines._running.cluster as processes
+    from pipelines._running.run import Recovery
 
     starts: list[int] = []
 

@@ -304,7 +304,7 @@ def test_to_svg_names_its_engines_and_to_pandas_says_what_it_needs(
 def test_tables_show_only_the_counters_that_have_something_in_them() -> None:
     import io
 
-    from pipelines._live import LiveView
+    from pipelines._showing.live import LiveView
 
     view = LiveView(Console(file=io.StringIO()))
     p = Pipeline("few").read(sources.memory([1, 2, 3])).filter(lambda x: x > 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines._processes import free_ports
+from pipelines._running.cluster import free_ports
 from tests.helpers import children
 
 ROOT = Path(__file__).resolve().parents[2]

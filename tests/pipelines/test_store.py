@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines import Pipeline, sinks, sources
-from pipelines._store import SAFE_GLOBALS, UnsafeSnapshotError, check_snapshot
+from pipelines._running.store import SAFE_GLOBALS, UnsafeSnapshotError, check_snapshot
 
 # Names a hostile snapshot would reach for, written every way a pickle can.
 DANGEROUS = [
@@ -30,7 +30,7 @@ DANGEROUS = [
     ("operators._sources", "os.system"),  # an attribute path under evflow's own module
     ("operators._sources", "os"),
     ("operators", "_sources"),
-    ("pipelines._store", "os.system"),
+    ("pipelines._running.store", "os.system"),
     ("datetime", "datetime.__reduce__"),
     ("copyreg", "__builtins__"),
 ]
@@ -203,7 +203,7 @@ def test_real_snapshots_of_every_state_kind_pass(tmp_path: Path) -> None:
 
     from operators import agg, windows
     from pipelines import PipelineHalted, stateful
-    from pipelines._store import check_store
+    from pipelines._running.store import check_store
     from tests.helpers import Purchase
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

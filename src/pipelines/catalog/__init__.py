@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from pipelines._builder import Pipeline
+from pipelines._building.builder import Pipeline
 
 __all__ = ["NAMES", "describe", "load"]
 

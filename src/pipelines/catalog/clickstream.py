@@ -24,7 +24,7 @@ from typing import Literal
 
 from operators import Event, Sink, agg, windows
 from pipelines import sinks, sources
-from pipelines._builder import Pipeline
+from pipelines._building.builder import Pipeline
 
 __all__ = ["Alert", "Click", "PageView", "Purchase", "build", "make_record", "pipeline"]
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from operators import Event, Sink
 from operators._dispatch import stateful
 from pipelines import sinks, sources
-from pipelines._builder import Pipeline
+from pipelines._building.builder import Pipeline
 
 __all__ = [
     "AddressChanged",

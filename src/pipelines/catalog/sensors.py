@@ -25,7 +25,7 @@ from pydantic import AwareDatetime
 
 from operators import Event, Sink, agg, windows
 from pipelines import sinks, sources
-from pipelines._builder import Pipeline
+from pipelines._building.builder import Pipeline
 
 __all__ = ["Reading", "build", "make_reading"]
 

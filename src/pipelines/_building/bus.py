@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from operators import Policy, Sink, Source
 from operators._dispatch import Stateful
-from pipelines._handlers import HandlerLike, usable
+from pipelines._building.handlers import HandlerLike, usable
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
+    from pipelines._building.builder import Pipeline
 
 __all__ = ["EventBus", "Handler"]
 
@@ -170,7 +170,7 @@ class EventBus:
         on several workers dispatches to such an object). Keep state with
         ``stateful(...)`` handlers on a keyed stream instead.
         """
-        from pipelines._builder import Pipeline
+        from pipelines._building.builder import Pipeline
         from pipelines.sinks import memory
 
         if not self._handlers:

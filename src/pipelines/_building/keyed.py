@@ -19,8 +19,8 @@ from pydantic import AwareDatetime, create_model
 from operators import Event, GenerateSource, Policy, as_policy
 from operators.agg import Aggregator
 from operators.windows import Clock, EventTime, Window, event_time, to_seconds
-from pipelines._builder import Pipeline, Stream
-from pipelines._graph import Graph, Node, Port, check_name
+from pipelines._building.builder import Pipeline, Stream
+from pipelines._building.graph import Graph, Node, Port, check_name
 
 __all__ = ["AggregateStream", "AnyResult", "KeyedStream", "WindowResult", "WindowedStream"]
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from operators import Policy, as_policy, type_name
 from operators._dispatch import Stateful
-from pipelines._graph import Node, check_name
+from pipelines._building.graph import Node, check_name
 
 if TYPE_CHECKING:
-    from pipelines._builder import Stream
+    from pipelines._building.builder import Stream
 
 __all__ = ["HandlerLike", "add_dispatch", "split_state", "usable"]
 

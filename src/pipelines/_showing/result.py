@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators import DeadLetter, count_dead
-from pipelines._html import COUNT_COLUMNS
+from pipelines._showing.html import COUNT_COLUMNS
 
 __all__ = ["COUNT_COLUMNS", "RunResult", "StepCounts"]
 
@@ -258,7 +258,7 @@ class RunResult:
 
     def summary(self) -> Any:
         """Return a rich table of per-step counts with the totals line."""
-        from pipelines._render import summary_table
+        from pipelines._showing.tables import summary_table
 
         return summary_table(self)
 
@@ -270,7 +270,7 @@ class RunResult:
         >>> r.to_dicts("o")
         [{'value': 1}, {'value': 2}]
         """
-        from pipelines._html import record_dict
+        from pipelines._showing.html import record_dict
 
         return [record_dict(r) for r in self._output(name)]
 
@@ -308,7 +308,7 @@ class RunResult:
 
     def tables(self, limit: int = 20) -> Any:
         """Return rich tables: counts, the first ``limit`` records of each output, dead letters."""
-        from pipelines._render import result_tables
+        from pipelines._showing.tables import result_tables
 
         return result_tables(self, limit)
 
@@ -318,6 +318,6 @@ class RunResult:
 
     def _repr_html_(self) -> str:
         """Show as HTML tables in a notebook: counts, outputs, dead letters."""
-        from pipelines._html import result_html
+        from pipelines._showing.html import result_html
 
         return result_html(self)

@@ -1,8 +1,8 @@
 """Start a run: check what was asked, hold the store, and run here or on a cluster.
 
 `run` is what ``Pipeline.run`` and the command line call: in this process
-(`pipelines._run.execute`), on a cluster of processes, or supervised with
-restarts (`pipelines._processes`).
+(`pipelines._running.run.execute`), on a cluster of processes, or supervised with
+restarts (`pipelines._running.cluster`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipelines._compile import Compiled
-from pipelines._metrics import Metrics
-from pipelines._processes import run_processes, run_supervised
-from pipelines._result import RunResult
-from pipelines._run import (
+from pipelines._running.cluster import run_processes, run_supervised
+from pipelines._running.compile import Compiled
+from pipelines._running.metrics import Metrics
+from pipelines._running.run import (
     Recovery,
     check_replayable,
     execute,
@@ -26,16 +25,17 @@ from pipelines._run import (
     result_of,
     truncate_files,
 )
+from pipelines._showing.result import RunResult
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
+    from pipelines._building.builder import Pipeline
 
 __all__ = ["run", "warn_split_state"]
 
 
 def warn_split_state(pipeline: Pipeline, copies: int) -> None:
     """Warn when a dispatch hands events to handler objects that keep state in attributes."""
-    from pipelines._handlers import split_state
+    from pipelines._building.handlers import split_state
 
     for node in pipeline.graph:
         if node.kind != "dispatch":
@@ -130,7 +130,7 @@ def _run(
     started = time.perf_counter()
     shown: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if monitor is None and progress is not False:
-        from pipelines._live import NotebookProgress, in_notebook
+        from pipelines._showing.live import NotebookProgress, in_notebook
 
         if progress or in_notebook():
             monitor = view = NotebookProgress()

@@ -44,10 +44,10 @@ from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp,
 from operators._keying import Bucketize, ClockOp, Marked, SplitOp
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime
-from pipelines._graph import Node
+from pipelines._building.graph import Node
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
+    from pipelines._building.builder import Pipeline
 
 __all__ = ["Compiled", "PipelineError", "check", "compile_pipeline"]
 

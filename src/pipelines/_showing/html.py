@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from operators import DeadLetter
-    from pipelines._result import RunResult
+    from pipelines._showing.result import RunResult
 
 __all__ = [
     "counts_html",
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: The count columns of summaries, in order: (StepCounts field, header); the
-#: text tables (`pipelines._render`) show them too.
+#: text tables (`pipelines._showing.tables`) show them too.
 COUNT_COLUMNS = (
     ("received", "in"),
     ("out", "out"),

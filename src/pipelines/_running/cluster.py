@@ -25,12 +25,11 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from operators import PipelineHalted
-from pipelines._compile import Compiled, check
-from pipelines._metrics import Metrics
-from pipelines._net import is_loopback, split_address
-from pipelines._panics import quiet_panics
-from pipelines._result import RunResult
-from pipelines._run import (
+from pipelines._running.compile import Compiled, check
+from pipelines._running.metrics import Metrics
+from pipelines._running.net import is_loopback, split_address
+from pipelines._running.panics import quiet_panics
+from pipelines._running.run import (
     Outcome,
     Recovery,
     execute,
@@ -39,9 +38,10 @@ from pipelines._run import (
     result_of,
     truncate_files,
 )
+from pipelines._showing.result import RunResult
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
+    from pipelines._building.builder import Pipeline
 
 __all__ = [
     "ClusterError",

@@ -11,12 +11,12 @@ from rich.table import Table
 from rich.tree import Tree
 
 from operators import describe_function
-from pipelines._graph import Node
-from pipelines._html import COUNT_COLUMNS
+from pipelines._building.graph import Node
+from pipelines._showing.html import COUNT_COLUMNS
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
-    from pipelines._result import RunResult
+    from pipelines._building.builder import Pipeline
+    from pipelines._showing.result import RunResult
 
 __all__ = ["node_detail", "node_label", "result_tables", "summary_table", "to_tree"]
 
@@ -132,7 +132,7 @@ def _cell(value: Any) -> str:
 
 def records_table(title: str, records: list[Any], limit: int = 20) -> Table:
     """Show the first ``limit`` records as a table, one column per field."""
-    from pipelines._html import record_columns
+    from pipelines._showing.html import record_columns
 
     headers, rows = record_columns(records, limit)
     more = len(records) - len(rows)

@@ -24,14 +24,14 @@ from operators import (
     ResumeError,
     RunContext,
 )
-from pipelines._compile import Compiled, compile_pipeline
-from pipelines._metrics import Metrics
-from pipelines._panics import quiet_panics
-from pipelines._result import RunResult, StepCounts
-from pipelines._store import check_partitions, check_permissions, check_store, lock_store
+from pipelines._running.compile import Compiled, compile_pipeline
+from pipelines._running.metrics import Metrics
+from pipelines._running.panics import quiet_panics
+from pipelines._running.store import check_partitions, check_permissions, check_store, lock_store
+from pipelines._showing.result import RunResult, StepCounts
 
 if TYPE_CHECKING:
-    from pipelines._builder import Pipeline
+    from pipelines._building.builder import Pipeline
 
 __all__ = [
     "GC_THRESHOLD",
@@ -216,7 +216,7 @@ def execute(
         monitor(compiled)
     server = None
     if metrics is not None:
-        from pipelines._metrics import serve_metrics
+        from pipelines._running.metrics import serve_metrics
 
         server = serve_metrics(metrics, pipeline.name, compiled, proc_id)
     error: BaseException | None = None

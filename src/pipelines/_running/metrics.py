@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipelines._compile import Compiled
+from pipelines._running.compile import Compiled
 
 __all__ = ["Metrics", "MetricsCollector", "serve_metrics"]
 
@@ -40,7 +40,7 @@ class Metrics:
         >>> Metrics(9100).check(allow_remote=False).host
         '127.0.0.1'
         """
-        from pipelines._net import is_loopback
+        from pipelines._running.net import is_loopback
 
         if not allow_remote and not is_loopback(self.host):
             msg = (
@@ -57,7 +57,7 @@ class MetricsCollector(Collector):
 
     def __init__(self, pipeline: str, compiled: Compiled) -> None:
         """Read ``compiled``'s counters."""
-        from pipelines._live import Progress
+        from pipelines._showing.live import Progress
 
         self.pipeline = pipeline
         self.compiled = compiled

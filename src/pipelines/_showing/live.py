@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipelines._compile import Compiled
+from pipelines._running.compile import Compiled
 
 __all__ = [
     "SHOWN",
@@ -213,7 +213,7 @@ class NotebookProgress:
 
     def html(self, done: bool = False) -> str:
         """Return the current display."""
-        from pipelines._html import progress_html
+        from pipelines._showing.html import progress_html
 
         compiled = self.progress.compiled
         if compiled is None:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
-from pipelines._graph import Graph, Node, Port, auto_name, check_name
+from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
-    from pipelines._keyed import KeyedStream
-    from pipelines._result import RunResult
+    from pipelines._building.keyed import KeyedStream
+    from pipelines._showing.result import RunResult
 
 __all__ = ["Pipeline", "Routes", "Stream"]
 
@@ -165,7 +165,7 @@ class Pipeline:
 
     def check(self) -> None:
         """Check the whole graph before running; raise on the first problem."""
-        from pipelines._compile import check
+        from pipelines._running.compile import check
 
         check(self)
 
@@ -198,8 +198,8 @@ class Pipeline:
         cluster on ``metrics_port + i``). In a Jupyter notebook the counts show
         and update while the run lasts (``progress=False`` turns that off).
         """
-        from pipelines._launch import run
-        from pipelines._metrics import Metrics
+        from pipelines._running.launch import run
+        from pipelines._running.metrics import Metrics
 
         return run(
             self,
@@ -261,7 +261,7 @@ class Stream(Generic[T]):
 
     __slots__ = ("_classes", "_pipeline", "_port", "_scope")
 
-    #: The keyed stream class that ``key_by`` gives: `pipelines._keyed` sets
+    #: The keyed stream class that ``key_by`` gives: `pipelines._building.keyed` sets
     #: it when imported (the package imports it), so that this module does not
     #: import its own subclass.
     _keyed_class: ClassVar[Any]
@@ -576,7 +576,7 @@ class Stream(Generic[T]):
         ...                                              default="dead_letter"))))
         ['10', 'A']
         """
-        from pipelines._handlers import add_dispatch
+        from pipelines._building.handlers import add_dispatch
 
         return add_dispatch(
             self,

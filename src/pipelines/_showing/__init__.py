@@ -1,0 +1,1 @@
+"""Showing a run: results and their counts, text and HTML tables, the live views."""
