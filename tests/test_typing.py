@@ -26,6 +26,14 @@ big: Stream[Buy] = routes.big
 from_file: Stream[Buy] = Pipeline("t").read(sources.jsonl("buys.jsonl", schema=Buy))
 total: Stream[float] = from_file.map(lambda t: t.amount * 2)
 numbers: Stream[int] = Pipeline("t").read(sources.memory(range(3)))
+
+class Visit(Event):
+    type: Literal["visit"] = "visit"
+    user: str
+
+both: Stream[Buy | Visit] = Pipeline("t").read(sources.jsonl("x.jsonl", schema=(Buy, Visit)))
+users: Stream[str] = both.map(lambda e: e.user)
+buys: Stream[Buy] = both.filter(Buy)
 """
 
 RESULTS = """
@@ -59,6 +67,21 @@ class Txn(Event):
 Pipeline("t").read(sources.jsonl("t.jsonl", schema=Txn)).map(lambda t: t.amout)
 """,
         '"Txn" has no attribute "amout"',
+    ),
+    # a field that only one class of a (tuple) union has
+    "union": (
+        """
+from pipelines import Event, Pipeline, sources
+
+class Sale(Event):
+    amount: float
+
+class Look(Event):
+    page: str
+
+Pipeline("t").read(sources.memory([], schema=(Sale, Look))).map(lambda e: e.amount)
+""",
+        'Item "Look" of "Sale | Look" has no attribute "amount"',
     ),
     # a typo in a field of a typed result
     "result": (

@@ -92,7 +92,7 @@ Schema = Any
 
 
 def event_classes(schema: Schema) -> tuple[type[Event], ...]:
-    """Return the event classes of a schema: a class, or a union of classes.
+    """Return the event classes of a schema: a class, a union of classes, or a tuple of them.
 
     >>> class A(Event): pass
     >>> class B(Event): pass
@@ -102,6 +102,13 @@ def event_classes(schema: Schema) -> tuple[type[Event], ...]:
     """
     if isinstance(schema, type) and issubclass(schema, Event):
         return (schema,)
+    if isinstance(schema, tuple) and schema:
+        # (View, Purchase): the same as View | Purchase, spelled so that type
+        # checkers see each class.
+        found: list[type[Event]] = []
+        for part in schema:
+            found.extend(event_classes(part))
+        return tuple(found)
     origin: Any = typing.get_origin(schema)
     if origin is Union or origin is types.UnionType:
         classes: list[type[Event]] = []
@@ -109,7 +116,8 @@ def event_classes(schema: Schema) -> tuple[type[Event], ...]:
             classes.extend(event_classes(arg))
         return tuple(classes)
     msg = (
-        f"schema must be an Event subclass or a union of them (View | Purchase); "
+        f"schema must be an Event subclass, a union of them (View | Purchase) or a tuple "
+        f"of them ((View, Purchase)); "
         f"got {schema!r}. Hint: declare `class MyEvent(Event): ...` and pass MyEvent."
     )
     raise TypeError(msg)

@@ -28,10 +28,14 @@ __all__ = ["Source", "csv", "generate", "jsonl", "memory", "stdin"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
+E2 = TypeVar("E2", bound=Event)
+E3 = TypeVar("E3", bound=Event)
+E4 = TypeVar("E4", bound=Event)
 
 # The record type a source gives: an event class for ``schema=Class``, the
-# items' own type without a schema, and Any for a union (``View | Purchase``:
-# narrow it with ``filter(View)``).
+# union of the classes for ``schema=(View, Purchase)`` (up to four), the items'
+# own type without a schema, and Any for a union written ``View | Purchase``
+# (type checkers see no classes in it: narrow it with ``filter(View)``).
 
 
 @overload
@@ -43,6 +47,39 @@ def memory(
     batch_size: int = ...,
     name: str = ...,
 ) -> MemorySource[E]: ...
+
+
+@overload
+def memory(
+    items: Iterable[Any],
+    *,
+    schema: tuple[type[E], type[E2]],
+    partitions: int = ...,
+    batch_size: int = ...,
+    name: str = ...,
+) -> MemorySource[E | E2]: ...
+
+
+@overload
+def memory(
+    items: Iterable[Any],
+    *,
+    schema: tuple[type[E], type[E2], type[E3]],
+    partitions: int = ...,
+    batch_size: int = ...,
+    name: str = ...,
+) -> MemorySource[E | E2 | E3]: ...
+
+
+@overload
+def memory(
+    items: Iterable[Any],
+    *,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    partitions: int = ...,
+    batch_size: int = ...,
+    name: str = ...,
+) -> MemorySource[E | E2 | E3 | E4]: ...
 
 
 @overload
@@ -97,6 +134,30 @@ def jsonl(
 
 @overload
 def jsonl(
+    path: str | os.PathLike[str], *, schema: tuple[type[E], type[E2]], batch_size: int = ...
+) -> JsonlSource[E | E2]: ...
+
+
+@overload
+def jsonl(
+    path: str | os.PathLike[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3]],
+    batch_size: int = ...,
+) -> JsonlSource[E | E2 | E3]: ...
+
+
+@overload
+def jsonl(
+    path: str | os.PathLike[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    batch_size: int = ...,
+) -> JsonlSource[E | E2 | E3 | E4]: ...
+
+
+@overload
+def jsonl(
     path: str | os.PathLike[str], *, schema: Schema, batch_size: int = ...
 ) -> JsonlSource[Any]: ...
 
@@ -116,6 +177,30 @@ def jsonl(
 def csv(
     path: str | os.PathLike[str], *, schema: type[E], batch_size: int = ...
 ) -> CsvSource[E]: ...
+
+
+@overload
+def csv(
+    path: str | os.PathLike[str], *, schema: tuple[type[E], type[E2]], batch_size: int = ...
+) -> CsvSource[E | E2]: ...
+
+
+@overload
+def csv(
+    path: str | os.PathLike[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3]],
+    batch_size: int = ...,
+) -> CsvSource[E | E2 | E3]: ...
+
+
+@overload
+def csv(
+    path: str | os.PathLike[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    batch_size: int = ...,
+) -> CsvSource[E | E2 | E3 | E4]: ...
 
 
 @overload
@@ -165,6 +250,16 @@ def generate(
 
 @overload
 def stdin(*, schema: type[E], batch_size: int = ...) -> StdinSource[E]: ...
+
+
+@overload
+def stdin(*, schema: tuple[type[E], type[E2]], batch_size: int = ...) -> StdinSource[E | E2]: ...
+
+
+@overload
+def stdin(
+    *, schema: tuple[type[E], type[E2], type[E3]], batch_size: int = ...
+) -> StdinSource[E | E2 | E3]: ...
 
 
 @overload

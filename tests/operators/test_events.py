@@ -50,7 +50,7 @@ def test_union_parses_each_record_into_its_class_in_one_step() -> None:
 
 def test_event_classes_of_a_union_and_bad_schema() -> None:
     assert event_classes(View | Purchase) == (View, Purchase)
-    with pytest.raises(TypeError, match=r"schema must be an Event subclass or a union"):
+    with pytest.raises(TypeError, match=r"schema must be an Event subclass, a union"):
         event_classes(int)
 
 
@@ -76,3 +76,17 @@ def test_help_on_an_event_class_starts_with_evflow_words() -> None:
     words = "An evflow event of type 'refund', with amount: float, reason: str"
     assert words in text and text.index(words) < text.index("Method resolution order")
     assert Documented.__doc__ == "Mine."
+
+
+def test_a_tuple_of_classes_is_a_schema_like_their_union() -> None:
+    class Ping(Event):
+        n: int = 0
+
+    class Pong(Event):
+        n: int = 0
+
+    assert event_classes((Ping, Pong)) == event_classes(Ping | Pong) == (Ping, Pong)
+    parsed = schema_adapter((Ping, Pong)).validate_json(b'{"type": "pong", "n": 3}')
+    assert type(parsed) is Pong and parsed.n == 3
+    with pytest.raises(TypeError, match=r"or a tuple of them"):
+        event_classes((Ping, int))
