@@ -382,18 +382,19 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
 
     # -- results -----------------------------------------------------------
 
-    def _result(self, key: str, start: float | None, end: float | None, accs: list[Any]) -> Any:
+    def _running_result(self, key: str, accs: list[Any]) -> Any:
+        """Make a running aggregate's result (no window: it is timed now).
+
+        A window's result comes from ``spec.finish``.
+        """
         spec = self.spec
-        if start is not None and end is not None:
-            return spec.finish(key, start, end, accs)
-        stamp = "running" if start is None else f"{start:.6f}"
         fields: dict[str, Any] = {
             "type": spec.step,
-            "id": f"{spec.step}/{key}/{stamp}",
-            "time": _utc(end) if end is not None else datetime.now(timezone.utc),
+            "id": f"{spec.step}/{key}/running",
+            "time": datetime.now(timezone.utc),
             "key": key,
-            "start": None if start is None else _utc(start),
-            "end": None if end is None else _utc(end),
+            "start": None,
+            "end": None,
         }
         for n, g, a in zip(spec.names, spec.aggs, accs, strict=True):
             fields[n] = g.result(a)
@@ -425,7 +426,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             row[_CREATED] += 1
             row[_OPEN] -= 1
             try:
-                result = self._result(key, start, end, accs)
+                result = self.spec.finish(key, start, end, accs)
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 self._failed_result(key, start, exc, out, row)
                 continue
@@ -739,7 +740,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             slot[2] = ts if ts > slot[2] else slot[2]
             if slot[0] >= window.n:
                 del wins[key]
-                out.append(("r", self._result(key, slot[1], slot[2], slot[3])))
+                out.append(("r", self.spec.finish(key, slot[1], slot[2], slot[3])))
                 row[_OUT] += 1
                 row[_CREATED] += 1
                 row[_OPEN] -= 1
@@ -766,7 +767,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             if ttl is not None:
                 self.expiry[key] = now + ttl
             if spec.emit == "running":
-                out.append(("r", self._result(key, None, None, accs)))
+                out.append(("r", self._running_result(key, accs)))
                 row[_OUT] += 1
                 row[_CREATED] += 1
         row[_AGG] += len(records) - failed
@@ -842,7 +843,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                     accs = self.wins.pop(key)
                     row[_OPEN] -= 1
                     if spec.emit == "final":
-                        out.append(("r", self._result(key, None, None, accs)))
+                        out.append(("r", self._running_result(key, accs)))
                         row[_OUT] += 1
                         row[_CREATED] += 1
         elif not isinstance(spec.window, Count):
@@ -859,13 +860,13 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             for key, accs in self.wins.items():
                 row[_OPEN] -= 1
                 if spec.emit == "final":
-                    out.append(("r", self._result(key, None, None, accs)))
+                    out.append(("r", self._running_result(key, accs)))
                     row[_OUT] += 1
                     row[_CREATED] += 1
             self.wins.clear()
         elif isinstance(window, Count):
             for key, slot in self.wins.items():
-                out.append(("r", self._result(key, slot[1], slot[2], slot[3])))
+                out.append(("r", self.spec.finish(key, slot[1], slot[2], slot[3])))
                 row[_OUT] += 1
                 row[_CREATED] += 1
                 row[_OPEN] -= 1
