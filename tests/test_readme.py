@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+def blocks(lang: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 def test_python_snippets_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,5 +45,5 @@ def test_docs_python_examples_run(
     # pickled between the processes of a cluster.
     module = types.ModuleType(f"docs_{page[:-3].replace('-', '_')}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    for snippet in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+    for snippet in blocks("python", text):
         exec(compile(snippet, f"docs/{page}", "exec", dont_inherit=True), module.__dict__)

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from operators import Chunk, MemorySource, Reader, Schema, Source
+from operators import Chunk, Reader, Schema, Source
 from operators.windows import EventTime
 from pipelines._building.builder import Pipeline
 from pipelines._building.graph import Node
+from pipelines._sample import replace_sources
 from pipelines.sinks import jsonl
 
 __all__ = ["DIMENSIONS", "Exploration", "Schedule", "ScheduleDependence", "explore"]
@@ -475,19 +476,7 @@ def explore(
         msg = f"explore: runs must be at least 1; got {runs}."
         raise ValueError(msg)
     if records is not None:
-        items = list(records)
-
-        def memory(node: Node) -> dict[str, Any] | None:
-            if node.kind != "read":
-                return None
-            old = node.params["source"]
-            given = schema if schema is not None else old.schema
-            source: MemorySource[Any] = MemorySource(
-                items, schema=given, partitions=partitions, name=old.label
-            )
-            return {"source": source}
-
-        pipeline = pipeline.rebuilt(memory, dead=pipeline.dead_letter_sink)
+        pipeline = replace_sources(pipeline, records, schema=schema, partitions=partitions)
     pause = _stall_seconds(pipeline) if stall is None else stall
     found = Exploration(seed)
     with tempfile.TemporaryDirectory(prefix="evflow-explore-") as folder:

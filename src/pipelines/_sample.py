@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from operators import MemorySink, MemorySource, Source
+from operators import MemorySink, MemorySource, Schema, Source
 from pipelines.sinks import memory
 
 if TYPE_CHECKING:
@@ -19,7 +19,30 @@ if TYPE_CHECKING:
     from pipelines._building.graph import Node
     from pipelines._showing.result import RunResult
 
-__all__ = ["head", "preview"]
+__all__ = ["head", "preview", "replace_sources"]
+
+
+def replace_sources(
+    pipeline: Pipeline,
+    records: Iterable[Any],
+    *,
+    schema: Schema | None = None,
+    partitions: int = 1,
+) -> Pipeline:
+    """Return ``pipeline`` with every source replaced by ``records`` in memory.
+
+    The records are split into ``partitions`` contiguous partitions; the schema
+    of the replaced source is kept unless ``schema`` is given.
+    """
+    items = list(records)
+
+    def memory_source(node: Node) -> dict[str, Any] | None:
+        if node.kind != "read":
+            return None
+        given = schema if schema is not None else node.params["source"].schema
+        return {"source": MemorySource(items, schema=given, partitions=partitions)}
+
+    return pipeline.rebuilt(memory_source, dead=pipeline.dead_letter_sink)
 
 
 def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from operators import MemorySource, Schema
+from operators import Schema
 from pipelines._building.builder import Pipeline, Stream
-from pipelines._building.graph import Node
-from pipelines._sample import head, preview
+from pipelines._sample import head, preview, replace_sources
 from pipelines._showing.result import RunResult
 from pipelines.sinks import memory
 
@@ -33,24 +32,6 @@ __all__ = [
     "replace_sources",
     "run",
 ]
-
-
-def replace_sources(
-    pipeline: Pipeline, records: Iterable[Any], *, schema: Schema | None = None
-) -> Pipeline:
-    """Return ``pipeline`` with every source replaced by ``records`` in memory.
-
-    The schema of the replaced source is kept unless ``schema`` is given.
-    """
-    items = list(records)
-
-    def memory_source(node: Node) -> dict[str, Any] | None:
-        if node.kind != "read":
-            return None
-        old = node.params["source"]
-        return {"source": MemorySource(items, schema=schema if schema is not None else old.schema)}
-
-    return pipeline.rebuilt(memory_source, dead=pipeline.dead_letter_sink)
 
 
 def run(

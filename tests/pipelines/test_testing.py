@@ -30,3 +30,15 @@ def test_records_with_an_explicit_schema() -> None:
     p = Pipeline("seam").read(sources.memory([])).write(sinks.memory("o"))
     result = testing.run(p, [{"type": "view", "user": "u"}], schema=View)
     assert isinstance(result["o"][0], View)
+
+
+def test_replace_sources_splits_the_records_into_partitions() -> None:
+    from pipelines import Pipeline, sinks, sources, testing
+
+    p = Pipeline("split").read(sources.memory(["x"])).write(sinks.memory("o"))
+    split = testing.replace_sources(p, range(10), partitions=2)
+    [source] = [n.params["source"] for n in split.graph if n.kind == "read"]
+    assert source.partitions() == ["part0", "part1"]
+    assert sorted(split.run()["o"]) == list(range(10))
+    found = testing.explore(p, range(10), partitions=2, runs=2, vary=("workers",))
+    assert sum(found.outputs["memory_o"].values()) == 10
