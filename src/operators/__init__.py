@@ -14,6 +14,7 @@ from operators._deadletter import (
     payload_text,
 )
 from operators._event import Event, Schema, event_classes, schema_adapter, type_name
+from operators._joining import Joined
 from operators._ops import (
     FilterOp,
     FlatMapOp,
@@ -25,6 +26,7 @@ from operators._ops import (
 )
 from operators._parse import ParseOp
 from operators._policy import ErrorPolicy, PipelineHalted, Policy, as_policy, retry
+from operators._process import Context, Timer, TimerInThePast
 from operators._sinks import (
     DEAD_LETTERS_KEPT,
     CallbackSink,
@@ -72,6 +74,7 @@ __all__ = [
     "CallbackSink",
     "Chunk",
     "ChunkSource",
+    "Context",
     "Counters",
     "CsvSource",
     "DeadLetter",
@@ -86,6 +89,7 @@ __all__ = [
     "GenerateSource",
     "InspectOp",
     "IsInstance",
+    "Joined",
     "JsonlSink",
     "JsonlSource",
     "KeyCheckOp",
@@ -109,6 +113,8 @@ __all__ = [
     "StageOp",
     "StdinSource",
     "StdoutSink",
+    "Timer",
+    "TimerInThePast",
     "Writer",
     "agg",
     "as_policy",

@@ -14,7 +14,9 @@ __all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "count_dead", "
 #: Payloads longer than this many characters are truncated in a dead letter.
 PAYLOAD_LIMIT = 2048
 
-ErrorKind = Literal["parse", "validation", "user_error", "key_error", "late", "future", "unhandled"]
+ErrorKind = Literal[
+    "parse", "validation", "user_error", "key_error", "late", "future", "unhandled", "unmatched"
+]
 
 
 class Origin(BaseModel):

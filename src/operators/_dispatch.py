@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import inspect
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
@@ -46,8 +48,9 @@ __all__ = [
     "stateful",
 ]
 
-_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _HANDLED = (
-    COUNTER_FIELDS.index(f) for f in ("in", "out", "dead", "skipped", "created", "handled")
+_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _HANDLED, _EXPIRED = (
+    COUNTER_FIELDS.index(f)
+    for f in ("in", "out", "dead", "skipped", "created", "handled", "expired")
 )
 _MISS = object()
 _ONE = frozenset({str, int, float, tuple, dict, bytes, bool})
@@ -73,34 +76,50 @@ def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 class Stateful:
     """A handler with per-key state: ``fn(state, event) -> (new_state, output)``."""
 
-    def __init__(self, fn: Callable[[Any, Any], tuple[Any, Any]], initial: Callable[[], Any]):
-        """Wrap ``fn``; ``initial()`` makes a key's first state."""
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], tuple[Any, Any]],
+        initial: Callable[[], Any],
+        ttl: float | None = None,
+    ):
+        """Wrap ``fn``; ``initial()`` makes a key's first state; ``ttl`` in seconds."""
         if not callable(fn) or not callable(initial):
             msg = (
                 f"stateful(fn, initial=...) needs callables; got {fn!r} and {initial!r}. "
                 f"Hint: stateful(lambda state, e: (state, e), initial=dict)."
             )
             raise TypeError(msg)
+        if ttl is not None and not (isinstance(ttl, int | float) and ttl > 0):
+            msg = f"stateful(..., ttl=...) must be a positive number of seconds; got {ttl!r}."
+            raise ValueError(msg)
         self.fn = fn
         self.initial = initial
+        self.ttl = None if ttl is None else float(ttl)
         self.__name__ = getattr(fn, "__name__", "stateful")
 
 
 def stateful(
-    fn: Callable[[Any, Any], tuple[Any, Any]], *, initial: Callable[[], Any] = dict
+    fn: Callable[[Any, Any], tuple[Any, Any]],
+    *,
+    initial: Callable[[], Any] = dict,
+    ttl: timedelta | float | None = None,
 ) -> Stateful:
     """Make a handler that keeps state per key (keyed streams only).
 
     ``fn(state, event)`` returns ``(new_state, output)``. Each key has one
     state, shared by the step's stateful handlers (an order's handlers all see
     the order), made by the first handler's ``initial()``; it lives in the
-    dispatch step and is saved in its snapshots, not in globals.
+    dispatch step and is saved in its snapshots, not in globals. With ``ttl``
+    a key's state is dropped once no event of the key has come for that long
+    (wall clock; the step's shortest ttl applies); dropped states, and those
+    left when a bounded input ends, are counted as ``expired``.
 
     >>> count = stateful(lambda n, e: (n + 1, n + 1), initial=int)
     >>> count.fn(0, "event")
     (1, 1)
     """
-    return Stateful(fn, initial)
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    return Stateful(fn, initial, seconds)
 
 
 class HandlerRef:
@@ -110,9 +129,11 @@ class HandlerRef:
         """Describe ``handler`` (a function, an object with ``handle``, or `Stateful`)."""
         self.index = index
         self.stateful = isinstance(handler, Stateful)
+        self.ttl: float | None = None
         if self.stateful:
             self.fn: Callable[..., Any] = handler.fn
             self.initial: Callable[[], Any] = handler.initial
+            self.ttl = handler.ttl
         elif callable(handler) and not hasattr(handler, "handle"):
             self.fn = handler
         else:
@@ -188,6 +209,9 @@ class Dispatch:
         refs += [h for hs in dispatcher.by_name.values() for h in hs] + dispatcher.default
         self.has_async = any(h.is_async for h in refs)
         self.has_stateful = any(h.stateful for h in refs)
+        ttls = [h.ttl for h in refs if h.ttl is not None]
+        #: Seconds (wall clock) a key's state lives after its last event.
+        self.ttl = min(ttls) if ttls else None
 
     def run(
         self,
@@ -433,29 +457,71 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
         self.dispatch = dispatch
         self.counters = counters
         self.row = row
-        self.states: dict[str, Any] = (resume or {}).get("states", {})
+        state = resume or {}
+        self.states: dict[str, Any] = state.get("states", {})
+        #: When each key last had an event (with a ttl), and ``(due, key)`` in order.
+        self.touched: dict[str, float] = state.get("touched", {})
+        self.due: list[tuple[float, str]] = state.get("due", [])
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[str, Any]], bool]:
         """Deliver each record of the batch, key by key in arrival order."""
         row = self.counters.table()[self.row]
         dead: list[DeadLetter] = []
         results: list[Any] = []
+        ttl = self.dispatch.ttl
+        if ttl is not None:
+            self._expire(row)
         try:
             for marked in values:
                 records = marked.records
                 results += self.dispatch.run(
                     [r[2] for r in records], [r[0] for r in records], row, dead, self.states
                 )
+                if ttl is not None and records:
+                    now = time.time()
+                    for key, _, _ in records:
+                        self.touched[key] = now
+                        heapq.heappush(self.due, (now + ttl, key))
         except Exception as exc:  # noqa: BLE001 - a halt stops the run
             self.counters.halt(exc)
         out: list[tuple[str, Any]] = [("r", r) for r in results]
         out += [("d", d) for d in dead]
         return out, False
 
+    def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Drop the states of keys with no event for their ttl."""
+        self._expire(self.counters.table()[self.row])
+        return [], False
+
+    def _expire(self, row: list[int]) -> None:
+        ttl = self.dispatch.ttl
+        due = self.due
+        now = time.time()
+        while ttl is not None and due and due[0][0] <= now:
+            _, key = heapq.heappop(due)
+            last = self.touched.get(key)
+            if last is not None and last + ttl <= now:
+                del self.touched[key]
+                if self.states.pop(key, _MISS) is not _MISS:
+                    row[_EXPIRED] += 1
+
+    def notify_at(self) -> datetime | None:
+        """When the next key's state may have lived out its ttl."""
+        if not self.due:
+            return None
+        return datetime.fromtimestamp(self.due[0][0], timezone.utc)
+
     def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
-        """Nothing is pending at the end; the states go."""
+        """Nothing is pending at the end; the states go, counted as expired."""
+        self.counters.table()[self.row][_EXPIRED] += len(self.states)
+        self.states.clear()
         return [], True
 
     def snapshot(self) -> dict[str, Any]:
-        """Return the per-key states of stateful handlers."""
-        return {"states": self.states, "layout": BUCKET_LAYOUT}
+        """Return the per-key states of stateful handlers (and when each key was last seen)."""
+        return {
+            "states": self.states,
+            "touched": self.touched,
+            "due": list(self.due),
+            "layout": BUCKET_LAYOUT,
+        }

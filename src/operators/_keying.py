@@ -327,7 +327,12 @@ class Bucketize:
         index = self.exit_index
         by_part: dict[str, list[Packet]] = {}
         for packet in packets:
-            if (packet.exits and packet.exits[index]) or packet.eof or packet.idle_since:
+            if (
+                (packet.exits and packet.exits[index])
+                or packet.eof
+                or packet.idle_since
+                or packet.mark is not None
+            ):
                 by_part.setdefault(packet.origin_id, []).append(packet)
         out: list[tuple[str, Marked]] = []
         n = self.buckets
@@ -341,6 +346,14 @@ class Bucketize:
                     # The previous chunk ends here: each bucket's cut.
                     for mark in marks:
                         mark.cuts.append((len(mark.records), latest))
+                if packet.mark is not None:
+                    # Made by a step on event time, which says how far it has
+                    # got: its records are judged against that, not their times.
+                    self._spread(records, marks)
+                    reached = packet.mark + (self.delay or 0.0)
+                    if reached > latest:
+                        latest = reached
+                    continue
                 if self.delay is None:
                     for record in records:
                         if record[1] > latest:

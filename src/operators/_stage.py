@@ -58,6 +58,7 @@ COUNTER_FIELDS = (
     "open",
     "handled",
     "late",
+    "expired",
 )
 _IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
 
@@ -81,6 +82,10 @@ class Chunk:
     #: On the empty chunk that says the partition has nothing to read: since
     #: when (wall-clock seconds). Only a source says a partition is idle.
     idle_since: float | None = None
+    #: The watermark of a stream made by a step on event time (an aggregate,
+    #: a join, a process step), after these records: the records to come of
+    #: this partition (one key bucket of that step) are at or after it.
+    mark: float | None = None
 
     def origin(self, index: int) -> Origin:
         """Return the origin of the record at ``index`` in this chunk."""
@@ -108,6 +113,8 @@ class Packet:
     partition: str = ""
     eof: bool = False
     idle_since: float | None = None
+    #: The watermark after the chunk (see `Chunk.mark`), for made streams.
+    mark: float | None = None
 
     @property
     def origin_id(self) -> str:
@@ -421,7 +428,15 @@ def run_stage(
                 # the engine's panic, which loses it on several processes.
                 counters.halt(exc)
         packets.append(
-            Packet(out, run.dead, chunk.source, chunk.partition, chunk.eof, chunk.idle_since)
+            Packet(
+                out,
+                run.dead,
+                chunk.source,
+                chunk.partition,
+                chunk.eof,
+                chunk.idle_since,
+                chunk.mark,
+            )
         )
     return packets
 

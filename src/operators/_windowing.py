@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -92,9 +92,19 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
 
 
 def make_finisher(
-    step: str, names: Sequence[str], aggs: Sequence[Aggregator], construct: Callable[..., Any]
+    step: str,
+    names: Sequence[str],
+    aggs: Sequence[Aggregator],
+    construct: Callable[..., Any],
+    *,
+    inclusive: bool = False,
 ) -> Callable[[str, float, float, list[Any]], Any]:
     """Generate ``finish(key, start, end, accs)``: the result record of a closed window.
+
+    Its ``time`` is the window's last instant, one microsecond before its
+    ``end`` (with ``inclusive``, for count windows whose end is their last
+    event's time, the end itself): so a window after this one puts the
+    result in the window that holds this one.
 
     >>> from operators import agg
     >>> finish = make_finisher("s", ["n", "total"], [agg.count(), agg.sum("x")], dict)
@@ -102,7 +112,13 @@ def make_finisher(
     >>> r["id"], r["n"], r["total"], r["end"].isoformat()
     ('s/k/10.000000', 2, 1.5, '1970-01-01T00:00:20+00:00')
     """
-    env: dict[str, Any] = {"utc": _utc, "construct": construct, "step": step, "head": f"{step}/"}
+    env: dict[str, Any] = {
+        "utc": _utc,
+        "last": _utc if inclusive else just_before,
+        "construct": construct,
+        "step": step,
+        "head": f"{step}/",
+    }
     values = []
     for i, (name, g) in enumerate(zip(names, aggs, strict=True)):
         env[f"g{i}"] = g
@@ -111,7 +127,7 @@ def make_finisher(
     lines = [
         "def finish(key, start, end, a):",
         "    return construct({'type': step, 'id': f'{head}{key}/{start:.6f}', "
-        "'time': utc(end), 'key': key, 'start': utc(start), 'end': utc(end), "
+        "'time': last(end), 'key': key, 'start': utc(start), 'end': utc(end), "
         + ", ".join(values)
         + "})",
     ]
@@ -186,7 +202,13 @@ class WindowSpec:
         self.add = make_adder(self.aggs)
         self.merge = make_merger(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
-        self.finish = make_finisher(self.step, self.names, self.aggs, self.construct)
+        self.finish = make_finisher(
+            self.step,
+            self.names,
+            self.aggs,
+            self.construct,
+            inclusive=isinstance(self.window, Count),
+        )
         clock = self.clock
         self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
         self.idle = clock.idle_timeout if isinstance(clock, EventTime) else 0.0
@@ -198,13 +220,17 @@ class WindowSpec:
         This is what pydantic's ``model_construct`` does, without its per-field
         checks, which cost four times as much as the rest of a window's work.
         """
-        model = self.result_model
-        record = model.__new__(model)
-        object.__setattr__(record, "__dict__", fields)
-        object.__setattr__(record, "__pydantic_fields_set__", set(self.fields_set))
-        object.__setattr__(record, "__pydantic_extra__", None)
-        object.__setattr__(record, "__pydantic_private__", None)
-        return record
+        return construct_valid(self.result_model, fields, self.fields_set)
+
+
+def construct_valid(model: Any, fields: dict[str, Any], names: frozenset[str]) -> Any:
+    """Make a ``model`` record from ``fields`` known to be valid (``names``: the model's fields)."""
+    record = model.__new__(model)
+    object.__setattr__(record, "__dict__", fields)
+    object.__setattr__(record, "__pydantic_fields_set__", set(names))
+    object.__setattr__(record, "__pydantic_extra__", None)
+    object.__setattr__(record, "__pydantic_private__", None)
+    return record
 
 
 def can_combine(window: Window | None, clock: Clock | None, aggs: Sequence[Aggregator]) -> bool:
@@ -315,7 +341,100 @@ def _utc(seconds: float) -> datetime:
     return found
 
 
-class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
+_BEFORE_CACHE: dict[float, datetime] = {}
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def just_before(seconds: float) -> datetime:
+    """Return the last instant before ``seconds``: a window's last instant before its end.
+
+    >>> just_before(60.0).isoformat()
+    '1970-01-01T00:00:59.999999+00:00'
+    """
+    found = _BEFORE_CACHE.get(seconds)
+    if found is None:
+        if len(_BEFORE_CACHE) > 50_000:
+            _BEFORE_CACHE.clear()
+        found = _BEFORE_CACHE[seconds] = _utc(seconds) - _MICROSECOND
+    return found
+
+
+class Watermarks:
+    """Per-partition watermarks of a keyed step, for one key bucket.
+
+    ``wm`` holds each source partition's watermark (its newest event time
+    less the clock's ``max_delay``; ``_DONE`` once it has ended), ``idle``
+    since when each partition's source has had nothing to read, and
+    ``closed`` how far the step has already closed (it never goes back).
+    """
+
+    wm: dict[str, float]
+    idle: dict[str, float | None]
+    closed: float
+    idle_timeout: float
+    #: The watermark last reported downstream (see `report`).
+    reported: float = _NEVER
+
+    def report(self, mark: float, lag: float, out: list[tuple[str, Any]]) -> None:
+        """Tell the steps after this one how far it has got, when that moved.
+
+        Every result to come from this bucket is then at or after
+        ``mark - lag`` (``lag``: how far before the watermark a result can be
+        dated: a session's gap, as sessions close one gap after their end).
+        """
+        made = mark - lag
+        if made > self.reported:
+            out.append(("w", made))
+            self.reported = made
+
+    def low_mark(self, now: float) -> float:
+        """Return the smallest watermark of the partitions that hold the step back."""
+        # A partition whose source has had nothing to read for longer than
+        # idle_timeout does not hold the others back; when every open
+        # partition is idle, the watermark follows the wall clock from the
+        # newest event time read (never from the wall clock alone: a partition
+        # that has read nothing gives no event time).
+        waiting = [p for p, wm in self.wm.items() if wm != _DONE]
+        idle = self.idle
+        active = []
+        for p in waiting:
+            since = idle[p]
+            if since is None or now - since <= self.idle_timeout:
+                active.append(self.wm[p])
+        if active:
+            low = min(active)
+        elif not waiting:
+            low = _DONE
+        else:
+            newest = max(self.wm[p] for p in waiting)
+            if newest == _NEVER:
+                low = _NEVER
+            else:
+                since = max(idle[p] or 0.0 for p in waiting)
+                low = newest + max(0.0, now - since - self.idle_timeout)
+        return low if low > self.closed else self.closed
+
+    def wall_due(self, end: float) -> datetime | None:
+        """When the wall clock alone could bring the watermark to ``end`` (None: never)."""
+        lagging = [p for p, wm in self.wm.items() if wm < end]
+        if not lagging:
+            return None
+        # When the lagging partitions have all gone idle they stop holding
+        # the step; if no partition is past ``end``, the wall clock must
+        # also cover the rest of the way. A partition still reading holds it.
+        quiet = [self.idle[p] for p in lagging]
+        if any(since is None for since in quiet):
+            return None
+        due = max(since or 0.0 for since in quiet) + self.idle_timeout
+        if len(lagging) == len(self.wm):
+            newest = max(self.wm.values())
+            if newest == _NEVER:
+                return None
+            due += end - newest
+        return _utc(due)
+
+
+class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
     """All windows (or running aggregates) of the keys of one bucket."""
 
     def __init__(self, spec: WindowSpec, resume: dict[str, Any] | None) -> None:
@@ -323,11 +442,12 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         check_layout(spec.step, resume)
         self.spec = spec
         state = resume or {}
-        self.wm: dict[str, float] = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
+        self.wm = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
         #: Since when each partition's source has said it has nothing to read
         #: (None: it is reading). A busy step never makes a partition idle.
-        self.idle: dict[str, float | None] = dict.fromkeys(self.wm)
-        self.closed: float = state.get("closed", _NEVER)
+        self.idle = dict.fromkeys(self.wm)
+        self.closed = state.get("closed", _NEVER)
+        self.idle_timeout = spec.idle
         self.wins: dict[Any, Any] = state.get("wins", {})
         #: ``(when the window closes, key, start)``; a session closes one gap
         #: after its end (see `_session`).
@@ -338,6 +458,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             self.heap = [(end + window.gap, key, start) for end, key, start in self.heap]
             heapq.heapify(self.heap)
         self.expiry: dict[str, float] = {}
+        #: How far before the watermark a result can be dated (see `report`).
+        self.lag = window.gap if isinstance(window, Session) else 0.0
         self.newest = _NEVER
         self.mark_key = (spec.step, str(id(self)))
         if self.wins:
@@ -350,35 +472,9 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
 
     def watermark(self, now: float | None = None) -> float:
         """Return the smallest partition watermark (following the wall clock when idle)."""
-        spec = self.spec
-        if not spec.event_time:
+        if not self.spec.event_time:
             return time.time() if now is None else now
-        if now is None:
-            now = time.time()
-        # A partition whose source has had nothing to read for longer than
-        # idle_timeout does not hold the others back; when every open
-        # partition is idle, the watermark follows the wall clock from the
-        # newest event time read (never from the wall clock alone: a partition
-        # that has read nothing gives no event time).
-        waiting = [p for p, wm in self.wm.items() if wm != _DONE]
-        idle = self.idle
-        active = []
-        for p in waiting:
-            since = idle[p]
-            if since is None or now - since <= spec.idle:
-                active.append(self.wm[p])
-        if active:
-            low = min(active)
-        elif not waiting:
-            low = _DONE
-        else:
-            newest = max(self.wm[p] for p in waiting)
-            if newest == _NEVER:
-                low = _NEVER
-            else:
-                since = max(idle[p] or 0.0 for p in waiting)
-                low = newest + max(0.0, now - since - spec.idle)
-        return low if low > self.closed else self.closed
+        return self.low_mark(time.time() if now is None else now)
 
     # -- results -----------------------------------------------------------
 
@@ -484,8 +580,10 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         if window is not None and not isinstance(window, Count):
             mark = self.watermark()
             self._close(mark, out, row)
-            if spec.event_time and self.newest != _NEVER:
-                spec.counters.marks[self.mark_key] = (mark, self.newest)
+            if spec.event_time:
+                self.report(mark, self.lag, out)
+                if self.newest != _NEVER:
+                    spec.counters.marks[self.mark_key] = (mark, self.newest)
         return out, False
 
     def _timed(
@@ -847,7 +945,10 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
                         row[_OUT] += 1
                         row[_CREATED] += 1
         elif not isinstance(spec.window, Count):
-            self._close(self.watermark(now), out, row)
+            mark = self.watermark(now)
+            self._close(mark, out, row)
+            if spec.event_time:
+                self.report(mark, self.lag, out)
         return out, False
 
     def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
@@ -873,6 +974,8 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
             self.wins.clear()
         else:
             self._close(_DONE, out, row)
+            if spec.event_time:
+                out.append(("w", _DONE))
         return out, True
 
     def notify_at(self) -> datetime | None:
@@ -887,22 +990,7 @@ class WindowLogic(StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
         end = self.heap[0][0]
         if not spec.event_time:
             return _utc(end)
-        lagging = [p for p, wm in self.wm.items() if wm < end]
-        if not lagging:
-            return None
-        # When the lagging partitions have all gone idle they stop holding
-        # the window; if no partition is past its end, the wall clock must
-        # also cover the rest of the way. A partition still reading holds it.
-        quiet = [self.idle[p] for p in lagging]
-        if any(since is None for since in quiet):
-            return None
-        due = max(since or 0.0 for since in quiet) + spec.idle
-        if len(lagging) == len(self.wm):
-            newest = max(self.wm.values())
-            if newest == _NEVER:
-                return None
-            due += end - newest
-        return _utc(due)
+        return self.wall_due(end)
 
     def snapshot(self) -> dict[str, Any]:
         """State to resume from: watermarks, open windows."""

@@ -13,19 +13,23 @@
 """
 
 from operators import (
+    Context,
     DeadLetter,
     ErrorPolicy,
     Event,
+    Joined,
     Origin,
     OutputChangedError,
     PipelineHalted,
     ResumeError,
+    Timer,
     retry,
 )
 from operators._dispatch import stateful
 from pipelines import render, sinks, sources, testing
 from pipelines._building.builder import Pipeline, Routes, Stream
 from pipelines._building.bus import EventBus, Handler
+from pipelines._building.joins import JoinStream, ProcessStream, Table
 from pipelines._building.keyed import (
     AggregateStream,
     AnyResult,
@@ -39,22 +43,28 @@ from pipelines._showing.result import RunResult, StepCounts
 __all__ = [
     "AggregateStream",
     "AnyResult",
+    "Context",
     "DeadLetter",
     "ErrorPolicy",
     "Event",
     "EventBus",
     "Handler",
+    "JoinStream",
+    "Joined",
     "KeyedStream",
     "Origin",
     "OutputChangedError",
     "Pipeline",
     "PipelineError",
     "PipelineHalted",
+    "ProcessStream",
     "ResumeError",
     "Routes",
     "RunResult",
     "StepCounts",
     "Stream",
+    "Table",
+    "Timer",
     "WindowResult",
     "WindowedStream",
     "render",

@@ -239,9 +239,10 @@ def _expected_crash() -> Iterator[None]:
 def _stall_seconds(pipeline: Pipeline) -> float:
     """Longer than the longest ``idle_timeout`` of the pipeline's event-time windows."""
     idle = [
-        node.params["clock"].idle_timeout
+        clock.idle_timeout
         for node in pipeline.graph
-        if node.kind == "aggregate" and isinstance(node.params.get("clock"), EventTime)
+        for clock in (node.params.get("clock"), *node.params.get("clocks", ()))
+        if node.kind in ("aggregate", "join") and isinstance(clock, EventTime)
     ]
     return max(idle, default=0.0) + 0.5
 

@@ -62,6 +62,7 @@ _FAILING = {
     "key_by",
     "forward",
     "aggregate",
+    "join",
     "dispatch",
     "write",
 }
@@ -147,6 +148,9 @@ def event_types(pipeline: Pipeline) -> dict[str, str]:
             here = "any" if "any" in parts else " | ".join(parts)
         elif node.kind == "aggregate":
             here = node.params["result_model"].__name__.split("_")[0]
+        elif node.kind == "join":
+            select = node.params["select"]
+            here = "Joined" if select is None else (_returns(select) or "any")
         elif node.kind == "dispatch":
             here = "handler results"
         found[node.name] = here
@@ -201,11 +205,14 @@ def drawing(pipeline: Pipeline, *, dead_letters: bool = True) -> Drawing:
             style = "data"
             if port.route == "late":
                 style = "late"
-                label = f"late {types[port.node.inputs[0].node.name]}"
+                late: list[str] = []  # a join's late events come from both inputs
+                for source in port.node.inputs:
+                    late += [t for t in types[source.node.name].split(" | ") if t not in late]
+                label = f"late {' | '.join(late)}"
             draw.edges.append(Edge(ids[port.node.name], ids[node.name], label, style))
         failing = node.kind in _FAILING or (node.kind == "read" and node.params.get("classes"))
         label = "dead letters" if node.policy.mode in ("dead_letter", "retry") else ""
-        if node.kind == "aggregate" and not users[(node.name, "late")]:
+        if node.kind in ("aggregate", "join") and not users[(node.name, "late")]:
             label = f"{label} + late" if label else "late"  # unread late events die too
         if failing and label and dead_letters:
             draw.edges.append(Edge(ids[node.name], "dead", label, "dead"))

@@ -609,7 +609,7 @@ class Stream(Generic[T]):
 
         def __getattr__(self, name: str) -> Any:
             """Explain keyed-only methods on an unkeyed stream."""
-            if name in ("window", "aggregate"):
+            if name in ("window", "aggregate", "join", "as_table", "process"):
                 msg = (
                     f"stream {self.step!r} is not keyed, so it has no {name}(). Hint: "
                     f"key it first: .key_by(lambda e: e.user).{name}(...)."

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operators import ErrorPolicy
+from operators.windows import Count, EventTime
 
-__all__ = ["Graph", "Node", "Port", "auto_name", "check_name"]
+__all__ = ["Graph", "Node", "Port", "auto_name", "check_name", "makes_marks"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -29,7 +30,7 @@ class Node:
         """Name this node's outputs: a forward has one per route."""
         if self.kind == "write":
             return ()
-        if self.kind == "aggregate":
+        if self.kind in ("aggregate", "join", "process"):
             return (None, "late")
         if self.kind == "forward":
             names: tuple[str | None, ...] = tuple(self.params["routes"])
@@ -49,6 +50,20 @@ class Port:
     def __str__(self) -> str:
         """Show ``step`` or ``step.route``."""
         return self.node.name if self.route is None else f"{self.node.name}.{self.route}"
+
+
+def makes_marks(node: Node) -> bool:
+    """Whether a step reports watermarks with its results (a step on event time).
+
+    Its key buckets are then the partitions of the stream it makes.
+    """
+    if node.kind in ("join", "process"):
+        return True
+    if node.kind != "aggregate":
+        return False
+    window = node.params["window"]
+    timed = window is not None and not isinstance(window, Count)
+    return timed and isinstance(node.params["clock"], EventTime)
 
 
 def check_name(name: str, what: str = "step name") -> str:

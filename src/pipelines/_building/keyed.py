@@ -16,15 +16,29 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import AwareDatetime, create_model
 
-from operators import Event, GenerateSource, Policy, as_policy
+from operators import Context, Event, Joined, Policy, Timer, as_policy
 from operators.agg import Aggregator
 from operators.windows import Clock, EventTime, Window, event_time, to_seconds
 from pipelines._building.builder import Pipeline, Stream
 from pipelines._building.graph import Graph, Node, Port, check_name
+from pipelines._building.joins import (
+    JoinStream,
+    ProcessStream,
+    Table,
+    bounded,
+    check_clock,
+    join_streams,
+    no_watermark,
+    process_stream,
+    unmarked_upstream,
+)
 
 __all__ = ["AggregateStream", "AnyResult", "KeyedStream", "WindowResult", "WindowedStream"]
 
 T = TypeVar("T")
+U = TypeVar("U")
+Out = TypeVar("Out")
+S = TypeVar("S")
 E = TypeVar("E", bound=Event)
 L = TypeVar("L")
 
@@ -114,6 +128,228 @@ class KeyedStream(Stream[T]):
         assert isinstance(result, KeyedStream)
         return result
 
+    def as_table(
+        self,
+        *,
+        ttl: timedelta | float | None = None,
+        deleted: Callable[[T], object] | None = None,
+    ) -> Table[T]:
+        """View this stream as a changelog: the latest record per key, as of each moment.
+
+        A row of a key replaces the one before; a row for which ``deleted``
+        holds removes the key. With ``ttl`` a row is valid that long after
+        its own event time, and is dropped from state once no event to come
+        can be joined with it. The table is the right side of `join`.
+        """
+        seconds = None if ttl is None else to_seconds(ttl, what="as_table ttl")
+        if deleted is not None and not callable(deleted):
+            msg = (
+                f"as_table on {self.step!r}: deleted= must be a predicate of a row; got "
+                f"{deleted!r}. Hint: deleted=lambda c: c.closed."
+            )
+            raise TypeError(msg)
+        return Table(self, seconds, deleted)
+
+    @overload
+    def join(
+        self,
+        other: Table[U],
+        *,
+        missing: Literal["none", "dead_letter"] = ...,
+        select: None = None,
+        clock: Clock | tuple[Clock, Clock] | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+    ) -> JoinStream[Joined[T, U]]: ...
+
+    @overload
+    def join(
+        self,
+        other: Table[U],
+        *,
+        missing: Literal["none", "dead_letter"] = ...,
+        select: Callable[[T, U | None], Out],
+        clock: Clock | tuple[Clock, Clock] | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+    ) -> JoinStream[Out]: ...
+
+    @overload
+    def join(
+        self,
+        other: KeyedStream[U],
+        *,
+        window: Window | None = ...,
+        between: tuple[timedelta | float, timedelta | float] | None = ...,
+        how: Literal["inner", "left", "outer"] = ...,
+        select: None = None,
+        clock: Clock | tuple[Clock, Clock] | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+    ) -> JoinStream[Joined[T, U]]: ...
+
+    @overload
+    def join(
+        self,
+        other: KeyedStream[U],
+        *,
+        window: Window | None = ...,
+        between: tuple[timedelta | float, timedelta | float] | None = ...,
+        how: Literal["inner"] = ...,
+        select: Callable[[T, U], Out],
+        clock: Clock | tuple[Clock, Clock] | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+    ) -> JoinStream[Out]: ...
+
+    @overload
+    def join(
+        self,
+        other: KeyedStream[U],
+        *,
+        window: Window | None = ...,
+        between: tuple[timedelta | float, timedelta | float] | None = ...,
+        how: Literal["left"],
+        select: Callable[[T, U | None], Out],
+        clock: Clock | tuple[Clock, Clock] | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+    ) -> JoinStream[Out]: ...
+
+    @overload
+    def join(
+        self,
+        other: KeyedStream[U],
+        *,
+        window: Window | None = ...,
+        between: tuple[timedelta | float, timedelta | float] | None = ...,
+        how: Literal["outer"],
+        select: Callable[[T | None, U | None], Out],
+        clock: Clock | tuple[Clock, Clock] | None = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+    ) -> JoinStream[Out]: ...
+
+    def join(
+        self,
+        other: Any,
+        *,
+        window: Window | None = None,
+        between: tuple[timedelta | float, timedelta | float] | None = None,
+        how: str = "inner",
+        missing: str = "none",
+        select: Callable[[Any, Any], Any] | None = None,
+        clock: Clock | tuple[Clock, Clock] | None = None,
+        name: str | None = None,
+        on_error: Policy = "dead_letter",
+    ) -> JoinStream[Any]:
+        """Join this stream with another keyed stream, or with a table, per key on event time.
+
+        - ``window=``: the records of both sides that fall into the same
+          window (tumbling, sliding, session) meet when it closes;
+        - ``between=(lower, upper)``: a record at ``t`` meets the other
+          side's records at ``t + lower`` to ``t + upper``, as soon as both
+          are there;
+        - a `Table` (``other.as_table(...)``): each record meets the row of
+          its key valid at its own time; ``missing`` says what happens when
+          there is none (``"none"``: emitted with ``right=None``;
+          ``"dead_letter"``: an ``unmatched`` dead letter).
+
+        ``how`` (stream joins): ``"inner"`` emits pairs only; ``"left"``
+        also the left records that met nothing, with ``right=None``;
+        ``"outer"`` also such right records. Results are `Joined` records
+        (``key``, ``left``, ``right``, the window's ``start`` and ``end``),
+        or what ``select(left, right)`` returns. Records behind their
+        partition's watermark go to ``.late``. Both sides run on event time
+        (``clock``: one clock, or one per side; default the ``time`` field);
+        the output depends neither on how the two inputs interleave nor on
+        the batch size or the worker count.
+
+        >>> from datetime import datetime, timezone
+        >>> from pipelines import Event, Pipeline, sources, sinks
+        >>> class Order(Event):
+        ...     user: str
+        >>> class Pay(Event):
+        ...     user: str
+        >>> t = lambda s: datetime.fromtimestamp(s, timezone.utc)
+        >>> p = Pipeline("shop")
+        >>> orders = p.read(sources.memory([Order(user="ada", time=t(0))]), name="orders")
+        >>> pays = p.read(sources.memory([Pay(user="ada", time=t(5))]), name="pays")
+        >>> by_user = lambda e: e.user
+        >>> pays = pays.key_by(by_user, name="pay_user")
+        >>> paid = orders.key_by(by_user).join(pays, between=(0, 60))
+        >>> (j,) = paid.write(sinks.memory("o")).run()["o"]
+        >>> j.key, j.left.type, j.right.type
+        ('ada', 'order', 'pay')
+        """
+        return join_streams(
+            self,
+            other,
+            window=window,
+            between=between,
+            how=how,
+            select=select,
+            missing=missing,
+            clock=clock,
+            name=name,
+            on_error=on_error,
+        )
+
+    def process(
+        self,
+        on_event: Callable[[S, T, Context[Out]], S | None],
+        *,
+        initial: Callable[[], S],
+        on_timer: Callable[[S, Timer, Context[Out]], S | None] | None = None,
+        ttl: timedelta | float | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        on_error: Policy = "dead_letter",
+    ) -> ProcessStream[Out]:
+        """Handle each key's events in event-time order, with state and timers.
+
+        ``on_event(state, event, ctx)`` returns the key's new state (None
+        drops it); the first call of a key gets ``initial()``. ``ctx.emit(x)``
+        sends a record on, ``ctx.timer(at, name)`` sets an event-time timer
+        (``on_timer(state, timer, ctx)`` is called once the watermark passes
+        it), ``ctx.processing_timer(at, name)`` a wall-clock one,
+        ``ctx.cancel(name)`` removes one. Events are delivered once the
+        watermark passes their time, in time order, a key's timers after its
+        events of the same time, so the output does not depend on the
+        schedule; state and timers are in the snapshots. With ``ttl`` a key's
+        state is dropped once event time passes its last event by ``ttl``. At
+        the end of a bounded input every timer fires; the states left are
+        then dropped and counted as ``expired`` in the summary.
+
+        >>> from datetime import datetime, timedelta, timezone
+        >>> from pipelines import Event, Pipeline, sources, sinks
+        >>> class Login(Event):
+        ...     user: str
+        >>> t = lambda s: datetime.fromtimestamp(s, timezone.utc)
+        >>> def count(n, e, ctx):  # say how many logins each user made in 60 s
+        ...     if n == 0:
+        ...         ctx.timer(ctx.time + timedelta(seconds=60))
+        ...     return n + 1
+        >>> def report(n, timer, ctx):
+        ...     ctx.emit((timer.key, n))
+        ...     return None
+        >>> logins = [Login(user=u, time=t(s)) for u, s in [("ada", 0), ("ada", 30), ("ada", 90)]]
+        >>> p = Pipeline("logins").read(sources.memory(logins)).key_by(lambda e: e.user)
+        >>> done = p.process(count, initial=int, on_timer=report).write(sinks.memory("o")).run()
+        >>> print(*done["o"])
+        ('ada', 2) ('ada', 1)
+        """
+        return process_stream(
+            self,
+            on_event,
+            initial=initial,
+            on_timer=on_timer,
+            ttl=ttl,
+            clock=clock,
+            name=name,
+            on_error=on_error,
+        )
+
     def window(self, window: Window, *, clock: Clock | None = None) -> WindowedStream[T]:
         """Window each key's records; the next step is ``aggregate``.
 
@@ -133,7 +369,7 @@ class KeyedStream(Stream[T]):
                 f"windows.processing_time(); got {clock!r}."
             )
             raise TypeError(msg)
-        _check_clock(clock, self._classes, self.step)
+        check_clock(clock, self._classes, self.step)
         return WindowedStream(self, window, clock)
 
     @overload
@@ -181,7 +417,7 @@ class KeyedStream(Stream[T]):
             msg = f"aggregate: emit must be 'final' or 'running'; got {emit!r}."
             raise ValueError(msg)
         seconds = None if ttl is None else to_seconds(ttl, what="aggregate ttl")
-        if emit == "final" and seconds is None and not _bounded(self._port.node):
+        if emit == "final" and seconds is None and not bounded(self._port.node):
             msg = (
                 f"aggregate on {self.step!r}: emit='final' needs a bounded input, but a "
                 f"source upstream never ends, so no result would ever come. Hint: "
@@ -297,41 +533,6 @@ class AggregateStream(Stream[R], Generic[R, L]):
         return model
 
 
-def _check_clock(clock: Clock, classes: tuple[type[Event], ...] | None, step: str) -> None:
-    if not isinstance(clock, EventTime) or clock.field is None or classes is None:
-        return
-    for cls in classes:
-        fields = cls.model_fields
-        if clock.field not in fields:
-            msg = (
-                f"window on {step!r}: event_time field {clock.field!r} is not a field of "
-                f"{cls.__name__}; its fields are {sorted(fields)}."
-            )
-            raise ValueError(msg)
-        annotation = fields[clock.field].annotation
-        if annotation is AwareDatetime or annotation in (int, float):
-            continue
-        msg = (
-            f"window on {step!r}: event_time field {cls.__name__}.{clock.field} is "
-            f"{getattr(annotation, '__name__', annotation)}, which allows timezone-naive "
-            f"times. Hint: declare it as pydantic AwareDatetime (or epoch seconds as float)."
-        )
-        raise TypeError(msg)
-
-
-def _bounded(node: Node) -> bool:
-    if node.kind == "read":
-        source = node.params["source"]
-        return not (isinstance(source, GenerateSource) and source.count is None)
-    return all(_bounded(port.node) for port in node.inputs)
-
-
-def _upstream_aggregates(node: Node) -> bool:
-    if node.kind == "aggregate":
-        return True
-    return any(_upstream_aggregates(port.node) for port in node.inputs)
-
-
 def _aggregate(
     keyed: KeyedStream[Any],
     window: Window | None,
@@ -370,13 +571,10 @@ def _aggregate(
             raise ValueError(msg)
         if keyed.event_classes is not None:
             aggregator.check(keyed.event_classes, shown)
-    node_up = keyed._port.node
-    if isinstance(clock, EventTime) and _upstream_aggregates(node_up):
-        msg = (
-            f"step {shown!r} (aggregate): event-time windows after another aggregate "
-            f"are not supported yet. Hint: use clock=windows.processing_time() here."
-        )
-        raise ValueError(msg)
+    if isinstance(clock, EventTime):
+        found = unmarked_upstream(keyed._port.node)
+        if found is not None:
+            raise no_watermark(shown, "aggregate", found)
     pipeline = keyed.pipeline
     graph: Graph = pipeline.graph
     step = step or graph.unique(keyed._auto("aggregate", f"{label}_{'_'.join(aggregators)}"))

@@ -9,6 +9,7 @@ start the next stage).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,15 +42,19 @@ from operators import (
 )
 from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
-from operators._keying import Bucketize, ClockOp, Marked, SplitOp
+from operators._joining import JoinLogic, JoinSpec
+from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Marked, SplitOp
+from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime
-from pipelines._building.graph import Node
+from pipelines._building.graph import Node, makes_marks
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
 
 __all__ = ["Compiled", "PipelineError", "check", "compile_pipeline"]
+
+_NEVER = -math.inf
 
 _OPS = {
     "filter": FilterOp,
@@ -140,6 +145,7 @@ def compile_pipeline(
     merge_inputs: dict[str, list[BwStream[Chunk]]] = {}
     partitions: dict[str, Callable[[], list[str]]] = {}
     agg_inputs: dict[str, BwStream[tuple[str, Marked]]] = {}
+    join_inputs: dict[str, list[BwStream[tuple[str, tuple[int, Marked]]]]] = {}
     # With recovery, a jsonl dead-letter file is written exactly once too: the
     # dead letters of every stage travel to its one writer.
     exact_dead = exact_files and isinstance(dead_sink, JsonlSink)
@@ -148,15 +154,29 @@ def compile_pipeline(
 
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
         nodes: list[StageNode] = []
+        joined: set[str] = set()
         for user in users[port]:
-            if user.kind in ("write", "merge"):
+            if user.kind == "join":
+                if user.name in joined:
+                    continue  # a join of a stream with itself: both sides at once
+                joined.add(user.name)
+                for side, inport in enumerate(user.inputs):
+                    if (inport.node.name, inport.route) != port:
+                        continue
+                    exit_ = stage_.exit(f"join{side}", user)
+                    clock = user.params["clocks"][side]
+                    key = user.params["keys"][side]
+                    nodes.append(
+                        ClockOp(user.name, row[user.name], key, clock, user.policy, [exit_])
+                    )
+            elif user.kind in ("write", "merge"):
                 nodes.append(stage_.exit(user.kind, user))
-            elif user.kind == "aggregate":
+            elif user.kind in ("aggregate", "process"):
                 exit_ = stage_.exit("aggregate", user)
                 clock = user.params["clock"]
-                nodes.append(
-                    ClockOp(user.name, row[user.name], user.fn, clock, user.policy, [exit_])
-                )
+                # An aggregate's function is its key; a process step's is its handler.
+                key = user.params["key"] if user.kind == "process" else user.fn
+                nodes.append(ClockOp(user.name, row[user.name], key, clock, user.policy, [exit_]))
             elif user.kind == "dispatch" and user.params["key"] is not None:
                 # Keyed: each key's events go, in order, to the worker of its bucket.
                 exit_ = stage_.exit("aggregate", user)
@@ -196,20 +216,49 @@ def compile_pipeline(
 
     for node in graph:
         keyed_dispatch = node.kind == "dispatch" and node.params["key"] is not None
-        if node.kind not in ("read", "merge", "aggregate") and not keyed_dispatch:
+        if (
+            node.kind not in ("read", "merge", "aggregate", "join", "process")
+            and not keyed_dispatch
+        ):
             continue
         stage_ = _Stage(node)
         root: StageNode
-        if keyed_dispatch:
+        if node.kind == "join":
+            sides = join_inputs.pop(node.name)
+            both = op.merge(f"{node.name}_sides", *sides)
+            join_spec = _join_spec(pipeline, node, row[node.name], counters, users)
+            outputs = op.stateful_batch(node.name, both, _JoinBuilder(join_spec))
+            chunks = op.flat_map_batch(
+                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+            )
+            root = SplitOp(
+                tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
+            )
+        elif node.kind == "process":
+            process_spec = _process_spec(pipeline, node, row[node.name], counters, users)
+            outputs = op.stateful_batch(
+                node.name, agg_inputs.pop(node.name), _ProcessBuilder(process_spec)
+            )
+            chunks = op.flat_map_batch(
+                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+            )
+            root = SplitOp(
+                tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
+            )
+        elif keyed_dispatch:
             builder = _DispatchBuilder(_dispatch(pipeline, node), counters, row[node.name])
             outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), builder)
-            chunks = op.flat_map_batch(f"{node.name}_chunks", outputs, _ToChunk(node.name))
+            chunks = op.flat_map_batch(
+                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+            )
             root = SplitOp(tree(stage_, (node.name, None)), [], row[node.name])
         elif node.kind == "aggregate":
             # Keyed state: bytewax routes key buckets to workers.
             spec = _window_spec(pipeline, node, row[node.name], counters, users)
             outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), _LogicBuilder(spec))
-            chunks = op.flat_map_batch(f"{node.name}_chunks", outputs, _ToChunk(node.name))
+            chunks = op.flat_map_batch(
+                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+            )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
             )
@@ -272,12 +321,24 @@ def compile_pipeline(
                     timed = window is not None and not isinstance(window, Count)
                     if timed and isinstance(clock, EventTime):
                         delay = clock.max_delay  # late events are judged in Bucketize
+                elif target.kind == "process":
+                    delay = target.params["clock"].max_delay
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",
                     packets,
                     Bucketize(i, combine=combine, delay=delay),
                 )
                 agg_inputs[target.name] = marked
+            elif kind.startswith("join"):
+                side = int(kind[4:])
+                clock = target.params["clocks"][side]
+                marked = op.flat_map_batch(
+                    f"{node.name}_to_{target.name}_{i}",
+                    packets,
+                    Bucketize(i, delay=clock.max_delay),
+                )
+                tagged = op.map(f"{node.name}_to_{target.name}_{i}_side", marked, _Side(side))
+                join_inputs.setdefault(target.name, []).append(tagged)
     if dead_streams:
         assert isinstance(dead_sink, JsonlSink)
         merged = dead_streams[0]
@@ -290,13 +351,81 @@ def compile_pipeline(
 
 
 def _source_partitions(node: Node) -> list[str]:
-    """Return the ``step/partition`` ids of every source partition upstream of ``node``."""
+    """Return the ``step/partition`` ids of every partition upstream of ``node``.
+
+    A source's partitions, or the key buckets of a step on event time.
+    """
     if node.kind == "read":
         return [f"{node.name}/{p}" for p in node.params["source"].partitions()]
     ids: list[str] = []
     for port in node.inputs:
+        if makes_marks(port.node):
+            ids += [i for i in (f"{port.node.name}/{b}" for b in BUCKET_KEYS) if i not in ids]
+            continue
         ids += [i for i in _source_partitions(port.node) if i not in ids]
     return ids
+
+
+def _join_spec(
+    pipeline: Pipeline,
+    node: Node,
+    row: int,
+    counters: Counters,
+    users: dict[tuple[str, str | None], list[Node]],
+) -> JoinSpec:
+    params = node.params
+    clocks = params["clocks"]
+    partitions = [
+        f"{side}:{part}"
+        for side, port in enumerate(node.inputs)
+        for part in _source_partitions(port.node)
+    ]
+    return JoinSpec(
+        pipeline=pipeline.name,
+        step=node.name,
+        row=row,
+        counters=counters,
+        kind=params["kind"],
+        partitions=partitions,
+        delays=(clocks[0].max_delay, clocks[1].max_delay),
+        idle=max(clocks[0].idle_timeout, clocks[1].idle_timeout),
+        how=params["how"],
+        window=params["window"],
+        lower=params["lower"],
+        upper=params["upper"],
+        ttl=params["ttl"],
+        deleted=params["deleted"],
+        missing=params["missing"],
+        select=params["select"],
+        late_wanted=bool(users[(node.name, "late")]),
+        policy=node.policy,
+    )
+
+
+def _process_spec(
+    pipeline: Pipeline,
+    node: Node,
+    row: int,
+    counters: Counters,
+    users: dict[tuple[str, str | None], list[Node]],
+) -> ProcessSpec:
+    params = node.params
+    clock = params["clock"]
+    return ProcessSpec(
+        pipeline=pipeline.name,
+        step=node.name,
+        row=row,
+        counters=counters,
+        on_event=node.fn,
+        initial=params["initial"],
+        partitions=_source_partitions(node),
+        on_timer=params["on_timer"],
+        ttl=params["ttl"],
+        delay=clock.max_delay,
+        idle=clock.idle_timeout,
+        late_wanted=bool(users[(node.name, "late")]),
+        policy=node.policy,
+    )
 
 
 def _combiner(node: Node, users: dict[tuple[str, str | None], list[Node]]) -> Combiner | None:
@@ -414,16 +543,69 @@ class _LogicBuilder:
         return _resumed(spec.counters, spec.step, resume, lambda: WindowLogic(spec, resume))
 
 
-class _ToChunk:
-    """Gather an aggregate's outputs into one chunk per batch."""
+class _JoinBuilder:
+    """Build (or resume) both sides' state of one key bucket of a join."""
 
-    def __init__(self, step: str) -> None:
+    def __init__(self, spec: JoinSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, resume: Any | None) -> JoinLogic:
+        spec = self.spec
+        return _resumed(spec.counters, spec.step, resume, lambda: JoinLogic(spec, resume))
+
+
+class _ProcessBuilder:
+    """Build (or resume) the key states and timers of one key bucket of a process step."""
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, resume: Any | None) -> ProcessLogic:
+        spec = self.spec
+        return _resumed(spec.counters, spec.step, resume, lambda: ProcessLogic(spec, resume))
+
+
+class _Side:
+    """Tag a join side's bucket items with the side (0: left, 1: right)."""
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+
+    def __call__(self, item: tuple[str, Marked]) -> tuple[str, tuple[int, Marked]]:
+        return (item[0], (self.side, item[1]))
+
+
+class _ToChunk:
+    """Gather a keyed step's outputs into chunks: one per key bucket, with its watermark.
+
+    A step on event time reports how far each of its buckets has got
+    (``("w", mark)`` items): each bucket is a partition of the stream it
+    makes, so steps on event time after it judge its results as they judge
+    a source's events. Other keyed steps make one chunk per batch.
+    """
+
+    def __init__(self, step: str, marks: bool = False) -> None:
         self.step = step
+        self.marks: dict[str, float] | None = {} if marks else None
 
     def __call__(self, items: list[tuple[str, Any]]) -> list[Chunk]:
-        if not items:
-            return []
-        return [Chunk([value for _, value in items], self.step, "out")]
+        marks = self.marks
+        if marks is None:
+            values = [value for _, value in items if value[0] != "w"]
+            return [Chunk(values, self.step, "out")] if values else []
+        groups: dict[str, list[Any]] = {}
+        for bucket, value in items:
+            held = groups.get(bucket)
+            if held is None:
+                held = groups[bucket] = []
+            if value[0] == "w":
+                marks[bucket] = value[1]
+            else:
+                held.append(value)
+        return [
+            Chunk(values, self.step, bucket, mark=marks.get(bucket, _NEVER))
+            for bucket, values in groups.items()
+        ]
 
 
 class _Records:

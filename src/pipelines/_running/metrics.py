@@ -92,7 +92,7 @@ class MetricsCollector(Collector):
                 if counter != "open":
                     records.add_metric([self.pipeline, step, kind, counter], value)
             dead.add_metric([self.pipeline, step], row["dead"])
-            if kind == "aggregate":
+            if kind in ("aggregate", "join"):
                 late.add_metric([self.pipeline, step], row["late"])
                 open_.add_metric([self.pipeline, step], row["open"])
         yield records

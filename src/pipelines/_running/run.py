@@ -319,6 +319,7 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
             open=row["open"],
             handled=row["handled"],
             late=row["late"],
+            expired=row["expired"],
         )
         for step, row in totals.items()
     }

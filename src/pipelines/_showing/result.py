@@ -37,6 +37,9 @@ class StepCounts:
     handled: int = 0
     #: Events behind the watermark (already counted as out to the late stream, or dead).
     late: int = 0
+    #: Key states a process step dropped: past their ttl, or left when the input ended
+    #: (after every held event was delivered and every timer fired).
+    expired: int = 0
 
     @property
     def balanced(self) -> bool:
@@ -154,6 +157,18 @@ class RunResult:
         return self._sum("open")
 
     @property
+    def expired(self) -> int:
+        """Key states dropped by process steps (past their ttl, or at the end of input)."""
+        return self._sum("expired")
+
+    @property
+    def expired_note(self) -> str:
+        """The reconciliation line's note on dropped key states ("" when none)."""
+        if not self.expired:
+            return ""
+        return f" ({self.expired} key states dropped: past their ttl or at the end of input)"
+
+    @property
     def reconciles(self) -> bool:
         """Whether every record read is accounted for, step by step and in all."""
         total = (
@@ -230,6 +245,7 @@ class RunResult:
             "aggregated": self.aggregated,
             "handled": self.handled,
             "open": self.open_windows,
+            "expired": self.expired,
             "reconciles": None if self.partial else self.reconciles,
             "dead_ratio": round(self.dead_ratio, 6),
             "warnings": self.warnings,

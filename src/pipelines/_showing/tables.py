@@ -38,10 +38,31 @@ def node_detail(node: Node) -> str:
             detail += f", otherwise={node.params['otherwise']}"
     elif kind == "filter" and "cls" in node.params:
         detail = node.params["cls"].__name__
+    elif kind == "join":
+        detail = join_detail(node.params)
     elif node.fn is not None:
         detail = describe_function(node.fn)
     policy = "" if node.policy.mode == "dead_letter" else f" [on_error={node.policy.mode}]"
     return f"{detail}{policy}"
+
+
+def join_detail(params: Any) -> str:
+    """Say what a join matches: its window, its interval, or its table.
+
+    >>> from operators import windows
+    >>> join_detail({"kind": "interval", "how": "left", "lower": 0.0, "upper": 600.0})
+    'left join between 0s and 600s'
+    >>> join_detail({"kind": "window", "how": "inner", "window": windows.tumbling(seconds=60)})
+    'inner join in tumbling_60s'
+    """
+    kind = params["kind"]
+    if kind == "window":
+        return f"{params['how']} join in {params['window'].label}"
+    if kind == "interval":
+        return f"{params['how']} join between {params['lower']:g}s and {params['upper']:g}s"
+    ttl = params.get("ttl")
+    life = "" if ttl is None else f", ttl {ttl:g}s"
+    return f"as of the table{life}, missing: {params['missing']}"
 
 
 def node_label(node: Node) -> str:
@@ -94,7 +115,7 @@ def summary_table(result: RunResult) -> Table:
             f"read {result.read} + created {result.created} = written {result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
             f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated} + "
-            f"handled {result.handled}: {ok}"
+            f"handled {result.handled}: {ok}{result.expired_note}"
             + "".join(f"\n[bold red]warning:[/bold red] {w}" for w in result.warnings)
         ),
     )

@@ -1,0 +1,657 @@
+"""Keyed joins of two streams on exact event time: windowed, interval, as-of a table.
+
+A join step reads two keyed streams (sides 0 and 1). Each side is keyed and
+timed in its own upstream stage (`operators._keying.ClockOp`) and grouped
+into key buckets (`operators._keying.Bucketize`), as for a windowed
+aggregate; the two sides' bucket streams meet in one bytewax
+``stateful_batch`` step whose `JoinLogic` holds both sides of the keys of one
+bucket. Every source partition of either side has its own watermark
+(``"0:read/p"``, ``"1:read/p"``): an event is judged against its own
+partition's watermark just before it, and the minimum over all partitions
+decides what can be emitted or forgotten. So the output depends neither on
+how the two inputs interleave nor on the batch size nor on the worker count.
+
+The three kinds:
+
+- ``window``: both sides' events of a key fall into the same windows
+  (tumbling, sliding or session); when a window closes, its pairs are
+  emitted (inner), plus the rows of one side that met none on the other
+  (left: the left side; outer: both sides) with ``None`` for the other.
+- ``interval``: a left event at ``t`` meets each right event at ``s`` with
+  ``t + lower <= s <= t + upper``. A pair is emitted as soon as its second
+  event arrives; a left event is forgotten once the watermark passes
+  ``t + upper``, a right one once it passes ``s - lower`` (no on-time event
+  can meet it any more), unmatched ones emitted then for left/outer joins.
+- ``table``: side 1 is a changelog (the latest row per key wins; a row the
+  ``deleted`` predicate holds for removes the key). Each side-0 event at
+  ``t`` is held until the watermark passes ``t``, then joined with the row
+  valid at ``t``: the newest row of its key dated at or before ``t``, unless
+  it is a delete marker or older than ``ttl``. Events of a key with no valid
+  row are emitted with ``None`` (``missing="none"``) or dead-lettered as
+  ``unmatched``. Rows no later event can use are dropped.
+
+Late events (behind their own partition's watermark: for windows, behind
+the end of each of their windows) go to the step's late stream, or become
+``late`` dead letters.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from bytewax.operators import StatefulBatchLogic
+from pydantic import AwareDatetime
+
+from operators._deadletter import DeadLetter, payload_text
+from operators._event import Event
+from operators._keying import BUCKET_LAYOUT, Marked, check_layout
+from operators._policy import ErrorPolicy, PipelineHalted
+from operators._stage import COUNTER_FIELDS, Counters, describe_function
+from operators._windowing import Watermarks, _utc, construct_valid, just_before
+from operators.windows import Session, Sliding, Tumbling, Window
+
+__all__ = ["JoinLogic", "JoinSpec", "Joined"]
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _AGG, _OPEN, _LATE = (
+    COUNTER_FIELDS.index(f)
+    for f in ("in", "out", "dead", "skipped", "created", "aggregated", "open", "late")
+)
+_NEVER = -math.inf
+_DONE = math.inf
+
+
+class Joined(Event, Generic[A, B]):
+    """One result of a join: the key and the two records that met.
+
+    ``left`` or ``right`` is None for a row of a left or outer join that met
+    nothing (and for a table join's event whose key had no row then).
+    ``start`` and ``end`` are the window's bounds (windowed joins only).
+    ``time`` is the newer of the two records' event times (a windowed
+    join's results: the window's last instant; a record of a left or outer
+    interval join that met nothing: the end of its interval), ``type`` the
+    join step's name, and ``id`` is made from the step, the key and the two
+    records' ids, so the same input gives the same results on every run.
+    """
+
+    type: str = "joined"
+    key: str
+    left: A | None = None
+    right: B | None = None
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+
+
+_JOINED_FIELDS = frozenset(Joined.model_fields)
+
+
+@dataclass
+class JoinSpec:
+    """Everything one join step's bucket logic needs."""
+
+    pipeline: str
+    step: str
+    row: int
+    counters: Counters
+    kind: str
+    #: Side-tagged source partitions: ``"0:read/p"`` (left), ``"1:read/p"`` (right).
+    partitions: list[str]
+    delays: tuple[float, float] = (0.0, 0.0)
+    idle: float = 0.0
+    how: str = "inner"
+    window: Window | None = None
+    lower: float = 0.0
+    upper: float = 0.0
+    ttl: float | None = None
+    deleted: Callable[[Any], object] | None = None
+    missing: str = "none"
+    select: Callable[[Any, Any], Any] | None = None
+    late_wanted: bool = False
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+
+
+def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]:
+    return (row[0], row[1], row[2])
+
+
+def _id_of(record: Any) -> str:
+    found = getattr(record, "id", None)
+    return "-" if found is None else str(found)
+
+
+_Sided = tuple[int, Marked]
+
+
+class JoinLogic(Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any], dict[str, Any]]):
+    """Both sides of a join for the keys of one bucket."""
+
+    def __init__(self, spec: JoinSpec, resume: dict[str, Any] | None) -> None:
+        """Start empty, or from a snapshot."""
+        check_layout(spec.step, resume)
+        self.spec = spec
+        state = resume or {}
+        self.wm = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
+        self.idle = dict.fromkeys(self.wm)
+        self.closed = state.get("closed", _NEVER)
+        self.idle_timeout = spec.idle
+        #: window: ``(key, start) -> [end, lefts, rights]`` (sessions: ``key ->
+        #: [[start, end, lefts, rights], ...]``); interval: ``key -> [lefts,
+        #: rights]`` of ``[ts, record, matched]``; table: ``key -> rows``.
+        self.held: dict[Any, Any] = state.get("held", {})
+        #: window: ``(closes, key, start)``; interval and table: ``(due, key)``.
+        self.heap: list[tuple[Any, ...]] = state.get("heap", [])
+        #: table: side-0 events waiting for the watermark, ``(ts, n, key, record)``.
+        self.pending: list[tuple[float, int, str, Any]] = state.get("pending", [])
+        self.n: int = state.get("n", 0)
+        self.newest = _NEVER
+        self.mark_key = (spec.step, str(id(self)))
+        window = spec.window
+        #: How far before the watermark a result can be dated (see `report`).
+        self.lag = window.gap if isinstance(window, Session) else 0.0
+        opened = state.get("open", 0)
+        if opened:
+            spec.counters.table()[spec.row][_OPEN] += opened
+
+    # -- the bytewax protocol ------------------------------------------------
+
+    def on_batch(self, values: list[tuple[int, Marked]]) -> tuple[list[tuple[str, Any]], bool]:
+        """Take a batch of either side's records; emit what the watermark allows."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        for side, marked in values:
+            part = f"{side}:{marked.partition}"
+            tracked = part in self.wm
+            delay = spec.delays[side]
+            for records, latest in marked.segments():
+                if records:
+                    row[_IN] += len(records)
+                    own = self.wm.get(part, _NEVER) if tracked else _NEVER
+                    wm = own if own > self.closed else self.closed
+                    self._take(side, part, records, wm, out, row)
+                if tracked and latest != _NEVER:
+                    if latest > self.newest:
+                        self.newest = latest
+                    if latest - delay > self.wm[part]:
+                        self.wm[part] = latest - delay
+            if tracked:
+                self.idle[part] = marked.idle_since
+                if marked.eof:
+                    self.wm[part] = _DONE
+        mark = self.low_mark(time.time())
+        self._close(mark, out, row)
+        self.report(mark, self.lag, out)
+        if self.newest != _NEVER:
+            spec.counters.marks[self.mark_key] = (mark, self.newest)
+        return out, False
+
+    def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Emit what wall-clock progress allows (idle partitions)."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        mark = self.low_mark(time.time())
+        self._close(mark, out, row)
+        self.report(mark, self.lag, out)
+        return out, False
+
+    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Both inputs ended: emit and forget everything held."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        self._close(_DONE, out, row)
+        out.append(("w", _DONE))
+        return out, True
+
+    def notify_at(self) -> datetime | None:
+        """When wall-clock progress could next emit or forget something."""
+        due = [self.heap[0][0]] if self.heap else []
+        if self.pending:
+            due.append(self.pending[0][0])
+        if not due:
+            return None
+        return self.wall_due(min(due) + (0.0 if self.spec.kind == "window" else 1e-6))
+
+    def snapshot(self) -> dict[str, Any]:
+        """State to resume from: watermarks, held records, what is due."""
+        return {
+            "wm": dict(self.wm),
+            "closed": self.closed,
+            "held": self.held,
+            "heap": list(self.heap),
+            "pending": list(self.pending),
+            "n": self.n,
+            "open": self._open(),
+            "layout": BUCKET_LAYOUT,
+        }
+
+    def _open(self) -> int:
+        kind = self.spec.kind
+        if kind == "window":
+            if isinstance(self.spec.window, Session):
+                return sum(len(v) for v in self.held.values())
+            return len(self.held)
+        if kind == "interval":
+            return sum(len(lefts) + len(rights) for lefts, rights in self.held.values())
+        return sum(len(rows) for rows in self.held.values()) + len(self.pending)
+
+    # -- taking records ------------------------------------------------------
+
+    def _take(
+        self,
+        side: int,
+        part: str,
+        records: list[tuple[str, float, Any]],
+        wm: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        kind = self.spec.kind
+        if kind == "window":
+            self._take_windowed(side, records, wm, out, row)
+        elif kind == "interval":
+            self._take_interval(side, records, wm, out, row)
+        else:
+            self._take_table(side, part, records, wm, out, row)
+
+    def _take_windowed(
+        self,
+        side: int,
+        records: list[tuple[str, float, Any]],
+        wm: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        window = self.spec.window
+        assert window is not None
+        held = self.held
+        heap = self.heap
+        if isinstance(window, Session):
+            gap = window.gap
+            for key, ts, record in records:
+                if ts + gap <= wm:
+                    self._late(record, ts, wm, out, row)
+                    continue
+                row[_AGG] += 1
+                sessions: list[list[Any]] = held.setdefault(key, [])
+                start, end = ts, ts + gap
+                lefts: list[Any] = []
+                rights: list[Any] = []
+                (lefts if side == 0 else rights).append((ts, record))
+                keep = []
+                for s in sessions:
+                    if s[0] < end and start < s[1]:
+                        start, end = min(start, s[0]), max(end, s[1])
+                        lefts += s[2]
+                        rights += s[3]
+                        row[_OPEN] -= 1
+                    else:
+                        keep.append(s)
+                keep.append([start, end, lefts, rights])
+                held[key] = keep
+                row[_OPEN] += 1
+                heapq.heappush(heap, (end + gap, key, start))
+            return
+        assert isinstance(window, Tumbling | Sliding)
+        for key, ts, record in records:
+            spans = [span for span in window.assign(ts) if span[1] > wm]
+            if not spans:
+                self._late(record, ts, wm, out, row)
+                continue
+            row[_AGG] += 1
+            for start, end in spans:
+                slot = held.get((key, start))
+                if slot is None:
+                    slot = held[(key, start)] = [end, [], []]
+                    heapq.heappush(heap, (end, key, start))
+                    row[_OPEN] += 1
+                slot[1 + side].append((ts, record))
+
+    def _take_interval(
+        self,
+        side: int,
+        records: list[tuple[str, float, Any]],
+        wm: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        spec = self.spec
+        lower, upper = spec.lower, spec.upper
+        held = self.held
+        for key, ts, record in records:
+            if ts < wm:
+                self._late(record, ts, wm, out, row)
+                continue
+            row[_AGG] += 1
+            row[_OPEN] += 1
+            sides = held.get(key)
+            if sides is None:
+                sides = held[key] = [[], []]
+            matched = False
+            if side == 0:
+                lo, hi = ts + lower, ts + upper
+                for entry in sides[1]:
+                    if lo <= entry[0] <= hi:
+                        self._emit(key, record, entry[1], ts, entry[0], None, None, out, row)
+                        entry[2] = matched = True
+                sides[0].append([ts, record, matched])
+                heapq.heappush(self.heap, (ts + upper, key))
+            else:
+                for entry in sides[0]:
+                    if entry[0] + lower <= ts <= entry[0] + upper:
+                        self._emit(key, entry[1], record, entry[0], ts, None, None, out, row)
+                        entry[2] = matched = True
+                sides[1].append([ts, record, matched])
+                heapq.heappush(self.heap, (ts - lower, key))
+
+    def _take_table(
+        self,
+        side: int,
+        part: str,
+        records: list[tuple[str, float, Any]],
+        wm: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        spec = self.spec
+        held = self.held
+        for key, ts, record in records:
+            if ts < wm:
+                self._late(record, ts, wm, out, row)
+                continue
+            self.n += 1
+            if side == 0:
+                row[_AGG] += 1
+                row[_OPEN] += 1
+                heapq.heappush(self.pending, (ts, self.n, key, record))
+                continue
+            removes = False
+            if spec.deleted is not None:
+                try:
+                    removes = bool(spec.deleted(record))
+                except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                    self._failed(record, ts, exc, spec.deleted, out, row)
+                    continue
+            row[_AGG] += 1
+            row[_OPEN] += 1
+            rows = held.setdefault(key, [])
+            # Of two rows with one time, the one of the later partition (by name)
+            # wins, or the later one of the same partition: the same on every run.
+            bisect.insort(rows, (ts, part, self.n, removes, record), key=_row_order)
+            if removes:
+                heapq.heappush(self.heap, (ts, key))
+            elif spec.ttl is not None:
+                heapq.heappush(self.heap, (ts + spec.ttl, key))
+            self._prune(key, self.closed, row)
+
+    # -- emitting and forgetting -----------------------------------------------
+
+    def _close(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        kind = self.spec.kind
+        if kind == "window":
+            self._close_windows(upto, out, row)
+        elif kind == "interval":
+            self._close_interval(upto, out, row)
+        else:
+            self._close_table(upto, out, row)
+        if upto > self.closed:
+            self.closed = upto
+
+    def _close_windows(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        heap = self.heap
+        held = self.held
+        window = self.spec.window
+        gap = window.gap if isinstance(window, Session) else 0.0
+        while heap and heap[0][0] <= upto:
+            closes, key, start = heapq.heappop(heap)
+            if isinstance(window, Session):
+                sessions = held.get(key) or []
+                found = None
+                for s in sessions:
+                    if s[0] == start and s[1] + gap == closes:
+                        found = s
+                        break
+                if found is None:
+                    continue  # merged into another session since
+                sessions.remove(found)
+                if not sessions:
+                    del held[key]
+                end, lefts, rights = found[1], found[2], found[3]
+            else:
+                end, lefts, rights = held.pop((key, start))
+            row[_OPEN] -= 1
+            self._pairs(key, lefts, rights, start, end, out, row)
+
+    def _pairs(
+        self,
+        key: str,
+        lefts: list[tuple[float, Any]],
+        rights: list[tuple[float, Any]],
+        start: float,
+        end: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """Emit a closed window's pairs (and unmatched rows, for left and outer joins)."""
+        how = self.spec.how
+        lefts.sort(key=lambda x: x[0])
+        rights.sort(key=lambda x: x[0])
+        last = just_before(end)  # every result of the window is dated its last instant
+        if lefts and rights:
+            for lt, left in lefts:
+                for rt, right in rights:
+                    self._emit(key, left, right, lt, rt, start, end, out, row, last)
+        elif lefts and how != "inner":
+            for lt, left in lefts:
+                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last)
+        elif rights and how == "outer":
+            for rt, right in rights:
+                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last)
+
+    def _close_interval(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        spec = self.spec
+        how = spec.how
+        heap = self.heap
+        held = self.held
+        lower, upper = spec.lower, spec.upper
+        while heap and heap[0][0] < upto:
+            _, key = heapq.heappop(heap)
+            sides = held.get(key)
+            if sides is None:
+                continue
+            lefts, rights = sides
+            keep_left = []
+            for entry in lefts:
+                if entry[0] + upper >= upto:
+                    keep_left.append(entry)
+                    continue
+                row[_OPEN] -= 1
+                if how != "inner" and not entry[2]:
+                    # Dated when it was known to meet nothing: the end of its interval.
+                    gone = _utc(entry[0] + upper)
+                    self._emit(key, entry[1], None, entry[0], _NEVER, None, None, out, row, gone)
+            keep_right = []
+            for entry in rights:
+                if entry[0] - lower >= upto:
+                    keep_right.append(entry)
+                    continue
+                row[_OPEN] -= 1
+                if how == "outer" and not entry[2]:
+                    gone = _utc(entry[0] - lower)
+                    self._emit(key, None, entry[1], _NEVER, entry[0], None, None, out, row, gone)
+            if keep_left or keep_right:
+                sides[0], sides[1] = keep_left, keep_right
+            else:
+                del held[key]
+
+    def _close_table(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        spec = self.spec
+        held = self.held
+        pending = self.pending
+        while pending and pending[0][0] < upto:
+            ts, _, key, record = heapq.heappop(pending)
+            row[_OPEN] -= 1
+            found = None
+            rows = held.get(key)
+            if rows:
+                at = bisect.bisect_right(rows, ts, key=lambda r: r[0]) - 1
+                if at >= 0:
+                    rt, _, _, removes, value = rows[at]
+                    if not removes and (spec.ttl is None or ts - rt <= spec.ttl):
+                        found = (rt, value)
+            if found is not None:
+                self._emit(key, record, found[1], ts, found[0], None, None, out, row)
+            elif spec.missing == "none":
+                self._emit(key, record, None, ts, _NEVER, None, None, out, row)
+            else:
+                self._unmatched(key, record, ts, out, row)
+        if upto == _DONE:
+            # The input ended: no event is to come, and no row is needed.
+            row[_OPEN] -= sum(len(rows) for rows in held.values())
+            held.clear()
+            self.heap.clear()
+            return
+        # Rows that no event still to come can be joined with.
+        mark = min(upto, pending[0][0]) if pending else upto
+        heap = self.heap
+        while heap and heap[0][0] < mark:
+            _, key = heapq.heappop(heap)
+            self._prune(key, mark, row)
+
+    def _prune(self, key: str, mark: float, row: list[int]) -> None:
+        """Drop the rows of ``key`` that no event at ``mark`` or later can be joined with."""
+        rows = self.held.get(key)
+        if not rows or mark == _NEVER:
+            return
+        at = bisect.bisect_right(rows, mark, key=lambda r: r[0]) - 1
+        if at < 0:
+            return
+        ts, _, _, removes, _ = rows[at]
+        ttl = self.spec.ttl
+        if removes or (ttl is not None and ts + ttl < mark):
+            at += 1  # the row valid at mark is a delete marker, or has expired
+        if at:
+            del rows[:at]
+            row[_OPEN] -= at
+        if not rows:
+            del self.held[key]
+
+    def _emit(
+        self,
+        key: str,
+        left: Any,
+        right: Any,
+        lt: float,
+        rt: float,
+        start: float | None,
+        end: float | None,
+        out: list[tuple[str, Any]],
+        row: list[int],
+        when: datetime | None = None,
+    ) -> None:
+        spec = self.spec
+        row[_CREATED] += 1
+        if spec.select is not None:
+            try:
+                value = spec.select(left, right)
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                pair = {"key": key, "left": payload_text(left), "right": payload_text(right)}
+                text = json.dumps(pair, sort_keys=True)
+                self._failed(text, max(lt, rt), exc, spec.select, out, row)
+                return
+        else:
+            fields = {
+                "type": spec.step,
+                "id": f"{spec.step}/{key}/{_id_of(left)}/{_id_of(right)}",
+                "time": when or _utc(max(lt, rt)),
+                "key": key,
+                "left": left,
+                "right": right,
+                "start": None if start is None else _utc(start),
+                "end": None if end is None else _utc(end),
+            }
+            value = construct_valid(Joined, fields, _JOINED_FIELDS)
+        out.append(("r", value))
+        row[_OUT] += 1
+
+    # -- what cannot be joined -------------------------------------------------
+
+    def _dead(self, kind: str, error_type: str, message: str, payload: str, ts: float,
+              function: str | None = None) -> tuple[str, DeadLetter]:  # fmt: skip
+        spec = self.spec
+        letter = DeadLetter.build(
+            pipeline=spec.pipeline,
+            step=spec.step,
+            kind=kind,
+            error_type=error_type,
+            message=message,
+            function=function,
+            payload=payload,
+            event_time=_utc(ts) if math.isfinite(ts) else None,
+        )
+        return ("d", letter)
+
+    def _late(
+        self, record: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        """Send on (or dead-letter) a record behind its partition's watermark."""
+        row[_LATE] += 1
+        if self.spec.late_wanted:
+            out.append(("l", record))
+            row[_OUT] += 1
+            return
+        row[_DEAD] += 1
+        message = (
+            f"event time {_utc(ts).isoformat()} is behind the watermark {_utc(wm).isoformat()} "
+            f"of its partition, so it can no longer meet every record it should; write the "
+            f"join's .late stream to a sink to keep late events apart"
+        )
+        out.append(self._dead("late", "LateEvent", message, payload_text(record), ts))
+
+    def _unmatched(
+        self, key: str, record: Any, ts: float, out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        # The event was held (aggregated); its dead letter is a record the step made.
+        row[_CREATED] += 1
+        row[_DEAD] += 1
+        message = (
+            f"no row of key {key!r} was valid in the table at {_utc(ts).isoformat()} (none "
+            f"yet, deleted, or older than the table's ttl). Hint: join(..., missing='none') "
+            f"emits such events with right=None."
+        )
+        out.append(self._dead("unmatched", "Unmatched", message, payload_text(record), ts))
+
+    def _failed(
+        self,
+        record: Any,
+        ts: float,
+        exc: Exception,
+        fn: Callable[..., Any],
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """Apply the step's error policy to a failing user function."""
+        spec = self.spec
+        payload = payload_text(record)
+        if spec.policy.mode == "skip":
+            row[_SKIPPED] += 1
+            return
+        name = describe_function(fn)
+        if spec.policy.mode == "halt":
+            halted = PipelineHalted(spec.pipeline, spec.step, name, payload)
+            halted.__cause__ = exc
+            spec.counters.halt(halted)
+        row[_DEAD] += 1
+        message = f"{name} raised {type(exc).__qualname__}: {exc}"
+        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, name))

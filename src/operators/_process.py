@@ -1,0 +1,432 @@
+"""Keyed process steps: per-key state, event-time and processing-time timers, state TTL.
+
+`ProcessLogic` holds the keys of one bucket. Events are delivered to the
+user's function in event-time order, interleaved with the key's timers:
+an event at ``t`` once the watermark (the smallest over the source
+partitions) has passed ``t``, a timer at ``t`` once it has passed ``t``
+and after every event at ``t``. So what the function sees depends neither
+on how the partitions interleave nor on the batch size or worker count.
+Events behind their own partition's watermark are late (the step's late
+stream, or ``late`` dead letters). At the end of a bounded input the
+watermark moves to the end: every held event is delivered and every
+pending timer fires, then the states left are dropped and counted as
+``expired``. With ``ttl``, a key's state is dropped (and counted) once the
+watermark passes its last event's time plus ``ttl``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from bytewax.operators import StatefulBatchLogic
+
+from operators._deadletter import DeadLetter, payload_text
+from operators._keying import BUCKET_LAYOUT, Marked, check_layout, event_seconds
+from operators._policy import ErrorPolicy, PipelineHalted
+from operators._stage import COUNTER_FIELDS, Counters, describe_function
+from operators._windowing import Watermarks, _utc
+
+__all__ = ["Context", "ProcessLogic", "ProcessSpec", "Timer"]
+
+O = TypeVar("O")  # noqa: E741 - the output type
+
+_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _AGG, _OPEN, _LATE, _EXPIRED = (
+    COUNTER_FIELDS.index(f)
+    for f in ("in", "out", "dead", "skipped", "created", "aggregated", "open", "late", "expired")
+)
+_NEVER = -math.inf
+_DONE = math.inf
+#: Kinds of entries in the event-time queue, in the order they go at one time.
+_EVENT, _TIMER, _TTL = 0, 1, 2
+
+
+class Timer(NamedTuple):
+    """A timer that fired: its key, time, name and kind (``"event"`` or ``"processing"``)."""
+
+    key: str
+    time: datetime
+    name: str
+    kind: str
+
+
+class TimerInThePast(ValueError):
+    """A timer was set at a time event time has already passed."""
+
+
+class Context(Generic[O]):
+    """What a process function may do besides changing its key's state.
+
+    ``emit(record)`` sends a record on; ``timer(at, name)`` sets (or moves)
+    the key's event-time timer of that name, which fires once the watermark
+    passes ``at``; ``processing_timer(at, name)`` one that fires when the
+    wall clock reaches ``at``; ``cancel(name)`` removes one. ``key``,
+    ``time`` (the event's or the timer's time) and ``watermark`` say where
+    the step is. Nothing takes effect if the function raises.
+    """
+
+    __slots__ = ("_at", "_cancels", "_mark", "_out", "_timers", "key")
+
+    def __init__(self, key: str, at: float, mark: float) -> None:
+        """Make the context of one call for ``key`` at event time ``at``."""
+        self.key = key
+        self._at = at
+        self._mark = mark
+        self._out: list[Any] = []
+        self._timers: list[tuple[str, str, float]] = []
+        self._cancels: list[tuple[str, str]] = []
+
+    @property
+    def time(self) -> datetime:
+        """The event time of the event (or timer) being handled."""
+        return _utc(self._at)
+
+    @property
+    def watermark(self) -> datetime | None:
+        """How far event time has advanced (None before any event)."""
+        return None if self._mark in (_NEVER, _DONE) else _utc(self._mark)
+
+    def emit(self, record: O) -> None:
+        """Send ``record`` on, after the call returns."""
+        self._out.append(record)
+
+    def timer(self, at: datetime | float, name: str = "") -> None:
+        """Fire ``on_timer`` for this key once event time passes ``at``."""
+        seconds = _seconds(at)
+        if seconds < self._at:
+            msg = (
+                f"timer {name!r} of key {self.key!r} set at {_utc(seconds).isoformat()}, "
+                f"before the time being handled ({_utc(self._at).isoformat()}): event "
+                f"time has passed it, so it would never fire in order. Hint: set it at "
+                f"ctx.time + a delay, e.g. ctx.timer(ctx.time + timedelta(minutes=5))."
+            )
+            raise TimerInThePast(msg)
+        self._timers.append(("event", name, seconds))
+
+    def processing_timer(self, at: datetime | float, name: str = "") -> None:
+        """Fire ``on_timer`` for this key when the wall clock reaches ``at``."""
+        self._timers.append(("processing", name, _seconds(at)))
+
+    def cancel(self, name: str = "", *, processing: bool = False) -> None:
+        """Remove this key's timer of that name (if it is set)."""
+        self._cancels.append(("processing" if processing else "event", name))
+
+
+def _seconds(at: datetime | float) -> float:
+    seconds = event_seconds(at)
+    if not math.isfinite(seconds):
+        msg = f"a timer needs a finite time; got {at!r}."
+        raise ValueError(msg)
+    return seconds
+
+
+@dataclass
+class ProcessSpec:
+    """Everything one process step's bucket logic needs."""
+
+    pipeline: str
+    step: str
+    row: int
+    counters: Counters
+    on_event: Callable[[Any, Any, Context[Any]], Any]
+    initial: Callable[[], Any]
+    partitions: list[str]
+    on_timer: Callable[[Any, Timer, Context[Any]], Any] | None = None
+    ttl: float | None = None
+    delay: float = 0.0
+    idle: float = 0.0
+    late_wanted: bool = False
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+
+
+class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
+    """The states, timers and held events of the keys of one bucket."""
+
+    def __init__(self, spec: ProcessSpec, resume: dict[str, Any] | None) -> None:
+        """Start empty, or from a snapshot."""
+        check_layout(spec.step, resume)
+        self.spec = spec
+        state = resume or {}
+        self.wm = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
+        self.idle = dict.fromkeys(self.wm)
+        self.closed = state.get("closed", _NEVER)
+        self.idle_timeout = spec.idle
+        self.states: dict[str, Any] = state.get("states", {})
+        #: ``key -> {(kind, name): (at, seq)}``: the timers set.
+        self.timers: dict[str, dict[tuple[str, str], tuple[float, int]]] = state.get("timers", {})
+        #: ``(at, kind of entry, seq, key, event or timer name)``, in event time.
+        self.queue: list[tuple[float, int, int, str, Any]] = state.get("queue", [])
+        #: ``(at, seq, key, name)``: processing-time timers.
+        self.wall: list[tuple[float, int, str, str]] = state.get("wall", [])
+        self.last: dict[str, float] = state.get("last", {})
+        self.seq: int = state.get("seq", 0)
+        self.held = state.get("held", 0)
+        self.newest = _NEVER
+        self.mark_key = (spec.step, str(id(self)))
+        opened = len(self.states) + self.held
+        if opened:
+            spec.counters.table()[spec.row][_OPEN] += opened
+
+    # -- the bytewax protocol ------------------------------------------------
+
+    def on_batch(self, values: list[Marked]) -> tuple[list[tuple[str, Any]], bool]:
+        """Hold a batch's events; deliver what the watermark allows, in time order."""
+        spec = self.spec
+        row = spec.counters.table()[spec.row]
+        out: list[tuple[str, Any]] = []
+        for marked in values:
+            part = marked.partition
+            tracked = part in self.wm
+            for records, latest in marked.segments():
+                if records:
+                    row[_IN] += len(records)
+                    own = self.wm.get(part, _NEVER) if tracked else _NEVER
+                    self._hold(records, own if own > self.closed else self.closed, out, row)
+                if tracked and latest != _NEVER:
+                    if latest > self.newest:
+                        self.newest = latest
+                    if latest - spec.delay > self.wm[part]:
+                        self.wm[part] = latest - spec.delay
+            if tracked:
+                self.idle[part] = marked.idle_since
+                if marked.eof:
+                    self.wm[part] = _DONE
+        now = time.time()
+        mark = self.low_mark(now)
+        self._advance(mark, out, row)
+        self._wall(now, out, row)
+        self.report(mark, 0.0, out)
+        if self.newest != _NEVER:
+            spec.counters.marks[self.mark_key] = (mark, self.newest)
+        return out, False
+
+    def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Fire processing-time timers; follow the watermark of idle partitions."""
+        row = self.spec.counters.table()[self.spec.row]
+        out: list[tuple[str, Any]] = []
+        now = time.time()
+        mark = self.low_mark(now)
+        self._advance(mark, out, row)
+        self._wall(now, out, row)
+        self.report(mark, 0.0, out)
+        return out, False
+
+    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+        """Deliver everything, fire every timer, then drop the states: the input ended."""
+        row = self.spec.counters.table()[self.spec.row]
+        out: list[tuple[str, Any]] = []
+        while self.queue or self.wall:
+            self._advance(_DONE, out, row)
+            self._wall(_DONE, out, row)
+        row[_EXPIRED] += len(self.states)
+        row[_OPEN] -= len(self.states)
+        self.states.clear()
+        self.last.clear()
+        out.append(("w", _DONE))
+        return out, True
+
+    def notify_at(self) -> datetime | None:
+        """When the wall clock next fires a timer or could move the watermark on."""
+        due: list[datetime] = []
+        if self.wall:
+            due.append(_utc(self.wall[0][0]))
+        if self.queue:
+            found = self.wall_due(self.queue[0][0] + 1e-6)
+            if found is not None:
+                due.append(found)
+        return min(due) if due else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """State to resume from: watermarks, key states, timers, held events."""
+        return {
+            "wm": dict(self.wm),
+            "closed": self.closed,
+            "states": self.states,
+            "timers": self.timers,
+            "queue": list(self.queue),
+            "wall": list(self.wall),
+            "last": self.last,
+            "seq": self.seq,
+            "held": self.held,
+            "layout": BUCKET_LAYOUT,
+        }
+
+    # -- holding and delivering ----------------------------------------------
+
+    def _hold(
+        self,
+        records: list[tuple[str, float, Any]],
+        wm: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        queue = self.queue
+        for key, ts, event in records:
+            if ts < wm:
+                self._late(event, ts, wm, out, row)
+                continue
+            self.seq += 1
+            heapq.heappush(queue, (ts, _EVENT, self.seq, key, event))
+            self.held += 1
+            row[_AGG] += 1
+            row[_OPEN] += 1
+
+    def _advance(self, mark: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        """Deliver the events and fire the timers that event time ``mark`` has passed."""
+        queue = self.queue
+        spec = self.spec
+        while queue and queue[0][0] < mark:
+            at, kind, seq, key, payload = heapq.heappop(queue)
+            if kind == _EVENT:
+                self.held -= 1
+                row[_OPEN] -= 1
+                if spec.ttl is not None:
+                    self.last[key] = at
+                    self.seq += 1
+                    heapq.heappush(queue, (at + spec.ttl, _TTL, self.seq, key, at))
+                self._call(key, at, mark, payload, None, out, row)
+            elif kind == _TIMER:
+                if self.timers.get(key, {}).get(("event", payload)) != (at, seq):
+                    continue  # moved or cancelled since
+                del self.timers[key][("event", payload)]
+                timer = Timer(key, _utc(at), payload, "event")
+                self._call(key, at, mark, None, timer, out, row)
+            elif self.last.get(key) == payload:
+                # No event of the key since: its state (if any) has lived out its ttl.
+                del self.last[key]
+                if key in self.states:
+                    del self.states[key]
+                    row[_EXPIRED] += 1
+                    row[_OPEN] -= 1
+        if mark > self.closed:
+            self.closed = mark
+
+    def _wall(self, now: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        """Fire the processing-time timers due by ``now``."""
+        wall = self.wall
+        while wall and wall[0][0] <= now:
+            at, seq, key, name = heapq.heappop(wall)
+            if self.timers.get(key, {}).get(("processing", name)) != (at, seq):
+                continue
+            del self.timers[key][("processing", name)]
+            timer = Timer(key, _utc(at), name, "processing")
+            mark = self.closed
+            self._call(key, mark if mark != _NEVER else at, mark, None, timer, out, row)
+
+    def _call(
+        self,
+        key: str,
+        at: float,
+        mark: float,
+        event: Any,
+        timer: Timer | None,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """Call the user's function for one event or timer; apply its effects if it succeeds."""
+        spec = self.spec
+        had = key in self.states
+        state = self.states[key] if had else None
+        ctx: Context[Any] = Context(key, at, mark)
+        fn: Callable[..., Any] = spec.on_event if timer is None else spec.on_timer  # type: ignore[assignment]
+        try:
+            if state is None and not had:
+                state = spec.initial()
+            new = fn(state, event if timer is None else timer, ctx)
+        except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            payload = (
+                payload_text(event)
+                if timer is None
+                else json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
+            )
+            self._failed(payload, at, exc, fn, out, row)
+            return
+        if new is None:
+            if had:
+                del self.states[key]
+                row[_OPEN] -= 1
+        else:
+            self.states[key] = new
+            if not had:
+                row[_OPEN] += 1
+        mine = self.timers.get(key)
+        for kind, name in ctx._cancels:
+            if mine:
+                mine.pop((kind, name), None)
+        for kind, name, when in ctx._timers:
+            self.seq += 1
+            mine = self.timers.setdefault(key, {})
+            mine[(kind, name)] = (when, self.seq)
+            if kind == "event":
+                heapq.heappush(self.queue, (when, _TIMER, self.seq, key, name))
+            else:
+                heapq.heappush(self.wall, (when, self.seq, key, name))
+        if mine is not None and not mine:
+            del self.timers[key]
+        for record in ctx._out:
+            out.append(("r", record))
+        row[_CREATED] += len(ctx._out)
+        row[_OUT] += len(ctx._out)
+
+    # -- what cannot be handled ------------------------------------------------
+
+    def _dead(self, kind: str, error_type: str, message: str, payload: str, ts: float,
+              function: str | None = None) -> tuple[str, DeadLetter]:  # fmt: skip
+        spec = self.spec
+        letter = DeadLetter.build(
+            pipeline=spec.pipeline,
+            step=spec.step,
+            kind=kind,
+            error_type=error_type,
+            message=message,
+            function=function,
+            payload=payload,
+            event_time=datetime.fromtimestamp(ts, timezone.utc) if math.isfinite(ts) else None,
+        )
+        return ("d", letter)
+
+    def _late(
+        self, event: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        row[_LATE] += 1
+        if self.spec.late_wanted:
+            out.append(("l", event))
+            row[_OUT] += 1
+            return
+        row[_DEAD] += 1
+        message = (
+            f"event time {_utc(ts).isoformat()} is behind the watermark {_utc(wm).isoformat()} "
+            f"of its partition: events and timers before it were already handled in time "
+            f"order; write the step's .late stream to a sink to keep late events apart"
+        )
+        out.append(self._dead("late", "LateEvent", message, payload_text(event), ts))
+
+    def _failed(
+        self,
+        payload: str,
+        ts: float,
+        exc: Exception,
+        fn: Callable[..., Any],
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        spec = self.spec
+        if spec.policy.mode == "skip":
+            row[_SKIPPED] += 1
+            row[_CREATED] += 1  # the event was held: balance its skip
+            return
+        name = describe_function(fn)
+        if spec.policy.mode == "halt":
+            halted = PipelineHalted(spec.pipeline, spec.step, name, payload)
+            halted.__cause__ = exc
+            spec.counters.halt(halted)
+        row[_CREATED] += 1  # the event was held (aggregated): its dead letter is made here
+        row[_DEAD] += 1
+        message = f"{name} raised {type(exc).__qualname__}: {exc}"
+        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, name))

@@ -1,0 +1,365 @@
+"""Joins of two keyed streams, and tables of latest values, in the fluent chain.
+
+`join_streams` checks and adds a join step (windowed, interval, or as-of a
+`Table`); `KeyedStream.join` and `KeyedStream.as_table` call it. The step's
+logic is `operators._joining.JoinLogic`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from pydantic import AwareDatetime
+
+from operators import Event, GenerateSource, Joined, Policy, as_policy
+from operators._process import Context, Timer
+from operators.windows import Clock, Count, EventTime, Window, event_time, to_seconds
+from pipelines._building.builder import Stream
+from pipelines._building.graph import Node, Port, check_name, makes_marks
+
+__all__ = [
+    "JoinStream",
+    "LateStream",
+    "ProcessStream",
+    "Table",
+    "bounded",
+    "check_clock",
+    "join_streams",
+    "no_watermark",
+    "process_stream",
+    "unmarked_upstream",
+]
+
+T = TypeVar("T")
+
+_HOWS = ("inner", "left", "outer")
+
+
+class Table(Generic[T]):
+    """A keyed stream seen as a table: the latest record per key, as of each moment.
+
+    Made by `KeyedStream.as_table`; its one use is the right side of
+    ``KeyedStream.join(table)``, which joins each event with the row of its
+    key that was valid at the event's own time.
+    """
+
+    __slots__ = ("deleted", "stream", "ttl")
+
+    def __init__(
+        self, stream: Any, ttl: float | None, deleted: Callable[[T], object] | None
+    ) -> None:
+        """Hold the keyed stream, the rows' time to live and the delete predicate."""
+        self.stream = stream
+        self.ttl = ttl
+        self.deleted = deleted
+
+    def __repr__(self) -> str:
+        """Show where the table's rows come from."""
+        return f"Table(at={self.stream.step!r}, ttl={self.ttl})"
+
+
+def _bound(value: Any, step: str) -> float:
+    """Turn an interval bound (a timedelta or seconds, any sign) into seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    msg = (
+        f"join {step!r}: an interval bound must be a timedelta or a number of seconds; "
+        f"got {value!r}. Hint: between=(timedelta(0), timedelta(minutes=10))."
+    )
+    raise TypeError(msg)
+
+
+def _returns(fn: Any) -> Any:
+    """Return the declared return type of a key function, or None."""
+    try:
+        annotation = inspect.signature(fn).return_annotation
+    except (TypeError, ValueError):
+        return None
+    return None if annotation is inspect.Signature.empty else annotation
+
+
+def _clock(
+    given: Clock | None, side: Any, step: str, which: str, *, what: str = "join"
+) -> EventTime:
+    """Check one side's clock: event time, read from a field its records have."""
+    clock = event_time("time") if given is None else given
+    if not isinstance(clock, EventTime):
+        msg = (
+            f"{what} {step!r}: the {which} side's clock must be event time "
+            f"(windows.event_time(...)); got {clock!r}. A {what} step orders records by "
+            f"their own times, so the result does not depend on arrival order."
+        )
+        raise TypeError(msg)
+    classes = side.event_classes
+    check_clock(clock, classes, side.step)
+    return clock
+
+
+def check_clock(clock: Clock, classes: tuple[type[Event], ...] | None, step: str) -> None:
+    if not isinstance(clock, EventTime) or clock.field is None or classes is None:
+        return
+    for cls in classes:
+        fields = cls.model_fields
+        if clock.field not in fields:
+            msg = (
+                f"window on {step!r}: event_time field {clock.field!r} is not a field of "
+                f"{cls.__name__}; its fields are {sorted(fields)}."
+            )
+            raise ValueError(msg)
+        annotation = fields[clock.field].annotation
+        if annotation is AwareDatetime or annotation in (int, float):
+            continue
+        msg = (
+            f"window on {step!r}: event_time field {cls.__name__}.{clock.field} is "
+            f"{getattr(annotation, '__name__', annotation)}, which allows timezone-naive "
+            f"times. Hint: declare it as pydantic AwareDatetime (or epoch seconds as float)."
+        )
+        raise TypeError(msg)
+
+
+def bounded(node: Node) -> bool:
+    if node.kind == "read":
+        source = node.params["source"]
+        return not (isinstance(source, GenerateSource) and source.count is None)
+    return all(bounded(port.node) for port in node.inputs)
+
+
+def unmarked_upstream(node: Node) -> Node | None:
+    """Return a keyed step upstream of ``node`` whose results carry no watermark, if any.
+
+    Steps on event time (timed event-time aggregates, joins, process steps)
+    report their watermarks with their results; running aggregates, count
+    windows and processing-time windows do not, so no step on event time
+    can follow them.
+    """
+    if node.kind in ("aggregate", "join", "process"):
+        return None if makes_marks(node) else node
+    for port in node.inputs:
+        found = unmarked_upstream(port.node)
+        if found is not None:
+            return found
+    return None
+
+
+def no_watermark(step: str, what: str, found: Node) -> ValueError:
+    """Say that an event-time step cannot follow ``found``."""
+    window = found.params.get("window")
+    label = "running" if window is None else window.label
+    msg = (
+        f"{what} {step!r} comes after {found.name!r} ({found.kind}, {label}), whose results "
+        f"carry no watermark (running aggregates, count windows and processing-time "
+        f"windows), so a step on event time cannot follow it. Hint: put the event-time "
+        f"step before it, or use an event-time window there."
+    )
+    return ValueError(msg)
+
+
+def join_streams(
+    left: Any,
+    other: Any,
+    *,
+    window: Window | None,
+    between: tuple[timedelta | float, timedelta | float] | None,
+    how: str,
+    select: Callable[[Any, Any], Any] | None,
+    missing: str,
+    clock: Clock | tuple[Clock, Clock] | None,
+    name: str | None,
+    on_error: Policy,
+) -> JoinStream[Any]:
+    """Check and add a join of ``left`` (a keyed stream) with ``other``."""
+    shown = check_name(name) if name else "join"
+    table = other if isinstance(other, Table) else None
+    right = table.stream if table is not None else other
+    if not isinstance(right, Stream) or not hasattr(right, "_key"):
+        got = type(other).__name__
+        msg = (
+            f"join {shown!r} on {left.step!r}: the other side must be a keyed stream "
+            f"(or a table of one); got {got}. Hint: join(payments.key_by(lambda p: "
+            f"p.order_id), window=windows.tumbling(minutes=10))."
+        )
+        raise TypeError(msg)
+    if right.pipeline.name != left.pipeline.name:
+        msg = (
+            f"join {shown!r}: stream {right.step!r} belongs to pipeline "
+            f"{right.pipeline.name!r}, not {left.pipeline.name!r}. Hint: read every source "
+            f"from the same Pipeline(...)."
+        )
+        raise ValueError(msg)
+    mine, theirs = _returns(left._key), _returns(right._key)
+    if mine is not None and theirs is not None and mine != theirs:
+        msg = (
+            f"join {shown!r}: the two sides are keyed by different types ({mine} on "
+            f"{left.step!r}, {theirs} on {right.step!r}), so no key can meet its match. "
+            f"Hint: key both sides by the same value, e.g. str(order_id)."
+        )
+        raise TypeError(msg)
+    if select is not None and not callable(select):
+        msg = f"join {shown!r}: select must be a function of (left, right); got {select!r}."
+        raise TypeError(msg)
+    params: dict[str, Any] = {"select": select, "window": None, "lower": 0.0, "upper": 0.0}
+    if table is not None:
+        if window is not None or between is not None:
+            msg = (
+                f"join {shown!r}: a join with a table matches each event with the row valid "
+                f"at its time; it takes no window= or between=. Hint: join(table) alone."
+            )
+            raise ValueError(msg)
+        if missing not in ("none", "dead_letter"):
+            msg = f"join {shown!r}: missing must be 'none' or 'dead_letter'; got {missing!r}."
+            raise ValueError(msg)
+        if how != "inner":
+            msg = (
+                f"join {shown!r}: how= is for joins of two streams; with a table, say what "
+                f"happens to an event whose key has no row with missing='none' (emitted "
+                f"with right=None) or missing='dead_letter'."
+            )
+            raise ValueError(msg)
+        params.update(kind="table", ttl=table.ttl, deleted=table.deleted, missing=missing)
+    else:
+        if how not in _HOWS:
+            msg = f"join {shown!r}: how must be one of {_HOWS}; got {how!r}."
+            raise ValueError(msg)
+        if (window is None) == (between is None):
+            msg = (
+                f"join {shown!r}: give exactly one of window= (a windowed join) or "
+                f"between=(lower, upper) (an interval join). Hint: join(other, "
+                f"window=windows.tumbling(minutes=10)) or join(other, between=(0, 600))."
+            )
+            raise ValueError(msg)
+        if window is not None:
+            if not isinstance(window, Window) or isinstance(window, Count):
+                msg = (
+                    f"join {shown!r}: window= must be a tumbling, sliding or session "
+                    f"window; got {window!r}. Hint: windows.tumbling(minutes=10)."
+                )
+                raise TypeError(msg)
+            params.update(kind="window", window=window)
+        else:
+            assert between is not None
+            if not (isinstance(between, tuple) and len(between) == 2):
+                msg = (
+                    f"join {shown!r}: between= must be (lower, upper); got {between!r}. "
+                    f"Hint: between=(timedelta(0), timedelta(minutes=10))."
+                )
+                raise TypeError(msg)
+            lower = _bound(between[0], shown)
+            upper = _bound(between[1], shown)
+            if lower > upper:
+                msg = (
+                    f"join {shown!r}: between=({lower:g}, {upper:g}) is empty: the lower "
+                    f"bound is above the upper one. Hint: between=({upper:g}, {lower:g})."
+                )
+                raise ValueError(msg)
+            params.update(kind="interval", lower=lower, upper=upper)
+        params.update(ttl=None, deleted=None, missing="none")
+    params["how"] = how
+    clocks = clock if isinstance(clock, tuple) else (clock, clock)
+    if len(clocks) != 2:
+        msg = f"join {shown!r}: clock= must be one clock or (left clock, right clock)."
+        raise TypeError(msg)
+    params["clocks"] = (
+        _clock(clocks[0], left, shown, "left"),
+        _clock(clocks[1], right, shown, "right" if table is None else "table"),
+    )
+    for side in (left, right):
+        found = unmarked_upstream(side._port.node)
+        if found is not None:
+            raise no_watermark(shown, "join", found)
+    params["keys"] = (left._key, right._key)
+    graph = left.pipeline.graph.union([right.pipeline.graph])
+    detail = {"window": "window", "interval": "interval", "table": "table"}[params["kind"]]
+    step = check_name(name) if name else graph.unique(left._auto("join", detail))
+    node = Node(step, "join", (left._port, right._port), None, as_policy(on_error), params)
+    pipe = left.pipeline._with(graph.add(node))
+    classes: tuple[type[Event], ...] | None = (Joined,) if select is None else None
+    late_classes = None
+    if left.event_classes is not None and right.event_classes is not None:
+        late_classes = left.event_classes + tuple(
+            c for c in right.event_classes if c not in left.event_classes
+        )
+    return JoinStream(pipe, Port(node), classes, left._scope, late_classes)
+
+
+class LateStream(Stream[T]):
+    """The results of a step on event time; ``.late`` holds the records that came too late."""
+
+    __slots__ = ("_late_classes",)
+
+    def __init__(
+        self,
+        pipeline: Any,
+        port: Port,
+        classes: tuple[type[Event], ...] | None,
+        scope: str,
+        late_classes: tuple[type[Event], ...] | None,
+    ) -> None:
+        """Point at the step's results."""
+        super().__init__(pipeline, port, classes, scope)
+        self._late_classes = late_classes
+
+    @property
+    def late(self) -> Stream[Any]:
+        """Records behind their partition's watermark; if not written, they become dead letters."""
+        node = self._port.node
+        return Stream(self._pipeline, Port(node, "late"), self._late_classes, f"{node.name}_late")
+
+
+class JoinStream(LateStream[T]):
+    """The results of a join; ``.late`` holds either side's records that came too late."""
+
+
+class ProcessStream(LateStream[T]):
+    """What a process step emits; ``.late`` holds the events that came too late."""
+
+
+def process_stream(
+    keyed: Any,
+    on_event: Callable[[Any, Any, Context[Any]], Any],
+    *,
+    initial: Callable[[], Any],
+    on_timer: Callable[[Any, Timer, Context[Any]], Any] | None,
+    ttl: timedelta | float | None,
+    clock: Clock | None,
+    name: str | None,
+    on_error: Policy,
+) -> ProcessStream[Any]:
+    """Check and add a keyed process step."""
+    shown = check_name(name) if name else "process"
+    for what, fn in (("on_event", on_event), ("initial", initial), ("on_timer", on_timer)):
+        if fn is not None and not callable(fn):
+            msg = (
+                f"process {shown!r} on {keyed.step!r}: {what} must be a function; got "
+                f"{fn!r}. Hint: process(on_event, initial=dict, on_timer=on_timer)."
+            )
+            raise TypeError(msg)
+    seconds = None if ttl is None else to_seconds(ttl, what=f"process {shown!r} ttl")
+    time_clock = _clock(clock, keyed, shown, "input", what="process")
+    found = unmarked_upstream(keyed._port.node)
+    if found is not None:
+        raise no_watermark(shown, "process", found)
+    pipeline = keyed.pipeline
+    graph = pipeline.graph
+    step = check_name(name) if name else graph.unique(keyed._auto("process", _detail(on_event)))
+    params = {
+        "initial": initial,
+        "on_timer": on_timer,
+        "ttl": seconds,
+        "clock": time_clock,
+        "key": keyed._key,
+    }
+    node = Node(step, "process", (keyed._port,), on_event, as_policy(on_error), params)
+    pipe = pipeline._with(graph.add(node))
+    classes = keyed.event_classes
+    return ProcessStream(pipe, Port(node), None, keyed._scope, classes)
+
+
+def _detail(fn: Any) -> str | None:
+    name = getattr(fn, "__name__", None)
+    return None if name == "<lambda>" else name

@@ -1,0 +1,146 @@
+"""Steps on event time after steps on event time: windows over window results, joins of joins."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators import Event, agg, windows
+from pipelines import Pipeline, sinks, sources
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+BASE = T0.timestamp()
+
+
+class Hit(Event):
+    page: str
+
+
+@st.composite
+def scenario(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 150))
+    base = sorted(draw(st.lists(st.integers(0, 2000), min_size=n, max_size=n)))
+    jitter = draw(st.lists(st.integers(-20, 0), min_size=n, max_size=n))
+    return {
+        "events": list(
+            zip(
+                draw(st.lists(st.sampled_from("abc"), min_size=n, max_size=n)),
+                [max(0, b + j) / 4 for b, j in zip(base, jitter, strict=True)],
+                strict=True,
+            )
+        ),
+        "parts": draw(st.sampled_from([1, 2, 3])),
+        "delay": float(draw(st.sampled_from([0, 2, 6]))),
+        "batch": draw(st.sampled_from([1, 5, 64])),
+        "workers": draw(st.sampled_from([1, 2, 4])),
+    }
+
+
+def on_time(events: list[tuple[str, float]], parts: int, delay: float) -> list[tuple[str, float]]:
+    """The events each partition's watermark just before them does not make late."""
+    kept = []
+    size, extra = divmod(len(events), parts)
+    start = 0
+    for p in range(parts):
+        part = events[start : start + size + (1 if p < extra else 0)]
+        start += len(part)
+        newest = -math.inf
+        for page, ts in part:
+            # 10 s windows: late only when the watermark has passed the window's end.
+            if (ts // 10 + 1) * 10 > newest - delay:
+                kept.append((page, ts))
+            newest = max(newest, ts)
+    return kept
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=scenario())
+def test_minute_totals_of_ten_second_counts_match_a_direct_count(case: dict[str, Any]) -> None:
+    hits = [
+        Hit(page=page, time=T0 + timedelta(seconds=ts), id=f"h{i}")
+        for i, (page, ts) in enumerate(case["events"])
+    ]
+    clock = windows.event_time(max_delay=case["delay"])
+    per_ten = (
+        Pipeline("chain")
+        .read(sources.memory(hits, partitions=case["parts"], batch_size=case["batch"]))
+        .key_by(lambda h: h.page)
+        .window(windows.tumbling(seconds=10), clock=clock)
+        .aggregate(n=agg.count())
+    )
+    per_minute = (
+        per_ten.key_by(lambda r: r.key, name="by_page")
+        .window(windows.tumbling(seconds=60))
+        .aggregate(total=agg.sum("n"), windows=agg.count(), name="per_minute")
+    )
+    flow = per_minute.write(sinks.memory("out")) | per_minute.late.write(sinks.memory("late"))
+    result = flow.run(workers=case["workers"])
+    want: Counter[tuple[str, float]] = Counter()
+    for page, ts in on_time(case["events"], case["parts"], case["delay"]):
+        want[(page, ts // 60 * 60)] += 1
+    got = {(r.key, round(r.start.timestamp() - BASE, 6)): r.total for r in result["out"]}
+    assert got == dict(want)
+    assert result["late"] == []  # nothing made by the first window is late for the second
+    assert result.reconciles and result.open_windows == 0
+
+
+class Order(Event):
+    customer: str
+
+
+class Payment(Event):
+    customer: str
+
+
+class Refund(Event):
+    customer: str
+
+
+def test_a_join_of_a_join_and_a_window_over_join_results() -> None:
+    at = lambda s: T0 + timedelta(seconds=s)  # noqa: E731
+    p = Pipeline("chains")
+    orders = p.read(
+        sources.memory(
+            [
+                Order(customer=c, time=at(s), id=f"o{s}")
+                for c, s in [("ada", 0), ("bob", 5), ("ada", 70)]
+            ]
+        ),
+        name="orders",
+    ).key_by(lambda o: o.customer, name="ok")
+    pays = p.read(
+        sources.memory(
+            [
+                Payment(customer=c, time=at(s), id=f"p{s}")
+                for c, s in [("ada", 3), ("bob", 8), ("ada", 75)]
+            ]
+        ),
+        name="pays",
+    ).key_by(lambda x: x.customer, name="pk")
+    refunds = p.read(
+        sources.memory([Refund(customer="ada", time=at(30), id="r30")]), name="refunds"
+    ).key_by(lambda x: x.customer, name="rk")
+    paid = orders.join(pays, between=(0, 10), name="paid")
+    refunded = paid.key_by(lambda j: j.key, name="paid_key").join(
+        refunds, between=(0, 60), name="refunded"
+    )
+    per_minute = (
+        paid.key_by(lambda j: j.key, name="paid_customer")
+        .window(windows.tumbling(seconds=60))
+        .aggregate(n=agg.count(), name="paid_per_minute")
+    )
+    result = (refunded.write(sinks.memory("refunded")) | per_minute.write(sinks.memory("pm"))).run(
+        workers=2
+    )
+    assert [(j.left.left.id, j.right.id) for j in result["refunded"]] == [("o0", "r30")]
+    assert sorted((r.key, r.start.second, r.start.minute, r.n) for r in result["pm"]) == [
+        ("ada", 0, 0, 1),
+        ("ada", 0, 1, 1),
+        ("bob", 0, 0, 1),
+    ]
+    assert result.reconciles

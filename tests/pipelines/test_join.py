@@ -1,0 +1,423 @@
+"""Joins: worked examples, misuse found when the step is added, processes, crashes, state."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operators import COUNTER_FIELDS, Counters, Event, Joined, windows
+from operators._joining import JoinLogic, JoinSpec
+from operators._keying import Marked
+from pipelines import Pipeline, render, sinks, sources, testing
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+class Order(Event):
+    customer: str
+    amount: float = 0.0
+
+
+class Payment(Event):
+    customer: str
+    order_id: str = ""
+
+
+class Customer(Event):
+    customer: str
+    tier: str = "basic"
+    closed: bool = False
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def order(id_: str, seconds: float, customer: str = "ada") -> Order:
+    return Order(customer=customer, id=id_, time=at(seconds))
+
+
+def pay(id_: str, seconds: float, customer: str = "ada") -> Payment:
+    return Payment(customer=customer, id=id_, time=at(seconds))
+
+
+def two_sides(
+    orders: list[Order], other: list[Any], *, name: str = "p"
+) -> tuple[Any, Any]:  # fmt: skip
+    p = Pipeline(name)
+    left = p.read(sources.memory(orders), name="orders").key_by(
+        lambda o: o.customer, name="by_customer"
+    )
+    right = p.read(sources.memory(other), name="others").key_by(
+        lambda o: o.customer, name="other_by_customer"
+    )
+    return left, right
+
+
+def test_enrich_orders_with_the_customer_row_valid_at_their_time() -> None:
+    orders = [
+        order("o1", 5, "ada"),
+        order("o2", 15, "ada"),
+        order("o3", 15, "bob"),
+        order("o4", 40, "ada"),
+    ]
+    customers = [
+        # Read after the orders, whatever the schedule: each order still meets
+        # the row valid at its own time.
+        Customer(customer="ada", tier="basic", id="c1", time=at(0)),
+        Customer(customer="ada", tier="gold", id="c2", time=at(10)),
+        Customer(customer="ada", closed=True, id="c3", time=at(30)),
+    ]
+    left, right = two_sides(orders, customers)
+    enriched = left.join(
+        right.as_table(deleted=lambda c: c.closed),
+        select=lambda o, c: (o.id, None if c is None else c.tier),
+    )
+    result = enriched.write(sinks.memory("out")).run(workers=2)
+    assert sorted(result["out"]) == [("o1", "basic"), ("o2", "gold"), ("o3", None), ("o4", None)]
+    assert result.reconciles and result.open_windows == 0
+
+
+def test_table_rows_expire_after_their_ttl_and_unmatched_events_are_dead_letters() -> None:
+    orders = [
+        order("o1", 5, "ada"),
+        order("o2", 50, "ada"),
+    ]
+    left, right = two_sides(orders, [Customer(customer="ada", id="c1", time=at(0))])
+    joined = left.join(right.as_table(ttl=timedelta(seconds=30)), missing="dead_letter")
+    result = joined.write(sinks.memory("out")).run()
+    assert [(j.left.id, j.right.id) for j in result["out"]] == [("o1", "c1")]
+    (letter,) = result.dead_letters
+    assert letter.kind == "unmatched" and json.loads(letter.payload)["id"] == "o2"
+    assert "ttl" in letter.message and result.reconciles
+
+
+def test_window_join_left_and_outer_emit_what_met_nothing() -> None:
+    orders = [
+        order("o1", 1, "ada"),
+        order("o2", 2, "bob"),
+    ]
+    pays = [
+        pay("p1", 3, "ada"),
+        pay("p2", 4, "cyd"),
+    ]
+    found = {}
+    for how in ("inner", "left", "outer"):
+        left, right = two_sides(orders, pays, name=f"w_{how}")
+        joined = left.join(right, window=windows.tumbling(seconds=10), how=how)  # type: ignore[call-overload]
+        result = joined.write(sinks.memory("out")).run()
+        found[how] = sorted(
+            (j.key, j.left and j.left.id, j.right and j.right.id) for j in result["out"]
+        )
+        assert all(isinstance(j, Joined) and j.end == at(10) for j in result["out"])
+    assert found["inner"] == [("ada", "o1", "p1")]
+    assert found["left"] == [("ada", "o1", "p1"), ("bob", "o2", None)]
+    assert found["outer"] == [("ada", "o1", "p1"), ("bob", "o2", None), ("cyd", None, "p2")]
+
+
+def test_interval_join_matches_payments_within_ten_minutes_of_their_order() -> None:
+    orders = [
+        order("o1", 0, "ada"),
+        order("o2", 900, "ada"),
+    ]
+    pays = [
+        pay("p1", 599, "ada"),
+        pay("p2", 601, "ada"),  # too late for o1, too early for o2
+        pay("p3", 1000, "ada"),
+    ]
+    left, right = two_sides(orders, pays)
+    paid = left.join(right, between=(timedelta(0), timedelta(minutes=10)), how="left")
+    result = paid.write(sinks.memory("out")).run()
+    assert sorted((j.left.id, j.right and j.right.id) for j in result["out"]) == [
+        ("o1", "p1"),
+        ("o2", "p3"),
+    ]
+    assert all(j.time == max(j.left.time, j.right.time) for j in result["out"])
+
+
+def test_a_failing_select_is_a_dead_letter_with_both_records() -> None:
+    left, right = two_sides(
+        [order("o1", 0, "ada")],
+        [pay("p1", 1, "ada")],
+    )
+    joined = left.join(right, between=(0, 5), select=lambda o, p: 1 / 0)
+    result = joined.write(sinks.memory("out")).run()
+    (letter,) = result.dead_letters
+    assert letter.kind == "user_error" and letter.error_type == "ZeroDivisionError"
+    assert {"key", "left", "right"} <= set(json.loads(letter.payload))
+    assert result.reconciles
+
+
+def test_late_records_of_either_side_go_to_late() -> None:
+    orders = [
+        order("o1", 100, "ada"),
+        order("o0", 1, "ada"),
+    ]
+    left, right = two_sides(orders, [pay("p1", 100, "ada")])
+    joined = left.join(right, between=(0, 5))
+    flow = joined.write(sinks.memory("out")) | joined.late.write(sinks.memory("late"))
+    result = flow.run()
+    assert [e.id for e in result["late"]] == ["o0"]
+    assert [(j.left.id, j.right.id) for j in result["out"]] == [("o1", "p1")]
+    assert result.counts["join_interval"].late == 1
+
+
+# -- misuse: found when the step is added -----------------------------------------
+
+
+def test_misuse_fails_when_the_join_is_added() -> None:
+    left, right = two_sides([], [])
+    with pytest.raises(TypeError, match="other side must be a keyed stream"):
+        left.join(Pipeline("p").read(sources.memory([]), name="x"), between=(0, 1))  # type: ignore[call-overload]
+    with pytest.raises(AttributeError, match="not keyed, so it has no join"):
+        Pipeline("p").read(sources.memory([])).join  # noqa: B018
+    with pytest.raises(ValueError, match=r"exactly one of window= .* or between="):
+        left.join(right)
+    with pytest.raises(ValueError, match="lower bound is above the upper one"):
+        left.join(right, between=(10, 0))
+    with pytest.raises(TypeError, match="tumbling, sliding or session"):
+        left.join(right, window=windows.count(3))
+    with pytest.raises(TypeError, match="must be event time"):
+        left.join(right, between=(0, 1), clock=windows.processing_time())
+    with pytest.raises(ValueError, match="how must be one of"):
+        left.join(right, between=(0, 1), how="cross")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="takes no window= or between="):
+        left.join(right.as_table(), window=windows.tumbling(seconds=1))  # type: ignore[call-overload]
+
+
+def test_keys_of_different_types_and_fields_without_time_are_refused() -> None:
+    p = Pipeline("p")
+    orders = p.read(sources.memory([], schema=Order), name="orders")
+    pays = p.read(sources.memory([], schema=Payment), name="pays")
+
+    def by_amount(o: Order) -> int:
+        return int(o.amount)
+
+    def by_customer(x: Payment) -> str:
+        return x.customer
+
+    with pytest.raises(TypeError, match="keyed by different types"):
+        orders.key_by(by_amount).join(pays.key_by(by_customer), between=(0, 1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'when' is not a field of Order"):
+        orders.key_by(lambda o: o.customer).join(
+            pays.key_by(by_customer), between=(0, 1), clock=windows.event_time("when")
+        )
+
+
+def test_an_event_time_join_after_a_running_aggregate_is_refused() -> None:
+    from operators import agg
+
+    left, right = two_sides([], [])
+    counted = left.aggregate(n=agg.count(), emit="running")
+    with pytest.raises(ValueError, match="whose results carry no watermark"):
+        counted.key_by(lambda r: r.key).join(right, between=(0, 1))
+
+
+# -- pictures, preview, testing.run -------------------------------------------------
+
+
+def test_a_join_is_drawn_with_both_inputs_and_previewed() -> None:
+    left, right = two_sides([order("o1", 0, "ada")], [pay("p1", 1, "ada")])
+    flow = left.join(right, between=(0, 5), name="paid").write(sinks.memory("out"))
+    mermaid = render.to_mermaid(flow)
+    drawing = render.drawing(flow)
+    ids = {b.name: b.id for b in drawing.boxes}
+    into = {(e.source, e.target) for e in drawing.edges}
+    assert (ids["by_customer"], ids["paid"]) in into
+    assert (ids["other_by_customer"], ids["paid"]) in into
+    assert "paid" in mermaid and "between 0s and 5s" in render.describe(flow.graph["paid"])
+    result = testing.run(flow)
+    assert [j.id for j in result["out"]] == ["paid/ada/o1/p1"]
+    assert result.counts["paid"].created == 1 and result.counts["paid"].aggregated == 2
+
+
+# -- processes, crashes, bounded state ----------------------------------------------
+
+
+def orders_and_payments(n: int) -> tuple[list[Order], list[Payment]]:
+    rng = random.Random(7)
+    orders = [
+        Order(customer=f"c{rng.randrange(40)}", id=f"o{i}", time=at(i * 0.5)) for i in range(n)
+    ]
+    pays = [
+        Payment(customer=f"c{rng.randrange(40)}", id=f"p{i}", time=at(i * 0.5 + rng.uniform(0, 3)))
+        for i in range(n)
+    ]
+    return orders, pays
+
+
+@pytest.mark.parametrize("kind", ["window", "interval", "table"])
+def test_each_join_on_two_processes_matches_one(kind: str) -> None:
+    orders, pays = orders_and_payments(3000)
+    p = Pipeline(f"procs_{kind}")
+    left = p.read(sources.memory(orders, partitions=2, batch_size=100), name="orders")
+    right = p.read(sources.memory(pays, partitions=3, batch_size=70), name="pays")
+    left_k = left.key_by(lambda o: o.customer, name="lk")
+    right_k = right.key_by(lambda x: x.customer, name="rk")
+    clock = windows.event_time(max_delay=3)
+    if kind == "window":
+        joined = left_k.join(right_k, window=windows.sliding(10, 5), how="outer", clock=clock)
+    elif kind == "interval":
+        joined = left_k.join(right_k, between=(-2, 4), how="left", clock=clock)
+    else:
+        joined = left_k.join(right_k.as_table(ttl=20), clock=clock)
+    flow = joined.write(sinks.memory("out"))
+    one = flow.run()
+    two = flow.run(processes=2)
+    assert len(one["out"]) > 1000
+    assert Counter(j.id for j in two["out"]) == Counter(j.id for j in one["out"])
+    assert two.reconciles and two.counts == one.counts
+
+
+APP = """
+import os
+from datetime import datetime, timedelta, timezone
+from pipelines import Pipeline, sources, sinks, Event
+from operators import windows
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+N = int(os.environ["EVENTS"])
+RATE = float(os.environ["RATE"])
+
+class Order(Event):
+    customer: str
+
+class Pay(Event):
+    customer: str
+
+def order(rng, i):
+    return Order(customer=f"c{i % 37}", id=f"o{i}", time=T0 + timedelta(milliseconds=100 * i))
+
+def pay(rng, i):
+    return Pay(customer=f"c{(i * 7) % 37}", id=f"p{i}",
+               time=T0 + timedelta(milliseconds=100 * i + 250))
+
+p = Pipeline("crashjoin")
+orders = p.read(sources.generate(order, count=N, partitions=2, batch_size=50, rate=RATE),
+                name="orders").key_by(lambda o: o.customer, name="ok")
+pays = p.read(sources.generate(pay, count=N, partitions=2, batch_size=50, rate=RATE),
+              name="pays").key_by(lambda x: x.customer, name="pk")
+joined = orders.join(pays, between=(timedelta(0), timedelta(seconds=30)), name="paid",
+                     clock=windows.event_time(max_delay=1))
+pipeline = joined.map(lambda j: {"id": j.id}).write(sinks.jsonl(os.environ["OUT"]))
+"""
+
+
+def expected_pairs(n: int) -> Counter[str]:
+    orders = {i: (f"c{i % 37}", 100 * i) for i in range(n)}
+    pays = {j: (f"c{(j * 7) % 37}", 100 * j + 250) for j in range(n)}
+    by_customer: dict[str, list[tuple[int, int]]] = {}
+    for j, (c, t) in pays.items():
+        by_customer.setdefault(c, []).append((j, t))
+    found: Counter[str] = Counter()
+    for i, (c, t) in orders.items():
+        for j, s in by_customer.get(c, []):
+            if t <= s <= t + 30_000:
+                found[f"paid/{c}/o{i}/p{j}"] += 1
+    return found
+
+
+def test_a_join_killed_at_random_and_resumed_writes_each_pair_exactly_once(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "pairs.jsonl"
+    n = 4000
+    env = {**__import__("os").environ, "EVENTS": str(n), "RATE": "800", "OUT": str(out)}
+    command = [
+        sys.executable, "-m", "pipelines", "run", f"{app}:pipeline",
+        "--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1", "--quiet",
+    ]  # fmt: skip
+    rng = random.Random(3)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(
+            [*command, "-w", str(1 + attempt % 2)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.8, 1.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if kills >= 4:
+            break
+    assert kills >= 4
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    want = expected_pairs(n)
+    assert len(want) > 3000
+    assert got == want
+
+
+def feed(logic: JoinLogic, side: int, records: list[tuple[str, float, Any]]) -> list[Any]:
+    """Give the logic one side's records; return its results (not its watermark reports)."""
+    latest = max((r[1] for r in records), default=-1e300)
+    out, _ = logic.on_batch([(side, Marked("read/part0", latest, False, records))])
+    return [item for item in out if item[0] == "r"]
+
+
+def test_table_rows_past_their_ttl_free_their_state() -> None:
+    # 200,000 keys, each with one row; the stream then moves time on past the
+    # ttl: every row is dropped before the input ends (bench/join_state.py
+    # measures 1,000,000 keys).
+    counters = Counters(["t"])
+    spec = JoinSpec(
+        pipeline="p",
+        step="t",
+        row=0,
+        counters=counters,
+        kind="table",
+        partitions=["0:read/part0", "1:read/part0"],
+        ttl=60.0,
+    )
+    logic = JoinLogic(spec, None)
+    keys = 200_000
+    feed(logic, 1, [(f"k{i}", float(i % 100), i) for i in range(keys)])
+    open_ = COUNTER_FIELDS.index("open")
+    assert counters.table()[0][open_] == keys and len(logic.held) == keys
+    out = feed(logic, 0, [("k1", 50.0, "e1")])  # joined with k1's row once time passes 50
+    assert out == []
+    assert feed(logic, 1, [("other", 500.0, "x")]) == []  # the stream's watermark holds
+    out = feed(logic, 0, [("k2", 400.0, "e2")])  # now both have passed every row's ttl
+    assert [(j.left, j.right) for _, j in out] == [("e1", 1)]
+    assert len(logic.held) == 1 and counters.table()[0][open_] == 2  # "other" and e2
+    out, _ = logic.on_eof()
+    assert [(j.left, j.right) for tag, j in out if tag == "r"] == [("e2", None)]
+    assert counters.table()[0][open_] == 0
+
+
+def test_interval_join_forgets_records_once_the_watermark_passes() -> None:
+    counters = Counters(["j"])
+    spec = JoinSpec(
+        pipeline="p",
+        step="j",
+        row=0,
+        counters=counters,
+        kind="interval",
+        partitions=["0:read/part0", "1:read/part0"],
+        lower=0.0,
+        upper=10.0,
+    )
+    logic = JoinLogic(spec, None)
+    feed(logic, 0, [(f"k{i}", float(i % 50), i) for i in range(100_000)])
+    feed(logic, 1, [(f"k{i}", float(i % 50) + 5, -i) for i in range(100_000)])
+    assert counters.table()[0][COUNTER_FIELDS.index("created")] == 100_000
+    feed(logic, 0, [("late_key", 100.0, "a")])
+    feed(logic, 1, [("late_key", 100.0, "b")])
+    assert set(logic.held) == {"late_key"}
+    assert counters.table()[0][COUNTER_FIELDS.index("open")] == 2

@@ -1,0 +1,339 @@
+"""Keyed process steps: state, timers in event-time order, ttl, end of input, crashes."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators import Context, Event, Timer, agg, windows
+from pipelines import Pipeline, sinks, sources
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+BASE = T0.timestamp()
+
+
+class Tick(Event):
+    k: str
+    v: int
+
+
+def on_event(state: dict[str, int], e: Tick, ctx: Context[tuple[Any, ...]]) -> dict[str, int]:
+    """Sum per key; a ``tick`` timer at the next multiple of 10 s, an ``idle`` one 7 s on."""
+    ts = e.time.timestamp() - BASE
+    state = {"sum": state.get("sum", 0) + e.v, "n": state.get("n", 0) + 1}
+    ctx.timer(BASE + (ts // 10 + 1) * 10, "tick")
+    ctx.timer(BASE + ts + 7, "idle")
+    return state
+
+
+def on_timer(
+    state: dict[str, int], timer: Timer, ctx: Context[tuple[Any, ...]]
+) -> dict[str, int] | None:
+    at = round(timer.time.timestamp() - BASE, 6)
+    if timer.name == "tick":
+        ctx.emit((timer.key, "tick", at, state.get("sum", 0)))
+        return state
+    ctx.emit((timer.key, "idle", at, state.get("n", 0)))
+    return None
+
+
+def reference(
+    events: list[tuple[str, float, int]], ttl: float | None
+) -> tuple[Counter[tuple[Any, ...]], int]:
+    """Per key, in time order: the same handlers, with no engine. Returns outputs, expiries."""
+    out: Counter[tuple[Any, ...]] = Counter()
+    expired = 0
+    by_key: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for k, ts, v in events:
+        by_key[k].append((ts, v))
+    for k, items in by_key.items():
+        # (time, kind: 0 event, 1 timer, 2 ttl, seq, payload)
+        queue: list[tuple[float, int, int, Any]] = []
+        seq = 0
+        for ts, v in items:
+            seq += 1
+            heapq.heappush(queue, (ts, 0, seq, v))
+        state: dict[str, int] | None = None
+        timers: dict[str, tuple[float, int]] = {}
+        last = -math.inf
+        while queue:
+            at, kind, s, payload = heapq.heappop(queue)
+            if kind == 0:
+                state = state or {}
+                state = {"sum": state.get("sum", 0) + payload, "n": state.get("n", 0) + 1}
+                for name, when in (("tick", (at // 10 + 1) * 10), ("idle", at + 7)):
+                    seq += 1
+                    timers[name] = (when, seq)
+                    heapq.heappush(queue, (when, 1, seq, name))
+                if ttl is not None:
+                    last = at
+                    seq += 1
+                    heapq.heappush(queue, (at + ttl, 2, seq, at))
+            elif kind == 1:
+                if timers.get(payload) != (at, s):
+                    continue
+                del timers[payload]
+                current = state or {}
+                if payload == "tick":
+                    out[(k, "tick", round(at, 6), current.get("sum", 0))] += 1
+                    state = current
+                else:
+                    out[(k, "idle", round(at, 6), current.get("n", 0))] += 1
+                    state = None
+            elif payload == last and state is not None:
+                state = None
+                expired += 1
+        if state is not None:
+            expired += 1
+    return out, expired
+
+
+def judge(events: list[tuple[str, float, int]], parts: int, delay: float) -> list[bool]:
+    """Whether each event is late: behind its own partition's watermark just before it."""
+    late: list[bool] = []
+    size, extra = divmod(len(events), parts)
+    start = 0
+    for p in range(parts):
+        part = events[start : start + size + (1 if p < extra else 0)]
+        start += len(part)
+        newest = -math.inf
+        for _, ts, _ in part:
+            late.append(ts < newest - delay)
+            newest = max(newest, ts)
+    return late
+
+
+@st.composite
+def scenario(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(0, 80))
+    base = sorted(draw(st.lists(st.integers(0, 300), min_size=n, max_size=n)))
+    jitter = draw(st.lists(st.integers(-12, 0), min_size=n, max_size=n))
+    stamps = [max(0, b + j) / 4 for b, j in zip(base, jitter, strict=True)]
+    keys = draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n))
+    values = draw(st.lists(st.integers(-5, 20), min_size=n, max_size=n))
+    return {
+        "events": list(zip(keys, stamps, values, strict=True)),
+        "parts": draw(st.sampled_from([1, 2, 3])),
+        "delay": float(draw(st.sampled_from([0, 1, 3]))),
+        "batch": draw(st.sampled_from([1, 4, 50])),
+        "workers": draw(st.sampled_from([1, 2, 4])),
+        "ttl": draw(st.sampled_from([None, 4.0, 12.0])),
+    }
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=scenario())
+def test_process_agrees_with_reference(case: dict[str, Any]) -> None:
+    events = case["events"]
+    ticks = [
+        Tick(k=k, v=v, time=T0 + timedelta(seconds=ts), id=f"e{i}")
+        for i, (k, ts, v) in enumerate(events)
+    ]
+    stream = (
+        Pipeline("procprop")
+        .read(sources.memory(ticks, partitions=case["parts"], batch_size=case["batch"]))
+        .key_by(lambda e: e.k)
+        .process(
+            on_event,
+            initial=dict,
+            on_timer=on_timer,
+            ttl=case["ttl"],
+            clock=windows.event_time(max_delay=case["delay"]),
+        )
+    )
+    flow = stream.write(sinks.memory("out")) | stream.late.write(sinks.memory("late"))
+    result = flow.run(workers=case["workers"])
+    late = judge(events, case["parts"], case["delay"])
+    on_time = [e for e, is_late in zip(events, late, strict=True) if not is_late]
+    want, expired = reference(on_time, case["ttl"])
+    assert Counter(result["out"]) == want
+    assert sorted(e.id for e in result["late"]) == sorted(
+        f"e{i}" for i, is_late in enumerate(late) if is_late
+    )
+    assert result.expired == expired
+    assert result.reconciles and result.open_windows == 0
+
+
+def test_a_timer_in_the_past_is_a_dead_letter_saying_so() -> None:
+    def back(state: int, e: Tick, ctx: Context[int]) -> int:
+        ctx.timer(ctx.time - timedelta(seconds=1))
+        return state
+
+    stream = (
+        Pipeline("past")
+        .read(sources.memory([Tick(k="a", v=1, time=T0)]))
+        .key_by(lambda e: e.k)
+        .process(back, initial=int)
+    )
+    result = stream.write(sinks.memory("out")).run()
+    (letter,) = result.dead_letters
+    assert letter.kind == "user_error" and letter.error_type == "TimerInThePast"
+    assert "before the time being handled" in letter.message and "Hint" in letter.message
+    assert result.reconciles
+
+
+def test_a_failing_handler_changes_nothing_and_the_others_go_on() -> None:
+    def fragile(n: int, e: Tick, ctx: Context[int]) -> int:
+        ctx.emit(n)
+        if e.v < 0:
+            raise ValueError("negative")
+        return n + e.v
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=i)) for i, v in enumerate([1, -1, 2])]
+    stream = (
+        Pipeline("fragile")
+        .read(sources.memory(ticks))
+        .key_by(lambda e: e.k)
+        .process(fragile, initial=int)
+    )
+    result = stream.write(sinks.memory("out")).run()
+    assert result["out"] == [0, 1]  # the failing call emitted nothing, changed no state
+    assert [d.kind for d in result.dead_letters] == ["user_error"]
+    assert result.reconciles and result.expired == 1
+
+
+def test_process_misuse_fails_when_the_step_is_added() -> None:
+    keyed = Pipeline("p").read(sources.memory([], schema=Tick)).key_by(lambda e: e.k)
+    with pytest.raises(TypeError, match="on_event must be a function"):
+        keyed.process("nope", initial=int)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be event time"):
+        keyed.process(on_event, initial=dict, clock=windows.processing_time())
+    with pytest.raises(ValueError, match="'when' is not a field of Tick"):
+        keyed.process(on_event, initial=dict, clock=windows.event_time("when"))
+    counted = keyed.window(windows.tumbling(seconds=5), clock=windows.processing_time()).aggregate(
+        n=agg.count()
+    )
+    with pytest.raises(ValueError, match="whose results carry no watermark"):
+        counted.key_by(lambda r: r.key).process(on_event, initial=dict)
+    with pytest.raises(AttributeError, match="not keyed"):
+        Pipeline("q").read(sources.memory([])).process  # noqa: B018
+
+
+APP = """
+import os
+from datetime import datetime, timedelta, timezone
+from pipelines import Pipeline, sources, sinks, Event
+from operators import windows
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+class Tick(Event):
+    k: str
+    v: int
+
+def make(rng, i):
+    return Tick(k=f"k{i % 23}", v=i % 7, id=f"t{i}", time=T0 + timedelta(milliseconds=50 * i))
+
+def add(state, e, ctx):
+    if not state:
+        ctx.timer(ctx.time + timedelta(seconds=5))
+    return {"n": state.get("n", 0) + 1, "sum": state.get("sum", 0) + e.v,
+            "first": state.get("first", e.id)}
+
+def flush(state, timer, ctx):
+    ctx.emit({"id": f"{timer.key}/{state['first']}", "n": state["n"], "sum": state["sum"]})
+    return None
+
+pipeline = (
+    Pipeline("crashproc")
+    .read(sources.generate(make, count=int(os.environ["EVENTS"]), partitions=2, batch_size=40,
+                           rate=float(os.environ["RATE"])))
+    .key_by(lambda e: e.k)
+    .process(add, initial=dict, on_timer=flush, clock=windows.event_time(max_delay=0.2))
+    .write(sinks.jsonl(os.environ["OUT"]))
+)
+"""
+
+
+def expected_flushes(n: int) -> dict[str, tuple[int, int]]:
+    """Each key's batches: from its first event, the events within the next 5 s."""
+    found: dict[str, tuple[int, int]] = {}
+    open_: dict[str, tuple[str, float, int, int]] = {}
+    for i in range(n):
+        k, ts, v = f"k{i % 23}", 0.05 * i, i % 7
+        held = open_.get(k)
+        if held is not None and ts >= held[1] + 5 - 1e-9:
+            found[f"{k}/{held[0]}"] = (held[2], held[3])
+            held = None
+        if held is None:
+            held = (f"t{i}", ts, 0, 0)
+        open_[k] = (held[0], held[1], held[2] + 1, held[3] + v)
+    for k, held in open_.items():
+        found[f"{k}/{held[0]}"] = (held[2], held[3])
+    return found
+
+
+def test_process_state_and_timers_survive_kills_exactly(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "flushes.jsonl"
+    n = 4000
+    env = {**os.environ, "EVENTS": str(n), "RATE": "800", "OUT": str(out)}
+    command = [
+        sys.executable, "-m", "pipelines", "run", f"{app}:pipeline",
+        "--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1", "--quiet",
+    ]  # fmt: skip
+    rng = random.Random(5)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(
+            [*command, "-w", str(1 + attempt % 2)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.8, 1.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if kills >= 4:
+            break
+    assert kills >= 4
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    got = Counter(r["id"] for r in rows)
+    assert all(c == 1 for c in got.values()), [k for k, c in got.items() if c > 1][:5]
+    assert {r["id"]: (r["n"], r["sum"]) for r in rows} == expected_flushes(n)
+
+
+def test_stateful_handler_states_expire_after_their_ttl() -> None:
+    from pipelines import stateful
+
+    seen: list[int] = []
+
+    def remember(n: int, e: Tick) -> tuple[int, int]:
+        seen.append(n)
+        return n + 1, n + 1
+
+    def make(rng: random.Random, i: int) -> Tick:
+        if i == 2:
+            time.sleep(0.6)  # the key's state lives out its ttl meanwhile
+        return Tick(k="a", v=i, time=T0)
+
+    stream = (
+        Pipeline("ttl")
+        .read(sources.generate(make, count=4, batch_size=1, rate=20))
+        .key_by(lambda e: e.k)
+        .dispatch({Tick: stateful(remember, initial=int, ttl=0.2)})
+    )
+    result = stream.write(sinks.memory("out")).run()
+    assert seen == [0, 1, 0, 1]  # the key starts afresh after the pause
+    # One state dropped by its ttl, one left at the end.
+    assert result.expired == 2 and result.reconciles
