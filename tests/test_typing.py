@@ -55,6 +55,43 @@ totals: Stream[Totals] = keyed.window(windows.tumbling(seconds=60)).aggregate(
 revenue: Stream[float] = totals.map(lambda w: w.revenue)
 """
 
+JOINS = """
+from datetime import timedelta
+from operators import Context, Timer, windows
+from pipelines import Event, Joined, Pipeline, Stream, sources
+
+class Order(Event):
+    customer: str
+    amount: float
+
+class Customer(Event):
+    customer: str
+    tier: str
+
+p = Pipeline("t")
+orders = p.read(sources.memory([], schema=Order), name="o").key_by(lambda o: o.customer)
+customers = p.read(sources.memory([], schema=Customer), name="c").key_by(lambda c: c.customer)
+pairs: Stream[Joined[Order, Customer]] = orders.join(customers, between=(0, 60))
+tiers: Stream[str] = orders.join(
+    customers.as_table(), select=lambda o, c: c.tier if c is not None else "none"
+)
+amounts: Stream[float] = orders.join(
+    customers, window=windows.tumbling(seconds=60), select=lambda o, c: o.amount
+)
+left: Stream[float] = pairs.map(lambda j: j.left.amount if j.left is not None else 0.0)
+
+def count(n: int, o: Order, ctx: Context[str]) -> int:
+    ctx.emit(o.customer)
+    ctx.timer(ctx.time + timedelta(seconds=5))
+    return n + 1
+
+def fire(n: int, t: Timer, ctx: Context[str]) -> int | None:
+    ctx.emit(t.key)
+    return None
+
+names: Stream[str] = orders.process(count, initial=int, on_timer=fire)
+"""
+
 WRONG = {
     # a typo in a field of a typed source's events
     "field": (
@@ -87,6 +124,16 @@ Pipeline("t").read(sources.memory([], schema=(Sale, Look))).map(lambda e: e.amou
     "result": (
         RESULTS + "typo = totals.map(lambda w: w.totl)\n",
         '"Totals" has no attribute "totl"',
+    ),
+    # the other side of a join is typed: its fields are checked
+    "join": (
+        JOINS + "wrong = orders.join(customers, between=(0, 1), select=lambda o, c: c.teir)\n",
+        '"Customer" has no attribute "teir"',
+    ),
+    # a process step's output type is its context's (after the join's code above)
+    "process": (
+        "wrong_names: Stream[int] = orders.process(count, initial=int)\n",
+        'Argument 1 to "process" of "KeyedStream" has incompatible type',
     ),
     # window before key_by: only a keyed stream has windows
     "order": (
@@ -140,7 +187,7 @@ def test_types_flow_through_the_chain(tmp_path: Path) -> None:
 
 
 def test_typed_sources_results_and_wrong_steps(tmp_path: Path) -> None:
-    good = mypy(tmp_path, RESULTS)
+    good = mypy(tmp_path, RESULTS + JOINS)
     assert good.returncode == 0, good.stdout
     # All the wrong uses in one file (one mypy run): each must be reported.
     bad = mypy(tmp_path, "\n".join(code for code, _ in WRONG.values()))

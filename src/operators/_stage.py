@@ -59,6 +59,7 @@ COUNTER_FIELDS = (
     "handled",
     "late",
     "expired",
+    "early",
 )
 _IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
 

@@ -54,9 +54,9 @@ from operators.windows import (
 
 __all__ = ["Combiner", "WindowLogic", "WindowSpec", "can_combine", "make_adder", "make_merger"]
 
-_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE, _SKIPPED = (
+_IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE, _SKIPPED, _EARLY = (
     COUNTER_FIELDS.index(f)
-    for f in ("in", "out", "dead", "created", "aggregated", "open", "late", "skipped")
+    for f in ("in", "out", "dead", "created", "aggregated", "open", "late", "skipped", "early")
 )
 _NEVER = -math.inf
 _DONE = math.inf
@@ -98,7 +98,7 @@ def make_finisher(
     construct: Callable[..., Any],
     *,
     inclusive: bool = False,
-) -> Callable[[str, float, float, list[Any]], Any]:
+) -> Callable[..., Any]:
     """Generate ``finish(key, start, end, accs)``: the result record of a closed window.
 
     Its ``time`` is the window's last instant, one microsecond before its
@@ -125,14 +125,13 @@ def make_finisher(
         values.append(f"{name!r}: {g.inline_result(f'a[{i}]') or f'g{i}.result(a[{i}])'}")
     env.update(exact_total=exact_total)
     lines = [
-        "def finish(key, start, end, a):",
-        "    return construct({'type': step, 'id': f'{head}{key}/{start:.6f}', "
+        "def finish(key, start, end, a, final=True, tag=''):",
+        "    return construct({'type': step, 'id': f'{head}{key}/{start:.6f}{tag}', "
         "'time': last(end), 'key': key, 'start': utc(start), 'end': utc(end), "
-        + ", ".join(values)
-        + "})",
+        "'final': final, " + ", ".join(values) + "})",
     ]
     exec("\n".join(lines), env)
-    finisher: Callable[[str, float, float, list[Any]], Any] = env["finish"]
+    finisher: Callable[..., Any] = env["finish"]
     return finisher
 
 
@@ -195,6 +194,8 @@ class WindowSpec:
     late_wanted: bool
     emit: str = "final"
     ttl: float | None = None
+    #: With ``emit="early"``: seconds (wall clock) between a window's early results.
+    every: float | None = None
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
 
     def __post_init__(self) -> None:
@@ -460,6 +461,11 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         self.expiry: dict[str, float] = {}
         #: How far before the watermark a result can be dated (see `report`).
         self.lag = window.gap if isinstance(window, Session) else 0.0
+        #: emit="early": the keys whose windows changed since their last early
+        #: results, when the next are due (wall clock), and how many each window had.
+        self.dirty: set[str] = set()
+        self.early_at = 0.0
+        self.versions: dict[tuple[str, float], int] = state.get("versions", {})
         self.newest = _NEVER
         self.mark_key = (spec.step, str(id(self)))
         if self.wins:
@@ -521,6 +527,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 accs = wins.pop((key, start))
             row[_CREATED] += 1
             row[_OPEN] -= 1
+            if self.versions:
+                self.versions.pop((key, start), None)
             try:
                 result = self.spec.finish(key, start, end, accs)
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
@@ -557,6 +565,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                     self._timed(window, [record], out, row, part, wm if wm > floor else floor)
             segments = marked.segments() if tracked else [(marked.records, marked.latest)]
             for records, latest in segments:
+                if records and spec.every is not None:
+                    self.dirty.update(r[0] for r in records)
                 if records:
                     row[_IN] += len(records)
                     if window is None:
@@ -580,11 +590,38 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         if window is not None and not isinstance(window, Count):
             mark = self.watermark()
             self._close(mark, out, row)
+            self._early(now, out, row)
             if spec.event_time:
                 self.report(mark, self.lag, out)
                 if self.newest != _NEVER:
                     spec.counters.marks[self.mark_key] = (mark, self.newest)
         return out, False
+
+    def _early(self, now: float, out: list[tuple[str, Any]], row: list[int]) -> None:
+        """Emit the current value of each open window of a key that changed, when due."""
+        every = self.spec.every
+        if every is None or not self.dirty or now < self.early_at:
+            return
+        dirty = self.dirty
+        finish = self.spec.finish
+        if isinstance(self.spec.window, Session):
+            found = [(k, s[0], s[1], s[2]) for k in dirty for s in self.wins.get(k, ())]
+        else:
+            ends = {(k, st): end for end, k, st in self.heap if k in dirty}
+            found = [(k, st, ends[(k, st)], a) for (k, st), a in self.wins.items() if k in dirty]
+        for key, start, end, accs in found:
+            self.versions[(key, start)] = n = self.versions.get((key, start), 0) + 1
+            try:
+                result = finish(key, start, end, accs, False, f"/early-{n}")
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                self._failed_result(key, start, exc, out, row)
+                continue
+            out.append(("r", result))
+            row[_CREATED] += 1
+            row[_OUT] += 1
+            row[_EARLY] += 1
+        dirty.clear()
+        self.early_at = now + every
 
     def _timed(
         self,
@@ -947,6 +984,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         elif not isinstance(spec.window, Count):
             mark = self.watermark(now)
             self._close(mark, out, row)
+            self._early(now, out, row)
             if spec.event_time:
                 self.report(mark, self.lag, out)
         return out, False
@@ -987,10 +1025,12 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             return _utc(min(self.expiry.values()))
         if isinstance(spec.window, Count) or not self.heap:
             return None
+        early = _utc(self.early_at) if self.dirty else None
         end = self.heap[0][0]
-        if not spec.event_time:
-            return _utc(end)
-        return self.wall_due(end)
+        due = _utc(end) if not spec.event_time else self.wall_due(end)
+        if early is None or (due is not None and due < early):
+            return due
+        return early
 
     def snapshot(self) -> dict[str, Any]:
         """State to resume from: watermarks, open windows."""
@@ -1001,4 +1041,5 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             "heap": list(self.heap),
             "layout": BUCKET_LAYOUT,
             "sessions": "end+gap",
+            "versions": self.versions,
         }

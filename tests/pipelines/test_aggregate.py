@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -1003,3 +1004,29 @@ def test_a_session_closes_one_gap_after_its_end() -> None:
     [(tag, result)] = out
     assert tag == "r" and (result.key, result.n) == ("k", 2)
     assert (result.start.timestamp(), result.end.timestamp()) == (10.0, 19.5)
+
+
+def test_early_results_come_before_the_final_one_and_say_so() -> None:
+    def make(rng: random.Random, i: int) -> Hit:
+        return hit("ada", i, amount=1.0)
+
+    stream = (
+        Pipeline("early")
+        .read(sources.generate(make, count=40, batch_size=1, rate=100))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=1000))
+        .aggregate(n=agg.count(), emit="early", every=0.05)
+    )
+    result = stream.write(sinks.memory("out")).run()
+    early = [r for r in result["out"] if not r.final]
+    final = [r for r in result["out"] if r.final]
+    assert len(early) >= 3 and [r.n for r in final] == [40]
+    assert result["out"][-1].final  # the final result comes last
+    ns = [r.n for r in early]
+    assert ns == sorted(ns) and all(0 < n < 40 or n == 40 for n in ns)
+    assert len({r.id for r in result["out"]}) == len(result["out"])  # every id its own
+    assert result.counts[stream.step].early == len(early) and result.reconciles
+    with pytest.raises(ValueError, match="needs every="):
+        Pipeline("x").read(sources.memory([])).key_by(str).window(
+            windows.tumbling(seconds=1)
+        ).aggregate(n=agg.count(), emit="early")

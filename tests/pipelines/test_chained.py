@@ -7,10 +7,12 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators import Event, agg, windows
+from operators._windowing import WindowLogic
 from pipelines import Pipeline, sinks, sources
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -144,3 +146,44 @@ def test_a_join_of_a_join_and_a_window_over_join_results() -> None:
         ("bob", 0, 0, 1),
     ]
     assert result.reconciles
+
+
+def test_a_window_over_the_whole_stream_merges_partials_from_every_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    crossed = {"partials": 0, "events": 0}
+    merge, timed = WindowLogic._merge, WindowLogic._timed
+
+    def count_merge(self: WindowLogic, partials: list[Any], *args: Any) -> None:
+        crossed["partials"] += len(partials)
+        merge(self, partials, *args)
+
+    def count_timed(self: WindowLogic, window: Any, records: list[Any], *args: Any) -> None:
+        crossed["events"] += len(records)
+        timed(self, window, records, *args)
+
+    monkeypatch.setattr(WindowLogic, "_merge", count_merge)
+    monkeypatch.setattr(WindowLogic, "_timed", count_timed)
+    hits = [
+        Hit(page=f"/{i % 7}", time=T0 + timedelta(seconds=i * 0.25), id=f"h{i}")
+        for i in range(4000)
+    ]
+    per_minute = (
+        Pipeline("everything")
+        .read(sources.memory(hits, partitions=4, batch_size=100))
+        .window_all(windows.tumbling(seconds=60))
+        .aggregate(n=agg.count(), pages=agg.count_distinct("page"))
+    )
+    flow = per_minute.write(sinks.memory("out"))
+    got = {}
+    for workers in (1, 2, 4):
+        result = flow.run(workers=workers)
+        got[workers] = sorted((r.start.minute, r.n, r.pages) for r in result["out"])
+        # Combined where read: the step takes in partial windows, far fewer than events.
+        assert result.counts[per_minute.step].aggregated == 4000
+        assert result.reconciles
+    assert got[1] == got[2] == got[4]
+    assert got[1] == [(m, 240, 7) for m in range(16)] + [(16, 160, 7)]
+    # No event crossed to the window's one key alone: only partial windows did,
+    # one per chunk and window (40 chunks of 100 events, each in one or two minutes).
+    assert crossed["events"] == 0 and 0 < crossed["partials"] <= 3 * 80

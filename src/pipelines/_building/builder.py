@@ -17,7 +17,8 @@ from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
-    from pipelines._building.keyed import KeyedStream
+    from operators.windows import Clock, Window
+    from pipelines._building.keyed import KeyedStream, WindowedStream
     from pipelines._showing.result import RunResult
 
 __all__ = ["Pipeline", "Routes", "Stream"]
@@ -34,6 +35,11 @@ def _detail(fn: Any) -> str | None:
     if name is None or name == "<lambda>":
         return None
     return str(name)
+
+
+def _everything(record: object) -> str:
+    """Key every record alike: a window over the whole stream."""
+    return "all"
 
 
 def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
@@ -447,6 +453,35 @@ class Stream(Generic[T]):
             pipe, Port(node), self._classes, self._scope, key=key
         )
         return keyed
+
+    def window_all(
+        self, window: Window, *, clock: Clock | None = None, name: str | None = None
+    ) -> WindowedStream[T]:
+        """Window the whole stream, unkeyed: one result per window for every record.
+
+        The records are not funnelled through one worker: tumbling event-time
+        windows whose aggregators merge are aggregated where the records are
+        read (each worker's partial windows), and only the partials meet, to
+        be merged into the one result of each window. Other windows (and
+        ``.late`` written somewhere, which keeps late events whole) gather
+        every record on one worker.
+
+        >>> from datetime import datetime, timedelta, timezone
+        >>> from operators import agg, windows
+        >>> from pipelines import Pipeline, sinks, sources
+        >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        >>> t = [t0 + timedelta(seconds=s) for s in (1, 2, 61)]
+        >>> clicks = Pipeline("all").read(sources.memory([{"time": x} for x in t], partitions=2))
+        >>> per_minute = clicks.window_all(
+        ...     windows.tumbling(minutes=1), clock=windows.event_time(lambda r: r["time"])
+        ... ).aggregate(n=agg.count())
+        >>> sorted((r.start.minute, r.n) for r in per_minute.write(sinks.memory("o")).run()["o"])
+        [(0, 2), (1, 1)]
+        """
+        keyed = self.key_by(_everything, name=name or self._pipeline.graph.unique("all"))
+        windowed = keyed.window(window, clock=clock)
+        windowed._everything = True
+        return windowed
 
     def merge(self, *others: Stream[T], name: str | None = None) -> Stream[T]:
         """Interleave this stream with ``others`` (of the same pipeline)."""

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, create_model
 
 from operators import Context, Event, Joined, Policy, Timer, as_policy
 from operators.agg import Aggregator
-from operators.windows import Clock, EventTime, Window, event_time, to_seconds
+from operators.windows import Clock, Count, EventTime, Window, event_time, to_seconds
 from pipelines._building.builder import Pipeline, Stream
 from pipelines._building.graph import Graph, Node, Port, check_name
 from pipelines._building.joins import (
@@ -42,7 +42,7 @@ S = TypeVar("S")
 E = TypeVar("E", bound=Event)
 L = TypeVar("L")
 
-_RESERVED = {"key", "start", "end", "type", "id", "time"}
+_RESERVED = {"key", "start", "end", "type", "id", "time", "final"}
 
 
 class WindowResult(Event):
@@ -56,6 +56,9 @@ class WindowResult(Event):
     key: str
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
+    #: False for an early result (``aggregate(emit="early")``): the window's value
+    #: so far, before it closed; True for the one result of a closed window.
+    final: bool = True
 
 
 class AnyResult(WindowResult):
@@ -433,13 +436,15 @@ class KeyedStream(Stream[T]):
 class WindowedStream(Generic[T]):
     """A keyed stream cut into windows; its one step is ``aggregate``."""
 
-    __slots__ = ("_clock", "_keyed", "_window")
+    __slots__ = ("_clock", "_everything", "_keyed", "_window")
 
     def __init__(self, keyed: KeyedStream[T], window: Window, clock: Clock) -> None:
         """Hold the keyed stream, window and clock (use `KeyedStream.window`)."""
         self._keyed = keyed
         self._window = window
         self._clock = clock
+        #: A window over the whole stream (`Stream.window_all`): combine where read.
+        self._everything = False
 
     def __repr__(self) -> str:
         """Show the window."""
@@ -450,6 +455,8 @@ class WindowedStream(Generic[T]):
         self,
         *,
         into: type[R],
+        emit: Literal["final", "early"] = ...,
+        every: timedelta | float | None = ...,
         name: str | None = ...,
         on_error: Policy = ...,
         combine: bool = ...,
@@ -461,6 +468,8 @@ class WindowedStream(Generic[T]):
         self,
         *,
         into: None = None,
+        emit: Literal["final", "early"] = ...,
+        every: timedelta | float | None = ...,
         name: str | None = ...,
         on_error: Policy = ...,
         combine: bool = ...,
@@ -471,6 +480,8 @@ class WindowedStream(Generic[T]):
         self,
         *,
         into: type[WindowResult] | None = None,
+        emit: Literal["final", "early"] = "final",
+        every: timedelta | float | None = None,
         name: str | None = None,
         on_error: Policy = "dead_letter",
         combine: bool = True,
@@ -491,7 +502,31 @@ class WindowedStream(Generic[T]):
         event that reaches a window already closed while its partition was
         idle, or across a resume, is dead-lettered by its id without its
         payload (unless ``.late`` is written, which keeps late events whole).
+
+        ``emit="early"`` also emits each open window's value so far, every
+        ``every`` (wall clock) while events change it: early results have
+        ``final=False`` and an id ending ``/early-N``; the one result of the
+        closed window has ``final=True``, exact as ever. Steps after it see
+        both: filter on ``r.final`` to keep only the final ones.
         """
+        if emit not in ("final", "early"):
+            msg = f"aggregate: emit must be 'final' or 'early' for a window; got {emit!r}."
+            raise ValueError(msg)
+        seconds = None
+        if emit == "early":
+            if every is None:
+                msg = (
+                    "aggregate(emit='early') needs every=: how often (wall clock) an open "
+                    "window emits its value so far. Hint: every=timedelta(seconds=5)."
+                )
+                raise ValueError(msg)
+            if isinstance(self._window, Count):
+                msg = "aggregate(emit='early') needs a tumbling, sliding or session window."
+                raise ValueError(msg)
+            seconds = to_seconds(every, what="aggregate every")
+        elif every is not None:
+            msg = "aggregate: every= is for emit='early'. Hint: add emit='early'."
+            raise ValueError(msg)
         return _aggregate(
             self._keyed,
             self._window,
@@ -499,8 +534,11 @@ class WindowedStream(Generic[T]):
             name,
             on_error,
             aggregators,
-            combine=combine,
+            emit=emit,
+            every=seconds,
+            combine=combine and emit == "final",
             into=into,
+            everything=self._everything,
         )
 
 
@@ -543,8 +581,10 @@ def _aggregate(
     *,
     emit: str = "final",
     ttl: float | None = None,
+    every: float | None = None,
     combine: bool = False,
     into: type[WindowResult] | None = None,
+    everything: bool = False,
 ) -> AggregateStream[Any, Any]:
     label = "running" if window is None else window.label
     step = check_name(name) if name else None
@@ -592,6 +632,8 @@ def _aggregate(
             "result_model": model,
             "emit": emit,
             "ttl": ttl,
+            "every": every,
+            "everything": everything,
             "combine": combine,
         },
     )

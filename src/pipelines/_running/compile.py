@@ -314,7 +314,10 @@ def compile_pipeline(
                 combine = None
                 delay = None
                 if target.kind == "aggregate":
-                    if processes > 1:
+                    # Across processes records cross pickled: combining saves that.
+                    # A window over the whole stream combines always, so that
+                    # the records are not all funnelled through one worker.
+                    if processes > 1 or target.params.get("everything"):
                         combine = _combiner(target, users)
                     clock = target.params["clock"]
                     window = target.params["window"]
@@ -462,6 +465,7 @@ def _window_spec(
         late_wanted=bool(users[(node.name, "late")]),
         emit=node.params["emit"],
         ttl=node.params["ttl"],
+        every=node.params.get("every"),
         policy=node.policy,
     )
 

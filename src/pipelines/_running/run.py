@@ -320,6 +320,7 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
             handled=row["handled"],
             late=row["late"],
             expired=row["expired"],
+            early=row["early"],
         )
         for step, row in totals.items()
     }

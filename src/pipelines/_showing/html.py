@@ -44,6 +44,7 @@ COUNT_COLUMNS = (
     ("late", "late"),
     ("open", "open"),
     ("expired", "expired"),
+    ("early", "early"),
 )
 
 #: Rows shown per table before "... and N more".
@@ -146,7 +147,7 @@ def counts_html(result: RunResult) -> str:
         f"read {result.read} + created {result.created} = written {result.written} + "
         f"filtered {result.filtered} + unrouted {result.unrouted} + dead {result.dead} + "
         f"skipped {result.skipped} + aggregated {result.aggregated} + handled "
-        f"{result.handled}: {verdict}{result.expired_note}"
+        f"{result.handled}: {verdict}{result.notes}"
     )
     headers = ["step", "kind", *(h for _, h in COUNT_COLUMNS)]
     return table_html(headers, rows, caption=caption)

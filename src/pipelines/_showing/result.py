@@ -40,6 +40,8 @@ class StepCounts:
     #: Key states a process step dropped: past their ttl, or left when the input ended
     #: (after every held event was delivered and every timer fired).
     expired: int = 0
+    #: Early results of windows still open (``aggregate(emit="early")``), among ``out``.
+    early: int = 0
 
     @property
     def balanced(self) -> bool:
@@ -162,11 +164,21 @@ class RunResult:
         return self._sum("expired")
 
     @property
-    def expired_note(self) -> str:
-        """The reconciliation line's note on dropped key states ("" when none)."""
-        if not self.expired:
-            return ""
-        return f" ({self.expired} key states dropped: past their ttl or at the end of input)"
+    def early(self) -> int:
+        """Early results emitted by windows still open (counted in created and written too)."""
+        return self._sum("early")
+
+    @property
+    def notes(self) -> str:
+        """The reconciliation line's notes: early results, dropped key states ("" when none)."""
+        notes = []
+        if self.early:
+            notes.append(f"{self.early} early results of open windows among those made")
+        if self.expired:
+            notes.append(
+                f"{self.expired} key states dropped: past their ttl or at the end of input"
+            )
+        return f" ({'; '.join(notes)})" if notes else ""
 
     @property
     def reconciles(self) -> bool:
@@ -246,6 +258,7 @@ class RunResult:
             "handled": self.handled,
             "open": self.open_windows,
             "expired": self.expired,
+            "early": self.early,
             "reconciles": None if self.partial else self.reconciles,
             "dead_ratio": round(self.dead_ratio, 6),
             "warnings": self.warnings,

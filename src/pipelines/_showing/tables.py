@@ -115,7 +115,7 @@ def summary_table(result: RunResult) -> Table:
             f"read {result.read} + created {result.created} = written {result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
             f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated} + "
-            f"handled {result.handled}: {ok}{result.expired_note}"
+            f"handled {result.handled}: {ok}{result.notes}"
             + "".join(f"\n[bold red]warning:[/bold red] {w}" for w in result.warnings)
         ),
     )
