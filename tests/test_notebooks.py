@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_are_there() -> None:
+def test_the_five_notebooks_are_there() -> None:
     assert [n.name for n in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_windows_and_aggregates.ipynb",
         "03_dispatch_and_dead_letters.ipynb",
         "04_scaling_out.ipynb",
+        "05_joins_and_timers.ipynb",
     ]
 
 

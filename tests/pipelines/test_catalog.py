@@ -93,3 +93,56 @@ def test_orders_dispatch_by_type_with_per_order_state() -> None:
     assert refused and all("cannot ship while" in d.message for d in refused)
     texts = Counter(n.text for n in runs[0]["notifications"])
     assert texts["order received"] > 0 and texts["ready to ship"] > 0
+
+
+def test_enrichment_joins_match_a_direct_computation_on_any_worker_count() -> None:
+    import json
+
+    from pipelines.catalog import enrichment
+
+    p = enrichment.build(count=3000)
+    kinds = Counter(n.kind for n in p.graph)
+    assert kinds["join"] == 2 and kinds["aggregate"] == 1
+    one = testing.run(p)
+    assert one.reconciles and one.open_windows == 0
+    for workers, processes in ((2, 1), (1, 2)):
+        other = p.run(workers=workers, processes=processes)
+        for sink in ("paid", "unpaid", "revenue"):
+            assert multiset(other[sink]) == multiset(one[sink]), (sink, workers, processes)
+    # Direct computation from the generated records: the tier each order's
+    # customer had at the order's time, and the payments within 10 minutes.
+    import random
+
+    def records(make: Any, count: int, seed: int, parts: int) -> list[dict[str, Any]]:
+        # As sources.generate makes them: partition p makes records p, p + parts, ...
+        texts = []
+        for p in range(parts):
+            rng = random.Random(f"{seed}:{p}")
+            texts += [make(rng, i) for i in range(p, count, parts)]
+        return [json.loads(t) for t in texts if t.endswith("}")]  # broken lines are cut short
+
+    customers = records(enrichment.make_customer, enrichment.CUSTOMERS + 100, 11, 1)
+    customers.sort(key=lambda c: int(c["id"][1:]))
+    orders = records(enrichment.make_order, 3000, 12, 2)
+    payments = records(enrichment.make_payment, 3000, 13, 2)
+    rows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for c in customers:
+        rows.setdefault(c["customer"], []).append((c["time"], c))
+    tier_of: dict[str, str] = {}
+    for o in orders:
+        valid = [c for t, c in rows.get(o["customer"], []) if t <= o["time"]]
+        if valid and not valid[-1]["closed"]:
+            tier_of[o["id"]] = valid[-1]["tier"]
+    assert one.dead_letter_counts[("with_customer", "unmatched")] == len(orders) - len(tier_of)
+    from datetime import datetime
+
+    seconds = {o["id"]: datetime.fromisoformat(o["time"]).timestamp() for o in orders}
+    pairs = Counter()
+    for pay in payments:
+        oid = pay["order_id"]
+        if oid in tier_of:
+            lag = datetime.fromisoformat(pay["time"]).timestamp() - seconds[oid]
+            if 0 <= lag <= 600:
+                pairs[(oid, pay["id"])] += 1
+    assert Counter((j.left.id, j.right.id) for j in one["paid"]) == pairs
+    assert {j.left.id for j in one["unpaid"]} == set(tier_of) - {o for o, _ in pairs}

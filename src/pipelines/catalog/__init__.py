@@ -9,7 +9,7 @@ from pipelines._building.builder import Pipeline
 __all__ = ["NAMES", "describe", "load"]
 
 #: Catalog names, each a module of this package with ``build()`` and ``pipeline``.
-NAMES = ("clickstream", "orders", "sensors")
+NAMES = ("clickstream", "enrichment", "orders", "sensors")
 
 
 def load(name: str) -> Pipeline:
