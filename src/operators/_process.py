@@ -45,6 +45,7 @@ _NEVER = -math.inf
 _DONE = math.inf
 #: Kinds of entries in the event-time queue, in the order they go at one time.
 _EVENT, _TIMER, _TTL = 0, 1, 2
+_MISSING = object()
 
 
 class Timer(NamedTuple):
@@ -78,9 +79,10 @@ class Context(Generic[O]):
         self.key = key
         self._at = at
         self._mark = mark
-        self._out: list[Any] = []
-        self._timers: list[tuple[str, str, float]] = []
-        self._cancels: list[tuple[str, str]] = []
+        # Made when first used: most calls set no timer and emit little.
+        self._out: list[Any] | None = None
+        self._timers: list[tuple[str, str, float]] | None = None
+        self._cancels: list[tuple[str, str]] | None = None
 
     @property
     def time(self) -> datetime:
@@ -94,7 +96,10 @@ class Context(Generic[O]):
 
     def emit(self, record: O) -> None:
         """Send ``record`` on, after the call returns."""
-        self._out.append(record)
+        if self._out is None:
+            self._out = [record]
+        else:
+            self._out.append(record)
 
     def timer(self, at: datetime | float, name: str = "") -> None:
         """Fire ``on_timer`` for this key once event time passes ``at``."""
@@ -107,15 +112,25 @@ class Context(Generic[O]):
                 f"ctx.time + a delay, e.g. ctx.timer(ctx.time + timedelta(minutes=5))."
             )
             raise TimerInThePast(msg)
-        self._timers.append(("event", name, seconds))
+        self._add_timer(("event", name, seconds))
+
+    def _add_timer(self, timer: tuple[str, str, float]) -> None:
+        if self._timers is None:
+            self._timers = [timer]
+        else:
+            self._timers.append(timer)
 
     def processing_timer(self, at: datetime | float, name: str = "") -> None:
         """Fire ``on_timer`` for this key when the wall clock reaches ``at``."""
-        self._timers.append(("processing", name, _seconds(at)))
+        self._add_timer(("processing", name, _seconds(at)))
 
     def cancel(self, name: str = "", *, processing: bool = False) -> None:
         """Remove this key's timer of that name (if it is set)."""
-        self._cancels.append(("processing" if processing else "event", name))
+        cancel = ("processing" if processing else "event", name)
+        if self._cancels is None:
+            self._cancels = [cancel]
+        else:
+            self._cancels.append(cancel)
 
 
 def _seconds(at: datetime | float) -> float:
@@ -281,8 +296,10 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
         """Deliver the events and fire the timers that event time ``mark`` has passed."""
         queue = self.queue
         spec = self.spec
+        pop = heapq.heappop
+        call = self._call
         while queue and queue[0][0] < mark:
-            at, kind, seq, key, payload = heapq.heappop(queue)
+            at, kind, seq, key, payload = pop(queue)
             if kind == _EVENT:
                 self.held -= 1
                 row[_OPEN] -= 1
@@ -290,7 +307,7 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
                     self.last[key] = at
                     self.seq += 1
                     heapq.heappush(queue, (at + spec.ttl, _TTL, self.seq, key, at))
-                self._call(key, at, mark, payload, None, out, row)
+                call(key, at, mark, payload, None, out, row)
             elif kind == _TIMER:
                 if self.timers.get(key, {}).get(("event", payload)) != (at, seq):
                     continue  # moved or cancelled since
@@ -331,15 +348,18 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
     ) -> None:
         """Call the user's function for one event or timer; apply its effects if it succeeds."""
         spec = self.spec
-        had = key in self.states
-        state = self.states[key] if had else None
+        states = self.states
+        state = states.get(key, _MISSING)
+        had = state is not _MISSING
         ctx: Context[Any] = Context(key, at, mark)
-        fn: Callable[..., Any] = spec.on_event if timer is None else spec.on_timer  # type: ignore[assignment]
         try:
-            if state is None and not had:
-                state = spec.initial()
-            new = fn(state, event if timer is None else timer, ctx)
+            if timer is None:
+                new = spec.on_event(spec.initial() if not had else state, event, ctx)
+            else:
+                assert spec.on_timer is not None
+                new = spec.on_timer(spec.initial() if not had else state, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            fn: Callable[..., Any] = spec.on_event if timer is None else spec.on_timer  # type: ignore[assignment]
             payload = (
                 payload_text(event)
                 if timer is None
@@ -349,17 +369,27 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
             return
         if new is None:
             if had:
-                del self.states[key]
+                del states[key]
                 row[_OPEN] -= 1
         else:
-            self.states[key] = new
+            states[key] = new
             if not had:
                 row[_OPEN] += 1
+        if ctx._timers is not None or ctx._cancels is not None:
+            self._set_timers(key, ctx)
+        emitted = ctx._out
+        if emitted is not None:
+            out += [("r", record) for record in emitted]
+            row[_CREATED] += len(emitted)
+            row[_OUT] += len(emitted)
+
+    def _set_timers(self, key: str, ctx: Context[Any]) -> None:
+        """Apply a call's timer changes: cancels first, then the timers set."""
         mine = self.timers.get(key)
-        for kind, name in ctx._cancels:
+        for kind, name in ctx._cancels or ():
             if mine:
                 mine.pop((kind, name), None)
-        for kind, name, when in ctx._timers:
+        for kind, name, when in ctx._timers or ():
             self.seq += 1
             mine = self.timers.setdefault(key, {})
             mine[(kind, name)] = (when, self.seq)
@@ -369,10 +399,6 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
                 heapq.heappush(self.wall, (when, self.seq, key, name))
         if mine is not None and not mine:
             del self.timers[key]
-        for record in ctx._out:
-            out.append(("r", record))
-        row[_CREATED] += len(ctx._out)
-        row[_OUT] += len(ctx._out)
 
     # -- what cannot be handled ------------------------------------------------
 

@@ -238,6 +238,7 @@ def test_a_join_is_drawn_with_both_inputs_and_previewed() -> None:
     assert "paid" in mermaid and "between 0s and 5s" in render.describe(flow.graph["paid"])
     result = testing.run(flow)
     assert [j.id for j in result["out"]] == ["paid/ada/o1/p1"]
+    assert [j.id for j in flow.preview(limit=5)["out"]] == ["paid/ada/o1/p1"]
     assert result.counts["paid"].created == 1 and result.counts["paid"].aggregated == 2
 
 
