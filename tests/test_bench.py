@@ -21,21 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
         ("scaling.py", 4000, "shares     2 processes", ("--shares", "--skip-bytewax")),
         ("scaling.py", 4000, "of the bare loop's", ("--loop", "--skip-bytewax")),
         ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):", ()),
+        ("windowed_join.py", 20000, "evflow speed vs bytewax join_window:", ()),
+        ("nexmark/run.py", 20000, "q8 ", ()),
+        ("join_state.py", 0, "after the watermark passed the ttl: 0 states", ()),
     ],
 )
 def test_benchmark_runs_and_variants_agree(
     script: str, events: int, expected: str, extra: tuple[str, ...]
 ) -> None:
+    size = ["--keys", "20000"] if script == "join_state.py" else ["--events", str(events)]
+    rounds = [] if script == "join_state.py" else ["--rounds", "1"]
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / script),
-            "--events",
-            str(events),
-            "--rounds",
-            "1",
-            *extra,
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *size, *rounds, *extra],
         capture_output=True,
         text=True,
         timeout=300,

@@ -59,7 +59,12 @@ class Reader(ABC):
 
     @abstractmethod
     def next_chunk(self) -> Chunk | None:
-        """Return the next chunk, or None when nothing is ready now."""
+        """Return the next chunk, or None when nothing is ready now.
+
+        The partition ends when this raises ``StopIteration`` or returns a
+        chunk with ``eof=True`` (its records, if any, are read first); the
+        reader is not asked again after either.
+        """
 
     @abstractmethod
     def position(self) -> Any:
@@ -143,6 +148,10 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
             if chunk is None:
                 break
             chunks.append(chunk)
+            if chunk.eof:
+                # The reader says its partition has ended: it is not asked again.
+                self.ended = True
+                break
         if chunks:
             self.quiet_since = None
             self.said_idle = False

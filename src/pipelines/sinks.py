@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from operators import CallbackSink, JsonlSink, MemorySink, Sink, StdoutSink
+from operators._bytewax_io import BytewaxSink
 
-__all__ = ["Sink", "callback", "jsonl", "memory", "stdout"]
+__all__ = ["Sink", "bytewax", "callback", "jsonl", "memory", "stdout"]
 
 
 def memory(name: str) -> MemorySink:
@@ -35,3 +36,12 @@ def jsonl(path: str | os.PathLike[str]) -> JsonlSink:
 def callback(fn: Callable[[Any], Any]) -> CallbackSink:
     """Call ``fn(record)`` for each record; a failing call becomes a dead letter."""
     return CallbackSink(fn)
+
+
+def bytewax(sink: Any, *, name: str | None = None) -> BytewaxSink:
+    """Write through a bytewax ``DynamicSink`` (Kafka's, or your own).
+
+    Each worker builds its own part; a batch whose write raises becomes dead
+    letters, one per record.
+    """
+    return BytewaxSink(sink, name=name)

@@ -8,7 +8,7 @@ and validated in one step, and failures become dead letters with their origin.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from operators import (
@@ -22,9 +22,10 @@ from operators import (
     Source,
     StdinSource,
 )
+from operators._bytewax_io import BytewaxSource
 from operators._sources import Factory
 
-__all__ = ["Source", "csv", "generate", "jsonl", "memory", "stdin"]
+__all__ = ["Source", "bytewax", "csv", "generate", "jsonl", "memory", "stdin"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -269,3 +270,28 @@ def stdin(*, schema: Schema, batch_size: int = ...) -> StdinSource[Any]: ...
 def stdin(*, schema: Schema, batch_size: int = DEFAULT_BATCH) -> StdinSource[Any]:
     """Read JSON Lines from standard input until it closes."""
     return StdinSource(schema=schema, batch_size=batch_size)
+
+
+def bytewax(
+    source: Any,
+    *,
+    schema: Schema | None = None,
+    value: Callable[[Any], Any] | None = None,
+    name: str | None = None,
+) -> BytewaxSource:
+    """Read a bytewax source (Kafka's, files, community connectors) with evflow around it.
+
+    Each partition of a ``FixedPartitionedSource`` is an evflow partition,
+    resumed from its own snapshot in evflow's recovery store; ``value``
+    takes the record out of each message (``lambda m: m.value`` for
+    Kafka's); ``schema`` parses and validates records (bad ones become dead
+    letters). A ``DynamicSource`` is read as one partition, with no resume.
+
+    >>> from bytewax.testing import TestingSource
+    >>> from pipelines import Pipeline, sinks
+    >>> lines = TestingSource(['{"a": 1}', "oops"])
+    >>> p = Pipeline("bw").read(bytewax(lines)).write(sinks.memory("o"))
+    >>> sorted(p.run()["o"])
+    ['oops', '{"a": 1}']
+    """
+    return BytewaxSource(source, schema=schema, value=value, name=name)

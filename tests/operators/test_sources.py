@@ -318,3 +318,50 @@ def test_a_silent_open_pipe_does_not_hold_windows_open(tmp_path: Path) -> None:
     assert _readline(proc, 10).strip() == "window 0 n=2"
     _, err = proc.communicate(timeout=30)  # closes standard input: the run ends
     assert proc.returncode == 0, err[-3000:]
+
+
+ENDING = """
+from operators import Chunk, Reader, Source
+from pipelines import Pipeline, sinks
+
+
+class Ends(Reader):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def next_chunk(self):
+        self.calls += 1
+        if self.calls > 5:
+            raise RuntimeError("asked again after the end of the partition")
+        return Chunk([1, 2, 3], "ending", "p0", eof=True)
+
+    def position(self):
+        return self.calls
+
+
+class Once(Source):
+    label = "ending"
+
+    def partitions(self):
+        return ["p0"]
+
+    def open(self, partition, step, resume):
+        return Ends()
+
+
+result = Pipeline("ending").read(Once()).write(sinks.memory("o")).run()
+assert result["o"] == [1, 2, 3] and result.reconciles, result
+print("ended")
+"""
+
+
+def test_a_chunk_marked_eof_ends_its_partition() -> None:
+    import subprocess
+    import sys
+
+    # In a process of its own: before the fix, the run never ended.
+    done = subprocess.run(
+        [sys.executable, "-c", ENDING], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ended"

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -171,3 +172,35 @@ def test_a_metrics_port_in_use_on_two_processes_is_named_at_once(
     err = capsys.readouterr().err
     assert f"cannot serve metrics on 127.0.0.1:{port + 1}" in err
     assert "did not form" not in err
+
+
+def test_the_state_a_process_step_holds_is_served() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from operators import Event
+    from pipelines import Pipeline, sinks, sources
+
+    class Tick(Event):
+        k: str
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    port = free_ports(1)[0]
+    held: list[float] = []
+
+    def make(rng: Any, i: int) -> Tick:
+        if i == 3000:  # earlier events of 100 keys are held as key states by now
+            held.append(value(scrape(port), "evflow_open_windows", step="process_count"))
+        return Tick(k=f"k{i % 100}", time=t0 + timedelta(seconds=i))
+
+    def count(n: int, e: Tick, ctx: Any) -> int:
+        return n + 1
+
+    result = (
+        Pipeline("held")
+        .read(sources.generate(make, count=4000, batch_size=100, rate=20_000))
+        .key_by(lambda e: e.k)
+        .process(count, initial=int)
+        .write(sinks.memory("o"))
+    ).run(metrics_port=port)
+    assert held and held[0] >= 100
+    assert result.expired == 100 and result.open_windows == 0

@@ -207,8 +207,9 @@ def test_real_snapshots_of_every_state_kind_pass(tmp_path: Path) -> None:
     from tests.helpers import Purchase
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    # As JSON text: times parsed by pydantic carry its own timezone class.
     buys = [
-        Purchase(user=f"u{i % 5}", amount=i % 17, time=t0 + timedelta(seconds=i))
+        Purchase(user=f"u{i % 5}", amount=i % 17, time=t0 + timedelta(seconds=i)).model_dump_json()
         for i in range(3_000)
     ]
 
@@ -250,6 +251,19 @@ def test_real_snapshots_of_every_state_kind_pass(tmp_path: Path) -> None:
         p = p | keyed.window(window).aggregate(name=f"w{i}", **aggs).write(sinks.memory(f"w{i}"))
     p = p | keyed.aggregate(emit="running", name="running", **aggs).write(sinks.memory("r"))
     p = p | keyed.dispatch({Purchase: stateful(tally, initial=list)}).write(sinks.memory("d"))
+    # Joins and process steps hold the events themselves, and timers.
+    other = stream.key_by(lambda e: e.user, name="other_key")
+    p = p | keyed.join(other, window=windows.tumbling(seconds=300), name="wj").write(
+        sinks.memory("wj")
+    )
+    p = p | keyed.join(other, between=(0, 200), name="ij").write(sinks.memory("ij"))
+    p = p | keyed.join(other.as_table(ttl=100), name="tj").write(sinks.memory("tj"))
+
+    def hold(state: list[Any], e: Purchase, ctx: Any) -> list[Any]:
+        ctx.timer(ctx.time + timedelta(seconds=30))
+        return [*state[-3:], e]
+
+    p = p | keyed.process(hold, initial=list, name="proc").write(sinks.memory("proc"))
     with pytest.raises(PipelineHalted):
         p.run(recovery=tmp_path / "store", snapshot_interval=0.001)
     assert check_store(tmp_path / "store") > 10

@@ -13,7 +13,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
+from bytewax.inputs import DynamicSource, FixedPartitionedSource
+from bytewax.outputs import DynamicSink
+
 from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
+from operators._bytewax_io import BytewaxSink, BytewaxSource
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
@@ -124,13 +128,17 @@ class Pipeline:
         """Start a stream from ``source`` (see `pipelines.sources`).
 
         ``on_error`` applies to records the source's schema rejects; parsing
-        is deterministic, so ``retry`` there acts as ``dead_letter``.
+        is deterministic, so ``retry`` there acts as ``dead_letter``. A
+        bytewax source (Kafka's, files) is read as ``sources.bytewax(source)``.
         """
+        if isinstance(source, FixedPartitionedSource | DynamicSource):
+            source = BytewaxSource(source)
         if not isinstance(source, Source):
             msg = (
                 f"pipeline {self._name!r}: read() needs a source; got "
                 f"{type(source).__name__} {source!r}. Hint: read(sources.memory([...])) "
-                f"or read(sources.jsonl('data/*.jsonl', schema=MyEvent))."
+                f"or read(sources.jsonl('data/*.jsonl', schema=MyEvent)); a bytewax source "
+                f"with read(sources.bytewax(source, schema=MyEvent))."
             )
             raise TypeError(msg)
         step = check_name(name) if name else self._graph.unique(auto_name("read", source.label))
@@ -624,7 +632,9 @@ class Stream(Generic[T]):
         )
 
     def write(self, sink: Sink, *, name: str | None = None) -> Pipeline:
-        """Write the stream to ``sink`` and return the pipeline."""
+        """Write the stream to ``sink`` and return the pipeline (a bytewax ``DynamicSink`` too)."""
+        if isinstance(sink, DynamicSink):
+            sink = BytewaxSink(sink)
         if not isinstance(sink, Sink):
             msg = (
                 f"step {name or 'write'!r} (write): write() needs a sink; got "

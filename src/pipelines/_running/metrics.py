@@ -83,7 +83,8 @@ class MetricsCollector(Collector):
         )
         open_ = GaugeMetricFamily(
             "evflow_open_windows",
-            "Windows (or running keys) held by an aggregate step.",
+            "What a keyed step holds: windows or running keys (aggregate), records (join), "
+            "key states and held events (process).",
             labels=["pipeline", "step"],
         )
         for step, row in sample.totals.items():
@@ -92,7 +93,7 @@ class MetricsCollector(Collector):
                 if counter != "open":
                     records.add_metric([self.pipeline, step, kind, counter], value)
             dead.add_metric([self.pipeline, step], row["dead"])
-            if kind in ("aggregate", "join"):
+            if kind in ("aggregate", "join", "process"):
                 late.add_metric([self.pipeline, step], row["late"])
                 open_.add_metric([self.pipeline, step], row["open"])
         yield records

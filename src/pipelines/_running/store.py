@@ -66,6 +66,9 @@ SAFE_GLOBALS = frozenset(
         ("datetime", "timedelta"),
         ("datetime", "timezone"),
         ("decimal", "Decimal"),
+        # The fixed-offset timezone pydantic gives times parsed from JSON (held
+        # by join and process state): built from a number of seconds, nothing else.
+        ("pydantic_core._pydantic_core", "TzInfo"),
         ("ddsketch.ddsketch", "DDSketch"),
         ("ddsketch.ddsketch", "BaseDDSketch"),
         ("ddsketch.mapping", "LogarithmicMapping"),
