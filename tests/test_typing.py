@@ -217,3 +217,21 @@ def test_into_must_hold_every_aggregator() -> None:
         window.aggregate(into=Extra, n=agg.count())
     with pytest.raises(TypeError, match="must be a subclass of WindowResult"):
         window.aggregate(into=int, n=agg.count())  # type: ignore[type-var]
+
+
+def test_pyright_sees_the_installed_packages_and_the_same_types(tmp_path: Path) -> None:
+    # pyright, as a user's editor runs it, outside the repository.
+    (tmp_path / "pyrightconfig.json").write_text('{"typeCheckingMode": "standard"}')
+    (tmp_path / "good.py").write_text(GOOD)
+    (tmp_path / "results.py").write_text(RESULTS + JOINS)
+    (tmp_path / "bad.py").write_text(WRONG["field"][0])
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "basedpyright", "--pythonpath", sys.executable,
+            "good.py", "results.py", "bad.py",
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "good.py" not in done.stdout and "results.py:" not in done.stdout, done.stdout
+    assert 'Cannot access attribute "amout" for class "Txn"' in done.stdout, done.stdout
+    assert done.returncode == 1

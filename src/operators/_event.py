@@ -7,7 +7,7 @@ import os
 import types
 import typing
 from datetime import datetime, timezone
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -48,7 +48,12 @@ class Event(BaseModel):
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, ser_json_inf_nan="constants")
 
-    type: str = "event"
+    if TYPE_CHECKING:
+        # To type checkers any type, so that a subclass may narrow it to its
+        # own Literal (pyright holds fields invariant otherwise).
+        type: Any = "event"
+    else:
+        type: str = "event"
     id: str = Field(default_factory=_new_id)
     time: AwareDatetime = Field(default_factory=_now)
 
@@ -84,7 +89,7 @@ class Event(BaseModel):
 
     def get_type(self) -> str:
         """Return the event's type name (the event-bus vocabulary)."""
-        return self.type
+        return str(self.type)
 
 
 #: A schema is one event class or a union of them (``View | Purchase``).
