@@ -29,6 +29,8 @@ class Origin(BaseModel):
     offset: int
     file: str | None = None
     line: int | None = None
+    #: The record's own name in its partition (a stream entry's id), if it has one.
+    key: str | None = None
 
 
 class DeadLetter(BaseModel):

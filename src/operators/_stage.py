@@ -87,6 +87,9 @@ class Chunk:
     #: a join, a process step), after these records: the records to come of
     #: this partition (one key bucket of that step) are at or after it.
     mark: float | None = None
+    #: Each record's own name in its partition, where it has one (a stream
+    #: entry's id): dead letters carry it.
+    keys: list[str] | None = None
 
     def origin(self, index: int) -> Origin:
         """Return the origin of the record at ``index`` in this chunk."""
@@ -96,6 +99,7 @@ class Chunk:
             offset=self.offset + index,
             file=self.file,
             line=None if self.line is None else self.line + index,
+            key=None if self.keys is None else self.keys[index],
         )
 
 

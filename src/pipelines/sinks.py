@@ -8,8 +8,9 @@ from typing import Any
 
 from operators import CallbackSink, JsonlSink, MemorySink, Sink, StdoutSink
 from operators._bytewax_io import BytewaxSink
+from operators._redis import RedisStreamSink
 
-__all__ = ["Sink", "bytewax", "callback", "jsonl", "memory", "stdout"]
+__all__ = ["Sink", "bytewax", "callback", "jsonl", "memory", "redis", "stdout"]
 
 
 def memory(name: str) -> MemorySink:
@@ -45,3 +46,32 @@ def bytewax(sink: Any, *, name: str | None = None) -> BytewaxSink:
     letters, one per record.
     """
     return BytewaxSink(sink, name=name)
+
+
+def redis(
+    url: str,
+    stream: str,
+    *,
+    maxlen: int | None = None,
+    field: str = "data",
+    connect_timeout: float = 5.0,
+    retry_for: float = 30.0,
+    name: str | None = None,
+) -> RedisStreamSink:
+    """Append records to a Redis stream with ``XADD``, a batch at a time.
+
+    Each entry holds the record's JSON in ``field`` and its event id in
+    ``id``; ``maxlen`` trims the stream to about that many entries. After a
+    crash and resume the records since the last snapshot are written again
+    (at least once: the ``id`` field lets readers drop repeats). A batch the
+    server refuses for ``retry_for`` seconds becomes dead letters.
+    """
+    return RedisStreamSink(
+        url,
+        stream,
+        maxlen=maxlen,
+        field=field,
+        connect_timeout=connect_timeout,
+        retry_for=retry_for,
+        name=name,
+    )

