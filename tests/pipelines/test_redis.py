@@ -298,3 +298,88 @@ def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     assert proc.returncode == 0, err[-2000:]
     ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
     assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(2000))
+
+
+PRODUCER = """
+import os
+from pipelines import Pipeline, sinks, sources
+from pipelines.catalog import clickstream
+
+pipeline = (
+    Pipeline("produce")
+    .read(sources.generate(clickstream.make_record, count=int(os.environ["EVENTS"]), seed=7))
+    .write(sinks.redis(os.environ["URL"], "clicks"))
+)
+"""
+
+CONSUMER = """
+import os, time
+from operators import agg, windows
+from pipelines import Pipeline, sinks, sources
+from pipelines.catalog import clickstream
+
+def slow(e):
+    time.sleep(float(os.environ.get("PAUSE", "0")))
+    return e
+
+pipeline = (
+    Pipeline("per_user")
+    .read(sources.redis(os.environ["URL"], "clicks", schema=clickstream.ClickEvents,
+                        batch_size=200))
+    .map(slow)
+    .filter(clickstream.is_human)
+    .key_by(clickstream.user_of)
+    .window(windows.tumbling(minutes=1))
+    .aggregate(events=agg.count(), purchases=agg.count(clickstream.Purchase))
+    .write(sinks.redis(os.environ["URL"], "per_user"))
+)
+"""
+
+
+def test_the_whole_loop_from_the_command_line(server: Server, tmp_path: Path) -> None:
+    from operators import agg, windows
+    from pipelines import testing
+    from pipelines.catalog import clickstream
+
+    (tmp_path / "producer.py").write_text(PRODUCER)
+    (tmp_path / "consumer.py").write_text(CONSUMER)
+    env = {**os.environ, "URL": server.url, "EVENTS": "20000"}
+    run = [sys.executable, "-m", "pipelines", "run"]
+    made = subprocess.run(
+        [*run, "producer.py", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert server.client().xlen("clicks") == 20000
+    consume = [*run, "consumer.py", "--quiet", "--recovery", "store", "--snapshot-interval", "0.1"]
+    proc = subprocess.Popen(
+        consume, cwd=tmp_path, env={**env, "PAUSE": "0.0002"}, stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.5)
+    assert proc.poll() is None, "the consumer ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = subprocess.run(consume, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Read the results back: the sink is at least once, so a window may come twice,
+    # with its id; each window's values are those of a run with no broker at all.
+    rows: dict[str, tuple[int, int]] = {}
+    for _, fields in server.client().xrange("per_user"):
+        row = json.loads(fields[b"data"])
+        assert rows.setdefault(row["id"], (row["events"], row["purchases"])) == (
+            row["events"],
+            row["purchases"],
+        )
+    direct = (
+        Pipeline("per_user")
+        .read(
+            sources.generate(
+                clickstream.make_record, count=20000, seed=7, schema=clickstream.ClickEvents
+            )
+        )
+        .filter(clickstream.is_human)
+        .key_by(clickstream.user_of)
+        .window(windows.tumbling(minutes=1))
+        .aggregate(events=agg.count(), purchases=agg.count(clickstream.Purchase))
+    )
+    want = {r.id: (r.events, r.purchases) for r in testing.outputs(direct)}
+    assert rows == want
