@@ -8,9 +8,10 @@ from typing import Any
 
 from operators import CallbackSink, JsonlSink, MemorySink, Sink, StdoutSink
 from operators._bytewax_io import BytewaxSink
+from operators._nats import JetStreamSink
 from operators._redis import RedisStreamSink
 
-__all__ = ["Sink", "bytewax", "callback", "jsonl", "memory", "redis", "stdout"]
+__all__ = ["Sink", "bytewax", "callback", "jsonl", "memory", "nats", "redis", "stdout"]
 
 
 def memory(name: str) -> MemorySink:
@@ -74,4 +75,24 @@ def redis(
         connect_timeout=connect_timeout,
         retry_for=retry_for,
         name=name,
+    )
+
+
+def nats(
+    url: str,
+    subject: str,
+    *,
+    connect_timeout: float = 5.0,
+    retry_for: float = 30.0,
+    name: str | None = None,
+) -> JetStreamSink:
+    """Publish records to a JetStream subject, each with ``Nats-Msg-Id`` set to its id.
+
+    JetStream drops a message whose id it stored within the stream's
+    duplicate window (two minutes by default): records published again after
+    a crash and resume are stored once. A batch the server refuses for
+    ``retry_for`` seconds becomes dead letters.
+    """
+    return JetStreamSink(
+        url, subject, connect_timeout=connect_timeout, retry_for=retry_for, name=name
     )

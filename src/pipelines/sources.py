@@ -23,10 +23,11 @@ from operators import (
     StdinSource,
 )
 from operators._bytewax_io import BytewaxSource
+from operators._nats import JetStreamSource
 from operators._redis import RedisStreamSource
 from operators._sources import Factory
 
-__all__ = ["Source", "bytewax", "csv", "generate", "jsonl", "memory", "redis", "stdin"]
+__all__ = ["Source", "bytewax", "csv", "generate", "jsonl", "memory", "nats", "redis", "stdin"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -331,6 +332,43 @@ def redis(
         until=until,
         schema=schema,
         field=field,
+        batch_size=batch_size,
+        poll=poll,
+        connect_timeout=connect_timeout,
+        retry_for=retry_for,
+        name=name,
+    )
+
+
+def nats(
+    url: str,
+    streams: str | list[str],
+    *,
+    start: int | str = 1,
+    until: str | None = "end",
+    schema: Schema | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    poll: float = 0.05,
+    connect_timeout: float = 5.0,
+    retry_for: float = 30.0,
+    name: str | None = None,
+) -> JetStreamSource:
+    """Read NATS JetStream streams, a partition per stream, from a sequence number.
+
+    ``start``: a stream sequence (1, the beginning, by default) or ``"end"``;
+    ``until="end"`` stops at the last message present when the run starts,
+    ``until=None`` tails the streams. Each message's data (JSON text) is the
+    record, parsed with ``schema``; a malformed one is a dead letter whose
+    origin names the stream and the sequence. The last sequence read is kept
+    in evflow's snapshots (an exact resume); a stream that does not exist is
+    an error. Needs the ``nats`` client (``pip install 'evflow[nats]'``).
+    """
+    return JetStreamSource(
+        url,
+        streams,
+        start=start,
+        until=until,
+        schema=schema,
         batch_size=batch_size,
         poll=poll,
         connect_timeout=connect_timeout,

