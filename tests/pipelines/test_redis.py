@@ -383,3 +383,25 @@ def test_the_whole_loop_from_the_command_line(server: Server, tmp_path: Path) ->
     )
     want = {r.id: (r.events, r.purchases) for r in testing.outputs(direct)}
     assert rows == want
+
+
+def test_a_huge_entry_is_read_whole_and_a_huge_bad_one_is_cut_in_its_dead_letter(
+    server: Server,
+) -> None:
+    from operators import PAYLOAD_LIMIT
+
+    client = server.client()
+    big = "x" * 8_000_000
+    client.xadd("huge", {"data": Click(user=big, id="big").model_dump_json()})
+    client.xadd("huge", {"data": '{"type": "click", "user": "' + big})  # not JSON
+    result = (
+        Pipeline("huge")
+        .read(sources.redis(server.url, "huge", schema=Click, batch_size=1))
+        .write(sinks.memory("out"))
+        .run()
+    )
+    assert [len(c.user) for c in result["out"]] == [8_000_000]
+    (letter,) = result.dead_letters
+    assert letter.kind == "parse" and letter.truncated
+    assert len(letter.payload) <= PAYLOAD_LIMIT and letter.payload_size > 8_000_000
+    assert result.reconciles
