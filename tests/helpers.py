@@ -36,3 +36,42 @@ def children(pid: int) -> list[int]:
     """The process ids of ``pid``'s children (Linux)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def kill_at_random(
+    command: list[str],
+    env: dict[str, str],
+    *,
+    kills: int,
+    seed: int,
+    attempts: int = 12,
+    after: tuple[float, float] = (0.8, 1.6),
+) -> int:
+    """Run ``command`` again and again, each time SIGKILLed after a random pause.
+
+    Every other run has 2 workers (``-w``), so the worker count changes
+    between resumes. Stops once ``kills`` runs were killed while running (a
+    run that ended on its own is not counted); returns how many were.
+    """
+    import random
+    import signal
+    import subprocess
+    import time
+
+    rng = random.Random(seed)
+    done = 0
+    for attempt in range(attempts):
+        proc = subprocess.Popen(
+            [*command, "-w", str(1 + attempt % 2)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(*after))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            done += 1
+        proc.wait(timeout=60)
+        if done >= kills:
+            break
+    return done

@@ -114,3 +114,27 @@ def interpret(pipeline: Pipeline) -> Outcome:
                     outcome.dead[step] += 1
             ports[(step, None)] = out
     return outcome
+
+
+def partition_marks(times: list[float], parts: int, delay: float) -> list[tuple[float, int, int]]:
+    """Judge events the way a memory source splits them, each partition in its own order.
+
+    ``times`` are the events' times in input order; the source cuts them into
+    ``parts`` contiguous partitions. Returns, for each event, the watermark
+    just before it (its partition's newest earlier time less ``delay``), its
+    partition and its position in it: the batch size and the worker count
+    change none of these.
+    """
+    import math
+
+    out: list[tuple[float, int, int]] = []
+    size, extra = divmod(len(times), parts)
+    start = 0
+    for p in range(parts):
+        part = times[start : start + size + (1 if p < extra else 0)]
+        start += len(part)
+        newest = -math.inf
+        for pos, ts in enumerate(part):
+            out.append((newest - delay, p, pos))
+            newest = max(newest, ts)
+    return out

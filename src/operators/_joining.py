@@ -50,11 +50,12 @@ from typing import Any, Generic, TypeVar
 from bytewax.operators import StatefulBatchLogic
 from pydantic import AwareDatetime
 
-from operators._deadletter import DeadLetter, payload_text
+from operators._deadletter import payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
-from operators._policy import ErrorPolicy, PipelineHalted
-from operators._stage import COUNTER_FIELDS, Counters, describe_function
+from operators._letters import Letters
+from operators._policy import ErrorPolicy
+from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import Watermarks, _utc, construct_valid, just_before
 from operators.windows import Session, Sliding, Tumbling, Window
 
@@ -132,8 +133,10 @@ def _id_of(record: Any) -> str:
 _Sided = tuple[int, Marked]
 
 
-class JoinLogic(Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any], dict[str, Any]]):
+class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any], dict[str, Any]]):
     """Both sides of a join for the keys of one bucket."""
+
+    late_why = "it can no longer meet every record it should"
 
     def __init__(self, spec: JoinSpec, resume: dict[str, Any] | None) -> None:
         """Start empty, or from a snapshot."""
@@ -587,38 +590,6 @@ class JoinLogic(Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any], dict[str
 
     # -- what cannot be joined -------------------------------------------------
 
-    def _dead(self, kind: str, error_type: str, message: str, payload: str, ts: float,
-              function: str | None = None) -> tuple[str, DeadLetter]:  # fmt: skip
-        spec = self.spec
-        letter = DeadLetter.build(
-            pipeline=spec.pipeline,
-            step=spec.step,
-            kind=kind,
-            error_type=error_type,
-            message=message,
-            function=function,
-            payload=payload,
-            event_time=_utc(ts) if math.isfinite(ts) else None,
-        )
-        return ("d", letter)
-
-    def _late(
-        self, record: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]
-    ) -> None:
-        """Send on (or dead-letter) a record behind its partition's watermark."""
-        row[_LATE] += 1
-        if self.spec.late_wanted:
-            out.append(("l", record))
-            row[_OUT] += 1
-            return
-        row[_DEAD] += 1
-        message = (
-            f"event time {_utc(ts).isoformat()} is behind the watermark {_utc(wm).isoformat()} "
-            f"of its partition, so it can no longer meet every record it should; write the "
-            f"join's .late stream to a sink to keep late events apart"
-        )
-        out.append(self._dead("late", "LateEvent", message, payload_text(record), ts))
-
     def _unmatched(
         self, key: str, record: Any, ts: float, out: list[tuple[str, Any]], row: list[int]
     ) -> None:
@@ -631,27 +602,3 @@ class JoinLogic(Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any], dict[str
             f"emits such events with right=None."
         )
         out.append(self._dead("unmatched", "Unmatched", message, payload_text(record), ts))
-
-    def _failed(
-        self,
-        record: Any,
-        ts: float,
-        exc: Exception,
-        fn: Callable[..., Any],
-        out: list[tuple[str, Any]],
-        row: list[int],
-    ) -> None:
-        """Apply the step's error policy to a failing user function."""
-        spec = self.spec
-        payload = payload_text(record)
-        if spec.policy.mode == "skip":
-            row[_SKIPPED] += 1
-            return
-        name = describe_function(fn)
-        if spec.policy.mode == "halt":
-            halted = PipelineHalted(spec.pipeline, spec.step, name, payload)
-            halted.__cause__ = exc
-            spec.counters.halt(halted)
-        row[_DEAD] += 1
-        message = f"{name} raised {type(exc).__qualname__}: {exc}"
-        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, name))

@@ -30,12 +30,11 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from operators._brokers import BrokerUnreachable, PollingReader, masked
 from operators._deadletter import payload_text
 from operators._event import Schema
-from operators._redis import BrokerUnreachable, masked
 from operators._sinks import RunContext, Sink, Writer
 from operators._sources import DEFAULT_BATCH, Reader, Source, slug
 from operators._stage import Chunk
@@ -102,20 +101,14 @@ def _close(nc: Any) -> None:
         _run(nc.close(), 5)
 
 
-class _StreamReader(Reader):
-    read_ahead = False
-
+class _StreamReader(PollingReader):
     def __init__(self, source: JetStreamSource, stream: str, step: str, resume: Any) -> None:
+        super().__init__(source.url, step, stream, source.poll, source.retry_for, "NATS")
         self.source = source
-        self.stream = stream
-        self.step = step
         what = f"read step {step!r} (stream {stream!r})"
         self.nc = _connect(source.url, source.connect_timeout, what)
         self.js = self.nc.jetstream()
         self.sub: Any = None
-        self.offset = 0
-        self.wait_until = 0.0
-        self.failing_since: float | None = None
         try:
             info = _run(self.js.stream_info(stream), source.connect_timeout)
         except Exception as exc:  # noqa: BLE001 - reported with the stream named
@@ -153,7 +146,7 @@ class _StreamReader(Reader):
         source = self.source
         if self.stop is not None and self.last >= self.stop:
             raise StopIteration
-        if time.monotonic() < self.wait_until:
+        if self.waiting():
             return None
         errors = _nats().errors
         try:
@@ -161,14 +154,13 @@ class _StreamReader(Reader):
                 self._subscribe()
             msgs = _run(self.sub.fetch(source.batch_size, timeout=source.poll), source.poll + 30)
         except errors.TimeoutError:
-            self.failing_since = None
-            self.wait_until = time.monotonic() + source.poll
+            self.nothing()
             return None
         except Exception as exc:  # noqa: BLE001 - a lost connection: retried with backoff
             self.sub = None
-            self._lost(exc)
+            self.lost(exc)
             return None
-        self.failing_since = None
+        self.read_well()
         records: list[Any] = []
         keys: list[str] = []
         for msg in msgs:
@@ -185,30 +177,6 @@ class _StreamReader(Reader):
         chunk = Chunk(records, self.step, self.stream, self.offset, keys=keys)
         self.offset += len(records)
         return chunk
-
-    def _lost(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        waited = now - self.failing_since
-        if waited > self.source.retry_for:
-            msg = (
-                f"read step {self.step!r}: the NATS server at {masked(self.source.url)} has "
-                f"failed for {waited:.0f} s (stream {self.stream!r}, last sequence read "
-                f"{self.last}): {type(exc).__name__}"
-            )
-            raise BrokerUnreachable(msg) from None
-        self.wait_until = now + min(2.0, 0.05 * 2 ** min(int(waited * 4), 6))
-
-    def next_awake(self) -> datetime | None:
-        if self.wait_until <= time.monotonic():
-            return None
-        return datetime.fromtimestamp(
-            time.time() + (self.wait_until - time.monotonic()), timezone.utc
-        )
-
-    def position(self) -> Any:
-        return (self.last, self.stop, self.offset)
 
     def close(self) -> None:
         _close(self.nc)

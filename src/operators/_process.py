@@ -22,15 +22,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators._deadletter import DeadLetter, payload_text
+from operators._deadletter import payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout, event_seconds
-from operators._policy import ErrorPolicy, PipelineHalted
-from operators._stage import COUNTER_FIELDS, Counters, describe_function
+from operators._letters import Letters
+from operators._policy import ErrorPolicy
+from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import Watermarks, _utc
 
 __all__ = ["Context", "ProcessLogic", "ProcessSpec", "Timer"]
@@ -160,8 +161,12 @@ class ProcessSpec:
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
 
 
-class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
+class ProcessLogic(
+    Letters, Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]
+):
     """The states, timers and held events of the keys of one bucket."""
+
+    late_why = "events and timers before it were already handled in time order"
 
     def __init__(self, spec: ProcessSpec, resume: dict[str, Any] | None) -> None:
         """Start empty, or from a snapshot."""
@@ -359,13 +364,13 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
                 assert spec.on_timer is not None
                 new = spec.on_timer(spec.initial() if not had else state, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
-            fn: Callable[..., Any] = spec.on_event if timer is None else spec.on_timer  # type: ignore[assignment]
+            fn: Any = spec.on_event if timer is None else spec.on_timer
             payload = (
                 payload_text(event)
                 if timer is None
                 else json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
             )
-            self._failed(payload, at, exc, fn, out, row)
+            self._failed(payload, at, exc, fn, out, row, held=True)
             return
         if new is None:
             if had:
@@ -399,60 +404,3 @@ class ProcessLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[
                 heapq.heappush(self.wall, (when, self.seq, key, name))
         if mine is not None and not mine:
             del self.timers[key]
-
-    # -- what cannot be handled ------------------------------------------------
-
-    def _dead(self, kind: str, error_type: str, message: str, payload: str, ts: float,
-              function: str | None = None) -> tuple[str, DeadLetter]:  # fmt: skip
-        spec = self.spec
-        letter = DeadLetter.build(
-            pipeline=spec.pipeline,
-            step=spec.step,
-            kind=kind,
-            error_type=error_type,
-            message=message,
-            function=function,
-            payload=payload,
-            event_time=datetime.fromtimestamp(ts, timezone.utc) if math.isfinite(ts) else None,
-        )
-        return ("d", letter)
-
-    def _late(
-        self, event: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]
-    ) -> None:
-        row[_LATE] += 1
-        if self.spec.late_wanted:
-            out.append(("l", event))
-            row[_OUT] += 1
-            return
-        row[_DEAD] += 1
-        message = (
-            f"event time {_utc(ts).isoformat()} is behind the watermark {_utc(wm).isoformat()} "
-            f"of its partition: events and timers before it were already handled in time "
-            f"order; write the step's .late stream to a sink to keep late events apart"
-        )
-        out.append(self._dead("late", "LateEvent", message, payload_text(event), ts))
-
-    def _failed(
-        self,
-        payload: str,
-        ts: float,
-        exc: Exception,
-        fn: Callable[..., Any],
-        out: list[tuple[str, Any]],
-        row: list[int],
-    ) -> None:
-        spec = self.spec
-        if spec.policy.mode == "skip":
-            row[_SKIPPED] += 1
-            row[_CREATED] += 1  # the event was held: balance its skip
-            return
-        name = describe_function(fn)
-        if spec.policy.mode == "halt":
-            halted = PipelineHalted(spec.pipeline, spec.step, name, payload)
-            halted.__cause__ = exc
-            spec.counters.halt(halted)
-        row[_CREATED] += 1  # the event was held (aggregated): its dead letter is made here
-        row[_DEAD] += 1
-        message = f"{name} raised {type(exc).__qualname__}: {exc}"
-        out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, name))

@@ -27,27 +27,16 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
 from typing import Any
 
+from operators._brokers import BrokerUnreachable, PollingReader, masked, without_secret
 from operators._deadletter import payload_text
 from operators._event import Schema
 from operators._sinks import RunContext, Sink, Writer
 from operators._sources import DEFAULT_BATCH, Reader, Source, slug
 from operators._stage import Chunk
 
-__all__ = ["RedisStreamSink", "RedisStreamSource", "masked"]
-
-_SECRET = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
-
-
-def masked(url: str) -> str:
-    """Hide the password of a connection URL.
-
-    >>> masked("redis://:s3cret@localhost:6379/0"), masked("redis://user:pw@h:1")
-    ('redis://:****@localhost:6379/0', 'redis://user:****@h:1')
-    """
-    return _SECRET.sub(lambda m: f"{m.group(1)}:****@", url)
+__all__ = ["RedisStreamSink", "RedisStreamSource"]
 
 
 def _redis() -> Any:
@@ -72,10 +61,6 @@ def _client(url: str, timeout: float) -> Any:
     return _redis().Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
-class BrokerUnreachable(ConnectionError):
-    """A broker could not be reached (at the start, or for longer than allowed)."""
-
-
 def _connect(url: str, timeout: float, what: str) -> Any:
     client = _client(url, timeout)
     try:
@@ -84,18 +69,11 @@ def _connect(url: str, timeout: float, what: str) -> Any:
         client.close()
         msg = (
             f"{what}: the Redis server at {masked(url)} cannot be reached "
-            f"({type(exc).__name__}: {_no_secret(str(exc), url)}) within {timeout:g} s. Hint: "
+            f"({type(exc).__name__}: {without_secret(str(exc), url)}) within {timeout:g} s. Hint: "
             f"check that it runs and the URL, port and password are right."
         )
         raise BrokerUnreachable(msg) from None
     return client
-
-
-def _no_secret(text: str, url: str) -> str:
-    found = _SECRET.search(url)
-    if found and found.group(2):
-        text = text.replace(found.group(2), "****")
-    return text
 
 
 def _id(raw: bytes | str) -> str:
@@ -109,18 +87,12 @@ def _after(a: str, b: str) -> bool:
     return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
 
 
-class _StreamReader(Reader):
-    read_ahead = False  # what is read goes on at once: the next batch may wait
-
+class _StreamReader(PollingReader):
     def __init__(self, source: RedisStreamSource, stream: str, step: str, resume: Any) -> None:
+        super().__init__(source.url, step, stream, source.poll, source.retry_for, "Redis")
         self.source = source
-        self.stream = stream
-        self.step = step
         what = f"read step {step!r} (stream {stream!r})"
         self.client = _connect(source.url, source.connect_timeout, what)
-        self.offset = 0
-        self.wait_until = 0.0
-        self.failing_since: float | None = None
         self.lost_errors = _lost_errors()
         if resume is not None:
             self.last, self.stop, self.offset = resume
@@ -139,22 +111,22 @@ class _StreamReader(Reader):
         source = self.source
         if self.stop is not None and not _after(self.stop, self.last):
             raise StopIteration  # read up to the end it had when it started
-        if time.monotonic() < self.wait_until:
+        if self.waiting():
             return None
         try:
             entries = self.client.xrange(
                 self.stream, min=f"({self.last}", max="+", count=source.batch_size
             )
         except self.lost_errors as exc:
-            self._lost(exc)
+            self.lost(exc)
             return None
-        self.failing_since = None
+        self.read_well()
         if self.stop is not None:
             entries = [e for e in entries if not _after(_id(e[0]), self.stop)]
         if not entries:
             if self.stop is not None:
                 raise StopIteration
-            self.wait_until = time.monotonic() + source.poll
+            self.nothing()
             return None
         field = source.field.encode()
         records: list[Any] = []
@@ -170,32 +142,6 @@ class _StreamReader(Reader):
         self.offset += len(records)
         self.last = ids[-1]
         return chunk
-
-    def _lost(self, exc: Exception) -> None:
-        """Retry a lost connection with backoff; give up after ``retry_for`` seconds."""
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        waited = now - self.failing_since
-        if waited > self.source.retry_for:
-            msg = (
-                f"read step {self.step!r}: the Redis server at {masked(self.source.url)} has "
-                f"been unreachable for {waited:.0f} s (stream {self.stream!r}, last entry "
-                f"read {self.last}): {type(exc).__name__}: "
-                f"{_no_secret(str(exc), self.source.url)}"
-            )
-            raise BrokerUnreachable(msg) from None
-        self.wait_until = now + min(2.0, 0.05 * 2 ** min(int(waited * 4), 6))
-
-    def next_awake(self) -> datetime | None:
-        if self.wait_until <= time.monotonic():
-            return None
-        return datetime.fromtimestamp(
-            time.time() + (self.wait_until - time.monotonic()), timezone.utc
-        )
-
-    def position(self) -> Any:
-        return (self.last, self.stop, self.offset)
 
     def close(self) -> None:
         self.client.close()
@@ -286,7 +232,7 @@ class _StreamWriter(Writer):
                 if time.monotonic() + delay > deadline:
                     error = BrokerUnreachable(
                         f"stream {sink.stream!r} at {masked(sink.url)}: "
-                        f"{type(exc).__name__}: {_no_secret(str(exc), sink.url)}"
+                        f"{type(exc).__name__}: {without_secret(str(exc), sink.url)}"
                     )
                     return [(item, error) for item in items]
                 time.sleep(delay)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from operators import Event, agg, windows
 from operators._windowing import WindowLogic
 from pipelines import Pipeline, sinks, sources
+from tests.reference import partition_marks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BASE = T0.timestamp()
@@ -44,20 +44,9 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def on_time(events: list[tuple[str, float]], parts: int, delay: float) -> list[tuple[str, float]]:
-    """The events each partition's watermark just before them does not make late."""
-    kept = []
-    size, extra = divmod(len(events), parts)
-    start = 0
-    for p in range(parts):
-        part = events[start : start + size + (1 if p < extra else 0)]
-        start += len(part)
-        newest = -math.inf
-        for page, ts in part:
-            # 10 s windows: late only when the watermark has passed the window's end.
-            if (ts // 10 + 1) * 10 > newest - delay:
-                kept.append((page, ts))
-            newest = max(newest, ts)
-    return kept
+    """The events the watermark just before them does not make late for their 10 s window."""
+    marks = partition_marks([ts for _, ts in events], parts, delay)
+    return [e for e, (wm, _, _) in zip(events, marks, strict=True) if (e[1] // 10 + 1) * 10 > wm]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

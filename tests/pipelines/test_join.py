@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ from operators import COUNTER_FIELDS, Counters, Event, Joined, windows
 from operators._joining import JoinLogic, JoinSpec
 from operators._keying import Marked
 from pipelines import Pipeline, render, sinks, sources, testing
+from tests.helpers import kill_at_random
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -340,22 +339,7 @@ def test_a_join_killed_at_random_and_resumed_writes_each_pair_exactly_once(
         sys.executable, "-m", "pipelines", "run", f"{app}:pipeline",
         "--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1", "--quiet",
     ]  # fmt: skip
-    rng = random.Random(3)
-    kills = 0
-    for attempt in range(12):
-        proc = subprocess.Popen(
-            [*command, "-w", str(1 + attempt % 2)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.8, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
-        if kills >= 4:
-            break
+    kills = kill_at_random(command, env, kills=4, seed=3)
     assert kills >= 4
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

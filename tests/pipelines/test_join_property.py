@@ -7,7 +7,6 @@ event), then the join is computed directly from the on-time events.
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 from operators import Event, windows
 from pipelines import Pipeline, sinks, sources
+from tests.reference import partition_marks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BASE = (T0 - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds()
@@ -37,18 +37,12 @@ Key = tuple[str, str | None, str | None, float | None, float | None]
 
 
 def judge(events: list[tuple[str, float, str]], parts: int, delay: float) -> list[Judged]:
-    """Split ``events`` into contiguous partitions and judge each in its own order."""
-    out: list[Judged] = []
-    size, extra = divmod(len(events), parts)
-    start = 0
-    for p in range(parts):
-        part = events[start : start + size + (1 if p < extra else 0)]
-        start += len(part)
-        newest = -math.inf
-        for pos, (k, ts, i) in enumerate(part):
-            out.append((k, ts, i, newest - delay, f"part{p}", pos))
-            newest = max(newest, ts)
-    return out
+    """Each event with the watermark just before it, its partition and position."""
+    marks = partition_marks([ts for _, ts, _ in events], parts, delay)
+    return [
+        (k, ts, i, wm, f"part{p}", pos)
+        for (k, ts, i), (wm, p, pos) in zip(events, marks, strict=True)
+    ]
 
 
 def ref_windowed(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 from operators import Event
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
+from tests.helpers import kill_at_random
 
 
 class Click(Event):
@@ -205,22 +205,7 @@ def test_killed_and_resumed_reads_every_message_exactly_once(
     fill(server, "more", 3000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
-    rng = random.Random(3)
-    kills = 0
-    for attempt in range(12):
-        proc = subprocess.Popen(
-            command(app, *resume, "-w", str(1 + attempt % 2)),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(1.0, 1.8))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
-        if kills >= 3:
-            break
+    kills = kill_at_random(command(app, *resume), env, kills=3, seed=3, after=(1.0, 1.8))
     assert kills >= 3
     done = subprocess.run(
         command(app, *resume), env=env, capture_output=True, text=True, timeout=300

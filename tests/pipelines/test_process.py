@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from hypothesis import strategies as st
 
 from operators import Context, Event, Timer, agg, windows
 from pipelines import Pipeline, sinks, sources
+from tests.helpers import kill_at_random
+from tests.reference import partition_marks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BASE = T0.timestamp()
@@ -105,17 +106,8 @@ def reference(
 
 def judge(events: list[tuple[str, float, int]], parts: int, delay: float) -> list[bool]:
     """Whether each event is late: behind its own partition's watermark just before it."""
-    late: list[bool] = []
-    size, extra = divmod(len(events), parts)
-    start = 0
-    for p in range(parts):
-        part = events[start : start + size + (1 if p < extra else 0)]
-        start += len(part)
-        newest = -math.inf
-        for _, ts, _ in part:
-            late.append(ts < newest - delay)
-            newest = max(newest, ts)
-    return late
+    marks = partition_marks([ts for _, ts, _ in events], parts, delay)
+    return [ts < wm for (_, ts, _), (wm, _, _) in zip(events, marks, strict=True)]
 
 
 @st.composite
@@ -288,22 +280,7 @@ def test_process_state_and_timers_survive_kills_exactly(tmp_path: Path) -> None:
         sys.executable, "-m", "pipelines", "run", f"{app}:pipeline",
         "--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1", "--quiet",
     ]  # fmt: skip
-    rng = random.Random(5)
-    kills = 0
-    for attempt in range(12):
-        proc = subprocess.Popen(
-            [*command, "-w", str(1 + attempt % 2)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.8, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
-        if kills >= 4:
-            break
+    kills = kill_at_random(command, env, kills=4, seed=5)
     assert kills >= 4
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

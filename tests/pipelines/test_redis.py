@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import redis
 from operators import Event
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
+from tests.helpers import kill_at_random
 
 
 class Click(Event):
@@ -253,22 +253,7 @@ def test_killed_and_resumed_reads_every_entry_exactly_once(server: Server, tmp_p
     fill(client, "clicks:1", 3000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
-    rng = random.Random(9)
-    kills = 0
-    for attempt in range(12):
-        proc = subprocess.Popen(
-            command(app, *resume, "-w", str(1 + attempt % 2)),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.8, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
-        if kills >= 3:
-            break
+    kills = kill_at_random(command(app, *resume), env, kills=3, seed=9, after=(0.8, 1.5))
     assert kills >= 3
     done = subprocess.run(
         command(app, *resume), env=env, capture_output=True, text=True, timeout=300

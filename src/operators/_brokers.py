@@ -1,0 +1,104 @@
+"""What the broker connectors share: masked URLs, the unreachable error, a polling reader."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from operators._sources import Reader
+
+__all__ = ["BrokerUnreachable", "PollingReader", "masked", "without_secret"]
+
+_SECRET = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
+
+
+def masked(url: str) -> str:
+    """Hide the password of a connection URL.
+
+    >>> masked("redis://:s3cret@localhost:6379/0"), masked("nats://user:pw@h:1")
+    ('redis://:****@localhost:6379/0', 'nats://user:****@h:1')
+    """
+    return _SECRET.sub(lambda m: f"{m.group(1)}:****@", url)
+
+
+def without_secret(text: str, url: str) -> str:
+    """Hide ``url``'s password wherever ``text`` (an error message) repeats it."""
+    found = _SECRET.search(url)
+    if found and found.group(2):
+        text = text.replace(found.group(2), "****")
+    return text
+
+
+class BrokerUnreachable(ConnectionError):
+    """A broker could not be reached (at the start, or for longer than allowed)."""
+
+
+class PollingReader(Reader):
+    """A partition of a broker's stream, read a batch at a time without blocking its worker.
+
+    Its position is ``(last, stop, offset)``: the last entry read, where a
+    bounded read stops (None: live), and how many records were handed on.
+    When nothing is there it waits ``poll`` seconds before asking again; a
+    lost connection is retried with growing waits (up to 2 s) and, after
+    ``retry_for`` seconds of failures, is a `BrokerUnreachable` error.
+    """
+
+    read_ahead = False  # what is read goes on at once: the next batch may wait
+
+    def __init__(
+        self, url: str, step: str, stream: str, poll: float, retry_for: float, broker: str
+    ) -> None:
+        """Read ``stream`` for read step ``step``."""
+        self.url = url
+        self.step = step
+        self.stream = stream
+        self.poll = poll
+        self.retry_for = retry_for
+        self.broker = broker
+        self.offset = 0
+        self.last: Any = None
+        self.stop: Any = None
+        self.wait_until = 0.0
+        self.failing_since: float | None = None
+
+    def waiting(self) -> bool:
+        """Whether the reader is still waiting before its next read."""
+        return time.monotonic() < self.wait_until
+
+    def read_well(self) -> None:
+        """Say that a read worked (the connection is back, if it was lost)."""
+        self.failing_since = None
+
+    def nothing(self) -> None:
+        """Say that nothing was there: ask again after ``poll`` seconds."""
+        self.failing_since = None
+        self.wait_until = time.monotonic() + self.poll
+
+    def lost(self, exc: BaseException) -> None:
+        """Retry a lost connection with backoff; give up after ``retry_for`` seconds."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        waited = now - self.failing_since
+        if waited > self.retry_for:
+            msg = (
+                f"read step {self.step!r}: the {self.broker} server at {masked(self.url)} has "
+                f"failed for {waited:.0f} s (stream {self.stream!r}, last read {self.last}): "
+                f"{type(exc).__name__}: {without_secret(str(exc), self.url)}"
+            )
+            raise BrokerUnreachable(msg) from None
+        self.wait_until = now + min(2.0, 0.05 * 2 ** min(int(waited * 4), 6))
+
+    def next_awake(self) -> datetime | None:
+        """When to ask again after a wait (None: at once)."""
+        if self.wait_until <= time.monotonic():
+            return None
+        return datetime.fromtimestamp(
+            time.time() + (self.wait_until - time.monotonic()), timezone.utc
+        )
+
+    def position(self) -> Any:
+        """Return the last entry read, where a bounded read stops, how many were handed on."""
+        return (self.last, self.stop, self.offset)
