@@ -7,9 +7,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from operators._sources import Reader
+from operators._event import Schema
+from operators._sources import Reader, Source, slug
 
-__all__ = ["BrokerUnreachable", "PollingReader", "masked", "without_secret"]
+__all__ = ["BrokerSource", "BrokerUnreachable", "PollingReader", "masked", "without_secret"]
 
 _SECRET = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
 
@@ -102,3 +103,55 @@ class PollingReader(Reader):
     def position(self) -> Any:
         """Return the last entry read, where a bounded read stops, how many were handed on."""
         return (self.last, self.stop, self.offset)
+
+
+class BrokerSource(Source[Any]):
+    """The settings every broker source shares: a partition per stream, bounded or live."""
+
+    #: The broker's name in step names and messages ("redis", "nats").
+    kind = "broker"
+
+    def __init__(
+        self,
+        url: str,
+        streams: str | list[str],
+        *,
+        until: str | None,
+        schema: Schema | None,
+        batch_size: int,
+        poll: float,
+        connect_timeout: float,
+        retry_for: float,
+        name: str | None,
+    ) -> None:
+        """Check and keep the settings."""
+        names = [streams] if isinstance(streams, str) else list(streams)
+        if not names or not all(isinstance(s, str) and s for s in names):
+            msg = f"sources.{self.kind}: streams must be stream names; got {streams!r}."
+            raise ValueError(msg)
+        if len(set(names)) != len(names):
+            msg = f"sources.{self.kind}: a stream is named twice in {names!r}."
+            raise ValueError(msg)
+        if until not in ("end", None):
+            msg = (
+                f"sources.{self.kind}: until must be 'end' (bounded) or None (live); got {until!r}."
+            )
+            raise ValueError(msg)
+        self.url = url
+        self.streams = names
+        self.until = until
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll = poll
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the read step after the streams (never the URL)."""
+        return self.name or f"{self.kind}_" + slug("_".join(self.streams))[:40]
+
+    def partitions(self) -> list[str]:
+        """One partition per stream."""
+        return list(self.streams)

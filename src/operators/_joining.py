@@ -143,10 +143,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         check_layout(spec.step, resume)
         self.spec = spec
         state = resume or {}
-        self.wm = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
-        self.idle = dict.fromkeys(self.wm)
-        self.closed = state.get("closed", _NEVER)
-        self.idle_timeout = spec.idle
+        self.start_watermarks(state, spec.partitions, spec.idle)
         #: window: ``(key, start) -> [end, lefts, rights]`` (sessions: ``key ->
         #: [[start, end, lefts, rights], ...]``); interval: ``key -> [lefts,
         #: rights]`` of ``[ts, record, matched]``; table: ``key -> rows``.

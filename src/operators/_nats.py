@@ -24,6 +24,7 @@ once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -32,11 +33,11 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from operators._brokers import BrokerUnreachable, PollingReader, masked
+from operators._brokers import BrokerSource, BrokerUnreachable, PollingReader, masked
 from operators._deadletter import payload_text
 from operators._event import Schema
 from operators._sinks import RunContext, Sink, Writer
-from operators._sources import DEFAULT_BATCH, Reader, Source, slug
+from operators._sources import DEFAULT_BATCH, Reader, slug
 from operators._stage import Chunk
 
 __all__ = ["JetStreamSink", "JetStreamSource"]
@@ -60,7 +61,13 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def _run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
-    return asyncio.run_coroutine_threadsafe(coro, _loop()).result(timeout)
+    """Run ``coro`` on the NATS loop; past ``timeout`` it is cancelled, not left running."""
+    future = asyncio.run_coroutine_threadsafe(coro, _loop())
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise
 
 
 def _nats() -> Any:
@@ -75,6 +82,9 @@ def _nats() -> Any:
 def _connect(url: str, timeout: float, what: str) -> Any:
     nats = _nats()
 
+    async def quiet(exc: Exception) -> None:
+        """Leave the client's errors to the reader's retries (they say what failed)."""
+
     async def connect() -> Any:
         return await nats.connect(
             url,
@@ -82,6 +92,7 @@ def _connect(url: str, timeout: float, what: str) -> Any:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
+            error_cb=quiet,
         )
 
     try:
@@ -182,8 +193,10 @@ class _StreamReader(PollingReader):
         _close(self.nc)
 
 
-class JetStreamSource(Source[Any]):
+class JetStreamSource(BrokerSource):
     """Messages of JetStream streams, a partition per stream."""
+
+    kind = "nats"
 
     def __init__(
         self,
@@ -200,38 +213,24 @@ class JetStreamSource(Source[Any]):
         name: str | None = None,
     ) -> None:
         """Read ``streams`` at ``url`` (see `pipelines.sources.nats`)."""
-        names = [streams] if isinstance(streams, str) else list(streams)
-        if not names or len(set(names)) != len(names):
-            msg = f"sources.nats: streams must be distinct stream names; got {streams!r}."
-            raise ValueError(msg)
-        if until not in ("end", None):
-            msg = f"sources.nats: until must be 'end' (bounded) or None (live); got {until!r}."
-            raise ValueError(msg)
+        super().__init__(
+            url,
+            streams,
+            until=until,
+            schema=schema,
+            batch_size=batch_size,
+            poll=poll,
+            connect_timeout=connect_timeout,
+            retry_for=retry_for,
+            name=name,
+        )
         if start != "end" and not (isinstance(start, int) and start >= 1):
             msg = (
                 f"sources.nats: start must be a stream sequence (1: the beginning) or "
                 f"'end'; got {start!r}."
             )
             raise ValueError(msg)
-        self.url = url
-        self.streams = names
         self.start = start
-        self.until = until
-        self.schema = schema
-        self.batch_size = batch_size
-        self.poll = poll
-        self.connect_timeout = connect_timeout
-        self.retry_for = retry_for
-        self.name = name
-
-    @property
-    def label(self) -> str:
-        """Name the read step after the streams (never the URL)."""
-        return self.name or "nats_" + slug("_".join(self.streams))[:40]
-
-    def partitions(self) -> list[str]:
-        """One partition per stream."""
-        return list(self.streams)
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Connect and read ``partition`` from its start, or its position."""

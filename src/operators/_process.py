@@ -173,10 +173,7 @@ class ProcessLogic(
         check_layout(spec.step, resume)
         self.spec = spec
         state = resume or {}
-        self.wm = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
-        self.idle = dict.fromkeys(self.wm)
-        self.closed = state.get("closed", _NEVER)
-        self.idle_timeout = spec.idle
+        self.start_watermarks(state, spec.partitions, spec.idle)
         self.states: dict[str, Any] = state.get("states", {})
         #: ``key -> {(kind, name): (at, seq)}``: the timers set.
         self.timers: dict[str, dict[tuple[str, str], tuple[float, int]]] = state.get("timers", {})

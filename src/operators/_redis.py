@@ -29,11 +29,17 @@ import re
 import time
 from typing import Any
 
-from operators._brokers import BrokerUnreachable, PollingReader, masked, without_secret
+from operators._brokers import (
+    BrokerSource,
+    BrokerUnreachable,
+    PollingReader,
+    masked,
+    without_secret,
+)
 from operators._deadletter import payload_text
 from operators._event import Schema
 from operators._sinks import RunContext, Sink, Writer
-from operators._sources import DEFAULT_BATCH, Reader, Source, slug
+from operators._sources import DEFAULT_BATCH, Reader, slug
 from operators._stage import Chunk
 
 __all__ = ["RedisStreamSink", "RedisStreamSource"]
@@ -147,8 +153,10 @@ class _StreamReader(PollingReader):
         self.client.close()
 
 
-class RedisStreamSource(Source[Any]):
+class RedisStreamSource(BrokerSource):
     """Entries of Redis streams, a partition per stream."""
+
+    kind = "redis"
 
     def __init__(
         self,
@@ -166,42 +174,25 @@ class RedisStreamSource(Source[Any]):
         name: str | None = None,
     ) -> None:
         """Read ``streams`` at ``url`` (see `pipelines.sources.redis`)."""
-        names = [streams] if isinstance(streams, str) else list(streams)
-        if not names or not all(isinstance(s, str) and s for s in names):
-            msg = f"sources.redis: streams must be stream names; got {streams!r}."
-            raise ValueError(msg)
-        if len(set(names)) != len(names):
-            msg = f"sources.redis: a stream is named twice in {names!r}."
-            raise ValueError(msg)
-        if until not in ("end", None):
-            msg = f"sources.redis: until must be 'end' (bounded) or None (live); got {until!r}."
-            raise ValueError(msg)
+        super().__init__(
+            url,
+            streams,
+            until=until,
+            schema=schema,
+            batch_size=batch_size,
+            poll=poll,
+            connect_timeout=connect_timeout,
+            retry_for=retry_for,
+            name=name,
+        )
         if start != "$" and not re.fullmatch(r"\d+(-\d+)?", start):
             msg = (
                 f"sources.redis: start must be '0' (the beginning), '$' (the end) or an "
                 f"entry id such as '1700000000000-0'; got {start!r}."
             )
             raise ValueError(msg)
-        self.url = url
-        self.streams = names
         self.start = start
-        self.until = until
-        self.schema = schema
         self.field = field
-        self.batch_size = batch_size
-        self.poll = poll
-        self.connect_timeout = connect_timeout
-        self.retry_for = retry_for
-        self.name = name
-
-    @property
-    def label(self) -> str:
-        """Name the read step after the streams (never the URL)."""
-        return self.name or "redis_" + slug("_".join(self.streams))[:40]
-
-    def partitions(self) -> list[str]:
-        """One partition per stream."""
-        return list(self.streams)
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Connect and read ``partition`` from the start, or from its position."""

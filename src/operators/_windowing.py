@@ -376,6 +376,17 @@ class Watermarks:
     #: The watermark last reported downstream (see `report`).
     reported: float = _NEVER
 
+    def start_watermarks(
+        self, state: dict[str, Any], partitions: list[str], idle_timeout: float
+    ) -> None:
+        """Start with every partition unread, or with a snapshot's watermarks."""
+        self.wm = state.get("wm") or dict.fromkeys(partitions, _NEVER)
+        #: Since when each partition's source has said it has nothing to read
+        #: (None: it is reading). A busy step never makes a partition idle.
+        self.idle = dict.fromkeys(self.wm)
+        self.closed = state.get("closed", _NEVER)
+        self.idle_timeout = idle_timeout
+
     def report(self, mark: float, lag: float, out: list[tuple[str, Any]]) -> None:
         """Tell the steps after this one how far it has got, when that moved.
 
@@ -443,12 +454,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         check_layout(spec.step, resume)
         self.spec = spec
         state = resume or {}
-        self.wm = state.get("wm") or dict.fromkeys(spec.partitions, _NEVER)
-        #: Since when each partition's source has said it has nothing to read
-        #: (None: it is reading). A busy step never makes a partition idle.
-        self.idle = dict.fromkeys(self.wm)
-        self.closed = state.get("closed", _NEVER)
-        self.idle_timeout = spec.idle
+        self.start_watermarks(state, spec.partitions, spec.idle)
         self.wins: dict[Any, Any] = state.get("wins", {})
         #: ``(when the window closes, key, start)``; a session closes one gap
         #: after its end (see `_session`).
