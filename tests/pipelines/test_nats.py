@@ -43,19 +43,22 @@ def server_binary() -> str:
 
 
 class Server:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, auth: tuple[str, str] | None = None) -> None:
         self.folder = folder
         self.port = free_ports(1)[0]
+        self.auth = auth
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        creds = f"{self.auth[0]}:{self.auth[1]}@" if self.auth else ""
+        return f"nats://{creds}127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        login = ["--user", self.auth[0], "--pass", self.auth[1]] if self.auth else []
         self.proc = subprocess.Popen(
             [server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.folder)],
+             "-sd", str(self.folder), *login],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -152,6 +155,20 @@ def test_a_missing_stream_or_server_is_an_error_that_says_so(server: Server) -> 
         ).write(sinks.memory("o")).run()
     assert time.monotonic() - started < 15
     assert "hunter2" not in str(caught.value) and "me:****@" in str(caught.value)
+
+
+def test_a_wrong_password_is_refused_with_the_url_masked(tmp_path: Path) -> None:
+    guarded = Server(tmp_path, auth=("evflow", "right"))
+    guarded.start()
+    try:
+        wrong = guarded.url.replace(":right@", ":wrong@")
+        with pytest.raises(Exception, match="cannot be reached") as caught:
+            Pipeline("pw").read(sources.nats(wrong, "s", connect_timeout=1)).write(
+                sinks.memory("o")
+            ).run()
+        assert ":wrong@" not in str(caught.value) and "evflow:****@" in str(caught.value)
+    finally:
+        guarded.kill()
 
 
 def test_publishing_again_stores_each_record_once(server: Server) -> None:
