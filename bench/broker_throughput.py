@@ -12,12 +12,17 @@ one stream (``sinks.redis``), a second pipeline reads them and writes its
 window results to another stream, timed from the first append to the last
 result.
 
-Run: ``python bench/broker_throughput.py [--events N] [--rounds R]``.
+With ``--nats``, the same read from a NATS JetStream stream (a nats-server
+started the same way): evflow (``sources.nats``) against a loop with the same
+client fetching 1000 messages at a time from a pull consumer.
+
+Run: ``python bench/broker_throughput.py [--events N] [--rounds R] [--nats]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -132,10 +137,103 @@ def end_to_end(url: str, lines: list[bytes]) -> tuple[float, int]:
     return time.perf_counter() - started, client.xlen("e2e:out")
 
 
+def start_nats(folder: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_ports(1)[0]
+    binary = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    proc = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", folder],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"nats://127.0.0.1:{port}"
+    for _ in range(500):
+        try:
+            asyncio.run(_nats_call(url, lambda js: js.account_info()))
+            return proc, url
+        except Exception:
+            time.sleep(0.02)
+    sys.exit("nats-server did not start")
+
+
+async def _nats_call(url: str, fn: Any) -> Any:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+    try:
+        return await fn(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def load_nats(url: str, lines: list[bytes]) -> None:
+    async def go(js: Any) -> None:
+        await js.add_stream(name="CLICKS", subjects=["clicks.>"])
+        for at in range(0, len(lines), 2000):
+            await asyncio.gather(*(js.publish("clicks.in", line) for line in lines[at : at + 2000]))
+
+    asyncio.run(_nats_call(url, go))
+
+
+def run_evflow_nats(url: str) -> list[Row]:
+    results = (
+        Pipeline("broker_windows_nats")
+        .read(sources.nats(url, "CLICKS", schema=SCHEMA))
+        .filter(Purchase)
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=SIZE))
+        .aggregate(n=agg.count(), total=agg.sum("amount"))
+    )
+    out = results.write(sinks.memory("out")).run()
+    return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
+
+
+def run_loop_nats(url: str, total: int) -> list[Row]:
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    parse = schema_adapter(SCHEMA).validate_json
+    acc: dict[tuple[str, float], list[Any]] = {}
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        name = f"loop{time.monotonic_ns()}"
+        config = ConsumerConfig(
+            durable_name=name, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.ALL
+        )
+        await js.add_consumer("CLICKS", config)
+        sub = await js.pull_subscribe_bind(durable=name, stream="CLICKS")
+        seen = 0
+        while seen < total:
+            msgs = await sub.fetch(1000, timeout=1)
+            seen += len(msgs)
+            for msg in msgs:
+                try:
+                    e = parse(msg.data)
+                except ValueError:
+                    continue
+                if not isinstance(e, Purchase):
+                    continue
+                ts = e.time.timestamp()
+                key = (e.user, ts - ts % SIZE)
+                slot = acc.get(key)
+                if slot is None:
+                    acc[key] = [1, e.amount]
+                else:
+                    slot[0] += 1
+                    slot[1] += e.amount
+            await msgs[-1].ack()
+        await nc.close()
+
+    asyncio.run(go())
+    return sorted((u, s, a[0], round(a[1], 6)) for (u, s), a in acc.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nats", action="store_true", help="also read from NATS JetStream")
     args = parser.parse_args()
     lines = make_lines(args.events)
     with tempfile.TemporaryDirectory() as folder:
@@ -160,6 +258,27 @@ def main() -> None:
             print(
                 f"end to end (produce into a stream, window into another): {seconds:.2f}s, "
                 f"{args.events / seconds:,.0f} events/s, {made} results"
+            )
+        finally:
+            proc.kill()
+            proc.wait()
+        if not args.nats:
+            return
+        proc, url = start_nats(folder)
+        try:
+            load_nats(url, lines)
+            medians, rows = interleaved(
+                {
+                    "evflow": lambda: run_evflow_nats(url),
+                    "hand-written loop": lambda: run_loop_nats(url, len(lines)),
+                },
+                args.rounds,
+            )
+            print(f"\n{args.events} events in a JetStream stream, {len(rows)} windows, medians:")
+            report(medians, args.events)
+            print(
+                f"evflow speed vs the hand-written loop (NATS): "
+                f"{medians['hand-written loop'] / medians['evflow']:.2f}x  (target >= 0.7x)"
             )
         finally:
             proc.kill()

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("windowed_join.py", 20000, "evflow speed vs bytewax join_window:", ()),
         ("nexmark/run.py", 20000, "q8 ", ()),
         ("join_state.py", 0, "after the watermark passed the ttl: 0 states", ()),
-        ("broker_throughput.py", 3000, "end to end (produce into a stream", ()),
+        ("broker_throughput.py", 3000, "evflow speed vs the hand-written loop (NATS)", ("--nats",)),
     ],
 )
 def test_benchmark_runs_and_variants_agree(
