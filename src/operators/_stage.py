@@ -60,8 +60,10 @@ COUNTER_FIELDS = (
     "late",
     "expired",
     "early",
+    "copies",
 )
 _IN, _OUT, _FILTERED, _UNROUTED, _DEAD, _SKIPPED, _CREATED = range(7)
+_COPIES = COUNTER_FIELDS.index("copies")
 
 
 @dataclass
@@ -324,10 +326,8 @@ def _fan_out(
         hand(nexts[0], items)
         return
     # Every further consumer of the same list gets a copy of each record:
-    # the step handed on more records than it made.
-    extra = len(items) * (len(nexts) - 1)
-    row[_CREATED] += extra
-    row[_OUT] += extra
+    # counted apart, so that "out" stays what the step handed on.
+    row[_COPIES] += len(items) * (len(nexts) - 1)
     for node in nexts:
         hand(node, list(items))
 

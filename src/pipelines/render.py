@@ -327,12 +327,20 @@ _BOX_W, _BOX_H, _GAP_X, _GAP_Y, _LINE = 250, 58, 60, 22, 14
 _STROKE = {"data": "#444", "late": "#d2691e", "dead": "#c00"}
 
 
-def _clip(text: str, width: int = 40) -> str:
+def _clip(text: str, width: int = 300) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def _box_width(draw: Drawing) -> int:
+    """Wide enough for the longest line of any box (about 7 px a character at 11 px)."""
+    lines = [line for box in draw.boxes for line in box.lines] + [draw.dead_label]
+    longest = max((len(_clip(line)) for line in lines), default=0)
+    return max(_BOX_W, 24 + 7 * longest)
 
 
 def _builtin_svg(draw: Drawing) -> str:
     """Lay steps out in columns by depth from the sources, dead letters in a row below."""
+    box_w = _box_width(draw)  # sized to the longest label: no box clips its text
     depth: dict[str, int] = {}
     for box in draw.boxes:
         ins = [depth[e.source] for e in draw.edges if e.target == box.id and e.source in depth]
@@ -343,10 +351,10 @@ def _builtin_svg(draw: Drawing) -> str:
     pos: dict[str, tuple[float, float]] = {}
     for d, members in columns.items():
         for row, box_id in enumerate(members):
-            pos[box_id] = (20 + d * (_BOX_W + _GAP_X), 20 + row * (_BOX_H + _GAP_Y))
-    width = max(x for x, _ in pos.values()) + _BOX_W + 20
+            pos[box_id] = (20 + d * (box_w + _GAP_X), 20 + row * (_BOX_H + _GAP_Y))
+    width = max(x for x, _ in pos.values()) + box_w + 20
     bottom = max(y for _, y in pos.values()) + _BOX_H + 3 * _GAP_Y
-    pos["dead"] = ((width - _BOX_W) / 2, bottom)
+    pos["dead"] = ((width - box_w) / 2, bottom)
     height = bottom + _BOX_H + 20 if draw.show_dead else bottom - 2 * _GAP_Y
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
@@ -365,10 +373,10 @@ def _builtin_svg(draw: Drawing) -> str:
     for edge in draw.edges:
         (x1, y1), (x2, y2) = pos[edge.source], pos[edge.target]
         if edge.target == "dead":  # down from the step's bottom to the dead-letter box
-            ax, ay, bx, by = x1 + _BOX_W / 2, y1 + _BOX_H, x2 + _BOX_W / 2, y2
+            ax, ay, bx, by = x1 + box_w / 2, y1 + _BOX_H, x2 + box_w / 2, y2
             curve = f"C {ax:.0f} {ay + 40:.0f} {bx:.0f} {by - 40:.0f}"
         else:
-            ax, ay, bx, by = x1 + _BOX_W, y1 + _BOX_H / 2, x2, y2 + _BOX_H / 2
+            ax, ay, bx, by = x1 + box_w, y1 + _BOX_H / 2, x2, y2 + _BOX_H / 2
             curve = f"C {ax + 35:.0f} {ay:.0f} {bx - 35:.0f} {by:.0f}"
         dash = ' stroke-dasharray="5,4"' if edge.style != "data" else ""
         color = _STROKE[edge.style]
@@ -390,7 +398,7 @@ def _builtin_svg(draw: Drawing) -> str:
     for box in draw.boxes:
         x, y = pos[box.id]
         out.append(
-            f'<g class="step" id="{box.id}"><rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" '
+            f'<g class="step" id="{box.id}"><rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" '
             f'height="{_BOX_H}" rx="8" fill="#f7f7fb" stroke="#556"/>'
         )
         for i, line in enumerate(box.lines):
@@ -404,7 +412,7 @@ def _builtin_svg(draw: Drawing) -> str:
     out.append(
         ""
         if not draw.show_dead
-        else f'<g class="dead" id="dead"><rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" '
+        else f'<g class="dead" id="dead"><rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" '
         f'height="{_BOX_H}" rx="20" fill="#fff5f5" stroke="#c00" stroke-dasharray="5,4"/>'
         f'<text x="{x + 10:.0f}" y="{y + 22:.0f}" fill="#c00" font-weight="bold">dead letters'
         f'</text><text x="{x + 10:.0f}" y="{y + 38:.0f}" fill="#c00">'

@@ -133,7 +133,8 @@ def test_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["pipeline"] == "orders" and data["reconciles"] is True
     assert data["read"] == 50_000 and data["steps"]["dispatch"]["kind"] == "dispatch"
-    assert data["dead"] == data["read"] + data["created"] - data["written"] - data["handled"]
+    made = data["read"] + data["created"] + data["copies"]
+    assert data["dead"] == made - data["written"] - data["handled"]
 
 
 def test_quiet_and_live(capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,4 +19,8 @@ def test_one_stream_written_twice_counts_the_copy() -> None:
     s = Pipeline("t").read(sources.memory([1, 2]))
     result = (s.write(sinks.memory("a")) | s.write(sinks.memory("b"))).run()
     assert sorted(result["a"]) == sorted(result["b"]) == [1, 2]
-    assert result.created == 2 and result.written == 4 and result.reconciles
+    # The read step handed on 2 records, each to two readers: "out" says 2, the
+    # second reader's copies are counted apart (not as doubled out and created).
+    step = result.counts["read_memory"]
+    assert (step.out, step.created, step.copies) == (2, 0, 2)
+    assert result.copies == 2 and result.written == 4 and result.reconciles

@@ -320,3 +320,25 @@ def test_tables_show_only_the_counters_that_have_something_in_them() -> None:
         assert "in" in line and "out" in line and "filtered" in line, line
         for empty in ("late", "open", "handled", "aggregated", "unrouted"):
             assert empty not in line, (empty, line)
+
+
+def test_builtin_boxes_are_as_wide_as_their_longest_label() -> None:
+    import re
+
+    from pipelines import Pipeline, render, sinks, sources
+
+    def a_function_with_a_rather_long_descriptive_name_for_its_work(x: int) -> int:
+        return x
+
+    p = (
+        Pipeline("wide")
+        .read(sources.memory([1]))
+        .map(a_function_with_a_rather_long_descriptive_name_for_its_work)
+        .write(sinks.memory("o"))
+    )
+    svg = render.to_svg(p, engine="builtin")
+    assert "a_function_with_a_rather_long_descriptive_name_for_its_work" in svg
+    assert "\u2026" not in svg  # nothing cut short
+    widths = {int(w) for w in re.findall(r'<rect x="\d+" y="\d+" width="(\d+)"', svg)}
+    longest = max(len(line) for box in render.drawing(p).boxes for line in box.lines)
+    assert min(widths) >= 7 * longest

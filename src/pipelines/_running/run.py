@@ -321,6 +321,7 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
             late=row["late"],
             expired=row["expired"],
             early=row["early"],
+            copies=row["copies"],
         )
         for step, row in totals.items()
     }

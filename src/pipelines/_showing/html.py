@@ -45,6 +45,7 @@ COUNT_COLUMNS = (
     ("open", "open"),
     ("expired", "expired"),
     ("early", "early"),
+    ("copies", "copies"),
 )
 
 #: Rows shown per table before "... and N more".
@@ -144,7 +145,8 @@ def counts_html(result: RunResult) -> str:
     ]
     verdict = "reconciles" if result.reconciles else "does NOT reconcile"
     caption = (
-        f"read {result.read} + created {result.created} = written {result.written} + "
+        f"read {result.read} + created {result.created}{result.copies_term} = written "
+        f"{result.written} + "
         f"filtered {result.filtered} + unrouted {result.unrouted} + dead {result.dead} + "
         f"skipped {result.skipped} + aggregated {result.aggregated} + handled "
         f"{result.handled}: {verdict}{result.notes}"

@@ -42,6 +42,9 @@ class StepCounts:
     expired: int = 0
     #: Early results of windows still open (``aggregate(emit="early")``), among ``out``.
     early: int = 0
+    #: Copies handed to the further steps that read this one (a step read by two
+    #: others hands each record on twice): not in ``out``, which counts each once.
+    copies: int = 0
 
     @property
     def balanced(self) -> bool:
@@ -61,8 +64,8 @@ class RunResult:
     """The outcome of a run: memory-sink outputs, dead letters, counts.
 
     Counts reconcile for a bounded input:
-    ``read + created == written + filtered + unrouted + dead + skipped + aggregated +
-    handled``.
+    ``read + created + copies == written + filtered + unrouted + dead + skipped +
+    aggregated + handled`` (``copies``: records a step handed to more than one reader).
     """
 
     def __init__(
@@ -164,6 +167,16 @@ class RunResult:
         return self._sum("expired")
 
     @property
+    def copies(self) -> int:
+        """Records handed to more than one next step, counted once per further step."""
+        return self._sum("copies")
+
+    @property
+    def copies_term(self) -> str:
+        """The copies in the reconciliation line ("" when no step was read twice)."""
+        return f" + copies {self.copies}" if self.copies else ""
+
+    @property
     def early(self) -> int:
         """Early results emitted by windows still open (counted in created and written too)."""
         return self._sum("early")
@@ -192,7 +205,8 @@ class RunResult:
             + self.aggregated
             + self.handled
         )
-        return self.read + self.created == total and all(c.balanced for c in self.counts.values())
+        made = self.read + self.created + self.copies
+        return made == total and all(c.balanced for c in self.counts.values())
 
     @property
     def dead_ratio(self) -> float:
@@ -254,6 +268,7 @@ class RunResult:
             "dead": self.dead,
             "skipped": self.skipped,
             "created": self.created,
+            "copies": self.copies,
             "aggregated": self.aggregated,
             "handled": self.handled,
             "open": self.open_windows,

@@ -112,7 +112,8 @@ def summary_table(result: RunResult) -> Table:
         + (f" x {result.processes} processes" if result.processes > 1 else "")
         + f", {result.seconds:.2f}s",
         caption=(
-            f"read {result.read} + created {result.created} = written {result.written} "
+            f"read {result.read} + created {result.created}{result.copies_term} = written "
+            f"{result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
             f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated} + "
             f"handled {result.handled}: {ok}{result.notes}"
