@@ -372,20 +372,39 @@ def _builtin_svg(draw: Drawing) -> str:
     out.append("</defs>")
     for edge in draw.edges:
         (x1, y1), (x2, y2) = pos[edge.source], pos[edge.target]
-        if edge.target == "dead":  # down from the step's bottom to the dead-letter box
-            ax, ay, bx, by = x1 + box_w / 2, y1 + _BOX_H, x2 + box_w / 2, y2
-            curve = f"C {ax:.0f} {ay + 40:.0f} {bx:.0f} {by - 40:.0f}"
+        if edge.target == "dead":
+            # Right into the margin or gap beside the step's column, down below every
+            # box, across, and down into the dead-letter box: through no other box.
+            ax, ay, bx, by = x1 + box_w, y1 + _BOX_H - 12, x2 + box_w / 2, y2
+            gx, lane = ax + 10, bottom - _GAP_Y
+            route = f"L {gx:.0f} {ay:.0f} L {gx:.0f} {lane:.0f} L {bx:.0f} {lane:.0f}"
+            mx, my = gx, lane
+        elif depth[edge.target] - depth[edge.source] > 1:
+            # Over several columns: along a lane below the boxes of the columns between.
+            ax, ay, bx, by = x1 + box_w, y1 + _BOX_H / 2, x2, y2 + _BOX_H / 2
+            between = [
+                pos[b][1] + _BOX_H
+                for b, d in depth.items()
+                if depth[edge.source] < d < depth[edge.target]
+            ]
+            lane = max(between) + _GAP_Y / 2
+            g1, g2 = ax + _GAP_X / 2, bx - _GAP_X / 2
+            route = (
+                f"L {g1:.0f} {ay:.0f} L {g1:.0f} {lane:.0f} L {g2:.0f} {lane:.0f} "
+                f"L {g2:.0f} {by:.0f}"
+            )
+            mx, my = (g1 + g2) / 2, lane - 4
         else:
             ax, ay, bx, by = x1 + box_w, y1 + _BOX_H / 2, x2, y2 + _BOX_H / 2
-            curve = f"C {ax + 35:.0f} {ay:.0f} {bx - 35:.0f} {by:.0f}"
+            route = f"C {ax + 35:.0f} {ay:.0f} {bx - 35:.0f} {by:.0f}"
+            mx, my = (ax + bx) / 2, (ay + by) / 2 - 4
         dash = ' stroke-dasharray="5,4"' if edge.style != "data" else ""
         color = _STROKE[edge.style]
         out.append(
-            f'<path class="edge {edge.style}" d="M {ax:.0f} {ay:.0f} {curve} {bx:.0f} {by:.0f}" '
+            f'<path class="edge {edge.style}" d="M {ax:.0f} {ay:.0f} {route} {bx:.0f} {by:.0f}" '
             f'fill="none" stroke="{color}"{dash} marker-end="url(#arrow-{edge.style})"/>'
         )
         if edge.label and edge.style != "dead":
-            mx, my = (ax + bx) / 2, (ay + by) / 2 - 4
             out.append(
                 f'<text x="{mx:.0f}" y="{my:.0f}" text-anchor="middle" fill="{color}" '
                 f'font-size="9">{html.escape(edge.label)}</text>'

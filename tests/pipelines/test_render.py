@@ -342,3 +342,63 @@ def test_builtin_boxes_are_as_wide_as_their_longest_label() -> None:
     widths = {int(w) for w in re.findall(r'<rect x="\d+" y="\d+" width="(\d+)"', svg)}
     longest = max(len(line) for box in render.drawing(p).boxes for line in box.lines)
     assert min(widths) >= 7 * longest
+
+
+def _points(d: str) -> list[tuple[float, float]]:
+    """Points along an SVG path of M, L and C commands (curves sampled)."""
+    import re
+
+    tokens = re.findall(r"[MLC]|-?\d+(?:\.\d+)?", d)
+    points: list[tuple[float, float]] = []
+    command = "M"
+    i = 0
+    while i < len(tokens):
+        if tokens[i] in "MLC":
+            command = tokens[i]
+            i += 1
+            continue
+        if command == "C":
+            c = [float(t) for t in tokens[i : i + 6]]
+            p0 = points[-1]
+            for k in range(1, 41):
+                t = k / 40
+                u = 1 - t
+                x = u**3 * p0[0] + 3 * u * u * t * c[0] + 3 * u * t * t * c[2] + t**3 * c[4]
+                y = u**3 * p0[1] + 3 * u * u * t * c[1] + 3 * u * t * t * c[3] + t**3 * c[5]
+                points.append((x, y))
+            i += 6
+        else:
+            x, y = float(tokens[i]), float(tokens[i + 1])
+            if points and command == "L":
+                x0, y0 = points[-1]
+                points += [(x0 + (x - x0) * k / 40, y0 + (y - y0) * k / 40) for k in range(1, 40)]
+            points.append((x, y))
+            i += 2
+    return points
+
+
+def test_builtin_edges_go_through_no_other_step() -> None:
+    import re
+
+    from pipelines import render as pictures
+    from pipelines.catalog import clickstream, enrichment
+
+    rect = r'<g class="step" id="(\w+)"><rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"'
+    for pipeline in (enrichment.build(count=10), clickstream.build(count=10)):
+        svg = pictures.to_svg(pipeline, engine="builtin")
+        boxes = {
+            m.group(1): tuple(float(v) for v in m.group(2, 3, 4, 5)) for m in re.finditer(rect, svg)
+        }
+        ids = {b.name: b.id for b in pictures.drawing(pipeline).boxes}
+        drawn = re.findall(r'<path class="edge \w+" d="([^"]+)"', svg)
+        edges = pictures.drawing(pipeline).edges
+        assert len(drawn) == len(edges)
+        for edge, d in zip(edges, drawn, strict=True):
+            ends = {edge.source, edge.target}
+            for box_id, (x, y, w, h) in boxes.items():
+                if box_id in ends:
+                    continue
+                inside = [
+                    p for p in _points(d) if x + 1 < p[0] < x + w - 1 and y + 1 < p[1] < y + h - 1
+                ]
+                assert not inside, (pipeline.name, edge, box_id, inside[:2], ids)
