@@ -301,14 +301,14 @@ def test_stateful_handler_states_expire_after_their_ttl() -> None:
 
     def make(rng: random.Random, i: int) -> Tick:
         if i == 2:
-            time.sleep(0.6)  # the key's state lives out its ttl meanwhile
+            time.sleep(1.5)  # the key's state lives out its ttl meanwhile
         return Tick(k="a", v=i, time=T0)
 
     stream = (
         Pipeline("ttl")
         .read(sources.generate(make, count=4, batch_size=1, rate=20))
         .key_by(lambda e: e.k)
-        .dispatch({Tick: stateful(remember, initial=int, ttl=0.2)})
+        .dispatch({Tick: stateful(remember, initial=int, ttl=0.5)})
     )
     result = stream.write(sinks.memory("out")).run()
     assert seen == [0, 1, 0, 1]  # the key starts afresh after the pause
