@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 from harness import interleaved, report
-from windowed_clickstream import SCHEMA, SIZE, Purchase, Row, make_lines
+from windowed_clickstream import SCHEMA, SIZE, Purchase, Row, fold_purchases, loop_rows, make_lines
 
 from operators import agg, schema_adapter, windows
 from pipelines import Pipeline, sinks, sources
@@ -100,23 +100,9 @@ def run_loop(url: str, stream: str) -> list[Row]:
         if not found:
             break
         entries = found[0][1]
-        for _, fields in entries:
-            try:
-                e = parse(fields[b"data"])
-            except ValueError:
-                continue
-            if not isinstance(e, Purchase):
-                continue
-            ts = e.time.timestamp()
-            key = (e.user, ts - ts % SIZE)
-            slot = acc.get(key)
-            if slot is None:
-                acc[key] = [1, e.amount]
-            else:
-                slot[0] += 1
-                slot[1] += e.amount
+        fold_purchases(acc, parse, [fields[b"data"] for _, fields in entries])
         last = entries[-1][0]
-    return sorted((u, s, a[0], round(a[1], 6)) for (u, s), a in acc.items())
+    return loop_rows(acc)
 
 
 def end_to_end(url: str, lines: list[bytes]) -> tuple[float, int]:
@@ -207,26 +193,12 @@ def run_loop_nats(url: str, total: int) -> list[Row]:
         while seen < total:
             msgs = await sub.fetch(1000, timeout=1)
             seen += len(msgs)
-            for msg in msgs:
-                try:
-                    e = parse(msg.data)
-                except ValueError:
-                    continue
-                if not isinstance(e, Purchase):
-                    continue
-                ts = e.time.timestamp()
-                key = (e.user, ts - ts % SIZE)
-                slot = acc.get(key)
-                if slot is None:
-                    acc[key] = [1, e.amount]
-                else:
-                    slot[0] += 1
-                    slot[1] += e.amount
+            fold_purchases(acc, parse, [msg.data for msg in msgs])
             await msgs[-1].ack()
         await nc.close()
 
     asyncio.run(go())
-    return sorted((u, s, a[0], round(a[1], 6)) for (u, s), a in acc.items())
+    return loop_rows(acc)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import random
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -212,9 +213,14 @@ def run_fused(lines: list[bytes]) -> list[Row]:
     return sorted((k, s, acc[0], round(acc[1], 6)) for k, (s, acc) in got)
 
 
-def run_loop(lines: list[bytes]) -> list[Row]:
-    parse = schema_adapter(SCHEMA).validate_json
-    acc: dict[tuple[str, float], list[Any]] = {}
+def fold_purchases(
+    acc: dict[tuple[str, float], list[Any]], parse: Any, lines: Iterable[bytes]
+) -> None:
+    """The bare loop's body: parse each line, keep purchases, add them to ``acc``'s windows.
+
+    Called once per batch of lines (once in all here; once per broker read in
+    bench/broker_throughput.py), so the loop itself stays a plain loop.
+    """
     for line in lines:
         try:
             e = parse(line)
@@ -230,7 +236,17 @@ def run_loop(lines: list[bytes]) -> list[Row]:
         else:
             slot[0] += 1
             slot[1] += e.amount
+
+
+def loop_rows(acc: dict[tuple[str, float], list[Any]]) -> list[Row]:
+    """The windows of the bare loop, as sorted rows."""
     return sorted((u, s, a[0], round(a[1], 6)) for (u, s), a in acc.items())
+
+
+def run_loop(lines: list[bytes]) -> list[Row]:
+    acc: dict[tuple[str, float], list[Any]] = {}
+    fold_purchases(acc, schema_adapter(SCHEMA).validate_json, lines)
+    return loop_rows(acc)
 
 
 def main() -> None:

@@ -8,9 +8,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from operators._event import Schema
+from operators._sinks import Sink
 from operators._sources import Reader, Source, slug
 
-__all__ = ["BrokerSource", "BrokerUnreachable", "PollingReader", "masked", "without_secret"]
+__all__ = [
+    "BrokerSink",
+    "BrokerSource",
+    "BrokerUnreachable",
+    "PollingReader",
+    "masked",
+    "without_secret",
+]
 
 _SECRET = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
 
@@ -155,3 +163,30 @@ class BrokerSource(Source[Any]):
     def partitions(self) -> list[str]:
         """One partition per stream."""
         return list(self.streams)
+
+
+class BrokerSink(Sink):
+    """The settings every broker sink shares: where it writes, timeouts, a name."""
+
+    #: The broker's name in step names and messages ("redis", "nats").
+    kind = "broker"
+    #: What the sink writes to ("stream", "subject").
+    noun = "stream"
+
+    def __init__(
+        self, url: str, target: str, *, connect_timeout: float, retry_for: float, name: str | None
+    ) -> None:
+        """Check and keep the settings."""
+        if not isinstance(target, str) or not target:
+            msg = f"sinks.{self.kind}: {self.noun} must be a {self.noun} name; got {target!r}."
+            raise ValueError(msg)
+        self.url = url
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        """Name the write step after what it writes to (never the URL)."""
+        return self.name or f"{self.kind}_" + slug(self.target)[:40]

@@ -56,7 +56,7 @@ from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Letters
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
-from operators._windowing import Watermarks, _utc, construct_valid, just_before
+from operators._windowing import Watermarks, _utc, construct_valid, just_before, pop_session
 from operators.windows import Session, Sliding, Tumbling, Window
 
 __all__ = ["JoinLogic", "JoinSpec", "Joined"]
@@ -416,17 +416,9 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         while heap and heap[0][0] <= upto:
             closes, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
-                sessions = held.get(key) or []
-                found = None
-                for s in sessions:
-                    if s[0] == start and s[1] + gap == closes:
-                        found = s
-                        break
+                found = pop_session(held, key, start, closes, gap)
                 if found is None:
                     continue  # merged into another session since
-                sessions.remove(found)
-                if not sessions:
-                    del held[key]
                 end, lefts, rights = found[1], found[2], found[3]
             else:
                 end, lefts, rights = held.pop((key, start))

@@ -11,7 +11,7 @@ from operators._deadletter import DeadLetter, payload_text
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters, describe_function
 
-__all__ = ["Letters"]
+__all__ = ["Letters", "dead_item"]
 
 _OUT, _DEAD, _SKIPPED, _CREATED, _LATE = (
     COUNTER_FIELDS.index(f) for f in ("out", "dead", "skipped", "created", "late")
@@ -27,6 +27,29 @@ def _iso(ts: float) -> str:
     return when.isoformat() if when is not None else f"{ts:g}"
 
 
+def dead_item(
+    spec: Any,
+    kind: str,
+    error_type: str,
+    message: str,
+    payload: str,
+    ts: float,
+    function: str | None = None,
+) -> tuple[str, DeadLetter]:
+    """Make a dead letter of the keyed step ``spec`` describes, tagged for the split after it."""
+    letter = DeadLetter.build(
+        pipeline=spec.pipeline,
+        step=spec.step,
+        kind=kind,
+        error_type=error_type,
+        message=message,
+        function=function,
+        payload=payload,
+        event_time=_when(ts),
+    )
+    return ("d", letter)
+
+
 class Letters:
     """Make a step's dead letters and send its late records on.
 
@@ -40,18 +63,7 @@ class Letters:
 
     def _dead(self, kind: str, error_type: str, message: str, payload: str, ts: float,
               function: str | None = None) -> tuple[str, DeadLetter]:  # fmt: skip
-        spec = self.spec
-        letter = DeadLetter.build(
-            pipeline=spec.pipeline,
-            step=spec.step,
-            kind=kind,
-            error_type=error_type,
-            message=message,
-            function=function,
-            payload=payload,
-            event_time=_when(ts),
-        )
-        return ("d", letter)
+        return dead_item(self.spec, kind, error_type, message, payload, ts, function)
 
     def _late(
         self, record: Any, ts: float, wm: float, out: list[tuple[str, Any]], row: list[int]

@@ -33,11 +33,17 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from operators._brokers import BrokerSource, BrokerUnreachable, PollingReader, masked
+from operators._brokers import (
+    BrokerSink,
+    BrokerSource,
+    BrokerUnreachable,
+    PollingReader,
+    masked,
+)
 from operators._deadletter import payload_text
 from operators._event import Schema
-from operators._sinks import RunContext, Sink, Writer
-from operators._sources import DEFAULT_BATCH, Reader, slug
+from operators._sinks import RunContext, Writer
+from operators._sources import DEFAULT_BATCH, Reader
 from operators._stage import Chunk
 
 __all__ = ["JetStreamSink", "JetStreamSource"]
@@ -280,8 +286,11 @@ class _Publisher(Writer):
         _close(self.nc)
 
 
-class JetStreamSink(Sink):
+class JetStreamSink(BrokerSink):
     """Publish records to a JetStream subject (see `pipelines.sinks.nats`)."""
+
+    kind = "nats"
+    noun = "subject"
 
     def __init__(
         self,
@@ -293,19 +302,10 @@ class JetStreamSink(Sink):
         name: str | None = None,
     ) -> None:
         """Publish to ``subject`` at ``url``."""
-        if not isinstance(subject, str) or not subject:
-            msg = f"sinks.nats: subject must be a subject name; got {subject!r}."
-            raise ValueError(msg)
-        self.url = url
+        super().__init__(
+            url, subject, connect_timeout=connect_timeout, retry_for=retry_for, name=name
+        )
         self.subject = subject
-        self.connect_timeout = connect_timeout
-        self.retry_for = retry_for
-        self.name = name
-
-    @property
-    def label(self) -> str:
-        """Name the write step after the subject (never the URL)."""
-        return self.name or "nats_" + slug(self.subject)[:40]
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Connect this worker's publisher."""

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from operators._brokers import (
+    BrokerSink,
     BrokerSource,
     BrokerUnreachable,
     PollingReader,
@@ -38,8 +39,8 @@ from operators._brokers import (
 )
 from operators._deadletter import payload_text
 from operators._event import Schema
-from operators._sinks import RunContext, Sink, Writer
-from operators._sources import DEFAULT_BATCH, Reader, slug
+from operators._sinks import RunContext, Writer
+from operators._sources import DEFAULT_BATCH, Reader
 from operators._stage import Chunk
 
 __all__ = ["RedisStreamSink", "RedisStreamSource"]
@@ -233,8 +234,10 @@ class _StreamWriter(Writer):
         self.client.close()
 
 
-class RedisStreamSink(Sink):
+class RedisStreamSink(BrokerSink):
     """Append records to a Redis stream (see `pipelines.sinks.redis`)."""
+
+    kind = "redis"
 
     def __init__(
         self,
@@ -248,21 +251,12 @@ class RedisStreamSink(Sink):
         name: str | None = None,
     ) -> None:
         """Append to ``stream`` at ``url``."""
-        if not isinstance(stream, str) or not stream:
-            msg = f"sinks.redis: stream must be a stream name; got {stream!r}."
-            raise ValueError(msg)
-        self.url = url
+        super().__init__(
+            url, stream, connect_timeout=connect_timeout, retry_for=retry_for, name=name
+        )
         self.stream = stream
         self.maxlen = maxlen
         self.field = field
-        self.connect_timeout = connect_timeout
-        self.retry_for = retry_for
-        self.name = name
-
-    @property
-    def label(self) -> str:
-        """Name the write step after the stream (never the URL)."""
-        return self.name or "redis_" + slug(self.stream)[:40]
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Connect this worker's writer."""

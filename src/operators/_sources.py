@@ -344,8 +344,13 @@ class _LinesReader(Reader):
         self.file.close()
 
 
-class JsonlSource(Source[R]):
-    """JSON Lines files: one partition per file, one record per line."""
+class _FileSource(Source[R]):
+    """Files matching a path or a glob: one partition per file, read by ``reader``."""
+
+    #: The format's name in step names and messages.
+    kind = "file"
+    #: Reads one file: ``reader(path, step, batch_size, resume)``.
+    reader: Callable[[str, str, int, Any | None], Reader]
 
     def __init__(
         self, path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
@@ -358,19 +363,26 @@ class JsonlSource(Source[R]):
     @property
     def label(self) -> str:
         """Name the read step after the file pattern."""
-        return "jsonl_" + slug(Path(self.path).stem)
+        return f"{self.kind}_" + slug(Path(self.path).stem)
 
     def partitions(self) -> list[str]:
         """One partition per file."""
         files = _expand(self.path)
         if not files:
-            msg = f"jsonl source: no file matches {self.path!r}."
+            msg = f"{self.kind} source: no file matches {self.path!r}."
             raise FileNotFoundError(msg)
         return files
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open one file."""
-        return _LinesReader(partition, step, self.batch_size, resume)
+        return type(self).reader(partition, step, self.batch_size, resume)
+
+
+class JsonlSource(_FileSource[R]):
+    """JSON Lines files: one partition per file, one record per line."""
+
+    kind = "jsonl"
+    reader = _LinesReader
 
 
 class _CsvReader(Reader):
@@ -459,33 +471,14 @@ class _CsvReader(Reader):
         self.file.close()
 
 
-class CsvSource(Source[R]):
-    """CSV files with a header row: one partition per file, a row per record."""
+class CsvSource(_FileSource[R]):
+    """CSV files with a header row: one partition per file, a row per record.
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
-    ) -> None:
-        """Read the files matching ``path``; empty cells are left out."""
-        self.path = os.fspath(path)
-        self.schema = schema
-        self.batch_size = _check_batch(batch_size)
+    Empty cells are left out.
+    """
 
-    @property
-    def label(self) -> str:
-        """Name the read step after the file pattern."""
-        return "csv_" + slug(Path(self.path).stem)
-
-    def partitions(self) -> list[str]:
-        """One partition per file."""
-        files = _expand(self.path)
-        if not files:
-            msg = f"csv source: no file matches {self.path!r}."
-            raise FileNotFoundError(msg)
-        return files
-
-    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
-        """Open one file."""
-        return _CsvReader(partition, step, self.batch_size, resume)
+    kind = "csv"
+    reader = _CsvReader
 
 
 Factory = Callable[[random.Random, int], Any]

@@ -39,6 +39,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
+from operators._letters import dead_item
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
 from operators.agg import Aggregator, exact_add, exact_merge, exact_total
@@ -360,6 +361,23 @@ def just_before(seconds: float) -> datetime:
     return found
 
 
+def pop_session(sessions: dict[str, list[list[Any]]], key: str, start: float, closes: float,
+                gap: float) -> list[Any] | None:  # fmt: skip
+    """Take out the session of ``key`` that a closing entry ``(closes, key, start)`` names.
+
+    Sessions are ``[start, end, ...]`` and close one gap after their end;
+    None when the session has since merged into another (its entry is stale).
+    """
+    held = sessions.get(key) or []
+    for s in held:
+        if s[0] == start and s[1] + gap == closes:
+            held.remove(s)
+            if not held:
+                del sessions[key]
+            return s
+    return None
+
+
 class Watermarks:
     """Per-partition watermarks of a keyed step, for one key bucket.
 
@@ -516,17 +534,9 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         while heap and heap[0][0] <= upto:
             end, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
-                sessions = wins.get(key) or []
-                found = None
-                for s in sessions:
-                    if s[0] == start and s[1] + gap == end:
-                        found = s
-                        break
+                found = pop_session(wins, key, start, end, gap)
                 if found is None:
                     continue  # merged into another session since
-                sessions.remove(found)
-                if not sessions:
-                    del wins[key]
                 end = found[1]
                 accs = found[2]
             else:
@@ -763,18 +773,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         function: str | None = None,
     ) -> tuple[str, DeadLetter]:
         """Make a dead letter of this step, tagged for the split after the step."""
-        spec = self.spec
-        letter = DeadLetter.build(
-            pipeline=spec.pipeline,
-            step=spec.step,
-            kind=kind,
-            error_type=error_type,
-            message=message,
-            function=function,
-            payload=payload,
-            event_time=_utc(ts),
-        )
-        return ("d", letter)
+        return dead_item(self.spec, kind, error_type, message, payload, ts, function)
 
     def _failed_partial(
         self,
