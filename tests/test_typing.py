@@ -34,6 +34,19 @@ class Visit(Event):
 both: Stream[Buy | Visit] = Pipeline("t").read(sources.jsonl("x.jsonl", schema=(Buy, Visit)))
 users: Stream[str] = both.map(lambda e: e.user)
 buys: Stream[Buy] = both.filter(Buy)
+visits = Pipeline("t").read(sources.jsonl("v.jsonl", schema=Visit))
+merged: Stream[Buy | Visit] = start.merge(visits)
+merged_users: Stream[str] = merged.map(lambda e: e.user)
+same: Stream[Buy] = start.merge(routes.big)
+
+class Receipt(Event):
+    user: str
+    total: float
+
+receipts: Stream[Receipt] = start.dispatch(
+    {Buy: lambda b: Receipt(user=b.user, total=b.amount)}, out=Receipt
+)
+totals: Stream[float] = receipts.map(lambda r: r.total)
 """
 
 RESULTS = """
@@ -134,6 +147,16 @@ Pipeline("t").read(sources.memory([], schema=(Sale, Look))).map(lambda e: e.amou
     "process": (
         "wrong_names: Stream[int] = orders.process(count, initial=int)\n",
         'Argument 1 to "process" of "KeyedStream" has incompatible type',
+    ),
+    # dispatch with out= gives typed results
+    "dispatch": (
+        GOOD + "typo_total = receipts.map(lambda r: r.totl)\n",
+        '"Receipt" has no attribute "totl"',
+    ),
+    # a merged stream holds both classes: a field only one has is an error
+    "merge": (
+        "amounts_of_both = merged.map(lambda e: e.amount)\n",
+        'Item "Visit" of "Buy | Visit" has no attribute "amount"',
     ),
     # window before key_by: only a keyed stream has windows
     "order": (

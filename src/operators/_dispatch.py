@@ -198,13 +198,15 @@ class Dispatch:
         dispatcher: Dispatcher,
         policy: ErrorPolicy,
         concurrency: int,
+        out: type[Any] | None = None,
     ) -> None:
-        """Set up delivery for step ``step``."""
+        """Set up delivery for step ``step``; ``out`` is the class results must have."""
         self.pipeline = pipeline
         self.step = step
         self.dispatcher = dispatcher
         self.policy = policy
         self.concurrency = concurrency
+        self.out = out
         refs = [h for hs in dispatcher.by_class.values() for h in hs]
         refs += [h for hs in dispatcher.by_name.values() for h in hs] + dispatcher.default
         self.has_async = any(h.is_async for h in refs)
@@ -223,9 +225,33 @@ class Dispatch:
     ) -> list[Any]:
         """Deliver events (with their keys, if keyed); return the results, in order."""
         if not self.has_async and not self.has_stateful:
-            return self._run_plain(events, row, dead)
-        pairs = zip(keys, events, strict=True) if keys is not None else ((None, e) for e in events)
-        return self._run_general(pairs, row, dead, states)
+            results = self._run_plain(events, row, dead)
+        else:
+            pairs = (
+                zip(keys, events, strict=True) if keys is not None else ((None, e) for e in events)
+            )
+            results = self._run_general(pairs, row, dead, states)
+        if self.out is not None:
+            return self._typed(results, self.out, row, dead)
+        return results
+
+    def _typed(
+        self, results: list[Any], cls: type[Any], row: list[int], dead: list[DeadLetter]
+    ) -> list[Any]:
+        """Keep the results of class ``cls`` (the step's ``out``); the others are dead letters."""
+        kept = [r for r in results if isinstance(r, cls)]
+        if len(kept) == len(results):
+            return results
+        for value in results:
+            if not isinstance(value, cls):
+                row[_OUT] -= 1
+                row[_DEAD] += 1
+                message = (
+                    f"a handler returned {type(value).__name__}, not {cls.__name__} "
+                    f"(dispatch(..., out={cls.__name__}))"
+                )
+                dead.append(self._letter(value, "user_error", "TypeError", message, None, 1))
+        return kept
 
     def _run_plain(self, events: list[Any], row: list[int], dead: list[DeadLetter]) -> list[Any]:
         """Deliver to plain handlers, called in place: the common case, kept tight."""

@@ -292,3 +292,54 @@ def test_async_handlers_run_where_an_event_loop_is_already_running() -> None:
 async def echo_pair(pair: tuple[str, float]) -> tuple[str, float]:
     await asyncio.sleep(0)
     return pair
+
+
+class Review(Event):
+    type: Literal["review"] = "review"
+    user: str
+    amount: float
+
+
+def test_out_checks_the_results_class_and_dead_letters_the_others() -> None:
+    events = [Purchase(user=f"u{i}", amount=i) for i in range(6)] + [Refund(user="r", amount=1)]
+
+    def review(e: Purchase) -> Any:
+        # a handler with a bug: odd amounts give a dict instead of a Review
+        if int(e.amount) % 2:
+            return {"user": e.user}
+        return [Review(user=e.user, amount=e.amount), Review(user=e.user, amount=-e.amount)]
+
+    def refund(e: Refund) -> Review:
+        return Review(user=e.user, amount=e.amount)
+
+    for keyed in (False, True):
+        s = Pipeline("d").read(sources.memory(events))
+        if keyed:
+            s = s.key_by(lambda e: e.user)
+        reviews = s.dispatch(
+            {
+                Purchase: review,
+                Refund: stateful(lambda n, e: (n, refund(e)), initial=int) if keyed else refund,
+            },
+            out=Review,
+        )
+        r = reviews.map(lambda v: v.amount).write(sinks.memory("o")).run()
+        assert sorted(r["o"]) == [-4.0, -2.0, 0.0, 0.0, 1.0, 2.0, 4.0]
+        wrong = [d for d in r.dead_letters]
+        assert len(wrong) == 3
+        assert {d.payload for d in wrong} == {"{'user': 'u1'}", "{'user': 'u3'}", "{'user': 'u5'}"}
+        assert all(d.error_type == "TypeError" and d.step == "dispatch" for d in wrong)
+        assert wrong[0].message == "a handler returned dict, not Review (dispatch(..., out=Review))"
+        step = r.counts["dispatch"]
+        assert (step.received, step.out, step.dead, step.created) == (7, 7, 3, 3)
+        assert r.reconciles
+    # the results' class is known to later steps: a filter by another class is refused
+    with pytest.raises(TypeError, match="carries Review, never Refund"):
+        Pipeline("d").read(sources.memory(events)).dispatch(
+            {Event: lambda e: None}, out=Review
+        ).filter(Refund)
+    with pytest.raises(TypeError, match="out must be the class of the handlers' results"):
+        Pipeline("d").read(sources.memory(events)).dispatch(
+            {Event: lambda e: None},
+            out="Review",  # type: ignore[call-overload]
+        )

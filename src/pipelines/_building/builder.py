@@ -29,6 +29,8 @@ __all__ = ["Pipeline", "Routes", "Stream"]
 
 T = TypeVar("T")
 U = TypeVar("U")
+V = TypeVar("V")
+W = TypeVar("W")
 E = TypeVar("E", bound=Event)
 
 _RESERVED_ROUTES = {"write", "names", "pipeline", "streams"}
@@ -491,8 +493,28 @@ class Stream(Generic[T]):
         windowed._everything = True
         return windowed
 
-    def merge(self, *others: Stream[T], name: str | None = None) -> Stream[T]:
-        """Interleave this stream with ``others`` (of the same pipeline)."""
+    @overload
+    def merge(self, other: Stream[U], /, *, name: str | None = ...) -> Stream[T | U]: ...
+
+    @overload
+    def merge(
+        self, other: Stream[U], second: Stream[V], /, *, name: str | None = ...
+    ) -> Stream[T | U | V]: ...
+
+    @overload
+    def merge(
+        self, other: Stream[U], second: Stream[V], third: Stream[W], /, *, name: str | None = ...
+    ) -> Stream[T | U | V | W]: ...
+
+    @overload
+    def merge(self, *others: Stream[Any], name: str | None = ...) -> Stream[Any]: ...
+
+    def merge(self, *others: Stream[Any], name: str | None = None) -> Stream[Any]:
+        """Interleave this stream with ``others`` (of the same pipeline).
+
+        The result carries every input's type: merging a ``Stream[Order]`` with
+        a ``Stream[Refund]`` gives a ``Stream[Order | Refund]``.
+        """
         graphs = []
         for other in others:
             if not isinstance(other, Stream):
@@ -593,10 +615,35 @@ class Stream(Generic[T]):
             {r: Stream(pipe, Port(node, r), self._classes, prefix + r) for r in names},
         )
 
+    @overload
     def dispatch(
         self,
         handlers: Mapping[type | str, Any],
         *,
+        out: type[U],
+        default: Any = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+        concurrency: int = ...,
+    ) -> Stream[U]: ...
+
+    @overload
+    def dispatch(
+        self,
+        handlers: Mapping[type | str, Any],
+        *,
+        out: None = ...,
+        default: Any = ...,
+        name: str | None = ...,
+        on_error: Policy = ...,
+        concurrency: int = ...,
+    ) -> Stream[Any]: ...
+
+    def dispatch(
+        self,
+        handlers: Mapping[type | str, Any],
+        *,
+        out: type[Any] | None = None,
         default: Any = None,
         name: str | None = None,
         on_error: Policy = "dead_letter",
@@ -612,6 +659,9 @@ class Stream(Generic[T]):
         when the stream's classes are known, a class with no handler is an error
         here unless ``default`` is given (``"dead_letter"`` or a handler).
         ``async def`` handlers of a batch run concurrently, ``concurrency`` at a time.
+        With ``out=Cls`` the results form a ``Stream[Cls]`` for type checkers, and
+        a result that is not a ``Cls`` becomes a dead letter (``TypeError``)
+        instead of flowing on.
 
         >>> from pipelines import sources, testing
         >>> s = Pipeline("d").read(sources.memory([1, "a", 2.5]))
@@ -624,6 +674,7 @@ class Stream(Generic[T]):
         return add_dispatch(
             self,
             handlers,
+            out=out,
             default=default,
             name=name,
             on_error=on_error,

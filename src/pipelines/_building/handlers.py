@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from operators import Policy, as_policy, type_name
+from operators import Event, Policy, as_policy, type_name
 from operators._dispatch import Stateful
 from pipelines._building.graph import Node, check_name
 
@@ -42,6 +42,7 @@ def add_dispatch(
     stream: Stream[Any],
     handlers: Mapping[type | str, HandlerLike | Sequence[HandlerLike]],
     *,
+    out: type[Any] | None = None,
     default: Literal["dead_letter"] | HandlerLike | None,
     name: str | None,
     on_error: Policy,
@@ -84,6 +85,13 @@ def add_dispatch(
                     f".dispatch(...)."
                 )
                 raise TypeError(msg)
+    if out is not None and not isinstance(out, type):
+        msg = (
+            f"step {step!r} (dispatch): out must be the class of the handlers' results; "
+            f"got {out!r}. Hint: dispatch({{Purchase: review}}, out=Review); for results of "
+            f"several classes, name a common base class."
+        )
+        raise TypeError(msg)
     if not isinstance(concurrency, int) or concurrency < 1:
         msg = f"step {step!r} (dispatch): concurrency must be a positive int; got {concurrency!r}."
         raise ValueError(msg)
@@ -113,9 +121,19 @@ def add_dispatch(
         (stream._port,),
         None,
         as_policy(on_error),
-        {"table": table, "default": defaults, "key": key, "concurrency": concurrency},
+        {
+            "table": table,
+            "default": defaults,
+            "key": key,
+            "concurrency": concurrency,
+            "out": out,
+        },
     )
-    return stream._then(node)
+    result = stream._then(node)
+    if out is not None and issubclass(out, Event):
+        # Later steps know the class (a filter by another class is refused).
+        return result._rebuild(result.pipeline, result._port, (out,))
+    return result
 
 
 def split_state(handlers: Mapping[Any, Sequence[Any]]) -> list[str]:

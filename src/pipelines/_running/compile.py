@@ -496,6 +496,7 @@ def _dispatch(pipeline: Pipeline, node: Node) -> Dispatch:
         Dispatcher(table, default),
         node.policy,
         node.params["concurrency"],
+        node.params.get("out"),
     )
 
 
