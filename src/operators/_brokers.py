@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from operators._event import Schema
-from operators._sinks import Sink
+from operators._sinks import Sink, to_json
 from operators._sources import Reader, Source, slug
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "BrokerUnreachable",
     "PollingReader",
     "masked",
+    "message_of",
     "without_secret",
 ]
 
@@ -38,6 +39,24 @@ def without_secret(text: str, url: str) -> str:
     if found and found.group(2):
         text = text.replace(found.group(2), "****")
     return text
+
+
+def message_of(item: Any) -> tuple[bytes, str | None]:
+    """Return what a broker sink sends for a record: its bytes, and its id if it has one.
+
+    Text and bytes go as they are, events and other values as JSON.
+
+    >>> message_of({"id": "e1", "n": 2}), message_of("plain")
+    ((b'{"id": "e1", "n": 2}', 'e1'), (b'plain', None))
+    """
+    if isinstance(item, bytes | bytearray):
+        data = bytes(item)
+    elif isinstance(item, str):
+        data = item.encode()
+    else:
+        data = to_json(item).encode()
+    found = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+    return data, None if found is None else str(found)
 
 
 class BrokerUnreachable(ConnectionError):

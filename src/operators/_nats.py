@@ -39,8 +39,8 @@ from operators._brokers import (
     BrokerUnreachable,
     PollingReader,
     masked,
+    message_of,
 )
-from operators._deadletter import payload_text
 from operators._event import Schema
 from operators._sinks import RunContext, Writer
 from operators._sources import DEFAULT_BATCH, Reader
@@ -255,9 +255,8 @@ class _Publisher(Writer):
         async def publish_all() -> list[Any]:
             sends = []
             for item in items:
-                event_id = getattr(item, "id", None)
-                headers = None if event_id is None else {"Nats-Msg-Id": str(event_id)}
-                data = payload_text(item).encode()
+                data, event_id = message_of(item)
+                headers = None if event_id is None else {"Nats-Msg-Id": event_id}
                 sends.append(self.js.publish(sink.subject, data, headers=headers, timeout=10))
             return await asyncio.gather(*sends, return_exceptions=True)
 

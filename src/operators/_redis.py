@@ -16,9 +16,14 @@ it is created).
 
 `RedisStreamSink` appends each record with ``XADD`` (a pipeline of commands
 per batch): the record's JSON in field ``data`` and its event id, if it has
-one, in field ``id``, optionally trimming with ``MAXLEN ~``. After a crash
-and resume the records since the last snapshot are written again: delivery
-is at least once, and the ``id`` field lets readers drop repeats.
+one, in field ``id``, optionally trimming with ``MAXLEN ~``. Without
+recovery each worker appends its own records. With ``recovery=`` one writer
+takes them all, in ``MULTI``/``EXEC`` batches tagged with the pipeline and
+step (field ``writer``), and its position (the last entry id it wrote) is in
+the snapshots; on resume it deletes its entries after that position before
+the records after the snapshot are written again: each record is in the
+stream exactly once (a reader that tailed the stream meanwhile may have seen
+a deleted entry, and sees it again with the same ``id``).
 
 Connection URLs are never shown with their password (``redis://:****@host``).
 """
@@ -35,11 +40,11 @@ from operators._brokers import (
     BrokerUnreachable,
     PollingReader,
     masked,
+    message_of,
     without_secret,
 )
-from operators._deadletter import payload_text
 from operators._event import Schema
-from operators._sinks import RunContext, Writer
+from operators._sinks import ExactSink, ExactWriter, RunContext, Writer
 from operators._sources import DEFAULT_BATCH, Reader
 from operators._stage import Chunk
 
@@ -200,10 +205,45 @@ class RedisStreamSource(BrokerSource):
         return _StreamReader(self, partition, step, resume)
 
 
-class _StreamWriter(Writer):
-    def __init__(self, sink: RedisStreamSink) -> None:
+class _StreamWriter(ExactWriter):
+    """Append records to a stream; with a ``tag``, the one exactly-once writer.
+
+    Exactly once: every entry carries the tag in field ``writer``; batches go
+    in one ``MULTI``/``EXEC`` (all or none), and the position is the id of the
+    last entry written. When it is not sure what a batch left behind (after a
+    resume, or a connection lost in the middle of a batch), it first deletes
+    its own entries after the position, then writes again.
+    """
+
+    def __init__(self, sink: RedisStreamSink, tag: str | None = None, resume: Any = None) -> None:
+        if resume is not None and not (
+            isinstance(resume, str) and re.fullmatch(r"\d+-\d+", resume)
+        ):
+            msg = f"a Redis stream position must be an entry id such as '1-0'; got {resume!r}"
+            raise ValueError(msg)
         self.sink = sink
+        self.tag = tag
         self.client = _connect(sink.url, sink.connect_timeout, f"write to stream {sink.stream!r}")
+        self.last = resume
+        self.unsure = resume is not None
+        if tag is not None and resume is None:
+            found = self.client.xrevrange(sink.stream, count=1)
+            self.last = _id(found[0][0]) if found else "0-0"
+
+    def position(self) -> Any:
+        return self.last
+
+    def _undo(self) -> None:
+        """Delete this writer's entries after its position (written after the snapshot)."""
+        stream, mine, cursor = self.sink.stream, self.tag, self.last
+        while True:
+            entries = self.client.xrange(stream, min=f"({cursor}", max="+", count=1000)
+            if not entries:
+                return
+            doomed = [e for e, fields in entries if _id(fields.get(b"writer", b"")) == mine]
+            if doomed:
+                self.client.xdel(stream, *doomed)
+            cursor = _id(entries[-1][0])
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink
@@ -211,16 +251,25 @@ class _StreamWriter(Writer):
         delay = 0.05
         while True:
             try:
-                pipe = self.client.pipeline(transaction=False)
+                if self.unsure:
+                    self._undo()
+                    self.unsure = False
+                pipe = self.client.pipeline(transaction=self.tag is not None)
                 for item in items:
-                    fields = {sink.field: payload_text(item)}
-                    event_id = getattr(item, "id", None)
+                    data, event_id = message_of(item)
+                    fields = {sink.field: data}
                     if event_id is not None:
-                        fields["id"] = str(event_id)
+                        fields["id"] = event_id.encode()
+                    if self.tag is not None:
+                        fields["writer"] = self.tag.encode()
                     pipe.xadd(sink.stream, fields, maxlen=sink.maxlen, approximate=True)
-                pipe.execute()
+                written = pipe.execute()
+                if written:
+                    self.last = _id(written[-1])
                 return []
             except Exception as exc:  # noqa: BLE001 - retried, then dead letters
+                # What reached the server is not known: look before writing again.
+                self.unsure = self.tag is not None
                 if time.monotonic() + delay > deadline:
                     error = BrokerUnreachable(
                         f"stream {sink.stream!r} at {masked(sink.url)}: "
@@ -234,7 +283,7 @@ class _StreamWriter(Writer):
         self.client.close()
 
 
-class RedisStreamSink(BrokerSink):
+class RedisStreamSink(BrokerSink, ExactSink):
     """Append records to a Redis stream (see `pipelines.sinks.redis`)."""
 
     kind = "redis"
@@ -259,5 +308,9 @@ class RedisStreamSink(BrokerSink):
         self.field = field
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
-        """Connect this worker's writer."""
+        """Connect this worker's writer (at least once)."""
         return _StreamWriter(self)
+
+    def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
+        """Connect the one writer of a run with recovery (exactly once)."""
+        return _StreamWriter(self, f"{ctx.pipeline}.{step}", resume)

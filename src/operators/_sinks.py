@@ -29,7 +29,9 @@ from operators._stage import COUNTER_FIELDS, Counters, Packet, ResumeError, desc
 __all__ = [
     "DEAD_LETTERS_KEPT",
     "CallbackSink",
-    "ExactJsonl",
+    "ExactOutput",
+    "ExactSink",
+    "ExactWriter",
     "JsonlSink",
     "MemorySink",
     "OutputChangedError",
@@ -127,6 +129,40 @@ class Sink(ABC):
         return type(self).__name__
 
 
+class ExactWriter(Writer):
+    """The one writer of an `ExactSink`: its position says what it has written."""
+
+    @abstractmethod
+    def position(self) -> Any:
+        """Return what has been written so far (plain values: kept in the snapshots)."""
+
+
+class ExactSink(Sink):
+    """A sink written exactly once in runs with recovery.
+
+    In such a run one writer, opened with `open_exact`, takes every record of
+    the sink (records of other workers and processes travel to it), and its
+    `ExactWriter.position` is kept in each snapshot. A resumed run opens it
+    with the position of the snapshot it resumes from; the records written
+    after that snapshot are handed to it again, so the writer first undoes
+    what was written after the position (cuts a file back, deletes entries).
+    Without recovery, `open` gives each worker a writer as for any sink.
+    """
+
+    @property
+    def partition(self) -> str:
+        """The name of the one writer in the recovery store (stable from run to run)."""
+        return self.label
+
+    @abstractmethod
+    def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
+        """Open the one writer of step ``step``: anew (``resume`` None), or at position ``resume``.
+
+        The pipeline's name (``ctx.pipeline``) and ``step`` are the same from run
+        to run: together they name this writer's records in a shared target.
+        """
+
+
 class _ListWriter(Writer):
     def __init__(self, target: list[Any]) -> None:
         self.target = target
@@ -219,8 +255,12 @@ class _FileWriter(Writer):
         self.shared.flush()
 
 
-class JsonlSink(Sink):
-    """Write records as JSON Lines to one file, truncated when the run starts."""
+class JsonlSink(ExactSink):
+    """Write records as JSON Lines to one file, truncated when the run starts.
+
+    With recovery the file is written exactly once: one writer, whose
+    snapshot is the file's length; on resume the file is cut back to it.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Write to ``path``."""
@@ -236,6 +276,15 @@ class JsonlSink(Sink):
         """Share one handle between the run's workers."""
         path = os.path.abspath(self.path)
         return _FileWriter(ctx.shared(("jsonl", path), lambda: _SharedFile(path, ctx.append_files)))
+
+    @property
+    def partition(self) -> str:
+        """The file's absolute path."""
+        return os.path.abspath(self.path)
+
+    def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
+        """Open the file anew, or cut back to the snapshot's length."""
+        return _ExactFile(self.partition, resume)
 
 
 class _StdoutWriter(Writer):
@@ -419,15 +468,16 @@ class PacketSink(DynamicSink[Packet]):
         return _PacketPartition(self, worker_index, worker_count)
 
 
-class _ExactFile(StatefulSinkPartition[list[Any], int]):
-    """The one writer of a jsonl file; its snapshot is the file's length."""
+class _ExactFile(ExactWriter):
+    """The one writer of a jsonl file; its position is the file's length."""
 
-    def __init__(self, owner: ExactJsonl, offset: int | None) -> None:
-        path = owner.path
+    def __init__(self, path: str, offset: int | None) -> None:
+        if offset is not None and (type(offset) is not int or offset < 0):
+            msg = f"a file length must be an int >= 0; got {offset!r}"
+            raise ValueError(msg)
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self.owner = owner
         if offset:
             _check_resumable(path, offset)
         if offset is None or not os.path.exists(path):
@@ -441,23 +491,43 @@ class _ExactFile(StatefulSinkPartition[list[Any], int]):
             self.handle.seek(offset)
             self.offset = offset
 
+    def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        self.offset += write_all(self.handle, to_lines(items).encode())
+        return []
+
+    def position(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _ExactPart(StatefulSinkPartition[list[Any], Any]):
+    """The engine's side of an `ExactWriter`: counts, failures, snapshots."""
+
+    def __init__(self, owner: ExactOutput, writer: ExactWriter) -> None:
+        self.owner = owner
+        self.writer = writer
+
     def write_batch(self, values: list[list[Any]]) -> None:
         owner = self.owner
         try:
             row = owner.counters.table()[owner.row]
             for records in values:
-                data = to_lines(records).encode()
                 row[_IN] += len(records)
-                self.offset += write_all(self.handle, data)
-                row[_OUT] += len(records)
+                failed = self.writer.write(records)
+                row[_OUT] += len(records) - len(failed)
+                if failed:
+                    row[_DEAD] += len(failed)
+                    owner.ctx.keep_dead([owner.failure(item, exc) for item, exc in failed])
         except Exception as exc:  # noqa: BLE001 - a broken sink halts the run
             owner.counters.halt(exc)
 
-    def snapshot(self) -> int:
-        return self.offset
+    def snapshot(self) -> Any:
+        return self.writer.position()
 
     def close(self) -> None:
-        self.handle.close()
+        self.writer.close()
 
 
 class OutputChangedError(RuntimeError):
@@ -483,36 +553,49 @@ def _check_resumable(path: str, offset: int) -> None:
     raise OutputChangedError(msg)
 
 
-class ExactJsonl(FixedPartitionedSink[list[Any], int]):
-    """A jsonl sink written exactly once across crashes (runs with recovery).
+class ExactOutput(FixedPartitionedSink[list[Any], Any]):
+    """The engine's output for an `ExactSink` in a run with recovery.
 
-    One worker of the cluster owns the file (records of other workers travel
-    to it). The snapshot is the file's length; on resume the file is cut back
-    to it, and the records after it are written again by the resumed run. The
-    items are ``(path, records)``.
+    One partition, the sink's one writer, takes every item: ``(partition,
+    records)``.
     """
 
-    def __init__(self, path: str, counters: Counters, row: int) -> None:
-        """Write ``path``, counting under step ``row``."""
-        self.path = os.path.abspath(path)
+    def __init__(self, sink: ExactSink, ctx: RunContext, counters: Counters, row: int) -> None:
+        """Write to ``sink``, counting under step ``row``."""
+        self.sink = sink
+        self.ctx = ctx
         self.counters = counters
         self.row = row
 
     def list_parts(self) -> list[str]:
-        """One partition: the file."""
-        return [self.path]
+        """One partition: the sink's writer."""
+        return [self.sink.partition]
 
     def part_fn(self, item_key: str) -> int:
         """Every item goes to the one partition."""
         return 0
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ExactFile:
-        """Open the file: anew, or cut back to the snapshot's length."""
-        offset: Any = resume_state
-        if offset is not None and (type(offset) is not int or offset < 0):
-            problem = ValueError(f"a file length must be an int >= 0; got {offset!r}")
-            self.counters.halt(ResumeError.of(step_id.rsplit(".", 1)[-1], problem, for_part))
+    def failure(self, item: Any, exc: Exception) -> DeadLetter:
+        """Make the dead letter for a record the writer could not take."""
+        return DeadLetter.build(
+            pipeline=self.ctx.pipeline,
+            step=self.counters.steps[self.row],
+            kind="user_error",
+            error_type=type(exc).__qualname__,
+            message=str(exc),
+            function=self.sink.function,
+            payload=payload_text(item),
+            event_time=getattr(item, "time", None),
+        )
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _ExactPart:
+        """Open the writer: anew, or back at the snapshot's position."""
         try:
-            return _ExactFile(self, resume_state)
+            step = self.counters.steps[self.row]
+            return _ExactPart(self, self.sink.open_exact(self.ctx, step, resume_state))
         except OutputChangedError as exc:
             self.counters.halt(exc)
+        except Exception as exc:  # noqa: BLE001 - a writer that cannot resume halts the run
+            if resume_state is None:
+                self.counters.halt(exc)
+            self.counters.halt(ResumeError.of(step_id.rsplit(".", 1)[-1], exc, for_part))

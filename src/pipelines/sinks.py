@@ -62,10 +62,12 @@ def redis(
     """Append records to a Redis stream with ``XADD``, a batch at a time.
 
     Each entry holds the record's JSON in ``field`` and its event id in
-    ``id``; ``maxlen`` trims the stream to about that many entries. After a
-    crash and resume the records since the last snapshot are written again
-    (at least once: the ``id`` field lets readers drop repeats). A batch the
-    server refuses for ``retry_for`` seconds becomes dead letters.
+    ``id``; ``maxlen`` trims the stream to about that many entries. With
+    ``recovery=`` the stream gets each record exactly once: one writer, its
+    last entry id in the snapshots, its entries after that id deleted on
+    resume before the records after the snapshot are written again. Without
+    recovery each worker appends its own. A batch the server refuses for
+    ``retry_for`` seconds becomes dead letters.
     """
     return RedisStreamSink(
         url,

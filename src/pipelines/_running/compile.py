@@ -22,13 +22,13 @@ from operators import (
     Chunk,
     ChunkSource,
     Counters,
-    ExactJsonl,
+    ExactOutput,
+    ExactSink,
     Exit,
     FilterOp,
     FlatMapOp,
     ForwardOp,
     InspectOp,
-    JsonlSink,
     KeyCheckOp,
     MapOp,
     Packet,
@@ -128,8 +128,9 @@ def compile_pipeline(
     one, events would cross between them pickled, so windows that can be are
     aggregated before the key exchange (within one process, workers hand
     records over without pickling, and combining would only add work).
-    With ``exact_files`` (a run with recovery), jsonl sinks keep their length
-    in the snapshots and are cut back to it on resume: exactly once.
+    With ``exact_files`` (a run with recovery), each exactly-once sink (a
+    jsonl file, Redis stream) has one writer whose position is in the
+    snapshots; on resume it undoes what was written after it: exactly once.
     """
     check(pipeline)
     graph = pipeline.graph
@@ -146,10 +147,10 @@ def compile_pipeline(
     partitions: dict[str, Callable[[], list[str]]] = {}
     agg_inputs: dict[str, BwStream[tuple[str, Marked]]] = {}
     join_inputs: dict[str, list[BwStream[tuple[str, tuple[int, Marked]]]]] = {}
-    # With recovery, a jsonl dead-letter file is written exactly once too: the
-    # dead letters of every stage travel to its one writer.
-    exact_dead = exact_files and isinstance(dead_sink, JsonlSink)
-    dead_path = dead_sink.path if isinstance(dead_sink, JsonlSink) else ""
+    # With recovery, an exactly-once dead-letter sink (a jsonl file) is written
+    # exactly once too: the dead letters of every stage travel to its one writer.
+    exact_dead = exact_files and isinstance(dead_sink, ExactSink)
+    dead_path = dead_sink.partition if isinstance(dead_sink, ExactSink) else ""
     dead_streams: list[BwStream[tuple[str, list[Any]]]] = []
 
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
@@ -283,11 +284,11 @@ def compile_pipeline(
             if kind != "write":
                 continue
             sink = target.params["sink"]
-            if exact_files and isinstance(sink, JsonlSink):
+            if exact_files and isinstance(sink, ExactSink):
                 records = op.flat_map_batch(
-                    f"{node.name}_to_{target.name}_{i}", packets, _Records(i, sink.path)
+                    f"{node.name}_to_{target.name}_{i}", packets, _Records(i, sink.partition)
                 )
-                exact = ExactJsonl(sink.path, counters, row[target.name])
+                exact = ExactOutput(sink, ctx, counters, row[target.name])
                 op.output(f"{target.name}_exact", records, exact)
                 partitions[f"{pipeline.name}.{target.name}_exact"] = exact.list_parts
             else:
@@ -343,11 +344,11 @@ def compile_pipeline(
                 tagged = op.map(f"{node.name}_to_{target.name}_{i}_side", marked, _Side(side))
                 join_inputs.setdefault(target.name, []).append(tagged)
     if dead_streams:
-        assert isinstance(dead_sink, JsonlSink)
+        assert isinstance(dead_sink, ExactSink)
         merged = dead_streams[0]
         if len(dead_streams) > 1:
             merged = op.merge(f"{dead_step}_merge", *dead_streams)
-        exact = ExactJsonl(dead_sink.path, counters, row[dead_step])
+        exact = ExactOutput(dead_sink, ctx, counters, row[dead_step])
         op.output(f"{dead_step}_exact", merged, exact)
         partitions[f"{pipeline.name}.{dead_step}_exact"] = exact.list_parts
     return Compiled(flow, counters, kinds, partitions)
