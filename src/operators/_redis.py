@@ -19,8 +19,9 @@ per batch): the record's JSON in field ``data`` and its event id, if it has
 one, in field ``id``, optionally trimming with ``MAXLEN ~``. Without
 recovery each worker appends its own records. With ``recovery=`` one writer
 takes them all, in ``MULTI``/``EXEC`` batches tagged with the pipeline and
-step (field ``writer``), and its position (the last entry id it wrote) is in
-the snapshots; on resume it deletes its entries after that position before
+step and the store's making (field ``writer``), and its position (the last
+entry id it wrote) is in the snapshots; on resume it deletes its entries after
+that position (with no snapshot yet, those since the store was made) before
 the records after the snapshot are written again: each record is in the
 stream exactly once (a reader that tailed the stream meanwhile may have seen
 a deleted entry, and sees it again with the same ``id``).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from typing import Any
 
 from operators._brokers import (
@@ -106,14 +108,93 @@ class _StreamReader(PollingReader):
         what = f"read step {step!r} (stream {stream!r})"
         self.client = _connect(source.url, source.connect_timeout, what)
         self.lost_errors = _lost_errors()
+        #: Consumer-group mode: first this consumer's entries that were delivered
+        #: after ``last`` and never acknowledged, then new ones (``>``).
+        self.group = source.group
+        self.again = True
+        #: Ids handed on and not acknowledged yet, oldest first.
+        self.unacked: deque[str] = deque()
+        if self.group is not None:
+            self._join_group()
         if resume is not None:
             self.last, self.stop, self.offset = resume
+            if self.group is not None:
+                self._covered()
             return
         self.last = "0-0" if source.start in ("0", "0-0") else source.start
-        if source.start == "$":
-            self.last = self._newest() or "0-0"
+        if source.start == "$" or self.group is not None:
+            # A group keeps its own place: the entries after ``last`` are the
+            # pending ones of this consumer, from the first.
+            self.last = "0-0" if self.group is not None else (self._newest() or "0-0")
         # Bounded: up to the last entry present now (kept across resumes).
         self.stop = (self._newest() or "0-0") if source.until == "end" else None
+
+    def _join_group(self) -> None:
+        """Create the group at ``start`` unless it exists (then it keeps its place)."""
+        start = self.source.start
+        try:
+            self.client.xgroup_create(
+                self.stream, self.group, id="0" if start == "0" else start, mkstream=True
+            )
+        except _redis().exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _covered(self) -> None:
+        """Acknowledge this consumer's pending entries up to the resumed snapshot's position.
+
+        The run that read them died before it could: the snapshot this run
+        resumes from covers them, so they are never read again.
+        """
+        source = self.source
+        while True:
+            found = self.client.xpending_range(
+                self.stream, self.group, "-", self.last, 1000, source.consumer
+            )
+            if not found:
+                return
+            self.client.xack(self.stream, self.group, *[p["message_id"] for p in found])
+
+    def _read_group(self) -> list[Any]:
+        """Read a batch as the group's consumer: pending entries first, then new ones."""
+        source = self.source
+        if self.again:
+            found = self.client.xreadgroup(
+                self.group,
+                source.consumer,
+                {self.stream: self.last},
+                count=source.batch_size,
+            )
+            entries = found[0][1] if found else []
+            # An entry deleted after its delivery comes without fields: done with.
+            gone = [e for e, fields in entries if not fields]
+            if gone:
+                self.client.xack(self.stream, self.group, *gone)
+            entries = [(e, fields) for e, fields in entries if fields]
+            if entries or gone:
+                if not entries:
+                    self.last = _id(gone[-1])
+                return entries
+            self.again = False
+        found = self.client.xreadgroup(
+            self.group, source.consumer, {self.stream: ">"}, count=source.batch_size
+        )
+        return found[0][1] if found else []
+
+    def committed(self, position: Any) -> None:
+        """Acknowledge to the group the entries a resumed run would not read again."""
+        last = position[0] if isinstance(position, tuple) and position else None
+        if self.group is None or not isinstance(last, str):
+            return
+        done: list[str] = []
+        while self.unacked and not _after(self.unacked[0], last):
+            done.append(self.unacked.popleft())
+        try:
+            for start in range(0, len(done), 1000):
+                self.client.xack(self.stream, self.group, *done[start : start + 1000])
+        except self.lost_errors:
+            # Not acknowledged now: the next time (these stay pending meanwhile).
+            self.unacked.extendleft(reversed(done))
 
     def _newest(self) -> str | None:
         found = self.client.xrevrange(self.stream, count=1)
@@ -126,14 +207,21 @@ class _StreamReader(PollingReader):
         if self.waiting():
             return None
         try:
-            entries = self.client.xrange(
-                self.stream, min=f"({self.last}", max="+", count=source.batch_size
-            )
+            if self.group is not None:
+                entries = self._read_group()
+            else:
+                entries = self.client.xrange(
+                    self.stream, min=f"({self.last}", max="+", count=source.batch_size
+                )
         except self.lost_errors as exc:
+            # A group may have delivered entries whose answer was lost: they
+            # are this consumer's pending ones, read first once back.
+            self.again = True
             self.lost(exc)
             return None
         self.read_well()
         if self.stop is not None:
+            # (A group's entries after the end stay pending for a later run.)
             entries = [e for e in entries if not _after(_id(e[0]), self.stop)]
         if not entries:
             if self.stop is not None:
@@ -153,6 +241,11 @@ class _StreamReader(PollingReader):
         chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids)
         self.offset += len(records)
         self.last = ids[-1]
+        if self.group is not None:
+            self.unacked.extend(ids)
+            if not self.recovering:
+                # No snapshots to wait for: acknowledged as handed on.
+                self.committed(self.position())
         return chunk
 
     def close(self) -> None:
@@ -178,6 +271,8 @@ class RedisStreamSource(BrokerSource):
         connect_timeout: float = 5.0,
         retry_for: float = 30.0,
         name: str | None = None,
+        group: str | None = None,
+        consumer: str = "evflow",
     ) -> None:
         """Read ``streams`` at ``url`` (see `pipelines.sources.redis`)."""
         super().__init__(
@@ -197,8 +292,14 @@ class RedisStreamSource(BrokerSource):
                 f"entry id such as '1700000000000-0'; got {start!r}."
             )
             raise ValueError(msg)
+        for what, value in (("group", group), ("consumer", consumer)):
+            if value is not None and (not isinstance(value, str) or not value):
+                msg = f"sources.redis: {what} must be a non-empty name; got {value!r}."
+                raise ValueError(msg)
         self.start = start
         self.field = field
+        self.group = group
+        self.consumer = consumer
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Connect and read ``partition`` from the start, or from its position."""
@@ -215,7 +316,13 @@ class _StreamWriter(ExactWriter):
     its own entries after the position, then writes again.
     """
 
-    def __init__(self, sink: RedisStreamSink, tag: str | None = None, resume: Any = None) -> None:
+    def __init__(
+        self,
+        sink: RedisStreamSink,
+        tag: str | None = None,
+        resume: Any = None,
+        since: float | None = None,
+    ) -> None:
         if resume is not None and not (
             isinstance(resume, str) and re.fullmatch(r"\d+-\d+", resume)
         ):
@@ -226,7 +333,12 @@ class _StreamWriter(ExactWriter):
         self.client = _connect(sink.url, sink.connect_timeout, f"write to stream {sink.stream!r}")
         self.last = resume
         self.unsure = resume is not None
-        if tag is not None and resume is None:
+        if tag is not None and resume is None and since is not None:
+            # No snapshot yet, but the store may have had executions killed
+            # before their first one: their entries (made since the store) go.
+            self.last = f"{max(0, int(since) - 1) * 1000}-0"
+            self.unsure = True
+        elif tag is not None and resume is None:
             found = self.client.xrevrange(sink.stream, count=1)
             self.last = _id(found[0][0]) if found else "0-0"
 
@@ -313,4 +425,6 @@ class RedisStreamSink(BrokerSink, ExactSink):
 
     def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
         """Connect the one writer of a run with recovery (exactly once)."""
-        return _StreamWriter(self, f"{ctx.pipeline}.{step}", resume)
+        made = ctx.store_created
+        tag = f"{ctx.pipeline}.{step}" + ("" if made is None else f"@{int(made)}")
+        return _StreamWriter(self, tag, resume, made)

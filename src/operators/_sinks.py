@@ -60,6 +60,9 @@ class RunContext:
         """
         self.pipeline = pipeline
         self.append_files = append_files
+        #: When the recovery store of a run with recovery was made (epoch
+        #: seconds): what its killed executions wrote can be told apart.
+        self.store_created: float | None = None
         self.outputs: dict[str, list[Any]] = {}
         #: Dead letters of a run that writes them to no sink of its own: the
         #: first `DEAD_LETTERS_KEPT`, with exact counts by step and kind.

@@ -74,6 +74,20 @@ class Reader(ABC):
         """Return when to ask again after an empty read (None: at once)."""
         return None
 
+    #: Whether the run keeps snapshots (set before the first read): a reader
+    #: that acknowledges its input upstream then waits for `committed`.
+    recovering: bool = False
+
+    def committed(self, position: Any) -> None:  # noqa: B027 - optional hook
+        """Hear that a resumed run would start at ``position`` (runs with recovery).
+
+        Called from time to time with the position of the newest snapshot
+        that the recovery store holds durably, and with the last position
+        once the run has ended well: what it covers never needs reading
+        again, so a reader may acknowledge it upstream (a consumer group's
+        ``XACK``, a broker's commit).
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the reader holds."""
 
@@ -111,12 +125,27 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
     """One partition's reader; a failure halts the run instead of the engine."""
 
     def __init__(
-        self, reader: Reader | None, counters: Counters | None, step: str, part: str
+        self,
+        reader: Reader | None,
+        counters: Counters | None,
+        step: str,
+        part: str,
+        owner: ChunkSource | None = None,
+        step_id: str = "",
     ) -> None:
         self.reader = reader
         self.counters = counters
         self.step = step
         self.part = part
+        self.owner = owner
+        self.step_id = step_id
+        #: Whether to tell the reader what the store holds (it listens, the run recovers).
+        self.listens = (
+            reader is not None
+            and owner is not None
+            and owner.durable is not None
+            and type(reader).committed is not Reader.committed
+        )
         self.ended = False
         #: Since when the reader has had nothing to read (None: it has).
         self.quiet_since: float | None = None
@@ -171,20 +200,56 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
         return None if self.reader is None else self.reader.next_awake()
 
     def snapshot(self) -> Any:
-        return None if self.reader is None else self.reader.position()
+        if self.reader is None:
+            return None
+        position = self.reader.position()
+        if self.listens:
+            assert self.owner is not None and self.owner.durable is not None
+            found, held = self.owner.durable(self.step_id, self.part)
+            if found:
+                self.reader.committed(held)
+        return position
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
+        if self.reader is None:
+            return
+        if self.listens:
+            # Told of its last position once the run has ended well (or closed then).
+            assert self.owner is not None
+            self.owner.lingering.append(self.reader)
+            return
+        self.reader.close()
 
 
 class ChunkSource(FixedPartitionedSource[Chunk, Any]):
     """A bytewax source over an evflow `Source`, yielding chunks."""
 
-    def __init__(self, source: Source[Any], counters: Counters | None = None) -> None:
-        """Wrap ``source``; with ``counters``, stop reading once the run halts."""
+    def __init__(
+        self,
+        source: Source[Any],
+        counters: Counters | None = None,
+        durable: Callable[[str, str], tuple[bool, Any]] | None = None,
+    ) -> None:
+        """Wrap ``source``; with ``counters``, stop reading once the run halts.
+
+        ``durable(step_id, partition)`` (runs with recovery) finds the position
+        a resumed run would start from, for readers that acknowledge upstream.
+        """
         self.source = source
         self.counters = counters
+        self.durable = durable
+        #: Readers that wait for the run's end to hear of their last position.
+        self.lingering: list[Reader] = []
+
+    def finish(self, ended_well: bool) -> None:
+        """Tell waiting readers their last position (if the run ended well); close them."""
+        while self.lingering:
+            reader = self.lingering.pop()
+            try:
+                if ended_well:
+                    reader.committed(reader.position())
+            finally:
+                reader.close()
 
     def list_parts(self) -> list[str]:
         """List the partitions (a failure halts the run)."""
@@ -208,7 +273,8 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
             if resume_state is not None:
                 self.counters.halt(ResumeError.of(step, exc, for_part))
             self.counters.halt(exc)
-        return _Partition(reader, self.counters, step, for_part)
+        reader.recovering = self.durable is not None
+        return _Partition(reader, self.counters, step, for_part, self, step_id)
 
 
 def slug(text: str) -> str:

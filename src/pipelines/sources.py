@@ -312,6 +312,8 @@ def redis(
     connect_timeout: float = 5.0,
     retry_for: float = 30.0,
     name: str | None = None,
+    group: str | None = None,
+    consumer: str = "evflow",
 ) -> RedisStreamSource:
     """Read Redis streams (Redis or Valkey), a partition per stream.
 
@@ -322,8 +324,16 @@ def redis(
     ``schema``; an entry without it is handed on as a dict of its fields. A
     malformed entry is a dead letter whose origin names the stream and the
     entry id. The last entry id read is kept in evflow's snapshots: with
-    ``recovery=`` a resumed run neither loses nor repeats an entry. Needs
-    the ``redis`` client (``pip install 'evflow[redis]'``).
+    ``recovery=`` a resumed run neither loses nor repeats an entry.
+
+    With ``group=`` the streams are read as ``consumer`` of that consumer
+    group (made at ``start`` if it does not exist, ``MKSTREAM``), sharing
+    the entries with the group's other consumers: first this consumer's
+    entries delivered before and never acknowledged, then new ones. With
+    ``recovery=`` an entry is acknowledged (``XACK``) only once a snapshot
+    that covers it is in the recovery store (and at the end of a run that
+    ended well); without, as it is handed on. Needs the ``redis`` client
+    (``pip install 'evflow[redis]'``).
     """
     return RedisStreamSource(
         url,
@@ -337,6 +347,8 @@ def redis(
         connect_timeout=connect_timeout,
         retry_for=retry_for,
         name=name,
+        group=group,
+        consumer=consumer,
     )
 
 

@@ -201,7 +201,8 @@ def slow(c):
 pipeline = (
     Pipeline("redisapp")
     .read(sources.redis(os.environ["URL"], ["clicks:0", "clicks:1"], schema=Click,
-                        batch_size=50, until=os.environ.get("UNTIL", "end") or None))
+                        batch_size=50, until=os.environ.get("UNTIL", "end") or None,
+                        group=os.environ.get("GROUP") or None))
     .map(slow)
     .map(lambda c: {"id": c.id})
     .write(sinks.redis(os.environ["URL"], os.environ["OUT_STREAM"]) if os.environ.get("OUT_STREAM")
@@ -264,6 +265,75 @@ def test_killed_and_resumed_reads_every_entry_exactly_once(server: Server, tmp_p
     assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(3000))
 
 
+def pending(client: redis.Redis, stream: str, group: str) -> int:
+    return int(client.xpending(stream, group)["pending"])
+
+
+def acknowledged(client: redis.Redis, stream: str, group: str) -> int:
+    """Count the entries the group has delivered and had acknowledged."""
+    [info] = [g for g in client.xinfo_groups(stream) if g["name"] == group.encode()]
+    delivered = len(client.xrange(stream, "-", info["last-delivered-id"]))
+    return delivered - pending(client, stream, group)
+
+
+def test_a_consumer_group_shares_the_entries_and_acknowledges_what_it_read(
+    server: Server,
+) -> None:
+    client = server.client()
+    fill(client, "shared", 300)
+
+    def read(group: str, consumer: str) -> list[str]:
+        source = sources.redis(
+            server.url, "shared", schema=Click, group=group, consumer=consumer, batch_size=40
+        )
+        result = Pipeline("g").read(source).map(lambda c: c.id).write(sinks.memory("o")).run()
+        assert result.reconciles
+        return list(result["o"])
+
+    first = read("workers", "a")
+    assert first == [f"shared-{i}" for i in range(300)]
+    assert pending(client, "shared", "workers") == 0  # acknowledged as read
+    fill(client, "shared", 50)  # the same ids again, as new entries
+    assert read("workers", "b") == [f"shared-{i}" for i in range(50)]  # only the new ones
+    assert read("workers", "a") == []  # the group has delivered everything
+    assert len(read("audit", "a")) == 350  # another group reads the whole stream
+    # An entry delivered but never acknowledged (a consumer that died) is read
+    # again by the same consumer first.
+    fill(client, "shared", 5)
+    client.xreadgroup("workers", "c", {"shared": ">"}, count=2)
+    assert pending(client, "shared", "workers") == 2
+    assert read("workers", "c") == [f"shared-{i}" for i in range(5)]
+    assert pending(client, "shared", "workers") == 0
+    with pytest.raises(ValueError, match="group must be a non-empty name"):
+        sources.redis(server.url, "shared", group="")
+
+
+def test_a_group_acknowledges_only_what_a_durable_snapshot_covers(
+    server: Server, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / "clicks.jsonl"
+    client = server.client()
+    fill(client, "clicks:0", 3000)
+    fill(client, "clicks:1", 3000)
+    env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008", "GROUP": "g"}
+    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
+    kills = kill_at_random(command(app, *resume), env, kills=3, seed=5, after=(0.8, 1.5))
+    assert kills >= 3
+    # Killed runs acknowledged part of what they read (what snapshots covered), not all.
+    acked = sum(acknowledged(client, f"clicks:{s}", "g") for s in (0, 1))
+    written = len(out.read_text().splitlines())
+    assert 0 < acked <= written, (acked, written)
+    done = subprocess.run(
+        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(3000))
+    assert pending(client, "clicks:0", "g") == pending(client, "clicks:1", "g") == 0
+
+
 def stream_ids(client: redis.Redis, stream: str) -> Counter[str]:
     return Counter(json.loads(f[b"data"])["id"] for _, f in client.xrange(stream))
 
@@ -279,6 +349,10 @@ def test_killed_and_resumed_writes_every_record_to_a_stream_exactly_once(
     # Another writer's entries in the same stream are left alone.
     client.xadd("copies", {"data": json.dumps({"id": "before"})})
     env = {**os.environ, "URL": server.url, "OUT_STREAM": "copies", "PAUSE": "0.0008"}
+    # First a run killed before its first snapshot (it wrote entries all the same).
+    first = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "60"]
+    assert kill_at_random(command(app, *first), env, kills=1, seed=1, after=(1.0, 1.2)) == 1
+    assert stream_ids(client, "copies").total() > 1
     resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
     kills = kill_at_random(command(app, *resume), env, kills=3, seed=4, after=(0.8, 1.5))
     assert kills >= 3

@@ -117,10 +117,17 @@ class Compiled:
     #: The partitions of each step whose state is kept by partition (sources,
     #: exactly-once files), by engine step id: a resumed run must have them all.
     partitions: dict[str, Callable[[], list[str]]] = field(default_factory=dict)
+    #: The engine's sources: told when the run has ended (`ChunkSource.finish`).
+    sources: list[ChunkSource] = field(default_factory=list)
 
 
 def compile_pipeline(
-    pipeline: Pipeline, ctx: RunContext, processes: int = 1, *, exact_files: bool = False
+    pipeline: Pipeline,
+    ctx: RunContext,
+    processes: int = 1,
+    *,
+    exact_files: bool = False,
+    durable: Callable[[str, str], tuple[bool, Any]] | None = None,
 ) -> Compiled:
     """Build the bytewax ``Dataflow`` for ``pipeline`` (checked first).
 
@@ -131,6 +138,8 @@ def compile_pipeline(
     With ``exact_files`` (a run with recovery), each exactly-once sink (a
     jsonl file, Redis stream) has one writer whose position is in the
     snapshots; on resume it undoes what was written after it: exactly once.
+    ``durable(step_id, partition)`` (with recovery) finds a source partition's
+    position in the store, for readers that acknowledge upstream what it covers.
     """
     check(pipeline)
     graph = pipeline.graph
@@ -152,6 +161,7 @@ def compile_pipeline(
     exact_dead = exact_files and isinstance(dead_sink, ExactSink)
     dead_path = dead_sink.partition if isinstance(dead_sink, ExactSink) else ""
     dead_streams: list[BwStream[tuple[str, list[Any]]]] = []
+    engine_sources: list[ChunkSource] = []
 
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
         nodes: list[StageNode] = []
@@ -269,7 +279,9 @@ def compile_pipeline(
                 source = node.params["source"]
                 if source.schema is not None:
                     adapter = schema_adapter(source.schema)
-                chunks = op.input(node.name, flow, ChunkSource(source, counters))
+                engine_source = ChunkSource(source, counters, durable)
+                engine_sources.append(engine_source)
+                chunks = op.input(node.name, flow, engine_source)
                 partitions[f"{pipeline.name}.{node.name}"] = source.partitions
             else:
                 chunks = op.merge(node.name, *merge_inputs.pop(node.name))
@@ -351,7 +363,7 @@ def compile_pipeline(
         exact = ExactOutput(dead_sink, ctx, counters, row[dead_step])
         op.output(f"{dead_step}_exact", merged, exact)
         partitions[f"{pipeline.name}.{dead_step}_exact"] = exact.list_parts
-    return Compiled(flow, counters, kinds, partitions)
+    return Compiled(flow, counters, kinds, partitions, engine_sources)
 
 
 def _source_partitions(node: Node) -> list[str]:

@@ -209,7 +209,15 @@ def execute(
     # With recovery, files are emptied once for a fresh store, then appended to.
     ctx = RunContext(pipeline.name, append_files=append_files or recovery is not None)
     processes = max(1, len(addresses or ()))
-    compiled = compile_pipeline(pipeline, ctx, processes, exact_files=recovery is not None)
+    durable = None
+    if recovery is not None:
+        from pipelines._running.store import DurableStates, store_created
+
+        durable = DurableStates(recovery.directory)
+        ctx.store_created = store_created(recovery.directory)
+    compiled = compile_pipeline(
+        pipeline, ctx, processes, exact_files=recovery is not None, durable=durable
+    )
     if recovery is not None:
         check_partitions(recovery.directory, compiled.partitions)
     if monitor is not None:
@@ -220,6 +228,7 @@ def execute(
 
         server = serve_metrics(metrics, pipeline.name, compiled, proc_id)
     error: BaseException | None = None
+    ran_through = False
     options: dict[str, Any] = {}
     if recovery is not None:
         options = {
@@ -238,6 +247,7 @@ def execute(
                     worker_count_per_proc=workers,
                     **options,
                 )
+        ran_through = True
     except BaseException as exc:
         # The engine's panics (pyo3's PanicException) are BaseExceptions too;
         # Ctrl-C and exits go on unless the run had halted first.
@@ -245,6 +255,12 @@ def execute(
             raise
         error = exc if isinstance(exc, KeyboardInterrupt) else root_cause(exc)
     finally:
+        ended_well = ran_through and compiled.counters.halted is None
+        for engine_source in compiled.sources:
+            with contextlib.suppress(Exception):
+                engine_source.finish(ended_well)
+        if durable is not None:
+            durable.close()
         ctx.close()
         if server is not None:
             server.close()

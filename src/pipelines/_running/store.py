@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import pickle
 import pickletools
 import socket
 import sqlite3
 import stat
+import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "SAFE_GLOBALS",
@@ -346,3 +351,132 @@ def lock_store(directory: Path, member: int | None = None) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # the holder's line goes with its lock
             os.close(fd)
+
+
+def _resume_epoch(db: sqlite3.Connection) -> int | None:
+    """Return the epoch a run resumed from this partition file would start at (None: none)."""
+    latest = db.execute(
+        "SELECT ex_num, worker_count, resume_epoch FROM exs ORDER BY ex_num DESC LIMIT 1"
+    ).fetchone()
+    if latest is None:
+        return None
+    ex_num, workers, resume = int(latest[0]), int(latest[1]), int(latest[2])
+    # Each worker's progress is its highest frontier in this execution (at
+    # least the epoch the execution started at); a resume starts at the lowest.
+    reached: dict[int, int] = dict.fromkeys(range(workers), resume)
+    for worker, frontier in db.execute(
+        "SELECT worker_index, worker_frontier FROM fronts WHERE ex_num = ?", (ex_num,)
+    ):
+        reached[worker] = max(reached.get(worker, resume), int(frontier))
+    return min(reached.values())
+
+
+def store_created(directory: Path) -> float | None:
+    """Return when the store was made (epoch seconds, whole), read before the engine opens it."""
+    found: list[float] = []
+    for part in sorted(directory.glob("*.sqlite3")):
+        with contextlib.closing(sqlite3.connect(part)) as db:
+            for (made,) in db.execute("SELECT created_at FROM parts"):
+                when = datetime.strptime(made, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+                found.append(when.timestamp())
+    return min(found) if found else None
+
+
+def durable_blob(directory: Path, step_id: str, key: str) -> bytes | None:
+    """Return the snapshot of ``key`` of ``step_id`` that a resume would start from now.
+
+    Read-only connections; meant for another process than the run's (see
+    `DurableStates`): two copies of SQLite in one process (the engine's and
+    Python's) do not see each other's file locks.
+    """
+    parts = sorted(directory.glob("*.sqlite3"))
+    epochs = []
+    for part in parts:
+        with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
+            epochs.append(_resume_epoch(db))
+    known = [e for e in epochs if e is not None]
+    if not known:
+        return None
+    resume = min(known)
+    best: tuple[int, Any] | None = None
+    for part in parts:
+        with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND state_key = ? "
+                "AND snap_epoch < ? ORDER BY snap_epoch DESC LIMIT 1",
+                (step_id, key, resume),
+            ).fetchone()
+        if row is not None and (best is None or row[0] > best[0]):
+            best = row
+    return best[1] if best is not None and isinstance(best[1], bytes) else None
+
+
+class DurableStates:
+    """Ask a helper process what a resume would start from, for readers that acknowledge.
+
+    ``states(step_id, key)`` returns ``(True, state)`` or ``(False, None)``.
+    The store is read by a process of its own (started on first use), since
+    reading it beside the engine in this process could drop the engine's
+    file locks; the state is unpickled here once its opcodes pass
+    `check_snapshot`.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        """Read ``directory``'s store when asked."""
+        self.directory = directory
+        self.proc: subprocess.Popen[str] | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, step_id: str, key: str) -> tuple[bool, Any]:
+        """Return the state of ``key`` of ``step_id`` that the store holds durably."""
+        with self.lock:
+            try:
+                if self.proc is None:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-m", "pipelines._running.store", str(self.directory)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                assert self.proc.stdin is not None and self.proc.stdout is not None
+                self.proc.stdin.write(json.dumps([step_id, key]) + "\n")
+                self.proc.stdin.flush()
+                answer = self.proc.stdout.readline().strip()
+            except (OSError, ValueError):
+                return False, None
+        if not answer:
+            return False, None
+        blob = bytes.fromhex(answer)
+        if check_snapshot(blob) is not None:
+            return False, None
+        return True, pickle.loads(blob)  # its opcodes were checked just above
+
+    def close(self) -> None:
+        """Stop the helper process."""
+        with self.lock:
+            if self.proc is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    assert self.proc.stdin is not None
+                    self.proc.stdin.close()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                self.proc = None
+
+
+def _serve(directory: Path) -> None:
+    """Answer ``[step_id, key]`` lines with the durable snapshot's hex (empty: none)."""
+    for line in sys.stdin:
+        step_id, key = json.loads(line)
+        try:
+            blob = durable_blob(directory, step_id, key)
+        except sqlite3.Error:
+            blob = None
+        sys.stdout.write((blob.hex() if blob else "") + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]))
