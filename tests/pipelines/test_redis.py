@@ -215,6 +215,16 @@ def command(app: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
 
 
+def two_streams(server: Server, tmp_path: Path, n: int) -> tuple[Path, redis.Redis]:
+    """Write the app, fill ``clicks:0`` and ``clicks:1`` with ``n`` entries each."""
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    client = server.client()
+    fill(client, "clicks:0", n)
+    fill(client, "clicks:1", n)
+    return app, client
+
+
 def test_live_mode_picks_up_entries_added_while_running(server: Server, tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text(APP)
@@ -247,12 +257,8 @@ def test_live_mode_picks_up_entries_added_while_running(server: Server, tmp_path
 
 
 def test_killed_and_resumed_reads_every_entry_exactly_once(server: Server, tmp_path: Path) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app, _ = two_streams(server, tmp_path, 3000)
     out = tmp_path / "clicks.jsonl"
-    client = server.client()
-    fill(client, "clicks:0", 3000)
-    fill(client, "clicks:1", 3000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
     kills = kill_at_random(command(app, *resume), env, kills=3, seed=9, after=(0.8, 1.5))
@@ -311,12 +317,8 @@ def test_a_consumer_group_shares_the_entries_and_acknowledges_what_it_read(
 def test_a_group_acknowledges_only_what_a_durable_snapshot_covers(
     server: Server, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app, client = two_streams(server, tmp_path, 3000)
     out = tmp_path / "clicks.jsonl"
-    client = server.client()
-    fill(client, "clicks:0", 3000)
-    fill(client, "clicks:1", 3000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008", "GROUP": "g"}
     resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
     kills = kill_at_random(command(app, *resume), env, kills=3, seed=5, after=(0.8, 1.5))
@@ -341,11 +343,7 @@ def stream_ids(client: redis.Redis, stream: str) -> Counter[str]:
 def test_killed_and_resumed_writes_every_record_to_a_stream_exactly_once(
     server: Server, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
-    client = server.client()
-    fill(client, "clicks:0", 3000)
-    fill(client, "clicks:1", 3000)
+    app, client = two_streams(server, tmp_path, 3000)
     # Another writer's entries in the same stream are left alone.
     client.xadd("copies", {"data": json.dumps({"id": "before"})})
     env = {**os.environ, "URL": server.url, "OUT_STREAM": "copies", "PAUSE": "0.0008"}
@@ -375,12 +373,8 @@ def test_killed_and_resumed_writes_every_record_to_a_stream_exactly_once(
 def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     server: Server, tmp_path: Path, into: str
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app, _ = two_streams(server, tmp_path, 2000)
     out = tmp_path / "clicks.jsonl"
-    client = server.client()
-    fill(client, "clicks:0", 2000)
-    fill(client, "clicks:1", 2000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     run = command(app)
     if into == "stream":
