@@ -21,3 +21,27 @@ def test_filter_by_predicate_and_by_class() -> None:
     result = purchases.write(sinks.memory("out")).run()
     assert [e.amount for e in result["out"]] == [5, 500]
     assert result.counts["filter_Purchase"].filtered == 2 and result.reconciles
+
+
+class BigPurchase(Purchase):
+    pass
+
+
+class Refund(Purchase):
+    pass
+
+
+def test_a_class_filter_keeps_subclasses_in_order_at_any_batch_size() -> None:
+    import random
+
+    rng = random.Random(3)
+    kinds = [View, Purchase, BigPurchase, Refund]
+    events = [
+        View(user=f"u{i}") if k is View else k(user=f"u{i}", amount=i)
+        for i, k in enumerate(kinds[rng.randrange(4)] for _ in range(2000))
+    ]
+    for batch in (1, 7, 128, 1000):
+        s = Pipeline("f").read(sources.memory(events, batch_size=batch))
+        for cls in (Purchase, BigPurchase, View):
+            kept = testing.outputs(s.filter(cls))
+            assert kept == [e for e in events if isinstance(e, cls)], (batch, cls)
