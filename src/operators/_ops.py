@@ -54,27 +54,38 @@ class IsInstance:
         return isinstance(item, self.cls)
 
 
+class _Wanted(dict[type, bool]):
+    """Whether each class met is ``cls`` or a subclass, decided once per class.
+
+    Event classes check instances through their metaclass, which is slow
+    to ask for every record.
+    """
+
+    def __init__(self, cls: type) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def __missing__(self, t: type) -> bool:
+        wanted = self[t] = issubclass(t, self.cls)
+        return wanted
+
+
 class FilterOp(StageOp):
     """Keep the records for which the predicate is true."""
 
     kind = "filter"
+    #: For a class filter: which classes pass.
+    wanted: _Wanted | None = None
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Filter a list."""
         fn = self.fn
         if isinstance(fn, IsInstance):
-            # A class test cannot fail. Event classes check instances through
-            # their metaclass (slow): decide once per class present instead.
-            cls = fn.cls
-            wanted = [t for t in set(map(type, items)) if issubclass(t, cls)]
-            if not wanted:
-                kept_: list[Any] = []
-            elif len(wanted) == 1:
-                only = wanted[0]
-                kept_ = [x for x in items if type(x) is only]
-            else:
-                among = set(wanted)
-                kept_ = [x for x in items if type(x) in among]
+            # A class test cannot fail: one comprehension, a lookup per record.
+            wanted = self.wanted
+            if wanted is None:
+                wanted = self.wanted = _Wanted(fn.cls)
+            kept_ = [x for x in items if wanted[type(x)]]
             row[_FILTERED] += len(items) - len(kept_)
             return kept_
         kept: list[Any] = []
