@@ -454,3 +454,38 @@ def test_resuming_from_another_directory_says_what_changed(
     pipeline(False).run(recovery=store)
     written = [int(line) for line in (tmp_path / "a" / "out.jsonl").read_text().splitlines()]
     assert sorted(written) == list(range(20_000))
+
+
+def test_durable_states_come_from_a_helper_that_checks_and_can_be_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import time
+
+    from pipelines._running import store as store_module
+    from pipelines._running.store import DurableStates
+
+    store = tmp_path / "store"
+    p = Pipeline("t").read(sources.memory(range(10), batch_size=3)).write(sinks.memory("o"))
+    p.run(recovery=store)
+    states = DurableStates(store)
+    try:
+        # The position a resume would start from: the source's end (10 records read).
+        assert states("t.read_memory", "part0") == (True, 10)
+        assert states("t.read_memory", "no_such_part") == (False, None)
+        # A snapshot that could run code is never unpickled here.
+        blob = payload("operators._sources", "os.system", FORMS[0], "short", call=False)
+        _tamper(store, blob[:-1] + _text("true", "short") + b"\x85R.")
+        with sqlite3.connect(next(store.glob("*.sqlite3"))) as db:
+            db.execute("UPDATE exs SET resume_epoch = 100")
+        assert states("t.read_memory", "part0") == (False, None)
+    finally:
+        states.close()
+    assert states.proc is None
+    # A helper that does not answer is killed, and the answer is "nothing yet".
+    monkeypatch.setattr(store_module, "ANSWER_WITHIN", 0.3)
+    stuck = DurableStates(store)
+    stuck.command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = time.monotonic()
+    assert stuck("t.read_memory", "part0") == (False, None)
+    assert time.monotonic() - started < 10 and stuck.proc is None

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import pickletools
+import select
 import socket
 import sqlite3
 import stat
@@ -411,6 +412,10 @@ def durable_blob(directory: Path, step_id: str, key: str) -> bytes | None:
     return best[1] if best is not None and isinstance(best[1], bytes) else None
 
 
+#: Seconds the store's helper process has to answer before it is replaced.
+ANSWER_WITHIN = 10.0
+
+
 class DurableStates:
     """Ask a helper process what a resume would start from, for readers that acknowledge.
 
@@ -426,6 +431,8 @@ class DurableStates:
         self.directory = directory
         self.proc: subprocess.Popen[str] | None = None
         self.lock = threading.Lock()
+        #: The helper's command line.
+        self.command = [sys.executable, "-m", "pipelines._running.store", str(directory)]
 
     def __call__(self, step_id: str, key: str) -> tuple[bool, Any]:
         """Return the state of ``key`` of ``step_id`` that the store holds durably."""
@@ -433,7 +440,7 @@ class DurableStates:
             try:
                 if self.proc is None:
                     self.proc = subprocess.Popen(
-                        [sys.executable, "-m", "pipelines._running.store", str(self.directory)],
+                        self.command,
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         text=True,
@@ -441,8 +448,15 @@ class DurableStates:
                 assert self.proc.stdin is not None and self.proc.stdout is not None
                 self.proc.stdin.write(json.dumps([step_id, key]) + "\n")
                 self.proc.stdin.flush()
+                ready, _, _ = select.select([self.proc.stdout], [], [], ANSWER_WITHIN)
+                if not ready:
+                    # A helper that does not answer is replaced: nothing is
+                    # acknowledged meanwhile (it stays pending, never lost).
+                    self._stop(kill=True)
+                    return False, None
                 answer = self.proc.stdout.readline().strip()
             except (OSError, ValueError):
+                self._stop(kill=True)
                 return False, None
         if not answer:
             return False, None
@@ -454,16 +468,24 @@ class DurableStates:
     def close(self) -> None:
         """Stop the helper process."""
         with self.lock:
-            if self.proc is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    assert self.proc.stdin is not None
-                    self.proc.stdin.close()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-                self.proc = None
+            self._stop(kill=False)
+
+    def _stop(self, *, kill: bool) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if kill:
+            proc.kill()
+        with contextlib.suppress(OSError, ValueError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _serve(directory: Path) -> None:
