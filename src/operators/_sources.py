@@ -156,11 +156,14 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
             self.counters.check_halted()
         if self.reader is None or self.ended:
             raise StopIteration
-        # Up to READ_AHEAD chunks that are ready now: the steps after take
-        # them in one call, and a keyed step gets one item per key bucket for
-        # all of them (its per-item costs, and pickling, paid once).
+        # Up to READ_AHEAD chunks that are ready now, for keyed steps: they
+        # take them in one call, one item per key bucket for all of them (its
+        # per-item costs, and pickling, paid once). Stateless stages read one
+        # chunk at a time: fewer records alive at once run faster.
         chunks: list[Chunk] = []
-        most = READ_AHEAD if self.reader.read_ahead else 1
+        most = 1
+        if self.reader.read_ahead and (self.owner is None or self.owner.read_ahead):
+            most = READ_AHEAD
         while len(chunks) < most:
             try:
                 chunk = self.reader.next_chunk()
@@ -229,15 +232,19 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         source: Source[Any],
         counters: Counters | None = None,
         durable: Callable[[str, str], tuple[bool, Any]] | None = None,
+        *,
+        read_ahead: bool = True,
     ) -> None:
         """Wrap ``source``; with ``counters``, stop reading once the run halts.
 
         ``durable(step_id, partition)`` (runs with recovery) finds the position
         a resumed run would start from, for readers that acknowledge upstream.
+        ``read_ahead``: hand over several ready chunks at once (for keyed steps).
         """
         self.source = source
         self.counters = counters
         self.durable = durable
+        self.read_ahead = read_ahead
         #: Readers that wait for the run's end to hear of their last position.
         self.lingering: list[Reader] = []
 

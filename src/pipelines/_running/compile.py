@@ -279,7 +279,9 @@ def compile_pipeline(
                 source = node.params["source"]
                 if source.schema is not None:
                     adapter = schema_adapter(source.schema)
-                engine_source = ChunkSource(source, counters, durable)
+                # Keyed steps after the stage take several chunks at once.
+                keyed = any(kind != "write" for kind, _ in stage_.exits)
+                engine_source = ChunkSource(source, counters, durable, read_ahead=keyed)
                 engine_sources.append(engine_source)
                 chunks = op.input(node.name, flow, engine_source)
                 partitions[f"{pipeline.name}.{node.name}"] = source.partitions
