@@ -14,8 +14,10 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
+
+from pydantic_core import TzInfo
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._ops import check_key
@@ -97,6 +99,37 @@ _NEVER = -math.inf
 _DONE = math.inf
 
 
+#: Time zones whose offset never changes: a subtraction within one of them is exact.
+_FIXED_ZONES: tuple[type, ...] = (timezone, TzInfo)
+_SECOND = timedelta(seconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class _Epochs:
+    """The epoch written in the time zone last seen: seconds by one subtraction.
+
+    ``value.timestamp()`` asks the zone for its offset (slow for pydantic's
+    zones); within one fixed-offset zone, ``value - epoch`` needs no offset.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        #: ``(zone, the epoch in it)``, replaced whole (workers share it).
+        self.last: tuple[Any, datetime] = (None, _EPOCH)
+
+    def seconds(self, value: datetime) -> float:
+        """Return an aware datetime's epoch seconds (as ``timestamp()`` does)."""
+        zone = value.tzinfo
+        seen, epoch = self.last
+        if zone is not seen:
+            if type(zone) not in _FIXED_ZONES:
+                return value.timestamp()
+            epoch = _EPOCH.astimezone(zone)
+            self.last = (zone, epoch)
+        return (value - epoch) / _SECOND
+
+
 def event_seconds(value: Any) -> float:
     """Turn an event time (aware datetime, or epoch seconds) into seconds.
 
@@ -142,11 +175,12 @@ class ClockOp(StageOp):
         self.processing = not isinstance(clock, EventTime)
         if isinstance(clock, EventTime):
             read = clock.fn or operator.attrgetter(clock.field or "time")
+            seconds = _Epochs().seconds
 
             def time_of(event: Any) -> float:
                 value = read(event)
                 if value.__class__ is datetime and value.tzinfo is not None:
-                    return float(value.timestamp())
+                    return seconds(value)
                 return event_seconds(value)
 
             self.time_of: Callable[[Any], float] = time_of
