@@ -78,3 +78,20 @@ def test_key_buckets_spread_evenly_over_workers(workers: int) -> None:
     held = Counter(where.values())
     counts = [held.get(w, 0) for w in range(workers)]
     assert max(counts) - min(counts) <= 1, counts
+
+
+def test_a_stage_that_only_writes_reads_one_chunk_at_a_time() -> None:
+    from operators import RunContext, agg
+    from pipelines._running.compile import compile_pipeline
+
+    p = Pipeline("ra")
+    plain = p.read(sources.memory(range(10)), name="plain").map(lambda n: n + 1)
+    keyed = (
+        p.read(sources.memory(range(10)), name="keyed")
+        .key_by(lambda n: str(n % 2))
+        .aggregate(n=agg.count())
+    )
+    both = plain.write(sinks.memory("a")) | keyed.write(sinks.memory("b"))
+    compiled = compile_pipeline(both, RunContext("ra"))
+    # In the order the sources were read: the plain one, then the keyed one.
+    assert [s.read_ahead for s in compiled.sources] == [False, True]

@@ -279,9 +279,7 @@ def compile_pipeline(
                 source = node.params["source"]
                 if source.schema is not None:
                     adapter = schema_adapter(source.schema)
-                # Keyed steps after the stage take several chunks at once.
-                keyed = any(kind != "write" for kind, _ in stage_.exits)
-                engine_source = ChunkSource(source, counters, durable, read_ahead=keyed)
+                engine_source = ChunkSource(source, counters, durable)
                 engine_sources.append(engine_source)
                 chunks = op.input(node.name, flow, engine_source)
                 partitions[f"{pipeline.name}.{node.name}"] = source.partitions
@@ -290,6 +288,10 @@ def compile_pipeline(
             root = ParseOp(
                 node.name, row[node.name], adapter, node.policy, tree(stage_, (node.name, None))
             )
+            if node.kind == "read":
+                # Steps past the stage's sinks (keyed steps, merges) take several
+                # chunks at once; a stage that only writes reads one at a time.
+                engine_source.read_ahead = any(kind != "write" for kind, _ in stage_.exits)
         packets = stage(
             f"{node.name}_stage", chunks, [root], len(stage_.exits), pipeline.name, counters
         )
