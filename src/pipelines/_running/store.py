@@ -378,7 +378,11 @@ def store_created(directory: Path) -> float | None:
     for part in sorted(directory.glob("*.sqlite3")):
         with contextlib.closing(sqlite3.connect(part)) as db:
             for (made,) in db.execute("SELECT created_at FROM parts"):
-                when = datetime.strptime(made, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+                try:
+                    # SQLite's CURRENT_TIMESTAMP: UTC, to the second.
+                    when = datetime.strptime(f"{made} +0000", "%Y-%m-%d %H:%M:%S %z")
+                except (TypeError, ValueError):
+                    continue  # not the engine's stamp: no time to go by
                 found.append(when.timestamp())
     return min(found) if found else None
 
