@@ -209,8 +209,13 @@ class _Partition(StatefulSourcePartition[Chunk, Any]):
         if self.listens:
             assert self.owner is not None and self.owner.durable is not None
             found, held = self.owner.durable(self.step_id, self.part)
-            if found:
-                self.reader.committed(held)
+            try:
+                if found:
+                    self.reader.committed(held)
+            except Exception as exc:
+                if self.counters is None:
+                    raise
+                self.counters.halt(exc)
         return position
 
     def close(self) -> None:
@@ -250,13 +255,18 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
 
     def finish(self, ended_well: bool) -> None:
         """Tell waiting readers their last position (if the run ended well); close them."""
+        failed: BaseException | None = None
         while self.lingering:
             reader = self.lingering.pop()
             try:
                 if ended_well:
                     reader.committed(reader.position())
+            except Exception as exc:  # noqa: BLE001 - the others are closed first
+                failed = failed or exc
             finally:
                 reader.close()
+        if failed is not None:
+            raise failed
 
     def list_parts(self) -> list[str]:
         """List the partitions (a failure halts the run)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -257,8 +258,15 @@ def execute(
     finally:
         ended_well = ran_through and compiled.counters.halted is None
         for engine_source in compiled.sources:
-            with contextlib.suppress(Exception):
+            try:
                 engine_source.finish(ended_well)
+            except Exception as exc:  # noqa: BLE001 - the run's own outcome comes first
+                # Left unacknowledged upstream: a later run acknowledges them.
+                print(
+                    f"evflow: could not acknowledge what {engine_source.source.label} read: "
+                    f"{type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
         if durable is not None:
             durable.close()
         ctx.close()
