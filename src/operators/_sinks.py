@@ -373,6 +373,20 @@ class CallbackSink(Sink):
 _IN, _OUT, _DEAD = (COUNTER_FIELDS.index(f) for f in ("in", "out", "dead"))
 
 
+def refused(pipeline: str, step: str, sink: Sink, item: Any, exc: Exception) -> DeadLetter:
+    """Make the dead letter of a record that ``sink`` (write step ``step``) could not take."""
+    return DeadLetter.build(
+        pipeline=pipeline,
+        step=step,
+        kind="user_error",
+        error_type=type(exc).__qualname__,
+        message=str(exc),
+        function=sink.function,
+        payload=payload_text(item),
+        event_time=getattr(item, "time", None),
+    )
+
+
 class _PacketPartition(StatelessSinkPartition[Packet]):
     def __init__(self, owner: PacketSink, worker_index: int, worker_count: int) -> None:
         self.owner = owner
@@ -455,16 +469,7 @@ class PacketSink(DynamicSink[Packet]):
 
     def sink_failure(self, row: int, sink: Sink, item: Any, exc: Exception) -> DeadLetter:
         """Make the dead letter for a record a sink could not take."""
-        return DeadLetter.build(
-            pipeline=self.ctx.pipeline,
-            step=self.counters.steps[row],
-            kind="user_error",
-            error_type=type(exc).__qualname__,
-            message=str(exc),
-            function=sink.function,
-            payload=payload_text(item),
-            event_time=getattr(item, "time", None),
-        )
+        return refused(self.ctx.pipeline, self.counters.steps[row], sink, item, exc)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _PacketPartition:
         """Open every writer for one worker."""
@@ -580,16 +585,7 @@ class ExactOutput(FixedPartitionedSink[list[Any], Any]):
 
     def failure(self, item: Any, exc: Exception) -> DeadLetter:
         """Make the dead letter for a record the writer could not take."""
-        return DeadLetter.build(
-            pipeline=self.ctx.pipeline,
-            step=self.counters.steps[self.row],
-            kind="user_error",
-            error_type=type(exc).__qualname__,
-            message=str(exc),
-            function=self.sink.function,
-            payload=payload_text(item),
-            event_time=getattr(item, "time", None),
-        )
+        return refused(self.ctx.pipeline, self.counters.steps[self.row], self.sink, item, exc)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any | None) -> _ExactPart:
         """Open the writer: anew, or back at the snapshot's position."""

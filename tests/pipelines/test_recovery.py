@@ -211,3 +211,45 @@ def test_a_store_keyed_by_other_bucket_names_is_refused(tmp_path: Path) -> None:
         r"written by an earlier evflow that grouped keys into other buckets",
     ):
         p.run(recovery=store)
+
+
+def test_an_exact_sink_of_ones_own_refuses_records_as_dead_letters(tmp_path: Path) -> None:
+
+    from operators import ExactSink, ExactWriter, RunContext, Writer
+
+    kept: list[int] = []
+
+    class EvensOnly(ExactWriter):
+        def __init__(self, resume: int | None) -> None:
+            del kept[resume or 0 :]  # undo what came after the position
+
+        def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+            kept.extend(n for n in items if n % 2 == 0)
+            return [(n, ValueError(f"odd: {n}")) for n in items if n % 2]
+
+        def position(self) -> int:
+            return len(kept)
+
+    class Evens(ExactSink):
+        @property
+        def label(self) -> str:
+            return "evens"
+
+        def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+            return EvensOnly(None)
+
+        def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
+            assert step == "evens"
+            return EvensOnly(resume)
+
+    result = (
+        Pipeline("exact")
+        .read(sources.memory(range(100), batch_size=7))
+        .write(Evens())
+        .run(recovery=tmp_path / "store", workers=2)
+    )
+    assert kept == list(range(0, 100, 2))
+    assert result.counts["evens"].dead == 50 and result.reconciles
+    letter = result.dead_letters[0]
+    assert (letter.step, letter.error_type, letter.function) == ("evens", "ValueError", "Evens")
+    assert letter.message == f"odd: {letter.payload}"
