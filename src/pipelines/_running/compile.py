@@ -275,23 +275,21 @@ def compile_pipeline(
             )
         else:
             adapter = None
+            nexts = tree(stage_, (node.name, None))
             if node.kind == "read":
                 source = node.params["source"]
                 if source.schema is not None:
                     adapter = schema_adapter(source.schema)
-                engine_source = ChunkSource(source, counters, durable)
+                # Steps past the stage's sinks (keyed steps, merges) take several
+                # chunks at once; a stage that only writes reads one at a time.
+                ahead = any(kind != "write" for kind, _ in stage_.exits)
+                engine_source = ChunkSource(source, counters, durable, read_ahead=ahead)
                 engine_sources.append(engine_source)
                 chunks = op.input(node.name, flow, engine_source)
                 partitions[f"{pipeline.name}.{node.name}"] = source.partitions
             else:
                 chunks = op.merge(node.name, *merge_inputs.pop(node.name))
-            root = ParseOp(
-                node.name, row[node.name], adapter, node.policy, tree(stage_, (node.name, None))
-            )
-            if node.kind == "read":
-                # Steps past the stage's sinks (keyed steps, merges) take several
-                # chunks at once; a stage that only writes reads one at a time.
-                engine_source.read_ahead = any(kind != "write" for kind, _ in stage_.exits)
+            root = ParseOp(node.name, row[node.name], adapter, node.policy, nexts)
         packets = stage(
             f"{node.name}_stage", chunks, [root], len(stage_.exits), pipeline.name, counters
         )
