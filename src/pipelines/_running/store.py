@@ -394,25 +394,26 @@ def durable_blob(directory: Path, step_id: str, key: str) -> bytes | None:
     `DurableStates`): two copies of SQLite in one process (the engine's and
     Python's) do not see each other's file locks.
     """
-    parts = sorted(directory.glob("*.sqlite3"))
-    epochs = []
-    for part in parts:
-        with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
-            epochs.append(_resume_epoch(db))
-    known = [e for e in epochs if e is not None]
-    if not known:
-        return None
-    resume = min(known)
-    best: tuple[int, Any] | None = None
-    for part in parts:
-        with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
+    with contextlib.ExitStack() as stack:
+        dbs = [
+            stack.enter_context(
+                contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True))
+            )
+            for part in sorted(directory.glob("*.sqlite3"))
+        ]
+        known = [e for e in map(_resume_epoch, dbs) if e is not None]
+        if not known:
+            return None
+        resume = min(known)
+        best: tuple[int, Any] | None = None
+        for db in dbs:
             row = db.execute(
                 "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND state_key = ? "
                 "AND snap_epoch < ? ORDER BY snap_epoch DESC LIMIT 1",
                 (step_id, key, resume),
             ).fetchone()
-        if row is not None and (best is None or row[0] > best[0]):
-            best = row
+            if row is not None and (best is None or row[0] > best[0]):
+                best = row
     return best[1] if best is not None and isinstance(best[1], bytes) else None
 
 
