@@ -22,14 +22,10 @@ from typing import Any
 import nats
 import pytest
 
-from operators import Event
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
+from tests.brokers import Click, ServerProcess, command, line_count, written_ids
 from tests.helpers import kill_at_random
-
-
-class Click(Event):
-    user: str
 
 
 def server_binary() -> str:
@@ -42,12 +38,14 @@ def server_binary() -> str:
     return found
 
 
-class Server:
+class Server(ServerProcess):
+    """A nats-server with JetStream on a free loopback port, its store in ``folder``."""
+
+    name = "nats-server"
+
     def __init__(self, folder: Path, auth: tuple[str, str] | None = None) -> None:
-        self.folder = folder
-        self.port = free_ports(1)[0]
+        super().__init__(folder)
         self.auth = auth
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -56,26 +54,11 @@ class Server:
 
     def start(self) -> None:
         login = ["--user", self.auth[0], "--pass", self.auth[1]] if self.auth else []
-        self.proc = subprocess.Popen(
+        self.launch(
             [server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-sd", str(self.folder), *login],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            lambda: self.call(lambda js: js.account_info()),
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                self.call(lambda js: js.account_info())
-                return
-            except Exception:
-                time.sleep(0.05)
-        pytest.fail(f"nats-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
 
     def call(self, fn: Any) -> Any:
         async def go() -> Any:
@@ -208,18 +191,20 @@ pipeline = (
 """
 
 
-def command(app: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
+def two_streams(server: Server, tmp_path: Path, n: int, more: int | None = None) -> Path:
+    """Write the app; fill ``clicks`` with ``n`` messages and ``more`` with ``more`` (or ``n``)."""
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    fill(server, "clicks", n)
+    fill(server, "more", n if more is None else more)
+    return app
 
 
 def test_killed_and_resumed_reads_every_message_exactly_once(
     server: Server, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app = two_streams(server, tmp_path, 3000)
     out = tmp_path / "clicks.jsonl"
-    fill(server, "clicks", 3000)
-    fill(server, "more", 3000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
     kills = kill_at_random(command(app, *resume), env, kills=3, seed=3, after=(1.0, 1.8))
@@ -228,25 +213,18 @@ def test_killed_and_resumed_reads_every_message_exactly_once(
         command(app, *resume), env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    ids = written_ids(out)
     assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(3000))
 
 
 def test_live_mode_reads_messages_published_while_running(server: Server, tmp_path: Path) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app = two_streams(server, tmp_path, 100, 0)
     out = tmp_path / "live.jsonl"
-    fill(server, "clicks", 100)
-    fill(server, "more", 0)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "UNTIL": ""}
     proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
     try:
-
-        def lines() -> int:
-            return len(out.read_text().splitlines()) if out.exists() else 0
-
         deadline = time.monotonic() + 30
-        while lines() < 100 and time.monotonic() < deadline:
+        while line_count(out) < 100 and time.monotonic() < deadline:
             time.sleep(0.05)
 
         async def publish(js: Any) -> None:
@@ -256,9 +234,9 @@ def test_live_mode_reads_messages_published_while_running(server: Server, tmp_pa
                 )
 
         server.call(publish)
-        while lines() < 140 and time.monotonic() < deadline:
+        while line_count(out) < 140 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert lines() == 140
+        assert line_count(out) == 140
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -268,11 +246,8 @@ def test_live_mode_reads_messages_published_while_running(server: Server, tmp_pa
 def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     server: Server, tmp_path: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
+    app = two_streams(server, tmp_path, 2000)
     out = tmp_path / "clicks.jsonl"
-    fill(server, "clicks", 2000)
-    fill(server, "more", 2000)
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
     time.sleep(1.2)
@@ -282,5 +257,5 @@ def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     server.start()  # the same port and store directory
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    ids = written_ids(out)
     assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(2000))

@@ -20,14 +20,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from operators import Event
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
+from tests.brokers import Click, ServerProcess, command, line_count, written_ids
 from tests.helpers import kill_at_random
-
-
-class Click(Event):
-    user: str
 
 
 def server_binary() -> str:
@@ -48,14 +44,14 @@ def server_binary() -> str:
     return found
 
 
-class Server:
+class Server(ServerProcess):
     """A valkey-server on a free loopback port, its data kept in ``folder``."""
 
+    name = "valkey-server"
+
     def __init__(self, folder: Path, password: str | None = None) -> None:
-        self.folder = folder
-        self.port = free_ports(1)[0]
+        super().__init__(folder)
         self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -70,21 +66,7 @@ class Server:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.02)
-        pytest.fail(f"valkey-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
+        self.launch(command, lambda: redis.Redis.from_url(self.url).ping())
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -211,10 +193,6 @@ pipeline = (
 """
 
 
-def command(app: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
-
-
 def two_streams(server: Server, tmp_path: Path, n: int) -> tuple[Path, redis.Redis]:
     """Write the app, fill ``clicks:0`` and ``clicks:1`` with ``n`` entries each."""
     app = tmp_path / "app.py"
@@ -234,20 +212,16 @@ def test_live_mode_picks_up_entries_added_while_running(server: Server, tmp_path
     env = {**os.environ, "URL": server.url, "OUT": str(out), "UNTIL": ""}
     proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
     try:
-
-        def lines() -> int:
-            return len(out.read_text().splitlines()) if out.exists() else 0
-
         deadline = time.monotonic() + 30
-        while lines() < 100 and time.monotonic() < deadline:
+        while line_count(out) < 100 and time.monotonic() < deadline:
             time.sleep(0.05)
         pipe = client.pipeline(transaction=False)
         for i in range(100, 150):
             pipe.xadd("clicks:1", {"data": Click(user="x", id=f"late-{i}").model_dump_json()})
         pipe.execute()
-        while lines() < 150 and time.monotonic() < deadline:
+        while line_count(out) < 150 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert lines() == 150
+        assert line_count(out) == 150
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -267,7 +241,7 @@ def test_killed_and_resumed_reads_every_entry_exactly_once(server: Server, tmp_p
         command(app, *resume), env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    ids = written_ids(out)
     assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(3000))
 
 
@@ -331,7 +305,7 @@ def test_a_group_acknowledges_only_what_a_durable_snapshot_covers(
         command(app, *resume), env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    ids = written_ids(out)
     assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(3000))
     assert pending(client, "clicks:0", "g") == pending(client, "clicks:1", "g") == 0
 
@@ -389,10 +363,7 @@ def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     server.start()  # on the same port, with its data
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    if into == "stream":
-        ids = stream_ids(server.client(), "copies")
-    else:
-        ids = Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+    ids = stream_ids(server.client(), "copies") if into == "stream" else written_ids(out)
     assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(2000))
 
 
