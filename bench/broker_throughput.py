@@ -33,9 +33,17 @@ from typing import Any
 
 import redis
 from harness import interleaved, report
-from windowed_clickstream import SCHEMA, SIZE, Purchase, Row, fold_purchases, loop_rows, make_lines
+from windowed_clickstream import (
+    SCHEMA,
+    Row,
+    fold_purchases,
+    loop_rows,
+    make_lines,
+    rows_of,
+    windowed_from,
+)
 
-from operators import agg, schema_adapter, windows
+from operators import schema_adapter
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
 
@@ -78,16 +86,7 @@ def load(url: str, stream: str, lines: list[bytes]) -> None:
 
 
 def run_evflow(url: str, stream: str) -> list[Row]:
-    results = (
-        Pipeline("broker_windows")
-        .read(sources.redis(url, stream, schema=SCHEMA))
-        .filter(Purchase)
-        .key_by(lambda e: e.user)
-        .window(windows.tumbling(seconds=SIZE))
-        .aggregate(n=agg.count(), total=agg.sum("amount"))
-    )
-    out = results.write(sinks.memory("out")).run()
-    return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
+    return rows_of(windowed_from("broker_windows", sources.redis(url, stream, schema=SCHEMA)))
 
 
 def run_loop(url: str, stream: str) -> list[Row]:
@@ -111,14 +110,7 @@ def end_to_end(url: str, lines: list[bytes]) -> tuple[float, int]:
     client.delete("e2e:in", "e2e:out")
     started = time.perf_counter()
     Pipeline("produce").read(sources.memory(lines)).write(sinks.redis(url, "e2e:in")).run()
-    results = (
-        Pipeline("consume")
-        .read(sources.redis(url, "e2e:in", schema=SCHEMA))
-        .filter(Purchase)
-        .key_by(lambda e: e.user)
-        .window(windows.tumbling(seconds=SIZE))
-        .aggregate(n=agg.count(), total=agg.sum("amount"))
-    )
+    results = windowed_from("consume", sources.redis(url, "e2e:in", schema=SCHEMA))
     results.write(sinks.redis(url, "e2e:out")).run()
     return time.perf_counter() - started, client.xlen("e2e:out")
 
@@ -161,16 +153,8 @@ def load_nats(url: str, lines: list[bytes]) -> None:
 
 
 def run_evflow_nats(url: str) -> list[Row]:
-    results = (
-        Pipeline("broker_windows_nats")
-        .read(sources.nats(url, "CLICKS", schema=SCHEMA))
-        .filter(Purchase)
-        .key_by(lambda e: e.user)
-        .window(windows.tumbling(seconds=SIZE))
-        .aggregate(n=agg.count(), total=agg.sum("amount"))
-    )
-    out = results.write(sinks.memory("out")).run()
-    return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
+    source = sources.nats(url, "CLICKS", schema=SCHEMA)
+    return rows_of(windowed_from("broker_windows_nats", source))
 
 
 def run_loop_nats(url: str, total: int) -> list[Row]:

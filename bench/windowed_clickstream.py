@@ -84,11 +84,11 @@ def make_lines(n: int, seed: int = 2) -> list[bytes]:
 Row = tuple[str, float, int, float]
 
 
-def windowed(name: str, lines: list[bytes], partitions: int) -> Any:
-    """The evflow pipeline of this workload, up to its results (no sink yet)."""
+def windowed_from(name: str, source: Any) -> Any:
+    """The evflow pipeline of this workload on ``source``, up to its results (no sink yet)."""
     return (
         Pipeline(name)
-        .read(sources.memory(lines, schema=SCHEMA, partitions=partitions))
+        .read(source)
         .filter(Purchase)
         .key_by(lambda e: e.user)
         .window(windows.tumbling(seconds=SIZE), clock=windows.event_time("time"))
@@ -96,10 +96,19 @@ def windowed(name: str, lines: list[bytes], partitions: int) -> Any:
     )
 
 
-def run_evflow(lines: list[bytes], processes: int = 1) -> list[Row]:
-    results = windowed("bench_windows", lines, processes)
+def windowed(name: str, lines: list[bytes], partitions: int) -> Any:
+    """The evflow pipeline of this workload on ``lines`` in memory."""
+    return windowed_from(name, sources.memory(lines, schema=SCHEMA, partitions=partitions))
+
+
+def rows_of(results: Any, processes: int = 1) -> list[Row]:
+    """Run ``results`` into memory; return its rows, sorted."""
     out = results.write(sinks.memory("out")).run(processes=processes)
     return sorted((r.key, r.start.timestamp(), r.n, round(r.total, 6)) for r in out["out"])
+
+
+def run_evflow(lines: list[bytes], processes: int = 1) -> list[Row]:
+    return rows_of(windowed("bench_windows", lines, processes), processes)
 
 
 def bytewax_flow(source: Any, got: list[Any], wait: float = 5.0) -> Dataflow:
