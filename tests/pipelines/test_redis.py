@@ -470,3 +470,11 @@ def test_a_huge_entry_is_read_whole_and_a_huge_bad_one_is_cut_in_its_dead_letter
     assert letter.kind == "parse" and letter.truncated
     assert len(letter.payload) <= PAYLOAD_LIMIT and letter.payload_size > 8_000_000
     assert result.reconciles
+
+
+def test_a_resume_position_that_is_not_an_entry_id_is_refused() -> None:
+    from operators import RunContext
+
+    sink = sinks.redis("redis://:secret@127.0.0.1:1/0", "out")
+    with pytest.raises(ValueError, match=r"a Redis stream position must be an entry id such as "):
+        sink.open_exact(RunContext("p"), "write", resume=12)
