@@ -108,26 +108,102 @@ class _StreamReader(PollingReader):
         what = f"read step {step!r} (stream {stream!r})"
         self.client = _connect(source.url, source.connect_timeout, what)
         self.lost_errors = _lost_errors()
-        #: Consumer-group mode: first this consumer's entries that were delivered
-        #: after ``last`` and never acknowledged, then new ones (``>``).
+        if resume is not None:
+            self.last, self.stop, self.offset = resume
+        else:
+            self.last = self._first()
+            # Bounded: up to the last entry present now (kept across resumes).
+            self.stop = (self._newest() or "0-0") if source.until == "end" else None
+
+    def _first(self) -> str:
+        """Where a fresh read starts: the entries after this id."""
+        start = self.source.start
+        if start == "$":
+            return self._newest() or "0-0"
+        return "0-0" if start in ("0", "0-0") else start
+
+    def _newest(self) -> str | None:
+        found = self.client.xrevrange(self.stream, count=1)
+        return _id(found[0][0]) if found else None
+
+    def _read(self) -> list[Any]:
+        """Read the next batch of entries."""
+        return list(
+            self.client.xrange(
+                self.stream, min=f"({self.last}", max="+", count=self.source.batch_size
+            )
+        )
+
+    def _lost(self) -> None:
+        """Hear that a read's connection was lost."""
+
+    def _handed(self, ids: list[str]) -> None:
+        """Hear that the entries ``ids`` were handed on."""
+
+    def next_chunk(self) -> Chunk | None:
+        source = self.source
+        if self.stop is not None and not _after(self.stop, self.last):
+            raise StopIteration  # read up to the end it had when it started
+        if self.waiting():
+            return None
+        try:
+            entries = self._read()
+        except self.lost_errors as exc:
+            self._lost()
+            self.lost(exc)
+            return None
+        self.read_well()
+        if self.stop is not None:
+            # (A group's entries after the end stay pending for a later run.)
+            entries = [e for e in entries if not _after(_id(e[0]), self.stop)]
+        if not entries:
+            if self.stop is not None:
+                raise StopIteration
+            self.nothing()
+            return None
+        field = source.field.encode()
+        records: list[Any] = []
+        ids: list[str] = []
+        for raw_id, fields in entries:
+            ids.append(_id(raw_id))
+            value = fields.get(field)
+            if value is None:
+                records.append({_id(k): _id(v) for k, v in fields.items()})
+            else:
+                records.append(value)
+        chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids)
+        self.offset += len(records)
+        self.last = ids[-1]
+        self._handed(ids)
+        return chunk
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _GroupReader(_StreamReader):
+    """A stream read as a consumer of a group.
+
+    First this consumer's entries that were delivered after ``last`` and
+    never acknowledged, then new ones (``>``). Entries are acknowledged once a
+    resumed run would not read them again (`committed`), or as they are handed
+    on in a run without recovery.
+    """
+
+    def __init__(self, source: RedisStreamSource, stream: str, step: str, resume: Any) -> None:
         self.group = source.group
         self.again = True
         #: Ids handed on and not acknowledged yet, oldest first.
         self.unacked: deque[str] = deque()
-        if self.group is not None:
-            self._join_group()
+        super().__init__(source, stream, step, resume)
+        self._join_group()
         if resume is not None:
-            self.last, self.stop, self.offset = resume
-            if self.group is not None:
-                self._covered()
-            return
-        self.last = "0-0" if source.start in ("0", "0-0") else source.start
-        if source.start == "$" or self.group is not None:
-            # A group keeps its own place: the entries after ``last`` are the
-            # pending ones of this consumer, from the first.
-            self.last = "0-0" if self.group is not None else (self._newest() or "0-0")
-        # Bounded: up to the last entry present now (kept across resumes).
-        self.stop = (self._newest() or "0-0") if source.until == "end" else None
+            self._covered()
+
+    def _first(self) -> str:
+        # The group keeps its own place: the entries after "0-0" are the
+        # pending ones of this consumer, from the first.
+        return "0-0"
 
     def _join_group(self) -> None:
         """Create the group at ``start`` unless it exists (then it keeps its place)."""
@@ -155,7 +231,7 @@ class _StreamReader(PollingReader):
                 return
             self.client.xack(self.stream, self.group, *[p["message_id"] for p in found])
 
-    def _read_group(self) -> list[Any]:
+    def _read(self) -> list[Any]:
         """Read a batch as the group's consumer: pending entries first, then new ones."""
         source = self.source
         if self.again:
@@ -179,12 +255,23 @@ class _StreamReader(PollingReader):
         found = self.client.xreadgroup(
             self.group, source.consumer, {self.stream: ">"}, count=source.batch_size
         )
-        return found[0][1] if found else []
+        return list(found[0][1]) if found else []
+
+    def _lost(self) -> None:
+        # The group may have delivered entries whose answer was lost: they are
+        # this consumer's pending ones, read first once back.
+        self.again = True
+
+    def _handed(self, ids: list[str]) -> None:
+        self.unacked.extend(ids)
+        if not self.recovering:
+            # No snapshots to wait for: acknowledged as handed on.
+            self.committed(self.position())
 
     def committed(self, position: Any) -> None:
         """Acknowledge to the group the entries a resumed run would not read again."""
         last = position[0] if isinstance(position, tuple) and position else None
-        if self.group is None or not isinstance(last, str):
+        if not isinstance(last, str):
             return
         done: list[str] = []
         while self.unacked and not _after(self.unacked[0], last):
@@ -195,61 +282,6 @@ class _StreamReader(PollingReader):
         except self.lost_errors:
             # Not acknowledged now: the next time (these stay pending meanwhile).
             self.unacked.extendleft(reversed(done))
-
-    def _newest(self) -> str | None:
-        found = self.client.xrevrange(self.stream, count=1)
-        return _id(found[0][0]) if found else None
-
-    def next_chunk(self) -> Chunk | None:
-        source = self.source
-        if self.stop is not None and not _after(self.stop, self.last):
-            raise StopIteration  # read up to the end it had when it started
-        if self.waiting():
-            return None
-        try:
-            if self.group is not None:
-                entries = self._read_group()
-            else:
-                entries = self.client.xrange(
-                    self.stream, min=f"({self.last}", max="+", count=source.batch_size
-                )
-        except self.lost_errors as exc:
-            # A group may have delivered entries whose answer was lost: they
-            # are this consumer's pending ones, read first once back.
-            self.again = True
-            self.lost(exc)
-            return None
-        self.read_well()
-        if self.stop is not None:
-            # (A group's entries after the end stay pending for a later run.)
-            entries = [e for e in entries if not _after(_id(e[0]), self.stop)]
-        if not entries:
-            if self.stop is not None:
-                raise StopIteration
-            self.nothing()
-            return None
-        field = source.field.encode()
-        records: list[Any] = []
-        ids: list[str] = []
-        for raw_id, fields in entries:
-            ids.append(_id(raw_id))
-            value = fields.get(field)
-            if value is None:
-                records.append({_id(k): _id(v) for k, v in fields.items()})
-            else:
-                records.append(value)
-        chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids)
-        self.offset += len(records)
-        self.last = ids[-1]
-        if self.group is not None:
-            self.unacked.extend(ids)
-            if not self.recovering:
-                # No snapshots to wait for: acknowledged as handed on.
-                self.committed(self.position())
-        return chunk
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class RedisStreamSource(BrokerSource):
@@ -303,6 +335,8 @@ class RedisStreamSource(BrokerSource):
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Connect and read ``partition`` from the start, or from its position."""
+        if self.group is not None:
+            return _GroupReader(self, partition, step, resume)
         return _StreamReader(self, partition, step, resume)
 
 
