@@ -27,6 +27,7 @@ from bytewax.operators import StatefulBatchLogic
 from operators._deadletter import DeadLetter, payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, check_layout
+from operators._ops import SubclassCheck
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
     COUNTER_FIELDS,
@@ -207,6 +208,8 @@ class Dispatch:
         self.policy = policy
         self.concurrency = concurrency
         self.out = out
+        #: Whether each class of result met is ``out`` (or a subclass).
+        self.fits = None if out is None else SubclassCheck(out)
         refs = [h for hs in dispatcher.by_class.values() for h in hs]
         refs += [h for hs in dispatcher.by_name.values() for h in hs] + dispatcher.default
         self.has_async = any(h.is_async for h in refs)
@@ -231,19 +234,20 @@ class Dispatch:
                 zip(keys, events, strict=True) if keys is not None else ((None, e) for e in events)
             )
             results = self._run_general(pairs, row, dead, states)
-        if self.out is not None:
-            return self._typed(results, self.out, row, dead)
+        if self.fits is not None:
+            return self._typed(results, self.fits, row, dead)
         return results
 
     def _typed(
-        self, results: list[Any], cls: type[Any], row: list[int], dead: list[DeadLetter]
+        self, results: list[Any], fits: SubclassCheck, row: list[int], dead: list[DeadLetter]
     ) -> list[Any]:
-        """Keep the results of class ``cls`` (the step's ``out``); the others are dead letters."""
-        kept = [r for r in results if isinstance(r, cls)]
+        """Keep the results of the step's ``out`` class; the others are dead letters."""
+        kept = [r for r in results if fits[type(r)]]
         if len(kept) == len(results):
             return results
+        cls = fits.cls
         for value in results:
-            if not isinstance(value, cls):
+            if not fits[type(value)]:
                 row[_OUT] -= 1
                 row[_DEAD] += 1
                 message = (

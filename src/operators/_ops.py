@@ -54,7 +54,7 @@ class IsInstance:
         return isinstance(item, self.cls)
 
 
-class _Wanted(dict[type, bool]):
+class SubclassCheck(dict[type, bool]):
     """Whether each class met is ``cls`` or a subclass, decided once per class.
 
     Event classes check instances through their metaclass, which is slow
@@ -75,7 +75,7 @@ class FilterOp(StageOp):
 
     kind = "filter"
     #: For a class filter: which classes pass.
-    wanted: _Wanted | None = None
+    wanted: SubclassCheck | None = None
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Filter a list."""
@@ -84,7 +84,7 @@ class FilterOp(StageOp):
             # A class test cannot fail: one comprehension, a lookup per record.
             wanted = self.wanted
             if wanted is None:
-                wanted = self.wanted = _Wanted(fn.cls)
+                wanted = self.wanted = SubclassCheck(fn.cls)
             kept_ = [x for x in items if wanted[type(x)]]
             row[_FILTERED] += len(items) - len(kept_)
             return kept_
