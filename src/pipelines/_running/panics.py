@@ -23,6 +23,9 @@ _HEADER = re.compile(r"^thread '.*' panicked at ")
 # What the engine's own hook prints when a member loses its peer.
 _REPORTED = re.compile(r"^\w+: \(src/\S+\.rs:\d+:\d+\) panicked at ")
 _NOTE = re.compile(r"^note: .*RUST_BACKTRACE")
+# The start of a report that a member stopped in the middle of writing it left
+# behind: "RuntimeError" of "RuntimeError: (src/...) panicked at ...".
+_CUT = re.compile(r"thread '.*|\w+(: ?(\(.*)?)?")
 
 
 def drop_panics(lines: Iterable[str]) -> Iterator[str]:
@@ -41,6 +44,15 @@ def drop_panics(lines: Iterable[str]) -> Iterator[str]:
     ... ]
     >>> list(drop_panics(["before\n", *report, "after\n"]))
     ['before\n', 'after\n']
+
+    A member stopped while it writes a report leaves its start with no end of
+    line: that last fragment is dropped too, so that what is printed next
+    starts a line of its own.
+
+    >>> list(drop_panics(["before\n", "RuntimeError"]))
+    ['before\n']
+    >>> list(drop_panics(["before\n", "50% done"]))
+    ['before\n', '50% done']
     """
     state = "pass"
     after_report = False
@@ -63,6 +75,8 @@ def drop_panics(lines: Iterable[str]) -> Iterator[str]:
                 continue
         if after_report and not line.strip():
             continue  # the engine's blank line after a report
+        if not line.endswith("\n") and _CUT.fullmatch(line):
+            continue  # a report cut short (only the last line can lack its end)
         after_report = False
         yield line
 
