@@ -115,8 +115,9 @@ class _Epochs:
     __slots__ = ("last",)
 
     def __init__(self) -> None:
-        #: ``(zone, the epoch in it)``, replaced whole (workers share it).
-        self.last: tuple[Any, datetime] = (None, _EPOCH)
+        #: ``(zone, the epoch in it)``, replaced whole (workers share it); no
+        #: zone at first (not even None: a naive datetime is not in one).
+        self.last: tuple[Any, datetime] = (object(), _EPOCH)
 
     def seconds(self, value: datetime) -> float:
         """Return an aware datetime's epoch seconds (as ``timestamp()`` does)."""
@@ -173,9 +174,12 @@ class ClockOp(StageOp):
         self.kind = kind
         self.max_future = clock.max_future if isinstance(clock, EventTime) else None
         self.processing = not isinstance(clock, EventTime)
+        #: Reads an event's time (None: processing time).
+        self.read: Callable[[Any], Any] | None = None
+        self.epochs = _Epochs()
         if isinstance(clock, EventTime):
-            read = clock.fn or operator.attrgetter(clock.field or "time")
-            seconds = _Epochs().seconds
+            read = self.read = clock.fn or operator.attrgetter(clock.field or "time")
+            seconds = self.epochs.seconds
 
             def time_of(event: Any) -> float:
                 value = read(event)
@@ -204,7 +208,11 @@ class ClockOp(StageOp):
         With processing time, the wall clock is read once for the whole list.
         """
         key_of = self.key
-        time_of = None if self.processing else self.time_of
+        time_of = self.time_of
+        read = self.read
+        epochs = self.epochs
+        zone, epoch = epochs.last
+        second = _SECOND
         row = run.table[self.index]
         records: list[Any] = []
         append = records.append
@@ -221,10 +229,17 @@ class ClockOp(StageOp):
                             self.call(x)  # raises the key error, with its message
                     else:
                         x, key = entry
-                    if time_of is None:
+                    if read is None:
                         append((key, now, x))
                         continue
-                    ts = time_of(x)
+                    # `time_of`, inline for the usual case: a datetime in the
+                    # zone of the one before.
+                    value = read(x)
+                    if value.__class__ is datetime and value.tzinfo is zone:
+                        ts = (value - epoch) / second
+                    else:
+                        ts = time_of(x)
+                        zone, epoch = epochs.last
                     if ts > limit:
                         self._future(x, ts, now, run, row)
                         continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ _DONE = math.inf
 #: Kinds of entries in the event-time queue, in the order they go at one time.
 _EVENT, _TIMER, _TTL = 0, 1, 2
 _MISSING = object()
+_TIME = operator.itemgetter(1)
 
 
 class Timer(NamedTuple):
@@ -70,12 +72,14 @@ class Context(Generic[O]):
     passes ``at``; ``processing_timer(at, name)`` one that fires when the
     wall clock reaches ``at``; ``cancel(name)`` removes one. ``key``,
     ``time`` (the event's or the timer's time) and ``watermark`` say where
-    the step is. Nothing takes effect if the function raises.
+    the step is. Nothing takes effect if the function raises. The context
+    is valid during the call it is given to (the step hands the same object,
+    reset, to every call): keep what it says, not the context itself.
     """
 
-    __slots__ = ("_at", "_cancels", "_mark", "_out", "_timers", "key")
+    __slots__ = ("_at", "_cancels", "_mark", "_out", "_timed", "_timers", "key")
 
-    def __init__(self, key: str, at: float, mark: float) -> None:
+    def __init__(self, key: str = "", at: float = _NEVER, mark: float = _NEVER) -> None:
         """Make the context of one call for ``key`` at event time ``at``."""
         self.key = key
         self._at = at
@@ -84,6 +88,8 @@ class Context(Generic[O]):
         self._out: list[Any] | None = None
         self._timers: list[tuple[str, str, float]] | None = None
         self._cancels: list[tuple[str, str]] | None = None
+        #: Whether the step has an ``on_timer`` to call when a timer fires.
+        self._timed = True
 
     @property
     def time(self) -> datetime:
@@ -116,6 +122,13 @@ class Context(Generic[O]):
         self._add_timer(("event", name, seconds))
 
     def _add_timer(self, timer: tuple[str, str, float]) -> None:
+        if not self._timed:
+            msg = (
+                f"{timer[0]} timer {timer[1]!r} of key {self.key!r} set in a process step "
+                f"with no on_timer: it would fire with nothing to call. Hint: pass "
+                f"process(on_event, initial=..., on_timer=on_timer)."
+            )
+            raise TypeError(msg)
         if self._timers is None:
             self._timers = [timer]
         else:
@@ -185,6 +198,9 @@ class ProcessLogic(
         self.seq: int = state.get("seq", 0)
         self.held = state.get("held", 0)
         self.newest = _NEVER
+        #: The context handed to every call (reset after each).
+        self.ctx: Context[Any] = Context()
+        self.ctx._timed = spec.on_timer is not None
         self.mark_key = (spec.step, str(id(self)))
         opened = len(self.states) + self.held
         if opened:
@@ -197,6 +213,7 @@ class ProcessLogic(
         spec = self.spec
         row = spec.counters.table()[spec.row]
         out: list[tuple[str, Any]] = []
+        incoming: list[tuple[str, float, Any]] = []
         for marked in values:
             part = marked.partition
             tracked = part in self.wm
@@ -204,7 +221,9 @@ class ProcessLogic(
                 if records:
                     row[_IN] += len(records)
                     own = self.wm.get(part, _NEVER) if tracked else _NEVER
-                    self._hold(records, own if own > self.closed else self.closed, out, row)
+                    self._take(
+                        records, own if own > self.closed else self.closed, incoming, out, row
+                    )
                 if tracked and latest != _NEVER:
                     if latest > self.newest:
                         self.newest = latest
@@ -216,7 +235,7 @@ class ProcessLogic(
                     self.wm[part] = _DONE
         now = time.time()
         mark = self.low_mark(now)
-        self._advance(mark, out, row)
+        self._advance(mark, out, row, incoming)
         self._wall(now, out, row)
         self.report(mark, 0.0, out)
         if self.newest != _NEVER:
@@ -276,40 +295,113 @@ class ProcessLogic(
 
     # -- holding and delivering ----------------------------------------------
 
-    def _hold(
+    def _take(
         self,
         records: list[tuple[str, float, Any]],
         wm: float,
+        incoming: list[tuple[str, float, Any]],
         out: list[tuple[str, Any]],
         row: list[int],
     ) -> None:
-        queue = self.queue
-        for key, ts, event in records:
-            if ts < wm:
-                self._late(event, ts, wm, out, row)
-                continue
-            self.seq += 1
-            heapq.heappush(queue, (ts, _EVENT, self.seq, key, event))
-            self.held += 1
-            row[_AGG] += 1
-            row[_OPEN] += 1
+        """Add the records that are not behind ``wm`` to ``incoming``; the others are late."""
+        for record in records:
+            if record[1] < wm:
+                break
+        else:  # the usual case: none is behind
+            incoming += records
+            row[_AGG] += len(records)
+            return
+        for record in records:
+            if record[1] < wm:
+                self._late(record[2], record[1], wm, out, row)
+            else:
+                incoming.append(record)
+                row[_AGG] += 1
 
-    def _advance(self, mark: float, out: list[tuple[str, Any]], row: list[int]) -> None:
-        """Deliver the events and fire the timers that event time ``mark`` has passed."""
+    def _advance(
+        self,
+        mark: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+        incoming: list[tuple[str, float, Any]] | None = None,
+    ) -> None:
+        """Deliver the events and fire the timers that event time ``mark`` has passed.
+
+        ``incoming``: the batch's records (not yet held). Those before
+        ``mark`` are delivered straight from the list, in time order merged
+        with the queue (the queue's events of the same time first, as they
+        came first; timers of that time after them); the rest are held.
+        """
         queue = self.queue
+        if incoming:
+            incoming.sort(key=_TIME)  # stable: arrival order within one time
+        elif not queue or queue[0][0] >= mark:
+            if mark > self.closed:
+                self.closed = mark
+            return
+        else:
+            incoming = []
         spec = self.spec
         pop = heapq.heappop
-        call = self._call
-        while queue and queue[0][0] < mark:
-            at, kind, seq, key, payload = pop(queue)
+        push = heapq.heappush
+        ttl = spec.ttl
+        states = self.states
+        on_event = spec.on_event
+        initial = spec.initial
+        ctx = self.ctx
+        ctx._mark = mark
+        delivered = 0
+        i = 0
+        n = len(incoming)
+        while True:
+            if i < n and incoming[i][1] < mark:
+                key, at, payload = incoming[i]
+                if queue and (queue[0][0] < at or (queue[0][0] == at and queue[0][1] == _EVENT)):
+                    at, kind, seq, key, payload = pop(queue)
+                    if kind == _EVENT:
+                        delivered += 1
+                else:
+                    i += 1
+                    kind = _EVENT
+            elif queue and queue[0][0] < mark:
+                at, kind, seq, key, payload = pop(queue)
+                if kind == _EVENT:
+                    delivered += 1
+            else:
+                break
             if kind == _EVENT:
-                self.held -= 1
-                row[_OPEN] -= 1
-                if spec.ttl is not None:
+                if ttl is not None:
                     self.last[key] = at
                     self.seq += 1
-                    heapq.heappush(queue, (at + spec.ttl, _TTL, self.seq, key, at))
-                call(key, at, mark, payload, None, out, row)
+                    push(queue, (at + ttl, _TTL, self.seq, key, at))
+                # One event: the user's function with the key's state (as `_call`
+                # does, inline: this runs for every event).
+                state = states.get(key, _MISSING)
+                ctx.key = key
+                ctx._at = at
+                try:
+                    new = on_event(initial() if state is _MISSING else state, payload, ctx)
+                except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                    ctx._out = ctx._timers = ctx._cancels = None
+                    self._failed(payload_text(payload), at, exc, on_event, out, row, held=True)
+                    continue
+                if new is None:
+                    if state is not _MISSING:
+                        del states[key]
+                        row[_OPEN] -= 1
+                elif new is not state:
+                    states[key] = new
+                    if state is _MISSING:
+                        row[_OPEN] += 1
+                if ctx._timers is not None or ctx._cancels is not None:
+                    self._set_timers(key, ctx)
+                    ctx._timers = ctx._cancels = None
+                emitted = ctx._out
+                if emitted is not None:
+                    ctx._out = None
+                    out += [("r", record) for record in emitted]
+                    row[_CREATED] += len(emitted)
+                    row[_OUT] += len(emitted)
             elif kind == _TIMER:
                 if self.timers.get(key, {}).get(("event", payload)) != (at, seq):
                     continue  # moved or cancelled since
@@ -319,10 +411,21 @@ class ProcessLogic(
             elif self.last.get(key) == payload:
                 # No event of the key since: its state (if any) has lived out its ttl.
                 del self.last[key]
-                if key in self.states:
-                    del self.states[key]
+                if key in states:
+                    del states[key]
                     row[_EXPIRED] += 1
                     row[_OPEN] -= 1
+        self.held -= delivered
+        row[_OPEN] -= delivered
+        if i < n:
+            # Not yet passed by event time: held in the queue.
+            seq = self.seq
+            for key, at, payload in incoming[i:]:
+                seq += 1
+                push(queue, (at, _EVENT, seq, key, payload))
+            self.held += n - i
+            row[_OPEN] += n - i
+            self.seq = seq
         if mark > self.closed:
             self.closed = mark
 
@@ -353,7 +456,10 @@ class ProcessLogic(
         states = self.states
         state = states.get(key, _MISSING)
         had = state is not _MISSING
-        ctx: Context[Any] = Context(key, at, mark)
+        ctx = self.ctx
+        ctx.key = key
+        ctx._at = at
+        ctx._mark = mark
         try:
             if timer is None:
                 new = spec.on_event(spec.initial() if not had else state, event, ctx)
@@ -361,6 +467,7 @@ class ProcessLogic(
                 assert spec.on_timer is not None
                 new = spec.on_timer(spec.initial() if not had else state, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            ctx._out = ctx._timers = ctx._cancels = None
             fn: Any = spec.on_event if timer is None else spec.on_timer
             payload = (
                 payload_text(event)
@@ -379,8 +486,10 @@ class ProcessLogic(
                 row[_OPEN] += 1
         if ctx._timers is not None or ctx._cancels is not None:
             self._set_timers(key, ctx)
+            ctx._timers = ctx._cancels = None
         emitted = ctx._out
         if emitted is not None:
+            ctx._out = None
             out += [("r", record) for record in emitted]
             row[_CREATED] += len(emitted)
             row[_OUT] += len(emitted)

@@ -292,28 +292,37 @@ class Combiner:
         watermark moves on after the chunk (``latest``: its newest event time).
         """
         own = self.wm.get(partition, _NEVER)
-        start_of = self.window.start_of
+        size_us = self.window.size_us
         add = self.add
         aggs = self.aggs
         template = self.template
         raw: list[Any] = []
         get = wins.get
+        # The window of the record before (runs of one key and window are common).
+        last_key: str | None = None
+        last_start = _NEVER
+        accs: list[Any] = []
+        ids: list[str] = []
         for record in records:
             key, ts, event = record
             if ts < own:
                 raw.append(record)
                 continue
-            start = start_of(ts)
-            slot = get((key, start))
-            if slot is None:
-                fresh = template.copy() if template is not None else [g.create() for g in aggs]
-                slot = wins[(key, start)] = (fresh, [])
+            t = round(ts * 1_000_000)  # Tumbling.start_of, inline
+            start = (t - t % size_us) / 1_000_000
+            if start != last_start or key != last_key:
+                slot = get((key, start))
+                if slot is None:
+                    fresh = template.copy() if template is not None else [g.create() for g in aggs]
+                    slot = wins[(key, start)] = (fresh, [])
+                accs, ids = slot
+                last_key, last_start = key, start
             try:
-                add(slot[0], event, ts)
+                add(accs, event, ts)
             except Exception:  # noqa: BLE001 - the window step meets it again, as usual
                 raw.append(record)
                 continue
-            slot[1].append(getattr(event, "id", ""))
+            ids.append(getattr(event, "id", ""))
         if latest != _NEVER and latest - self.delay > own:
             self.wm[partition] = latest - self.delay
         return raw
@@ -695,39 +704,79 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             row[_OPEN] += opened
             row[_AGG] += len(records) - late
             return
+        if isinstance(window, Sliding):
+            self._sliding(window, records, out, row, wm)
+            return
         for key, ts, event in records:
             if ts < wm and window.last_end(ts) <= wm:
                 late += 1
                 self._late(event, ts, wm, out, row)
                 continue
             try:
-                if isinstance(window, Sliding):
-                    self._sliding(window, key, ts, event, row, wm)
-                else:
-                    assert isinstance(window, Session)
-                    self._session(window, key, ts, event, row)
+                assert isinstance(window, Session)
+                self._session(window, key, ts, event, row)
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 late += 1
                 self._failed(event, ts, exc, out, row)
         row[_AGG] += len(records) - late
 
     def _sliding(
-        self, window: Sliding, key: str, ts: float, event: Any, row: list[int], wm: float
+        self,
+        window: Sliding,
+        records: list[Any],
+        out: list[tuple[str, Any]],
+        row: list[int],
+        wm: float,
     ) -> None:
+        """Add records to every window of theirs whose end ``wm`` has not passed.
+
+        Every such window takes the event, or none does (the event is then a
+        dead letter): the windows' accumulators change only once each add
+        has succeeded. Windows are what `Sliding.assign` gives, computed
+        here in whole microseconds (the hot loop of sliding windows).
+        """
         spec = self.spec
+        add = spec.add
+        aggs = spec.aggs
         wins = self.wins
-        # The windows whose end the watermark has passed are closed for it.
-        spans = [span for span in window.assign(ts) if span[1] > wm]
-        # Every window of the event takes it, or none does.
-        held = [wins.get((key, start)) for start, _ in spans]
-        new = [[g.create() for g in spec.aggs] if a is None else list(a) for a in held]
-        for accs in new:
-            spec.add(accs, event, ts)
-        for (start, end), before, accs in zip(spans, held, new, strict=True):
-            wins[(key, start)] = accs
-            if before is None:
-                heapq.heappush(self.heap, (end, key, start))
-                row[_OPEN] += 1
+        get = wins.get
+        heap = self.heap
+        size_us = window.size_us
+        every_us = window.every_us
+        late = opened = 0
+        for key, ts, event in records:
+            t = round(ts * 1_000_000)
+            s = t - t % every_us  # the latest window's start
+            if ts < wm and (s + size_us) / 1_000_000 <= wm:
+                late += 1
+                self._late(event, ts, wm, out, row)
+                continue
+            lowest = t - size_us
+            spans: list[tuple[float, float, list[Any] | None]] = []
+            while s > lowest:
+                end = (s + size_us) / 1_000_000
+                if end <= wm:
+                    break  # closed for the watermark, as are the earlier ones
+                start = s / 1_000_000
+                spans.append((start, end, get((key, start))))
+                s -= every_us
+            try:
+                new = []
+                for _, _, held in spans:
+                    accs = [g.create() for g in aggs] if held is None else held.copy()
+                    add(accs, event, ts)
+                    new.append(accs)
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                late += 1
+                self._failed(event, ts, exc, out, row)
+                continue
+            for (start, end, held), accs in zip(spans, new, strict=True):
+                wins[(key, start)] = accs
+                if held is None:
+                    heapq.heappush(heap, (end, key, start))
+                    opened += 1
+        row[_OPEN] += opened
+        row[_AGG] += len(records) - late
 
     def _merge(
         self,

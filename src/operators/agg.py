@@ -322,6 +322,13 @@ class _Extreme(Aggregator):
             return b if a is None else a
         return self.add(a, b, 0.0, None)
 
+    def inline(self, acc: str, value: str) -> str | None:
+        # `add`, as one expression: the value is read once, then compared.
+        tag = "".join(c if c.isalnum() else "_" for c in acc)
+        v, a, op = f"_v{tag}", f"_a{tag}", ">" if self.largest else "<"
+        keep = f"({v} if ({v} := {value}) {op} {a} else {a})"
+        return f"(({v} := {value}) if ({a} := {acc}) is None else {keep})"
+
 
 def min(field: str) -> Aggregator:
     """Smallest value of a field (None for no values)."""

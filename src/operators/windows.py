@@ -195,6 +195,16 @@ class Sliding(Window):
         object.__setattr__(self, "_us", whole_micros(self.size, "sliding window size"))
         object.__setattr__(self, "_every_us", whole_micros(self.every, "sliding window every"))
 
+    @property
+    def size_us(self) -> int:
+        """The size in whole microseconds."""
+        return self._us
+
+    @property
+    def every_us(self) -> int:
+        """The step in whole microseconds."""
+        return self._every_us
+
     def assign(self, ts: float) -> list[tuple[float, float]]:
         """Return every window that holds ``ts``, earliest first.
 

@@ -160,6 +160,27 @@ def test_generated_adder_changes_nothing_when_a_value_fails() -> None:
     assert [g.result(a) for g, a in zip(aggs, accs, strict=True)] == [1, 2.0]
 
 
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(-5, 5), min_size=1, max_size=20))
+def test_generated_min_and_max_equal_their_add_and_refuse_what_they_cannot_compare(
+    values: list[int],
+) -> None:
+    class Box:
+        def __init__(self, v: Any) -> None:
+            self.v = v
+
+    aggs = [agg.max("v"), agg.min("v"), agg.max("v")]
+    add = make_adder(aggs)
+    accs = [g.create() for g in aggs]
+    for v in values:
+        add(accs, Box(v), 0.0)
+    assert accs == [max(values), min(values), max(values)]
+    assert accs == [run_agg(g, values) for g in aggs]
+    with pytest.raises(TypeError):
+        add(accs, Box(None), 0.0)  # None cannot be compared with a number
+    assert accs == [max(values), min(values), max(values)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     values=st.lists(

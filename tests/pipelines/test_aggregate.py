@@ -555,6 +555,35 @@ def test_an_aggregator_that_fails_dead_letters_the_event_and_the_run_goes_on(win
     assert all(r.total == r.n for r in result["o"])
 
 
+class Capped(Shaky):
+    """A user's aggregator that fails once a window holds 2 or more."""
+
+    def add(self, acc: float, value: Any, ts: float, event: Any) -> float:
+        if acc >= 2:
+            raise ValueError("full")
+        return acc + value
+
+
+@pytest.mark.parametrize("batch", [1, 3, 100])
+def test_a_sliding_windows_event_joins_all_its_windows_or_none(batch: int) -> None:
+    # Windows of 10 s every 5 s. 12 s belongs to [5, 15), which already holds 6 s
+    # and 7 s (full: its add fails), and to [10, 20), which is new (its add would
+    # succeed): the event joins neither and is one dead letter.
+    events = [hit("a", s) for s in (6, 7, 12)]
+    results = (
+        Pipeline("all_or_none")
+        .read(sources.memory(events, batch_size=batch))
+        .key_by(lambda e: e.user)
+        .window(windows.sliding(seconds=10, every=5))
+        .aggregate(n=agg.count(), total=Capped(), combine=False)
+    )
+    result = results.write(sinks.memory("o")).run()
+    assert result.reconciles
+    assert [json.loads(d.payload)["id"] for d in result.dead_letters] == ["a@12"]
+    assert "full" in result.dead_letters[0].message
+    assert table(result["o"], "n", "total") == [("a", 0, 10, 2, 2.0), ("a", 5, 15, 2, 2.0)]
+
+
 def test_an_aggregator_failure_under_skip_and_halt() -> None:
     events = [hit("a", s, amount=13.0 if s == 3 else 1.0) for s in range(6)]
 

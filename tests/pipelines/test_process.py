@@ -179,6 +179,26 @@ def test_a_timer_in_the_past_is_a_dead_letter_saying_so() -> None:
     assert result.reconciles
 
 
+def test_a_timer_in_a_step_with_no_on_timer_is_a_dead_letter_that_says_so() -> None:
+    def remind(n: int, e: Tick, ctx: Context[int]) -> int:
+        if e.v == 2:
+            ctx.timer(ctx.time + timedelta(seconds=5), "later")
+        ctx.emit(e.v)
+        return n + 1
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=i)) for i, v in enumerate([1, 2, 3])]
+    stream = Pipeline("no_timer").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = stream.process(remind, initial=int).write(sinks.memory("out")).run()
+    assert result["out"] == [1, 3]  # the call that set the timer took no effect
+    (letter,) = result.dead_letters
+    assert letter.kind == "user_error" and letter.error_type == "TypeError"
+    assert "event timer 'later' of key 'a' set in a process step with no on_timer" in (
+        letter.message
+    )
+    assert "Hint: pass process(on_event, initial=..., on_timer=on_timer)" in letter.message
+    assert result.reconciles
+
+
 def test_a_failing_handler_changes_nothing_and_the_others_go_on() -> None:
     def fragile(n: int, e: Tick, ctx: Context[int]) -> int:
         ctx.emit(n)
