@@ -67,32 +67,23 @@ def q3(events: list[Any]) -> Any:
     return sorted(run(joined.filter(lambda x: x is not None, name="matched")))
 
 
-def best_bid(
-    state: dict[str, Any], e: Auction | Bid, ctx: Context[Winner]
-) -> dict[str, Any] | None:
+def best_bid(state: list[Any], e: Auction | Bid, ctx: Context[Winner]) -> list[Any] | None:
+    """An auction's state: ``[auction, best price so far]`` (as the bytewax version keeps it)."""
     if type(e) is Auction:
         ctx.timer(e.expires)  # the auction closes at its expiry
-        return {"auction": e, "best": None}
+        return [e, None]
     if not state:
         return None  # a bid for a closed auction
-    a = state["auction"]
-    if (
-        e.time <= a.expires
-        and e.price >= a.reserve
-        and (state["best"] is None or e.price > state["best"])
-    ):
-        state["best"] = e.price
+    a, best = state
+    if e.time <= a.expires and e.price >= a.reserve and (best is None or e.price > best):
+        state[1] = e.price
     return state
 
 
-def close(state: dict[str, Any], timer: Timer, ctx: Context[Winner]) -> None:
-    a = state["auction"]
-    if state["best"] is not None:
-        ctx.emit(
-            Winner(
-                id=a.id, time=ctx.time, category=a.category, seller=a.seller, price=state["best"]
-            )
-        )
+def close(state: list[Any], timer: Timer, ctx: Context[Winner]) -> None:
+    a, best = state
+    if best is not None:
+        ctx.emit(Winner(id=a.id, time=ctx.time, category=a.category, seller=a.seller, price=best))
 
 
 def winners(events: list[Any], name: str) -> Stream[Winner]:
@@ -100,7 +91,7 @@ def winners(events: list[Any], name: str) -> Stream[Winner]:
         lambda e: type(e) is not Person, name="auctions_and_bids"
     )
     return bids_and_auctions.key_by(lambda e: str(e.auction)).process(
-        best_bid, initial=dict, on_timer=close
+        best_bid, initial=list, on_timer=close
     )
 
 
