@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):", ()),
         ("windowed_join.py", 20000, "evflow speed vs bytewax join_window:", ()),
         ("nexmark/run.py", 20000, "q8 ", ()),
+        ("nexmark/breakdown.py", 20000, "evflow's keyed process step on its own:", ()),
         ("join_state.py", 0, "after the watermark passed the ttl: 0 states", ()),
         ("broker_throughput.py", 3000, "evflow speed vs the hand-written loop (NATS)", ("--nats",)),
     ],
