@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from pipelines import Pipeline, sinks, sources
+from operators import Chunk, Reader, Source
+from pipelines import Pipeline, PipelineHalted, sinks, sources
 from tests.helpers import children
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,3 +254,75 @@ def test_an_exact_sink_of_ones_own_refuses_records_as_dead_letters(tmp_path: Pat
     letter = result.dead_letters[0]
     assert (letter.step, letter.error_type, letter.function) == ("evens", "ValueError", "Evens")
     assert letter.message == f"odd: {letter.payload}"
+
+
+class _AckingReader(Reader):
+    """Reads 0 to 99 in chunks of 10; hears what it may acknowledge upstream."""
+
+    def __init__(self, step: str, told: list[int], fail_at_end: bool) -> None:
+        self.step = step
+        self.next = 0
+        self.told = told
+        self.fail_at_end = fail_at_end
+
+    def next_chunk(self) -> Chunk:
+        if self.next >= 100:
+            raise StopIteration
+        chunk = Chunk(list(range(self.next, self.next + 10)), self.step, "p0")
+        self.next += 10
+        return chunk
+
+    def position(self) -> int:
+        return self.next
+
+    def committed(self, position: Any) -> None:
+        if self.fail_at_end and position == 100:
+            raise ConnectionError("broker gone")
+        self.told.append(position)
+
+
+class _Acking(Source):
+    label = "acking"
+
+    def __init__(self, fail_at_end: bool = False) -> None:
+        self.told: list[int] = []
+        self.fail_at_end = fail_at_end
+
+    def partitions(self) -> list[str]:
+        return ["p0"]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        return _AckingReader(step, self.told, self.fail_at_end)
+
+
+def test_a_reader_hears_its_last_position_once_the_run_has_ended_well(tmp_path: Path) -> None:
+    source = _Acking()
+    result = Pipeline("acks").read(source).write(sinks.memory("o")).run(recovery=tmp_path / "s")
+    assert result["o"] == list(range(100)) and result.reconciles
+    assert source.told[-1] == 100 and source.told == sorted(source.told)
+
+
+def test_a_reader_that_cannot_acknowledge_at_the_end_is_reported_after_a_good_run(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    source = _Acking(fail_at_end=True)
+    result = Pipeline("acks").read(source).write(sinks.memory("o")).run(recovery=tmp_path / "s")
+    assert result["o"] == list(range(100)) and result.reconciles  # the run's outcome stands
+    assert 100 not in source.told
+    err = capfd.readouterr().err
+    assert "evflow: could not acknowledge what acking read: ConnectionError: broker gone" in err
+
+
+def test_a_halted_run_never_tells_its_reader_a_position_past_the_halt(tmp_path: Path) -> None:
+    source = _Acking()
+
+    def fragile(x: int) -> int:
+        if x == 55:
+            raise ValueError("55")
+        return x
+
+    p = Pipeline("acks").read(source).map(fragile, on_error="halt").write(sinks.memory("o"))
+    with pytest.raises(PipelineHalted):
+        p.run(recovery=tmp_path / "s")
+    # Never past the chunk that halted (50 to 59): a resumed run reads it again.
+    assert all(position <= 50 for position in source.told)
