@@ -393,15 +393,8 @@ class ProcessLogic(
                     states[key] = new
                     if state is _MISSING:
                         row[_OPEN] += 1
-                if ctx._timers is not None or ctx._cancels is not None:
-                    self._set_timers(key, ctx)
-                    ctx._timers = ctx._cancels = None
-                emitted = ctx._out
-                if emitted is not None:
-                    ctx._out = None
-                    out += [("r", record) for record in emitted]
-                    row[_CREATED] += len(emitted)
-                    row[_OUT] += len(emitted)
+                if ctx._out is not None or ctx._timers is not None or ctx._cancels is not None:
+                    self._apply(key, ctx, out, row)
             elif kind == _TIMER:
                 if self.timers.get(key, {}).get(("event", payload)) != (at, seq):
                     continue  # moved or cancelled since
@@ -484,6 +477,12 @@ class ProcessLogic(
             states[key] = new
             if not had:
                 row[_OPEN] += 1
+        self._apply(key, ctx, out, row)
+
+    def _apply(
+        self, key: str, ctx: Context[Any], out: list[tuple[str, Any]], row: list[int]
+    ) -> None:
+        """Apply what a call that succeeded asked of its context; reset the context."""
         if ctx._timers is not None or ctx._cancels is not None:
             self._set_timers(key, ctx)
             ctx._timers = ctx._cancels = None
