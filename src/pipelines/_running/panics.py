@@ -47,7 +47,8 @@ def drop_panics(lines: Iterable[str]) -> Iterator[str]:
 
     A member stopped while it writes a report leaves its start with no end of
     line: that last fragment is dropped too, so that what is printed next
-    starts a line of its own.
+    starts a line of its own. (A last single word with no end of line looks
+    the same, and goes with it.)
 
     >>> list(drop_panics(["before\n", "RuntimeError"]))
     ['before\n']
