@@ -25,7 +25,7 @@ _REPORTED = re.compile(r"^\w+: \(src/\S+\.rs:\d+:\d+\) panicked at ")
 _NOTE = re.compile(r"^note: .*RUST_BACKTRACE")
 # The start of a report that a member stopped in the middle of writing it left
 # behind: "RuntimeError" of "RuntimeError: (src/...) panicked at ...".
-_CUT = re.compile(r"thread '.*|\w+(: ?(\(.*)?)?")
+_CUT = re.compile(r"thread '.*|\w*(Error|Exception)(: ?(\(.*)?)?")
 
 
 def drop_panics(lines: Iterable[str]) -> Iterator[str]:
@@ -47,13 +47,16 @@ def drop_panics(lines: Iterable[str]) -> Iterator[str]:
 
     A member stopped while it writes a report leaves its start with no end of
     line: that last fragment is dropped too, so that what is printed next
-    starts a line of its own. (A last single word with no end of line looks
-    the same, and goes with it.)
+    starts a line of its own.
 
     >>> list(drop_panics(["before\n", "RuntimeError"]))
     ['before\n']
+    >>> list(drop_panics(["before\n", "RuntimeError: (src/run.rs:2"]))
+    ['before\n']
     >>> list(drop_panics(["before\n", "50% done"]))
     ['before\n', '50% done']
+    >>> list(drop_panics(["before\n", "done"]))
+    ['before\n', 'done']
     """
     state = "pass"
     after_report = False
