@@ -173,7 +173,6 @@ class ClockOp(StageOp):
         self.key = key
         self.kind = kind
         self.max_future = clock.max_future if isinstance(clock, EventTime) else None
-        self.processing = not isinstance(clock, EventTime)
         #: Reads an event's time (None: processing time).
         self.read: Callable[[Any], Any] | None = None
         self.epochs = _Epochs()

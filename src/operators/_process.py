@@ -374,8 +374,8 @@ class ProcessLogic(
                     self.last[key] = at
                     self.seq += 1
                     push(queue, (at + ttl, _TTL, self.seq, key, at))
-                # One event: the user's function with the key's state (as `_call`
-                # does, inline: this runs for every event).
+                # One event: the user's function with the key's state (as `_fire`
+                # calls on_timer, inline: this runs for every event).
                 state = states.get(key, _MISSING)
                 ctx.key = key
                 ctx._at = at
@@ -385,14 +385,8 @@ class ProcessLogic(
                     ctx._out = ctx._timers = ctx._cancels = None
                     self._failed(payload_text(payload), at, exc, on_event, out, row, held=True)
                     continue
-                if new is None:
-                    if state is not _MISSING:
-                        del states[key]
-                        row[_OPEN] -= 1
-                elif new is not state:
-                    states[key] = new
-                    if state is _MISSING:
-                        row[_OPEN] += 1
+                if new is not state:
+                    self._keep(key, state, new, row)
                 if ctx._out is not None or ctx._timers is not None or ctx._cancels is not None:
                     self._apply(key, ctx, out, row)
             elif kind == _TIMER:
@@ -400,7 +394,7 @@ class ProcessLogic(
                     continue  # moved or cancelled since
                 del self.timers[key][("event", payload)]
                 timer = Timer(key, _utc(at), payload, "event")
-                self._call(key, at, mark, None, timer, out, row)
+                self._fire(key, at, mark, timer, out, row)
             elif self.last.get(key) == payload:
                 # No event of the key since: its state (if any) has lived out its ttl.
                 del self.last[key]
@@ -432,52 +426,46 @@ class ProcessLogic(
             del self.timers[key][("processing", name)]
             timer = Timer(key, _utc(at), name, "processing")
             mark = self.closed
-            self._call(key, mark if mark != _NEVER else at, mark, None, timer, out, row)
+            self._fire(key, mark if mark != _NEVER else at, mark, timer, out, row)
 
-    def _call(
+    def _fire(
         self,
         key: str,
         at: float,
         mark: float,
-        event: Any,
-        timer: Timer | None,
+        timer: Timer,
         out: list[tuple[str, Any]],
         row: list[int],
     ) -> None:
-        """Call the user's function for one event or timer; apply its effects if it succeeds."""
-        spec = self.spec
-        states = self.states
-        state = states.get(key, _MISSING)
-        had = state is not _MISSING
+        """Call ``on_timer`` for a timer of ``key``; apply its effects if it succeeds."""
+        on_timer = self.spec.on_timer
+        assert on_timer is not None  # a timer is refused where there is none
+        state = self.states.get(key, _MISSING)
         ctx = self.ctx
         ctx.key = key
         ctx._at = at
         ctx._mark = mark
         try:
-            if timer is None:
-                new = spec.on_event(spec.initial() if not had else state, event, ctx)
-            else:
-                assert spec.on_timer is not None
-                new = spec.on_timer(spec.initial() if not had else state, timer, ctx)
+            new = on_timer(self.spec.initial() if state is _MISSING else state, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
             ctx._out = ctx._timers = ctx._cancels = None
-            fn: Any = spec.on_event if timer is None else spec.on_timer
-            payload = (
-                payload_text(event)
-                if timer is None
-                else json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
-            )
-            self._failed(payload, at, exc, fn, out, row, held=True)
+            payload = json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
+            self._failed(payload, at, exc, on_timer, out, row, held=True)
             return
+        if new is not state:
+            self._keep(key, state, new, row)
+        self._apply(key, ctx, out, row)
+
+    def _keep(self, key: str, state: Any, new: Any, row: list[int]) -> None:
+        """Store a call's new state of ``key`` (None drops it); it had ``state`` (or none)."""
         if new is None:
-            if had:
-                del states[key]
+            if state is not _MISSING:
+                del self.states[key]
                 row[_OPEN] -= 1
         else:
-            states[key] = new
-            if not had:
+            self.states[key] = new
+            if state is _MISSING:
                 row[_OPEN] += 1
-        self._apply(key, ctx, out, row)
 
     def _apply(
         self, key: str, ctx: Context[Any], out: list[tuple[str, Any]], row: list[int]
