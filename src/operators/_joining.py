@@ -153,7 +153,6 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         #: table: side-0 events waiting for the watermark, ``(ts, n, key, record)``.
         self.pending: list[tuple[float, int, str, Any]] = state.get("pending", [])
         self.n: int = state.get("n", 0)
-        self.newest = _NEVER
         self.mark_key = (spec.step, str(id(self)))
         window = spec.window
         #: How far before the watermark a result can be dated (see `report`).
@@ -180,8 +179,8 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                     wm = own if own > self.closed else self.closed
                     self._take(side, part, records, wm, out, row)
                 if tracked and latest != _NEVER:
-                    if latest > self.newest:
-                        self.newest = latest
+                    if self.newest < marked.end_of(latest, delay) != _DONE:
+                        self.newest = marked.end_of(latest, delay)
                     if latest - delay > self.wm[part]:
                         self.wm[part] = latest - delay
             if tracked:
@@ -232,6 +231,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             "heap": list(self.heap),
             "pending": list(self.pending),
             "n": self.n,
+            "newest": self.newest,
             "open": self._open(),
             "layout": BUCKET_LAYOUT,
         }

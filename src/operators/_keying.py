@@ -309,6 +309,13 @@ class Marked:
     partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
     combined: int = 0
     cuts: list[tuple[int, float]] = field(default_factory=list)
+    #: Whether the partition is a bucket of a step on event time: its ``latest``
+    #: is that step's watermark plus this step's delay, not an event's time.
+    stepped: bool = False
+
+    def end_of(self, latest: float, delay: float) -> float:
+        """Return the partition's newest event time, from one of its ``latest`` (see `stepped`)."""
+        return latest - delay if self.stepped else latest
 
     def segments(self) -> list[tuple[list[tuple[str, float, Any]], float]]:
         """Return each chunk's records with the partition's newest event time after it."""
@@ -397,6 +404,9 @@ class Bucketize:
                 if packet.mark is not None:
                     # Made by a step on event time, which says how far it has
                     # got: its records are judged against that, not their times.
+                    if i == 0:
+                        for mark in marks:
+                            mark.stepped = True
                     self._spread(records, marks)
                     reached = packet.mark + (self.delay or 0.0)
                     if reached > latest:

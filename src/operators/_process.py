@@ -9,7 +9,8 @@ on how the partitions interleave nor on the batch size or worker count.
 Events behind their own partition's watermark are late (the step's late
 stream, or ``late`` dead letters). At the end of a bounded input the
 watermark moves to the end: every held event is delivered and every
-pending timer fires, then the states left are dropped and counted as
+pending timer fires (a timer ``on_timer`` sets then never fires and is
+counted as ``unfired``), then the states left are dropped and counted as
 ``expired``. With ``ttl``, a key's state is dropped (and counted) once the
 watermark passes its last event's time plus ``ttl``.
 """
@@ -39,9 +40,20 @@ __all__ = ["Context", "ProcessLogic", "ProcessSpec", "Timer"]
 
 O = TypeVar("O")  # noqa: E741 - the output type
 
-_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _AGG, _OPEN, _LATE, _EXPIRED = (
+_IN, _OUT, _DEAD, _SKIPPED, _CREATED, _AGG, _OPEN, _LATE, _EXPIRED, _UNFIRED = (
     COUNTER_FIELDS.index(f)
-    for f in ("in", "out", "dead", "skipped", "created", "aggregated", "open", "late", "expired")
+    for f in (
+        "in",
+        "out",
+        "dead",
+        "skipped",
+        "created",
+        "aggregated",
+        "open",
+        "late",
+        "expired",
+        "unfired",
+    )
 )
 _NEVER = -math.inf
 _DONE = math.inf
@@ -77,7 +89,7 @@ class Context(Generic[O]):
     reset, to every call): keep what it says, not the context itself.
     """
 
-    __slots__ = ("_at", "_cancels", "_mark", "_out", "_timed", "_timers", "key")
+    __slots__ = ("_at", "_cancels", "_firing", "_mark", "_out", "_timed", "_timers", "key")
 
     def __init__(self, key: str = "", at: float = _NEVER, mark: float = _NEVER) -> None:
         """Make the context of one call for ``key`` at event time ``at``."""
@@ -90,6 +102,8 @@ class Context(Generic[O]):
         self._cancels: list[tuple[str, str]] | None = None
         #: Whether the step has an ``on_timer`` to call when a timer fires.
         self._timed = True
+        #: Whether this is an event-time timer's call (a timer it sets must be later).
+        self._firing = False
 
     @property
     def time(self) -> datetime:
@@ -117,6 +131,14 @@ class Context(Generic[O]):
                 f"before the time being handled ({_utc(self._at).isoformat()}): event "
                 f"time has passed it, so it would never fire in order. Hint: set it at "
                 f"ctx.time + a delay, e.g. ctx.timer(ctx.time + timedelta(minutes=5))."
+            )
+            raise TimerInThePast(msg)
+        if seconds == self._at and self._firing:
+            msg = (
+                f"timer {name!r} of key {self.key!r} set at {_utc(seconds).isoformat()}, "
+                f"the time of the timer being handled: it would fire again at once, and "
+                f"again. Hint: set the next one later, e.g. "
+                f"ctx.timer(timer.time + timedelta(minutes=1))."
             )
             raise TimerInThePast(msg)
         self._add_timer(("event", name, seconds))
@@ -149,9 +171,14 @@ class Context(Generic[O]):
 
 def _seconds(at: datetime | float) -> float:
     seconds = event_seconds(at)
-    if not math.isfinite(seconds):
-        msg = f"a timer needs a finite time; got {at!r}."
-        raise ValueError(msg)
+    try:
+        _utc(seconds)  # the time the timer will say it fired at
+    except (OverflowError, OSError, ValueError):
+        msg = (
+            f"a timer needs a time a datetime can hold (years 1 to 9999); got {at!r}. "
+            f"Hint: set it at ctx.time + a delay."
+        )
+        raise ValueError(msg) from None
     return seconds
 
 
@@ -197,7 +224,8 @@ class ProcessLogic(
         self.last: dict[str, float] = state.get("last", {})
         self.seq: int = state.get("seq", 0)
         self.held = state.get("held", 0)
-        self.newest = _NEVER
+        #: Whether the input has ended and event time has reached the end of its data.
+        self.ending = False
         #: The context handed to every call (reset after each).
         self.ctx: Context[Any] = Context()
         self.ctx._timed = spec.on_timer is not None
@@ -225,8 +253,8 @@ class ProcessLogic(
                         records, own if own > self.closed else self.closed, incoming, out, row
                     )
                 if tracked and latest != _NEVER:
-                    if latest > self.newest:
-                        self.newest = latest
+                    if self.newest < marked.end_of(latest, spec.delay) != _DONE:
+                        self.newest = marked.end_of(latest, spec.delay)
                     if latest - spec.delay > self.wm[part]:
                         self.wm[part] = latest - spec.delay
             if tracked:
@@ -290,6 +318,7 @@ class ProcessLogic(
             "last": self.last,
             "seq": self.seq,
             "held": self.held,
+            "newest": self.newest,
             "layout": BUCKET_LAYOUT,
         }
 
@@ -331,7 +360,19 @@ class ProcessLogic(
         ``mark`` are delivered straight from the list, in time order merged
         with the queue (the queue's events of the same time first, as they
         came first; timers of that time after them); the rest are held.
+
+        When the input has ended (``mark`` is the end), event time first
+        reaches the end of the data, the newest event time: what is due by
+        then happens as it would have had the input gone on. Then every
+        event still held is delivered and every timer still pending fires,
+        once: a timer that ``on_timer`` sets from then on (a periodic timer)
+        never fires, and is counted as ``unfired``.
         """
+        if mark == _DONE and not self.ending:
+            if self.newest != _NEVER:
+                self._advance(math.nextafter(self.newest, _DONE), out, row, incoming)
+                incoming = None
+            self.ending = True
         queue = self.queue
         if incoming:
             incoming.sort(key=_TIME)  # stable: arrival order within one time
@@ -417,16 +458,30 @@ class ProcessLogic(
             self.closed = mark
 
     def _wall(self, now: float, out: list[tuple[str, Any]], row: list[int]) -> None:
-        """Fire the processing-time timers due by ``now``."""
+        """Fire the processing-time timers due by ``now`` that were set before this call.
+
+        One that their calls set, due at once, waits for the next call: a
+        timer set again and again for now never holds the step up.
+        """
         wall = self.wall
+        before = self.seq
+        later: list[tuple[float, int, str, str]] = []
         while wall and wall[0][0] <= now:
-            at, seq, key, name = heapq.heappop(wall)
+            entry = heapq.heappop(wall)
+            at, seq, key, name = entry
+            if seq > before:
+                later.append(entry)
+                continue
             if self.timers.get(key, {}).get(("processing", name)) != (at, seq):
                 continue
             del self.timers[key][("processing", name)]
             timer = Timer(key, _utc(at), name, "processing")
             mark = self.closed
+            if mark == _DONE:
+                mark = self.newest
             self._fire(key, mark if mark != _NEVER else at, mark, timer, out, row)
+        for entry in later:
+            heapq.heappush(wall, entry)
 
     def _fire(
         self,
@@ -445,6 +500,7 @@ class ProcessLogic(
         ctx.key = key
         ctx._at = at
         ctx._mark = mark
+        ctx._firing = timer.kind == "event"
         try:
             new = on_timer(self.spec.initial() if state is _MISSING else state, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
@@ -452,8 +508,18 @@ class ProcessLogic(
             payload = json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
             self._failed(payload, at, exc, on_timer, out, row, held=True)
             return
+        finally:
+            ctx._firing = False
         if new is not state:
             self._keep(key, state, new, row)
+        if self.ending and ctx._timers is not None:
+            # The input is over: a timer set now would never stop (a periodic
+            # one sets the next). It replaces the one of its name, unfired.
+            row[_UNFIRED] += len(ctx._timers)
+            cancels = ctx._cancels or []
+            cancels += [(kind, name) for kind, name, _ in ctx._timers]
+            ctx._cancels = cancels
+            ctx._timers = None
         self._apply(key, ctx, out, row)
 
     def _keep(self, key: str, state: Any, new: Any, row: list[int]) -> None:

@@ -59,6 +59,7 @@ COUNTER_FIELDS = (
     "handled",
     "late",
     "expired",
+    "unfired",
     "early",
     "copies",
 )

@@ -402,6 +402,9 @@ class Watermarks:
     idle_timeout: float
     #: The watermark last reported downstream (see `report`).
     reported: float = _NEVER
+    #: The newest event time the step's input has reached (the partitions' own
+    #: times, or the marks of the step before): where event time ends with the input.
+    newest: float = _NEVER
 
     def start_watermarks(
         self, state: dict[str, Any], partitions: list[str], idle_timeout: float
@@ -412,6 +415,7 @@ class Watermarks:
         #: (None: it is reading). A busy step never makes a partition idle.
         self.idle = dict.fromkeys(self.wm)
         self.closed = state.get("closed", _NEVER)
+        self.newest = state.get("newest", _NEVER)
         self.idle_timeout = idle_timeout
 
     def report(self, mark: float, lag: float, out: list[tuple[str, Any]]) -> None:
@@ -420,7 +424,13 @@ class Watermarks:
         Every result to come from this bucket is then at or after
         ``mark - lag`` (``lag``: how far before the watermark a result can be
         dated: a session's gap, as sessions close one gap after their end).
+
+        When the input ends, the newest event time it reached goes first:
+        the steps after this one end their data there, whatever the batches.
         """
+        if mark == _DONE and self.newest - lag > self.reported:
+            self.reported = self.newest - lag
+            out.append(("w", self.reported))
         made = mark - lag
         if made > self.reported:
             out.append(("w", made))
@@ -499,7 +509,6 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         self.dirty: set[str] = set()
         self.early_at = 0.0
         self.versions: dict[tuple[str, float], int] = state.get("versions", {})
-        self.newest = _NEVER
         self.mark_key = (spec.step, str(id(self)))
         if self.wins:
             # Resumed: the restored windows are open in this run too.
@@ -601,8 +610,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                     else:
                         self._timed(window, records, out, row, part)
                 if tracked and latest != _NEVER:
-                    if latest > self.newest:
-                        self.newest = latest
+                    if self.newest < marked.end_of(latest, spec.delay) != _DONE:
+                        self.newest = marked.end_of(latest, spec.delay)
                     candidate = latest - spec.delay
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
@@ -1093,6 +1102,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             "closed": self.closed,
             "wins": self.wins,
             "heap": list(self.heap),
+            "newest": self.newest,
             "layout": BUCKET_LAYOUT,
             "sessions": "end+gap",
             "versions": self.versions,

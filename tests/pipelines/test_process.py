@@ -179,6 +179,24 @@ def test_a_timer_in_the_past_is_a_dead_letter_saying_so() -> None:
     assert result.reconciles
 
 
+@pytest.mark.parametrize("at", [1e12, math.inf, math.nan])
+def test_a_timer_no_datetime_can_hold_is_a_dead_letter(at: float) -> None:
+    def far(n: int, e: Tick, ctx: Context[int]) -> int:
+        ctx.timer(at if e.v == 1 else ctx.time + timedelta(seconds=1))
+        return n + 1
+
+    def fire(n: int, timer: Timer, ctx: Context[int]) -> None:
+        ctx.emit(n)
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=v)) for v in (1, 2)]
+    stream = Pipeline("far").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = stream.process(far, initial=int, on_timer=fire).write(sinks.memory("o")).run()
+    assert result["o"] == [1]  # the good timer fired; the bad one was never set
+    (letter,) = result.dead_letters
+    assert letter.error_type == "ValueError" and "years 1 to 9999" in letter.message
+    assert result.reconciles
+
+
 def test_a_timer_in_a_step_with_no_on_timer_is_a_dead_letter_that_says_so() -> None:
     def remind(n: int, e: Tick, ctx: Context[int]) -> int:
         if e.v == 2:
@@ -217,6 +235,110 @@ def test_a_failing_handler_changes_nothing_and_the_others_go_on() -> None:
     assert result["out"] == [0, 1]  # the failing call emitted nothing, changed no state
     assert [d.kind for d in result.dead_letters] == ["user_error"]
     assert result.reconciles and result.expired == 1
+
+
+def start_beats(n: int, e: Tick, ctx: Context[tuple[str, float, int]]) -> int:
+    if n == 0:
+        ctx.timer(ctx.time + timedelta(seconds=60), "beat")
+    return n + 1
+
+
+def beat(n: int, timer: Timer, ctx: Context[tuple[str, float, int]]) -> int:
+    """A periodic timer: say how many events the key has had, every 60 s, for ever."""
+    ctx.emit((timer.key, timer.time.timestamp() - BASE, n))
+    ctx.timer(timer.time + timedelta(seconds=60), "beat")
+    return n
+
+
+def relay(n: None, e: Tick, ctx: Context[Tick]) -> None:
+    ctx.emit(e)
+
+
+@pytest.mark.parametrize(
+    ("delay", "batch", "after"),
+    [(0, 1, False), (0, 4, False), (500, 3, False), (0, 1, True), (0, 5, True), (200, 2, True)],
+)
+def test_a_periodic_timer_stops_at_the_end_of_input_and_is_counted(
+    delay: int, batch: int, after: bool
+) -> None:
+    """The same beats whatever the batches, the delay, and whether a step on event time
+    comes before (``after``: the input's end of data is passed on to the next step)."""
+    times = {"a": [0, 30, 190, 410], "b": [100, 101, 300]}
+    ticks = sorted(
+        (Tick(k=k, v=1, time=T0 + timedelta(seconds=s)) for k, ts in times.items() for s in ts),
+        key=lambda e: e.time,
+    )
+    keyed = Pipeline("beats").read(sources.memory(ticks, batch_size=batch)).key_by(lambda e: e.k)
+    if after:
+        keyed = keyed.process(relay, initial=lambda: None).key_by(lambda e: e.k, name="again")
+    stream = keyed.process(
+        start_beats,
+        initial=int,
+        on_timer=beat,
+        clock=windows.event_time(max_delay=delay),
+        name="beats",
+    )
+    result = stream.write(sinks.memory("out")).run()
+    # Directly: a key's beats every 60 s from its first event, up to the input's newest
+    # event time, then the one pending there fires once; the one it sets never does.
+    newest = 410
+    expected = []
+    for k, ts in times.items():
+        at = ts[0] + 60
+        while True:
+            expected.append((k, float(at), sum(t <= at for t in ts)))
+            if at > newest:
+                break
+            at += 60
+    assert sorted(result["out"]) == sorted(expected)
+    assert result.unfired == 2 and result.counts["beats"].unfired == 2
+    assert result.counts["beats"].expired == 2 and result.reconciles
+    assert "2 timers set after the end of input, never fired" in result.notes
+
+
+def test_a_timer_set_again_at_its_own_time_is_refused_not_looped() -> None:
+    def again(n: int, timer: Timer, ctx: Context[int]) -> int:
+        ctx.emit(n)
+        ctx.timer(timer.time, "again")  # would fire at once, for ever
+        return n
+
+    def first(n: int, e: Tick, ctx: Context[int]) -> int:
+        ctx.timer(ctx.time + timedelta(seconds=1), "again")
+        return n + 1
+
+    ticks = [Tick(k="a", v=1, time=T0 + timedelta(seconds=s)) for s in (0, 5)]
+    stream = Pipeline("again").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = stream.process(first, initial=int, on_timer=again).write(sinks.memory("o")).run()
+    assert result["o"] == []  # each timer fired once, and its call failed: nothing took effect
+    assert [d.error_type for d in result.dead_letters] == ["TimerInThePast"] * 2
+    assert "the time of the timer being handled" in result.dead_letters[0].message
+    assert "Hint" in result.dead_letters[0].message
+    assert result.reconciles
+
+
+def test_a_processing_timer_set_again_for_now_neither_hangs_nor_outlives_the_input() -> None:
+    def first(n: int, e: Tick, ctx: Context[int]) -> int:
+        if n == 0:
+            ctx.processing_timer(time.time(), "poll")
+        return n + 1
+
+    def poll(n: int, timer: Timer, ctx: Context[int]) -> int:
+        ctx.emit(n)
+        ctx.processing_timer(time.time(), "poll")  # due at once, again and again
+        return n
+
+    def make(rng: random.Random, i: int) -> Tick:
+        return Tick(k="a", v=i, time=T0 + timedelta(seconds=i))
+
+    stream = (
+        Pipeline("poll")
+        .read(sources.generate(make, count=5, batch_size=1, rate=50))
+        .key_by(lambda e: e.k)
+        .process(first, initial=int, on_timer=poll)
+    )
+    result = stream.write(sinks.memory("o")).run()
+    assert result["o"] and result["o"][-1] == 5  # the last poll, at the end, saw them all
+    assert result.unfired == 1 and result.reconciles
 
 
 def test_process_misuse_fails_when_the_step_is_added() -> None:

@@ -321,8 +321,9 @@ class KeyedStream(Stream[T]):
         events of the same time, so the output does not depend on the
         schedule; state and timers are in the snapshots. With ``ttl`` a key's
         state is dropped once event time passes its last event by ``ttl``. At
-        the end of a bounded input every timer fires; the states left are
-        then dropped and counted as ``expired`` in the summary.
+        the end of a bounded input every timer fires (a timer that ``on_timer``
+        sets then never does: it is counted as ``unfired``); the states left
+        are then dropped and counted as ``expired`` in the summary.
 
         >>> from datetime import datetime, timedelta, timezone
         >>> from pipelines import Event, Pipeline, sources, sinks

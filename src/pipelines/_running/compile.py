@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Compiled", "PipelineError", "check", "compile_pipeline"]
 
 _NEVER = -math.inf
+_DONE = math.inf
 
 _OPS = {
     "filter": FilterOp,
@@ -614,15 +615,21 @@ class _ToChunk:
             values = [value for _, value in items if value[0] != "w"]
             return [Chunk(values, self.step, "out")] if values else []
         groups: dict[str, list[Any]] = {}
+        ended: list[Chunk] = []
         for bucket, value in items:
             held = groups.get(bucket)
             if held is None:
                 held = groups[bucket] = []
             if value[0] == "w":
+                if value[1] == _DONE and bucket in marks and marks[bucket] != _DONE:
+                    # The end: the last mark before it goes on on its own (where
+                    # the steps after this one end their data), then the end.
+                    ended.append(Chunk(held, self.step, bucket, mark=marks[bucket]))
+                    groups[bucket] = []
                 marks[bucket] = value[1]
             else:
                 held.append(value)
-        return [
+        return ended + [
             Chunk(values, self.step, bucket, mark=marks.get(bucket, _NEVER))
             for bucket, values in groups.items()
         ]

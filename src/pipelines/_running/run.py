@@ -344,6 +344,7 @@ def counts_of(totals: dict[str, dict[str, int]], kinds: dict[str, str]) -> dict[
             handled=row["handled"],
             late=row["late"],
             expired=row["expired"],
+            unfired=row["unfired"],
             early=row["early"],
             copies=row["copies"],
         )

@@ -44,6 +44,7 @@ COUNT_COLUMNS = (
     ("late", "late"),
     ("open", "open"),
     ("expired", "expired"),
+    ("unfired", "unfired"),
     ("early", "early"),
     ("copies", "copies"),
 )

@@ -40,6 +40,9 @@ class StepCounts:
     #: Key states a process step dropped: past their ttl, or left when the input ended
     #: (after every held event was delivered and every timer fired).
     expired: int = 0
+    #: Timers a process step's ``on_timer`` set once the input had ended: they never
+    #: fire (a periodic timer stops there).
+    unfired: int = 0
     #: Early results of windows still open (``aggregate(emit="early")``), among ``out``.
     early: int = 0
     #: Copies handed to the further steps that read this one (a step read by two
@@ -167,6 +170,11 @@ class RunResult:
         return self._sum("expired")
 
     @property
+    def unfired(self) -> int:
+        """Timers set by process steps' ``on_timer`` after the input ended: never fired."""
+        return self._sum("unfired")
+
+    @property
     def copies(self) -> int:
         """Records handed to more than one next step, counted once per further step."""
         return self._sum("copies")
@@ -191,6 +199,8 @@ class RunResult:
             notes.append(
                 f"{self.expired} key states dropped: past their ttl or at the end of input"
             )
+        if self.unfired:
+            notes.append(f"{self.unfired} timers set after the end of input, never fired")
         return f" ({'; '.join(notes)})" if notes else ""
 
     @property
@@ -273,6 +283,7 @@ class RunResult:
             "handled": self.handled,
             "open": self.open_windows,
             "expired": self.expired,
+            "unfired": self.unfired,
             "early": self.early,
             "reconciles": None if self.partial else self.reconciles,
             "dead_ratio": round(self.dead_ratio, 6),
