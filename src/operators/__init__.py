@@ -25,6 +25,7 @@ from operators._ops import (
     MapOp,
 )
 from operators._parse import ParseOp
+from operators._pickles import StateNotSavable
 from operators._policy import ErrorPolicy, PipelineHalted, Policy, as_policy, retry
 from operators._process import Context, Timer, TimerInThePast
 from operators._sinks import (
@@ -115,6 +116,7 @@ __all__ = [
     "Sink",
     "Source",
     "StageOp",
+    "StateNotSavable",
     "StdinSource",
     "StdoutSink",
     "Timer",

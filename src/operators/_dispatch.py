@@ -28,6 +28,7 @@ from operators._deadletter import DeadLetter, payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, check_layout
 from operators._ops import SubclassCheck
+from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
     COUNTER_FIELDS,
@@ -549,9 +550,11 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
 
     def snapshot(self) -> dict[str, Any]:
         """Return the per-key states of stateful handlers (and when each key was last seen)."""
-        return {
+        snap = {
             "states": self.states,
             "touched": self.touched,
             "due": list(self.due),
             "layout": BUCKET_LAYOUT,
         }
+        check_state(self.dispatch.step, snap)
+        return snap

@@ -54,6 +54,7 @@ from operators._deadletter import payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Letters
+from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import Watermarks, _utc, construct_valid, just_before, pop_session
@@ -224,7 +225,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
 
     def snapshot(self) -> dict[str, Any]:
         """State to resume from: watermarks, held records, what is due."""
-        return {
+        snap = {
             "wm": dict(self.wm),
             "closed": self.closed,
             "held": self.held,
@@ -235,6 +236,8 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             "open": self._open(),
             "layout": BUCKET_LAYOUT,
         }
+        check_state(self.spec.step, snap)
+        return snap
 
     def _open(self) -> int:
         kind = self.spec.kind

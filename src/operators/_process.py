@@ -32,6 +32,7 @@ from bytewax.operators import StatefulBatchLogic
 from operators._deadletter import payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout, event_seconds
 from operators._letters import Letters
+from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import Watermarks, _utc
@@ -308,7 +309,7 @@ class ProcessLogic(
 
     def snapshot(self) -> dict[str, Any]:
         """State to resume from: watermarks, key states, timers, held events."""
-        return {
+        snap = {
             "wm": dict(self.wm),
             "closed": self.closed,
             "states": self.states,
@@ -321,6 +322,8 @@ class ProcessLogic(
             "newest": self.newest,
             "layout": BUCKET_LAYOUT,
         }
+        check_state(self.spec.step, snap)
+        return snap
 
     # -- holding and delivering ----------------------------------------------
 

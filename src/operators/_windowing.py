@@ -40,6 +40,7 @@ from bytewax.operators import StatefulBatchLogic
 from operators._deadletter import DeadLetter, payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import dead_item
+from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
 from operators.agg import Aggregator, exact_add, exact_merge, exact_total
@@ -1097,7 +1098,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
 
     def snapshot(self) -> dict[str, Any]:
         """State to resume from: watermarks, open windows."""
-        return {
+        snap = {
             "wm": dict(self.wm),
             "closed": self.closed,
             "wins": self.wins,
@@ -1107,3 +1108,5 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             "sessions": "end+gap",
             "versions": self.versions,
         }
+        check_state(self.spec.step, snap)
+        return snap

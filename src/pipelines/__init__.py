@@ -22,6 +22,7 @@ from operators import (
     OutputChangedError,
     PipelineHalted,
     ResumeError,
+    StateNotSavable,
     Timer,
     retry,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "ResumeError",
     "Routes",
     "RunResult",
+    "StateNotSavable",
     "StepCounts",
     "Stream",
     "Table",

@@ -360,6 +360,7 @@ def test_process_misuse_fails_when_the_step_is_added() -> None:
 
 APP = """
 import os
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pipelines import Pipeline, sources, sinks, Event
 from operators import windows
@@ -370,17 +371,22 @@ class Tick(Event):
     k: str
     v: int
 
+@dataclass
+class Batch:  # the program's own class, in the snapshots
+    n: int = 0
+    sum: int = 0
+    first: str = ""
+
 def make(rng, i):
     return Tick(k=f"k{i % 23}", v=i % 7, id=f"t{i}", time=T0 + timedelta(milliseconds=50 * i))
 
 def add(state, e, ctx):
-    if not state:
+    if not state.first:
         ctx.timer(ctx.time + timedelta(seconds=5))
-    return {"n": state.get("n", 0) + 1, "sum": state.get("sum", 0) + e.v,
-            "first": state.get("first", e.id)}
+    return Batch(state.n + 1, state.sum + e.v, state.first or e.id)
 
 def flush(state, timer, ctx):
-    ctx.emit({"id": f"{timer.key}/{state['first']}", "n": state["n"], "sum": state["sum"]})
+    ctx.emit({"id": f"{timer.key}/{state.first}", "n": state.n, "sum": state.sum})
     return None
 
 pipeline = (
@@ -388,7 +394,7 @@ pipeline = (
     .read(sources.generate(make, count=int(os.environ["EVENTS"]), partitions=2, batch_size=40,
                            rate=float(os.environ["RATE"])))
     .key_by(lambda e: e.k)
-    .process(add, initial=dict, on_timer=flush, clock=windows.event_time(max_delay=0.2))
+    .process(add, initial=Batch, on_timer=flush, clock=windows.event_time(max_delay=0.2))
     .write(sinks.jsonl(os.environ["OUT"]))
 )
 """

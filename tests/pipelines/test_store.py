@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import os
 import pickle
+import pstats
 import sqlite3
 import struct
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import Pipeline, sinks, sources
+from pipelines import Pipeline, StateNotSavable, sinks, sources
 from pipelines._running.store import SAFE_GLOBALS, UnsafeSnapshotError, check_snapshot
 
 # Names a hostile snapshot would reach for, written every way a pickle can.
@@ -267,6 +271,109 @@ def test_real_snapshots_of_every_state_kind_pass(tmp_path: Path) -> None:
     with pytest.raises(PipelineHalted):
         p.run(recovery=tmp_path / "store", snapshot_interval=0.001)
     assert check_store(tmp_path / "store") > 10
+
+
+@dataclass
+class Seen:
+    n: int = 0
+    last: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Frozen:
+    x: int
+
+
+class Pair(NamedTuple):
+    a: int
+    b: str
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+@dataclass
+class Hooked:
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.n += 1  # code a hostile snapshot could make run
+
+
+@dataclass
+class Restoring:
+    n: int = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class Plain:
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class Lookup(enum.Enum):
+    A = 1
+
+    @classmethod
+    def _missing_(cls, value: object) -> Lookup:
+        return cls.A
+
+
+@pytest.mark.parametrize("protocol", range(3, pickle.HIGHEST_PROTOCOL + 1))
+def test_the_programs_own_plain_data_classes_pass_and_load(protocol: int) -> None:
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    state = {"states": {"k": [Seen(1, at), Frozen(2), Pair(3, "x"), Color.RED]}}
+    blob = pickle.dumps(state, protocol=protocol)
+    assert check_snapshot(blob) is None
+    assert pickle.loads(blob) == state
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (Hooked(), "of this program, which is not plain data"),
+        (Restoring(), "of this program, which is not plain data"),
+        (Plain(), "of this program, which is not plain data"),
+        (Lookup.A, "of this program, which is not plain data"),
+        (pstats.FunctionProfile(0, 0.0, 0.0, 0.0, 0.0, "f", 1), "which is not evflow state"),
+    ],
+)
+def test_classes_that_unpickling_would_run_or_that_are_not_the_programs_are_refused(
+    value: Any, says: str
+) -> None:
+    refused = check_snapshot(pickle.dumps({"states": {"k": value}}))
+    cls = type(value)
+    assert refused is not None and f"{cls.__module__}.{cls.__qualname__}" in refused
+    assert says in refused
+
+
+def test_state_a_resume_would_refuse_stops_the_run_at_its_first_snapshot(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from tests.helpers import Purchase
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def make(rng: Any, i: int) -> Purchase:
+        return Purchase(user=f"u{i % 3}", amount=i, time=t0 + timedelta(seconds=i))
+
+    def keep(state: Any, e: Purchase, ctx: Any) -> Plain:
+        return Plain()
+
+    stream = (
+        Pipeline("plain")
+        .read(sources.generate(make, count=40, batch_size=1, rate=40))
+        .key_by(lambda e: e.user)
+        .process(keep, initial=Plain, name="keep")
+    )
+    with pytest.raises(StateNotSavable) as raised:
+        stream.write(sinks.memory("o")).run(recovery=tmp_path / "s", snapshot_interval=0.1)
+    said = str(raised.value)
+    assert "step 'keep' keeps state that a resume would refuse" in said
+    assert "tests.pipelines.test_store.Plain' of this program" in said and "Hint" in said
 
 
 def _tamper(store: Path, blob: bytes) -> None:

@@ -89,7 +89,9 @@ def root_cause(exc: BaseException) -> BaseException:
         if isinstance(current, PipelineHalted):
             return current
         innermost = current
-        current = current.__cause__ or current.__context__
+        # An exception raised ``from None`` says it all: what it replaced is no cause.
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
     return innermost
 
 

@@ -3,8 +3,9 @@
 bytewax keeps snapshots as pickles in SQLite files, and unpickling runs
 whatever the pickle names. Before a run resumes, evflow reads every snapshot's
 opcodes without executing any of them (``pickletools``) and allows only an
-explicit list of exact ``module.qualname`` pairs: evflow's state types, plain
-data, and the event classes the running program has defined. The store
+explicit list of exact ``module.qualname`` pairs (`operators._pickles`):
+evflow's state types, plain data, and the classes the running program has
+defined (events, NamedTuples, Enums, dataclasses). The store
 itself must belong to the user who runs evflow and be writable by no one
 else, and it is locked for the whole run, so a second run on it is refused.
 """
@@ -16,7 +17,6 @@ import fcntl
 import json
 import os
 import pickle
-import pickletools
 import select
 import socket
 import sqlite3
@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from operators._pickles import SAFE_GLOBALS, check_snapshot
+
 __all__ = [
     "SAFE_GLOBALS",
     "StoreInUseError",
@@ -40,74 +42,6 @@ __all__ = [
     "lock_store",
 ]
 
-#: The globals a snapshot may name: exact ``(module, qualname)`` pairs, each a
-#: class or constructor that builds plain data and calls nothing else.
-SAFE_GLOBALS = frozenset(
-    [
-        *(
-            ("builtins", name)
-            for name in (
-                "bool",
-                "bytearray",
-                "bytes",
-                "complex",
-                "dict",
-                "float",
-                "frozenset",
-                "int",
-                "list",
-                "object",
-                "set",
-                "str",
-                "tuple",
-            )
-        ),
-        ("copyreg", "_reconstructor"),
-        ("collections", "Counter"),
-        ("collections", "OrderedDict"),
-        ("collections", "deque"),
-        ("datetime", "date"),
-        ("datetime", "datetime"),
-        ("datetime", "time"),
-        ("datetime", "timedelta"),
-        ("datetime", "timezone"),
-        ("decimal", "Decimal"),
-        # The fixed-offset timezone pydantic gives times parsed from JSON (held
-        # by join and process state): built from a number of seconds, nothing else.
-        ("pydantic_core._pydantic_core", "TzInfo"),
-        ("ddsketch.ddsketch", "DDSketch"),
-        ("ddsketch.ddsketch", "BaseDDSketch"),
-        ("ddsketch.mapping", "LogarithmicMapping"),
-        ("ddsketch.store", "DenseStore"),
-        ("ddsketch.store", "CollapsingLowestDenseStore"),
-        ("ddsketch.store", "CollapsingHighestDenseStore"),
-        # Marker classes (no instances are made) that bound a store's index range.
-        ("ddsketch.store", "_NegativeIntInfinity"),
-        ("ddsketch.store", "_PositiveIntInfinity"),
-    ]
-)
-
-# Opcodes that push a string an opcode naming a global may take from the stack.
-_STRINGS = {
-    "SHORT_BINUNICODE",
-    "BINUNICODE",
-    "BINUNICODE8",
-    "UNICODE",
-    "SHORT_BINSTRING",
-    "BINSTRING",
-    "STRING",
-}
-_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
-_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
-# Opcodes that reach objects no allow-list can vouch for.
-_REFUSED = {
-    "EXT1": "an extension-registry code",
-    "EXT2": "an extension-registry code",
-    "EXT4": "an extension-registry code",
-    "PERSID": "a persistent id",
-    "BINPERSID": "a persistent id",
-}
-
 
 class UnsafeSnapshotError(PermissionError):
     """A recovery store holds something other than evflow state, or others can change it."""
@@ -115,75 +49,6 @@ class UnsafeSnapshotError(PermissionError):
 
 class StoreInUseError(RuntimeError):
     """Another run holds the recovery store."""
-
-
-def _event_class(module: str, name: str) -> bool:
-    """Whether ``module.name`` is an evflow event class this program already defined.
-
-    Looked up in the modules already imported, never importing one (that
-    would run its code), and only by a plain name (no attribute paths).
-    """
-    found = getattr(sys.modules.get(module), "__dict__", {}).get(name)
-    if not isinstance(found, type):
-        return False
-    from operators import Event
-
-    return issubclass(found, Event) and found.__module__ == module and found.__qualname__ == name
-
-
-def _allowed(module: str, name: str) -> bool:
-    if (module, name) in SAFE_GLOBALS:
-        return True
-    return "." not in name and _event_class(module, name)
-
-
-def _foreign(module: str, qualname: str) -> str:
-    return f"refers to the global {module + '.' + qualname!r}, which is not evflow state"
-
-
-def check_snapshot(blob: bytes) -> str | None:
-    """Walk a pickle's opcodes (nothing is run); return what is refused, or None.
-
-    >>> import pickle
-    >>> check_snapshot(pickle.dumps({"wins": [1.5, "a"]})) is None
-    True
-    >>> check_snapshot(pickle.dumps(print))
-    "refers to the global 'builtins.print', which is not evflow state"
-    """
-    recent: list[str | None] = []  # what the last opcodes pushed, strings known
-    memo: dict[int, str | None] = {}
-    try:
-        for opcode, arg, _ in pickletools.genops(blob):
-            name = opcode.name
-            if name in _REFUSED:
-                return f"refers to {_REFUSED[name]} ({name})"
-            if name in ("GLOBAL", "INST"):
-                module, _, qualname = str(arg).partition(" ")
-                if not _allowed(module, qualname):
-                    return _foreign(module, qualname)
-                recent.append(None)
-            elif name == "STACK_GLOBAL":
-                if len(recent) < 2 or recent[-1] is None or recent[-2] is None:
-                    return (
-                        "refers to a global whose name is computed, not written out (STACK_GLOBAL)"
-                    )
-                module, qualname = recent[-2], recent[-1]
-                if not _allowed(module, qualname):
-                    return _foreign(module, qualname)
-                recent.append(None)
-            elif name in _MEMO_PUT:
-                index = len(memo) if name == "MEMOIZE" else int(str(arg))
-                memo[index] = recent[-1] if recent else None
-            elif name in _MEMO_GET:
-                recent.append(memo.get(int(str(arg))))
-            elif name in _STRINGS:
-                recent.append(arg if isinstance(arg, str) else None)
-            else:
-                recent.append(None)
-            del recent[:-2]
-    except Exception as exc:  # noqa: BLE001 - a damaged pickle is described, not raised
-        return f"is damaged ({type(exc).__name__}: {exc})"
-    return None
 
 
 def check_store(directory: Path) -> int:
