@@ -72,12 +72,24 @@ def to_seconds(
         msg = f"{what} must be a timedelta or a number of seconds; got {value!r}."
         raise TypeError(msg)
     if not math.isfinite(total) or total <= 0:
-        msg = (
-            f"{what} must be positive; got {total:g} seconds. Hint: for example "
-            f"tumbling(seconds=60) or tumbling(timedelta(minutes=1))."
-        )
+        msg = f"{what} must be positive; got {total:g} seconds. Hint: {_example(what)}."
         raise ValueError(msg)
     return total
+
+
+def _example(what: str) -> str:
+    """Say how to give the duration ``what`` names.
+
+    >>> _example("tumbling window size")
+    'for example tumbling(seconds=60) or tumbling(timedelta(minutes=1))'
+    >>> _example("process 'p' ttl")
+    'for example ttl=60 (seconds) or ttl=timedelta(minutes=1)'
+    """
+    kind, _, rest = what.partition(" ")
+    if rest in ("window size", "gap"):
+        return f"for example {kind}(seconds=60) or {kind}(timedelta(minutes=1))"
+    name = what.rsplit(" ", 1)[-1]
+    return f"for example {name}=60 (seconds) or {name}=timedelta(minutes=1)"
 
 
 def to_datetime(seconds: float) -> datetime:
