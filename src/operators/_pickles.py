@@ -95,8 +95,9 @@ _REFUSED = {
 def _program_class(module: str, name: str) -> bool:
     """Whether ``module.name`` is a class of this program that a snapshot may name.
 
-    An evflow event class, or a plain data class (a NamedTuple, an Enum, a
-    dataclass: see `_plain`) defined outside the installed packages. Looked
+    An evflow event class or a pydantic model (held in events), or a plain
+    data class (a NamedTuple, an Enum, a dataclass: see `_plain`) defined
+    outside the installed packages. Looked
     up in the modules already imported, never importing one (that would run
     its code), and only by a plain name (no attribute paths).
     """
@@ -105,10 +106,21 @@ def _program_class(module: str, name: str) -> bool:
         return False
     if found.__module__ != module or found.__qualname__ != name:
         return False
+    from pydantic import BaseModel
+
     from operators._event import Event
 
     if issubclass(found, Event):
         return True
+    if issubclass(found, BaseModel):
+        # A model inside an event: unpickling fills it in with pydantic's own
+        # hooks (no validator runs), unless a class of the program has its own.
+        return not any(
+            hook in vars(c)
+            for c in found.__mro__
+            if not c.__module__.startswith("pydantic") and c is not object
+            for hook in _HOOKS
+        )
     return not _installed(module) and _plain(found)
 
 
@@ -189,8 +201,8 @@ def _foreign(module: str, qualname: str) -> str:
     if isinstance(found, type) and not _installed(module):
         return (
             f"refers to the class {name!r} of this program, which is not plain data (an "
-            f"event, a NamedTuple, an Enum, or a dataclass without __post_init__, "
-            f"__setstate__ or such hooks)"
+            f"event, a pydantic model, a NamedTuple, an Enum, or a dataclass without "
+            f"__post_init__, __setstate__ or such hooks)"
         )
     return f"refers to the global {name!r}, which is not evflow state"
 
@@ -271,7 +283,8 @@ def check_state(step: str, snapshot: Any) -> None:
     """
     hint = (
         "Hint: keep plain data in state (numbers, strings, lists, dicts, tuples, "
-        "datetimes), events, or NamedTuples, Enums and dataclasses defined in your program."
+        "datetimes), events and pydantic models, or NamedTuples, Enums and dataclasses "
+        "defined in your program."
     )
     try:
         blob = pickle.dumps(_sample(snapshot))

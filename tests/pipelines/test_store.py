@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from pipelines import Pipeline, StateNotSavable, sinks, sources
+from pipelines import Event, Pipeline, StateNotSavable, sinks, sources
 from pipelines._running.store import SAFE_GLOBALS, UnsafeSnapshotError, check_snapshot
 
 # Names a hostile snapshot would reach for, written every way a pickle can.
@@ -273,6 +274,21 @@ def test_real_snapshots_of_every_state_kind_pass(tmp_path: Path) -> None:
     assert check_store(tmp_path / "store") > 10
 
 
+class Address(BaseModel):
+    city: str
+
+
+class Order(Event):
+    address: Address
+
+
+class Restored(BaseModel):
+    n: int = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+
+
 @dataclass
 class Seen:
     n: int = 0
@@ -325,7 +341,8 @@ class Lookup(enum.Enum):
 @pytest.mark.parametrize("protocol", range(3, pickle.HIGHEST_PROTOCOL + 1))
 def test_the_programs_own_plain_data_classes_pass_and_load(protocol: int) -> None:
     at = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    state = {"states": {"k": [Seen(1, at), Frozen(2), Pair(3, "x"), Color.RED]}}
+    order = Order(address=Address(city="Boise"), time=at)
+    state = {"states": {"k": [Seen(1, at), Frozen(2), Pair(3, "x"), Color.RED, order]}}
     blob = pickle.dumps(state, protocol=protocol)
     assert check_snapshot(blob) is None
     assert pickle.loads(blob) == state
@@ -338,6 +355,7 @@ def test_the_programs_own_plain_data_classes_pass_and_load(protocol: int) -> Non
         (Restoring(), "of this program, which is not plain data"),
         (Plain(), "of this program, which is not plain data"),
         (Lookup.A, "of this program, which is not plain data"),
+        (Restored(), "of this program, which is not plain data"),
         (pstats.FunctionProfile(0, 0.0, 0.0, 0.0, 0.0, "f", 1), "which is not evflow state"),
     ],
 )
