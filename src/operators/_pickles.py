@@ -55,6 +55,34 @@ SAFE_GLOBALS = frozenset(
         ("datetime", "timedelta"),
         ("datetime", "timezone"),
         ("decimal", "Decimal"),
+        # Value types events often hold: each built from its text or number alone.
+        ("uuid", "UUID"),
+        ("uuid", "SafeUUID"),
+        *(
+            ("ipaddress", f"IPv{v}{kind}")
+            for v in (4, 6)
+            for kind in ("Address", "Network", "Interface")
+        ),
+        *(
+            ("pathlib", name)
+            for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
+        ),
+        *(
+            ("pydantic.networks", name)
+            for name in (
+                "AnyUrl",
+                "AnyHttpUrl",
+                "HttpUrl",
+                "AnyWebsocketUrl",
+                "WebsocketUrl",
+                "FileUrl",
+                "FtpUrl",
+            )
+        ),
+        ("pydantic_core._pydantic_core", "Url"),
+        ("pydantic_core._pydantic_core", "MultiHostUrl"),
+        ("pydantic.types", "SecretStr"),
+        ("pydantic.types", "SecretBytes"),
         # The fixed-offset timezone pydantic gives times parsed from JSON (held
         # by join and process state): built from a number of seconds, nothing else.
         ("pydantic_core._pydantic_core", "TzInfo"),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
+import ipaddress
 import os
+import pathlib
 import pickle
 import pstats
 import sqlite3
 import struct
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any, NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, HttpUrl, SecretStr
 
 from pipelines import Event, Pipeline, StateNotSavable, sinks, sources
 from pipelines._running.store import SAFE_GLOBALS, UnsafeSnapshotError, check_snapshot
@@ -282,6 +285,15 @@ class Order(Event):
     address: Address
 
 
+class Visit(Event):
+    visitor: uuid.UUID
+    ip: ipaddress.IPv4Address
+    ip6: ipaddress.IPv6Address
+    page: pathlib.PurePosixPath
+    url: HttpUrl
+    token: SecretStr
+
+
 class Restored(BaseModel):
     n: int = 0
 
@@ -342,7 +354,18 @@ class Lookup(enum.Enum):
 def test_the_programs_own_plain_data_classes_pass_and_load(protocol: int) -> None:
     at = datetime(2026, 1, 1, tzinfo=timezone.utc)
     order = Order(address=Address(city="Boise"), time=at)
-    state = {"states": {"k": [Seen(1, at), Frozen(2), Pair(3, "x"), Color.RED, order]}}
+    visit = Visit.model_validate(
+        {
+            "visitor": "12345678-1234-5678-1234-567812345678",
+            "ip": "10.0.0.1",
+            "ip6": "::1",
+            "page": "/a/b",
+            "url": "https://example.org/x",
+            "token": "s",
+            "time": at,
+        }
+    )
+    state = {"states": {"k": [Seen(1, at), Frozen(2), Pair(3, "x"), Color.RED, order, visit]}}
     blob = pickle.dumps(state, protocol=protocol)
     assert check_snapshot(blob) is None
     assert pickle.loads(blob) == state
