@@ -55,6 +55,8 @@ SAFE_GLOBALS = frozenset(
         ("datetime", "timedelta"),
         ("datetime", "timezone"),
         ("decimal", "Decimal"),
+        # What a process step's on_timer gets, if a state keeps it.
+        ("operators._process", "Timer"),
         # Value types events often hold: each built from its text or number alone.
         ("uuid", "UUID"),
         ("uuid", "SafeUUID"),
@@ -63,10 +65,7 @@ SAFE_GLOBALS = frozenset(
             for v in (4, 6)
             for kind in ("Address", "Network", "Interface")
         ),
-        *(
-            ("pathlib", name)
-            for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
-        ),
+        *(("pathlib", name) for name in ("PosixPath", "PurePosixPath", "PureWindowsPath")),
         *(
             ("pydantic.networks", name)
             for name in (
