@@ -1059,3 +1059,28 @@ def test_early_results_come_before_the_final_one_and_say_so() -> None:
         Pipeline("x").read(sources.memory([])).key_by(str).window(
             windows.tumbling(seconds=1)
         ).aggregate(n=agg.count(), emit="early")
+
+
+def test_an_aggregate_of_early_results_is_refused_until_the_final_ones_are_kept() -> None:
+    def make(rng: random.Random, i: int) -> Hit:
+        return hit("ada", i, amount=1.0)
+
+    per_second = (
+        Pipeline("early")
+        .read(sources.generate(make, count=40, batch_size=1, rate=200))
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10))
+        .aggregate(n=agg.count(), emit="early", every=0.01, name="tens")
+    )
+    hint = r"early results of 'tens' \(emit='early'\).*Hint: .*\.filter\(lambda r: r\.final\)"
+    with pytest.raises(ValueError, match=hint):
+        per_second.key_by(lambda r: r.key, name="k").aggregate(total=agg.sum("n"))
+    with pytest.raises(ValueError, match=hint):
+        per_second.inspect(print).window_all(windows.tumbling(seconds=100)).aggregate(
+            total=agg.sum("n")
+        )
+    finals = per_second.filter(lambda r: r.final, name="finals")
+    total = finals.window_all(windows.tumbling(seconds=100)).aggregate(total=agg.sum("n"))
+    result = total.write(sinks.memory("out")).run()
+    assert [r.total for r in result["out"]] == [40]  # each event once
+    assert result.early > 0 and result.reconciles

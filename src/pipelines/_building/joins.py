@@ -28,6 +28,7 @@ __all__ = [
     "Table",
     "bounded",
     "check_clock",
+    "early_upstream",
     "join_streams",
     "no_watermark",
     "process_stream",
@@ -142,6 +143,23 @@ def unmarked_upstream(node: Node) -> Node | None:
         return None if makes_marks(node) else node
     for port in node.inputs:
         found = unmarked_upstream(port.node)
+        if found is not None:
+            return found
+    return None
+
+
+def early_upstream(node: Node) -> Node | None:
+    """Return an ``emit="early"`` aggregate whose results reach ``node`` unfiltered, if any.
+
+    Only through steps that pass every record on as it is (key_by, inspect,
+    merge): a filter or a map in between is the user's choice of what goes on.
+    """
+    if node.kind == "aggregate":
+        return node if node.params.get("emit") == "early" else None
+    if node.kind not in ("key_by", "inspect", "merge"):
+        return None
+    for port in node.inputs:
+        found = early_upstream(port.node)
         if found is not None:
             return found
     return None

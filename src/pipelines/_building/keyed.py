@@ -27,6 +27,7 @@ from pipelines._building.joins import (
     Table,
     bounded,
     check_clock,
+    early_upstream,
     join_streams,
     no_watermark,
     process_stream,
@@ -616,6 +617,15 @@ def _aggregate(
         found = unmarked_upstream(keyed._port.node)
         if found is not None:
             raise no_watermark(shown, "aggregate", found)
+    early = early_upstream(keyed._port.node)
+    if early is not None:
+        msg = (
+            f"aggregate {shown!r} would take in the early results of {early.name!r} "
+            f"(emit='early') besides its final ones: each window's value so far, again and "
+            f"again, would be counted with it. Hint: keep the final ones first, "
+            f".filter(lambda r: r.final), before key_by(...) or window_all(...)."
+        )
+        raise ValueError(msg)
     pipeline = keyed.pipeline
     graph: Graph = pipeline.graph
     step = step or graph.unique(keyed._auto("aggregate", f"{label}_{'_'.join(aggregators)}"))
