@@ -62,6 +62,7 @@ _DONE = math.inf
 _EVENT, _TIMER, _TTL = 0, 1, 2
 _MISSING = object()
 _TIME = operator.itemgetter(1)
+_PARTITION = operator.attrgetter("partition")
 
 
 class Timer(NamedTuple):
@@ -202,6 +203,27 @@ class ProcessSpec:
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
 
 
+def _ordered(queue: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Return a snapshot's queue with each event's seq as ``(partition, seq)``.
+
+    A snapshot from before events were ordered by partition has plain
+    numbers: those events keep their order, ahead of any partition's.
+
+    >>> _ordered([(5.0, 0, 7, "k", "e"), (6.0, 1, 8, "k", "t")])
+    [(5.0, 0, ('', 7), 'k', 'e'), (6.0, 1, 8, 'k', 't')]
+    """
+    if all(entry[1] != _EVENT or isinstance(entry[2], tuple) for entry in queue):
+        return queue
+    fixed = [
+        (at, kind, ("", seq), key, item)
+        if kind == _EVENT and not isinstance(seq, tuple)
+        else (at, kind, seq, key, item)
+        for at, kind, seq, key, item in queue
+    ]
+    heapq.heapify(fixed)
+    return fixed
+
+
 class ProcessLogic(
     Letters, Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]
 ):
@@ -218,8 +240,10 @@ class ProcessLogic(
         self.states: dict[str, Any] = state.get("states", {})
         #: ``key -> {(kind, name): (at, seq)}``: the timers set.
         self.timers: dict[str, dict[tuple[str, str], tuple[float, int]]] = state.get("timers", {})
-        #: ``(at, kind of entry, seq, key, event or timer name)``, in event time.
-        self.queue: list[tuple[float, int, int, str, Any]] = state.get("queue", [])
+        #: ``(at, kind of entry, seq, key, event or timer name)``, in event time; an
+        #: event's seq is ``(its partition, seq)``: events of one time go in the order
+        #: of their partitions, then of their arrival (each partition's own order).
+        self.queue: list[tuple[float, int, Any, str, Any]] = _ordered(state.get("queue", []))
         #: ``(at, seq, key, name)``: processing-time timers.
         self.wall: list[tuple[float, int, str, str]] = state.get("wall", [])
         self.last: dict[str, float] = state.get("last", {})
@@ -242,8 +266,10 @@ class ProcessLogic(
         spec = self.spec
         row = spec.counters.table()[spec.row]
         out: list[tuple[str, Any]] = []
-        incoming: list[tuple[str, float, Any]] = []
-        for marked in values:
+        incoming: list[tuple[str, float, Any, str]] = []
+        # Partition by partition, in the order of their names: sorted by time
+        # (a stable sort), a batch's events of one time go in that order too.
+        for marked in sorted(values, key=_PARTITION) if len(values) > 1 else values:
             part = marked.partition
             tracked = part in self.wm
             for records, latest in marked.segments():
@@ -251,7 +277,12 @@ class ProcessLogic(
                     row[_IN] += len(records)
                     own = self.wm.get(part, _NEVER) if tracked else _NEVER
                     self._take(
-                        records, own if own > self.closed else self.closed, incoming, out, row
+                        records,
+                        part,
+                        own if own > self.closed else self.closed,
+                        incoming,
+                        out,
+                        row,
                     )
                 if tracked and latest != _NEVER:
                     if self.newest < marked.end_of(latest, spec.delay) != _DONE:
@@ -330,24 +361,28 @@ class ProcessLogic(
     def _take(
         self,
         records: list[tuple[str, float, Any]],
+        part: str,
         wm: float,
-        incoming: list[tuple[str, float, Any]],
+        incoming: list[tuple[str, float, Any, str]],
         out: list[tuple[str, Any]],
         row: list[int],
     ) -> None:
-        """Add the records that are not behind ``wm`` to ``incoming``; the others are late."""
+        """Add the records not behind ``wm`` to ``incoming``, with their partition ``part``.
+
+        The others are late.
+        """
         for record in records:
             if record[1] < wm:
                 break
         else:  # the usual case: none is behind
-            incoming += records
+            incoming += [(key, ts, payload, part) for key, ts, payload in records]
             row[_AGG] += len(records)
             return
-        for record in records:
-            if record[1] < wm:
-                self._late(record[2], record[1], wm, out, row)
+        for key, ts, payload in records:
+            if ts < wm:
+                self._late(payload, ts, wm, out, row)
             else:
-                incoming.append(record)
+                incoming.append((key, ts, payload, part))
                 row[_AGG] += 1
 
     def _advance(
@@ -355,14 +390,15 @@ class ProcessLogic(
         mark: float,
         out: list[tuple[str, Any]],
         row: list[int],
-        incoming: list[tuple[str, float, Any]] | None = None,
+        incoming: list[tuple[str, float, Any, str]] | None = None,
     ) -> None:
         """Deliver the events and fire the timers that event time ``mark`` has passed.
 
-        ``incoming``: the batch's records (not yet held). Those before
-        ``mark`` are delivered straight from the list, in time order merged
-        with the queue (the queue's events of the same time first, as they
-        came first; timers of that time after them); the rest are held.
+        ``incoming``: the batch's records (not yet held), with their
+        partitions. Those before ``mark`` are delivered straight from the
+        list, in time order merged with the queue (events of one time in the
+        order of their partitions, a partition's own in its order; timers of
+        that time after them); the rest are held.
 
         When the input has ended (``mark`` is the end), event time first
         reaches the end of the data, the newest event time: what is due by
@@ -399,8 +435,11 @@ class ProcessLogic(
         n = len(incoming)
         while True:
             if i < n and incoming[i][1] < mark:
-                key, at, payload = incoming[i]
-                if queue and (queue[0][0] < at or (queue[0][0] == at and queue[0][1] == _EVENT)):
+                key, at, payload, part = incoming[i]
+                if queue and (
+                    queue[0][0] < at
+                    or (queue[0][0] == at and queue[0][1] == _EVENT and queue[0][2][0] <= part)
+                ):
                     at, kind, seq, key, payload = pop(queue)
                     if kind == _EVENT:
                         delivered += 1
@@ -451,9 +490,9 @@ class ProcessLogic(
         if i < n:
             # Not yet passed by event time: held in the queue.
             seq = self.seq
-            for key, at, payload in incoming[i:]:
+            for key, at, payload, part in incoming[i:]:
                 seq += 1
-                push(queue, (at, _EVENT, seq, key, payload))
+                push(queue, (at, _EVENT, (part, seq), key, payload))
             self.held += n - i
             row[_OPEN] += n - i
             self.seq = seq

@@ -341,6 +341,37 @@ def test_a_processing_timer_set_again_for_now_neither_hangs_nor_outlives_the_inp
     assert result.unfired == 1 and result.reconciles
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+def test_events_of_one_time_from_several_partitions_come_in_one_order(parts: int) -> None:
+    """Ties in event time go by partition, then by the partition's own order: the same
+    sequence whatever the batches and workers (it used to follow their arrival)."""
+    ticks = [Tick(k="a", v=i, time=T0 + timedelta(seconds=i // 4)) for i in range(60)]
+
+    def keep(seen: list[int], e: Tick, ctx: Context[tuple[int, ...]]) -> list[int]:
+        seen = [*seen, e.v]
+        if len(seen) == len(ticks):
+            ctx.emit(tuple(seen))
+        return seen
+
+    found = set()
+    for workers in (1, 2):
+        for batch in (1, 3, 7, 60):
+            source = sources.memory(ticks, batch_size=batch, partitions=parts)
+            stream = (
+                Pipeline("ties")
+                .read(source)
+                .key_by(lambda e: e.k)
+                .process(keep, initial=list, clock=windows.event_time(max_delay=5))
+            )
+            (seen,) = stream.write(sinks.memory("o")).run(workers=workers)["o"]
+            found.add(seen)
+    assert len(found) == 1
+    (seen,) = found
+    assert sorted(seen) == list(range(60))
+    # Time order first; within a time, each partition's events in their own order.
+    assert [v // 4 for v in seen] == sorted(v // 4 for v in seen)
+
+
 def test_process_misuse_fails_when_the_step_is_added() -> None:
     keyed = Pipeline("p").read(sources.memory([], schema=Tick)).key_by(lambda e: e.k)
     with pytest.raises(TypeError, match="on_event must be a function"):
