@@ -23,6 +23,13 @@ def _when(ts: float) -> datetime | None:
 
 
 def _iso(ts: float) -> str:
+    """Say an event time (or a watermark) as an ISO datetime.
+
+    >>> _iso(60.0), _iso(float("inf"))
+    ('1970-01-01T00:01:00+00:00', 'the end of input')
+    """
+    if ts == math.inf:
+        return "the end of input"
     when = _when(ts)
     return when.isoformat() if when is not None else f"{ts:g}"
 

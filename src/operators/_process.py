@@ -296,7 +296,8 @@ class ProcessLogic(
         now = time.time()
         mark = self.low_mark(now)
         self._advance(mark, out, row, incoming)
-        self._wall(now, out, row)
+        # At the end every processing-time timer fires too, before the end is told.
+        self._wall(_DONE if mark == _DONE else now, out, row)
         self.report(mark, 0.0, out)
         if self.newest != _NEVER:
             spec.counters.marks[self.mark_key] = (mark, self.newest)
@@ -309,7 +310,7 @@ class ProcessLogic(
         now = time.time()
         mark = self.low_mark(now)
         self._advance(mark, out, row)
-        self._wall(now, out, row)
+        self._wall(_DONE if mark == _DONE else now, out, row)
         self.report(mark, 0.0, out)
         return out, False
 

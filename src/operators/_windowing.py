@@ -39,7 +39,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
-from operators._letters import dead_item
+from operators._letters import _iso, dead_item
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
@@ -1024,7 +1024,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             return
         row[_DEAD] += 1
         message = (
-            f"event time {_utc(ts).isoformat()} is behind the watermark {_utc(wm).isoformat()}; "
+            f"event time {_iso(ts)} is behind the watermark {_iso(wm)}; "
             f"write the step's .late stream to a sink to keep late events apart"
         )
         out.append(self._dead("late", "LateEvent", message, payload_text(event), ts))

@@ -375,6 +375,38 @@ def test_events_of_one_time_from_several_partitions_come_in_one_order(parts: int
     assert [v // 4 for v in seen] == sorted(v // 4 for v in seen)
 
 
+def test_processing_timers_pending_at_the_end_fire_before_the_steps_after_end() -> None:
+    def remind(n: int, e: Tick, ctx: Context[Tick]) -> int:
+        if n == 0:
+            ctx.processing_timer(time.time() + 3600, "later")  # still pending at the end
+        return n + 1
+
+    def fire(n: int, timer: Timer, ctx: Context[Tick]) -> None:
+        ctx.emit(Tick(k=timer.key, v=n, time=ctx.time))
+
+    ticks = [Tick(k=f"k{i % 3}", v=i, time=T0 + timedelta(seconds=i)) for i in range(30)]
+    reminders = (
+        Pipeline("remind")
+        .read(sources.memory(ticks))
+        .key_by(lambda e: e.k)
+        .process(remind, initial=int, on_timer=fire)
+    )
+    counted = (
+        reminders.key_by(lambda e: e.k, name="again")
+        .window(windows.tumbling(seconds=100))
+        .aggregate(n=agg.count(), total=agg.sum("v"))
+    )
+    result = counted.write(sinks.memory("o")).run()
+    # Each key's reminder, dated at the input's end of data, counted downstream (it
+    # used to come after the end and stop the run).
+    assert sorted((r.key, r.n, r.total) for r in result["o"]) == [
+        ("k0", 1, 10),
+        ("k1", 1, 10),
+        ("k2", 1, 10),
+    ]
+    assert not result.dead_letters and result.reconciles
+
+
 def test_process_misuse_fails_when_the_step_is_added() -> None:
     keyed = Pipeline("p").read(sources.memory([], schema=Tick)).key_by(lambda e: e.k)
     with pytest.raises(TypeError, match="on_event must be a function"):
