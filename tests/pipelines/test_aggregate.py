@@ -1035,17 +1035,23 @@ def test_a_session_closes_one_gap_after_its_end() -> None:
     assert (result.start.timestamp(), result.end.timestamp()) == (10.0, 19.5)
 
 
-def test_early_results_come_before_the_final_one_and_say_so() -> None:
+def early_counts(*, seconds: float, rate: float, every: float, name: str | None = None) -> Any:
+    """Count 40 hits of one user (``rate`` a second) per window, with early results."""
+
     def make(rng: random.Random, i: int) -> Hit:
         return hit("ada", i, amount=1.0)
 
-    stream = (
+    return (
         Pipeline("early")
-        .read(sources.generate(make, count=40, batch_size=1, rate=100))
+        .read(sources.generate(make, count=40, batch_size=1, rate=rate))
         .key_by(lambda e: e.user)
-        .window(windows.tumbling(seconds=1000))
-        .aggregate(n=agg.count(), emit="early", every=0.05)
+        .window(windows.tumbling(seconds=seconds))
+        .aggregate(n=agg.count(), emit="early", every=every, name=name)
     )
+
+
+def test_early_results_come_before_the_final_one_and_say_so() -> None:
+    stream = early_counts(seconds=1000, rate=100, every=0.05)
     result = stream.write(sinks.memory("out")).run()
     early = [r for r in result["out"] if not r.final]
     final = [r for r in result["out"] if r.final]
@@ -1062,16 +1068,7 @@ def test_early_results_come_before_the_final_one_and_say_so() -> None:
 
 
 def test_an_aggregate_of_early_results_is_refused_until_the_final_ones_are_kept() -> None:
-    def make(rng: random.Random, i: int) -> Hit:
-        return hit("ada", i, amount=1.0)
-
-    per_second = (
-        Pipeline("early")
-        .read(sources.generate(make, count=40, batch_size=1, rate=200))
-        .key_by(lambda e: e.user)
-        .window(windows.tumbling(seconds=10))
-        .aggregate(n=agg.count(), emit="early", every=0.01, name="tens")
-    )
+    per_second = early_counts(seconds=10, rate=200, every=0.01, name="tens")
     hint = r"early results of 'tens' \(emit='early'\).*Hint: .*\.filter\(lambda r: r\.final\)"
     with pytest.raises(ValueError, match=hint):
         per_second.key_by(lambda r: r.key, name="k").aggregate(total=agg.sum("n"))
