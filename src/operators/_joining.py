@@ -180,8 +180,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                     wm = own if own > self.closed else self.closed
                     self._take(side, part, records, wm, out, row)
                 if tracked and latest != _NEVER:
-                    if self.newest < marked.end_of(latest, delay) != _DONE:
-                        self.newest = marked.end_of(latest, delay)
+                    self.reached(marked, latest, delay)
                     if latest - delay > self.wm[part]:
                         self.wm[part] = latest - delay
             if tracked:

@@ -285,8 +285,7 @@ class ProcessLogic(
                         row,
                     )
                 if tracked and latest != _NEVER:
-                    if self.newest < marked.end_of(latest, spec.delay) != _DONE:
-                        self.newest = marked.end_of(latest, spec.delay)
+                    self.reached(marked, latest, spec.delay)
                     if latest - spec.delay > self.wm[part]:
                         self.wm[part] = latest - spec.delay
             if tracked:

@@ -419,6 +419,12 @@ class Watermarks:
         self.newest = state.get("newest", _NEVER)
         self.idle_timeout = idle_timeout
 
+    def reached(self, marked: Marked, latest: float, delay: float) -> None:
+        """Move ``newest`` on to a partition's progress ``latest`` (the end never counts)."""
+        end = marked.end_of(latest, delay)
+        if self.newest < end != _DONE:
+            self.newest = end
+
     def report(self, mark: float, lag: float, out: list[tuple[str, Any]]) -> None:
         """Tell the steps after this one how far it has got, when that moved.
 
@@ -611,8 +617,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                     else:
                         self._timed(window, records, out, row, part)
                 if tracked and latest != _NEVER:
-                    if self.newest < marked.end_of(latest, spec.delay) != _DONE:
-                        self.newest = marked.end_of(latest, spec.delay)
+                    self.reached(marked, latest, spec.delay)
                     candidate = latest - spec.delay
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
