@@ -1,6 +1,6 @@
 """Where NEXMark Q4's time goes: the parts of the evflow query beside the bytewax query.
 
-Times, round after round (each round in turn), on the same events:
+Times, interleaved round after round (``bench/harness.py``), on the same events:
 
 - ``bytewax q4``: the whole hand-written bytewax Q4 (with_bytewax.py);
 - ``loop calling best_bid``: a bare loop that calls evflow's Q4 function
@@ -17,13 +17,16 @@ Run: ``python bench/nexmark/breakdown.py [--events N] [--rounds R]``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/harness.py
 
 import with_bytewax
 import with_evflow
+from harness import interleaved
 from model import Person, generate
 
 from operators import Context
@@ -59,6 +62,15 @@ def with_noop_process(events: list[Any]) -> None:
     ).run()
 
 
+def _timed_only(fn: Callable[[list[Any]], Any], events: list[Any]) -> Callable[[], None]:
+    """Run ``fn`` on the events for its time alone (the parts give different results)."""
+
+    def run() -> None:
+        fn(events)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -72,14 +84,9 @@ def main() -> None:
         "evflow + key_by + process(no-op)": with_noop_process,
         "evflow q4": with_evflow.q4,
     }
-    times: dict[str, list[float]] = {name: [] for name in parts}
-    for r in range(args.rounds):
-        for name, fn in parts.items():
-            started = time.perf_counter()
-            fn(events)
-            times[name].append(time.perf_counter() - started)
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians, _ = interleaved(
+        {name: _timed_only(fn, events) for name, fn in parts.items()}, args.rounds
+    )
     handled = sum(type(e) is not Person for e in events)
     print(f"\n{args.events:,} events ({handled:,} auctions and bids), medians:")
     for name, m in medians.items():
