@@ -18,6 +18,7 @@ import pickle
 import pickletools
 import sys
 import sysconfig
+from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
@@ -288,11 +289,11 @@ def _sample(value: Any, depth: int = 0) -> Any:
     if depth > 2:
         return value
     if isinstance(value, dict):
-        items = value.items()
+        items: Iterable[tuple[Any, Any]] = value.items()
         if len(value) > 4 and depth:  # a snapshot's own fields are all kept
-            items = [*islice(items, 2), *islice(reversed(items), 2)]  # type: ignore[assignment]
+            items = [*islice(value.items(), 2), *islice(reversed(value.items()), 2)]
         return {k: _sample(v, depth + 1) for k, v in items}
-    if isinstance(value, list | tuple) and value.__class__ in (list, tuple):
+    if value.__class__ in (list, tuple):  # not a NamedTuple: pickled as it is
         picked = value if len(value) <= 4 else [*value[:2], *value[-2:]]
         return value.__class__(_sample(v, depth + 1) for v in picked)
     return value
