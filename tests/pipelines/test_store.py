@@ -391,6 +391,19 @@ def test_classes_that_unpickling_would_run_or_that_are_not_the_programs_are_refu
     assert says in refused
 
 
+def test_state_that_cannot_be_pickled_is_named_with_its_step() -> None:
+    import threading
+
+    from operators._pickles import check_state
+
+    with pytest.raises(
+        StateNotSavable,
+        match=r"step 'keep' keeps state that cannot be "
+        r"snapshotted \(TypeError: cannot pickle '_thread.lock' object\)\. Hint",
+    ):
+        check_state("keep", {"states": {"k": {"lock": threading.Lock()}}})
+
+
 def test_state_a_resume_would_refuse_stops_the_run_at_its_first_snapshot(tmp_path: Path) -> None:
     from datetime import timedelta
 
