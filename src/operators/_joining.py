@@ -383,7 +383,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                 try:
                     removes = bool(spec.deleted(record))
                 except Exception as exc:  # noqa: BLE001 - handed to the step's policy
-                    self._failed(record, ts, exc, spec.deleted, out, row)
+                    self._failed(payload_text(record), ts, exc, spec.deleted, out, row)
                     continue
             row[_AGG] += 1
             row[_OPEN] += 1

@@ -157,6 +157,31 @@ def test_a_failing_select_is_a_dead_letter_with_both_records() -> None:
     assert result.reconciles
 
 
+def test_a_failing_deleted_function_is_a_dead_letter_with_the_row_and_the_run_goes_on() -> None:
+    customers = [
+        Customer(customer="ada", tier="gold", id="c1", time=at(0)),
+        Customer(customer="bob", tier="broken", id="c2", time=at(0)),
+    ]
+    left, right = two_sides([order("o1", 5, "ada"), order("o2", 5, "bob")], customers)
+
+    def deleted(c: Customer) -> bool:
+        if c.tier == "broken":
+            raise ValueError("no such tier")
+        return c.closed
+
+    joined = left.join(
+        right.as_table(deleted=deleted),
+        select=lambda o, c: (o.id, None if c is None else c.tier),
+    )
+    result = joined.write(sinks.memory("out")).run()
+    # The row that could not be judged is not in the table: bob's order meets none.
+    assert sorted(result["out"]) == [("o1", "gold"), ("o2", None)]
+    (letter,) = result.dead_letters
+    assert letter.kind == "user_error" and letter.error_type == "ValueError"
+    assert json.loads(letter.payload)["id"] == "c2" and "deleted" in letter.message
+    assert result.reconciles
+
+
 def test_late_records_of_either_side_go_to_late() -> None:
     orders = [
         order("o1", 100, "ada"),
