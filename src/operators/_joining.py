@@ -41,6 +41,7 @@ import bisect
 import heapq
 import json
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]
     return (row[0], row[1], row[2])
 
 
+#: An interval entry's time (``[ts, record, matched]``): the key its sides are sorted by.
+_TS = operator.itemgetter(0)
+
+
 def _id_of(record: Any) -> str:
     found = getattr(record, "id", None)
     return "-" if found is None else str(found)
@@ -149,6 +154,12 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         #: [[start, end, lefts, rights], ...]``); interval: ``key -> [lefts,
         #: rights]`` of ``[ts, record, matched]``; table: ``key -> rows``.
         self.held: dict[Any, Any] = state.get("held", {})
+        if spec.kind == "interval":
+            # Each side in time order (a snapshot of an earlier evflow may hold
+            # them in arrival order): a record meets and leaves by bisection.
+            for sides in self.held.values():
+                for entries in sides:
+                    entries.sort(key=_TS)
         #: window: ``(closes, key, start)``; interval and table: ``(due, key)``.
         self.heap: list[tuple[Any, ...]] = state.get("heap", [])
         #: table: side-0 events waiting for the watermark, ``(ts, n, key, record)``.
@@ -340,21 +351,30 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             sides = held.get(key)
             if sides is None:
                 sides = held[key] = [[], []]
-            matched = False
+            entry = [ts, record, False]
             if side == 0:
-                lo, hi = ts + lower, ts + upper
-                for entry in sides[1]:
-                    if lo <= entry[0] <= hi:
-                        self._emit(key, record, entry[1], ts, entry[0], None, None, out, row)
-                        entry[2] = matched = True
-                sides[0].append([ts, record, matched])
+                # The right records at ts + lower to ts + upper, in time order.
+                rights = sides[1]
+                lo = bisect.bisect_left(rights, ts + lower, key=_TS)
+                hi = bisect.bisect_right(rights, ts + upper, key=_TS)
+                for other in rights[lo:hi]:
+                    self._emit(key, record, other[1], ts, other[0], None, None, out, row)
+                    other[2] = entry[2] = True
+                bisect.insort_right(sides[0], entry, key=_TS)
                 heapq.heappush(self.heap, (ts + upper, key))
             else:
-                for entry in sides[0]:
-                    if entry[0] + lower <= ts <= entry[0] + upper:
-                        self._emit(key, entry[1], record, entry[0], ts, None, None, out, row)
-                        entry[2] = matched = True
-                sides[1].append([ts, record, matched])
+                # The left records at lt with lt + lower <= ts <= lt + upper: found
+                # by bisection a little wide (the subtractions round), then tested
+                # exactly as written.
+                lefts = sides[0]
+                slack = (abs(ts) + abs(lower) + abs(upper)) * 1e-13
+                lo = bisect.bisect_left(lefts, ts - upper - slack, key=_TS)
+                hi = bisect.bisect_right(lefts, ts - lower + slack, key=_TS)
+                for other in lefts[lo:hi]:
+                    if other[0] + lower <= ts <= other[0] + upper:
+                        self._emit(key, other[1], record, other[0], ts, None, None, out, row)
+                        other[2] = entry[2] = True
+                bisect.insort_right(sides[1], entry, key=_TS)
                 heapq.heappush(self.heap, (ts - lower, key))
 
     def _take_table(
@@ -465,28 +485,32 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             if sides is None:
                 continue
             lefts, rights = sides
-            keep_left = []
+            # Each side is in time order, so what the watermark has passed is a
+            # prefix of it (a record's due time grows with its time).
+            gone = 0
             for entry in lefts:
                 if entry[0] + upper >= upto:
-                    keep_left.append(entry)
-                    continue
-                row[_OPEN] -= 1
+                    break
+                gone += 1
                 if how != "inner" and not entry[2]:
                     # Dated when it was known to meet nothing: the end of its interval.
-                    gone = _utc(entry[0] + upper)
-                    self._emit(key, entry[1], None, entry[0], _NEVER, None, None, out, row, gone)
-            keep_right = []
+                    at = _utc(entry[0] + upper)
+                    self._emit(key, entry[1], None, entry[0], _NEVER, None, None, out, row, at)
+            if gone:
+                del lefts[:gone]
+                row[_OPEN] -= gone
+            gone = 0
             for entry in rights:
                 if entry[0] - lower >= upto:
-                    keep_right.append(entry)
-                    continue
-                row[_OPEN] -= 1
+                    break
+                gone += 1
                 if how == "outer" and not entry[2]:
-                    gone = _utc(entry[0] - lower)
-                    self._emit(key, None, entry[1], _NEVER, entry[0], None, None, out, row, gone)
-            if keep_left or keep_right:
-                sides[0], sides[1] = keep_left, keep_right
-            else:
+                    at = _utc(entry[0] - lower)
+                    self._emit(key, None, entry[1], _NEVER, entry[0], None, None, out, row, at)
+            if gone:
+                del rights[:gone]
+                row[_OPEN] -= gone
+            if not lefts and not rights:
                 del held[key]
 
     def _close_table(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:

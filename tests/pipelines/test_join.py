@@ -431,3 +431,60 @@ def test_interval_join_forgets_records_once_the_watermark_passes() -> None:
     feed(logic, 1, [("late_key", 100.0, "b")])
     assert set(logic.held) == {"late_key"}
     assert counters.table()[0][COUNTER_FIELDS.index("open")] == 2
+
+
+def test_interval_join_on_one_hot_key_with_fractional_times_matches_a_direct_computation() -> None:
+    # One key holds hundreds of records on each side: each record meets the
+    # other side's by bisection, and the watermark drops a prefix of each side.
+    # Times and bounds that floats cannot hold exactly: each pair must be what
+    # `t + lower <= s <= t + upper` says for these very floats (0.5 + 0.9 <= 1.4,
+    # though 1.4 - 0.9 < 0.5).
+    lower, upper = 0.9, 1.3
+    lefts = [(f"l{i}", i * 0.1) for i in range(600)]
+    rights = [(f"r{j}", 0.1 + j * 0.3) for j in range(200)]
+    rights += [(f"q{j}", j * 0.7) for j in range(85)]
+    rights.sort(key=lambda r: r[1])
+    expected = sorted(
+        (lid, rid) for lid, t in lefts for rid, s in rights if t + lower <= s <= t + upper
+    )
+    met_left = {lid for lid, _ in expected}
+    met_right = {rid for _, rid in expected}
+    expected += [(lid, None) for lid, _ in lefts if lid not in met_left]
+    expected += [(None, rid) for rid, _ in rights if rid not in met_right]
+
+    def run(resume_at: int | None) -> list[tuple[str | None, str | None]]:
+        counters = Counters(["j"])
+        spec = JoinSpec(
+            pipeline="p",
+            step="j",
+            row=0,
+            counters=counters,
+            kind="interval",
+            how="outer",
+            partitions=["0:read/part0", "1:read/part0"],
+            lower=lower,
+            upper=upper,
+        )
+        logic = JoinLogic(spec, None)
+        out: list[Any] = []
+        for chunks, at in enumerate(range(0, 600, 7), start=1):
+            for side, records in ((0, lefts), (1, rights)):
+                chunk = [("hot", ts, rid) for rid, ts in records if at * 0.1 <= ts < (at + 7) * 0.1]
+                if chunk:
+                    out += feed(logic, side, chunk)
+            if chunks == resume_at:
+                # A snapshot written before each side was kept in time order.
+                snap = logic.snapshot()
+                for sides in snap["held"].values():
+                    for entries in sides:
+                        entries.reverse()
+                logic = JoinLogic(spec, snap)
+        end, _ = logic.on_eof()
+        out += [item for item in end if item[0] == "r"]
+        if resume_at is None:  # (a resumed logic counts its snapshot's records again)
+            assert counters.table()[0][COUNTER_FIELDS.index("open")] == 0
+        assert logic.held == {}
+        return sorted(((j.left, j.right) for _, j in out), key=str)
+
+    assert run(None) == sorted(expected, key=str)
+    assert run(40) == sorted(expected, key=str)
