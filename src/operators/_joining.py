@@ -58,7 +58,15 @@ from operators._letters import Letters
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
-from operators._windowing import Watermarks, _utc, construct_valid, just_before, pop_session
+from operators._windowing import (
+    Watermarks,
+    _utc,
+    construct_valid,
+    just_before,
+    overlapping,
+    pop_session,
+    sort_sessions,
+)
 from operators.windows import Session, Sliding, Tumbling, Window
 
 __all__ = ["JoinLogic", "JoinSpec", "Joined"]
@@ -154,6 +162,8 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         #: [[start, end, lefts, rights], ...]``); interval: ``key -> [lefts,
         #: rights]`` of ``[ts, record, matched]``; table: ``key -> rows``.
         self.held: dict[Any, Any] = state.get("held", {})
+        if isinstance(spec.window, Session):
+            sort_sessions(self.held)
         if spec.kind == "interval":
             # Each side in time order (a snapshot of an earlier evflow may hold
             # them in arrival order): a record meets and leaves by bisection.
@@ -297,24 +307,34 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                     self._late(record, ts, wm, out, row)
                     continue
                 row[_AGG] += 1
-                sessions: list[list[Any]] = held.setdefault(key, [])
+                sessions: list[list[Any]] | None = held.get(key)
+                if sessions is None:
+                    sessions = held[key] = []
                 start, end = ts, ts + gap
-                lefts: list[Any] = []
-                rights: list[Any] = []
-                (lefts if side == 0 else rights).append((ts, record))
-                keep = []
-                for s in sessions:
-                    if s[0] < end and start < s[1]:
-                        start, end = min(start, s[0]), max(end, s[1])
-                        lefts += s[2]
-                        rights += s[3]
-                        row[_OPEN] -= 1
-                    else:
-                        keep.append(s)
-                keep.append([start, end, lefts, rights])
-                held[key] = keep
-                row[_OPEN] += 1
-                heapq.heappush(heap, (end + gap, key, start))
+                lo, hi = overlapping(sessions, start, end)
+                if lo == hi:
+                    joined: list[Any] = [start, end, [], []]
+                    sessions.insert(lo, joined)
+                    row[_OPEN] += 1
+                    grown = True
+                else:
+                    # The sessions the record overlaps and the record make one
+                    # session: the others' records go into the largest one.
+                    first, last = sessions[lo], sessions[hi - 1]
+                    parts = sessions[lo:hi]
+                    joined = max(parts, key=lambda p: len(p[2]) + len(p[3]))
+                    for p in parts:
+                        if p is not joined:
+                            joined[2] += p[2]
+                            joined[3] += p[3]
+                    grown = start < first[0] or end > last[1] or hi - lo > 1
+                    joined[0], joined[1] = min(start, first[0]), max(end, last[1])
+                    sessions[lo:hi] = [joined]
+                    row[_OPEN] -= hi - lo - 1
+                    start, end = joined[0], joined[1]
+                joined[2 + side].append((ts, record))
+                if grown:  # (else its closing entry still stands)
+                    heapq.heappush(heap, (end + gap, key, start))
             return
         assert isinstance(window, Tumbling | Sliding)
         for key, ts, record in records:

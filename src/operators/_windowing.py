@@ -25,9 +25,11 @@ How a windowed aggregate runs:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import math
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -371,21 +373,53 @@ def just_before(seconds: float) -> datetime:
     return found
 
 
+#: A session's start (sessions are ``[start, end, ...]``): the key a key's sessions are sorted by.
+_START = operator.itemgetter(0)
+
+
+def overlapping(held: list[list[Any]], start: float, end: float) -> tuple[int, int]:
+    """Return the slice ``lo:hi`` of the sessions in ``held`` that ``[start, end)`` overlaps.
+
+    A key's sessions never overlap one another and are kept sorted by their
+    start (so by their end too): those that overlap are found by bisection,
+    a run just before the first session that starts at or after ``end``.
+
+    >>> overlapping([[0, 5], [10, 15], [20, 25]], 4, 11)
+    (0, 2)
+    >>> overlapping([[0, 5], [10, 15]], 5, 10)  # touching is not overlapping
+    (1, 1)
+    """
+    hi = bisect.bisect_left(held, end, key=_START)
+    lo = hi
+    while lo and held[lo - 1][1] > start:
+        lo -= 1
+    return lo, hi
+
+
+def sort_sessions(sessions: dict[Any, list[list[Any]]]) -> None:
+    """Sort each key's sessions by start (a snapshot of an earlier evflow kept them unsorted)."""
+    for held in sessions.values():
+        held.sort(key=_START)
+
+
 def pop_session(sessions: dict[str, list[list[Any]]], key: str, start: float, closes: float,
                 gap: float) -> list[Any] | None:  # fmt: skip
     """Take out the session of ``key`` that a closing entry ``(closes, key, start)`` names.
 
-    Sessions are ``[start, end, ...]`` and close one gap after their end;
-    None when the session has since merged into another (its entry is stale).
+    Sessions are ``[start, end, ...]``, sorted by start, and close one gap
+    after their end; None when the session has since merged into another or
+    grown (its entry is stale).
     """
-    held = sessions.get(key) or []
-    for s in held:
-        if s[0] == start and s[1] + gap == closes:
-            held.remove(s)
-            if not held:
-                del sessions[key]
-            return s
-    return None
+    held = sessions.get(key)
+    if not held:
+        return None
+    i = bisect.bisect_left(held, start, key=_START)
+    if i == len(held) or held[i][0] != start or held[i][1] + gap != closes:
+        return None
+    found = held.pop(i)
+    if not held:
+        del sessions[key]
+    return found
 
 
 class Watermarks:
@@ -500,6 +534,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         state = resume or {}
         self.start_watermarks(state, spec.partitions, spec.idle)
         self.wins: dict[Any, Any] = state.get("wins", {})
+        if isinstance(spec.window, Session):
+            sort_sessions(self.wins)
         #: ``(when the window closes, key, start)``; a session closes one gap
         #: after its end (see `_session`).
         self.heap: list[tuple[float, str, float]] = state.get("heap", [])
@@ -902,22 +938,29 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
 
     def _session(self, window: Session, key: str, ts: float, event: Any, row: list[int]) -> None:
         spec = self.spec
-        sessions: list[list[Any]] = self.wins.setdefault(key, [])
+        sessions: list[list[Any]] | None = self.wins.get(key)
+        if sessions is None:
+            sessions = self.wins[key] = []
         start, end = ts, ts + window.gap
         accs = [g.create() for g in spec.aggs]
         spec.add(accs, event, ts)
-        keep = []
-        for s in sessions:
-            if s[0] < end and start < s[1]:  # overlaps the session so far
-                start = min(start, s[0])
-                end = max(end, s[1])
-                accs = [g.merge(a, b) for g, a, b in zip(spec.aggs, s[2], accs, strict=True)]
-                row[_OPEN] -= 1
-            else:
-                keep.append(s)
-        keep.append([start, end, accs])
-        self.wins[key] = keep
-        row[_OPEN] += 1
+        lo, hi = overlapping(sessions, start, end)
+        if lo == hi:
+            sessions.insert(lo, [start, end, accs])
+            row[_OPEN] += 1
+        else:
+            # The sessions the event overlaps and the event make one session.
+            first, last = sessions[lo], sessions[hi - 1]
+            merged = first[2]
+            for s in sessions[lo + 1 : hi]:
+                merged = [g.merge(a, b) for g, a, b in zip(spec.aggs, merged, s[2], strict=True)]
+            merged = [g.merge(a, b) for g, a, b in zip(spec.aggs, merged, accs, strict=True)]
+            grown = start < first[0] or end > last[1] or hi - lo > 1
+            start, end = min(start, first[0]), max(end, last[1])
+            sessions[lo:hi] = [[start, end, merged]]
+            row[_OPEN] -= hi - lo - 1
+            if not grown:
+                return  # its closing entry still stands
         # The session closes one gap after its end: until the watermark is
         # there, an event behind it whose own gap reaches past it may still
         # extend the session, so waiting keeps the result the same whatever

@@ -1035,6 +1035,41 @@ def test_a_session_closes_one_gap_after_its_end() -> None:
     assert (result.start.timestamp(), result.end.timestamp()) == (10.0, 19.5)
 
 
+def test_thousands_of_open_sessions_of_one_key_merge_exactly_and_resume_from_any_order() -> None:
+    # One key holds thousands of sessions open (a long max_delay): an event
+    # finds the sessions it overlaps by bisection, and one that bridges two
+    # merges them. A snapshot of an earlier evflow, whose sessions of a key
+    # are in no order, resumes to the same result.
+    gap = 2.0
+    times = [i * 3.0 for i in range(3000)] + [i * 3.0 + 1.5 for i in range(0, 3000, 7)]
+    random.Random(5).shuffle(times)
+    expected: list[tuple[float, float, int]] = []
+    for ts in sorted(times):
+        if expected and ts < expected[-1][1]:
+            start, end, n = expected[-1]
+            expected[-1] = (start, max(end, ts + gap), n + 1)
+        else:
+            expected.append((ts, ts + gap, 1))
+    assert any(n > 2 for _, _, n in expected)  # bridging events merged sessions
+
+    def run(resume: bool) -> list[tuple[float, float, int]]:
+        make = spec(windows.session(seconds=gap), windows.event_time(max_delay=1e6), parts=["s/a"])
+        logic = Logic(make, None)
+        out: list[Any] = []
+        for at in range(0, len(times), 500):
+            chunk = [("k", ts, hit("k", ts)) for ts in times[at : at + 500]]
+            out += logic.on_batch([Marked("s/a", max(times[: at + 500]), False, chunk)])[0]
+            if resume and at == 2000:
+                snap = logic.snapshot()
+                random.Random(1).shuffle(snap["wins"]["k"])
+                logic = Logic(make, snap)
+        out += logic.on_eof()[0]
+        return [(r.start.timestamp(), r.end.timestamp(), r.n) for _, r in out]
+
+    assert sorted(run(False)) == expected
+    assert sorted(run(True)) == expected
+
+
 def early_counts(*, seconds: float, rate: float, every: float, name: str | None = None) -> Any:
     """Count 40 hits of one user (``rate`` a second) per window, with early results."""
 

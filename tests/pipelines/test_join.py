@@ -488,3 +488,53 @@ def test_interval_join_on_one_hot_key_with_fractional_times_matches_a_direct_com
 
     assert run(None) == sorted(expected, key=str)
     assert run(40) == sorted(expected, key=str)
+
+
+def test_a_session_join_of_one_key_with_thousands_of_sessions_resumes_from_any_order() -> None:
+    # One side runs ahead of the other, so one key holds thousands of sessions
+    # open; each record finds the sessions it overlaps by bisection, and one
+    # that bridges two merges them. A snapshot of an earlier evflow, whose
+    # sessions of a key are in no order, resumes to the same pairs.
+    gap = 2.0
+    lefts = [(f"l{i}", i * 3.0) for i in range(2000)]
+    rights = [(f"r{i}", i * 3.0 + 1.5) for i in range(0, 2000, 3)]
+    sessions: list[list[Any]] = []
+    for rid, ts in sorted(lefts + rights, key=lambda r: r[1]):
+        if sessions and ts < sessions[-1][1]:
+            sessions[-1][1] = max(sessions[-1][1], ts + gap)
+            sessions[-1][2].append(rid)
+        else:
+            sessions.append([ts, ts + gap, [rid]])
+    expected = sorted(
+        (a, b)
+        for _, _, ids in sessions
+        for a in ids
+        if a.startswith("l")
+        for b in ids
+        if b.startswith("r")
+    )
+    assert len(expected) == 2 * len(rights)  # each right record bridged two left ones
+
+    def run(resume: bool) -> list[tuple[str, str]]:
+        spec = JoinSpec(
+            pipeline="p",
+            step="j",
+            row=0,
+            counters=Counters(["j"]),
+            kind="window",
+            window=windows.session(seconds=gap),
+            partitions=["0:read/part0", "1:read/part0"],
+        )
+        logic = JoinLogic(spec, None)
+        out = feed(logic, 0, [("hot", ts, rid) for rid, ts in lefts])  # the left side first
+        for at in range(0, len(rights), 100):
+            out += feed(logic, 1, [("hot", ts, rid) for rid, ts in rights[at : at + 100]])
+            if resume and at == 300:
+                snap = logic.snapshot()
+                random.Random(2).shuffle(snap["held"]["hot"])
+                logic = JoinLogic(spec, snap)
+        end, _ = logic.on_eof()
+        return sorted((j.left, j.right) for _, j in out + [x for x in end if x[0] == "r"])
+
+    assert run(False) == expected
+    assert run(True) == expected
