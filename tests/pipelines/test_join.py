@@ -381,21 +381,25 @@ def feed(logic: JoinLogic, side: int, records: list[tuple[str, float, Any]]) -> 
     return [item for item in out if item[0] == "r"]
 
 
+def join_spec(counters: Counters, kind: str, **more: Any) -> JoinSpec:
+    """The spec of join step "j" (counted in row 0 of ``counters``), one partition a side."""
+    return JoinSpec(
+        pipeline="p",
+        step="j",
+        row=0,
+        counters=counters,
+        kind=kind,
+        partitions=["0:read/part0", "1:read/part0"],
+        **more,
+    )
+
+
 def test_table_rows_past_their_ttl_free_their_state() -> None:
     # 200,000 keys, each with one row; the stream then moves time on past the
     # ttl: every row is dropped before the input ends (bench/join_state.py
     # measures 1,000,000 keys).
-    counters = Counters(["t"])
-    spec = JoinSpec(
-        pipeline="p",
-        step="t",
-        row=0,
-        counters=counters,
-        kind="table",
-        partitions=["0:read/part0", "1:read/part0"],
-        ttl=60.0,
-    )
-    logic = JoinLogic(spec, None)
+    counters = Counters(["j"])
+    logic = JoinLogic(join_spec(counters, "table", ttl=60.0), None)
     keys = 200_000
     feed(logic, 1, [(f"k{i}", float(i % 100), i) for i in range(keys)])
     open_ = COUNTER_FIELDS.index("open")
@@ -413,17 +417,7 @@ def test_table_rows_past_their_ttl_free_their_state() -> None:
 
 def test_interval_join_forgets_records_once_the_watermark_passes() -> None:
     counters = Counters(["j"])
-    spec = JoinSpec(
-        pipeline="p",
-        step="j",
-        row=0,
-        counters=counters,
-        kind="interval",
-        partitions=["0:read/part0", "1:read/part0"],
-        lower=0.0,
-        upper=10.0,
-    )
-    logic = JoinLogic(spec, None)
+    logic = JoinLogic(join_spec(counters, "interval", lower=0.0, upper=10.0), None)
     feed(logic, 0, [(f"k{i}", float(i % 50), i) for i in range(100_000)])
     feed(logic, 1, [(f"k{i}", float(i % 50) + 5, -i) for i in range(100_000)])
     assert counters.table()[0][COUNTER_FIELDS.index("created")] == 100_000
@@ -454,17 +448,7 @@ def test_interval_join_on_one_hot_key_with_fractional_times_matches_a_direct_com
 
     def run(resume_at: int | None) -> list[tuple[str | None, str | None]]:
         counters = Counters(["j"])
-        spec = JoinSpec(
-            pipeline="p",
-            step="j",
-            row=0,
-            counters=counters,
-            kind="interval",
-            how="outer",
-            partitions=["0:read/part0", "1:read/part0"],
-            lower=lower,
-            upper=upper,
-        )
+        spec = join_spec(counters, "interval", how="outer", lower=lower, upper=upper)
         logic = JoinLogic(spec, None)
         out: list[Any] = []
         for chunks, at in enumerate(range(0, 600, 7), start=1):
@@ -516,15 +500,7 @@ def test_a_session_join_of_one_key_with_thousands_of_sessions_resumes_from_any_o
     assert len(expected) == 2 * len(rights)  # each right record bridged two left ones
 
     def run(resume: bool) -> list[tuple[str, str]]:
-        spec = JoinSpec(
-            pipeline="p",
-            step="j",
-            row=0,
-            counters=Counters(["j"]),
-            kind="window",
-            window=windows.session(seconds=gap),
-            partitions=["0:read/part0", "1:read/part0"],
-        )
+        spec = join_spec(Counters(["j"]), "window", window=windows.session(seconds=gap))
         logic = JoinLogic(spec, None)
         out = feed(logic, 0, [("hot", ts, rid) for rid, ts in lefts])  # the left side first
         for at in range(0, len(rights), 100):
