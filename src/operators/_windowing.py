@@ -66,33 +66,86 @@ _NEVER = -math.inf
 _DONE = math.inf
 
 
+def _add_lines(aggs: Sequence[Aggregator], env: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Return the lines of an add: taking the event's values (no change), then storing them.
+
+    Taking computes each new accumulator (``n{i}``), or, for an aggregator
+    that adds in place, the value it admits; storing changes the
+    accumulators, and cannot fail once every value was taken.
+    """
+    take, store = [], []
+    for i, g in enumerate(aggs):
+        env[f"g{i}"] = g
+        value = "e" if g.field is None else f"e.{g.field}"
+        if g.in_place:
+            take.append(f"n{i} = g{i}.admit({value})")
+            store.append(f"a[{i}] = g{i}.add(a[{i}], n{i}, ts, e)")
+        else:
+            expr = g.inline(f"a[{i}]", value) or f"g{i}.add(a[{i}], {value}, ts, e)"
+            take.append(f"n{i} = {expr}")
+            store.append(f"a[{i}] = n{i}")
+    return take, store
+
+
 def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], None]:
     """Generate ``add(accs, event, ts)`` for these aggregators, all or nothing.
 
     Values are read and new accumulators computed before any is stored, so an
-    event whose value cannot be aggregated changes nothing.
+    event whose value cannot be aggregated changes nothing (an aggregator
+    that adds in place admits the value first: `Aggregator.admit`).
 
     >>> from operators import agg
-    >>> aggs = [agg.count(), agg.sum("real")]
+    >>> aggs = [agg.count(), agg.sum("real"), agg.collect("imag")]
     >>> add = make_adder(aggs)
     >>> accs = [g.create() for g in aggs]
     >>> add(accs, 2.5, 0.0); add(accs, 1.5, 0.0); [g.result(a) for g, a in zip(aggs, accs)]
-    [2, 4.0]
+    [2, 4.0, [0.0, 0.0]]
+    >>> add(accs, "x", 0.0)
+    Traceback (most recent call last):
+    ...
+    AttributeError: 'str' object has no attribute 'real'
+    >>> [g.result(a) for g, a in zip(aggs, accs)]
+    [2, 4.0, [0.0, 0.0]]
     """
     env: dict[str, Any] = {"exact_add": exact_add}
-    lines = ["def add(a, e, ts):"]
-    for i, g in enumerate(aggs):
-        env[f"g{i}"] = g
-        value = "e" if g.field is None else f"e.{g.field}"
-        expr = g.inline(f"a[{i}]", value) or f"g{i}.add(a[{i}], {value}, ts, e)"
-        lines.append(f"    n{i} = {expr}")
-    if aggs:
-        lines.append("    " + "; ".join(f"a[{i}] = n{i}" for i in range(len(aggs))))
-    else:
-        lines.append("    pass")
-    exec("\n".join(lines), env)
+    take, store = _add_lines(aggs, env)
+    body = take + (["; ".join(store)] if store else ["pass"])
+    exec("\n".join(["def add(a, e, ts):", *(f"    {line}" for line in body)]), env)
     adder: Callable[[list[Any], Any, float], None] = env["add"]
     return adder
+
+
+def make_stager(
+    aggs: Sequence[Aggregator],
+) -> tuple[Callable[[list[Any], Any, float], Any], Callable[[list[Any], Any, Any, float], None]]:
+    """Generate ``take(accs, event, ts)`` and ``store(accs, taken, event, ts)``: an add in two.
+
+    ``take`` changes nothing and may fail; ``store`` applies what ``take``
+    returned. An event added to several windows is taken by each before
+    any is stored: all of them take it, or none.
+
+    >>> from operators import agg
+    >>> aggs = [agg.collect("real"), agg.max("imag")]
+    >>> take, store = make_stager(aggs)
+    >>> one, two = [g.create() for g in aggs], [g.create() for g in aggs]
+    >>> store(one, take(one, 1.0, 0.0), 1.0, 0.0); one
+    [[1.0], 0.0]
+    >>> store(two, take(two, 2.0, 0.0), 2.0, 0.0); two
+    [[2.0], 0.0]
+    """
+    env: dict[str, Any] = {"exact_add": exact_add}
+    take, store = _add_lines(aggs, env)
+    names = ", ".join(f"n{i}" for i in range(len(aggs)))
+    lines = [
+        "def take(a, e, ts):",
+        *(f"    {line}" for line in take),
+        f"    return ({names}{',' if len(aggs) == 1 else ''})",
+        "def store(a, taken, e, ts):",
+        f"    ({names}{',' if len(aggs) == 1 else ''}) = taken" if aggs else "    pass",
+        *(f"    {line}" for line in store),
+    ]
+    exec("\n".join(lines), env)
+    return env["take"], env["store"]
 
 
 def make_finisher(
@@ -205,6 +258,10 @@ class WindowSpec:
     def __post_init__(self) -> None:
         """Generate the adder and the merger once."""
         self.add = make_adder(self.aggs)
+        self.take, self.store = make_stager(self.aggs)
+        #: Whether an aggregator adds in place (then an event added to several
+        #: windows is taken by each before any changes: `make_stager`).
+        self.in_place = any(g.in_place for g in self.aggs)
         self.merge = make_merger(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
         self.finish = make_finisher(
@@ -782,12 +839,15 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         """Add records to every window of theirs whose end ``wm`` has not passed.
 
         Every such window takes the event, or none does (the event is then a
-        dead letter): the windows' accumulators change only once each add
-        has succeeded. Windows are what `Sliding.assign` gives, computed
-        here in whole microseconds (the hot loop of sliding windows).
+        dead letter): the windows' accumulators change only once each of
+        them has taken the event's values (added to a copy, or, for
+        aggregators that add in place, taken first: `make_stager`). Windows are what
+        `Sliding.assign` gives, computed here in whole microseconds (the hot
+        loop of sliding windows).
         """
         spec = self.spec
-        add = spec.add
+        add, take, store = spec.add, spec.take, spec.store
+        staged = spec.in_place
         aggs = spec.aggs
         wins = self.wins
         get = wins.get
@@ -814,14 +874,20 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             try:
                 new = []
                 for _, _, held in spans:
-                    accs = [g.create() for g in aggs] if held is None else held.copy()
-                    add(accs, event, ts)
-                    new.append(accs)
+                    if staged:
+                        accs = [g.create() for g in aggs] if held is None else held
+                        new.append((accs, take(accs, event, ts)))
+                    else:  # nothing changes in place: add to a copy of the list
+                        accs = [g.create() for g in aggs] if held is None else held.copy()
+                        add(accs, event, ts)
+                        new.append((accs, None))
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 late += 1
                 self._failed(event, ts, exc, out, row)
                 continue
-            for (start, end, held), accs in zip(spans, new, strict=True):
+            for (start, end, held), (accs, taken) in zip(spans, new, strict=True):
+                if staged:
+                    store(accs, taken, event, ts)
                 wins[(key, start)] = accs
                 if held is None:
                     heapq.heappush(heap, (end, key, start))
@@ -942,25 +1008,30 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         if sessions is None:
             sessions = self.wins[key] = []
         start, end = ts, ts + window.gap
-        accs = [g.create() for g in spec.aggs]
-        spec.add(accs, event, ts)
         lo, hi = overlapping(sessions, start, end)
-        if lo == hi:
-            sessions.insert(lo, [start, end, accs])
-            row[_OPEN] += 1
-        else:
-            # The sessions the event overlaps and the event make one session.
-            first, last = sessions[lo], sessions[hi - 1]
-            merged = first[2]
-            for s in sessions[lo + 1 : hi]:
-                merged = [g.merge(a, b) for g, a, b in zip(spec.aggs, merged, s[2], strict=True)]
-            merged = [g.merge(a, b) for g, a, b in zip(spec.aggs, merged, accs, strict=True)]
-            grown = start < first[0] or end > last[1] or hi - lo > 1
-            start, end = min(start, first[0]), max(end, last[1])
-            sessions[lo:hi] = [[start, end, merged]]
-            row[_OPEN] -= hi - lo - 1
-            if not grown:
+        if hi - lo == 1:
+            # The usual case: the event falls in (or extends) one session.
+            session = sessions[lo]
+            spec.add(session[2], event, ts)  # all or nothing
+            if session[0] <= start and end <= session[1]:
                 return  # its closing entry still stands
+            start, end = min(start, session[0]), max(end, session[1])
+            session[0], session[1] = start, end
+        else:
+            accs = [g.create() for g in spec.aggs]
+            spec.add(accs, event, ts)
+            if lo == hi:
+                sessions.insert(lo, [start, end, accs])
+                row[_OPEN] += 1
+            else:
+                # The event bridges sessions: they and the event make one.
+                aggs = spec.aggs
+                merged = sessions[lo][2]
+                for other in [*(s[2] for s in sessions[lo + 1 : hi]), accs]:
+                    merged = [g.merge(a, b) for g, a, b in zip(aggs, merged, other, strict=True)]
+                start, end = min(start, sessions[lo][0]), max(end, sessions[hi - 1][1])
+                sessions[lo:hi] = [[start, end, merged]]
+                row[_OPEN] -= hi - lo - 1
         # The session closes one gap after its end: until the watermark is
         # there, an event behind it whose own gap reaches past it may still
         # extend the session, so waiting keeps the result the same whatever

@@ -11,6 +11,13 @@ too (subclass `Aggregator`):
   apart (per worker, per batch) combine into the same result;
 - ``result(acc)`` returns the value put in the result record.
 
+An event is aggregated all or nothing: when one aggregator cannot take it,
+none does. An aggregator whose ``add`` changes ``acc`` itself (appends to a
+list, adds to a set) says so with ``in_place = True`` and gives
+``admit(value)``, which returns the value to add and raises where ``add``
+would; every aggregator has then taken the event's values before any
+accumulator changes.
+
 >>> a = mean("amount")
 >>> acc = a.create()
 >>> for v in (1.0, 2.0, 6.0):
@@ -21,6 +28,7 @@ too (subclass `Aggregator`):
 
 from __future__ import annotations
 
+import math
 import operator
 import typing
 from collections import Counter
@@ -64,6 +72,8 @@ class Aggregator:
     numeric = False
     #: The Python type of ``result`` (used for the typed result record).
     result_type: Any = Any
+    #: Whether ``add`` changes the accumulator itself (see `admit`).
+    in_place = False
 
     @property
     def label(self) -> str:
@@ -94,6 +104,14 @@ class Aggregator:
     def merge(self, a: Any, b: Any) -> Any:
         """Return the accumulator of both."""
         raise NotImplementedError
+
+    def admit(self, value: Any) -> Any:
+        """Return the value ``add`` is to take; raise where ``add`` would (``in_place`` only).
+
+        Called before any accumulator changes, so that an event that one
+        aggregator cannot take changes none.
+        """
+        return value
 
     def result(self, acc: Any) -> Any:
         """Return the final value."""
@@ -383,8 +401,14 @@ class _Distinct(Aggregator):
     def __init__(self, field: str) -> None:
         self.field = _field(field, "count_distinct")
 
+    in_place = True
+
     def create(self) -> set[Any]:
         return set()
+
+    def admit(self, value: Any) -> Any:
+        hash(value)  # a value a set cannot hold fails here, before anything changed
+        return value
 
     def add(self, acc: set[Any], value: Any, ts: float, event: Any) -> set[Any]:
         acc.add(value)
@@ -416,8 +440,14 @@ class _TopK(Aggregator):
     def label(self) -> str:
         return f"top_k({self.field}, {self.k})"
 
+    in_place = True
+
     def create(self) -> Counter[Any]:
         return Counter()
+
+    def admit(self, value: Any) -> Any:
+        hash(value)  # a value a Counter cannot hold fails here, before anything changed
+        return value
 
     def add(self, acc: Counter[Any], value: Any, ts: float, event: Any) -> Counter[Any]:
         acc[value] += 1
@@ -460,6 +490,15 @@ class _Quantile(Aggregator):
 
         return DDSketch(relative_accuracy=self.relative_accuracy)
 
+    in_place = True
+
+    def admit(self, value: Any) -> float:
+        number = float(value)
+        if number in (math.inf, -math.inf):
+            msg = f"{self.label} cannot place an infinite value in its sketch; got {value!r}."
+            raise ValueError(msg)
+        return number
+
     def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
         acc.add(float(value))
         return acc
@@ -491,6 +530,8 @@ class _Collect(Aggregator):
 
     def __init__(self, field: str | None) -> None:
         self.field = None if field is None else _field(field, "collect")
+
+    in_place = True
 
     def create(self) -> list[Any]:
         return []

@@ -1035,6 +1035,57 @@ def test_a_session_closes_one_gap_after_its_end() -> None:
     assert (result.start.timestamp(), result.end.timestamp()) == (10.0, 19.5)
 
 
+class Mixed(Event):
+    user: str = "u"
+    tag: Any = "a"
+    amount: Any = 1
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["tumbling", "sliding", "session", "count", "running", "combined"],
+)
+def test_an_event_one_aggregator_cannot_take_is_in_no_result(shape: str) -> None:
+    # The second event's amount cannot be summed, the third's tag cannot be
+    # counted as distinct (a list): each is a dead letter, and its values are
+    # in no accumulator, not even in those that add in place and come first.
+    events = [
+        Mixed(tag="a", amount=1, time=T0, id="e1"),
+        Mixed(tag="b", amount="x", time=T0 + timedelta(seconds=1), id="e2"),
+        Mixed(tag=["c"], amount=2, time=T0 + timedelta(seconds=2), id="e3"),
+        Mixed(tag="d", amount=3, time=T0 + timedelta(seconds=3), id="e4"),
+    ]
+    aggs = {
+        "tags": agg.collect("tag"),
+        "top": agg.top_k("tag", 5),
+        "n": agg.count(),
+        "q": agg.quantile("amount", 0.5),
+        "distinct": agg.count_distinct("tag"),
+        "total": agg.sum("amount"),
+    }
+    keyed = Pipeline("p").read(sources.memory(events), name="read").key_by(lambda e: e.user)
+    shaped: Any = {
+        "tumbling": lambda: keyed.window(windows.tumbling(seconds=60)),
+        "sliding": lambda: keyed.window(windows.sliding(seconds=60, every=30)),
+        "session": lambda: keyed.window(windows.session(seconds=5)),
+        "count": lambda: keyed.window(windows.count(10)),
+        "running": lambda: keyed,
+        "combined": lambda: keyed.window(windows.tumbling(seconds=60)),
+    }[shape]()
+    counted = shaped.aggregate(**aggs, **({"emit": "final"} if shape == "running" else {}))
+    result = counted.write(sinks.memory("out")).run(processes=2 if shape == "combined" else 1)
+    # e2: the quantile cannot take "x"; e3: top_k cannot count a list.
+    assert {json.loads(d.payload)["id"]: d.error_type for d in result.dead_letters} == {
+        "e2": "ValueError",
+        "e3": "TypeError",
+    }
+    assert result["out"], "no window closed"
+    for r in result["out"]:
+        assert r.tags == ["a", "d"] and r.top == [("a", 1), ("d", 1)]
+        assert (r.n, r.distinct, r.total) == (2, 2, 4)
+    assert result.reconciles
+
+
 def test_thousands_of_open_sessions_of_one_key_merge_exactly_and_resume_from_any_order() -> None:
     # One key holds thousands of sessions open (a long max_delay): an event
     # finds the sessions it overlaps by bisection, and one that bridges two
