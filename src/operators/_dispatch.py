@@ -19,7 +19,7 @@ import heapq
 import inspect
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
@@ -39,6 +39,7 @@ from operators._stage import (
     _Run,
     describe_function,
 )
+from operators._windowing import wake_at
 
 __all__ = [
     "Dispatch",
@@ -540,7 +541,7 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
         """When the next key's state may have lived out its ttl."""
         if not self.due:
             return None
-        return datetime.fromtimestamp(self.due[0][0], timezone.utc)
+        return wake_at(self.due[0][0])
 
     def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
         """Nothing is pending at the end; the states go, counted as expired."""

@@ -412,6 +412,22 @@ def _utc(seconds: float) -> datetime:
     return found
 
 
+#: The last second a datetime can hold (the end of year 9999).
+_LAST_SECOND = datetime.max.replace(tzinfo=timezone.utc).timestamp()
+
+
+def wake_at(seconds: float) -> datetime | None:
+    """Return when the engine is to wake a step (``seconds`` on the wall clock).
+
+    A time past the years a datetime can hold (a ttl of 1e12 s, "for ever")
+    is never: None.
+
+    >>> wake_at(60.0).isoformat(), wake_at(1e12)
+    ('1970-01-01T00:01:00+00:00', None)
+    """
+    return None if seconds > _LAST_SECOND else _utc(seconds)
+
+
 _BEFORE_CACHE: dict[float, datetime] = {}
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -578,7 +594,7 @@ class Watermarks:
             if newest == _NEVER:
                 return None
             due += end - newest
-        return _utc(due)
+        return wake_at(due)
 
 
 class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[str, Any]]):
@@ -1205,12 +1221,12 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         if spec.window is None:
             if not self.expiry:
                 return None
-            return _utc(min(self.expiry.values()))
+            return wake_at(min(self.expiry.values()))
         if isinstance(spec.window, Count) or not self.heap:
             return None
-        early = _utc(self.early_at) if self.dirty else None
+        early = wake_at(self.early_at) if self.dirty else None
         end = self.heap[0][0]
-        due = _utc(end) if not spec.event_time else self.wall_due(end)
+        due = wake_at(end) if not spec.event_time else self.wall_due(end)
         if early is None or (due is not None and due < early):
             return due
         return early

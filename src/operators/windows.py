@@ -86,10 +86,36 @@ def _example(what: str) -> str:
     'for example ttl=60 (seconds) or ttl=timedelta(minutes=1)'
     """
     kind, _, rest = what.partition(" ")
+    if kind == "sliding":
+        return "for example sliding(seconds=60, every=15)"
     if rest in ("window size", "gap"):
         return f"for example {kind}(seconds=60) or {kind}(timedelta(minutes=1))"
     name = what.rsplit(" ", 1)[-1]
     return f"for example {name}=60 (seconds) or {name}=timedelta(minutes=1)"
+
+
+#: The longest window (1000 years): its start and end must be dates a datetime can hold.
+LONGEST = 1000 * 365.25 * 86400
+
+
+def span(seconds: float, what: str) -> float:
+    """Return a window's size (or gap) ``seconds``; refuse one too long for dates.
+
+    >>> span(60.0, "tumbling window size")
+    60.0
+    >>> span(1e11, "sliding window size")
+    Traceback (most recent call last):
+    ...
+    ValueError: sliding window size must be at most 1000 years; got 1e+11 seconds ...
+    """
+    if seconds > LONGEST:
+        msg = (
+            f"{what} must be at most 1000 years; got {seconds:g} seconds (about "
+            f"{seconds / 31_557_600:,.0f} years): a window's start and end are dates, and "
+            f"dates end with the year 9999. Hint: {_example(what)}."
+        )
+        raise ValueError(msg)
+    return seconds
 
 
 def to_datetime(seconds: float) -> datetime:
@@ -294,17 +320,10 @@ def tumbling(
     days: float = 0,
 ) -> Tumbling:
     """Tumbling windows: ``tumbling(seconds=60)`` or ``tumbling(timedelta(minutes=1))``."""
-    return Tumbling(
-        to_seconds(
-            size,
-            what="tumbling window size",
-            milliseconds=milliseconds,
-            seconds=seconds,
-            minutes=minutes,
-            hours=hours,
-            days=days,
-        )
-    )
+    what = "tumbling window size"
+    parts = {"milliseconds": milliseconds, "seconds": seconds, "minutes": minutes}
+    length = to_seconds(size, what=what, **parts, hours=hours, days=days)
+    return Tumbling(span(length, what))
 
 
 def sliding(
@@ -331,6 +350,7 @@ def sliding(
         minutes=minutes,
         hours=hours,
     )
+    span(length, "sliding window size")
     step = to_seconds(every, what="sliding window every")
     if step > length:
         msg = (
@@ -360,16 +380,9 @@ def session(
     hours: float = 0,
 ) -> Session:
     """Session windows that close after ``gap`` with no event for the key."""
-    return Session(
-        to_seconds(
-            gap,
-            what="session gap",
-            milliseconds=milliseconds,
-            seconds=seconds,
-            minutes=minutes,
-            hours=hours,
-        )
-    )
+    what = "session gap"
+    parts = {"milliseconds": milliseconds, "seconds": seconds, "minutes": minutes}
+    return Session(span(to_seconds(gap, what=what, **parts, hours=hours), what))
 
 
 def count(n: int) -> Count:

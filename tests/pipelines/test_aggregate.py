@@ -16,7 +16,7 @@ from operators import Chunk, Event, Reader, Source, agg, windows
 from operators._keying import Marked
 from operators._stage import Counters
 from operators._windowing import WindowLogic, WindowSpec
-from pipelines import Pipeline, PipelineHalted, sinks, sources, testing
+from pipelines import Pipeline, PipelineHalted, sinks, sources, stateful, testing
 from tests.helpers import multiset
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -1033,6 +1033,29 @@ def test_a_session_closes_one_gap_after_its_end() -> None:
     [(tag, result)] = out
     assert tag == "r" and (result.key, result.n) == ("k", 2)
     assert (result.start.timestamp(), result.end.timestamp()) == (10.0, 19.5)
+
+
+def test_a_ttl_for_ever_runs_and_a_window_too_long_for_dates_is_refused() -> None:
+    hits = [hit("u1", 0), hit("u2", 1), hit("u1", 2)]
+    keyed = Pipeline("p").read(sources.memory(hits), name="read").key_by(lambda h: h.user)
+    # A ttl past the year 9999 ("for ever") never wakes the step: it used to stop
+    # the run asking the clock for a date it cannot hold.
+    running = keyed.aggregate(n=agg.count(), emit="final", ttl=1e12)
+    result = running.write(sinks.memory("out")).run()
+    assert sorted((r.key, r.n) for r in result["out"]) == [("u1", 2), ("u2", 1)]
+    counted = keyed.dispatch({Hit: stateful(lambda n, h: (n + 1, n + 1), initial=int, ttl=1e12)})
+    result = counted.write(sinks.memory("out")).run()
+    assert sorted(result["out"]) == [1, 1, 2] and result.reconciles
+    for make in (
+        lambda: windows.tumbling(days=400_000),
+        lambda: windows.sliding(seconds=1e11, every=1e10),
+        lambda: windows.session(gap=1e11),
+    ):
+        with pytest.raises(
+            ValueError, match=r"at most 1000 years; .* dates end with the year 9999"
+        ):
+            make()
+    assert windows.tumbling(days=365_000).size == 365_000 * 86400  # 999 years
 
 
 class Mixed(Event):
