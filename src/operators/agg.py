@@ -397,11 +397,10 @@ def last(field: str | None = None) -> Aggregator:
 
 class _Distinct(Aggregator):
     result_type = int
+    in_place = True
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "count_distinct")
-
-    in_place = True
 
     def create(self) -> set[Any]:
         return set()
@@ -428,6 +427,7 @@ def count_distinct(field: str) -> Aggregator:
 
 class _TopK(Aggregator):
     result_type = list[tuple[Any, int]]
+    in_place = True
 
     def __init__(self, field: str, k: int) -> None:
         self.field = _field(field, "top_k")
@@ -439,8 +439,6 @@ class _TopK(Aggregator):
     @property
     def label(self) -> str:
         return f"top_k({self.field}, {self.k})"
-
-    in_place = True
 
     def create(self) -> Counter[Any]:
         return Counter()
@@ -469,6 +467,7 @@ def top_k(field: str, k: int = 10) -> Aggregator:
 class _Quantile(Aggregator):
     numeric = True
     result_type = typing.Optional[float]  # noqa: UP045 - a runtime type object
+    in_place = True
 
     def __init__(self, field: str, q: float, relative_accuracy: float) -> None:
         self.field = _field(field, "quantile")
@@ -489,8 +488,6 @@ class _Quantile(Aggregator):
         from ddsketch import DDSketch
 
         return DDSketch(relative_accuracy=self.relative_accuracy)
-
-    in_place = True
 
     def admit(self, value: Any) -> float:
         number = float(value)
@@ -527,11 +524,10 @@ def quantile(field: str, q: float, *, relative_accuracy: float = 0.01) -> Aggreg
 
 class _Collect(Aggregator):
     result_type = list[Any]
+    in_place = True
 
     def __init__(self, field: str | None) -> None:
         self.field = None if field is None else _field(field, "collect")
-
-    in_place = True
 
     def create(self) -> list[Any]:
         return []

@@ -82,6 +82,8 @@ def _example(what: str) -> str:
 
     >>> _example("tumbling window size")
     'for example tumbling(seconds=60) or tumbling(timedelta(minutes=1))'
+    >>> _example("sliding window size")
+    'for example sliding(seconds=60, every=15)'
     >>> _example("process 'p' ttl")
     'for example ttl=60 (seconds) or ttl=timedelta(minutes=1)'
     """
@@ -321,8 +323,15 @@ def tumbling(
 ) -> Tumbling:
     """Tumbling windows: ``tumbling(seconds=60)`` or ``tumbling(timedelta(minutes=1))``."""
     what = "tumbling window size"
-    parts = {"milliseconds": milliseconds, "seconds": seconds, "minutes": minutes}
-    length = to_seconds(size, what=what, **parts, hours=hours, days=days)
+    length = to_seconds(
+        size,
+        what=what,
+        milliseconds=milliseconds,
+        seconds=seconds,
+        minutes=minutes,
+        hours=hours,
+        days=days,
+    )
     return Tumbling(span(length, what))
 
 
@@ -381,8 +390,10 @@ def session(
 ) -> Session:
     """Session windows that close after ``gap`` with no event for the key."""
     what = "session gap"
-    parts = {"milliseconds": milliseconds, "seconds": seconds, "minutes": minutes}
-    return Session(span(to_seconds(gap, what=what, **parts, hours=hours), what))
+    length = to_seconds(
+        gap, what=what, milliseconds=milliseconds, seconds=seconds, minutes=minutes, hours=hours
+    )
+    return Session(span(length, what))
 
 
 def count(n: int) -> Count:
