@@ -1109,6 +1109,27 @@ def test_an_event_one_aggregator_cannot_take_is_in_no_result(shape: str) -> None
     assert result.reconciles
 
 
+def test_an_infinite_value_for_a_quantile_is_a_dead_letter_that_no_result_holds() -> None:
+    events = [
+        Mixed(tag="a", amount=1.0, time=T0, id="e1"),
+        Mixed(tag="b", amount=float("inf"), time=T0 + timedelta(seconds=1), id="e2"),
+    ]
+    counted = (
+        Pipeline("p")
+        .read(sources.memory(events), name="read")
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=60))
+        .aggregate(tags=agg.collect("tag"), q=agg.quantile("amount", 0.5))
+    )
+    result = counted.write(sinks.memory("out")).run()
+    (letter,) = result.dead_letters
+    assert json.loads(letter.payload)["id"] == "e2" and letter.error_type == "ValueError"
+    assert "quantile(amount, 0.5) cannot place an infinite value in its sketch" in letter.message
+    [window] = result["out"]
+    assert window.tags == ["a"] and window.q == pytest.approx(1.0, rel=0.01)
+    assert result.reconciles
+
+
 def test_thousands_of_open_sessions_of_one_key_merge_exactly_and_resume_from_any_order() -> None:
     # One key holds thousands of sessions open (a long max_delay): an event
     # finds the sessions it overlaps by bisection, and one that bridges two
