@@ -115,37 +115,47 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     return adder
 
 
-def make_stager(
-    aggs: Sequence[Aggregator],
-) -> tuple[Callable[[list[Any], Any, float], Any], Callable[[list[Any], Any, Any, float], None]]:
-    """Generate ``take(accs, event, ts)`` and ``store(accs, taken, event, ts)``: an add in two.
+def make_spreader(aggs: Sequence[Aggregator]) -> Callable[[list[list[Any]], Any, float], None]:
+    """Generate ``spread(windows, event, ts)``: add one event to several windows' accumulators.
 
-    ``take`` changes nothing and may fail; ``store`` applies what ``take``
-    returned. An event added to several windows is taken by each before
-    any is stored: all of them take it, or none.
+    Every window takes the event's values, computing its new accumulators
+    (or, for an aggregator that adds in place, the value it admits), before
+    any accumulator changes: all of them take it, or none does. Then each
+    window's accumulators are replaced in place.
 
     >>> from operators import agg
-    >>> aggs = [agg.collect("real"), agg.max("imag")]
-    >>> take, store = make_stager(aggs)
+    >>> aggs = [agg.collect("real"), agg.max("imag"), agg.count()]
+    >>> spread = make_spreader(aggs)
     >>> one, two = [g.create() for g in aggs], [g.create() for g in aggs]
-    >>> store(one, take(one, 1.0, 0.0), 1.0, 0.0); one
-    [[1.0], 0.0]
-    >>> store(two, take(two, 2.0, 0.0), 2.0, 0.0); two
-    [[2.0], 0.0]
+    >>> spread([one, two], 1.0, 0.0); spread([two], 2.0, 0.0); one, two
+    ([[1.0], 0.0, 1], [[1.0, 2.0], 0.0, 2])
+    >>> spread([one, two], "x", 0.0)
+    Traceback (most recent call last):
+    ...
+    AttributeError: 'str' object has no attribute 'real'
+    >>> one, two
+    ([[1.0], 0.0, 1], [[1.0, 2.0], 0.0, 2])
     """
     env: dict[str, Any] = {"exact_add": exact_add}
     take, store = _add_lines(aggs, env)
+    # Each take line is ``n{i} = <expression of a and e>``: their expressions,
+    # in order, make one comprehension over the windows.
+    exprs = [line.split(" = ", 1)[1] for line in take]
+    values = ", ".join(exprs)
     names = ", ".join(f"n{i}" for i in range(len(aggs)))
+    if len(aggs) > 1:
+        values, names = f"({values})", f"({names})"
     lines = [
-        "def take(a, e, ts):",
-        *(f"    {line}" for line in take),
-        f"    return ({names}{',' if len(aggs) == 1 else ''})",
-        "def store(a, taken, e, ts):",
-        f"    ({names}{',' if len(aggs) == 1 else ''}) = taken" if aggs else "    pass",
-        *(f"    {line}" for line in store),
+        "def spread(windows, e, ts):",
+        f"    taken = [{values} for a in windows]",
+        f"    for a, {names} in zip(windows, taken):",
+        f"        {'; '.join(store)}",
     ]
+    if not aggs:
+        lines = ["def spread(windows, e, ts):", "    pass"]
     exec("\n".join(lines), env)
-    return env["take"], env["store"]
+    spreader: Callable[[list[list[Any]], Any, float], None] = env["spread"]
+    return spreader
 
 
 def make_finisher(
@@ -258,10 +268,8 @@ class WindowSpec:
     def __post_init__(self) -> None:
         """Generate the adder and the merger once."""
         self.add = make_adder(self.aggs)
-        self.take, self.store = make_stager(self.aggs)
-        #: Whether an aggregator adds in place (then an event added to several
-        #: windows is taken by each before any changes: `make_stager`).
-        self.in_place = any(g.in_place for g in self.aggs)
+        #: Adds an event to each of its sliding windows: `make_spreader`.
+        self.spread = make_spreader(self.aggs)
         self.merge = make_merger(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
         self.finish = make_finisher(
@@ -855,22 +863,17 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         """Add records to every window of theirs whose end ``wm`` has not passed.
 
         Every such window takes the event, or none does (the event is then a
-        dead letter): the windows' accumulators change only once each of
-        them has taken the event's values (added to a copy, or, for
-        aggregators that add in place, taken first: `make_stager`). Windows are what
-        `Sliding.assign` gives, computed here in whole microseconds (the hot
-        loop of sliding windows).
+        dead letter): `make_spreader`. A window the event opens is kept only
+        once the event is in it. Windows are what `Sliding.assign` gives,
+        computed here in whole microseconds (the hot loop of sliding windows).
         """
         spec = self.spec
-        add, take, store = spec.add, spec.take, spec.store
-        staged = spec.in_place
+        spread = spec.spread
         aggs = spec.aggs
-        wins = self.wins
-        get = wins.get
-        heap = self.heap
+        get = self.wins.get
+        late = opened = 0
         size_us = window.size_us
         every_us = window.every_us
-        late = opened = 0
         for key, ts, event in records:
             t = round(ts * 1_000_000)
             s = t - t % every_us  # the latest window's start
@@ -879,35 +882,34 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 self._late(event, ts, wm, out, row)
                 continue
             lowest = t - size_us
-            spans: list[tuple[float, float, list[Any] | None]] = []
+            held: list[list[Any]] = []
+            fresh: list[tuple[float, float, list[Any]]] | None = None
             while s > lowest:
                 end = (s + size_us) / 1_000_000
                 if end <= wm:
                     break  # closed for the watermark, as are the earlier ones
                 start = s / 1_000_000
-                spans.append((start, end, get((key, start))))
+                accs = get((key, start))
+                if accs is None:
+                    accs = [g.create() for g in aggs]
+                    if fresh is None:
+                        fresh = []
+                    fresh.append((start, end, accs))
+                held.append(accs)
                 s -= every_us
             try:
-                new = []
-                for _, _, held in spans:
-                    if staged:
-                        accs = [g.create() for g in aggs] if held is None else held
-                        new.append((accs, take(accs, event, ts)))
-                    else:  # nothing changes in place: add to a copy of the list
-                        accs = [g.create() for g in aggs] if held is None else held.copy()
-                        add(accs, event, ts)
-                        new.append((accs, None))
+                spread(held, event, ts)
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 late += 1
                 self._failed(event, ts, exc, out, row)
                 continue
-            for (start, end, held), (accs, taken) in zip(spans, new, strict=True):
-                if staged:
-                    store(accs, taken, event, ts)
-                wins[(key, start)] = accs
-                if held is None:
+            if fresh is not None:
+                wins = self.wins
+                heap = self.heap
+                for start, end, accs in fresh:
+                    wins[(key, start)] = accs
                     heapq.heappush(heap, (end, key, start))
-                    opened += 1
+                opened += len(fresh)
         row[_OPEN] += opened
         row[_AGG] += len(records) - late
 
@@ -1032,6 +1034,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             if session[0] <= start and end <= session[1]:
                 return  # its closing entry still stands
             start, end = min(start, session[0]), max(end, session[1])
+            if start != session[0] and self.versions:
+                self._renumber(key, [session[0]], start)
             session[0], session[1] = start, end
         else:
             accs = [g.create() for g in spec.aggs]
@@ -1046,6 +1050,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 for other in [*(s[2] for s in sessions[lo + 1 : hi]), accs]:
                     merged = [g.merge(a, b) for g, a, b in zip(aggs, merged, other, strict=True)]
                 start, end = min(start, sessions[lo][0]), max(end, sessions[hi - 1][1])
+                if self.versions:
+                    self._renumber(key, [s[0] for s in sessions[lo:hi]], start)
                 sessions[lo:hi] = [[start, end, merged]]
                 row[_OPEN] -= hi - lo - 1
         # The session closes one gap after its end: until the watermark is
@@ -1053,6 +1059,17 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         # extend the session, so waiting keeps the result the same whatever
         # the schedule.
         heapq.heappush(self.heap, (end + window.gap, key, start))
+
+    def _renumber(self, key: str, starts: list[float], start: float) -> None:
+        """Give a session that now starts at ``start`` the early results of those it was.
+
+        A session whose start moved (or sessions merged into one) goes on
+        numbering its early results after the highest of theirs.
+        """
+        versions = self.versions
+        n = max(versions.pop((key, old), 0) for old in starts)
+        if n:
+            versions[(key, start)] = max(n, versions.get((key, start), 0))
 
     def _count(
         self, window: Count, records: list[Any], out: list[tuple[str, Any]], row: list[int]

@@ -275,7 +275,13 @@ class Logic(WindowLogic):
 
 
 def spec(
-    window: Any, clock: Any, *, parts: list[str], ttl: float | None = None, emit: str = "final"
+    window: Any,
+    clock: Any,
+    *,
+    parts: list[str],
+    ttl: float | None = None,
+    emit: str = "final",
+    every: float | None = None,
 ) -> WindowSpec:
     from pipelines._building.keyed import _result_model
 
@@ -294,6 +300,7 @@ def spec(
         late_wanted=True,
         emit=emit,
         ttl=ttl,
+        every=every,
     )
 
 
@@ -1211,3 +1218,34 @@ def test_an_aggregate_of_early_results_is_refused_until_the_final_ones_are_kept(
     result = total.write(sinks.memory("out")).run()
     assert [r.total for r in result["out"]] == [40]  # each event once
     assert result.early > 0 and result.reconciles
+
+
+def test_a_session_whose_start_moves_goes_on_numbering_its_early_results() -> None:
+    # Gap 5, a day of delay (nothing closes before the end), early results at
+    # every batch. 10 opens [10, 15); 9 moves its start to 9; 17 opens
+    # [17, 22); 13 bridges both into [9, 22). The session keeps one count of
+    # its early results through each move, and none is left once it closed.
+    make = spec(
+        windows.session(seconds=5),
+        windows.event_time(max_delay=86_400),
+        parts=["s/a"],
+        emit="early",
+        every=1e-9,
+    )
+    logic = Logic(make, None)
+    out: list[Any] = []
+    for ts in (10.0, 9.0, 17.0, 13.0):
+        out += logic.on_batch([Marked("s/a", 17.0, False, [("k", ts, hit("k", ts))])])[0]
+    out += logic.on_eof()[0]
+    results = [r for tag, r in out if tag == "r"]
+    early = [(r.start.timestamp(), r.id.rsplit("/", 1)[1], r.n) for r in results if not r.final]
+    assert early == [
+        (10.0, "early-1", 1),
+        (9.0, "early-2", 2),
+        (9.0, "early-3", 2),
+        (17.0, "early-1", 1),
+        (9.0, "early-4", 4),
+    ]
+    [final] = [r for r in results if r.final]
+    assert (final.start.timestamp(), final.end.timestamp(), final.n) == (9.0, 22.0, 4)
+    assert logic.versions == {}  # nothing kept for the starts the session had
