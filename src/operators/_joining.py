@@ -327,13 +327,15 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                         if p is not joined:
                             joined[2] += p[2]
                             joined[3] += p[3]
-                    grown = start < first[0] or end > last[1] or hi - lo > 1
+                    # A session that only grew at its end keeps its closing
+                    # entry (`pop_session` moves it on when it comes up).
+                    grown = start < first[0] or hi - lo > 1
                     joined[0], joined[1] = min(start, first[0]), max(end, last[1])
                     sessions[lo:hi] = [joined]
                     row[_OPEN] -= hi - lo - 1
                     start, end = joined[0], joined[1]
                 joined[2 + side].append((ts, record))
-                if grown:  # (else its closing entry still stands)
+                if grown:
                     heapq.heappush(heap, (end + gap, key, start))
             return
         assert isinstance(window, Tumbling | Sliding)
@@ -458,9 +460,9 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         while heap and heap[0][0] <= upto:
             closes, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
-                found = pop_session(held, key, start, closes, gap)
+                found = pop_session(held, key, start, closes, gap, heap)
                 if found is None:
-                    continue  # merged into another session since
+                    continue  # not due yet, or merged into another session since
                 end, lefts, rights = found[1], found[2], found[3]
             else:
                 end, lefts, rights = held.pop((key, start))

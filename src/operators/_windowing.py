@@ -484,18 +484,26 @@ def sort_sessions(sessions: dict[Any, list[list[Any]]]) -> None:
 
 
 def pop_session(sessions: dict[str, list[list[Any]]], key: str, start: float, closes: float,
-                gap: float) -> list[Any] | None:  # fmt: skip
+                gap: float, heap: list[tuple[float, str, float]]) -> list[Any] | None:  # fmt: skip
     """Take out the session of ``key`` that a closing entry ``(closes, key, start)`` names.
 
     Sessions are ``[start, end, ...]``, sorted by start, and close one gap
-    after their end; None when the session has since merged into another or
-    grown (its entry is stale).
+    after their end. A session has one closing entry per start it had: one
+    that grew at its end since keeps its entry, which is pushed back, to its
+    new closing time, when it comes up (so a session holding many events
+    holds one entry, not one per event). None when the session has not
+    closed yet, or has since merged into another or started earlier (the
+    entry is stale).
     """
     held = sessions.get(key)
     if not held:
         return None
     i = bisect.bisect_left(held, start, key=_START)
-    if i == len(held) or held[i][0] != start or held[i][1] + gap != closes:
+    if i == len(held) or held[i][0] != start:
+        return None
+    due = held[i][1] + gap
+    if due != closes:
+        heapq.heappush(heap, (due, key, start))
         return None
     found = held.pop(i)
     if not held:
@@ -676,9 +684,9 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         while heap and heap[0][0] <= upto:
             end, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
-                found = pop_session(wins, key, start, end, gap)
+                found = pop_session(wins, key, start, end, gap, heap)
                 if found is None:
-                    continue  # merged into another session since
+                    continue  # not due yet, or merged into another session since
                 end = found[1]
                 accs = found[2]
             else:
@@ -1033,10 +1041,13 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             spec.add(session[2], event, ts)  # all or nothing
             if session[0] <= start and end <= session[1]:
                 return  # its closing entry still stands
+            moved = start < session[0]
             start, end = min(start, session[0]), max(end, session[1])
-            if start != session[0] and self.versions:
+            if moved and self.versions:
                 self._renumber(key, [session[0]], start)
             session[0], session[1] = start, end
+            if not moved:
+                return  # its closing entry moves on when it comes up (`pop_session`)
         else:
             accs = [g.create() for g in spec.aggs]
             spec.add(accs, event, ts)

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from pipelines._building.builder import Pipeline
+from pipelines._running.options import OptionError
 from pipelines._showing.result import RunResult
 
 __all__ = ["load_target", "main"]
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 fail(f"error: --{what} must be at least 1; got {getattr(args, what)}")
                 return 2
         return _run(pipeline, args, console)
-    except TargetError as exc:
+    except (TargetError, OptionError) as exc:
         fail(f"error: {exc}")
         return 2
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - shown, root cause first

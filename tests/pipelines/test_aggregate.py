@@ -1249,3 +1249,31 @@ def test_a_session_whose_start_moves_goes_on_numbering_its_early_results() -> No
     [final] = [r for r in results if r.final]
     assert (final.start.timestamp(), final.end.timestamp(), final.n) == (9.0, 22.0, 4)
     assert logic.versions == {}  # nothing kept for the starts the session had
+
+
+def test_a_long_session_holds_one_closing_entry_and_closes_when_due() -> None:
+    # 10,000 events of one key, a second apart, gap 5, with 20,000 s of
+    # allowed delay: one session that grows with every event while the
+    # watermark stays behind it. It holds one closing entry (moved on when it
+    # comes up), not one per event, and closes once the watermark reaches
+    # its end (last event + gap) plus the gap, with every event.
+    clock = windows.event_time(max_delay=20_000)
+    logic = Logic(spec(windows.session(seconds=5), clock, parts=["s/a"]), None)
+    out: list[Any] = []
+    for at in range(0, 10_000, 100):
+        chunk = [("k", float(ts), hit("k", ts)) for ts in range(at, at + 100)]
+        out += logic.on_batch([Marked("s/a", float(at + 99), False, chunk)])[0]
+        assert len(logic.heap) == 1
+    assert [r for tag, r in out if tag == "r"] == []
+    for when in (30_000.0, 30_008.0):  # the watermark at 10,000 and 10,008
+        out = logic.on_batch([Marked("s/a", when, False, [("j", when, hit("j", when))])])[0]
+        assert [r for tag, r in out if tag == "r"] == []
+        assert len(logic.heap) <= 3  # the session's entry and one per "j" session
+    done = logic.on_batch([Marked("s/a", 30_009.0, False, [("j", 30_009.0, hit("j", 1))])])[0]
+    [session] = [r for tag, r in done if tag == "r"]
+    assert (session.key, session.n, session.start.timestamp(), session.end.timestamp()) == (
+        "k",
+        10_000,
+        0.0,
+        10_004.0,
+    )

@@ -81,6 +81,37 @@ def test_target_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "--processes must be at least 1; got 0" in capsys.readouterr().err
 
 
+def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each is refused before anything runs, as the command line's error (exit
+    # status 2), saying what and how to fix it, with no traceback.
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    cases = [
+        (["--recovery", str(a_file)], f"recovery store {str(a_file)!r} is not a directory"),
+        (["--recovery", "/proc/evflow"], "recovery store '/proc/evflow' cannot be made"),
+        (
+            ["--recovery", str(tmp_path / "s"), "--snapshot-interval", "inf"],
+            "snapshot_interval must be a positive, finite number of seconds; got inf",
+        ),
+        (
+            ["-p", "2", "--formation-timeout", "nan"],
+            "formation_timeout must be a positive, finite number of seconds; got nan",
+        ),
+        (["--restart", "-1"], "restart must be an int >= 0; got -1"),
+        (["--restart", "1"], "restart=1 needs recovery"),
+        (["--metrics-port", "99999"], "metrics port must be in 0..65535; got 99999"),
+        (["--addresses", "127.0.0.1:x"], "cluster address '127.0.0.1:x' is not host:port"),
+    ]
+    for options, message in cases:
+        assert main(["run", "orders", "--quiet", *options]) == 2, options
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}"), (options, err)
+        assert "Traceback" not in err and "File " not in err, err
+    assert not (tmp_path / "s").exists()  # refused before the store was made
+
+
 def test_error_in_user_file_shows_the_users_line(tmp_path: Path) -> None:
     app = tmp_path / "broken.py"
     app.write_text(BROKEN)

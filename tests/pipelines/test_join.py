@@ -514,3 +514,27 @@ def test_a_session_join_of_one_key_with_thousands_of_sessions_resumes_from_any_o
 
     assert run(False) == expected
     assert run(True) == expected
+
+
+def test_a_long_joined_session_holds_one_closing_entry_and_closes_when_due() -> None:
+    # One key's left records a second apart (gap 5) make one session that
+    # grows with every record while the right side holds the watermark back.
+    # It holds one closing entry, not one per record, and pairs every left
+    # record with the three right ones once the watermark passes its end
+    # plus the gap.
+    spec = join_spec(Counters(["j"]), "window", window=windows.session(seconds=5))
+    logic = JoinLogic(spec, None)
+    out = feed(logic, 1, [("hot", 10.0, "r1")])
+    for at in range(0, 4000, 100):
+        out += feed(logic, 0, [("hot", float(ts), f"l{ts}") for ts in range(at, at + 100)])
+        # l0's session's entry, the merge with r1's, r1's own (stale): not one a record.
+        assert len(logic.heap) <= 3
+    out += feed(logic, 1, [("hot", 500.0, "r2"), ("hot", 3999.0, "r3")])
+    assert out == []
+    out += feed(logic, 1, [("other", 4008.0, "x")])
+    out += feed(logic, 0, [("other", 4008.0, "y")])
+    assert out == []  # the watermark (4008) has not passed 3999 + 5 + 5
+    out += feed(logic, 0, [("other", 4009.0, "z")])
+    out += feed(logic, 1, [("other", 4009.0, "w")])
+    pairs = sorted((j.left, j.right) for _, j in out if j.key == "hot")
+    assert pairs == sorted((f"l{ts}", r) for ts in range(4000) for r in ("r1", "r2", "r3"))

@@ -116,7 +116,7 @@ def test_a_running_pipeline_serves_its_counters(tmp_path: Path) -> None:
 
 
 def test_metrics_stay_on_loopback_unless_allowed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "sensors", "--metrics-port", "0", "--metrics-host", "0.0.0.0"]) == 1
+    assert main(["run", "sensors", "--metrics-port", "0", "--metrics-host", "0.0.0.0"]) == 2
     assert "metrics host '0.0.0.0' is not on loopback" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import random
 import signal
@@ -90,8 +91,11 @@ def test_an_unsafe_recovery_directory_is_refused(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh_store"
     assert p.run(recovery=fresh)["o"] == [1]
     assert fresh.stat().st_mode & 0o777 == 0o700 and list(fresh.glob("*.sqlite3"))
-    with pytest.raises(ValueError, match=r"snapshot_interval must be positive seconds"):
-        p.run(recovery=fresh, snapshot_interval=0)
+    for interval in (0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"snapshot_interval must be a positive, finite"):
+            p.run(recovery=fresh, snapshot_interval=interval)
+    with pytest.raises(ValueError, match=r"formation_timeout must be a positive, finite"):
+        p.run(processes=2, formation_timeout=-1)
 
 
 class _Evil:

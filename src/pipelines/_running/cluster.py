@@ -28,6 +28,7 @@ from operators import PipelineHalted
 from pipelines._running.compile import Compiled, check
 from pipelines._running.metrics import Metrics
 from pipelines._running.net import is_loopback, split_address
+from pipelines._running.options import OptionError, seconds_option
 from pipelines._running.panics import quiet_panics
 from pipelines._running.run import (
     Outcome,
@@ -575,7 +576,7 @@ def check_addresses(addresses: list[str], *, allow_remote: bool = False) -> list
                 f"(pickled records); keep it on a private network and pass --allow-remote "
                 f"(or allow_remote=True) to use other addresses."
             )
-            raise ValueError(msg)
+            raise OptionError(msg)
         checked.append(f"{host}:{port}")
     return checked
 
@@ -603,7 +604,8 @@ def run_member(
             f"process id {process_id} is not in 0..{len(addresses) - 1} for "
             f"{len(addresses)} addresses."
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
+    seconds_option("formation_timeout", formation_timeout)
     check(pipeline)
     started = time.perf_counter()
     with contextlib.nullcontext(True) if recovery is None else recovery.held(process_id) as fresh:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines._running.cluster import run_processes, run_supervised
 from pipelines._running.compile import Compiled
 from pipelines._running.metrics import Metrics
+from pipelines._running.options import OptionError, seconds_option
 from pipelines._running.run import (
     Recovery,
     check_replayable,
@@ -78,10 +79,11 @@ def run(
     for what, value in (("workers", workers), ("processes", processes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
-            raise ValueError(msg)
+            raise OptionError(msg)
+    seconds_option("formation_timeout", formation_timeout)
     if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
         msg = f"restart must be an int >= 0; got {restart!r}."
-        raise ValueError(msg)
+        raise OptionError(msg)
     if workers * processes > 1:
         warn_split_state(pipeline, workers * processes)
     if restart and recovery is None:
@@ -89,7 +91,7 @@ def run(
             f"restart={restart} needs recovery: a restarted cluster resumes from the last "
             f"snapshot. Hint: run(recovery='state/', restart={restart})."
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     if recovery is not None:
         check_replayable(pipeline)
     store = None if recovery is None else Recovery.prepare(recovery, snapshot_interval)

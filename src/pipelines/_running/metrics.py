@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pipelines._running.compile import Compiled
+from pipelines._running.options import OptionError
 
 __all__ = ["Metrics", "MetricsCollector", "serve_metrics"]
 
@@ -32,7 +33,7 @@ class Metrics:
         """Refuse a port out of range."""
         if not 0 <= self.port <= 65535:
             msg = f"metrics port must be in 0..65535; got {self.port}."
-            raise ValueError(msg)
+            raise OptionError(msg)
 
     def check(self, *, allow_remote: bool) -> Metrics:
         """Refuse a non-loopback host unless allowed.
@@ -48,7 +49,7 @@ class Metrics:
                 f"without authentication. Pass --allow-remote (or allow_remote=True) "
                 f"to serve them on other interfaces."
             )
-            raise ValueError(msg)
+            raise OptionError(msg)
         return self
 
 

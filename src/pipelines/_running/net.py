@@ -6,6 +6,8 @@ import ipaddress
 import re
 import socket
 
+from pipelines._running.options import OptionError
+
 __all__ = ["is_loopback", "split_address"]
 
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -43,7 +45,7 @@ def is_loopback(host: str) -> bool:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6); ValueError if it is not one.
+    """Split ``host:port`` (``[v6]:port`` for IPv6); `OptionError` if it is not one.
 
     >>> split_address("127.0.0.1:2101"), split_address("[::1]:2101")
     (('127.0.0.1', 2101), ('[::1]', 2101))
@@ -55,5 +57,5 @@ def split_address(address: str) -> tuple[str, int]:
             f"cluster address {address!r} is not host:port. Hint: 127.0.0.1:2101, or "
             f"[::1]:2101 for IPv6."
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     return host, int(port)

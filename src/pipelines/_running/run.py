@@ -27,6 +27,7 @@ from operators import (
 )
 from pipelines._running.compile import Compiled, compile_pipeline
 from pipelines._running.metrics import Metrics
+from pipelines._running.options import OptionError, seconds_option
 from pipelines._running.panics import quiet_panics
 from pipelines._running.store import check_partitions, check_permissions, check_store, lock_store
 from pipelines._showing.result import RunResult, StepCounts
@@ -110,12 +111,23 @@ class Recovery:
         resume, so evflow refuses it. The store is locked, made and its
         snapshots checked by `held`, for the whole run.
         """
-        if snapshot_interval <= 0:
-            msg = f"snapshot_interval must be positive seconds; got {snapshot_interval!r}."
-            raise ValueError(msg)
+        seconds_option("snapshot_interval", snapshot_interval)
         path = Path(directory)
+        if path.exists() and not path.is_dir():
+            msg = (
+                f"recovery store {str(path)!r} is not a directory. Hint: give recovery "
+                f"a directory (evflow makes it, private to this user, on first use)."
+            )
+            raise OptionError(msg)
         if not path.exists():
-            path.mkdir(parents=True, mode=0o700)
+            try:
+                path.mkdir(parents=True, mode=0o700)
+            except OSError as exc:
+                msg = (
+                    f"recovery store {str(path)!r} cannot be made: {exc.strerror}. Hint: "
+                    f"give recovery a directory this user can create."
+                )
+                raise OptionError(msg) from None
         check_permissions(path)
         return cls(path, snapshot_interval)
 
