@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 from pydantic_core import TzInfo
 
-from operators._deadletter import DeadLetter, payload_text
+from operators._deadletter import DeadLetter, ErrorKind, payload_text
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Node, Packet, ResumeError, StageOp, _fan_out, _Run
-from operators.windows import Clock, EventTime
+from operators.windows import _END, _FIRST, Clock, EventTime
 
 
 class Combining(Protocol):
@@ -167,12 +167,25 @@ class ClockOp(StageOp):
         nexts: Sequence[Node] = (),
         *,
         kind: str = "aggregate",
+        reach: tuple[float, float] = (0.0, 0.0),
+        fits: Callable[[float], bool] | None = None,
     ) -> None:
-        """Make the clock for keyed step ``step`` (an aggregate or a keyed dispatch)."""
+        """Make the clock for keyed step ``step`` (an aggregate or a keyed dispatch).
+
+        ``reach``: how far before and after an event's time the step's windows
+        (or intervals) can lie, in seconds. An event closer than that to the
+        ends of the dates a datetime holds is refused here, unless ``fits``
+        says its windows are dates after all.
+        """
         super().__init__(step, index, key, policy, nexts)
         self.key = key
         self.kind = kind
         self.max_future = clock.max_future if isinstance(clock, EventTime) else None
+        self.reach = reach
+        self.fits = fits
+        #: The event times the step can take: its windows and results are dates.
+        self.earliest = _FIRST + reach[0]
+        self.last = math.nextafter(_END - reach[1], -math.inf)
         #: Reads an event's time (None: processing time).
         self.read: Callable[[Any], Any] | None = None
         self.epochs = _Epochs()
@@ -216,7 +229,8 @@ class ClockOp(StageOp):
         records: list[Any] = []
         append = records.append
         now = time.time()
-        limit = math.inf if self.max_future is None else now + self.max_future
+        earliest = self.earliest
+        limit = self.last if self.max_future is None else min(now + self.max_future, self.last)
         it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
         while True:
             try:
@@ -239,9 +253,8 @@ class ClockOp(StageOp):
                     else:
                         ts = time_of(x)
                         zone, epoch = epochs.last
-                    if ts > limit:
-                        self._future(x, ts, now, run, row)
-                        continue
+                    if not earliest <= ts <= limit and self._refused(x, ts, now, run, row):
+                        continue  # (nan too)
                     append((key, ts, x))
                 break
             except Exception as exc:  # noqa: BLE001 - handed to the policy
@@ -256,30 +269,51 @@ class ClockOp(StageOp):
         """Unused: the clock overrides `push`."""
         raise NotImplementedError
 
-    def _future(self, event: Any, ts: float, now: float, run: _Run, row: list[int]) -> None:
-        """Dead-letter an event dated beyond ``max_future`` (it moves no watermark)."""
+    def _refused(self, event: Any, ts: float, now: float, run: _Run, row: list[int]) -> bool:
+        """Dead-letter an event dated beyond ``max_future``, or out of the dates of its windows.
+
+        It moves no watermark. False (nothing done) for an event near the ends
+        of the dates whose windows are dates all the same.
+        """
+        future = self.max_future is not None and ts > now + self.max_future
+        if not future and self.fits is not None and self.fits(ts):
+            return False
         row[_IN] += 1
         row[_DEAD] += 1
-        when = datetime.fromtimestamp(ts, timezone.utc) if ts < 253402300799 else None
-        message = (
-            f"event time {when.isoformat() if when else f'{ts:g} s'} is "
-            f"{ts - now:,.0f} s ahead of the wall clock "
-            f"({datetime.fromtimestamp(now, timezone.utc).isoformat(timespec='seconds')}), "
-            f"beyond the clock's max_future ({self.max_future:g} s); it would move its "
-            f"partition's watermark that far and make every later event late. Hint: fix "
-            f"the event's time, or pass event_time(..., max_future=...) (None: no bound)."
-        )
+        when = datetime.fromtimestamp(ts, timezone.utc) if _FIRST <= ts < _END else None
+        shown = when.isoformat() if when else f"{ts:g} s"
+        if future:
+            kind: ErrorKind = "future"
+            error_type = "FutureEvent"
+            message = (
+                f"event time {shown} is {ts - now:,.0f} s ahead of the wall clock "
+                f"({datetime.fromtimestamp(now, timezone.utc).isoformat(timespec='seconds')}), "
+                f"beyond the clock's max_future ({self.max_future:g} s); it would move its "
+                f"partition's watermark that far and make every later event late. Hint: fix "
+                f"the event's time, or pass event_time(..., max_future=...) (None: no bound)."
+            )
+        else:
+            kind, error_type = "validation", "EventTimeOutOfRange"
+            before, after = self.reach
+            reach = f"; the step's windows reach {before:g} s before it and {after:g} s after"
+            message = (
+                f"event time {shown} is out of the dates a window or result can have (years 1 "
+                f"to 9999){reach if before or after else ''}. Hint: fix the event's time (a "
+                f"placeholder date, or epoch milliseconds read as seconds?), or filter such "
+                f"events out before step {self.step!r}."
+            )
         run.dead.append(
             DeadLetter.build(
                 pipeline=run.pipeline,
                 step=self.step,
-                kind="future",
-                error_type="FutureEvent",
+                kind=kind,
+                error_type=error_type,
                 message=message,
                 payload=payload_text(event),
                 event_time=when,
             )
         )
+        return True
 
 
 @dataclass

@@ -138,6 +138,23 @@ class Window:
         """
         return math.inf
 
+    def reach(self) -> tuple[float, float]:
+        """How far before and after an event's time its windows' bounds can lie (seconds).
+
+        >>> Tumbling(60).reach(), Session(30).reach(), Count(5).reach()
+        ((60, 60), (0.0, 30), (0.0, 0.0))
+        """
+        return (0.0, 0.0)
+
+    def fits(self, ts: float) -> bool:
+        """Whether the bounds of every window of an event at ``ts`` are dates.
+
+        >>> first = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
+        >>> Tumbling(3600).fits(first + 1800), Sliding(7200, 3600).fits(first + 1800)
+        (True, False)
+        """
+        return _FIRST <= ts < _END
+
     @property
     def label(self) -> str:
         """A short, stable description used in step names."""
@@ -147,6 +164,10 @@ class Window:
 #: Window bounds are computed in whole microseconds (the resolution of an
 #: event's datetime), never with float ``%`` on epoch seconds.
 _US = 1_000_000
+#: The epoch seconds a datetime holds: from the first instant of year 1 to
+#: (not including) the first of year 10000.
+_FIRST = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
+_END = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp() + 1.0
 
 
 def micros(seconds: float) -> int:
@@ -214,6 +235,17 @@ class Tumbling(Window):
         """Return the end of the window that holds ``ts``."""
         return self.end_of(self.start_of(ts))
 
+    def reach(self) -> tuple[float, float]:
+        """Reach one size before and after the event (its window's start and end)."""
+        return (self.size, self.size)
+
+    def fits(self, ts: float) -> bool:
+        """Whether the event's window starts and ends at dates."""
+        if not _FIRST <= ts < _END:
+            return False
+        start = self.start_of(ts)
+        return start >= _FIRST and self.end_of(start) < _END
+
     @property
     def label(self) -> str:
         """Name it by kind and size."""
@@ -271,6 +303,17 @@ class Sliding(Window):
         t = round(ts * _US)
         return (t - t % self._every_us + self._us) / _US
 
+    def reach(self) -> tuple[float, float]:
+        """Reach one size before and after the event (its windows' starts and ends)."""
+        return (self.size, self.size)
+
+    def fits(self, ts: float) -> bool:
+        """Whether every window of the event starts and ends at dates."""
+        if not _FIRST <= ts < _END:
+            return False
+        spans = self.assign(ts)
+        return spans[0][0] >= _FIRST and spans[-1][1] < _END
+
     @property
     def label(self) -> str:
         """Name it by kind, size and step."""
@@ -292,6 +335,14 @@ class Session(Window):
     def last_end(self, ts: float) -> float:
         """Return the end of the session an event at ``ts`` opens on its own."""
         return ts + self.gap
+
+    def reach(self) -> tuple[float, float]:
+        """Reach no earlier than the event, and one gap after it (a session's end)."""
+        return (0.0, self.gap)
+
+    def fits(self, ts: float) -> bool:
+        """Whether the session the event opens on its own ends at a date."""
+        return ts >= _FIRST and ts + self.gap < _END
 
     @property
     def label(self) -> str:

@@ -1277,3 +1277,72 @@ def test_a_long_session_holds_one_closing_entry_and_closes_when_due() -> None:
         0.0,
         10_004.0,
     )
+
+
+class Stamped(Event):
+    user: str
+    at: float = 0.0
+
+
+def test_an_event_whose_windows_no_date_can_hold_is_a_dead_letter_and_the_run_goes_on() -> None:
+    # Placeholder dates (year 1, year 9999) and epoch seconds out of range used
+    # to stop the run when a window's bound or a result's date was made; now
+    # each such event is a validation dead letter at the step, holding it, and
+    # the others' results are exact. An event at a date the step's windows can
+    # hold is taken, however close to the ends.
+    utc = timezone.utc
+    first = datetime(1, 1, 1, 0, 30, tzinfo=utc)
+    year_0 = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=5)))  # 0000-12-31 UTC
+    last = datetime(9999, 12, 31, 23, 30, tzinfo=utc)
+    no_bound = windows.event_time(max_future=None)
+
+    def run(stream: Any, events: list[Event]) -> Any:
+        keyed = Pipeline("ends").read(sources.memory(events)).key_by(lambda e: e.user)
+        result = stream(keyed).write(sinks.memory("o")).run()
+        assert result.reconciles
+        refused = {json.loads(d.payload)["id"] for d in result.dead_letters}
+        for letter in result.dead_letters:
+            assert (letter.kind, letter.error_type) == ("validation", "EventTimeOutOfRange")
+            assert "is out of the dates a window or result can have" in letter.message
+        return result["o"], refused
+
+    def hits(*times: datetime) -> list[Event]:
+        return [Hit(user="a", time=t, id=f"e{i}") for i, t in enumerate(times)]
+
+    def count(window: Any) -> Any:
+        return lambda s: s.window(window, clock=no_bound).aggregate(n=agg.count())
+
+    out, refused = run(count(windows.sliding(hours=2, every=timedelta(hours=1))), hits(T0, first))
+    assert refused == {"e1"} and [(r.n, r.start) for r in out] == [
+        (1, T0 - timedelta(hours=1)),
+        (1, T0),
+    ]
+    out, refused = run(count(windows.tumbling(hours=1)), hits(first, last, T0))
+    assert refused == {"e1"} and sorted(r.start for r in out) == [
+        datetime(1, 1, 1, tzinfo=utc),
+        T0,
+    ]
+    out, refused = run(count(windows.session(hours=1)), hits(first, last, year_0))
+    assert refused == {"e1", "e2"} and [(r.start, r.end) for r in out] == [
+        (first, first + timedelta(hours=1))
+    ]
+    between = (timedelta(hours=-1), timedelta(hours=1))
+    out, refused = run(
+        lambda s: s.join(s, between=between, clock=no_bound), hits(first, T0, last, T0)
+    )
+    assert refused == {"e0", "e2"} and len(out) == 4  # e1 and e3 meet themselves and each other
+    # A process step's results are dated its events' times: epoch seconds a
+    # datetime cannot hold are refused (1.7e12: milliseconds read as seconds),
+    # 2.5e11 s (the year 9891) is taken.
+    at_seconds = windows.event_time(lambda e: e.at, max_future=None)
+    values = (10.0, 1e20, -1e20, 1.7e12, 2.5e11)
+    seconds = [Stamped(user="a", at=v, id=f"e{i}") for i, v in enumerate(values)]
+    out, refused = run(
+        lambda s: s.process(lambda st, e, ctx: ctx.emit(e.id), initial=list, clock=at_seconds),
+        seconds,
+    )
+    assert refused == {"e1", "e2", "e3"} and out == ["e0", "e4"]
+    out, refused = run(
+        lambda s: s.process(lambda st, e, ctx: ctx.emit(e.id), initial=list), hits(year_0, T0)
+    )
+    assert refused == {"e0"} and out == ["e1"]

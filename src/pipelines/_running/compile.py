@@ -46,7 +46,7 @@ from operators._joining import JoinLogic, JoinSpec
 from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Marked, SplitOp
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
-from operators.windows import Count, EventTime
+from operators.windows import Count, EventTime, Window
 from pipelines._building.graph import Node, makes_marks
 
 if TYPE_CHECKING:
@@ -64,6 +64,20 @@ _OPS = {
     "inspect": InspectOp,
     "key_by": KeyCheckOp,
 }
+
+
+def _reach(node: Node) -> dict[str, Any]:
+    """How far before and after an event's time a keyed step's windows (or intervals) lie.
+
+    With the test of whether an event's windows are dates (`ClockOp`).
+    """
+    window = node.params.get("window")
+    if window is not None:
+        return {"reach": window.reach(), "fits": window.fits}
+    if node.kind == "join" and node.params["kind"] == "interval":
+        far = max(abs(node.params["lower"]), abs(node.params["upper"]))
+        return {"reach": (far, far)}
+    return {"fits": Window().fits}
 
 
 class PipelineError(ValueError):
@@ -179,7 +193,15 @@ def compile_pipeline(
                     clock = user.params["clocks"][side]
                     key = user.params["keys"][side]
                     nodes.append(
-                        ClockOp(user.name, row[user.name], key, clock, user.policy, [exit_])
+                        ClockOp(
+                            user.name,
+                            row[user.name],
+                            key,
+                            clock,
+                            user.policy,
+                            [exit_],
+                            **_reach(user),
+                        )
                     )
             elif user.kind in ("write", "merge"):
                 nodes.append(stage_.exit(user.kind, user))
@@ -188,7 +210,17 @@ def compile_pipeline(
                 clock = user.params["clock"]
                 # An aggregate's function is its key; a process step's is its handler.
                 key = user.params["key"] if user.kind == "process" else user.fn
-                nodes.append(ClockOp(user.name, row[user.name], key, clock, user.policy, [exit_]))
+                nodes.append(
+                    ClockOp(
+                        user.name,
+                        row[user.name],
+                        key,
+                        clock,
+                        user.policy,
+                        [exit_],
+                        **_reach(user),
+                    )
+                )
             elif user.kind == "dispatch" and user.params["key"] is not None:
                 # Keyed: each key's events go, in order, to the worker of its bucket.
                 exit_ = stage_.exit("aggregate", user)
