@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 import os
 import random
 import re
@@ -658,7 +659,7 @@ class GenerateSource(Source[Any]):
         if partitions < 1:
             msg = f"generate: partitions must be at least 1; got {partitions}."
             raise ValueError(msg)
-        if rate is not None and rate <= 0:
+        if rate is not None and not 0 < rate < math.inf:
             msg = f"generate: rate must be a positive number of records per second; got {rate}."
             raise ValueError(msg)
         self.factory = factory

@@ -61,9 +61,12 @@ def to_seconds(
     (60.0, 90.0)
     """
     if value is None:
-        total = timedelta(
-            milliseconds=milliseconds, seconds=seconds, minutes=minutes, hours=hours, days=days
-        ).total_seconds()
+        try:
+            total = timedelta(
+                milliseconds=milliseconds, seconds=seconds, minutes=minutes, hours=hours, days=days
+            ).total_seconds()
+        except (ValueError, OverflowError):  # a nan or infinite part, or beyond any timedelta
+            total = milliseconds / 1000 + seconds + minutes * 60 + hours * 3600 + days * 86400
     elif isinstance(value, timedelta):
         total = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -71,7 +74,10 @@ def to_seconds(
     else:
         msg = f"{what} must be a timedelta or a number of seconds; got {value!r}."
         raise TypeError(msg)
-    if not math.isfinite(total) or total <= 0:
+    if not math.isfinite(total):
+        msg = f"{what} must be a finite number of seconds; got {total:g}. Hint: {_example(what)}."
+        raise ValueError(msg)
+    if total <= 0:
         msg = f"{what} must be positive; got {total:g} seconds. Hint: {_example(what)}."
         raise ValueError(msg)
     return total

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -132,8 +133,9 @@ def test_generate_checks_its_arguments() -> None:
         sources.generate(lambda r, i: i, count=-1)
     with pytest.raises(ValueError, match=r"generate: partitions must be at least 1"):
         sources.generate(lambda r, i: i, count=1, partitions=0)
-    with pytest.raises(ValueError, match=r"generate: rate must be a positive number"):
-        sources.generate(lambda r, i: i, count=1, rate=0)
+    for rate in (0, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"generate: rate must be a positive number"):
+            sources.generate(lambda r, i: i, count=1, rate=rate)
 
 
 def test_stdin_reads_json_lines(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -50,6 +51,16 @@ def test_window_arguments_are_checked() -> None:
         windows.sliding(seconds=10, every=3)
     with pytest.raises(ValueError, match=r"session gap must be positive"):
         windows.session(seconds=0)
+    for part in ("milliseconds", "seconds", "minutes", "hours"):
+        for bad in (math.nan, math.inf):
+            with pytest.raises(ValueError, match=r"session gap must be a finite number of seconds"):
+                windows.session(**{part: bad})
+            with pytest.raises(ValueError, match=r"tumbling window size must be a finite number"):
+                windows.tumbling(**{part: bad})
+        with pytest.raises(ValueError, match=r"tumbling window size must be at most 1000 years"):
+            windows.tumbling(**{part: 1e300})  # more than a timedelta holds
+    with pytest.raises(ValueError, match=r"sliding window every must be a finite number"):
+        windows.sliding(seconds=10, every=math.nan)
     with pytest.raises(ValueError, match=r"count window: n must be a positive int; got 0"):
         windows.count(0)
     with pytest.raises(ValueError, match=r"event_time: max_delay must be zero or positive"):
