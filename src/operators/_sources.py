@@ -455,6 +455,13 @@ class _FileSource(Source[R]):
         if not files:
             msg = f"{self.kind} source: no file matches {self.path!r}."
             raise FileNotFoundError(msg)
+        for name in files:
+            if os.path.isdir(name):
+                msg = (
+                    f"{self.kind} source: {name!r} is a directory, not a file. Hint: read the "
+                    f"files in it with a glob, e.g. {os.path.join(name, '*.' + self.kind)!r}."
+                )
+                raise IsADirectoryError(msg)
         return files
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:

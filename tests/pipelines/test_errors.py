@@ -362,3 +362,56 @@ def test_dead_letters_beyond_the_bound_are_counted_on_several_processes() -> Non
     assert result.dead_letter_counts == {("read_memory", "parse"): DEAD_LETTERS_KEPT + 500}
     assert result.to_dict()["dead_letters_kept"] == {"parse": DEAD_LETTERS_KEPT + 500}
     assert result.dead == DEAD_LETTERS_KEPT + 500 and result.reconciles
+
+
+def test_a_run_that_would_write_a_file_it_reads_or_one_file_twice_is_refused(
+    tmp_path: Path,
+) -> None:
+    # A run empties the files it writes before it reads: writing its own
+    # input would lose it. Each case is refused before anything runs, and
+    # the input is left as it was.
+    data = tmp_path / "in" / "a.jsonl"
+    data.parent.mkdir()
+    line = View(user="ada", page="/").model_dump_json() + "\n"
+    data.write_text(line)
+    glob_ = str(tmp_path / "in" / "*.jsonl")
+    table = tmp_path / "t.csv"
+    table.write_text("user,page\nada,/\n")
+
+    def read(path: str | Path) -> Any:
+        return Pipeline("files").read(sources.jsonl(path, schema=View), name="read")
+
+    both = read(data)
+    cases = [
+        (read(data).write(sinks.jsonl(data)), r"step 'jsonl_a' would write .*a\.jsonl', which "),
+        (read(glob_).write(sinks.jsonl(tmp_path / "in" / "b.jsonl")), r"which step 'read' reads"),
+        (
+            read(data).write(sinks.memory("o")).dead_letters(sinks.jsonl(data)),
+            r"its dead-letter sink would write",
+        ),
+        (
+            both.write(sinks.jsonl(tmp_path / "o.jsonl"), name="w1")
+            | both.write(sinks.jsonl(f"{tmp_path}/./o.jsonl"), name="w2"),
+            r"step 'w1' and step 'w2' would both write",
+        ),
+        (read(data).write(sinks.jsonl(tmp_path)), r"which is a directory"),
+        (
+            Pipeline("csv")
+            .read(sources.csv(table, schema=View), name="table")
+            .write(sinks.jsonl(table)),
+            r"would write .*t\.csv', which step 'table' reads",
+        ),
+    ]
+    for pipeline, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pipeline.run()
+        with pytest.raises(ValueError, match=message):
+            pipeline.run(recovery=tmp_path / "store", processes=2)
+        assert data.read_text() == line
+    assert not (tmp_path / "in" / "b.jsonl").exists() and not (tmp_path / "o.jsonl").exists()
+    assert table.read_text() == "user,page\nada,/\n"
+    with pytest.raises(IsADirectoryError, match=r"is a directory, not a file. Hint: .*\*\.jsonl"):
+        read(tmp_path).write(sinks.memory("o")).run()
+    # Reading one file and writing another next to it is fine.
+    result = read(data).write(sinks.jsonl(tmp_path / "out.jsonl")).run()
+    assert result.read == 1 and (tmp_path / "out.jsonl").read_text().count("\n") == 1

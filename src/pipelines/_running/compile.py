@@ -9,7 +9,10 @@ start the next stage).
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +25,7 @@ from operators import (
     Chunk,
     ChunkSource,
     Counters,
+    CsvSource,
     ExactOutput,
     ExactSink,
     Exit,
@@ -29,6 +33,8 @@ from operators import (
     FlatMapOp,
     ForwardOp,
     InspectOp,
+    JsonlSink,
+    JsonlSource,
     KeyCheckOp,
     MapOp,
     Packet,
@@ -110,6 +116,58 @@ def check(pipeline: Pipeline) -> None:
                 f"combine branch pipelines with |."
             )
         raise PipelineError(msg)
+    _check_files(pipeline)
+
+
+def _check_files(pipeline: Pipeline) -> None:
+    """Refuse file sinks that would write a file the run reads, or one file twice.
+
+    A run empties the files it writes before anything is read (a fresh run),
+    so writing a file it also reads would lose the input, or read its own
+    output back.
+    """
+    writers: list[tuple[str, Any]] = [
+        (f"step {node.name!r}", node.params.get("sink"))
+        for node in pipeline.graph
+        if node.kind == "write"
+    ]
+    writers.append(("its dead-letter sink", pipeline.dead_letter_sink))
+    written: dict[str, tuple[str, str]] = {}
+    for who, sink in writers:
+        if not isinstance(sink, JsonlSink):
+            continue
+        path = os.path.realpath(sink.path)
+        if os.path.isdir(path):
+            msg = (
+                f"pipeline {pipeline.name!r}: {who} would write {sink.path!r}, which is a "
+                f"directory. Hint: write to a file in it, e.g. "
+                f"sinks.jsonl({os.path.join(sink.path, 'out.jsonl')!r})."
+            )
+            raise PipelineError(msg)
+        if path in written:
+            other, shown = written[path]
+            msg = (
+                f"pipeline {pipeline.name!r}: {other} and {who} would both write {shown!r}: "
+                f"their records would overwrite each other. Hint: write one of them to "
+                f"another file, or write a.merge(b) once."
+            )
+            raise PipelineError(msg)
+        written[path] = (who, sink.path)
+    for node in pipeline.graph:
+        source = node.params.get("source") if node.kind == "read" else None
+        if not isinstance(source, JsonlSource | CsvSource):
+            continue
+        pattern = os.path.abspath(source.path)
+        read = {os.path.realpath(f) for f in glob.glob(pattern)} | {os.path.realpath(pattern)}
+        for path, (who, shown) in written.items():
+            if path in read or fnmatch.fnmatchcase(path, pattern):
+                msg = (
+                    f"pipeline {pipeline.name!r}: {who} would write {shown!r}, which step "
+                    f"{node.name!r} reads ({source.path!r}): a run empties the files it writes "
+                    f"before it reads, so the input would be lost, or the output read back. "
+                    f"Hint: write to another file."
+                )
+                raise PipelineError(msg)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipelines._running.cluster import run_processes, run_supervised
-from pipelines._running.compile import Compiled
+from pipelines._running.compile import Compiled, check
 from pipelines._running.metrics import Metrics
 from pipelines._running.options import OptionError, seconds_option
 from pipelines._running.run import (
@@ -81,6 +81,7 @@ def run(
             msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
             raise OptionError(msg)
     seconds_option("formation_timeout", formation_timeout)
+    check(pipeline)  # before any file it writes is emptied
     if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
         msg = f"restart must be an int >= 0; got {restart!r}."
         raise OptionError(msg)
