@@ -127,6 +127,7 @@ class Context(Generic[O]):
     def timer(self, at: datetime | float, name: str = "") -> None:
         """Fire ``on_timer`` for this key once event time passes ``at``."""
         seconds = _seconds(at)
+        _check_name(name)
         if seconds < self._at:
             msg = (
                 f"timer {name!r} of key {self.key!r} set at {_utc(seconds).isoformat()}, "
@@ -160,15 +161,32 @@ class Context(Generic[O]):
 
     def processing_timer(self, at: datetime | float, name: str = "") -> None:
         """Fire ``on_timer`` for this key when the wall clock reaches ``at``."""
-        self._add_timer(("processing", name, _seconds(at)))
+        self._add_timer(("processing", _check_name(name), _seconds(at)))
 
     def cancel(self, name: str = "", *, processing: bool = False) -> None:
         """Remove this key's timer of that name (if it is set)."""
-        cancel = ("processing" if processing else "event", name)
+        cancel = ("processing" if processing else "event", _check_name(name))
         if self._cancels is None:
             self._cancels = [cancel]
         else:
             self._cancels.append(cancel)
+
+
+def _check_name(name: str) -> str:
+    """Return a timer's name; refuse one that is not a string.
+
+    >>> _check_name(7)
+    Traceback (most recent call last):
+    ...
+    TypeError: a timer's name must be a str; got int 7. Hint: ctx.timer(at, "close").
+    """
+    if not isinstance(name, str):
+        msg = (
+            f"a timer's name must be a str; got {type(name).__name__} {name!r}. "
+            f'Hint: ctx.timer(at, "close").'
+        )
+        raise TypeError(msg)
+    return name
 
 
 def _seconds(at: datetime | float) -> float:

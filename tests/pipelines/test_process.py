@@ -200,6 +200,36 @@ def test_a_timer_no_datetime_can_hold_is_a_dead_letter(at: float) -> None:
     assert result.reconciles
 
 
+def test_a_timer_named_by_something_else_than_a_string_is_a_dead_letter() -> None:
+    # A name is how a timer is found again (set again, cancelled, told apart
+    # when it fires): an int or None was kept as it was, and cancel(1) of a
+    # timer named "1" did nothing.
+    def remind(n: int, e: Tick, ctx: Context[int]) -> int:
+        at = ctx.time + timedelta(seconds=5)
+        if e.v == 1:
+            ctx.timer(at, 7)  # type: ignore[arg-type]
+        elif e.v == 2:
+            ctx.processing_timer(at, None)  # type: ignore[arg-type]
+        elif e.v == 3:
+            ctx.cancel(b"x")  # type: ignore[arg-type]
+        else:
+            ctx.timer(at, "fine")
+        return n + 1
+
+    def fire(n: int, timer: Timer, ctx: Context[int]) -> None:
+        ctx.emit(timer.name)
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=v)) for v in (1, 2, 3, 4)]
+    stream = Pipeline("names").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = stream.process(remind, initial=int, on_timer=fire).write(sinks.memory("o")).run()
+    assert result["o"] == ["fine"]
+    assert [d.error_type for d in result.dead_letters] == ["TypeError"] * 3
+    shown_as = ("int 7", "NoneType None", "bytes b'x'")
+    for letter, shown in zip(result.dead_letters, shown_as, strict=True):
+        assert f"a timer's name must be a str; got {shown}" in letter.message
+    assert result.reconciles
+
+
 def test_a_timer_in_a_step_with_no_on_timer_is_a_dead_letter_that_says_so() -> None:
     def remind(n: int, e: Tick, ctx: Context[int]) -> int:
         if e.v == 2:
