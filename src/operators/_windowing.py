@@ -203,25 +203,80 @@ def make_finisher(
 
 
 def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], None]:
-    """Generate ``merge(held, accs)``: merge each of ``accs`` into ``held``, in place.
+    """Generate ``merge(held, accs)``: merge each of ``accs`` into ``held``, all or nothing.
+
+    The merges that may fail (of aggregators that do not change their
+    accumulators in place) are computed first, then those of aggregators
+    that merge in place (which must not fail), and only then is anything
+    stored: a merge that fails leaves ``held`` as it was.
 
     >>> from operators import agg
     >>> merge = make_merger([agg.count(), agg.max("x")])
     >>> held = [2, 5.0]
     >>> merge(held, [3, 7.0]); held
     [5, 7.0]
+    >>> merge(held, [1, "a"])
+    Traceback (most recent call last):
+    ...
+    TypeError: '>' not supported between instances of 'str' and 'float'
+    >>> held
+    [5, 7.0]
     """
     env: dict[str, Any] = {"exact_merge": exact_merge}
-    lines = ["def merge(h, a):"]
-    for i, g in enumerate(aggs):
-        env[f"g{i}"] = g
-        expr = g.inline_merge(f"h[{i}]", f"a[{i}]") or f"g{i}.merge(h[{i}], a[{i}])"
-        lines.append(f"    h[{i}] = {expr}")
+    values, in_place = _merge_lines(aggs, env)
+    lines = ["def merge(h, a):", *(f"    n{i} = {expr}" for i, expr in values)]
+    lines += [f"    h[{i}] = {expr}" for i, expr in in_place]
+    lines += [f"    h[{i}] = n{i}" for i, _ in values]
     if not aggs:
         lines.append("    pass")
     exec("\n".join(lines), env)
     merger: Callable[[list[Any], list[Any]], None] = env["merge"]
     return merger
+
+
+def make_merger_in_two(
+    aggs: Sequence[Aggregator],
+) -> tuple[Callable[[list[Any], list[Any]], None], Callable[[list[Any], list[Any]], None]]:
+    """Generate ``merge_values(held, accs)`` and ``merge_in_place(held, accs)``: a merge in two.
+
+    For merging several accumulators into one, all or nothing: every merge
+    of the values (which may fail) first, on a copy of the held list, then
+    every merge in place (which must not fail).
+
+    >>> from operators import agg
+    >>> values, in_place = make_merger_in_two([agg.collect("x"), agg.max("x")])
+    >>> held = [[1.0], 1.0]
+    >>> trial = held.copy()
+    >>> values(trial, [[2.0], 2.0]); values(trial, [[3.0], "a"])
+    Traceback (most recent call last):
+    ...
+    TypeError: '>' not supported between instances of 'str' and 'float'
+    >>> held
+    [[1.0], 1.0]
+    """
+    env: dict[str, Any] = {"exact_merge": exact_merge}
+    values, in_place = _merge_lines(aggs, env)
+    lines = ["def merge_values(h, a):", *(f"    h[{i}] = {expr}" for i, expr in values), "    pass"]
+    lines += ["def merge_in_place(h, a):", *(f"    h[{i}] = {e}" for i, e in in_place), "    pass"]
+    exec("\n".join(lines), env)
+    pair: tuple[Callable[[list[Any], list[Any]], None], ...] = (
+        env["merge_values"],
+        env["merge_in_place"],
+    )
+    return pair[0], pair[1]
+
+
+def _merge_lines(
+    aggs: Sequence[Aggregator], env: dict[str, Any]
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Return the merge expressions ``(index, expression of h and a)``: by value, in place."""
+    values: list[tuple[int, str]] = []
+    in_place: list[tuple[int, str]] = []
+    for i, g in enumerate(aggs):
+        env[f"g{i}"] = g
+        expr = g.inline_merge(f"h[{i}]", f"a[{i}]") or f"g{i}.merge(h[{i}], a[{i}])"
+        (in_place if g.in_place else values).append((i, expr))
+    return values, in_place
 
 
 #: Values that cannot change in place.
@@ -271,6 +326,7 @@ class WindowSpec:
         #: Adds an event to each of its sliding windows: `make_spreader`.
         self.spread = make_spreader(self.aggs)
         self.merge = make_merger(self.aggs)
+        self.merge_values, self.merge_in_place = make_merger_in_two(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
         self.finish = make_finisher(
             self.step,
@@ -944,13 +1000,11 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 heapq.heappush(heap, (end, key, start))
                 opened += 1
             else:
-                trial = held.copy()  # all or nothing: a failure leaves the window as it was
                 try:
-                    merge(trial, accs)
+                    merge(held, accs)  # all or nothing: a failure leaves the window as it was
                 except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                     self._failed_partial(key, start, ids, exc, out, row)
                     continue
-                held[:] = trial
             merged += len(ids)
         row[_OPEN] += opened
         row[_AGG] += merged
@@ -1055,11 +1109,14 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 sessions.insert(lo, [start, end, accs])
                 row[_OPEN] += 1
             else:
-                # The event bridges sessions: they and the event make one.
-                aggs = spec.aggs
-                merged = sessions[lo][2]
-                for other in [*(s[2] for s in sessions[lo + 1 : hi]), accs]:
-                    merged = [g.merge(a, b) for g, a, b in zip(aggs, merged, other, strict=True)]
+                # The event bridges sessions: they and the event make one, all
+                # or nothing (a merge that fails leaves every session as it was).
+                parts = [*(s[2] for s in sessions[lo + 1 : hi]), accs]
+                merged = sessions[lo][2].copy()
+                for other in parts:
+                    spec.merge_values(merged, other)
+                for other in parts:
+                    spec.merge_in_place(merged, other)
                 start, end = min(start, sessions[lo][0]), max(end, sessions[hi - 1][1])
                 if self.versions:
                     self._renumber(key, [s[0] for s in sessions[lo:hi]], start)

@@ -16,7 +16,9 @@ none does. An aggregator whose ``add`` changes ``acc`` itself (appends to a
 list, adds to a set) says so with ``in_place = True`` and gives
 ``admit(value)``, which returns the value to add and raises where ``add``
 would; every aggregator has then taken the event's values before any
-accumulator changes.
+accumulator changes. Its ``merge`` may change ``a`` in place too, and must
+not fail: merges are all or nothing as well, the others' (which may fail,
+a ``max`` of a string and a number) are computed first.
 
 >>> a = mean("amount")
 >>> acc = a.create()

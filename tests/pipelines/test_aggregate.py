@@ -282,10 +282,11 @@ def spec(
     ttl: float | None = None,
     emit: str = "final",
     every: float | None = None,
+    aggs: dict[str, Any] | None = None,
 ) -> WindowSpec:
     from pipelines._building.keyed import _result_model
 
-    aggs = {"n": agg.count()}
+    aggs = aggs or {"n": agg.count()}
     return WindowSpec(
         pipeline="p",
         step="s",
@@ -293,7 +294,7 @@ def spec(
         counters=Counters(["s"]),
         window=window,
         clock=clock,
-        names=["n"],
+        names=list(aggs),
         aggs=list(aggs.values()),
         result_model=_result_model("s", aggs),
         partitions=parts,
@@ -1346,3 +1347,57 @@ def test_an_event_whose_windows_no_date_can_hold_is_a_dead_letter_and_the_run_go
         lambda s: s.process(lambda st, e, ctx: ctx.emit(e.id), initial=list), hits(year_0, T0)
     )
     assert refused == {"e0"} and out == ["e1"]
+
+
+class Mixed2(Event):
+    user: str = "a"
+    q: float
+    v: int | str
+
+
+def test_a_merge_that_fails_leaves_every_window_as_it_was() -> None:
+    # A quantile merges its sketches in place; a max of a string and a number
+    # cannot merge. Session a (q 1, 1; v ints) and session b (q 100 x3; v
+    # strings) are bridged by an event at 6 s: the merge fails, so that event
+    # is a dead letter, and session a's median is its own (it was b's, with
+    # two events counted, reconciling).
+    def at(second: float) -> datetime:
+        return T0 + timedelta(seconds=second)
+
+    values = [(0, 1, 1), (1, 1, 1), (11, 100, "x"), (12, 100, "y"), (13, 100, "z"), (6, 50, 2)]
+    events = [Mixed2(q=q, v=v, time=at(t), id=f"e{t}") for t, q, v in values]
+    sessions = (
+        Pipeline("bridge")
+        .read(sources.memory(events))
+        .key_by(lambda e: e.user)
+        .window(windows.session(seconds=6), clock=windows.event_time(max_delay=100))
+        .aggregate(med=agg.quantile("q", 0.5), top=agg.max("v"), n=agg.count())
+    )
+    result = sessions.write(sinks.memory("o")).run()
+    found = [(r.start, r.med, r.top, r.n) for r in result["o"]]
+    assert found == [
+        (at(0), pytest.approx(1, rel=0.02), 1, 2),
+        (at(11), pytest.approx(100, rel=0.02), "z", 3),
+    ]
+    [letter] = result.dead_letters
+    assert json.loads(letter.payload)["id"] == "e6" and letter.error_type == "TypeError"
+    assert result.reconciles
+    # The same for a partial window (aggregated where it was read) merged into
+    # a window that holds another: the partial's events are dead letters.
+    aggs = {"med": agg.quantile("q", 0.5), "top": agg.max("v")}
+    make = spec(windows.tumbling(seconds=60), windows.event_time(), parts=["s/a"], aggs=aggs)
+    logic = Logic(make, None)
+
+    def partial(q: float, v: Any, ids: list[str]) -> tuple[str, float, float, list[Any], list[str]]:
+        accs = [g.create() for g in make.aggs]
+        for _ in ids:
+            accs = [g.add(a, x, 0.0, None) for g, a, x in zip(make.aggs, accs, (q, v), strict=True)]
+        return ("k", 0.0, 60.0, accs, ids)
+
+    first = Marked("s/a", 10.0, False, [], partials=[partial(1.0, 1, ["p1", "p2"])])
+    second = Marked("s/a", 20.0, False, [], partials=[partial(100.0, "x", ["p3", "p4", "p5"])])
+    out = logic.on_batch([first])[0] + logic.on_batch([second])[0] + logic.on_eof()[0]
+    letters = [x for tag, x in out if tag == "d"]
+    assert sorted(json.loads(d.payload)["id"] for d in letters) == ["p3", "p4", "p5"]
+    [window] = [x for tag, x in out if tag == "r"]
+    assert (window.med, window.top) == (pytest.approx(1, rel=0.02), 1)
