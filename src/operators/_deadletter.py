@@ -79,14 +79,31 @@ class DeadLetter(BaseModel):
 
 
 def payload_text(item: Any) -> str:
-    """Render any payload (raw bytes, a string, an event, a value) as text."""
+    """Render any payload (raw bytes, a string, an event, a value) as text.
+
+    A value that cannot be shown (its ``repr`` raises, an int too long for
+    text) is named by its type and the error, so that its dead letter is
+    still made.
+
+    >>> class Hidden:
+    ...     def __repr__(self):
+    ...         raise RuntimeError("secret")
+    >>> payload_text(Hidden())
+    '<a Hidden that cannot be shown: RuntimeError: secret>'
+    """
     if isinstance(item, bytes | bytearray):
         return bytes(item).decode("utf-8", "replace")
     if isinstance(item, str):
         return item
-    if isinstance(item, BaseModel):
-        return item.model_dump_json()
-    return repr(item)
+    try:
+        if isinstance(item, BaseModel):
+            try:
+                return item.model_dump_json()
+            except Exception:  # noqa: BLE001 - a field JSON cannot hold: shown as Python
+                return repr(item)
+        return repr(item)
+    except Exception as exc:  # noqa: BLE001 - the letter is made all the same
+        return f"<a {type(item).__qualname__} that cannot be shown: {type(exc).__name__}: {exc}>"
 
 
 def count_dead(

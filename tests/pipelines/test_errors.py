@@ -415,3 +415,24 @@ def test_a_run_that_would_write_a_file_it_reads_or_one_file_twice_is_refused(
     # Reading one file and writing another next to it is fine.
     result = read(data).write(sinks.jsonl(tmp_path / "out.jsonl")).run()
     assert result.read == 1 and (tmp_path / "out.jsonl").read_text().count("\n") == 1
+
+
+class _Unshowable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_record_that_cannot_be_shown_is_still_a_dead_letter() -> None:
+    # A dead letter holds its record as text; a record whose repr raises, or
+    # an int longer than Python turns into text, used to stop the run while
+    # its dead letter was made.
+    def boom(x: Any) -> Any:
+        raise ValueError("boom")
+
+    items = [_Unshowable(), 10**5000, "fine"]
+    result = Pipeline("shown").read(sources.memory(items)).map(boom).write(sinks.memory("o")).run()
+    payloads = [d.payload for d in result.dead_letters]
+    assert payloads[0] == "<a _Unshowable that cannot be shown: RuntimeError: no repr>"
+    assert payloads[1].startswith("<a int that cannot be shown: ValueError: Exceeds the limit")
+    assert payloads[2] == "fine"
+    assert result.dead == 3 and result.reconciles
