@@ -42,17 +42,26 @@ def without_secret(text: str, url: str) -> str:
 
 
 def message_of(item: Any) -> tuple[bytes, str | None]:
-    """Return what a broker sink sends for a record: its bytes, and its id if it has one.
+    r"""Return what a broker sink sends for a record: its bytes, and its id if it has one.
 
-    Text and bytes go as they are, events and other values as JSON.
+    Text and bytes go as they are, events and other values as JSON. Text
+    decoded from bytes with ``surrogateescape`` goes as those bytes.
 
     >>> message_of({"id": "e1", "n": 2}), message_of("plain")
     ((b'{"id": "e1", "n": 2}', 'e1'), (b'plain', None))
+    >>> message_of(b"caf\xe9".decode("utf-8", "surrogateescape")), message_of("\ud800")
+    ((b'caf\xe9', None), (b'\xed\xa0\x80', None))
     """
     if isinstance(item, bytes | bytearray):
         data = bytes(item)
     elif isinstance(item, str):
-        data = item.encode()
+        try:
+            data = item.encode()
+        except UnicodeEncodeError:  # a lone surrogate: the bytes it stood for, if it was one
+            try:
+                data = item.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                data = item.encode("utf-8", "surrogatepass")
     else:
         data = to_json(item).encode()
     found = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)

@@ -404,7 +404,9 @@ class Bucketize:
         if bucket is None:
             if len(self.cache) > 100_000:
                 self.cache.clear()
-            bucket = self.cache[key] = zlib.crc32(key.encode()) % self.buckets
+            bucket = self.cache[key] = (
+                zlib.crc32(key.encode("utf-8", "surrogatepass")) % self.buckets
+            )
         return bucket
 
     def __call__(self, packets: list[Packet]) -> list[tuple[str, Marked]]:

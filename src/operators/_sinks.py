@@ -21,6 +21,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from operators._deadletter import DeadLetter, count_dead, payload_text
 from operators._sources import slug
@@ -199,9 +200,19 @@ class MemorySink(Sink):
 
 
 def to_json(item: Any) -> str:
-    """Serialise a record as one JSON line (events via pydantic)."""
+    r"""Serialise a record as one JSON line (events via pydantic).
+
+    A string no UTF-8 can hold (a lone surrogate, from bytes decoded with
+    ``surrogateescape``) is written as a JSON escape, so the record is kept:
+
+    >>> to_json({"k": "\udcff"})
+    '{"k": "\\udcff"}'
+    """
     if isinstance(item, BaseModel):
-        return item.model_dump_json()
+        try:
+            return item.model_dump_json()
+        except PydanticSerializationError:
+            return json.dumps(item.model_dump(mode="json"), default=str)
     return json.dumps(item, default=str)
 
 

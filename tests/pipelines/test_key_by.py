@@ -72,3 +72,37 @@ def test_running_aggregates_read_the_clock_once_per_list(monkeypatch: pytest.Mon
     )
     assert sum(r.n for r in result["o"]) == 5_000
     assert 0 < len(reads) <= 50  # a read per list of records, not per record
+
+
+def test_a_key_no_utf8_holds_is_a_key_like_any_other_and_is_written() -> None:
+    # Text decoded from bytes with "surrogateescape" (file names, raw input)
+    # holds lone surrogates: such a key stopped the run when its bucket was
+    # found, and such a result stopped it again in a jsonl sink.
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from operators import Event, agg, windows
+
+    class Named(Event):
+        name: str
+
+    raw = b"caf\xe9".decode("utf-8", "surrogateescape")  # latin-1 bytes, not UTF-8
+    events = [Named(name=raw), Named(name="tea"), Named(name=raw)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "counts.jsonl"
+        for workers in (1, 2):
+            counts = (
+                Pipeline("names")
+                .read(sources.memory(events))
+                .key_by(lambda e: e.name)
+                .window(windows.tumbling(minutes=1))
+                .aggregate(n=agg.count())
+            )
+            result = (counts.write(sinks.memory("o")) | counts.write(sinks.jsonl(out))).run(
+                workers=workers
+            )
+            assert sorted((r.key, r.n) for r in result["o"]) == [("caf\udce9", 2), ("tea", 1)]
+            written = [json.loads(line) for line in out.read_text().splitlines()]
+            assert sorted((w["key"], w["n"]) for w in written) == [("caf\udce9", 2), ("tea", 1)]
+            assert result.reconciles and not result.dead_letters
