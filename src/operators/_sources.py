@@ -479,9 +479,10 @@ class JsonlSource(_FileSource[R]):
 class _CsvReader(Reader):
     """Reads a CSV file with a header row; a row it cannot make out is `Unreadable`.
 
-    Bytes that are not UTF-8 and rows with more fields than the header become
-    dead letters at the read step (with the file and line); a byte-order mark
-    before the header is skipped.
+    Bytes that are not UTF-8, rows with more fields than the header, and every
+    row of a file whose header names a column twice become dead letters at the
+    read step (with the file and line); a byte-order mark before the header is
+    skipped.
     """
 
     def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
@@ -497,6 +498,17 @@ class _CsvReader(Reader):
         if header and header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
         self.header = header
+        #: Why no row can be read, whatever it holds: a header naming a column twice.
+        self.spoiled: str | None = None
+        seen: dict[str, int] = {}
+        for column, name in enumerate(header, 1):
+            if name in seen:
+                self.spoiled = (
+                    f"the header names {name!r} twice (columns {seen[name]} and {column}): "
+                    f"which value is meant is unknown"
+                )
+                break
+            seen[name] = column
         self.pending: tuple[list[str], int] | None = None
         self.done = 0
         skip = int(resume or 0)
@@ -525,6 +537,8 @@ class _CsvReader(Reader):
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:  # the codec's own words and position
                 return Unreadable(raw.decode("utf-8", "replace"), exc)
+        if self.spoiled is not None:
+            return Unreadable(text, ValueError(self.spoiled))
         if len(fields) > len(self.header):
             reason = (
                 f"the row has {len(fields)} fields; the header has {len(self.header)} "

@@ -367,3 +367,21 @@ def test_a_chunk_marked_eof_ends_its_partition() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ended"
+
+
+def test_every_row_of_a_csv_whose_header_names_a_column_twice_is_a_dead_letter(
+    tmp_path: Path,
+) -> None:
+    # With "user" twice, the second column's value replaced the first's, and
+    # the first was lost while the run reconciled.
+    path = tmp_path / "twice.csv"
+    path.write_bytes(b"type,user,user,amount\npurchase,ada,bob,3\npurchase,eve,eve,4\n")
+    result = Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("out")).run()
+    assert result["out"] == []
+    assert [d.payload for d in result.dead_letters] == ["purchase,ada,bob,3", "purchase,eve,eve,4"]
+    for letter in result.dead_letters:
+        assert letter.message == (
+            "the header names 'user' twice (columns 2 and 3): which value is meant is unknown"
+        )
+    assert [d.origin.line for d in result.dead_letters if d.origin] == [2, 3]
+    assert result.reconciles
