@@ -201,8 +201,29 @@ def whole_micros(seconds: float, what: str) -> int:
     return us
 
 
+class _Sized(Window):
+    """Windows of a fixed size, aligned to the epoch: tumbling and sliding."""
+
+    size: float
+
+    def assign(self, ts: float) -> list[tuple[float, float]]:
+        """Return every window that holds ``ts``, earliest first."""
+        raise NotImplementedError
+
+    def reach(self) -> tuple[float, float]:
+        """Reach one size before and after the event (its windows' starts and ends)."""
+        return (self.size, self.size)
+
+    def fits(self, ts: float) -> bool:
+        """Whether every window of the event starts and ends at dates."""
+        if not _FIRST <= ts < _END:
+            return False
+        spans = self.assign(ts)
+        return spans[0][0] >= _FIRST and spans[-1][1] < _END
+
+
 @dataclass(frozen=True)
-class Tumbling(Window):
+class Tumbling(_Sized):
     """Fixed-size windows side by side: ``[k*size, (k+1)*size)``.
 
     >>> w = Tumbling(0.01)
@@ -241,17 +262,6 @@ class Tumbling(Window):
         """Return the end of the window that holds ``ts``."""
         return self.end_of(self.start_of(ts))
 
-    def reach(self) -> tuple[float, float]:
-        """Reach one size before and after the event (its window's start and end)."""
-        return (self.size, self.size)
-
-    def fits(self, ts: float) -> bool:
-        """Whether the event's window starts and ends at dates."""
-        if not _FIRST <= ts < _END:
-            return False
-        start = self.start_of(ts)
-        return start >= _FIRST and self.end_of(start) < _END
-
     @property
     def label(self) -> str:
         """Name it by kind and size."""
@@ -259,7 +269,7 @@ class Tumbling(Window):
 
 
 @dataclass(frozen=True)
-class Sliding(Window):
+class Sliding(_Sized):
     """Windows of ``size`` seconds starting every ``every`` seconds (overlapping)."""
 
     size: float
@@ -308,17 +318,6 @@ class Sliding(Window):
         """
         t = round(ts * _US)
         return (t - t % self._every_us + self._us) / _US
-
-    def reach(self) -> tuple[float, float]:
-        """Reach one size before and after the event (its windows' starts and ends)."""
-        return (self.size, self.size)
-
-    def fits(self, ts: float) -> bool:
-        """Whether every window of the event starts and ends at dates."""
-        if not _FIRST <= ts < _END:
-            return False
-        spans = self.assign(ts)
-        return spans[0][0] >= _FIRST and spans[-1][1] < _END
 
     @property
     def label(self) -> str:

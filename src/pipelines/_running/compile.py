@@ -72,18 +72,22 @@ _OPS = {
 }
 
 
-def _reach(node: Node) -> dict[str, Any]:
-    """How far before and after an event's time a keyed step's windows (or intervals) lie.
+def _clock_op(node: Node, index: int, key: Any, clock: Any, exit_: Exit) -> ClockOp:
+    """Key and time the events entering keyed step ``node`` (counted in row ``index``).
 
-    With the test of whether an event's windows are dates (`ClockOp`).
+    It also refuses an event whose windows (or interval) would lie outside
+    the dates a datetime holds: how far they reach around an event, and the
+    exact test for one near those ends.
     """
     window = node.params.get("window")
     if window is not None:
-        return {"reach": window.reach(), "fits": window.fits}
-    if node.kind == "join" and node.params["kind"] == "interval":
+        reach, fits = window.reach(), window.fits
+    elif node.kind == "join" and node.params["kind"] == "interval":
         far = max(abs(node.params["lower"]), abs(node.params["upper"]))
-        return {"reach": (far, far)}
-    return {"fits": Window().fits}
+        reach, fits = (far, far), None
+    else:
+        reach, fits = (0.0, 0.0), Window().fits
+    return ClockOp(node.name, index, key, clock, node.policy, [exit_], reach=reach, fits=fits)
 
 
 class PipelineError(ValueError):
@@ -250,17 +254,7 @@ def compile_pipeline(
                     exit_ = stage_.exit(f"join{side}", user)
                     clock = user.params["clocks"][side]
                     key = user.params["keys"][side]
-                    nodes.append(
-                        ClockOp(
-                            user.name,
-                            row[user.name],
-                            key,
-                            clock,
-                            user.policy,
-                            [exit_],
-                            **_reach(user),
-                        )
-                    )
+                    nodes.append(_clock_op(user, row[user.name], key, clock, exit_))
             elif user.kind in ("write", "merge"):
                 nodes.append(stage_.exit(user.kind, user))
             elif user.kind in ("aggregate", "process"):
@@ -268,17 +262,7 @@ def compile_pipeline(
                 clock = user.params["clock"]
                 # An aggregate's function is its key; a process step's is its handler.
                 key = user.params["key"] if user.kind == "process" else user.fn
-                nodes.append(
-                    ClockOp(
-                        user.name,
-                        row[user.name],
-                        key,
-                        clock,
-                        user.policy,
-                        [exit_],
-                        **_reach(user),
-                    )
-                )
+                nodes.append(_clock_op(user, row[user.name], key, clock, exit_))
             elif user.kind == "dispatch" and user.params["key"] is not None:
                 # Keyed: each key's events go, in order, to the worker of its bucket.
                 exit_ = stage_.exit("aggregate", user)
