@@ -259,11 +259,9 @@ def make_merger_in_two(
     lines = ["def merge_values(h, a):", *(f"    h[{i}] = {expr}" for i, expr in values), "    pass"]
     lines += ["def merge_in_place(h, a):", *(f"    h[{i}] = {e}" for i, e in in_place), "    pass"]
     exec("\n".join(lines), env)
-    pair: tuple[Callable[[list[Any], list[Any]], None], ...] = (
-        env["merge_values"],
-        env["merge_in_place"],
-    )
-    return pair[0], pair[1]
+    merge_values: Callable[[list[Any], list[Any]], None] = env["merge_values"]
+    merge_in_place: Callable[[list[Any], list[Any]], None] = env["merge_in_place"]
+    return merge_values, merge_in_place
 
 
 def _merge_lines(
