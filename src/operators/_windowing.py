@@ -47,6 +47,7 @@ from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
 from operators.agg import Aggregator, exact_add, exact_merge, exact_total
 from operators.windows import (
+    _END,
     Clock,
     Count,
     EventTime,
@@ -67,22 +68,22 @@ _DONE = math.inf
 
 
 def _add_lines(aggs: Sequence[Aggregator], env: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Return the lines of an add: taking the event's values (no change), then storing them.
+    """Return an add in two: what each aggregator takes (no change), then the lines storing it.
 
-    Taking computes each new accumulator (``n{i}``), or, for an aggregator
-    that adds in place, the value it admits; storing changes the
-    accumulators, and cannot fail once every value was taken.
+    Taking is an expression of the accumulators ``a`` and the event ``e``
+    for each aggregator, in order: its new accumulator, or, for one that adds
+    in place, the value it admits (named ``n{i}`` once taken). Storing
+    changes the accumulators, and cannot fail once every value was taken.
     """
     take, store = [], []
     for i, g in enumerate(aggs):
         env[f"g{i}"] = g
         value = "e" if g.field is None else f"e.{g.field}"
         if g.in_place:
-            take.append(f"n{i} = g{i}.admit({value})")
+            take.append(f"g{i}.admit({value})")
             store.append(f"a[{i}] = g{i}.add(a[{i}], n{i}, ts, e)")
         else:
-            expr = g.inline(f"a[{i}]", value) or f"g{i}.add(a[{i}], {value}, ts, e)"
-            take.append(f"n{i} = {expr}")
+            take.append(g.inline(f"a[{i}]", value) or f"g{i}.add(a[{i}], {value}, ts, e)")
             store.append(f"a[{i}] = n{i}")
     return take, store
 
@@ -109,7 +110,8 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     """
     env: dict[str, Any] = {"exact_add": exact_add}
     take, store = _add_lines(aggs, env)
-    body = take + (["; ".join(store)] if store else ["pass"])
+    body = [f"n{i} = {expr}" for i, expr in enumerate(take)]
+    body += ["; ".join(store)] if store else ["pass"]
     exec("\n".join(["def add(a, e, ts):", *(f"    {line}" for line in body)]), env)
     adder: Callable[[list[Any], Any, float], None] = env["add"]
     return adder
@@ -138,10 +140,7 @@ def make_spreader(aggs: Sequence[Aggregator]) -> Callable[[list[list[Any]], Any,
     """
     env: dict[str, Any] = {"exact_add": exact_add}
     take, store = _add_lines(aggs, env)
-    # Each take line is ``n{i} = <expression of a and e>``: their expressions,
-    # in order, make one comprehension over the windows.
-    exprs = [line.split(" = ", 1)[1] for line in take]
-    values = ", ".join(exprs)
+    values = ", ".join(take)  # one comprehension over the windows takes them all
     names = ", ".join(f"n{i}" for i in range(len(aggs)))
     if len(aggs) > 1:
         values, names = f"({values})", f"({names})"
@@ -474,20 +473,16 @@ def _utc(seconds: float) -> datetime:
     return found
 
 
-#: The last second a datetime can hold (the end of year 9999).
-_LAST_SECOND = datetime.max.replace(tzinfo=timezone.utc).timestamp()
-
-
 def wake_at(seconds: float) -> datetime | None:
     """Return when the engine is to wake a step (``seconds`` on the wall clock).
 
     A time past the years a datetime can hold (a ttl of 1e12 s, "for ever")
     is never: None.
 
-    >>> wake_at(60.0).isoformat(), wake_at(1e12)
-    ('1970-01-01T00:01:00+00:00', None)
+    >>> wake_at(60.0).isoformat(), wake_at(1e12), wake_at(253402300800.0)
+    ('1970-01-01T00:01:00+00:00', None, None)
     """
-    return None if seconds > _LAST_SECOND else _utc(seconds)
+    return None if seconds >= _END else _utc(seconds)
 
 
 _BEFORE_CACHE: dict[float, datetime] = {}
