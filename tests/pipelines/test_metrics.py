@@ -204,3 +204,83 @@ def test_the_state_a_process_step_holds_is_served() -> None:
     ).run(metrics_port=port)
     assert held and held[0] >= 100
     assert result.expired == 100 and result.open_windows == 0
+
+
+def test_state_a_ttl_frees_leaves_the_served_and_shown_counts_while_the_run_goes_on() -> None:
+    # 1,000 keys get one event each in the first 10 s of event time, then one
+    # key alone moves time to 50 s (every state younger than the 60 s ttl),
+    # then jumps to 200 s: the process step's states and the table's rows of
+    # the 1,000 keys are dropped then, before the input ends, and the metrics
+    # and the live view say so while the run goes on.
+    import io
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    from rich.console import Console
+
+    from operators import Event
+    from pipelines import Pipeline, sinks, sources
+    from pipelines._showing.live import LiveView
+
+    class Tick(Event):
+        k: str
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    port = free_ports(1)[0]
+    view = LiveView(Console(file=io.StringIO()))
+    steps = ("count_per_key", "with_row")
+    seen: dict[str, list[tuple[float, int]]] = {}
+
+    def shown_open() -> dict[str, int]:
+        out = Console(file=io.StringIO(), width=250)
+        out.print(view.render())
+        lines = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+        header = next(line for line in lines if "step" in line and "kind" in line)
+        column = [c.strip() for c in re.split(r"[┃│]", header)].index("open")
+        opened = {}
+        for line in lines:
+            cells = [c.strip() for c in line.split("│")]
+            if len(cells) > column and cells[1] in steps:
+                opened[cells[1]] = 0 if cells[column] == "." else int(cells[column])
+        return opened
+
+    def look(when: str) -> None:
+        served = scrape(port)
+        shown = shown_open()
+        seen[when] = [
+            (value(served, "evflow_open_windows", step=step), shown[step]) for step in steps
+        ]
+
+    def make(rng: Any, i: int) -> Tick:
+        if i == 2000:
+            look("before")
+        elif i == 2999:
+            look("after")
+        if i < 1000:
+            return Tick(k=f"k{i}", time=t0 + timedelta(milliseconds=10 * i))
+        if i < 2000:
+            return Tick(k="tail", time=t0 + timedelta(seconds=10 + (i - 1000) * 0.04))
+        return Tick(k="tail", time=t0 + timedelta(seconds=200 + (i - 2000) * 0.01))
+
+    def count(n: int, e: Tick, ctx: Any) -> int:
+        return n + 1
+
+    p = Pipeline("ttl")
+    ticks = p.read(sources.generate(make, count=3000, batch_size=50, rate=10_000)).key_by(
+        lambda e: e.k
+    )
+    counted = ticks.process(count, initial=int, ttl=60, name="count_per_key")
+    joined = ticks.filter(lambda e: e.k == "tail", name="tail").join(
+        ticks.as_table(ttl=60), name="with_row"
+    )
+    result = (counted.write(sinks.memory("counts")) | joined.write(sinks.memory("joined"))).run(
+        metrics_port=port, monitor=view
+    )
+    for served, shown in seen["before"]:
+        assert served >= 900 and shown >= 900, seen  # the 1,000 keys are held
+    for served, shown in seen["after"]:
+        # Dropped as time passed their ttl (what is left: the newest events of
+        # the one key, held until the watermark passes them, more on a busy machine).
+        assert served < 500 and shown < 500, seen
+    assert result.reconciles and result.open_windows == 0
+    assert result.expired >= 1000 and len(result["joined"]) == 2000
