@@ -22,7 +22,16 @@ from pydantic_core import TzInfo
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
-from operators._stage import COUNTER_FIELDS, Node, Packet, ResumeError, StageOp, _fan_out, _Run
+from operators._stage import (
+    COUNTER_FIELDS,
+    Node,
+    Packet,
+    ResumeError,
+    StageOp,
+    _fan_out,
+    _Run,
+    describe_function,
+)
 from operators.windows import _END, _FIRST, Clock, EventTime
 
 
@@ -189,6 +198,9 @@ class ClockOp(StageOp):
         #: Reads an event's time (None: processing time).
         self.read: Callable[[Any], Any] | None = None
         self.epochs = _Epochs()
+        #: Where the clock reads an event's time: its function, or a field's name.
+        self.clock_fn = clock.fn if isinstance(clock, EventTime) else None
+        self.time_field = (clock.field or "time") if isinstance(clock, EventTime) else ""
         if isinstance(clock, EventTime):
             read = self.read = clock.fn or operator.attrgetter(clock.field or "time")
             seconds = self.epochs.seconds
@@ -232,6 +244,7 @@ class ClockOp(StageOp):
         earliest = self.earliest
         limit = self.last if self.max_future is None else min(now + self.max_future, self.last)
         it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
+        keyed = None  # the last event keyed: a failure after it is its time's
         while True:
             try:
                 for entry in it:
@@ -240,8 +253,10 @@ class ClockOp(StageOp):
                         key = key_of(x)
                         if key.__class__ is not str:
                             self.call(x)  # raises the key error, with its message
+                        keyed = x
                     else:
                         x, key = entry
+                        keyed = x
                     if read is None:
                         append((key, now, x))
                         continue
@@ -259,11 +274,52 @@ class ClockOp(StageOp):
                 break
             except Exception as exc:  # noqa: BLE001 - handed to the policy
                 row[_IN] += 1
-                ok, value = self.recover(x, exc, run, row)
+                if keyed is x:
+                    ok, value = self._untimed(x, exc, run, row)
+                else:
+                    ok, value = self.recover(x, exc, run, row)
+                keyed = None
                 if ok:
                     row[_IN] -= 1
                     append(value)
         _fan_out(self.nexts, records, run, out, row)
+
+    def _untimed(self, event: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
+        """Apply the step's policy to an event whose time could not be read.
+
+        Named as what it is: a record without the clock's field (a
+        ``validation`` dead letter), a time that is no time (the same), or the
+        clock's own function failing (a ``user_error`` of that function).
+        """
+        field = self.time_field
+        if self.clock_fn is not None:
+            return self.recover(
+                event, exc, run, row, kind="user_error", function=describe_function(self.clock_fn)
+            )
+        if isinstance(exc, AttributeError) and exc.obj is event and exc.name == field:
+            if isinstance(event, dict) and field in event:
+                hint = f"clock=windows.event_time(lambda r: r[{field!r}]) reads a dict's key"
+            else:
+                hint = (
+                    f"map records to events that have a {field!r} field before the step, "
+                    f"read the time with clock=windows.event_time(lambda r: ...), or count "
+                    f"on the wall clock with clock=windows.processing_time()"
+                )
+            message = (
+                f"step {self.step!r} reads each event's time from its {field!r} attribute, "
+                f"and this {type(event).__name__} has none. Hint: {hint}."
+            )
+            return self.recover(
+                event,
+                exc,
+                run,
+                row,
+                kind="validation",
+                function=None,
+                message=message,
+                error_type="MissingEventTime",
+            )
+        return self.recover(event, exc, run, row, kind="validation", function=None)
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Unused: the clock overrides `push`."""

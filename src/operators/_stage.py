@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -366,11 +366,25 @@ class StageOp(Node):
         """Call the user function once (used again by retries)."""
         return self.fn(item)
 
-    def recover(self, item: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
+    def recover(
+        self,
+        item: Any,
+        exc: Exception,
+        run: _Run,
+        row: list[int],
+        *,
+        kind: ErrorKind | None = None,
+        function: str | Literal[False] | None = False,
+        message: str | None = None,
+        error_type: str | None = None,
+    ) -> tuple[bool, Any]:
         """Apply the error policy to a failing record.
 
         Returns ``(True, result)`` when a retry succeeded, else ``(False, None)``
-        after counting the record as skipped or dead-lettered.
+        after counting the record as skipped or dead-lettered. A dead letter
+        is of the step's kind, names its function and says the exception,
+        unless ``kind``, ``function`` (None: no function), ``message`` or
+        ``error_type`` say otherwise.
         """
         policy = self.policy
         attempts = 1
@@ -387,17 +401,19 @@ class StageOp(Node):
             row[_SKIPPED] += 1
             return False, None
         payload = payload_text(item)
+        named = self.function if function is False else function
         if policy.mode == "halt":
-            raise PipelineHalted(run.pipeline, self.step, self.function, payload) from exc
+            shown = "reading the event's time" if named is None else named
+            raise PipelineHalted(run.pipeline, self.step, shown, payload) from exc
         row[_DEAD] += 1
         run.dead.append(
             DeadLetter.build(
                 pipeline=run.pipeline,
                 step=self.step,
-                kind=self.error_kind,
-                error_type=type(exc).__qualname__,
-                message=str(exc),
-                function=self.function,
+                kind=self.error_kind if kind is None else kind,
+                error_type=type(exc).__qualname__ if error_type is None else error_type,
+                message=str(exc) if message is None else message,
+                function=named,
                 payload=payload,
                 event_time=getattr(item, "time", None),
                 attempts=attempts,

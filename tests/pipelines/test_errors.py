@@ -436,3 +436,91 @@ def test_a_record_that_cannot_be_shown_is_still_a_dead_letter() -> None:
     assert payloads[1].startswith("<a int that cannot be shown: ValueError: Exceeds the limit")
     assert payloads[2] == "fine"
     assert result.dead == 3 and result.reconciles
+
+
+def test_a_record_whose_time_cannot_be_read_is_a_dead_letter_that_says_why() -> None:
+    # Records without the clock's field (ints, the tuples a join's select
+    # builds, dicts) reach steps on event time: each is a validation dead
+    # letter naming the field, with a hint; a failing clock function is that
+    # function's user error, and a failing key function the key function's.
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    views = [View(user=f"u{i % 2}", page="/", time=t0 + timedelta(seconds=i)) for i in range(4)]
+
+    def steps(p: Pipeline) -> Any:
+        ints = p.read(sources.memory([1, 2]), name="ints").key_by(str, name="int_key")
+        counted = ints.process(lambda n, e, ctx: n + 1, initial=int, name="count")
+        dicts = p.read(sources.memory([{"time": t0}]), name="dicts").key_by(
+            lambda d: "k", name="dict_key"
+        )
+        windowed = dicts.window(windows.tumbling(seconds=5)).aggregate(n=agg.count(), name="n")
+        keyed = p.read(sources.memory(views), name="views").key_by(lambda v: v.user)
+        pairs = keyed.join(keyed.as_table(), select=lambda v, w: (v.user, w.page), name="pairs")
+        again = pairs.key_by(lambda t: t[0], name="pair_key").process(
+            lambda n, e, ctx: n, initial=int, name="again"
+        )
+
+        def when(v: View) -> datetime:
+            if v.user == "u1":
+                raise LookupError("no clock for u1")
+            return v.time
+
+        def key(v: View) -> str:
+            if v.time.second == 0:
+                raise KeyError("no key at second 0")
+            return v.user
+
+        clocked = keyed.window(
+            windows.tumbling(seconds=5), clock=windows.event_time(when)
+        ).aggregate(n=agg.count(), name="clocked")
+        unkeyed = (
+            p.read(sources.memory(views), name="views2")
+            .key_by(key, name="picky_key")
+            .window(windows.tumbling(seconds=5))
+            .aggregate(n=agg.count(), name="picky")
+        )
+        return (
+            counted.write(sinks.memory("a"))
+            | windowed.write(sinks.memory("b"))
+            | again.write(sinks.memory("c"))
+            | clocked.write(sinks.memory("d"))
+            | unkeyed.write(sinks.memory("e"))
+        )
+
+    r = steps(Pipeline("untimed")).run()
+    assert r.reconciles
+    found = Counter(
+        (d.step, d.kind, d.error_type, d.function and d.function.split(".")[-1])
+        for d in r.dead_letters
+    )
+    when_line = when_line_of(steps)
+    assert found == {
+        ("count", "validation", "MissingEventTime", None): 2,
+        ("n", "validation", "MissingEventTime", None): 1,
+        ("again", "validation", "MissingEventTime", None): 4,
+        ("clocked", "user_error", "LookupError", f"when line {when_line}>"): 2,
+        ("picky_key", "key_error", "KeyError", f"key line {when_line + 5}>"): 1,
+    }, found
+    messages = {d.step: d.message for d in r.dead_letters}
+    assert messages["count"] == (
+        "step 'count' reads each event's time from its 'time' attribute, and this int has "
+        "none. Hint: map records to events that have a 'time' field before the step, read "
+        "the time with clock=windows.event_time(lambda r: ...), or count on the wall clock "
+        "with clock=windows.processing_time()."
+    )
+    assert "this tuple has none" in messages["again"]
+    assert (
+        "Hint: clock=windows.event_time(lambda r: r['time']) reads a dict's key" in (messages["n"])
+    )
+    assert [len(r[s]) for s in "abcde"] == [0, 0, 0, 1, 2]
+
+
+def when_line_of(fn: Any) -> int:
+    """The line of ``def when`` in ``fn``'s source."""
+    import inspect
+
+    lines, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(lines) if "def when(" in line)
