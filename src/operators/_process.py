@@ -36,6 +36,7 @@ from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import Watermarks, _utc
+from operators.windows import _END, _FIRST
 
 __all__ = ["Context", "ProcessLogic", "ProcessSpec", "Timer"]
 
@@ -84,14 +85,16 @@ class Context(Generic[O]):
     ``emit(record)`` sends a record on; ``timer(at, name)`` sets (or moves)
     the key's event-time timer of that name, which fires once the watermark
     passes ``at``; ``processing_timer(at, name)`` one that fires when the
-    wall clock reaches ``at``; ``cancel(name)`` removes one. ``key``,
+    wall clock reaches ``at``; ``cancel(name)`` removes one. They take
+    effect in the order they are called (a timer set, then cancelled, is not
+    set). ``key``,
     ``time`` (the event's or the timer's time) and ``watermark`` say where
     the step is. Nothing takes effect if the function raises. The context
     is valid during the call it is given to (the step hands the same object,
     reset, to every call): keep what it says, not the context itself.
     """
 
-    __slots__ = ("_at", "_cancels", "_firing", "_mark", "_out", "_timed", "_timers", "key")
+    __slots__ = ("_at", "_firing", "_mark", "_out", "_timed", "_timers", "key")
 
     def __init__(self, key: str = "", at: float = _NEVER, mark: float = _NEVER) -> None:
         """Make the context of one call for ``key`` at event time ``at``."""
@@ -100,8 +103,8 @@ class Context(Generic[O]):
         self._mark = mark
         # Made when first used: most calls set no timer and emit little.
         self._out: list[Any] | None = None
-        self._timers: list[tuple[str, str, float]] | None = None
-        self._cancels: list[tuple[str, str]] | None = None
+        #: ``(kind, name, at)`` in the order called; ``at`` None cancels.
+        self._timers: list[tuple[str, str, float | None]] | None = None
         #: Whether the step has an ``on_timer`` to call when a timer fires.
         self._timed = True
         #: Whether this is an event-time timer's call (a timer it sets must be later).
@@ -146,8 +149,8 @@ class Context(Generic[O]):
             raise TimerInThePast(msg)
         self._add_timer(("event", name, seconds))
 
-    def _add_timer(self, timer: tuple[str, str, float]) -> None:
-        if not self._timed:
+    def _add_timer(self, timer: tuple[str, str, float | None]) -> None:
+        if not self._timed and timer[2] is not None:
             msg = (
                 f"{timer[0]} timer {timer[1]!r} of key {self.key!r} set in a process step "
                 f"with no on_timer: it would fire with nothing to call. Hint: pass "
@@ -165,11 +168,11 @@ class Context(Generic[O]):
 
     def cancel(self, name: str = "", *, processing: bool = False) -> None:
         """Remove this key's timer of that name (if it is set)."""
-        cancel = ("processing" if processing else "event", _check_name(name))
-        if self._cancels is None:
-            self._cancels = [cancel]
+        cancel = ("processing" if processing else "event", _check_name(name), None)
+        if self._timers is None:
+            self._timers = [cancel]
         else:
-            self._cancels.append(cancel)
+            self._timers.append(cancel)
 
 
 def _check_name(name: str) -> str:
@@ -191,14 +194,12 @@ def _check_name(name: str) -> str:
 
 def _seconds(at: datetime | float) -> float:
     seconds = event_seconds(at)
-    try:
-        _utc(seconds)  # the time the timer will say it fired at
-    except (OverflowError, OSError, ValueError):
+    if not _FIRST <= seconds < _END:  # (nan too) no datetime could say when it fired
         msg = (
             f"a timer needs a time a datetime can hold (years 1 to 9999); got {at!r}. "
             f"Hint: set it at ctx.time + a delay."
         )
-        raise ValueError(msg) from None
+        raise ValueError(msg)
     return seconds
 
 
@@ -219,6 +220,22 @@ class ProcessSpec:
     idle: float = 0.0
     late_wanted: bool = False
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+
+
+def _entry(timer: tuple[Any, ...]) -> tuple[float, int, int, float]:
+    """Return a snapshot's timer as ``(at, seq, entry, queued)``.
+
+    A snapshot from before timers kept their queue entry has ``(at, seq)``:
+    its entry is the one at ``at`` with that seq.
+
+    >>> _entry((5.0, 7)), _entry((9.0, 8, 7, 5.0))
+    ((5.0, 7, 7, 5.0), (9.0, 8, 7, 5.0))
+    """
+    if len(timer) == 2:
+        at, seq = timer
+        return (at, seq, seq, at)
+    at, seq, entry, queued = timer
+    return (at, seq, entry, queued)
 
 
 def _ordered(queue: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -256,14 +273,23 @@ class ProcessLogic(
         state = resume or {}
         self.start_watermarks(state, spec.partitions, spec.idle)
         self.states: dict[str, Any] = state.get("states", {})
-        #: ``key -> {(kind, name): (at, seq)}``: the timers set.
-        self.timers: dict[str, dict[tuple[str, str], tuple[float, int]]] = state.get("timers", {})
+        #: ``key -> {(kind, name): (at, seq, entry, queued)}``: the timers set, due at
+        #: ``at`` in the order of ``seq`` (when they were set); ``entry`` and
+        #: ``queued`` name the timer's one entry in its queue. A timer moved later
+        #: keeps its entry, which queues it again at its time when it comes up, so a
+        #: timer moved on by every event of a key takes one entry, not one an event.
+        self.timers: dict[str, dict[tuple[str, str], tuple[float, int, int, float]]] = {
+            key: {which: _entry(timer) for which, timer in mine.items()}
+            for key, mine in state.get("timers", {}).items()
+        }
         #: ``(at, kind of entry, seq, key, event or timer name)``, in event time; an
         #: event's seq is ``(its partition, seq)``: events of one time go in the order
         #: of their partitions, then of their arrival (each partition's own order).
         self.queue: list[tuple[float, int, Any, str, Any]] = _ordered(state.get("queue", []))
         #: ``(at, seq, key, name)``: processing-time timers.
         self.wall: list[tuple[float, int, str, str]] = state.get("wall", [])
+        #: ``key -> its last event's time``, with ``ttl``: each key in it has one
+        #: ttl entry in the queue, queued again at its time when it comes up early.
         self.last: dict[str, float] = state.get("last", {})
         self.seq: int = state.get("seq", 0)
         self.held = state.get("held", 0)
@@ -443,6 +469,7 @@ class ProcessLogic(
         pop = heapq.heappop
         push = heapq.heappush
         ttl = spec.ttl
+        last = self.last
         states = self.states
         on_event = spec.on_event
         initial = spec.initial
@@ -472,9 +499,10 @@ class ProcessLogic(
                 break
             if kind == _EVENT:
                 if ttl is not None:
-                    self.last[key] = at
-                    self.seq += 1
-                    push(queue, (at + ttl, _TTL, self.seq, key, at))
+                    if key not in last:  # else its ttl entry comes up first
+                        self.seq += 1
+                        push(queue, (at + ttl, _TTL, self.seq, key, at))
+                    last[key] = at
                 # One event: the user's function with the key's state (as `_fire`
                 # calls on_timer, inline: this runs for every event).
                 state = states.get(key, _MISSING)
@@ -483,22 +511,28 @@ class ProcessLogic(
                 try:
                     new = on_event(initial() if state is _MISSING else state, payload, ctx)
                 except Exception as exc:  # noqa: BLE001 - handed to the step's policy
-                    ctx._out = ctx._timers = ctx._cancels = None
+                    ctx._out = ctx._timers = None
                     self._failed(payload_text(payload), at, exc, on_event, out, row, held=True)
                     continue
                 if new is not state:
                     self._keep(key, state, new, row)
-                if ctx._out is not None or ctx._timers is not None or ctx._cancels is not None:
+                if ctx._out is not None or ctx._timers is not None:
                     self._apply(key, ctx, out, row)
             elif kind == _TIMER:
-                if self.timers.get(key, {}).get(("event", payload)) != (at, seq):
-                    continue  # moved or cancelled since
-                del self.timers[key][("event", payload)]
+                if not self._due(key, ("event", payload), at, seq, queue):
+                    continue  # cancelled, or moved (and queued again)
                 timer = Timer(key, _utc(at), payload, "event")
                 self._fire(key, at, mark, timer, out, row)
-            elif self.last.get(key) == payload:
+            elif key in last:
+                assert ttl is not None  # ttl entries are made with a ttl alone
+                newest = last[key]
+                if newest + ttl > at:
+                    # An event of the key since: queued again at its own ttl.
+                    self.seq += 1
+                    push(queue, (newest + ttl, _TTL, self.seq, key, newest))
+                    continue
                 # No event of the key since: its state (if any) has lived out its ttl.
-                del self.last[key]
+                del last[key]
                 if key in states:
                     del states[key]
                     row[_EXPIRED] += 1
@@ -532,9 +566,8 @@ class ProcessLogic(
             if seq > before:
                 later.append(entry)
                 continue
-            if self.timers.get(key, {}).get(("processing", name)) != (at, seq):
-                continue
-            del self.timers[key][("processing", name)]
+            if not self._due(key, ("processing", name), at, seq, wall):
+                continue  # cancelled, or moved (and queued again)
             timer = Timer(key, _utc(at), name, "processing")
             mark = self.closed
             if mark == _DONE:
@@ -564,7 +597,7 @@ class ProcessLogic(
         try:
             new = on_timer(self.spec.initial() if state is _MISSING else state, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
-            ctx._out = ctx._timers = ctx._cancels = None
+            ctx._out = ctx._timers = None
             payload = json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
             self._failed(payload, at, exc, on_timer, out, row, held=True)
             return
@@ -575,11 +608,8 @@ class ProcessLogic(
         if self.ending and ctx._timers is not None:
             # The input is over: a timer set now would never stop (a periodic
             # one sets the next). It replaces the one of its name, unfired.
-            row[_UNFIRED] += len(ctx._timers)
-            cancels = ctx._cancels or []
-            cancels += [(kind, name) for kind, name, _ in ctx._timers]
-            ctx._cancels = cancels
-            ctx._timers = None
+            row[_UNFIRED] += sum(at is not None for _, _, at in ctx._timers)
+            ctx._timers = [(kind, name, None) for kind, name, _ in ctx._timers]
         self._apply(key, ctx, out, row)
 
     def _keep(self, key: str, state: Any, new: Any, row: list[int]) -> None:
@@ -597,9 +627,9 @@ class ProcessLogic(
         self, key: str, ctx: Context[Any], out: list[tuple[str, Any]], row: list[int]
     ) -> None:
         """Apply what a call that succeeded asked of its context; reset the context."""
-        if ctx._timers is not None or ctx._cancels is not None:
-            self._set_timers(key, ctx)
-            ctx._timers = ctx._cancels = None
+        if ctx._timers is not None:
+            self._set_timers(key, ctx._timers)
+            ctx._timers = None
         emitted = ctx._out
         if emitted is not None:
             ctx._out = None
@@ -607,16 +637,57 @@ class ProcessLogic(
             row[_CREATED] += len(emitted)
             row[_OUT] += len(emitted)
 
-    def _set_timers(self, key: str, ctx: Context[Any]) -> None:
-        """Apply a call's timer changes: cancels first, then the timers set."""
+    def _due(self, key: str, which: tuple[str, str], at: float, seq: int, queue: list[Any]) -> bool:
+        """Whether the queue entry ``(at, seq)`` of ``key``'s timer ``which`` fires now.
+
+        If so, the timer is taken out. An entry that is not the timer's (the
+        timer was cancelled, or moved earlier) is dropped; the timer's entry,
+        when the timer was moved later (or set again), queues it again at its
+        time and in the order of its last setting.
+        """
         mine = self.timers.get(key)
-        for kind, name in ctx._cancels or ():
-            if mine:
-                mine.pop((kind, name), None)
-        for kind, name, when in ctx._timers or ():
+        timer = mine.get(which) if mine else None
+        if timer is None or timer[2] != seq:
+            return False
+        assert mine is not None
+        when, order = timer[0], timer[1]
+        if when != at or order != seq:
+            mine[which] = (when, order, order, when)
+            if which[0] == "event":
+                heapq.heappush(queue, (when, _TIMER, order, key, which[1]))
+            else:
+                heapq.heappush(queue, (when, order, key, which[1]))
+            return False
+        del mine[which]
+        if not mine:
+            del self.timers[key]
+        return True
+
+    def _set_timers(self, key: str, changes: list[tuple[str, str, float | None]]) -> None:
+        """Apply a call's timer changes (a time None cancels), in the order made.
+
+        A timer set at or after the time its queue entry is at keeps that
+        entry (see `_due`); one set earlier gets a new entry.
+        """
+        mine = self.timers.get(key)
+        cancelled: dict[tuple[str, str], tuple[float, int, int, float]] = {}
+        for kind, name, when in changes:
+            which = (kind, name)
+            if when is None:
+                gone = mine.pop(which, None) if mine else None
+                if gone is not None:
+                    cancelled[which] = gone
+                continue
             self.seq += 1
-            mine = self.timers.setdefault(key, {})
-            mine[(kind, name)] = (when, self.seq)
+            if mine is None:
+                mine = self.timers[key] = {}
+            before = mine.get(which)
+            if before is None and cancelled:
+                before = cancelled.pop(which, None)
+            if before is not None and before[3] <= when:
+                mine[which] = (when, self.seq, before[2], before[3])
+                continue
+            mine[which] = (when, self.seq, self.seq, when)
             if kind == "event":
                 heapq.heappush(self.queue, (when, _TIMER, self.seq, key, name))
             else:

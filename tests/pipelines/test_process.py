@@ -34,11 +34,20 @@ class Tick(Event):
 
 
 def on_event(state: dict[str, int], e: Tick, ctx: Context[tuple[Any, ...]]) -> dict[str, int]:
-    """Sum per key; a ``tick`` timer at the next multiple of 10 s, an ``idle`` one 7 s on."""
+    """Sum per key; a ``tick`` timer at the next multiple of 10 s, an ``idle`` one 7 s on.
+
+    Some events move ``idle`` back to 2 s on, or set ``tick`` and cancel it
+    (the changes of one call take effect in their order).
+    """
     ts = e.time.timestamp() - BASE
     state = {"sum": state.get("sum", 0) + e.v, "n": state.get("n", 0) + 1}
     ctx.timer(BASE + (ts // 10 + 1) * 10, "tick")
     ctx.timer(BASE + ts + 7, "idle")
+    if e.v % 4 == 0:
+        ctx.timer(BASE + ts + 2, "idle")
+    if e.v % 5 == 0:
+        ctx.timer(BASE + ts + 3, "tick")
+        ctx.cancel("tick")
     return state
 
 
@@ -77,7 +86,18 @@ def reference(
             if kind == 0:
                 state = state or {}
                 state = {"sum": state.get("sum", 0) + payload, "n": state.get("n", 0) + 1}
-                for name, when in (("tick", (at // 10 + 1) * 10), ("idle", at + 7)):
+                changes: list[tuple[str, float | None]] = [
+                    ("tick", (at // 10 + 1) * 10),
+                    ("idle", at + 7),
+                ]
+                if payload % 4 == 0:
+                    changes.append(("idle", at + 2))
+                if payload % 5 == 0:
+                    changes += [("tick", at + 3), ("tick", None)]
+                for name, when in changes:
+                    if when is None:
+                        timers.pop(name, None)
+                        continue
                     seq += 1
                     timers[name] = (when, seq)
                     heapq.heappush(queue, (when, 1, seq, name))
@@ -560,3 +580,62 @@ def test_stateful_handler_states_expire_after_their_ttl() -> None:
     assert seen == [0, 1, 0, 1]  # the key starts afresh after the pause
     # One state dropped by its ttl, one left at the end.
     assert result.expired == 2 and result.reconciles
+
+
+def test_a_timer_moved_on_by_every_event_of_a_hot_key_takes_one_queue_entry() -> None:
+    # The inactivity pattern: every event moves the key's "idle" timer 30
+    # minutes on (and its processing-time "poll" an hour on), with a ttl. Each
+    # move used to leave an entry in the queue until its time: 20,000 events
+    # of one key held 40,000 entries. A moved timer keeps its one entry, queued
+    # again at its time when it comes up; a snapshot taken midway resumes.
+    from operators import COUNTER_FIELDS, Counters
+    from operators._keying import Marked
+    from operators._process import ProcessLogic, ProcessSpec
+
+    def on_event(n: int, e: None, ctx: Context[tuple[str, float, int]]) -> int:
+        ctx.timer(ctx._at + 1800, "idle")
+        ctx.processing_timer(time.time() + 3600, "poll")
+        return n + 1
+
+    def on_timer(n: int, timer: Timer, ctx: Context[tuple[str, float, int]]) -> int:
+        ctx.emit((timer.name, timer.time.timestamp() - BASE, n))
+        return n
+
+    def logic(resume: Any = None) -> tuple[ProcessLogic, Counters]:
+        counters = Counters(["p"])
+        spec = ProcessSpec(
+            pipeline="hot",
+            step="p",
+            row=0,
+            counters=counters,
+            on_event=on_event,
+            initial=int,
+            partitions=["e/p"],
+            on_timer=on_timer,
+            ttl=3600.0,
+        )
+        return ProcessLogic(spec, resume), counters
+
+    def feed(step: ProcessLogic, first: int, last: int) -> list[Any]:
+        out: list[Any] = []
+        for start in range(first, last, 500):
+            records = [("hot", BASE + i * 0.01, None) for i in range(start, start + 500)]
+            got, _ = step.on_batch([Marked("e/p", records[-1][1], False, records)])
+            out += [item for tag, item in got if tag == "r"]
+            assert len(step.queue) <= 3 and len(step.wall) <= 1, (len(step.queue), start)
+        return out
+
+    step, _ = logic()
+    assert feed(step, 0, 10_000) == []
+    resumed, counters = logic(step.snapshot())
+    out = feed(resumed, 10_000, 20_000)
+    # One more event two hours on: the idle timer of the last event fires, with
+    # every event counted, and the key's state then lives out its ttl.
+    got, _ = resumed.on_batch([Marked("e/p", BASE + 7200, False, [("other", BASE + 7200, None)])])
+    out += [item for tag, item in got if tag == "r"]
+    last = round(19_999 * 0.01 + 1800, 6)
+    assert [(name, round(at, 6), n) for name, at, n in out] == [("idle", last, 20_000)]
+    row = counters.table()[0]
+    assert row[COUNTER_FIELDS.index("expired")] == 1  # the hot key's state, by its ttl
+    got, _ = resumed.on_eof()  # the poll timers fire at the end, each key's once
+    assert sorted(item[0] for tag, item in got if tag == "r") == ["idle", "poll", "poll"]
