@@ -491,7 +491,8 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
         self.row = row
         state = resume or {}
         self.states: dict[str, Any] = state.get("states", {})
-        #: When each key last had an event (with a ttl), and ``(due, key)`` in order.
+        #: When each key last had an event (with a ttl), and ``(due, key)`` in order:
+        #: one entry a key, queued again at its time when it comes up early.
         self.touched: dict[str, float] = state.get("touched", {})
         self.due: list[tuple[float, str]] = state.get("due", [])
 
@@ -511,9 +512,11 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
                 )
                 if ttl is not None and records:
                     now = time.time()
+                    touched = self.touched
                     for key, _, _ in records:
-                        self.touched[key] = now
-                        heapq.heappush(self.due, (now + ttl, key))
+                        if key not in touched:  # else its entry in `due` comes up first
+                            heapq.heappush(self.due, (now + ttl, key))
+                        touched[key] = now
         except Exception as exc:  # noqa: BLE001 - a halt stops the run
             self.counters.halt(exc)
         out: list[tuple[str, Any]] = [("r", r) for r in results]
@@ -532,10 +535,15 @@ class DispatchLogic(StatefulBatchLogic[Any, tuple[str, Any], dict[str, Any]]):
         while ttl is not None and due and due[0][0] <= now:
             _, key = heapq.heappop(due)
             last = self.touched.get(key)
-            if last is not None and last + ttl <= now:
-                del self.touched[key]
-                if self.states.pop(key, _MISS) is not _MISS:
-                    row[_EXPIRED] += 1
+            if last is None:
+                continue
+            if last + ttl > now:
+                # An event of the key since: its one entry goes to its own time.
+                heapq.heappush(due, (last + ttl, key))
+                continue
+            del self.touched[key]
+            if self.states.pop(key, _MISS) is not _MISS:
+                row[_EXPIRED] += 1
 
     def notify_at(self) -> datetime | None:
         """When the next key's state may have lived out its ttl."""

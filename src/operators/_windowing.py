@@ -682,7 +682,13 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             # A snapshot of an evflow that closed sessions at their end.
             self.heap = [(end + window.gap, key, start) for end, key, start in self.heap]
             heapq.heapify(self.heap)
-        self.expiry: dict[str, float] = {}
+        #: Running keys with a ttl: when each expires (wall clock). A key a
+        #: snapshot from before expiries were kept holds gets a whole ttl anew.
+        self.expiry: dict[str, float] = state.get("expiry", {})
+        if spec.ttl is not None and len(self.expiry) < len(self.wins) and window is None:
+            anew = time.time() + spec.ttl
+            for key in self.wins:
+                self.expiry.setdefault(key, anew)
         #: How far before the watermark a result can be dated (see `report`).
         self.lag = window.gap if isinstance(window, Session) else 0.0
         #: emit="early": the keys whose windows changed since their last early
@@ -1320,6 +1326,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             "layout": BUCKET_LAYOUT,
             "sessions": "end+gap",
             "versions": self.versions,
+            "expiry": self.expiry,
         }
         check_state(self.spec.step, snap)
         return snap

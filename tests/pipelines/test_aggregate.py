@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import time
 from datetime import datetime, timedelta, timezone
@@ -355,6 +356,25 @@ def test_running_keys_expire_after_their_ttl() -> None:
     out, _ = logic.on_notify()
     assert sorted((r.key, r.n) for _, r in out) == [("j", 1), ("k", 1)]
     assert logic.wins == {}
+
+
+def test_running_keys_resumed_from_a_snapshot_still_expire_after_their_ttl() -> None:
+    # The keys' expiries are in the snapshot (they were not: resumed keys
+    # never expired until they saw an event again); a snapshot without them
+    # gives its keys a whole ttl anew.
+    logic = Logic(spec(None, None, parts=["s/a"], ttl=0.05), None)
+    logic.on_batch([Marked("s/a", 0.0, False, [("k", 0.0, None), ("j", 0.0, None)])])
+    snap = logic.snapshot()
+    older = {name: value for name, value in snap.items() if name != "expiry"}
+    for saved in (snap, older):
+        resumed = Logic(
+            spec(None, None, parts=["s/a"], ttl=0.05), pickle.loads(pickle.dumps(saved))
+        )
+        assert resumed.notify_at() is not None
+        time.sleep(0.06)
+        out, _ = resumed.on_notify()
+        assert sorted((r.key, r.n) for _, r in out) == [("j", 1), ("k", 1)]
+        assert resumed.wins == {}
 
 
 def test_clickstream_test_seam_with_windows() -> None:

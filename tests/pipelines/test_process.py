@@ -639,3 +639,47 @@ def test_a_timer_moved_on_by_every_event_of_a_hot_key_takes_one_queue_entry() ->
     assert row[COUNTER_FIELDS.index("expired")] == 1  # the hot key's state, by its ttl
     got, _ = resumed.on_eof()  # the poll timers fire at the end, each key's once
     assert sorted(item[0] for tag, item in got if tag == "r") == ["idle", "poll", "poll"]
+
+
+def test_a_hot_key_of_a_stateful_handler_with_a_ttl_takes_one_entry_in_its_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every record used to queue an entry for its key's ttl until the ttl had
+    # passed: 20,000 records of one key held 20,000 entries. Now each key holds
+    # one, queued again at its own time when it comes up early.
+    import types
+
+    import operators._dispatch
+    from operators import COUNTER_FIELDS, Counters
+    from operators._dispatch import DispatchLogic
+    from operators._keying import Marked
+    from pipelines import stateful
+    from pipelines._running.compile import _dispatch
+
+    now = [1000.0]  # the wall clock the step reads
+    monkeypatch.setattr(operators._dispatch, "time", types.SimpleNamespace(time=lambda: now[0]))
+
+    def count(n: int, e: Tick) -> tuple[int, None]:
+        return n + 1, None
+
+    keyed = Pipeline("hot").read(sources.memory([], schema=Tick)).key_by(lambda e: e.k)
+    handled = keyed.dispatch({Tick: stateful(count, initial=int, ttl=30)}, name="handle")
+    pipeline = handled._pipeline
+    [node] = [n for n in pipeline.graph if n.name == "handle"]
+    counters = Counters(["handle"])
+    logic = DispatchLogic(_dispatch(pipeline, node), counters, 0, None)
+    tick = Tick(k="hot", v=1, time=T0)
+    for _ in range(40):
+        logic.on_batch([Marked("r/p", BASE, False, [("hot", BASE, tick)] * 500)])
+        now[0] += 0.1
+        assert len(logic.due) == 1
+    assert logic.states == {"hot": 20_000}
+    now[0] = 1020.0
+    logic.on_batch([Marked("r/p", BASE, False, [("hot", BASE, tick)])])  # moves the ttl on
+    now[0] = 1040.0
+    logic.on_notify()  # first due at 1030, but the key had an event since
+    assert logic.states == {"hot": 20_001} and logic.due == [(1050.0, "hot")]
+    now[0] = 1050.0
+    logic.on_notify()
+    assert logic.states == {} and logic.due == []
+    assert counters.table()[0][COUNTER_FIELDS.index("expired")] == 1
