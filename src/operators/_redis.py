@@ -90,6 +90,18 @@ def _connect(url: str, timeout: float, what: str) -> Any:
     return client
 
 
+def _check_stream(client: Any, stream: str, what: str) -> None:
+    """Refuse a key that holds something else than a stream (none is fine: made when written)."""
+    kind = _id(client.type(stream))
+    if kind not in ("stream", "none"):
+        client.close()
+        msg = (
+            f"{what}: key {stream!r} holds a {kind}, not a stream. Hint: name a stream "
+            f"(XADD makes one), or delete the key if it is left over."
+        )
+        raise ValueError(msg)
+
+
 def _id(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
@@ -107,6 +119,7 @@ class _StreamReader(PollingReader):
         self.source = source
         what = f"read step {step!r} (stream {stream!r})"
         self.client = _connect(source.url, source.connect_timeout, what)
+        _check_stream(self.client, stream, what)
         self.lost_errors = _lost_errors()
         if resume is not None:
             self.last, self.stop, self.offset = resume
@@ -364,7 +377,9 @@ class _StreamWriter(ExactWriter):
             raise ValueError(msg)
         self.sink = sink
         self.tag = tag
-        self.client = _connect(sink.url, sink.connect_timeout, f"write to stream {sink.stream!r}")
+        what = f"write to stream {sink.stream!r}"
+        self.client = _connect(sink.url, sink.connect_timeout, what)
+        _check_stream(self.client, sink.stream, what)
         self.last = resume
         self.unsure = resume is not None
         if tag is not None and resume is None and since is not None:

@@ -118,6 +118,29 @@ def test_a_stream_that_does_not_exist_reads_as_empty(server: Server) -> None:
     assert result["out"] == [] and result.reconciles
 
 
+def test_a_key_that_is_not_a_stream_is_refused_by_name_and_flat_entries_are_dicts(
+    server: Server,
+) -> None:
+    # A key holding a string (a typo, a left-over) failed with the server's
+    # bare "WRONGTYPE Operation against a key holding the wrong kind of value",
+    # naming no key; a sink retried it for retry_for seconds.
+    client = server.client()
+    client.set("clicks", "not a stream")
+    reading = Pipeline("wrong").read(sources.redis(server.url, "clicks", schema=Click))
+    with pytest.raises(ValueError, match=r"key 'clicks' holds a string, not a stream\. Hint"):
+        reading.write(sinks.memory("out")).run()
+    writing = Pipeline("wrong").read(sources.memory([Click(user="a")]))
+    with pytest.raises(ValueError, match=r"write to stream 'clicks': key 'clicks' holds a string"):
+        writing.write(sinks.redis(server.url, "clicks", retry_for=60)).run()
+    # An entry without the record's field is read as the dict of its fields.
+    client.xadd("flat", {"user": "ada", "type": "click"})
+    client.xadd("flat", {"who": "bob"})
+    result = Pipeline("flat").read(sources.redis(server.url, "flat", schema=Click))
+    done = result.write(sinks.memory("out")).run()
+    assert [c.user for c in done["out"]] == ["ada"]
+    assert [d.kind for d in done.dead_letters] == ["validation"] and done.reconciles
+
+
 def test_the_sink_appends_every_record_with_its_id(server: Server) -> None:
     clicks = [Click(user=f"u{i}", id=f"c{i}") for i in range(2500)]
     Pipeline("sink").read(sources.memory(clicks, batch_size=300)).write(
