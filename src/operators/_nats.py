@@ -246,8 +246,24 @@ class JetStreamSource(BrokerSource):
 class _Publisher(Writer):
     def __init__(self, sink: JetStreamSink) -> None:
         self.sink = sink
-        self.nc = _connect(sink.url, sink.connect_timeout, f"publish to {sink.subject!r}")
+        what = f"publish to {sink.subject!r}"
+        self.nc = _connect(sink.url, sink.connect_timeout, what)
         self.js = self.nc.jetstream()
+        try:
+            _run(self.js.find_stream_name_by_subject(sink.subject), sink.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - reported with the subject named
+            self.close()
+            found = (
+                "no stream's subjects match it"
+                if type(exc).__name__ == "NotFoundError"
+                else (f"{type(exc).__name__}: {exc}")
+            )
+            msg = (
+                f"{what}: JetStream at {masked(sink.url)} would store none of it ({found}), "
+                f"so every publish would fail. Hint: add a stream whose subjects match it "
+                f"(nats stream add NAME --subjects {sink.subject!r})."
+            )
+            raise BrokerUnreachable(msg) from None
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink

@@ -138,6 +138,14 @@ def test_a_missing_stream_or_server_is_an_error_that_says_so(server: Server) -> 
         ).write(sinks.memory("o")).run()
     assert time.monotonic() - started < 15
     assert "hunter2" not in str(caught.value) and "me:****@" in str(caught.value)
+    # A subject no stream stores: every publish was retried for retry_for (30 s),
+    # then each record became a dead letter. Now the sink refuses it at once.
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"publish to 'nobody\.listens': .*\(no stream's subjects"):
+        Pipeline("unheard").read(sources.memory([Click(user="a")])).write(
+            sinks.nats(server.url, "nobody.listens")
+        ).run()
+    assert time.monotonic() - started < 15
 
 
 def test_a_wrong_password_is_refused_with_the_url_masked(tmp_path: Path) -> None:
