@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from operators import Chunk, Reader, Schema, Source
 from operators.windows import EventTime
 from pipelines._building.builder import Pipeline
 from pipelines._building.graph import Node
-from pipelines._sample import replace_sources
+from pipelines._sample import Records, replace_sources
 from pipelines.sinks import jsonl
 
 __all__ = ["DIMENSIONS", "Exploration", "Schedule", "ScheduleDependence", "explore"]
@@ -437,7 +437,7 @@ def _shrink(
 
 def explore(
     pipeline: Pipeline,
-    records: Iterable[Any] | None = None,
+    records: Records | None = None,
     *,
     partitions: int = 1,
     schema: Schema | None = None,
@@ -449,7 +449,8 @@ def explore(
     """Run ``pipeline`` under ``runs`` schedules drawn from ``seed``; check they all agree.
 
     With ``records``, every source reads those (split into ``partitions``
-    contiguous partitions, parsed with the source's schema or ``schema``);
+    contiguous partitions, parsed with the source's schema or ``schema``; a
+    dict of lists by read step name gives each source named its own);
     otherwise each source reads its own records. The first run reads each
     source as it is, with 1 worker in 1 process; the others vary what
     ``vary`` names (`DIMENSIONS`): ``batch`` (records per chunk, 1 to the

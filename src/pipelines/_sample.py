@@ -7,7 +7,7 @@ itself (`Pipeline.rebuilt`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -19,28 +19,60 @@ if TYPE_CHECKING:
     from pipelines._building.graph import Node
     from pipelines._showing.result import RunResult
 
-__all__ = ["head", "preview", "replace_sources"]
+__all__ = ["Records", "head", "preview", "replace_sources"]
+
+
+#: Records for a pipeline's sources: one list for every source, or a list per read step.
+Records = Iterable[Any] | Mapping[str, Iterable[Any]]
 
 
 def replace_sources(
     pipeline: Pipeline,
-    records: Iterable[Any],
+    records: Records,
     *,
     schema: Schema | None = None,
     partitions: int = 1,
 ) -> Pipeline:
-    """Return ``pipeline`` with every source replaced by ``records`` in memory.
+    """Return ``pipeline`` with its sources replaced by records in memory.
 
-    The records are split into ``partitions`` contiguous partitions; the schema
-    of the replaced source is kept unless ``schema`` is given.
+    ``records`` is a list every source reads, or a dict of lists by read
+    step name: each step named reads its own list, the others their own
+    sources (a step name that is no read step of the pipeline is refused).
+    The records are split into ``partitions`` contiguous partitions; the
+    schema of the replaced source is kept unless ``schema`` is given.
+
+    >>> from pipelines import Pipeline, sinks, sources
+    >>> p = Pipeline("two")
+    >>> a = p.read(sources.memory([1]), name="a")
+    >>> b = p.read(sources.memory([2]), name="b")
+    >>> both = a.merge(b).write(sinks.memory("o"))
+    >>> sorted(replace_sources(both, {"b": [7, 8]}).run()["o"])
+    [1, 7, 8]
+    >>> replace_sources(both, {"c": [9]})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: records for 'c': pipeline 'two' has no read step of that name; its read ...
     """
-    items = list(records)
+    reads = [node.name for node in pipeline.graph if node.kind == "read"]
+    if isinstance(records, Mapping):
+        by_step = {str(step): list(items) for step, items in records.items()}
+        for step in by_step:
+            if step not in reads:
+                names = ", ".join(repr(r) for r in reads)
+                msg = (
+                    f"records for {step!r}: pipeline {pipeline.name!r} has no read step of that "
+                    f"name; its read steps are {names}."
+                )
+                raise ValueError(msg)
+    else:
+        items = list(records)
+        by_step = {step: items for step in reads}
 
     def memory_source(node: Node) -> dict[str, Any] | None:
-        if node.kind != "read":
+        if node.kind != "read" or node.name not in by_step:
             return None
         given = schema if schema is not None else node.params["source"].schema
-        return {"source": MemorySource(items, schema=given, partitions=partitions)}
+        return {"source": MemorySource(by_step[node.name], schema=given, partitions=partitions)}
 
     return pipeline.rebuilt(memory_source, dead=pipeline.dead_letter_sink)
 

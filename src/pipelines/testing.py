@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from operators import Schema
 from pipelines._building.builder import Pipeline, Stream
-from pipelines._sample import head, preview, replace_sources
+from pipelines._sample import Records, head, preview, replace_sources
 from pipelines._showing.result import RunResult
 from pipelines.sinks import memory
 
@@ -36,7 +35,7 @@ __all__ = [
 
 def run(
     pipeline: Pipeline,
-    records: Iterable[Any] | None = None,
+    records: Records | None = None,
     *,
     workers: int = 1,
     schema: Schema | None = None,
@@ -44,7 +43,8 @@ def run(
     """Run ``pipeline`` in this process and return its `RunResult`.
 
     With ``records``, every source of the pipeline reads those records instead
-    (parsed with the source's schema, or ``schema``).
+    (parsed with the source's schema, or ``schema``); with a dict of lists by
+    read step name, each source named reads its own (a join's two sides).
     """
     if records is not None:
         pipeline = replace_sources(pipeline, records, schema=schema)

@@ -42,3 +42,40 @@ def test_replace_sources_splits_the_records_into_partitions() -> None:
     assert sorted(split.run()["o"]) == list(range(10))
     found = testing.explore(p, range(10), partitions=2, runs=2, vary=("workers",))
     assert sum(found.outputs["memory_o"].values()) == 10
+
+
+def test_each_side_of_a_join_gets_its_own_records_by_read_step_name(tmp_path: Path) -> None:
+    # One list went to every source: a join's two sides both read orders and
+    # customers alike (each side's schema made dead letters of the other's).
+    from datetime import datetime, timedelta, timezone
+
+    import pytest
+
+    from operators import Event
+
+    class Order(Event):
+        customer: str
+
+    class Customer(Event):
+        customer: str
+        tier: str
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    p = Pipeline("shop")
+    orders = p.read(sources.jsonl(tmp_path / "orders-*.jsonl", schema=Order), name="orders")
+    table = p.read(sources.jsonl(tmp_path / "cust-*.jsonl", schema=Customer), name="customers")
+    joined = orders.key_by(lambda o: o.customer).join(
+        table.key_by(lambda c: c.customer, name="customer_key").as_table(),
+        select=lambda o, c: (o.id, c.tier if c else None),
+    )
+    flow = joined.write(sinks.memory("out"))
+    records = {
+        "orders": [Order(customer="ada", id="o1", time=t0 + timedelta(minutes=1))],
+        "customers": [Customer(customer="ada", tier="gold", time=t0).model_dump_json()],
+    }
+    result = testing.run(flow, records, workers=2)
+    assert result["out"] == [("o1", "gold")] and result.dead_letters == [] and result.reconciles
+    found = testing.explore(flow, records, runs=3, vary=("batch", "workers"))
+    assert list(found.outputs["memory_out"]) == ['["o1", "gold"]']
+    with pytest.raises(ValueError, match=r"records for 'order': .* read steps are 'orders', 'cu"):
+        testing.run(flow, {"order": []})
