@@ -217,6 +217,11 @@ def test_misuse_fails_when_the_join_is_added() -> None:
         left.join(right, between=(0, 1), how="cross")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="takes no window= or between="):
         left.join(right.as_table(), window=windows.tumbling(seconds=1))  # type: ignore[call-overload]
+    # missing= of a join of two streams was silently ignored.
+    with pytest.raises(ValueError, match=r"missing= is for a join with a table; .* how="):
+        left.join(right, between=(0, 1), missing="dead_letter")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"a table \(of 'other_by_customer'\) is the right side"):
+        right.as_table().join(left)
 
 
 def test_keys_of_different_types_and_fields_without_time_are_refused() -> None:

@@ -11,7 +11,7 @@ import inspect
 import math
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from pydantic import AwareDatetime
 
@@ -61,6 +61,15 @@ class Table(Generic[T]):
     def __repr__(self) -> str:
         """Show where the table's rows come from."""
         return f"Table(at={self.stream.step!r}, ttl={self.ttl})"
+
+    def join(self, other: object, **options: object) -> NoReturn:
+        """Refuse: a table is the right side of a join, the stream its left."""
+        msg = (
+            f"a table (of {self.stream.step!r}) is the right side of a join: the stream's "
+            f"events each meet the row valid at their time. Hint: stream.join(table), "
+            f"e.g. orders.join(customers.as_table())."
+        )
+        raise TypeError(msg)
 
 
 def _bound(value: Any, step: str) -> float:
@@ -243,6 +252,14 @@ def join_streams(
     else:
         if how not in _HOWS:
             msg = f"join {shown!r}: how must be one of {_HOWS}; got {how!r}."
+            raise ValueError(msg)
+        if missing != "none":
+            msg = (
+                f"join {shown!r}: missing= is for a join with a table; a join of two "
+                f"streams says what happens to records that meet nothing with how= "
+                f"('left' or 'outer' emit them with None). Hint: drop missing=, or "
+                f"join(other.as_table(), missing={missing!r})."
+            )
             raise ValueError(msg)
         if (window is None) == (between is None):
             msg = (
