@@ -37,6 +37,7 @@ from operators._stage import (
     StageOp,
     _fan_out,
     _Run,
+    check_arity,
     describe_function,
 )
 from operators._windowing import wake_at
@@ -92,6 +93,9 @@ class Stateful:
                 f"Hint: stateful(lambda state, e: (state, e), initial=dict)."
             )
             raise TypeError(msg)
+        hint = "stateful(lambda state, e: (state + 1, e), initial=int)."
+        check_arity(fn, 2, "stateful", "fn", "the key's state and the event", hint)
+        check_arity(initial, 0, "stateful", "initial", "", hint)
         if ttl is not None and not (isinstance(ttl, int | float) and ttl > 0):
             msg = f"stateful(..., ttl=...) must be a positive number of seconds; got {ttl!r}."
             raise ValueError(msg)

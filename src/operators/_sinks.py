@@ -25,7 +25,14 @@ from pydantic_core import PydanticSerializationError
 
 from operators._deadletter import DeadLetter, count_dead, payload_text
 from operators._sources import slug
-from operators._stage import COUNTER_FIELDS, Counters, Packet, ResumeError, describe_function
+from operators._stage import (
+    COUNTER_FIELDS,
+    Counters,
+    Packet,
+    ResumeError,
+    check_arity,
+    describe_function,
+)
 
 __all__ = [
     "DEAD_LETTERS_KEPT",
@@ -363,6 +370,7 @@ class CallbackSink(Sink):
         if not callable(fn):
             msg = f"callback sink needs a callable; got {type(fn).__name__} {fn!r}."
             raise TypeError(msg)
+        check_arity(fn, 1, "callback sink", "fn", "the record", "sinks.callback(print).")
         self.fn = fn
 
     @property

@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators._event import Schema
-from operators._stage import Chunk, Counters, ResumeError, Unreadable
+from operators._stage import Chunk, Counters, ResumeError, Unreadable, check_arity
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -674,6 +674,8 @@ class GenerateSource(Source[Any]):
                 f"{type(factory).__name__}."
             )
             raise TypeError(msg)
+        hint = "generate(lambda rng, i: Click(user=f'u{rng.randrange(9)}'), count=100)."
+        check_arity(factory, 2, "generate", "factory", "a random.Random and the index", hint)
         if count is not None and count < 0:
             msg = f"generate: count must be zero or more, or None for unbounded; got {count}."
             raise ValueError(msg)

@@ -14,6 +14,7 @@ the tree (a sink, a later stage, the dead letters).
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "RunHalted",
     "StageOp",
     "Unreadable",
+    "check_arity",
     "describe_function",
     "run_stage",
     "stage",
@@ -257,6 +259,38 @@ def describe_function(fn: Any) -> str:
     where = f" line {code.co_firstlineno}" if code is not None else ""
     prefix = f"{module}." if module not in (None, "__main__", "builtins") else ""
     return f"<{prefix}{name}{where}>"
+
+
+_HOW_MANY = ("no argument", "one argument", "two arguments", "three arguments")
+
+
+def check_arity(fn: Any, n: int, where: str, what: str, given: str, hint: str) -> None:
+    """Refuse ``fn`` when it cannot be called with ``n`` positional arguments.
+
+    Found when the step is added, not at the first record. A function whose
+    signature cannot be read (some builtins) is taken as it is.
+
+    >>> check_arity(len, 1, "step 'm' (map)", "function", "the record", "map(len).")
+    >>> def total(e, factor):
+    ...     return e.amount * factor
+    >>> check_arity(total, 1, "step 'm' (map)", "function", "the record",
+    ...             "map(lambda e: e.amount).")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: step 'm' (map): function <...total line ...> takes (e, factor), but is called ...
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*range(n))
+    except TypeError:
+        msg = (
+            f"{where}: {what} {describe_function(fn)} takes {signature}, but is called with "
+            f"{_HOW_MANY[n]}{f' ({given})' if given else ''}. Hint: {hint}"
+        )
+        raise TypeError(msg) from None
 
 
 class _Run:

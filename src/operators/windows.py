@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from operators._stage import check_arity
+
 __all__ = [
     "Clock",
     "Count",
@@ -521,6 +523,8 @@ def event_time(
     if isinstance(field, str):
         return EventTime(field, None, delay, idle, ahead)
     if callable(field):
+        hint = "event_time(lambda e: e.ts)."
+        check_arity(field, 1, "event_time", "function", "the event", hint)
         return EventTime(None, field, delay, idle, ahead)
     msg = (
         f"event_time needs a field name or a function of the event; got {field!r}. "

@@ -184,3 +184,57 @@ def test_dead_letter_sinks_must_agree_when_combining() -> None:
     b = s.map(str).write(sinks.memory("b")).dead_letters(sinks.memory("d2"))
     with pytest.raises(ValueError, match=r"write dead letters to different sinks"):
         a | b
+
+
+def test_a_function_that_cannot_take_what_its_step_passes_is_refused_when_added() -> None:
+    # A map function of two parameters, a process function of two, a select of
+    # one... each failed on every record at run time (every record a dead
+    # letter); now the step is refused when it is added, saying what it passes.
+    import functools
+    import operator
+
+    from operators import windows
+    from pipelines import stateful
+
+    views = Pipeline("p").read(sources.memory([], schema=View))
+    keyed = views.key_by(lambda v: v.user)
+    two = lambda a, b: a  # noqa: E731
+    one = lambda a: a  # noqa: E731
+    refused = {
+        r"step 'map' \(map\): function .* takes \(a, b\), but is called with one argument "
+        r"\(the record\)": lambda: views.map(two),
+        r"step 'filter' \(filter\): predicate": lambda: views.filter(lambda: True),
+        r"step 'key_by' \(key_by\): key function": lambda: views.key_by(two),
+        r"step 'flat_map' \(flat_map\)": lambda: views.flat_map(two),
+        r"step 'inspect' \(inspect\)": lambda: views.inspect(two),
+        r"\(forward\): route 'big'": lambda: views.forward(big=two),
+        r"on_event .* called with three arguments \(the key's state, the event and the "
+        r"context\)": lambda: keyed.process(two, initial=int),
+        r"on_timer .* called with three arguments \(the key's state, the timer": lambda: (
+            keyed.process(lambda s, e, c: s, initial=int, on_timer=one)
+        ),
+        r"initial .* takes \(a\), but is called with no argument": lambda: keyed.process(
+            lambda s, e, c: s, initial=one
+        ),
+        r"select .* called with two arguments \(the left record and the right one\)": lambda: (
+            keyed.join(keyed.as_table(), select=one)
+        ),
+        r"as_table on .*: deleted .* called with one argument \(a row\)": lambda: keyed.as_table(
+            deleted=two
+        ),
+        r"stateful: fn .* called with two arguments": lambda: stateful(one, initial=int),
+        r"event_time: function .* called with one argument \(the event\)": lambda: (
+            windows.event_time(two)
+        ),
+        r"generate: factory .* called with two arguments": lambda: sources.generate(one, count=1),
+        r"callback sink: fn .* called with one argument": lambda: sinks.callback(two),
+    }
+    for message, add in refused.items():
+        with pytest.raises(TypeError, match=message):
+            add()
+    # What can take the arguments is taken: defaults, *args, builtins, partials,
+    # methods and callables whose signature cannot be read.
+    views.map(lambda e, factor=2: e).map(len).map(print).inspect()
+    views.map(functools.partial(two, 1)).key_by(operator.attrgetter("user"))
+    keyed.process(lambda *args: None, initial=dict, on_timer=lambda s, t, c, extra=0: s)
+    views.filter(str.isupper).map("{}".format)

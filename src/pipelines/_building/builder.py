@@ -18,6 +18,7 @@ from bytewax.outputs import DynamicSink
 
 from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
 from operators._bytewax_io import BytewaxSink, BytewaxSource
+from operators._stage import check_arity
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
@@ -49,12 +50,14 @@ def _everything(record: object) -> str:
 
 
 def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
+    """Refuse what is not a function of one record."""
     if not callable(fn):
         msg = (
             f"step {step!r} ({kind}): {what} must be callable; got "
             f"{type(fn).__name__} {fn!r}. Hint: {hint}"
         )
         raise TypeError(msg)
+    check_arity(fn, 1, f"step {step!r} ({kind})", what, "the record", hint)
 
 
 class Pipeline:

@@ -17,6 +17,7 @@ from pydantic import AwareDatetime
 
 from operators import Event, GenerateSource, Joined, Policy, as_policy
 from operators._process import Context, Timer
+from operators._stage import check_arity
 from operators.windows import Clock, Count, EventTime, Window, event_time, to_seconds
 from pipelines._building.builder import Stream
 from pipelines._building.graph import Node, Port, check_name, makes_marks
@@ -230,6 +231,10 @@ def join_streams(
     if select is not None and not callable(select):
         msg = f"join {shown!r}: select must be a function of (left, right); got {select!r}."
         raise TypeError(msg)
+    if select is not None:
+        given = "the left record and the right one"
+        hint = "select=lambda order, customer: (order.id, customer.tier if customer else None)."
+        check_arity(select, 2, f"join {shown!r}", "select", given, hint)
     params: dict[str, Any] = {"select": select, "window": None, "lower": 0.0, "upper": 0.0}
     if table is not None:
         if window is not None or between is not None:
@@ -367,13 +372,21 @@ def process_stream(
 ) -> ProcessStream[Any]:
     """Check and add a keyed process step."""
     shown = check_name(name) if name else "process"
-    for what, fn in (("on_event", on_event), ("initial", initial), ("on_timer", on_timer)):
-        if fn is not None and not callable(fn):
+    hint = "process(on_event, initial=dict, on_timer=on_timer)."
+    for what, fn, n, given in (
+        ("on_event", on_event, 3, "the key's state, the event and the context"),
+        ("initial", initial, 0, ""),
+        ("on_timer", on_timer, 3, "the key's state, the timer and the context"),
+    ):
+        if fn is None:
+            continue
+        if not callable(fn):
             msg = (
                 f"process {shown!r} on {keyed.step!r}: {what} must be a function; got "
-                f"{fn!r}. Hint: process(on_event, initial=dict, on_timer=on_timer)."
+                f"{fn!r}. Hint: {hint}"
             )
             raise TypeError(msg)
+        check_arity(fn, n, f"process {shown!r} on {keyed.step!r}", what, given, hint)
     seconds = None if ttl is None else to_seconds(ttl, what=f"process {shown!r} ttl")
     time_clock = _clock(clock, keyed, shown, "input", what="process")
     found = unmarked_upstream(keyed._port.node)

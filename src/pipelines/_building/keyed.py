@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 from pydantic import AwareDatetime, create_model
 
 from operators import Context, Event, Joined, Policy, Timer, as_policy
+from operators._stage import check_arity
 from operators.agg import Aggregator
 from operators.windows import Clock, Count, EventTime, Window, event_time, to_seconds
 from pipelines._building.builder import Pipeline, Stream
@@ -152,6 +153,9 @@ class KeyedStream(Stream[T]):
                 f"{deleted!r}. Hint: deleted=lambda c: c.closed."
             )
             raise TypeError(msg)
+        if deleted is not None:
+            where = f"as_table on {self.step!r}"
+            check_arity(deleted, 1, where, "deleted", "a row", "deleted=lambda c: c.closed.")
         return Table(self, seconds, deleted)
 
     @overload
