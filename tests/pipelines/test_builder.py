@@ -194,7 +194,11 @@ def test_a_function_that_cannot_take_what_its_step_passes_is_refused_when_added(
     import operator
 
     from operators import windows
-    from pipelines import stateful
+    from pipelines import EventBus, stateful
+
+    class TwoHandle:
+        def handle(self, event: View, extra: int) -> None:
+            pass
 
     views = Pipeline("p").read(sources.memory([], schema=View))
     keyed = views.key_by(lambda v: v.user)
@@ -228,6 +232,12 @@ def test_a_function_that_cannot_take_what_its_step_passes_is_refused_when_added(
         ),
         r"generate: factory .* called with two arguments": lambda: sources.generate(one, count=1),
         r"callback sink: fn .* called with one argument": lambda: sinks.callback(two),
+        r"\(dispatch\): the handler for View .* called with one argument \(the event\)": lambda: (
+            views.dispatch({View: two})
+        ),
+        r"register: handler .*handle line .* called with one argument": lambda: EventBus().register(
+            View, TwoHandle()
+        ),
     }
     for message, add in refused.items():
         with pytest.raises(TypeError, match=message):

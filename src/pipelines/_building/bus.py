@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from operators import Policy, Sink, Source
 from operators._dispatch import Stateful
+from operators._stage import check_arity
 from pipelines._building.handlers import HandlerLike, usable
 
 if TYPE_CHECKING:
@@ -85,6 +86,15 @@ class EventBus:
                 f"{type(handler).__name__} {handler!r}."
             )
             raise TypeError(msg)
+        handle = getattr(handler, "handle", None)
+        check_arity(
+            handle if callable(handle) else handler,
+            1,
+            "register",
+            "handler",
+            "the event",
+            "bus.register(Purchase, lambda e: ...).",
+        )
         self._handlers.setdefault(event_type, []).append(handler)
 
     def unregister(self, event_type: type | str, handler: HandlerLike) -> None:

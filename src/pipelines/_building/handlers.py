@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from operators import Event, Policy, as_policy, type_name
 from operators._dispatch import Stateful
+from operators._stage import check_arity
 from pipelines._building.graph import Node, check_name
 
 if TYPE_CHECKING:
@@ -78,6 +79,16 @@ def add_dispatch(
                     f"lambda e: ...}}."
                 )
                 raise TypeError(msg)
+            if not isinstance(handler, Stateful):
+                handle = getattr(handler, "handle", None)
+                check_arity(
+                    handle if callable(handle) else handler,
+                    1,
+                    f"step {step!r} (dispatch)",
+                    f"the handler for {_label(event_type)}",
+                    "the event",
+                    f"{{{_label(event_type)}: lambda e: ...}}.",
+                )
             if isinstance(handler, Stateful) and key is None:
                 msg = (
                     f"step {step!r} (dispatch): stateful handlers keep one state per key, "
