@@ -63,12 +63,16 @@ def to_seconds(
     (60.0, 90.0)
     """
     if value is None:
+        given = milliseconds / 1000 + seconds + minutes * 60 + hours * 3600 + days * 86400
         try:
             total = timedelta(
                 milliseconds=milliseconds, seconds=seconds, minutes=minutes, hours=hours, days=days
             ).total_seconds()
         except (ValueError, OverflowError):  # a nan or infinite part, or beyond any timedelta
-            total = milliseconds / 1000 + seconds + minutes * 60 + hours * 3600 + days * 86400
+            total = given
+        if total <= 0 < given:  # less than the microsecond a timedelta counts in
+            msg = f"{what} must be at least a microsecond; got {given:g} seconds."
+            raise ValueError(msg)
     elif isinstance(value, timedelta):
         total = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):

@@ -41,6 +41,9 @@ def test_sliding_assignment_and_edges() -> None:
 def test_window_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match=r"tumbling window size must be positive; got 0 seconds"):
         windows.tumbling()
+    # (It said "must be positive; got 0 seconds": a timedelta counts whole microseconds.)
+    with pytest.raises(ValueError, match=r"at least a microsecond; got 1e-07 seconds"):
+        windows.tumbling(seconds=1e-7)
     with pytest.raises(ValueError, match=r"tumbling window size must be positive; got -5"):
         windows.tumbling(seconds=-5)
     with pytest.raises(TypeError, match=r"tumbling window size must be a timedelta or a number"):
