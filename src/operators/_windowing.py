@@ -45,7 +45,7 @@ from operators._letters import _iso, dead_item
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
-from operators.agg import Aggregator, exact_add, exact_merge, exact_total
+from operators.agg import Aggregator, exact_add, exact_merge, exact_total, unordered
 from operators.windows import (
     _END,
     Clock,
@@ -76,6 +76,7 @@ def _add_lines(aggs: Sequence[Aggregator], env: dict[str, Any]) -> tuple[list[st
     changes the accumulators, and cannot fail once every value was taken.
     """
     take, store = [], []
+    env["unordered"] = unordered  # (the inline max and min refuse nan and None)
     for i, g in enumerate(aggs):
         env[f"g{i}"] = g
         value = "e" if g.field is None else f"e.{g.field}"

@@ -35,7 +35,7 @@ import operator
 import typing
 from collections import Counter
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from operators._event import Event
 
@@ -320,7 +320,29 @@ def mean(field: str) -> Aggregator:
     return _Mean(field)
 
 
+def unordered(value: Any, label: str) -> NoReturn:
+    """Refuse a value ``label`` (a max or min) cannot order: nan, None.
+
+    Taken in one place and passed over in another, it would make the result
+    depend on the order the events came in.
+
+    >>> unordered(float("nan"), "max(price)")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: max(price) cannot take nan: it is neither above nor below any value, so ...
+    """
+    shown = "None (the event has no value for it)" if value is None else repr(value)
+    msg = (
+        f"{label} cannot take {shown}: it is neither above nor below any value, so the result "
+        f"would depend on the order of the events. Hint: filter such events out before the "
+        f"aggregate, or map the value to a number."
+    )
+    raise ValueError(msg)
+
+
 class _Extreme(Aggregator):
+    """The largest (or smallest) value; a value that cannot be ordered (nan, None) is refused."""
+
     def __init__(self, field: str, largest: bool) -> None:
         self.field = _field(field, "max" if largest else "min")
         self.largest = largest
@@ -333,7 +355,11 @@ class _Extreme(Aggregator):
         return None
 
     def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
+        if value is None or value != value:  # (nan)
+            unordered(value, self.label)
         if acc is None:
+            if value < value:  # raises for a value with no order
+                unordered(value, self.label)
             return value
         return (value if value > acc else acc) if self.largest else (value if value < acc else acc)
 
@@ -343,11 +369,15 @@ class _Extreme(Aggregator):
         return self.add(a, b, 0.0, None)
 
     def inline(self, acc: str, value: str) -> str | None:
-        # `add`, as one expression: the value is read once, then compared.
+        # `add`, as one expression: the value is read once, then compared; one
+        # that is not above (below) the accumulator is checked for nan and None.
         tag = "".join(c if c.isalnum() else "_" for c in acc)
         v, a, op = f"_v{tag}", f"_a{tag}", ">" if self.largest else "<"
-        keep = f"({v} if ({v} := {value}) {op} {a} else {a})"
-        return f"(({v} := {value}) if ({a} := {acc}) is None else {keep})"
+        bad = f"unordered({v}, {self.label!r})"
+        ok = f"{v} == {v} and {v} is not None"
+        keep = f"({v} if ({v} := {value}) {op} {a} else ({a} if {ok} else {bad}))"
+        first = f"({v} if ({v} := {value}) == {v} and not ({v} is None or {v} < {v}) else {bad})"
+        return f"({first} if ({a} := {acc}) is None else {keep})"
 
 
 def min(field: str) -> Aggregator:
@@ -493,8 +523,8 @@ class _Quantile(Aggregator):
 
     def admit(self, value: Any) -> float:
         number = float(value)
-        if number in (math.inf, -math.inf):
-            msg = f"{self.label} cannot place an infinite value in its sketch; got {value!r}."
+        if not math.isfinite(number):  # (the sketch counted nan as a zero)
+            msg = f"{self.label} cannot place nan or an infinite value in its sketch: {value!r}."
             raise ValueError(msg)
         return number
 
