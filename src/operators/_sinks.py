@@ -8,6 +8,7 @@ packet's lists go to their sinks, and its dead letters to the dead-letter sink.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -214,13 +215,44 @@ def to_json(item: Any) -> str:
 
     >>> to_json({"k": "\udcff"})
     '{"k": "\\udcff"}'
+
+    A float that is not finite is written as null, as pydantic writes it, so
+    that every line is JSON (``NaN`` is not):
+
+    >>> to_json({"mean": float("nan"), "all": [1.5, float("inf")], float("inf"): 0})
+    '{"mean": null, "all": [1.5, null], "Infinity": 0}'
     """
     if isinstance(item, BaseModel):
         try:
             return item.model_dump_json()
         except PydanticSerializationError:
-            return json.dumps(item.model_dump(mode="json"), default=str)
-    return json.dumps(item, default=str)
+            return _dumps(item.model_dump(mode="json"))
+    return _dumps(item)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, default=str, allow_nan=False)
+    except ValueError:  # a nan or an infinity somewhere in it
+        return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """Return ``value`` with every float that is not finite as None (as a key: its name)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_key(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    """Return a key JSON can hold: a float that is not finite by the name JSON gives it."""
+    if isinstance(key, float) and not math.isfinite(key):
+        return "NaN" if key != key else ("Infinity" if key > 0 else "-Infinity")
+    return key
 
 
 def write_all(handle: Any, data: bytes) -> int:

@@ -60,3 +60,19 @@ def test_dead_letters_can_go_to_any_sink(tmp_path: Path) -> None:
     assert row["kind"] == "validation" and row["errors"][0]["loc"] == ["user"]
     assert result.dead == 1 and result.dead_letters == [] and result.reconciles
     assert result.counts["dead_letters"].out == 1
+
+
+def test_every_line_a_jsonl_sink_writes_is_json_even_with_nan(tmp_path: Path) -> None:
+    # A mean of nothing, a ratio over zero: nan and infinities were written as
+    # NaN and Infinity, which JSON does not have (jq, JavaScript and strict
+    # parsers refuse the line). They are written as null, as pydantic does.
+    out = tmp_path / "out.jsonl"
+    nan, inf = float("nan"), float("inf")
+    records: list[Any] = [nan, {"ratio": inf, "parts": [1.5, -inf]}, (nan, 2), {nan: 1}]
+    Pipeline("w").read(sources.memory(records)).write(sinks.jsonl(out)).run()
+
+    def strict(name: str) -> Any:
+        raise ValueError(f"not JSON: {name}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in out.read_text().splitlines()]
+    assert rows == [None, {"ratio": None, "parts": [1.5, None]}, [None, 2], {"NaN": 1}]
