@@ -209,6 +209,10 @@ def test_misuse_fails_when_the_join_is_added() -> None:
         left.join(right)
     with pytest.raises(ValueError, match="lower bound is above the upper one"):
         left.join(right, between=(10, 0))
+    # An interval past the dates made every record a dead letter at run time.
+    for endless in (1e12, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"finite and at most 1000 years either way"):
+            left.join(right, between=(0, endless))
     with pytest.raises(TypeError, match="tumbling, sliding or session"):
         left.join(right, window=windows.count(3))
     with pytest.raises(TypeError, match="must be event time"):

@@ -8,7 +8,6 @@ logic is `operators._joining.JoinLogic`.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Generic, NoReturn, TypeVar
@@ -18,7 +17,15 @@ from pydantic import AwareDatetime
 from operators import Event, GenerateSource, Joined, Policy, as_policy
 from operators._process import Context, Timer
 from operators._stage import check_arity
-from operators.windows import Clock, Count, EventTime, Window, event_time, to_seconds
+from operators.windows import (
+    LONGEST,
+    Clock,
+    Count,
+    EventTime,
+    Window,
+    event_time,
+    to_seconds,
+)
 from pipelines._building.builder import Stream
 from pipelines._building.graph import Node, Port, check_name, makes_marks
 
@@ -74,16 +81,32 @@ class Table(Generic[T]):
 
 
 def _bound(value: Any, step: str) -> float:
-    """Turn an interval bound (a timedelta or seconds, any sign) into seconds."""
+    """Turn an interval bound (a timedelta or seconds, any sign) into seconds.
+
+    One beyond 1000 years either way is refused: a record is held until the
+    watermark passes the end of its interval, and times are dates (which end
+    with the year 9999), so every record would be refused at run time.
+    """
     if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    msg = (
-        f"join {step!r}: an interval bound must be a timedelta or a number of seconds; "
-        f"got {value!r}. Hint: between=(timedelta(0), timedelta(minutes=10))."
-    )
-    raise TypeError(msg)
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        msg = (
+            f"join {step!r}: an interval bound must be a timedelta or a number of seconds; "
+            f"got {value!r}. Hint: between=(timedelta(0), timedelta(minutes=10))."
+        )
+        raise TypeError(msg)
+    if not abs(seconds) <= LONGEST:  # (nan and infinities too)
+        msg = (
+            f"join {step!r}: an interval bound must be finite and at most 1000 years either "
+            f"way; got {value!r}: each record is held until the watermark passes the end of "
+            f"its interval, and times are dates, which end with the year 9999. Hint: "
+            f"between=(timedelta(0), timedelta(days=30)); for the latest record of a key at "
+            f"each event's time, join a table: join(other.as_table())."
+        )
+        raise ValueError(msg)
+    return seconds
 
 
 def _returns(fn: Any) -> Any:
