@@ -103,6 +103,10 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         (["--restart", "1"], "restart=1 needs recovery"),
         (["--metrics-port", "99999"], "metrics port must be in 0..65535; got 99999"),
         (["--addresses", "127.0.0.1:x"], "cluster address '127.0.0.1:x' is not host:port"),
+        # An empty path made the current directory the store (an unset variable,
+        # --recovery "$STATE"); a typo of a million workers ran out of memory.
+        (["--recovery", ""], "recovery needs a directory; got '', which would make the"),
+        (["-w", "1000000"], "workers must be at most 1024 (each is a thread or a process"),
     ]
     for options, message in cases:
         assert main(["run", "orders", "--quiet", *options]) == 2, options
@@ -110,6 +114,7 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         assert err.startswith(f"error: {message}"), (options, err)
         assert "Traceback" not in err and "File " not in err, err
     assert not (tmp_path / "s").exists()  # refused before the store was made
+    assert not list(Path.cwd().glob("*.sqlite3"))
 
 
 def test_error_in_user_file_shows_the_users_line(tmp_path: Path) -> None:

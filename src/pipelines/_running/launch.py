@@ -31,7 +31,10 @@ from pipelines._showing.result import RunResult
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
 
-__all__ = ["run", "warn_split_state"]
+__all__ = ["MOST", "run", "warn_split_state"]
+
+#: The most workers a process, and processes a run, may have.
+MOST = 1024
 
 
 def warn_split_state(pipeline: Pipeline, copies: int) -> None:
@@ -79,6 +82,15 @@ def run(
     for what, value in (("workers", workers), ("processes", processes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             msg = f"{what} must be a positive int; got {value!r}. Hint: run({what}=2)."
+            raise OptionError(msg)
+        if value > MOST:
+            # A typo (workers=1000000) would start that many threads (or
+            # processes) and end in the kernel's out-of-memory killer.
+            msg = (
+                f"{what} must be at most {MOST} (each is a thread or a process of its own); "
+                f"got {value:,}. Hint: about as many as the machine has cores "
+                f"({os.cpu_count()} here)."
+            )
             raise OptionError(msg)
     seconds_option("formation_timeout", formation_timeout)
     check(pipeline)  # before any file it writes is emptied

@@ -112,6 +112,13 @@ class Recovery:
         snapshots checked by `held`, for the whole run.
         """
         seconds_option("snapshot_interval", snapshot_interval)
+        if str(directory) == "":
+            msg = (
+                f"recovery needs a directory; got {str(directory)!r}, which would make the "
+                f"current directory the store. Hint: recovery='state/' (or recovery=None for "
+                f"a run without recovery)."
+            )
+            raise OptionError(msg)
         path = Path(directory)
         if path.exists() and not path.is_dir():
             msg = (
