@@ -32,6 +32,9 @@ def test_workers_must_be_a_positive_int() -> None:
     p = Pipeline("w").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(ValueError, match=r"workers must be a positive int; got 0\. Hint:"):
         p.run(workers=0)
+    # A snapshot interval that cannot work is refused with recovery or without.
+    with pytest.raises(ValueError, match=r"snapshot_interval must be a positive, finite"):
+        p.run(snapshot_interval=0)
 
 
 def _worker_of_each_key(keys: list[str], workers: int) -> dict[str, int]:

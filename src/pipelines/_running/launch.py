@@ -93,6 +93,7 @@ def run(
             )
             raise OptionError(msg)
     seconds_option("formation_timeout", formation_timeout)
+    seconds_option("snapshot_interval", snapshot_interval)  # (with recovery or not)
     check(pipeline)  # before any file it writes is emptied
     if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
         msg = f"restart must be an int >= 0; got {restart!r}."
