@@ -88,6 +88,9 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
     # status 2), saying what and how to fix it, with no traceback.
     a_file = tmp_path / "afile"
     a_file.write_text("")
+    busy = tmp_path / "project"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
     cases = [
         (["--recovery", str(a_file)], f"recovery store {str(a_file)!r} is not a directory"),
         (["--recovery", "/proc/evflow"], "recovery store '/proc/evflow' cannot be made"),
@@ -107,6 +110,8 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         # --recovery "$STATE"); a typo of a million workers ran out of memory.
         (["--recovery", ""], "recovery needs a directory; got '', which would make the"),
         (["-w", "1000000"], "workers must be at most 1024 (each is a thread or a process"),
+        # A directory of the user's files (a typo of --recovery .) is not made a store.
+        (["--recovery", str(busy)], f"recovery store {str(busy)!r} holds other files (notes"),
     ]
     for options, message in cases:
         assert main(["run", "orders", "--quiet", *options]) == 2, options
@@ -115,6 +120,7 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         assert "Traceback" not in err and "File " not in err, err
     assert not (tmp_path / "s").exists()  # refused before the store was made
     assert not list(Path.cwd().glob("*.sqlite3"))
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
 
 
 def test_error_in_user_file_shows_the_users_line(tmp_path: Path) -> None:

@@ -126,6 +126,18 @@ class Recovery:
                 f"a directory (evflow makes it, private to this user, on first use)."
             )
             raise OptionError(msg)
+        if path.is_dir() and not any(path.glob("*.sqlite3")):
+            # Not a store yet: evflow makes one where nothing else lives, so that a
+            # store's files and the user's never mix (a typo of recovery=".").
+            others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+            if others:
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                msg = (
+                    f"recovery store {str(path)!r} holds other files ({shown}) and no store: "
+                    f"evflow makes its store in a new or empty directory. Hint: recovery="
+                    f"{str(path / 'state')!r}."
+                )
+                raise OptionError(msg)
         if not path.exists():
             try:
                 path.mkdir(parents=True, mode=0o700)
