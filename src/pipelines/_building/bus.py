@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from operators import Policy, Sink, Source
 from operators._dispatch import Stateful
 from operators._stage import check_arity
-from pipelines._building.handlers import HandlerLike, usable
+from pipelines._building.handlers import HandlerLike, call_of, usable
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
@@ -86,9 +86,8 @@ class EventBus:
                 f"{type(handler).__name__} {handler!r}."
             )
             raise TypeError(msg)
-        handle = getattr(handler, "handle", None)
         check_arity(
-            handle if callable(handle) else handler,
+            call_of(handler),
             1,
             "register",
             "handler",
@@ -120,7 +119,7 @@ class EventBus:
             found += self._handlers.get(get_type(), [])
         if not found:
             self.unhandled.append(event)
-        return [h.handle if callable(getattr(h, "handle", None)) else h for h in found]
+        return [call_of(h) for h in found]
 
     def publish(self, event: Any) -> list[Any]:
         """Deliver ``event`` now to every handler of its type, in registration order.

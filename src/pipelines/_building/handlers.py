@@ -19,16 +19,19 @@ from pipelines._building.graph import Node, check_name
 if TYPE_CHECKING:
     from pipelines._building.builder import Stream
 
-__all__ = ["HandlerLike", "add_dispatch", "split_state", "usable"]
+__all__ = ["HandlerLike", "add_dispatch", "call_of", "split_state", "usable"]
 
 HandlerLike = Any  # a function, an object with handle(event), or stateful(...)
 
 
-def usable(handler: Any) -> bool:
-    if isinstance(handler, Stateful):
-        return True
+def call_of(handler: Any) -> Any:
+    """Return what is called with each event: a handler's ``handle``, or the handler."""
     handle = getattr(handler, "handle", None)
-    return callable(handle) or callable(handler)
+    return handle if callable(handle) else handler
+
+
+def usable(handler: Any) -> bool:
+    return isinstance(handler, Stateful) or callable(call_of(handler))
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -80,9 +83,8 @@ def add_dispatch(
                 )
                 raise TypeError(msg)
             if not isinstance(handler, Stateful):
-                handle = getattr(handler, "handle", None)
                 check_arity(
-                    handle if callable(handle) else handler,
+                    call_of(handler),
                     1,
                     f"step {step!r} (dispatch)",
                     f"the handler for {_label(event_type)}",
