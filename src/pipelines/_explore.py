@@ -30,7 +30,7 @@ from operators import Chunk, Reader, Schema, Source
 from operators.windows import EventTime
 from pipelines._building.builder import Pipeline
 from pipelines._building.graph import Node
-from pipelines._sample import Records, replace_sources
+from pipelines._sample import Records, check_pipeline, replace_sources
 from pipelines.sinks import jsonl
 
 __all__ = ["DIMENSIONS", "Exploration", "Schedule", "ScheduleDependence", "explore"]
@@ -482,6 +482,7 @@ def explore(
     if runs < 1:
         msg = f"explore: runs must be at least 1; got {runs}."
         raise ValueError(msg)
+    check_pipeline(pipeline, "testing.explore")
     if records is not None:
         pipeline = replace_sources(pipeline, records, schema=schema, partitions=partitions)
     pause = _stall_seconds(pipeline) if stall is None else stall

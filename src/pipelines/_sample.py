@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pipelines._building.graph import Node
     from pipelines._showing.result import RunResult
 
-__all__ = ["Records", "head", "preview", "replace_sources"]
+__all__ = ["Records", "check_pipeline", "head", "preview", "replace_sources"]
 
 
 #: Records for a pipeline's sources: one list for every source, or a list per read step.
@@ -53,20 +53,8 @@ def replace_sources(
     ...
     ValueError: records for 'c': pipeline 'two' has no read step of that name; its read ...
     """
-    reads = [node.name for node in pipeline.graph if node.kind == "read"]
-    if isinstance(records, Mapping):
-        by_step = {str(step): list(items) for step, items in records.items()}
-        for step in by_step:
-            if step not in reads:
-                names = ", ".join(repr(r) for r in reads)
-                msg = (
-                    f"records for {step!r}: pipeline {pipeline.name!r} has no read step of that "
-                    f"name; its read steps are {names}."
-                )
-                raise ValueError(msg)
-    else:
-        items = list(records)
-        by_step = {step: items for step in reads}
+    check_pipeline(pipeline, "testing.replace_sources")
+    by_step = _by_step(pipeline, records)
 
     def memory_source(node: Node) -> dict[str, Any] | None:
         if node.kind != "read" or node.name not in by_step:
@@ -75,6 +63,55 @@ def replace_sources(
         return {"source": MemorySource(by_step[node.name], schema=given, partitions=partitions)}
 
     return pipeline.rebuilt(memory_source, dead=pipeline.dead_letter_sink)
+
+
+def check_pipeline(value: object, call: str) -> None:
+    """Refuse anything but a pipeline where ``call`` needs one, saying what to pass.
+
+    >>> from pipelines import Pipeline, sources
+    >>> check_pipeline(Pipeline("p").read(sources.memory([1])), "testing.run")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: testing.run takes a pipeline (what .write(...) returns); got a stream at step 'read' ...
+    """
+    from pipelines._building.builder import Pipeline, Stream
+
+    if isinstance(value, Pipeline):
+        return
+    if isinstance(value, Stream):
+        msg = (
+            f"{call} takes a pipeline (what .write(...) returns); got a stream at step "
+            f"{value.step!r} of pipeline {value.pipeline.name!r}. Hint: write it first, "
+            f"{call}(stream.write(sinks.memory('out')), ...); testing.outputs(stream) "
+            f"gives its records alone."
+        )
+        raise TypeError(msg)
+    msg = (
+        f"{call} takes a pipeline; got {type(value).__name__} {value!r:.80}. Hint: build "
+        f"one with Pipeline(name).read(source)...write(sink)."
+    )
+    raise TypeError(msg)
+
+
+def _by_step(pipeline: Pipeline, records: Records) -> dict[str, list[Any]]:
+    """Return the records of each read step: a dict's by name, or one list for all.
+
+    A name that is no read step of ``pipeline`` is refused.
+    """
+    reads = [node.name for node in pipeline.graph if node.kind == "read"]
+    if not isinstance(records, Mapping):
+        items = list(records)
+        return {step: items for step in reads}
+    by_step = {str(step): list(items) for step, items in records.items()}
+    for step in by_step:
+        if step not in reads:
+            names = ", ".join(repr(r) for r in reads)
+            msg = (
+                f"records for {step!r}: pipeline {pipeline.name!r} has no read step of that "
+                f"name; its read steps are {names}."
+            )
+            raise ValueError(msg)
+    return by_step
 
 
 def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]:
@@ -114,22 +151,22 @@ def _seconds(pause: Any) -> float:
     return pause.total_seconds() if hasattr(pause, "total_seconds") else float(pause)
 
 
-def preview(
-    pipeline: Pipeline, records: Iterable[Any] | None = None, *, limit: int = 20
-) -> RunResult:
+def preview(pipeline: Pipeline, records: Records | None = None, *, limit: int = 20) -> RunResult:
     """Run ``pipeline`` on a small sample; every sink becomes a memory output.
 
-    The sample is ``records`` (read by every source) or else the first
-    ``limit`` records of each source. Memory sinks keep their names; every
+    The sample is ``records`` (read by every source; a dict of lists by read
+    step name gives each step named its own) or else the first ``limit``
+    records of each source. Memory sinks keep their names; every
     other sink becomes a memory output named after its write step. Dead
     letters stay in the result. Nothing is written to files or services.
     """
-    sample = None if records is None else list(records)
+    check_pipeline(pipeline, "testing.preview")
+    sample = {} if records is None else _by_step(pipeline, records)
 
     def in_memory(node: Node) -> dict[str, Any] | None:
         if node.kind == "read":
             old = node.params["source"]
-            items = sample if sample is not None else head(old, limit)
+            items = sample[node.name] if node.name in sample else head(old, limit)
             return {"source": MemorySource(items, schema=old.schema)}
         if node.kind == "write" and not isinstance(node.params["sink"], MemorySink):
             return {"sink": memory(node.name)}

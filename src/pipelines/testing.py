@@ -16,7 +16,7 @@ from typing import Any
 
 from operators import Schema
 from pipelines._building.builder import Pipeline, Stream
-from pipelines._sample import Records, head, preview, replace_sources
+from pipelines._sample import Records, check_pipeline, head, preview, replace_sources
 from pipelines._showing.result import RunResult
 from pipelines.sinks import memory
 
@@ -46,6 +46,7 @@ def run(
     (parsed with the source's schema, or ``schema``); with a dict of lists by
     read step name, each source named reads its own (a join's two sides).
     """
+    check_pipeline(pipeline, "testing.run")
     if records is not None:
         pipeline = replace_sources(pipeline, records, schema=schema)
     return pipeline.run(workers=workers)
@@ -53,6 +54,12 @@ def run(
 
 def outputs(stream: Stream[Any], *, workers: int = 1) -> list[Any]:
     """Write ``stream`` to a memory sink, run, and return what reached it."""
+    if not isinstance(stream, Stream):
+        msg = (
+            f"testing.outputs takes a stream (before .write); got {type(stream).__name__} "
+            f"{stream!r:.80}. Hint: for a pipeline, testing.run(pipeline).outputs."
+        )
+        raise TypeError(msg)
     result = stream.write(memory("_test_output"), name="_test_output").run(workers=workers)
     return result.outputs.get("_test_output", [])
 

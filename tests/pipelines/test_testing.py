@@ -79,3 +79,40 @@ def test_each_side_of_a_join_gets_its_own_records_by_read_step_name(tmp_path: Pa
     assert list(found.outputs["memory_out"]) == ['["o1", "gold"]']
     with pytest.raises(ValueError, match=r"records for 'order': .* read steps are 'orders', 'cu"):
         testing.run(flow, {"order": []})
+    # A preview takes the same dict: each side its own sample.
+    assert flow.preview(records)["out"] == [("o1", "gold")]
+    assert testing.preview(flow, records)["out"] == [("o1", "gold")]
+
+
+def test_a_stream_where_a_pipeline_is_needed_is_refused_with_what_to_pass() -> None:
+    # Each of these failed with a bare AttributeError ('Stream' object has no
+    # attribute 'graph'): a careless user passes the stream before its write.
+    import pytest
+
+    from operators import agg
+
+    stream = Pipeline("p").read(sources.memory([1, 2, 3])).map(lambda x: x + 1, name="plus")
+    counts = stream.key_by(lambda x: str(x)).aggregate(n=agg.count())
+    calls = {
+        "testing.run": lambda s: testing.run(s, [5]),
+        "testing.explore": lambda s: testing.explore(s, runs=1),
+        "testing.preview": lambda s: testing.preview(s),
+        "testing.replace_sources": lambda s: testing.replace_sources(s, [5]),
+    }
+    for name, call in calls.items():
+        for given, step in ((stream, "plus"), (counts, "aggregate_running_n")):
+            with pytest.raises(
+                TypeError,
+                match=rf"^{name} takes a pipeline .*a stream at step {step!r} .*"
+                rf"Hint: write it first, {name}\(stream.write",
+            ):
+                call(given)
+    with pytest.raises(TypeError, match=r"^testing.run takes a pipeline; got int 5\. Hint"):
+        testing.run(5)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^testing.outputs takes a stream .*got Pipeline .*testing.run\(pipeline\)"
+    ):
+        testing.outputs(stream.write(sinks.memory("o")))  # type: ignore[arg-type]
+    # What the hints say works.
+    assert testing.run(stream.write(sinks.memory("out")), [5])["out"] == [6]
+    assert sorted(testing.outputs(stream)) == [2, 3, 4]

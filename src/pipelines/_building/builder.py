@@ -24,6 +24,7 @@ from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 if TYPE_CHECKING:
     from operators.windows import Clock, Window
     from pipelines._building.keyed import KeyedStream, WindowedStream
+    from pipelines._sample import Records
     from pipelines._showing.result import RunResult
 
 __all__ = ["Pipeline", "Routes", "Stream"]
@@ -255,11 +256,12 @@ class Pipeline:
 
         return to_svg(self)
 
-    def preview(self, records: Iterable[Any] | None = None, *, limit: int = 20) -> RunResult:
+    def preview(self, records: Records | None = None, *, limit: int = 20) -> RunResult:
         """Run on a small sample in this process; every sink becomes a memory output.
 
         The sample is ``records`` (read by every source, parsed with its
-        schema) or else the first ``limit`` records of each source. Memory
+        schema; a dict of lists by read step name gives each step named its
+        own) or else the first ``limit`` records of each source. Memory
         sinks keep their names; any other sink becomes a memory output named
         after its write step. Nothing is written anywhere.
         The result shows as tables (HTML in a notebook, rich in a terminal).
