@@ -226,6 +226,12 @@ def test_misuse_fails_when_the_join_is_added() -> None:
         left.join(right, between=(0, 1), missing="dead_letter")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"a table \(of 'other_by_customer'\) is the right side"):
         right.as_table().join(left)
+    # A table used as a stream raised a bare "'Table' object has no attribute 'write'".
+    for method in ("write", "filter", "map", "window", "key_by"):
+        with pytest.raises(
+            AttributeError, match=rf"table \(of 'other_by_customer'\) has no {method}\(\): .*Hint"
+        ):
+            getattr(right.as_table(), method)
 
 
 def test_keys_of_different_types_and_fields_without_time_are_refused() -> None:

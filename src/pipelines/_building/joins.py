@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from pydantic import AwareDatetime
 
@@ -78,6 +78,20 @@ class Table(Generic[T]):
             f"e.g. orders.join(customers.as_table())."
         )
         raise TypeError(msg)
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            """Explain that a table is no stream: what a stream does, its stream does."""
+            if name.startswith("_") or name in self.__slots__:
+                raise AttributeError(name)
+            msg = (
+                f"a table (of {self.stream.step!r}) has no {name}(): it is the right side of "
+                f"a join, not a stream. Hint: call {name}() on the keyed stream before "
+                f".as_table() (its rows as they come), or join a stream with the table, "
+                f"e.g. orders.join(customers.as_table())."
+            )
+            raise AttributeError(msg)
 
 
 def _bound(value: Any, step: str) -> float:
