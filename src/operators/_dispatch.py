@@ -355,6 +355,7 @@ class Dispatch:
         attempts = 0
         error = first_error
         tries = policy.attempts if policy.mode == "retry" else 1
+        culprit = handler.name  # the function that raised: the handler, or its initial
         while attempts < tries:
             if attempts and policy.backoff:
                 time.sleep(policy.backoff * 2 ** (attempts - 1))
@@ -364,7 +365,12 @@ class Dispatch:
             try:
                 if handler.stateful:
                     assert states is not None and key is not None
-                    state = states[key] if key in states else handler.initial()
+                    if key in states:
+                        state = states[key]
+                    else:
+                        culprit = describe_function(handler.initial)
+                        state = handler.initial()
+                        culprit = handler.name
                     new_state, value = handler.fn(state, event)
                     states[key] = new_state
                     return True, value
@@ -378,13 +384,11 @@ class Dispatch:
             row[_SKIPPED] += 1
             return False, None
         if policy.mode == "halt":
-            raise PipelineHalted(
-                self.pipeline, self.step, handler.name, payload_text(event)
-            ) from error
+            raise PipelineHalted(self.pipeline, self.step, culprit, payload_text(event)) from error
         row[_DEAD] += 1
         dead.append(
             self._letter(
-                event, "user_error", type(error).__qualname__, str(error), handler.name, attempts
+                event, "user_error", type(error).__qualname__, str(error), culprit, attempts
             )
         )
         return False, None

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
@@ -175,6 +176,11 @@ class Context(Generic[O]):
             self._timers.append(cancel)
 
 
+def _timer_payload(timer: Timer) -> str:
+    """Return what a dead letter of a timer's call holds: its key, name and time."""
+    return json.dumps({"key": timer.key, "timer": timer.name, "at": timer.time.isoformat()})
+
+
 def _check_name(name: str) -> str:
     """Return a timer's name; refuse one that is not a string.
 
@@ -193,6 +199,13 @@ def _check_name(name: str) -> str:
 
 
 def _seconds(at: datetime | float) -> float:
+    if isinstance(at, datetime) and at.utcoffset() is None:
+        msg = (
+            f"a timer needs a time with a timezone; got {at.isoformat()}, which has none. "
+            f"Hint: set it from the event's time, ctx.time + timedelta(minutes=5), or "
+            f"datetime(..., tzinfo=timezone.utc)."
+        )
+        raise ValueError(msg)
     seconds = event_seconds(at)
     if not _FIRST <= seconds < _END:  # (nan too) no datetime could say when it fired
         msg = (
@@ -472,7 +485,6 @@ class ProcessLogic(
         last = self.last
         states = self.states
         on_event = spec.on_event
-        initial = spec.initial
         ctx = self.ctx
         ctx._mark = mark
         delivered = 0
@@ -508,8 +520,14 @@ class ProcessLogic(
                 state = states.get(key, _MISSING)
                 ctx.key = key
                 ctx._at = at
+                if state is _MISSING:
+                    current = self._initial(partial(payload_text, payload), at, out, row)
+                    if current is _MISSING:
+                        continue
+                else:
+                    current = state
                 try:
-                    new = on_event(initial() if state is _MISSING else state, payload, ctx)
+                    new = on_event(current, payload, ctx)
                 except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                     ctx._out = ctx._timers = None
                     self._failed(payload_text(payload), at, exc, on_event, out, row, held=True)
@@ -594,12 +612,16 @@ class ProcessLogic(
         ctx._at = at
         ctx._mark = mark
         ctx._firing = timer.kind == "event"
+        current = state
+        if state is _MISSING:
+            current = self._initial(partial(_timer_payload, timer), at, out, row)
+            if current is _MISSING:
+                return
         try:
-            new = on_timer(self.spec.initial() if state is _MISSING else state, timer, ctx)
+            new = on_timer(current, timer, ctx)
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
             ctx._out = ctx._timers = None
-            payload = json.dumps({"key": key, "timer": timer.name, "at": timer.time.isoformat()})
-            self._failed(payload, at, exc, on_timer, out, row, held=True)
+            self._failed(_timer_payload(timer), at, exc, on_timer, out, row, held=True)
             return
         finally:
             ctx._firing = False
@@ -611,6 +633,20 @@ class ProcessLogic(
             row[_UNFIRED] += sum(at is not None for _, _, at in ctx._timers)
             ctx._timers = [(kind, name, None) for kind, name, _ in ctx._timers]
         self._apply(key, ctx, out, row)
+
+    def _initial(
+        self, payload: Callable[[], str], at: float, out: list[tuple[str, Any]], row: list[int]
+    ) -> Any:
+        """Return a new key's first state, or `_MISSING` if ``initial`` raised (its dead letter).
+
+        ``payload`` gives the dead letter's payload: the event's, or the timer's.
+        """
+        initial = self.spec.initial
+        try:
+            return initial()
+        except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+            self._failed(payload(), at, exc, initial, out, row, held=True)
+            return _MISSING
 
     def _keep(self, key: str, state: Any, new: Any, row: list[int]) -> None:
         """Store a call's new state of ``key`` (None drops it); it had ``state`` (or none)."""

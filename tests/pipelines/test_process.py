@@ -290,6 +290,79 @@ def test_a_failing_handler_changes_nothing_and_the_others_go_on() -> None:
     assert result.reconciles and result.expired == 1
 
 
+def test_a_failing_initial_is_blamed_on_initial_and_the_key_goes_on() -> None:
+    # The dead letter named the process function (or dispatch handler) when the
+    # key's initial() raised: the user looked for the bug in the wrong function.
+    from pipelines import stateful
+
+    calls = {"n": 0}
+
+    def first_state() -> list[int]:
+        calls["n"] += 1
+        if calls["n"] in (1, 3):  # a key's first event, then the timer of a dropped state
+            raise LookupError("no state yet")
+        return []
+
+    def keep(state: list[int], e: Tick, ctx: Context[int]) -> list[int] | None:
+        ctx.timer(ctx.time + timedelta(seconds=5), "later")
+        ctx.emit(e.v)
+        return None if e.v == 2 else [*state, e.v]  # v=2 drops the state
+
+    def fire(state: list[int], timer: Timer, ctx: Context[int]) -> None:
+        ctx.emit(-len(state))
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=v)) for v in (1, 2)]
+    flow = Pipeline("init").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    blamed = f"<{first_state.__module__}.{first_state.__qualname__} line "
+    blamed += f"{first_state.__code__.co_firstlineno}>"
+    result = flow.process(keep, initial=first_state, on_timer=fire).write(sinks.memory("o")).run()
+    # v=1: initial failed (no call); v=2: a fresh state, dropped; its timer: initial failed.
+    assert result["o"] == [2]
+    assert [(d.function, d.error_type) for d in result.dead_letters] == [
+        (blamed, "LookupError"),
+        (blamed, "LookupError"),
+    ]
+    assert json.loads(result.dead_letters[0].payload)["v"] == 1
+    assert json.loads(result.dead_letters[1].payload) == {
+        "key": "a",
+        "timer": "later",
+        "at": "2026-01-01T00:00:07+00:00",
+    }
+    assert result.reconciles
+
+    calls["n"] = 0
+
+    def count(state: list[int], e: Tick) -> tuple[list[int], int]:
+        return [*state, e.v], len(state) + 1
+
+    routed = (
+        Pipeline("init_dispatch")
+        .read(sources.memory(ticks))
+        .key_by(lambda e: e.k)
+        .dispatch({Tick: stateful(count, initial=first_state)})
+    )
+    result = routed.write(sinks.memory("o")).run()
+    assert result["o"] == [1]
+    (letter,) = result.dead_letters
+    assert (letter.function, letter.error_type) == (blamed, "LookupError")
+    assert result.reconciles
+
+
+def test_a_timer_at_a_time_without_a_zone_says_what_to_set() -> None:
+    def naive(n: int, e: Tick, ctx: Context[int]) -> int:
+        ctx.timer(datetime(2026, 1, 1, 0, 5), "soon")  # noqa: DTZ001 - the mistake
+        return n
+
+    ticks = [Tick(k="a", v=1, time=T0)]
+    flow = Pipeline("naive").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = (
+        flow.process(naive, initial=int, on_timer=lambda n, t, c: n).write(sinks.memory("o")).run()
+    )
+    (letter,) = result.dead_letters
+    assert "a timer needs a time with a timezone; got 2026-01-01T00:05:00" in letter.message
+    assert "Hint: set it from the event's time, ctx.time + timedelta" in letter.message
+
+
 def start_beats(n: int, e: Tick, ctx: Context[tuple[str, float, int]]) -> int:
     if n == 0:
         ctx.timer(ctx.time + timedelta(seconds=60), "beat")
