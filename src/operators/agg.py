@@ -131,6 +131,13 @@ class Aggregator:
         """Return a Python expression for ``result`` (for generated code), or None."""
         return None
 
+    def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
+        """Return the type of ``result`` for events of ``classes`` (None: not known).
+
+        ``result_type``, unless the field's own type says more (see `field_type`).
+        """
+        return self.result_type
+
     def check(self, classes: tuple[type[Event], ...], step: str) -> None:
         """Check the field against the event classes; raise with their fields."""
         if self.field is None:
@@ -153,6 +160,28 @@ class Aggregator:
                     f"fields of {cls.__name__} are {numeric}."
                 )
                 raise TypeError(msg)
+
+
+def field_type(field: str | None, classes: tuple[type[Event], ...] | None) -> Any:
+    """Return the type every class in ``classes`` declares ``field`` as, or Any.
+
+    What a ``max``, ``min``, ``first`` or ``last`` of the field gives: so a
+    window over their results can sum or average them.
+
+    >>> class Bid(Event):
+    ...     price: int
+    >>> field_type("price", (Bid,)), field_type("price", None), field_type(None, (Bid,))
+    (<class 'int'>, typing.Any, typing.Any)
+    """
+    if field is None or not classes:
+        return Any
+    found = {
+        cls.model_fields[field].annotation if field in cls.model_fields else None for cls in classes
+    }
+    if len(found) != 1:
+        return Any
+    (annotation,) = found
+    return Any if annotation is None else annotation
 
 
 def _type_name(annotation: Any) -> str:
@@ -351,6 +380,9 @@ class _Extreme(Aggregator):
     def label(self) -> str:
         return f"{'max' if self.largest else 'min'}({self.field})"
 
+    def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
+        return field_type(self.field, classes)
+
     def create(self) -> Any:
         return None
 
@@ -400,6 +432,9 @@ class _Edge(Aggregator):
     @property
     def label(self) -> str:
         return f"{'last' if self.latest else 'first'}({self.field or ''})"
+
+    def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
+        return field_type(self.field, classes)
 
     def create(self) -> Any:
         return None

@@ -298,7 +298,7 @@ def spec(
         clock=clock,
         names=list(aggs),
         aggs=list(aggs.values()),
-        result_model=_result_model("s", aggs),
+        result_model=_result_model("s", aggs, None),
         partitions=parts,
         late_wanted=True,
         emit=emit,

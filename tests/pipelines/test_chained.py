@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from operators import Event, agg, windows
 from operators._windowing import WindowLogic
-from pipelines import Pipeline, sinks, sources
+from pipelines import Pipeline, sinks, sources, testing
 from tests.reference import partition_marks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -78,6 +78,57 @@ def test_minute_totals_of_ten_second_counts_match_a_direct_count(case: dict[str,
     assert got == dict(want)
     assert result["late"] == []  # nothing made by the first window is late for the second
     assert result.reconciles and result.open_windows == 0
+
+
+class Reading(Event):
+    sensor: str
+    site: str
+    level: int
+
+
+def test_a_max_or_first_of_a_typed_field_can_be_summed_by_a_window_over_it() -> None:
+    # max/min/first/last results were typed Any, so "peak per minute, then the
+    # sum of the peaks per hour" was refused when the second aggregate was added.
+    readings = [
+        Reading(sensor=s, site="north", level=(i * 7 + len(s)) % 50, time=T0 + timedelta(seconds=i))
+        for i in range(240)
+        for s in ("s1", "s22")
+    ]
+    peaks = (
+        Pipeline("peaks")
+        .read(sources.memory(readings, schema=Reading, batch_size=37))
+        .key_by(lambda r: r.sensor)
+        .window(windows.tumbling(minutes=1))
+        .aggregate(peak=agg.max("level"), low=agg.min("level"), site=agg.first("site"))
+    )
+    assert peaks.result_model.model_fields["peak"].annotation is int
+    assert peaks.result_model.model_fields["site"].annotation is str
+    hourly = (
+        peaks.key_by(lambda r: r.site, name="by_site")
+        .window(windows.tumbling(hours=1))
+        .aggregate(peaks=agg.sum("peak"), lows=agg.mean("low"), name="hourly")
+    )
+    (got,) = testing.outputs(hourly)
+    want: dict[tuple[str, int], list[int]] = {}
+    for r in readings:
+        want.setdefault((r.sensor, int((r.time - T0).total_seconds()) // 60), []).append(r.level)
+    assert got.key == "north"
+    assert got.peaks == sum(max(v) for v in want.values())
+    assert got.lows == sum(min(v) for v in want.values()) / len(want)
+
+    # A field whose classes disagree on its type stays Any (and is refused as before).
+    class Other(Event):
+        sensor: str
+        level: str
+
+    mixed = Pipeline("mixed").read(sources.memory([], schema=Reading | Other))
+    assert (
+        mixed.key_by(lambda r: r.sensor)
+        .aggregate(top=agg.max("level"))
+        .result_model.model_fields["top"]
+        .annotation
+        is Any
+    )
 
 
 class Order(Event):

@@ -633,7 +633,11 @@ def _aggregate(
     pipeline = keyed.pipeline
     graph: Graph = pipeline.graph
     step = step or graph.unique(keyed._auto("aggregate", f"{label}_{'_'.join(aggregators)}"))
-    model = _result_model(step, aggregators) if into is None else _check_into(into, aggregators)
+    model = (
+        _result_model(step, aggregators, keyed.event_classes)
+        if into is None
+        else _check_into(into, aggregators)
+    )
     node = Node(
         step,
         "aggregate",
@@ -686,17 +690,19 @@ def _check_into(into: Any, aggregators: dict[str, Aggregator]) -> type[WindowRes
     return into
 
 
-def _result_model(step: str, aggregators: dict[str, Aggregator]) -> type[WindowResult]:
+def _result_model(
+    step: str, aggregators: dict[str, Aggregator], classes: tuple[type[Event], ...] | None
+) -> type[WindowResult]:
     fields: dict[str, Any] = {
         "type": (Literal[step], step),
     }
     for out_name, aggregator in aggregators.items():
-        fields[out_name] = (aggregator.result_type, None)
+        fields[out_name] = (aggregator.typed(classes), None)
     camel = "".join(part.capitalize() for part in step.split("_")) + "Result"
     model: type[WindowResult] = create_model(camel, __base__=AnyResult, **fields)
     # Results travel between processes pickled, by name: give each model a
     # stable, unique name in this module.
-    spec = ",".join(f"{n}={a.label}" for n, a in aggregators.items())
+    spec = ",".join(f"{n}={a.label}:{fields[n][0]!r}" for n, a in aggregators.items())
     name = f"{camel}_{zlib.crc32(spec.encode()):08x}"
     model.__module__ = __name__
     model.__qualname__ = name
