@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import operator
+import types
 import typing
 from collections import Counter
 from decimal import Decimal
@@ -58,6 +59,18 @@ _NUMERIC = (int, float, Decimal)
 
 
 def _is_numeric(annotation: Any) -> bool:
+    """Whether a field of this type holds numbers: a numeric type, or one that may be None.
+
+    A None value of an optional field becomes a dead letter of the aggregate.
+
+    >>> _is_numeric(int), _is_numeric(float | None), _is_numeric(typing.Optional[Decimal])
+    (True, True, True)
+    >>> _is_numeric(bool), _is_numeric(str | None), _is_numeric(int | str)
+    (False, False, False)
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(kinds) == 1 and _is_numeric(kinds[0])
     return (
         isinstance(annotation, type)
         and issubclass(annotation, _NUMERIC)
@@ -324,7 +337,8 @@ class _Mean(Aggregator):
     """The exact sum (see `exact_add`) over the count, rounded once."""
 
     numeric = True
-    result_type = typing.Optional[float]  # noqa: UP045 - a runtime type object
+    #: A float: a result is made for a window (or key) that has taken an event.
+    result_type = float
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "mean")
@@ -533,7 +547,8 @@ def top_k(field: str, k: int = 10) -> Aggregator:
 
 class _Quantile(Aggregator):
     numeric = True
-    result_type = typing.Optional[float]  # noqa: UP045 - a runtime type object
+    #: A float: a result is made for a window (or key) that has taken an event.
+    result_type = float
     in_place = True
 
     def __init__(self, field: str, q: float, relative_accuracy: float) -> None:

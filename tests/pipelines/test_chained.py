@@ -116,6 +116,36 @@ def test_a_max_or_first_of_a_typed_field_can_be_summed_by_a_window_over_it() -> 
     assert got.peaks == sum(max(v) for v in want.values())
     assert got.lows == sum(min(v) for v in want.values()) / len(want)
 
+    # A mean (or quantile) of means: typed Optional[float], they were refused too.
+    means = peaks.key_by(lambda r: r.site, name="site_means").aggregate(
+        m=agg.mean("low"), q=agg.quantile("low", 0.5), name="means"
+    )
+    hour_means = (
+        hourly.key_by(lambda r: r.key, name="again")
+        .window(windows.tumbling(hours=2))
+        .aggregate(m=agg.mean("lows"), name="two_hours")
+    )
+    assert means.result_model.model_fields["m"].annotation is float
+    (again,) = testing.outputs(hour_means)
+    assert again.m == got.lows
+
+    # A field that may be None is numeric; a None value is a dead letter, not a stop.
+    class Maybe(Event):
+        sensor: str
+        level: int | None = None
+
+    maybes = [Maybe(sensor="a", level=v, time=T0) for v in (3, None, 4)]
+    summed = (
+        Pipeline("maybe")
+        .read(sources.memory(maybes, schema=Maybe))
+        .key_by(lambda r: r.sensor)
+        .aggregate(total=agg.sum("level"), avg=agg.mean("level"))
+    )
+    result = summed.write(sinks.memory("o")).run()
+    assert [(r.total, r.avg) for r in result["o"]][-1] == (7, 3.5)
+    assert [d.error_type for d in result.dead_letters] == ["TypeError"]
+    assert result.reconciles
+
     # A field whose classes disagree on its type stays Any (and is refused as before).
     class Other(Event):
         sensor: str
