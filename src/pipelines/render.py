@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import html
 import shutil
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from operators import Context
 from pipelines._building.graph import Node
 from pipelines._showing.tables import node_detail, to_tree
 
@@ -113,27 +115,57 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", None) or str(t)
 
 
+def _hints(fn: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unannotated or unresolvable: unknown
+        return {}
+
+
+def _named(hint: Any) -> str | None:
+    """Say what a type annotation names: ``A | B`` for a union, ``tuple`` for ``tuple[int, str]``.
+
+    >>> _named(int | None), _named(tuple[int, str]), _named(typing.Any)
+    ('int', 'tuple', None)
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if isinstance(a, type) and a is not type(None)]
+        return " | ".join(a.__name__ for a in args) or None
+    if origin is not None:
+        return _named(origin)
+    return None if hint is Any else _type_name(hint)
+
+
 def _returns(fn: Any) -> str | None:
     """Return the class a user function is annotated to return, if any."""
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unannotated or unresolvable: unknown
-        return None
-    ret = hints.get("return")
-    if ret is None:
-        return None
-    if typing.get_origin(ret) is not None:
-        args = [a for a in typing.get_args(ret) if isinstance(a, type)]
-        return " | ".join(a.__name__ for a in args) or None
-    return _type_name(ret)
+    ret = _hints(fn).get("return")
+    return None if ret is None else _named(ret)
+
+
+def _emits(fn: Any) -> str | None:
+    """Return what a process function's context is annotated to emit (``Context[Out]``)."""
+    for name, hint in _hints(fn).items():
+        if name != "return" and typing.get_origin(hint) is Context:
+            return _named(typing.get_args(hint)[0])
+    return None
 
 
 def event_types(pipeline: Pipeline) -> dict[str, str]:
     """Say what each step emits, as far as the graph tells: class names, or ``any``."""
     found: dict[str, str] = {}
+    #: What the ``late`` output of a step on event time carries: its own input.
+    late: dict[str, str] = {}
     for node in pipeline.graph:
-        inputs = [found.get(p.node.name, "any") for p in node.inputs]
+        inputs = [
+            late[p.node.name]
+            if p.route == "late" and p.node.name in late
+            else found.get(p.node.name, "any")
+            for p in node.inputs
+        ]
         here = inputs[0] if inputs else "any"
+        if node.kind in ("aggregate", "join", "process"):
+            late[node.name] = _either(inputs)
         if node.kind == "read":
             classes = node.params.get("classes")
             here = " | ".join(c.__name__ for c in classes) if classes else "any"
@@ -142,10 +174,7 @@ def event_types(pipeline: Pipeline) -> dict[str, str]:
         elif node.kind in ("map", "flat_map"):
             here = (_returns(node.fn) if node.kind == "map" else None) or "any"
         elif node.kind == "merge":
-            parts: list[str] = []
-            for t in inputs:
-                parts += [p for p in t.split(" | ") if p not in parts]
-            here = "any" if "any" in parts else " | ".join(parts)
+            here = _either(inputs)
         elif node.kind == "aggregate":
             here = node.params["result_model"].__name__.split("_")[0]
         elif node.kind == "join":
@@ -153,8 +182,18 @@ def event_types(pipeline: Pipeline) -> dict[str, str]:
             here = "Joined" if select is None else (_returns(select) or "any")
         elif node.kind == "dispatch":
             here = "handler results"
+        elif node.kind == "process":
+            here = _emits(node.fn) or "any"
         found[node.name] = here
     return found
+
+
+def _either(types: list[str]) -> str:
+    """Say what a stream of records of any of ``types`` carries: ``A | B``, or ``any``."""
+    parts: list[str] = []
+    for t in types:
+        parts += [p for p in t.split(" | ") if p not in parts]
+    return "any" if "any" in parts or not parts else " | ".join(parts)
 
 
 def describe(node: Node) -> str:

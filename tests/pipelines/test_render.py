@@ -9,7 +9,7 @@ from xml.etree import ElementTree
 import pytest
 from rich.console import Console
 
-from operators import agg, windows
+from operators import Context, Event, agg, windows
 from pipelines import Pipeline, sinks, sources
 from pipelines._cli import main
 from pipelines.render import to_dot, to_mermaid, to_svg, to_tree
@@ -402,3 +402,48 @@ def test_builtin_edges_go_through_no_other_step() -> None:
                     p for p in _points(d) if x + 1 < p[0] < x + w - 1 and y + 1 < p[1] < y + h - 1
                 ]
                 assert not inside, (pipeline.name, edge, box_id, inside[:2], ids)
+
+
+class Order(Event):
+    customer: str
+
+
+class Payment(Event):
+    customer: str
+
+
+def flag(state: int, order: Order, ctx: Context[Payment]) -> int:
+    return state
+
+
+def pair(order: Order) -> tuple[int, str]:
+    return (1, order.customer)
+
+
+def test_late_streams_and_process_steps_are_drawn_with_what_they_carry() -> None:
+    # A late stream was drawn with its step's results' type (Joined, the
+    # aggregate's result class), a process step with its input's type.
+    from pipelines import render
+
+    p = Pipeline("shop")
+    orders = p.read(sources.memory([], schema=Order), name="orders").key_by(lambda o: o.customer)
+    pays = p.read(sources.memory([], schema=Payment), name="pays").key_by(
+        lambda x: x.customer, name="pay_key"
+    )
+    joined = orders.join(pays, between=(0, 60), name="paid")
+    counted = orders.window(windows.tumbling(seconds=60)).aggregate(n=agg.count(), name="n")
+    flagged = orders.process(flag, initial=int, name="flag")
+    flow = (
+        joined.write(sinks.memory("j"), name="j")
+        | joined.late.write(sinks.memory("jl"), name="jl")
+        | counted.late.write(sinks.memory("cl"), name="cl")
+        | flagged.write(sinks.memory("f"), name="f")
+        | flagged.late.write(sinks.memory("fl"), name="fl")
+        | orders.map(pair, name="pair").write(sinks.memory("m"), name="m")
+    )
+    types = render.event_types(flow)
+    assert types["j"] == "Joined" and types["jl"] == "Order | Payment"
+    assert types["cl"] == "Order"
+    assert types["flag"] == types["f"] == "Payment" and types["fl"] == "Order"
+    assert types["pair"] == "tuple"  # was "int | str"
+    assert "Order &#124; Payment" in to_mermaid(flow)
