@@ -538,7 +538,11 @@ def test_process_misuse_fails_when_the_step_is_added() -> None:
         keyed.process(on_event, initial=dict, clock=windows.processing_time())
     with pytest.raises(ValueError, match=r"ttl must be positive; got 0 seconds\. Hint: .* ttl=60"):
         keyed.process(on_event, initial=dict, ttl=0)
-    with pytest.raises(ValueError, match="'when' is not a field of Tick"):
+    # It said "window on 'key_by'": the step being added is a process step.
+    with pytest.raises(
+        ValueError,
+        match=r"^process 'process' \(input side, from 'key_by'\): .*'when' is not a field of Tick",
+    ):
         keyed.process(on_event, initial=dict, clock=windows.event_time("when"))
     counted = keyed.window(windows.tumbling(seconds=5), clock=windows.processing_time()).aggregate(
         n=agg.count()

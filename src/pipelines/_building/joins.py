@@ -145,18 +145,22 @@ def _clock(
         )
         raise TypeError(msg)
     classes = side.event_classes
-    check_clock(clock, classes, side.step)
+    check_clock(clock, classes, f"{what} {step!r} ({which} side, from {side.step!r})")
     return clock
 
 
-def check_clock(clock: Clock, classes: tuple[type[Event], ...] | None, step: str) -> None:
+def check_clock(clock: Clock, classes: tuple[type[Event], ...] | None, where: str) -> None:
+    """Check that the records of ``classes`` have the clock's field, a time with a zone.
+
+    ``where`` names the step in the messages (``window on 'key_by'``).
+    """
     if not isinstance(clock, EventTime) or clock.field is None or classes is None:
         return
     for cls in classes:
         fields = cls.model_fields
         if clock.field not in fields:
             msg = (
-                f"window on {step!r}: event_time field {clock.field!r} is not a field of "
+                f"{where}: event_time field {clock.field!r} is not a field of "
                 f"{cls.__name__}; its fields are {sorted(fields)}."
             )
             raise ValueError(msg)
@@ -164,7 +168,7 @@ def check_clock(clock: Clock, classes: tuple[type[Event], ...] | None, step: str
         if annotation is AwareDatetime or annotation in (int, float):
             continue
         msg = (
-            f"window on {step!r}: event_time field {cls.__name__}.{clock.field} is "
+            f"{where}: event_time field {cls.__name__}.{clock.field} is "
             f"{getattr(annotation, '__name__', annotation)}, which allows timezone-naive "
             f"times. Hint: declare it as pydantic AwareDatetime (or epoch seconds as float)."
         )

@@ -378,7 +378,7 @@ class KeyedStream(Stream[T]):
                 f"windows.processing_time(); got {clock!r}."
             )
             raise TypeError(msg)
-        check_clock(clock, self._classes, self.step)
+        check_clock(clock, self._classes, f"window on {self.step!r}")
         return WindowedStream(self, window, clock)
 
     @overload
