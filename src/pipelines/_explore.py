@@ -124,6 +124,18 @@ class Exploration:
     #: Dead letters of the first run by ``(step, kind)``.
     dead: Counter[tuple[str, str]] = field(default_factory=Counter)
 
+    def __repr__(self) -> str:
+        """Say how many schedules agreed, on how many records: not every record.
+
+        >>> Exploration(3, [Schedule(), Schedule()], {"o": Counter({"1": 2})}, Counter())
+        Exploration(seed=3, schedules=2 agreeing, records={'o': 2}, dead letters=0)
+        """
+        records = {name: sum(lines.values()) for name, lines in self.outputs.items()}
+        return (
+            f"Exploration(seed={self.seed}, schedules={len(self.schedules)} agreeing, "
+            f"records={records}, dead letters={sum(self.dead.values())})"
+        )
+
 
 class _ScheduledReader(Reader):
     """A source partition's reader that blocks or crashes before a given record."""

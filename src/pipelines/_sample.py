@@ -65,7 +65,7 @@ def replace_sources(
     return pipeline.rebuilt(memory_source, dead=pipeline.dead_letter_sink)
 
 
-def check_pipeline(value: object, call: str) -> None:
+def check_pipeline(value: Any, call: str) -> None:
     """Refuse anything but a pipeline where ``call`` needs one, saying what to pass.
 
     >>> from pipelines import Pipeline, sources
@@ -74,14 +74,14 @@ def check_pipeline(value: object, call: str) -> None:
     ...
     TypeError: testing.run takes a pipeline (what .write(...) returns); got a stream at step ...
     """
-    from pipelines._building.builder import Pipeline, Stream
-
-    if isinstance(value, Pipeline):
-        return
-    if isinstance(value, Stream):
+    # Told apart by what they have: the builder imports this module.
+    if hasattr(value, "rebuilt") and hasattr(value, "graph"):
+        return  # a Pipeline
+    step = getattr(value, "step", None)
+    if isinstance(step, str) and hasattr(value, "key_by"):  # a Stream
         msg = (
             f"{call} takes a pipeline (what .write(...) returns); got a stream at step "
-            f"{value.step!r} of pipeline {value.pipeline.name!r}. Hint: write it first, "
+            f"{step!r} of pipeline {value.pipeline.name!r}. Hint: write it first, "
             f"{call}(stream.write(sinks.memory('out')), ...); testing.outputs(stream) "
             f"gives its records alone."
         )

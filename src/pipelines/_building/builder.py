@@ -24,7 +24,6 @@ from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 if TYPE_CHECKING:
     from operators.windows import Clock, Window
     from pipelines._building.keyed import KeyedStream, WindowedStream
-    from pipelines._sample import Records
     from pipelines._showing.result import RunResult
 
 __all__ = ["Pipeline", "Routes", "Stream"]
@@ -256,7 +255,12 @@ class Pipeline:
 
         return to_svg(self)
 
-    def preview(self, records: Records | None = None, *, limit: int = 20) -> RunResult:
+    def preview(
+        self,
+        records: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        *,
+        limit: int = 20,
+    ) -> RunResult:
         """Run on a small sample in this process; every sink becomes a memory output.
 
         The sample is ``records`` (read by every source, parsed with its
