@@ -245,8 +245,17 @@ def test_keys_of_different_types_and_fields_without_time_are_refused() -> None:
     def by_customer(x: Payment) -> str:
         return x.customer
 
+    # A key function declared to return something else than a str is refused by
+    # key_by itself (it made every record a key_error dead letter).
+    with pytest.raises(TypeError, match=r"by_amount line \d+> is declared to return int; keys"):
+        orders.key_by(by_amount)  # type: ignore[arg-type]
+
+    def by_sku(o: Order) -> Sku:  # type: ignore[name-defined]  # noqa: F821 - unresolvable
+        return o.customer
+
+    # One whose declared type key_by cannot resolve is compared with the other side's.
     with pytest.raises(TypeError, match="keyed by different types"):
-        orders.key_by(by_amount).join(pays.key_by(by_customer), between=(0, 1))  # type: ignore[arg-type]
+        orders.key_by(by_sku).join(pays.key_by(by_customer), between=(0, 1))
     with pytest.raises(
         ValueError, match=r"^join 'join' \(left side, from .*'when' is not a field of Order"
     ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keyword
 import os
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
@@ -18,7 +19,7 @@ from bytewax.outputs import DynamicSink
 
 from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
 from operators._bytewax_io import BytewaxSink, BytewaxSource
-from operators._stage import check_arity
+from operators._stage import check_arity, describe_function
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
@@ -58,6 +59,25 @@ def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
         )
         raise TypeError(msg)
     check_arity(fn, 1, f"step {step!r} ({kind})", what, "the record", hint)
+
+
+def _check_key_type(key: Any, step: str) -> None:
+    """Refuse a key function declared to return something that is not a str.
+
+    Keys are strings (they name partitions and buckets); a function
+    annotated ``-> int`` would make every record a ``key_error`` dead letter.
+    """
+    try:
+        declared = typing.get_type_hints(key).get("return")
+    except Exception:  # noqa: BLE001 - unannotated or unresolvable: known at run time
+        return
+    if isinstance(declared, type) and not issubclass(declared, str):
+        msg = (
+            f"step {step!r} (key_by): key function {describe_function(key)} is declared to "
+            f"return {declared.__name__}; keys are str. Hint: return str(...), for example "
+            f"key_by(lambda e: str(e.user_id))."
+        )
+        raise TypeError(msg)
 
 
 class Pipeline:
@@ -467,6 +487,7 @@ class Stream(Generic[T]):
     ) -> KeyedStream[T]:
         """Key records by ``key(record)`` (a str): keyed work is partitioned by it."""
         _callable(key, name or "key_by", "key_by", "key function", "key_by(lambda e: e.user).")
+        _check_key_type(key, name or "key_by")
         pipe, node = self._add("key_by", key, name, _detail(key), on_error)
         keyed: KeyedStream[T] = self._keyed_class(
             pipe, Port(node), self._classes, self._scope, key=key
