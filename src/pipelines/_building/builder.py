@@ -50,6 +50,10 @@ def _everything(record: object) -> str:
     return "all"
 
 
+#: The key `_everything` gives every record: the key step need not call it.
+_everything.same_key = "all"  # type: ignore[attr-defined]
+
+
 def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
     """Refuse what is not a function of one record."""
     if not callable(fn):
