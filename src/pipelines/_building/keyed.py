@@ -9,6 +9,7 @@ of the window apart on ``.late``.
 from __future__ import annotations
 
 import keyword
+import re
 import zlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -702,12 +703,23 @@ def _result_model(
     model: type[WindowResult] = create_model(camel, __base__=AnyResult, **fields)
     # Results travel between processes pickled, by name: give each model a
     # stable, unique name in this module.
-    spec = ",".join(f"{n}={a.label}:{fields[n][0]!r}" for n, a in aggregators.items())
+    spec = ",".join(f"{n}={a.label}:{_stable(fields[n][0])}" for n, a in aggregators.items())
     name = f"{camel}_{zlib.crc32(spec.encode()):08x}"
     model.__module__ = __name__
     model.__qualname__ = name
     globals()[name] = model
     return model
+
+
+def _stable(annotation: Any) -> str:
+    """Name a type the same way in every process (no object addresses).
+
+    >>> _stable(int), _stable(int | None), _stable(type("T", (), {"__repr__": lambda s: "?"})())
+    ('builtins.int', 'int | None', '?')
+    """
+    if isinstance(annotation, type):
+        return f"{annotation.__module__}.{annotation.__qualname__}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(annotation))
 
 
 Stream._keyed_class = KeyedStream  # what key_by gives (see Stream._keyed_class)
