@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines._building.builder import Pipeline
+from pipelines._building.builder import Pipeline, Stream
 from pipelines._running.options import OptionError
 from pipelines._showing.result import RunResult
 
@@ -34,16 +35,52 @@ class TargetError(Exception):
 def _resolve(obj: Any, target: str) -> Pipeline:
     if isinstance(obj, Pipeline):
         return obj
-    if callable(obj):
-        made = obj()
-        if isinstance(made, Pipeline):
-            return made
-        obj = made
+    what = f"{target} is"
+    if _builds(obj):
+        obj = obj()
+        if isinstance(obj, Pipeline):
+            return obj
+        what = f"{target} returned"
+    if isinstance(obj, Stream):
+        msg = (
+            f"{what} a stream ({type(obj).__name__} at step {obj.step!r}), not a pipeline: "
+            f"it is not written anywhere. Hint: point at what .write(...) returns, e.g. "
+            f"flow = stream.write(sinks.jsonl('out.jsonl'))."
+        )
+        raise TargetError(msg)
+    if isinstance(obj, type):
+        kind = "a class"
+    elif callable(obj):
+        kind = "a function that needs arguments"
+    else:
+        name = type(obj).__name__
+        kind = f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
     msg = (
-        f"{target} is a {type(obj).__name__}, not a Pipeline. Hint: point at a "
-        f"Pipeline value or a function with no arguments that returns one."
+        f"{what} {kind}, not a Pipeline. Hint: point at a Pipeline value or a function "
+        f"with no arguments that returns one."
     )
     raise TargetError(msg)
+
+
+def _builds(obj: Any) -> bool:
+    """Whether ``obj`` is a function that can be called with no arguments (not a class)."""
+    if isinstance(obj, type) or not callable(obj):
+        return False  # a class would make an instance (an event class: a validation error)
+    try:
+        inspect.signature(obj).bind()
+    except (TypeError, ValueError):  # arguments needed, or no signature to tell
+        return False
+    return True
+
+
+def _pipelines_in(module: Any) -> list[str]:
+    """Name the module's attributes that are pipelines, or build one."""
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (isinstance(value, Pipeline) or (_builds(value) and name.startswith("build")))
+    )
 
 
 def load_target(target: str) -> Pipeline:
@@ -79,6 +116,9 @@ def load_target(target: str) -> Pipeline:
     if not hasattr(module, attr):
         names = sorted(n for n in vars(module) if not n.startswith("_"))
         msg = f"{where} has no attribute {attr!r}; it has {names}."
+        found = _pipelines_in(module)
+        if found:
+            msg += f" Hint: its pipelines: {', '.join(f'{where}:{n}' for n in found)}."
         raise TargetError(msg)
     return _resolve(getattr(module, attr), target)
 

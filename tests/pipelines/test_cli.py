@@ -23,6 +23,19 @@ def build():
     return pipeline
 
 not_a_pipeline = 42
+
+from operators import Event
+
+class Tick(Event):
+    n: int
+
+unwritten = Pipeline("app").read(sources.memory([1])).map(double)
+
+def gives_stream():
+    return unwritten
+
+def needs(x):
+    return pipeline
 """
 
 BROKEN = """
@@ -72,7 +85,19 @@ def test_target_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["run", f"{app}:missing"]) == 2
     assert "has no attribute 'missing'" in capsys.readouterr().err
     assert main(["run", f"{app}:not_a_pipeline"]) == 2
-    assert "is a int, not a Pipeline" in capsys.readouterr().err
+    assert "is an int, not a Pipeline" in capsys.readouterr().err
+    # An event class was called (a pydantic traceback), a stream was "a AggregateStream".
+    for attr, said in [
+        ("Tick", "is a class, not a Pipeline"),
+        ("unwritten", "is a stream (Stream at step 'map_double'), not a pipeline: it is not "
+         "written anywhere. Hint: point at what .write(...) returns"),
+        ("gives_stream", "returned a stream (Stream at step 'map_double')"),
+        ("needs", "is a function that needs arguments, not a Pipeline"),
+    ]:  # fmt: skip
+        assert main(["run", f"{app}:{attr}"]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["run", f"{app}:missing"]) == 2
+    assert f"Hint: its pipelines: {app}:build, {app}:pipeline." in capsys.readouterr().err
     assert main(["run", f"{tmp_path}/none.py:p"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["run", "clickstream", "-w", "0"]) == 2
