@@ -24,7 +24,7 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -165,7 +165,7 @@ class Context(Generic[O]):
 
     def processing_timer(self, at: datetime | float, name: str = "") -> None:
         """Fire ``on_timer`` for this key when the wall clock reaches ``at``."""
-        self._add_timer(("processing", _check_name(name), _seconds(at)))
+        self._add_timer(("processing", _check_name(name), _seconds(at, wall=True)))
 
     def cancel(self, name: str = "", *, processing: bool = False) -> None:
         """Remove this key's timer of that name (if it is set)."""
@@ -198,7 +198,19 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _seconds(at: datetime | float) -> float:
+def _seconds(at: datetime | float, *, wall: bool = False) -> float:
+    """Return a timer's time in seconds; refuse what is no time (``wall``: a processing timer)."""
+    if not isinstance(at, datetime | int | float) or isinstance(at, bool):
+        now = "datetime.now(timezone.utc)" if wall else "ctx.time"
+        hint = f"{now} + timedelta(minutes=5)"
+        if isinstance(at, timedelta):
+            base = "the wall clock" if wall else "the time being handled"
+            hint = f"add it to {base}, {now} + {at!r}"
+        msg = (
+            f"a timer's time must be an aware datetime or epoch seconds; got "
+            f"{type(at).__name__} {at!r}. Hint: {hint}."
+        )
+        raise TypeError(msg)
     if isinstance(at, datetime) and at.utcoffset() is None:
         msg = (
             f"a timer needs a time with a timezone; got {at.isoformat()}, which has none. "

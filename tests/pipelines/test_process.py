@@ -363,6 +363,45 @@ def test_a_timer_at_a_time_without_a_zone_says_what_to_set() -> None:
     assert "Hint: set it from the event's time, ctx.time + timedelta" in letter.message
 
 
+def test_a_timer_at_something_that_is_no_time_says_how_to_make_one() -> None:
+    # A delay given as the time ("ctx.timer(timedelta(minutes=5))") was refused as
+    # "event time must be an aware datetime or epoch seconds", with no hint.
+    made: list[Any] = [
+        timedelta(minutes=5),
+        "2026-01-01T00:05:00Z",
+        None,
+        ("wall", timedelta(seconds=30)),
+    ]
+
+    def bad(n: int, e: Tick, ctx: Context[int]) -> int:
+        at = made[e.v]
+        if isinstance(at, tuple):
+            ctx.processing_timer(at[1], "p")
+        else:
+            ctx.timer(at, "t")
+        return n
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=v)) for v in range(len(made))]
+    flow = Pipeline("no_time").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = (
+        flow.process(bad, initial=int, on_timer=lambda n, t, c: n).write(sinks.memory("o")).run()
+    )
+    said = [d.message.split(" raised TypeError: ")[1] for d in result.dead_letters]
+    assert said == [
+        "a timer's time must be an aware datetime or epoch seconds; got timedelta "
+        "datetime.timedelta(seconds=300). Hint: add it to the time being handled, "
+        "ctx.time + datetime.timedelta(seconds=300).",
+        "a timer's time must be an aware datetime or epoch seconds; got str "
+        "'2026-01-01T00:05:00Z'. Hint: ctx.time + timedelta(minutes=5).",
+        "a timer's time must be an aware datetime or epoch seconds; got NoneType None. "
+        "Hint: ctx.time + timedelta(minutes=5).",
+        "a timer's time must be an aware datetime or epoch seconds; got timedelta "
+        "datetime.timedelta(seconds=30). Hint: add it to the wall clock, "
+        "datetime.now(timezone.utc) + datetime.timedelta(seconds=30).",
+    ]
+    assert result.reconciles
+
+
 def start_beats(n: int, e: Tick, ctx: Context[tuple[str, float, int]]) -> int:
     if n == 0:
         ctx.timer(ctx.time + timedelta(seconds=60), "beat")
