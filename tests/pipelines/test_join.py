@@ -234,6 +234,10 @@ def test_misuse_fails_when_the_join_is_added() -> None:
             getattr(right.as_table(), method)
 
 
+def by_customer_of_order(o: Order) -> str:
+    return o.customer
+
+
 def test_keys_of_different_types_and_fields_without_time_are_refused() -> None:
     p = Pipeline("p")
     orders = p.read(sources.memory([], schema=Order), name="orders")
@@ -256,6 +260,17 @@ def test_keys_of_different_types_and_fields_without_time_are_refused() -> None:
     # One whose declared type key_by cannot resolve is compared with the other side's.
     with pytest.raises(TypeError, match="keyed by different types"):
         orders.key_by(by_sku).join(pays.key_by(by_customer), between=(0, 1))
+    # `-> str` written in a module without postponed annotations (a class, not the
+    # string "str") was "a different type" from this module's `-> str`.
+    plain: dict[str, Any] = {}
+    code = compile(
+        "def by_plain(x) -> str:\n    return x.customer", "<plain>", "exec", dont_inherit=True
+    )
+    exec(code, plain)
+    joined = orders.key_by(by_customer_of_order).join(
+        pays.key_by(plain["by_plain"], name="plain_key"), between=(0, 1)
+    )
+    assert joined.step == "join_interval"
     with pytest.raises(
         ValueError, match=r"^join 'join' \(left side, from .*'when' is not a field of Order"
     ):

@@ -8,6 +8,7 @@ logic is `operators._joining.JoinLogic`.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
@@ -123,13 +124,26 @@ def _bound(value: Any, step: str) -> float:
     return seconds
 
 
-def _returns(fn: Any) -> Any:
-    """Return the declared return type of a key function, or None."""
+def _returns(fn: Any) -> str | None:
+    """Name the declared return type of a key function (None: not declared).
+
+    Resolved where it can be, else as written, so that ``-> str`` in a module
+    with postponed annotations and ``-> str`` in one without name one type.
+    """
     try:
-        annotation = inspect.signature(fn).return_annotation
-    except (TypeError, ValueError):
+        declared = typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable: compared as written
+        try:
+            declared = inspect.signature(fn).return_annotation
+        except (TypeError, ValueError):
+            return None
+        if declared is inspect.Signature.empty:
+            return None
+    if declared is None:
         return None
-    return None if annotation is inspect.Signature.empty else annotation
+    if isinstance(declared, str):
+        return declared
+    return str(getattr(declared, "__qualname__", None) or declared)
 
 
 def _clock(
