@@ -60,9 +60,14 @@ class Event(BaseModel):
     __evflow_type__: ClassVar[str] = "event"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Give a subclass without its own ``type`` a literal one."""
+        """Give a subclass without its own ``type`` a literal one.
+
+        Not where a base declares ``type`` free (a str, as `Joined` does: its
+        records are typed by the step that made them): its subclasses, and
+        its generic forms (``Joined[Order, Payment]``), take any type too.
+        """
         annotations = dict(inspect.get_annotations(cls))
-        if "type" not in annotations:
+        if "type" not in annotations and not _free_type(cls):
             name = cls.__name__.lower()
             annotations["type"] = Literal[name]
             cls.__annotations__ = annotations
@@ -94,6 +99,21 @@ class Event(BaseModel):
 
 #: A schema is one event class or a union of them (``View | Purchase``).
 Schema = Any
+
+
+def _free_type(cls: type) -> bool:
+    """Whether the nearest base of ``cls`` (below Event) that declares ``type`` leaves it free."""
+    for base in cls.__mro__[1:]:
+        if base is Event or not (isinstance(base, type) and issubclass(base, Event)):
+            continue
+        declared = inspect.get_annotations(base).get("type")
+        if declared is None:
+            continue
+        if isinstance(declared, str):
+            return "Literal[" not in declared
+        origin: Any = typing.get_origin(declared)
+        return origin is not Literal
+    return False
 
 
 def event_classes(schema: Schema) -> tuple[type[Event], ...]:

@@ -31,11 +31,12 @@ import json
 import math
 import operator
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -165,8 +166,12 @@ def make_finisher(
     construct: Callable[..., Any],
     *,
     inclusive: bool = False,
+    kind: str | None = None,
 ) -> Callable[..., Any]:
     """Generate ``finish(key, start, end, accs)``: the result record of a closed window.
+
+    Its ``type`` is ``kind`` (by default the step's name); its ``id`` starts
+    with the step's name.
 
     Its ``time`` is the window's last instant, one microsecond before its
     ``end`` (with ``inclusive``, for count windows whose end is their last
@@ -183,7 +188,7 @@ def make_finisher(
         "utc": _utc,
         "last": _utc if inclusive else just_before,
         "construct": construct,
-        "step": step,
+        "kind": step if kind is None else kind,
         "head": f"{step}/",
     }
     values = []
@@ -193,13 +198,27 @@ def make_finisher(
     env.update(exact_total=exact_total)
     lines = [
         "def finish(key, start, end, a, final=True, tag=''):",
-        "    return construct({'type': step, 'id': f'{head}{key}/{start:.6f}{tag}', "
+        "    return construct({'type': kind, 'id': f'{head}{key}/{start:.6f}{tag}', "
         "'time': last(end), 'key': key, 'start': utc(start), 'end': utc(end), "
         "'final': final, " + ", ".join(values) + "})",
     ]
     exec("\n".join(lines), env)
     finisher: Callable[..., Any] = env["finish"]
     return finisher
+
+
+def own_type(model: Any) -> str | None:
+    """Return the one ``type`` a result model declares (``Literal["totals"]``), if any.
+
+    >>> from operators import Event
+    >>> class Totals(Event):
+    ...     n: int = 0
+    >>> own_type(Totals), own_type(Event)
+    ('totals', None)
+    """
+    annotation = model.model_fields["type"].annotation
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+    return str(args[0]) if len(args) == 1 else None
 
 
 def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], None]:
@@ -326,12 +345,16 @@ class WindowSpec:
         self.merge = make_merger(self.aggs)
         self.merge_values, self.merge_in_place = make_merger_in_two(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
+        #: The results' ``type``: their model's own (the step's name, or what a
+        #: model named with ``into=`` declares), so each validates as its model.
+        self.kind = own_type(self.result_model) or self.step
         self.finish = make_finisher(
             self.step,
             self.names,
             self.aggs,
             self.construct,
             inclusive=isinstance(self.window, Count),
+            kind=self.kind,
         )
         clock = self.clock
         self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
@@ -721,7 +744,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         """
         spec = self.spec
         fields: dict[str, Any] = {
-            "type": spec.step,
+            "type": spec.kind,
             "id": f"{spec.step}/{key}/running",
             "time": datetime.now(timezone.utc),
             "key": key,

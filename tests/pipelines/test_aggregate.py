@@ -18,7 +18,7 @@ from operators import Chunk, Event, Reader, Source, agg, windows
 from operators._keying import Marked
 from operators._stage import Counters
 from operators._windowing import WindowLogic, WindowSpec
-from pipelines import Pipeline, PipelineHalted, sinks, sources, stateful, testing
+from pipelines import Pipeline, PipelineHalted, WindowResult, sinks, sources, stateful, testing
 from tests.helpers import multiset
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -1458,3 +1458,36 @@ def test_a_merge_that_fails_leaves_every_window_as_it_was() -> None:
     assert sorted(json.loads(d.payload)["id"] for d in letters) == ["p3", "p4", "p5"]
     [window] = [x for tag, x in out if tag == "r"]
     assert (window.med, window.top) == (pytest.approx(1, rel=0.02), 1)
+
+
+class Totals(WindowResult):
+    hits: int = 0
+    top: float | None = None
+
+
+def test_results_into_a_named_class_read_back_as_that_class(tmp_path: Path) -> None:
+    # Their type was the step's name, so Totals.model_validate refused each one
+    # (Totals' type is the literal "totals") and a file of them read back as dead letters.
+    hits = [hit(p, i, amount=i) for i, p in enumerate("abab")]
+    keyed = Pipeline("into").read(sources.memory(hits)).key_by(lambda h: h.user)
+    windowed = keyed.window(windows.tumbling(minutes=1)).aggregate(
+        into=Totals, hits=agg.count(), top=agg.max("amount"), name="per_minute"
+    )
+    running = keyed.aggregate(into=Totals, hits=agg.count(), top=agg.max("amount"), name="so_far")
+    flow = windowed.write(sinks.jsonl(tmp_path / "w.jsonl"), name="w") | running.write(
+        sinks.jsonl(tmp_path / "r.jsonl"), name="r"
+    )
+    assert flow.run().reconciles
+    for name, step in (("w", "per_minute"), ("r", "so_far")):
+        back = (
+            Pipeline(f"back_{name}")
+            .read(sources.jsonl(tmp_path / f"{name}.jsonl", schema=Totals))
+            .write(sinks.memory("o"))
+            .run()
+        )
+        assert back.dead_letters == []
+        rows = back["o"]
+        assert {r.type for r in rows} == {"totals"}
+        assert all(r.id.startswith(f"{step}/") for r in rows)
+        final = {r.key: (r.hits, r.top) for r in rows}
+        assert final == {"a": (2, 2.0), "b": (2, 3.0)}

@@ -307,6 +307,30 @@ def test_a_join_is_drawn_with_both_inputs_and_previewed() -> None:
     assert result.counts["paid"].created == 1 and result.counts["paid"].aggregated == 2
 
 
+def test_joined_records_written_to_a_file_read_back_as_joined(tmp_path: Path) -> None:
+    # Joined[Order, Payment] took the literal type "joined[order, payment]", and every
+    # record a join had written (type: the step's name) was a validation dead letter.
+    left, right = two_sides(
+        [order("o1", 0), order("o2", 1, "bob")], [pay("p1", 2), pay("p2", 40, "bob")]
+    )
+    joined = left.join(right, between=(0, 5), how="left", name="paid")
+    written = joined.write(sinks.jsonl(tmp_path / "paid.jsonl")).run()
+    assert written.reconciles and written.written == 2
+    back = (
+        Pipeline("again")
+        .read(sources.jsonl(tmp_path / "paid.jsonl", schema=Joined[Order, Payment]))
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert back.dead_letters == []
+    got = sorted(back["o"], key=lambda j: j.id)
+    assert [(j.type, j.key, j.left.id, j.right and j.right.id) for j in got] == [
+        ("paid", "ada", "o1", "p1"),
+        ("paid", "bob", "o2", None),
+    ]
+    assert isinstance(got[0].left, Order) and isinstance(got[0].right, Payment)
+
+
 # -- processes, crashes, bounded state ----------------------------------------------
 
 

@@ -53,7 +53,10 @@ class WindowResult(Event):
 
     Each aggregate step makes its own subclass with one field per named
     aggregator; its ``type`` is the step name and its ``id`` is
-    ``step/key/window start``, so results are the same on every run.
+    ``step/key/window start``, so results are the same on every run. A
+    subclass named with ``aggregate(into=...)`` keeps its own ``type`` (its
+    lower-cased name, or the literal it declares), so its records validate
+    as that class when read back.
     """
 
     key: str
