@@ -639,6 +639,8 @@ class ProcessLogic(
             ctx._firing = False
         if new is not state:
             self._keep(key, state, new, row)
+            if new is not None and self.spec.ttl is not None:
+                self._touch(key, at)
         if self.ending and ctx._timers is not None:
             # The input is over: a timer set now would never stop (a periodic
             # one sets the next). It replaces the one of its name, unfired.
@@ -659,6 +661,19 @@ class ProcessLogic(
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
             self._failed(payload(), at, exc, initial, out, row, held=True)
             return _MISSING
+
+    def _touch(self, key: str, at: float) -> None:
+        """Start ``key``'s ttl again at ``at``: a timer's call wrote its state.
+
+        As an event does (inline in `_advance`): a state that a timer makes
+        anew, after the key's state lived out its ttl, expires in its turn.
+        """
+        assert self.spec.ttl is not None
+        if key not in self.last:  # else its ttl entry comes up first, and queues again
+            self.seq += 1
+            heapq.heappush(self.queue, (at + self.spec.ttl, _TTL, self.seq, key, at))
+        if at > self.last.get(key, _NEVER):
+            self.last[key] = at
 
     def _keep(self, key: str, state: Any, new: Any, row: list[int]) -> None:
         """Store a call's new state of ``key`` (None drops it); it had ``state`` (or none)."""

@@ -112,6 +112,11 @@ def reference(
                 current = state or {}
                 if payload == "tick":
                     out[(k, "tick", round(at, 6), current.get("sum", 0))] += 1
+                    if state is None and ttl is not None:
+                        # A state the timer makes anew has its ttl from the timer's time.
+                        last = at
+                        seq += 1
+                        heapq.heappush(queue, (at + ttl, 2, seq, at))
                     state = current
                 else:
                     out[(k, "idle", round(at, 6), current.get("n", 0))] += 1
@@ -696,6 +701,48 @@ def test_stateful_handler_states_expire_after_their_ttl() -> None:
     assert seen == [0, 1, 0, 1]  # the key starts afresh after the pause
     # One state dropped by its ttl, one left at the end.
     assert result.expired == 2 and result.reconciles
+
+
+def test_a_state_a_timer_makes_after_the_ttl_expires_in_its_turn() -> None:
+    # A timer firing after its key's state had lived out its ttl made the state
+    # anew (from initial()), and that state had no ttl left: it was held until the
+    # end of the input, one per key, for ever on an endless stream.
+    from operators import COUNTER_FIELDS, Counters
+    from operators._keying import Marked
+    from operators._process import ProcessLogic, ProcessSpec
+
+    def on_event(seen: dict[str, int], e: None, ctx: Context[str]) -> dict[str, int]:
+        ctx.timer(ctx._at + 100, "late")
+        return {"n": seen.get("n", 0) + 1}
+
+    def on_timer(seen: dict[str, int], timer: Timer, ctx: Context[str]) -> dict[str, int]:
+        ctx.emit(f"{timer.key}:{seen.get('n', 0)}")
+        return seen
+
+    counters = Counters(["p"])
+    spec = ProcessSpec(
+        pipeline="ttl",
+        step="p",
+        row=0,
+        counters=counters,
+        on_event=on_event,
+        initial=dict,
+        partitions=["e/p"],
+        on_timer=on_timer,
+        ttl=10.0,
+    )
+    step = ProcessLogic(spec, None)
+    row = counters.table()[0]
+    records = [(f"k{i}", BASE + i, None) for i in range(10)]
+    step.on_batch([Marked("e/p", records[-1][1], False, records)])
+    # Event time moves to 200: each state expires at 10 to 19, its timer fires
+    # at 100 to 109 (with a fresh state: it has expired), and that state expires too.
+    got, _ = step.on_batch([Marked("e/p", BASE + 200, False, [("other", BASE + 200, None)])])
+    assert sorted(item for tag, item in got if tag == "r") == sorted(f"k{i}:0" for i in range(10))
+    assert row[COUNTER_FIELDS.index("expired")] == 20
+    # Held: "other", its event at the watermark (was 11: ten states made by timers).
+    assert row[COUNTER_FIELDS.index("open")] == 1
+    assert step.states == {} and step.last == {}
 
 
 def test_a_timer_moved_on_by_every_event_of_a_hot_key_takes_one_queue_entry() -> None:
