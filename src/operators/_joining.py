@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 from pydantic import AwareDatetime
@@ -94,6 +94,11 @@ class Joined(Event, Generic[A, B]):
     join step's name, and ``id`` is made from the step, the key and the two
     records' ids, so the same input gives the same results on every run.
     """
+
+    #: What a result's ``time`` is: a clock on another field is refused after it.
+    __evflow_dated__: ClassVar[str] = (
+        "the newer record's time (a windowed join's: its window's last instant)"
+    )
 
     type: str = "joined"
     key: str

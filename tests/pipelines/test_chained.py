@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import AwareDatetime
 
 from operators import Event, agg, windows
 from operators._windowing import WindowLogic
@@ -257,3 +258,40 @@ def test_a_window_over_the_whole_stream_merges_partials_from_every_worker(
     # No event crossed to the window's one key alone: only partial windows did,
     # one per chunk and window (40 chunks of 100 events, each in one or two minutes).
     assert crossed["events"] == 0 and 0 < crossed["partials"] <= 3 * 80
+
+
+class Seen(Event):
+    page: str
+    seen: AwareDatetime | None = None
+
+
+def test_a_clock_on_a_window_bound_is_refused_and_one_that_may_be_none_is_taken() -> None:
+    # event_time("start") after an aggregate was refused as "allows timezone-naive
+    # times" (the field may be None); the real trouble is that results dated by a
+    # bound fall late or into the next window, and the message now says so.
+    hits = [Hit(page="a", time=T0 + timedelta(seconds=s)) for s in (0, 30, 59, 61)]
+    per_minute = (
+        Pipeline("bounds")
+        .read(sources.memory(hits, schema=Hit))
+        .key_by(lambda h: h.page)
+        .window(windows.tumbling(minutes=1))
+        .aggregate(n=agg.count())
+    )
+    again = per_minute.key_by(lambda r: r.key, name="again")
+    for bound in ("start", "end"):
+        with pytest.raises(ValueError, match=rf"\.{bound} is not when its result happened: .*"
+                           rf"Hint: keep the default clock .* read r\.{bound}"):  # fmt: skip
+            again.window(windows.tumbling(hours=1), clock=windows.event_time(bound))
+    # A user's own time field that may be None is a clock; a None is a dead letter.
+    seen = [Seen(page="a", seen=T0 + timedelta(seconds=s) if s % 2 else None) for s in range(6)]
+    counted = (
+        Pipeline("maybe_seen")
+        .read(sources.memory(seen, schema=Seen))
+        .key_by(lambda e: e.page)
+        .window(windows.tumbling(minutes=1), clock=windows.event_time("seen"))
+        .aggregate(n=agg.count())
+    )
+    result = counted.write(sinks.memory("o")).run()
+    assert [r.n for r in result["o"]] == [3]
+    assert [d.kind for d in result.dead_letters] == ["validation"] * 3
+    assert result.reconciles

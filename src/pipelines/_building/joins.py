@@ -8,6 +8,7 @@ logic is `operators._joining.JoinLogic`.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from datetime import timedelta
@@ -178,7 +179,21 @@ def check_clock(clock: Clock, classes: tuple[type[Event], ...] | None, where: st
                 f"{cls.__name__}; its fields are {sorted(fields)}."
             )
             raise ValueError(msg)
+        dated = getattr(cls, "__evflow_dated__", None)
+        if dated is not None and clock.field != "time":
+            msg = (
+                f"{where}: {cls.__name__}.{clock.field} is not when its result happened: a "
+                f"step's results are dated {dated}, and the steps after it "
+                f"judge them by that (the watermark it reports). Dated by {clock.field!r}, "
+                f"results would fall late, or into the next window. Hint: keep the default "
+                f"clock (the results' time) and read r.{clock.field} in the next step."
+            )
+            raise ValueError(msg)
         annotation = fields[clock.field].annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            # A time that may be None: a record without one is a dead letter then.
+            kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = kinds[0] if len(kinds) == 1 else annotation
         if annotation is AwareDatetime or annotation in (int, float):
             continue
         msg = (

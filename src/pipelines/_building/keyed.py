@@ -13,7 +13,7 @@ import re
 import zlib
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from pydantic import AwareDatetime, create_model
 
@@ -58,6 +58,12 @@ class WindowResult(Event):
     lower-cased name, or the literal it declares), so its records validate
     as that class when read back.
     """
+
+    #: What a result's ``time`` is: a clock on another field is refused after it.
+    __evflow_dated__: ClassVar[str] = (
+        "their window's last instant (one microsecond before end; a running aggregate's: "
+        "the wall clock)"
+    )
 
     key: str
     start: AwareDatetime | None = None
