@@ -102,17 +102,22 @@ Schema = Any
 
 
 def _free_type(cls: type) -> bool:
-    """Whether the nearest base of ``cls`` (below Event) that declares ``type`` leaves it free."""
+    """Whether ``cls`` comes from a generic event class that leaves ``type`` free.
+
+    The nearest base (below Event) declaring ``type`` decides: a generic one
+    (`Joined`) declaring it a str makes its forms and subclasses free too;
+    any other base leaves each subclass its own literal, as before.
+    """
     for base in cls.__mro__[1:]:
         if base is Event or not (isinstance(base, type) and issubclass(base, Event)):
             continue
         declared = inspect.get_annotations(base).get("type")
         if declared is None:
             continue
-        if isinstance(declared, str):
-            return "Literal[" not in declared
-        origin: Any = typing.get_origin(declared)
-        return origin is not Literal
+        origin: Any = None if isinstance(declared, str) else typing.get_origin(declared)
+        literal = "Literal[" in declared if isinstance(declared, str) else origin is Literal
+        generic = getattr(base, "__pydantic_generic_metadata__", {}).get("parameters")
+        return not literal and bool(generic)
     return False
 
 
