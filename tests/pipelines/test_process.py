@@ -19,7 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators import Context, Event, Timer, agg, windows
+from operators import COUNTER_FIELDS, Context, Counters, Event, Timer, agg, windows
+from operators._keying import Marked
+from operators._process import ProcessLogic, ProcessSpec
 from pipelines import Pipeline, sinks, sources
 from tests.helpers import kill_at_random
 from tests.reference import partition_marks
@@ -703,14 +705,29 @@ def test_stateful_handler_states_expire_after_their_ttl() -> None:
     assert result.expired == 2 and result.reconciles
 
 
+def bucket(
+    on_event: Any, on_timer: Any, initial: Any, *, ttl: float, resume: Any = None
+) -> tuple[ProcessLogic, Counters]:
+    """One bucket of a process step "p" reading partition "e/p", with its counters."""
+    counters = Counters(["p"])
+    spec = ProcessSpec(
+        pipeline="bucket",
+        step="p",
+        row=0,
+        counters=counters,
+        on_event=on_event,
+        initial=initial,
+        partitions=["e/p"],
+        on_timer=on_timer,
+        ttl=ttl,
+    )
+    return ProcessLogic(spec, resume), counters
+
+
 def test_a_state_a_timer_makes_after_the_ttl_expires_in_its_turn() -> None:
     # A timer firing after its key's state had lived out its ttl made the state
     # anew (from initial()), and that state had no ttl left: it was held until the
     # end of the input, one per key, for ever on an endless stream.
-    from operators import COUNTER_FIELDS, Counters
-    from operators._keying import Marked
-    from operators._process import ProcessLogic, ProcessSpec
-
     def on_event(seen: dict[str, int], e: None, ctx: Context[str]) -> dict[str, int]:
         ctx.timer(ctx._at + 100, "late")
         return {"n": seen.get("n", 0) + 1}
@@ -719,19 +736,7 @@ def test_a_state_a_timer_makes_after_the_ttl_expires_in_its_turn() -> None:
         ctx.emit(f"{timer.key}:{seen.get('n', 0)}")
         return seen
 
-    counters = Counters(["p"])
-    spec = ProcessSpec(
-        pipeline="ttl",
-        step="p",
-        row=0,
-        counters=counters,
-        on_event=on_event,
-        initial=dict,
-        partitions=["e/p"],
-        on_timer=on_timer,
-        ttl=10.0,
-    )
-    step = ProcessLogic(spec, None)
+    step, counters = bucket(on_event, on_timer, dict, ttl=10.0)
     row = counters.table()[0]
     records = [(f"k{i}", BASE + i, None) for i in range(10)]
     step.on_batch([Marked("e/p", records[-1][1], False, records)])
@@ -751,10 +756,6 @@ def test_a_timer_moved_on_by_every_event_of_a_hot_key_takes_one_queue_entry() ->
     # move used to leave an entry in the queue until its time: 20,000 events
     # of one key held 40,000 entries. A moved timer keeps its one entry, queued
     # again at its time when it comes up; a snapshot taken midway resumes.
-    from operators import COUNTER_FIELDS, Counters
-    from operators._keying import Marked
-    from operators._process import ProcessLogic, ProcessSpec
-
     def on_event(n: int, e: None, ctx: Context[tuple[str, float, int]]) -> int:
         ctx.timer(ctx._at + 1800, "idle")
         ctx.processing_timer(time.time() + 3600, "poll")
@@ -765,19 +766,7 @@ def test_a_timer_moved_on_by_every_event_of_a_hot_key_takes_one_queue_entry() ->
         return n
 
     def logic(resume: Any = None) -> tuple[ProcessLogic, Counters]:
-        counters = Counters(["p"])
-        spec = ProcessSpec(
-            pipeline="hot",
-            step="p",
-            row=0,
-            counters=counters,
-            on_event=on_event,
-            initial=int,
-            partitions=["e/p"],
-            on_timer=on_timer,
-            ttl=3600.0,
-        )
-        return ProcessLogic(spec, resume), counters
+        return bucket(on_event, on_timer, int, ttl=3600.0, resume=resume)
 
     def feed(step: ProcessLogic, first: int, last: int) -> list[Any]:
         out: list[Any] = []
@@ -813,9 +802,7 @@ def test_a_hot_key_of_a_stateful_handler_with_a_ttl_takes_one_entry_in_its_queue
     import types
 
     import operators._dispatch
-    from operators import COUNTER_FIELDS, Counters
     from operators._dispatch import DispatchLogic
-    from operators._keying import Marked
     from pipelines import stateful
     from pipelines._running.compile import _dispatch
 
