@@ -57,3 +57,35 @@ def test_a_failing_predicate_dead_letters_the_record() -> None:
     [dead] = result.dead_letters
     assert dead.payload == "0" and dead.error_type == "ZeroDivisionError"
     assert dead.step == "forward_inv" and len(result["inv"]) == 9 and result.reconciles
+
+
+def test_routes_may_be_a_dict_and_a_class_as_a_route_says_what_to_write() -> None:
+    # forward({...}) (as dispatch takes its handlers) was Python's own "takes 1
+    # positional argument but 2 were given".
+    import pytest
+
+    from operators import Event
+
+    routes = (
+        Pipeline("d")
+        .read(nums())
+        .forward({"small": lambda x: x < 5, "even": lambda x: x % 2 == 0}, otherwise="rest")
+    )
+    result = routes.write(
+        small=sinks.memory("small"), even=sinks.memory("even"), rest=sinks.memory("rest")
+    ).run()
+    assert sorted(result["small"]) == [0, 1, 2, 3, 4]
+    assert sorted(result["even"]) == [6, 8, 10, 12, 14, 16, 18]
+    assert len(result["rest"]) == 8 and result.reconciles
+
+    class Order(Event):
+        amount: float = 0.0
+
+    stream = Pipeline("e").read(nums())
+    with pytest.raises(TypeError, match=r"got the class Order .*Hint: forward\(order=lambda e: "
+                       r"isinstance\(e, Order\)\), or dispatch\(\{Order: handler\}\)"):  # fmt: skip
+        stream.forward({Order: lambda e: True})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"route 'big' given both in the dict and as a keyword"):
+        stream.forward({"big": lambda x: x > 5}, big=lambda x: x > 9)
+    with pytest.raises(TypeError, match=r"routes are named predicates; got list"):
+        stream.forward([lambda x: x > 5])  # type: ignore[arg-type]

@@ -581,6 +581,8 @@ class Stream(Generic[T]):
 
     def forward(
         self,
+        by: Mapping[str, Callable[[T], object]] | None = None,
+        /,
         *,
         otherwise: str | None = None,
         mode: Literal["first", "all"] = "first",
@@ -590,6 +592,8 @@ class Stream(Generic[T]):
     ) -> Routes[T]:
         """Route records to named branches by predicates.
 
+        Routes are keywords (``forward(big=..., small=...)``) or a dict of
+        them (``forward({"big": ..., "small": ...})``), in order.
         ``mode="first"`` sends each record to the first route that matches;
         ``mode="all"`` copies it to every route that matches. Records matching
         none go to the branch named by ``otherwise``, or are counted unrouted.
@@ -602,6 +606,22 @@ class Stream(Generic[T]):
         ([7, 8, 9], 7)
         """
         step = name or "forward"
+        if by is not None:
+            if not isinstance(by, Mapping):
+                msg = (
+                    f"step {step!r} (forward): routes are named predicates; got "
+                    f"{type(by).__name__} {by!r:.80}. Hint: forward(big=lambda e: e.amount "
+                    f"> 100) or forward({{'big': lambda e: e.amount > 100}})."
+                )
+                raise TypeError(msg)
+            twice = sorted(set(by) & set(routes))
+            if twice:
+                msg = (
+                    f"step {step!r} (forward): route {twice[0]!r} given both in the dict "
+                    f"and as a keyword. Hint: name each route once."
+                )
+                raise ValueError(msg)
+            routes = {**by, **routes}
         if not routes:
             msg = (
                 f"step {step!r} (forward): no routes given. Hint: "
@@ -613,6 +633,14 @@ class Stream(Generic[T]):
             raise ValueError(msg)
         names = [*routes, *([otherwise] if otherwise is not None else [])]
         for route in names:
+            if isinstance(route, type):
+                msg = (
+                    f"step {step!r} (forward): routes are named, by predicates; got the class "
+                    f"{route.__name__} as a route's name. Hint: forward("
+                    f"{route.__name__.lower()}=lambda e: isinstance(e, {route.__name__})), or "
+                    f"dispatch({{{route.__name__}: handler}}) to hand each class to a function."
+                )
+                raise TypeError(msg)
             if (
                 not isinstance(route, str)
                 or not route.isidentifier()
