@@ -54,11 +54,12 @@ from pydantic import AwareDatetime
 from operators._deadletter import payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
-from operators._letters import Letters
+from operators._letters import Letters, Notes
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import (
+    _TICK,
     Watermarks,
     _utc,
     construct_valid,
@@ -134,6 +135,8 @@ class JoinSpec:
     select: Callable[[Any, Any], Any] | None = None
     late_wanted: bool = False
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    #: What the steps after need to know of when results are made (`Notes`).
+    notes: Notes | None = None
 
 
 def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]:
@@ -199,14 +202,13 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             part = f"{side}:{marked.partition}"
             tracked = part in self.wm
             delay = spec.delays[side]
-            for records, latest in marked.segments():
+            for records, latest, made_at in marked.segments():
                 if records:
                     row[_IN] += len(records)
-                    own = self.wm.get(part, _NEVER) if tracked else _NEVER
-                    wm = own if own > self.closed else self.closed
+                    wm = self.judge(part, made_at, delay) if tracked else self.closed
                     self._take(side, part, records, wm, out, row)
                 if tracked and latest != _NEVER:
-                    self.reached(marked, latest, delay)
+                    self.reached(latest)
                     if latest - delay > self.wm[part]:
                         self.wm[part] = latest - delay
             if tracked:
@@ -489,16 +491,17 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         lefts.sort(key=lambda x: x[0])
         rights.sort(key=lambda x: x[0])
         last = just_before(end)  # every result of the window is dated its last instant
+        made = end - _TICK
         if lefts and rights:
             for lt, left in lefts:
                 for rt, right in rights:
-                    self._emit(key, left, right, lt, rt, start, end, out, row, last)
+                    self._emit(key, left, right, lt, rt, start, end, out, row, last, made)
         elif lefts and how != "inner":
             for lt, left in lefts:
-                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last)
+                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made)
         elif rights and how == "outer":
             for rt, right in rights:
-                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last)
+                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last, made)
 
     def _close_interval(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
         spec = self.spec
@@ -521,8 +524,11 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                 gone += 1
                 if how != "inner" and not entry[2]:
                     # Dated when it was known to meet nothing: the end of its interval.
-                    at = _utc(entry[0] + upper)
-                    self._emit(key, entry[1], None, entry[0], _NEVER, None, None, out, row, at)
+                    done = entry[0] + upper
+                    self._emit(
+                        key, entry[1], None, entry[0], _NEVER, None, None, out, row,
+                        _utc(done), done,
+                    )  # fmt: skip
             if gone:
                 del lefts[:gone]
                 row[_OPEN] -= gone
@@ -532,8 +538,11 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                     break
                 gone += 1
                 if how == "outer" and not entry[2]:
-                    at = _utc(entry[0] - lower)
-                    self._emit(key, None, entry[1], _NEVER, entry[0], None, None, out, row, at)
+                    done = entry[0] - lower
+                    self._emit(
+                        key, None, entry[1], _NEVER, entry[0], None, None, out, row,
+                        _utc(done), done,
+                    )  # fmt: skip
             if gone:
                 del rights[:gone]
                 row[_OPEN] -= gone
@@ -604,7 +613,12 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         out: list[tuple[str, Any]],
         row: list[int],
         when: datetime | None = None,
+        made_at: float | None = None,
     ) -> None:
+        """Emit a pair (a `Joined`, or what ``select`` makes of it), dated ``when``.
+
+        ``when`` (``made_at`` in seconds) is by default the newer record's time.
+        """
         spec = self.spec
         row[_CREATED] += 1
         if spec.select is not None:
@@ -627,6 +641,9 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                 "end": None if end is None else _utc(end),
             }
             value = construct_valid(Joined, fields, _JOINED_FIELDS)
+        if spec.notes is not None:
+            at = max(lt, rt) if made_at is None else made_at
+            self.note(out, spec.notes, value, at, dated=spec.select is None)
         out.append(("r", value))
         row[_OUT] += 1
 

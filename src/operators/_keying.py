@@ -376,9 +376,10 @@ class ClockOp(StageOp):
 class Marked:
     """One bucket's share of a batch of one partition's chunks, with its progress.
 
-    ``records`` are those of every chunk in order; ``cuts`` says where each
-    chunk but the last ends: ``(end index in records, the partition's newest
-    event time after that chunk)``; ``behind`` holds the events already late
+    ``records`` are those of every chunk in order; ``cuts`` says where a
+    chunk but the last ends and the partition's progress moved on: ``(end
+    index in records, the partition's newest event time after that chunk)``;
+    ``judges`` when a step on event time made them; ``behind`` holds the events already late
     by the order of the batch. ``latest`` and ``eof`` are the partition's progress
     after the last chunk. ``partials`` are windows already aggregated from
     ``combined`` of the events (before the key exchange):
@@ -399,25 +400,57 @@ class Marked:
     partials: list[tuple[str, float, float, list[Any], list[str]]] = field(default_factory=list)
     combined: int = 0
     cuts: list[tuple[int, float]] = field(default_factory=list)
-    #: Whether the partition is a bucket of a step on event time: its ``latest``
-    #: is that step's watermark plus this step's delay, not an event's time.
-    stepped: bool = False
+    #: For a partition that is a bucket of a step on event time (its ``latest``
+    #: is that step's watermark): ``(index in records, made_at)`` where the
+    #: records that step made at another time start (see `Chunk.made_at`).
+    judges: list[tuple[int, float | None]] = field(default_factory=list)
 
-    def end_of(self, latest: float, delay: float) -> float:
-        """Return the partition's newest event time, from one of its ``latest`` (see `stepped`)."""
-        return latest - delay if self.stepped else latest
+    def segments(self) -> list[tuple[list[tuple[str, float, Any]], float, float | None]]:
+        """Return each run of records with the partition's newest event time after it.
 
-    def segments(self) -> list[tuple[list[tuple[str, float, Any]], float]]:
-        """Return each chunk's records with the partition's newest event time after it."""
+        Each comes as ``(records, latest, made_at)``: the records are judged
+        against the partition's watermark before them, or, where ``made_at``
+        is not None (records a step on event time made, see `judges`),
+        against that time less the step's ``max_delay``.
+        """
+        if self.judges:
+            return self._judged()
         if not self.cuts:
-            return [(self.records, self.latest)]
+            return [(self.records, self.latest, None)]
         records = self.records
-        out = []
+        out: list[tuple[list[tuple[str, float, Any]], float, float | None]] = []
         at = 0
         for end, latest in self.cuts:
-            out.append((records[at:end], latest))
+            out.append((records[at:end], latest, None))
             at = end
-        out.append((records[at:], self.latest))
+        out.append((records[at:], self.latest, None))
+        return out
+
+    def _judged(self) -> list[tuple[list[tuple[str, float, Any]], float, float | None]]:
+        """Split a made stream's records where a chunk ends and where their making time changes."""
+        records = self.records
+        judges = self.judges
+        if len(judges) == 1 and not self.cuts:
+            return [(records, self.latest, judges[0][1])]
+        # Each boundary: (index, the progress there or _NEVER, the making time from there on).
+        bounds: dict[int, list[Any]] = {}
+        for end, latest in self.cuts:
+            bounds.setdefault(end, [_NEVER, False, None])[0] = latest
+        for begin, made_at in judges:
+            bound = bounds.setdefault(begin, [_NEVER, False, None])
+            bound[1] = True
+            bound[2] = made_at
+        out: list[tuple[list[tuple[str, float, Any]], float, float | None]] = []
+        at = 0
+        made: float | None = None
+        for index in sorted(bounds):
+            latest, changes, made_at = bounds[index]
+            if index or latest != _NEVER:
+                out.append((records[at:index], latest, made))
+            at = index
+            if changes:
+                made = made_at
+        out.append((records[at:], self.latest, made))
         return out
 
 
@@ -486,23 +519,29 @@ class Bucketize:
         for part, group in by_part.items():
             marks = [Marked(part, _NEVER, False) for _ in range(n)]
             wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
-            latest = _NEVER
+            latest = cut = _NEVER
             for i, packet in enumerate(group):
                 records = packet.exits[index] if packet.exits else []
-                if i and latest != _NEVER:
-                    # The previous chunk ends here: each bucket's cut.
+                if i and latest != cut:
+                    # The previous chunk ends here, where the partition's progress
+                    # moved on: each bucket's cut.
+                    cut = latest
                     for mark in marks:
                         mark.cuts.append((len(mark.records), latest))
                 if packet.mark is not None:
                     # Made by a step on event time, which says how far it has
-                    # got: its records are judged against that, not their times.
-                    if i == 0:
-                        for mark in marks:
-                            mark.stepped = True
-                    self._spread(records, marks)
-                    reached = packet.mark + (self.delay or 0.0)
-                    if reached > latest:
-                        latest = reached
+                    # got, and when it made these records: each is judged
+                    # against that, not against the times of those before it.
+                    made = packet.made
+                    if made is None:
+                        self._made(records, None, marks)
+                    else:
+                        ends = [at[index] for at, _ in made[1:]] + [len(records)]
+                        for (starts, made_at), end in zip(made, ends, strict=True):
+                            if end > starts[index]:
+                                self._made(records[starts[index] : end], made_at, marks)
+                    if packet.mark > latest:
+                        latest = packet.mark
                     continue
                 if self.delay is None:
                     for record in records:
@@ -573,6 +612,21 @@ class Bucketize:
             if ts > latest:
                 latest = ts
         return kept, latest
+
+    def _made(self, records: list[Any], made_at: float | None, marks: list[Marked]) -> None:
+        """Spread records a step on event time made at ``made_at``, noting that per bucket."""
+        bucket_of = self.cache.get
+        for record in records:
+            b = bucket_of(record[0])
+            if b is None:
+                b = self.bucket_of(record[0])
+            mark = marks[b]
+            judges = mark.judges
+            if judges and judges[-1][1] == made_at:
+                mark.records.append(record)
+                continue
+            judges.append((len(mark.records), made_at))
+            mark.records.append(record)
 
     def _spread(self, records: list[Any], marks: list[Marked]) -> None:
         bucket_of = self.cache.get

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -11,7 +12,7 @@ from operators._deadletter import DeadLetter, payload_text
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters, describe_function
 
-__all__ = ["Letters", "dead_item"]
+__all__ = ["Letters", "Making", "Notes", "dead_item"]
 
 _OUT, _DEAD, _SKIPPED, _CREATED, _LATE = (
     COUNTER_FIELDS.index(f) for f in ("out", "dead", "skipped", "created", "late")
@@ -57,7 +58,98 @@ def dead_item(
     return ("d", letter)
 
 
-class Letters:
+class Notes:
+    """What the steps on event time after a step need to know of when it made its records.
+
+    ``readers`` say how those steps read a record's time (a field's name or a
+    function), where every way to them passes records on as they are
+    (filters, key_by, forward, merges); None where a way changes them (a map):
+    then each record's making time is noted. Otherwise only a record those
+    steps would date before its making is noted (the others are on time
+    however they are judged).
+
+    >>> from datetime import datetime, timezone
+    >>> class R:
+    ...     time = datetime(1970, 1, 1, 0, 1, tzinfo=timezone.utc)
+    >>> Notes(["time"]).behind(R(), 60.0), Notes(["time"]).behind(R(), 61.0)
+    (False, True)
+    >>> Notes(None).behind(R(), 0.0), Notes(["time"]).dated, Notes([lambda r: 0]).dated
+    (True, True, False)
+    """
+
+    __slots__ = ("dated", "readers")
+
+    def __init__(self, readers: list[str | Callable[[Any], Any]] | None) -> None:
+        """Read times as ``readers`` say (None: note every record)."""
+        self.readers = (
+            None
+            if readers is None
+            else [r if callable(r) else operator.attrgetter(r) for r in dict.fromkeys(readers)]
+        )
+        #: Whether the steps after read the ``time`` field alone: then evflow's own
+        #: results (dated when they are made) need no note.
+        self.dated = readers is not None and all(r == "time" for r in readers)
+
+    def behind(self, record: Any, at: float) -> bool:
+        """Whether a step after this one could date ``record`` before ``at``."""
+        if self.readers is None:
+            return True
+        for read in self.readers:
+            try:
+                value = read(record)
+                ts = value.timestamp() if isinstance(value, datetime) else float(value)
+            except Exception:  # noqa: BLE001 - the step after says what is wrong with it
+                return True
+            if not ts >= at:  # nan too
+                return True
+        return False
+
+
+class Making:
+    """A step on event time that notes, in its output, when it made its records."""
+
+    def note(
+        self,
+        out: list[tuple[str, Any]],
+        notes: Notes | None,
+        record: Any,
+        at: float,
+        dated: bool = False,
+    ) -> None:
+        """Note that ``record`` (next in ``out``) was made at ``at``, where the steps after need it.
+
+        ``dated``: the record is evflow's own result, dated ``at``.
+        """
+        if notes is None:
+            return
+        if (dated and notes.dated) or not notes.behind(record, at):
+            self.made(out, None)
+        else:
+            self.made(out, at)
+
+    #: The output list and time of the last `made` note (the list is held, not its id).
+    _made_in: list[tuple[str, Any]] | None = None
+    _made_at: float | None = None
+
+    def made(self, out: list[tuple[str, Any]], at: float | None) -> None:
+        """Note in ``out`` that the records after this are made at event time ``at``.
+
+        Steps after this one judge them against that (see `Chunk.made`); None:
+        against their partition's watermark (for records not behind their
+        making, see `Notes`). A note is written only where it changes.
+        """
+        if self._made_in is not out:
+            if at is None:
+                return  # the records of an output before its first note: the same
+            self._made_in = out
+            self._made_at = at
+            out.append(("t", at))
+        elif self._made_at != at:
+            self._made_at = at
+            out.append(("t", at))
+
+
+class Letters(Making):
     """Make a step's dead letters and send its late records on.
 
     The step's ``spec`` has ``pipeline``, ``step``, ``counters``,
@@ -78,6 +170,8 @@ class Letters:
         """Send on (or dead-letter) a record behind its partition's watermark ``wm``."""
         row[_LATE] += 1
         if self.spec.late_wanted:
+            if self.spec.notes is not None:
+                self.made(out, wm)  # judged after this step against what it was behind
             out.append(("l", record))
             row[_OUT] += 1
             return

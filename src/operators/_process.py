@@ -32,7 +32,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout, event_seconds
-from operators._letters import Letters
+from operators._letters import Letters, Notes
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
@@ -245,6 +245,8 @@ class ProcessSpec:
     idle: float = 0.0
     late_wanted: bool = False
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    #: What the steps after need to know of when records are emitted (`Notes`).
+    notes: Notes | None = None
 
 
 def _entry(timer: tuple[Any, ...]) -> tuple[float, int, int, float]:
@@ -341,20 +343,13 @@ class ProcessLogic(
         for marked in sorted(values, key=_PARTITION) if len(values) > 1 else values:
             part = marked.partition
             tracked = part in self.wm
-            for records, latest in marked.segments():
+            for records, latest, made_at in marked.segments():
                 if records:
                     row[_IN] += len(records)
-                    own = self.wm.get(part, _NEVER) if tracked else _NEVER
-                    self._take(
-                        records,
-                        part,
-                        own if own > self.closed else self.closed,
-                        incoming,
-                        out,
-                        row,
-                    )
+                    wm = self.judge(part, made_at, spec.delay) if tracked else self.closed
+                    self._take(records, part, wm, incoming, out, row)
                 if tracked and latest != _NEVER:
-                    self.reached(marked, latest, spec.delay)
+                    self.reached(latest)
                     if latest - spec.delay > self.wm[part]:
                         self.wm[part] = latest - spec.delay
             if tracked:
@@ -696,7 +691,13 @@ class ProcessLogic(
         emitted = ctx._out
         if emitted is not None:
             ctx._out = None
-            out += [("r", record) for record in emitted]
+            notes = self.spec.notes
+            if notes is None:
+                out += [("r", record) for record in emitted]
+            else:
+                for record in emitted:  # judged after this step against the call's time
+                    self.note(out, notes, record, ctx._at)
+                    out.append(("r", record))
             row[_CREATED] += len(emitted)
             row[_OUT] += len(emitted)
 

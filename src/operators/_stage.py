@@ -92,6 +92,14 @@ class Chunk:
     #: a join, a process step), after these records: the records to come of
     #: this partition (one key bucket of that step) are at or after it.
     mark: float | None = None
+    #: For records made by a step on event time: ``(index in items, made_at)``
+    #: where the records that step made at event time ``made_at`` start (a
+    #: result's date, a process call's ``ctx.time``). The steps on event time
+    #: after it judge each record against that, less their ``max_delay``, so a
+    #: record dated before it is late or not whatever the batches. None: the
+    #: records are not dated before their making (see `Notes`), and are
+    #: judged against their partition's watermark.
+    made: list[tuple[int, float | None]] | None = None
     #: Each record's own name in its partition, where it has one (a stream
     #: entry's id): dead letters carry it.
     keys: list[str] | None = None
@@ -125,6 +133,9 @@ class Packet:
     idle_since: float | None = None
     #: The watermark after the chunk (see `Chunk.mark`), for made streams.
     mark: float | None = None
+    #: When the step before made its records (see `Chunk.made`): for each run
+    #: of records, where it starts in each exit, and when they were made.
+    made: list[tuple[list[int], float | None]] | None = None
 
     @property
     def origin_id(self) -> str:
@@ -468,21 +479,30 @@ def run_stage(
         run = _Run(pipeline, chunk, table)
         out: list[list[Any]] = [[] for _ in range(exits)]
         items = chunk.items
-        # Work through a chunk in slices: few records are alive at once, so
-        # they die young (cheap for the garbage collector) and stay in cache.
-        for start in range(0, len(items), step):
-            part = items[start : start + step] if len(items) > step else items
-            run.base = start
-            try:
-                for i, root in enumerate(roots):
-                    root.push(part if i == 0 else list(part), run, out)
-            except RunHalted:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - a halt, a fault, a user's stop
-                # Kept for the runner, which raises it in this process (a
-                # KeyboardInterrupt from a user function included) instead of
-                # the engine's panic, which loses it on several processes.
-                counters.halt(exc)
+        # Runs of records made at one time (see `Chunk.made`), each noted in
+        # the packet where it starts; a chunk from elsewhere is one run.
+        runs: list[tuple[int, float | None]] = chunk.made or [(0, None)]
+        made: list[tuple[list[int], float | None]] | None = None if chunk.made is None else []
+        ends = [at for at, _ in runs[1:]] + [len(items)]
+        for (begin, made_at), end in zip(runs, ends, strict=True):
+            if made is not None:
+                made.append(([len(o) for o in out], made_at))
+            # Work through a run in slices: few records are alive at once, so
+            # they die young (cheap for the garbage collector) and stay in cache.
+            for start in range(begin, end, step):
+                stop = min(start + step, end)
+                part = items if start == 0 and stop == len(items) else items[start:stop]
+                run.base = start
+                try:
+                    for i, root in enumerate(roots):
+                        root.push(part if i == 0 else list(part), run, out)
+                except RunHalted:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - a halt, a fault, a user's stop
+                    # Kept for the runner, which raises it in this process (a
+                    # KeyboardInterrupt from a user function included) instead of
+                    # the engine's panic, which loses it on several processes.
+                    counters.halt(exc)
         packets.append(
             Packet(
                 out,
@@ -492,6 +512,7 @@ def run_stage(
                 chunk.eof,
                 chunk.idle_since,
                 chunk.mark,
+                made,
             )
         )
     return packets

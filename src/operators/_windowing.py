@@ -42,7 +42,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
-from operators._letters import _iso, dead_item
+from operators._letters import Making, Notes, _iso, dead_item
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
@@ -336,6 +336,9 @@ class WindowSpec:
     #: With ``emit="early"``: seconds (wall clock) between a window's early results.
     every: float | None = None
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    #: What the steps on event time after this one need to know of when it
+    #: made its results (None: no such step reads them).
+    notes: Notes | None = None
 
     def __post_init__(self) -> None:
         """Generate the adder and the merger once."""
@@ -511,6 +514,8 @@ def wake_at(seconds: float) -> datetime | None:
 
 _BEFORE_CACHE: dict[float, datetime] = {}
 _MICROSECOND = timedelta(microseconds=1)
+#: A microsecond in seconds: a window's result is dated this before its end.
+_TICK = 1e-6
 
 
 def just_before(seconds: float) -> datetime:
@@ -584,7 +589,7 @@ def pop_session(sessions: dict[str, list[list[Any]]], key: str, start: float, cl
     return found
 
 
-class Watermarks:
+class Watermarks(Making):
     """Per-partition watermarks of a keyed step, for one key bucket.
 
     ``wm`` holds each source partition's watermark (its newest event time
@@ -615,11 +620,22 @@ class Watermarks:
         self.newest = state.get("newest", _NEVER)
         self.idle_timeout = idle_timeout
 
-    def reached(self, marked: Marked, latest: float, delay: float) -> None:
+    def reached(self, latest: float) -> None:
         """Move ``newest`` on to a partition's progress ``latest`` (the end never counts)."""
-        end = marked.end_of(latest, delay)
-        if self.newest < end != _DONE:
-            self.newest = end
+        if self.newest < latest != _DONE:
+            self.newest = latest
+
+    def judge(self, part: str, made_at: float | None, delay: float) -> float:
+        """Return the watermark a record of partition ``part`` is judged against.
+
+        A source's record: the partition's own watermark just before it. A
+        record a step on event time made: when that step made it, less
+        ``delay`` (this step's ``max_delay``), so a record dated before its
+        making is late or not whatever the batches. Never before what this
+        step has already closed.
+        """
+        own = self.wm.get(part, _NEVER) if made_at is None else made_at - delay
+        return own if own > self.closed else self.closed
 
     def report(self, mark: float, lag: float, out: list[tuple[str, Any]]) -> None:
         """Tell the steps after this one how far it has got, when that moved.
@@ -760,6 +776,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         wins = self.wins
         window = self.spec.window
         gap = window.gap if isinstance(window, Session) else 0.0
+        made: float | None = None
+        notes = self.spec.notes
         while heap and heap[0][0] <= upto:
             end, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
@@ -779,6 +797,13 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 self._failed_result(key, start, exc, out, row)
                 continue
+            if notes is not None:
+                if notes.dated:
+                    if made is None:
+                        made = end
+                        self.made(out, None)  # dated the window's last instant, when made
+                else:
+                    self.note(out, notes, result, end - _TICK)
             out.append(("r", result))
             row[_OUT] += 1
         if upto > self.closed:
@@ -808,8 +833,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 floor = max(self.wm.get(part, _NEVER), self.closed)
                 for record, wm in marked.behind:
                     self._timed(window, [record], out, row, part, wm if wm > floor else floor)
-            segments = marked.segments() if tracked else [(marked.records, marked.latest)]
-            for records, latest in segments:
+            segments = marked.segments() if tracked else [(marked.records, marked.latest, None)]
+            for records, latest, made_at in segments:
                 if records and spec.every is not None:
                     self.dirty.update(r[0] for r in records)
                 if records:
@@ -819,9 +844,16 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                     elif isinstance(window, Count):
                         self._count(window, records, out, row)
                     else:
-                        self._timed(window, records, out, row, part)
+                        self._timed(
+                            window,
+                            records,
+                            out,
+                            row,
+                            part,
+                            None if made_at is None else self.judge(part, made_at, spec.delay),
+                        )
                 if tracked and latest != _NEVER:
-                    self.reached(marked, latest, spec.delay)
+                    self.reached(latest)
                     candidate = latest - spec.delay
                     if candidate > self.wm[part]:
                         self.wm[part] = candidate
@@ -860,6 +892,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 self._failed_result(key, start, exc, out, row)
                 continue
+            self.note(out, self.spec.notes, result, end - _TICK, dated=True)
             out.append(("r", result))
             row[_CREATED] += 1
             row[_OUT] += 1
@@ -1262,6 +1295,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         spec = self.spec
         row[_LATE] += 1
         if spec.late_wanted:
+            if spec.notes is not None:
+                self.made(out, wm)  # judged after this step against what it was behind
             out.append(("l", event))
             row[_OUT] += 1
             return

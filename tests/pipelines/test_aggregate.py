@@ -261,19 +261,19 @@ def test_misuse_fails_at_build_time() -> None:
 
 
 class Logic(WindowLogic):
-    """A window step's logic whose outputs leave out its watermark reports."""
+    """A window step's logic whose outputs leave out its watermark reports and making times."""
 
     def on_batch(self, values: list[Marked]) -> tuple[list[tuple[str, Any]], bool]:
         out, done = super().on_batch(values)
-        return [x for x in out if x[0] != "w"], done
+        return [x for x in out if x[0] not in ("w", "t")], done
 
     def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
         out, done = super().on_notify()
-        return [x for x in out if x[0] != "w"], done
+        return [x for x in out if x[0] not in ("w", "t")], done
 
     def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
         out, done = super().on_eof()
-        return [x for x in out if x[0] != "w"], done
+        return [x for x in out if x[0] not in ("w", "t")], done
 
 
 def spec(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from operators import COUNTER_FIELDS, Counters, Event, Joined, windows
+from operators import COUNTER_FIELDS, Counters, Event, Joined, agg, windows
 from operators._joining import JoinLogic, JoinSpec
 from operators._keying import Marked
 from pipelines import Pipeline, render, sinks, sources, testing
@@ -142,6 +142,53 @@ def test_interval_join_matches_payments_within_ten_minutes_of_their_order() -> N
         ("o2", "p3"),
     ]
     assert all(j.time == max(j.left.time, j.right.time) for j in result["out"])
+
+
+@pytest.mark.parametrize("delay", [0, 600])
+def test_a_selected_record_dated_before_its_pair_is_late_or_not_whatever_the_batches(
+    delay: int,
+) -> None:
+    """``select=lambda o, p: o`` gives each pair its order, dated before the pair (the
+    payment's time, up to 10 minutes later). A window on the orders' own time after the
+    join judges each against when the join made it, less the window's max_delay: the
+    same orders are late on every schedule (with no delay, those whose 5-minute window
+    ended before their payment; with 10 minutes, none)."""
+    orders = [order(f"o{i}", 60 * i, "abc"[i % 3]) for i in range(30)]
+    pays = [pay(f"p{j}", 60 * (j + 7), "abc"[j % 3]) for j in range(30)]
+    expected: Counter[tuple[str, float]] = Counter()
+    late = 0
+    for o in orders:
+        for p in pays:
+            t, made = o.time.timestamp(), p.time.timestamp()
+            if o.customer == p.customer and t <= made <= t + 600:
+                start = t - (t - T0.timestamp()) % 300
+                if start + 300 <= made - delay:
+                    late += 1
+                else:
+                    expected[(o.customer, start)] += 1
+    assert late if delay == 0 else not late  # the case is there
+    for batch, workers in [(1, 1), (2, 1), (5, 2), (1000, 1), (1000, 2)]:
+        p = Pipeline("paid_orders")
+        left = p.read(sources.memory(orders, batch_size=batch), name="orders").key_by(
+            lambda o: o.customer, name="by_customer"
+        )
+        right = p.read(sources.memory(pays, batch_size=batch), name="pays").key_by(
+            lambda o: o.customer, name="pay_customer"
+        )
+        paid = left.join(
+            right, between=(timedelta(0), timedelta(minutes=10)), select=lambda o, _: o
+        )
+        counted = (
+            paid.key_by(lambda o: o.customer, name="again")
+            .window(windows.tumbling(minutes=5), clock=windows.event_time(max_delay=delay))
+            .aggregate(n=agg.count())
+        )
+        result = (counted.write(sinks.memory("n")) | counted.late.write(sinks.memory("late"))).run(
+            workers=workers
+        )
+        got = Counter({(r.key, r.start.timestamp()): r.n for r in result["n"]})
+        assert (got, len(result["late"])) == (expected, late), (batch, workers)
+        assert result.reconciles
 
 
 def test_a_failing_select_is_a_dead_letter_with_both_records() -> None:

@@ -426,6 +426,62 @@ def relay(n: None, e: Tick, ctx: Context[Tick]) -> None:
     ctx.emit(e)
 
 
+def back_dated(n: None, e: Tick, ctx: Context[Tick]) -> None:
+    """Emit a copy of each event dated ``e.v`` seconds before it."""
+    ctx.emit(Tick(k=e.k, v=e.v, time=ctx.time - timedelta(seconds=e.v)))
+
+
+@pytest.mark.parametrize(
+    ("delay", "way"), [(0, "as_is"), (4, "as_is"), (0, "map"), (4, "clock"), (0, "merge")]
+)
+def test_records_a_process_step_dates_before_its_call_are_late_or_not_whatever_the_batches(
+    delay: int, way: str
+) -> None:
+    """A window after a process step judges what the step emits against the time of the
+    call that emitted it (``ctx.time``) less the window's max_delay: a record dated
+    before it is late, or not, on every schedule alike, as a direct computation says.
+    So too through a map (which may change the records), merged with another stream, and
+    with a clock's function."""
+    ticks = [Tick(k="ab"[i % 2], v=i * 7 % 13, time=T0 + timedelta(seconds=i)) for i in range(80)]
+    expected: Counter[tuple[str, float]] = Counter()
+    late = 0
+    for e in ticks:
+        t = e.time.timestamp() - BASE
+        start = (t - e.v) // 10 * 10
+        if start + 10 <= t - delay:
+            late += 1
+        else:
+            expected[(e.k, start)] += 1
+    assert late and expected
+    for batch, workers in [(1, 1), (3, 1), (7, 2), (1000, 1), (1000, 2)]:
+        p = Pipeline("back")
+        emitted = (
+            p.read(sources.memory(ticks, batch_size=batch))
+            .key_by(lambda e: e.k)
+            .process(back_dated, initial=lambda: None)
+        )
+        if way == "merge":
+            emitted = emitted.merge(p.read(sources.memory([], schema=Tick), name="none"))
+        if way == "map":
+            emitted = emitted.map(lambda e: e.model_copy())
+        clock = (
+            windows.event_time(lambda e: e.time, max_delay=delay)
+            if way == "clock"
+            else windows.event_time(max_delay=delay)
+        )
+        counted = (
+            emitted.key_by(lambda e: e.k, name="again")
+            .window(windows.tumbling(seconds=10), clock=clock)
+            .aggregate(n=agg.count())
+        )
+        result = (counted.write(sinks.memory("n")) | counted.late.write(sinks.memory("late"))).run(
+            workers=workers
+        )
+        got = Counter({(r.key, r.start.timestamp() - BASE): r.n for r in result["n"]})
+        assert (got, len(result["late"])) == (expected, late), (batch, workers)
+        assert result.reconciles
+
+
 @pytest.mark.parametrize(
     ("delay", "batch", "after"),
     [(0, 1, False), (0, 4, False), (500, 3, False), (0, 1, True), (0, 5, True), (200, 2, True)],

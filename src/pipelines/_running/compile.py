@@ -50,6 +50,7 @@ from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._joining import JoinLogic, JoinSpec
 from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Marked, SplitOp
+from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Window
@@ -315,7 +316,9 @@ def compile_pipeline(
             join_spec = _join_spec(pipeline, node, row[node.name], counters, users)
             outputs = op.stateful_batch(node.name, both, _JoinBuilder(join_spec))
             chunks = op.flat_map_batch(
-                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+                f"{node.name}_chunks",
+                outputs,
+                _ToChunk.of(node, users),
             )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
@@ -326,7 +329,9 @@ def compile_pipeline(
                 node.name, agg_inputs.pop(node.name), _ProcessBuilder(process_spec)
             )
             chunks = op.flat_map_batch(
-                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+                f"{node.name}_chunks",
+                outputs,
+                _ToChunk.of(node, users),
             )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
@@ -335,7 +340,9 @@ def compile_pipeline(
             builder = _DispatchBuilder(_dispatch(pipeline, node), counters, row[node.name])
             outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), builder)
             chunks = op.flat_map_batch(
-                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+                f"{node.name}_chunks",
+                outputs,
+                _ToChunk.of(node, users),
             )
             root = SplitOp(tree(stage_, (node.name, None)), [], row[node.name])
         elif node.kind == "aggregate":
@@ -343,7 +350,9 @@ def compile_pipeline(
             spec = _window_spec(pipeline, node, row[node.name], counters, users)
             outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), _LogicBuilder(spec))
             chunks = op.flat_map_batch(
-                f"{node.name}_chunks", outputs, _ToChunk(node.name, makes_marks(node))
+                f"{node.name}_chunks",
+                outputs,
+                _ToChunk.of(node, users),
             )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
@@ -492,6 +501,7 @@ def _join_spec(
         select=params["select"],
         late_wanted=bool(users[(node.name, "late")]),
         policy=node.policy,
+        notes=_notes_after(node, users),
     )
 
 
@@ -518,6 +528,7 @@ def _process_spec(
         idle=clock.idle_timeout,
         late_wanted=bool(users[(node.name, "late")]),
         policy=node.policy,
+        notes=_notes_after(node, users),
     )
 
 
@@ -557,6 +568,7 @@ def _window_spec(
         ttl=node.params["ttl"],
         every=node.params.get("every"),
         policy=node.policy,
+        notes=_notes_after(node, users),
     )
 
 
@@ -670,43 +682,128 @@ class _Side:
         return (item[0], (self.side, item[1]))
 
 
+#: Steps that pass records on as they are (a step on event time after them reads them so).
+_AS_THEY_ARE = ("filter", "inspect", "key_by", "forward", "merge")
+
+
+def _notes_after(node: Node, users: dict[tuple[str, str | None], list[Node]]) -> Notes | None:
+    """Say what the steps on event time reading what ``node`` makes need to know of it.
+
+    They judge each record against when ``node`` made it (`Notes`). None
+    where no such step reads it: past stateless steps and merges, up to the
+    next keyed step (whose own results are judged anew).
+    """
+    readers: list[str | Callable[[Any], Any]] = []
+    changed = found = False
+    seen: set[tuple[str, bool]] = set()
+    ways: list[tuple[tuple[str, str | None], bool]] = [
+        ((node.name, None), True),
+        ((node.name, "late"), True),
+    ]
+    while ways:
+        port, unchanged = ways.pop()
+        for user in users.get(port, []):
+            clocks: list[Any] = []
+            if user.kind == "join":
+                clocks = [
+                    user.params["clocks"][side]
+                    for side, inport in enumerate(user.inputs)
+                    if (inport.node.name, inport.route) == port
+                ]
+            elif user.kind == "process" or (user.kind == "aggregate" and makes_marks(user)):
+                clocks = [user.params["clock"]]
+            elif user.kind in ("write", "aggregate") or (
+                user.kind == "dispatch" and user.params["key"] is not None
+            ):
+                continue
+            else:
+                way = user.kind in _AS_THEY_ARE and unchanged
+                if (user.name, way) not in seen:
+                    seen.add((user.name, way))
+                    ways += [((user.name, route), way) for route in user.ports()]
+                continue
+            for clock in clocks:
+                if isinstance(clock, EventTime):
+                    found = True
+                    changed = changed or not unchanged
+                    readers.append(clock.fn or clock.field or "time")
+    if not found:
+        return None
+    return Notes(None if changed else readers)
+
+
 class _ToChunk:
     """Gather a keyed step's outputs into chunks: one per key bucket, with its watermark.
 
     A step on event time reports how far each of its buckets has got
-    (``("w", mark)`` items): each bucket is a partition of the stream it
+    (``("w", mark)`` items) and, before its records, when it made them
+    (``("t", at)`` items): each bucket is a partition of the stream it
     makes, so steps on event time after it judge its results as they judge
-    a source's events. Other keyed steps make one chunk per batch.
+    a source's events, each against when it was made (`Chunk.made`). Other
+    keyed steps make one chunk per batch.
     """
 
-    def __init__(self, step: str, marks: bool = False) -> None:
+    def __init__(self, step: str, marks: bool = False, judged: bool = False) -> None:
+        """``judged``: a step on event time reads the stream (see `_notes_after`)."""
         self.step = step
         self.marks: dict[str, float] | None = {} if marks else None
+        self.judged = judged
+
+    @classmethod
+    def of(cls, node: Node, users: dict[tuple[str, str | None], list[Node]]) -> _ToChunk:
+        """Gather the outputs of keyed step ``node``."""
+        return cls(node.name, makes_marks(node), _notes_after(node, users) is not None)
 
     def __call__(self, items: list[tuple[str, Any]]) -> list[Chunk]:
         marks = self.marks
         if marks is None:
-            values = [value for _, value in items if value[0] != "w"]
+            values = [value for _, value in items if value[0] != "w" and value[0] != "t"]
             return [Chunk(values, self.step, "out")] if values else []
-        groups: dict[str, list[Any]] = {}
-        ended: list[Chunk] = []
+        groups: dict[str, tuple[list[Any], list[tuple[int, float | None]]]] = {}
+        done: list[Chunk] = []
+        step = self.step
+        judged = self.judged
         for bucket, value in items:
-            held = groups.get(bucket)
-            if held is None:
-                held = groups[bucket] = []
-            if value[0] == "w":
+            group = groups.get(bucket)
+            if group is None:
+                group = groups[bucket] = ([], [])
+            tag = value[0]
+            if tag == "t":
+                if judged:
+                    made = group[1]
+                    if made and made[-1][0] == len(group[0]):
+                        made[-1] = (len(group[0]), value[1])  # no record made at the one before
+                    else:
+                        made.append((len(group[0]), value[1]))
+            elif tag == "w":
                 if value[1] == _DONE and bucket in marks and marks[bucket] != _DONE:
                     # The end: the last mark before it goes on on its own (where
                     # the steps after this one end their data), then the end.
-                    ended.append(Chunk(held, self.step, bucket, mark=marks[bucket]))
-                    groups[bucket] = []
+                    held, made = group
+                    done.append(
+                        Chunk(held, step, bucket, mark=marks[bucket], made=_runs(held, made))
+                    )
+                    groups[bucket] = ([], [])
                 marks[bucket] = value[1]
             else:
-                held.append(value)
-        return ended + [
-            Chunk(values, self.step, bucket, mark=marks.get(bucket, _NEVER))
-            for bucket, values in groups.items()
+                group[0].append(value)
+        return done + [
+            Chunk(held, step, bucket, mark=marks.get(bucket, _NEVER), made=_runs(held, made))
+            for bucket, (held, made) in groups.items()
         ]
+
+
+def _runs(
+    held: list[Any], made: list[tuple[int, float | None]]
+) -> list[tuple[int, float | None]] | None:
+    """Return a chunk's runs of records made at one time (None: none noted)."""
+    if made and made[-1][0] == len(held):
+        made.pop()  # noted after the last record: nothing made then
+    if not made:
+        return None
+    if made[0][0]:
+        made.insert(0, (0, None))  # the records before the first note: not noted
+    return made
 
 
 class _Records:
@@ -747,7 +844,35 @@ class _Unpack:
     def __call__(self, packets: list[Packet]) -> list[Chunk]:
         i = self.index
         return [
-            Chunk(p.exits[i], p.source, p.partition, eof=p.eof, idle_since=p.idle_since)
+            Chunk(
+                p.exits[i],
+                p.source,
+                p.partition,
+                eof=p.eof,
+                idle_since=p.idle_since,
+                mark=p.mark,
+                made=None if p.made is None else _exit_runs(p.made, i, len(p.exits[i])),
+            )
             for p in packets
-            if p.exits[i] or p.eof or p.idle_since is not None
+            if p.exits[i] or p.eof or p.idle_since is not None or p.mark is not None
         ]
+
+
+def _exit_runs(
+    made: list[tuple[list[int], float | None]], index: int, size: int
+) -> list[tuple[int, float | None]] | None:
+    """Return the runs of records made at one time (`Chunk.made`) of exit ``index`` of a packet.
+
+    >>> _exit_runs([([0, 0], 5.0), ([0, 2], 6.0), ([1, 2], 7.0)], 0, 3)
+    [(0, 6.0), (1, 7.0)]
+    """
+    runs: list[tuple[int, float | None]] = []
+    for starts, made_at in made:
+        start = starts[index]
+        if runs and runs[-1][0] == start:
+            runs[-1] = (start, made_at)  # the run before made nothing for this exit
+        else:
+            runs.append((start, made_at))
+    if runs and runs[-1][0] == size:
+        runs.pop()
+    return runs or None
