@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import pickle
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import (
     COUNTER_FIELDS,
+    Counters,
     Node,
     Packet,
     ResumeError,
@@ -59,6 +61,7 @@ __all__ = [
     "BUCKET_LAYOUT",
     "Bucketize",
     "ClockOp",
+    "Crossing",
     "Marked",
     "SplitOp",
     "check_layout",
@@ -454,6 +457,46 @@ class Marked:
         return out
 
 
+class Crossing:
+    """Check that the records a keyed step takes can cross between processes (pickled).
+
+    The engine pickles what goes to a worker of another process, and a record
+    that cannot be pickled (an instance of a class defined inside a function)
+    stops it with a panic that names nothing. Each record class is tried
+    once, before it crosses, and the run stops with the class, the step and a
+    hint.
+    """
+
+    def __init__(self, counters: Counters, pipeline: str, step: str, processes: int) -> None:
+        """Check the records going to ``step`` of ``pipeline`` on ``processes`` processes."""
+        self.counters = counters
+        self.pipeline = pipeline
+        self.step = step
+        self.processes = processes
+        self.checked: set[type] = set()
+
+    def check(self, records: list[Any], timed: bool = True) -> None:
+        """Try each new class among ``records`` (``timed``: as ``(key, time, record)``)."""
+        checked = self.checked
+        for record in records:
+            cls = record[2].__class__ if timed else record.__class__
+            if cls not in checked:
+                self._try(cls)
+                checked.add(cls)
+
+    def _try(self, cls: type) -> None:
+        try:
+            pickle.dumps(cls)
+        except Exception as exc:  # noqa: BLE001 - reported with the class named
+            msg = (
+                f"pipeline {self.pipeline!r} runs on {self.processes} processes, where the "
+                f"records that step {self.step!r} takes travel between processes pickled, but "
+                f"class {cls.__qualname__} (module {cls.__module__}) cannot be pickled: {exc}. "
+                f"Hint: define it at module level, not inside a function."
+            )
+            self.counters.halt(TypeError(msg))
+
+
 class Bucketize:
     """Split an exit of packets into per-bucket `Marked` items (a flat_map_batch).
 
@@ -468,8 +511,11 @@ class Bucketize:
         buckets: int = BUCKETS,
         combine: Combining | None = None,
         delay: float | None = None,
+        crossing: Crossing | None = None,
     ) -> None:
         """Read exit ``exit_index`` of each packet.
+
+        ``crossing``: check that the records can cross between processes.
 
         With ``delay`` (an event-time window's ``max_delay``), each event is
         judged against its partition's watermark as it stands just before it,
@@ -485,6 +531,7 @@ class Bucketize:
             BUCKET_KEYS[:buckets] if buckets <= BUCKETS else [str(b) for b in range(buckets)]
         )
         self.combine = combine
+        self.crossing = crossing
         self.cache: dict[str, int] = {}
 
     def bucket_of(self, key: str) -> int:
@@ -522,6 +569,8 @@ class Bucketize:
             latest = cut = _NEVER
             for i, packet in enumerate(group):
                 records = packet.exits[index] if packet.exits else []
+                if self.crossing is not None and records:
+                    self.crossing.check(records)
                 if i and latest != cut:
                     # The previous chunk ends here, where the partition's progress
                     # moved on: each bucket's cut.

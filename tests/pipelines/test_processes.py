@@ -110,6 +110,38 @@ def test_unpicklable_event_classes_are_refused_before_running() -> None:
         p.run(processes=2)
 
 
+@pytest.mark.parametrize("to", ["keyed", "file"])
+def test_records_of_a_local_class_stop_a_run_on_processes_before_they_cross(
+    to: str, tmp_path: Path
+) -> None:
+    """The engine pickles what crosses to another process, and panics without a word on
+    what cannot be: the class, the step taking it and a hint are said instead."""
+
+    class Local(Event):
+        k: str
+
+    made = (
+        Pipeline("crossing")
+        .read(sources.memory(range(8), partitions=2))
+        .map(lambda n: Local(k=str(n)))
+    )
+    if to == "keyed":
+        counted = made.key_by(lambda e: e.k).aggregate(n=agg.count(), name="counted")
+        p = counted.write(sinks.memory("o"))
+        step = "counted"
+    else:
+        p = made.write(sinks.jsonl(tmp_path / "o.jsonl"), name="to_file")
+        step = "to_file"
+    with pytest.raises(
+        TypeError,
+        match=rf"runs on 2 processes, where the records that step '{step}' takes travel "
+        r"between processes pickled, but class .*Local .*cannot be pickled.*"
+        r"define it at module level",
+    ):
+        # With recovery, a file is written exactly once, by one worker.
+        p.run(processes=2, recovery=None if to == "keyed" else tmp_path / "store")
+
+
 def test_process_count_is_checked() -> None:
     p = Pipeline("c").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(ValueError, match=r"processes must be a positive int; got 0"):

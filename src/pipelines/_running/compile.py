@@ -49,7 +49,7 @@ from operators import (
 from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._joining import JoinLogic, JoinSpec
-from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Marked, SplitOp
+from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Crossing, Marked, SplitOp
 from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
@@ -241,6 +241,12 @@ def compile_pipeline(
     dead_streams: list[BwStream[tuple[str, list[Any]]]] = []
     engine_sources: list[ChunkSource] = []
 
+    def crossing(target: Node) -> Crossing | None:
+        """On several processes: check that what ``target`` takes can cross between them."""
+        if processes == 1:
+            return None
+        return Crossing(counters, pipeline.name, target.name, processes)
+
     def tree(stage_: _Stage, port: tuple[str, str | None]) -> list[StageNode]:
         nodes: list[StageNode] = []
         joined: set[str] = set()
@@ -384,7 +390,9 @@ def compile_pipeline(
             sink = target.params["sink"]
             if exact_files and isinstance(sink, ExactSink):
                 records = op.flat_map_batch(
-                    f"{node.name}_to_{target.name}_{i}", packets, _Records(i, sink.partition)
+                    f"{node.name}_to_{target.name}_{i}",
+                    packets,
+                    _Records(i, sink.partition, crossing(target)),
                 )
                 exact = ExactOutput(sink, ctx, counters, row[target.name])
                 op.output(f"{target.name}_exact", records, exact)
@@ -428,7 +436,7 @@ def compile_pipeline(
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",
                     packets,
-                    Bucketize(i, combine=combine, delay=delay),
+                    Bucketize(i, combine=combine, delay=delay, crossing=crossing(target)),
                 )
                 agg_inputs[target.name] = marked
             elif kind.startswith("join"):
@@ -437,7 +445,7 @@ def compile_pipeline(
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",
                     packets,
-                    Bucketize(i, delay=clock.max_delay),
+                    Bucketize(i, delay=clock.max_delay, crossing=crossing(target)),
                 )
                 tagged = op.map(f"{node.name}_to_{target.name}_{i}_side", marked, _Side(side))
                 join_inputs.setdefault(target.name, []).append(tagged)
@@ -809,12 +817,17 @@ def _runs(
 class _Records:
     """Take one exit's records out of a stage's packets, for a keyed sink."""
 
-    def __init__(self, index: int, key: str) -> None:
+    def __init__(self, index: int, key: str, crossing: Crossing | None = None) -> None:
+        """``crossing``: check that the records can cross between processes."""
         self.index = index
         self.key = key
+        self.crossing = crossing
 
     def __call__(self, packets: list[Packet]) -> list[tuple[str, list[Any]]]:
         i = self.index
+        if self.crossing is not None:
+            for p in packets:
+                self.crossing.check(p.exits[i], timed=False)
         return [(self.key, p.exits[i]) for p in packets if p.exits[i]]
 
 
