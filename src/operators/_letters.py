@@ -14,6 +14,9 @@ from operators._stage import COUNTER_FIELDS, Counters, describe_function
 
 __all__ = ["Letters", "Making", "Notes", "dead_item"]
 
+#: Microseconds in a second.
+_US = 1_000_000
+
 _OUT, _DEAD, _SKIPPED, _CREATED, _LATE = (
     COUNTER_FIELDS.index(f) for f in ("out", "dead", "skipped", "created", "late")
 )
@@ -77,10 +80,21 @@ class Notes:
     (True, True, False)
     """
 
-    __slots__ = ("dated", "readers")
+    __slots__ = ("dated", "grid", "readers")
 
-    def __init__(self, readers: list[str | Callable[[Any], Any]] | None) -> None:
-        """Read times as ``readers`` say (None: note every record)."""
+    def __init__(
+        self,
+        readers: list[str | Callable[[Any], Any]] | None,
+        grid: tuple[int, int, float] | None = None,
+    ) -> None:
+        """Read times as ``readers`` say (None: note every record).
+
+        ``grid``: where every step that judges the records is a tumbling or
+        sliding window, ``(step, offset, delay)``: its windows end at
+        ``offset + k * step`` microseconds and it judges a record made at
+        ``t`` against ``t - delay``. Records made at times it judges alike
+        (no window end between) then share one note.
+        """
         self.readers = (
             None
             if readers is None
@@ -89,6 +103,25 @@ class Notes:
         #: Whether the steps after read the ``time`` field alone: then evflow's own
         #: results (dated when they are made) need no note.
         self.dated = readers is not None and all(r == "time" for r in readers)
+        self.grid = grid
+
+    def cell(self, at: float) -> int:
+        """Return which windows a record made at ``at`` is judged behind (see ``grid``).
+
+        >>> notes = Notes(["time"], (10_000_000, 0, 2.0))  # 10 s windows, 2 s delay
+        >>> notes.cell(31.0), notes.cell(32.0), notes.cell(41.999)
+        (2, 3, 3)
+        """
+        assert self.grid is not None
+        step, offset, delay = self.grid
+        judged = at - delay
+        k = math.floor((judged * _US - offset) / step)
+        # Ends are compared as the window step computes them: (k * step + offset) / 1e6.
+        while ((k + 1) * step + offset) / _US <= judged:
+            k += 1
+        while (k * step + offset) / _US > judged:
+            k -= 1
+        return k
 
     def behind(self, record: Any, at: float) -> bool:
         """Whether a step after this one could date ``record`` before ``at``."""
@@ -124,12 +157,20 @@ class Making:
             return
         if (dated and notes.dated) or not notes.behind(record, at):
             self.made(out, None)
-        else:
+        elif notes.grid is None:
             self.made(out, at)
+        else:
+            cell = notes.cell(at)
+            if self._made_in is out and self._made_at is not None and self._made_cell == cell:
+                return  # judged as the record noted before it
+            self.made(out, at)
+            self._made_cell = cell
 
     #: The output list and time of the last `made` note (the list is held, not its id).
     _made_in: list[tuple[str, Any]] | None = None
     _made_at: float | None = None
+    #: The `Notes.cell` of the last note, where it was made by one.
+    _made_cell: int | None = None
 
     def made(self, out: list[tuple[str, Any]], at: float | None) -> None:
         """Note in ``out`` that the records after this are made at event time ``at``.
@@ -143,8 +184,10 @@ class Making:
                 return  # the records of an output before its first note: the same
             self._made_in = out
             self._made_at = at
+            self._made_cell = None
             out.append(("t", at))
         elif self._made_at != at:
+            self._made_cell = None
             self._made_at = at
             out.append(("t", at))
 

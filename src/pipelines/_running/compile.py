@@ -53,7 +53,7 @@ from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Crossing, Marked,
 from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
-from operators.windows import Count, EventTime, Window
+from operators.windows import Count, EventTime, Sliding, Tumbling, Window
 from pipelines._building.graph import Node, makes_marks
 
 if TYPE_CHECKING:
@@ -702,6 +702,7 @@ def _notes_after(node: Node, users: dict[tuple[str, str | None], list[Node]]) ->
     next keyed step (whose own results are judged anew).
     """
     readers: list[str | Callable[[Any], Any]] = []
+    grids: list[tuple[int, int, float] | None] = []
     changed = found = False
     seen: set[tuple[str, bool]] = set()
     ways: list[tuple[tuple[str, str | None], bool]] = [
@@ -735,9 +736,21 @@ def _notes_after(node: Node, users: dict[tuple[str, str | None], list[Node]]) ->
                     found = True
                     changed = changed or not unchanged
                     readers.append(clock.fn or clock.field or "time")
+                    grids.append(_grid(user, clock))
     if not found:
         return None
-    return Notes(None if changed else readers)
+    grid = grids[0] if all(g == grids[0] for g in grids) else None
+    return Notes(None if changed else readers, grid)
+
+
+def _grid(user: Node, clock: EventTime) -> tuple[int, int, float] | None:
+    """Where step ``user`` is a tumbling or sliding window: where its windows end (`Notes`)."""
+    window = user.params.get("window") if user.kind == "aggregate" else None
+    if isinstance(window, Tumbling):
+        return (window.size_us, 0, clock.max_delay)
+    if isinstance(window, Sliding):
+        return (window.every_us, window.size_us % window.every_us, clock.max_delay)
+    return None
 
 
 class _ToChunk:
