@@ -66,6 +66,7 @@ __all__ = [
     "SplitOp",
     "check_layout",
     "event_seconds",
+    "unpicklable",
 ]
 
 #: The state keys of the key buckets. bytewax sends each state key to worker
@@ -485,16 +486,26 @@ class Crossing:
                 checked.add(cls)
 
     def _try(self, cls: type) -> None:
-        try:
-            pickle.dumps(cls)
-        except Exception as exc:  # noqa: BLE001 - reported with the class named
-            msg = (
-                f"pipeline {self.pipeline!r} runs on {self.processes} processes, where the "
-                f"records that step {self.step!r} takes travel between processes pickled, but "
-                f"class {cls.__qualname__} (module {cls.__module__}) cannot be pickled: {exc}. "
-                f"Hint: define it at module level, not inside a function."
-            )
-            self.counters.halt(TypeError(msg))
+        what = f"the records that step {self.step!r} takes"
+        error = unpicklable(cls, self.pipeline, self.processes, what, "class")
+        if error is not None:
+            self.counters.halt(error)
+
+
+def unpicklable(cls: type, pipeline: str, processes: int, what: str, noun: str) -> TypeError | None:
+    """Return the error that says ``cls`` cannot cross between processes pickled (None: it can).
+
+    ``what`` travels between them (``"events"``); ``noun`` names the class (``"event class"``).
+    """
+    try:
+        pickle.dumps(cls)
+    except Exception as exc:  # noqa: BLE001 - reported with the class named
+        return TypeError(
+            f"pipeline {pipeline!r} runs on {processes} processes, where {what} travel between "
+            f"processes pickled, but {noun} {cls.__qualname__} (module {cls.__module__}) cannot "
+            f"be pickled: {exc}. Hint: define it at module level, not inside a function."
+        )
+    return None
 
 
 class Bucketize:

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from operators import PipelineHalted
+from operators._keying import unpicklable
 from pipelines._running.compile import Compiled, check
 from pipelines._running.metrics import Metrics
 from pipelines._running.net import is_loopback, split_address
@@ -172,16 +173,9 @@ def _check_picklable(pipeline: Pipeline, processes: int) -> None:
         elif node.kind == "aggregate":
             classes.append(node.params["result_model"])
     for cls in classes:
-        try:
-            pickle.dumps(cls)
-        except Exception as exc:  # noqa: BLE001 - reported with the class named
-            msg = (
-                f"pipeline {pipeline.name!r} runs on {processes} processes, where events "
-                f"travel between processes pickled, but event class {cls.__qualname__} "
-                f"(module {cls.__module__}) cannot be pickled: {exc}. Hint: define it at "
-                f"module level, not inside a function."
-            )
-            raise TypeError(msg) from None
+        error = unpicklable(cls, pipeline.name, processes, "events", "event class")
+        if error is not None:
+            raise error
 
 
 _PR_SET_PDEATHSIG = 1
