@@ -468,6 +468,7 @@ class DispatchOp(StageOp):
     """dispatch inside a stage (unkeyed streams: no state, no exchange)."""
 
     kind = "dispatch"
+    keeps_made = False  # not followed: a stage with it runs each making time apart
 
     def __init__(self, step: str, index: int, dispatch: Dispatch, nexts: Sequence[Node]) -> None:
         """Deliver each record of a list."""

@@ -30,6 +30,7 @@ from operators._stage import (
     Packet,
     ResumeError,
     StageOp,
+    _each_made,
     _fan_out,
     _Run,
     describe_function,
@@ -248,6 +249,7 @@ class ClockOp(StageOp):
         earliest = self.earliest
         limit = self.last if self.max_future is None else min(now + self.max_future, self.last)
         it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
+        made = run.made
         keyed = None  # the last event keyed: a failure after it is its time's
         while True:
             try:
@@ -286,6 +288,15 @@ class ClockOp(StageOp):
                 if ok:
                     row[_IN] -= 1
                     append(value)
+        if made is not None and len(records) != len(items):
+            # The records kept are those keyed, in order: each holds its event.
+            kept: list[float | None] = []
+            j = 0
+            for x, m in zip(items, made, strict=True):
+                if j < len(records) and records[j][2] is x:
+                    kept.append(m)
+                    j += 1
+            run.made = kept
         _fan_out(self.nexts, records, run, out, row)
 
     def _untimed(self, event: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
@@ -434,8 +445,17 @@ class Marked:
         """Split a made stream's records where a chunk ends and where their making time changes."""
         records = self.records
         judges = self.judges
-        if len(judges) == 1 and not self.cuts:
-            return [(records, self.latest, judges[0][1])]
+        if not self.cuts:
+            if len(judges) == 1:
+                return [(records, self.latest, judges[0][1])]
+            runs: list[tuple[list[tuple[str, float, Any]], float, float | None]] = []
+            if judges[0][0]:
+                runs.append((records[: judges[0][0]], _NEVER, None))
+            ends = [begin for begin, _ in judges[1:]] + [len(records)]
+            for (begin, made_at), end in zip(judges, ends, strict=True):
+                runs.append((records[begin:end], _NEVER, made_at))
+            runs[-1] = (runs[-1][0], self.latest, runs[-1][2])
+            return runs
         # Each boundary: (index, the progress there or _NEVER, the making time from there on).
         bounds: dict[int, list[Any]] = {}
         for end, latest in self.cuts:
@@ -592,14 +612,13 @@ class Bucketize:
                     # Made by a step on event time, which says how far it has
                     # got, and when it made these records: each is judged
                     # against that, not against the times of those before it.
-                    made = packet.made
-                    if made is None:
+                    runs = None if packet.made is None else packet.made[index]
+                    if runs is None:
                         self._made(records, None, marks)
+                    elif len(runs) == 1:
+                        self._made(records, runs[0][1], marks)
                     else:
-                        ends = [at[index] for at, _ in made[1:]] + [len(records)]
-                        for (starts, made_at), end in zip(made, ends, strict=True):
-                            if end > starts[index]:
-                                self._made(records[starts[index] : end], made_at, marks)
+                        self._made_each(records, _each_made(runs, len(records)), marks)
                     if packet.mark > latest:
                         latest = packet.mark
                     continue
@@ -688,6 +707,19 @@ class Bucketize:
             judges.append((len(mark.records), made_at))
             mark.records.append(record)
 
+    def _made_each(self, records: list[Any], made: list[float | None], marks: list[Marked]) -> None:
+        """Spread records each made at its own time (``made``), noting that per bucket."""
+        bucket_of = self.cache.get
+        for record, made_at in zip(records, made, strict=True):
+            b = bucket_of(record[0])
+            if b is None:
+                b = self.bucket_of(record[0])
+            mark = marks[b]
+            judges = mark.judges
+            if not judges or judges[-1][1] != made_at:
+                judges.append((len(mark.records), made_at))
+            mark.records.append(record)
+
     def _spread(self, records: list[Any], marks: list[Marked]) -> None:
         bucket_of = self.cache.get
         for record in records:
@@ -706,19 +738,43 @@ class SplitOp(Node):
         self.late = list(late)
         self.row = row
 
+    keeps_made = True
+
+    def children(self) -> list[Node]:
+        """Return the nodes it hands records to."""
+        return self.results + self.late
+
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Split tagged outputs of the aggregate."""
         results: list[Any] = []
         late: list[Any] = []
-        for tag, value in items:
-            if tag == "r":
-                results.append(value)
-            elif tag == "l":
-                late.append(value)
-            else:
-                run.dead.append(value)
+        made = run.made
+        if made is not None:
+            results_made: list[float | None] = []
+            late_made: list[float | None] = []
+            for (tag, value), m in zip(items, made, strict=True):
+                if tag == "r":
+                    results.append(value)
+                    results_made.append(m)
+                elif tag == "l":
+                    late.append(value)
+                    late_made.append(m)
+                else:
+                    run.dead.append(value)
+        else:
+            for tag, value in items:
+                if tag == "r":
+                    results.append(value)
+                elif tag == "l":
+                    late.append(value)
+                else:
+                    run.dead.append(value)
         row = run.table[self.row]
         if results:
+            if made is not None:
+                run.made = results_made
             _fan_out(self.results, results, run, out, row)
         if late:
+            if made is not None:
+                run.made = late_made
             _fan_out(self.late, late, run, out, row)

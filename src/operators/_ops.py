@@ -128,6 +128,8 @@ class MapOp(StageOp):
                 ok, value = self.recover(x, exc, run, row)
                 if ok:
                     append(value)
+                elif run.made is not None:
+                    run.dropped.append(len(result) + len(run.dropped))  # x's place
         return result
 
 
@@ -135,6 +137,7 @@ class FlatMapOp(StageOp):
     """Replace each record with zero or more records."""
 
     kind = "flat_map"
+    keeps_made = False
 
     def call(self, item: Any) -> Any:
         """Call the function and materialise what it returns."""
@@ -211,6 +214,9 @@ class KeyCheckOp(InspectOp):
         row[_IN] += len(items)
         key_of = self.fn
         same = getattr(key_of, "same_key", None)
+        made = run.made
+        if made is not None:
+            run.dropped = []
         if same is not None:  # one key for every record (a window over the whole stream)
             row[_OUT] += len(items)
             _fan_out(self.nexts, items, run, out, row, keys=(key_of, [same] * len(items)))
@@ -233,6 +239,8 @@ class KeyCheckOp(InspectOp):
                     keys.append(key)
                     passed.append(x)
         row[_OUT] += len(passed)
+        if made is not None:
+            run.made = self.lineage(items, passed, made, run)
         _fan_out(self.nexts, passed, run, out, row, keys=(key_of, keys))
 
 
@@ -279,6 +287,7 @@ class ForwardOp(StageOp):
     """
 
     kind = "forward"
+    keeps_made = False  # not followed: a stage with it runs each making time apart
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ class ParseOp(StageOp):
     """
 
     kind = "parse"
+    keeps_made = False  # not followed: a stage with it runs each making time apart
 
     def __init__(
         self,

@@ -694,6 +694,9 @@ class ProcessLogic(
             notes = self.spec.notes
             if notes is None:
                 out += [("r", record) for record in emitted]
+            elif notes.readers is None:  # every record noted: one note for the call's
+                self.note(out, notes, None, ctx._at)
+                out += [("r", record) for record in emitted]
             else:
                 for record in emitted:  # judged after this step against the call's time
                     self.note(out, notes, record, ctx._at)

@@ -47,6 +47,9 @@ __all__ = [
 #: Records pushed through a stage at a time (a chunk is cut into slices).
 SLICE = 128
 
+#: No value yet (not even None).
+_UNSET = object()
+
 #: Per-step counters, in this order.
 COUNTER_FIELDS = (
     "in",
@@ -133,9 +136,9 @@ class Packet:
     idle_since: float | None = None
     #: The watermark after the chunk (see `Chunk.mark`), for made streams.
     mark: float | None = None
-    #: When the step before made its records (see `Chunk.made`): for each run
-    #: of records, where it starts in each exit, and when they were made.
-    made: list[tuple[list[int], float | None]] | None = None
+    #: When the step before made its records (see `Chunk.made`): for each exit,
+    #: its runs of records made at one time, as `Chunk.made` (None: not noted).
+    made: list[list[tuple[int, float | None]] | None] | None = None
 
     @property
     def origin_id(self) -> str:
@@ -307,7 +310,7 @@ def check_arity(fn: Any, n: int, where: str, what: str, given: str, hint: str) -
 class _Run:
     """What one chunk's processing needs: counters, origin, dead letters."""
 
-    __slots__ = ("base", "chunk", "dead", "pipeline", "table")
+    __slots__ = ("base", "chunk", "dead", "dropped", "exit_made", "made", "pipeline", "table")
 
     def __init__(self, pipeline: str, chunk: Chunk, table: list[list[int]]) -> None:
         self.pipeline = pipeline
@@ -315,10 +318,25 @@ class _Run:
         self.table = table
         self.base = 0
         self.dead: list[DeadLetter] = []
+        #: Following when records were made (`Chunk.made`) record by record: the
+        #: making time of each record a node is handed, beside them (None: not).
+        self.made: list[float | None] | None = None
+        #: The making times of each exit's records, beside them.
+        self.exit_made: list[list[float | None]] = []
+        #: Where a map's records failed (their making times are left out).
+        self.dropped: list[int] = []
 
 
 class Node:
     """A node of the stage tree: something that receives a list of records."""
+
+    #: Whether the node hands on when each record was made (`_Run.made`): it
+    #: says, for what it hands on, which records it was handed they come from.
+    keeps_made = False
+
+    def children(self) -> list[Node]:
+        """Return the nodes it hands records to."""
+        return []
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Receive ``items`` and pass what comes out to the next nodes."""
@@ -338,6 +356,8 @@ class Exit(Node):
         """Make exit number ``index``."""
         self.index = index
 
+    keeps_made = True
+
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Collect the records for this exit."""
         if items:
@@ -346,6 +366,8 @@ class Exit(Node):
                 slot.extend(items)
             else:
                 out[self.index] = items
+            if run.made is not None:
+                run.exit_made[self.index].extend(run.made)
 
 
 def _fan_out(
@@ -374,7 +396,9 @@ def _fan_out(
     # Every further consumer of the same list gets a copy of each record:
     # counted apart, so that "out" stays what the step handed on.
     row[_COPIES] += len(items) * (len(nexts) - 1)
+    made = run.made
     for node in nexts:
+        run.made = made  # what the node before handed on, whatever the last one did
         hand(node, list(items))
 
 
@@ -399,13 +423,48 @@ class StageOp(Node):
         """Transform a list of records."""
         raise NotImplementedError
 
+    #: A step whose records come out as they went in, or fewer, in order (a
+    #: filter, a map, a key): `lineage` follows when they were made.
+    keeps_made = True
+
+    def children(self) -> list[Node]:
+        """Return the nodes it hands records to."""
+        return self.nexts
+
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Apply this step and hand the result on."""
         row = run.table[self.index]
         row[_IN] += len(items)
+        made = run.made
+        if made is not None:
+            run.dropped = []
         result = self.apply(items, run, row)
         row[_OUT] += len(result)
+        if made is not None:
+            run.made = self.lineage(items, result, made, run)
         _fan_out(self.nexts, result, run, out, row)
+
+    def lineage(
+        self, items: list[Any], result: list[Any], made: list[float | None], run: _Run
+    ) -> list[float | None]:
+        """Return when each record of ``result`` was made, given ``made`` for ``items``.
+
+        The records that passed are those of ``items`` in order (a filter keeps
+        the same objects); a map's outputs are new, so a map says which inputs
+        failed (``run.dropped``).
+        """
+        if len(result) == len(items):
+            return made
+        if run.dropped:
+            gone = set(run.dropped)
+            return [m for i, m in enumerate(made) if i not in gone]
+        kept: list[float | None] = []
+        j = 0
+        for x, m in zip(items, made, strict=True):
+            if j < len(result) and result[j] is x:
+                kept.append(m)
+                j += 1
+        return kept
 
     def call(self, item: Any) -> Any:
         """Call the user function once (used again by retries)."""
@@ -468,41 +527,48 @@ class StageOp(Node):
 
 
 def run_stage(
-    roots: Sequence[Node], exits: int, pipeline: str, counters: Counters, chunks: Iterable[Chunk]
+    roots: Sequence[Node],
+    exits: int,
+    pipeline: str,
+    counters: Counters,
+    chunks: Iterable[Chunk],
+    followed: bool = False,
 ) -> list[Packet]:
-    """Push each chunk through the stage tree and return one packet each."""
+    """Push each chunk through the stage tree and return one packet each.
+
+    A chunk whose records say when they were made (`Chunk.made`) goes
+    through whole where every node of the tree follows that (``followed``,
+    see `Node.keeps_made`), else one run of records made at one time at a time.
+    """
     table = counters.table()
     packets: list[Packet] = []
-    step = SLICE
     for chunk in chunks:
         counters.check_halted()
         run = _Run(pipeline, chunk, table)
         out: list[list[Any]] = [[] for _ in range(exits)]
-        items = chunk.items
-        # Runs of records made at one time (see `Chunk.made`), each noted in
-        # the packet where it starts; a chunk from elsewhere is one run.
-        runs: list[tuple[int, float | None]] = chunk.made or [(0, None)]
-        made: list[tuple[list[int], float | None]] | None = None if chunk.made is None else []
-        ends = [at for at, _ in runs[1:]] + [len(items)]
-        for (begin, made_at), end in zip(runs, ends, strict=True):
-            if made is not None:
-                made.append(([len(o) for o in out], made_at))
-            # Work through a run in slices: few records are alive at once, so
-            # they die young (cheap for the garbage collector) and stay in cache.
-            for start in range(begin, end, step):
-                stop = min(start + step, end)
-                part = items if start == 0 and stop == len(items) else items[start:stop]
-                run.base = start
-                try:
-                    for i, root in enumerate(roots):
-                        root.push(part if i == 0 else list(part), run, out)
-                except RunHalted:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - a halt, a fault, a user's stop
-                    # Kept for the runner, which raises it in this process (a
-                    # KeyboardInterrupt from a user function included) instead of
-                    # the engine's panic, which loses it on several processes.
-                    counters.halt(exc)
+        made: list[list[tuple[int, float | None]] | None] | None = None
+        if chunk.made is None:
+            _push(roots, chunk.items, 0, len(chunk.items), run, out, counters)
+        elif followed:
+            run.exit_made = [[] for _ in range(exits)]
+            each = _each_made(chunk.made, len(chunk.items))
+            _push(roots, chunk.items, 0, len(chunk.items), run, out, counters, each)
+            made = [_made_runs(times) for times in run.exit_made]
+        else:
+            made = [[] for _ in range(exits)]
+            ends = [at for at, _ in chunk.made[1:]] + [len(chunk.items)]
+            for (begin, made_at), end in zip(chunk.made, ends, strict=True):
+                for e, runs in enumerate(made):
+                    assert runs is not None
+                    if runs and runs[-1][0] == len(out[e]):
+                        runs[-1] = (len(out[e]), made_at)  # the run before reached no exit e
+                    else:
+                        runs.append((len(out[e]), made_at))
+                _push(roots, chunk.items, begin, end, run, out, counters)
+            for e, runs in enumerate(made):
+                if runs and runs[-1][0] == len(out[e]):
+                    runs.pop()
+                made[e] = runs or None
         packets.append(
             Packet(
                 out,
@@ -518,6 +584,73 @@ def run_stage(
     return packets
 
 
+def _push(
+    roots: Sequence[Node],
+    items: list[Any],
+    begin: int,
+    end: int,
+    run: _Run,
+    out: list[list[Any]],
+    counters: Counters,
+    made: list[float | None] | None = None,
+) -> None:
+    """Push ``items[begin:end]`` (made at ``made``, record by record) through the tree."""
+    # Work through a chunk in slices: few records are alive at once, so they
+    # die young (cheap for the garbage collector) and stay in cache.
+    for start in range(begin, end, SLICE):
+        stop = min(start + SLICE, end)
+        part = items if start == 0 and stop == len(items) else items[start:stop]
+        run.base = start
+        try:
+            for i, root in enumerate(roots):
+                if made is not None:
+                    run.made = made[start:stop]
+                root.push(part if i == 0 else list(part), run, out)
+        except RunHalted:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a halt, a fault, a user's stop
+            # Kept for the runner, which raises it in this process (a
+            # KeyboardInterrupt from a user function included) instead of
+            # the engine's panic, which loses it on several processes.
+            counters.halt(exc)
+    run.made = None
+
+
+def _each_made(runs: list[tuple[int, float | None]], size: int) -> list[float | None]:
+    """Return when each of ``size`` records was made, from its runs (`Chunk.made`).
+
+    >>> _each_made([(0, 5.0), (2, None), (3, 7.0)], 4)
+    [5.0, 5.0, None, 7.0]
+    """
+    each: list[float | None] = []
+    ends = [at for at, _ in runs[1:]] + [size]
+    for (begin, made_at), end in zip(runs, ends, strict=True):
+        each += [made_at] * (end - begin)
+    return each
+
+
+def _made_runs(times: list[float | None]) -> list[tuple[int, float | None]] | None:
+    """Return the runs of records made at one time, from each record's (None: none noted).
+
+    >>> _made_runs([5.0, 5.0, None, 7.0]), _made_runs([None, None]), _made_runs([])
+    ([(0, 5.0), (2, None), (3, 7.0)], None, None)
+    """
+    runs: list[tuple[int, float | None]] = []
+    last: Any = _UNSET
+    for i, made_at in enumerate(times):
+        if made_at != last:
+            runs.append((i, made_at))
+            last = made_at
+    if len(runs) == 1 and runs[0][1] is None:
+        return None
+    return runs or None
+
+
+def follows_made(node: Node) -> bool:
+    """Whether every node from ``node`` on follows when records were made (`Node.keeps_made`)."""
+    return node.keeps_made and all(follows_made(child) for child in node.children())
+
+
 def stage(
     step_id: str,
     up: Stream[Chunk],
@@ -530,8 +663,9 @@ def stage(
 
     Each chunk becomes one `Packet` holding what reached each exit.
     """
+    followed = all(follows_made(root) for root in roots)
 
     def mapper(chunks: list[Chunk]) -> list[Packet]:
-        return run_stage(roots, exits, pipeline, counters, chunks)
+        return run_stage(roots, exits, pipeline, counters, chunks, followed)
 
     return op.flat_map_batch(step_id, up, mapper)

@@ -877,28 +877,8 @@ class _Unpack:
                 eof=p.eof,
                 idle_since=p.idle_since,
                 mark=p.mark,
-                made=None if p.made is None else _exit_runs(p.made, i, len(p.exits[i])),
+                made=None if p.made is None else p.made[i],
             )
             for p in packets
             if p.exits[i] or p.eof or p.idle_since is not None or p.mark is not None
         ]
-
-
-def _exit_runs(
-    made: list[tuple[list[int], float | None]], index: int, size: int
-) -> list[tuple[int, float | None]] | None:
-    """Return the runs of records made at one time (`Chunk.made`) of exit ``index`` of a packet.
-
-    >>> _exit_runs([([0, 0], 5.0), ([0, 2], 6.0), ([1, 2], 7.0)], 0, 3)
-    [(0, 6.0), (1, 7.0)]
-    """
-    runs: list[tuple[int, float | None]] = []
-    for starts, made_at in made:
-        start = starts[index]
-        if runs and runs[-1][0] == start:
-            runs[-1] = (start, made_at)  # the run before made nothing for this exit
-        else:
-            runs.append((start, made_at))
-    if runs and runs[-1][0] == size:
-        runs.pop()
-    return runs or None
