@@ -482,6 +482,58 @@ def test_records_a_process_step_dates_before_its_call_are_late_or_not_whatever_t
         assert result.reconciles
 
 
+def halve(e: Tick) -> Tick:
+    if e.v == 3:
+        raise ValueError("no half of 3")
+    return e.model_copy(update={"v": e.v * 2})
+
+
+def collect(n: None, e: Tick, ctx: Context[tuple[str, int]]) -> None:
+    ctx.emit((e.k, e.v))
+
+
+@pytest.mark.parametrize(("delay", "way"), [(0, "map"), (4, "map"), (4, "forward")])
+def test_a_process_step_after_a_map_judges_each_record_against_its_own_making(
+    delay: int, way: str
+) -> None:
+    """Records made at distinct times (one per call) through a map that fails on some
+    and a filter, or a forward, reach a process step on event time: each is late when
+    dated more than its max_delay before the call that made it, on every schedule."""
+    ticks = [Tick(k="ab"[i % 2], v=i * 7 % 13, time=T0 + timedelta(seconds=i)) for i in range(80)]
+    on_time: Counter[tuple[str, int]] = Counter()
+    late = 0
+    for e in ticks:
+        if e.v in (3, 5):  # 3: the map fails (a dead letter); 5: filtered
+            continue
+        if e.v > delay:  # dated e.v seconds before its making
+            late += 1
+        else:
+            on_time[(e.k, e.v * 2 if way == "map" else e.v)] += 1
+    for batch, workers in [(1, 1), (3, 1), (7, 2), (1000, 1), (1000, 2)]:
+        emitted = (
+            Pipeline("after_map")
+            .read(sources.memory(ticks, batch_size=batch))
+            .key_by(lambda e: e.k)
+            .process(back_dated, initial=lambda: None)
+        )
+        others = None
+        if way == "map":
+            kept = emitted.map(halve).filter(lambda e: e.v != 10)
+        else:
+            routes = emitted.forward(
+                odd=lambda e: e.v == 3, five=lambda e: e.v == 5, otherwise="rest"
+            )
+            kept = routes.rest
+            others = routes.odd.write(sinks.memory("odd")) | routes.five.write(sinks.memory("five"))
+        collected = kept.key_by(lambda e: e.k, name="again").process(
+            collect, initial=lambda: None, clock=windows.event_time(max_delay=delay)
+        )
+        written = collected.write(sinks.memory("n")) | collected.late.write(sinks.memory("late"))
+        result = (written if others is None else written | others).run(workers=workers)
+        assert (Counter(result["n"]), len(result["late"])) == (on_time, late), (batch, workers)
+        assert result.reconciles
+
+
 @pytest.mark.parametrize(
     ("delay", "batch", "after"),
     [(0, 1, False), (0, 4, False), (500, 3, False), (0, 1, True), (0, 5, True), (200, 2, True)],
