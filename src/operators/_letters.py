@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from operators._deadletter import DeadLetter, payload_text
@@ -16,6 +16,8 @@ __all__ = ["Letters", "Making", "Notes", "dead_item"]
 
 #: Microseconds in a second.
 _US = 1_000_000
+_SECOND = timedelta(seconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _OUT, _DEAD, _SKIPPED, _CREATED, _LATE = (
     COUNTER_FIELDS.index(f) for f in ("out", "dead", "skipped", "created", "late")
@@ -71,7 +73,7 @@ class Notes:
     steps would date before its making is noted (the others are on time
     however they are judged).
 
-    >>> from datetime import datetime, timezone
+    >>> from datetime import datetime, timedelta, timezone
     >>> class R:
     ...     time = datetime(1970, 1, 1, 0, 1, tzinfo=timezone.utc)
     >>> Notes(["time"]).behind(R(), 60.0), Notes(["time"]).behind(R(), 61.0)
@@ -127,6 +129,11 @@ class Notes:
         """Whether a step after this one could date ``record`` before ``at``."""
         if self.readers is None:
             return True
+        if self.dated:
+            # The usual case, as the step after reads it: a UTC time, by one subtraction.
+            value = getattr(record, "time", None)
+            if value.__class__ is datetime and value.tzinfo is timezone.utc:
+                return not (value - _EPOCH) / _SECOND >= at
         for read in self.readers:
             try:
                 value = read(record)

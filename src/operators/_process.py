@@ -698,8 +698,13 @@ class ProcessLogic(
                 self.note(out, notes, None, ctx._at)
                 out += [("r", record) for record in emitted]
             else:
+                at = ctx._at
+                behind = notes.behind
                 for record in emitted:  # judged after this step against the call's time
-                    self.note(out, notes, record, ctx._at)
+                    if behind(record, at):
+                        self.note(out, notes, record, at)
+                    elif self._made_in is out and self._made_at is not None:
+                        self.made(out, None)
                     out.append(("r", record))
             row[_CREATED] += len(emitted)
             row[_OUT] += len(emitted)
