@@ -343,7 +343,16 @@ class ProcessLogic(
         for marked in sorted(values, key=_PARTITION) if len(values) > 1 else values:
             part = marked.partition
             tracked = part in self.wm
-            for records, latest, made_at in marked.segments():
+            if tracked and marked.judges and not marked.cuts:
+                # Records a step on event time made, each judged against its making.
+                row[_IN] += len(marked.records)
+                self._take_made(marked, part, incoming, out, row)
+                segments: list[tuple[list[tuple[str, float, Any]], float, float | None]] = [
+                    ([], marked.latest, None)
+                ]
+            else:
+                segments = marked.segments()
+            for records, latest, made_at in segments:
                 if records:
                     row[_IN] += len(records)
                     wm = self.judge(part, made_at, spec.delay) if tracked else self.closed
@@ -448,6 +457,44 @@ class ProcessLogic(
             else:
                 incoming.append((key, ts, payload, part))
                 row[_AGG] += 1
+
+    def _take_made(
+        self,
+        marked: Marked,
+        part: str,
+        incoming: list[tuple[str, float, Any, str]],
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """Add a made stream's records to ``incoming``, each judged against its making.
+
+        As `_take` for each run of `Marked.judges`, in one pass.
+        """
+        records = marked.records
+        judges = marked.judges
+        delay = self.spec.delay
+        ends = [begin for begin, _ in judges[1:]] + [len(records)]
+        start = 0
+        taken = 0
+        for (begin, made_at), end in zip(judges, ends, strict=True):
+            if begin > start:  # before the first note: judged as a source's
+                wm = self.judge(part, None, delay)
+                for key, ts, payload in records[start:begin]:
+                    if ts < wm:
+                        self._late(payload, ts, wm, out, row)
+                    else:
+                        incoming.append((key, ts, payload, part))
+                        taken += 1
+            wm = self.judge(part, made_at, delay)
+            for i in range(begin, end):
+                key, ts, payload = records[i]
+                if ts < wm:
+                    self._late(payload, ts, wm, out, row)
+                else:
+                    incoming.append((key, ts, payload, part))
+                    taken += 1
+            start = end
+        row[_AGG] += taken
 
     def _advance(
         self,
