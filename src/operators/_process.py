@@ -474,17 +474,11 @@ class ProcessLogic(
         judges = marked.judges
         delay = self.spec.delay
         ends = [begin for begin, _ in judges[1:]] + [len(records)]
-        start = 0
+        if judges[0][0]:  # before the first note: judged as a source's
+            wm = self.judge(part, None, delay)
+            self._take(records[: judges[0][0]], part, wm, incoming, out, row)
         taken = 0
         for (begin, made_at), end in zip(judges, ends, strict=True):
-            if begin > start:  # before the first note: judged as a source's
-                wm = self.judge(part, None, delay)
-                for key, ts, payload in records[start:begin]:
-                    if ts < wm:
-                        self._late(payload, ts, wm, out, row)
-                    else:
-                        incoming.append((key, ts, payload, part))
-                        taken += 1
             wm = self.judge(part, made_at, delay)
             for i in range(begin, end):
                 key, ts, payload = records[i]
@@ -493,7 +487,6 @@ class ProcessLogic(
                 else:
                     incoming.append((key, ts, payload, part))
                     taken += 1
-            start = end
         row[_AGG] += taken
 
     def _advance(
