@@ -34,6 +34,7 @@ from operators._stage import (
     _fan_out,
     _Run,
     describe_function,
+    kept_made,
 )
 from operators.windows import _END, _FIRST, Clock, EventTime
 
@@ -290,13 +291,7 @@ class ClockOp(StageOp):
                     append(value)
         if made is not None and len(records) != len(items):
             # The records kept are those keyed, in order: each holds its event.
-            kept: list[float | None] = []
-            j = 0
-            for x, m in zip(items, made, strict=True):
-                if j < len(records) and records[j][2] is x:
-                    kept.append(m)
-                    j += 1
-            run.made = kept
+            run.made = kept_made(items, [r[2] for r in records], made)
         _fan_out(self.nexts, records, run, out, row)
 
     def _untimed(self, event: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
@@ -417,7 +412,7 @@ class Marked:
     cuts: list[tuple[int, float]] = field(default_factory=list)
     #: For a partition that is a bucket of a step on event time (its ``latest``
     #: is that step's watermark): ``(index in records, made_at)`` where the
-    #: records that step made at another time start (see `Chunk.made_at`).
+    #: records that step made at another time start (see `Chunk.made`).
     judges: list[tuple[int, float | None]] = field(default_factory=list)
 
     def segments(self) -> list[tuple[list[tuple[str, float, Any]], float, float | None]]:
@@ -445,17 +440,8 @@ class Marked:
         """Split a made stream's records where a chunk ends and where their making time changes."""
         records = self.records
         judges = self.judges
-        if not self.cuts:
-            if len(judges) == 1:
-                return [(records, self.latest, judges[0][1])]
-            runs: list[tuple[list[tuple[str, float, Any]], float, float | None]] = []
-            if judges[0][0]:
-                runs.append((records[: judges[0][0]], _NEVER, None))
-            ends = [begin for begin, _ in judges[1:]] + [len(records)]
-            for (begin, made_at), end in zip(judges, ends, strict=True):
-                runs.append((records[begin:end], _NEVER, made_at))
-            runs[-1] = (runs[-1][0], self.latest, runs[-1][2])
-            return runs
+        if len(judges) == 1 and not self.cuts:
+            return [(records, self.latest, judges[0][1])]
         # Each boundary: (index, the progress there or _NEVER, the making time from there on).
         bounds: dict[int, list[Any]] = {}
         for end, latest in self.cuts:
@@ -613,12 +599,10 @@ class Bucketize:
                     # got, and when it made these records: each is judged
                     # against that, not against the times of those before it.
                     runs = None if packet.made is None else packet.made[index]
-                    if runs is None:
-                        self._made(records, None, marks)
-                    elif len(runs) == 1:
-                        self._made(records, runs[0][1], marks)
-                    else:
-                        self._made_each(records, _each_made(runs, len(records)), marks)
+                    made: list[float | None] = (
+                        [None] * len(records) if runs is None else _each_made(runs, len(records))
+                    )
+                    self._made(records, made, marks)
                     if packet.mark > latest:
                         latest = packet.mark
                     continue
@@ -692,22 +676,7 @@ class Bucketize:
                 latest = ts
         return kept, latest
 
-    def _made(self, records: list[Any], made_at: float | None, marks: list[Marked]) -> None:
-        """Spread records a step on event time made at ``made_at``, noting that per bucket."""
-        bucket_of = self.cache.get
-        for record in records:
-            b = bucket_of(record[0])
-            if b is None:
-                b = self.bucket_of(record[0])
-            mark = marks[b]
-            judges = mark.judges
-            if judges and judges[-1][1] == made_at:
-                mark.records.append(record)
-                continue
-            judges.append((len(mark.records), made_at))
-            mark.records.append(record)
-
-    def _made_each(self, records: list[Any], made: list[float | None], marks: list[Marked]) -> None:
+    def _made(self, records: list[Any], made: list[float | None], marks: list[Marked]) -> None:
         """Spread records each made at its own time (``made``), noting that per bucket."""
         bucket_of = self.cache.get
         for record, made_at in zip(records, made, strict=True):

@@ -164,14 +164,19 @@ class Making:
             return
         if (dated and notes.dated) or not notes.behind(record, at):
             self.made(out, None)
-        elif notes.grid is None:
-            self.made(out, at)
         else:
-            cell = notes.cell(at)
-            if self._made_in is out and self._made_at is not None and self._made_cell == cell:
-                return  # judged as the record noted before it
+            self.noted(out, notes, at)
+
+    def noted(self, out: list[tuple[str, Any]], notes: Notes, at: float) -> None:
+        """Note that the next records in ``out`` (to be judged so) were made at ``at``."""
+        if notes.grid is None:
             self.made(out, at)
-            self._made_cell = cell
+            return
+        cell = notes.cell(at)
+        if self._made_in is out and self._made_at is not None and self._made_cell == cell:
+            return  # judged as the record noted before it
+        self.made(out, at)
+        self._made_cell = cell
 
     #: The output list and time of the last `made` note (the list is held, not its id).
     _made_in: list[tuple[str, Any]] | None = None

@@ -735,14 +735,14 @@ class ProcessLogic(
             if notes is None:
                 out += [("r", record) for record in emitted]
             elif notes.readers is None:  # every record noted: one note for the call's
-                self.note(out, notes, None, ctx._at)
+                self.noted(out, notes, ctx._at)
                 out += [("r", record) for record in emitted]
             else:
                 at = ctx._at
                 behind = notes.behind
                 for record in emitted:  # judged after this step against the call's time
                     if behind(record, at):
-                        self.note(out, notes, record, at)
+                        self.noted(out, notes, at)
                     elif self._made_in is out and self._made_at is not None:
                         self.made(out, None)
                     out.append(("r", record))

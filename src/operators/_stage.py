@@ -458,13 +458,7 @@ class StageOp(Node):
         if run.dropped:
             gone = set(run.dropped)
             return [m for i, m in enumerate(made) if i not in gone]
-        kept: list[float | None] = []
-        j = 0
-        for x, m in zip(items, made, strict=True):
-            if j < len(result) and result[j] is x:
-                kept.append(m)
-                j += 1
-        return kept
+        return kept_made(items, result, made)
 
     def call(self, item: Any) -> Any:
         """Call the user function once (used again by retries)."""
@@ -526,6 +520,22 @@ class StageOp(Node):
         return False, None
 
 
+def kept_made(items: list[Any], kept: list[Any], made: list[float | None]) -> list[float | None]:
+    """Return when each of ``kept`` was made: the same objects as some of ``items``, in order.
+
+    >>> a, b, c = object(), object(), object()
+    >>> kept_made([a, b, c], [a, c], [1.0, 2.0, 3.0])
+    [1.0, 3.0]
+    """
+    found: list[float | None] = []
+    j = 0
+    for x, m in zip(items, made, strict=True):
+        if j < len(kept) and kept[j] is x:
+            found.append(m)
+            j += 1
+    return found
+
+
 def run_stage(
     roots: Sequence[Node],
     exits: int,
@@ -549,26 +559,19 @@ def run_stage(
         made: list[list[tuple[int, float | None]] | None] | None = None
         if chunk.made is None:
             _push(roots, chunk.items, 0, len(chunk.items), run, out, counters)
-        elif followed:
-            run.exit_made = [[] for _ in range(exits)]
-            each = _each_made(chunk.made, len(chunk.items))
-            _push(roots, chunk.items, 0, len(chunk.items), run, out, counters, each)
-            made = [_made_runs(times) for times in run.exit_made]
         else:
-            made = [[] for _ in range(exits)]
-            ends = [at for at, _ in chunk.made[1:]] + [len(chunk.items)]
-            for (begin, made_at), end in zip(chunk.made, ends, strict=True):
-                for e, runs in enumerate(made):
-                    assert runs is not None
-                    if runs and runs[-1][0] == len(out[e]):
-                        runs[-1] = (len(out[e]), made_at)  # the run before reached no exit e
-                    else:
-                        runs.append((len(out[e]), made_at))
-                _push(roots, chunk.items, begin, end, run, out, counters)
-            for e, runs in enumerate(made):
-                if runs and runs[-1][0] == len(out[e]):
-                    runs.pop()
-                made[e] = runs or None
+            run.exit_made = [[] for _ in range(exits)]
+            if followed:
+                each = _each_made(chunk.made, len(chunk.items))
+                _push(roots, chunk.items, 0, len(chunk.items), run, out, counters, each)
+            else:
+                ends = [at for at, _ in chunk.made[1:]] + [len(chunk.items)]
+                for (begin, made_at), end in zip(chunk.made, ends, strict=True):
+                    before = [len(o) for o in out]
+                    _push(roots, chunk.items, begin, end, run, out, counters)
+                    for times, o, n in zip(run.exit_made, out, before, strict=True):
+                        times += [made_at] * (len(o) - n)
+            made = [_made_runs(times) for times in run.exit_made]
         packets.append(
             Packet(
                 out,

@@ -776,8 +776,9 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         wins = self.wins
         window = self.spec.window
         gap = window.gap if isinstance(window, Session) else 0.0
-        made: float | None = None
         notes = self.spec.notes
+        if notes is not None and notes.dated:
+            self.made(out, None)  # results are dated their window's last instant, when made
         while heap and heap[0][0] <= upto:
             end, key, start = heapq.heappop(heap)
             if isinstance(window, Session):
@@ -797,13 +798,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 self._failed_result(key, start, exc, out, row)
                 continue
-            if notes is not None:
-                if notes.dated:
-                    if made is None:
-                        made = end
-                        self.made(out, None)  # dated the window's last instant, when made
-                else:
-                    self.note(out, notes, result, end - _TICK)
+            if notes is not None and not notes.dated:
+                self.note(out, notes, result, end - _TICK)
             out.append(("r", result))
             row[_OUT] += 1
         if upto > self.closed:

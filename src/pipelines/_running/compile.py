@@ -324,7 +324,7 @@ def compile_pipeline(
             chunks = op.flat_map_batch(
                 f"{node.name}_chunks",
                 outputs,
-                _ToChunk.of(node, users),
+                _ToChunk(node.name, makes_marks(node), join_spec.notes is not None),
             )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
@@ -337,7 +337,7 @@ def compile_pipeline(
             chunks = op.flat_map_batch(
                 f"{node.name}_chunks",
                 outputs,
-                _ToChunk.of(node, users),
+                _ToChunk(node.name, makes_marks(node), process_spec.notes is not None),
             )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
@@ -348,7 +348,7 @@ def compile_pipeline(
             chunks = op.flat_map_batch(
                 f"{node.name}_chunks",
                 outputs,
-                _ToChunk.of(node, users),
+                _ToChunk(node.name),
             )
             root = SplitOp(tree(stage_, (node.name, None)), [], row[node.name])
         elif node.kind == "aggregate":
@@ -358,7 +358,7 @@ def compile_pipeline(
             chunks = op.flat_map_batch(
                 f"{node.name}_chunks",
                 outputs,
-                _ToChunk.of(node, users),
+                _ToChunk(node.name, makes_marks(node), spec.notes is not None),
             )
             root = SplitOp(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
@@ -765,15 +765,10 @@ class _ToChunk:
     """
 
     def __init__(self, step: str, marks: bool = False, judged: bool = False) -> None:
-        """``judged``: a step on event time reads the stream (see `_notes_after`)."""
+        """``judged``: a step on event time reads the stream (the step's `Notes`)."""
         self.step = step
         self.marks: dict[str, float] | None = {} if marks else None
         self.judged = judged
-
-    @classmethod
-    def of(cls, node: Node, users: dict[tuple[str, str | None], list[Node]]) -> _ToChunk:
-        """Gather the outputs of keyed step ``node``."""
-        return cls(node.name, makes_marks(node), _notes_after(node, users) is not None)
 
     def __call__(self, items: list[tuple[str, Any]]) -> list[Chunk]:
         marks = self.marks
