@@ -68,6 +68,32 @@ def message_of(item: Any) -> tuple[bytes, str | None]:
     return data, None if found is None else str(found)
 
 
+def messages_of(
+    items: list[Any],
+) -> tuple[list[tuple[Any, bytes, str | None]], list[tuple[Any, Exception]]]:
+    """Make each record's message: ``(record, body, id)``; and the records that have none.
+
+    A record no JSON can hold (one that holds itself) is returned with its
+    error, to become a dead letter at once, not retried with the batch.
+
+    >>> loop: list[Any] = []
+    >>> loop.append(loop)
+    >>> messages, failed = messages_of([{"id": "e1"}, loop])
+    >>> [body for _, body, _ in messages], [type(exc).__name__ for _, exc in failed]
+    ([b'{"id": "e1"}'], ['ValueError'])
+    """
+    messages: list[tuple[Any, bytes, str | None]] = []
+    failed: list[tuple[Any, Exception]] = []
+    for item in items:
+        try:
+            data, event_id = message_of(item)
+        except Exception as exc:  # noqa: BLE001 - the record's dead letter says it
+            failed.append((item, exc))
+        else:
+            messages.append((item, data, event_id))
+    return messages, failed
+
+
 class BrokerUnreachable(ConnectionError):
     """A broker could not be reached (at the start, or for longer than allowed)."""
 

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from pydantic_core import TzInfo
 
@@ -65,6 +65,7 @@ __all__ = [
     "ClockOp",
     "Crossing",
     "Marked",
+    "Sent",
     "SplitOp",
     "check_layout",
     "event_seconds",
@@ -414,6 +415,21 @@ class Marked:
     #: is that step's watermark): ``(index in records, made_at)`` where the
     #: records that step made at another time start (see `Chunk.made`).
     judges: list[tuple[int, float | None]] = field(default_factory=list)
+    #: On several processes: what checks that the share can cross to another
+    #: one (`Crossing`); it stays behind when the share is pickled.
+    crossing: Crossing | None = field(default=None, repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[Callable[[bytes], Marked], tuple[bytes]]:
+        """Pickle the share as one piece of bytes, or stop the run saying which record cannot be."""
+        state = dict(self.__dict__)
+        crossing = state.pop("crossing")
+        try:
+            data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            if crossing is None:
+                raise
+            crossing.refuse([r[2] for r in self.records] + [b[0][2] for b in self.behind], exc)
+        return _marked_from, (data,)
 
     def segments(self) -> list[tuple[list[tuple[str, float, Any]], float, float | None]]:
         """Return each run of records with the partition's newest event time after it.
@@ -464,14 +480,40 @@ class Marked:
         return out
 
 
+def _marked_from(data: bytes) -> Marked:
+    """Rebuild a `Marked` pickled by `Marked.__reduce__`."""
+    marked = Marked.__new__(Marked)
+    marked.__dict__.update(pickle.loads(data))
+    marked.crossing = None
+    return marked
+
+
+class Sent(list[Any]):
+    """Records for a step of another process (a list): pickled as `Marked` is, checked."""
+
+    def __init__(self, records: list[Any], crossing: Crossing) -> None:
+        """Hold ``records``, checked by ``crossing`` when they are pickled."""
+        super().__init__(records)
+        self.crossing = crossing
+
+    def __reduce__(self) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
+        """Pickle as a plain list, or stop the run saying which record cannot be."""
+        try:
+            data = pickle.dumps(list(self), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - the run stops, saying which record
+            self.crossing.refuse(list(self), exc)
+        return pickle.loads, (data,)
+
+
 class Crossing:
-    """Check that the records a keyed step takes can cross between processes (pickled).
+    """Stop a run clearly when what a keyed step takes cannot cross between processes.
 
     The engine pickles what goes to a worker of another process, and a record
-    that cannot be pickled (an instance of a class defined inside a function)
-    stops it with a panic that names nothing. Each record class is tried
-    once, before it crosses, and the run stops with the class, the step and a
-    hint.
+    that cannot be pickled (an instance of a class defined inside a function,
+    a lock in a field) stops it with a panic that names nothing. `Marked` and
+    `Sent` pickle their records themselves, as they cross: where that fails,
+    the run stops with the step, the record's class, the field and a hint.
+    Nothing is pickled for a worker of the same process.
     """
 
     def __init__(self, counters: Counters, pipeline: str, step: str, processes: int) -> None:
@@ -480,22 +522,55 @@ class Crossing:
         self.pipeline = pipeline
         self.step = step
         self.processes = processes
-        self.checked: set[type] = set()
 
-    def check(self, records: list[Any], timed: bool = True) -> None:
-        """Try each new class among ``records`` (``timed``: as ``(key, time, record)``)."""
-        checked = self.checked
-        for record in records:
-            cls = record[2].__class__ if timed else record.__class__
-            if cls not in checked:
-                self._try(cls)
-                checked.add(cls)
-
-    def _try(self, cls: type) -> None:
+    def refuse(self, records: list[Any], exc: Exception) -> NoReturn:
+        """Stop the run: one of ``records`` (or what came with them) cannot be pickled."""
         what = f"the records that step {self.step!r} takes"
-        error = unpicklable(cls, self.pipeline, self.processes, what, "class")
-        if error is not None:
-            self.counters.halt(error)
+        where = (
+            f"pipeline {self.pipeline!r} runs on {self.processes} processes, where {what} "
+            f"travel between processes pickled"
+        )
+        for record in records:
+            cls = type(record)
+            error = unpicklable(cls, self.pipeline, self.processes, what, "class")
+            if error is not None:
+                self.counters.halt(error)
+            why = _unpicklable_part(record)
+            if why is not None:
+                self.counters.halt(
+                    TypeError(
+                        f"{where}, but a record of class {cls.__qualname__} (module "
+                        f"{cls.__module__}) cannot be pickled: {why}. Hint: keep only data in "
+                        f"records (no locks, open files, connections, generators or "
+                        f"functions); on one process (processes=1) records are not pickled."
+                    )
+                )
+        self.counters.halt(
+            TypeError(
+                f"{where}, but what goes with them cannot be: {type(exc).__name__}: {exc}. "
+                f"Hint: keep only data in records and in aggregates' values; on one process "
+                f"(processes=1) nothing is pickled."
+            )
+        )
+
+
+def _unpicklable_part(record: Any) -> str | None:
+    """Say why ``record`` cannot be pickled (which field holds what, and the error), or None."""
+    try:
+        pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - described
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        return None
+    fields = getattr(record, "__dict__", None)
+    if isinstance(fields, dict):
+        for name, value in fields.items():
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # noqa: BLE001 - this field is the one
+                held = type(value)
+                return f"its field {name!r} holds a {held.__module__}.{held.__qualname__} ({error})"
+    return error
 
 
 def unpicklable(cls: type, pipeline: str, processes: int, what: str, noun: str) -> TypeError | None:
@@ -581,13 +656,11 @@ class Bucketize:
         out: list[tuple[str, Marked]] = []
         n = self.buckets
         for part, group in by_part.items():
-            marks = [Marked(part, _NEVER, False) for _ in range(n)]
+            marks = [Marked(part, _NEVER, False, crossing=self.crossing) for _ in range(n)]
             wins: dict[tuple[str, float], tuple[list[Any], list[str]]] = {}
             latest = cut = _NEVER
             for i, packet in enumerate(group):
                 records = packet.exits[index] if packet.exits else []
-                if self.crossing is not None and records:
-                    self.crossing.check(records)
                 if i and latest != cut:
                     # The previous chunk ends here, where the partition's progress
                     # moved on: each bucket's cut.

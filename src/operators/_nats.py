@@ -39,7 +39,7 @@ from operators._brokers import (
     BrokerUnreachable,
     PollingReader,
     masked,
-    message_of,
+    messages_of,
 )
 from operators._event import Schema
 from operators._sinks import RunContext, Writer
@@ -267,29 +267,32 @@ class _Publisher(Writer):
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink
+        messages, unwritable = messages_of(items)
 
         async def publish_all() -> list[Any]:
             sends = []
-            for item in items:
-                data, event_id = message_of(item)
+            for _, data, event_id in messages:
                 headers = None if event_id is None else {"Nats-Msg-Id": event_id}
                 sends.append(self.js.publish(sink.subject, data, headers=headers, timeout=10))
             return await asyncio.gather(*sends, return_exceptions=True)
 
         deadline = time.monotonic() + sink.retry_for
         delay = 0.05
-        pending = list(range(len(items)))
+        pending = list(range(len(messages)))
         while True:
             try:
                 results = _run(publish_all(), sink.retry_for + 15)
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: retried
-                results = [exc] * len(items)
+                results = [exc] * len(messages)
             failed = [i for i in pending if isinstance(results[i], Exception)]
             if not failed:
-                return []
+                return unwritable
             if time.monotonic() + delay > deadline:
-                return [
-                    (items[i], BrokerUnreachable(f"publish to {sink.subject!r}: {results[i]!r}"))
+                return unwritable + [
+                    (
+                        messages[i][0],
+                        BrokerUnreachable(f"publish to {sink.subject!r}: {results[i]!r}"),
+                    )
                     for i in failed
                 ]
             # Publishing again is safe: the ids make JetStream drop what it has.

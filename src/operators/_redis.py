@@ -42,7 +42,7 @@ from operators._brokers import (
     BrokerUnreachable,
     PollingReader,
     masked,
-    message_of,
+    messages_of,
     without_secret,
 )
 from operators._event import Schema
@@ -408,6 +408,7 @@ class _StreamWriter(ExactWriter):
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink
+        messages, unwritable = messages_of(items)
         deadline = time.monotonic() + sink.retry_for
         delay = 0.05
         while True:
@@ -416,18 +417,17 @@ class _StreamWriter(ExactWriter):
                     self._undo()
                     self.unsure = False
                 pipe = self.client.pipeline(transaction=self.tag is not None)
-                for item in items:
-                    data, event_id = message_of(item)
+                for _, data, event_id in messages:
                     fields = {sink.field: data}
                     if event_id is not None:
                         fields["id"] = event_id.encode()
                     if self.tag is not None:
                         fields["writer"] = self.tag.encode()
                     pipe.xadd(sink.stream, fields, maxlen=sink.maxlen, approximate=True)
-                written = pipe.execute()
+                written = pipe.execute() if messages else []
                 if written:
                     self.last = _id(written[-1])
-                return []
+                return unwritable
             except Exception as exc:  # noqa: BLE001 - retried, then dead letters
                 # What reached the server is not known: look before writing again.
                 self.unsure = self.tag is not None
@@ -436,7 +436,7 @@ class _StreamWriter(ExactWriter):
                         f"stream {sink.stream!r} at {masked(sink.url)}: "
                         f"{type(exc).__name__}: {without_secret(str(exc), sink.url)}"
                     )
-                    return [(item, error) for item in items]
+                    return unwritable + [(item, error) for item, _, _ in messages]
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

@@ -22,7 +22,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 from pydantic import BaseModel
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from operators._deadletter import DeadLetter, count_dead, payload_text
 from operators._sources import slug
@@ -221,19 +221,36 @@ def to_json(item: Any) -> str:
 
     >>> to_json({"mean": float("nan"), "all": [1.5, float("inf")], float("inf"): 0})
     '{"mean": null, "all": [1.5, null], "Infinity": 0}'
+
+    A value JSON has no form for is written as its ``str()``, in an event's
+    field as in a dict:
+
+    >>> from typing import Any
+    >>> from operators import Event
+    >>> class Tagged(Event):
+    ...     tag: Any
+    >>> class Opaque:
+    ...     def __str__(self) -> str:
+    ...         return "opaque"
+    >>> line = to_json(Tagged(id="t1", time="2026-01-01T00:00:00Z", tag=Opaque()))
+    >>> line.endswith('"tag": "opaque"}'), to_json({"tag": Opaque()})
+    (True, '{"tag": "opaque"}')
     """
     if isinstance(item, BaseModel):
         try:
             return item.model_dump_json()
         except PydanticSerializationError:
-            return _dumps(item.model_dump(mode="json"))
+            return _dumps(to_jsonable_python(item, fallback=str))
     return _dumps(item)
 
 
 def _dumps(value: Any) -> str:
     try:
         return json.dumps(value, default=str, allow_nan=False)
-    except ValueError:  # a nan or an infinity somewhere in it
+    except ValueError as exc:
+        if str(exc).startswith("Circular reference"):
+            raise  # a record that holds itself: no JSON can
+        # A nan or an infinity somewhere in it.
         return json.dumps(_finite(value), default=str, allow_nan=False)
 
 
@@ -263,9 +280,30 @@ def write_all(handle: Any, data: bytes) -> int:
     return len(data)
 
 
-def to_lines(items: list[Any]) -> str:
-    """Serialise records as JSON Lines, one per line."""
-    return "".join(to_json(item) + "\n" for item in items)
+def to_lines(items: list[Any]) -> tuple[str, list[tuple[Any, Exception]]]:
+    r"""Serialise records as JSON Lines, one per line; return them and the records that failed.
+
+    A record that cannot be written (a reference cycle in it, a ``__str__``
+    that raises) is left out and returned with its error, to become a dead
+    letter of the write step; the others are written.
+
+    >>> cycle: list[Any] = []
+    >>> cycle.append(cycle)
+    >>> text, failed = to_lines([{"n": 1}, cycle, {"n": 2}])
+    >>> text, [(item is cycle, type(exc).__name__) for item, exc in failed]
+    ('{"n": 1}\n{"n": 2}\n', [(True, 'ValueError')])
+    """
+    try:
+        return "".join(to_json(item) + "\n" for item in items), []
+    except Exception:  # noqa: BLE001 - record by record, to say which
+        lines: list[str] = []
+        failed: list[tuple[Any, Exception]] = []
+        for item in items:
+            try:
+                lines.append(to_json(item) + "\n")
+            except Exception as exc:  # noqa: BLE001 - the record's dead letter says it
+                failed.append((item, exc))
+        return "".join(lines), failed
 
 
 class _SharedFile:
@@ -301,8 +339,9 @@ class _FileWriter(Writer):
         self.shared = shared
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
-        self.shared.write(to_lines(items))
-        return []
+        text, failed = to_lines(items)
+        self.shared.write(text)
+        return failed
 
     def close(self) -> None:
         self.shared.flush()
@@ -345,9 +384,13 @@ class _StdoutWriter(Writer):
         self.show = show
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+        failed: list[tuple[Any, Exception]] = []
         for item in items:
-            self.show(item)
-        return []
+            try:
+                self.show(item)
+            except Exception as exc:  # noqa: BLE001 - a record that cannot be shown: its dead letter
+                failed.append((item, exc))
+        return failed
 
 
 class StdoutSink(Sink):
@@ -551,8 +594,9 @@ class _ExactFile(ExactWriter):
             self.offset = offset
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
-        self.offset += write_all(self.handle, to_lines(items).encode())
-        return []
+        text, failed = to_lines(items)
+        self.offset += write_all(self.handle, text.encode())
+        return failed
 
     def position(self) -> int:
         return self.offset

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from operators import Event
 from pipelines import Pipeline, sinks, sources, testing
 from tests.helpers import View
 
@@ -20,9 +21,55 @@ def test_jsonl_sink_writes_events_and_truncates_on_each_run(tmp_path: Path) -> N
     assert sorted(int(r["user"]) for r in rows) == list(range(50))
 
 
+class Tagged(Event):
+    n: int
+    tag: Any = None
+
+
+class Opaque:
+    """A value JSON has no form for."""
+
+    def __str__(self) -> str:
+        return "opaque"
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_a_record_no_json_can_hold_is_a_dead_letter_of_the_write_and_the_rest_is_written(
+    exactly_once: bool, tmp_path: Path
+) -> None:
+    # A record holding itself stopped the run with the serializer's error (an
+    # event with an opaque value in a field too), and the batch was lost with it.
+    cycle: list[Any] = [1]
+    cycle.append(cycle)
+    records: list[Any] = [Tagged(n=0), cycle, Tagged(n=2, tag=Opaque()), {"n": 3}]
+    out = tmp_path / "out.jsonl"
+    p = Pipeline("w").read(sources.memory(records)).write(sinks.jsonl(out), name="to_file")
+    result = p.run(recovery=tmp_path / "store" if exactly_once else None)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["n"] for r in rows] == [0, 2, 3]
+    assert rows[1]["tag"] == "opaque"  # as a dict's value is: its str()
+    [letter] = result.dead_letters
+    assert (letter.step, letter.kind, letter.error_type) == ("to_file", "user_error", "ValueError")
+    assert "Circular reference" in letter.message and letter.payload.startswith("[1, [")
+    assert result.counts["to_file"].dead == 1 and result.counts["to_file"].out == 3
+    assert result.reconciles
+
+
+class Unshowable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 def test_stdout_sink_prints(capsys: pytest.CaptureFixture[str]) -> None:
     Pipeline("o").read(sources.memory(["hello"])).write(sinks.stdout(prefix=">")).run()
     assert "> hello" in capsys.readouterr().out
+    # A record that cannot be shown is a dead letter of the step; the rest is printed.
+    records: list[Any] = ["one", Unshowable(), "two"]
+    result = Pipeline("o").read(sources.memory(records)).write(sinks.stdout()).run()
+    printed = capsys.readouterr().out
+    assert "one" in printed and "two" in printed
+    [letter] = result.dead_letters
+    assert (letter.step, letter.error_type) == ("stdout", "RuntimeError") and result.reconciles
 
 
 def test_callback_sink_failures_become_dead_letters() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,6 +142,47 @@ def test_records_of_a_local_class_stop_a_run_on_processes_before_they_cross(
     ):
         # With recovery, a file is written exactly once, by one worker.
         p.run(processes=2, recovery=None if to == "keyed" else tmp_path / "store")
+
+
+class Holding(Event):
+    """A record whose class pickles, with a field that may hold anything."""
+
+    k: str
+    extra: Any = None
+
+
+@pytest.mark.parametrize("to", ["keyed", "process", "file"])
+def test_a_record_holding_what_cannot_be_pickled_stops_the_run_saying_which_field(
+    to: str, tmp_path: Path
+) -> None:
+    """The class pickles, the record does not (a lock in a field): instead of the engine's
+    bare panic, the step taking it, the class, the field and a hint."""
+    lock = threading.Lock()
+    made = (
+        Pipeline("holding")
+        .read(sources.memory(range(8), partitions=2))
+        .map(lambda n: Holding(k=str(n), extra=lock))
+    )
+    if to == "keyed":
+        p = made.key_by(lambda e: e.k).aggregate(n=agg.count(), name="counted")
+        step = "counted"
+    elif to == "process":
+        p = made.key_by(lambda e: e.k).process(lambda s, e, ctx: s, initial=int, name="counted")
+        step = "counted"
+    else:
+        p = made.write(sinks.jsonl(tmp_path / "o.jsonl"), name="to_file")
+        step = "to_file"
+    if to != "file":
+        p = p.write(sinks.memory("o"))
+    assert p.run().reconciles  # on one process nothing is pickled
+    with pytest.raises(
+        TypeError,
+        match=rf"runs on 2 processes, where the records that step '{step}' takes travel "
+        r"between processes pickled, but a record of class Holding \(module .*\) cannot be "
+        r"pickled: its field 'extra' holds a _thread.lock \(TypeError: cannot pickle "
+        r"'_thread.lock' object\). Hint: keep only data in records",
+    ):
+        p.run(processes=2, recovery=None if to != "file" else tmp_path / "store")
 
 
 def test_process_count_is_checked() -> None:

@@ -49,7 +49,7 @@ from operators import (
 from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._joining import JoinLogic, JoinSpec
-from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Crossing, Marked, SplitOp
+from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Crossing, Marked, Sent, SplitOp
 from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
@@ -833,9 +833,9 @@ class _Records:
 
     def __call__(self, packets: list[Packet]) -> list[tuple[str, list[Any]]]:
         i = self.index
-        if self.crossing is not None:
-            for p in packets:
-                self.crossing.check(p.exits[i], timed=False)
+        crossing = self.crossing
+        if crossing is not None:
+            return [(self.key, Sent(p.exits[i], crossing)) for p in packets if p.exits[i]]
         return [(self.key, p.exits[i]) for p in packets if p.exits[i]]
 
 
