@@ -123,6 +123,13 @@ class Context(Generic[O]):
 
     def emit(self, record: O) -> None:
         """Send ``record`` on, after the call returns."""
+        if record is self:
+            msg = (
+                "ctx.emit(ctx) sends on the context itself, which the next call reuses "
+                "and resets. Hint: emit a record made of what it says, e.g. "
+                "ctx.emit((ctx.key, ctx.time, state))."
+            )
+            raise TypeError(msg)
         if self._out is None:
             self._out = [record]
         else:
@@ -326,7 +333,7 @@ class ProcessLogic(
         self.ctx: Context[Any] = Context()
         self.ctx._timed = spec.on_timer is not None
         self.mark_key = (spec.step, str(id(self)))
-        opened = len(self.states) + self.held
+        opened = len(self.states) + self.held + sum(len(mine) for mine in self.timers.values())
         if opened:
             spec.counters.table()[spec.row][_OPEN] += opened
 
@@ -584,7 +591,7 @@ class ProcessLogic(
                 if ctx._out is not None or ctx._timers is not None:
                     self._apply(key, ctx, out, row)
             elif kind == _TIMER:
-                if not self._due(key, ("event", payload), at, seq, queue):
+                if not self._due(key, ("event", payload), at, seq, queue, row):
                     continue  # cancelled, or moved (and queued again)
                 timer = Timer(key, _utc(at), payload, "event")
                 self._fire(key, at, mark, timer, out, row)
@@ -631,7 +638,7 @@ class ProcessLogic(
             if seq > before:
                 later.append(entry)
                 continue
-            if not self._due(key, ("processing", name), at, seq, wall):
+            if not self._due(key, ("processing", name), at, seq, wall, row):
                 continue  # cancelled, or moved (and queued again)
             timer = Timer(key, _utc(at), name, "processing")
             mark = self.closed
@@ -726,7 +733,7 @@ class ProcessLogic(
     ) -> None:
         """Apply what a call that succeeded asked of its context; reset the context."""
         if ctx._timers is not None:
-            self._set_timers(key, ctx._timers)
+            self._set_timers(key, ctx._timers, row)
             ctx._timers = None
         emitted = ctx._out
         if emitted is not None:
@@ -749,13 +756,21 @@ class ProcessLogic(
             row[_CREATED] += len(emitted)
             row[_OUT] += len(emitted)
 
-    def _due(self, key: str, which: tuple[str, str], at: float, seq: int, queue: list[Any]) -> bool:
+    def _due(
+        self,
+        key: str,
+        which: tuple[str, str],
+        at: float,
+        seq: int,
+        queue: list[Any],
+        row: list[int],
+    ) -> bool:
         """Whether the queue entry ``(at, seq)`` of ``key``'s timer ``which`` fires now.
 
-        If so, the timer is taken out. An entry that is not the timer's (the
-        timer was cancelled, or moved earlier) is dropped; the timer's entry,
-        when the timer was moved later (or set again), queues it again at its
-        time and in the order of its last setting.
+        If so, the timer is taken out (no longer counted as open). An entry
+        that is not the timer's (the timer was cancelled, or moved earlier) is
+        dropped; the timer's entry, when the timer was moved later (or set
+        again), queues it again at its time and in the order of its last setting.
         """
         mine = self.timers.get(key)
         timer = mine.get(which) if mine else None
@@ -771,17 +786,22 @@ class ProcessLogic(
                 heapq.heappush(queue, (when, order, key, which[1]))
             return False
         del mine[which]
+        row[_OPEN] -= 1
         if not mine:
             del self.timers[key]
         return True
 
-    def _set_timers(self, key: str, changes: list[tuple[str, str, float | None]]) -> None:
+    def _set_timers(
+        self, key: str, changes: list[tuple[str, str, float | None]], row: list[int]
+    ) -> None:
         """Apply a call's timer changes (a time None cancels), in the order made.
 
         A timer set at or after the time its queue entry is at keeps that
-        entry (see `_due`); one set earlier gets a new entry.
+        entry (see `_due`); one set earlier gets a new entry. Pending timers
+        are counted as open.
         """
         mine = self.timers.get(key)
+        pending = len(mine) if mine else 0
         cancelled: dict[tuple[str, str], tuple[float, int, int, float]] = {}
         for kind, name, when in changes:
             which = (kind, name)
@@ -804,5 +824,6 @@ class ProcessLogic(
                 heapq.heappush(self.queue, (when, _TIMER, self.seq, key, name))
             else:
                 heapq.heappush(self.wall, (when, self.seq, key, name))
+        row[_OPEN] += (len(mine) if mine else 0) - pending
         if mine is not None and not mine:
             del self.timers[key]

@@ -206,6 +206,45 @@ def test_the_state_a_process_step_holds_is_served() -> None:
     assert result.expired == 100 and result.open_windows == 0
 
 
+def test_the_timers_a_process_step_holds_are_served_as_open() -> None:
+    # Keys that keep no state, only a timer an hour on: the step held 100
+    # timers (in its snapshots too) while it said it held nothing open.
+    from datetime import datetime, timedelta, timezone
+
+    from operators import Event
+    from pipelines import Pipeline, sinks, sources
+
+    class Ping(Event):
+        k: str
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    port = free_ports(1)[0]
+    held: list[float] = []
+
+    def make(rng: Any, i: int) -> Ping:
+        if i == 3000:
+            held.append(value(scrape(port), "evflow_open_windows", step="process_remind"))
+        return Ping(k=f"k{i % 100}", time=t0 + timedelta(seconds=i))
+
+    def remind(state: None, e: Ping, ctx: Any) -> None:
+        ctx.timer(ctx.time + timedelta(hours=1))  # set, or moved on
+        return None
+
+    def fire(state: None, timer: Any, ctx: Any) -> None:
+        ctx.emit(timer.key)
+
+    result = (
+        Pipeline("timers")
+        .read(sources.generate(make, count=4000, batch_size=100, rate=20_000))
+        .key_by(lambda e: e.k)
+        .process(remind, initial=lambda: None, on_timer=fire)
+        .write(sinks.memory("o"))
+    ).run(metrics_port=port)
+    assert held and 100 <= held[0] < 200
+    assert sorted(result["o"]) == sorted(f"k{i}" for i in range(100))
+    assert result.open_windows == 0 and result.reconciles
+
+
 def test_state_a_ttl_frees_leaves_the_served_and_shown_counts_while_the_run_goes_on() -> None:
     # 1,000 keys get one event each in the first 10 s of event time, then one
     # key alone moves time to 50 s (every state younger than the 60 s ttl),

@@ -206,6 +206,25 @@ def test_a_timer_in_the_past_is_a_dead_letter_saying_so() -> None:
     assert result.reconciles
 
 
+def test_emitting_the_context_itself_is_a_dead_letter_saying_what_to_emit() -> None:
+    # The context is one object, reset after each call: emitted, every record
+    # sent on was that same object, saying what the last call left in it.
+    def echo(state: int, e: Tick, ctx: Context[Any]) -> int:
+        if e.v == 2:
+            ctx.emit(ctx)
+        ctx.emit(e.v)
+        return state
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=v)) for v in (1, 2, 3)]
+    stream = Pipeline("echo").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = stream.process(echo, initial=int).write(sinks.memory("out")).run()
+    assert result["out"] == [1, 3]  # the failed call emits nothing
+    (letter,) = result.dead_letters
+    assert (letter.kind, letter.error_type) == ("user_error", "TypeError")
+    assert "ctx.emit(ctx) sends on the context itself" in letter.message
+    assert result.reconciles
+
+
 @pytest.mark.parametrize("at", [1e12, math.inf, math.nan])
 def test_a_timer_no_datetime_can_hold_is_a_dead_letter(at: float) -> None:
     def far(n: int, e: Tick, ctx: Context[int]) -> int:

@@ -19,7 +19,8 @@ class StepCounts:
     skipped + aggregated``, where ``created`` counts records a step made (a
     flat_map's outputs past the first, copies for several routes or readers,
     an aggregate's results) and ``aggregated`` the events an aggregate took
-    in. ``open`` is the number of windows (or running keys) still held;
+    in. ``open`` is what the step still holds: windows, join state, or a
+    process step's key states, held events and pending timers;
     ``handled`` counts deliveries whose dispatch handler returned nothing.
     """
 
@@ -161,7 +162,7 @@ class RunResult:
 
     @property
     def open_windows(self) -> int:
-        """Windows or running keys still held (zero once a bounded run ends)."""
+        """Windows, key states, held events and timers still held (zero once a bounded run ends)."""
         return self._sum("open")
 
     @property
