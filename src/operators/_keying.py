@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from pydantic_core import TzInfo
@@ -48,8 +49,12 @@ class Combining(Protocol):
         partition: str,
         latest: float,
         wins: dict[tuple[str, float], tuple[list[Any], list[str]]],
-    ) -> list[Any]:
-        """Aggregate one chunk's events into ``wins``; return those to send as they are."""
+        set_aside: Callable[[tuple[str, float, Any], float], None],
+    ) -> tuple[list[Any], float]:
+        """Aggregate a chunk's events into ``wins``; return those to send as they are.
+
+        And the partition's newest event time after it; those behind go to ``set_aside``.
+        """
 
     def partials(
         self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]
@@ -679,23 +684,26 @@ class Bucketize:
                     if packet.mark > latest:
                         latest = packet.mark
                     continue
-                if self.delay is None:
+                if self.combine is not None:
+                    if records:
+                        # Events behind an earlier one of the batch are set aside
+                        # for their bucket to judge; the others are aggregated here.
+                        records, latest = self.combine.add_chunk(
+                            records, part, latest, wins, partial(self._set_aside, marks)
+                        )
+                elif self.delay is None:
                     for record in records:
                         if record[1] > latest:
                             latest = record[1]
-                elif self.combine is None:
+                else:
                     latest = self._cut_behind(records, latest, marks)
                     continue
-                else:
-                    records, latest = self._judge(records, latest, marks)
-                if self.combine is not None and records:
-                    records = self.combine.add_chunk(records, part, latest, wins)
                 self._spread(records, marks)
             if wins and self.combine is not None:
-                for partial in self.combine.partials(wins):
-                    mark = marks[self.bucket_of(partial[0])]
-                    mark.partials.append(partial)
-                    mark.combined += len(partial[4])
+                for win in self.combine.partials(wins):
+                    mark = marks[self.bucket_of(win[0])]
+                    mark.partials.append(win)
+                    mark.combined += len(win[4])
             eof = group[-1].eof
             idle_since = group[-1].idle_since
             for b, mark in enumerate(marks):
@@ -728,26 +736,11 @@ class Bucketize:
             mark.records.append(record)
         return latest
 
-    def _judge(
-        self, records: list[Any], latest: float, marks: list[Marked]
-    ) -> tuple[list[Any], float]:
-        """Set aside the records behind an earlier event of the batch; return the rest.
-
-        Used before aggregating where the events are read: the bucket judges
-        each set-aside event against the watermark it carries.
-        """
-        delay = self.delay
-        assert delay is not None
-        kept: list[Any] = []
-        for record in records:
-            ts = record[1]
-            if ts < latest - delay:
-                marks[self.bucket_of(record[0])].behind.append((record, latest - delay))
-                continue
-            kept.append(record)
-            if ts > latest:
-                latest = ts
-        return kept, latest
+    def _set_aside(
+        self, marks: list[Marked], record: tuple[str, float, Any], watermark: float
+    ) -> None:
+        """Send an event behind an earlier one of its batch to its bucket as `Marked.behind`."""
+        marks[self.bucket_of(record[0])].behind.append((record, watermark))
 
     def _made(self, records: list[Any], made: list[float | None], marks: list[Marked]) -> None:
         """Spread records each made at its own time (``made``), noting that per bucket."""

@@ -432,48 +432,68 @@ class Combiner:
         partition: str,
         latest: float,
         wins: dict[tuple[str, float], tuple[list[Any], list[str]]],
-    ) -> list[Any]:
+        set_aside: Callable[[tuple[str, float, Any], float], None],
+    ) -> tuple[list[Any], float]:
         """Aggregate one chunk's events into ``wins``; return those to send as they are.
 
-        ``wins`` may already hold windows from earlier chunks of the same
-        partition in this batch: they go on growing. The partition's
-        watermark moves on after the chunk (``latest``: its newest event time).
+        Also returns the partition's newest event time after the chunk;
+        ``latest`` is the one before it in this batch. An event behind that
+        (less the clock's delay) when it comes is handed to ``set_aside``
+        with the watermark it is behind, for the window step to judge. One
+        behind the partition's watermark as this worker last saw it goes on as
+        it is. ``wins`` may already hold windows from earlier chunks of the
+        same partition in this batch: they go on growing. The partition's
+        watermark moves on after the chunk.
         """
         own = self.wm.get(partition, _NEVER)
+        delay = self.delay
+        floor = latest - delay
         size_us = self.window.size_us
         add = self.add
         aggs = self.aggs
         template = self.template
         raw: list[Any] = []
         get = wins.get
-        # The window of the record before (runs of one key and window are common).
+        # The window of the record before, in microseconds (runs of one key
+        # and window are common): ``low <= t < high``.
         last_key: str | None = None
-        last_start = _NEVER
+        low = high = 0
         accs: list[Any] = []
         ids: list[str] = []
         for record in records:
             key, ts, event = record
+            if ts < floor:
+                set_aside(record, floor)
+                continue
+            if ts > latest:
+                latest = ts
+                floor = ts - delay
             if ts < own:
                 raw.append(record)
                 continue
             t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-            start = (t - t % size_us) / 1_000_000
-            if start != last_start or key != last_key:
+            if not low <= t < high or key != last_key:
+                low = t - t % size_us
+                high = low + size_us
+                start = low / 1_000_000
                 slot = get((key, start))
                 if slot is None:
                     fresh = template.copy() if template is not None else [g.create() for g in aggs]
                     slot = wins[(key, start)] = (fresh, [])
                 accs, ids = slot
-                last_key, last_start = key, start
+                last_key = key
             try:
                 add(accs, event, ts)
             except Exception:  # noqa: BLE001 - the window step meets it again, as usual
                 raw.append(record)
                 continue
-            ids.append(getattr(event, "id", ""))
-        if latest != _NEVER and latest - self.delay > own:
-            self.wm[partition] = latest - self.delay
-        return raw
+            try:
+                ids.append(event.id)
+            except AttributeError:  # a record without an id (a dict)
+                ids.append("")
+        if latest != _NEVER and latest - delay > own:
+            self.wm[partition] = latest - delay
+        return raw, latest
 
     def partials(
         self, wins: dict[tuple[str, float], tuple[list[Any], list[str]]]

@@ -458,13 +458,17 @@ def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
 
     combiner = Combiner(10.0, [agg.count(), agg.sum("amount")], delay=0.0)
 
-    def combine(records: list[Any], partition: str, latest: float) -> tuple[list[Any], list[Any]]:
+    aside: list[Any] = []
+
+    def combine(records: list[Any], partition: str) -> tuple[list[Any], list[Any]]:
         wins: dict[Any, Any] = {}
-        raw = combiner.add_chunk(records, partition, latest, wins)
+        raw, _ = combiner.add_chunk(
+            records, partition, -math.inf, wins, lambda r, wm: aside.append((r, wm))
+        )
         return raw, combiner.partials(wins)
 
     first = [("a", 12.0, hit("a", 12)), ("a", 15.0, hit("a", 15)), ("b", 25.0, hit("b", 25))]
-    raw, partials = combine(first, "src/p0", 25.0)
+    raw, partials = combine(first, "src/p0")
     assert raw == []
     sums = combiner.aggs[1]
     assert sorted((k, s, e, [n, sums.result(t)], ids) for k, s, e, (n, t), ids in partials) == [
@@ -472,9 +476,14 @@ def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
         ("b", 20.0, 30.0, [1, 1.0], ["b@25"]),
     ]
     late = ("a", 18.0, hit("a", 18))
-    raw, partials = combine([late, ("a", 31.0, hit("a", 31))], "src/p0", 31.0)
+    raw, partials = combine([late, ("a", 31.0, hit("a", 31))], "src/p0")
     assert raw == [late]  # behind the partition's watermark (25): judged at the window
     assert [(k, s, ids) for k, s, _, _, ids in partials] == [("a", 30.0, ["a@31"])]
+    # Behind an earlier event of its own chunk: set aside with the watermark it is behind.
+    early = ("b", 33.0, hit("b", 33))
+    raw, partials = combine([("a", 40.0, hit("a", 40)), early, ("a", 41.0, hit("a", 41))], "p0")
+    assert aside == [(early, 40.0)] and raw == []
+    assert [(k, s, ids) for k, s, _, _, ids in partials] == [("a", 40.0, ["a@40", "a@41"])]
 
 
 def test_a_batch_of_chunks_judges_lateness_chunk_by_chunk() -> None:
