@@ -11,8 +11,8 @@ bytewax on every query; 0.5x the reference on Q3 to Q8).
 
 Queries: Q0 pass-through; Q1 bid prices in euro; Q2 bids of some auctions;
 Q3 auctions of category 10 with their sellers in OR, ID or CA (join with a
-table of persons); Q4 average winning price per category (an auction
-closes at its expiry); Q5 the hottest auction's bid count per 10-second
+table of persons); Q4 average winning price per category, updated as each
+auction closes at its expiry; Q5 the hottest auction's bid count per 10-second
 window sliding every 2 seconds (a window over window results); Q6 each
 seller's average price over their last 10 closed auctions; Q7 the highest
 bid per 10-second window; Q8 persons who opened an account and an auction

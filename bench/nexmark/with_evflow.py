@@ -95,13 +95,31 @@ def winners(events: list[Any], name: str) -> Stream[Winner]:
     )
 
 
+def running_mean(
+    acc: tuple[int, int], w: Winner, ctx: Context[tuple[int, int, float]]
+) -> tuple[int, int]:
+    """A category's mean winning price so far, emitted as each of its auctions closes."""
+    total, n = acc[0] + w.price, acc[1] + 1
+    ctx.emit((w.category, ms(ctx.time), round(total / n, 6)))
+    return total, n
+
+
+def latest(rows: list[tuple[int, int, float]]) -> dict[int, float]:
+    """The last value emitted for each key: ``(key, at, value)`` rows."""
+    final: dict[int, tuple[int, float]] = {}
+    for key, at, value in rows:
+        if at >= final.get(key, (-1, 0.0))[0]:
+            final[key] = (at, value)
+    return {key: value for key, (_, value) in final.items()}
+
+
 def q4(events: list[Any]) -> Any:
-    per_category = (
+    means = (
         winners(events, "q4")
         .key_by(lambda w: str(w.category), name="category")
-        .aggregate(avg=agg.mean("price"))
+        .process(running_mean, initial=lambda: (0, 0))
     )
-    return {int(r.key): round(r.avg, 6) for r in run(per_category)}
+    return latest(run(means))
 
 
 def q5(events: list[Any]) -> Any:
@@ -130,11 +148,7 @@ def q6(events: list[Any]) -> Any:
         .key_by(lambda w: str(w.seller), name="seller")
         .process(last_ten, initial=list)
     )
-    final: dict[int, tuple[int, float]] = {}
-    for seller, at, avg in run(averages):
-        if at >= final.get(seller, (-1, 0.0))[0]:
-            final[seller] = (at, avg)
-    return {s: avg for s, (_, avg) in final.items()}
+    return latest(run(averages))
 
 
 def q7(events: list[Any]) -> Any:
