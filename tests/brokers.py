@@ -14,10 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from operators import Event
+from operators._sinks import Sink
+from pipelines import Pipeline, sources
 from pipelines._running.cluster import free_ports
 
 
@@ -69,3 +72,21 @@ def line_count(path: Path) -> int:
 def written_ids(path: Path) -> Counter[str]:
     """The ``id`` of every line of a jsonl output, counted."""
     return Counter(json.loads(line)["id"] for line in path.read_text().splitlines())
+
+
+def write_with_a_loop(sink: Sink, step: str) -> None:
+    """Write c0, a record holding itself, then c2 to ``sink`` (write step ``step``).
+
+    The record no JSON can hold made its whole batch fail (retried for the
+    sink's ``retry_for``, then every record of it a dead letter): it is a dead
+    letter at once, and the others are written.
+    """
+    loop: list[Any] = ["loop"]
+    loop.append(loop)
+    records: list[Any] = [Click(user="a", id="c0"), loop, Click(user="b", id="c2")]
+    started = time.monotonic()
+    result = Pipeline("loop").read(sources.memory(records)).write(sink, name=step).run()
+    assert time.monotonic() - started < 30
+    [letter] = result.dead_letters
+    assert (letter.step, letter.error_type) == (step, "ValueError")
+    assert "Circular reference" in letter.message and result.reconciles

@@ -174,7 +174,10 @@ def test_a_metrics_port_in_use_on_two_processes_is_named_at_once(
     assert "did not form" not in err
 
 
-def test_the_state_a_process_step_holds_is_served() -> None:
+@pytest.mark.parametrize("held_as", ["states", "timers"])
+def test_what_a_process_step_holds_is_served_as_open(held_as: str) -> None:
+    # 100 keys, each holding a state, or no state but a timer an hour on (the
+    # step said it held nothing open then, with 100 timers in its snapshots).
     from datetime import datetime, timedelta, timezone
 
     from operators import Event
@@ -188,61 +191,36 @@ def test_the_state_a_process_step_holds_is_served() -> None:
     held: list[float] = []
 
     def make(rng: Any, i: int) -> Tick:
-        if i == 3000:  # earlier events of 100 keys are held as key states by now
-            held.append(value(scrape(port), "evflow_open_windows", step="process_count"))
+        if i == 3000:  # earlier events of the 100 keys are held by now
+            held.append(value(scrape(port), "evflow_open_windows", step="held"))
         return Tick(k=f"k{i % 100}", time=t0 + timedelta(seconds=i))
 
     def count(n: int, e: Tick, ctx: Any) -> int:
         return n + 1
 
-    result = (
-        Pipeline("held")
-        .read(sources.generate(make, count=4000, batch_size=100, rate=20_000))
-        .key_by(lambda e: e.k)
-        .process(count, initial=int)
-        .write(sinks.memory("o"))
-    ).run(metrics_port=port)
-    assert held and held[0] >= 100
-    assert result.expired == 100 and result.open_windows == 0
-
-
-def test_the_timers_a_process_step_holds_are_served_as_open() -> None:
-    # Keys that keep no state, only a timer an hour on: the step held 100
-    # timers (in its snapshots too) while it said it held nothing open.
-    from datetime import datetime, timedelta, timezone
-
-    from operators import Event
-    from pipelines import Pipeline, sinks, sources
-
-    class Ping(Event):
-        k: str
-
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    port = free_ports(1)[0]
-    held: list[float] = []
-
-    def make(rng: Any, i: int) -> Ping:
-        if i == 3000:
-            held.append(value(scrape(port), "evflow_open_windows", step="process_remind"))
-        return Ping(k=f"k{i % 100}", time=t0 + timedelta(seconds=i))
-
-    def remind(state: None, e: Ping, ctx: Any) -> None:
+    def remind(state: None, e: Tick, ctx: Any) -> None:
         ctx.timer(ctx.time + timedelta(hours=1))  # set, or moved on
         return None
 
     def fire(state: None, timer: Any, ctx: Any) -> None:
         ctx.emit(timer.key)
 
-    result = (
-        Pipeline("timers")
+    keyed = (
+        Pipeline("held")
         .read(sources.generate(make, count=4000, batch_size=100, rate=20_000))
         .key_by(lambda e: e.k)
-        .process(remind, initial=lambda: None, on_timer=fire)
-        .write(sinks.memory("o"))
-    ).run(metrics_port=port)
+    )
+    if held_as == "states":
+        stream = keyed.process(count, initial=int, name="held")
+    else:
+        stream = keyed.process(remind, initial=lambda: None, on_timer=fire, name="held")
+    result = stream.write(sinks.memory("o")).run(metrics_port=port)
     assert held and 100 <= held[0] < 200
-    assert sorted(result["o"]) == sorted(f"k{i}" for i in range(100))
     assert result.open_windows == 0 and result.reconciles
+    if held_as == "states":
+        assert result.expired == 100
+    else:
+        assert sorted(result["o"]) == sorted(f"k{i}" for i in range(100))
 
 
 def test_state_a_ttl_frees_leaves_the_served_and_shown_counts_while_the_run_goes_on() -> None:
