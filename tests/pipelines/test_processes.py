@@ -185,6 +185,29 @@ def test_a_record_holding_what_cannot_be_pickled_stops_the_run_saying_which_fiel
         p.run(processes=2, recovery=None if to != "file" else tmp_path / "store")
 
 
+def test_a_share_crossing_to_another_process_arrives_whole() -> None:
+    """What a bucket's share holds comes out of its own pickling as it went in (and
+    what checks it stays behind), and so do the records for a file writer."""
+    import pickle
+
+    from operators import Counters
+    from operators._keying import Crossing, Marked, Sent
+
+    crossing = Crossing(Counters(["s"]), "p", "s", 2)
+    record = ("k", 1.5, Holding(k="k", id="e1"))
+    share = Marked(
+        "src/p0", 4.0, True, [record, ("j", 2.0, {"k": "j"})], idle_since=9.0,
+        behind=[(("k", 0.5, Holding(k="k", id="e0")), 1.0)],
+        partials=[("k", 0.0, 10.0, [3, 7.5], ["e1", "e2"])], combined=2,
+        cuts=[(1, 1.5)], judges=[(0, None), (1, 3.0)], crossing=crossing,
+    )  # fmt: skip
+    arrived = pickle.loads(pickle.dumps(share))
+    assert arrived == share and vars(arrived).keys() == vars(share).keys()
+    assert arrived.crossing is None and share.crossing is crossing
+    sent = pickle.loads(pickle.dumps(Sent([record[2], {"n": 1}], crossing)))
+    assert type(sent) is list and sent == [record[2], {"n": 1}]
+
+
 def test_process_count_is_checked() -> None:
     p = Pipeline("c").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(ValueError, match=r"processes must be a positive int; got 0"):
