@@ -401,6 +401,29 @@ def can_combine(window: Window | None, clock: Clock | None, aggs: Sequence[Aggre
     )
 
 
+#: Microseconds from which a window's bounds in seconds are not told apart
+#: finely enough by a float to skip the rounding (`_inside`): year 2182.
+_FINE_US = 6 * 10**15
+
+
+def _inside(low: int, high: int) -> tuple[float, float]:
+    """Return bounds in seconds within which a time is surely in the window ``[low, high)`` µs.
+
+    A time ``ts`` with ``lo <= ts < hi`` rounds (``round(ts * 1e6)``, as
+    `Tumbling.start_of` does) into the window: the bounds keep 2 µs inside
+    its ends, more than a float's error on times before `_FINE_US`. Others
+    (near an end, or beyond) are rounded. Times before 1970 always are.
+
+    >>> _inside(10_000_000, 20_000_000)
+    (10.000002, 19.999998)
+    >>> _inside(-10_000_000, 0)  # no time is told by comparing: each is rounded
+    (inf, -inf)
+    """
+    if low < 0 or high >= _FINE_US:
+        return math.inf, -math.inf
+    return (low + 2) / 1_000_000, (high - 2) / 1_000_000
+
+
 class Combiner:
     """Aggregate a chunk's events per key and tumbling window before the key exchange.
 
@@ -454,10 +477,10 @@ class Combiner:
         template = self.template
         raw: list[Any] = []
         get = wins.get
-        # The window of the record before, in microseconds (runs of one key
-        # and window are common): ``low <= t < high``.
+        # The window of the record before (runs of one key and window are
+        # common): a time ``inside`` it, ``lo <= ts < hi`` in seconds, is in it.
         last_key: str | None = None
-        low = high = 0
+        lo = hi = 0.0
         accs: list[Any] = []
         ids: list[str] = []
         for record in records:
@@ -471,10 +494,10 @@ class Combiner:
             if ts < own:
                 raw.append(record)
                 continue
-            t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-            if not low <= t < high or key != last_key:
+            if not lo <= ts < hi or key != last_key:
+                t = round(ts * 1_000_000)  # Tumbling.start_of, inline
                 low = t - t % size_us
-                high = low + size_us
+                lo, hi = _inside(low, low + size_us)
                 start = low / 1_000_000
                 slot = get((key, start))
                 if slot is None:
@@ -949,10 +972,17 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             heap = self.heap
             get = wins.get
             opened = 0
+            # The window of the event before (times come mostly in order): an
+            # event ``lo <= ts < hi`` is in it too, without rounding (`_inside`).
+            lo = hi = start = end = 0.0
             for key, ts, event in records:
-                t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-                start = (t - t % size_us) / 1_000_000
-                if ts < wm and end_of(start) <= wm:
+                if not lo <= ts < hi:
+                    t = round(ts * 1_000_000)  # Tumbling.start_of, inline
+                    low = t - t % size_us
+                    start = low / 1_000_000
+                    end = end_of(start)
+                    lo, hi = _inside(low, low + size_us)
+                if ts < wm and end <= wm:
                     late += 1
                     self._late(event, ts, wm, out, row)
                     continue
@@ -962,7 +992,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                         fresh = [g.create() for g in spec.aggs]
                         add(fresh, event, ts)
                         wins[(key, start)] = fresh
-                        heapq.heappush(heap, (end_of(start), key, start))
+                        heapq.heappush(heap, (end, key, start))
                         opened += 1
                     else:
                         add(accs, event, ts)  # all or nothing: a failure changes nothing

@@ -8,6 +8,7 @@ import math
 import pickle
 import random
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -484,6 +485,48 @@ def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
     raw, partials = combine([("a", 40.0, hit("a", 40)), early, ("a", 41.0, hit("a", 41))], "p0")
     assert aside == [(early, 40.0)] and raw == []
     assert [(k, s, ids) for k, s, _, _, ids in partials] == [("a", 40.0, ["a@40", "a@41"])]
+
+
+def near_window_ends() -> list[float]:
+    """Times right at the ends of 10-second windows, and within microseconds of them."""
+    times: list[float] = []
+    for epoch in (0.0, 1_767_225_600.0, 4.5e9, 6.1e9, 2.5e11):
+        for k in (1, 2, 3):
+            end = epoch + 10.0 * k
+            for d in (-3e-6, -2e-6, -1.5e-6, -1e-6, -5e-7, -1e-7, 0.0, 1e-7, 5e-7, 1e-6, 2e-6):
+                times.append(end + d)
+            times += [math.nextafter(end, -math.inf), math.nextafter(end, math.inf)]
+    return sorted(times)
+
+
+def test_events_near_a_window_end_go_to_the_window_they_round_into() -> None:
+    # Events in the window of the one before are told so by comparing seconds,
+    # without rounding each to microseconds: right at the ends, and far in
+    # time, they must land where Tumbling.start_of puts them, combined where
+    # they are read or not.
+    from operators._windowing import Combiner
+    from operators.windows import Tumbling
+
+    window = Tumbling(10.0)
+    times = near_window_ends()
+    records = [("k", ts, Hit(user="k", time=T0, id=f"e{i}")) for i, ts in enumerate(times)]
+    combiner = Combiner(10.0, [agg.count()], delay=math.inf)
+    wins: dict[Any, Any] = {}
+    raw, _ = combiner.add_chunk(records, "p", -math.inf, wins, lambda r, wm: None)
+    assert raw == []
+    start_of = {i: start for (_, start), (_, ids) in wins.items() for i in ids}
+    assert {f"e{i}": window.start_of(ts) for i, ts in enumerate(times)} == start_of
+    counted = (
+        Pipeline("ends")
+        .read(sources.memory([{"t": ts} for ts in times]))
+        .key_by(lambda r: "k")
+        .window(window, clock=windows.event_time(lambda r: r["t"], max_delay=60, max_future=None))
+        .aggregate(n=agg.count())
+    )
+    result = counted.write(sinks.memory("o")).run()
+    assert result.reconciles and not result.dead_letters
+    got = {round(r.start.timestamp() * 1e6): r.n for r in result["o"]}
+    assert got == Counter(round(window.start_of(ts) * 1e6) for ts in times)
 
 
 def test_a_batch_of_chunks_judges_lateness_chunk_by_chunk() -> None:
