@@ -24,14 +24,7 @@ import pytest
 
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
-from tests.brokers import (
-    Click,
-    ServerProcess,
-    command,
-    line_count,
-    write_with_a_loop,
-    written_ids,
-)
+from tests.brokers import Click, ServerProcess, command, line_count, write_with_a_loop, written_ids
 from tests.helpers import kill_at_random
 
 
