@@ -1040,21 +1040,31 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         late = opened = 0
         size_us = window.size_us
         every_us = window.every_us
+        # Where the size is a multiple of the step, every time between two
+        # window starts is in the same windows: those of the event before, if
+        # it is ``lo <= ts < hi`` (see `_inside`). Otherwise each is worked out.
+        steady = size_us % every_us == 0
+        lo = hi = 0.0
+        spans: list[tuple[float, float]] = []  # (start, end), the latest first
         for key, ts, event in records:
-            t = round(ts * 1_000_000)
-            s = t - t % every_us  # the latest window's start
-            if ts < wm and (s + size_us) / 1_000_000 <= wm:
+            if not lo <= ts < hi:
+                t = round(ts * 1_000_000)
+                s = t - t % every_us  # the latest window's start
+                spans = [
+                    (start_us / 1_000_000, (start_us + size_us) / 1_000_000)
+                    for start_us in range(s, t - size_us, -every_us)
+                ]
+                if steady:
+                    lo, hi = _inside(s, s + every_us)
+            if ts < wm and spans and spans[0][1] <= wm:
                 late += 1
                 self._late(event, ts, wm, out, row)
                 continue
-            lowest = t - size_us
             held: list[list[Any]] = []
             fresh: list[tuple[float, float, list[Any]]] | None = None
-            while s > lowest:
-                end = (s + size_us) / 1_000_000
+            for start, end in spans:
                 if end <= wm:
                     break  # closed for the watermark, as are the earlier ones
-                start = s / 1_000_000
                 accs = get((key, start))
                 if accs is None:
                     accs = [g.create() for g in aggs]
@@ -1062,7 +1072,6 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                         fresh = []
                     fresh.append((start, end, accs))
                 held.append(accs)
-                s -= every_us
             try:
                 spread(held, event, ts)
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy

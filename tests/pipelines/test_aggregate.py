@@ -529,6 +529,26 @@ def test_events_near_a_window_end_go_to_the_window_they_round_into() -> None:
     assert got == Counter(round(window.start_of(ts) * 1e6) for ts in times)
 
 
+def test_events_near_a_window_end_go_to_the_sliding_windows_they_round_into() -> None:
+    # Events between the same two window starts as the one before are given
+    # its windows without rounding: at and near the ends, as Sliding.assign.
+    from operators.windows import Sliding
+
+    window = Sliding(10.0, 2.0)
+    times = near_window_ends()
+    counted = (
+        Pipeline("slid")
+        .read(sources.memory([{"t": ts} for ts in times]))
+        .key_by(lambda r: "k")
+        .window(window, clock=windows.event_time(lambda r: r["t"], max_delay=60, max_future=None))
+        .aggregate(n=agg.count())
+    )
+    result = counted.write(sinks.memory("o")).run()
+    assert result.reconciles and not result.dead_letters
+    got = {round(r.start.timestamp() * 1e6): r.n for r in result["o"]}
+    assert got == Counter(round(start * 1e6) for ts in times for start, _ in window.assign(ts))
+
+
 def test_a_batch_of_chunks_judges_lateness_chunk_by_chunk() -> None:
     # Two chunks of one partition in one item: the second chunk's event at 3 s is
     # behind the watermark the first chunk set (20 s), as if they came one by one.
