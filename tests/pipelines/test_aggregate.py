@@ -499,6 +499,20 @@ def near_window_ends() -> list[float]:
     return sorted(times)
 
 
+def counted_by_start(window: Any, times: list[float]) -> dict[int, int]:
+    """Count events at ``times`` (epoch seconds) per window of one key: start in µs -> count."""
+    counted = (
+        Pipeline("ends")
+        .read(sources.memory([{"t": ts} for ts in times]))
+        .key_by(lambda r: "k")
+        .window(window, clock=windows.event_time(lambda r: r["t"], max_delay=60, max_future=None))
+        .aggregate(n=agg.count())
+    )
+    result = counted.write(sinks.memory("o")).run()
+    assert result.reconciles and not result.dead_letters
+    return {round(r.start.timestamp() * 1e6): r.n for r in result["o"]}
+
+
 def test_events_near_a_window_end_go_to_the_window_they_round_into() -> None:
     # Events in the window of the one before are told so by comparing seconds,
     # without rounding each to microseconds: right at the ends, and far in
@@ -516,17 +530,9 @@ def test_events_near_a_window_end_go_to_the_window_they_round_into() -> None:
     assert raw == []
     start_of = {i: start for (_, start), (_, ids) in wins.items() for i in ids}
     assert {f"e{i}": window.start_of(ts) for i, ts in enumerate(times)} == start_of
-    counted = (
-        Pipeline("ends")
-        .read(sources.memory([{"t": ts} for ts in times]))
-        .key_by(lambda r: "k")
-        .window(window, clock=windows.event_time(lambda r: r["t"], max_delay=60, max_future=None))
-        .aggregate(n=agg.count())
+    assert counted_by_start(window, times) == Counter(
+        round(window.start_of(ts) * 1e6) for ts in times
     )
-    result = counted.write(sinks.memory("o")).run()
-    assert result.reconciles and not result.dead_letters
-    got = {round(r.start.timestamp() * 1e6): r.n for r in result["o"]}
-    assert got == Counter(round(window.start_of(ts) * 1e6) for ts in times)
 
 
 def test_events_near_a_window_end_go_to_the_sliding_windows_they_round_into() -> None:
@@ -536,17 +542,9 @@ def test_events_near_a_window_end_go_to_the_sliding_windows_they_round_into() ->
 
     window = Sliding(10.0, 2.0)
     times = near_window_ends()
-    counted = (
-        Pipeline("slid")
-        .read(sources.memory([{"t": ts} for ts in times]))
-        .key_by(lambda r: "k")
-        .window(window, clock=windows.event_time(lambda r: r["t"], max_delay=60, max_future=None))
-        .aggregate(n=agg.count())
+    assert counted_by_start(window, times) == Counter(
+        round(start * 1e6) for ts in times for start, _ in window.assign(ts)
     )
-    result = counted.write(sinks.memory("o")).run()
-    assert result.reconciles and not result.dead_letters
-    got = {round(r.start.timestamp() * 1e6): r.n for r in result["o"]}
-    assert got == Counter(round(start * 1e6) for ts in times for start, _ in window.assign(ts))
 
 
 def test_a_batch_of_chunks_judges_lateness_chunk_by_chunk() -> None:
