@@ -7,6 +7,7 @@ import os
 import re
 import threading
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,9 @@ def test_records_of_a_local_class_stop_a_run_on_processes_before_they_cross(
         p.run(processes=2, recovery=None if to == "keyed" else tmp_path / "store")
 
 
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
 class Holding(Event):
     """A record whose class pickles, with a field that may hold anything."""
 
@@ -183,6 +187,27 @@ def test_a_record_holding_what_cannot_be_pickled_stops_the_run_saying_which_fiel
         r"'_thread.lock' object\). Hint: keep only data in records",
     ):
         p.run(processes=2, recovery=None if to != "file" else tmp_path / "store")
+
+
+def test_an_aggregate_value_that_cannot_be_pickled_stops_the_run_saying_so() -> None:
+    """A window over the whole stream aggregates where events are read and sends the
+    partial windows across: a value in them that cannot be pickled is named as such."""
+    lock = threading.Lock()
+    firsts = (
+        Pipeline("holding")
+        .read(sources.memory(range(40), partitions=2))
+        .map(lambda n: Holding(k=str(n), extra=lock, time=T0 + timedelta(seconds=n)))
+        .window_all(windows.tumbling(seconds=10))
+        .aggregate(x=agg.first("extra"), name="firsts")
+    )
+    p = firsts.write(sinks.memory("o"))
+    with pytest.raises(
+        TypeError,
+        match=r"runs on 2 processes, where the records that step 'firsts' takes travel between "
+        r"processes pickled, but what goes with them cannot be: TypeError: cannot pickle "
+        r"'_thread.lock' object. Hint: keep only data in records and in aggregates' values",
+    ):
+        p.run(processes=2)
 
 
 def test_a_share_crossing_to_another_process_arrives_whole() -> None:
