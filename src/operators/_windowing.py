@@ -66,6 +66,8 @@ _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN, _LATE, _SKIPPED, _EARLY = (
 )
 _NEVER = -math.inf
 _DONE = math.inf
+#: No window of that key and start (a paned window is held with None).
+_MISSING: Any = object()
 
 
 def _add_lines(aggs: Sequence[Aggregator], env: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -346,6 +348,11 @@ class WindowSpec:
         #: Adds an event to each of its sliding windows: `make_spreader`.
         self.spread = make_spreader(self.aggs)
         self.merge = make_merger(self.aggs)
+        #: Sliding windows aggregated into panes, merged when a window closes.
+        self.paned = can_slice(self.window, self.aggs)
+        template = self.fresh()
+        #: Fresh accumulators by copying one list when none can change in place.
+        self.template = template if all(frozen(a) for a in template) else None
         self.merge_values, self.merge_in_place = make_merger_in_two(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
         #: The results' ``type``: their model's own (the step's name, or what a
@@ -363,6 +370,10 @@ class WindowSpec:
         self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
         self.idle = clock.idle_timeout if isinstance(clock, EventTime) else 0.0
         self.event_time = isinstance(clock, EventTime)
+
+    def fresh(self) -> list[Any]:
+        """Return new accumulators, one per aggregator."""
+        return [g.create() for g in self.aggs]
 
     def construct(self, fields: dict[str, Any]) -> Any:
         """Make a result record from values that are known to be valid.
@@ -399,6 +410,25 @@ def can_combine(window: Window | None, clock: Clock | None, aggs: Sequence[Aggre
         and isinstance(clock, EventTime)
         and all(type(g).merge is not Aggregator.merge for g in aggs)
     )
+
+
+def can_slice(window: Window | None, aggs: Sequence[Aggregator]) -> bool:
+    """Whether a sliding window's events can be aggregated once each, into panes.
+
+    A pane is one step (``every``) of event time; a window's result merges
+    the panes it spans (see `WindowLogic._paned`). Aggregators that all say
+    they can (`Aggregator.slices`: every built-in but ``max``, ``min`` and
+    ``collect``) can.
+
+    >>> from operators import agg, windows
+    >>> can_slice(windows.sliding(seconds=60, every=10), [agg.count(), agg.mean("x")])
+    True
+    >>> can_slice(windows.sliding(seconds=60, every=10), [agg.count(), agg.max("x")])
+    False
+    >>> can_slice(windows.tumbling(seconds=60), [agg.count()])
+    False
+    """
+    return isinstance(window, Sliding) and all(g.slices for g in aggs)
 
 
 #: Microseconds from which a window's bounds in seconds are not told apart
@@ -765,6 +795,18 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             # A snapshot of an evflow that closed sessions at their end.
             self.heap = [(end + window.gap, key, start) for end, key, start in self.heap]
             heapq.heapify(self.heap)
+        #: Sliding windows built from panes (`_paned`): ``key -> {pane start:
+        #: accs}``. ``wins`` then holds each open window with None, or with the
+        #: accumulators of the events it holds that are not in its panes (those
+        #: behind their partition's watermark for some windows of their pane).
+        self.panes: dict[str, dict[float, list[Any]]] = state.get("panes", {})
+        if self.panes and not spec.paned:
+            # Resumed with aggregators that do not merge into panes: whole windows.
+            for end, key, start in self.heap:
+                self.wins[(key, start)] = self._window_accs(
+                    key, start, end, self.wins[(key, start)], to_keep=True
+                )
+            self.panes = {}
         #: Running keys with a ttl: when each expires (wall clock). A key a
         #: snapshot from before expiries were kept holds gets a whole ttl anew.
         self.expiry: dict[str, float] = state.get("expiry", {})
@@ -819,6 +861,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         wins = self.wins
         window = self.spec.window
         gap = window.gap if isinstance(window, Session) else 0.0
+        paned = self.spec.paned
         notes = self.spec.notes
         if notes is not None and notes.dated:
             self.made(out, None)  # results are dated their window's last instant, when made
@@ -837,6 +880,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             if self.versions:
                 self.versions.pop((key, start), None)
             try:
+                if paned:
+                    accs = self._window_accs(key, start, end, accs, closing=True)
                 result = self.spec.finish(key, start, end, accs)
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 self._failed_result(key, start, exc, out, row)
@@ -847,6 +892,42 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             row[_OUT] += 1
         if upto > self.closed:
             self.closed = upto
+
+    def _window_accs(
+        self,
+        key: str,
+        start: float,
+        end: float,
+        extras: list[Any] | None,
+        *,
+        closing: bool = False,
+        to_keep: bool = False,
+    ) -> list[Any]:
+        """Return the accumulators of ``key``'s sliding window ``[start, end)``.
+
+        Its panes merged, and ``extras`` (its own events, see `panes`), into
+        new accumulators; the part itself where there is one alone, unless
+        the window is ``to_keep`` them (and add to them). When
+        ``closing``, the panes from its start on go first: no window still
+        open spans them (windows close in order of their start).
+        """
+        spec = self.spec
+        mine = self.panes.get(key)
+        parts = [] if mine is None else [a for p, a in mine.items() if start <= p < end]
+        if closing and mine is not None:
+            for p in [p for p in mine if p <= start]:
+                del mine[p]
+            if not mine:
+                del self.panes[key]
+        if extras is not None:
+            parts.append(extras)
+        if len(parts) == 1 and not to_keep:
+            return parts[0]  # (a result reads its accumulators, and leaves them as they are)
+        accs = spec.template.copy() if spec.template is not None else spec.fresh()
+        merge = spec.merge
+        for part in parts:
+            merge(accs, part)
+        return accs
 
     # -- the bytewax protocol ------------------------------------------------
 
@@ -924,9 +1005,12 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         else:
             ends = {(k, st): end for end, k, st in self.heap if k in dirty}
             found = [(k, st, ends[(k, st)], a) for (k, st), a in self.wins.items() if k in dirty]
+        paned = self.spec.paned
         for key, start, end, accs in found:
             self.versions[(key, start)] = n = self.versions.get((key, start), 0) + 1
             try:
+                if paned:
+                    accs = self._window_accs(key, start, end, accs)
                 result = finish(key, start, end, accs, False, f"/early-{n}")
             except Exception as exc:  # noqa: BLE001 - handed to the step's policy
                 self._failed_result(key, start, exc, out, row)
@@ -1003,7 +1087,10 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             row[_AGG] += len(records) - late
             return
         if isinstance(window, Sliding):
-            self._sliding(window, records, out, row, wm)
+            if spec.paned:
+                self._paned(window, records, out, row, wm)
+            else:
+                self._sliding(window, records, out, row, wm)
             return
         for key, ts, event in records:
             if ts < wm and window.last_end(ts) <= wm:
@@ -1061,16 +1148,18 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 self._late(event, ts, wm, out, row)
                 continue
             held: list[list[Any]] = []
-            fresh: list[tuple[float, float, list[Any]]] | None = None
+            # (start, end, accs, whether the window is open already: paned, see `panes`)
+            fresh: list[tuple[float, float, list[Any], bool]] | None = None
             for start, end in spans:
                 if end <= wm:
                     break  # closed for the watermark, as are the earlier ones
-                accs = get((key, start))
-                if accs is None:
-                    accs = [g.create() for g in aggs]
+                accs = get((key, start), _MISSING)
+                if accs is _MISSING or accs is None:
                     if fresh is None:
                         fresh = []
-                    fresh.append((start, end, accs))
+                    new = [g.create() for g in aggs]
+                    fresh.append((start, end, new, accs is None))
+                    accs = new
                 held.append(accs)
             try:
                 spread(held, event, ts)
@@ -1081,12 +1170,80 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             if fresh is not None:
                 wins = self.wins
                 heap = self.heap
-                for start, end, accs in fresh:
+                for start, end, accs, held_open in fresh:
                     wins[(key, start)] = accs
-                    heapq.heappush(heap, (end, key, start))
-                opened += len(fresh)
+                    if not held_open:
+                        heapq.heappush(heap, (end, key, start))
+                        opened += 1
         row[_OPEN] += opened
         row[_AGG] += len(records) - late
+
+    def _paned(
+        self,
+        window: Sliding,
+        records: list[Any],
+        out: list[tuple[str, Any]],
+        row: list[int],
+        wm: float,
+    ) -> None:
+        """Add each record once, to its pane: the step of event time it is in.
+
+        A window's result merges the panes it spans when it closes
+        (`_window_accs`): an event costs one addition, not one per window.
+        The windows a pane is in open with it. A record that some of its
+        windows refuse (their end ``wm`` has passed) goes to the others
+        alone, as `_sliding` adds it, and is late if all do.
+        """
+        spec = self.spec
+        add = spec.add
+        template = spec.template
+        panes = self.panes
+        wins = self.wins
+        heap = self.heap
+        size_us = window.size_us
+        every_us = window.every_us
+        late = aside = opened = 0
+        lo = hi = pane = first_end = last_end = 0.0
+        s = 0
+        for record in records:
+            key, ts, event = record
+            if not lo <= ts < hi:
+                t = round(ts * 1_000_000)
+                s = t - t % every_us  # the pane's start, the latest window's
+                pane = s / 1_000_000
+                first_end = (s + every_us) / 1_000_000  # its earliest window's end
+                last_end = (s + size_us) / 1_000_000
+                lo, hi = _inside(s, s + every_us)
+            if first_end <= wm:
+                if last_end <= wm:
+                    late += 1
+                    self._late(event, ts, wm, out, row)
+                else:  # in some of its windows only
+                    aside += 1
+                    self._sliding(window, [record], out, row, wm)
+                continue
+            mine = panes.get(key)
+            accs = None if mine is None else mine.get(pane)
+            try:
+                if accs is None:
+                    accs = template.copy() if template is not None else spec.fresh()
+                    add(accs, event, ts)
+                    if mine is None:
+                        mine = panes[key] = {}
+                    mine[pane] = accs
+                    for start_us in range(s, s - size_us, -every_us):
+                        start = start_us / 1_000_000
+                        if (key, start) not in wins:
+                            wins[(key, start)] = None
+                            heapq.heappush(heap, ((start_us + size_us) / 1_000_000, key, start))
+                            opened += 1
+                else:
+                    add(accs, event, ts)  # all or nothing: a failure changes nothing
+            except Exception as exc:  # noqa: BLE001 - handed to the step's policy
+                late += 1
+                self._failed(event, ts, exc, out, row)
+        row[_OPEN] += opened
+        row[_AGG] += len(records) - late - aside
 
     def _merge(
         self,
@@ -1435,6 +1592,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             "wm": dict(self.wm),
             "closed": self.closed,
             "wins": self.wins,
+            "panes": self.panes,
             "heap": list(self.heap),
             "newest": self.newest,
             "layout": BUCKET_LAYOUT,

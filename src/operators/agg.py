@@ -20,6 +20,13 @@ accumulator changes. Its ``merge`` may change ``a`` in place too, and must
 not fail: merges are all or nothing as well, the others' (which may fail,
 a ``max`` of a string and a number) are computed first.
 
+An aggregator with ``slices = True`` promises more: its ``add`` fails for
+the value alone, never for what the accumulator holds, its result does not
+depend on the order of the values, and ``result`` leaves the accumulator
+as it was. A sliding window then adds each event
+once, to the slice of time it is in, and merges the slices of a window when
+it closes, instead of adding the event to each of its windows.
+
 >>> a = mean("amount")
 >>> acc = a.create()
 >>> for v in (1.0, 2.0, 6.0):
@@ -89,6 +96,10 @@ class Aggregator:
     result_type: Any = Any
     #: Whether ``add`` changes the accumulator itself (see `admit`).
     in_place = False
+    #: Whether a window's accumulator can be merged from slices of it (see
+    #: the module docstring): ``add`` fails for the value alone, and the
+    #: result does not depend on the order of the values.
+    slices = False
 
     @property
     def label(self) -> str:
@@ -203,6 +214,7 @@ def _type_name(annotation: Any) -> str:
 
 class _Count(Aggregator):
     result_type = int
+    slices = True
 
     def __init__(self, cls: type | None) -> None:
         self.cls = cls
@@ -295,6 +307,7 @@ class _Sum(Aggregator):
 
     numeric = True
     result_type = float
+    slices = True
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "sum")
@@ -339,6 +352,7 @@ class _Mean(Aggregator):
     numeric = True
     #: A float: a result is made for a window (or key) that has taken an event.
     result_type = float
+    slices = True
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "mean")
@@ -439,6 +453,8 @@ def max(field: str) -> Aggregator:
 class _Edge(Aggregator):
     """The value of the earliest (or latest) event by time; ties by event id."""
 
+    slices = True
+
     def __init__(self, field: str | None, latest: bool) -> None:
         self.field = None if field is None else _field(field, "last" if latest else "first")
         self.latest = latest
@@ -479,6 +495,7 @@ def last(field: str | None = None) -> Aggregator:
 class _Distinct(Aggregator):
     result_type = int
     in_place = True
+    slices = True
 
     def __init__(self, field: str) -> None:
         self.field = _field(field, "count_distinct")
@@ -509,6 +526,7 @@ def count_distinct(field: str) -> Aggregator:
 class _TopK(Aggregator):
     result_type = list[tuple[Any, int]]
     in_place = True
+    slices = True
 
     def __init__(self, field: str, k: int) -> None:
         self.field = _field(field, "top_k")
@@ -550,6 +568,7 @@ class _Quantile(Aggregator):
     #: A float: a result is made for a window (or key) that has taken an event.
     result_type = float
     in_place = True
+    slices = True
 
     def __init__(self, field: str, q: float, relative_accuracy: float) -> None:
         self.field = _field(field, "quantile")

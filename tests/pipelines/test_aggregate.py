@@ -18,7 +18,7 @@ import pytest
 from operators import Chunk, Event, Reader, Source, agg, windows
 from operators._keying import Marked
 from operators._stage import Counters
-from operators._windowing import WindowLogic, WindowSpec
+from operators._windowing import WindowLogic, WindowSpec, can_slice
 from pipelines import Pipeline, PipelineHalted, WindowResult, sinks, sources, stateful, testing
 from tests.helpers import multiset
 
@@ -681,6 +681,125 @@ def test_a_sliding_windows_event_joins_all_its_windows_or_none(batch: int) -> No
     assert [json.loads(d.payload)["id"] for d in result.dead_letters] == ["a@12"]
     assert "full" in result.dead_letters[0].message
     assert table(result["o"], "n", "total") == [("a", 0, 10, 2, 2.0), ("a", 5, 15, 2, 2.0)]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 100])
+@pytest.mark.parametrize("slices", [True, False])
+def test_a_sliding_windows_event_behind_the_watermark_joins_its_open_windows_only(
+    batch: int, slices: bool
+) -> None:
+    # Windows of 10 s every 2 s, no delay: after 20 s the watermark is 20.
+    # 15.5 s is in [6, 16) to [14, 24); only [12, 22) and [14, 24) end after
+    # 20 and take it. 13 s: [12, 22) alone. 9 s: all its windows end by 20,
+    # late. 21 s and 23 s are on time: with count and sum (`slices`) each is
+    # added once, to its 2 s pane, and [12, 22) and [14, 24) merge their panes
+    # with the events behind the watermark; with max, each window adds it.
+    seconds = (20, 15.5, 13, 9, 21, 23)
+    events = [hit("a", s, amount=s) for s in seconds]
+    keyed = (
+        Pipeline("behind")
+        .read(sources.memory(events, batch_size=batch))
+        .key_by(lambda e: e.user)
+        .window(windows.sliding(seconds=10, every=2))
+    )
+    aggs = {"n": agg.count(), "total": agg.sum("amount")}
+    if not slices:
+        aggs["top"] = agg.max("amount")
+    assert can_slice(windows.sliding(seconds=10, every=2), list(aggs.values())) is slices
+    results = keyed.aggregate(**aggs)
+    result = (results.write(sinks.memory("o")) | results.late.write(sinks.memory("late"))).run()
+    assert result.reconciles
+    assert [e.id for e in result["late"]] == ["a@9"]
+    expected: dict[float, list[float]] = {}
+    taken = {20: 20, 15.5: 20, 13: 20, 21: 20, 23: 20}  # the watermark each event met
+    for s, wm in taken.items():
+        for start in range(0, 30, 2):
+            if start <= s < start + 10 and start + 10 > wm:
+                expected.setdefault(start, []).append(s)
+    assert table(result["o"], "n", "total") == [
+        ("a", start, start + 10, len(v), sum(v)) for start, v in sorted(expected.items())
+    ]
+    assert ("a", 12, 22, 4, 20 + 15.5 + 13 + 21) in table(result["o"], "n", "total")
+
+
+def sliding_counts(paned: bool, *, early: bool = False) -> WindowSpec:
+    """A spec of count and sum over 10 s sliding windows every 2 s, from panes or not."""
+    made = spec(
+        windows.sliding(seconds=10, every=2),
+        windows.event_time(max_delay=86_400 if early else 0),
+        parts=["s/a"],
+        emit="early" if early else "final",
+        every=1e-9 if early else None,
+        aggs={"n": agg.count(), "total": agg.sum("amount")},
+    )
+    assert made.paned  # count and sum slice
+    made.paned = paned  # as an evflow that added each event to each window
+    return made
+
+
+def window_rows(out: list[Any]) -> list[tuple[float, float, int, float, bool]]:
+    return [
+        (r.start.timestamp(), r.end.timestamp(), r.n, r.total, r.final)
+        for tag, r in out
+        if tag == "r"
+    ]
+
+
+def test_early_results_of_sliding_windows_from_panes_count_every_event_so_far() -> None:
+    logic = Logic(sliding_counts(True, early=True), None)
+    seen: list[float] = []
+    for ts in (1.0, 3.0, 2.5, 9.0, 14.0, 4.0):
+        seen.append(ts)
+        out, _ = logic.on_batch([Marked("s/a", max(seen), False, [("k", ts, hit("k", ts, ts))])])
+        rows = window_rows(out)
+        # every open window of the key, each with the events so far in it
+        assert {row[:2] for row in rows} == {
+            (float(start), float(start + 10))
+            for start in range(-8, 16, 2)
+            if any(start <= t < start + 10 for t in seen)
+        }
+        for start, end, n, total, final in rows:
+            inside = [t for t in seen if start <= t < end]
+            assert (n, total, final) == (len(inside), sum(inside), False)
+    finals = window_rows(logic.on_eof()[0])
+    assert all(final for *_, final in finals) and len(finals) == 12
+    assert logic.panes == {} and logic.wins == {}
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(True, True), (False, True), (True, False)],
+    ids=["panes", "from_whole_windows", "to_whole_windows"],
+)
+def test_sliding_windows_resume_from_a_snapshot_with_or_without_panes(
+    before: bool, after: bool
+) -> None:
+    # A snapshot of windows from panes, or of windows that each added their
+    # events (an earlier evflow), resumed either way: the same results.
+    first = [Marked("s/a", 9.0, False, [("k", ts, hit("k", ts, ts)) for ts in (1, 3, 2.5, 9)])]
+    # 9.5 s comes behind the watermark (14): of its windows, [6, 16) and [8, 18) take it
+    rest = [
+        Marked("s/a", latest, False, [("k", ts, hit("k", ts, ts)) for ts in times])
+        for latest, times in ((14.0, (14, 13)), (14.0, (9.5,)), (30.0, (30,)))
+    ]
+    whole = Logic(sliding_counts(True), None)
+    expected = window_rows(whole.on_batch(first)[0])
+    expected += window_rows(whole.on_batch(rest)[0])
+    expected += window_rows(whole.on_eof()[0])
+    assert [row for row in expected if row[0] in (4.0, 6.0, 8.0)] == [
+        (4.0, 14.0, 2, 9 + 13, True),
+        (6.0, 16.0, 4, 9 + 14 + 13 + 9.5, True),
+        (8.0, 18.0, 4, 9 + 14 + 13 + 9.5, True),
+    ]
+    logic = Logic(sliding_counts(before), None)
+    got = window_rows(logic.on_batch(first)[0])
+    snapshot = pickle.loads(pickle.dumps(logic.snapshot()))
+    assert bool(snapshot["panes"]) is before
+    resumed = Logic(sliding_counts(after), snapshot)
+    got += window_rows(resumed.on_batch(rest)[0])
+    got += window_rows(resumed.on_eof()[0])
+    assert got == expected
+    assert resumed.panes == {} and resumed.wins == {}
 
 
 def test_an_aggregator_failure_under_skip_and_halt() -> None:
