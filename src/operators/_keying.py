@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, NoReturn, Protocol
 
@@ -122,7 +122,6 @@ _DONE = math.inf
 
 #: Time zones whose offset never changes: a subtraction within one of them is exact.
 _FIXED_ZONES: tuple[type, ...] = (timezone, TzInfo)
-_SECOND = timedelta(seconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -149,7 +148,7 @@ class _Epochs:
                 return value.timestamp()
             epoch = _EPOCH.astimezone(zone)
             self.last = (zone, epoch)
-        return (value - epoch) / _SECOND
+        return (value - epoch).total_seconds()
 
 
 def event_seconds(value: Any) -> float:
@@ -248,7 +247,6 @@ class ClockOp(StageOp):
         read = self.read
         epochs = self.epochs
         zone, epoch = epochs.last
-        second = _SECOND
         row = run.table[self.index]
         records: list[Any] = []
         append = records.append
@@ -277,7 +275,7 @@ class ClockOp(StageOp):
                     # zone of the one before.
                     value = read(x)
                     if value.__class__ is datetime and value.tzinfo is zone:
-                        ts = (value - epoch) / second
+                        ts = (value - epoch).total_seconds()
                     else:
                         ts = time_of(x)
                         zone, epoch = epochs.last

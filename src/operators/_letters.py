@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from operators._deadletter import DeadLetter, payload_text
@@ -16,7 +16,6 @@ __all__ = ["Letters", "Making", "Notes", "dead_item"]
 
 #: Microseconds in a second.
 _US = 1_000_000
-_SECOND = timedelta(seconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _OUT, _DEAD, _SKIPPED, _CREATED, _LATE = (
@@ -133,7 +132,7 @@ class Notes:
             # The usual case, as the step after reads it: a UTC time, by one subtraction.
             value = getattr(record, "time", None)
             if value.__class__ is datetime and value.tzinfo is timezone.utc:
-                return not (value - _EPOCH) / _SECOND >= at
+                return not (value - _EPOCH).total_seconds() >= at
         for read in self.readers:
             try:
                 value = read(record)
