@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("scaling.py", 4000, "of the bare loop's", ("--loop", "--skip-bytewax")),
         ("recovery_overhead.py", 4000, "evflow recovery cost (target <= 10%):", ()),
         ("windowed_join.py", 20000, "evflow speed vs bytewax join_window:", ()),
+        ("sliding_windows.py", 5000, "evflow speed vs python loop:", ()),
         ("hot_key.py", 600, "interval join  evflow", ()),
         ("nexmark/run.py", 20000, "q8 ", ()),
         ("nexmark/breakdown.py", 20000, "evflow's keyed process step on its own:", ()),
