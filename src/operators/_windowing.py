@@ -41,6 +41,7 @@ from typing import Any, Literal
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
+from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Making, Notes, _iso, dead_item
 from operators._pickles import check_state
@@ -341,6 +342,8 @@ class WindowSpec:
     #: What the steps on event time after this one need to know of when it
     #: made its results (None: no such step reads them).
     notes: Notes | None = None
+    #: The classes of the events aggregated (None: not known).
+    classes: tuple[type[Event], ...] | None = None
 
     def __post_init__(self) -> None:
         """Generate the adder and the merger once."""
@@ -349,7 +352,7 @@ class WindowSpec:
         self.spread = make_spreader(self.aggs)
         self.merge = make_merger(self.aggs)
         #: Sliding windows aggregated into panes, merged when a window closes.
-        self.paned = can_slice(self.window, self.aggs)
+        self.paned = can_slice(self.window, self.aggs, self.classes)
         template = self.fresh()
         #: Fresh accumulators by copying one list when none can change in place.
         self.template = template if all(frozen(a) for a in template) else None
@@ -412,13 +415,18 @@ def can_combine(window: Window | None, clock: Clock | None, aggs: Sequence[Aggre
     )
 
 
-def can_slice(window: Window | None, aggs: Sequence[Aggregator]) -> bool:
+def can_slice(
+    window: Window | None,
+    aggs: Sequence[Aggregator],
+    classes: tuple[type[Event], ...] | None = None,
+) -> bool:
     """Whether a sliding window's events can be aggregated once each, into panes.
 
     A pane is one step (``every``) of event time; a window's result merges
     the panes it spans (see `WindowLogic._paned`). Aggregators that all say
-    they can (`Aggregator.slices`: every built-in but ``max``, ``min`` and
-    ``collect``) can.
+    they can for events of ``classes`` (`Aggregator.slices_for`: every
+    built-in but ``collect``, and ``max`` and ``min`` only of a field every
+    class declares an int, a float or a str) can.
 
     >>> from operators import agg, windows
     >>> can_slice(windows.sliding(seconds=60, every=10), [agg.count(), agg.mean("x")])
@@ -428,7 +436,7 @@ def can_slice(window: Window | None, aggs: Sequence[Aggregator]) -> bool:
     >>> can_slice(windows.tumbling(seconds=60), [agg.count()])
     False
     """
-    return isinstance(window, Sliding) and all(g.slices for g in aggs)
+    return isinstance(window, Sliding) and all(g.slices_for(classes) for g in aggs)
 
 
 #: Microseconds from which a window's bounds in seconds are not told apart

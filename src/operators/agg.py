@@ -20,7 +20,9 @@ accumulator changes. Its ``merge`` may change ``a`` in place too, and must
 not fail: merges are all or nothing as well, the others' (which may fail,
 a ``max`` of a string and a number) are computed first.
 
-An aggregator with ``slices = True`` promises more: its ``add`` fails for
+An aggregator with ``slices = True`` (or whose ``slices_for`` says so for the
+events' classes: ``max`` and ``min`` of a field declared int, float or str)
+promises more: its ``add`` fails for
 the value alone, never for what the accumulator holds, its result does not
 depend on the order of the values, and ``result`` leaves the accumulator
 as it was. A sliding window then adds each event
@@ -154,6 +156,10 @@ class Aggregator:
     def inline_result(self, acc: str) -> str | None:
         """Return a Python expression for ``result`` (for generated code), or None."""
         return None
+
+    def slices_for(self, classes: tuple[type[Event], ...] | None) -> bool:
+        """Whether it slices (`slices`) for events of ``classes`` (None: not known)."""
+        return self.slices
 
     def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
         """Return the type of ``result`` for events of ``classes`` (None: not known).
@@ -410,6 +416,23 @@ class _Extreme(Aggregator):
 
     def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
         return field_type(self.field, classes)
+
+    def slices_for(self, classes: tuple[type[Event], ...] | None) -> bool:
+        """Whether every value is of one ordered kind, so no add fails on what a window holds.
+
+        So where every class declares the field an int, a float or a str: a
+        ``max`` of a string after a number could fail in one window and not in
+        another (see `slices`).
+
+        >>> class Bid(Event):
+        ...     price: float
+        ...     note: Any = None
+        >>> max("price").slices_for((Bid,)), max("note").slices_for((Bid,))
+        (True, False)
+        >>> max("price").slices_for(None)  # events of classes not known
+        False
+        """
+        return field_type(self.field, classes) in (int, float, str)
 
     def create(self) -> Any:
         return None

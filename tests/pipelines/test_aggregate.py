@@ -691,21 +691,24 @@ def test_a_sliding_windows_event_behind_the_watermark_joins_its_open_windows_onl
     # Windows of 10 s every 2 s, no delay: after 20 s the watermark is 20.
     # 15.5 s is in [6, 16) to [14, 24); only [12, 22) and [14, 24) end after
     # 20 and take it. 13 s: [12, 22) alone. 9 s: all its windows end by 20,
-    # late. 21 s and 23 s are on time: with count and sum (`slices`) each is
-    # added once, to its 2 s pane, and [12, 22) and [14, 24) merge their panes
-    # with the events behind the watermark; with max, each window adds it.
+    # late. 21 s and 23 s are on time: with count, sum and max of a float
+    # (`slices`) each is added once, to its 2 s pane, and [12, 22) and [14, 24)
+    # merge their panes with the events behind the watermark; with collect,
+    # each window adds it.
     seconds = (20, 15.5, 13, 9, 21, 23)
     events = [hit("a", s, amount=s) for s in seconds]
+    window = windows.sliding(seconds=10, every=2)
     keyed = (
         Pipeline("behind")
         .read(sources.memory(events, batch_size=batch))
+        .filter(Hit)  # events of one class: a max of its float field slices
         .key_by(lambda e: e.user)
-        .window(windows.sliding(seconds=10, every=2))
+        .window(window)
     )
-    aggs = {"n": agg.count(), "total": agg.sum("amount")}
+    aggs = {"n": agg.count(), "total": agg.sum("amount"), "top": agg.max("amount")}
     if not slices:
-        aggs["top"] = agg.max("amount")
-    assert can_slice(windows.sliding(seconds=10, every=2), list(aggs.values())) is slices
+        aggs["all"] = agg.collect("amount")
+    assert can_slice(window, list(aggs.values()), (Hit,)) is slices
     results = keyed.aggregate(**aggs)
     result = (results.write(sinks.memory("o")) | results.late.write(sinks.memory("late"))).run()
     assert result.reconciles
@@ -716,8 +719,8 @@ def test_a_sliding_windows_event_behind_the_watermark_joins_its_open_windows_onl
         for start in range(0, 30, 2):
             if start <= s < start + 10 and start + 10 > wm:
                 expected.setdefault(start, []).append(s)
-    assert table(result["o"], "n", "total") == [
-        ("a", start, start + 10, len(v), sum(v)) for start, v in sorted(expected.items())
+    assert table(result["o"], "n", "total", "top") == [
+        ("a", start, start + 10, len(v), sum(v), max(v)) for start, v in sorted(expected.items())
     ]
     assert ("a", 12, 22, 4, 20 + 15.5 + 13 + 21) in table(result["o"], "n", "total")
 

@@ -112,8 +112,9 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
         "size": float(draw(st.sampled_from([2, 5, 10]))),
         # A sliding window's step: size / 2 or size / 5 (2 or 5 windows an event).
         "steps": draw(st.sampled_from([2, 5])),
-        # count, sum and count_distinct merge slices of a sliding window (its
-        # panes, each event added once); with min and max each window adds it.
+        # count, sum, min and max (of an int field) and count_distinct merge
+        # slices of a sliding window (its panes, each event added once); with
+        # collect each window adds it.
         "paned": draw(st.booleans()),
         "n": draw(st.integers(1, 5)),
         "batch": draw(st.sampled_from([1, 4, 50])),
@@ -152,13 +153,16 @@ def test_windows_agree_with_reference(case: dict[str, Any]) -> None:
         Pipeline("prop")
         .read(sources.memory(ticks, partitions=parts, batch_size=case["batch"]))
         .map(stall)
+        .filter(Tick)  # events of one class: a max of its int field slices
         .key_by(lambda e: e.k)
         .window(window, clock=clock)
     )
+    aggs = {"n": agg.count(), "s": agg.sum("v"), "lo": agg.min("v"), "hi": agg.max("v")}
     if case["paned"]:
-        results = keyed.aggregate(n=agg.count(), s=agg.sum("v"), d=agg.count_distinct("v"))
+        aggs["d"] = agg.count_distinct("v")
     else:
-        results = keyed.aggregate(n=agg.count(), s=agg.sum("v"), lo=agg.min("v"), hi=agg.max("v"))
+        aggs["c"] = agg.collect("v")
+    results = keyed.aggregate(**aggs)
     p = results.write(sinks.memory("out")) | results.late.write(sinks.memory("late"))
     r = p.run(workers=case["workers"])
 
@@ -175,13 +179,13 @@ def test_windows_agree_with_reference(case: dict[str, Any]) -> None:
     judged = [(k, ts, v, wm) for (k, ts, v), wm in zip(rel, marks, strict=True)]
     expected, late_flags = reference_windows(kind, size, every, judged, case["n"])
     got = Counter(
-        (x.key, round(x.start.timestamp(), 6), round(x.end.timestamp(), 6), x.n, x.s)
-        + ((x.d,) if case["paned"] else (x.lo, x.hi))
+        (x.key, round(x.start.timestamp(), 6), round(x.end.timestamp(), 6), x.n, x.s, x.lo, x.hi)
+        + ((x.d,) if case["paned"] else (len(x.c),))
         for x in r["out"]
     )
     wanted: Counter[tuple[Any, ...]] = Counter()
     for w, n in expected.items():
-        wanted[w[:5] + ((w[7],) if case["paned"] else w[5:7])] += n
+        wanted[w[:7] + ((w[7],) if case["paned"] else (w[3],))] += n
     assert got == wanted
     assert sorted(e.id for e in r["late"]) == sorted(
         f"e{i}" for i, late in enumerate(late_flags) if late

@@ -664,6 +664,7 @@ def _aggregate(
             "every": every,
             "everything": everything,
             "combine": combine,
+            "classes": keyed.event_classes,
         },
     )
     pipe = pipeline._with(graph.add(node))

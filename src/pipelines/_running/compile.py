@@ -577,6 +577,7 @@ def _window_spec(
         every=node.params.get("every"),
         policy=node.policy,
         notes=_notes_after(node, users),
+        classes=node.params.get("classes"),
     )
 
 
