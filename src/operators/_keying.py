@@ -72,6 +72,7 @@ __all__ = [
     "Marked",
     "Sent",
     "SplitOp",
+    "bucket_count",
     "check_layout",
     "event_seconds",
     "unpicklable",
@@ -89,6 +90,23 @@ BUCKET_KEYS: tuple[str, ...] = (
     "1731", "20", "195", "42", "37", "2326", "2693", "5680", "930", "2968",
 )  # fmt: skip
 BUCKETS = len(BUCKET_KEYS)
+
+
+def bucket_count(workers: int) -> int:
+    """Return how many key buckets a run on ``workers`` workers in all needs without a store.
+
+    One per worker where the bucket names spread one to a worker (a count
+    that divides 1680, up to `BUCKETS`): each keyed step then handles a
+    batch's keys of a worker in one call, and meets its events in the order
+    they came, not bucket by bucket. A run with a recovery store keeps
+    `BUCKETS`, so that it can resume on any number of workers.
+
+    >>> bucket_count(1), bucket_count(4), bucket_count(9), bucket_count(64)
+    (1, 4, 32, 32)
+    """
+    return workers if workers <= BUCKETS and 1680 % workers == 0 else BUCKETS
+
+
 #: Written into the snapshot of every bucket: a snapshot without it was keyed
 #: by other bucket names, and resuming from it would split each key's state.
 BUCKET_LAYOUT = "buckets-1680-32"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
 import pytest
 
 from pipelines import Pipeline, sinks, sources
@@ -98,3 +101,56 @@ def test_a_stage_that_only_writes_reads_one_chunk_at_a_time() -> None:
     compiled = compile_pipeline(both, RunContext("ra"))
     # In the order the sources were read: the plain one, then the keyed one.
     assert [s.read_ahead for s in compiled.sources] == [False, True]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 6, 8, 16])
+def test_a_bucket_per_worker_puts_one_on_each_worker(workers: int) -> None:
+    # A run without a store keeps as many key buckets as workers (where they
+    # divide 1680): the engine's routing must give each worker one of them.
+    from operators._keying import BUCKET_KEYS, bucket_count
+
+    names = list(BUCKET_KEYS[: bucket_count(workers)])
+    where = _worker_of_each_key(names, workers)
+    assert sorted(where.values()) == list(range(workers))
+
+
+@pytest.mark.parametrize(
+    ("workers", "store", "buckets"), [(1, False, 1), (2, False, 2), (1, True, 32)]
+)
+def test_keyed_steps_spread_keys_over_a_bucket_per_worker_unless_a_store_keeps_them(
+    tmp_path: Any, workers: int, store: bool, buckets: int
+) -> None:
+    # Each bucket of a step on event time reports its watermark: the
+    # buckets that did are the step's buckets. A run with a recovery store
+    # keeps all 32, which it can resume over on any number of workers.
+    from operators import agg, windows
+    from pipelines._running.launch import run
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    buys = [
+        Purchase(user=f"u{i % 50}", amount=i, time=t0 + timedelta(seconds=i), id=f"p{i}")
+        for i in range(500)
+    ]
+    sums = (
+        Pipeline("buckets")
+        .read(sources.memory(buys, batch_size=20))
+        .key_by(lambda p: p.user)
+        .window(windows.tumbling(seconds=60))
+        .aggregate(total=agg.sum("amount"), name="sums")
+    )
+    seen: list[Any] = []
+    result = run(
+        sums.write(sinks.memory("out")),
+        workers=workers,
+        monitor=seen.append,
+        recovery=tmp_path / "store" if store else None,
+    )
+    assert len({key for step, key in seen[0].counters.marks if step == "sums"}) == buckets
+    assert result.reconciles
+    expected: dict[tuple[str, datetime], float] = {}
+    for i in range(500):  # one buy a second, user i % 50, in the minute i // 60
+        where = (f"u{i % 50}", t0 + timedelta(seconds=i // 60 * 60))
+        expected[where] = expected.get(where, 0.0) + i
+    assert sorted((r.key, r.start, r.total) for r in result["out"]) == sorted(
+        (*where, total) for where, total in expected.items()
+    )

@@ -49,7 +49,16 @@ from operators import (
 from operators import Node as StageNode
 from operators._dispatch import Dispatch, Dispatcher, DispatchLogic, DispatchOp, HandlerRef
 from operators._joining import JoinLogic, JoinSpec
-from operators._keying import BUCKET_KEYS, Bucketize, ClockOp, Crossing, Marked, Sent, SplitOp
+from operators._keying import (
+    BUCKET_KEYS,
+    BUCKETS,
+    Bucketize,
+    ClockOp,
+    Crossing,
+    Marked,
+    Sent,
+    SplitOp,
+)
 from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
@@ -206,6 +215,7 @@ def compile_pipeline(
     *,
     exact_files: bool = False,
     durable: Callable[[str, str], tuple[bool, Any]] | None = None,
+    buckets: int = BUCKETS,
 ) -> Compiled:
     """Build the bytewax ``Dataflow`` for ``pipeline`` (checked first).
 
@@ -218,6 +228,7 @@ def compile_pipeline(
     snapshots; on resume it undoes what was written after it: exactly once.
     ``durable(step_id, partition)`` (with recovery) finds a source partition's
     position in the store, for readers that acknowledge upstream what it covers.
+    ``buckets``: how many key buckets keyed steps spread keys over (`bucket_count`).
     """
     check(pipeline)
     graph = pipeline.graph
@@ -319,7 +330,7 @@ def compile_pipeline(
         if node.kind == "join":
             sides = join_inputs.pop(node.name)
             both = op.merge(f"{node.name}_sides", *sides)
-            join_spec = _join_spec(pipeline, node, row[node.name], counters, users)
+            join_spec = _join_spec(pipeline, node, row[node.name], counters, users, buckets)
             outputs = op.stateful_batch(node.name, both, _JoinBuilder(join_spec))
             chunks = op.flat_map_batch(
                 f"{node.name}_chunks",
@@ -330,7 +341,7 @@ def compile_pipeline(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
             )
         elif node.kind == "process":
-            process_spec = _process_spec(pipeline, node, row[node.name], counters, users)
+            process_spec = _process_spec(pipeline, node, row[node.name], counters, users, buckets)
             outputs = op.stateful_batch(
                 node.name, agg_inputs.pop(node.name), _ProcessBuilder(process_spec)
             )
@@ -353,7 +364,7 @@ def compile_pipeline(
             root = SplitOp(tree(stage_, (node.name, None)), [], row[node.name])
         elif node.kind == "aggregate":
             # Keyed state: bytewax routes key buckets to workers.
-            spec = _window_spec(pipeline, node, row[node.name], counters, users)
+            spec = _window_spec(pipeline, node, row[node.name], counters, users, buckets)
             outputs = op.stateful_batch(node.name, agg_inputs.pop(node.name), _LogicBuilder(spec))
             chunks = op.flat_map_batch(
                 f"{node.name}_chunks",
@@ -436,7 +447,7 @@ def compile_pipeline(
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",
                     packets,
-                    Bucketize(i, combine=combine, delay=delay, crossing=crossing(target)),
+                    Bucketize(i, buckets, combine=combine, delay=delay, crossing=crossing(target)),
                 )
                 agg_inputs[target.name] = marked
             elif kind.startswith("join"):
@@ -445,7 +456,7 @@ def compile_pipeline(
                 marked = op.flat_map_batch(
                     f"{node.name}_to_{target.name}_{i}",
                     packets,
-                    Bucketize(i, delay=clock.max_delay, crossing=crossing(target)),
+                    Bucketize(i, buckets, delay=clock.max_delay, crossing=crossing(target)),
                 )
                 tagged = op.map(f"{node.name}_to_{target.name}_{i}_side", marked, _Side(side))
                 join_inputs.setdefault(target.name, []).append(tagged)
@@ -460,7 +471,7 @@ def compile_pipeline(
     return Compiled(flow, counters, kinds, partitions, engine_sources)
 
 
-def _source_partitions(node: Node) -> list[str]:
+def _source_partitions(node: Node, buckets: int) -> list[str]:
     """Return the ``step/partition`` ids of every partition upstream of ``node``.
 
     A source's partitions, or the key buckets of a step on event time.
@@ -470,9 +481,11 @@ def _source_partitions(node: Node) -> list[str]:
     ids: list[str] = []
     for port in node.inputs:
         if makes_marks(port.node):
-            ids += [i for i in (f"{port.node.name}/{b}" for b in BUCKET_KEYS) if i not in ids]
+            ids += [
+                i for i in (f"{port.node.name}/{b}" for b in BUCKET_KEYS[:buckets]) if i not in ids
+            ]
             continue
-        ids += [i for i in _source_partitions(port.node) if i not in ids]
+        ids += [i for i in _source_partitions(port.node, buckets) if i not in ids]
     return ids
 
 
@@ -482,13 +495,14 @@ def _join_spec(
     row: int,
     counters: Counters,
     users: dict[tuple[str, str | None], list[Node]],
+    buckets: int,
 ) -> JoinSpec:
     params = node.params
     clocks = params["clocks"]
     partitions = [
         f"{side}:{part}"
         for side, port in enumerate(node.inputs)
-        for part in _source_partitions(port.node)
+        for part in _source_partitions(port.node, buckets)
     ]
     return JoinSpec(
         pipeline=pipeline.name,
@@ -519,6 +533,7 @@ def _process_spec(
     row: int,
     counters: Counters,
     users: dict[tuple[str, str | None], list[Node]],
+    buckets: int,
 ) -> ProcessSpec:
     params = node.params
     clock = params["clock"]
@@ -529,7 +544,7 @@ def _process_spec(
         counters=counters,
         on_event=node.fn,
         initial=params["initial"],
-        partitions=_source_partitions(node),
+        partitions=_source_partitions(node, buckets),
         on_timer=params["on_timer"],
         ttl=params["ttl"],
         delay=clock.max_delay,
@@ -558,6 +573,7 @@ def _window_spec(
     row: int,
     counters: Counters,
     users: dict[tuple[str, str | None], list[Node]],
+    buckets: int,
 ) -> WindowSpec:
     aggregators = node.params["aggregators"]
     return WindowSpec(
@@ -570,7 +586,7 @@ def _window_spec(
         names=list(aggregators),
         aggs=list(aggregators.values()),
         result_model=node.params["result_model"],
-        partitions=_source_partitions(node),
+        partitions=_source_partitions(node, buckets),
         late_wanted=bool(users[(node.name, "late")]),
         emit=node.params["emit"],
         ttl=node.params["ttl"],

@@ -25,6 +25,7 @@ from operators import (
     ResumeError,
     RunContext,
 )
+from operators._keying import BUCKETS, bucket_count
 from pipelines._running.compile import Compiled, compile_pipeline
 from pipelines._running.metrics import Metrics
 from pipelines._running.options import OptionError, seconds_option
@@ -249,8 +250,15 @@ def execute(
 
         durable = DurableStates(recovery.directory)
         ctx.store_created = store_created(recovery.directory)
+    # Without a store, a bucket per worker; with one, the buckets it can resume over.
+    buckets = BUCKETS if recovery is not None else bucket_count(processes * workers)
     compiled = compile_pipeline(
-        pipeline, ctx, processes, exact_files=recovery is not None, durable=durable
+        pipeline,
+        ctx,
+        processes,
+        exact_files=recovery is not None,
+        durable=durable,
+        buckets=buckets,
     )
     if recovery is not None:
         check_partitions(recovery.directory, compiled.partitions)
