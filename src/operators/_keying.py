@@ -649,6 +649,8 @@ class Bucketize:
 
     def bucket_of(self, key: str) -> int:
         """Return a key's bucket (stable across processes)."""
+        if self.buckets == 1:
+            return 0
         bucket = self.cache.get(key)
         if bucket is None:
             if len(self.cache) > 100_000:
@@ -738,6 +740,20 @@ class Bucketize:
         """
         delay = self.delay
         assert delay is not None
+        if self.buckets == 1:  # (a bucket per worker, one worker)
+            mark = marks[0]
+            held = mark.records
+            cuts = mark.cuts
+            floor = latest - delay
+            for i, record in enumerate(records, len(held)):
+                ts = record[1]
+                if ts < floor:
+                    cuts.append((i, latest))
+                elif ts > latest:
+                    latest = ts
+                    floor = ts - delay
+            held += records
+            return latest
         bucket_of = self.cache.get
         for record in records:
             ts = record[1]
@@ -772,6 +788,9 @@ class Bucketize:
             mark.records.append(record)
 
     def _spread(self, records: list[Any], marks: list[Marked]) -> None:
+        if self.buckets == 1:
+            marks[0].records += records
+            return
         bucket_of = self.cache.get
         for record in records:
             b = bucket_of(record[0])
