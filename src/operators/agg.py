@@ -22,12 +22,11 @@ a ``max`` of a string and a number) are computed first.
 
 An aggregator with ``slices = True`` (or whose ``slices_for`` says so for the
 events' classes: ``max`` and ``min`` of a field declared int, float or str)
-promises more: its ``add`` fails for
-the value alone, never for what the accumulator holds, its result does not
-depend on the order of the values, and ``result`` leaves the accumulator
-as it was. A sliding window then adds each event
-once, to the slice of time it is in, and merges the slices of a window when
-it closes, instead of adding the event to each of its windows.
+promises more: its ``add`` fails for the value alone, never for what the
+accumulator holds, its result does not depend on the order of the values,
+and ``result`` leaves the accumulator as it was. A sliding window then adds
+each event once, to the slice of time it is in, and merges the slices of a
+window when it closes, instead of adding the event to each of its windows.
 
 >>> a = mean("amount")
 >>> acc = a.create()
@@ -99,8 +98,8 @@ class Aggregator:
     #: Whether ``add`` changes the accumulator itself (see `admit`).
     in_place = False
     #: Whether a window's accumulator can be merged from slices of it (see
-    #: the module docstring): ``add`` fails for the value alone, and the
-    #: result does not depend on the order of the values.
+    #: the module docstring): ``add`` fails for the value alone, the result
+    #: does not depend on the order of the values, nor change the accumulator.
     slices = False
 
     @property
