@@ -319,6 +319,24 @@ def frozen(value: Any) -> bool:
     return False
 
 
+def make_fresh(aggs: Sequence[Aggregator]) -> Callable[[], list[Any]]:
+    """Return a function making new accumulators, one per aggregator.
+
+    It copies one list when none of them can change in place (`frozen`).
+
+    >>> from operators import agg
+    >>> fresh = make_fresh([agg.count(), agg.max("x")])
+    >>> fresh(), fresh() is fresh()
+    ([0, None], False)
+    >>> make_fresh([agg.collect("x")])()
+    [[]]
+    """
+    template = [g.create() for g in aggs]
+    if all(frozen(a) for a in template):
+        return template.copy
+    return lambda: [g.create() for g in aggs]
+
+
 @dataclass
 class WindowSpec:
     """Everything one aggregate step's bucket logic needs."""
@@ -353,9 +371,8 @@ class WindowSpec:
         self.merge = make_merger(self.aggs)
         #: Sliding windows aggregated into panes, merged when a window closes.
         self.paned = can_slice(self.window, self.aggs, self.classes)
-        template = self.fresh()
-        #: Fresh accumulators by copying one list when none can change in place.
-        self.template = template if all(frozen(a) for a in template) else None
+        #: Returns new accumulators, one per aggregator.
+        self.fresh = make_fresh(self.aggs)
         self.merge_values, self.merge_in_place = make_merger_in_two(self.aggs)
         self.fields_set = frozenset(self.result_model.model_fields)
         #: The results' ``type``: their model's own (the step's name, or what a
@@ -373,10 +390,6 @@ class WindowSpec:
         self.delay = clock.max_delay if isinstance(clock, EventTime) else 0.0
         self.idle = clock.idle_timeout if isinstance(clock, EventTime) else 0.0
         self.event_time = isinstance(clock, EventTime)
-
-    def fresh(self) -> list[Any]:
-        """Return new accumulators, one per aggregator."""
-        return [g.create() for g in self.aggs]
 
     def construct(self, fields: dict[str, Any]) -> Any:
         """Make a result record from values that are known to be valid.
@@ -483,9 +496,7 @@ class Combiner:
         self.add = make_adder(aggs)
         self.delay = delay
         self.wm: dict[str, float] = {}
-        template = [g.create() for g in self.aggs]
-        # Fresh accumulators by copying one list when none can change in place.
-        self.template = template if all(frozen(a) for a in template) else None
+        self.fresh = make_fresh(self.aggs)
 
     def add_chunk(
         self,
@@ -511,8 +522,7 @@ class Combiner:
         floor = latest - delay
         size_us = self.window.size_us
         add = self.add
-        aggs = self.aggs
-        template = self.template
+        fresh = self.fresh
         raw: list[Any] = []
         get = wins.get
         # The window of the record before (runs of one key and window are
@@ -539,8 +549,7 @@ class Combiner:
                 start = low / 1_000_000
                 slot = get((key, start))
                 if slot is None:
-                    fresh = template.copy() if template is not None else [g.create() for g in aggs]
-                    slot = wins[(key, start)] = (fresh, [])
+                    slot = wins[(key, start)] = (fresh(), [])
                 accs, ids = slot
                 last_key = key
             try:
@@ -931,7 +940,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             parts.append(extras)
         if len(parts) == 1 and not to_keep:
             return parts[0]  # (a result reads its accumulators, and leaves them as they are)
-        accs = spec.template.copy() if spec.template is not None else spec.fresh()
+        accs = spec.fresh()
         merge = spec.merge
         for part in parts:
             merge(accs, part)
@@ -1204,7 +1213,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         """
         spec = self.spec
         add = spec.add
-        template = spec.template
+        fresh = spec.fresh
         panes = self.panes
         wins = self.wins
         heap = self.heap
@@ -1234,7 +1243,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             accs = None if mine is None else mine.get(pane)
             try:
                 if accs is None:
-                    accs = template.copy() if template is not None else spec.fresh()
+                    accs = fresh()
                     add(accs, event, ts)
                     if mine is None:
                         mine = panes[key] = {}
