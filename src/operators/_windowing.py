@@ -1090,7 +1090,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 accs = get((key, start))
                 try:
                     if accs is None:
-                        fresh = [g.create() for g in spec.aggs]
+                        fresh = spec.fresh()
                         add(fresh, event, ts)
                         wins[(key, start)] = fresh
                         heapq.heappush(heap, (end, key, start))
@@ -1139,7 +1139,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         """
         spec = self.spec
         spread = spec.spread
-        aggs = spec.aggs
+        fresh_accs = spec.fresh
         get = self.wins.get
         late = opened = 0
         size_us = window.size_us
@@ -1174,7 +1174,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 if accs is _MISSING or accs is None:
                     if fresh is None:
                         fresh = []
-                    new = [g.create() for g in aggs]
+                    new = fresh_accs()
                     fresh.append((start, end, new, accs is None))
                     accs = new
                 held.append(accs)
@@ -1388,7 +1388,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             if not moved:
                 return  # its closing entry moves on when it comes up (`pop_session`)
         else:
-            accs = [g.create() for g in spec.aggs]
+            accs = spec.fresh()
             spec.add(accs, event, ts)
             if lo == hi:
                 sessions.insert(lo, [start, end, accs])
@@ -1432,7 +1432,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         failed = 0
         for key, ts, event in records:
             slot = wins.get(key)
-            accs = [g.create() for g in spec.aggs] if slot is None else slot[3]
+            accs = spec.fresh() if slot is None else slot[3]
             if not self._take(accs, event, ts, out, row):
                 failed += 1
                 continue
@@ -1461,7 +1461,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             accs = wins.get(key)
             fresh = accs is None
             if accs is None:
-                accs = [g.create() for g in spec.aggs]
+                accs = spec.fresh()
             if not self._take(accs, event, ts, out, row):
                 failed += 1
                 continue
