@@ -24,14 +24,14 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import payload_text
-from operators._keying import BUCKET_LAYOUT, Marked, check_layout, event_seconds
+from operators._keying import _EPOCH, BUCKET_LAYOUT, Marked, check_layout, event_seconds
 from operators._letters import Letters, Notes
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
@@ -137,8 +137,12 @@ class Context(Generic[O]):
 
     def timer(self, at: datetime | float, name: str = "") -> None:
         """Fire ``on_timer`` for this key once event time passes ``at``."""
-        seconds = _seconds(at)
-        _check_name(name)
+        if at.__class__ is datetime and at.tzinfo is timezone.utc:
+            seconds = (at - _EPOCH).total_seconds()
+        else:
+            seconds = _seconds(at)
+        if name.__class__ is not str:
+            _check_name(name)
         if seconds < self._at:
             msg = (
                 f"timer {name!r} of key {self.key!r} set at {_utc(seconds).isoformat()}, "

@@ -206,6 +206,39 @@ def test_a_timer_in_the_past_is_a_dead_letter_saying_so() -> None:
     assert result.reconciles
 
 
+def test_one_instant_in_any_zone_or_in_epoch_seconds_sets_one_time() -> None:
+    # A UTC datetime (the usual case, read without asking for an offset), a
+    # datetime in another zone and epoch seconds name the same instant: the
+    # timers fire together, in the order set, and one of them set again at
+    # the same instant in another form stays one timer.
+    plus_5 = timezone(timedelta(hours=5, minutes=30))
+    named_utc = timezone(timedelta(0), "Z")  # equal to timezone.utc, another object
+
+    def arm(n: int, e: Tick, ctx: Context[tuple[str, float]]) -> int:
+        at = ctx.time + timedelta(seconds=2)
+        ctx.timer(at, "utc")
+        ctx.timer(at.astimezone(plus_5), "plus_5")
+        ctx.timer(at.timestamp(), "epoch")
+        ctx.timer(at.timestamp() + 1.5, "moved")
+        ctx.timer(at.replace(tzinfo=named_utc), "moved")
+        if e.v == 2:
+            ctx.timer(T0 + timedelta(seconds=1), "past")  # refused: the call changes nothing
+        return n + 1
+
+    def fire(n: int, timer: Timer, ctx: Context[tuple[str, float]]) -> int:
+        ctx.emit((timer.name, timer.time.timestamp() - BASE))
+        return n
+
+    ticks = [Tick(k="a", v=v, time=T0 + timedelta(seconds=v)) for v in (1, 2, 4)]
+    stream = Pipeline("zones").read(sources.memory(ticks)).key_by(lambda e: e.k)
+    result = stream.process(arm, initial=int, on_timer=fire).write(sinks.memory("o")).run()
+    names = ["utc", "plus_5", "epoch", "moved"]
+    assert result["o"] == [(name, 3.0) for name in names] + [(name, 6.0) for name in names]
+    (letter,) = result.dead_letters
+    assert letter.error_type == "TimerInThePast"
+    assert result.reconciles
+
+
 def test_emitting_the_context_itself_is_a_dead_letter_saying_what_to_emit() -> None:
     # The context is one object, reset after each call: emitted, every record
     # sent on was that same object, saying what the last call left in it.
