@@ -436,10 +436,12 @@ def can_slice(
     """Whether a sliding window's events can be aggregated once each, into panes.
 
     A pane is one step (``every``) of event time; a window's result merges
-    the panes it spans (see `WindowLogic._paned`). Aggregators that all say
-    they can for events of ``classes`` (`Aggregator.slices_for`: every
-    built-in but ``collect``, and ``max`` and ``min`` only of a field every
-    class declares an int, a float or a str) can.
+    the panes it spans (see `WindowLogic._paned`), so its size must be a
+    whole number of steps (`windows.sliding` asks that; a `Sliding` made
+    directly may not). Aggregators that all say they can for events of
+    ``classes`` (`Aggregator.slices_for`: every built-in but ``collect``,
+    and ``max`` and ``min`` only of a field every class declares an int, a
+    float or a str) can.
 
     >>> from operators import agg, windows
     >>> can_slice(windows.sliding(seconds=60, every=10), [agg.count(), agg.mean("x")])
@@ -448,8 +450,14 @@ def can_slice(
     False
     >>> can_slice(windows.tumbling(seconds=60), [agg.count()])
     False
+    >>> can_slice(windows.Sliding(size=25, every=10), [agg.count()])
+    False
     """
-    return isinstance(window, Sliding) and all(g.slices_for(classes) for g in aggs)
+    return (
+        isinstance(window, Sliding)
+        and window.size_us % window.every_us == 0
+        and all(g.slices_for(classes) for g in aggs)
+    )
 
 
 #: Microseconds from which a window's bounds in seconds are not told apart

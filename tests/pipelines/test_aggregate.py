@@ -748,6 +748,30 @@ def window_rows(out: list[Any]) -> list[tuple[float, float, int, float, bool]]:
     ]
 
 
+def test_a_sliding_window_made_directly_of_a_size_no_whole_number_of_steps_counts_exactly() -> None:
+    # windows.sliding asks for a size that is a whole number of steps; a
+    # Sliding made directly may have another. Its windows then do not cover
+    # whole panes (a pane is a step of time), so each event goes to each of
+    # its windows instead: every window holds exactly the events in it.
+    window = windows.Sliding(size=25, every=10)
+    assert not can_slice(window, [agg.count()])
+    hits = [hit("a", i) for i in range(60)]
+    result = (
+        Pipeline("odd_slide")
+        .read(sources.memory(hits, batch_size=7))
+        .key_by(lambda h: h.user)
+        .window(window)
+        .aggregate(n=agg.count(), total=agg.sum("amount"))
+        .write(sinks.memory("out"))
+        .run()
+    )
+    got = sorted(((r.start - T0).total_seconds(), r.n) for r in result["out"])
+    assert got == [
+        (start, sum(start <= i < start + 25 for i in range(60))) for start in range(-20, 60, 10)
+    ]
+    assert result.reconciles
+
+
 def test_early_results_of_sliding_windows_from_panes_count_every_event_so_far() -> None:
     logic = Logic(sliding_counts(True, early=True), None)
     seen: list[float] = []
