@@ -61,6 +61,7 @@ from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import (
     _TICK,
     Watermarks,
+    _inside,
     _utc,
     construct_valid,
     just_before,
@@ -345,7 +346,10 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                 if grown:
                     heapq.heappush(heap, (end + gap, key, start))
             return
-        assert isinstance(window, Tumbling | Sliding)
+        if isinstance(window, Tumbling):
+            self._take_tumbling(window, side, records, wm, out, row)
+            return
+        assert isinstance(window, Sliding)
         for key, ts, record in records:
             spans = [span for span in window.assign(ts) if span[1] > wm]
             if not spans:
@@ -359,6 +363,44 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                     heapq.heappush(heap, (end, key, start))
                     row[_OPEN] += 1
                 slot[1 + side].append((ts, record))
+
+    def _take_tumbling(
+        self,
+        window: Tumbling,
+        side: int,
+        records: list[tuple[str, float, Any]],
+        wm: float,
+        out: list[tuple[str, Any]],
+        row: list[int],
+    ) -> None:
+        """`_take_windowed` for tumbling windows: one window per record, found inline."""
+        held = self.held
+        heap = self.heap
+        end_of = window.end_of
+        size_us = window.size_us
+        # The window of the record before (times come mostly in order): a
+        # record ``lo <= ts < hi`` is in it too, without rounding (`_inside`).
+        lo = hi = start = end = 0.0
+        taken = opened = 0
+        for key, ts, record in records:
+            if not lo <= ts < hi:
+                t = round(ts * 1_000_000)  # Tumbling.start_of, inline
+                low = t - t % size_us
+                start = low / 1_000_000
+                end = end_of(start)
+                lo, hi = _inside(low, low + size_us)
+            if end <= wm:
+                self._late(record, ts, wm, out, row)
+                continue
+            taken += 1
+            slot = held.get((key, start))
+            if slot is None:
+                slot = held[(key, start)] = [end, [], []]
+                heapq.heappush(heap, (end, key, start))
+                opened += 1
+            slot[1 + side].append((ts, record))
+        row[_AGG] += taken
+        row[_OPEN] += opened
 
     def _take_interval(
         self,
@@ -488,8 +530,10 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
     ) -> None:
         """Emit a closed window's pairs (and unmatched rows, for left and outer joins)."""
         how = self.spec.how
-        lefts.sort(key=lambda x: x[0])
-        rights.sort(key=lambda x: x[0])
+        if len(lefts) > 1:
+            lefts.sort(key=_TS)
+        if len(rights) > 1:
+            rights.sort(key=_TS)
         last = just_before(end)  # every result of the window is dated its last instant
         made = end - _TICK
         if lefts and rights:
