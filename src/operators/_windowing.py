@@ -38,6 +38,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
+import pydantic
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
@@ -400,13 +401,30 @@ class WindowSpec:
         return construct_valid(self.result_model, fields, self.fields_set)
 
 
+# The setters of a pydantic model's own attributes (its ``__dict__`` and the
+# slots pydantic keeps beside it), called directly: `object.__setattr__` looks
+# each one up again on every call.
+_SET_DICT = vars(pydantic.BaseModel)["__dict__"].__set__
+_SET_FIELDS_SET = vars(pydantic.BaseModel)["__pydantic_fields_set__"].__set__
+_SET_EXTRA = vars(pydantic.BaseModel)["__pydantic_extra__"].__set__
+_SET_PRIVATE = vars(pydantic.BaseModel)["__pydantic_private__"].__set__
+
+
 def construct_valid(model: Any, fields: dict[str, Any], names: frozenset[str]) -> Any:
-    """Make a ``model`` record from ``fields`` known to be valid (``names``: the model's fields)."""
+    """Make a ``model`` record from ``fields`` known to be valid (``names``: the model's fields).
+
+    >>> from operators._joining import Joined
+    >>> fields = {"type": "j", "id": "j/1", "time": _utc(0), "key": "k", "left": 1,
+    ...           "right": None, "start": None, "end": None}
+    >>> made = construct_valid(Joined, fields, frozenset(fields))
+    >>> made.key, made.right, made.model_fields_set == set(fields), made.model_extra
+    ('k', None, True, None)
+    """
     record = model.__new__(model)
-    object.__setattr__(record, "__dict__", fields)
-    object.__setattr__(record, "__pydantic_fields_set__", set(names))
-    object.__setattr__(record, "__pydantic_extra__", None)
-    object.__setattr__(record, "__pydantic_private__", None)
+    _SET_DICT(record, fields)
+    _SET_FIELDS_SET(record, set(names))
+    _SET_EXTRA(record, None)
+    _SET_PRIVATE(record, None)
     return record
 
 
