@@ -401,13 +401,31 @@ class WindowSpec:
         return construct_valid(self.result_model, fields, self.fields_set)
 
 
-# The setters of a pydantic model's own attributes (its ``__dict__`` and the
-# slots pydantic keeps beside it), called directly: `object.__setattr__` looks
-# each one up again on every call.
-_SET_DICT = vars(pydantic.BaseModel)["__dict__"].__set__
-_SET_FIELDS_SET = vars(pydantic.BaseModel)["__pydantic_fields_set__"].__set__
-_SET_EXTRA = vars(pydantic.BaseModel)["__pydantic_extra__"].__set__
-_SET_PRIVATE = vars(pydantic.BaseModel)["__pydantic_private__"].__set__
+def _setter(name: str) -> Callable[[Any, Any], None]:
+    """Return the setter of a pydantic model's own attribute ``name``, to call directly.
+
+    Its ``__dict__`` and the slots pydantic keeps beside it: `object.__setattr__`
+    looks the descriptor up again on every call. Where pydantic keeps none of
+    that name, `object.__setattr__` itself.
+
+    >>> class Box:
+    ...     pass
+    >>> box = Box()
+    >>> _setter("not_pydantics")(box, 1)
+    >>> box.not_pydantics
+    1
+    """
+    found = vars(pydantic.BaseModel).get(name)
+    if found is not None and hasattr(found, "__set__"):
+        setter: Callable[[Any, Any], None] = found.__set__
+        return setter
+    return lambda record, value: object.__setattr__(record, name, value)
+
+
+_SET_DICT = _setter("__dict__")
+_SET_FIELDS_SET = _setter("__pydantic_fields_set__")
+_SET_EXTRA = _setter("__pydantic_extra__")
+_SET_PRIVATE = _setter("__pydantic_private__")
 
 
 def construct_valid(model: Any, fields: dict[str, Any], names: frozenset[str]) -> Any:
