@@ -61,13 +61,13 @@ from operators._stage import COUNTER_FIELDS, Counters
 from operators._windowing import (
     _TICK,
     Watermarks,
-    _inside,
     _utc,
     construct_valid,
     just_before,
     overlapping,
     pop_session,
     sort_sessions,
+    tumbling_of,
 )
 from operators.windows import Session, Sliding, Tumbling, Window
 
@@ -376,19 +376,13 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         """`_take_windowed` for tumbling windows: one window per record, found inline."""
         held = self.held
         heap = self.heap
-        end_of = window.end_of
-        size_us = window.size_us
         # The window of the record before (times come mostly in order): a
-        # record ``lo <= ts < hi`` is in it too, without rounding (`_inside`).
+        # record ``lo <= ts < hi`` is in it too, without rounding.
         lo = hi = start = end = 0.0
         taken = opened = 0
         for key, ts, record in records:
             if not lo <= ts < hi:
-                t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-                low = t - t % size_us
-                start = low / 1_000_000
-                end = end_of(start)
-                lo, hi = _inside(low, low + size_us)
+                start, end, lo, hi = tumbling_of(window, ts)
             if end <= wm:
                 self._late(record, ts, wm, out, row)
                 continue

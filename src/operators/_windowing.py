@@ -519,6 +519,23 @@ def _inside(low: int, high: int) -> tuple[float, float]:
     return (low + 2) / 1_000_000, (high - 2) / 1_000_000
 
 
+def tumbling_of(window: Tumbling, ts: float) -> tuple[float, float, float, float]:
+    """Return the window of ``window`` that holds ``ts``: ``(start, end, lo, hi)``.
+
+    ``lo`` and ``hi`` bound the times surely in it too (`_inside`), so a loop
+    over times mostly in order finds the next one's window by comparing.
+
+    >>> tumbling_of(Tumbling(10.0), 25.5)
+    (20.0, 30.0, 20.000002, 29.999998)
+    """
+    size_us = window.size_us
+    t = round(ts * 1_000_000)  # Tumbling.start_of, inline
+    low = t - t % size_us
+    start = low / 1_000_000
+    lo, hi = _inside(low, low + size_us)
+    return start, window.end_of(start), lo, hi
+
+
 class Combiner:
     """Aggregate a chunk's events per key and tumbling window before the key exchange.
 
@@ -1112,8 +1129,6 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         late = 0
         if isinstance(window, Tumbling):
             # The hot loop: one dict lookup and the generated adder per event.
-            end_of = window.end_of
-            size_us = window.size_us
             heap = self.heap
             get = wins.get
             opened = 0
@@ -1122,11 +1137,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             lo = hi = start = end = 0.0
             for key, ts, event in records:
                 if not lo <= ts < hi:
-                    t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-                    low = t - t % size_us
-                    start = low / 1_000_000
-                    end = end_of(start)
-                    lo, hi = _inside(low, low + size_us)
+                    start, end, lo, hi = tumbling_of(window, ts)
                 if ts < wm and end <= wm:
                     late += 1
                     self._late(event, ts, wm, out, row)
