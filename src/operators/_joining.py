@@ -93,8 +93,9 @@ class Joined(Event, Generic[A, B]):
     ``time`` is the newer of the two records' event times (a windowed
     join's results: the window's last instant; a record of a left or outer
     interval join that met nothing: the end of its interval), ``type`` the
-    join step's name, and ``id`` is made from the step, the key and the two
-    records' ids, so the same input gives the same results on every run.
+    join step's name, and ``id`` is made from the step, the key, the window's
+    start (windowed joins) and the two records' ids, so the same input gives
+    the same results on every run, each with an id of its own.
     """
 
     #: What a result's ``time`` is: a clock on another field is refused after it.
@@ -148,9 +149,37 @@ def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]
 _TS = operator.itemgetter(0)
 
 
+def _id_part(text: str) -> str:
+    """Return ``text`` as a part of a result's id: ``%`` and ``/`` escaped, ``-`` alone too.
+
+    So the parts of an id (the key, the two records' ids, ``-`` for no
+    record) are read back one way only: two results never share an id.
+
+    >>> _id_part("e1"), _id_part("orders/7"), _id_part("50%"), _id_part("-"), _id_part("a-b")
+    ('e1', 'orders%2F7', '50%25', '%2D', 'a-b')
+    """
+    if "/" in text or "%" in text:
+        return text.replace("%", "%25").replace("/", "%2F")
+    return "%2D" if text == "-" else text
+
+
+_START_TEXT: dict[float, str] = {}
+
+
+def _start_text(start: float) -> str:
+    """Return a window's start as a part of a result's id (windows share starts: kept)."""
+    found = _START_TEXT.get(start)
+    if found is None:
+        if len(_START_TEXT) > 50_000:
+            _START_TEXT.clear()
+        found = _START_TEXT[start] = f"{start:.6f}"
+    return found
+
+
 def _id_of(record: Any) -> str:
+    """Return a record's id as a part of a result's id (``-`` for no record)."""
     found = getattr(record, "id", None)
-    return "-" if found is None else str(found)
+    return "-" if found is None else _id_part(str(found))
 
 
 _Sided = tuple[int, Marked]
@@ -668,9 +697,12 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
                 self._failed(text, max(lt, rt), exc, spec.select, out, row)
                 return
         else:
+            # A pair meets in each sliding window that holds both: its start tells them apart.
+            window = "" if start is None else f"{_start_text(start)}/"
+            ident = f"{spec.step}/{_id_part(key)}/{window}{_id_of(left)}/{_id_of(right)}"
             fields = {
                 "type": spec.step,
-                "id": f"{spec.step}/{key}/{_id_of(left)}/{_id_of(right)}",
+                "id": ident,
                 "time": when or _utc(max(lt, rt)),
                 "key": key,
                 "left": left,

@@ -124,6 +124,49 @@ def test_window_join_left_and_outer_emit_what_met_nothing() -> None:
     assert found["outer"] == [("ada", "o1", "p1"), ("bob", "o2", None), ("cyd", None, "p2")]
 
 
+def test_every_result_of_a_join_has_an_id_of_its_own_on_every_run() -> None:
+    # A sink that de-duplicates by id (JetStream's Nats-Msg-Id) dropped results: a pair
+    # in three sliding windows gave three results of one id, and ids of records and
+    # keys holding "/" could be read two ways ("x/y" + "z" and "x" + "y/z").
+    orders = [order("x/y", 12, "ada"), order("x", 13, "ada"), order("-", 14, "a/b%")]
+    orders += [order("o9", 41, "ada")]
+    pays = [pay("z", 15, "ada"), pay("y/z", 16, "ada"), pay("q", 17, "a/b%")]
+    windowed = {
+        "sliding": windows.sliding(seconds=30, every=10),
+        "tumbling": windows.tumbling(seconds=30),
+        "session": windows.session(seconds=30),
+    }
+    for name in [*windowed, "interval", "table"]:
+        runs = []
+        for batch in (1, 1000):
+            p = Pipeline(f"ids_{name}")
+            left = p.read(sources.memory(orders, batch_size=batch), name="o")
+            right = p.read(sources.memory(pays, batch_size=batch), name="r")
+            lk = left.key_by(lambda o: o.customer, name="lk")
+            rk = right.key_by(lambda x: x.customer, name="rk")
+            if name in windowed:
+                joined = lk.join(rk, window=windowed[name], how="outer", name="j")
+            elif name == "interval":
+                joined = lk.join(rk, between=(0, 10), how="outer", name="j")
+            else:
+                joined = lk.join(rk.as_table(), name="j")
+            result = joined.write(sinks.memory("out")).run()
+            ids = [j.id for j in result["out"]]
+            assert len(set(ids)) == len(ids), (name, sorted(ids))
+            runs.append(sorted(ids))
+        assert runs[0] == runs[1], name
+
+
+def test_a_pair_in_several_sliding_windows_gives_a_result_per_window_named_by_its_start() -> None:
+    left, right = two_sides([order("x", 13)], [pay("y/z", 16)], name="ids_sliding")
+    joined = left.join(right, window=windows.sliding(seconds=30, every=10), name="j")
+    result = joined.write(sinks.memory("out")).run()
+    base = T0.timestamp()
+    assert sorted((j.start, j.id) for j in result["out"]) == [
+        (at(start), f"j/ada/{base + start:.6f}/x/y%2Fz") for start in (-10, 0, 10)
+    ]
+
+
 def test_interval_join_matches_payments_within_ten_minutes_of_their_order() -> None:
     orders = [
         order("o1", 0, "ada"),

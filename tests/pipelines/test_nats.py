@@ -16,12 +16,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
+from operators import windows
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
 from tests.brokers import Click, ServerProcess, command, line_count, write_with_a_loop, written_ids
@@ -175,6 +177,38 @@ def test_publishing_again_stores_each_record_once(server: Server) -> None:
     got = stored(server, "out")
     assert Counter(m["id"] for m in got) == Counter(f"c{i}" for i in range(1500))
     assert got[0]["data"]["type"] == "click"
+
+
+def test_every_pair_of_a_sliding_window_join_is_stored(server: Server) -> None:
+    # Each pair is a result of every sliding window that holds both of its records; the
+    # results shared one id, and JetStream kept one of each (the summary reconciled).
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    clicks = [
+        Click(user=f"u{i % 5}", id=f"c{i}", time=t0 + timedelta(seconds=i * 0.7))
+        for i in range(400)
+    ]
+    buys = [
+        Click(user=f"u{i % 5}", id=f"b/{i}", time=t0 + timedelta(seconds=i * 2.9))
+        for i in range(100)
+    ]
+    p = Pipeline("pairs")
+    left = p.read(sources.memory(clicks, batch_size=50), name="clicks").key_by(lambda c: c.user)
+    right = p.read(sources.memory(buys, batch_size=20), name="buys").key_by(
+        lambda c: c.user, name="buyer"
+    )
+    joined = left.join(right, window=windows.sliding(seconds=20, every=5), name="pairs")
+    result = joined.write(sinks.nats(server.url, "out.pairs")).run()
+    # A direct count: a pair meets in each window [s, s + 20), s a multiple of 5, holding both.
+    expected = 0
+    for c in clicks:
+        for b in buys:
+            if c.user == b.user:
+                a, z = sorted(((c.time - t0).total_seconds(), (b.time - t0).total_seconds()))
+                expected += sum(1 for s in range(-20, 400, 5) if s <= a and z < s + 20)
+    got = stored(server, "out")
+    assert result.reconciles and result.counts["pairs"].created == expected > 1000
+    assert len(got) == expected and len({m["id"] for m in got}) == expected
 
 
 def test_a_record_no_json_can_hold_is_a_dead_letter_at_once_and_the_rest_is_published(
