@@ -30,6 +30,8 @@ class Event(BaseModel):
     declare ``type: Literal[...]`` gets its lower-cased class name.
     ``id`` defaults to a random 32-character hex string and ``time`` to the
     moment of creation (always timezone-aware), so ``MyEvent()`` is valid.
+    A record a source reads without an ``id`` gets ``source/partition/offset``
+    instead: the same on every read of the same input.
 
     >>> class Click(Event):
     ...     user: str = "anon"

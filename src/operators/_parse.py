@@ -64,6 +64,7 @@ class ParseOp(StageOp):
         events: list[Any] = []
         append = events.append
         blank = 0
+        blanks: list[int] = []
         # Failures are kept without their tracebacks: a traceback holds this
         # frame, whose locals hold the failures list, and that cycle would
         # leave the whole slice of events for the garbage collector.
@@ -90,6 +91,7 @@ class ParseOp(StageOp):
                         failures.append((index, x, exc.with_traceback(None)))
                     else:
                         blank += 1
+                        blanks.append(index)
                     index += 1
         else:
             for index, x in enumerate(items):
@@ -98,10 +100,46 @@ class ParseOp(StageOp):
                 except Exception as exc:  # noqa: BLE001 - dead-lettered below
                     failures.append((index, x, exc.with_traceback(None)))
         row[_IN] += len(items) - blank
+        self._name(items, events, failures, blanks, run)
         for position, raw, error in failures:
             self._fail(position, raw, error, run, row)
         row[_OUT] += len(events)
         _fan_out(self.nexts, events, run, out, row)
+
+    def _name(
+        self,
+        items: list[Any],
+        events: list[Any],
+        failures: list[tuple[int, Any, Exception]],
+        blanks: list[int],
+        run: _Run,
+    ) -> None:
+        """Give each event parsed without an ``id`` one made from where it was read.
+
+        ``source/partition/offset`` (or the stream entry's own name for the
+        offset): the same record read again (a resumed run reads what came
+        after its last snapshot again) gets the same id, so a sink that
+        de-duplicates by id stores it once. A random id would differ each time.
+        """
+        unnamed = [i for i, e in enumerate(events) if "id" not in e.__pydantic_fields_set__]
+        if not unnamed:
+            return
+        positions: list[int] | range = range(len(items))
+        if failures or blanks:
+            skipped = {position for position, _, _ in failures}.union(blanks)
+            positions = [i for i in positions if i not in skipped]
+        chunk = run.chunk
+        keys = chunk.keys
+        head = f"{chunk.source}/{chunk.own_name or chunk.partition}/"
+        first = chunk.offset + run.base
+        for i in unnamed:
+            at = positions[i]
+            if isinstance(items[at], BaseModel):
+                continue  # an event made before it was read: its id is its own
+            event = events[i]
+            own = keys[run.base + at] if keys is not None else None
+            event.__dict__["id"] = f"{head}{first + at if own is None else own}"
+            event.__pydantic_fields_set__.add("id")
 
     def parse_one(self, x: Any) -> Any:
         """Parse one record of any form: text, an event, a mapping."""

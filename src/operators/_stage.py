@@ -91,6 +91,10 @@ class Chunk:
     line: int | None = None
     #: True for the empty chunk that says the partition has ended.
     eof: bool = False
+    #: The partition's own name, where ``partition`` is another one to route
+    #: it by (`testing.explore` deals partitions to workers anew so): the ids
+    #: of records read without one are made from it.
+    own_name: str | None = None
     #: On the empty chunk that says the partition has nothing to read: since
     #: when (wall-clock seconds). Only a source says a partition is idle.
     idle_since: float | None = None

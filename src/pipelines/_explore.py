@@ -154,6 +154,8 @@ class _ScheduledReader(Reader):
         chunk = self.inner.next_chunk()
         if chunk is None:
             return None
+        if chunk.own_name is None:
+            chunk.own_name = chunk.partition
         chunk.partition = self.partition  # the name this schedule deals the partition by
         end = self.read + len(chunk.items)
         if self.crash is not None and self.read <= self.crash < end:

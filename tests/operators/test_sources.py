@@ -385,3 +385,34 @@ def test_every_row_of_a_csv_whose_header_names_a_column_twice_is_a_dead_letter(
         )
     assert [d.origin.line for d in result.dead_letters if d.origin] == [2, 3]
     assert result.reconciles
+
+
+def test_a_record_read_without_an_id_gets_one_from_where_it_was_read(tmp_path: Path) -> None:
+    # Each got a random id: the same input gave other ids on every read, so a resumed
+    # run's records read again were new to a sink de-duplicating by id, and
+    # testing.explore called the plainest pipeline schedule-dependent.
+    path = tmp_path / "views.jsonl"
+    at = '"time": "2026-01-01T00:00:00Z"'
+    rows = [f'{{"type": "view", "user": "u{i}", {at}}}' for i in range(7)]
+    rows[2] = ""  # a blank line and a broken one take their places, not an id
+    rows[4] = "{broken"
+    rows[5] = f'{{"type": "view", "user": "u5", "id": "mine", {at}}}'
+    path.write_text("\n".join(rows) + "\n")
+    made = View(user="made")
+    flow = Pipeline("ids")
+    read = flow.read(sources.jsonl(path, schema=View, batch_size=3), name="file")
+    listed = flow.read(
+        sources.memory([{"type": "view", "user": "a"}, made, '{"type":"view","user":"b"}'],
+                       schema=View, partitions=1),
+        name="listed",
+    )  # fmt: skip
+    pipeline = read.write(sinks.memory("file")) | listed.write(sinks.memory("listed"))
+    first, again = pipeline.run(), pipeline.run()
+    assert [e.id for e in first["file"]] == [
+        f"file/{path}/0", f"file/{path}/1", f"file/{path}/3", "mine", f"file/{path}/6"
+    ]  # fmt: skip
+    assert [e.id for e in first["listed"]] == ["listed/part0/0", made.id, "listed/part0/2"]
+    assert [e.id for e in again["file"]] == [e.id for e in first["file"]]
+    assert first["listed"][1] is made and "id" in first["file"][0].model_fields_set
+    found = testing.explore(read.filter(lambda v: v.user != "u1").write(sinks.memory("o")))
+    assert len(found.outputs["memory_o"]) == 4

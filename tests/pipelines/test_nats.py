@@ -267,6 +267,50 @@ def test_killed_and_resumed_reads_every_message_exactly_once(
     assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(3000))
 
 
+PUBLISH_APP = """
+import os, time
+from pipelines import Pipeline, sinks, sources, Event
+
+class Click(Event):
+    user: str
+
+def slow(c):
+    time.sleep(0.0008)
+    return c
+
+pipeline = (
+    Pipeline("publish")
+    .read(sources.jsonl(os.environ["IN"], schema=Click, batch_size=50))
+    .map(slow)
+    .write(sinks.nats(os.environ["URL"], "out.clicks"))
+)
+"""
+
+
+def test_records_read_without_ids_killed_and_resumed_are_published_exactly_once(
+    server: Server, tmp_path: Path
+) -> None:
+    # Most inputs carry no id: each record got a random one when read, so the records a
+    # resumed run read again got new ones, and JetStream stored them twice.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    n = 6000
+    lines = tmp_path / "clicks.jsonl"
+    lines.write_text("".join(f'{{"type": "click", "user": "u{i}"}}\n' for i in range(n)))
+    app = tmp_path / "publish.py"
+    app.write_text(PUBLISH_APP)
+    env = {**os.environ, "URL": server.url, "IN": str(lines)}
+    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
+    kills = kill_at_random(command(app, *resume), env, kills=3, seed=5, after=(1.0, 1.8))
+    assert kills >= 3
+    done = subprocess.run(
+        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = stored(server, "out")
+    assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
+    assert {m["id"] for m in got} == {f"read_jsonl_clicks/{lines}/{i}" for i in range(n)}
+
+
 def test_live_mode_reads_messages_published_while_running(server: Server, tmp_path: Path) -> None:
     app = two_streams(server, tmp_path, 100, 0)
     out = tmp_path / "live.jsonl"
