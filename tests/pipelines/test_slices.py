@@ -71,6 +71,22 @@ def test_a_chunk_of_several_slices_keeps_order_counts_and_each_dead_letters_line
     assert result.reconciles
 
 
+def test_records_read_without_ids_are_named_by_their_offsets_across_slices(
+    tmp_path: Path, slice_size: int
+) -> None:
+    path = tmp_path / "sales.jsonl"
+    lines = [_line(n) for n in range(1, N + 1)]
+    path.write_text("".join(line.replace('"id": "s', '"no": "s') + "\n" for line in lines))
+    result = (
+        Pipeline("slices")
+        .read(sources.jsonl(path, schema=Sale, batch_size=BATCH), name="sales")
+        .write(sinks.memory("out"))
+        .run()
+    )
+    good = [n for n in range(1, N + 1) if n not in BROKEN]
+    assert [s.id for s in result["out"]] == [f"sales/{path}/{n - 1}" for n in good]
+
+
 def test_records_a_process_step_makes_keep_their_making_times_across_slices(
     slice_size: int,
 ) -> None:
