@@ -64,6 +64,21 @@ def command(app: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
 
 
+def killed_then_finished(
+    app: Path, env: dict[str, str], store: Path, *, seed: int, after: tuple[float, float]
+) -> None:
+    """Run ``app`` with recovery in ``store``: SIGKILLed 3 times at random, then to its end."""
+    from tests.helpers import kill_at_random
+
+    resume = ["--recovery", str(store), "--snapshot-interval", "0.1"]
+    kills = kill_at_random(command(app, *resume), env, kills=3, seed=seed, after=after)
+    assert kills >= 3
+    done = subprocess.run(
+        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def line_count(path: Path) -> int:
     """How many lines ``path`` holds (0 while it does not exist)."""
     return len(path.read_text().splitlines()) if path.exists() else 0

@@ -26,8 +26,15 @@ import pytest
 from operators import windows
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
-from tests.brokers import Click, ServerProcess, command, line_count, write_with_a_loop, written_ids
-from tests.helpers import kill_at_random
+from tests.brokers import (
+    Click,
+    ServerProcess,
+    command,
+    killed_then_finished,
+    line_count,
+    write_with_a_loop,
+    written_ids,
+)
 
 
 def server_binary() -> str:
@@ -256,13 +263,7 @@ def test_killed_and_resumed_reads_every_message_exactly_once(
     app = two_streams(server, tmp_path, 3000)
     out = tmp_path / "clicks.jsonl"
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
-    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
-    kills = kill_at_random(command(app, *resume), env, kills=3, seed=3, after=(1.0, 1.8))
-    assert kills >= 3
-    done = subprocess.run(
-        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    killed_then_finished(app, env, tmp_path / "store", seed=3, after=(1.0, 1.8))
     ids = written_ids(out)
     assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(3000))
 
@@ -299,13 +300,7 @@ def test_records_read_without_ids_killed_and_resumed_are_published_exactly_once(
     app = tmp_path / "publish.py"
     app.write_text(PUBLISH_APP)
     env = {**os.environ, "URL": server.url, "IN": str(lines)}
-    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
-    kills = kill_at_random(command(app, *resume), env, kills=3, seed=5, after=(1.0, 1.8))
-    assert kills >= 3
-    done = subprocess.run(
-        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    killed_then_finished(app, env, tmp_path / "store", seed=5, after=(1.0, 1.8))
     got = stored(server, "out")
     assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
     assert {m["id"] for m in got} == {f"read_jsonl_clicks/{lines}/{i}" for i in range(n)}

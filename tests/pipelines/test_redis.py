@@ -22,7 +22,15 @@ import redis
 
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
-from tests.brokers import Click, ServerProcess, command, line_count, write_with_a_loop, written_ids
+from tests.brokers import (
+    Click,
+    ServerProcess,
+    command,
+    killed_then_finished,
+    line_count,
+    write_with_a_loop,
+    written_ids,
+)
 from tests.helpers import kill_at_random
 
 
@@ -264,13 +272,7 @@ def test_killed_and_resumed_reads_every_entry_exactly_once(server: Server, tmp_p
     app, _ = two_streams(server, tmp_path, 3000)
     out = tmp_path / "clicks.jsonl"
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
-    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
-    kills = kill_at_random(command(app, *resume), env, kills=3, seed=9, after=(0.8, 1.5))
-    assert kills >= 3
-    done = subprocess.run(
-        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    killed_then_finished(app, env, tmp_path / "store", seed=9, after=(0.8, 1.5))
     ids = written_ids(out)
     assert ids == Counter(f"clicks:{s}-{i}" for s in (0, 1) for i in range(3000))
 
