@@ -134,9 +134,9 @@ class ParseOp(StageOp):
         first = chunk.offset + run.base
         for i in unnamed:
             at = positions[i]
-            if isinstance(items[at], BaseModel):
-                continue  # an event made before it was read: its id is its own
             event = events[i]
+            if isinstance(items[at], BaseModel) or not _named_by_text(type(event)):
+                continue  # an event made before it was read, or ids of another kind
             own = keys[run.base + at] if keys is not None else None
             event.__dict__["id"] = f"{head}{first + at if own is None else own}"
             event.__pydantic_fields_set__.add("id")
@@ -184,6 +184,12 @@ class ParseOp(StageOp):
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Unused: parse overrides `push`."""
         raise NotImplementedError
+
+
+def _named_by_text(cls: type[BaseModel]) -> bool:
+    """Whether ``cls`` keeps its ``id`` as text (an event class may declare another kind)."""
+    found = cls.model_fields.get("id")
+    return found is not None and found.annotation is str
 
 
 def _plain(error: Any) -> dict[str, Any]:

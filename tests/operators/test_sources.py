@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from operators import GenerateSource, JsonlSource, MemorySource
+from operators import Event, GenerateSource, JsonlSource, MemorySource
 from pipelines import Pipeline, sinks, sources, testing
 from tests.helpers import Purchase, View, line, multiset
 
@@ -416,3 +416,13 @@ def test_a_record_read_without_an_id_gets_one_from_where_it_was_read(tmp_path: P
     assert first["listed"][1] is made and "id" in first["file"][0].model_fields_set
     found = testing.explore(read.filter(lambda v: v.user != "u1").write(sinks.memory("o")))
     assert len(found.outputs["memory_o"]) == 4
+
+
+class Numbered(Event):
+    id: int = 0  # type: ignore[assignment]
+
+
+def test_an_event_class_whose_id_is_no_text_keeps_its_own_default() -> None:
+    rows = ['{"type": "numbered"}', '{"type": "view", "user": "u"}']
+    flow = Pipeline("kinds").read(sources.memory(rows, schema=Numbered | View), name="m")
+    assert [e.id for e in testing.outputs(flow)] == [0, "m/part0/1"]
