@@ -18,6 +18,26 @@ def _new_id() -> str:
     return os.urandom(16).hex()
 
 
+def id_part(text: str) -> str:
+    """Return ``text`` as a part of a made record's id: ``%`` and ``/`` escaped, ``-`` alone too.
+
+    So the parts of an id (a key, the ids of the records it was made from,
+    ``-`` for none) are read back one way only: two records never share an id.
+
+    >>> id_part("e1"), id_part("orders/7"), id_part("50%"), id_part("-"), id_part("a-b")
+    ('e1', 'orders%2F7', '50%25', '%2D', 'a-b')
+    """
+    if "/" in text or "%" in text:
+        return text.replace("%", "%25").replace("/", "%2F")
+    return "%2D" if text == "-" else text
+
+
+def record_id(record: Any) -> str | None:
+    """Return ``record``'s id as a part of a made record's id, or None if it has none."""
+    found = record.get("id") if isinstance(record, dict) else getattr(record, "id", None)
+    return None if found is None else id_part(str(found))
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 

@@ -52,7 +52,7 @@ from bytewax.operators import StatefulBatchLogic
 from pydantic import AwareDatetime
 
 from operators._deadletter import payload_text
-from operators._event import Event
+from operators._event import Event, id_part
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Letters, Notes
 from operators._pickles import check_state
@@ -149,20 +149,6 @@ def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]
 _TS = operator.itemgetter(0)
 
 
-def _id_part(text: str) -> str:
-    """Return ``text`` as a part of a result's id: ``%`` and ``/`` escaped, ``-`` alone too.
-
-    So the parts of an id (the key, the two records' ids, ``-`` for no
-    record) are read back one way only: two results never share an id.
-
-    >>> _id_part("e1"), _id_part("orders/7"), _id_part("50%"), _id_part("-"), _id_part("a-b")
-    ('e1', 'orders%2F7', '50%25', '%2D', 'a-b')
-    """
-    if "/" in text or "%" in text:
-        return text.replace("%", "%25").replace("/", "%2F")
-    return "%2D" if text == "-" else text
-
-
 _START_TEXT: dict[float, str] = {}
 
 
@@ -179,7 +165,7 @@ def _start_text(start: float) -> str:
 def _id_of(record: Any) -> str:
     """Return a record's id as a part of a result's id (``-`` for no record)."""
     found = getattr(record, "id", None)
-    return "-" if found is None else _id_part(str(found))
+    return "-" if found is None else id_part(str(found))
 
 
 _Sided = tuple[int, Marked]
@@ -699,7 +685,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         else:
             # A pair meets in each sliding window that holds both: its start tells them apart.
             window = "" if start is None else f"{_start_text(start)}/"
-            ident = f"{spec.step}/{_id_part(key)}/{window}{_id_of(left)}/{_id_of(right)}"
+            ident = f"{spec.step}/{id_part(key)}/{window}{_id_of(left)}/{_id_of(right)}"
             fields = {
                 "type": spec.step,
                 "id": ident,

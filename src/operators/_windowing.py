@@ -42,7 +42,7 @@ import pydantic
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
-from operators._event import Event
+from operators._event import Event, record_id
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Making, Notes, _iso, dead_item
 from operators._pickles import check_state
@@ -916,15 +916,19 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
 
     # -- results -----------------------------------------------------------
 
-    def _running_result(self, key: str, accs: list[Any]) -> Any:
+    def _running_result(self, key: str, accs: list[Any], after: str | None = None) -> Any:
         """Make a running aggregate's result (no window: it is timed now).
 
-        A window's result comes from ``spec.finish``.
+        A window's result comes from ``spec.finish``. ``after`` tells the
+        results of one key apart in their ids: the id of the event each
+        update follows, or when a final one expired.
         """
         spec = self.spec
         fields: dict[str, Any] = {
             "type": spec.kind,
-            "id": f"{spec.step}/{key}/running",
+            "id": f"{spec.step}/{key}/running"
+            if after is None
+            else f"{spec.step}/{key}/running/{after}",
             "time": datetime.now(timezone.utc),
             "key": key,
             "start": None,
@@ -1492,18 +1496,31 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 failed += 1
                 continue
             if slot is None:
-                slot = wins[key] = [0, ts, ts, accs]
+                # The first event's id tells apart windows of a key that start at one time.
+                slot = wins[key] = [0, ts, ts, accs, record_id(event)]
                 row[_OPEN] += 1
             slot[0] += 1
             slot[1] = ts if ts < slot[1] else slot[1]
             slot[2] = ts if ts > slot[2] else slot[2]
             if slot[0] >= window.n:
                 del wins[key]
-                out.append(("r", self.spec.finish(key, slot[1], slot[2], slot[3])))
+                out.append(("r", self._count_result(key, slot)))
                 row[_OUT] += 1
                 row[_CREATED] += 1
                 row[_OPEN] -= 1
         row[_AGG] += len(records) - failed
+
+    def _count_result(self, key: str, slot: list[Any]) -> Any:
+        """Make a count window's result: ``slot`` is ``[n, first time, last time, accs, first id]``.
+
+        Its id ends with its first event's id (where that has one): windows of a
+        key that start at one time (events of one second, or of one batch on
+        processing time) have ids of their own. A slot from a snapshot of an
+        earlier evflow holds no id.
+        """
+        first = slot[4] if len(slot) > 4 else None
+        tag = "" if first is None else f"/{first}"
+        return self.spec.finish(key, slot[1], slot[2], slot[3], tag=tag)
 
     def _running(
         self, records: list[Any], out: list[tuple[str, Any]], row: list[int], now: float
@@ -1526,7 +1543,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             if ttl is not None:
                 self.expiry[key] = now + ttl
             if spec.emit == "running":
-                out.append(("r", self._running_result(key, accs)))
+                out.append(("r", self._running_result(key, accs, record_id(event))))
                 row[_OUT] += 1
                 row[_CREATED] += 1
         row[_AGG] += len(records) - failed
@@ -1604,7 +1621,8 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                     accs = self.wins.pop(key)
                     row[_OPEN] -= 1
                     if spec.emit == "final":
-                        out.append(("r", self._running_result(key, accs)))
+                        # The key may come back and expire again: each final has its own id.
+                        out.append(("r", self._running_result(key, accs, f"until-{due:.6f}")))
                         row[_OUT] += 1
                         row[_CREATED] += 1
         elif not isinstance(spec.window, Count):
@@ -1631,7 +1649,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             self.wins.clear()
         elif isinstance(window, Count):
             for key, slot in self.wins.items():
-                out.append(("r", self.spec.finish(key, slot[1], slot[2], slot[3])))
+                out.append(("r", self._count_result(key, slot)))
                 row[_OUT] += 1
                 row[_CREATED] += 1
                 row[_OPEN] -= 1

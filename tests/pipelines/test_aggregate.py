@@ -350,6 +350,36 @@ def test_watermark_is_the_minimum_over_partitions_and_idle_partitions_advance() 
     assert out == [] and logic.notify_at() is None  # b holds window [70, 80) open again
 
 
+def test_every_update_and_count_window_has_an_id_of_its_own() -> None:
+    # A running aggregate's updates all had the id step/key/running, and a key's count
+    # windows that start at one time (events of one second, or of one processing-time
+    # batch) one id too: a sink that de-duplicates by id (sinks.nats) kept one of each.
+    events = [hit("a", i // 10, amount=i) for i in range(30)]
+    for i, e in enumerate(events):
+        events[i] = e.model_copy(update={"id": f"h/{i}"})  # ids holding a "/" too
+    firsts = [f"h%2F{i}" for i in range(0, 30, 4)]  # each count window's first event
+    for batch in (1, 7, 1000):
+        read = Pipeline("ids").read(sources.memory(events, batch_size=batch))
+        keyed = read.key_by(lambda e: e.user)
+        running = keyed.aggregate(emit="running", n=agg.count()).write(sinks.memory("o"))
+        ids = [r.id for r in running.run()["o"]]
+        assert ids == [f"aggregate_running_n/a/running/h%2F{i}" for i in range(30)]
+        for clock in (windows.event_time(), windows.processing_time()):
+            counted = keyed.window(windows.count(4), clock=clock).aggregate(n=agg.count())
+            got = counted.write(sinks.memory("o")).run()["o"]
+            assert [r.id.rsplit("/", 1)[1] for r in got] == firsts, (batch, clock)
+
+
+def test_a_running_key_that_expires_twice_gives_two_finals_of_their_own_ids() -> None:
+    logic = Logic(spec(None, None, parts=["s/a"], ttl=0.05), None)
+    finals = []
+    for _ in range(2):
+        logic.on_batch([Marked("s/a", 0.0, False, [("k", 0.0, None)])])
+        time.sleep(0.06)
+        finals += [r for _, r in logic.on_notify()[0]]
+    assert [r.key for r in finals] == ["k", "k"] and finals[0].id != finals[1].id
+
+
 def test_running_keys_expire_after_their_ttl() -> None:
     logic = Logic(spec(None, None, parts=["s/a"], ttl=0.05), None)
     logic.on_batch([Marked("s/a", 0.0, False, [("k", 0.0, None), ("j", 0.0, None)])])

@@ -23,7 +23,7 @@ from typing import Any
 import nats
 import pytest
 
-from operators import windows
+from operators import agg, windows
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
 from tests.brokers import (
@@ -216,6 +216,30 @@ def test_every_pair_of_a_sliding_window_join_is_stored(server: Server) -> None:
     got = stored(server, "out")
     assert result.reconciles and result.counts["pairs"].created == expected > 1000
     assert len(got) == expected and len({m["id"] for m in got}) == expected
+
+
+def test_every_update_of_a_running_aggregate_and_every_count_window_is_stored(
+    server: Server,
+) -> None:
+    # They shared ids (step/key/running; step/key/start for count windows of one start),
+    # and JetStream kept the first of each.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    clicks = [
+        Click(user=f"u{i % 3}", id=f"c{i}", time=t0 + timedelta(seconds=i // 30))
+        for i in range(600)
+    ]
+    keyed = Pipeline("upd").read(sources.memory(clicks, batch_size=100)).key_by(lambda c: c.user)
+    running = keyed.aggregate(emit="running", n=agg.count(), name="totals")
+    counted = keyed.window(windows.count(5)).aggregate(n=agg.count(), name="fives")
+    flow = running.write(sinks.nats(server.url, "out.totals")) | counted.write(
+        sinks.nats(server.url, "out.fives")
+    )
+    result = flow.run()
+    assert result.reconciles and result.counts["totals"].created == 600
+    assert result.counts["fives"].created == 120
+    got = Counter(m["data"]["type"] for m in stored(server, "out"))
+    assert got == {"totals": 600, "fives": 120}
 
 
 def test_a_record_no_json_can_hold_is_a_dead_letter_at_once_and_the_rest_is_published(
