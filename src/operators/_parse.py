@@ -63,8 +63,7 @@ class ParseOp(StageOp):
             return
         events: list[Any] = []
         append = events.append
-        blank = 0
-        blanks: list[int] = []
+        blanks: list[int] = []  # positions of blank lines: neither events nor dead letters
         # Failures are kept without their tracebacks: a traceback holds this
         # frame, whose locals hold the failures list, and that cycle would
         # leave the whole slice of events for the garbage collector.
@@ -90,7 +89,6 @@ class ParseOp(StageOp):
                     elif x.strip():
                         failures.append((index, x, exc.with_traceback(None)))
                     else:
-                        blank += 1
                         blanks.append(index)
                     index += 1
         else:
@@ -99,7 +97,7 @@ class ParseOp(StageOp):
                     append(self.parse_one(x))
                 except Exception as exc:  # noqa: BLE001 - dead-lettered below
                     failures.append((index, x, exc.with_traceback(None)))
-        row[_IN] += len(items) - blank
+        row[_IN] += len(items) - len(blanks)
         self._name(items, events, failures, blanks, run)
         for position, raw, error in failures:
             self._fail(position, raw, error, run, row)
