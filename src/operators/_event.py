@@ -33,7 +33,11 @@ def id_part(text: str) -> str:
 
 
 def record_id(record: Any) -> str | None:
-    """Return ``record``'s id as a part of a made record's id, or None if it has none."""
+    """Return ``record``'s id as a part of a made record's id, or None if it has none.
+
+    >>> record_id({"id": "orders/7"}), record_id({"n": 1}), record_id(("a", 1))
+    ('orders%2F7', None, None)
+    """
     found = record.get("id") if isinstance(record, dict) else getattr(record, "id", None)
     return None if found is None else id_part(str(found))
 
