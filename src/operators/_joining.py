@@ -52,7 +52,7 @@ from bytewax.operators import StatefulBatchLogic
 from pydantic import AwareDatetime
 
 from operators._deadletter import payload_text
-from operators._event import Event, id_part
+from operators._event import Event, id_part, record_part
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Letters, Notes
 from operators._pickles import check_state
@@ -164,8 +164,26 @@ def _start_text(start: float) -> str:
 
 def _id_of(record: Any) -> str:
     """Return a record's id as a part of a result's id (``-`` for no record)."""
-    found = getattr(record, "id", None)
-    return "-" if found is None else id_part(str(found))
+    return "-" if record is None else record_part(record)
+
+
+def _parts_of(side: list[tuple[float, Any]]) -> list[str]:
+    """Return the id parts of a closed window's records on one side.
+
+    Identical records without ids (one digest) are told apart by their count
+    (``~digest.1`` for the second): which of them is which does not matter,
+    so every run names the window's pairs alike.
+    """
+    parts = [record_part(record) for _, record in side]
+    seen: dict[str, int] | None = None
+    for at, part in enumerate(parts):
+        if part[0] == "~":
+            if seen is None:
+                seen = {}
+            count = seen[part] = seen.get(part, -1) + 1
+            if count:
+                parts[at] = f"{part}.{count}"
+    return parts
 
 
 _Sided = tuple[int, Marked]
@@ -545,16 +563,22 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             rights.sort(key=_TS)
         last = just_before(end)  # every result of the window is dated its last instant
         made = end - _TICK
+        named = self.spec.select is None  # results are `Joined`: each has an id of its own
+        lparts = _parts_of(lefts) if named else None
+        rparts = _parts_of(rights) if named else None
         if lefts and rights:
-            for lt, left in lefts:
-                for rt, right in rights:
-                    self._emit(key, left, right, lt, rt, start, end, out, row, last, made)
+            for i, (lt, left) in enumerate(lefts):
+                for j, (rt, right) in enumerate(rights):
+                    parts = None if lparts is None or rparts is None else (lparts[i], rparts[j])
+                    self._emit(key, left, right, lt, rt, start, end, out, row, last, made, parts)
         elif lefts and how != "inner":
-            for lt, left in lefts:
-                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made)
+            for i, (lt, left) in enumerate(lefts):
+                parts = None if lparts is None else (lparts[i], "-")
+                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made, parts)
         elif rights and how == "outer":
-            for rt, right in rights:
-                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last, made)
+            for j, (rt, right) in enumerate(rights):
+                parts = None if rparts is None else ("-", rparts[j])
+                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last, made, parts)
 
     def _close_interval(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
         spec = self.spec
@@ -667,10 +691,12 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         row: list[int],
         when: datetime | None = None,
         made_at: float | None = None,
+        parts: tuple[str, str] | None = None,
     ) -> None:
         """Emit a pair (a `Joined`, or what ``select`` makes of it), dated ``when``.
 
-        ``when`` (``made_at`` in seconds) is by default the newer record's time.
+        ``when`` (``made_at`` in seconds) is by default the newer record's time;
+        ``parts``, the two records' parts of its id, are by default read from them.
         """
         spec = self.spec
         row[_CREATED] += 1
@@ -685,7 +711,9 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         else:
             # A pair meets in each sliding window that holds both: its start tells them apart.
             window = "" if start is None else f"{_start_text(start)}/"
-            ident = f"{spec.step}/{id_part(key)}/{window}{_id_of(left)}/{_id_of(right)}"
+            if parts is None:
+                parts = (_id_of(left), _id_of(right))
+            ident = f"{spec.step}/{id_part(key)}/{window}{parts[0]}/{parts[1]}"
             fields = {
                 "type": spec.step,
                 "id": ident,

@@ -42,7 +42,7 @@ import pydantic
 from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
-from operators._event import Event, record_id
+from operators._event import Event, record_part
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout
 from operators._letters import Making, Notes, _iso, dead_item
 from operators._pickles import check_state
@@ -1497,7 +1497,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
                 continue
             if slot is None:
                 # The first event's id tells apart windows of a key that start at one time.
-                slot = wins[key] = [0, ts, ts, accs, record_id(event)]
+                slot = wins[key] = [0, ts, ts, accs, record_part(event)]
                 row[_OPEN] += 1
             slot[0] += 1
             slot[1] = ts if ts < slot[1] else slot[1]
@@ -1513,10 +1513,10 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
     def _count_result(self, key: str, slot: list[Any]) -> Any:
         """Make a count window's result: ``slot`` is ``[n, first time, last time, accs, first id]``.
 
-        Its id ends with its first event's id (where that has one): windows of a
-        key that start at one time (events of one second, or of one batch on
-        processing time) have ids of their own. A slot from a snapshot of an
-        earlier evflow holds no id.
+        Its id ends with its first event's id (or its digest, for a record
+        without one: `record_part`): windows of a key that start at one time
+        (events of one second, or of one batch on processing time) have ids of
+        their own. A slot from a snapshot of an earlier evflow holds no id.
         """
         first = slot[4] if len(slot) > 4 else None
         tag = "" if first is None else f"/{first}"
@@ -1543,7 +1543,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             if ttl is not None:
                 self.expiry[key] = now + ttl
             if spec.emit == "running":
-                out.append(("r", self._running_result(key, accs, record_id(event))))
+                out.append(("r", self._running_result(key, accs, record_part(event))))
                 row[_OUT] += 1
                 row[_CREATED] += 1
         row[_AGG] += len(records) - failed

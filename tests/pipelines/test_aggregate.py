@@ -370,6 +370,31 @@ def test_every_update_and_count_window_has_an_id_of_its_own() -> None:
             assert [r.id.rsplit("/", 1)[1] for r in got] == firsts, (batch, clock)
 
 
+def test_updates_and_count_windows_of_records_without_ids_are_named_by_their_content() -> None:
+    # Dicts have no `id` attribute: every update was step/key/running, and count windows
+    # of one start shared an id.
+    rows = [{"user": "a", "n": i, "ts": 100.0 + i // 10} for i in range(30)]
+    for batch in (1, 7, 1000):
+        keyed = (
+            Pipeline("dict_ids")
+            .read(sources.memory(rows, batch_size=batch))
+            .key_by(lambda r: r["user"])
+        )
+        running = keyed.aggregate(emit="running", n=agg.count()).write(sinks.memory("o"))
+        ids = [r.id for r in running.run()["o"]]
+        assert len(set(ids)) == 30
+        assert all(i.startswith("aggregate_running_n/a/running/~") for i in ids)
+        runs = [ids]
+        clock = windows.event_time(lambda r: r["ts"])
+        counted = keyed.window(windows.count(4), clock=clock).aggregate(n=agg.count())
+        got = [r.id for r in counted.write(sinks.memory("o")).run()["o"]]
+        assert len(got) == 8 and len(set(got)) == 8, got  # the last, of 2, at the end
+        runs.append(got)
+        if batch == 1:
+            first = runs
+        assert runs == first, batch  # the same ids on every run, at any batch size
+
+
 def test_a_running_key_that_expires_twice_gives_two_finals_of_their_own_ids() -> None:
     logic = Logic(spec(None, None, parts=["s/a"], ttl=0.05), None)
     finals = []

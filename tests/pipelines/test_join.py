@@ -157,6 +157,46 @@ def test_every_result_of_a_join_has_an_id_of_its_own_on_every_run() -> None:
         assert runs[0] == runs[1], name
 
 
+def test_records_without_ids_give_every_pair_an_id_of_its_own() -> None:
+    # Dicts (a pipeline without a schema) and tuples have no `id` attribute: every pair of
+    # a key and window was `step/key/start/-/-`, and a de-duplicating sink kept one.
+    orders = [{"id": f"o/{i}", "c": "ada", "ts": 100.0 + i} for i in range(3)]
+    orders += [{"c": "ada", "ts": 105.0 + i, "n": i} for i in range(3)]
+    orders += [{"c": "ada", "ts": 109.0}, {"c": "ada", "ts": 109.0}]  # identical, no ids
+    pays = [{"c": "ada", "ts": 101.0 + i} for i in range(3)] + [{"id": "~p", "c": "ada", "ts": 103}]
+    windowed = {
+        "sliding": windows.sliding(seconds=30, every=10),
+        "tumbling": windows.tumbling(seconds=30),
+        "session": windows.session(seconds=30),
+    }
+    clock = windows.event_time(lambda d: d["ts"])
+    for name in [*windowed, "interval", "table"]:
+        runs = []
+        for batch in (1, 3, 1000):
+            p = Pipeline(f"dict_ids_{name}")
+            # The identical orders are told apart by their count in a window only.
+            lefts = orders if name in windowed else orders[:-1]
+            left = p.read(sources.memory(lefts, batch_size=batch), name="o")
+            right = p.read(sources.memory(pays, batch_size=batch), name="r")
+            lk = left.key_by(lambda o: o["c"], name="lk")
+            rk = right.key_by(lambda x: x["c"], name="rk")
+            if name in windowed:
+                joined = lk.join(rk, window=windowed[name], clock=clock, name="j")
+            elif name == "interval":
+                joined = lk.join(rk, between=(-30, 30), clock=clock, name="j")
+            else:
+                joined = lk.join(rk.as_table(), clock=clock, name="j")
+            result = joined.write(sinks.memory("out")).run()
+            ids = [j.id for j in result["out"]]
+            assert result.reconciles and len(ids) >= len(lefts), (name, ids)
+            assert len(set(ids)) == len(ids), (name, sorted(ids))
+            # A given id is kept (escaped); a record's own "~" is not taken for a digest.
+            assert any("/o%2F1/" in i for i in ids), ids
+            assert any(i.endswith("/%7Ep") for i in ids) and not any("/~p" in i for i in ids)
+            runs.append(sorted(ids))
+        assert runs[0] == runs[1] == runs[2], name
+
+
 def test_a_pair_in_several_sliding_windows_gives_a_result_per_window_named_by_its_start() -> None:
     left, right = two_sides([order("x", 13)], [pay("y/z", 16)], name="ids_sliding")
     joined = left.join(right, window=windows.sliding(seconds=30, every=10), name="j")

@@ -218,6 +218,32 @@ def test_every_pair_of_a_sliding_window_join_is_stored(server: Server) -> None:
     assert len(got) == expected and len({m["id"] for m in got}) == expected
 
 
+def test_every_pair_of_a_join_of_records_without_ids_is_stored(server: Server) -> None:
+    # Records without an `id` (dicts: a pipeline without a schema) made pairs of one id per
+    # key and window (step/key/start/-/-): JetStream kept one of each.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    clicks = [{"user": f"u{i % 5}", "ts": 1000.0 + i * 0.7} for i in range(300)]
+    buys = [{"user": f"u{i % 5}", "ts": 1000.0 + i * 2.9, "n": i} for i in range(80)]
+    buys = [b for b in buys for _ in range(1 + (b["n"] < 10))]  # identical: each pair counts
+    p = Pipeline("dict_pairs")
+    left = p.read(sources.memory(clicks, batch_size=40), name="clicks").key_by(lambda c: c["user"])
+    right = p.read(sources.memory(buys, batch_size=20), name="buys").key_by(
+        lambda c: c["user"], name="buyer"
+    )
+    clock = windows.event_time(lambda d: d["ts"])
+    joined = left.join(right, window=windows.tumbling(seconds=20), clock=clock, name="pairs")
+    result = joined.write(sinks.nats(server.url, "out.pairs")).run()
+    expected = sum(
+        1
+        for c in clicks
+        for b in buys
+        if c["user"] == b["user"] and (c["ts"] - 1000) // 20 == (b["ts"] - 1000) // 20
+    )
+    got = stored(server, "out")
+    assert result.reconciles and result.counts["pairs"].created == expected > 400
+    assert result.dead == 0 and len(got) == expected and len({m["id"] for m in got}) == expected
+
+
 def test_every_update_of_a_running_aggregate_and_every_count_window_is_stored(
     server: Server,
 ) -> None:
