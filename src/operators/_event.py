@@ -25,20 +25,15 @@ def id_part(text: str) -> str:
     """Return ``text`` as a part of a made record's id: ``%`` and ``/`` escaped, ``-`` alone too.
 
     So the parts of an id (a key, the ids of the records it was made from,
-    ``-`` for none, ``~`` and a digest for a record without an id) are read
-    back one way only: two records never share an id. A leading ``~`` is
-    escaped, so an id is never taken for a digest.
+    ``-`` for none, ``%23`` and a digest for a record without an id: see
+    `record_part`) are read back one way only: two records never share an id.
 
     >>> id_part("e1"), id_part("orders/7"), id_part("50%"), id_part("-"), id_part("a-b")
     ('e1', 'orders%2F7', '50%25', '%2D', 'a-b')
-    >>> id_part("~1"), id_part("1~")
-    ('%7E1', '1~')
     """
     if "/" in text or "%" in text:
-        text = text.replace("%", "%25").replace("/", "%2F")
-    elif text == "-":
-        return "%2D"
-    return "%7E" + text[1:] if text[:1] == "~" else text
+        return text.replace("%", "%25").replace("/", "%2F")
+    return "%2D" if text == "-" else text
 
 
 def record_id(record: Any) -> str | None:
@@ -54,22 +49,25 @@ def record_id(record: Any) -> str | None:
 def record_part(record: Any) -> str:
     """Return what tells ``record`` apart in a made record's id: its id, or its content's digest.
 
-    A record without an id (a dict, a tuple, a number) is named by ``~`` and a
-    digest of its text, the same on every run and in every process: records
-    of other content give results of other ids. Identical records without ids
-    give identical digests; where they meet at once (a window's records) the
-    caller tells them apart by their count.
+    A record without an id (a dict, a tuple, a number) is named by ``%23`` (an
+    escaped ``#``, which no escaped id begins with) and a digest of its text,
+    the same on every run and in every process: records of other content give
+    results of other ids. Identical records without ids give identical
+    digests; where they meet at once (a window's records) the caller tells
+    them apart by their count.
 
-    >>> record_part({"id": "orders/7"}), record_part({"n": 1}) == record_part({"n": 1})
-    ('orders%2F7', True)
-    >>> record_part({"n": 1}) != record_part({"n": 2}), record_part(("a", 1))[0]
-    (True, '~')
+    >>> record_part({"id": "orders/7"}), record_part({"id": "%23a"})
+    ('orders%2F7', '%2523a')
+    >>> record_part({"n": 1}) == record_part({"n": 1}) != record_part({"n": 2})
+    True
+    >>> record_part(("a", 1))[:3], len(record_part(("a", 1)))
+    ('%23', 19)
     """
     found = record_id(record)
     if found is not None:
         return found
     text = payload_text(record).encode("utf-8", "replace")
-    return "~" + hashlib.blake2b(text, digest_size=8).hexdigest()
+    return "%23" + hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def _now() -> datetime:

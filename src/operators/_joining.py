@@ -163,7 +163,14 @@ def _start_text(start: float) -> str:
 
 
 def _id_of(record: Any) -> str:
-    """Return a record's id as a part of a result's id (``-`` for no record)."""
+    """Return a record's id as a part of a result's id (``-`` for no record).
+
+    An event's id is read at once; other records (a dict's ``"id"``, or a
+    digest for none) as `record_part` reads them.
+    """
+    found = getattr(record, "id", None)
+    if found is not None:
+        return id_part(str(found))
     return "-" if record is None else record_part(record)
 
 
@@ -171,18 +178,17 @@ def _parts_of(side: list[tuple[float, Any]]) -> list[str]:
     """Return the id parts of a closed window's records on one side.
 
     Identical records without ids (one digest) are told apart by their count
-    (``~digest.1`` for the second): which of them is which does not matter,
+    (``%23digest.1`` for the second): which of them is which does not matter,
     so every run names the window's pairs alike.
     """
-    parts = [record_part(record) for _, record in side]
-    seen: dict[str, int] | None = None
-    for at, part in enumerate(parts):
-        if part[0] == "~":
-            if seen is None:
-                seen = {}
-            count = seen[part] = seen.get(part, -1) + 1
-            if count:
-                parts[at] = f"{part}.{count}"
+    parts = [_id_of(record) for _, record in side]
+    if len(parts) > 1 and len(set(parts)) < len(parts):
+        seen: dict[str, int] = {}
+        for at, part in enumerate(parts):
+            if part.startswith("%23"):
+                count = seen[part] = seen.get(part, -1) + 1
+                if count:
+                    parts[at] = f"{part}.{count}"
     return parts
 
 
@@ -563,22 +569,22 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             rights.sort(key=_TS)
         last = just_before(end)  # every result of the window is dated its last instant
         made = end - _TICK
-        named = self.spec.select is None  # results are `Joined`: each has an id of its own
-        lparts = _parts_of(lefts) if named else None
-        rparts = _parts_of(rights) if named else None
+        # A `Joined` result's id holds both records' parts: found once per record.
+        named = self.spec.select is None
         if lefts and rights:
-            for i, (lt, left) in enumerate(lefts):
-                for j, (rt, right) in enumerate(rights):
-                    parts = None if lparts is None or rparts is None else (lparts[i], rparts[j])
-                    self._emit(key, left, right, lt, rt, start, end, out, row, last, made, parts)
+            lparts = _parts_of(lefts) if named else [None] * len(lefts)
+            rparts = _parts_of(rights) if named else [None] * len(rights)
+            for (lt, left), lp in zip(lefts, lparts, strict=True):
+                for (rt, right), rp in zip(rights, rparts, strict=True):
+                    self._emit(key, left, right, lt, rt, start, end, out, row, last, made, lp, rp)
         elif lefts and how != "inner":
-            for i, (lt, left) in enumerate(lefts):
-                parts = None if lparts is None else (lparts[i], "-")
-                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made, parts)
+            lparts = _parts_of(lefts) if named else [None] * len(lefts)
+            for (lt, left), lp in zip(lefts, lparts, strict=True):
+                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made, lp)
         elif rights and how == "outer":
-            for j, (rt, right) in enumerate(rights):
-                parts = None if rparts is None else ("-", rparts[j])
-                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last, made, parts)
+            rparts = _parts_of(rights) if named else [None] * len(rights)
+            for (rt, right), rp in zip(rights, rparts, strict=True):
+                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last, made, "-", rp)
 
     def _close_interval(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
         spec = self.spec
@@ -691,12 +697,14 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         row: list[int],
         when: datetime | None = None,
         made_at: float | None = None,
-        parts: tuple[str, str] | None = None,
+        lpart: str | None = None,
+        rpart: str | None = None,
     ) -> None:
         """Emit a pair (a `Joined`, or what ``select`` makes of it), dated ``when``.
 
         ``when`` (``made_at`` in seconds) is by default the newer record's time;
-        ``parts``, the two records' parts of its id, are by default read from them.
+        ``lpart`` and ``rpart``, the records' parts of its id, are by default
+        read from them (`_id_of`).
         """
         spec = self.spec
         row[_CREATED] += 1
@@ -711,9 +719,11 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         else:
             # A pair meets in each sliding window that holds both: its start tells them apart.
             window = "" if start is None else f"{_start_text(start)}/"
-            if parts is None:
-                parts = (_id_of(left), _id_of(right))
-            ident = f"{spec.step}/{id_part(key)}/{window}{parts[0]}/{parts[1]}"
+            if lpart is None:
+                lpart = _id_of(left)
+            if rpart is None:
+                rpart = _id_of(right)
+            ident = f"{spec.step}/{id_part(key)}/{window}{lpart}/{rpart}"
             fields = {
                 "type": spec.step,
                 "id": ident,

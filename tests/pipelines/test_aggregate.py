@@ -383,7 +383,7 @@ def test_updates_and_count_windows_of_records_without_ids_are_named_by_their_con
         running = keyed.aggregate(emit="running", n=agg.count()).write(sinks.memory("o"))
         ids = [r.id for r in running.run()["o"]]
         assert len(set(ids)) == 30
-        assert all(i.startswith("aggregate_running_n/a/running/~") for i in ids)
+        assert all(i.startswith("aggregate_running_n/a/running/%23") for i in ids)
         runs = [ids]
         clock = windows.event_time(lambda r: r["ts"])
         counted = keyed.window(windows.count(4), clock=clock).aggregate(n=agg.count())
