@@ -15,10 +15,11 @@ sequence read); a server unreachable at the start, or a stream that does not
 exist, is an error within ``connect_timeout``.
 
 `JetStreamSink` publishes each record (its JSON) with the ``Nats-Msg-Id``
-header set from its event id, the publishes of a batch concurrently, each
-acknowledged by the stream: within the stream's duplicate window, JetStream
-drops a record published again after a crash and resume, so each is stored
-once.
+header set from the subject and its event id (``out.clicks c7``), the
+publishes of a batch concurrently, each acknowledged by the stream: within
+the stream's duplicate window, JetStream drops a record published again to
+its subject after a crash and resume, so each is stored once; the same record
+written to two subjects of one stream is stored on each.
 """
 
 from __future__ import annotations
@@ -268,11 +269,13 @@ class _Publisher(Writer):
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink
         messages, unwritable = messages_of(items)
+        prefix = f"{sink.subject} "  # a subject holds no space: read back one way only
 
         async def publish_all() -> list[Any]:
             sends = []
             for _, data, event_id in messages:
-                headers = None if event_id is None else {"Nats-Msg-Id": event_id}
+                # Per subject: a record written to two subjects of one stream is two messages.
+                headers = None if event_id is None else {"Nats-Msg-Id": f"{prefix}{event_id}"}
                 sends.append(self.js.publish(sink.subject, data, headers=headers, timeout=10))
             return await asyncio.gather(*sends, return_exceptions=True)
 

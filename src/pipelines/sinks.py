@@ -88,11 +88,13 @@ def nats(
     retry_for: float = 30.0,
     name: str | None = None,
 ) -> JetStreamSink:
-    """Publish records to a JetStream subject, each with ``Nats-Msg-Id`` set to its id.
+    """Publish records to a JetStream subject, each with ``Nats-Msg-Id`` from its id.
 
+    The header is the subject and the record's id (``out.clicks c7``).
     JetStream drops a message whose id it stored within the stream's
     duplicate window (two minutes by default): records published again after
-    a crash and resume are stored once. A batch the server refuses for
+    a crash and resume are stored once, and a record written to two subjects
+    of one stream is stored on each. A batch the server refuses for
     ``retry_for`` seconds becomes dead letters.
     """
     return JetStreamSink(

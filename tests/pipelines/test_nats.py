@@ -182,7 +182,7 @@ def test_publishing_again_stores_each_record_once(server: Server) -> None:
     flow.run(workers=2)
     flow.run()  # as a resume writes again what came after its snapshot
     got = stored(server, "out")
-    assert Counter(m["id"] for m in got) == Counter(f"c{i}" for i in range(1500))
+    assert Counter(m["id"] for m in got) == Counter(f"out.clicks c{i}" for i in range(1500))
     assert got[0]["data"]["type"] == "click"
 
 
@@ -244,6 +244,30 @@ def test_every_pair_of_a_join_of_records_without_ids_is_stored(server: Server) -
     assert result.dead == 0 and len(got) == expected and len({m["id"] for m in got}) == expected
 
 
+def test_a_record_written_to_two_subjects_of_one_stream_is_stored_on_each(
+    server: Server,
+) -> None:
+    # JetStream drops a message whose Nats-Msg-Id the stream holds, whatever its subject:
+    # a record written to out.all and to out.big (one stream) was stored once, while
+    # the run counted both writes.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    clicks = [Click(user=f"u{i % 4}", id=f"c{i}") for i in range(300)]
+    read = Pipeline("two_subjects").read(sources.memory(clicks, batch_size=40))
+    both = read.write(sinks.nats(server.url, "out.all"), name="all") | read.filter(
+        lambda c: c.user == "u0"
+    ).write(sinks.nats(server.url, "out.big"), name="big")
+    result = both.run()
+    got = stored(server, "out")
+    assert result.written == 375 and result.reconciles
+    assert len(got) == 375 and {m["id"] for m in got if m["data"]["id"] == "c0"} == {
+        "out.all c0",
+        "out.big c0",
+    }
+    assert Counter(m["data"]["id"] for m in got) == Counter(
+        [c.id for c in clicks] + [c.id for c in clicks if c.user == "u0"]
+    )
+
+
 def test_every_update_of_a_running_aggregate_and_every_count_window_is_stored(
     server: Server,
 ) -> None:
@@ -273,7 +297,7 @@ def test_a_record_no_json_can_hold_is_a_dead_letter_at_once_and_the_rest_is_publ
 ) -> None:
     server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
     write_with_a_loop(sinks.nats(server.url, "out.clicks", retry_for=60), "to_subject")
-    assert [m["id"] for m in stored(server, "out")] == ["c0", "c2"]
+    assert [m["id"] for m in stored(server, "out")] == ["out.clicks c0", "out.clicks c2"]
 
 
 APP = """
@@ -353,7 +377,7 @@ def test_records_read_without_ids_killed_and_resumed_are_published_exactly_once(
     killed_then_finished(app, env, tmp_path / "store", seed=5, after=(1.0, 1.8))
     got = stored(server, "out")
     assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
-    assert {m["id"] for m in got} == {f"read_jsonl_clicks/{lines}/{i}" for i in range(n)}
+    assert {m["id"] for m in got} == {f"out.clicks read_jsonl_clicks/{lines}/{i}" for i in range(n)}
 
 
 JOIN_APP = """
