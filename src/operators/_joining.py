@@ -43,7 +43,7 @@ import json
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -572,19 +572,30 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         # A `Joined` result's id holds both records' parts: found once per record.
         named = self.spec.select is None
         if lefts and rights:
-            lparts = _parts_of(lefts) if named else [None] * len(lefts)
-            rparts = _parts_of(rights) if named else [None] * len(rights)
-            for (lt, left), lp in zip(lefts, lparts, strict=True):
-                for (rt, right), rp in zip(rights, rparts, strict=True):
+            if not named:  # what select makes has no id from evflow
+                for lt, left in lefts:
+                    for rt, right in rights:
+                        self._emit(key, left, right, lt, rt, start, end, out, row, last, made)
+                return
+            lparts = _parts_of(lefts) if len(lefts) > 1 else [_id_of(lefts[0][1])]
+            rparts = _parts_of(rights) if len(rights) > 1 else [_id_of(rights[0][1])]
+            for i, (lt, left) in enumerate(lefts):
+                lp = lparts[i]
+                j = 0
+                for rt, right in rights:
+                    rp = rparts[j]
+                    j += 1  # noqa: SIM113 - a counter: cheaper than a tuple per pair
                     self._emit(key, left, right, lt, rt, start, end, out, row, last, made, lp, rp)
         elif lefts and how != "inner":
-            lparts = _parts_of(lefts) if named else [None] * len(lefts)
-            for (lt, left), lp in zip(lefts, lparts, strict=True):
-                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made, lp)
+            alone: Sequence[str | None] = _parts_of(lefts) if named else [None] * len(lefts)
+            for (lt, left), part in zip(lefts, alone, strict=True):
+                self._emit(key, left, None, lt, _NEVER, start, end, out, row, last, made, part)
         elif rights and how == "outer":
-            rparts = _parts_of(rights) if named else [None] * len(rights)
-            for (rt, right), rp in zip(rights, rparts, strict=True):
-                self._emit(key, None, right, _NEVER, rt, start, end, out, row, last, made, "-", rp)
+            alone = _parts_of(rights) if named else [None] * len(rights)
+            for (rt, right), part in zip(rights, alone, strict=True):
+                self._emit(
+                    key, None, right, _NEVER, rt, start, end, out, row, last, made, "-", part
+                )
 
     def _close_interval(self, upto: float, out: list[tuple[str, Any]], row: list[int]) -> None:
         spec = self.spec
