@@ -64,6 +64,7 @@ from operators._windowing import (
     _utc,
     construct_valid,
     just_before,
+    kept,
     overlapping,
     pop_session,
     sort_sessions,
@@ -149,17 +150,8 @@ def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]
 _TS = operator.itemgetter(0)
 
 
-_START_TEXT: dict[float, str] = {}
-
-
-def _start_text(start: float) -> str:
-    """Return a window's start as a part of a result's id (windows share starts: kept)."""
-    found = _START_TEXT.get(start)
-    if found is None:
-        if len(_START_TEXT) > 50_000:
-            _START_TEXT.clear()
-        found = _START_TEXT[start] = f"{start:.6f}"
-    return found
+#: A window's start as a part of a result's id (windows share starts: kept).
+_start_text = kept(lambda start: f"{start:.6f}")
 
 
 def _id_of(record: Any) -> str:

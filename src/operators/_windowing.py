@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pydantic
 from bytewax.operators import StatefulBatchLogic
@@ -638,17 +638,32 @@ class Combiner:
         ]
 
 
-_UTC_CACHE: dict[float, datetime] = {}
+T = TypeVar("T")
 
 
-def _utc(seconds: float) -> datetime:
-    # Many results share window bounds: keep the datetimes made.
-    found = _UTC_CACHE.get(seconds)
-    if found is None:
-        if len(_UTC_CACHE) > 50_000:
-            _UTC_CACHE.clear()
-        found = _UTC_CACHE[seconds] = datetime.fromtimestamp(seconds, timezone.utc)
-    return found
+def kept(make: Callable[[float], T], limit: int = 50_000) -> Callable[[float], T]:
+    """Return ``make``, keeping what it made for each time (up to ``limit``, then anew).
+
+    Many results share window bounds: their datetimes and texts are made once.
+
+    >>> text = kept(lambda s: f"{s:.1f}", limit=1)
+    >>> text(1.0), text(1.0) is text(1.0), text(2.0), text(3.0)
+    ('1.0', True, '2.0', '3.0')
+    """
+    made: dict[float, T] = {}
+
+    def get(seconds: float) -> T:
+        found = made.get(seconds)
+        if found is None:
+            if len(made) > limit:
+                made.clear()
+            found = made[seconds] = make(seconds)
+        return found
+
+    return get
+
+
+_utc = kept(lambda seconds: datetime.fromtimestamp(seconds, timezone.utc))
 
 
 def wake_at(seconds: float) -> datetime | None:
