@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from operators._event import Schema
+from operators._event import Schema, own_id
 from operators._sinks import Sink, to_json
 from operators._sources import Reader, Source, slug
 
@@ -64,8 +64,7 @@ def message_of(item: Any) -> tuple[bytes, str | None]:
                 data = item.encode("utf-8", "surrogatepass")
     else:
         data = to_json(item).encode()
-    found = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
-    return data, None if found is None else str(found)
+    return data, own_id(item)
 
 
 def messages_of(

@@ -36,14 +36,24 @@ def id_part(text: str) -> str:
     return "%2D" if text == "-" else text
 
 
+def own_id(record: Any) -> str | None:
+    """Return ``record``'s own id as text (an object's ``id``, a dict's ``"id"``), or None.
+
+    >>> own_id({"id": 7}), own_id({"n": 1}), own_id(("a", 1))
+    ('7', None, None)
+    """
+    found = record.get("id") if isinstance(record, dict) else getattr(record, "id", None)
+    return None if found is None else str(found)
+
+
 def record_id(record: Any) -> str | None:
     """Return ``record``'s id as a part of a made record's id, or None if it has none.
 
     >>> record_id({"id": "orders/7"}), record_id({"n": 1}), record_id(("a", 1))
     ('orders%2F7', None, None)
     """
-    found = record.get("id") if isinstance(record, dict) else getattr(record, "id", None)
-    return None if found is None else id_part(str(found))
+    found = own_id(record)
+    return None if found is None else id_part(found)
 
 
 def record_part(record: Any) -> str:
