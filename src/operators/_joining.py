@@ -53,7 +53,7 @@ from pydantic import AwareDatetime
 
 from operators._deadletter import payload_text
 from operators._event import Event, id_part, record_part
-from operators._keying import BUCKET_LAYOUT, Marked, check_layout
+from operators._keying import BUCKET_LAYOUT, Marked, check_layout, check_shape
 from operators._letters import Letters, Notes
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
@@ -141,6 +141,17 @@ class JoinSpec:
     #: What the steps after need to know of when results are made (`Notes`).
     notes: Notes | None = None
 
+    @property
+    def shape(self) -> str:
+        """Say what the join's state is made of: a resume from another shape is refused."""
+        if self.kind == "interval":
+            return "the records of an interval join"
+        if self.kind == "table":
+            return "the rows and records of a table join"
+        if isinstance(self.window, Session):
+            return "the records of a join of sessions"
+        return "the records of a join of time windows"
+
 
 def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]:
     return (row[0], row[1], row[2])
@@ -195,6 +206,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
     def __init__(self, spec: JoinSpec, resume: dict[str, Any] | None) -> None:
         """Start empty, or from a snapshot."""
         check_layout(spec.step, resume)
+        check_shape(spec.step, resume, spec.shape)
         self.spec = spec
         state = resume or {}
         self.start_watermarks(state, spec.partitions, spec.idle)
@@ -294,6 +306,7 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             "newest": self.newest,
             "open": self._open(),
             "layout": BUCKET_LAYOUT,
+            "shape": self.spec.shape,
         }
         check_state(self.spec.step, snap)
         return snap

@@ -13,6 +13,7 @@ import operator
 import pickle
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,7 +75,9 @@ __all__ = [
     "SplitOp",
     "bucket_count",
     "check_layout",
+    "check_shape",
     "event_seconds",
+    "held_in",
     "unpicklable",
 ]
 
@@ -129,6 +132,73 @@ def check_layout(step: str, resume: dict[str, Any] | None) -> None:
             f"it, or remove the store to start afresh."
         )
         raise ResumeError(msg)
+
+
+def held_in(state: Any) -> Counter[str]:
+    """Count what a step's snapshot holds that a run without the step would drop.
+
+    A keyed step's bucket holds open windows, held records, key states and
+    timers; any other step's snapshot (a source's or an exactly-once sink's)
+    is its position in one partition of its input or output.
+
+    >>> held_in({"layout": "b", "wins": {("k", 0.0): [1]}, "heap": [(10.0, "k", 0.0)]})
+    Counter({'open window(s)': 1})
+    >>> held_in({"layout": "b", "states": {"k": 1}, "timers": {"k": {"t": 1}}, "held": 2})
+    Counter({'held record(s)': 2, 'key state(s)': 1, 'timer(s)': 1})
+    >>> held_in({"layout": "b", "wins": {}, "panes": {}}) or held_in(None) or "nothing"
+    'nothing'
+    >>> held_in({"part0": 41})
+    Counter({'position(s) in its partitions': 1})
+    """
+    said: Counter[str] = Counter()
+    if state is None:
+        return said
+    if not isinstance(state, dict) or "layout" not in state:
+        said["position(s) in its partitions"] = 1
+        return said
+    said["open window(s)"] = len(state.get("wins") or ())
+    said["key state(s)"] = len(state.get("states") or ())
+    timers = state.get("timers") or {}
+    if isinstance(timers, dict):
+        said["timer(s)"] = sum(len(mine) for mine in timers.values())
+    held = state.get("open", state.get("held"))
+    if held is not None and not isinstance(held, int):
+        held = len(held) + len(state.get("pending") or ())
+    said["held record(s)"] = held or 0
+    return +said
+
+
+def check_shape(step: str, resume: dict[str, Any] | None, shape: str) -> None:
+    """Refuse a bucket snapshot that a step of the same name but another kind of state made.
+
+    ``shape`` says what the step's state is made of (`WindowSpec.shape`,
+    `JoinSpec.shape`). A snapshot from before shapes were kept, or one that
+    holds nothing, resumes whatever the step now is.
+
+    >>> one = {"layout": BUCKET_LAYOUT, "shape": "a", "wins": {("k", 0.0): [1]}}
+    >>> check_shape("w", one, "a"), check_shape("w", {**one, "wins": {}}, "b")
+    (None, None)
+    >>> check_shape("w", one, "b")
+    Traceback (most recent call last):
+    ...
+    operators._stage.ResumeError: step 'w': its snapshot in the recovery store holds a (1 ...
+    """
+    if resume is None:
+        return
+    was = resume.get("shape")
+    if was is None or was == shape:
+        return
+    holds = held_in(resume)
+    if not holds:
+        return
+    said = ", ".join(f"{n} {what}" for what, n in holds.items())
+    msg = (
+        f"step {step!r}: its snapshot in the recovery store holds {was} ({said} in a key "
+        f"bucket), and the step is now {shape}: resuming would read that state as what it "
+        f"is not, and lose what it holds; resume with the step as it was (a window's size "
+        f"may change, its kind and fields may not)"
+    )
+    raise ResumeError(msg)
 
 
 _IN, _OUT, _DEAD, _CREATED, _AGG, _OPEN = (

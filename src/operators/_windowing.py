@@ -43,7 +43,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators._deadletter import DeadLetter, payload_text
 from operators._event import Event, record_part
-from operators._keying import BUCKET_LAYOUT, Marked, check_layout
+from operators._keying import BUCKET_LAYOUT, Marked, check_layout, check_shape
 from operators._letters import Making, Notes, _iso, dead_item
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
@@ -338,6 +338,27 @@ def make_fresh(aggs: Sequence[Aggregator]) -> Callable[[], list[Any]]:
     return lambda: [g.create() for g in aggs]
 
 
+def aggregate_shape(window: Window | None, names: list[str], aggs: list[Aggregator]) -> str:
+    """Say what an aggregate's state is made of: its kind of window and its aggregators.
+
+    Tumbling and sliding windows of any size keep their state alike.
+
+    >>> from operators import agg, windows
+    >>> aggregate_shape(windows.sliding(60, 10), ["n", "top"], [agg.count(), agg.max("x")])
+    'time windows of n=count(), top=max(x)'
+    >>> aggregate_shape(None, ["n"], [agg.count()])
+    'running aggregates of n=count()'
+    """
+    if window is None:
+        kind = "running aggregates"
+    elif isinstance(window, Session | Count):
+        kind = f"{type(window).__name__.lower()} windows"
+    else:
+        kind = "time windows"
+    fields = ", ".join(f"{name}={g.label}" for name, g in zip(names, aggs, strict=True))
+    return f"{kind} of {fields}"
+
+
 @dataclass
 class WindowSpec:
     """Everything one aggregate step's bucket logic needs."""
@@ -379,6 +400,8 @@ class WindowSpec:
         #: The results' ``type``: their model's own (the step's name, or what a
         #: model named with ``into=`` declares), so each validates as its model.
         self.kind = own_type(self.result_model) or self.step
+        #: What the state is made of: a resume from another shape is refused.
+        self.shape = aggregate_shape(self.window, self.names, self.aggs)
         self.finish = make_finisher(
             self.step,
             self.names,
@@ -874,6 +897,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
     def __init__(self, spec: WindowSpec, resume: dict[str, Any] | None) -> None:
         """Start empty, or from a snapshot."""
         check_layout(spec.step, resume)
+        check_shape(spec.step, resume, spec.shape)
         self.spec = spec
         state = resume or {}
         self.start_watermarks(state, spec.partitions, spec.idle)
@@ -1704,6 +1728,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             "sessions": "end+gap",
             "versions": self.versions,
             "expiry": self.expiry,
+            "shape": self.spec.shape,
         }
         check_state(self.spec.step, snap)
         return snap

@@ -330,3 +330,180 @@ def test_a_halted_run_never_tells_its_reader_a_position_past_the_halt(tmp_path: 
         p.run(recovery=tmp_path / "s")
     # Never past the chunk that halted (50 to 59): a resumed run reads it again.
     assert all(position <= 50 for position in source.told)
+
+
+# -- a pipeline changed between a halt and its resume --------------------------
+
+
+def _changed(
+    tmp_path: Path, step: str, *, halt_at: int | None = None, source: str = "buys"
+) -> Pipeline:
+    """Purchases of three users (100 a second) through one keyed step, results to a file.
+
+    ``step`` picks the keyed step: ``"w10"``, ``"w20"`` (10 or 20 second
+    tumbling counts under their default names), ``"named10"``, ``"named20"``
+    (the same, named ``counts``), ``"named_sum"`` (``counts`` with a sum too),
+    ``"join"`` or ``"join2"`` (an interval join of the purchases with themselves
+    under two names), ``"join_window"`` (a windowed one named ``join``),
+    ``"process"`` or ``"process2"`` (a running total per user with a timer,
+    under two names).
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+    from tests.helpers import Purchase
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    buys = [
+        Purchase(id=f"p{i}", user=f"u{i % 3}", amount=i, time=t0 + timedelta(seconds=i / 100))
+        for i in range(20_000)
+    ]
+
+    def stop(e: Purchase) -> Purchase:
+        if e.amount == halt_at:
+            raise RuntimeError("stop")
+        return e
+
+    keyed = (
+        Pipeline("changed")
+        .read(sources.memory(buys, batch_size=100), name=source)
+        .map(stop, on_error="halt")
+        .key_by(lambda e: e.user)
+    )
+    out: Any
+    if step.startswith(("w", "named")):
+        window = windows.tumbling(seconds=20 if step.endswith("20") else 10)
+        fields: dict[str, Any] = {"n": agg.count()}
+        if step == "named_sum":
+            fields["total"] = agg.sum("amount")
+        name = "counts" if step.startswith("named") else None
+        out = keyed.window(window).aggregate(name=name, **fields)
+    elif step == "join_window":
+        out = keyed.join(
+            keyed, window=windows.tumbling(seconds=1), name="join", select=lambda a, b: a.amount
+        )
+    elif step.startswith("join"):
+        out = keyed.join(keyed, between=(0, 0.02), name=step, select=lambda a, b: a.amount)
+    else:
+
+        def total(state: float, e: Purchase, ctx: Any) -> float:
+            ctx.timer(e.time + timedelta(seconds=1))
+            return state + e.amount
+
+        def told(state: float, timer: Any, ctx: Any) -> float:
+            ctx.emit((ctx.key, state))
+            return state
+
+        out = keyed.process(total, initial=float, on_timer=told, name=step)
+    return out.write(sinks.jsonl(tmp_path / "out.jsonl"))
+
+
+def _halted(tmp_path: Path, step: str) -> Path:
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        _changed(tmp_path, step, halt_at=15_000).run(recovery=store, snapshot_interval=0.01)
+    return store
+
+
+def _counted(tmp_path: Path) -> dict[str, int]:
+    """Each user's count over the windows written."""
+    counts = {"u0": 0, "u1": 0, "u2": 0}
+    for line in (tmp_path / "out.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        counts[row["key"]] += row["n"]
+    return counts
+
+
+EVERY_USER = {"u0": 6667, "u1": 6667, "u2": 6666}
+
+
+def test_a_step_renamed_by_a_changed_window_is_refused_then_resumed_as_it_was(
+    tmp_path: Path,
+) -> None:
+    # An aggregate's default name says its window: resumed with another, its
+    # old state (the events of its open windows) would be dropped, the
+    # summary reconciling. Refused, naming what it holds; resumed as it was,
+    # every event counts once.
+    from pipelines import ResumeError
+
+    store = _halted(tmp_path, "w10")
+    with pytest.raises(
+        ResumeError,
+        match=r"holds the state of step\(s\) this pipeline does not have "
+        r"\('aggregate_tumbling_10s_n': \d+ open window\(s\)\): resuming would drop it.*"
+        r"steps that keep state are \['buys', 'aggregate_tumbling_20s_n'\].*Hint: resume "
+        r"with the pipeline as it was",
+    ):
+        _changed(tmp_path, "w20").run(recovery=store)
+    # A renamed source would read its input again: refused too.
+    with pytest.raises(ResumeError, match=r"\('buys': 1 position\(s\) in its partitions\)"):
+        _changed(tmp_path, "w10", source="purchases").run(recovery=store)
+    assert _changed(tmp_path, "w10").run(recovery=store).reconciles
+    assert _counted(tmp_path) == EVERY_USER
+
+
+def test_a_named_step_may_change_its_window_size_but_not_its_fields(tmp_path: Path) -> None:
+    # Under its old name a changed window resumes: the windows it holds close
+    # as they were made, the new ones have the new size. New fields would read
+    # the accumulators of others: refused.
+    from pipelines import ResumeError
+
+    store = _halted(tmp_path, "named10")
+    with pytest.raises(
+        ResumeError,
+        match=r"step 'counts': its snapshot in the recovery store holds time windows of "
+        r"n=count\(\) \(\d+ open window\(s\) in a key bucket\), and the step is now time "
+        r"windows of n=count\(\), total=sum\(amount\).*Hint: remove the store",
+    ):
+        _changed(tmp_path, "named_sum").run(recovery=store)
+    assert _changed(tmp_path, "named20").run(recovery=store).reconciles
+    assert _counted(tmp_path) == EVERY_USER
+    sizes = {
+        json.loads(line)["end"][17:19] != json.loads(line)["start"][17:19]
+        for line in (tmp_path / "out.jsonl").read_text().splitlines()
+    }
+    assert sizes == {True}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "held"),
+    [
+        ("join", "join2", r"held record\(s\)"),
+        ("process", "process2", r"key state\(s\), \d+ timer\(s\)"),
+    ],
+)
+def test_a_renamed_join_or_process_step_is_refused_with_what_it_holds(
+    tmp_path: Path, before: str, after: str, held: str
+) -> None:
+    from pipelines import ResumeError
+
+    store = _halted(tmp_path, before)
+    with pytest.raises(ResumeError, match=rf"\('{before}': \d+ {held}"):
+        _changed(tmp_path, after).run(recovery=store)
+
+
+def test_a_join_of_another_kind_under_the_same_name_is_refused(tmp_path: Path) -> None:
+    from pipelines import ResumeError
+
+    store = _halted(tmp_path, "join")
+    with pytest.raises(
+        ResumeError,
+        match=r"step 'join': its snapshot in the recovery store holds the records of an "
+        r"interval join \(\d+ held record\(s\) in a key bucket\), and the step is now the "
+        r"records of a join of time windows",
+    ):
+        _changed(tmp_path, "join_window").run(recovery=store)
+    assert _changed(tmp_path, "join").run(recovery=store).reconciles
+    pairs = (tmp_path / "out.jsonl").read_text().splitlines()
+    # Each purchase meets itself and those of its user up to 0.02 s later (0.03 s apart).
+    assert sorted(map(float, pairs)) == sorted(float(i) for i in range(20_000))
+
+
+def test_a_step_whose_windows_have_all_closed_may_go(tmp_path: Path) -> None:
+    # A run that ended closed every window: its aggregate holds nothing, and
+    # a changed pipeline starts on the store (reading on from the end).
+    store = tmp_path / "store"
+    assert _changed(tmp_path, "w10").run(recovery=store).reconciles
+    assert _counted(tmp_path) == EVERY_USER
+    again = _changed(tmp_path, "w20").run(recovery=store)
+    assert again.reconciles and again.counts["buys"].received == 0

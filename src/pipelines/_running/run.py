@@ -30,7 +30,13 @@ from pipelines._running.compile import Compiled, compile_pipeline
 from pipelines._running.metrics import Metrics
 from pipelines._running.options import OptionError, seconds_option
 from pipelines._running.panics import quiet_panics
-from pipelines._running.store import check_partitions, check_permissions, check_store, lock_store
+from pipelines._running.store import (
+    check_partitions,
+    check_permissions,
+    check_steps,
+    check_store,
+    lock_store,
+)
 from pipelines._showing.result import RunResult, StepCounts
 
 if TYPE_CHECKING:
@@ -262,6 +268,7 @@ def execute(
     )
     if recovery is not None:
         check_partitions(recovery.directory, compiled.partitions)
+        check_steps(recovery.directory, step_ids(compiled.flow.substeps), stateful_steps(pipeline))
     if monitor is not None:
         monitor(compiled)
     server = None
@@ -329,6 +336,25 @@ def execute(
         error,
         ctx.dead_counts,
     )
+
+
+def step_ids(operators: list[Any]) -> set[str]:
+    """Return the engine step ids of ``operators`` and of all their inner steps."""
+    found: set[str] = set()
+    for operator in operators:
+        found.add(operator.step_id)
+        found |= step_ids(operator.substeps)
+    return found
+
+
+def stateful_steps(pipeline: Pipeline) -> list[str]:
+    """Return the names of the steps of ``pipeline`` that keep state in the snapshots."""
+    return [
+        node.name
+        for node in pipeline.graph
+        if node.kind in ("read", "aggregate", "join", "process")
+        or (node.kind == "dispatch" and node.params.get("key") is not None)
+    ]
 
 
 def _engine_error(exc: BaseException) -> bool:

@@ -24,11 +24,13 @@ import stat
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from operators._keying import held_in
 from operators._pickles import SAFE_GLOBALS, check_snapshot
 
 __all__ = [
@@ -126,6 +128,64 @@ def check_partitions(directory: Path, partitions: dict[str, Callable[[], list[st
                 f"store and the outputs written with it to start over."
             )
             raise ResumeError(msg)
+
+
+def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
+    """Refuse to resume a store that holds the state of steps this run lacks.
+
+    ``steps`` are the engine's step ids of this run, ``shown`` the names of
+    its steps that keep state (for the message). A step whose name
+    changed (an aggregate's default name says its window and fields) or that
+    was removed would start afresh and its snapshot be dropped: the events in
+    its open windows lost, its source read again from the start. A step whose
+    snapshot holds nothing (all its windows closed) is no loss.
+    """
+    from operators import ResumeError
+
+    with contextlib.ExitStack() as stack:
+        dbs = [
+            stack.enter_context(contextlib.closing(sqlite3.connect(part)))
+            for part in sorted(directory.glob("*.sqlite3"))
+        ]
+        known = [e for e in map(_resume_epoch, dbs) if e is not None]
+        if not known:
+            return
+        resume = min(known)
+        latest: dict[tuple[str, str], tuple[int, Any]] = {}
+        for db in dbs:
+            for step, key, epoch, blob in db.execute(
+                "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps WHERE snap_epoch < ?",
+                (resume,),
+            ):
+                if step in steps:
+                    continue
+                before = latest.get((step, key))
+                if before is None or epoch > before[0]:
+                    latest[(step, key)] = (epoch, blob)
+    lost: dict[str, Counter[str]] = {}
+    for (step, _key), (_, blob) in sorted(latest.items()):
+        if not isinstance(blob, bytes) or check_snapshot(blob) is not None:
+            continue  # no state (or one `check_store` refuses)
+        said = held_in(pickle.loads(blob))  # its opcodes were checked just above
+        if said:
+            lost.setdefault(step.split(".", 1)[-1], Counter()).update(said)
+    if lost:
+        gone = "; ".join(
+            f"{step!r}: " + ", ".join(f"{n} {what}" for what, n in said.items())
+            for step, said in lost.items()
+        )
+        msg = (
+            f"recovery store {str(directory)!r} holds the state of step(s) this pipeline "
+            f"does not have ({gone}): resuming would drop it, and what it holds with it (the "
+            f"events of open windows; a source's position, so its input would be read "
+            f"again). This pipeline's steps that keep state are {shown}; an aggregate's "
+            f"default name says its window and fields (aggregate_tumbling_10s_n), so "
+            f"changing them renames it. Hint: resume with the pipeline as it was; or give "
+            f"a changed window its step's old name (name='aggregate_tumbling_10s_n'), and "
+            f"the windows it holds close as they were made; or remove the store and the "
+            f"outputs written with it to start over."
+        )
+        raise ResumeError(msg)
 
 
 def check_permissions(directory: Path) -> None:
