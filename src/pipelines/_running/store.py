@@ -153,15 +153,16 @@ def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
         resume = min(known)
         latest: dict[tuple[str, str], tuple[int, Any]] = {}
         for db in dbs:
-            for step, key, epoch, blob in db.execute(
-                "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps WHERE snap_epoch < ?",
-                (resume,),
-            ):
-                if step in steps:
-                    continue
-                before = latest.get((step, key))
-                if before is None or epoch > before[0]:
-                    latest[(step, key)] = (epoch, blob)
+            kept = {step for (step,) in db.execute("SELECT DISTINCT step_id FROM snaps")}
+            for step in sorted(kept - steps):  # only their snapshots are read
+                for key, epoch, blob in db.execute(
+                    "SELECT state_key, snap_epoch, ser_change FROM snaps "
+                    "WHERE step_id = ? AND snap_epoch < ?",
+                    (step, resume),
+                ):
+                    before = latest.get((step, key))
+                    if before is None or epoch > before[0]:
+                        latest[(step, key)] = (epoch, blob)
     lost: dict[str, Counter[str]] = {}
     for (step, _key), (_, blob) in sorted(latest.items()):
         if not isinstance(blob, bytes) or check_snapshot(blob) is not None:
