@@ -288,6 +288,8 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         except Exception as exc:
             if self.counters is None:
                 raise
+            if isinstance(exc, ResumeError):
+                self.counters.halt(exc)
             if resume_state is not None:
                 self.counters.halt(ResumeError.of(step, exc, for_part))
             self.counters.halt(exc)
@@ -324,12 +326,19 @@ def _check_batch(batch_size: int) -> int:
 
 class _ListReader(Reader):
     def __init__(
-        self, items: Sequence[Any], start: int, end: int, step: str, part: str, batch: int
+        self,
+        items: Sequence[Any],
+        bounds: tuple[int, int],
+        pos: int,
+        step: str,
+        part: str,
+        batch: int,
     ) -> None:
         self.items = items
-        self.pos = start
-        self.start = start
-        self.end = end
+        #: The part of the list this partition reads: kept in its position.
+        self.bounds = bounds
+        self.pos = pos
+        self.end = bounds[1]
         self.step = step
         self.part = part
         self.batch = batch
@@ -342,8 +351,8 @@ class _ListReader(Reader):
         self.pos = stop
         return chunk
 
-    def position(self) -> int:
-        return self.pos
+    def position(self) -> tuple[int, int, int]:
+        return (self.pos, *self.bounds)
 
 
 class MemorySource(Source[R]):
@@ -379,10 +388,23 @@ class MemorySource(Source[R]):
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Read one contiguous part of the list."""
-        start, end = _split(len(self.items), self.parts)[int(partition[4:])]
-        if resume is not None:
-            start = int(resume)
-        return _ListReader(self.items, start, end, step, partition, self.batch_size)
+        bounds = _split(len(self.items), self.parts)[int(partition[4:])]
+        pos = bounds[0]
+        if isinstance(resume, tuple):
+            pos, *was = resume
+            if tuple(was) != bounds:
+                msg = (
+                    f"step {step!r}: partition {partition!r} read items {was[0]} to {was[1]} "
+                    f"of the list when the recovery store was written, and would read "
+                    f"{bounds[0]} to {bounds[1]} now (the list has {len(self.items)} items in "
+                    f"{self.parts} partition(s)): with another list or partitions= a resume "
+                    f"would skip records or read them again; resume with the list and the "
+                    f"partitions it was written with"
+                )
+                raise ResumeError(msg)
+        elif resume is not None:  # a snapshot of an earlier evflow: the position alone
+            pos = int(resume)
+        return _ListReader(self.items, bounds, pos, step, partition, self.batch_size)
 
 
 def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
@@ -597,7 +619,16 @@ class _GenerateReader(Reader):
         self.rng = random.Random(f"{src.seed}:{part}")
         self.made = 0
         if resume is not None:
-            self.made, state = resume
+            self.made, state, *parts = resume
+            if parts and parts[0] != src.parts:
+                msg = (
+                    f"step {step!r}: the generator made its records in {parts[0]} "
+                    f"partition(s) when the recovery store was written, and would make them "
+                    f"in {src.parts} now: each partition makes its own share of the sequence, "
+                    f"so a resume would make other records; resume with "
+                    f"partitions={parts[0]}"
+                )
+                raise ResumeError(msg)
             self.rng.setstate(state)
         self.started = datetime.now(timezone.utc)
         self.resumed_at = self.made
@@ -641,8 +672,8 @@ class _GenerateReader(Reader):
     def next_awake(self) -> datetime | None:
         return self.wake
 
-    def position(self) -> tuple[int, Any]:
-        return (self.made, self.rng.getstate())
+    def position(self) -> tuple[int, Any, int]:
+        return (self.made, self.rng.getstate(), self.src.parts)
 
 
 class GenerateSource(Source[Any]):

@@ -174,7 +174,7 @@ def test_a_partition_hands_over_the_chunks_ready_now_up_to_its_read_ahead() -> N
     assert sizes[0] == READ_AHEAD > 1  # 13 chunks ready: the first call takes 8
     assert sum(sizes) == 14 and batches[-1][-1].eof  # 13 chunks, then the end
     assert [x for b in batches for c in b for x in c.items] == list(range(25))
-    assert part.snapshot() == 25
+    assert part.snapshot() == (25, 0, 25)  # read up to 25 of the part 0 to 25
 
 
 def test_standard_input_hands_on_each_chunk_as_it_is_read(

@@ -527,3 +527,48 @@ def test_a_step_whose_windows_have_all_closed_may_go(tmp_path: Path) -> None:
     assert _counted(tmp_path) == EVERY_USER
     again = _changed(tmp_path, "w20").run(recovery=store)
     assert again.reconciles and again.counts["buys"].received == 0
+
+
+@pytest.mark.parametrize("source", ["memory", "generate"])
+def test_a_source_resumed_in_other_partitions_is_refused_then_exact(
+    tmp_path: Path, source: str
+) -> None:
+    # A memory source's partitions are contiguous parts of its list, a
+    # generator's each make their own share of the sequence: resumed in
+    # another number of parts, the positions kept would skip records (3,333 of
+    # 20,000 were lost, the summary reconciling) or make others.
+    from pipelines import ResumeError
+
+    def pipeline(parts: int, halt_at: int | None = None) -> Pipeline:
+        def stop(x: int) -> int:
+            if x == halt_at:
+                raise RuntimeError("stop")
+            return x
+
+        src = (
+            sources.memory(range(20_000), batch_size=100, partitions=parts)
+            if source == "memory"
+            else sources.generate(lambda rng, i: i, count=20_000, partitions=parts, batch_size=100)
+        )
+        return (
+            Pipeline("parts")
+            .read(src, name="numbers")
+            .map(stop, on_error="halt")
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+        )
+
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline(2, halt_at=15_000).run(recovery=store, snapshot_interval=0.01)
+    said = (
+        r"partition 'part0' read items 0 to 10000 of the list when the recovery store was "
+        r"written, and would read 0 to 6667 now \(the list has 20000 items in 3 partition\(s\)\)"
+        if source == "memory"
+        else r"the generator made its records in 2 partition\(s\) when the recovery store was "
+        r"written, and would make them in 3 now"
+    )
+    with pytest.raises(ResumeError, match=rf"step 'numbers': {said}.*Hint: remove the store"):
+        pipeline(3).run(recovery=store)
+    assert pipeline(2).run(recovery=store).reconciles
+    written = [int(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(written) == list(range(20_000))
