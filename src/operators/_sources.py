@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import math
 import os
 import random
@@ -424,7 +425,17 @@ class _LinesReader(Reader):
         self.file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self.line = 0
         if resume is not None:
-            self.line, offset = resume
+            self.line, offset, *seen = resume
+            if seen and seen[0] != self._before(offset):
+                self.file.close()
+                msg = (
+                    f"step {step!r}: file {path!r} no longer holds what was read of it when "
+                    f"the recovery store was written (up to line {self.line}, byte {offset}): "
+                    f"it was replaced or cut, and a resume would skip its records or start "
+                    f"inside one; resume with the file as it was, or read the new one in a "
+                    f"run of its own"
+                )
+                raise ResumeError(msg)
             self.file.seek(offset)
         elif self.file.read(3) != b"\xef\xbb\xbf":
             self.file.seek(0)  # no byte-order mark to skip
@@ -443,8 +454,17 @@ class _LinesReader(Reader):
         self.line += len(lines)
         return chunk
 
-    def position(self) -> tuple[int, int]:
-        return (self.line, self.file.tell())
+    def position(self) -> tuple[int, int, str]:
+        offset = self.file.tell()
+        return (self.line, offset, self._before(offset))
+
+    def _before(self, offset: int) -> str:
+        """Return a digest of the file's last bytes before ``offset`` ("" if it is shorter)."""
+        start = max(0, offset - 256)
+        held = os.pread(self.file.fileno(), offset - start, start)
+        if len(held) < offset - start:
+            return ""
+        return hashlib.blake2b(held, digest_size=8).hexdigest()
 
     def close(self) -> None:
         self.file.close()

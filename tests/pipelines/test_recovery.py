@@ -572,3 +572,50 @@ def test_a_source_resumed_in_other_partitions_is_refused_then_exact(
     assert pipeline(2).run(recovery=store).reconciles
     written = [int(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(written) == list(range(20_000))
+
+
+@pytest.mark.parametrize("change", ["appended", "replaced", "cut"])
+def test_an_input_file_changed_before_a_resume_is_read_on_only_if_it_grew(
+    tmp_path: Path, change: str
+) -> None:
+    # A file's position is a byte offset: a file replaced by a shorter one was
+    # read from beyond its end (its records never read, the run reconciling),
+    # one replaced by a longer one from inside a record. What was read is now
+    # checked; a file that only grew is read on.
+    from pipelines import ResumeError
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(20_000)))
+
+    def pipeline(halt_at: int | None = None) -> Pipeline:
+        def stop(line: bytes) -> int:
+            n: int = json.loads(line)["n"]
+            if n == halt_at:
+                raise RuntimeError("stop")
+            return n
+
+        return (
+            Pipeline("files")
+            .read(sources.jsonl(path, schema=None, batch_size=100), name="numbers")
+            .map(stop, on_error="halt")
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+        )
+
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline(halt_at=15_000).run(recovery=store, snapshot_interval=0.01)
+    if change == "appended":
+        with path.open("a") as f:
+            f.write("".join(json.dumps({"n": i}) + "\n" for i in range(20_000, 21_000)))
+        assert pipeline().run(recovery=store).reconciles
+        written = [int(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert sorted(written) == list(range(21_000))
+        return
+    others = 5_000 if change == "cut" else 30_000
+    path.write_text("".join(json.dumps({"n": 100_000 + i}) + "\n" for i in range(others)))
+    with pytest.raises(
+        ResumeError,
+        match=rf"step 'numbers': file '{path}' no longer holds what was read of it when the "
+        r"recovery store was written \(up to line \d+, byte \d+\): it was replaced or cut",
+    ):
+        pipeline().run(recovery=store)
