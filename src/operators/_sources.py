@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import json
 import math
 import os
 import random
@@ -518,6 +519,18 @@ class JsonlSource(_FileSource[R]):
     reader = _LinesReader
 
 
+def _digest(fields: list[str]) -> str:
+    """Return a digest of a CSV row's fields ("" for none).
+
+    >>> _digest([]), _digest(["a", "b"]) == _digest(["a", "b"]) != _digest(["a,b"])
+    ('', True)
+    """
+    if not fields:
+        return ""
+    text = json.dumps(fields).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
 class _CsvReader(Reader):
     """Reads a CSV file with a header row; a row it cannot make out is `Unreadable`.
 
@@ -553,10 +566,23 @@ class _CsvReader(Reader):
             seen[name] = column
         self.pending: tuple[list[str], int] | None = None
         self.done = 0
-        skip = int(resume or 0)
+        #: The fields of the last row read: a digest of them is kept in the position.
+        self.last: list[str] = []
+        skip, *kept = resume if isinstance(resume, tuple) else (int(resume or 0),)
         for _ in range(skip):
-            if self._row() is None:
+            found = self._row()
+            if found is None:
                 break
+            self.last = found[0]
+        if kept and kept[0] != _digest(self.last):
+            self.file.close()
+            msg = (
+                f"step {step!r}: file {path!r} no longer holds what was read of it when the "
+                f"recovery store was written (up to row {skip}): it was replaced or cut, and "
+                f"a resume would skip its rows; resume with the file as it was, or read the "
+                f"new one in a run of its own"
+            )
+            raise ResumeError(msg)
         self.done = skip
 
     def _row(self) -> tuple[list[str], int] | None:
@@ -605,14 +631,15 @@ class _CsvReader(Reader):
                 self.pending = found
                 break
             records.append(self._record(fields))
+            self.last = fields
         if not records:
             raise StopIteration
         chunk = Chunk(records, self.step, self.path, self.done, file=self.path, line=first)
         self.done += len(records)
         return chunk
 
-    def position(self) -> int:
-        return self.done
+    def position(self) -> tuple[int, str]:
+        return (self.done, _digest(self.last))
 
     def close(self) -> None:
         self.file.close()

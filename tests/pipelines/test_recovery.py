@@ -574,29 +574,38 @@ def test_a_source_resumed_in_other_partitions_is_refused_then_exact(
     assert sorted(written) == list(range(20_000))
 
 
+def _numbers(fmt: str, numbers: range, *, header: bool = True) -> str:
+    if fmt == "csv":
+        return ("n\n" if header else "") + "".join(f"{i}\n" for i in numbers)
+    return "".join(json.dumps({"n": i}) + "\n" for i in numbers)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("change", ["appended", "replaced", "cut"])
 def test_an_input_file_changed_before_a_resume_is_read_on_only_if_it_grew(
-    tmp_path: Path, change: str
+    tmp_path: Path, fmt: str, change: str
 ) -> None:
-    # A file's position is a byte offset: a file replaced by a shorter one was
-    # read from beyond its end (its records never read, the run reconciling),
-    # one replaced by a longer one from inside a record. What was read is now
-    # checked; a file that only grew is read on.
+    # A jsonl file's position is a byte offset, a csv file's a count of rows:
+    # a file replaced by a shorter one was read from beyond its end (its
+    # records never read, the run reconciling), one replaced by a longer one
+    # from inside a record or another row. What was read is now checked; a
+    # file that only grew is read on.
     from pipelines import ResumeError
 
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(20_000)))
+    path = tmp_path / f"in.{fmt}"
+    path.write_text(_numbers(fmt, range(20_000)))
 
     def pipeline(halt_at: int | None = None) -> Pipeline:
-        def stop(line: bytes) -> int:
-            n: int = json.loads(line)["n"]
+        def stop(record: Any) -> int:
+            n = int(record["n"]) if fmt == "csv" else int(json.loads(record)["n"])
             if n == halt_at:
                 raise RuntimeError("stop")
             return n
 
+        read = sources.csv if fmt == "csv" else sources.jsonl
         return (
             Pipeline("files")
-            .read(sources.jsonl(path, schema=None, batch_size=100), name="numbers")
+            .read(read(path, schema=None, batch_size=100), name="numbers")
             .map(stop, on_error="halt")
             .write(sinks.jsonl(tmp_path / "out.jsonl"))
         )
@@ -606,16 +615,15 @@ def test_an_input_file_changed_before_a_resume_is_read_on_only_if_it_grew(
         pipeline(halt_at=15_000).run(recovery=store, snapshot_interval=0.01)
     if change == "appended":
         with path.open("a") as f:
-            f.write("".join(json.dumps({"n": i}) + "\n" for i in range(20_000, 21_000)))
+            f.write(_numbers(fmt, range(20_000, 21_000), header=False))
         assert pipeline().run(recovery=store).reconciles
         written = [int(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert sorted(written) == list(range(21_000))
         return
-    others = 5_000 if change == "cut" else 30_000
-    path.write_text("".join(json.dumps({"n": 100_000 + i}) + "\n" for i in range(others)))
+    path.write_text(_numbers(fmt, range(100_000, 105_000 if change == "cut" else 130_000)))
     with pytest.raises(
         ResumeError,
         match=rf"step 'numbers': file '{path}' no longer holds what was read of it when the "
-        r"recovery store was written \(up to line \d+, byte \d+\): it was replaced or cut",
+        r"recovery store was written \(up to (line \d+, byte|row) \d+\): it was replaced or cut",
     ):
         pipeline().run(recovery=store)
