@@ -45,7 +45,7 @@ from operators._brokers import (
 from operators._event import Schema
 from operators._sinks import RunContext, Writer
 from operators._sources import DEFAULT_BATCH, Reader
-from operators._stage import Chunk
+from operators._stage import Chunk, ResumeError
 
 __all__ = ["JetStreamSink", "JetStreamSource"]
 
@@ -137,13 +137,28 @@ class _StreamReader(PollingReader):
                 f"with the subjects you publish to."
             )
             raise BrokerUnreachable(msg) from None
+        #: When the stream was made: one made again numbers its messages from 1 again.
+        self.made = None if info.created is None else info.created.isoformat()
         if resume is not None:
-            self.last, self.stop, self.offset = resume
+            self.last, self.stop, self.offset, *made = resume
+            if made and None not in (made[0], self.made) and made[0] != self.made:
+                self.close()
+                msg = (
+                    f"step {step!r}: stream {stream!r} was made at {made[0]} when the recovery "
+                    f"store was written, and again at {self.made} since: its messages are "
+                    f"numbered from 1 again, and a resume after sequence {self.last} would "
+                    f"skip the new stream's first ones; read the new stream with a new store"
+                )
+                raise ResumeError(msg)
             return
         last_seq = int(info.state.last_seq)
         start = source.start
         self.last = last_seq if start == "end" else int(start) - 1
         self.stop = last_seq if source.until == "end" else None
+
+    def position(self) -> Any:
+        """Return the broker position and when the stream was made."""
+        return (*super().position(), self.made)
 
     def _subscribe(self) -> None:
         api = _nats().js.api

@@ -477,3 +477,38 @@ def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     assert proc.returncode == 0, err[-2000:]
     ids = written_ids(out)
     assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(2000))
+
+
+def test_a_stream_made_again_before_a_resume_is_refused(server: Server, tmp_path: Path) -> None:
+    # A stream deleted and made again numbers its messages from 1 again: a
+    # resume after sequence 1500 skipped the new stream's first 1500, the run
+    # reconciling. Refused, naming when each stream was made.
+    from pipelines import PipelineHalted, ResumeError
+
+    fill(server, "clicks", 3000)
+    store = tmp_path / "store"
+
+    def pipeline(stop_at: str | None = None) -> Pipeline:
+        def stop(c: Click) -> Click:
+            time.sleep(0.0005)  # snapshots are taken meanwhile
+            if c.id == stop_at:
+                raise RuntimeError("stop")
+            return c
+
+        return (
+            Pipeline("again")
+            .read(sources.nats(server.url, "clicks", schema=Click, batch_size=100), name="clicks")
+            .map(stop, on_error="halt")
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+        )
+
+    with pytest.raises(PipelineHalted):
+        pipeline(stop_at="clicks-1500").run(recovery=store, snapshot_interval=0.01)
+    server.call(lambda js: js.delete_stream("clicks"))
+    fill(server, "clicks", 4000)
+    with pytest.raises(
+        ResumeError,
+        match=r"step 'clicks': stream 'clicks' was made at \S+ when the recovery store was "
+        r"written, and again at \S+ since: its messages are numbered from 1 again",
+    ):
+        pipeline().run(recovery=store)
