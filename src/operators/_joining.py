@@ -145,12 +145,10 @@ class JoinSpec:
     def shape(self) -> str:
         """Say what the join's state is made of: a resume from another shape is refused."""
         if self.kind == "interval":
-            return "the records of an interval join"
+            return f"the records of an interval join between {self.lower} and {self.upper} s"
         if self.kind == "table":
-            return "the rows and records of a table join"
-        if isinstance(self.window, Session):
-            return "the records of a join of sessions"
-        return "the records of a join of time windows"
+            return f"the rows and records of a table join with ttl {self.ttl}"
+        return f"the records of a join of windows {self.window!r}"
 
 
 def _row_order(row: tuple[float, str, int, bool, Any]) -> tuple[float, str, int]:

@@ -195,8 +195,8 @@ def check_shape(step: str, resume: dict[str, Any] | None, shape: str) -> None:
     msg = (
         f"step {step!r}: its snapshot in the recovery store holds {was} ({said} in a key "
         f"bucket), and the step is now {shape}: resuming would read that state as what it "
-        f"is not, and lose what it holds; resume with the step as it was (a window's size "
-        f"may change, its kind and fields may not)"
+        f"is not, or make windows (pairs) that miss what it held; resume with the step as "
+        f"it was"
     )
     raise ResumeError(msg)
 

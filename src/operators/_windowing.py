@@ -339,22 +339,15 @@ def make_fresh(aggs: Sequence[Aggregator]) -> Callable[[], list[Any]]:
 
 
 def aggregate_shape(window: Window | None, names: list[str], aggs: list[Aggregator]) -> str:
-    """Say what an aggregate's state is made of: its kind of window and its aggregators.
-
-    Tumbling and sliding windows of any size keep their state alike.
+    """Say what an aggregate's state is made of: its window and its aggregators.
 
     >>> from operators import agg, windows
     >>> aggregate_shape(windows.sliding(60, 10), ["n", "top"], [agg.count(), agg.max("x")])
-    'time windows of n=count(), top=max(x)'
+    'windows Sliding(size=60.0, every=10.0) of n=count(), top=max(x)'
     >>> aggregate_shape(None, ["n"], [agg.count()])
     'running aggregates of n=count()'
     """
-    if window is None:
-        kind = "running aggregates"
-    elif isinstance(window, Session | Count):
-        kind = f"{type(window).__name__.lower()} windows"
-    else:
-        kind = "time windows"
+    kind = "running aggregates" if window is None else f"windows {window!r}"
     fields = ", ".join(f"{name}={g.label}" for name, g in zip(names, aggs, strict=True))
     return f"{kind} of {fields}"
 

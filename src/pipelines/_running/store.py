@@ -181,10 +181,9 @@ def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
             f"events of open windows; a source's position, so its input would be read "
             f"again). This pipeline's steps that keep state are {shown}; an aggregate's "
             f"default name says its window and fields (aggregate_tumbling_10s_n), so "
-            f"changing them renames it. Hint: resume with the pipeline as it was; or give "
-            f"a changed window its step's old name (name='aggregate_tumbling_10s_n'), and "
-            f"the windows it holds close as they were made; or remove the store and the "
-            f"outputs written with it to start over."
+            f"changing them renames it. Hint: resume with the pipeline as it was (and change "
+            f"it once the run has ended); or remove the store and the outputs written with it "
+            f"to start over."
         )
         raise ResumeError(msg)
 
