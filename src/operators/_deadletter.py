@@ -15,7 +15,15 @@ __all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "count_dead", "
 PAYLOAD_LIMIT = 2048
 
 ErrorKind = Literal[
-    "parse", "validation", "user_error", "key_error", "late", "future", "unhandled", "unmatched"
+    "parse",
+    "validation",
+    "user_error",
+    "key_error",
+    "late",
+    "future",
+    "unhandled",
+    "unmatched",
+    "missing",
 ]
 
 

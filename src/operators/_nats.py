@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import os
 import threading
 import time
@@ -45,7 +46,7 @@ from operators._brokers import (
 from operators._event import Schema
 from operators._sinks import RunContext, Writer
 from operators._sources import DEFAULT_BATCH, Reader
-from operators._stage import Chunk, ResumeError
+from operators._stage import Chunk, ResumeError, Unreadable
 
 __all__ = ["JetStreamSink", "JetStreamSource"]
 
@@ -139,6 +140,8 @@ class _StreamReader(PollingReader):
             raise BrokerUnreachable(msg) from None
         #: When the stream was made: one made again numbers its messages from 1 again.
         self.made = None if info.created is None else info.created.isoformat()
+        #: Whether this reader goes on from a snapshot: a gap before its first message is a loss.
+        self.resumed = resume is not None
         if resume is not None:
             self.last, self.stop, self.offset, *made = resume
             if made and None not in (made[0], self.made) and made[0] != self.made:
@@ -155,6 +158,22 @@ class _StreamReader(PollingReader):
         start = source.start
         self.last = last_seq if start == "end" else int(start) - 1
         self.stop = last_seq if source.until == "end" else None
+
+    def _missing(self, first: int, last: int) -> Unreadable:
+        """Stand for messages ``first`` to ``last``, removed from the stream before they were read.
+
+        The stream's limits (or a delete) removed them while this reader was
+        behind, or between a snapshot and its resume: a ``missing`` dead
+        letter says so, not a silent gap.
+        """
+        n = last - first + 1
+        what = {"stream": self.stream, "first": first, "last": last, "count": n}
+        error = LookupError(
+            f"stream {self.stream!r} no longer holds message(s) {first} to {last} ({n}): its "
+            f"limits (max_msgs, max_bytes, max_age) or a delete removed them before they "
+            f"were read"
+        )
+        return Unreadable(json.dumps(what), error, kind="missing")
 
     def position(self) -> Any:
         """Return the broker position and when the stream was made."""
@@ -200,6 +219,9 @@ class _StreamReader(PollingReader):
             seq = int(msg.metadata.sequence.stream)
             if seq <= self.last or (self.stop is not None and seq > self.stop):
                 continue
+            if seq > self.last + 1 and (self.offset or records or self.resumed):
+                records.append(self._missing(self.last + 1, seq - 1))
+                keys.append(f"{self.last + 1}-{seq - 1}")
             records.append(msg.data)
             keys.append(str(seq))
             self.last = seq

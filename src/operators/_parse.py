@@ -157,7 +157,7 @@ class ParseOp(StageOp):
         if self.policy.mode == "halt":
             raise PipelineHalted(run.pipeline, self.step, "schema", payload) from exc
         errors = None
-        kind: ErrorKind = "parse"
+        kind: ErrorKind = raw.kind if isinstance(raw, Unreadable) else "parse"
         message = str(exc)
         if isinstance(exc, ValidationError):
             errors = [_plain(e) for e in exc.errors(include_url=False)]

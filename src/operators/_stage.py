@@ -163,6 +163,8 @@ class Unreadable:
 
     text: str
     error: Exception
+    #: The dead letter's kind: ``missing`` for messages a broker removed unread.
+    kind: ErrorKind = "parse"
 
 
 class RunHalted(Exception):

@@ -512,3 +512,58 @@ def test_a_stream_made_again_before_a_resume_is_refused(server: Server, tmp_path
         r"written, and again at \S+ since: its messages are numbered from 1 again",
     ):
         pipeline().run(recovery=store)
+
+
+def test_messages_removed_before_they_were_read_are_missing_dead_letters(
+    server: Server, tmp_path: Path
+) -> None:
+    # A stream's limits (or a delete) remove messages a lagging or stopped
+    # reader had not read: they were skipped without a word. Each gap is now a
+    # `missing` dead letter naming the sequences, and the run's counts say so.
+    from pipelines import PipelineHalted
+
+    fill(server, "clicks", 3000)
+    server.call(lambda js: js.delete_msg("clicks", 1501))
+    read = sources.nats(server.url, "clicks", schema=Click, batch_size=100)
+    result = Pipeline("gap").read(read, name="clicks").write(sinks.memory("out")).run()
+    assert len(result["out"]) == 2999 and result.reconciles
+    (letter,) = result.dead_letters
+    assert letter.kind == "missing" and letter.origin is not None
+    assert json.loads(letter.payload) == {
+        "stream": "clicks",
+        "first": 1501,
+        "last": 1501,
+        "count": 1,
+    }
+    assert "no longer holds message(s) 1501 to 1501 (1)" in letter.message
+
+    # Removed between a snapshot and its resume: the gap from where the snapshot was.
+    def stop(c: Click) -> Click:
+        time.sleep(0.0005)  # snapshots are taken meanwhile
+        if c.id == "clicks-1000":
+            raise RuntimeError("stop")
+        return c
+
+    def pipeline(halt: bool) -> Pipeline:
+        step = Pipeline("resumed").read(read, name="clicks")
+        step = step.map(stop, on_error="halt") if halt else step
+        return step.write(sinks.jsonl(tmp_path / "out.jsonl")).dead_letters(
+            sinks.jsonl(tmp_path / "dead.jsonl")
+        )
+
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline(halt=True).run(recovery=store, snapshot_interval=0.01)
+    server.call(lambda js: js.purge_stream("clicks", seq=2001))  # keeps 2001 on
+    assert pipeline(halt=False).run(recovery=store).reconciles
+    written = {  # message i + 1 holds click clicks-i
+        int(json.loads(line)["id"].split("-")[1]) + 1
+        for line in (tmp_path / "out.jsonl").read_text().splitlines()
+    }
+    gaps = [
+        json.loads(json.loads(line)["payload"])
+        for line in (tmp_path / "dead.jsonl").read_text().splitlines()
+    ]
+    missing = {seq for gap in gaps for seq in range(gap["first"], gap["last"] + 1)}
+    assert [gap["last"] for gap in gaps] == [2000] and not written & missing
+    assert written | missing == set(range(1, 3001))
