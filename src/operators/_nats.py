@@ -159,6 +159,26 @@ class _StreamReader(PollingReader):
         self.last = last_seq if start == "end" else int(start) - 1
         self.stop = last_seq if source.until == "end" else None
 
+    def _gone_to_stop(self) -> bool:
+        """Whether no message is left after the last read, up to where a bounded read stops.
+
+        Asked when a fetch found nothing: the messages up to ``stop`` were
+        there when the read began, so none left means they were removed.
+        """
+        if self.last >= self.stop:
+            return False
+        errors = _nats().js.errors
+        try:
+            found = _run(
+                self.js.get_msg(self.stream, seq=self.last + 1, subject=">", next=True),
+                self.source.connect_timeout,
+            )
+        except errors.NotFoundError:
+            return True
+        except Exception:  # noqa: BLE001 - asked again after the next empty fetch
+            return False
+        return bool(int(found.seq) > self.stop)
+
     def _missing(self, first: int, last: int) -> Unreadable:
         """Stand for messages ``first`` to ``last``, removed from the stream before they were read.
 
@@ -206,6 +226,14 @@ class _StreamReader(PollingReader):
                 self._subscribe()
             msgs = _run(self.sub.fetch(source.batch_size, timeout=source.poll), source.poll + 30)
         except errors.TimeoutError:
+            if self.stop is not None and self._gone_to_stop():
+                # A bounded read whose last messages were removed: they are missing.
+                gap = self._missing(self.last + 1, self.stop)
+                named = [f"{self.last + 1}-{self.stop}"]
+                chunk = Chunk([gap], self.step, self.stream, self.offset, keys=named)
+                self.last = self.stop
+                self.offset += 1
+                return chunk
             self.nothing()
             return None
         except Exception as exc:  # noqa: BLE001 - a lost connection: retried with backoff

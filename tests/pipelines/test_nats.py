@@ -567,3 +567,28 @@ def test_messages_removed_before_they_were_read_are_missing_dead_letters(
     missing = {seq for gap in gaps for seq in range(gap["first"], gap["last"] + 1)}
     assert [gap["last"] for gap in gaps] == [2000] and not written & missing
     assert written | missing == set(range(1, 3001))
+
+
+def test_a_bounded_read_whose_last_messages_were_removed_ends(server: Server) -> None:
+    # A bounded read stops at the last sequence present when it began; with
+    # the messages before it removed it waited for them for ever. Now it ends,
+    # with a `missing` dead letter for them.
+    import threading
+
+    fill(server, "clicks", 100)
+    for seq in range(95, 101):
+        server.call(lambda js, seq=seq: js.delete_msg("clicks", seq))
+    read = sources.nats(server.url, "clicks", schema=Click)
+    ran: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: ran.append(Pipeline("tail").read(read).write(sinks.memory("o")).run()),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(30)
+    assert ran, "the bounded read did not end"
+    (result,) = ran
+    assert len(result["o"]) == 94 and result.reconciles
+    (letter,) = result.dead_letters
+    assert letter.kind == "missing"
+    assert json.loads(letter.payload) == {"stream": "clicks", "first": 95, "last": 100, "count": 6}
