@@ -349,8 +349,12 @@ def test_misuse_fails_when_the_join_is_added() -> None:
         left.join(right, window=windows.count(3))
     with pytest.raises(TypeError, match="must be event time"):
         left.join(right, between=(0, 1), clock=windows.processing_time())
-    with pytest.raises(ValueError, match="how must be one of"):
+    with pytest.raises(ValueError, match=r"how must be one of .*; got 'cross'\. Hint: how="):
         left.join(right, between=(0, 1), how="cross")  # type: ignore[call-overload]
+    with pytest.raises(
+        ValueError, match=r"Hint: a right join is .*right\.join\(left, how='left'\)"
+    ):
+        left.join(right, between=(0, 1), how="right")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="takes no window= or between="):
         left.join(right.as_table(), window=windows.tumbling(seconds=1))  # type: ignore[call-overload]
     # missing= of a join of two streams was silently ignored.

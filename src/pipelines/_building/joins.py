@@ -326,7 +326,12 @@ def join_streams(
         params.update(kind="table", ttl=table.ttl, deleted=table.deleted, missing=missing)
     else:
         if how not in _HOWS:
-            msg = f"join {shown!r}: how must be one of {_HOWS}; got {how!r}."
+            hint = (
+                "a right join is the left join of the other side: right.join(left, how='left')"
+                if how == "right"
+                else "how='inner' (pairs only), 'left' or 'outer' (also what met nothing)"
+            )
+            msg = f"join {shown!r}: how must be one of {_HOWS}; got {how!r}. Hint: {hint}."
             raise ValueError(msg)
         if missing != "none":
             msg = (
