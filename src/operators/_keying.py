@@ -78,6 +78,7 @@ __all__ = [
     "check_shape",
     "event_seconds",
     "held_in",
+    "told",
     "unpicklable",
 ]
 
@@ -168,6 +169,15 @@ def held_in(state: Any) -> Counter[str]:
     return +said
 
 
+def told(held: Counter[str]) -> str:
+    """Say what `held_in` counted.
+
+    >>> told(held_in({"layout": "b", "states": {"k": 1}, "held": 2}))
+    '1 key state(s), 2 held record(s)'
+    """
+    return ", ".join(f"{n} {what}" for what, n in held.items())
+
+
 def check_shape(step: str, resume: dict[str, Any] | None, shape: str) -> None:
     """Refuse a bucket snapshot that a step of the same name but another kind of state made.
 
@@ -191,9 +201,8 @@ def check_shape(step: str, resume: dict[str, Any] | None, shape: str) -> None:
     holds = held_in(resume)
     if not holds:
         return
-    said = ", ".join(f"{n} {what}" for what, n in holds.items())
     msg = (
-        f"step {step!r}: its snapshot in the recovery store holds {was} ({said} in a key "
+        f"step {step!r}: its snapshot in the recovery store holds {was} ({told(holds)} in a key "
         f"bucket), and the step is now {shape}: resuming would read that state as what it "
         f"is not, or make windows (pairs) that miss what it held; resume with the step as "
         f"it was"

@@ -409,6 +409,22 @@ class MemorySource(Source[R]):
         return _ListReader(self.items, bounds, pos, step, partition, self.batch_size)
 
 
+def _digest(data: bytes) -> str:
+    """Return what a position keeps of what was read before it: 16 hex digits."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _file_changed(step: str, path: str, where: str) -> ResumeError:
+    """Refuse to resume reading ``path``: what was read of it, up to ``where``, has changed."""
+    msg = (
+        f"step {step!r}: file {path!r} no longer holds what was read of it when the recovery "
+        f"store was written (up to {where}): it was replaced or cut, and a resume would skip "
+        f"its records or start inside one; resume with the file as it was, or read the new "
+        f"one in a run of its own"
+    )
+    return ResumeError(msg)
+
+
 def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
     text = os.fspath(path_or_glob)
     if glob.has_magic(text):
@@ -429,14 +445,7 @@ class _LinesReader(Reader):
             self.line, offset, *seen = resume
             if seen and seen[0] != self._before(offset):
                 self.file.close()
-                msg = (
-                    f"step {step!r}: file {path!r} no longer holds what was read of it when "
-                    f"the recovery store was written (up to line {self.line}, byte {offset}): "
-                    f"it was replaced or cut, and a resume would skip its records or start "
-                    f"inside one; resume with the file as it was, or read the new one in a "
-                    f"run of its own"
-                )
-                raise ResumeError(msg)
+                raise _file_changed(step, path, f"line {self.line}, byte {offset}")
             self.file.seek(offset)
         elif self.file.read(3) != b"\xef\xbb\xbf":
             self.file.seek(0)  # no byte-order mark to skip
@@ -463,9 +472,7 @@ class _LinesReader(Reader):
         """Return a digest of the file's last bytes before ``offset`` ("" if it is shorter)."""
         start = max(0, offset - 256)
         held = os.pread(self.file.fileno(), offset - start, start)
-        if len(held) < offset - start:
-            return ""
-        return hashlib.blake2b(held, digest_size=8).hexdigest()
+        return _digest(held) if len(held) == offset - start else ""
 
     def close(self) -> None:
         self.file.close()
@@ -519,16 +526,13 @@ class JsonlSource(_FileSource[R]):
     reader = _LinesReader
 
 
-def _digest(fields: list[str]) -> str:
+def _row_digest(fields: list[str]) -> str:
     """Return a digest of a CSV row's fields ("" for none).
 
-    >>> _digest([]), _digest(["a", "b"]) == _digest(["a", "b"]) != _digest(["a,b"])
+    >>> _row_digest([]), _row_digest(["a", "b"]) == _row_digest(["a", "b"]) != _row_digest(["a,b"])
     ('', True)
     """
-    if not fields:
-        return ""
-    text = json.dumps(fields).encode("utf-8", "surrogateescape")
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
+    return _digest(json.dumps(fields).encode("utf-8", "surrogateescape")) if fields else ""
 
 
 class _CsvReader(Reader):
@@ -574,15 +578,9 @@ class _CsvReader(Reader):
             if found is None:
                 break
             self.last = found[0]
-        if kept and kept[0] != _digest(self.last):
+        if kept and kept[0] != _row_digest(self.last):
             self.file.close()
-            msg = (
-                f"step {step!r}: file {path!r} no longer holds what was read of it when the "
-                f"recovery store was written (up to row {skip}): it was replaced or cut, and "
-                f"a resume would skip its rows; resume with the file as it was, or read the "
-                f"new one in a run of its own"
-            )
-            raise ResumeError(msg)
+            raise _file_changed(step, path, f"row {skip}")
         self.done = skip
 
     def _row(self) -> tuple[list[str], int] | None:
@@ -639,7 +637,7 @@ class _CsvReader(Reader):
         return chunk
 
     def position(self) -> tuple[int, str]:
-        return (self.done, _digest(self.last))
+        return (self.done, _row_digest(self.last))
 
     def close(self) -> None:
         self.file.close()

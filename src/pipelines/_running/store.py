@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from operators._keying import held_in
+from operators._keying import held_in, told
 from operators._pickles import SAFE_GLOBALS, check_snapshot
 
 __all__ = [
@@ -147,10 +147,9 @@ def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
             stack.enter_context(contextlib.closing(sqlite3.connect(part)))
             for part in sorted(directory.glob("*.sqlite3"))
         ]
-        known = [e for e in map(_resume_epoch, dbs) if e is not None]
-        if not known:
+        resume = _resume_point(dbs)
+        if resume is None:
             return
-        resume = min(known)
         latest: dict[tuple[str, str], tuple[int, Any]] = {}
         for db in dbs:
             kept = {step for (step,) in db.execute("SELECT DISTINCT step_id FROM snaps")}
@@ -171,10 +170,7 @@ def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
         if said:
             lost.setdefault(step.split(".", 1)[-1], Counter()).update(said)
     if lost:
-        gone = "; ".join(
-            f"{step!r}: " + ", ".join(f"{n} {what}" for what, n in said.items())
-            for step, said in lost.items()
-        )
+        gone = "; ".join(f"{step!r}: {told(said)}" for step, said in lost.items())
         msg = (
             f"recovery store {str(directory)!r} holds the state of step(s) this pipeline "
             f"does not have ({gone}): resuming would drop it, and what it holds with it (the "
@@ -297,6 +293,12 @@ def _resume_epoch(db: sqlite3.Connection) -> int | None:
     return min(reached.values())
 
 
+def _resume_point(dbs: list[sqlite3.Connection]) -> int | None:
+    """Return the epoch a run resumed from these partition files starts at (None: none)."""
+    known = [e for e in map(_resume_epoch, dbs) if e is not None]
+    return min(known) if known else None
+
+
 def store_created(directory: Path) -> float | None:
     """Return when the store was made (epoch seconds, whole), read before the engine opens it."""
     found: list[float] = []
@@ -326,10 +328,9 @@ def durable_blob(directory: Path, step_id: str, key: str) -> bytes | None:
             )
             for part in sorted(directory.glob("*.sqlite3"))
         ]
-        known = [e for e in map(_resume_epoch, dbs) if e is not None]
-        if not known:
+        resume = _resume_point(dbs)
+        if resume is None:
             return None
-        resume = min(known)
         best: tuple[int, Any] | None = None
         for db in dbs:
             row = db.execute(
