@@ -12,7 +12,9 @@ tails the stream forever. A connection lost in the middle of a run is
 retried with backoff (``retry_for`` seconds in all); a server unreachable at
 the start is an error within ``connect_timeout``. A stream that does not
 exist reads as empty (bounded: it ends at once; live: entries are read once
-it is created).
+it is created). Entries trimmed or deleted before they were read are counted
+against the stream's count of entries ever added (``_Tally``) and become a
+``missing`` dead letter.
 
 `RedisStreamSink` appends each record with ``XADD`` (a pipeline of commands
 per batch): the record's JSON in field ``data`` and its event id, if it has
@@ -31,9 +33,11 @@ Connection URLs are never shown with their password (``redis://:****@host``).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from operators._brokers import (
@@ -48,7 +52,7 @@ from operators._brokers import (
 from operators._event import Schema
 from operators._sinks import ExactSink, ExactWriter, RunContext, Writer
 from operators._sources import DEFAULT_BATCH, Reader
-from operators._stage import Chunk
+from operators._stage import Chunk, Unreadable
 
 __all__ = ["RedisStreamSink", "RedisStreamSource"]
 
@@ -113,7 +117,68 @@ def _after(a: str, b: str) -> bool:
     return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
 
 
+@dataclass(frozen=True)
+class _Look:
+    """What ``XINFO STREAM`` says of a stream at one moment (an absent stream: all zero)."""
+
+    length: int
+    #: The last id ever given (``last-generated-id``); entries are never added below it.
+    tip: str
+    #: How many entries were ever added (None: a server before Redis 7 does not say).
+    added: int | None
+    first: str | None
+    newest: str | None
+
+    @classmethod
+    def of(cls, raw: Any) -> _Look:
+        if isinstance(raw, Exception):
+            if "no such key" not in str(raw).lower():
+                raise raw
+            return cls(0, "0-0", 0, None, None)
+        first, newest = raw.get("first-entry"), raw.get("last-entry")
+        added = raw.get("entries-added")
+        return cls(
+            int(raw["length"]),
+            _id(raw["last-generated-id"]),
+            None if added is None else int(added),
+            None if not first else _id(first[0]),
+            None if not newest else _id(newest[0]),
+        )
+
+
+@dataclass
+class _Tally:
+    """How many entries a reader still has to read, to tell those removed unread.
+
+    Entries are added with ever greater ids, and the stream counts how many
+    were ever added (``entries-added``): between two looks the entries added
+    number ``added' - added``, all with ids in ``(tip, tip']``. ``owed`` is
+    how many entries after the last one read, up to ``tip``, existed; a
+    look that also sees how many are there now tells those removed unread
+    (``since``: the last entry read when the count was last right).
+    """
+
+    tip: str
+    added: int
+    owed: int
+    #: Entries read with ids after ``tip`` (added since the last look).
+    beyond: int
+    since: str
+
+    def read(self, ids: list[str]) -> None:
+        """Count the entries ``ids`` as read."""
+        tip = self.tip
+        for entry in ids:
+            if _after(entry, tip):
+                self.beyond += 1
+            else:
+                self.owed -= 1
+
+
 class _StreamReader(PollingReader):
+    #: Whether entries removed unread are counted (no for a group: its consumers share them).
+    tallies = True
+
     def __init__(self, source: RedisStreamSource, stream: str, step: str, resume: Any) -> None:
         super().__init__(source.url, step, stream, source.poll, source.retry_for, "Redis")
         self.source = source
@@ -121,18 +186,34 @@ class _StreamReader(PollingReader):
         self.client = _connect(source.url, source.connect_timeout, what)
         _check_stream(self.client, stream, what)
         self.lost_errors = _lost_errors()
+        self.tally: _Tally | None = None
+        #: When to look at the stream's counts next (a live read; monotonic seconds).
+        self.look_at = 0.0
         if resume is not None:
-            self.last, self.stop, self.offset = resume
-        else:
-            self.last = self._first()
-            # Bounded: up to the last entry present now (kept across resumes).
-            self.stop = (self._newest() or "0-0") if source.until == "end" else None
+            self.last, self.stop, self.offset, *rest = resume
+            if rest and rest[0] is not None:
+                self.tally = _Tally(*rest[0])
+            return
+        look = _Look.of(self._info()) if self.tallies else None
+        self.last = self._first(look)
+        # Bounded: up to the last entry present now (kept across resumes).
+        if source.until == "end":
+            self.stop = (look.newest if look else self._newest()) or "0-0"
+        if look is not None and look.added is not None and source.start in ("0", "0-0", "$"):
+            owed = 0 if source.start == "$" else look.length
+            self.tally = _Tally(look.tip, look.added, owed, 0, self.last)
 
-    def _first(self) -> str:
+    def _info(self) -> Any:
+        try:
+            return self.client.xinfo_stream(self.stream)
+        except _redis().exceptions.ResponseError as exc:
+            return exc
+
+    def _first(self, look: _Look | None) -> str:
         """Where a fresh read starts: the entries after this id."""
         start = self.source.start
         if start == "$":
-            return self._newest() or "0-0"
+            return (look.newest if look else self._newest()) or "0-0"
         return "0-0" if start in ("0", "0-0") else start
 
     def _newest(self) -> str | None:
@@ -147,6 +228,71 @@ class _StreamReader(PollingReader):
             )
         )
 
+    def _read_and_look(self) -> tuple[list[Any], _Look]:
+        """Read the next batch and look at the stream's counts, at one moment (``MULTI``)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xrange(self.stream, min=f"({self.last}", max="+", count=self.source.batch_size)
+        pipe.xinfo_stream(self.stream)
+        entries, raw = pipe.execute(raise_on_error=False)
+        if isinstance(entries, Exception):
+            raise entries
+        return list(entries), _Look.of(raw)
+
+    def _reckon(self, entries: list[Any], look: _Look) -> Unreadable | None:
+        """Compare the entries owed with those there, from a look taken with the read ``entries``.
+
+        Return a ``missing`` dead letter for those removed unread, if any.
+        """
+        if look.added is None:
+            return None
+        tally = self.tally
+        there: int | None = None  # how many entries after the last one read are there
+        if len(entries) < self.source.batch_size:
+            there = len(entries)
+        elif look.first is not None and _after(look.first, self.last):
+            there = look.length
+        if tally is None or look.added < tally.added:
+            # Not counted yet, or the stream was made again: counted from now on.
+            if there is not None:
+                self.tally = _Tally(look.tip, look.added, there, 0, self.last)
+            return None
+        owed = tally.owed + (look.added - tally.added) - tally.beyond
+        letter = None
+        if there is not None:
+            if owed > there:
+                letter = self._missing(tally.since, look.tip, owed - there)
+            owed = there
+            tally.since = self.last
+        tally.tip, tally.added, tally.owed, tally.beyond = look.tip, look.added, owed, 0
+        return letter
+
+    def _missing(self, since: str, until: str, n: int) -> Unreadable:
+        """Stand for ``n`` entries after ``since`` (up to ``until``) removed unread."""
+        what = {"stream": self.stream, "after": since, "through": until, "count": n}
+        error = LookupError(
+            f"stream {self.stream!r} no longer holds {n} entr{'y' if n == 1 else 'ies'} added "
+            f"after entry {since} (up to {until}): trimmed (MAXLEN, MINID) or deleted (XDEL) "
+            f"before they were read"
+        )
+        return Unreadable(json.dumps(what), error, kind="missing")
+
+    def _end(self) -> Chunk:
+        """End a bounded read, with a ``missing`` letter for the entries up to its end not read."""
+        tally = self.tally
+        if tally is None or tally.owed <= 0:
+            raise StopIteration
+        letter = self._missing(tally.since, self.stop, tally.owed)
+        tally.owed, tally.since = 0, self.stop
+        chunk = Chunk([letter], self.step, self.stream, self.offset, keys=[f"..{self.stop}"])
+        self.offset += 1
+        return chunk
+
+    def position(self) -> Any:
+        """Return the broker position and what the reader still has to read."""
+        tally = self.tally
+        counts = None if tally is None else astuple(tally)
+        return (*super().position(), counts)
+
     def _lost(self) -> None:
         """Hear that a read's connection was lost."""
 
@@ -156,11 +302,16 @@ class _StreamReader(PollingReader):
     def next_chunk(self) -> Chunk | None:
         source = self.source
         if self.stop is not None and not _after(self.stop, self.last):
-            raise StopIteration  # read up to the end it had when it started
+            return self._end()  # read up to the end it had when it started
         if self.waiting():
             return None
+        look: _Look | None = None
         try:
-            entries = self._read()
+            if self.tallies and self.stop is None and time.monotonic() >= self.look_at:
+                entries, look = self._read_and_look()
+                self.look_at = time.monotonic() + 1.0
+            else:
+                entries = self._read()
         except self.lost_errors as exc:
             self._lost()
             self.lost(exc)
@@ -169,25 +320,37 @@ class _StreamReader(PollingReader):
         if self.stop is not None:
             # (A group's entries after the end stay pending for a later run.)
             entries = [e for e in entries if not _after(_id(e[0]), self.stop)]
-        if not entries:
+        records: list[Any] = []
+        ids: list[str] = []
+        if look is not None:
+            letter = self._reckon(entries, look)
+            if letter is not None:
+                records.append(letter)
+                ids.append(f"{self.last}..{look.tip}")
+        elif entries and len(entries) < source.batch_size:
+            self.look_at = 0.0  # at the end of the stream: look with the next read
+        if not entries and not records:
             if self.stop is not None:
-                raise StopIteration
+                return self._end()
             self.nothing()
             return None
         field = source.field.encode()
-        records: list[Any] = []
-        ids: list[str] = []
+        read: list[str] = []
         for raw_id, fields in entries:
-            ids.append(_id(raw_id))
+            read.append(_id(raw_id))
             value = fields.get(field)
             if value is None:
                 records.append({_id(k): _id(v) for k, v in fields.items()})
             else:
                 records.append(value)
+        ids.extend(read)
         chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids)
         self.offset += len(records)
-        self.last = ids[-1]
-        self._handed(ids)
+        if read:
+            self.last = read[-1]
+            if self.tally is not None:
+                self.tally.read(read)
+            self._handed(read)
         return chunk
 
     def close(self) -> None:
@@ -196,6 +359,9 @@ class _StreamReader(PollingReader):
 
 class _GroupReader(_StreamReader):
     """A stream read as a consumer of a group.
+
+    Entries removed unread are not counted: the group's other consumers may
+    have read them.
 
     First this consumer's entries that were delivered after ``last`` and
     never acknowledged, then new ones (``>``). Entries are acknowledged once a
@@ -213,7 +379,9 @@ class _GroupReader(_StreamReader):
         if resume is not None:
             self._covered()
 
-    def _first(self) -> str:
+    tallies = False
+
+    def _first(self, look: _Look | None) -> str:
         # The group keeps its own place: the entries after "0-0" are the
         # pending ones of this consumer, from the first.
         return "0-0"

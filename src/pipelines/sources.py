@@ -324,7 +324,9 @@ def redis(
     ``schema``; an entry without it is handed on as a dict of its fields. A
     malformed entry is a dead letter whose origin names the stream and the
     entry id. The last entry id read is kept in evflow's snapshots: with
-    ``recovery=`` a resumed run neither loses nor repeats an entry.
+    ``recovery=`` a resumed run neither loses nor repeats an entry. Entries
+    trimmed or deleted before they were read are counted: a ``missing``
+    dead letter (not with ``group=``).
 
     With ``group=`` the streams are read as ``consumer`` of that consumer
     group (made at ``start`` if it does not exist, ``MKSTREAM``), sharing

@@ -12,10 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -510,3 +512,147 @@ def test_a_resume_position_that_is_not_an_entry_id_is_refused() -> None:
     sink = sinks.redis("redis://:secret@127.0.0.1:1/0", "out")
     with pytest.raises(ValueError, match=r"a Redis stream position must be an entry id such as "):
         sink.open_exact(RunContext("p"), "write", resume=12)
+
+
+def removed_and_written(out: Path, dead: Path) -> tuple[Counter[int], int, list[dict[str, Any]]]:
+    """Count the clicks written (by number), the entries the missing letters name, the letters."""
+    written = Counter(
+        int(json.loads(line)["id"].rsplit("-", 1)[1]) for line in out.read_text().splitlines()
+    )
+    gaps = [
+        json.loads(json.loads(line)["payload"])
+        for line in dead.read_text().splitlines()
+        if json.loads(line)["kind"] == "missing"
+    ]
+    return written, sum(gap["count"] for gap in gaps), gaps
+
+
+def test_entries_removed_before_they_were_read_are_missing_dead_letters(
+    server: Server, tmp_path: Path
+) -> None:
+    # A stream trimmed (MAXLEN, MINID) or an entry deleted (XDEL) while the
+    # reader was behind, or between a snapshot and its resume, was skipped
+    # without a word while the run reconciled. The entries removed unread are
+    # now counted (the stream's count of entries ever added against those
+    # read) and each gap is a `missing` dead letter with its count.
+    from pipelines import PipelineHalted
+
+    client = server.client()
+    fill(client, "clicks", 3000)
+    ids = [raw.decode() for raw, _ in client.xrange("clicks")]
+    store = tmp_path / "store"
+
+    def pipeline(step: Callable[[Click], Click], until: str | None = "end") -> Pipeline:
+        read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, until=until)
+        return (
+            Pipeline("removed")
+            .read(read, name="clicks")
+            .map(step, on_error="halt")
+            .map(lambda c: {"id": c.id})
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
+        )
+
+    # Removed while the reader is behind: an entry deleted, the oldest trimmed.
+    def remove_ahead(c: Click) -> Click:
+        if c.id == "clicks-1000":
+            client.xdel("clicks", ids[2500])
+            client.xtrim("clicks", minid=ids[1600], approximate=False)
+        return c
+
+    result = pipeline(remove_ahead).run()
+    written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
+    assert result.reconciles and set(written.values()) == {1}
+    assert (
+        2500 not in written
+        and 1599 not in written
+        and set(range(1600, 3000)) - {2500} <= set(written)
+    )
+    assert len(written) + gone == 3000 and [gap["through"] for gap in gaps] == [ids[-1]]
+    assert result.dead == len(gaps) and all(d.kind == "missing" for d in result.dead_letters)
+
+    # Removed between a snapshot and its resume.
+    client.delete("clicks")
+    fill(client, "clicks", 3000)
+    ids = [raw.decode() for raw, _ in client.xrange("clicks")]
+
+    def stop(c: Click) -> Click:
+        time.sleep(0.0005)  # snapshots are taken meanwhile
+        if c.id == "clicks-1000":
+            raise RuntimeError("stop")
+        return c
+
+    with pytest.raises(PipelineHalted):
+        pipeline(stop).run(recovery=store, snapshot_interval=0.01)
+    client.xtrim("clicks", maxlen=1000, approximate=False)  # keeps 2000 on
+    assert pipeline(lambda c: c).run(recovery=store).reconciles
+    written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
+    assert set(written.values()) == {1} and set(range(2000, 3000)) <= set(written)
+    assert len(written) + gone == 3000 and [gap["through"] for gap in gaps] == [ids[-1]]
+
+    # A live reader counts them when it reaches the end of the stream.
+    client.delete("clicks")
+    fill(client, "clicks", 3000)
+    ids = [raw.decode() for raw, _ in client.xrange("clicks")]
+
+    def stop_after_end(c: Click) -> Click:
+        remove_ahead(c)
+        if c.id == "clicks-2999":  # the end: an entry that halts the run comes a while later
+            halt = Click(user="halt", id="halt").model_dump_json()
+            threading.Timer(2.5, server.client().xadd, ("clicks", {"data": halt})).start()
+        if c.user == "halt":
+            raise RuntimeError("the last entry")
+        return c
+
+    with pytest.raises(PipelineHalted):
+        pipeline(stop_after_end, until=None).run()
+    written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
+    assert set(written.values()) == {1} and 2500 not in written
+    assert len(written) + gone == 3000 and [gap["through"] for gap in gaps] == [ids[-1]]
+
+
+def test_entries_removed_after_they_were_read_are_not_missing(
+    server: Server, tmp_path: Path
+) -> None:
+    # The other side of the count: entries deleted once read, and entries
+    # added while a live reader reads, are no `missing` letter.
+    from pipelines import PipelineHalted
+
+    client = server.client()
+    fill(client, "clicks", 2000)
+    ids = {f"clicks-{i}": raw.decode() for i, (raw, _) in enumerate(client.xrange("clicks"))}
+
+    def more() -> None:
+        writer = server.client()
+        for i in range(2000, 4000, 100):
+            pipe = writer.pipeline(transaction=False)
+            for j in range(i, i + 100):
+                pipe.xadd("clicks", {"data": Click(user="u", id=f"clicks-{j}").model_dump_json()})
+            pipe.execute()
+            time.sleep(0.02)
+        halt = Click(user="halt", id="halt").model_dump_json()
+        threading.Timer(2.5, writer.xadd, ("clicks", {"data": halt})).start()
+
+    def delete_once_read(c: Click) -> Click:
+        if c.user == "halt":
+            raise RuntimeError("the last entry")
+        if c.id in ids:
+            client.xdel("clicks", ids[c.id])
+        if c.id == "clicks-1000":
+            client.xtrim("clicks", minid=ids["clicks-900"], approximate=False)
+            threading.Thread(target=more).start()
+        return c
+
+    read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, until=None)
+    with pytest.raises(PipelineHalted):
+        (
+            Pipeline("read_then_removed")
+            .read(read, name="clicks")
+            .map(delete_once_read, on_error="halt")
+            .map(lambda c: {"id": c.id})
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
+            .run()
+        )
+    written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
+    assert written == Counter(range(4000)) and not gaps and gone == 0
