@@ -251,13 +251,18 @@ class _StreamReader(PollingReader):
             there = len(entries)
         elif look.first is not None and _after(look.first, self.last):
             there = look.length
-        if tally is None or look.added < tally.added:
-            # Not counted yet, or the stream was made again: counted from now on.
+        letter = None
+        if tally is not None and look.added < tally.added:
+            # Deleted (and made again) since the last look: what it still owed is gone.
+            if tally.owed > 0:
+                letter = self._missing(tally.since, tally.tip, tally.owed)
+            tally = self.tally = None
+        if tally is None:
+            # Not counted yet (or made again): counted from now on.
             if there is not None:
                 self.tally = _Tally(look.tip, look.added, there, 0, self.last)
-            return None
+            return letter
         owed = tally.owed + (look.added - tally.added) - tally.beyond
-        letter = None
         if there is not None:
             if owed > there:
                 letter = self._missing(tally.since, look.tip, owed - there)

@@ -92,6 +92,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
     found.kill()
 
 
+@pytest.fixture
+def client(server: Server) -> Iterator[redis.Redis]:
+    with server.client() as found:
+        yield found
+
+
 def fill(client: redis.Redis, stream: str, n: int, *, broken: set[int] = frozenset()) -> None:
     pipe = client.pipeline(transaction=False)
     for i in range(n):
@@ -514,6 +520,16 @@ def test_a_resume_position_that_is_not_an_entry_id_is_refused() -> None:
         sink.open_exact(RunContext("p"), "write", resume=12)
 
 
+def add_later(server: Server, stream: str, data: str, after: float) -> None:
+    """Add one entry ``after`` seconds from now, on a connection of its own."""
+
+    def add() -> None:
+        with server.client() as client:
+            client.xadd(stream, {"data": data})
+
+    threading.Timer(after, add).start()
+
+
 def removed_and_written(out: Path, dead: Path) -> tuple[Counter[int], int, list[dict[str, Any]]]:
     """Count the clicks written (by number), the entries the missing letters name, the letters."""
     written = Counter(
@@ -528,7 +544,7 @@ def removed_and_written(out: Path, dead: Path) -> tuple[Counter[int], int, list[
 
 
 def test_entries_removed_before_they_were_read_are_missing_dead_letters(
-    server: Server, tmp_path: Path
+    server: Server, client: redis.Redis, tmp_path: Path
 ) -> None:
     # A stream trimmed (MAXLEN, MINID) or an entry deleted (XDEL) while the
     # reader was behind, or between a snapshot and its resume, was skipped
@@ -537,7 +553,6 @@ def test_entries_removed_before_they_were_read_are_missing_dead_letters(
     # read) and each gap is a `missing` dead letter with its count.
     from pipelines import PipelineHalted
 
-    client = server.client()
     fill(client, "clicks", 3000)
     ids = [raw.decode() for raw, _ in client.xrange("clicks")]
     store = tmp_path / "store"
@@ -598,8 +613,7 @@ def test_entries_removed_before_they_were_read_are_missing_dead_letters(
     def stop_after_end(c: Click) -> Click:
         remove_ahead(c)
         if c.id == "clicks-2999":  # the end: an entry that halts the run comes a while later
-            halt = Click(user="halt", id="halt").model_dump_json()
-            threading.Timer(2.5, server.client().xadd, ("clicks", {"data": halt})).start()
+            add_later(server, "clicks", Click(user="halt", id="halt").model_dump_json(), 2.5)
         if c.user == "halt":
             raise RuntimeError("the last entry")
         return c
@@ -612,26 +626,25 @@ def test_entries_removed_before_they_were_read_are_missing_dead_letters(
 
 
 def test_entries_removed_after_they_were_read_are_not_missing(
-    server: Server, tmp_path: Path
+    server: Server, client: redis.Redis, tmp_path: Path
 ) -> None:
     # The other side of the count: entries deleted once read, and entries
     # added while a live reader reads, are no `missing` letter.
     from pipelines import PipelineHalted
 
-    client = server.client()
     fill(client, "clicks", 2000)
     ids = {f"clicks-{i}": raw.decode() for i, (raw, _) in enumerate(client.xrange("clicks"))}
 
     def more() -> None:
-        writer = server.client()
-        for i in range(2000, 4000, 100):
-            pipe = writer.pipeline(transaction=False)
-            for j in range(i, i + 100):
-                pipe.xadd("clicks", {"data": Click(user="u", id=f"clicks-{j}").model_dump_json()})
-            pipe.execute()
-            time.sleep(0.02)
-        halt = Click(user="halt", id="halt").model_dump_json()
-        threading.Timer(2.5, writer.xadd, ("clicks", {"data": halt})).start()
+        with server.client() as writer:
+            for i in range(2000, 4000, 100):
+                pipe = writer.pipeline(transaction=False)
+                for j in range(i, i + 100):
+                    click = Click(user="u", id=f"clicks-{j}")
+                    pipe.xadd("clicks", {"data": click.model_dump_json()})
+                pipe.execute()
+                time.sleep(0.02)
+        add_later(server, "clicks", Click(user="halt", id="halt").model_dump_json(), 2.5)
 
     def delete_once_read(c: Click) -> Click:
         if c.user == "halt":
@@ -656,3 +669,50 @@ def test_entries_removed_after_they_were_read_are_not_missing(
         )
     written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
     assert written == Counter(range(4000)) and not gaps and gone == 0
+
+
+def test_a_stream_deleted_under_a_live_read_counts_what_it_still_held(
+    server: Server, client: redis.Redis, tmp_path: Path
+) -> None:
+    # Deleted while the reader was behind, then made again by new entries:
+    # the old stream's unread entries are a `missing` letter, the new ones read.
+    from pipelines import PipelineHalted
+
+    fill(client, "clicks", 3000)
+
+    def delete_behind(c: Click) -> Click:
+        if c.user == "halt":
+            raise RuntimeError("the last entry")
+        if c.id == "clicks-1000":
+            client.delete("clicks")
+            again = [Click(user="new", id=f"new-{i}").model_dump_json() for i in range(500)]
+
+            def make_again() -> None:
+                with server.client() as writer:
+                    for data in again:
+                        writer.xadd("clicks", {"data": data})
+                # All read and written, then the entry that halts.
+                add_later(server, "clicks", Click(user="halt", id="halt").model_dump_json(), 1.5)
+
+            threading.Timer(1.5, make_again).start()
+        return c
+
+    read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, until=None)
+    with pytest.raises(PipelineHalted):
+        (
+            Pipeline("deleted")
+            .read(read, name="clicks")
+            .map(delete_behind, on_error="halt")
+            .map(lambda c: {"id": c.id})
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
+            .run()
+        )
+    ids = [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    old = [i for i in ids if i.startswith("clicks-")]
+    assert sorted(old) == sorted(set(old)) and set(ids) - set(old) == {
+        f"new-{i}" for i in range(500)
+    }
+    letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [d["kind"] for d in letters] == ["missing"]
+    assert len(old) + json.loads(letters[0]["payload"])["count"] == 3000
