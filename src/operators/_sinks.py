@@ -7,6 +7,7 @@ packet's lists go to their sinks, and its dead letters to the dead-letter sink.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -388,9 +389,27 @@ class _StdoutWriter(Writer):
         for item in items:
             try:
                 self.show(item)
+            except BrokenPipeError:
+                raise  # the reader of stdout is gone (`evflow run ... | head`): the run stops
             except Exception as exc:  # noqa: BLE001 - a record that cannot be shown: its dead letter
                 failed.append((item, exc))
         return failed
+
+
+def stdout_console(**options: Any) -> Any:
+    """Return a rich ``Console`` whose broken pipe (its reader gone) raises `BrokenPipeError`.
+
+    rich's own ends the process (``SystemExit(1)``), even from an engine
+    thread: evflow stops the run instead, and its command says why.
+    """
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "stdout was closed by its reader")
+
+    return _Console(**options)
 
 
 class StdoutSink(Sink):
@@ -407,9 +426,7 @@ class StdoutSink(Sink):
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Print through one shared console."""
-        from rich.console import Console
-
-        console: Console = ctx.shared("console", Console)
+        console: Any = ctx.shared("console", stdout_console)
         lock: threading.Lock = ctx.shared("console_lock", threading.Lock)
 
         def show(item: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+from operators._sinks import stdout_console
 from pipelines._building.builder import Pipeline, Stream
 from pipelines._running.options import OptionError
 from pipelines._showing.result import RunResult
@@ -220,12 +221,31 @@ def _ratio(text: str) -> float:
     return value
 
 
+#: The exit status of a command whose reader closed its stdout (128 + SIGPIPE, as a shell says).
+CLOSED_STDOUT = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout stopped reading (`evflow run ... | head`): the run
+        # stops, as other commands do, with a word on stderr instead of a traceback.
+        with contextlib.suppress(OSError, ValueError):  # (no descriptor: an embedding program's)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.write(
+            "evflow: stdout was closed by its reader (broken pipe): stopped; what was "
+            "not written to it is lost\n"
+        )
+        return CLOSED_STDOUT
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    console = stdout_console()
     if not console.is_terminal:
-        console = Console(width=120)
+        console = stdout_console(width=120)
 
     def fail(text: str) -> None:
         sys.stderr.write(text if text.endswith("\n") else text + "\n")
@@ -248,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TargetError, OptionError) as exc:
         fail(f"error: {exc}")
         return 2
+    except BrokenPipeError:
+        raise
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - shown, root cause first
         fail(f"error in pipeline {args.target}:")
         cause = exc.__cause__
@@ -341,7 +363,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
 
     live = (args.live or console.is_terminal) and not (args.quiet or args.json)
     if args.live:
-        console = Console(force_terminal=True, width=120)
+        console = stdout_console(force_terminal=True, width=120)
     view = LiveView(console)
     started = time.perf_counter()
 

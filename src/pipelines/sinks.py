@@ -26,7 +26,7 @@ def memory(name: str) -> MemorySink:
 
 
 def stdout(prefix: str = "") -> StdoutSink:
-    """Print records to the terminal (rich)."""
+    """Print records to the terminal (rich); a closed stdout stops the run (`BrokenPipeError`)."""
     return StdoutSink(prefix)
 
 

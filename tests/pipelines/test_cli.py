@@ -343,3 +343,36 @@ def test_a_file_without_an_attribute_runs_its_pipeline(
     none.write_text("x = 1\n")
     assert main(["run", str(none)]) == 2
     assert "has no attribute 'pipeline'" in capsys.readouterr().err
+
+
+def test_a_reader_that_closes_stdout_stops_the_run_with_a_word(tmp_path: Path) -> None:
+    # `evflow run app.py:pipeline | head -3` on an endless pipeline printing its
+    # records: the run stops (exit 141, as a shell says of a broken pipe) with
+    # one line on stderr, not a traceback, not a hang.
+    import time
+
+    app = tmp_path / "printing.py"
+    app.write_text(
+        "from pipelines import Pipeline, sources, sinks\n"
+        "pipeline = (Pipeline('printing').read(sources.generate(lambda rng, i: i, count=None))"
+        ".write(sinks.stdout()))\n"
+    )
+    # Cut after three of its records; closed before a catalog run prints its summary.
+    for target, read in ((f"{app}:pipeline", 3), ("clickstream", 0)):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "run", target],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        lines = [proc.stdout.readline() for _ in range(read)]
+        proc.stdout.close()
+        started = time.monotonic()
+        assert proc.wait(timeout=60) == 141, target
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert time.monotonic() - started < 30 and all(lines)
+        assert err == (
+            "evflow: stdout was closed by its reader (broken pipe): stopped; what was not "
+            "written to it is lost\n"
+        ), err[-2000:]
