@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from operators._deadletter import DeadLetter, count_dead, payload_text
-from operators._sources import slug
+from operators._sources import digest, slug
 from operators._stage import (
     COUNTER_FIELDS,
     Counters,
@@ -587,18 +587,28 @@ class PacketSink(DynamicSink[Packet]):
         return _PacketPartition(self, worker_index, worker_count)
 
 
-class _ExactFile(ExactWriter):
-    """The one writer of a jsonl file; its position is the file's length."""
+#: How many bytes before its position a file sink's snapshot keeps a digest of.
+_TAIL = 256
 
-    def __init__(self, path: str, offset: int | None) -> None:
+
+class _ExactFile(ExactWriter):
+    """The one writer of a jsonl file; its position is the file's length.
+
+    With a digest of the bytes just before it, so that a resume onto another
+    file of that length (or longer) is refused.
+    """
+
+    def __init__(self, path: str, resume: Any | None) -> None:
+        offset, digest = resume if isinstance(resume, tuple) else (resume, None)
         if offset is not None and (type(offset) is not int or offset < 0):
             msg = f"a file length must be an int >= 0; got {offset!r}"
             raise ValueError(msg)
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+        self.tail = b""
         if offset:
-            _check_resumable(path, offset)
+            self.tail = _check_resumable(path, offset, digest)
         if offset is None or not os.path.exists(path):
             self.handle: Any = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
             self.offset = 0
@@ -612,11 +622,13 @@ class _ExactFile(ExactWriter):
 
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         text, failed = to_lines(items)
-        self.offset += write_all(self.handle, text.encode())
+        data = text.encode()
+        self.offset += write_all(self.handle, data)
+        self.tail = (self.tail + data)[-_TAIL:] if len(data) < _TAIL else data[-_TAIL:]
         return failed
 
-    def position(self) -> int:
-        return self.offset
+    def position(self) -> tuple[int, str]:
+        return (self.offset, digest(self.tail))
 
     def close(self) -> None:
         self.handle.close()
@@ -654,21 +666,32 @@ class OutputChangedError(RuntimeError):
     """An exactly-once output file is shorter than the snapshot a run resumes from."""
 
 
-def _check_resumable(path: str, offset: int) -> None:
-    """Refuse to resume onto a file that lost part of what the snapshot covers."""
+def _check_resumable(path: str, offset: int, kept: str | None) -> bytes:
+    """Refuse to resume onto a file that lost or changed what the snapshot covers.
+
+    Return the bytes before ``offset`` that the snapshot's digest ``kept`` covers.
+    """
     try:
         size: int | None = os.stat(path).st_size
     except FileNotFoundError:
         size = None
     if size is not None and size >= offset:
-        return
-    what = "does not exist" if size is None else f"holds {size:,} bytes"
+        with open(path, "rb") as f:
+            f.seek(max(0, offset - _TAIL))
+            tail = f.read(min(offset, _TAIL))
+        if kept is None or digest(tail) == kept:
+            return tail
+        what = "no longer holds what the run wrote before its last snapshot"
+    else:
+        what = "does not exist" if size is None else f"holds {size:,} bytes"
+        what += (
+            f", but the recovery store's last snapshot covers {offset:,} bytes written to it: "
+            f"the file was deleted or cut short after that run"
+        )
     msg = (
-        f"jsonl sink {path!r} {what}, but the recovery store's last snapshot covers "
-        f"{offset:,} bytes written to it: the file was deleted or cut short after that "
-        f"run, and resuming would lose (or pad with zeros) the records of the earlier run. "
-        f"Hint: put the file back as it was, or start over: remove the recovery store and "
-        f"the output files and run again."
+        f"jsonl sink {path!r} {what}, and resuming would lose (or pad with zeros) the "
+        f"records of the earlier run. Hint: put the file back as it was, or start over: "
+        f"remove the recovery store and the output files and run again."
     )
     raise OutputChangedError(msg)
 

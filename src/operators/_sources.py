@@ -409,7 +409,7 @@ class MemorySource(Source[R]):
         return _ListReader(self.items, bounds, pos, step, partition, self.batch_size)
 
 
-def _digest(data: bytes) -> str:
+def digest(data: bytes) -> str:
     """Return what a position keeps of what was read before it: 16 hex digits."""
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
@@ -472,7 +472,7 @@ class _LinesReader(Reader):
         """Return a digest of the file's last bytes before ``offset`` ("" if it is shorter)."""
         start = max(0, offset - 256)
         held = os.pread(self.file.fileno(), offset - start, start)
-        return _digest(held) if len(held) == offset - start else ""
+        return digest(held) if len(held) == offset - start else ""
 
     def close(self) -> None:
         self.file.close()
@@ -532,7 +532,7 @@ def _row_digest(fields: list[str]) -> str:
     >>> _row_digest([]), _row_digest(["a", "b"]) == _row_digest(["a", "b"]) != _row_digest(["a,b"])
     ('', True)
     """
-    return _digest(json.dumps(fields).encode("utf-8", "surrogateescape")) if fields else ""
+    return digest(json.dumps(fields).encode("utf-8", "surrogateescape")) if fields else ""
 
 
 class _CsvReader(Reader):

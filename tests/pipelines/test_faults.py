@@ -267,6 +267,36 @@ def test_an_output_shorter_than_its_snapshot_is_refused_in_process(tmp_path: Pat
         p.run(recovery=tmp_path / "store")
 
 
+def test_an_output_replaced_by_another_as_long_is_refused(tmp_path: Path) -> None:
+    # Only a file's length was checked: another file as long (another run's
+    # output written to the same path, say) was cut back to the snapshot's
+    # length and resumed onto, and the earlier records were not in it while
+    # the summary reconciled. A snapshot now keeps a digest of what was
+    # written just before its position.
+    out = tmp_path / "o.jsonl"
+    values = list(range(5_000))
+
+    def fail(x: int) -> int:
+        if x == 4_000:
+            raise KeyError(x)
+        return x
+
+    def pipeline(step: Any) -> Pipeline:
+        read = sources.memory(values, batch_size=10)
+        return Pipeline("replaced").read(read).map(step, on_error="halt").write(sinks.jsonl(out))
+
+    with pytest.raises(PipelineHalted):
+        pipeline(fail).run(recovery=tmp_path / "store", snapshot_interval=0.001)
+    written = out.read_bytes()
+    out.write_bytes(written.replace(b"1", b"7") + b"7\n")  # as long, and longer
+    with pytest.raises(OutputChangedError, match=r"no longer holds what the run wrote"):
+        pipeline(lambda x: x).run(recovery=tmp_path / "store")
+    assert out.read_bytes() == written.replace(b"1", b"7") + b"7\n"  # left as it was
+    out.write_bytes(written + b"4000\n")  # as it was, and grown: resumed
+    assert pipeline(lambda x: x).run(recovery=tmp_path / "store").reconciles
+    assert [int(line) for line in out.read_text().splitlines()] == values
+
+
 def test_dead_letters_to_a_file_are_replaced_on_each_run_of_two_processes(
     tmp_path: Path,
 ) -> None:
