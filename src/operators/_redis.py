@@ -50,7 +50,7 @@ from operators._brokers import (
     without_secret,
 )
 from operators._event import Schema
-from operators._sinks import ExactSink, ExactWriter, RunContext, Writer
+from operators._sinks import ExactSink, ExactWriter, OutputChangedError, RunContext, Writer
 from operators._sources import DEFAULT_BATCH, Reader
 from operators._stage import Chunk, Unreadable
 
@@ -146,6 +146,15 @@ class _Look:
         )
 
 
+def _look(client: Any, stream: str) -> _Look:
+    """Look at ``stream``'s counts (``XINFO STREAM``)."""
+    try:
+        raw = client.xinfo_stream(stream)
+    except _redis().exceptions.ResponseError as exc:
+        raw = exc
+    return _Look.of(raw)
+
+
 @dataclass
 class _Tally:
     """How many entries a reader still has to read, to tell those removed unread.
@@ -194,7 +203,7 @@ class _StreamReader(PollingReader):
             if rest and rest[0] is not None:
                 self.tally = _Tally(*rest[0])
             return
-        look = _Look.of(self._info()) if self.tallies else None
+        look = _look(self.client, self.stream) if self.tallies else None
         self.last = self._first(look)
         # Bounded: up to the last entry present now (kept across resumes).
         if source.until == "end":
@@ -202,12 +211,6 @@ class _StreamReader(PollingReader):
         if look is not None and look.added is not None and source.start in ("0", "0-0", "$"):
             owed = 0 if source.start == "$" else look.length
             self.tally = _Tally(look.tip, look.added, owed, 0, self.last)
-
-    def _info(self) -> Any:
-        try:
-            return self.client.xinfo_stream(self.stream)
-        except _redis().exceptions.ResponseError as exc:
-            return exc
 
     def _first(self, look: _Look | None) -> str:
         """Where a fresh read starts: the entries after this id."""
@@ -543,9 +546,12 @@ class _StreamWriter(ExactWriter):
         resume: Any = None,
         since: float | None = None,
     ) -> None:
-        if resume is not None and not (
-            isinstance(resume, str) and re.fullmatch(r"\d+-\d+", resume)
-        ):
+        # A position: the last entry id written, and (since it was kept) a floor
+        # of the stream's count of entries ever added, with this writer's.
+        last, floor = resume if isinstance(resume, tuple) and len(resume) == 2 else (resume, None)
+        if (
+            last is not None and not (isinstance(last, str) and re.fullmatch(r"\d+-\d+", last))
+        ) or (floor is not None and type(floor) is not int):
             msg = f"a Redis stream position must be an entry id such as '1-0'; got {resume!r}"
             raise ValueError(msg)
         self.sink = sink
@@ -553,8 +559,22 @@ class _StreamWriter(ExactWriter):
         what = f"write to stream {sink.stream!r}"
         self.client = _connect(sink.url, sink.connect_timeout, what)
         _check_stream(self.client, sink.stream, what)
-        self.last = resume
-        self.unsure = resume is not None
+        self.last = last
+        self.unsure = last is not None
+        self.added: int | None = None
+        if tag is not None:
+            self.added = _look(self.client, sink.stream).added
+            if floor is not None and self.added is not None and self.added < floor:
+                self.client.close()
+                msg = (
+                    f"redis sink: stream {sink.stream!r} at {masked(sink.url)} has had "
+                    f"{self.added:,} entries added, fewer than the {floor:,} it had when the "
+                    f"recovery store's last snapshot was taken: it was deleted or made again "
+                    f"after that run, and resuming would lose the records of the earlier run. "
+                    f"Hint: put the stream back as it was, or start over: remove the recovery "
+                    f"store and the output stream and run again."
+                )
+                raise OutputChangedError(msg)
         if tag is not None and resume is None and since is not None:
             # No snapshot yet, but the store may have had executions killed
             # before their first one: their entries (made since the store) go.
@@ -565,7 +585,7 @@ class _StreamWriter(ExactWriter):
             self.last = _id(found[0][0]) if found else "0-0"
 
     def position(self) -> Any:
-        return self.last
+        return self.last if self.added is None else (self.last, self.added)
 
     def _undo(self) -> None:
         """Delete this writer's entries after its position (written after the snapshot)."""
@@ -600,6 +620,8 @@ class _StreamWriter(ExactWriter):
                 written = pipe.execute() if messages else []
                 if written:
                     self.last = _id(written[-1])
+                    if self.added is not None:
+                        self.added += len(written)
                 return unwritable
             except Exception as exc:  # noqa: BLE001 - retried, then dead letters
                 # What reached the server is not known: look before writing again.
