@@ -345,7 +345,12 @@ class _StreamReader(PollingReader):
         field = source.field.encode()
         read: list[str] = []
         for raw_id, fields in entries:
-            read.append(_id(raw_id))
+            entry = _id(raw_id)
+            if fields is None:  # delivered to a group's consumer before, deleted since
+                records.append(self._missing(read[-1] if read else self.last, entry, 1))
+                read.append(entry)
+                continue
+            read.append(entry)
             value = fields.get(field)
             if value is None:
                 records.append({_id(k): _id(v) for k, v in fields.items()})
@@ -368,8 +373,10 @@ class _StreamReader(PollingReader):
 class _GroupReader(_StreamReader):
     """A stream read as a consumer of a group.
 
-    Entries removed unread are not counted: the group's other consumers may
-    have read them.
+    Entries removed before the group delivered them are not counted (its
+    other consumers may have read them); those it delivered to this consumer
+    and that were removed before they were handled (a run that died) come
+    back without fields and are ``missing`` dead letters.
 
     First this consumer's entries that were delivered after ``last`` and
     never acknowledged, then new ones (``>``). Entries are acknowledged once a
@@ -431,15 +438,10 @@ class _GroupReader(_StreamReader):
                 count=source.batch_size,
             )
             entries = found[0][1] if found else []
-            # An entry deleted after its delivery comes without fields: done with.
-            gone = [e for e, fields in entries if not fields]
-            if gone:
-                self.client.xack(self.stream, self.group, *gone)
-            entries = [(e, fields) for e, fields in entries if fields]
-            if entries or gone:
-                if not entries:
-                    self.last = _id(gone[-1])
-                return entries
+            if entries:
+                # An entry deleted after its delivery comes without fields (None):
+                # a `missing` dead letter, acknowledged as the others.
+                return [(e, fields or None) for e, fields in entries]
             self.again = False
         found = self.client.xreadgroup(
             self.group, source.consumer, {self.stream: ">"}, count=source.batch_size

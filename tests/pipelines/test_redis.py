@@ -751,3 +751,44 @@ def test_an_output_stream_deleted_before_a_resume_refuses_it(
     with pytest.raises(OutputChangedError, match=r"stream 'copies' .* was deleted or made again"):
         pipeline(lambda x: x).run(recovery=store)
     assert stream_ids(client, "copies") == Counter(["another"])
+
+
+def test_a_groups_pending_entries_deleted_before_a_resume_are_missing_dead_letters(
+    server: Server, client: redis.Redis, tmp_path: Path
+) -> None:
+    # Entries the group delivered to a run that halted before a snapshot
+    # covered them stay pending; deleted (or trimmed) before the resume, the
+    # group hands them back without fields, and they were acknowledged and
+    # skipped without a word. Each is now a `missing` dead letter.
+    from pipelines import PipelineHalted
+
+    fill(client, "clicks", 3000)
+
+    def stop(c: Click) -> Click:
+        time.sleep(0.0005)  # snapshots are taken meanwhile
+        if c.id == "clicks-1000":
+            raise RuntimeError("stop")
+        return c
+
+    def pipeline(step: Callable[[Click], Click]) -> Pipeline:
+        read = sources.redis(server.url, "clicks", schema=Click, group="g", batch_size=100)
+        return (
+            Pipeline("pending")
+            .read(read, name="clicks")
+            .map(step, on_error="halt")
+            .map(lambda c: {"id": c.id})
+            .write(sinks.jsonl(tmp_path / "out.jsonl"))
+            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
+        )
+
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline(stop).run(recovery=store, snapshot_interval=0.01)
+    waiting = [p["message_id"] for p in client.xpending_range("clicks", "g", "-", "+", 5000)]
+    assert len(waiting) >= 10
+    client.xdel("clicks", *waiting[-10:])
+    assert pipeline(lambda c: c).run(recovery=store).reconciles
+    written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
+    assert set(written.values()) == {1} and len(written) == 2990 and gone == 10
+    assert {gap["through"] for gap in gaps} == {w.decode() for w in waiting[-10:]}
+    assert pending(client, "clicks", "g") == 0
