@@ -175,8 +175,11 @@ class _Tally:
     since: str
 
     def read(self, ids: list[str]) -> None:
-        """Count the entries ``ids`` as read."""
+        """Count the entries ``ids`` (in order) as read."""
         tip = self.tip
+        if not _after(ids[-1], tip):  # all added before the last look (a bounded read's)
+            self.owed -= len(ids)
+            return
         for entry in ids:
             if _after(entry, tip):
                 self.beyond += 1
