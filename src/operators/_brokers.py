@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from typing import Any
 from operators._event import Schema, own_id
 from operators._sinks import Sink, to_json
 from operators._sources import Reader, Source, slug
+from operators._stage import Unreadable
 
 __all__ = [
     "BrokerSink",
@@ -91,6 +93,14 @@ def messages_of(
         else:
             messages.append((item, data, event_id))
     return messages, failed
+
+
+def missing(what: dict[str, Any], message: str) -> Unreadable:
+    """Stand for messages a broker removed before they were read: a ``missing`` dead letter.
+
+    ``what`` (the stream, where the gap is, how many) is its payload.
+    """
+    return Unreadable(json.dumps(what), LookupError(message), kind="missing")
 
 
 class BrokerUnreachable(ConnectionError):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import os
 import threading
 import time
@@ -42,6 +41,7 @@ from operators._brokers import (
     PollingReader,
     masked,
     messages_of,
+    missing,
 )
 from operators._event import Schema
 from operators._sinks import RunContext, Writer
@@ -187,13 +187,12 @@ class _StreamReader(PollingReader):
         letter says so, not a silent gap.
         """
         n = last - first + 1
-        what = {"stream": self.stream, "first": first, "last": last, "count": n}
-        error = LookupError(
+        return missing(
+            {"stream": self.stream, "first": first, "last": last, "count": n},
             f"stream {self.stream!r} no longer holds message(s) {first} to {last} ({n}): its "
             f"limits (max_msgs, max_bytes, max_age) or a delete removed them before they "
-            f"were read"
+            f"were read",
         )
-        return Unreadable(json.dumps(what), error, kind="missing")
 
     def position(self) -> Any:
         """Return the broker position and when the stream was made."""

@@ -33,7 +33,6 @@ Connection URLs are never shown with their password (``redis://:****@host``).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import deque
@@ -47,6 +46,7 @@ from operators._brokers import (
     PollingReader,
     masked,
     messages_of,
+    missing,
     without_secret,
 )
 from operators._event import Schema
@@ -279,13 +279,12 @@ class _StreamReader(PollingReader):
 
     def _missing(self, since: str, until: str, n: int) -> Unreadable:
         """Stand for ``n`` entries after ``since`` (up to ``until``) removed unread."""
-        what = {"stream": self.stream, "after": since, "through": until, "count": n}
-        error = LookupError(
+        return missing(
+            {"stream": self.stream, "after": since, "through": until, "count": n},
             f"stream {self.stream!r} no longer holds {n} entr{'y' if n == 1 else 'ies'} added "
             f"after entry {since} (up to {until}): trimmed (MAXLEN, MINID) or deleted (XDEL) "
-            f"before they were read"
+            f"before they were read",
         )
-        return Unreadable(json.dumps(what), error, kind="missing")
 
     def _end(self) -> Chunk:
         """End a bounded read, with a ``missing`` letter for the entries up to its end not read."""

@@ -245,34 +245,14 @@ def test_an_output_damaged_before_a_resume_refuses_it(tmp_path: Path, damage: st
         assert chaos.events_out.stat().st_size == 100  # not padded with zeros
 
 
-def test_an_output_shorter_than_its_snapshot_is_refused_in_process(tmp_path: Path) -> None:
-    out = tmp_path / "o.jsonl"
-    values = list(range(5_000))
-
-    def fail(x: int) -> int:
-        if x == 4_000:
-            raise KeyError(x)
-        return x
-
-    p = (
-        Pipeline("cut")
-        .read(sources.memory(values, batch_size=10))
-        .map(fail, on_error="halt")
-        .write(sinks.jsonl(out))
-    )
-    with pytest.raises(PipelineHalted):
-        p.run(recovery=tmp_path / "store", snapshot_interval=0.001)
-    out.write_text("")
-    with pytest.raises(OutputChangedError, match=r"holds 0 bytes, but the recovery store"):
-        p.run(recovery=tmp_path / "store")
-
-
-def test_an_output_replaced_by_another_as_long_is_refused(tmp_path: Path) -> None:
-    # Only a file's length was checked: another file as long (another run's
-    # output written to the same path, say) was cut back to the snapshot's
-    # length and resumed onto, and the earlier records were not in it while
-    # the summary reconciled. A snapshot now keeps a digest of what was
-    # written just before its position.
+def test_an_output_cut_or_replaced_before_a_resume_is_refused_in_process(
+    tmp_path: Path,
+) -> None:
+    # Cut short, it is refused by its length. Replaced by another file as long
+    # (another run's output written to the same path, say), it was cut back
+    # to the snapshot's length and resumed onto, the earlier records not in
+    # it while the summary reconciled: a snapshot now keeps a digest of what
+    # was written just before its position.
     out = tmp_path / "o.jsonl"
     values = list(range(5_000))
 
@@ -283,11 +263,14 @@ def test_an_output_replaced_by_another_as_long_is_refused(tmp_path: Path) -> Non
 
     def pipeline(step: Any) -> Pipeline:
         read = sources.memory(values, batch_size=10)
-        return Pipeline("replaced").read(read).map(step, on_error="halt").write(sinks.jsonl(out))
+        return Pipeline("cut").read(read).map(step, on_error="halt").write(sinks.jsonl(out))
 
     with pytest.raises(PipelineHalted):
         pipeline(fail).run(recovery=tmp_path / "store", snapshot_interval=0.001)
     written = out.read_bytes()
+    out.write_text("")
+    with pytest.raises(OutputChangedError, match=r"holds 0 bytes, but the recovery store"):
+        pipeline(fail).run(recovery=tmp_path / "store")
     out.write_bytes(written.replace(b"1", b"7") + b"7\n")  # as long, and longer
     with pytest.raises(OutputChangedError, match=r"no longer holds what the run wrote"):
         pipeline(lambda x: x).run(recovery=tmp_path / "store")

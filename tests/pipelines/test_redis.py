@@ -530,6 +530,24 @@ def add_later(server: Server, stream: str, data: str, after: float) -> None:
     threading.Timer(after, add).start()
 
 
+def copy_clicks(
+    server: Server, tmp_path: Path, name: str, step: Callable[[Click], Click], **options: Any
+) -> Pipeline:
+    """Read stream ``clicks`` 100 entries at a time through ``step`` (which may halt the run).
+
+    The ids go to ``out.jsonl``, the dead letters to ``dead.jsonl``.
+    """
+    read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, **options)
+    return (
+        Pipeline(name)
+        .read(read, name="clicks")
+        .map(step, on_error="halt")
+        .map(lambda c: {"id": c.id})
+        .write(sinks.jsonl(tmp_path / "out.jsonl"))
+        .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
+    )
+
+
 def removed_and_written(out: Path, dead: Path) -> tuple[Counter[int], int, list[dict[str, Any]]]:
     """Count the clicks written (by number), the entries the missing letters name, the letters."""
     written = Counter(
@@ -558,15 +576,7 @@ def test_entries_removed_before_they_were_read_are_missing_dead_letters(
     store = tmp_path / "store"
 
     def pipeline(step: Callable[[Click], Click], until: str | None = "end") -> Pipeline:
-        read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, until=until)
-        return (
-            Pipeline("removed")
-            .read(read, name="clicks")
-            .map(step, on_error="halt")
-            .map(lambda c: {"id": c.id})
-            .write(sinks.jsonl(tmp_path / "out.jsonl"))
-            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
-        )
+        return copy_clicks(server, tmp_path, "removed", step, until=until)
 
     # Removed while the reader is behind: an entry deleted, the oldest trimmed.
     def remove_ahead(c: Click) -> Click:
@@ -656,17 +666,8 @@ def test_entries_removed_after_they_were_read_are_not_missing(
             threading.Thread(target=more).start()
         return c
 
-    read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, until=None)
     with pytest.raises(PipelineHalted):
-        (
-            Pipeline("read_then_removed")
-            .read(read, name="clicks")
-            .map(delete_once_read, on_error="halt")
-            .map(lambda c: {"id": c.id})
-            .write(sinks.jsonl(tmp_path / "out.jsonl"))
-            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
-            .run()
-        )
+        copy_clicks(server, tmp_path, "read_then_removed", delete_once_read, until=None).run()
     written, gone, gaps = removed_and_written(tmp_path / "out.jsonl", tmp_path / "dead.jsonl")
     assert written == Counter(range(4000)) and not gaps and gone == 0
 
@@ -697,17 +698,8 @@ def test_a_stream_deleted_under_a_live_read_counts_what_it_still_held(
             threading.Timer(1.5, make_again).start()
         return c
 
-    read = sources.redis(server.url, "clicks", schema=Click, batch_size=100, until=None)
     with pytest.raises(PipelineHalted):
-        (
-            Pipeline("deleted")
-            .read(read, name="clicks")
-            .map(delete_behind, on_error="halt")
-            .map(lambda c: {"id": c.id})
-            .write(sinks.jsonl(tmp_path / "out.jsonl"))
-            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
-            .run()
-        )
+        copy_clicks(server, tmp_path, "deleted", delete_behind, until=None).run()
     ids = [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     old = [i for i in ids if i.startswith("clicks-")]
     assert sorted(old) == sorted(set(old)) and set(ids) - set(old) == {
@@ -771,15 +763,7 @@ def test_a_groups_pending_entries_deleted_before_a_resume_are_missing_dead_lette
         return c
 
     def pipeline(step: Callable[[Click], Click]) -> Pipeline:
-        read = sources.redis(server.url, "clicks", schema=Click, group="g", batch_size=100)
-        return (
-            Pipeline("pending")
-            .read(read, name="clicks")
-            .map(step, on_error="halt")
-            .map(lambda c: {"id": c.id})
-            .write(sinks.jsonl(tmp_path / "out.jsonl"))
-            .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
-        )
+        return copy_clicks(server, tmp_path, "pending", step, group="g")
 
     store = tmp_path / "store"
     with pytest.raises(PipelineHalted):
