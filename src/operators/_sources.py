@@ -461,7 +461,14 @@ def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
 
 
 class _LinesReader(Reader):
-    """Reads a text file line by line, keeping line numbers."""
+    """Reads a text file line by line, keeping line numbers.
+
+    Its position is ``(lines read, byte offset, digest of the bytes before it,
+    where the last line began if no line end closed it)``. A file that grew
+    since is read on from there: a last line its writer had not ended then is
+    read again whole if it went on (what was read of it was cut), and its line
+    end passed over if that is what came.
+    """
 
     def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
         self.path = path
@@ -469,32 +476,61 @@ class _LinesReader(Reader):
         self.batch = batch
         self.file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self.line = 0
+        #: Where the last line read began, when no line end closed it (the end of the file).
+        self.open_line: int | None = None
         if resume is not None:
             self.line, offset, *seen = resume
             if seen and seen[0] != self._before(offset):
                 self.file.close()
                 raise _file_changed(step, path, f"line {self.line}, byte {offset}")
             self.file.seek(offset)
+            if len(seen) > 1 and seen[1] is not None:
+                self.open_line = int(seen[1])
         elif self.file.read(3) != b"\xef\xbb\xbf":
             self.file.seek(0)  # no byte-order mark to skip
 
+    def _reopen(self, began: int) -> None:
+        """Go on after a last line that was read without its line end, which began at ``began``.
+
+        The reader stands where it ended.
+        """
+        offset = self.file.tell()
+        came = self.file.read(2)
+        if not came:
+            self.file.seek(offset)  # nothing more yet
+            return
+        self.open_line = None
+        if came[:1] == b"\n" or came == b"\r\n":
+            self.file.seek(offset + len(came.split(b"\n")[0]) + 1)  # it was whole: pass its end
+        elif came[:1] == b"\r":
+            self.file.seek(offset + 1)  # it was whole, ended by a lone "\r"
+        else:
+            self.file.seek(began)  # it went on: read it again, whole, as the same line
+            self.line -= 1
+
     def next_chunk(self) -> Chunk | None:
+        if self.open_line is not None:
+            self._reopen(self.open_line)
         lines = []
         readline = self.file.readline
+        raw = b""
         for _ in range(self.batch):
             line = readline()
             if not line:
                 break
+            raw = line
             lines.append(line.rstrip(b"\r\n"))
         if not lines:
             raise StopIteration
+        if raw[-1:] != b"\n":  # the file's last line, with no line end (yet)
+            self.open_line = self.file.tell() - len(raw)
         chunk = Chunk(lines, self.step, self.path, self.line, file=self.path, line=self.line + 1)
         self.line += len(lines)
         return chunk
 
-    def position(self) -> tuple[int, int, str]:
+    def position(self) -> tuple[int, int, str, int | None]:
         offset = self.file.tell()
-        return (self.line, offset, self._before(offset))
+        return (self.line, offset, self._before(offset), self.open_line)
 
     def _before(self, offset: int) -> str:
         """Return a digest of the file's last bytes before ``offset`` ("" if it is shorter)."""

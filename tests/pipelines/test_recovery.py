@@ -568,6 +568,57 @@ def test_a_source_resumed_in_other_partitions_is_refused_then_exact(
     assert sorted(written) == list(range(20_000))
 
 
+@pytest.mark.parametrize("cut", ["torn", "whole"])
+def test_a_last_line_read_while_it_was_written_is_read_whole_after_it(
+    tmp_path: Path, cut: str
+) -> None:
+    # A file that grows is read on by a resumed run. Its last line, read
+    # before its writer ended it, was read on from where it had stopped:
+    # torn, its rest became a second dead letter and the record none (the
+    # summary reconciling); whole, its newline became an empty line and every
+    # later record's line and id moved on by one. The position now says that
+    # the last line was open: torn, it is read again whole; whole, its newline
+    # is passed over.
+    from pipelines import Event
+
+    class Num(Event):
+        n: int
+
+    path = tmp_path / "in.jsonl"
+    lines = [json.dumps({"type": "num", "n": i}) for i in range(12)]
+    end = lines[10].index(":") + 2 if cut == "torn" else len(lines[10])
+    path.write_text("\n".join(lines[:10]) + "\n" + lines[10][:end])
+
+    def pipeline(out: str) -> Pipeline:
+        return (
+            Pipeline("growing")
+            .read(sources.jsonl(path, schema=Num, batch_size=4), name="numbers")
+            .write(sinks.jsonl(tmp_path / f"{out}.jsonl"))
+            .dead_letters(sinks.jsonl(tmp_path / f"{out}_dead.jsonl"))
+        )
+
+    store = tmp_path / "store"
+    assert pipeline("out").run(recovery=store).reconciles
+    with path.open("a") as f:
+        f.write(lines[10][end:] + "\n" + lines[11] + "\n")
+    assert pipeline("out").run(recovery=store).reconciles
+    assert pipeline("fresh").run().reconciles  # the whole file read at once
+    got, fresh = (
+        [json.loads(line) for line in (tmp_path / f"{out}.jsonl").read_text().splitlines()]
+        for out in ("out", "fresh")
+    )
+    assert [(r["n"], r["id"]) for r in got] == [(r["n"], r["id"]) for r in fresh]
+    assert [r["id"].rsplit("/", 2)[-2:] for r in got][-2:] == [
+        ["in.jsonl", "10"],
+        ["in.jsonl", "11"],
+    ]
+    dead = [json.loads(line) for line in (tmp_path / "out_dead.jsonl").read_text().splitlines()]
+    # Torn, the first run read part of a line: that part, and only it, is a dead letter.
+    assert [(d["payload"], d["origin"]["line"]) for d in dead] == (
+        [(lines[10][:end], 11)] if cut == "torn" else []
+    )
+
+
 def _numbers(fmt: str, numbers: range, *, header: bool = True) -> str:
     if fmt == "csv":
         return ("n\n" if header else "") + "".join(f"{i}\n" for i in numbers)
