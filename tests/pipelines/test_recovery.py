@@ -418,6 +418,33 @@ def _counted(tmp_path: Path) -> dict[str, int]:
 EVERY_USER = {"u0": 6667, "u1": 6667, "u2": 6666}
 
 
+def test_a_store_another_pipeline_wrote_is_refused_by_its_name(tmp_path: Path) -> None:
+    # Two pipelines of one shape given one store: the second was refused as
+    # lacking steps it has ('read_memory'), since the store's are named after
+    # the pipeline that wrote them. The message now says whose store it is.
+    from pipelines import ResumeError
+
+    def pipeline(name: str, values: range) -> Pipeline:
+        def stop(x: int) -> int:
+            if x == 900:
+                raise RuntimeError("stop")
+            return x
+
+        read = sources.memory(list(values), batch_size=10)
+        out = sinks.jsonl(tmp_path / f"{name}.jsonl")
+        return Pipeline(name).read(read).map(stop, on_error="halt").write(out)
+
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline("first", range(1000)).run(recovery=store, snapshot_interval=0.001)
+    with pytest.raises(
+        ResumeError,
+        match=r"holds the state of pipeline\(s\) 'first', not of pipeline 'second'.*"
+        r"Hint: give each pipeline a store of its own",
+    ):
+        pipeline("second", range(5000, 6000)).run(recovery=store)
+
+
 def test_a_step_renamed_by_a_changed_window_is_refused_then_resumed_as_it_was(
     tmp_path: Path,
 ) -> None:

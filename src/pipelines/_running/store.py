@@ -168,9 +168,22 @@ def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
             continue  # no state (or one `check_store` refuses)
         said = held_in(pickle.loads(blob))  # its opcodes were checked just above
         if said:
-            lost.setdefault(step.split(".", 1)[-1], Counter()).update(said)
+            lost.setdefault(step, Counter()).update(said)
+    ours = {step.split(".", 1)[0] for step in steps}
+    theirs = sorted({step.split(".", 1)[0] for step in lost} - ours)
+    if lost and len(theirs) == len({step.split(".", 1)[0] for step in lost}):
+        # Not one of its steps is this pipeline's: another pipeline wrote the store.
+        named = ", ".join(map(repr, sorted(ours)))
+        msg = (
+            f"recovery store {str(directory)!r} holds the state of pipeline(s) "
+            f"{', '.join(map(repr, theirs))}, not of pipeline {named}: "
+            f"resuming from it would read this pipeline's inputs from another's positions, or "
+            f"drop that pipeline's state. Hint: give each pipeline a store of its own; resume "
+            f"{theirs[0]!r} with this store."
+        )
+        raise ResumeError(msg)
     if lost:
-        gone = "; ".join(f"{step!r}: {told(said)}" for step, said in lost.items())
+        gone = "; ".join(f"{step.split('.', 1)[-1]!r}: {told(said)}" for step, said in lost.items())
         msg = (
             f"recovery store {str(directory)!r} holds the state of step(s) this pipeline "
             f"does not have ({gone}): resuming would drop it, and what it holds with it (the "
