@@ -147,5 +147,5 @@ def serve_metrics(metrics: Metrics, pipeline: str, compiled: Compiled, proc_id: 
             f"cannot serve metrics on {metrics.host}:{port}: {exc}. Hint: choose another "
             f"--metrics-port (process i of a cluster uses port + i)."
         )
-        raise OSError(msg) from exc
+        raise OSError(msg) from None  # the message says it all: no socket library frames
     return _Server(server, thread)
