@@ -599,6 +599,20 @@ def _row_digest(fields: list[str]) -> str:
     return digest(json.dumps(fields).encode("utf-8", "surrogateescape")) if fields else ""
 
 
+def _grew_from(fields: list[str], kept: str) -> bool:
+    """Whether a row whose fields had the digest ``kept`` is a beginning of ``fields``.
+
+    >>> was = _row_digest(["c", "1"])
+    >>> _grew_from(["c", "15"], was), _grew_from(["c", "2"], was), _grew_from(["c,1"], was)
+    (True, False, False)
+    """
+    return any(
+        _row_digest([*fields[:j], fields[j][:k]]) == kept
+        for j in range(len(fields))
+        for k in range(len(fields[j]) + 1)
+    )
+
+
 class _CsvReader(Reader):
     """Reads a CSV file with a header row; a row it cannot make out is `Unreadable`.
 
@@ -644,6 +658,14 @@ class _CsvReader(Reader):
             self.last = found[0]
         if kept and kept[0] != _row_digest(self.last):
             self.file.close()
+            if _grew_from(self.last, kept[0]):
+                msg = (
+                    f"step {step!r}: row {skip} of file {path!r} was read while its writer was "
+                    f"still writing it: it has grown since (it reads {','.join(self.last)!r} "
+                    f"now), so the record made of it then was cut short, and so it is in the "
+                    f"outputs; read a file once its writer has ended its last row"
+                )
+                raise ResumeError(msg)
             raise _file_changed(step, path, f"row {skip}")
         self.done = skip
 

@@ -646,6 +646,29 @@ def test_a_last_line_read_while_it_was_written_is_read_whole_after_it(
     )
 
 
+def test_a_last_csv_row_read_while_it_was_written_refuses_the_resume_saying_so(
+    tmp_path: Path,
+) -> None:
+    # A csv row cut short is a row all the same (`c,1` of `c,15`): the record
+    # made of it was cut, and a resume was refused as if the file had been
+    # replaced. The refusal now says what happened.
+    from pipelines import ResumeError
+
+    path = tmp_path / "in.csv"
+    path.write_text("n\n1\n2\n1")
+    pipeline = Pipeline("rows").read(sources.csv(path, schema=None), name="numbers")
+    pipeline = pipeline.write(sinks.jsonl(tmp_path / "out.jsonl"))
+    assert pipeline.run(recovery=tmp_path / "store").reconciles
+    with path.open("a") as f:
+        f.write("5\n3\n")
+    with pytest.raises(
+        ResumeError,
+        match=r"row 3 of file .* was read while its writer was still writing it: it has "
+        r"grown since \(it reads '15' now\), so the record made of it then was cut short",
+    ):
+        pipeline.run(recovery=tmp_path / "store")
+
+
 def _numbers(fmt: str, numbers: range, *, header: bool = True) -> str:
     if fmt == "csv":
         return ("n\n" if header else "") + "".join(f"{i}\n" for i in numbers)
