@@ -144,6 +144,8 @@ def held_in(state: Any) -> Counter[str]:
 
     >>> held_in({"layout": "b", "wins": {("k", 0.0): [1]}, "heap": [(10.0, "k", 0.0)]})
     Counter({'open window(s)': 1})
+    >>> held_in({"layout": "b", "shape": "running aggregates of n=count()", "wins": {"k": [1]}})
+    Counter({'running key(s)': 1})
     >>> held_in({"layout": "b", "states": {"k": 1}, "timers": {"k": {"t": 1}}, "held": 2})
     Counter({'held record(s)': 2, 'key state(s)': 1, 'timer(s)': 1})
     >>> held_in({"layout": "b", "wins": {}, "panes": {}}) or held_in(None) or "nothing"
@@ -157,7 +159,8 @@ def held_in(state: Any) -> Counter[str]:
     if not isinstance(state, dict) or "layout" not in state:
         said["position(s) in its partitions"] = 1
         return said
-    said["open window(s)"] = len(state.get("wins") or ())
+    running = str(state.get("shape", "")).startswith("running")
+    said["running key(s)" if running else "open window(s)"] = len(state.get("wins") or ())
     said["key state(s)"] = len(state.get("states") or ())
     timers = state.get("timers") or {}
     if isinstance(timers, dict):
