@@ -120,11 +120,12 @@ def test_a_list_of_events_is_checked_as_a_schema_is() -> None:
     # aggregate made every event a dead letter when the run came; the list's
     # classes now check the steps when they are added, as a schema does.
     from operators import agg, windows
+
     from pipelines import render
 
     read = Pipeline("p").read(src())
     assert read.event_classes == (View, Purchase)
-    assert "read: read_memory<br/>View &#124; Purchase<br/>" in render.to_mermaid(
+    assert "read: read_memory<br/>View | Purchase<br/>" in render.to_mermaid(
         read.write(sinks.memory("o"))
     )
     keyed = read.filter(Purchase).key_by(lambda p: p.user)
