@@ -167,7 +167,7 @@ def event_types(pipeline: Pipeline) -> dict[str, str]:
         if node.kind in ("aggregate", "join", "process"):
             late[node.name] = _either(inputs)
         if node.kind == "read":
-            classes = node.params.get("classes") or node.params["source"].event_types()
+            classes = node.params.get("classes")
             here = " | ".join(c.__name__ for c in classes) if classes else "any"
         elif node.kind == "filter" and "cls" in node.params:
             here = node.params["cls"].__name__

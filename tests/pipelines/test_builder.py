@@ -121,13 +121,8 @@ def test_a_list_of_events_is_checked_as_a_schema_is() -> None:
     # classes now check the steps when they are added, as a schema does.
     from operators import agg, windows
 
-    from pipelines import render
-
     read = Pipeline("p").read(src())
     assert read.event_classes == (View, Purchase)
-    assert "read: read_memory<br/>View | Purchase<br/>" in render.to_mermaid(
-        read.write(sinks.memory("o"))
-    )
     keyed = read.filter(Purchase).key_by(lambda p: p.user)
     with pytest.raises(ValueError, match=r"sum\(amont\) reads field 'amont', which Purchase"):
         keyed.window(windows.tumbling(seconds=10)).aggregate(total=agg.sum("amont"))
