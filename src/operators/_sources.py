@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators._event import Event, Schema
+from operators._event import Schema
 from operators._stage import Chunk, Counters, ResumeError, Unreadable, check_arity
 
 __all__ = [
@@ -122,14 +122,6 @@ class Source(ABC, Generic[R]):
     @abstractmethod
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open a reader on ``partition``, resuming at ``resume`` if given."""
-
-    def event_types(self) -> tuple[type[Event], ...] | None:
-        """Return the event classes of the records, when known before the run without a schema.
-
-        The pipeline checks the steps after the read against them (fields,
-        filters, handlers) when it is built.
-        """
-        return None
 
 
 class _Partition(StatefulSourcePartition[Chunk, Any]):
@@ -391,26 +383,6 @@ class MemorySource(Source[R]):
     def label(self) -> str:
         """Name the read step after the source."""
         return self.name
-
-    def event_types(self) -> tuple[type[Event], ...] | None:
-        """Return the classes of the items, when there are some and all are events.
-
-        >>> from operators import Event
-        >>> class Click(Event):
-        ...     user: str
-        >>> MemorySource([Click(user="a"), Click(user="b")]).event_types() == (Click,)
-        True
-        >>> MemorySource([Click(user="a"), {"user": "b"}]).event_types() is None
-        True
-        """
-        if self.schema is not None or not self.items:
-            return None
-        found: dict[type[Event], None] = {}
-        for item in self.items:
-            if not isinstance(item, Event):
-                return None
-            found[type(item)] = None
-        return tuple(found)
 
     def partitions(self) -> list[str]:
         """One partition name per part."""

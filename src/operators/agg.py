@@ -67,18 +67,15 @@ _NUMERIC = (int, float, Decimal)
 
 
 def _is_numeric(annotation: Any) -> bool:
-    """Whether a field of this type may hold numbers: a numeric type, one that may be None, Any.
+    """Whether a field of this type holds numbers: a numeric type, or one that may be None.
 
-    A None value of an optional field becomes a dead letter of the aggregate;
-    so does a value that is no number in a field declared ``Any`` (or ``object``).
+    A None value of an optional field becomes a dead letter of the aggregate.
 
     >>> _is_numeric(int), _is_numeric(float | None), _is_numeric(typing.Optional[Decimal])
     (True, True, True)
-    >>> _is_numeric(bool), _is_numeric(str | None), _is_numeric(int | str), _is_numeric(Any)
-    (False, False, False, True)
+    >>> _is_numeric(bool), _is_numeric(str | None), _is_numeric(int | str)
+    (False, False, False)
     """
-    if annotation is Any or annotation is object:
-        return True
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         return len(kinds) == 1 and _is_numeric(kinds[0])

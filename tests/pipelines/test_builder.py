@@ -115,27 +115,6 @@ def test_class_filter_narrows_and_checks_the_schema() -> None:
         only_views.filter(Purchase)
 
 
-def test_a_list_of_events_is_checked_as_a_schema_is() -> None:
-    # A memory source of events has no schema, so a misspelt field in an
-    # aggregate made every event a dead letter when the run came; the list's
-    # classes now check the steps when they are added, as a schema does.
-    from operators import agg, windows
-
-    read = Pipeline("p").read(src())
-    assert read.event_classes == (View, Purchase)
-    keyed = read.filter(Purchase).key_by(lambda p: p.user)
-    with pytest.raises(ValueError, match=r"sum\(amont\) reads field 'amont', which Purchase"):
-        keyed.window(windows.tumbling(seconds=10)).aggregate(total=agg.sum("amont"))
-    with pytest.raises(TypeError, match=r"sum\(user\) needs a numeric field, but Purchase"):
-        keyed.aggregate(total=agg.sum("user"))
-    views = Pipeline("p").read(sources.memory([View(user="a")]))
-    with pytest.raises(TypeError, match=r"carries View, never Purchase"):
-        views.filter(Purchase)
-    # Records that are not all events flow as they are, unchecked.
-    assert Pipeline("p").read(sources.memory([View(user="a"), {"user": "b"}])).event_classes is None
-    assert Pipeline("p").read(sources.memory([])).event_classes is None
-
-
 def test_forward_route_checks() -> None:
     s = Pipeline("p").read(src())
     with pytest.raises(ValueError, match=r"step 'forward' \(forward\): no routes given"):

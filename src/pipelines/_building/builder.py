@@ -176,8 +176,7 @@ class Pipeline:
             step, "read", policy=as_policy(on_error), params={"source": source, "classes": classes}
         )
         pipe = self._with(self._graph.add(node))
-        # Without a schema, a source may still know its events (a list of them).
-        return Stream(pipe, Port(node), classes or source.event_types())
+        return Stream(pipe, Port(node), classes)
 
     def dead_letters(self, sink: Sink) -> Pipeline:
         """Return this pipeline with its dead letters written to ``sink``."""
