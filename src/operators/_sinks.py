@@ -599,7 +599,7 @@ class _ExactFile(ExactWriter):
     """
 
     def __init__(self, path: str, resume: Any | None) -> None:
-        offset, digest = resume if isinstance(resume, tuple) else (resume, None)
+        offset, kept = resume if isinstance(resume, tuple) else (resume, None)
         if offset is not None and (type(offset) is not int or offset < 0):
             msg = f"a file length must be an int >= 0; got {offset!r}"
             raise ValueError(msg)
@@ -608,7 +608,7 @@ class _ExactFile(ExactWriter):
             os.makedirs(parent, exist_ok=True)
         self.tail = b""
         if offset:
-            self.tail = _check_resumable(path, offset, digest)
+            self.tail = _check_resumable(path, offset, kept)
         if offset is None or not os.path.exists(path):
             self.handle: Any = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
             self.offset = 0

@@ -461,28 +461,28 @@ class _LinesReader(Reader):
         elif self.file.read(3) != b"\xef\xbb\xbf":
             self.file.seek(0)  # no byte-order mark to skip
 
-    def _reopen(self, began: int) -> None:
+    def _reopen(self, began: int) -> bool:
         """Go on after a last line that was read without its line end, which began at ``began``.
 
-        The reader stands where it ended.
+        The reader stands where it ended. Return False while nothing tells yet
+        whether it went on (nothing came, or a lone carriage return).
         """
         offset = self.file.tell()
         came = self.file.read(2)
-        if not came:
-            self.file.seek(offset)  # nothing more yet
-            return
+        if came in (b"", b"\r"):
+            self.file.seek(offset)
+            return False
         self.open_line = None
         if came[:1] == b"\n" or came == b"\r\n":
-            self.file.seek(offset + len(came.split(b"\n")[0]) + 1)  # it was whole: pass its end
-        elif came[:1] == b"\r":
-            self.file.seek(offset + 1)  # it was whole, ended by a lone "\r"
+            self.file.seek(offset + (2 if came == b"\r\n" else 1))  # it was whole: pass its end
         else:
             self.file.seek(began)  # it went on: read it again, whole, as the same line
             self.line -= 1
+        return True
 
     def next_chunk(self) -> Chunk | None:
-        if self.open_line is not None:
-            self._reopen(self.open_line)
+        if self.open_line is not None and not self._reopen(self.open_line):
+            raise StopIteration  # the end, as far as is written yet
         lines = []
         readline = self.file.readline
         raw = b""
