@@ -354,3 +354,52 @@ def test_minute_totals_of_ten_second_counts_are_exact_across_halts_and_resumes(
     assert {k: int(v) for k, v in got.items()} == {
         (page, start.replace("+00:00", "Z")): n for (page, start), n in want.items()
     }
+
+
+def test_a_window_over_the_whole_stream_is_exact_across_halts_on_two_workers(
+    tmp_path: Path,
+) -> None:
+    # Its partial aggregates per worker, and the merge of them, resume from
+    # the snapshots: halted four times, each window counts each event once.
+    import json
+    import random
+
+    from pipelines import PipelineHalted
+
+    rng = random.Random(5)
+    hits = [
+        Hit(page=f"p{rng.randrange(5)}", time=T0 + timedelta(seconds=i / 20 + rng.random() * 2))
+        for i in range(20_000)
+    ]
+    halts = {hits[i].id for i in (2_500, 7_000, 13_000, 17_000)}
+
+    def halt(h: Hit) -> Hit:
+        if h.id in halts:
+            halts.discard(h.id)
+            raise RuntimeError("halted")
+        return h
+
+    counted = (
+        Pipeline("whole")
+        .read(sources.memory(hits, batch_size=50, partitions=2), name="hits")
+        .map(halt, on_error="halt")
+        .window_all(windows.tumbling(seconds=10), clock=windows.event_time("time", max_delay=3))
+        .aggregate(n=agg.count())
+        .write(sinks.jsonl(tmp_path / "out.jsonl"))
+    )
+    halted = 0
+    while True:
+        try:
+            result = counted.run(recovery=tmp_path / "store", snapshot_interval=0.005, workers=2)
+            break
+        except PipelineHalted:
+            halted += 1
+    assert halted == 4 and result.reconciles
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    got = {r["start"]: r["n"] for r in rows}
+    want = Counter(
+        (T0 + timedelta(seconds=(h.time - T0).total_seconds() // 10 * 10)).isoformat() for h in hits
+    )
+    assert len(got) == len(rows) and got == {
+        start.replace("+00:00", "Z"): n for start, n in want.items()
+    }
