@@ -343,3 +343,51 @@ def test_out_checks_the_results_class_and_dead_letters_the_others() -> None:
             {Event: lambda e: None},
             out="Review",  # type: ignore[call-overload]
         )
+
+
+def test_stateful_handler_states_are_exact_across_halts_on_other_worker_counts(
+    tmp_path: Any,
+) -> None:
+    # Each key's count lives in the dispatch step's snapshots: halted four
+    # times and resumed on 1, then 2 workers, each key counts 1 to its number
+    # of events, each once.
+    import json
+    import random
+
+    rng = random.Random(9)
+    views = [View(user=f"u{rng.randrange(30)}") for _ in range(20_000)]
+    halts = {views[i].id for i in (2_500, 7_000, 13_000, 17_000)}
+
+    def halt(v: View) -> View:
+        if v.id in halts:
+            halts.discard(v.id)
+            raise RuntimeError("halted")
+        return v
+
+    def count(n: int, v: View) -> tuple[int, dict[str, Any]]:
+        return n + 1, {"user": v.user, "n": n + 1, "id": v.id}
+
+    counted = (
+        Pipeline("counts")
+        .read(sources.memory(views, batch_size=50, partitions=2), name="views")
+        .map(halt, on_error="halt")
+        .key_by(lambda v: v.user)
+        .dispatch({View: stateful(count, initial=int)})
+        .write(sinks.jsonl(tmp_path / "out.jsonl"))
+    )
+    runs = 0
+    while True:
+        runs += 1
+        try:
+            counted.run(recovery=tmp_path / "store", snapshot_interval=0.005, workers=1 + runs % 2)
+            break
+        except PipelineHalted:
+            pass
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert runs == 5 and len({r["id"] for r in rows}) == len(rows) == 20_000
+    per_user: dict[str, list[int]] = {}
+    for r in rows:
+        per_user.setdefault(r["user"], []).append(r["n"])
+    assert {u: sorted(ns) for u, ns in per_user.items()} == {
+        u: list(range(1, n + 1)) for u, n in Counter(v.user for v in views).items()
+    }
