@@ -347,3 +347,33 @@ def test_dead_letters_to_a_file_survive_a_resume(tmp_path: Path, processes: int)
     pipeline(None).run(recovery=store, processes=processes)
     payloads = [json.loads(line)["payload"] for line in dead.read_text().splitlines()]
     assert sorted(payloads, key=int) == [str(x) for x in range(0, 20_000, 100)]
+
+
+def test_a_halt_on_one_worker_resumed_from_two_prints_nothing_of_the_engine(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A single worker resumed from a store that two workers wrote, halted:
+    # the engine printed its own traceback of the error (BytewaxRuntimeError,
+    # with evflow's frames) before evflow raised the user's exception.
+    halts = {3_000, 9_000}
+
+    def halt(x: int) -> int:
+        if x in halts:
+            halts.discard(x)
+            raise RuntimeError("halted")
+        return x
+
+    p = (
+        Pipeline("quiet")
+        .read(sources.memory(list(range(20_000)), batch_size=50, partitions=2))
+        .map(halt, on_error="halt")
+        .write(sinks.jsonl(tmp_path / "out.jsonl"))
+    )
+    for workers in (2, 1):
+        with pytest.raises(PipelineHalted):
+            p.run(workers=workers, recovery=tmp_path / "store", snapshot_interval=0.005)
+    assert p.run(recovery=tmp_path / "store").reconciles
+    _, err = capfd.readouterr()
+    assert err == ""
+    written = sorted(int(line) for line in (tmp_path / "out.jsonl").read_text().splitlines())
+    assert written == list(range(20_000))

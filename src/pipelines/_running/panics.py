@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 __all__ = ["drop_panics", "quiet_panics"]
 
@@ -102,10 +103,38 @@ def unfiltered_stderr() -> None:
 
 @contextlib.contextmanager
 def quiet_panics() -> Iterator[None]:
-    """Filter standard error (the file descriptor) through `drop_panics` meanwhile."""
+    """Filter standard error (the file descriptor) through `drop_panics` meanwhile.
+
+    The engine also prints some errors it raises (a single worker resumed from
+    a store of several, halted): those go unprinted too, evflow reports them.
+    """
     if os.environ.get("EVFLOW_SHOW_PANICS") == "1":
         yield
         return
+    previous = sys.excepthook
+    #: Blank lines to drop: the engine ends each error it prints with one.
+    blanks = [0]
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if kind.__module__.startswith("bytewax"):
+            blanks[0] += 1
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+    try:
+        with _filtered_stderr(blanks):
+            yield
+    finally:
+        sys.excepthook = previous
+
+
+@contextlib.contextmanager
+def _filtered_stderr(blanks: list[int]) -> Iterator[None]:
+    """Send standard error (the file descriptor) through `drop_panics` meanwhile.
+
+    ``blanks[0]`` blank lines still to come are dropped too.
+    """
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -120,6 +149,9 @@ def quiet_panics() -> Iterator[None]:
     def forward() -> None:
         with open(read_end, "rb") as pipe, open(saved, "wb", buffering=0, closefd=False) as out:
             for line in drop_panics(raw.decode(errors="surrogateescape") for raw in pipe):
+                if line == "\n" and blanks[0]:
+                    blanks[0] -= 1
+                    continue
                 out.write(line.encode(errors="surrogateescape"))
 
     thread = threading.Thread(target=forward, name="evflow-stderr", daemon=True)
