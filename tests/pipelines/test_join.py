@@ -739,3 +739,72 @@ def test_a_long_joined_session_holds_one_closing_entry_and_closes_when_due() -> 
     out += feed(logic, 1, [("other", 4009.0, "w")])
     pairs = sorted((j.left, j.right) for _, j in out if j.key == "hot")
     assert pairs == sorted((f"l{ts}", r) for ts in range(4000) for r in ("r1", "r2", "r3"))
+
+
+@pytest.mark.parametrize("kind", ["table", "interval", "window"])
+def test_a_join_halted_and_resumed_on_other_worker_counts_writes_what_one_run_writes(
+    tmp_path: Path, kind: str
+) -> None:
+    # Held records, table rows with their ttl and the watermarks of both sides
+    # are in the snapshots whatever the worker count: halted four times and
+    # resumed on 1, then 2 workers, the join writes what one whole run writes.
+    from pipelines import PipelineHalted
+
+    rng = random.Random(13)
+    orders = [
+        Order(customer=f"c{rng.randrange(100)}", amount=i, time=at(i / 10 + rng.random()))
+        for i in range(15_000)
+    ]
+    customers = [
+        Customer(
+            customer=f"c{rng.randrange(100)}", tier=rng.choice("abc"), time=at(i + rng.random())
+        )
+        for i in range(1_500)
+    ]
+    halts: set[str] = set()
+
+    def halt(o: Order) -> Order:
+        if o.id in halts:
+            halts.discard(o.id)
+            raise RuntimeError("halted")
+        return o
+
+    def pipeline(out: str) -> Pipeline:
+        p = Pipeline("joined")
+        read = sources.memory(orders, batch_size=50, partitions=2)
+        left = p.read(read, name="orders").map(halt, on_error="halt").key_by(lambda o: o.customer)
+        right = p.read(sources.memory(customers, batch_size=20), name="customers").key_by(
+            lambda c: c.customer, name="by_customer"
+        )
+        if kind == "table":
+            joined = left.join(
+                right.as_table(ttl=120),
+                select=lambda o, c: {"o": o.id, "tier": None if c is None else c.tier},
+            )
+        elif kind == "interval":
+            joined = left.join(right, between=(-5, 5), select=lambda o, c: {"o": o.id, "c": c.id})
+        else:
+            joined = left.join(
+                right, window=windows.tumbling(seconds=30), how="left",
+                select=lambda o, c: {"o": o.id, "c": None if c is None else c.id},
+            )  # fmt: skip
+        return joined.write(sinks.jsonl(tmp_path / out))
+
+    pipeline("whole.jsonl").run()
+    halts.update(orders[i].id for i in (2_000, 6_000, 9_000, 12_000))
+    runs = 0
+    while True:
+        runs += 1
+        try:
+            pipeline("halted.jsonl").run(
+                recovery=tmp_path / "store", snapshot_interval=0.005, workers=1 + runs % 2
+            )
+            break
+        except PipelineHalted:
+            pass
+    rows = {
+        name: sorted((tmp_path / name).read_text().splitlines())
+        for name in ("whole.jsonl", "halted.jsonl")
+    }
+    assert runs == 5 and len(rows["whole.jsonl"]) > 500
+    assert rows["halted.jsonl"] == rows["whole.jsonl"]
