@@ -75,3 +75,47 @@ def kill_at_random(
         if done >= kills:
             break
     return done
+
+
+class Halts:
+    """A map function that halts the run once at each record whose id it holds.
+
+    Give it to ``map(..., on_error="halt")``; `resumed_until_done` runs the
+    pipeline again from its recovery store after each halt.
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self.ids = set(ids)
+
+    def __call__(self, record: Any) -> Any:
+        if record.id in self.ids:
+            self.ids.discard(record.id)
+            raise RuntimeError("halted")
+        return record
+
+
+def resumed_until_done(
+    pipeline: Any, store: Path, workers: tuple[int, ...] = (2, 1)
+) -> tuple[int, Any]:
+    """Run ``pipeline`` with recovery in ``store`` again after each halt until it ends.
+
+    Run ``i`` (from 0) has ``workers[i % len(workers)]`` workers. Return how
+    many runs it took and the last one's `RunResult`.
+    """
+    from pipelines import PipelineHalted
+
+    runs = 0
+    while True:
+        runs += 1
+        try:
+            result = pipeline.run(
+                recovery=store, snapshot_interval=0.005, workers=workers[(runs - 1) % len(workers)]
+            )
+            return runs, result
+        except PipelineHalted:
+            pass
+
+
+def sorted_lines(path: Path) -> list[str]:
+    """Return the lines of a file, sorted."""
+    return sorted(path.read_text().splitlines())

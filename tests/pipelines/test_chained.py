@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,6 +17,7 @@ from pydantic import AwareDatetime
 from operators import Event, agg, windows
 from operators._windowing import WindowLogic
 from pipelines import Pipeline, sinks, sources, testing
+from tests.helpers import Halts, resumed_until_done
 from tests.reference import partition_marks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -298,29 +301,23 @@ def test_a_clock_on_a_window_bound_is_refused_and_one_that_may_be_none_is_taken(
     assert result.reconciles
 
 
+def disordered_hits(seed: int) -> list[Hit]:
+    """20,000 hits of 5 pages, 20 a second, at most 2 s out of order (none late at max_delay=3)."""
+    rng = random.Random(seed)
+    return [
+        Hit(page=f"p{rng.randrange(5)}", time=T0 + timedelta(seconds=i / 20 + rng.random() * 2))
+        for i in range(20_000)
+    ]
+
+
 def test_minute_totals_of_ten_second_counts_are_exact_across_halts_and_resumes(
     tmp_path: Path,
 ) -> None:
     # The second window's open windows and the watermark it is carried on are
     # in the snapshots too: halted four times and resumed each time from the
     # store, every event is counted once, in the minute of its page it fell in.
-    import json
-    import random
-
-    from pipelines import PipelineHalted
-
-    rng = random.Random(3)
-    hits = [
-        Hit(page=f"p{rng.randrange(5)}", time=T0 + timedelta(seconds=i / 20 + rng.random() * 2))
-        for i in range(20_000)
-    ]  # no more than 2 s out of order: none late with max_delay=3
-    halts = {hits[i].id for i in (2_500, 6_000, 12_500, 16_500)}
-
-    def halt(h: Hit) -> Hit:
-        if h.id in halts:
-            halts.discard(h.id)
-            raise RuntimeError("halted")
-        return h
+    hits = disordered_hits(3)
+    halt = Halts(hits[i].id for i in (2_500, 6_000, 12_500, 16_500))
 
     per_ten = (
         Pipeline("minutes")
@@ -336,14 +333,8 @@ def test_minute_totals_of_ten_second_counts_are_exact_across_halts_and_resumes(
         .aggregate(total=agg.sum("n"), name="per_minute")
         .write(sinks.jsonl(tmp_path / "out.jsonl"))
     )
-    halted = 0
-    while True:
-        try:
-            result = minutes.run(recovery=tmp_path / "store", snapshot_interval=0.005)
-            break
-        except PipelineHalted:
-            halted += 1
-    assert halted == 4 and result.reconciles
+    runs, result = resumed_until_done(minutes, tmp_path / "store", workers=(1,))
+    assert runs == 5 and result.reconciles
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     got = Counter({(r["key"], r["start"]): r["total"] for r in rows})
     assert len(got) == len(rows)  # each minute of each page written once
@@ -361,23 +352,8 @@ def test_a_window_over_the_whole_stream_is_exact_across_halts_on_two_workers(
 ) -> None:
     # Its partial aggregates per worker, and the merge of them, resume from
     # the snapshots: halted four times, each window counts each event once.
-    import json
-    import random
-
-    from pipelines import PipelineHalted
-
-    rng = random.Random(5)
-    hits = [
-        Hit(page=f"p{rng.randrange(5)}", time=T0 + timedelta(seconds=i / 20 + rng.random() * 2))
-        for i in range(20_000)
-    ]
-    halts = {hits[i].id for i in (2_500, 7_000, 13_000, 17_000)}
-
-    def halt(h: Hit) -> Hit:
-        if h.id in halts:
-            halts.discard(h.id)
-            raise RuntimeError("halted")
-        return h
+    hits = disordered_hits(5)
+    halt = Halts(hits[i].id for i in (2_500, 7_000, 13_000, 17_000))
 
     counted = (
         Pipeline("whole")
@@ -387,14 +363,8 @@ def test_a_window_over_the_whole_stream_is_exact_across_halts_on_two_workers(
         .aggregate(n=agg.count())
         .write(sinks.jsonl(tmp_path / "out.jsonl"))
     )
-    halted = 0
-    while True:
-        try:
-            result = counted.run(recovery=tmp_path / "store", snapshot_interval=0.005, workers=2)
-            break
-        except PipelineHalted:
-            halted += 1
-    assert halted == 4 and result.reconciles
+    runs, result = resumed_until_done(counted, tmp_path / "store", workers=(2,))
+    assert runs == 5 and result.reconciles
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     got = {r["start"]: r["n"] for r in rows}
     want = Counter(

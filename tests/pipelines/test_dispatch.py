@@ -11,7 +11,7 @@ import pytest
 
 from operators import Event
 from pipelines import Pipeline, PipelineHalted, retry, sinks, sources, stateful, testing
-from tests.helpers import Purchase, View, multiset
+from tests.helpers import Halts, Purchase, View, multiset, resumed_until_done
 
 
 class Refund(Event):
@@ -356,13 +356,7 @@ def test_stateful_handler_states_are_exact_across_halts_on_other_worker_counts(
 
     rng = random.Random(9)
     views = [View(user=f"u{rng.randrange(30)}") for _ in range(20_000)]
-    halts = {views[i].id for i in (2_500, 7_000, 13_000, 17_000)}
-
-    def halt(v: View) -> View:
-        if v.id in halts:
-            halts.discard(v.id)
-            raise RuntimeError("halted")
-        return v
+    halt = Halts(views[i].id for i in (2_500, 7_000, 13_000, 17_000))
 
     def count(n: int, v: View) -> tuple[int, dict[str, Any]]:
         return n + 1, {"user": v.user, "n": n + 1, "id": v.id}
@@ -375,16 +369,10 @@ def test_stateful_handler_states_are_exact_across_halts_on_other_worker_counts(
         .dispatch({View: stateful(count, initial=int)})
         .write(sinks.jsonl(tmp_path / "out.jsonl"))
     )
-    runs = 0
-    while True:
-        runs += 1
-        try:
-            counted.run(recovery=tmp_path / "store", snapshot_interval=0.005, workers=1 + runs % 2)
-            break
-        except PipelineHalted:
-            pass
+    runs, result = resumed_until_done(counted, tmp_path / "store")
+    assert runs == 5 and result.reconciles
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert runs == 5 and len({r["id"] for r in rows}) == len(rows) == 20_000
+    assert len({r["id"] for r in rows}) == len(rows) == 20_000
     per_user: dict[str, list[int]] = {}
     for r in rows:
         per_user.setdefault(r["user"], []).append(r["n"])

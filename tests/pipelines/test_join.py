@@ -17,7 +17,7 @@ from operators import COUNTER_FIELDS, Counters, Event, Joined, agg, windows
 from operators._joining import JoinLogic, JoinSpec
 from operators._keying import Marked
 from pipelines import Pipeline, render, sinks, sources, testing
-from tests.helpers import kill_at_random
+from tests.helpers import Halts, kill_at_random, resumed_until_done, sorted_lines
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -748,8 +748,6 @@ def test_a_join_halted_and_resumed_on_other_worker_counts_writes_what_one_run_wr
     # Held records, table rows with their ttl and the watermarks of both sides
     # are in the snapshots whatever the worker count: halted four times and
     # resumed on 1, then 2 workers, the join writes what one whole run writes.
-    from pipelines import PipelineHalted
-
     rng = random.Random(13)
     orders = [
         Order(customer=f"c{rng.randrange(100)}", amount=i, time=at(i / 10 + rng.random()))
@@ -761,13 +759,7 @@ def test_a_join_halted_and_resumed_on_other_worker_counts_writes_what_one_run_wr
         )
         for i in range(1_500)
     ]
-    halts: set[str] = set()
-
-    def halt(o: Order) -> Order:
-        if o.id in halts:
-            halts.discard(o.id)
-            raise RuntimeError("halted")
-        return o
+    halt = Halts()
 
     def pipeline(out: str) -> Pipeline:
         p = Pipeline("joined")
@@ -791,20 +783,8 @@ def test_a_join_halted_and_resumed_on_other_worker_counts_writes_what_one_run_wr
         return joined.write(sinks.jsonl(tmp_path / out))
 
     pipeline("whole.jsonl").run()
-    halts.update(orders[i].id for i in (2_000, 6_000, 9_000, 12_000))
-    runs = 0
-    while True:
-        runs += 1
-        try:
-            pipeline("halted.jsonl").run(
-                recovery=tmp_path / "store", snapshot_interval=0.005, workers=1 + runs % 2
-            )
-            break
-        except PipelineHalted:
-            pass
-    rows = {
-        name: sorted((tmp_path / name).read_text().splitlines())
-        for name in ("whole.jsonl", "halted.jsonl")
-    }
-    assert runs == 5 and len(rows["whole.jsonl"]) > 500
-    assert rows["halted.jsonl"] == rows["whole.jsonl"]
+    halt.ids.update(orders[i].id for i in (2_000, 6_000, 9_000, 12_000))
+    runs, result = resumed_until_done(pipeline("halted.jsonl"), tmp_path / "store")
+    assert runs == 5 and result.reconciles
+    whole = sorted_lines(tmp_path / "whole.jsonl")
+    assert len(whole) > 500 and sorted_lines(tmp_path / "halted.jsonl") == whole

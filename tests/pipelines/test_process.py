@@ -23,7 +23,7 @@ from operators import COUNTER_FIELDS, Context, Counters, Event, Timer, agg, wind
 from operators._keying import Marked
 from operators._process import ProcessLogic, ProcessSpec
 from pipelines import Pipeline, sinks, sources
-from tests.helpers import kill_at_random
+from tests.helpers import Halts, kill_at_random, resumed_until_done, sorted_lines
 from tests.reference import partition_marks
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -1005,21 +1005,13 @@ def test_process_state_ttl_and_timers_are_exact_across_halts_on_other_worker_cou
     # Key states with a ttl, the ttl's entries in the step's queue and the
     # timers are in the snapshots whatever the worker count: halted four times
     # and resumed on 1, then 2 workers, the run writes what one whole run writes.
-    from pipelines import PipelineHalted
-
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     rng = random.Random(11)
     visits = [
         Visit(user=f"u{rng.randrange(200)}", time=t0 + timedelta(seconds=i / 10 + rng.random()))
         for i in range(20_000)
     ]
-    halts: set[str] = set()
-
-    def halt(v: Visit) -> Visit:
-        if v.id in halts:
-            halts.discard(v.id)
-            raise RuntimeError("halted")
-        return v
+    halt = Halts()
 
     def visits_so_far(n: int, v: Visit, ctx: Any) -> int:
         ctx.timer(ctx.time + timedelta(seconds=20), "quiet")
@@ -1040,22 +1032,9 @@ def test_process_state_ttl_and_timers_are_exact_across_halts_on_other_worker_cou
             .write(sinks.jsonl(tmp_path / out))
         )
 
-    whole = pipeline("whole.jsonl").run()
-    assert whole.reconciles
-    halts.update(visits[i].id for i in (2_500, 7_000, 13_000, 17_000))
-    runs = 0
-    while True:
-        runs += 1
-        try:
-            pipeline("halted.jsonl").run(
-                recovery=tmp_path / "store", snapshot_interval=0.005, workers=1 + runs % 2
-            )
-            break
-        except PipelineHalted:
-            pass
-    assert runs == 5
-    rows = {
-        name: sorted((tmp_path / name).read_text().splitlines())
-        for name in ("whole.jsonl", "halted.jsonl")
-    }
-    assert len(rows["whole.jsonl"]) > 10_000 and rows["halted.jsonl"] == rows["whole.jsonl"]
+    assert pipeline("whole.jsonl").run().reconciles
+    halt.ids.update(visits[i].id for i in (2_500, 7_000, 13_000, 17_000))
+    runs, result = resumed_until_done(pipeline("halted.jsonl"), tmp_path / "store")
+    assert runs == 5 and result.reconciles
+    whole = sorted_lines(tmp_path / "whole.jsonl")
+    assert len(whole) > 10_000 and sorted_lines(tmp_path / "halted.jsonl") == whole
