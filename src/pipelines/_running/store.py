@@ -169,9 +169,10 @@ def check_steps(directory: Path, steps: set[str], shown: list[str]) -> None:
         said = held_in(pickle.loads(blob))  # its opcodes were checked just above
         if said:
             lost.setdefault(step, Counter()).update(said)
+    # A step id is "pipeline.step": whose pipelines' steps the state is of.
     ours = {step.split(".", 1)[0] for step in steps}
-    theirs = sorted({step.split(".", 1)[0] for step in lost} - ours)
-    if lost and len(theirs) == len({step.split(".", 1)[0] for step in lost}):
+    theirs = sorted({step.split(".", 1)[0] for step in lost})
+    if theirs and not ours.intersection(theirs):
         # Not one of its steps is this pipeline's: another pipeline wrote the store.
         named = ", ".join(map(repr, sorted(ours)))
         msg = (
