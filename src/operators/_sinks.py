@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from operators._deadletter import DeadLetter, count_dead, payload_text
-from operators._sources import digest, slug
+from operators._sources import TAIL, digest, slug, tail_before
 from operators._stage import (
     COUNTER_FIELDS,
     Counters,
@@ -587,10 +587,6 @@ class PacketSink(DynamicSink[Packet]):
         return _PacketPartition(self, worker_index, worker_count)
 
 
-#: How many bytes before its position a file sink's snapshot keeps a digest of.
-_TAIL = 256
-
-
 class _ExactFile(ExactWriter):
     """The one writer of a jsonl file; its position is the file's length.
 
@@ -624,7 +620,7 @@ class _ExactFile(ExactWriter):
         text, failed = to_lines(items)
         data = text.encode()
         self.offset += write_all(self.handle, data)
-        self.tail = (self.tail + data)[-_TAIL:] if len(data) < _TAIL else data[-_TAIL:]
+        self.tail = (self.tail + data)[-TAIL:] if len(data) < TAIL else data[-TAIL:]
         return failed
 
     def position(self) -> tuple[int, str]:
@@ -677,8 +673,7 @@ def _check_resumable(path: str, offset: int, kept: str | None) -> bytes:
         size = None
     if size is not None and size >= offset:
         with open(path, "rb") as f:
-            f.seek(max(0, offset - _TAIL))
-            tail = f.read(min(offset, _TAIL))
+            tail = tail_before(f.fileno(), offset)
         if kept is None or digest(tail) == kept:
             return tail
         what = "no longer holds what the run wrote before its last snapshot"

@@ -414,6 +414,16 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+#: How many bytes before a file position its digest covers.
+TAIL = 256
+
+
+def tail_before(fd: int, offset: int) -> bytes:
+    """Return the file's last bytes (`TAIL` at most) before ``offset`` (fewer if it is shorter)."""
+    start = max(0, offset - TAIL)
+    return os.pread(fd, offset - start, start)
+
+
 def _file_changed(step: str, path: str, where: str) -> ResumeError:
     """Refuse to resume reading ``path``: what was read of it, up to ``where``, has changed."""
     msg = (
@@ -506,9 +516,8 @@ class _LinesReader(Reader):
 
     def _before(self, offset: int) -> str:
         """Return a digest of the file's last bytes before ``offset`` ("" if it is shorter)."""
-        start = max(0, offset - 256)
-        held = os.pread(self.file.fileno(), offset - start, start)
-        return digest(held) if len(held) == offset - start else ""
+        held = tail_before(self.file.fileno(), offset)
+        return digest(held) if len(held) == min(offset, TAIL) else ""
 
     def close(self) -> None:
         self.file.close()
