@@ -59,24 +59,33 @@ class ServerProcess:
             self.proc = None
 
 
-def command(app: Path, *extra: str) -> list[str]:
-    """The command line that runs ``app``'s pipeline."""
-    return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet", *extra]
+def command(app: Path, *extra: str, summary: str = "--quiet") -> list[str]:
+    """The command line that runs ``app``'s pipeline (``summary="--json"``: a JSON summary)."""
+    return [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", summary, *extra]
 
 
 def killed_then_finished(
     app: Path, env: dict[str, str], store: Path, *, seed: int, after: tuple[float, float]
-) -> None:
-    """Run ``app`` with recovery in ``store``: SIGKILLed 3 times at random, then to its end."""
+) -> dict[str, Any]:
+    """Run ``app`` with recovery in ``store``: SIGKILLed 3 times at random, then to its end.
+
+    Returns the last run's summary (``--json``).
+    """
     from tests.helpers import kill_at_random
 
     resume = ["--recovery", str(store), "--snapshot-interval", "0.1"]
     kills = kill_at_random(command(app, *resume), env, kills=3, seed=seed, after=after)
     assert kills >= 3
     done = subprocess.run(
-        command(app, *resume), env=env, capture_output=True, text=True, timeout=300
+        command(app, *resume, summary="--json"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
 
 
 def line_count(path: Path) -> int:

@@ -308,14 +308,18 @@ class JetStreamSource(BrokerSource):
         return _StreamReader(self, partition, step, resume)
 
 
+class AlreadyStored(ValueError):
+    """JetStream dropped a record: its stream held a message of the record's id."""
+
+
 class _Publisher(Writer):
-    def __init__(self, sink: JetStreamSink) -> None:
+    def __init__(self, sink: JetStreamSink, ctx: RunContext) -> None:
         self.sink = sink
         what = f"publish to {sink.subject!r}"
         self.nc = _connect(sink.url, sink.connect_timeout, what)
         self.js = self.nc.jetstream()
         try:
-            _run(self.js.find_stream_name_by_subject(sink.subject), sink.connect_timeout)
+            stream = _run(self.js.find_stream_name_by_subject(sink.subject), sink.connect_timeout)
         except Exception as exc:  # noqa: BLE001 - reported with the subject named
             self.close()
             found = (
@@ -330,14 +334,27 @@ class _Publisher(Writer):
             )
             raise BrokerUnreachable(msg) from None
 
+        def look() -> tuple[int, float]:
+            info = _run(self.js.stream_info(stream), sink.connect_timeout)
+            return info.state.last_seq, info.config.duplicate_window or 0.0
+
+        # The stream's last message before this run (read once for this process's
+        # writers) and how long it remembers ids: a duplicate's sequence says
+        # whether a record of this run or one before it holds the id.
+        self.before, self.window = ctx.shared(("nats", sink.url, stream), look)
+        #: A run with a recovery store publishes again what its killed executions
+        #: published after their last snapshot: found, those are not lost.
+        self.resumed = ctx.store_created is not None
+
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink
         messages, unwritable = messages_of(items)
         prefix = f"{sink.subject} "  # a subject holds no space: read back one way only
 
-        async def publish_all() -> list[Any]:
+        async def publish(indices: list[int]) -> list[Any]:
             sends = []
-            for _, data, event_id in messages:
+            for i in indices:
+                _, data, event_id = messages[i]
                 # Per subject: a record written to two subjects of one stream is two messages.
                 headers = None if event_id is None else {"Nats-Msg-Id": f"{prefix}{event_id}"}
                 sends.append(self.js.publish(sink.subject, data, headers=headers, timeout=10))
@@ -346,26 +363,96 @@ class _Publisher(Writer):
         deadline = time.monotonic() + sink.retry_for
         delay = 0.05
         pending = list(range(len(messages)))
+        doubles: list[tuple[int, Any, bool]] = []  # (message, its ack, published before)
+        tried: set[int] = set()
         while True:
             try:
-                results = _run(publish_all(), sink.retry_for + 15)
+                results = _run(publish(pending), sink.retry_for + 15)
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: retried
-                results = [exc] * len(messages)
-            failed = [i for i in pending if isinstance(results[i], Exception)]
+                results = [exc] * len(pending)
+            failed = []
+            for i, result in zip(pending, results, strict=True):
+                if isinstance(result, Exception):
+                    failed.append(i)
+                elif result.duplicate:
+                    doubles.append((i, result, i in tried))
+            tried.update(pending)
             if not failed:
-                return unwritable
+                return unwritable + self._dropped(messages, doubles)
             if time.monotonic() + delay > deadline:
-                return unwritable + [
-                    (
-                        messages[i][0],
-                        BrokerUnreachable(f"publish to {sink.subject!r}: {results[i]!r}"),
-                    )
-                    for i in failed
-                ]
+                return (
+                    unwritable
+                    + self._dropped(messages, doubles)
+                    + [
+                        (
+                            messages[i][0],
+                            BrokerUnreachable(f"publish to {sink.subject!r}: {results[k]!r}"),
+                        )
+                        for k, i in enumerate(pending)
+                        if i in failed
+                    ]
+                )
             # Publishing again is safe: the ids make JetStream drop what it has.
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
             pending = failed
+
+    def _dropped(
+        self, messages: list[tuple[Any, bytes, str | None]], doubles: list[tuple[int, Any, bool]]
+    ) -> list[tuple[Any, Exception]]:
+        """Say which records JetStream dropped as duplicates without holding them.
+
+        A duplicate is no loss when the stream holds that very record: published
+        again after a failed publish (which may have reached it), by a run before
+        this one on the same input, or by a resumed run (what its killed
+        executions published; those are not looked at: a record made anew may
+        differ, and is still the same). Anything else is a dead letter: another
+        record of the id holds its place, or the record was written twice in
+        this run and counted twice.
+        """
+        looked = [d for d in doubles if d[1].seq > self.before or not self.resumed]
+        if not looked:
+            return []
+
+        async def held() -> list[Any]:
+            gets = [self.js.get_msg(ack.stream, ack.seq) for _, ack, _ in looked]
+            return await asyncio.gather(*gets, return_exceptions=True)
+
+        found = _run(held(), self.sink.retry_for + 15)
+        subject = self.sink.subject
+        out: list[tuple[Any, Exception]] = []
+        for (i, ack, again), msg in zip(looked, found, strict=True):
+            record, data, event_id = messages[i]
+            same = isinstance(msg, Exception) or msg.data == data  # gone: nothing to tell by
+            where = f"(stream {ack.stream!r}, sequence {ack.seq})"
+            if ack.seq <= self.before:
+                if same:
+                    continue  # a run before this one published it
+                error = (
+                    f"JetStream stored nothing: subject {subject!r} already holds another "
+                    f"record with id {event_id!r} {where}, published before this run within "
+                    f"the stream's duplicate window ({self.window:g} s), and the stream keeps "
+                    f"one message per id. Hint: wait for the window to pass, publish to "
+                    f"another subject, or give the records ids of their own."
+                )
+            elif again and same:
+                continue  # its own publish that failed to answer, then published again
+            elif same:
+                error = (
+                    f"JetStream stored it once: the same record (id {event_id!r}) was "
+                    f"published to {subject!r} earlier in this run {where}, and this copy "
+                    f"was dropped. Hint: write a record to a subject once (two branches "
+                    f"into one subject write it twice), or give each copy an id of its own."
+                )
+            else:
+                error = (
+                    f"JetStream stored nothing: another record of this run with id "
+                    f"{event_id!r} was published to {subject!r} before it {where}, and the "
+                    f"stream keeps one message per id. Hint: give each record an id of its "
+                    f"own (a copy made with model_copy keeps the id: pass update={{'id': ...}})."
+                )
+            out.append((record, AlreadyStored(error)))
+        return out
 
     def close(self) -> None:
         _close(self.nc)
@@ -394,4 +481,4 @@ class JetStreamSink(BrokerSink):
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Connect this worker's publisher."""
-        return _Publisher(self)
+        return _Publisher(self, ctx)

@@ -24,7 +24,7 @@ import nats
 import pytest
 
 from operators import agg, windows
-from pipelines import Pipeline, sinks, sources
+from pipelines import Pipeline, PipelineHalted, sinks, sources
 from pipelines._running.cluster import free_ports
 from tests.brokers import (
     Click,
@@ -35,6 +35,7 @@ from tests.brokers import (
     write_with_a_loop,
     written_ids,
 )
+from tests.helpers import Halts
 
 
 def server_binary() -> str:
@@ -184,6 +185,78 @@ def test_publishing_again_stores_each_record_once(server: Server) -> None:
     got = stored(server, "out")
     assert Counter(m["id"] for m in got) == Counter(f"out.clicks c{i}" for i in range(1500))
     assert got[0]["data"]["type"] == "click"
+
+
+def test_a_record_whose_id_the_stream_already_holds_is_a_dead_letter_not_written(
+    server: Server,
+) -> None:
+    # JetStream drops a message whose Nats-Msg-Id it holds: a record copied with its id
+    # (a map keeping it, two branches into one subject), or a record written twice, was
+    # dropped while the run counted it written and reconciled.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    clicks = [Click(user=f"u{i % 4}", id=f"c{i}") for i in range(300)]
+    read = Pipeline("copies").read(sources.memory(clicks, batch_size=40))
+    upper = read.map(lambda c: c.model_copy(update={"user": c.user.upper()}), name="upper")
+    twice = read.filter(lambda c: c.user == "u1", name="u1")
+    flow = (
+        read.write(sinks.nats(server.url, "out.all"), name="all")
+        | upper.write(sinks.nats(server.url, "out.all"), name="all_upper")
+        | twice.write(sinks.nats(server.url, "out.all"), name="all_again")
+    )
+    result = flow.run()
+    got = stored(server, "out")
+    assert len(got) == 300 and result.reconciles
+    # Each record was written three or four times to one subject: one was stored.
+    assert result.written == 300 and result.dead == 300 + 75
+    assert {d.error_type for d in result.dead_letters} == {"AlreadyStored"}
+    stored_users = {m["data"]["id"]: m["data"]["user"] for m in got}
+    for letter in result.dead_letters:
+        record = json.loads(letter.payload)
+        assert "out.all" in letter.message and f"'{record['id']}'" in letter.message
+        if record["user"] != stored_users[record["id"]]:
+            assert "another record" in letter.message
+        else:
+            assert "the same record" in letter.message
+
+    # Run again with other records of the same ids, within the stream's duplicate window:
+    # none is stored, and each says so; the same records again are stored once, silently.
+    changed = [c.model_copy(update={"user": "z"}) for c in clicks[:50]] + clicks[50:]
+    again = (
+        Pipeline("again")
+        .read(sources.memory(changed, batch_size=40))
+        .write(sinks.nats(server.url, "out.all"), name="all")
+    ).run()
+    assert len(stored(server, "out")) == 300
+    assert again.reconciles and again.written == 250 and again.dead == 50
+    assert {json.loads(d.payload)["id"] for d in again.dead_letters} == {f"c{i}" for i in range(50)}
+    assert all("before this run" in d.message for d in again.dead_letters)
+
+
+def test_records_published_again_by_a_resumed_run_are_no_dead_letters_though_made_anew(
+    server: Server, tmp_path: Path
+) -> None:
+    # A resumed run publishes again what the halted one published after its last
+    # snapshot (here: no snapshot, all of it); stamped anew, those records differ from
+    # the ones stored, and are still the same records: stored once, no letter.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    clicks = [Click(user=f"u{i % 4}", id=f"c{i}") for i in range(1000)]
+    halts = Halts({"c700"})
+    flow = (
+        Pipeline("stamped")
+        .read(sources.memory(clicks, batch_size=50))
+        .map(lambda c: c.model_copy(update={"user": f"{c.user} {time.time()}"}), name="stamp")
+        .map(halts, on_error="halt", name="halts")
+        .write(sinks.nats(server.url, "out.all"), name="all")
+    )
+    with pytest.raises(PipelineHalted):
+        flow.run(recovery=tmp_path / "store", snapshot_interval=60)
+    first = stored(server, "out")
+    assert 0 < len(first) < 1000
+    result = flow.run(recovery=tmp_path / "store", snapshot_interval=60)
+    got = stored(server, "out")
+    assert result.reconciles and result.dead == 0 and result.written == 1000
+    assert Counter(m["data"]["id"] for m in got) == Counter(c.id for c in clicks)
+    assert got[: len(first)] == first  # what the halted run published stayed
 
 
 def test_every_pair_of_a_sliding_window_join_is_stored(server: Server) -> None:
@@ -348,10 +421,11 @@ from pipelines import Pipeline, sinks, sources, Event
 
 class Click(Event):
     user: str
+    seen: float = 0.0
 
 def slow(c):
     time.sleep(0.0008)
-    return c
+    return c.model_copy(update={"seen": time.time()})  # not the same on a second read
 
 pipeline = (
     Pipeline("publish")
@@ -374,10 +448,12 @@ def test_records_read_without_ids_killed_and_resumed_are_published_exactly_once(
     app = tmp_path / "publish.py"
     app.write_text(PUBLISH_APP)
     env = {**os.environ, "URL": server.url, "IN": str(lines)}
-    killed_then_finished(app, env, tmp_path / "store", seed=5, after=(1.0, 1.8))
+    summary = killed_then_finished(app, env, tmp_path / "store", seed=5, after=(1.0, 1.8))
     got = stored(server, "out")
     assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
     assert {m["id"] for m in got} == {f"out.clicks read_jsonl_clicks/{lines}/{i}" for i in range(n)}
+    # What the killed runs published, published again (stamped anew), is no letter.
+    assert summary["dead"] == 0 and summary["reconciles"]
 
 
 JOIN_APP = """
@@ -418,7 +494,7 @@ def test_a_join_of_records_without_ids_killed_and_resumed_publishes_each_pair_on
     app = tmp_path / "join.py"
     app.write_text(JOIN_APP)
     env = {**os.environ, "URL": server.url}
-    killed_then_finished(app, env, tmp_path / "store", seed=7, after=(1.0, 1.8))
+    summary = killed_then_finished(app, env, tmp_path / "store", seed=7, after=(1.0, 1.8))
     made: dict[str, Any] = {}
     exec(JOIN_APP.split("def slow")[0], made)  # the app's own records
     expected = Counter(
@@ -433,6 +509,8 @@ def test_a_join_of_records_without_ids_killed_and_resumed_publishes_each_pair_on
     )
     assert sum(expected.values()) > 3000 and found == expected
     assert len({m["id"] for m in got}) == len(got)
+    # What the killed runs published, published again, is the same record: no letter.
+    assert summary["dead"] == 0 and summary["reconciles"]
 
 
 def test_live_mode_reads_messages_published_while_running(server: Server, tmp_path: Path) -> None:
@@ -477,6 +555,35 @@ def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     assert proc.returncode == 0, err[-2000:]
     ids = written_ids(out)
     assert ids == Counter(f"{s}-{i}" for s in ("clicks", "more") for i in range(2000))
+
+
+def test_a_server_restarted_while_publishing_stores_each_record_once_and_says_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    # Publishes cut by the restart are sent again; one that reached the stream before
+    # its answer was lost is dropped as a duplicate: the same record, no dead letter.
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    n = 4000
+    lines = tmp_path / "clicks.jsonl"
+    lines.write_text("".join(f'{{"type": "click", "user": "u{i}"}}\n' for i in range(n)))
+    app = tmp_path / "publish.py"
+    app.write_text(PUBLISH_APP)
+    env = {**os.environ, "URL": server.url, "IN": str(lines)}
+    proc = subprocess.Popen(
+        command(app, summary="--json"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    time.sleep(1.2)
+    assert proc.poll() is None, "the run ended before the server could be restarted"
+    server.kill()
+    time.sleep(0.5)
+    server.start()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out)
+    assert summary["dead"] == 0 and summary["written"] == n and summary["reconciles"]
+    got = stored(server, "out")
+    assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
 
 
 def test_a_stream_made_again_before_a_resume_is_refused(server: Server, tmp_path: Path) -> None:
