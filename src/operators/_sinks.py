@@ -81,13 +81,17 @@ class RunContext:
         self._shared: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
-    def keep_dead(self, letters: list[DeadLetter], *, keep: bool = True) -> None:
+    def keep_dead(
+        self, letters: list[DeadLetter], *, keep: bool = True, count: bool = True
+    ) -> None:
         """Count ``letters`` by step and kind; keep them while fewer than the bound are kept.
 
-        With ``keep=False`` they are only counted (a dead-letter sink has them).
+        With ``keep=False`` they are only counted (a dead-letter sink has them);
+        with ``count=False`` only kept (they were counted when made).
         """
         with self._lock:
-            count_dead(letters, self.dead_counts)
+            if count:
+                count_dead(letters, self.dead_counts)
             room = DEAD_LETTERS_KEPT - len(self.dead_letters) if keep else 0
             if room > 0:
                 self.dead_letters.extend(letters[:room])
@@ -484,6 +488,29 @@ class CallbackSink(Sink):
 _IN, _OUT, _DEAD = (COUNTER_FIELDS.index(f) for f in ("in", "out", "dead"))
 
 
+def keep_refused_letters(
+    ctx: RunContext, row: list[int], failed: list[tuple[Any, Exception]]
+) -> None:
+    """Keep the dead letters a dead-letter sink refused with the run's result, saying why.
+
+    Nothing else holds them: they are counted as ``dead`` at the dead-letter
+    step (not again in the run's total), and the summary warns of them.
+    """
+    row[_DEAD] += len(failed)
+    ctx.keep_dead(
+        [
+            letter.model_copy(
+                update={
+                    "message": f"{letter.message} [not written to the dead-letter sink: "
+                    f"{type(exc).__name__}: {exc}]"
+                }
+            )
+            for letter, exc in failed
+        ],
+        count=False,
+    )
+
+
 def refused(pipeline: str, step: str, sink: Sink, item: Any, exc: Exception) -> DeadLetter:
     """Make the dead letter of a record that ``sink`` (write step ``step``) could not take."""
     return DeadLetter.build(
@@ -539,9 +566,11 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                 assert self.dead_row is not None
                 row = table[self.dead_row]
                 row[_IN] += len(dead)
-                self.dead_writer.write(dead)
-                row[_OUT] += len(dead)
+                failed = self.dead_writer.write(dead)
+                row[_OUT] += len(dead) - len(failed)
                 owner.ctx.keep_dead(dead, keep=False)
+                if failed:
+                    keep_refused_letters(owner.ctx, row, failed)
             elif dead:
                 owner.ctx.keep_dead(dead)
 
@@ -645,7 +674,9 @@ class _ExactPart(StatefulSinkPartition[list[Any], Any]):
                 row[_IN] += len(records)
                 failed = self.writer.write(records)
                 row[_OUT] += len(records) - len(failed)
-                if failed:
+                if failed and owner.letters:
+                    keep_refused_letters(owner.ctx, row, failed)
+                elif failed:
                     row[_DEAD] += len(failed)
                     owner.ctx.keep_dead([owner.failure(item, exc) for item, exc in failed])
         except Exception as exc:  # noqa: BLE001 - a broken sink halts the run
@@ -698,12 +729,21 @@ class ExactOutput(FixedPartitionedSink[list[Any], Any]):
     records)``.
     """
 
-    def __init__(self, sink: ExactSink, ctx: RunContext, counters: Counters, row: int) -> None:
-        """Write to ``sink``, counting under step ``row``."""
+    def __init__(
+        self,
+        sink: ExactSink,
+        ctx: RunContext,
+        counters: Counters,
+        row: int,
+        *,
+        letters: bool = False,
+    ) -> None:
+        """Write to ``sink``, counting under step ``row`` (``letters``: the run's dead letters)."""
         self.sink = sink
         self.ctx = ctx
         self.counters = counters
         self.row = row
+        self.letters = letters
 
     def list_parts(self) -> list[str]:
         """One partition: the sink's writer."""

@@ -389,6 +389,11 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
     _summary(result, args, console)
     for warning in result.warnings:
         sys.stderr.write(f"warning: {warning}\n")
+    if result.letters_unwritten:
+        # Held by nothing else once this process ends: on stderr, one JSON line each.
+        for letter in result.dead_letters:
+            sys.stderr.write(f"{letter.model_dump_json()}\n")
+        return 1
     limit = args.max_dead_ratio
     if limit is not None and result.dead_ratio > limit:
         sys.stderr.write(

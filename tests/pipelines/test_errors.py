@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ConfigDict
 
-from operators import Chunk, Event, Reader, RunContext, Sink, Source, Writer
+from operators import Chunk, Event, ExactSink, ExactWriter, Reader, RunContext, Sink, Source, Writer
 from pipelines import Pipeline, PipelineHalted, retry, sinks, sources
 from tests.helpers import Purchase, View
 
@@ -524,3 +524,113 @@ def when_line_of(fn: Any) -> int:
 
     lines, start = inspect.getsourcelines(fn)
     return start + next(i for i, line in enumerate(lines) if "def when(" in line)
+
+
+class _Flaky:
+    """Refuse every other record it is given (a dead-letter store that is half down)."""
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+        self.calls = 0
+
+    def __call__(self, record: Any) -> None:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise ConnectionError("dead-letter store down")
+        self.kept.append(record)
+
+
+class _FlakyExact(ExactSink):
+    """An exactly-once sink whose one writer refuses every other record."""
+
+    def __init__(self) -> None:
+        self.flaky = _Flaky()
+
+    @property
+    def label(self) -> str:
+        return "flaky"
+
+    def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
+        raise AssertionError("a run with recovery opens the one exact writer")
+
+    def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
+        flaky = self.flaky
+
+        class Flaky(ExactWriter):
+            def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
+                failed = []
+                for item in items:
+                    try:
+                        flaky(item)
+                    except ConnectionError as exc:
+                        failed.append((item, exc))
+                return failed
+
+            def position(self) -> Any:
+                return len(flaky.kept)
+
+        return Flaky()
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["any_sink", "exactly_once_sink"])
+def test_dead_letters_the_dead_letter_sink_refuses_are_kept_counted_and_told(
+    exact: bool, tmp_path: Path
+) -> None:
+    # The dead-letter sink's refusals were dropped: counted as written to it, the run
+    # reconciling, half the dead letters gone.
+    sink: Any = _FlakyExact() if exact else None
+    flaky = sink.flaky if exact else _Flaky()
+    flow = (
+        Pipeline("flaky_letters")
+        .read(sources.memory(list(range(100)), batch_size=10))
+        .map(lambda x: 1 // (x % 3), name="inverse")
+        .write(sinks.memory("out"))
+        .dead_letters(sink if exact else sinks.callback(flaky))
+    )
+    result = flow.run(recovery=tmp_path / "store") if exact else flow.run()
+    assert result.dead == 34 and result.reconciles  # 0, 3, ..., 99: each a dead letter
+    held = result.counts["dead_letters"]
+    assert (held.received, held.out, held.dead) == (34, 17, 17)
+    assert result.letters_unwritten == 17 and len(flaky.kept) == 17
+    # Each refused letter is in the result, saying why; with the kept ones, every one.
+    assert len(result.dead_letters) == 17
+    assert all(
+        "[not written to the dead-letter sink: ConnectionError: dead-letter store down]"
+        in letter.message
+        for letter in result.dead_letters
+    )
+    payloads = sorted(int(letter.payload) for letter in [*flaky.kept, *result.dead_letters])
+    assert payloads == list(range(0, 100, 3))
+    assert result.warnings == [
+        "the dead-letter sink refused 17 of the 34 dead letters: they are kept in the "
+        "result's dead_letters alone (the first 10,000), each message saying why"
+    ]
+
+
+def test_the_cli_prints_dead_letters_the_dead_letter_sink_refused_and_fails(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from pipelines import Pipeline, sinks, sources\n"
+        "calls = []\n"
+        "def keep(letter):\n"
+        "    calls.append(letter)\n"
+        "    if len(calls) % 2 == 0:\n"
+        "        raise ConnectionError('dead-letter store down')\n"
+        "pipeline = (\n"
+        "    Pipeline('flaky').read(sources.memory(list(range(30))))\n"
+        "    .map(lambda x: 1 // (x % 3), name='inverse').write(sinks.memory('out'))\n"
+        "    .dead_letters(sinks.callback(keep))\n"
+        ")\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    printed = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert len(printed) == 5 and all(p["step"] == "inverse" for p in printed)
+    assert "warning: the dead-letter sink refused 5 of the 10 dead letters" in done.stderr

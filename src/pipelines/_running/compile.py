@@ -465,7 +465,7 @@ def compile_pipeline(
         merged = dead_streams[0]
         if len(dead_streams) > 1:
             merged = op.merge(f"{dead_step}_merge", *dead_streams)
-        exact = ExactOutput(dead_sink, ctx, counters, row[dead_step])
+        exact = ExactOutput(dead_sink, ctx, counters, row[dead_step], letters=True)
         op.output(f"{dead_step}_exact", merged, exact)
         partitions[f"{pipeline.name}.{dead_step}_exact"] = exact.list_parts
     return Compiled(flow, counters, kinds, partitions, engine_sources)

@@ -104,7 +104,7 @@ class Progress:
             totals,
             read,
             written,
-            sum(row["dead"] for row in totals.values()),
+            sum(row["dead"] for step, row in totals.items() if kinds[step] != "dead_letters"),
             sum(row["late"] for row in totals.values()),
             *self._rates,
             now - self.started,

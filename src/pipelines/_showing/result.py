@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from operators import DeadLetter, count_dead
+from operators import DEAD_LETTERS_KEPT, DeadLetter, count_dead
 from pipelines._showing.html import COUNT_COLUMNS
 
 __all__ = ["COUNT_COLUMNS", "RunResult", "StepCounts"]
@@ -138,7 +138,12 @@ class RunResult:
     @property
     def dead(self) -> int:
         """Records that became dead letters."""
-        return self._sum("dead")
+        return self._sum("dead") - self.letters_unwritten
+
+    @property
+    def letters_unwritten(self) -> int:
+        """Dead letters the dead-letter sink refused: kept in `dead_letters` alone."""
+        return self._sum("dead", ("dead_letters",))
 
     @property
     def skipped(self) -> int:
@@ -240,6 +245,14 @@ class RunResult:
         found = []
         for counts in self.counts.values():
             seen = counts.received + counts.created
+            if counts.kind == "dead_letters":
+                if counts.dead:
+                    found.append(
+                        f"the dead-letter sink refused {counts.dead:,} of the {seen:,} dead "
+                        f"letters: they are kept in the result's dead_letters alone (the first "
+                        f"{DEAD_LETTERS_KEPT:,}), each message saying why"
+                    )
+                continue
             if seen and counts.dead == seen:
                 kinds = sorted(
                     kind
