@@ -678,7 +678,20 @@ class _ExactPart(StatefulSinkPartition[list[Any], Any]):
                     keep_refused_letters(owner.ctx, row, failed)
                 elif failed:
                     row[_DEAD] += len(failed)
-                    owner.ctx.keep_dead([owner.failure(item, exc) for item, exc in failed])
+                    letters = [owner.failure(item, exc) for item, exc in failed]
+                    if owner.dead_row is None:
+                        owner.ctx.keep_dead(letters)
+                        continue
+                    # This output is not the stage's: its letters cannot reach the
+                    # dead-letter sink, so they are kept and told as it refused them.
+                    owner.ctx.keep_dead(letters, keep=False)
+                    held = owner.counters.table()[owner.dead_row]
+                    held[_IN] += len(letters)
+                    why = RuntimeError(
+                        f"an exactly-once sink's refusals do not reach it in a run with "
+                        f"recovery ({owner.counters.steps[owner.row]!r} refused the record)"
+                    )
+                    keep_refused_letters(owner.ctx, held, [(letter, why) for letter in letters])
         except Exception as exc:  # noqa: BLE001 - a broken sink halts the run
             owner.counters.halt(exc)
 
@@ -737,13 +750,19 @@ class ExactOutput(FixedPartitionedSink[list[Any], Any]):
         row: int,
         *,
         letters: bool = False,
+        dead_row: int | None = None,
     ) -> None:
-        """Write to ``sink``, counting under step ``row`` (``letters``: the run's dead letters)."""
+        """Write to ``sink``, counting under step ``row`` (``letters``: the run's dead letters).
+
+        ``dead_row``: the dead-letter step's row when the run has a dead-letter
+        sink, which the dead letters of records this sink refuses cannot reach.
+        """
         self.sink = sink
         self.ctx = ctx
         self.counters = counters
         self.row = row
         self.letters = letters
+        self.dead_row = dead_row
 
     def list_parts(self) -> list[str]:
         """One partition: the sink's writer."""

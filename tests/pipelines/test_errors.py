@@ -602,7 +602,7 @@ def test_dead_letters_the_dead_letter_sink_refuses_are_kept_counted_and_told(
     payloads = sorted(int(letter.payload) for letter in [*flaky.kept, *result.dead_letters])
     assert payloads == list(range(0, 100, 3))
     assert result.warnings == [
-        "the dead-letter sink refused 17 of the 34 dead letters: they are kept in the "
+        "17 of the 34 dead letters did not reach the dead-letter sink: they are kept in the "
         "result's dead_letters alone (the first 10,000), each message saying why"
     ]
 
@@ -633,4 +633,26 @@ def test_the_cli_prints_dead_letters_the_dead_letter_sink_refused_and_fails(
     assert done.returncode == 1, done.stderr
     printed = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert len(printed) == 5 and all(p["step"] == "inverse" for p in printed)
-    assert "warning: the dead-letter sink refused 5 of the 10 dead letters" in done.stderr
+    assert "warning: 5 of the 10 dead letters did not reach the dead-letter sink" in done.stderr
+
+
+def test_dead_letters_of_an_exactly_once_sink_with_recovery_are_kept_and_told(
+    tmp_path: Path,
+) -> None:
+    # A record an exactly-once sink refused in a run with recovery became a dead letter
+    # kept in memory alone, never handed to the dead-letter sink, without a word.
+    loop: list[Any] = ["loop"]
+    loop.append(loop)
+    dead = tmp_path / "dead.jsonl"
+    result = (
+        Pipeline("exact_refusal")
+        .read(sources.memory([{"id": "a"}, loop, {"id": "b"}]))
+        .write(sinks.jsonl(tmp_path / "out.jsonl"), name="out")
+        .dead_letters(sinks.jsonl(dead))
+    ).run(recovery=tmp_path / "store")
+    assert result.written == 2 and result.dead == 1 and result.reconciles
+    [letter] = result.dead_letters
+    assert letter.step == "out" and "Circular reference" in letter.message
+    assert "not written to the dead-letter sink" in letter.message
+    assert result.letters_unwritten == 1 and len(result.warnings) == 1
+    assert dead.read_text() == ""

@@ -405,7 +405,13 @@ def compile_pipeline(
                     packets,
                     _Records(i, sink.partition, crossing(target)),
                 )
-                exact = ExactOutput(sink, ctx, counters, row[target.name])
+                exact = ExactOutput(
+                    sink,
+                    ctx,
+                    counters,
+                    row[target.name],
+                    dead_row=None if dead_sink is None else row[dead_step],
+                )
                 op.output(f"{target.name}_exact", records, exact)
                 partitions[f"{pipeline.name}.{target.name}_exact"] = exact.list_parts
             else:

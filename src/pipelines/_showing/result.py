@@ -248,9 +248,9 @@ class RunResult:
             if counts.kind == "dead_letters":
                 if counts.dead:
                     found.append(
-                        f"the dead-letter sink refused {counts.dead:,} of the {seen:,} dead "
-                        f"letters: they are kept in the result's dead_letters alone (the first "
-                        f"{DEAD_LETTERS_KEPT:,}), each message saying why"
+                        f"{counts.dead:,} of the {seen:,} dead letters did not reach the "
+                        f"dead-letter sink: they are kept in the result's dead_letters alone "
+                        f"(the first {DEAD_LETTERS_KEPT:,}), each message saying why"
                     )
                 continue
             if seen and counts.dead == seen:
