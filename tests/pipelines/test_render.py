@@ -255,6 +255,22 @@ def test_preview_on_a_sample_shows_outputs_dead_letters_and_counts(tmp_path: Pat
     assert "output jsonl_never (1)" in text and "dead letters (2)" in text
 
 
+def test_a_results_warnings_show_in_its_notebook_view() -> None:
+    # The summary's warnings (a step that ate everything) were printed by the CLI and
+    # the console view only: a notebook's view of the result did not show them.
+    result = (
+        Pipeline("typo")
+        .read(sources.memory([1, 2, 3]))
+        .map(lambda x: x.amout, name="typo")
+        .write(sinks.memory("o"))
+    ).run()
+    [warning] = result.warnings
+    root = ElementTree.fromstring(result._repr_html_())
+    shown = ["".join(p.itertext()) for p in root.iter("p") if p.get("class") == "evflow-warning"]
+    assert shown == [f"warning: {warning}"]
+    assert "turned all 3 records" in warning
+
+
 def test_preview_reads_the_first_records_of_the_source() -> None:
     p = (
         Pipeline("head")

@@ -166,6 +166,7 @@ def result_html(result: RunResult, *, limit: int = LIMIT) -> str:
         f"<h4>pipeline {escape(result.pipeline)}: {escape(where)}, {result.seconds:.2f} s</h4>",
         counts_html(result),
     ]
+    parts += [f'<p class="evflow-warning"><b>warning:</b> {escape(w)}</p>' for w in result.warnings]
     for name, records in result.outputs.items():
         parts.append(
             records_html(records, caption=f"output {name} ({len(records):,})", limit=limit)
