@@ -284,6 +284,45 @@ def test_members_of_a_cluster_join_by_address(tmp_path: Path) -> None:
     assert all(o["processes"] == 2 for o in outs)
 
 
+STDIN_APP = """
+import os
+from pipelines import Event, Pipeline, sinks, sources
+
+class Line(Event):
+    n: int
+
+pipeline = (
+    Pipeline("piped").read(sources.stdin(schema=Line, batch_size=100))
+    .filter(lambda e: e.n % 7 != 0).write(sinks.jsonl(os.environ["OUT"]))
+)
+"""
+
+
+def test_standard_input_is_read_on_several_processes(tmp_path: Path) -> None:
+    # A forked member's standard input is emptied as it starts: on 2 processes the
+    # piped lines were never read, and the run reconciled 0 read and 0 written.
+    import subprocess
+    import sys
+
+    app = tmp_path / "piped.py"
+    app.write_text(STDIN_APP)
+    out = tmp_path / "out.jsonl"
+    lines = "".join(f'{{"type": "line", "n": {i}}}\n' for i in range(3000))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--json", "-p", "2"],
+        input=lines,
+        env={**os.environ, "OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["read"] == 3000 and summary["processes"] == 2 and summary["reconciles"]
+    written = Counter(json.loads(line)["n"] for line in out.read_text().splitlines())
+    assert written == Counter(i for i in range(3000) if i % 7)
+
+
 def test_non_loopback_addresses_need_the_flag() -> None:
     from pipelines._running.cluster import check_addresses, run_member
 

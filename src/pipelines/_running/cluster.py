@@ -18,6 +18,7 @@ import pickle
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import traceback
@@ -217,6 +218,7 @@ def _child(
     recovery: Recovery | None,
     metrics: Metrics | None,
     parent: int,
+    stdin: int | None,
 ) -> None:
     def signal_formed(compiled: Compiled) -> None:
         def mark() -> None:
@@ -225,6 +227,12 @@ def _child(
         compiled.counters.on_start = mark
 
     die_with_parent(parent)
+    if stdin is not None:
+        # A forked member starts with its standard input emptied: give it the
+        # parent's back, for the member whose worker reads it (sources.stdin).
+        os.dup2(stdin, 0)
+        os.close(stdin)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own, kept open
     # The parent stops a failed cluster with SIGTERM: take the default action
     # (a handler inherited from the parent, such as the command line's, would
     # wait for the engine to hand control back).
@@ -370,6 +378,10 @@ def _run_members(
     pending: dict[Any, int] = {}
     formed = {i: context.Value("i", 0) for i in ids}
     deadline = time.monotonic() + formation_timeout
+    try:
+        stdin: int | None = os.dup(0)
+    except OSError:  # no standard input
+        stdin = None
     for proc_id in ids:
         receive, send = context.Pipe(duplex=False)
         proc = context.Process(
@@ -384,6 +396,7 @@ def _run_members(
                 recovery,
                 metrics,
                 os.getpid(),
+                stdin,
             ),
             name=f"evflow-{pipeline.name}-{proc_id}",
             daemon=True,
@@ -392,6 +405,8 @@ def _run_members(
         send.close()
         procs[proc_id] = proc
         pending[receive] = proc_id
+    if stdin is not None:
+        os.close(stdin)  # the members hold it now
     outcomes: dict[int, Any] = {}
     failure: str | None = None
     waiting: list[int] = []
