@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,39 @@ def test_sigterm_of_one_process_prints_the_summary_and_no_engine_backtrace(
     assert "pipeline endless" in out
     assert "panicked" not in err and "stack backtrace" not in err and "RUST_BACKTRACE" not in err
     assert err.strip() == "interrupted: the counts so far"
+
+
+WINDOWED = """
+from datetime import datetime, timedelta, timezone
+from operators import agg, windows
+from pipelines import Pipeline, sources, sinks
+t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+pipeline = (Pipeline("windowed")
+    .read(sources.generate(lambda rng, i: {"k": str(i % 3), "t": t0 + timedelta(seconds=i)},
+                           count=None, rate=2000))
+    .key_by(lambda d: d["k"])
+    .window(windows.tumbling(hours=1), clock=windows.event_time(lambda d: d["t"]))
+    .aggregate(n=agg.count()).write(sinks.memory("o")))
+"""
+
+
+def test_a_stopped_runs_summary_says_what_its_open_windows_took_in_was_not_emitted(
+    tmp_path: Path,
+) -> None:
+    # It said "reconciles", every record read counted as aggregated, and nothing of
+    # the windows still open when it stopped.
+    app = tmp_path / "windowed.py"
+    app.write_text(WINDOWED)
+    proc = start(app, "--quiet", COLUMNS="200")
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err[-3000:]
+    line = " ".join(out.split())
+    found = re.search(r"aggregated (\d+) .*: reconciles \((\d+) windows, key states", line)
+    assert found is not None, line
+    assert int(found[1]) > 2000 and int(found[2]) >= 3  # three keys, an hour's window each
+    assert "still open when the run stopped: what they took in was not emitted" in line
 
 
 def test_sigterm_of_two_processes_prints_the_counts_the_members_sent(tmp_path: Path) -> None:

@@ -207,6 +207,12 @@ class RunResult:
             )
         if self.unfired:
             notes.append(f"{self.unfired} timers set after the end of input, never fired")
+        if self.open_windows:
+            notes.append(
+                f"{self.open_windows} windows, key states, held records and timers still "
+                f"open when the run stopped: what they took in was not emitted (a rerun "
+                f"resumes them only from a recovery store)"
+            )
         return f" ({'; '.join(notes)})" if notes else ""
 
     @property
