@@ -146,7 +146,14 @@ class HandlerRef:
         else:
             self.fn = handler.handle
         self.name = describe_function(self.fn)
-        self.is_async = inspect.iscoroutinefunction(self.fn)
+        self.is_async = inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)
+
+    async def awaited(self, event: Any) -> Any:
+        """Await an async handler's result: an async generator's values are a list."""
+        made = self.fn(event)
+        if inspect.isasyncgen(made):
+            return [value async for value in made]
+        return _listed(await made)
 
 
 def _single(value: Any) -> bool:
@@ -155,6 +162,11 @@ def _single(value: Any) -> bool:
     A tuple is one value (a record), as are strings, dicts and events.
     """
     return not isinstance(value, list | set | frozenset | Iterator)
+
+
+def _listed(value: Any) -> Any:
+    """Run a handler's iterator (a generator) to its end, where its exceptions are caught."""
+    return list(value) if isinstance(value, Iterator) else value
 
 
 class Dispatcher:
@@ -278,13 +290,17 @@ class Dispatch:
                 handler = handlers[0]
                 try:
                     value = handler.fn(event)
+                    one = value is None or value.__class__ in _ONE or _single(value)
+                    if not one:
+                        value = list(value)  # a generator runs here, under the policy
                 except Exception as exc:  # noqa: BLE001 - the policy decides
                     ok, value = self._call(handler, None, event, None, row, dead, exc)
-                    if not ok:
-                        continue
+                    if ok:
+                        self._emit(value, out, row)
+                    continue
                 if value is None:
                     handled += 1
-                elif value.__class__ in _ONE or _single(value):
+                elif one:
                     append(value)
                     emitted += 1
                 else:
@@ -372,11 +388,12 @@ class Dispatch:
                         state = handler.initial()
                         culprit = handler.name
                     new_state, value = handler.fn(state, event)
+                    value = _listed(value)  # before the state moves on: it may raise
                     states[key] = new_state
                     return True, value
                 if handler.is_async:
-                    return True, run_async(lambda: handler.fn(event))
-                return True, handler.fn(event)
+                    return True, run_async(lambda: handler.awaited(event))
+                return True, _listed(handler.fn(event))
             except Exception as exc:  # noqa: BLE001 - the policy decides
                 error = exc
         assert error is not None
@@ -422,7 +439,7 @@ class Dispatch:
 
             async def one(handler: HandlerRef, event: Any) -> Any:
                 async with limit:
-                    return await handler.fn(event)
+                    return await handler.awaited(event)
 
             return await asyncio.gather(
                 *(one(h, e) for _, h, _, e in waiting), return_exceptions=True

@@ -287,11 +287,15 @@ def describe_function(fn: Any) -> str:
 _HOW_MANY = ("no argument", "one argument", "two arguments", "three arguments")
 
 
-def check_arity(fn: Any, n: int, where: str, what: str, given: str, hint: str) -> None:
+def check_arity(
+    fn: Any, n: int, where: str, what: str, given: str, hint: str, *, sync: bool = True
+) -> None:
     """Refuse ``fn`` when it cannot be called with ``n`` positional arguments.
 
     Found when the step is added, not at the first record. A function whose
-    signature cannot be read (some builtins) is taken as it is.
+    signature cannot be read (some builtins) is taken as it is. Unless the
+    step awaits what it calls (``sync=False``: dispatch), an ``async def``
+    is refused: called, it would only make a coroutine, never run.
 
     >>> check_arity(len, 1, "step 'm' (map)", "function", "the record", "map(len).")
     >>> def total(e, factor):
@@ -302,6 +306,14 @@ def check_arity(fn: Any, n: int, where: str, what: str, given: str, hint: str) -
     ...
     TypeError: step 'm' (map): function <...total line ...> takes (e, factor), but is called ...
     """
+    if sync and _is_async(fn):
+        msg = (
+            f"{where}: {what} {describe_function(fn)} is an async function (async def), "
+            f"which this step calls without awaiting: each call would make a coroutine that "
+            f"never runs, and its result would be lost. Hint: make it a plain def, or hand "
+            f"it to dispatch, whose handlers may be async."
+        )
+        raise TypeError(msg)
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -314,6 +326,19 @@ def check_arity(fn: Any, n: int, where: str, what: str, given: str, hint: str) -
             f"{_HOW_MANY[n]}{f' ({given})' if given else ''}. Hint: {hint}"
         )
         raise TypeError(msg) from None
+
+
+def _is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` makes a coroutine or an async generator (itself, or its __call__).
+
+    >>> async def fetch(e): ...
+    >>> _is_async(fetch), _is_async(len), _is_async(lambda e: e)
+    (True, False, False)
+    """
+    candidates = [fn]
+    if not inspect.isroutine(fn) and callable(fn):
+        candidates.append(type(fn).__call__)
+    return any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in candidates)
 
 
 class _Run:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pipelines import KeyedStream, Pipeline, PipelineError, sinks, sources
@@ -184,6 +186,56 @@ def test_dead_letter_sinks_must_agree_when_combining() -> None:
     b = s.map(str).write(sinks.memory("b")).dead_letters(sinks.memory("d2"))
     with pytest.raises(ValueError, match=r"write dead letters to different sinks"):
         a | b
+
+
+async def fetch(record: Any) -> Any:
+    return record
+
+
+async def fetch_all(record: Any) -> Any:
+    yield record
+
+
+class AsyncCall:
+    async def __call__(self, record: Any) -> Any:
+        return record
+
+
+def test_an_async_function_where_a_step_does_not_await_is_refused_when_added() -> None:
+    # map(async_fn) wrote coroutine objects that never ran, filter(async_fn) kept every
+    # record (a coroutine is true), a callback sink "wrote" records nowhere.
+    from operators import windows
+    from pipelines import stateful
+
+    views = Pipeline("p").read(sources.memory([], schema=View))
+    keyed = views.key_by(lambda v: v.user)
+    refused = {
+        r"step 'map' \(map\)": lambda f: views.map(f),
+        r"step 'filter' \(filter\)": lambda f: views.filter(f),
+        r"step 'flat_map' \(flat_map\)": lambda f: views.flat_map(f),
+        r"step 'key_by' \(key_by\)": lambda f: views.key_by(f),
+        r"\(forward\): route 'big'": lambda f: views.forward(big=f),
+        r"callback sink": lambda f: sinks.callback(f),
+        r"event_time": lambda f: windows.event_time(f),
+        r"stateful: fn": lambda f: stateful(_async_two, initial=int),
+        r"on_event": lambda f: keyed.process(_async_three, initial=int),
+    }
+    for fn in (fetch, fetch_all, AsyncCall()):
+        for where, add in refused.items():
+            with pytest.raises(TypeError, match=where + r".* is an async function \(async def\), "
+                               r"which this step calls without awaiting.*Hint: make it a plain "
+                               r"def, or hand it to dispatch"):  # fmt: skip
+                add(fn)
+    # dispatch awaits its handlers: async ones are taken.
+    views.dispatch({View: fetch}).dispatch({object: fetch_all}, name="all")
+
+
+async def _async_two(state: Any, event: Any) -> Any:
+    return state, event
+
+
+async def _async_three(state: Any, event: Any, ctx: Any) -> Any:
+    return state
 
 
 def test_a_function_that_cannot_take_what_its_step_passes_is_refused_when_added() -> None:

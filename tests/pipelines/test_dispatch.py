@@ -260,6 +260,55 @@ def test_async_failures_follow_the_policy() -> None:
     assert dead.attempts == 2 and dead.error_type == "ConnectionError"
 
 
+def lines_of(e: Purchase) -> Any:
+    """A generator handler: one result per unit of the amount; amount 3 fails midway."""
+    for i in range(int(e.amount)):
+        if e.amount == 3 and i == 2:
+            raise ValueError("third line of 3 refused")
+        yield (e.user, i)
+
+
+async def lines_later(e: Purchase) -> Any:
+    for i in range(int(e.amount)):
+        await asyncio.sleep(0)
+        if e.amount == 3 and i == 2:
+            raise ValueError("third line of 3 refused")
+        yield (e.user, i)
+
+
+def counted_lines(total: int, e: Purchase) -> tuple[int, Any]:
+    return total + 1, (x for x in lines_of(e))  # a lazy result, failing as it is read
+
+
+@pytest.mark.parametrize("handler", ["generator", "async_generator", "stateful"])
+def test_a_handler_whose_results_fail_as_they_are_made_follows_the_policy(
+    handler: str,
+) -> None:
+    # A generator's exception came out of the step itself and stopped the whole run;
+    # an async generator's values were never made: the generator object was the result.
+    events = [Purchase(user=f"u{i % 2}", amount=i) for i in range(6)]
+    handlers = {
+        "generator": lines_of,
+        "async_generator": lines_later,
+        "stateful": stateful(counted_lines, initial=int),
+    }
+    r = (
+        Pipeline("lines")
+        .read(sources.memory(events, batch_size=2))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: handlers[handler]}, on_error=retry(2, backoff=0))
+        .write(sinks.memory("o"))
+        .run()
+    )
+    # The event of amount 3 is one dead letter, retried: none of its lines went on.
+    assert sorted(r["o"]) == sorted(
+        (e.user, i) for e in events if e.amount != 3 for i in range(int(e.amount))
+    )
+    [dead] = r.dead_letters
+    assert (dead.error_type, dead.attempts) == ("ValueError", 2)
+    assert dead.message == "third line of 3 refused" and r.reconciles
+
+
 def test_dispatch_through_the_test_seam() -> None:
     p = (
         Pipeline("seam")

@@ -93,6 +93,7 @@ class EventBus:
             "handler",
             "the event",
             "bus.register(Purchase, lambda e: ...).",
+            sync=False,
         )
         self._handlers.setdefault(event_type, []).append(handler)
 

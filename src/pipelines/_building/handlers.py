@@ -90,6 +90,7 @@ def add_dispatch(
                     f"the handler for {_label(event_type)}",
                     "the event",
                     f"{{{_label(event_type)}: lambda e: ...}}.",
+                    sync=False,
                 )
             if isinstance(handler, Stateful) and key is None:
                 msg = (
