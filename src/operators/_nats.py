@@ -418,7 +418,10 @@ class _Publisher(Writer):
             gets = [self.js.get_msg(ack.stream, ack.seq) for _, ack, _ in looked]
             return await asyncio.gather(*gets, return_exceptions=True)
 
-        found = _run(held(), self.sink.retry_for + 15)
+        try:
+            found = _run(held(), self.sink.retry_for + 15)
+        except Exception as exc:  # noqa: BLE001 - nothing to compare with: taken as the same
+            found = [exc] * len(looked)
         subject = self.sink.subject
         out: list[tuple[Any, Exception]] = []
         for (i, ack, again), msg in zip(looked, found, strict=True):
