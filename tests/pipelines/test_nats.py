@@ -24,7 +24,7 @@ import nats
 import pytest
 
 from operators import agg, windows
-from pipelines import Pipeline, PipelineHalted, sinks, sources
+from pipelines import Pipeline, PipelineHalted, Stream, sinks, sources
 from pipelines._running.cluster import free_ports
 from tests.brokers import (
     Click,
@@ -187,15 +187,20 @@ def test_publishing_again_stores_each_record_once(server: Server) -> None:
     assert got[0]["data"]["type"] == "click"
 
 
+def clicks_into_out(server: Server, name: str) -> tuple[list[Click], Stream[Click]]:
+    """Make the ``out`` stream; read 300 clicks of 4 users (ids c0 to c299) in pipeline ``name``."""
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    clicks = [Click(user=f"u{i % 4}", id=f"c{i}") for i in range(300)]
+    return clicks, Pipeline(name).read(sources.memory(clicks, batch_size=40))
+
+
 def test_a_record_whose_id_the_stream_already_holds_is_a_dead_letter_not_written(
     server: Server,
 ) -> None:
     # JetStream drops a message whose Nats-Msg-Id it holds: a record copied with its id
     # (a map keeping it, two branches into one subject), or a record written twice, was
     # dropped while the run counted it written and reconciled.
-    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
-    clicks = [Click(user=f"u{i % 4}", id=f"c{i}") for i in range(300)]
-    read = Pipeline("copies").read(sources.memory(clicks, batch_size=40))
+    clicks, read = clicks_into_out(server, "copies")
     upper = read.map(lambda c: c.model_copy(update={"user": c.user.upper()}), name="upper")
     twice = read.filter(lambda c: c.user == "u1", name="u1")
     flow = (
@@ -323,9 +328,7 @@ def test_a_record_written_to_two_subjects_of_one_stream_is_stored_on_each(
     # JetStream drops a message whose Nats-Msg-Id the stream holds, whatever its subject:
     # a record written to out.all and to out.big (one stream) was stored once, while
     # the run counted both writes.
-    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
-    clicks = [Click(user=f"u{i % 4}", id=f"c{i}") for i in range(300)]
-    read = Pipeline("two_subjects").read(sources.memory(clicks, batch_size=40))
+    clicks, read = clicks_into_out(server, "two_subjects")
     both = read.write(sinks.nats(server.url, "out.all"), name="all") | read.filter(
         lambda c: c.user == "u0"
     ).write(sinks.nats(server.url, "out.big"), name="big")
@@ -436,18 +439,35 @@ pipeline = (
 """
 
 
+def publishing(server: Server, tmp_path: Path, n: int) -> tuple[Path, dict[str, str], Path]:
+    """Write PUBLISH_APP and ``n`` lines without ids for it; make the ``out`` stream.
+
+    Returns the app, its environment and the lines' file.
+    """
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    lines = tmp_path / "clicks.jsonl"
+    lines.write_text("".join(f'{{"type": "click", "user": "u{i}"}}\n' for i in range(n)))
+    app = tmp_path / "publish.py"
+    app.write_text(PUBLISH_APP)
+    return app, {**os.environ, "URL": server.url, "IN": str(lines)}, lines
+
+
+def restarted_under(server: Server, proc: subprocess.Popen[str]) -> None:
+    """Restart the server (same port, same store) 1.2 s into the run of ``proc``."""
+    time.sleep(1.2)
+    assert proc.poll() is None, "the run ended before the server could be restarted"
+    server.kill()
+    time.sleep(0.5)
+    server.start()
+
+
 def test_records_read_without_ids_killed_and_resumed_are_published_exactly_once(
     server: Server, tmp_path: Path
 ) -> None:
     # Most inputs carry no id: each record got a random one when read, so the records a
     # resumed run read again got new ones, and JetStream stored them twice.
-    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
     n = 6000
-    lines = tmp_path / "clicks.jsonl"
-    lines.write_text("".join(f'{{"type": "click", "user": "u{i}"}}\n' for i in range(n)))
-    app = tmp_path / "publish.py"
-    app.write_text(PUBLISH_APP)
-    env = {**os.environ, "URL": server.url, "IN": str(lines)}
+    app, env, lines = publishing(server, tmp_path, n)
     summary = killed_then_finished(app, env, tmp_path / "store", seed=5, after=(1.0, 1.8))
     got = stored(server, "out")
     assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
@@ -546,11 +566,7 @@ def test_a_server_restarted_in_the_middle_of_a_run_loses_nothing(
     out = tmp_path / "clicks.jsonl"
     env = {**os.environ, "URL": server.url, "OUT": str(out), "PAUSE": "0.0008"}
     proc = subprocess.Popen(command(app), env=env, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.2)
-    assert proc.poll() is None, "the run ended before the server could be restarted"
-    server.kill()
-    time.sleep(0.5)
-    server.start()  # the same port and store directory
+    restarted_under(server, proc)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     ids = written_ids(out)
@@ -562,22 +578,13 @@ def test_a_server_restarted_while_publishing_stores_each_record_once_and_says_no
 ) -> None:
     # Publishes cut by the restart are sent again; one that reached the stream before
     # its answer was lost is dropped as a duplicate: the same record, no dead letter.
-    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
     n = 4000
-    lines = tmp_path / "clicks.jsonl"
-    lines.write_text("".join(f'{{"type": "click", "user": "u{i}"}}\n' for i in range(n)))
-    app = tmp_path / "publish.py"
-    app.write_text(PUBLISH_APP)
-    env = {**os.environ, "URL": server.url, "IN": str(lines)}
+    app, env, _ = publishing(server, tmp_path, n)
     proc = subprocess.Popen(
         command(app, summary="--json"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    time.sleep(1.2)
-    assert proc.poll() is None, "the run ended before the server could be restarted"
-    server.kill()
-    time.sleep(0.5)
-    server.start()
+    restarted_under(server, proc)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads(out)
