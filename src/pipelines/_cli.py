@@ -150,10 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--addresses", help="join a cluster: host:port of every process, comma-separated"
     )
-    run.add_argument("--process-id", type=int, default=0, help="this process's place in it")
+    run.add_argument("--process-id", type=int, help="this process's place in it (default 0)")
     run.add_argument("--recovery", help="directory for snapshots; a rerun resumes from them")
     run.add_argument(
-        "--snapshot-interval", type=float, default=5.0, help="seconds between snapshots"
+        "--snapshot-interval", type=float, help="seconds between snapshots (default 5)"
     )
     run.add_argument(
         "--restart",
@@ -174,9 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="serve Prometheus metrics on this port while running (process i: port + i)",
     )
-    run.add_argument(
-        "--metrics-host", default="127.0.0.1", help="interface for metrics (default loopback)"
-    )
+    run.add_argument("--metrics-host", help="interface for metrics (default loopback)")
     run.add_argument(
         "--allow-remote",
         action="store_true",
@@ -264,6 +262,10 @@ def _main(argv: list[str] | None) -> int:
             if getattr(args, what) < 1:
                 fail(f"error: --{what} must be at least 1; got {getattr(args, what)}")
                 return 2
+        idle = _idle_option(args)
+        if idle is not None:
+            fail(f"error: {idle}")
+            return 2
         return _run(pipeline, args, console)
     except (TargetError, OptionError) as exc:
         fail(f"error: {exc}")
@@ -278,6 +280,36 @@ def _main(argv: list[str] | None) -> int:
             fail("The above caused:")
         fail(_user_traceback(exc))
         return 1
+
+
+#: Options that do nothing without another: (option, what it needs, why).
+_NEEDS = (
+    ("process_id", "addresses", "it is this process's place in the cluster --addresses lists"),
+    ("snapshot_interval", "recovery", "snapshots are taken only into a recovery store"),
+    ("metrics_host", "metrics_port", "metrics are served only on a port"),
+)
+
+
+def _idle_option(args: argparse.Namespace) -> str | None:
+    """Say what is wrong with an option given where it would do nothing; set the defaults.
+
+    A member started by hand given ``--process-id`` without ``--addresses``
+    ran the whole pipeline alone, as if it had no cluster.
+    """
+    for option, needed, why in _NEEDS:
+        if getattr(args, option) is not None and getattr(args, needed) is None:
+            flag, other = (f"--{name.replace('_', '-')}" for name in (option, needed))
+            return f"{flag} does nothing without {other}: {why}. Hint: add {other}, or drop {flag}."
+    if args.addresses and args.processes > 1:
+        return (
+            f"--processes {args.processes} with --addresses: a member started by hand is one "
+            f"process of the cluster --addresses lists. Hint: start one member per address, "
+            f"each with its --process-id, or use --processes alone for a cluster on this host."
+        )
+    args.process_id = 0 if args.process_id is None else args.process_id
+    args.snapshot_interval = 5.0 if args.snapshot_interval is None else args.snapshot_interval
+    args.metrics_host = "127.0.0.1" if args.metrics_host is None else args.metrics_host
+    return None
 
 
 def _graph(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:

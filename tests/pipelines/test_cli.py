@@ -137,6 +137,15 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         (["-w", "1000000"], "workers must be at most 1024 (each is a thread or a process"),
         # A directory of the user's files (a typo of --recovery .) is not made a store.
         (["--recovery", str(busy)], f"recovery store {str(busy)!r} holds other files (notes"),
+        # Options that did nothing without another: a member given --process-id 1 but no
+        # --addresses ran the whole pipeline alone; the others were ignored silently.
+        (["--process-id", "1"], "--process-id does nothing without --addresses: it is this"),
+        (["--snapshot-interval", "1"], "--snapshot-interval does nothing without --recovery"),
+        (["--metrics-host", "::1"], "--metrics-host does nothing without --metrics-port"),
+        (
+            ["--addresses", "127.0.0.1:2101,127.0.0.1:2102", "-p", "2"],
+            "--processes 2 with --addresses: a member started by hand is one process",
+        ),
     ]
     for options, message in cases:
         assert main(["run", "orders", "--quiet", *options]) == 2, options
