@@ -725,3 +725,17 @@ def test_an_input_file_changed_before_a_resume_is_read_on_only_if_it_grew(
         r"recovery store was written \(up to (line \d+, byte|row) \d+\): it was replaced or cut",
     ):
         pipeline().run(recovery=store)
+
+
+def test_a_rerun_on_a_finished_store_says_it_resumed_with_nothing_left(tmp_path: Path) -> None:
+    # It read 0, wrote 0 and reconciled, without a word of the store it resumed from: a
+    # user who meant to run the pipeline again saw nothing happen.
+    out = tmp_path / "out.jsonl"
+    flow = Pipeline("again").read(sources.memory(list(range(100)))).write(sinks.jsonl(out))
+    first = flow.run(recovery=tmp_path / "store")
+    assert first.resumed_from is None and first.written == 100 and "resumed" not in first.notes
+    second = flow.run(recovery=tmp_path / "store")
+    assert second.resumed_from == str(tmp_path / "store") and second.read == 0
+    assert "nothing new was left to read" in second.notes and second.reconciles
+    assert second.to_dict()["resumed_from"] == str(tmp_path / "store")
+    assert len(out.read_text().splitlines()) == 100  # nothing lost, nothing twice

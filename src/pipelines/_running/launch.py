@@ -112,7 +112,7 @@ def run(
     with contextlib.nullcontext(False) if store is None else store.held() as fresh:
         if fresh:
             truncate_files(pipeline)
-        return _run(
+        result = _run(
             pipeline,
             workers,
             processes,
@@ -123,6 +123,9 @@ def run(
             metrics,
             progress,
         )
+    if store is not None and not fresh:
+        result.resumed_from = str(recovery)
+    return result
 
 
 def _run(

@@ -104,6 +104,8 @@ class RunResult:
         #: The process id of a cluster member started by hand: its counts are
         #: its own share only (records cross members), so they are partial.
         self.member: int | None = None
+        #: The recovery store a run resumed from (None: no store, or a fresh one).
+        self.resumed_from: str | None = None
 
     @property
     def partial(self) -> bool:
@@ -207,6 +209,12 @@ class RunResult:
             )
         if self.unfired:
             notes.append(f"{self.unfired} timers set after the end of input, never fired")
+        if self.resumed_from is not None and not self.read:
+            notes.append(
+                f"resumed from recovery store {self.resumed_from!r}, whose runs had read their "
+                f"input to its end: nothing new was left to read (another store, or none, "
+                f"runs it again from the start)"
+            )
         if self.open_windows:
             notes.append(
                 f"{self.open_windows} windows, key states, held records and timers still "
@@ -309,6 +317,7 @@ class RunResult:
             "dead_ratio": round(self.dead_ratio, 6),
             "warnings": self.warnings,
             "member": self.member,
+            "resumed_from": self.resumed_from,
             "steps": {
                 step: {k: v for k, v in vars(c).items() if k != "step"}
                 for step, c in self.counts.items()
