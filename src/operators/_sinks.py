@@ -511,6 +511,19 @@ def keep_refused_letters(
     )
 
 
+def unreached(step: str) -> RuntimeError:
+    """Say why the dead letter of a record write step ``step`` refused misses the dead-letter sink.
+
+    In a run with recovery, an exactly-once sink's one writer, and the sinks
+    of a run whose dead-letter sink is an exactly-once file, are outputs of
+    their own: what they refuse cannot be handed on to another output.
+    """
+    return RuntimeError(
+        f"in a run with recovery, the dead letters of records {step!r} refused cannot reach "
+        f"the dead-letter sink"
+    )
+
+
 def refused(pipeline: str, step: str, sink: Sink, item: Any, exc: Exception) -> DeadLetter:
     """Make the dead letter of a record that ``sink`` (write step ``step``) could not take."""
     return DeadLetter.build(
@@ -548,7 +561,7 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
         table = owner.counters.table()
         for packet in items:
             # Another output writes the stage's own dead letters: leave them be.
-            dead = [] if owner.dead_elsewhere else packet.dead
+            dead = [] if owner.dead_elsewhere is not None else packet.dead
             for exit_index, row_index, sink, writer in self.writers:
                 records = packet.exits[exit_index]
                 if not records:
@@ -571,6 +584,13 @@ class _PacketPartition(StatelessSinkPartition[Packet]):
                 owner.ctx.keep_dead(dead, keep=False)
                 if failed:
                     keep_refused_letters(owner.ctx, row, failed)
+            elif dead and owner.dead_elsewhere is not None:
+                # The records a sink here refused: the exactly-once dead-letter file is
+                # written by another output, which their letters cannot reach.
+                owner.ctx.keep_dead(dead, keep=False)
+                row = table[owner.dead_elsewhere]
+                row[_IN] += len(dead)
+                keep_refused_letters(owner.ctx, row, [(d, unreached(d.step)) for d in dead])
             elif dead:
                 owner.ctx.keep_dead(dead)
 
@@ -586,9 +606,10 @@ class PacketSink(DynamicSink[Packet]):
 
     ``targets`` lists ``(exit index, counter row, sink)``; ``dead_sink`` is
     ``(counter row, sink)`` for dead letters, or None to keep them in the
-    run context. With ``dead_elsewhere``, the stage's dead letters go to an
-    exactly-once file by another output, and only those of records a sink
-    here refused are kept in the run context.
+    run context. With ``dead_elsewhere`` (the dead-letter step's row), the
+    stage's dead letters go to an exactly-once file by another output, and
+    those of records a sink here refused are kept in the run context, counted
+    at that step as not reaching it.
     """
 
     def __init__(
@@ -598,7 +619,7 @@ class PacketSink(DynamicSink[Packet]):
         targets: Sequence[tuple[int, int, Sink]],
         dead_sink: tuple[int, Sink] | None,
         *,
-        dead_elsewhere: bool = False,
+        dead_elsewhere: int | None = None,
     ) -> None:
         """Describe where each exit goes."""
         self.ctx = ctx
@@ -687,10 +708,7 @@ class _ExactPart(StatefulSinkPartition[list[Any], Any]):
                     owner.ctx.keep_dead(letters, keep=False)
                     held = owner.counters.table()[owner.dead_row]
                     held[_IN] += len(letters)
-                    why = RuntimeError(
-                        f"an exactly-once sink's refusals do not reach it in a run with "
-                        f"recovery ({owner.counters.steps[owner.row]!r} refused the record)"
-                    )
+                    why = unreached(owner.counters.steps[owner.row])
                     keep_refused_letters(owner.ctx, held, [(letter, why) for letter in letters])
         except Exception as exc:  # noqa: BLE001 - a broken sink halts the run
             owner.counters.halt(exc)

@@ -656,3 +656,18 @@ def test_dead_letters_of_an_exactly_once_sink_with_recovery_are_kept_and_told(
     assert "not written to the dead-letter sink" in letter.message
     assert result.letters_unwritten == 1 and len(result.warnings) == 1
     assert dead.read_text() == ""
+
+    # A sink's refusals in a run whose dead-letter file is exactly once: the same.
+    flaky = _Flaky()
+    result = (
+        Pipeline("file_of_letters")
+        .read(sources.memory(list(range(10))))
+        .map(lambda x: x // (x != 4), name="inverse")  # 4: a ZeroDivisionError
+        .write(sinks.callback(flaky), name="out")
+        .dead_letters(sinks.jsonl(dead))
+    ).run(recovery=tmp_path / "store2")
+    assert result.reconciles and result.dead == 1 + 4 and result.letters_unwritten == 4
+    assert json.loads(dead.read_text())["step"] == "inverse"  # the step's own: in the file
+    assert sorted(int(d.payload) for d in result.dead_letters) == [1, 3, 6, 8]
+    assert all("'out' refused cannot reach the dead-letter sink" in d.message
+               for d in result.dead_letters)  # fmt: skip

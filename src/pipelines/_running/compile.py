@@ -420,7 +420,13 @@ def compile_pipeline(
         op.output(
             f"{node.name}_out",
             packets,
-            PacketSink(ctx, counters, targets, dead, dead_elsewhere=exact_dead),
+            PacketSink(
+                ctx,
+                counters,
+                targets,
+                dead,
+                dead_elsewhere=row[dead_step] if exact_dead else None,
+            ),
         )
         if exact_dead:
             dead_streams.append(
