@@ -417,7 +417,7 @@ def stdout_console(**options: Any) -> Any:
 
 
 class StdoutSink(Sink):
-    """Print records to the terminal with rich."""
+    """Print records: with rich on a terminal, one line each (text, or JSON) otherwise."""
 
     def __init__(self, prefix: str = "") -> None:
         """Print each record, after ``prefix``."""
@@ -433,12 +433,20 @@ class StdoutSink(Sink):
         console: Any = ctx.shared("console", stdout_console)
         lock: threading.Lock = ctx.shared("console_lock", threading.Lock)
 
+        parts = (self.prefix,) if self.prefix else ()
+
         def show(item: Any) -> None:
+            # Shown as it is: a record's brackets and colons are no markup or emoji codes.
+            if console.is_terminal:
+                with lock:
+                    console.print(*parts, item, markup=False, emoji=False)
+                return
+            # Read by a program: one line a record (text as it is, the rest as JSON).
+            line = item if isinstance(item, str) else to_json(item)
             with lock:
-                if self.prefix:
-                    console.print(self.prefix, item)
-                else:
-                    console.print(item)
+                console.print(
+                    *parts, line, markup=False, emoji=False, highlight=False, soft_wrap=True
+                )
 
         return _StdoutWriter(show)
 

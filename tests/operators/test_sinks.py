@@ -8,7 +8,7 @@ import pytest
 
 from operators import Event
 from pipelines import Pipeline, sinks, sources, testing
-from tests.helpers import View
+from tests.helpers import Purchase, View
 
 
 def test_jsonl_sink_writes_events_and_truncates_on_each_run(tmp_path: Path) -> None:
@@ -70,6 +70,29 @@ def test_stdout_sink_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert "one" in printed and "two" in printed
     [letter] = result.dead_letters
     assert (letter.step, letter.error_type) == ("stdout", "RuntimeError") and result.reconciles
+
+
+def test_stdout_read_by_a_program_gets_each_record_whole_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Piped (`evflow run ... | grep`), records were shown as for a terminal: markup
+    # eaten ("[red]x[/red]" printed "x", "[/]" a dead letter), emoji codes replaced,
+    # long records wrapped at 80 columns and dicts spread over many lines.
+    records: list[Any] = [
+        "[red]x[/red]",
+        "[/] and :thumbs_up:",
+        {"k": "[bold]" + "y" * 120, "n": list(range(30))},
+        Purchase(user="ada", amount=3.5, id="p1", time="2026-01-01T00:00:00Z"),
+    ]
+    result = Pipeline("o").read(sources.memory(records)).write(sinks.stdout()).run()
+    assert result.written == 4 and result.dead == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:4] == [
+        "[red]x[/red]",
+        "[/] and :thumbs_up:",
+        json.dumps(records[2]),
+        records[3].model_dump_json(),
+    ]
 
 
 def test_callback_sink_failures_become_dead_letters() -> None:
