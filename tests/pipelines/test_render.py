@@ -271,6 +271,16 @@ def test_a_results_warnings_show_in_its_notebook_view() -> None:
     assert "turned all 3 records" in warning
 
 
+def test_the_summarys_notes_and_warnings_are_shown_as_they_are(tmp_path: Path) -> None:
+    # They were read as rich markup: a store named "st[1]" was shown as "st".
+    flow = Pipeline("again").read(sources.memory([1])).write(sinks.memory("o"))
+    flow.run(recovery=tmp_path / "st[1]")
+    result = flow.run(recovery=tmp_path / "st[1]")
+    assert "st[1]" in result.notes
+    shown = "".join(render(result).split())  # the caption is wrapped to the table's width
+    assert "".join(f"recovery store '{tmp_path}/st[1]'".split()) in shown
+
+
 def test_preview_reads_the_first_records_of_the_source() -> None:
     p = (
         Pipeline("head")

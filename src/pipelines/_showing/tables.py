@@ -116,8 +116,8 @@ def summary_table(result: RunResult) -> Table:
             f"{result.written} "
             f"+ filtered {result.filtered} + unrouted {result.unrouted} + dead "
             f"{result.dead} + skipped {result.skipped} + aggregated {result.aggregated} + "
-            f"handled {result.handled}: {ok}{result.notes}"
-            + "".join(f"\n[bold red]warning:[/bold red] {w}" for w in result.warnings)
+            f"handled {result.handled}: {ok}{escape(result.notes)}"
+            + "".join(f"\n[bold red]warning:[/bold red] {escape(w)}" for w in result.warnings)
         ),
     )
     # Only the columns that have something in them (received and out always).
