@@ -272,13 +272,13 @@ def test_a_results_warnings_show_in_its_notebook_view() -> None:
 
 
 def test_the_summarys_notes_and_warnings_are_shown_as_they_are(tmp_path: Path) -> None:
-    # They were read as rich markup: a store named "st[1]" was shown as "st".
+    # They were read as rich markup: a store named "st[bold]" was shown as "st", in bold.
     flow = Pipeline("again").read(sources.memory([1])).write(sinks.memory("o"))
-    flow.run(recovery=tmp_path / "st[1]")
-    result = flow.run(recovery=tmp_path / "st[1]")
-    assert "st[1]" in result.notes
+    flow.run(recovery=tmp_path / "st[bold]")
+    result = flow.run(recovery=tmp_path / "st[bold]")
+    assert "st[bold]" in result.notes
     shown = "".join(render(result).split())  # the caption is wrapped to the table's width
-    assert "".join(f"recovery store '{tmp_path}/st[1]'".split()) in shown
+    assert "".join(f"recovery store '{tmp_path}/st[bold]'".split()) in shown
 
 
 def test_preview_reads_the_first_records_of_the_source() -> None:
