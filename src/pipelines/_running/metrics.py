@@ -75,7 +75,10 @@ class MetricsCollector(Collector):
             labels=["pipeline", "step", "kind", "counter"],
         )
         dead = CounterMetricFamily(
-            "evflow_dead_letters", "Dead letters made by a step.", labels=["pipeline", "step"]
+            "evflow_dead_letters",
+            "Dead letters made by a step (at the dead_letters step: those that did not reach "
+            "the dead-letter sink).",
+            labels=["pipeline", "step"],
         )
         late = CounterMetricFamily(
             "evflow_late_events",
