@@ -436,10 +436,15 @@ def _file_changed(step: str, path: str, where: str) -> ResumeError:
 
 
 def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
+    """Return the files a path names: itself if it exists, else those its glob matches.
+
+    A file whose name holds ``[``, ``*`` or ``?`` (``data[2024].jsonl``) is
+    read as it is, not taken for a pattern that matches nothing.
+    """
     text = os.fspath(path_or_glob)
-    if glob.has_magic(text):
-        return sorted(glob.glob(text))
-    return [text] if os.path.exists(text) else []
+    if os.path.exists(text):
+        return [text]
+    return sorted(glob.glob(text)) if glob.has_magic(text) else []
 
 
 class _LinesReader(Reader):

@@ -56,6 +56,24 @@ def test_jsonl_one_partition_per_file_with_lines(tmp_path: Path) -> None:
     assert result.read == 3 and result.reconciles
 
 
+def test_a_file_whose_name_looks_like_a_glob_is_read_as_it_is(tmp_path: Path) -> None:
+    # "data[2024].jsonl" was taken for a pattern (one of 2, 0 or 4): "no file matches".
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    named = folder / "data[2024].jsonl"
+    named.write_text(line(type="view", user="a") + "\n")
+    (folder / "data2.jsonl").write_text(line(type="view", user="b") + "\n")
+    for read in (sources.jsonl(named, schema=View), sources.csv(named, schema=View)):
+        assert read.partitions() == [str(named)]
+    result = Pipeline("j").read(sources.jsonl(named, schema=View)).write(sinks.memory("o")).run()
+    assert [e.user for e in result["o"]] == ["a"]
+    # A pattern is still one when no file has its name.
+    assert sources.jsonl(folder / "data*.jsonl", schema=View).partitions() == [
+        str(folder / "data2.jsonl"),
+        str(named),
+    ]
+
+
 def test_jsonl_resumes_at_line_and_byte(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text("".join(line(type="view", user=str(i)) + "\n" for i in range(5)))
