@@ -289,15 +289,19 @@ class ClockOp(StageOp):
         kind: str = "aggregate",
         reach: tuple[float, float] = (0.0, 0.0),
         fits: Callable[[float], bool] | None = None,
+        early_from: str | None = None,
     ) -> None:
         """Make the clock for keyed step ``step`` (an aggregate or a keyed dispatch).
 
         ``reach``: how far before and after an event's time the step's windows
         (or intervals) can lie, in seconds. An event closer than that to the
         ends of the dates a datetime holds is refused here, unless ``fits``
-        says its windows are dates after all.
+        says its windows are dates after all. ``early_from``: an aggregate before
+        this one whose early results may come (through a filter or a map): each
+        that comes is a dead letter, not counted again.
         """
         super().__init__(step, index, key, policy, nexts)
+        self.early_from = early_from
         self.key = key
         self.kind = kind
         self.max_future = clock.max_future if isinstance(clock, EventTime) else None
@@ -342,6 +346,8 @@ class ClockOp(StageOp):
 
         With processing time, the wall clock is read once for the whole list.
         """
+        if self.early_from is not None:
+            items, keys = self._without_early(items, keys, run)
         key_of = self.key
         time_of = self.time_of
         read = self.read
@@ -397,6 +403,49 @@ class ClockOp(StageOp):
             # The records kept are those keyed, in order: each holds its event.
             run.made = kept_made(items, [r[2] for r in records], made)
         _fan_out(self.nexts, records, run, out, row)
+
+    def _without_early(
+        self, items: list[Any], keys: list[str] | None, run: _Run
+    ) -> tuple[list[Any], list[str] | None]:
+        """Dead-letter the early results among ``items`` (with their keys).
+
+        Kept, they would count each window's value again and again.
+        """
+        early = [
+            i
+            for i, x in enumerate(items)
+            if getattr(x, "final", True) is False and "/early-" in str(getattr(x, "id", ""))
+        ]
+        if not early:
+            return items, keys
+        row = run.table[self.index]
+        row[_IN] += len(early)
+        row[_DEAD] += len(early)
+        message = (
+            f"an early result of {self.early_from!r} (final=False: its window's value so far) "
+            f"reached aggregate {self.step!r}, which would count it again with every early "
+            f"result and the final one. Hint: keep the final ones first, "
+            f".filter(lambda r: r.final), before the steps that lead here."
+        )
+        for i in early:
+            run.dead.append(
+                DeadLetter.build(
+                    pipeline=run.pipeline,
+                    step=self.step,
+                    kind="validation",
+                    error_type="EarlyResult",
+                    message=message,
+                    payload=payload_text(items[i]),
+                    event_time=getattr(items[i], "time", None),
+                )
+            )
+        dropped = set(early)
+        kept = [x for i, x in enumerate(items) if i not in dropped]
+        if run.made is not None:
+            run.made = kept_made(items, kept, run.made)
+        if keys is not None:
+            keys = [k for i, k in enumerate(keys) if i not in dropped]
+        return kept, keys
 
     def _untimed(self, event: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
         """Apply the step's policy to an event whose time could not be read.

@@ -64,6 +64,7 @@ from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
 from pipelines._building.graph import Node, makes_marks
+from pipelines._building.joins import early_ancestor
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
@@ -97,7 +98,18 @@ def _clock_op(node: Node, index: int, key: Any, clock: Any, exit_: Exit) -> Cloc
         reach, fits = (far, far), None
     else:
         reach, fits = (0.0, 0.0), Window().fits
-    return ClockOp(node.name, index, key, clock, node.policy, [exit_], reach=reach, fits=fits)
+    early = early_ancestor(node) if node.kind == "aggregate" else None
+    return ClockOp(
+        node.name,
+        index,
+        key,
+        clock,
+        node.policy,
+        [exit_],
+        reach=reach,
+        fits=fits,
+        early_from=None if early is None else early.name,
+    )
 
 
 class PipelineError(ValueError):
