@@ -10,7 +10,7 @@ from typing import Any
 from operators import ErrorPolicy
 from operators.windows import Count, EventTime
 
-__all__ = ["Graph", "Node", "Port", "auto_name", "check_name", "makes_marks"]
+__all__ = ["Graph", "Node", "Port", "auto_name", "check_name", "early_ancestor", "makes_marks"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -167,3 +167,22 @@ class Graph:
             for port in node.inputs:
                 users[(port.node.name, port.route)].append(node)
         return users
+
+
+def early_ancestor(node: Node) -> Node | None:
+    """Return an ``emit="early"`` aggregate whose results may reach ``node``, by any steps.
+
+    Through a filter or a map they may or may not: the aggregate after them
+    dead-letters any early result that comes (see ``joins.early_upstream``).
+    """
+    seen: set[int] = set()
+    todo = [port.node for port in node.inputs]
+    while todo:
+        found = todo.pop()
+        if id(found) in seen:
+            continue
+        seen.add(id(found))
+        if found.kind == "aggregate" and found.params.get("emit") == "early":
+            return found
+        todo.extend(port.node for port in found.inputs)
+    return None

@@ -38,7 +38,6 @@ __all__ = [
     "Table",
     "bounded",
     "check_clock",
-    "early_ancestor",
     "early_upstream",
     "join_streams",
     "no_watermark",
@@ -243,25 +242,6 @@ def early_upstream(node: Node) -> Node | None:
         found = early_upstream(port.node)
         if found is not None:
             return found
-    return None
-
-
-def early_ancestor(node: Node) -> Node | None:
-    """Return an ``emit="early"`` aggregate whose results may reach ``node``, by any steps.
-
-    Through a filter or a map they may or may not: the aggregate after them
-    dead-letters any early result that comes (see `early_upstream`).
-    """
-    seen: set[int] = set()
-    todo = [port.node for port in node.inputs]
-    while todo:
-        found = todo.pop()
-        if id(found) in seen:
-            continue
-        seen.add(id(found))
-        if found.kind == "aggregate" and found.params.get("emit") == "early":
-            return found
-        todo.extend(port.node for port in found.inputs)
     return None
 
 

@@ -63,8 +63,7 @@ from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
-from pipelines._building.graph import Node, makes_marks
-from pipelines._building.joins import early_ancestor
+from pipelines._building.graph import Node, early_ancestor, makes_marks
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
