@@ -164,6 +164,19 @@ def _single(value: Any) -> bool:
     return not isinstance(value, list | set | frozenset | Iterator)
 
 
+def _state_and_output(handler: HandlerRef, returned: Any) -> tuple[Any, Any]:
+    """Take a stateful handler's ``(new state, output)``; say so when it returned something else."""
+    if isinstance(returned, tuple | list) and len(returned) == 2:
+        return returned[0], returned[1]
+    shown = repr(returned)
+    msg = (
+        f"stateful handler {handler.name} returned {type(returned).__name__} "
+        f"{shown if len(shown) <= 60 else shown[:59] + '...'}, not (new state, output). "
+        f"Hint: return (new_state, output); (new_state, None) hands nothing on."
+    )
+    raise TypeError(msg)
+
+
 def _listed(value: Any) -> Any:
     """Run a handler's iterator (a generator) to its end, where its exceptions are caught."""
     return list(value) if isinstance(value, Iterator) else value
@@ -387,7 +400,7 @@ class Dispatch:
                         culprit = describe_function(handler.initial)
                         state = handler.initial()
                         culprit = handler.name
-                    new_state, value = handler.fn(state, event)
+                    new_state, value = _state_and_output(handler, handler.fn(state, event))
                     value = _listed(value)  # before the state moves on: it may raise
                     states[key] = new_state
                     return True, value

@@ -309,6 +309,30 @@ def test_a_handler_whose_results_fail_as_they_are_made_follows_the_policy(
     assert dead.message == "third line of 3 refused" and r.reconciles
 
 
+def test_a_stateful_handler_that_returns_no_pair_is_told_what_it_returned() -> None:
+    # It read "cannot unpack non-iterable int object", naming neither the handler nor
+    # what it should return.
+    events = [Purchase(user="u", amount=i) for i in range(3)]
+    r = (
+        Pipeline("pairs")
+        .read(sources.memory(events))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: stateful(count_only, initial=int)})
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert r.dead == 3 and r.reconciles
+    assert r.dead_letters[0].message == (
+        "stateful handler <tests.pipelines.test_dispatch.count_only line "
+        f"{count_only.__code__.co_firstlineno}> returned int 1, not (new state, output). "
+        "Hint: return (new_state, output); (new_state, None) hands nothing on."
+    )
+
+
+def count_only(total: int, e: Purchase) -> int:
+    return total + 1
+
+
 def test_dispatch_through_the_test_seam() -> None:
     p = (
         Pipeline("seam")
