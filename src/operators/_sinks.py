@@ -435,20 +435,21 @@ class StdoutSink(Sink):
 
         parts = (self.prefix,) if self.prefix else ()
 
+        # Shown as it is: a record's brackets and colons are no markup or emoji codes.
         def show(item: Any) -> None:
-            # Shown as it is: a record's brackets and colons are no markup or emoji codes.
-            if console.is_terminal:
-                with lock:
-                    console.print(*parts, item, markup=False, emoji=False)
-                return
-            # Read by a program: one line a record (text as it is, the rest as JSON).
-            line = item if isinstance(item, str) else to_json(item)
+            with lock:
+                console.print(*parts, item, markup=False, emoji=False)
+
+        # Read by a program: one line a record (text as it is, the rest as JSON).
+        def line(item: Any) -> None:
+            text = item if isinstance(item, str) else to_json(item)
             with lock:
                 console.print(
-                    *parts, line, markup=False, emoji=False, highlight=False, soft_wrap=True
+                    *parts, text, markup=False, emoji=False, highlight=False, soft_wrap=True
                 )
 
-        return _StdoutWriter(show)
+        # Asked once: whether stdout is a terminal does not change while the run goes on.
+        return _StdoutWriter(show if console.is_terminal else line)
 
 
 class _CallbackWriter(Writer):
