@@ -16,7 +16,7 @@ from pydantic import AwareDatetime
 
 from operators import Event, agg, windows
 from operators._windowing import WindowLogic
-from pipelines import Pipeline, sinks, sources, testing
+from pipelines import Pipeline, Stream, sinks, sources, testing
 from tests.helpers import Halts, resumed_until_done
 from tests.reference import partition_marks
 
@@ -310,20 +310,31 @@ def disordered_hits(seed: int) -> list[Hit]:
     ]
 
 
+def halted_hits(
+    name: str, seed: int, at: tuple[int, ...], partitions: int = 1
+) -> tuple[list[Hit], Stream[Hit]]:
+    """Read `disordered_hits` in pipeline ``name``, halting the run once at each hit of ``at``."""
+    hits = disordered_hits(seed)
+    halt = Halts(hits[i].id for i in at)
+    read = sources.memory(hits, batch_size=50, partitions=partitions)
+    return hits, Pipeline(name).read(read, name="hits").map(halt, on_error="halt")
+
+
+def start_of(h: Hit, seconds: int) -> str:
+    """The start of ``h``'s tumbling window of ``seconds``, as a result written to jsonl says it."""
+    start = T0 + timedelta(seconds=(h.time - T0).total_seconds() // seconds * seconds)
+    return start.isoformat().replace("+00:00", "Z")
+
+
 def test_minute_totals_of_ten_second_counts_are_exact_across_halts_and_resumes(
     tmp_path: Path,
 ) -> None:
     # The second window's open windows and the watermark it is carried on are
     # in the snapshots too: halted four times and resumed each time from the
     # store, every event is counted once, in the minute of its page it fell in.
-    hits = disordered_hits(3)
-    halt = Halts(hits[i].id for i in (2_500, 6_000, 12_500, 16_500))
-
+    hits, read = halted_hits("minutes", 3, (2_500, 6_000, 12_500, 16_500))
     per_ten = (
-        Pipeline("minutes")
-        .read(sources.memory(hits, batch_size=50), name="hits")
-        .map(halt, on_error="halt")
-        .key_by(lambda h: h.page)
+        read.key_by(lambda h: h.page)
         .window(windows.tumbling(seconds=10), clock=windows.event_time("time", max_delay=3))
         .aggregate(n=agg.count())
     )
@@ -338,13 +349,8 @@ def test_minute_totals_of_ten_second_counts_are_exact_across_halts_and_resumes(
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     got = Counter({(r["key"], r["start"]): r["total"] for r in rows})
     assert len(got) == len(rows)  # each minute of each page written once
-    want = Counter(
-        (h.page, (T0 + timedelta(seconds=(h.time - T0).total_seconds() // 60 * 60)).isoformat())
-        for h in hits
-    )
-    assert {k: int(v) for k, v in got.items()} == {
-        (page, start.replace("+00:00", "Z")): n for (page, start), n in want.items()
-    }
+    want = Counter((h.page, start_of(h, 60)) for h in hits)
+    assert {k: int(v) for k, v in got.items()} == dict(want)
 
 
 def test_a_window_over_the_whole_stream_is_exact_across_halts_on_two_workers(
@@ -352,14 +358,9 @@ def test_a_window_over_the_whole_stream_is_exact_across_halts_on_two_workers(
 ) -> None:
     # Its partial aggregates per worker, and the merge of them, resume from
     # the snapshots: halted four times, each window counts each event once.
-    hits = disordered_hits(5)
-    halt = Halts(hits[i].id for i in (2_500, 7_000, 13_000, 17_000))
-
+    hits, read = halted_hits("whole", 5, (2_500, 7_000, 13_000, 17_000), partitions=2)
     counted = (
-        Pipeline("whole")
-        .read(sources.memory(hits, batch_size=50, partitions=2), name="hits")
-        .map(halt, on_error="halt")
-        .window_all(windows.tumbling(seconds=10), clock=windows.event_time("time", max_delay=3))
+        read.window_all(windows.tumbling(seconds=10), clock=windows.event_time("time", max_delay=3))
         .aggregate(n=agg.count())
         .write(sinks.jsonl(tmp_path / "out.jsonl"))
     )
@@ -367,9 +368,5 @@ def test_a_window_over_the_whole_stream_is_exact_across_halts_on_two_workers(
     assert runs == 5 and result.reconciles
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     got = {r["start"]: r["n"] for r in rows}
-    want = Counter(
-        (T0 + timedelta(seconds=(h.time - T0).total_seconds() // 10 * 10)).isoformat() for h in hits
-    )
-    assert len(got) == len(rows) and got == {
-        start.replace("+00:00", "Z"): n for start, n in want.items()
-    }
+    want = Counter(start_of(h, 10) for h in hits)
+    assert len(got) == len(rows) and got == dict(want)
