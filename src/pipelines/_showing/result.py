@@ -144,7 +144,11 @@ class RunResult:
 
     @property
     def letters_unwritten(self) -> int:
-        """Dead letters the dead-letter sink refused: kept in `dead_letters` alone."""
+        """Dead letters that did not reach the dead-letter sink: kept in `dead_letters` alone.
+
+        It refused them, or they were made by an output that cannot hand them
+        on to it (an exactly-once sink's in a run with recovery).
+        """
         return self._sum("dead", ("dead_letters",))
 
     @property
