@@ -1,7 +1,8 @@
 """dispatch: each event goes to the handlers registered for its type.
 
 A `Dispatcher` resolves an event's handlers with one dictionary lookup per
-event class (the nearest registered base class wins, then the type name), so
+event class (the nearest registered base class wins, then the type name; the
+classic event bus's dispatch takes every registered class and the name), so
 the cost per event does not grow with the number of registered types. A
 handler is a function or an object with ``handle``; what it returns flows on
 (nothing, one value, or several as a list, set, generator or other iterator;
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import inspect
 import time
@@ -183,15 +185,25 @@ def _listed(value: Any) -> Any:
 
 
 class Dispatcher:
-    """Find an event's handlers: by nearest registered class, then by type name."""
+    """Find an event's handlers: by nearest registered class, then by type name.
+
+    With ``every=True`` (the classic event bus) an event goes to the handlers
+    of every registered class it is an instance of, nearest first, then to
+    those of its type name; the default only when none is registered.
+    """
 
     def __init__(
-        self, table: Mapping[type | str, Sequence[HandlerRef]], default: Sequence[HandlerRef]
+        self,
+        table: Mapping[type | str, Sequence[HandlerRef]],
+        default: Sequence[HandlerRef],
+        *,
+        every: bool = False,
     ) -> None:
         """Index the handlers by class and by type name."""
         self.by_class = {k: list(v) for k, v in table.items() if isinstance(k, type)}
         self.by_name = {k: list(v) for k, v in table.items() if isinstance(k, str)}
         self.default = list(default)
+        self.every = every
         self.cache: dict[type, list[HandlerRef]] = {}
 
     def handlers_for(self, event: Any) -> list[HandlerRef]:
@@ -203,21 +215,41 @@ class Dispatcher:
 
     def _resolve(self, event: Any) -> list[HandlerRef]:
         cls = type(event)
+        found: list[HandlerRef] = []
         for base in cls.__mro__:
             handlers = self.by_class.get(base)
             if handlers is not None:
-                self.cache[cls] = handlers
-                return handlers
+                found += handlers
+                if not self.every:
+                    break
+        if found and not self.every:
+            self.cache[cls] = found
+            return found
         get_type = getattr(event, "get_type", None)
         if self.by_name and get_type is not None:
-            handlers = self.by_name.get(get_type(), self.default)
+            try:
+                name = get_type()
+            except Exception as exc:  # noqa: BLE001 - the step's policy decides
+                return [_failed_lookup(get_type, exc)]
+            found += self.by_name.get(name, [])
             # An evflow event's type is fixed by its class; a plain object's
             # get_type() may depend on the instance, so it is asked each time.
-            if isinstance(event, Event) and type(event).get_type is Event.get_type:
-                self.cache[cls] = handlers
-            return handlers
-        self.cache[cls] = self.default
-        return self.default
+            if not (isinstance(event, Event) and type(event).get_type is Event.get_type):
+                return found or self.default
+        found = found or self.default
+        self.cache[cls] = found
+        return found
+
+
+def _failed_lookup(get_type: Callable[[], Any], error: Exception) -> HandlerRef:
+    """Return a handler raising what the event's ``get_type()`` raised: the policy takes it."""
+
+    def raises(event: Any) -> Any:
+        raise error
+
+    ref = HandlerRef(raises, -1)
+    ref.name = describe_function(get_type)
+    return ref
 
 
 class Dispatch:
@@ -470,6 +502,10 @@ class Dispatch:
     def _unhandled(self, event: Any, row: list[int], dead: list[DeadLetter]) -> None:
         row[_DEAD] += 1
         message = f"no handler for {type(event).__name__}"
+        get_type = getattr(event, "get_type", None)
+        if self.dispatcher.by_name and callable(get_type):
+            with contextlib.suppress(Exception):  # the letter is told without it
+                message += f" (type name {get_type()!r})"
         dead.append(self._letter(event, "unhandled", "UnhandledEvent", message, None, 1))
 
     def _letter(

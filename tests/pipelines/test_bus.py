@@ -126,6 +126,42 @@ def test_the_same_bus_as_a_dataflow() -> None:
         EventBus().pipeline(sources.memory([]))
 
 
+class Special(Hover):
+    pass
+
+
+class Shape:
+    """A plain class whose type name depends on the instance."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def get_type(self) -> str:
+        return self.kind
+
+
+def test_the_dataflow_hands_each_event_to_every_handler_publish_does() -> None:
+    bus = EventBus()
+    bus.register(Hover, lambda e: f"hover {e.target}")
+    bus.register(Special, lambda e: f"special {e.target}")
+    bus.register(Event, lambda e: f"event {e.type}")
+    bus.register("special", lambda e: "by name special")
+    bus.register("square", lambda e: "by name square")
+    events: list[Any] = [Special(target="a"), Hover(target="b"), Click(), Shape("square")]
+    events += [Shape("circle"), Special(target="c")]
+    published = [value for event in events for value in bus.publish(event)]
+    assert published[:4] == ["special a", "hover a", "event special", "by name special"]
+    result = bus.pipeline(sources.memory(events)).run()
+    assert result["results"] == published
+    [dead] = result.dead_letters
+    assert dead.kind == "unhandled" and "circle" in dead.message and result.reconciles
+    keyed = bus.pipeline(
+        sources.memory(events[:4] * 5, partitions=2), key=lambda e: e.get_type(), name="keyed"
+    ).run(workers=2)
+    assert sorted(keyed["results"]) == sorted(published[:-4] * 5)
+    assert keyed.reconciles and not keyed.dead_letters
+
+
 def test_publish_runs_async_handlers_and_returns_every_result() -> None:
     import asyncio
 

@@ -82,6 +82,46 @@ def test_unhandled_events_become_dead_letters() -> None:
     assert r.reconciles and len(r["o"]) == 1
 
 
+class Named:
+    """A plain record whose type name is asked of it, and may fail."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+
+    def get_type(self) -> str:
+        if self.name is None:
+            raise LookupError("this record has no type")
+        return self.name
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_get_type_that_raises_follows_the_policy_and_stops_nothing(workers: int) -> None:
+    records = [Named("a"), Named(None), Named("b"), Named(None), Named("a")]
+
+    def run(policy: Any, handler: Any = len) -> Any:
+        return (
+            Pipeline("d")
+            .read(sources.memory(records, partitions=2))
+            .dispatch({"a": lambda r: r.name}, default=handler, on_error=policy)
+            .write(sinks.memory("o"))
+            .run(workers=workers)
+        )
+
+    r = run("dead_letter", "dead_letter")
+    assert sorted(r["o"]) == ["a", "a"] and r.reconciles
+    assert sorted(d.kind for d in r.dead_letters) == ["unhandled", "user_error", "user_error"]
+    failed = [d for d in r.dead_letters if d.kind == "user_error"]
+    assert all(d.error_type == "LookupError" and "get_type" in str(d.function) for d in failed)
+    assert [d.message for d in r.dead_letters if d.kind == "unhandled"] == [
+        "no handler for Named (type name 'b')"
+    ]
+    skipped = run("skip", lambda r: "other")
+    assert sorted(skipped["o"]) == ["a", "a", "other"] and skipped.reconciles
+    assert skipped.skipped == 2 and not skipped.dead_letters
+    with pytest.raises(PipelineHalted):
+        run("halt")
+
+
 def test_exhaustiveness_is_checked_when_the_step_is_added() -> None:
     s = Pipeline("d").read(sources.memory([], schema=Purchase | Refund | View))
     with pytest.raises(

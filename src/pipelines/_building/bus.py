@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from operators import Policy, Sink, Source
 from operators._dispatch import Stateful
 from operators._stage import check_arity
-from pipelines._building.handlers import HandlerLike, call_of, usable
+from pipelines._building.handlers import HandlerLike, add_dispatch, call_of, usable
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
@@ -167,8 +167,9 @@ class EventBus:
     ) -> Pipeline:
         """Return the evflow pipeline that does what this bus does, as a dataflow.
 
-        Events of ``source`` are dispatched to the registered handlers (by
-        class, then by ``get_type()``); with ``key`` the stream is keyed first,
+        Each event of ``source`` goes to the same handlers as `publish` gives
+        it (those of every registered class it is an instance of, then those of
+        its ``get_type()``), and what they return flows on; with ``key`` the stream is keyed first,
         so each key's events are handled in order on one worker. Events no
         handler takes become dead letters; what handlers return goes to
         ``sink`` (a memory sink ``"results"`` by default). ``async def``
@@ -189,8 +190,15 @@ class EventBus:
         stream: Any = Pipeline(name).read(source)
         if key is not None:
             stream = stream.key_by(key)
-        handled = stream.dispatch(
-            self.handlers(), default="dead_letter", on_error=on_error, concurrency=concurrency
+        handled = add_dispatch(
+            stream,
+            self.handlers(),
+            default="dead_letter",
+            name=None,
+            on_error=on_error,
+            concurrency=concurrency,
+            key=getattr(stream, "_key", None),
+            every=True,
         )
         result: Pipeline = handled.write(sink or memory("results"))
         return result

@@ -52,8 +52,14 @@ def add_dispatch(
     on_error: Policy,
     concurrency: int,
     key: Callable[[Any], str] | None,
+    every: bool = False,
 ) -> Stream[Any]:
-    """Check the handlers and add a dispatch step after ``stream``."""
+    """Check the handlers and add a dispatch step after ``stream``.
+
+    ``every``: hand each event to the handlers of every registered class it is
+    an instance of and of its type name (the classic event bus), not only the
+    nearest class's.
+    """
     step = name or "dispatch"
     if not isinstance(handlers, Mapping) or not handlers:
         msg = (
@@ -141,6 +147,7 @@ def add_dispatch(
             "key": key,
             "concurrency": concurrency,
             "out": out,
+            "every": every,
         },
     )
     result = stream._then(node)

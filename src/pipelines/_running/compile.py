@@ -643,7 +643,7 @@ def _dispatch(pipeline: Pipeline, node: Node) -> Dispatch:
     return Dispatch(
         pipeline.name,
         node.name,
-        Dispatcher(table, default),
+        Dispatcher(table, default, every=node.params.get("every", False)),
         node.policy,
         node.params["concurrency"],
         node.params.get("out"),
