@@ -51,6 +51,7 @@ __all__ = [
     "Dispatcher",
     "HandlerRef",
     "Stateful",
+    "listed",
     "stateful",
 ]
 
@@ -155,7 +156,7 @@ class HandlerRef:
         made = self.fn(event)
         if inspect.isasyncgen(made):
             return [value async for value in made]
-        return _listed(await made)
+        return listed(await made)
 
 
 def _single(value: Any) -> bool:
@@ -179,7 +180,7 @@ def _state_and_output(handler: HandlerRef, returned: Any) -> tuple[Any, Any]:
     raise TypeError(msg)
 
 
-def _listed(value: Any) -> Any:
+def listed(value: Any) -> Any:
     """Run a handler's iterator (a generator) to its end, where its exceptions are caught."""
     return list(value) if isinstance(value, Iterator) else value
 
@@ -433,12 +434,12 @@ class Dispatch:
                         state = handler.initial()
                         culprit = handler.name
                     new_state, value = _state_and_output(handler, handler.fn(state, event))
-                    value = _listed(value)  # before the state moves on: it may raise
+                    value = listed(value)  # before the state moves on: it may raise
                     states[key] = new_state
                     return True, value
                 if handler.is_async:
                     return True, run_async(lambda: handler.awaited(event))
-                return True, _listed(handler.fn(event))
+                return True, listed(handler.fn(event))
             except Exception as exc:  # noqa: BLE001 - the policy decides
                 error = exc
         assert error is not None

@@ -208,3 +208,27 @@ def test_bus_pipeline_takes_concurrency_and_warns_of_state_split_among_workers()
     with pytest.warns(RuntimeWarning, match=r"Tally \(attributes: seen\).*split among them"):
         bus.pipeline(sources.memory(range(4))).run(workers=2)
     assert len(bus.pipeline(sources.memory(range(4))).run()["results"]) == 8  # 1 worker: quiet
+
+
+def test_publish_runs_generator_handlers_to_their_end() -> None:
+    import asyncio
+
+    ran: list[str] = []
+
+    def twice(event: Any) -> Any:
+        ran.append("sync")
+        yield event
+        yield event
+
+    async def thrice(event: Any) -> Any:
+        ran.append("async")
+        for _ in range(3):
+            yield event
+
+    bus = EventBus()
+    bus.register(str, twice)
+    bus.register(str, thrice)
+    assert bus.publish("x") == [["x", "x"], ["x", "x", "x"]] and ran == ["sync", "async"]
+    assert asyncio.run(bus.publish_async("y")) == [["y", "y"], ["y", "y", "y"]]
+    assert ran == ["sync", "async"] * 2
+    assert bus.pipeline(sources.memory(["z"])).run()["results"] == ["z"] * 5

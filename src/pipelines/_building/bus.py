@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from operators import Policy, Sink, Source
-from operators._dispatch import Stateful
+from operators._dispatch import Stateful, listed
 from operators._stage import check_arity
 from pipelines._building.handlers import HandlerLike, add_dispatch, call_of, usable
 
@@ -52,6 +52,11 @@ def _run_to_end(awaitable: Any, event: Any) -> Any:
         return await awaitable
 
     return asyncio.run(wait())
+
+
+async def _collected(values: Any) -> list[Any]:
+    """Read an async generator handler's values to the end."""
+    return [value async for value in values]
 
 
 class EventBus:
@@ -127,8 +132,9 @@ class EventBus:
 
         Handlers registered for a class (or a base class) come first, then those
         registered for the type name ``event.get_type()``. Returns what the
-        handlers returned, in that order. An ``async def`` handler is run to
-        its end here; inside a running event loop, ``await
+        handlers returned, in that order; a generator handler is run to its end
+        here and its values are a list. An ``async def`` handler (an async
+        generator too) is run to its end here; inside a running event loop, ``await
         bus.publish_async(event)`` instead.
 
         >>> bus = EventBus()
@@ -140,9 +146,11 @@ class EventBus:
         results = []
         for call in self._found(event):
             value = call(event)
-            if inspect.isawaitable(value):
+            if inspect.isasyncgen(value):
+                value = _run_to_end(_collected(value), event)
+            elif inspect.isawaitable(value):
                 value = _run_to_end(value, event)
-            results.append(value)
+            results.append(listed(value))
         return results
 
     async def publish_async(self, event: Any) -> list[Any]:
@@ -150,9 +158,11 @@ class EventBus:
         results = []
         for call in self._found(event):
             value = call(event)
-            if inspect.isawaitable(value):
+            if inspect.isasyncgen(value):
+                value = await _collected(value)
+            elif inspect.isawaitable(value):
                 value = await value
-            results.append(value)
+            results.append(listed(value))
         return results
 
     def pipeline(
