@@ -284,6 +284,98 @@ def test_members_of_a_cluster_join_by_address(tmp_path: Path) -> None:
     assert all(o["processes"] == 2 for o in outs)
 
 
+SIZED_MEMBER = """
+import os
+from operators import agg, windows
+from pipelines import Pipeline, sources, sinks
+pipeline = (
+    Pipeline("members")
+    .read(sources.memory([(float(n), n) for n in range(1000)], partitions=4, batch_size=50))
+    .key_by(lambda r: str(r[1] % 3))
+    .window(
+        windows.tumbling(seconds=int(os.environ.get("SIZE", "10"))),
+        clock=windows.event_time(lambda r: r[0]),
+    )
+    .aggregate(n=agg.count())
+    .write(sinks.jsonl(os.environ["OUT"]))
+)
+"""
+
+
+def start_members(
+    app: Path, members: list[tuple[int, list[str], dict[str, str]]], addresses: str
+) -> list[tuple[int, str]]:
+    """Start cluster members by hand (process id, options, environment); their ends."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"]
+    procs = [
+        subprocess.Popen(
+            [*command, "--addresses", addresses, "--process-id", str(proc_id), *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for proc_id, options, env in members
+    ]
+    ends = [p.communicate(timeout=120) for p in procs]
+    return [(p.returncode, out + err) for p, (out, err) in zip(procs, ends, strict=True)]
+
+
+def test_members_that_would_run_otherwise_stop_saying_how_before_writing(tmp_path: Path) -> None:
+    from pipelines._running.cluster import free_ports
+
+    app = tmp_path / "sized_app.py"
+    app.write_text(SIZED_MEMBER)
+    out = tmp_path / "out.jsonl"
+    out.write_text("kept\n")
+    env = {"OUT": str(out)}
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    differ = {
+        "window": ([], {**env, "SIZE": "20"}, r"step 3 of the pipeline is 'aggregate_tumbling_20s"),
+        "workers": (["-w", "2"], env, r"process 1 runs 2 worker\(s\) per process, process 0 "),
+        "recovery": (
+            ["--recovery", str(tmp_path / "store")],
+            env,
+            r"process 1 takes a snapshot every 5\.0 s",
+        ),
+    }
+    for options, member_env, told in differ.values():
+        ends = start_members(app, [(0, [], env), (1, options, member_env)], addresses)
+        for code, text in ends:
+            assert code == 1, text
+            assert re.search(
+                r"of pipeline 'members' would not run the same dataflow: " + told,
+                text,
+            ), text
+            assert "Hint: start every member of pipeline 'members' from the same code" in text
+        assert out.read_text() == "kept\n"  # nothing was truncated or written
+    ends = start_members(app, [(0, [], env), (1, [], env)], addresses)
+    assert [code for code, _ in ends] == [0, 0], ends
+    assert sum(json.loads(line)["n"] for line in out.read_text().splitlines()) == 1000
+
+
+def test_a_member_whose_place_is_taken_or_whose_member_0_never_comes_is_told(
+    tmp_path: Path,
+) -> None:
+    from pipelines._running.cluster import free_ports
+
+    app = tmp_path / "sized_app.py"
+    app.write_text(SIZED_MEMBER)
+    env = {"OUT": str(tmp_path / "out.jsonl")}
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports(3))
+    quick = ["--formation-timeout", "4"]
+    ends = start_members(app, [(0, quick, env), (1, quick, env), (1, quick, env)], addresses)
+    assert sorted(code for code, _ in ends) == [1, 1, 1], ends
+    told = [text for _, text in ends]
+    assert any("another member already joined as process 1" in t for t in told), told
+    assert sum("process(es) [2] never joined member 0" in t for t in told) == 2, "\n".join(told)
+    [(code, text)] = start_members(app, [(1, ["--formation-timeout", "1"], env)], addresses)
+    assert code == 1 and "member 0 at 127.0.0.1:" in text and "did not answer" in text, text
+
+
 STDIN_APP = """
 import os
 from pipelines import Event, Pipeline, sinks, sources

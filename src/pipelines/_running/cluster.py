@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from operators import PipelineHalted
 from operators._keying import unpicklable
 from pipelines._running.compile import Compiled, check
+from pipelines._running.handshake import ClusterError, agree, fingerprint
 from pipelines._running.metrics import Metrics
 from pipelines._running.net import is_loopback, split_address
 from pipelines._running.options import OptionError, seconds_option
@@ -66,10 +67,6 @@ log = logging.getLogger("evflow")
 # How long a member on this host waits for the members before it to listen,
 # before it leaves the connecting to the engine's own retries.
 _LISTEN_WAIT = 10.0
-
-
-class ClusterError(RuntimeError):
-    """A process of the cluster died, or the cluster did not form."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -604,8 +601,13 @@ def run_member(
     """Run this process's share of a cluster that other processes (or hosts) join.
 
     Every member runs the same pipeline with the same ``addresses``; each
-    returns the counts and outputs of its own share. A member whose cluster
-    has not formed within ``formation_timeout`` seconds stops with an error.
+    returns the counts and outputs of its own share. Before the engine starts,
+    the members tell member 0 what they are about to run (`agree`): a member
+    that would run another pipeline, another worker count, other addresses
+    or other recovery options stops them all with an error saying how it
+    differs. A member whose cluster has not formed within
+    ``formation_timeout`` seconds (for that, then again for the engine's own
+    forming) stops with an error.
     """
     addresses = check_addresses(addresses, allow_remote=allow_remote)
     if not 0 <= process_id < len(addresses):
@@ -617,6 +619,13 @@ def run_member(
     seconds_option("formation_timeout", formation_timeout)
     check(pipeline)
     started = time.perf_counter()
+    # Before anything is written: every member must be about to run the same.
+    agree(
+        fingerprint(pipeline, workers, addresses, recovery),
+        addresses,
+        process_id,
+        formation_timeout,
+    )
     with contextlib.nullcontext(True) if recovery is None else recovery.held(process_id) as fresh:
         if process_id == 0 and fresh:
             # No record flows before every member has joined, member 0 included.
