@@ -376,6 +376,50 @@ def test_a_member_whose_place_is_taken_or_whose_member_0_never_comes_is_told(
     assert code == 1 and "member 0 at 127.0.0.1:" in text and "did not answer" in text, text
 
 
+ENDLESS_MEMBER = """
+from pipelines import Pipeline, sources, sinks
+pipeline = (
+    Pipeline("endless")
+    .read(sources.generate(lambda i, rng: {"n": i}, count=None, partitions=4, rate=2000))
+    .key_by(lambda r: str(r["n"] % 7))
+    .write(sinks.memory("o"))
+)
+"""
+
+
+def test_a_member_that_loses_another_says_so_instead_of_a_bare_panic(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipelines._running.cluster import free_ports
+
+    app = tmp_path / "endless_app.py"
+    app.write_text(ENDLESS_MEMBER)
+    addresses = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    command = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--json"]
+    procs = [
+        subprocess.Popen(
+            [*command, "--addresses", addresses, "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(2)
+    ]
+    time.sleep(4)  # formed and running
+    assert all(p.poll() is None for p in procs)
+    os.killpg(procs[1].pid, signal.SIGKILL)
+    _, err = procs[0].communicate(timeout=60)
+    procs[1].communicate(timeout=10)
+    assert procs[0].returncode == 1, err
+    assert "cluster member 0 of pipeline 'endless' lost another member" in err, err
+    assert "a run with --recovery would resume from its last snapshot" in err
+    assert "Traceback" not in err
+
+
 STDIN_APP = """
 import os
 from pipelines import Event, Pipeline, sinks, sources

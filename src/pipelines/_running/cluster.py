@@ -521,6 +521,12 @@ def _gather_on_stop(
                 outcomes[proc_id] = ready.recv()
 
 
+def _lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is the engine's panic at losing the connection to a peer."""
+    text = f"{type(error).__name__}: {error}"
+    return "PanicException" in text and ("Send thread panic" in text or "Recv thread panic" in text)
+
+
 def _own_error(error: BaseException) -> bool:
     """Whether ``error`` is a member's own failure, not the loss of a peer that failed."""
     if isinstance(error, PipelineHalted):
@@ -646,6 +652,21 @@ def run_member(
             if stop.result is not None:
                 stop.result.member = process_id
             raise
+        except Exception as exc:
+            if not _lost_peer(exc):
+                raise
+            msg = (
+                f"cluster member {process_id} of pipeline {pipeline.name!r} lost another "
+                f"member (it stopped, was killed or could no longer be reached; the engine: "
+                f"{exc}), and a cluster cannot go on without one of its members, so this "
+                f"one stopped too. Hint: the other members' output says why; "
+                + (
+                    "start every member again to resume from the last snapshot."
+                    if recovery is not None
+                    else "a run with --recovery would resume from its last snapshot."
+                )
+            )
+            raise ClusterError(msg) from None
     result = result_of(pipeline, [outcome], workers, len(addresses), time.perf_counter() - started)
     result.member = process_id
     return result
