@@ -546,7 +546,7 @@ def tumbling_of(window: Tumbling, ts: float) -> tuple[float, float, float, float
     """
     size_us = window.size_us
     t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-    low = t - t % size_us
+    low = t - (t - window.offset_us) % size_us
     start = low / 1_000_000
     lo, hi = _inside(low, low + size_us)
     return start, window.end_of(start), lo, hi
@@ -565,10 +565,10 @@ class Combiner:
     its events becomes a late dead letter naming the event id.
     """
 
-    def __init__(self, size: float, aggs: Sequence[Aggregator], delay: float) -> None:
-        """Combine into windows of ``size`` seconds."""
-        self.size = size
-        self.window = Tumbling(size)
+    def __init__(self, window: Tumbling, aggs: Sequence[Aggregator], delay: float) -> None:
+        """Combine into the windows of ``window``."""
+        self.size = window.size
+        self.window = window
         self.aggs = list(aggs)
         self.add = make_adder(aggs)
         self.delay = delay
@@ -598,6 +598,7 @@ class Combiner:
         delay = self.delay
         floor = latest - delay
         size_us = self.window.size_us
+        off = self.window.offset_us
         add = self.add
         fresh = self.fresh
         raw: list[Any] = []
@@ -621,7 +622,7 @@ class Combiner:
                 continue
             if not lo <= ts < hi or key != last_key:
                 t = round(ts * 1_000_000)  # Tumbling.start_of, inline
-                low = t - t % size_us
+                low = t - (t - off) % size_us
                 lo, hi = _inside(low, low + size_us)
                 start = low / 1_000_000
                 slot = get((key, start))
@@ -1235,6 +1236,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         late = opened = 0
         size_us = window.size_us
         every_us = window.every_us
+        off = window.offset_us
         # Where the size is a multiple of the step, every time between two
         # window starts is in the same windows: those of the event before, if
         # it is ``lo <= ts < hi`` (see `_inside`). Otherwise each is worked out.
@@ -1244,7 +1246,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         for key, ts, event in records:
             if not lo <= ts < hi:
                 t = round(ts * 1_000_000)
-                s = t - t % every_us  # the latest window's start
+                s = t - (t - off) % every_us  # the latest window's start
                 spans = [
                     (start_us / 1_000_000, (start_us + size_us) / 1_000_000)
                     for start_us in range(s, t - size_us, -every_us)
@@ -1310,6 +1312,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         heap = self.heap
         size_us = window.size_us
         every_us = window.every_us
+        off = window.offset_us
         late = aside = opened = 0
         lo = hi = pane = first_end = last_end = 0.0
         s = 0
@@ -1317,7 +1320,7 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
             key, ts, event = record
             if not lo <= ts < hi:
                 t = round(ts * 1_000_000)
-                s = t - t % every_us  # the pane's start, the latest window's
+                s = t - (t - off) % every_us  # the pane's start, the latest window's
                 pane = s / 1_000_000
                 first_end = (s + every_us) / 1_000_000  # its earliest window's end
                 last_end = (s + size_us) / 1_000_000

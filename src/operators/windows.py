@@ -1,6 +1,7 @@
 """Window kinds and clocks for keyed aggregation.
 
-Windows are per key and aligned to the Unix epoch (UTC):
+Windows are per key and aligned to the Unix epoch (UTC), or to an instant of
+your choosing (``align_to=``, for days in a time zone):
 
 - `tumbling` windows of a fixed size, side by side;
 - `sliding` windows of a fixed size starting every ``every``;
@@ -207,6 +208,55 @@ def whole_micros(seconds: float, what: str) -> int:
     return us
 
 
+def _offset_micros(offset: float, period_us: int, what: str) -> int:
+    """Return a window offset in whole microseconds; it must lie in ``[0, period)``."""
+    if not isinstance(offset, int | float) or isinstance(offset, bool) or not math.isfinite(offset):
+        msg = f"a window's offset must be a finite number of seconds; got {offset!r}."
+        raise ValueError(msg)
+    us = micros(offset)
+    if not 0 <= us < period_us:
+        msg = (
+            f"a window's offset must be at least 0 and less than its {what} "
+            f"({period_us / _US:g}s); got {offset:g}s. Hint: give align_to= to "
+            f"tumbling() or sliding(), which works the offset out."
+        )
+        raise ValueError(msg)
+    return us
+
+
+def _aligned(align_to: datetime | float | None, period_us: int, kind: str) -> float:
+    """Return the offset, in seconds, that makes windows start at ``align_to``.
+
+    >>> _aligned(datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=9))), 86400 * _US, "t")
+    54000.0
+    >>> _aligned(None, 60 * _US, "t"), _aligned(90, 60 * _US, "t")
+    (0.0, 30.0)
+    """
+    if align_to is None:
+        return 0.0
+    if isinstance(align_to, datetime):
+        if align_to.tzinfo is None or align_to.utcoffset() is None:
+            msg = (
+                f"{kind}(align_to=...) needs an aware datetime (its instant is where a window "
+                f"starts); got the naive {align_to!r}. Hint: align_to=datetime(2024, 1, 1, "
+                f"tzinfo=ZoneInfo('Asia/Tokyo'))."
+            )
+            raise ValueError(msg)
+        t = (align_to - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    elif isinstance(align_to, int | float) and not isinstance(align_to, bool):
+        if not math.isfinite(align_to):
+            msg = f"{kind}(align_to=...) must be finite; got {align_to!r}."
+            raise ValueError(msg)
+        t = micros(align_to)
+    else:
+        msg = (
+            f"{kind}(align_to=...) takes an aware datetime or epoch seconds; got "
+            f"{type(align_to).__name__} {align_to!r}."
+        )
+        raise TypeError(msg)
+    return (t % period_us) / _US
+
+
 class _Sized(Window):
     """Windows of a fixed size, aligned to the epoch: tumbling and sliding."""
 
@@ -238,22 +288,36 @@ class Tumbling(_Sized):
     """
 
     size: float
+    #: Where the windows start: ``offset + k * size`` seconds (0 <= offset < size).
+    offset: float = 0.0
     _us: int = field(init=False, repr=False, compare=False)
+    _off: int = field(init=False, repr=False, compare=False)
     kind = "tumbling"
 
     def __post_init__(self) -> None:
-        """Keep the size in microseconds (a whole, positive number of them)."""
+        """Keep the size and offset in microseconds (whole numbers of them)."""
         object.__setattr__(self, "_us", whole_micros(self.size, "tumbling window size"))
+        object.__setattr__(self, "_off", _offset_micros(self.offset, self._us, "size"))
 
     @property
     def size_us(self) -> int:
         """The size in whole microseconds."""
         return self._us
 
+    @property
+    def offset_us(self) -> int:
+        """Where the windows start, past a whole number of sizes, in microseconds."""
+        return self._off
+
+    def __repr__(self) -> str:
+        """Show the size, and the offset where there is one (the shape kept in snapshots)."""
+        at = f", offset={self.offset!r}" if self._off else ""
+        return f"Tumbling(size={self.size!r}{at})"
+
     def start_of(self, ts: float) -> float:
         """Return the start of the window that holds ``ts``."""
         t = round(ts * _US)
-        return (t - t % self._us) / _US
+        return (t - (t - self._off) % self._us) / _US
 
     def end_of(self, start: float) -> float:
         """Return the end of the window that starts at ``start``."""
@@ -270,8 +334,9 @@ class Tumbling(_Sized):
 
     @property
     def label(self) -> str:
-        """Name it by kind and size."""
-        return f"tumbling_{self.size:g}s".replace(".", "_")
+        """Name it by kind and size (and where the windows start, unless at the epoch's grid)."""
+        at = f"_at_{self.offset:g}s" if self._off else ""
+        return f"tumbling_{self.size:g}s{at}".replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -280,14 +345,28 @@ class Sliding(_Sized):
 
     size: float
     every: float
+    #: Where the windows start: ``offset + k * every`` seconds (0 <= offset < every).
+    offset: float = 0.0
     _us: int = field(init=False, repr=False, compare=False)
     _every_us: int = field(init=False, repr=False, compare=False)
+    _off: int = field(init=False, repr=False, compare=False)
     kind = "sliding"
 
     def __post_init__(self) -> None:
-        """Keep the size and step in microseconds."""
+        """Keep the size, step and offset in microseconds."""
         object.__setattr__(self, "_us", whole_micros(self.size, "sliding window size"))
         object.__setattr__(self, "_every_us", whole_micros(self.every, "sliding window every"))
+        object.__setattr__(self, "_off", _offset_micros(self.offset, self._every_us, "every"))
+
+    @property
+    def offset_us(self) -> int:
+        """Where the windows start, past a whole number of steps, in microseconds."""
+        return self._off
+
+    def __repr__(self) -> str:
+        """Show the size and step, and the offset where there is one (kept in snapshots)."""
+        at = f", offset={self.offset!r}" if self._off else ""
+        return f"Sliding(size={self.size!r}, every={self.every!r}{at})"
 
     @property
     def size_us(self) -> int:
@@ -308,7 +387,7 @@ class Sliding(_Sized):
         t = round(ts * _US)
         size = self._us
         every = self._every_us
-        start = t - t % every
+        start = t - (t - self._off) % every
         windows = []
         while start > t - size:
             windows.append((start / _US, (start + size) / _US))
@@ -323,12 +402,13 @@ class Sliding(_Sized):
         20.0
         """
         t = round(ts * _US)
-        return (t - t % self._every_us + self._us) / _US
+        return (t - (t - self._off) % self._every_us + self._us) / _US
 
     @property
     def label(self) -> str:
-        """Name it by kind, size and step."""
-        return f"sliding_{self.size:g}s_every_{self.every:g}s".replace(".", "_")
+        """Name it by kind, size and step (and where the windows start, if off the epoch's grid)."""
+        at = f"_at_{self.offset:g}s" if self._off else ""
+        return f"sliding_{self.size:g}s_every_{self.every:g}s{at}".replace(".", "_")
 
 
 @dataclass(frozen=True)
@@ -382,8 +462,23 @@ def tumbling(
     minutes: float = 0,
     hours: float = 0,
     days: float = 0,
+    align_to: datetime | float | None = None,
 ) -> Tumbling:
-    """Tumbling windows: ``tumbling(seconds=60)`` or ``tumbling(timedelta(minutes=1))``."""
+    """Tumbling windows: ``tumbling(seconds=60)`` or ``tumbling(timedelta(minutes=1))``.
+
+    Windows start on the epoch's grid (``k * size`` seconds, UTC) unless
+    ``align_to`` (an aware datetime, or epoch seconds) names an instant where
+    one starts: ``tumbling(days=1, align_to=datetime(2024, 1, 1, tzinfo=tokyo))``
+    gives days from midnight in Tokyo. The offset is fixed: a day window does
+    not follow a change of daylight saving time.
+
+    >>> from datetime import timedelta, timezone
+    >>> tokyo = timezone(timedelta(hours=9))
+    >>> day = tumbling(days=1, align_to=datetime(2024, 1, 1, tzinfo=tokyo))
+    >>> start, end = day.assign(1704100000.0)[0]
+    >>> print(to_datetime(start).astimezone(tokyo), "to", to_datetime(end).astimezone(tokyo))
+    2024-01-01 00:00:00+09:00 to 2024-01-02 00:00:00+09:00
+    """
     what = "tumbling window size"
     length = to_seconds(
         size,
@@ -394,7 +489,8 @@ def tumbling(
         hours=hours,
         days=days,
     )
-    return Tumbling(span(length, what))
+    length = span(length, what)
+    return Tumbling(length, _aligned(align_to, whole_micros(length, what), "tumbling"))
 
 
 def sliding(
@@ -405,10 +501,14 @@ def sliding(
     seconds: float = 0,
     minutes: float = 0,
     hours: float = 0,
+    align_to: datetime | float | None = None,
 ) -> Sliding:
     """Sliding windows of ``size`` (or keyword parts) starting every ``every``.
 
     ``every`` must not exceed the size, and the size must be a whole multiple of it.
+    Windows start on the epoch's grid (``k * every`` seconds, UTC) unless
+    ``align_to`` (an aware datetime, or epoch seconds) names an instant where
+    one starts, as for `tumbling`.
 
     >>> sliding(seconds=60, every=15).size
     60.0
@@ -439,7 +539,8 @@ def sliding(
             f"({step:g}s). Hint: sliding(seconds=60, every=15)."
         )
         raise ValueError(msg)
-    return Sliding(length, step)
+    every_us = whole_micros(step, "sliding window every")
+    return Sliding(length, step, _aligned(align_to, every_us, "sliding"))
 
 
 def session(

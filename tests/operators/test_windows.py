@@ -38,6 +38,39 @@ def test_sliding_assignment_and_edges() -> None:
     ]
 
 
+def test_windows_aligned_to_an_instant_start_there() -> None:
+    from datetime import datetime, timezone
+
+    tokyo = timezone(timedelta(hours=9))
+    # days from midnight in Tokyo: 2024-01-01T00:00+09:00 is 2023-12-31T15:00Z
+    day = windows.tumbling(days=1, align_to=datetime(2020, 6, 1, tzinfo=tokyo))
+    midnight = datetime(2024, 1, 1, tzinfo=tokyo).timestamp()
+    assert day.offset == 15 * 3600 and day.label == "tumbling_86400s_at_54000s"
+    assert day.assign(midnight) == [(midnight, midnight + 86400)]
+    assert day.assign(midnight - 0.5) == [(midnight - 86400, midnight)]
+    assert day.last_end(midnight + 3600) == midnight + 86400
+    # size 10, every 5, aligned to 3 s past the epoch:
+    #   [-2 ........ 8)
+    #          [3 ........ 13)
+    # event 7.5 is in both; event 8 in [3,13) and [8,18)
+    w = windows.sliding(seconds=10, every=5, align_to=3)
+    assert w.assign(7.5) == [(-2.0, 8.0), (3.0, 13.0)]
+    assert w.assign(8.0) == [(3.0, 13.0), (8.0, 18.0)]
+    assert w.last_end(7.5) == 13.0 and w.label == "sliding_10s_every_5s_at_3s"
+    assert windows.tumbling(seconds=10, align_to=-7).assign(2.5) == [(-7.0, 3.0)]
+    # an instant on the epoch's grid is no offset at all: the same windows, names and state
+    assert windows.tumbling(seconds=60, align_to=120.0) == windows.tumbling(seconds=60)
+    assert repr(windows.sliding(seconds=60, every=10)) == "Sliding(size=60.0, every=10.0)"
+    with pytest.raises(ValueError, match=r"needs an aware datetime .* Hint: align_to=datetime"):
+        windows.tumbling(days=1, align_to=datetime(2024, 1, 1))  # noqa: DTZ001 - naive on purpose
+    with pytest.raises(TypeError, match=r"takes an aware datetime or epoch seconds; got str"):
+        windows.sliding(seconds=10, every=5, align_to="00:00")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"align_to=...\) must be finite"):
+        windows.tumbling(seconds=10, align_to=math.nan)
+    with pytest.raises(ValueError, match=r"offset must be at least 0 and less than its size"):
+        windows.Tumbling(10.0, 10.0)
+
+
 def test_window_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match=r"tumbling window size must be positive; got 0 seconds"):
         windows.tumbling()

@@ -49,6 +49,54 @@ def table(results: list[Any], *names: str) -> list[tuple[Any, ...]]:
     return sorted(rows)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_windows_aligned_to_a_time_zones_midnight_agree_on_every_path(workers: int) -> None:
+    tokyo = timezone(timedelta(hours=9))
+    rng = random.Random(7)
+    seconds = sorted(rng.uniform(0, 4 * 86400) for _ in range(400))
+    seconds = [round(s, 3) for s in seconds]
+    events = [hit(rng.choice("ab"), s, amount=float(i % 5)) for i, s in enumerate(seconds)]
+    for i in range(0, len(events) - 3, 4):  # a little disorder
+        events[i], events[i + 3] = events[i + 3], events[i]
+    days: Counter[tuple[str, str]] = Counter()
+    hours: Counter[tuple[str, datetime]] = Counter()
+    for e in events:
+        days[(e.user, e.time.astimezone(tokyo).date().isoformat())] += 1
+        # 6-hour windows every 3 hours, starting at 01:30 UTC and every 3 hours from there
+        past = (e.time - T0 - timedelta(hours=1, minutes=30)) // timedelta(hours=3)
+        for k in (past - 1, past):
+            hours[(e.user, T0 + timedelta(hours=1, minutes=30) + k * timedelta(hours=3))] += 1
+    day = windows.tumbling(days=1, align_to=datetime(2024, 1, 1, tzinfo=tokyo))
+    six = windows.sliding(hours=6, every=timedelta(hours=3), align_to=T0 + timedelta(minutes=90))
+    clock = windows.event_time("time", max_delay=86400)
+    for batch, combine, paned in [(1, True, True), (7, False, False), (1000, True, False)]:
+        read = Pipeline("aligned").read(sources.memory(events, partitions=2, batch_size=batch))
+        keyed = read.key_by(lambda e: e.user)
+        everyone = read.window_all(day, clock=clock).aggregate(n=agg.count(), name="all_days")
+        per_day = keyed.window(day, clock=clock).aggregate(
+            n=agg.count(), total=agg.sum("amount"), combine=combine
+        )
+        shifts = keyed.window(six, clock=clock).aggregate(
+            n=agg.count() if paned else agg.collect("amount"), name="shifts"
+        )
+        r = (
+            per_day.write(sinks.memory("days"))
+            | shifts.write(sinks.memory("shifts"))
+            | everyone.write(sinks.memory("all"))
+        ).run(workers=workers)
+        together: Counter[str] = Counter()
+        for (_, date), n in days.items():
+            together[date] += n
+        assert {x.start.astimezone(tokyo).date().isoformat(): x.n for x in r["all"]} == together
+        got = Counter(
+            {(x.key, x.start.astimezone(tokyo).date().isoformat()): x.n for x in r["days"]}
+        )
+        assert got == days and all(x.start.astimezone(tokyo).hour == 0 for x in r["days"])
+        assert sum(x.total for x in r["days"]) == sum(e.amount for e in events)
+        spans = Counter({(x.key, x.start): x.n if paned else len(x.n) for x in r["shifts"]})
+        assert spans == hours and r.reconciles and not r.dead_letters, (batch, combine)
+
+
 def test_tumbling_with_out_of_order_events_and_late_ones() -> None:
     # event time (s):  0   3   12   5    19   2        25
     # arrival order:   1   2   3    4    5    6        7
@@ -512,7 +560,7 @@ def test_windows_combined_before_the_exchange_equal_windows_of_events() -> None:
 def test_combiner_sends_events_behind_the_watermark_as_they_are() -> None:
     from operators._windowing import Combiner
 
-    combiner = Combiner(10.0, [agg.count(), agg.sum("amount")], delay=0.0)
+    combiner = Combiner(windows.tumbling(10), [agg.count(), agg.sum("amount")], delay=0.0)
 
     aside: list[Any] = []
 
@@ -579,7 +627,7 @@ def test_events_near_a_window_end_go_to_the_window_they_round_into() -> None:
     window = Tumbling(10.0)
     times = near_window_ends()
     records = [("k", ts, Hit(user="k", time=T0, id=f"e{i}")) for i, ts in enumerate(times)]
-    combiner = Combiner(10.0, [agg.count()], delay=math.inf)
+    combiner = Combiner(windows.tumbling(10), [agg.count()], delay=math.inf)
     wins: dict[Any, Any] = {}
     raw, _ = combiner.add_chunk(records, "p", -math.inf, wins, lambda r, wm: None)
     assert raw == []
@@ -634,7 +682,7 @@ def test_bucketize_sends_one_item_per_bucket_for_a_batch_and_combines_across_it(
         [("k", 4.0, hit("k", 4))],
         [],
     ]
-    combine = Combiner(10.0, [agg.count()], delay=0.0)
+    combine = Combiner(windows.tumbling(10), [agg.count()], delay=0.0)
     items = Bucketize(0, buckets=4, combine=combine)(
         [packet(chunks[0]), packet(chunks[1]), packet(chunks[2], eof=True)]
     )

@@ -37,7 +37,12 @@ def reference_marks(events: list[tuple[str, float, int]], delay: float) -> list[
 
 
 def reference_windows(
-    kind: str, size: float, every: float, events: list[tuple[str, float, int, float]], n: int
+    kind: str,
+    size: float,
+    every: float,
+    events: list[tuple[str, float, int, float]],
+    n: int,
+    align: datetime | None = None,
 ) -> tuple[Counter[tuple[Any, ...]], list[bool]]:
     """The windows of ``(key, ts, value, watermark)`` events, and which events were late.
 
@@ -48,7 +53,11 @@ def reference_windows(
     done: list[tuple[str, float, float, list[int]]] = []  # count windows may share bounds
     late: list[bool] = []
     if kind in ("tumbling", "sliding"):
-        w = windows.sliding(size, every) if kind == "sliding" else windows.tumbling(size)
+        w = (
+            windows.sliding(size, every, align_to=align)
+            if kind == "sliding"
+            else windows.tumbling(size, align_to=align)
+        )
         for k, ts, v, wm in events:
             spans = [(s, e) for s, e in w.assign(ts) if e > wm]
             late.append(not spans)
@@ -117,6 +126,8 @@ def scenario(
         "size": float(draw(st.sampled_from([2, 5, 10]))),
         # A sliding window's step: size / 2 or size / 5 (2 or 5 windows an event).
         "steps": draw(st.sampled_from([2, 5])),
+        # Where tumbling and sliding windows start: on the epoch's grid, or off it.
+        "align": draw(st.sampled_from([0.0, 0.25, 0.75, 3.5])),
         # count, sum, min and max (of an int field) and count_distinct merge
         # slices of a sliding window (its panes, each event added once); with
         # collect each window adds it.
@@ -154,9 +165,10 @@ def agree_with_reference(case: dict[str, Any]) -> None:
         Tick(k=k, v=v, time=T0 + timedelta(seconds=ts), id=f"e{i}")
         for i, (k, ts, v) in enumerate(events)
     ]
+    align = T0 + timedelta(seconds=case["align"])
     window = {
-        "tumbling": windows.tumbling(size),
-        "sliding": windows.sliding(size, every),
+        "tumbling": windows.tumbling(size, align_to=align),
+        "sliding": windows.sliding(size, every, align_to=align),
         "session": windows.session(size),
         "count": windows.count(case["n"]),
     }[kind]
@@ -196,7 +208,7 @@ def agree_with_reference(case: dict[str, Any]) -> None:
         start += len(part)
         marks += reference_marks(part, case["delay"])
     judged = [(k, ts, v, wm) for (k, ts, v), wm in zip(rel, marks, strict=True)]
-    expected, late_flags = reference_windows(kind, size, every, judged, case["n"])
+    expected, late_flags = reference_windows(kind, size, every, judged, case["n"], align)
     got = Counter(
         (x.key, round(x.start.timestamp(), 6), round(x.end.timestamp(), 6), x.n, x.s, x.lo, x.hi)
         + ((x.d,) if case["paned"] else (len(x.c),))

@@ -45,13 +45,24 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
         "delay": float(draw(st.sampled_from([0, 2, 6]))),
         "batch": draw(st.sampled_from([1, 5, 64])),
         "workers": draw(st.sampled_from([1, 2, 4])),
+        # Where both windows start: on the epoch's grid, or off it (align_to).
+        "align": draw(st.sampled_from([0.0, 4.0, 7.5])),
     }
 
 
-def on_time(events: list[tuple[str, float]], parts: int, delay: float) -> list[tuple[str, float]]:
-    """The events the watermark just before them does not make late for their 10 s window."""
+def on_time(
+    events: list[tuple[str, float]], parts: int, delay: float, align: float = 0.0
+) -> list[tuple[str, float]]:
+    """The events the watermark just before them does not make late for their 10 s window.
+
+    The windows start at ``align`` past each ten seconds.
+    """
     marks = partition_marks([ts for _, ts in events], parts, delay)
-    return [e for e, (wm, _, _) in zip(events, marks, strict=True) if (e[1] // 10 + 1) * 10 > wm]
+    return [
+        e
+        for e, (wm, _, _) in zip(events, marks, strict=True)
+        if ((e[1] - align) // 10 + 1) * 10 + align > wm
+    ]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -62,23 +73,24 @@ def test_minute_totals_of_ten_second_counts_match_a_direct_count(case: dict[str,
         for i, (page, ts) in enumerate(case["events"])
     ]
     clock = windows.event_time(max_delay=case["delay"])
+    align = case["align"]
     per_ten = (
         Pipeline("chain")
         .read(sources.memory(hits, partitions=case["parts"], batch_size=case["batch"]))
         .key_by(lambda h: h.page)
-        .window(windows.tumbling(seconds=10), clock=clock)
-        .aggregate(n=agg.count())
+        .window(windows.tumbling(seconds=10, align_to=BASE + align), clock=clock)
+        .aggregate(n=agg.count(), name="per_ten")
     )
     per_minute = (
         per_ten.key_by(lambda r: r.key, name="by_page")
-        .window(windows.tumbling(seconds=60))
+        .window(windows.tumbling(seconds=60, align_to=BASE + align))
         .aggregate(total=agg.sum("n"), windows=agg.count(), name="per_minute")
     )
     flow = per_minute.write(sinks.memory("out")) | per_minute.late.write(sinks.memory("late"))
     result = flow.run(workers=case["workers"])
     want: Counter[tuple[str, float]] = Counter()
-    for page, ts in on_time(case["events"], case["parts"], case["delay"]):
-        want[(page, ts // 60 * 60)] += 1
+    for page, ts in on_time(case["events"], case["parts"], case["delay"], align):
+        want[(page, (ts - align) // 60 * 60 + align)] += 1
     got = {(r.key, round(r.start.timestamp() - BASE, 6)): r.total for r in result["out"]}
     assert got == dict(want)
     assert result["late"] == []  # nothing made by the first window is late for the second

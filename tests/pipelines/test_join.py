@@ -124,6 +124,33 @@ def test_window_join_left_and_outer_emit_what_met_nothing() -> None:
     assert found["outer"] == [("ada", "o1", "p1"), ("bob", "o2", None), ("cyd", None, "p2")]
 
 
+def test_a_window_join_on_windows_aligned_off_the_epochs_grid_pairs_within_them() -> None:
+    # windows of 10 s starting at 4 s past each ten:  [-6 ... 4)[4 ......... 14)[14 ...
+    # orders:                                                o1 at 3   o2 at 5
+    # payments:                                         p1 at 2        p2 at 13   p3 at 14
+    orders = [order("o1", 3), order("o2", 5)]
+    pays = [pay("p1", 2), pay("p2", 13), pay("p3", 14)]
+    aligned = {
+        "tumbling": windows.tumbling(seconds=10, align_to=at(4)),
+        "sliding": windows.sliding(seconds=10, every=5, align_to=at(4)),
+    }
+    found = {}
+    for kind, window in aligned.items():
+        left, right = two_sides(orders, pays, name=f"aligned_{kind}")
+        result = left.join(right, window=window).write(sinks.memory("out")).run(workers=2)
+        found[kind] = sorted(
+            (j.left.id, j.right.id, (j.start - T0).total_seconds()) for j in result["out"]
+        )
+    assert found["tumbling"] == [("o1", "p1", -6.0), ("o2", "p2", 4.0)]
+    # sliding: [-6, 4) holds o1 and p1; [-1, 9) o1, p1 and o2; [4, 14) o2 and p2; [9, 19) no order
+    assert found["sliding"] == [
+        ("o1", "p1", -6.0),
+        ("o1", "p1", -1.0),
+        ("o2", "p1", -1.0),
+        ("o2", "p2", 4.0),
+    ]
+
+
 def test_every_result_of_a_join_has_an_id_of_its_own_on_every_run() -> None:
     # A sink that de-duplicates by id (JetStream's Nats-Msg-Id) dropped results: a pair
     # in three sliding windows gave three results of one id, and ids of records and

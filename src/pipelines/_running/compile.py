@@ -587,7 +587,7 @@ def _combiner(node: Node, users: dict[tuple[str, str | None], list[Node]]) -> Co
         return None  # written late events must stay whole
     if not can_combine(window, params["clock"], aggs):
         return None
-    return Combiner(window.size, aggs, params["clock"].max_delay)
+    return Combiner(window, aggs, params["clock"].max_delay)
 
 
 def _window_spec(
@@ -787,9 +787,10 @@ def _grid(user: Node, clock: EventTime) -> tuple[int, int, float] | None:
     """Where step ``user`` is a tumbling or sliding window: where its windows end (`Notes`)."""
     window = user.params.get("window") if user.kind == "aggregate" else None
     if isinstance(window, Tumbling):
-        return (window.size_us, 0, clock.max_delay)
+        return (window.size_us, window.offset_us, clock.max_delay)
     if isinstance(window, Sliding):
-        return (window.every_us, window.size_us % window.every_us, clock.max_delay)
+        every = window.every_us
+        return (every, (window.offset_us + window.size_us) % every, clock.max_delay)
     return None
 
 
