@@ -124,6 +124,19 @@ def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]
     >>> head(sources.generate(lambda rng, i: i, count=None), 3)
     [0, 1, 2]
     """
+    if not isinstance(source, Source):
+        what = type(source).__name__
+        hint = (
+            "testing.outputs(stream) runs a stream and gives its records; "
+            "testing.preview(pipeline) runs a pipeline on each source's first records"
+            if hasattr(source, "key_by") or hasattr(source, "graph")
+            else "testing.head(sources.jsonl('events.jsonl'), 5)"
+        )
+        msg = f"testing.head takes a source; got {what} {source!r:.80}. Hint: {hint}."
+        raise TypeError(msg)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        msg = f"testing.head: limit must be a whole number of records; got {limit!r}."
+        raise ValueError(msg)
     items: list[Any] = []
     deadline = time.monotonic() + timeout
     for part in source.partitions():

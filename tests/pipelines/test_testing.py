@@ -116,3 +116,15 @@ def test_a_stream_where_a_pipeline_is_needed_is_refused_with_what_to_pass() -> N
     # What the hints say works.
     assert testing.run(stream.write(sinks.memory("out")), [5])["out"] == [6]
     assert sorted(testing.outputs(stream)) == [2, 3, 4]
+    # testing.head reads a source: a stream or a pipeline is told where to go instead
+    # (it failed with "'Stream' object has no attribute 'partitions'").
+    for given in (stream, counts, stream.write(sinks.memory("o"))):
+        with pytest.raises(
+            TypeError,
+            match=r"^testing.head takes a source; got (Stream|KeyedStream|Pipeline|\w+) "
+            r".*Hint: testing.outputs\(stream\)",
+        ):
+            testing.head(given, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"limit must be a whole number of records; got -1"):
+        testing.head(sources.memory([1]), -1)
+    assert testing.head(sources.memory([1, 2, 3]), 2) == [1, 2]
