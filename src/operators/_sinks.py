@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from operators._deadletter import DeadLetter, count_dead, payload_text
-from operators._sources import TAIL, digest, slug, tail_before
+from operators._sources import TAIL, digest, file_path, slug, tail_before
 from operators._stage import (
     COUNTER_FIELDS,
     Counters,
@@ -194,7 +194,7 @@ class MemorySink(Sink):
 
     def __init__(self, name: str) -> None:
         """Collect under ``name``."""
-        if not name.isidentifier():
+        if not isinstance(name, str) or not name.isidentifier():
             msg = (
                 f"memory sink name must be an identifier; got {name!r}. "
                 f"Hint: sinks.memory('alerts')."
@@ -361,7 +361,7 @@ class JsonlSink(ExactSink):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Write to ``path``."""
-        self.path = os.fspath(path)
+        self.path = file_path(path, "jsonl sink", "sinks.jsonl('out.jsonl')")
 
     @property
     def label(self) -> str:

@@ -299,6 +299,21 @@ class ChunkSource(FixedPartitionedSource[Chunk, Any]):
         return _Partition(reader, self.counters, step, for_part, self, step_id)
 
 
+def file_path(path: Any, what: str, example: str) -> str:
+    """Return ``path`` (text, bytes or a path-like object) as text; refuse anything else.
+
+    >>> file_path(Path("a.jsonl"), "jsonl sink", "sinks.jsonl('out.jsonl')")
+    'a.jsonl'
+    """
+    if not isinstance(path, str | bytes | os.PathLike):
+        msg = (
+            f"{what}: path must be a file path (a str or a pathlib.Path); got "
+            f"{type(path).__name__} {path!r:.80}. Hint: {example}."
+        )
+        raise TypeError(msg)
+    return os.fsdecode(os.fspath(path))
+
+
 def slug(text: str) -> str:
     """Turn a file name into a step-name part: letters, digits, underscores.
 
@@ -370,6 +385,17 @@ class MemorySource(Source[R]):
         name: str = "memory",
     ) -> None:
         """Hold ``items``, split into ``partitions`` contiguous parts."""
+        if isinstance(items, str | bytes | os.PathLike) or not isinstance(items, Iterable):
+            hint = (
+                f"sources.jsonl({items!r:.60}, schema=...) reads a file's records"
+                if isinstance(items, str | os.PathLike)
+                else "sources.memory([{'user': 'ada'}, ...])"
+            )
+            msg = (
+                f"memory source: items must be a list (or another iterable) of the records "
+                f"themselves; got {type(items).__name__} {items!r:.80}. Hint: {hint}."
+            )
+            raise TypeError(msg)
         if partitions < 1:
             msg = f"partitions must be at least 1; got {partitions}."
             raise ValueError(msg)
@@ -540,7 +566,9 @@ class _FileSource(Source[R]):
         self, path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
     ) -> None:
         """Read the files matching ``path`` (a path or a glob)."""
-        self.path = os.fspath(path)
+        self.path = file_path(
+            path, f"{self.kind} source", f"sources.{self.kind}('events.{self.kind}', schema=...)"
+        )
         self.schema = schema
         self.batch_size = _check_batch(batch_size)
 

@@ -444,3 +444,37 @@ def test_an_event_class_whose_id_is_no_text_keeps_its_own_default() -> None:
     rows = ['{"type": "numbered"}', '{"type": "view", "user": "u"}']
     flow = Pipeline("kinds").read(sources.memory(rows, schema=Numbered | View), name="m")
     assert [e.id for e in testing.outputs(flow)] == [0, "m/part0/1"]
+
+
+def test_a_source_or_sink_given_no_path_or_no_records_says_what_it_needs() -> None:
+    # A careless call got Python's own words ("expected str, bytes or os.PathLike object,
+    # not NoneType", "'int' object is not iterable"), and sources.memory("events.jsonl")
+    # read the file's name as 12 one-letter records.
+    class Row(Event):
+        x: int = 0
+
+    told = {
+        r"jsonl source: path must be a file path .*got NoneType None\. Hint: sources\.jsonl\(": (
+            lambda: sources.jsonl(None, schema=Row)  # type: ignore[call-overload]
+        ),
+        r"csv source: path must be a file path .*got int 5\. Hint: sources\.csv\(": (
+            lambda: sources.csv(5, schema=Row)  # type: ignore[call-overload]
+        ),
+        r"jsonl sink: path must be a file path .*got NoneType None\. Hint: sinks\.jsonl\(": (
+            lambda: sinks.jsonl(None)  # type: ignore[arg-type]
+        ),
+        r"memory source: items must be a list .*got str 'events\.jsonl'\. Hint: "
+        r"sources\.jsonl\('events\.jsonl', schema=\.\.\.\) reads a file's records": (
+            lambda: sources.memory("events.jsonl")
+        ),
+        r"memory source: items must be .*got int 5\. Hint: sources\.memory\(\[": (
+            lambda: sources.memory(5)  # type: ignore[call-overload]
+        ),
+    }
+    for message, call in told.items():
+        with pytest.raises(TypeError, match=message):
+            call()
+    with pytest.raises(ValueError, match=r"memory sink name must be an identifier; got 5"):
+        sinks.memory(5)  # type: ignore[arg-type]
+    assert sinks.jsonl(Path("out.jsonl")).path == "out.jsonl"
+    assert sources.memory(x * 2 for x in range(3)).items == [0, 2, 4]
