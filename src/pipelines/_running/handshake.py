@@ -227,18 +227,13 @@ def _lead(ours: dict[str, Any], addresses: list[str], deadline: float, timeout: 
         raise ClusterError(msg) from None
     members: dict[int, tuple[socket.socket, dict[str, Any]]] = {}
     verdict: str | None = None
+    missing: list[int] = []
     try:
         with server:
             server.settimeout(0.1)
             while len(members) < len(addresses) - 1:
                 if time.monotonic() > deadline:
                     missing = [i for i in range(1, len(addresses)) if i not in members]
-                    verdict = (
-                        f"the cluster of pipeline {pipeline!r} did not form within {timeout:g} "
-                        f"s: process(es) {missing} never joined member 0 at {addresses[0]}. "
-                        f"Hint: start every member with the same --addresses, check that they "
-                        f"can reach each other, or give them longer with --formation-timeout."
-                    )
                     break
                 try:
                     conn, _ = server.accept()
@@ -248,13 +243,32 @@ def _lead(ours: dict[str, Any], addresses: list[str], deadline: float, timeout: 
             else:
                 verdict = _verdict(ours, members)
         # The listener is closed: the engine takes the port once the others are told.
-        for conn, _ in members.values():
-            _answer(conn, verdict)
+        for member, (conn, _) in members.items():
+            told = (
+                _not_joined(pipeline, member, addresses, missing, timeout) if missing else verdict
+            )
+            _answer(conn, told)
     finally:
         for conn, _ in members.values():
             conn.close()
+    if missing:
+        raise ClusterError(_not_joined(pipeline, 0, addresses, missing, timeout))
     if verdict is not None:
         raise ClusterError(verdict)
+
+
+def _not_joined(
+    pipeline: str, member: int, addresses: list[str], missing: list[int], timeout: float
+) -> str:
+    """Tell ``member`` that processes ``missing`` never came within ``timeout`` seconds."""
+    others = [a for i, a in enumerate(addresses) if i != member]
+    return (
+        f"cluster member {member} of pipeline {pipeline!r} could not form its cluster within "
+        f"{timeout:g} s: not every member at {', '.join(others)} joined (process(es) "
+        f"{missing} never came); it was stopped. Hint: start every member with the same "
+        f"--addresses, check that they can reach each other, or give them longer with "
+        f"--formation-timeout."
+    )
 
 
 def _verdict(
