@@ -75,6 +75,9 @@ def _shape(value: Any, depth: int = 0) -> Any:
     label = getattr(value, "label", None)
     if isinstance(label, str):  # sources, sinks, windows: not the records they hold
         return [type(value).__qualname__, label]
+    fn = getattr(value, "fn", None)
+    if inspect.isroutine(fn):  # a stateful handler: the function it calls
+        return [type(value).__qualname__, describe_function(fn)]
     if dataclasses.is_dataclass(value):
         fields = dataclasses.fields(value)
         return [
