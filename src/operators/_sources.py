@@ -636,21 +636,34 @@ class _CsvReader(Reader):
     skipped.
     """
 
-    def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
+    def __init__(
+        self, path: str, step: str, batch: int, resume: Any | None, delimiter: str | None = None
+    ) -> None:
         self.path = path
         self.step = step
         self.batch = batch
+        self.delimiter = delimiter or ","
         # Undecodable bytes survive as surrogates, so one bad row spoils no other.
         self.file = open(  # noqa: SIM115 - closed in close()
             path, newline="", encoding="utf-8", errors="surrogateescape"
         )
-        self.reader = csv.reader(self.file)
+        self.reader = csv.reader(self.file, delimiter=self.delimiter)
         header = next(self.reader, [])
         if header and header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
         self.header = header
-        #: Why no row can be read, whatever it holds: a header naming a column twice.
+        #: Why no row can be read, whatever it holds: a header naming a column twice,
+        #: or one column that another separator splits (with no delimiter told).
         self.spoiled: str | None = None
+        if delimiter is None and len(header) == 1:
+            for other in ";\t|":
+                if len([name for name in header[0].split(other) if name.strip()]) > 1:
+                    self.spoiled = (
+                        f"the header is one column, {header[0]!r}, which {other!r} splits: the "
+                        f"file seems separated by {other!r}, not by commas. Hint: "
+                        f"sources.csv(..., delimiter={other!r})"
+                    )
+                    break
         seen: dict[str, int] = {}
         for column, name in enumerate(header, 1):
             if name in seen:
@@ -694,7 +707,7 @@ class _CsvReader(Reader):
         return None
 
     def _record(self, fields: list[str]) -> Any:
-        text = ",".join(fields)
+        text = self.delimiter.join(fields)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
@@ -746,11 +759,36 @@ class _CsvReader(Reader):
 class CsvSource(_FileSource[R]):
     """CSV files with a header row: one partition per file, a row per record.
 
-    Empty cells are left out.
+    Empty cells are left out. Fields are separated by ``delimiter`` (a comma
+    unless told).
     """
 
     kind = "csv"
     reader = _CsvReader
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        schema: Schema,
+        batch_size: int = DEFAULT_BATCH,
+        delimiter: str | None = None,
+    ) -> None:
+        """Read the files matching ``path``, fields separated by ``delimiter``."""
+        super().__init__(path, schema=schema, batch_size=batch_size)
+        if delimiter is not None and (
+            not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"'"
+        ):
+            msg = (
+                f"csv source: delimiter must be one character (not a quote or a line "
+                f"break); got {delimiter!r}. Hint: delimiter=';' or delimiter='\\t'."
+            )
+            raise ValueError(msg)
+        self.delimiter = delimiter
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Open one file."""
+        return _CsvReader(partition, step, self.batch_size, resume, self.delimiter)
 
 
 Factory = Callable[[random.Random, int], Any]

@@ -178,13 +178,21 @@ def jsonl(
 
 @overload
 def csv(
-    path: str | os.PathLike[str], *, schema: type[E], batch_size: int = ...
+    path: str | os.PathLike[str],
+    *,
+    schema: type[E],
+    batch_size: int = ...,
+    delimiter: str | None = ...,
 ) -> CsvSource[E]: ...
 
 
 @overload
 def csv(
-    path: str | os.PathLike[str], *, schema: tuple[type[E], type[E2]], batch_size: int = ...
+    path: str | os.PathLike[str],
+    *,
+    schema: tuple[type[E], type[E2]],
+    batch_size: int = ...,
+    delimiter: str | None = ...,
 ) -> CsvSource[E | E2]: ...
 
 
@@ -194,6 +202,7 @@ def csv(
     *,
     schema: tuple[type[E], type[E2], type[E3]],
     batch_size: int = ...,
+    delimiter: str | None = ...,
 ) -> CsvSource[E | E2 | E3]: ...
 
 
@@ -203,20 +212,35 @@ def csv(
     *,
     schema: tuple[type[E], type[E2], type[E3], type[E4]],
     batch_size: int = ...,
+    delimiter: str | None = ...,
 ) -> CsvSource[E | E2 | E3 | E4]: ...
 
 
 @overload
 def csv(
-    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = ...
+    path: str | os.PathLike[str],
+    *,
+    schema: Schema,
+    batch_size: int = ...,
+    delimiter: str | None = ...,
 ) -> CsvSource[Any]: ...
 
 
 def csv(
-    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
+    path: str | os.PathLike[str],
+    *,
+    schema: Schema,
+    batch_size: int = DEFAULT_BATCH,
+    delimiter: str | None = None,
 ) -> CsvSource[Any]:
-    """Read CSV files with a header row (a path or a glob), one partition per file."""
-    return CsvSource(path, schema=schema, batch_size=batch_size)
+    r"""Read CSV files with a header row (a path or a glob), one partition per file.
+
+    Fields are separated by commas, or by ``delimiter`` (one character, such
+    as ``";"`` or ``"\t"``). Without one, a file whose header is one column
+    that another common separator splits is refused row by row, with a hint
+    to name it.
+    """
+    return CsvSource(path, schema=schema, batch_size=batch_size, delimiter=delimiter)
 
 
 def generate(

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -478,3 +479,42 @@ def test_a_source_or_sink_given_no_path_or_no_records_says_what_it_needs() -> No
         sinks.memory(5)  # type: ignore[arg-type]
     assert sinks.jsonl(Path("out.jsonl")).path == "out.jsonl"
     assert sources.memory(x * 2 for x in range(3)).items == [0, 2, 4]
+
+
+def test_csv_reads_the_delimiter_it_is_told_and_tells_of_one_it_was_not(tmp_path: Path) -> None:
+    # A semicolon- or tab-separated file made every row a validation dead letter of
+    # missing fields: sources.csv read commas only.
+    class Score(Event):
+        user: str
+        points: int
+
+    (tmp_path / "semi.csv").write_text('user;points\nada;3\n"b;ob";4\n')
+    (tmp_path / "tabs.csv").write_text("user\tpoints\nada\t3\n")
+    (tmp_path / "one.csv").write_text("user\nada\n")
+
+    def read(name: str, delimiter: str | None = None, schema: Any = Score) -> Any:
+        source = sources.csv(tmp_path / name, schema=schema, delimiter=delimiter)
+        return Pipeline("c").read(source).write(sinks.memory("o")).run()
+
+    got = read("semi.csv", ";")
+    assert [(s.user, s.points) for s in got["o"]] == [("ada", 3), ("b;ob", 4)]
+    assert [(s.user, s.points) for s in read("tabs.csv", "\t")["o"]] == [("ada", 3)]
+    for name, sep in (("semi.csv", ";"), ("tabs.csv", "\t")):
+        untold = read(name)
+        assert untold["o"] == [] and untold.reconciles
+        assert {d.kind for d in untold.dead_letters} == {"parse"}
+        assert all(
+            f"the file seems separated by {sep!r}, not by commas. Hint: "
+            f"sources.csv(..., delimiter={sep!r})" in d.message
+            for d in untold.dead_letters
+        )
+        assert f"turned all {len(untold.dead_letters)} records" in untold.warnings[0]
+
+    # one column that no separator splits is one column
+    class Who(Event):
+        user: str
+
+    assert [r.user for r in read("one.csv", schema=Who)["o"]] == ["ada"]
+    for wrong in (",,", '"', "", "\n"):
+        with pytest.raises(ValueError, match=r"delimiter must be one character"):
+            sources.csv("x.csv", schema=Score, delimiter=wrong)
