@@ -461,16 +461,32 @@ def _file_changed(step: str, path: str, where: str) -> ResumeError:
     return ResumeError(msg)
 
 
+def file_pattern(path_or_glob: str | os.PathLike[str]) -> str:
+    """Return the glob pattern a file source's path stands for (see `_expand`).
+
+    >>> file_pattern("no/such/*.jsonl"), file_pattern("no_such_file?.jsonl")
+    ('no/such/*.jsonl', 'no_such_file?.jsonl')
+    """
+    text = os.fspath(path_or_glob)
+    if os.path.exists(text) or not glob.has_magic(text):
+        return glob.escape(text)
+    # The longest leading folder that exists as it is written is that folder
+    # (``runs[1]/*.jsonl``): the pattern is what follows it.
+    folder = os.path.dirname(text)
+    while folder and not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        folder = "" if parent == folder else parent
+    return glob.escape(folder) + text[len(folder) :] if folder else text
+
+
 def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
     """Return the files a path names: itself if it exists, else those its glob matches.
 
     A file whose name holds ``[``, ``*`` or ``?`` (``data[2024].jsonl``) is
-    read as it is, not taken for a pattern that matches nothing.
+    read as it is, not taken for a pattern that matches nothing; so is a
+    folder of such a name before a pattern (``runs[1]/*.jsonl``).
     """
-    text = os.fspath(path_or_glob)
-    if os.path.exists(text):
-        return [text]
-    return sorted(glob.glob(text)) if glob.has_magic(text) else []
+    return sorted(glob.glob(file_pattern(path_or_glob)))
 
 
 class _LinesReader(Reader):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from operators import Event, GenerateSource, JsonlSource, MemorySource
-from pipelines import Pipeline, sinks, sources, testing
+from pipelines import Pipeline, PipelineError, sinks, sources, testing
 from tests.helpers import Purchase, View, line, multiset
 
 
@@ -73,6 +73,28 @@ def test_a_file_whose_name_looks_like_a_glob_is_read_as_it_is(tmp_path: Path) ->
         str(folder / "data2.jsonl"),
         str(named),
     ]
+
+
+def test_a_folder_whose_name_looks_like_a_glob_holds_the_files_a_pattern_reads(
+    tmp_path: Path,
+) -> None:
+    # "runs[1]/*.jsonl" read runs1/ (the folder's name taken for a pattern), and a sink
+    # writing runs[1]/out.jsonl was not refused though the source read that folder.
+    (tmp_path / "runs[1]").mkdir()
+    (tmp_path / "runs1").mkdir()
+    (tmp_path / "runs[1]" / "a.jsonl").write_text(line(type="view", user="a") + "\n")
+    (tmp_path / "runs1" / "b.jsonl").write_text(line(type="view", user="b") + "\n")
+    pattern = tmp_path / "runs[1]" / "*.jsonl"
+    got = Pipeline("g").read(sources.jsonl(pattern, schema=View)).write(sinks.memory("o")).run()
+    assert [e.user for e in got["o"]] == ["a"]
+    assert sources.csv(tmp_path / "runs?" / "*.jsonl", schema=View).partitions() == [
+        str(tmp_path / "runs1" / "b.jsonl")
+    ]
+    into = Pipeline("h").read(sources.jsonl(pattern, schema=View))
+    with pytest.raises(PipelineError, match=r"which step 'read_jsonl_file' reads"):
+        into.write(sinks.jsonl(tmp_path / "runs[1]" / "out.jsonl")).run()
+    assert (tmp_path / "runs[1]" / "a.jsonl").read_text().startswith("{")
+    into.write(sinks.jsonl(tmp_path / "runs1" / "out.jsonl")).run()  # another folder
 
 
 def test_jsonl_resumes_at_line_and_byte(tmp_path: Path) -> None:

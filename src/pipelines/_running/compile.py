@@ -61,6 +61,7 @@ from operators._keying import (
 )
 from operators._letters import Notes
 from operators._process import ProcessLogic, ProcessSpec
+from operators._sources import file_pattern
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
 from pipelines._building.graph import Node, early_ancestor, makes_marks
@@ -182,8 +183,9 @@ def _check_files(pipeline: Pipeline) -> None:
         source = node.params.get("source") if node.kind == "read" else None
         if not isinstance(source, JsonlSource | CsvSource):
             continue
-        pattern = os.path.abspath(source.path)
-        read = {os.path.realpath(f) for f in glob.glob(pattern)} | {os.path.realpath(pattern)}
+        pattern = os.path.abspath(file_pattern(source.path))
+        read = {os.path.realpath(f) for f in glob.glob(pattern)}
+        read.add(os.path.realpath(source.path))
         for path, (who, shown) in written.items():
             if path in read or fnmatch.fnmatchcase(path, pattern):
                 msg = (
