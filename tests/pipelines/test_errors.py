@@ -15,7 +15,7 @@ import pytest
 from pydantic import ConfigDict
 
 from operators import Chunk, Event, ExactSink, ExactWriter, Reader, RunContext, Sink, Source, Writer
-from pipelines import Pipeline, PipelineHalted, retry, sinks, sources
+from pipelines import Pipeline, PipelineError, PipelineHalted, retry, sinks, sources
 from tests.helpers import Purchase, View
 
 
@@ -671,3 +671,19 @@ def test_dead_letters_of_an_exactly_once_sink_with_recovery_are_kept_and_told(
     assert sorted(int(d.payload) for d in result.dead_letters) == [1, 3, 6, 8]
     assert all("'out' refused cannot reach the dead-letter sink" in d.message
                for d in result.dead_letters)  # fmt: skip
+
+
+def test_a_memory_dead_letter_sink_named_as_an_output_is_refused_before_running() -> None:
+    # The dead letters went into the results' own list: result["o"] held 10, 5 and a
+    # DeadLetter, and the run reconciled.
+    written = Pipeline("d").read(sources.memory([1, 0, 2])).map(lambda x: 10 // x)
+    mixed = written.write(sinks.memory("o")).dead_letters(sinks.memory("o"))
+    with pytest.raises(
+        PipelineError,
+        match=r"its dead-letter sink and step 'memory_o' would both keep their records in the "
+        r"memory output 'o', so dead letters would pass for results\. Hint: "
+        r"dead_letters\(sinks\.memory\('dead'\)\)",
+    ):
+        mixed.run()
+    apart = written.write(sinks.memory("o")).dead_letters(sinks.memory("dead")).run()
+    assert sorted(apart["o"]) == [5, 10] and [d.kind for d in apart["dead"]] == ["user_error"]

@@ -37,6 +37,7 @@ from operators import (
     JsonlSource,
     KeyCheckOp,
     MapOp,
+    MemorySink,
     Packet,
     PacketSink,
     ParseOp,
@@ -143,6 +144,23 @@ def check(pipeline: Pipeline) -> None:
             )
         raise PipelineError(msg)
     _check_files(pipeline)
+    _check_memory(pipeline)
+
+
+def _check_memory(pipeline: Pipeline) -> None:
+    """Refuse a memory dead-letter sink named as an output: letters would pass for results."""
+    dead = pipeline.dead_letter_sink
+    if not isinstance(dead, MemorySink):
+        return
+    for node in pipeline.graph:
+        sink = node.params.get("sink") if node.kind == "write" else None
+        if isinstance(sink, MemorySink) and sink.name == dead.name:
+            msg = (
+                f"pipeline {pipeline.name!r}: its dead-letter sink and step {node.name!r} "
+                f"would both keep their records in the memory output {dead.name!r}, so dead "
+                f"letters would pass for results. Hint: dead_letters(sinks.memory('dead'))."
+            )
+            raise PipelineError(msg)
 
 
 def _check_files(pipeline: Pipeline) -> None:
