@@ -549,6 +549,11 @@ def test_bare_ipv6_and_bad_ports_are_not_host_port() -> None:
         with pytest.raises(ValueError, match=r"is not host:port. Hint: 127.0.0.1:2101, or \["):
             check_addresses([address])
     assert check_addresses(["[::1]:2101"]) == ["[::1]:2101"]
+    # one address for two members: they waited for each other until the formation timeout
+    with pytest.raises(
+        ValueError, match=r"'127.0.0.1:2101' is given twice \(processes 0 and 2\): each member"
+    ):
+        check_addresses(["127.0.0.1:2101", "127.0.0.1:2102", " 127.0.0.1:2101"])
 
 
 class _Stuck(sources.Source):

@@ -589,7 +589,15 @@ def check_addresses(addresses: list[str], *, allow_remote: bool = False) -> list
                 f"(or allow_remote=True) to use other addresses."
             )
             raise OptionError(msg)
-        checked.append(f"{host}:{port}")
+        here = f"{host}:{port}"
+        if here in checked:
+            msg = (
+                f"cluster address {here!r} is given twice (processes {checked.index(here)} and "
+                f"{len(checked)}): each member listens on an address of its own. Hint: "
+                f"--addresses 127.0.0.1:2101,127.0.0.1:2102."
+            )
+            raise OptionError(msg)
+        checked.append(here)
     return checked
 
 
