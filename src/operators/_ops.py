@@ -6,7 +6,7 @@ handed to the step's error policy while the rest of the list goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from operators._deadletter import ErrorKind
@@ -146,8 +146,18 @@ class FlatMapOp(StageOp):
     keeps_made = False
 
     def call(self, item: Any) -> Any:
-        """Call the function and materialise what it returns."""
-        return list(self.fn(item))
+        """Call the function and materialise what it returns (some records, never one).
+
+        Text, bytes and a mapping iterate as characters, numbers and keys: a
+        function that returns one is taken to have meant one record, and it is
+        a `TypeError` (a dead letter) rather than a record per character.
+        """
+        made = self.fn(item)
+        if made.__class__ is not list and (
+            made is None or isinstance(made, str | bytes | bytearray | Mapping)
+        ):
+            raise TypeError(_not_many(made))
+        return list(made)
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Flat-map a list; an input giving nothing counts as filtered."""
@@ -178,6 +188,23 @@ class FlatMapOp(StageOp):
         # Each input that gave k > 1 records created k - 1 new ones.
         row[_CREATED] += len(result) - (len(items) - empty - failed)
         return result
+
+
+def _not_many(made: Any) -> str:
+    """Say why what a flat_map function returned is no collection of records."""
+    if made is None:
+        return (
+            "the function returned None, not the records to hand on. Hint: return a list "
+            "(an empty one for none), or yield them"
+        )
+    parts = "keys" if isinstance(made, Mapping) else "characters"
+    if isinstance(made, bytes | bytearray):
+        parts = "numbers (one per byte)"
+    return (
+        f"the function returned a {type(made).__name__}, which would be handed on as its "
+        f"{parts}, one record each. Hint: return a list of records ([value] for one), or "
+        f"use map for one record per record"
+    )
 
 
 class InspectOp(StageOp):

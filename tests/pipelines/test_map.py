@@ -32,6 +32,34 @@ def test_flat_map_counts_created_and_empty_as_filtered() -> None:
     assert result.reconciles
 
 
+def test_a_flat_map_that_returns_one_value_is_told_not_split_into_records() -> None:
+    # flat_map(lambda e: e.text) handed on each character as a record (a dict its keys,
+    # bytes their numbers), and the run reconciled.
+    returned: dict[str, Any] = {
+        "characters": "hello",
+        "keys": {"user": "ada", "amount": 3},
+        "numbers (one per byte)": b"xy",
+    }
+    for parts, value in returned.items():
+        s = Pipeline("fm").read(sources.memory(["r1", "r2"])).flat_map(lambda r, v=value: v)
+        result = s.write(sinks.memory("out")).run()
+        assert result["out"] == [] and result.reconciles
+        assert [d.error_type for d in result.dead_letters] == ["TypeError", "TypeError"]
+        assert f"would be handed on as its {parts}, one record each. Hint: return a list" in (
+            result.dead_letters[0].message
+        )
+    none = Pipeline("fm").read(sources.memory([1])).flat_map(lambda r: None)
+    [letter] = none.write(sinks.memory("out")).run().dead_letters
+    assert "returned None, not the records to hand on. Hint: return a list" in letter.message
+    # what flat_map is for goes on as it did: lists, tuples, generators, a dict's items
+    fine = (
+        Pipeline("fm")
+        .read(sources.memory([{"a": 1}]))
+        .flat_map(lambda d: [*d.items(), (2, 3), *(x for x in [d])])
+    )
+    assert fine.write(sinks.memory("out")).run()["out"] == [("a", 1), (2, 3), {"a": 1}]
+
+
 def test_inspect_sees_each_record_and_passes_it_on() -> None:
     seen: list[Any] = []
     out = testing.outputs(Pipeline("i").read(sources.memory([1, 2, 3])).inspect(seen.append))

@@ -469,7 +469,12 @@ class Stream(Generic[T]):
         name: str | None = None,
         on_error: Policy = "dead_letter",
     ) -> Stream[U]:
-        """Replace each record with the records ``fn(record)`` returns (0 or more)."""
+        """Replace each record with the records ``fn(record)`` returns (0 or more).
+
+        ``fn`` returns a list, a tuple, a generator or another iterable of
+        records; text, bytes, a dict or None (whose parts are no records) make
+        a dead letter of the record (``TypeError``), not one record per part.
+        """
         _callable(fn, name or "flat_map", "flat_map", "function", "flat_map(lambda e: e.items).")
         pipe, node = self._add("flat_map", fn, name, _detail(fn), on_error)
         return self._next(pipe, node, None)

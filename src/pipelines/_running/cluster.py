@@ -577,7 +577,7 @@ def check_addresses(addresses: list[str], *, allow_remote: bool = False) -> list
     >>> check_addresses(["127.0.0.1:2101", "localhost:2102"])
     ['127.0.0.1:2101', 'localhost:2102']
     """
-    checked = []
+    checked: list[str] = []
     for address in addresses:
         host, port = split_address(address)
         if not allow_remote and not is_loopback(host):
