@@ -288,14 +288,24 @@ _HOW_MANY = ("no argument", "one argument", "two arguments", "three arguments")
 
 
 def check_arity(
-    fn: Any, n: int, where: str, what: str, given: str, hint: str, *, sync: bool = True
+    fn: Any,
+    n: int,
+    where: str,
+    what: str,
+    given: str,
+    hint: str,
+    *,
+    sync: bool = True,
+    iterates: bool = False,
 ) -> None:
     """Refuse ``fn`` when it cannot be called with ``n`` positional arguments.
 
     Found when the step is added, not at the first record. A function whose
     signature cannot be read (some builtins) is taken as it is. Unless the
     step awaits what it calls (``sync=False``: dispatch), an ``async def``
-    is refused: called, it would only make a coroutine, never run.
+    is refused: called, it would only make a coroutine, never run. So is a
+    generator function (one that yields) where the step takes one value
+    (all but flat_map, ``iterates=True``, and dispatch): its body would never run.
 
     >>> check_arity(len, 1, "step 'm' (map)", "function", "the record", "map(len).")
     >>> def total(e, factor):
@@ -312,6 +322,14 @@ def check_arity(
             f"which this step calls without awaiting: each call would make a coroutine that "
             f"never runs, and its result would be lost. Hint: make it a plain def, or hand "
             f"it to dispatch, whose handlers may be async."
+        )
+        raise TypeError(msg)
+    if sync and not iterates and _yields(fn):
+        msg = (
+            f"{where}: {what} {describe_function(fn)} is a generator function (it yields), "
+            f"which this step calls for one value: each call would make a generator whose "
+            f"body never runs. Hint: return the value instead of yielding it, or use "
+            f"flat_map to hand on each value a function yields."
         )
         raise TypeError(msg)
     try:
@@ -339,6 +357,19 @@ def _is_async(fn: Any) -> bool:
     if not inspect.isroutine(fn) and callable(fn):
         candidates.append(type(fn).__call__)
     return any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in candidates)
+
+
+def _yields(fn: Any) -> bool:
+    """Whether calling ``fn`` (itself, or its __call__) makes a generator.
+
+    >>> def each(e): yield e
+    >>> _yields(each), _yields(len), _yields(lambda e: (x for x in e))
+    (True, False, False)
+    """
+    candidates = [fn]
+    if not inspect.isroutine(fn) and callable(fn):
+        candidates.append(type(fn).__call__)
+    return any(inspect.isgeneratorfunction(c) for c in candidates)
 
 
 class _Run:

@@ -230,6 +230,56 @@ def test_an_async_function_where_a_step_does_not_await_is_refused_when_added() -
     views.dispatch({View: fetch}).dispatch({object: fetch_all}, name="all")
 
 
+def _each(record: Any) -> Any:
+    yield record
+
+
+def _each_two(state: Any, event: Any) -> Any:
+    yield state, event
+
+
+def _each_three(state: Any, event: Any, ctx: Any) -> Any:
+    yield state
+
+
+class EachCall:
+    def __call__(self, record: Any) -> Any:
+        yield record
+
+
+def test_a_generator_function_where_a_step_takes_one_value_is_refused_when_added() -> None:
+    # map(fn_that_yields) wrote generator objects (a jsonl file got "<generator object
+    # ...>"), filter kept every record (a generator is true), inspect and a callback
+    # sink ran nothing, while the run reconciled.
+    from operators import windows
+    from pipelines import stateful
+
+    views = Pipeline("p").read(sources.memory([View(user="a")], schema=View))
+    keyed = views.key_by(lambda v: v.user)
+    refused = {
+        r"step 'map' \(map\)": lambda f: views.map(f),
+        r"step 'filter' \(filter\)": lambda f: views.filter(f),
+        r"step 'inspect' \(inspect\)": lambda f: views.inspect(f),
+        r"step 'key_by' \(key_by\)": lambda f: views.key_by(f),
+        r"\(forward\): route 'big'": lambda f: views.forward(big=f),
+        r"callback sink": lambda f: sinks.callback(f),
+        r"event_time": lambda f: windows.event_time(f),
+        r"stateful: fn": lambda f: stateful(_each_two, initial=int),
+        r"on_event": lambda f: keyed.process(_each_three, initial=int),
+    }
+    for fn in (_each, EachCall()):
+        for where, add in refused.items():
+            with pytest.raises(TypeError, match=where + r".* is a generator function \(it "
+                               r"yields\), which this step calls for one value.*Hint: return "
+                               r"the value instead of yielding it, or use flat_map"):  # fmt: skip
+                add(fn)
+        # flat_map and dispatch take what it yields
+        got = views.flat_map(fn).write(sinks.memory("o")).run()["o"]
+        assert [v.user for v in got] == ["a"]
+        handled = views.dispatch({View: fn}).write(sinks.memory("o")).run()["o"]
+        assert [v.user for v in handled] == ["a"]
+
+
 async def _async_two(state: Any, event: Any) -> Any:
     return state, event
 

@@ -62,7 +62,9 @@ def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
             f"{type(fn).__name__} {fn!r}. Hint: {hint}"
         )
         raise TypeError(msg)
-    check_arity(fn, 1, f"step {step!r} ({kind})", what, "the record", hint)
+    check_arity(
+        fn, 1, f"step {step!r} ({kind})", what, "the record", hint, iterates=kind == "flat_map"
+    )
 
 
 def _check_key_type(key: Any, step: str) -> None:
