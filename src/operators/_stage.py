@@ -14,9 +14,11 @@ the tree (a sink, a later stage, the dead letters).
 
 from __future__ import annotations
 
+import dis
 import inspect
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
@@ -357,6 +359,36 @@ def _is_async(fn: Any) -> bool:
     if not inspect.isroutine(fn) and callable(fn):
         candidates.append(type(fn).__call__)
     return any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in candidates)
+
+
+def returns_nothing(fn: Any) -> bool:
+    """Whether ``fn`` is a function every ``return`` of which gives None (no value at all).
+
+    Told from its bytecode, so for functions written in Python; a function
+    that only raises, a builtin or another callable is not.
+
+    >>> def tag(e): e.tagged = True
+    >>> def checked(e):
+    ...     if e: return e
+    >>> returns_nothing(tag), returns_nothing(checked), returns_nothing(lambda e: None)
+    (True, False, True)
+    """
+    code = getattr(fn, "__code__", None)
+    if code is None or not isinstance(code, types.CodeType):
+        return False
+    steps = list(dis.get_instructions(code))
+    returns = 0
+    for i, step in enumerate(steps):
+        if step.opname == "RETURN_CONST":
+            returns += 1
+            if step.argval is not None:
+                return False
+        elif step.opname == "RETURN_VALUE":
+            returns += 1
+            before = steps[i - 1] if i else None
+            if before is None or before.opname != "LOAD_CONST" or before.argval is not None:
+                return False
+    return returns > 0
 
 
 def _yields(fn: Any) -> bool:

@@ -64,3 +64,28 @@ def test_inspect_sees_each_record_and_passes_it_on() -> None:
     seen: list[Any] = []
     out = testing.outputs(Pipeline("i").read(sources.memory([1, 2, 3])).inspect(seen.append))
     assert sorted(seen) == [1, 2, 3] and sorted(out) == [1, 2, 3]
+
+
+def test_a_map_function_that_never_returns_a_value_is_refused_when_added() -> None:
+    # def enrich(e): e.seen = True (no return) made every record None, and a jsonl sink
+    # wrote a file of nulls while the run reconciled.
+    import pytest
+
+    def enrich(record: dict[str, Any]) -> None:
+        record["seen"] = True
+
+    def enriched(record: dict[str, Any]) -> dict[str, Any] | None:
+        if record:
+            record["seen"] = True
+            return record
+        return None
+
+    records = Pipeline("m").read(sources.memory([{"n": 1}]))
+    with pytest.raises(
+        TypeError,
+        match=r"step 'map' \(map\): function <.*enrich line \d+> never returns a value .*"
+        r"every record would become None\. Hint: return the record .*or use inspect",
+    ):
+        records.map(enrich)
+    assert testing.outputs(records.map(enriched)) == [{"n": 1, "seen": True}]
+    assert testing.outputs(records.inspect(enrich)) == [{"n": 1, "seen": True}]

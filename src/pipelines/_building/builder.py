@@ -19,7 +19,7 @@ from bytewax.outputs import DynamicSink
 
 from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
 from operators._bytewax_io import BytewaxSink, BytewaxSource
-from operators._stage import check_arity, describe_function
+from operators._stage import check_arity, describe_function, returns_nothing
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 
 if TYPE_CHECKING:
@@ -65,6 +65,13 @@ def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
     check_arity(
         fn, 1, f"step {step!r} ({kind})", what, "the record", hint, iterates=kind == "flat_map"
     )
+    if kind == "map" and returns_nothing(fn):
+        msg = (
+            f"step {step!r} (map): function {describe_function(fn)} never returns a value "
+            f"(each of its returns gives None), so every record would become None. Hint: "
+            f"return the record (return e), or use inspect(fn) for a side effect alone."
+        )
+        raise TypeError(msg)
 
 
 def _check_key_type(key: Any, step: str) -> None:
