@@ -89,3 +89,12 @@ def test_a_map_function_that_never_returns_a_value_is_refused_when_added() -> No
         records.map(enrich)
     assert testing.outputs(records.map(enriched)) == [{"n": 1, "seen": True}]
     assert testing.outputs(records.inspect(enrich)) == [{"n": 1, "seen": True}]
+
+    # a predicate without its return dropped every record, or routed none
+    def is_big(record: dict[str, Any]) -> None:
+        record["n"] > 0  # noqa: B015 - the missing return is the point
+
+    with pytest.raises(TypeError, match=r"every record would be filtered out\. Hint: return"):
+        records.filter(is_big)
+    with pytest.raises(TypeError, match=r"route 'big' .*no record would take this route"):
+        records.forward(big=is_big)

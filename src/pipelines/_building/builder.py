@@ -65,13 +65,22 @@ def _callable(fn: Any, step: str, kind: str, what: str, hint: str) -> None:
     check_arity(
         fn, 1, f"step {step!r} ({kind})", what, "the record", hint, iterates=kind == "flat_map"
     )
-    if kind == "map" and returns_nothing(fn):
+    outcome = _NOTHING_MEANS.get(kind)
+    if outcome is not None and returns_nothing(fn):
         msg = (
-            f"step {step!r} (map): function {describe_function(fn)} never returns a value "
-            f"(each of its returns gives None), so every record would become None. Hint: "
-            f"return the record (return e), or use inspect(fn) for a side effect alone."
+            f"step {step!r} ({kind}): {what} {describe_function(fn)} never returns a value "
+            f"(each of its returns gives None), so {outcome}"
         )
         raise TypeError(msg)
+
+
+#: What a function that returns nothing would do in each step that uses its value.
+_NOTHING_MEANS = {
+    "map": "every record would become None. Hint: return the record (return e), or use "
+    "inspect(fn) for a side effect alone.",
+    "filter": "every record would be filtered out. Hint: return the test (return e.amount > 100).",
+    "forward": "no record would take this route. Hint: return the test (return e.amount > 100).",
+}
 
 
 def _check_key_type(key: Any, step: str) -> None:
