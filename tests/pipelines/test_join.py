@@ -316,6 +316,17 @@ def test_a_failing_select_is_a_dead_letter_with_both_records() -> None:
     assert result.reconciles
 
 
+def test_a_select_that_never_returns_a_value_is_refused_when_the_join_is_added() -> None:
+    # every match became None, and the run reconciled
+    left, right = two_sides([order("o1", 0, "ada")], [pay("p1", 1, "ada")])
+
+    def pair(o: Order, p: Payment) -> None:
+        print(o.id, p.id)
+
+    with pytest.raises(TypeError, match=r"select <.*pair line \d+> never returns a value"):
+        left.join(right, between=(0, 5), select=pair)
+
+
 def test_a_failing_deleted_function_is_a_dead_letter_with_the_row_and_the_run_goes_on() -> None:
     customers = [
         Customer(customer="ada", tier="gold", id="c1", time=at(0)),

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime
 
 from operators import Event, GenerateSource, Joined, Policy, as_policy
 from operators._process import Context, Timer
-from operators._stage import check_arity
+from operators._stage import check_arity, describe_function, returns_nothing
 from operators.windows import (
     LONGEST,
     Clock,
@@ -305,6 +305,13 @@ def join_streams(
         given = "the left record and the right one"
         hint = "select=lambda order, customer: (order.id, customer.tier if customer else None)."
         check_arity(select, 2, f"join {shown!r}", "select", given, hint)
+        if returns_nothing(select):
+            msg = (
+                f"join {shown!r}: select {describe_function(select)} never returns a value "
+                f"(each of its returns gives None), so every match would become None. "
+                f"Hint: {hint}"
+            )
+            raise TypeError(msg)
     params: dict[str, Any] = {"select": select, "window": None, "lower": 0.0, "upper": 0.0}
     if table is not None:
         if window is not None or between is not None:
