@@ -72,19 +72,24 @@ _DONE = math.inf
 _MISSING: Any = object()
 
 
-def _add_lines(aggs: Sequence[Aggregator], env: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _add_lines(
+    aggs: Sequence[Aggregator], env: dict[str, Any], *, keys: bool = False
+) -> tuple[list[str], list[str]]:
     """Return an add in two: what each aggregator takes (no change), then the lines storing it.
 
     Taking is an expression of the accumulators ``a`` and the event ``e``
     for each aggregator, in order: its new accumulator, or, for one that adds
     in place, the value it admits (named ``n{i}`` once taken). Storing
     changes the accumulators, and cannot fail once every value was taken.
+    A field is an attribute of the event, or with ``keys`` a key of a dict.
     """
     take, store = [], []
     env["unordered"] = unordered  # (the inline max and min refuse nan and None)
     for i, g in enumerate(aggs):
         env[f"g{i}"] = g
-        value = "e" if g.field is None else f"e.{g.field}"
+        value = f"e[{g.field!r}]" if keys else f"e.{g.field}"
+        if g.field is None:
+            value = "e"
         if g.in_place:
             take.append(f"g{i}.admit({value})")
             store.append(f"a[{i}] = g{i}.add(a[{i}], n{i}, ts, e)")
@@ -117,10 +122,32 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     env: dict[str, Any] = {"exact_add": exact_add}
     take, store = _add_lines(aggs, env)
     body = [f"n{i} = {expr}" for i, expr in enumerate(take)]
+    if _reads_fields(aggs):  # a dict's fields are its keys: read when an attribute is not
+        keyed, _ = _add_lines(aggs, env, keys=True)
+        body = _or_keys(body, [f"n{i} = {expr}" for i, expr in enumerate(keyed)])
     body += ["; ".join(store)] if store else ["pass"]
     exec("\n".join(["def add(a, e, ts):", *(f"    {line}" for line in body)]), env)
     adder: Callable[[list[Any], Any, float], None] = env["add"]
     return adder
+
+
+def _reads_fields(aggs: Sequence[Aggregator]) -> bool:
+    return any(g.field is not None for g in aggs)
+
+
+def _or_keys(by_attribute: list[str], by_key: list[str]) -> list[str]:
+    """Take values by attribute; where one is missing and the record is a dict, by key.
+
+    The attribute way costs nothing more (a ``try`` is free until it catches).
+    """
+    return [
+        "try:",
+        *(f"    {line}" for line in by_attribute),
+        "except AttributeError:",
+        "    if e.__class__ is not dict:",
+        "        raise",
+        *(f"    {line}" for line in by_key),
+    ]
 
 
 def make_spreader(aggs: Sequence[Aggregator]) -> Callable[[list[list[Any]], Any, float], None]:
@@ -145,17 +172,20 @@ def make_spreader(aggs: Sequence[Aggregator]) -> Callable[[list[list[Any]], Any,
     ([[1.0], 0.0, 1], [[1.0, 2.0], 0.0, 2])
     """
     env: dict[str, Any] = {"exact_add": exact_add}
+
+    def taking(take: list[str]) -> str:
+        values = ", ".join(take)  # one comprehension over the windows takes them all
+        return f"taken = [{f'({values})' if len(aggs) > 1 else values} for a in windows]"
+
     take, store = _add_lines(aggs, env)
-    values = ", ".join(take)  # one comprehension over the windows takes them all
+    body = [taking(take)]
+    if _reads_fields(aggs):  # a dict's fields are its keys: read when an attribute is not
+        body = _or_keys(body, [taking(_add_lines(aggs, env, keys=True)[0])])
     names = ", ".join(f"n{i}" for i in range(len(aggs)))
     if len(aggs) > 1:
-        values, names = f"({values})", f"({names})"
-    lines = [
-        "def spread(windows, e, ts):",
-        f"    taken = [{values} for a in windows]",
-        f"    for a, {names} in zip(windows, taken):",
-        f"        {'; '.join(store)}",
-    ]
+        names = f"({names})"
+    body += [f"for a, {names} in zip(windows, taken):", f"    {'; '.join(store)}"]
+    lines = ["def spread(windows, e, ts):", *(f"    {line}" for line in body)]
     if not aggs:
         lines = ["def spread(windows, e, ts):", "    pass"]
     exec("\n".join(lines), env)
@@ -1619,7 +1649,10 @@ class WindowLogic(Watermarks, StatefulBatchLogic[Marked, tuple[str, Any], dict[s
         payload = payload_text(event)
         names = self._policy(exc, payload, row)
         if names is not None:
-            message = f"an aggregator ({names}) could not take the event: {exc}"
+            why = str(exc)
+            if isinstance(exc, KeyError) and event.__class__ is dict:
+                why = f"the record has no key {exc.args[0]!r}"
+            message = f"an aggregator ({names}) could not take the event: {why}"
             out.append(
                 self._dead("user_error", type(exc).__qualname__, message, payload, ts, names)
             )

@@ -5,7 +5,8 @@ too (subclass `Aggregator`):
 
 - ``create()`` returns an empty accumulator;
 - ``add(acc, value, ts, event)`` returns the accumulator with one more value
-  (``value`` is ``value_of(event)``: the field, or the event itself);
+  (``value`` is ``value_of(event)``: the field, a dict record's key of that
+  name, or the event itself);
 - ``merge(a, b)`` returns the accumulator of both (exact for every built-in,
   within the documented error for `quantile`), so partial aggregates made
   apart (per worker, per batch) combine into the same result;
@@ -108,9 +109,11 @@ class Aggregator:
         return f"{type(self).__name__.lower().lstrip('_')}({self.field or ''})"
 
     def value_of(self, event: Any) -> Any:
-        """Return what this aggregator reads from an event."""
+        """Return what this aggregator reads from an event (a dict: the field's key)."""
         if self.field is None:
             return event
+        if event.__class__ is dict:
+            return event[self.field]
         return self._get(event)
 
     def _get(self, event: Any) -> Any:

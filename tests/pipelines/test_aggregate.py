@@ -97,6 +97,49 @@ def test_windows_aligned_to_a_time_zones_midnight_agree_on_every_path(workers: i
         assert spans == hours and r.reconciles and not r.dead_letters, (batch, combine)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dict_records_are_aggregated_by_their_keys_on_every_path(workers: int) -> None:
+    # Aggregators read fields as attributes only: every dict record was a dead letter
+    # ("'dict' object has no attribute 'amount'").
+    rng = random.Random(3)
+    records = [
+        {"user": rng.choice("ab"), "amount": float(rng.randrange(10)), "t": i * 0.5}
+        for i in range(300)
+    ]
+    records.append({"user": "a", "t": 7.0})  # no amount: a dead letter naming the key
+    clock = windows.event_time(lambda r: T0.timestamp() + r["t"], max_delay=1000)
+    want: Counter[tuple[str, float]] = Counter()
+    sums: Counter[tuple[str, float]] = Counter()
+    for r in records[:-1]:
+        want[(r["user"], r["t"] // 10 * 10)] += 1
+        sums[(r["user"], r["t"] // 10 * 10)] += r["amount"]
+    read = Pipeline("dicts").read(sources.memory(records, partitions=2, batch_size=16))
+    keyed = read.key_by(lambda r: r["user"])
+    tumbling = keyed.window(windows.tumbling(seconds=10), clock=clock).aggregate(
+        n=agg.count(), total=agg.sum("amount"), top=agg.max("amount"), name="ten"
+    )
+    sliding = keyed.window(windows.sliding(seconds=20, every=10), clock=clock).aggregate(
+        total=agg.sum("amount"), kept=agg.collect("amount"), name="twenty"
+    )
+    everyone = read.window_all(windows.tumbling(seconds=10), clock=clock).aggregate(
+        total=agg.sum("amount"), name="everyone"
+    )
+    r = (
+        tumbling.write(sinks.memory("ten"))
+        | sliding.write(sinks.memory("twenty"))
+        | everyone.write(sinks.memory("all"))
+    ).run(workers=workers)
+    start = T0.timestamp()
+    got = {(x.key, x.start.timestamp() - start): (x.n, x.total) for x in r["ten"]}
+    assert got == {w: (n, sums[w]) for w, n in want.items()}
+    assert sum(x.total for x in r["all"]) == sum(sums.values())
+    assert sum(len(x.kept) for x in r["twenty"]) == 2 * (len(records) - 1)
+    assert r.reconciles
+    assert [d.message.split(": ", 1)[1] for d in r.dead_letters] == [
+        "the record has no key 'amount'"
+    ] * 3  # once at each step that reads it
+
+
 def test_tumbling_with_out_of_order_events_and_late_ones() -> None:
     # event time (s):  0   3   12   5    19   2        25
     # arrival order:   1   2   3    4    5    6        7
