@@ -664,6 +664,9 @@ class _CsvReader(Reader):
             path, newline="", encoding="utf-8", errors="surrogateescape"
         )
         self.reader = csv.reader(self.file, delimiter=self.delimiter)
+        #: A second handle on the file, read only for the raw lines of a refused row.
+        self.raw: Any = None
+        self.raw_line = 0
         header = next(self.reader, [])
         if header and header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
@@ -713,16 +716,48 @@ class _CsvReader(Reader):
         self.done = skip
 
     def _row(self) -> tuple[list[str], int] | None:
-        """Return the next row with any field and its line, or None at the end."""
+        """Return the next row with any field and its line, or None at the end.
+
+        A row the csv module refuses (a field over its size limit) is its raw
+        lines, marked by `_REFUSED` before them: it becomes a dead letter.
+        """
         if self.pending is not None:
             row, self.pending = self.pending, None
             return row
-        for fields in self.reader:
+        while True:
+            before = self.reader.line_num
+            try:
+                fields = next(self.reader)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                return [_REFUSED, str(exc), self._raw(before + 1, self.reader.line_num)], before + 1
             if fields:  # blank lines are skipped
                 return fields, self.reader.line_num
-        return None
+
+    def _raw(self, first: int, last: int) -> str:
+        """Return lines ``first`` to ``last`` of the file as they are (for a dead letter)."""
+        if self.raw is None or self.raw_line >= first:
+            if self.raw is not None:
+                self.raw.close()
+            self.raw = open(  # noqa: SIM115 - closed in close()
+                self.path, newline="", encoding="utf-8", errors="surrogateescape"
+            )
+            self.raw_line = 0
+        taken: list[str] = []
+        size = 0
+        for line in self.raw:
+            self.raw_line += 1
+            if self.raw_line >= first and size < _RAW_LIMIT:
+                taken.append(line[: _RAW_LIMIT - size])
+                size += len(taken[-1])
+            if self.raw_line >= last:
+                break
+        return "".join(taken)
 
     def _record(self, fields: list[str]) -> Any:
+        if fields and fields[0] is _REFUSED:
+            return Unreadable(fields[2], ValueError(f"the csv module refused the row: {fields[1]}"))
         text = self.delimiter.join(fields)
         try:
             text.encode("utf-8")
@@ -770,6 +805,14 @@ class _CsvReader(Reader):
 
     def close(self) -> None:
         self.file.close()
+        if self.raw is not None:
+            self.raw.close()
+
+
+#: Marks a row the csv module refused (its error, then its raw lines follow).
+_REFUSED = "\x00refused"
+#: The most of a refused row's raw lines kept for its dead letter (characters).
+_RAW_LIMIT = 1 << 20
 
 
 class CsvSource(_FileSource[R]):

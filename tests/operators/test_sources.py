@@ -540,3 +540,39 @@ def test_csv_reads_the_delimiter_it_is_told_and_tells_of_one_it_was_not(tmp_path
     for wrong in (",,", '"', "", "\n"):
         with pytest.raises(ValueError, match=r"delimiter must be one character"):
             sources.csv("x.csv", schema=Score, delimiter=wrong)
+
+
+def test_a_csv_row_the_csv_module_refuses_is_a_dead_letter_and_the_file_goes_on(
+    tmp_path: Path,
+) -> None:
+    # A field over the csv module's limit (128 KiB) raised out of the reader and
+    # stopped the whole run.
+    from operators import CsvSource
+
+    class Row(Event):
+        user: str
+        n: int
+
+    path = tmp_path / "big.csv"
+    huge = "b" * 200_000
+    path.write_text(f"user,n\na,1\n\n{huge},2\nc,3\n")
+    for batch in (1, 1000):
+        got = Pipeline("c").read(sources.csv(path, schema=Row, batch_size=batch))
+        result = got.write(sinks.memory("o")).run()
+        assert [(r.user, r.n) for r in result["o"]] == [("a", 1), ("c", 3)]
+        [letter] = result.dead_letters
+        assert letter.kind == "parse" and "field larger than field limit" in letter.message
+        assert letter.origin is not None and letter.origin.line == 4
+        assert letter.payload.startswith("bbbb") and letter.payload_size == len(huge) + 3
+        assert result.reconciles
+    # a resume after the refused row goes on with the next one
+    source = CsvSource(path, schema=Row, batch_size=1)
+    reader = source.open(str(path), "s", None)
+    first, refused = reader.next_chunk(), reader.next_chunk()
+    assert first is not None and refused is not None and refused.line == 4
+    position = reader.position()
+    reader.close()
+    again = source.open(str(path), "s", position)
+    chunk = again.next_chunk()
+    assert chunk is not None and chunk.items == [{"user": "c", "n": "3"}] and chunk.line == 5
+    again.close()
