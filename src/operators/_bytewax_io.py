@@ -25,7 +25,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from operators._event import Schema
 from operators._sinks import RunContext, Sink, Writer
 from operators._sources import DEFAULT_BATCH, Reader, Source, slug
-from operators._stage import Chunk, Unreadable
+from operators._stage import Chunk, Unreadable, describe_function
 
 __all__ = ["BytewaxSink", "BytewaxSource"]
 
@@ -48,7 +48,13 @@ class _PartReader(Reader):
             return None
         if self.value is not None:
             items = [self._value(item) for item in items]
-        chunk = Chunk(list(items), self.step, self.partition, self.offset)
+        chunk = Chunk(
+            list(items),
+            self.step,
+            self.partition,
+            self.offset,
+            unreadable=any(i.__class__ is Unreadable for i in items) if self.value else False,
+        )
         self.offset += len(items)
         return chunk
 
@@ -58,7 +64,7 @@ class _PartReader(Reader):
         try:
             return self.value(item)
         except Exception as exc:  # noqa: BLE001 - the parse step dead-letters it
-            return Unreadable(repr(item), exc)
+            return Unreadable(repr(item), exc, function=describe_function(self.value))
 
     def next_awake(self) -> datetime | None:
         awake: datetime | None = self.part.next_awake()

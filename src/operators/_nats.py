@@ -229,7 +229,9 @@ class _StreamReader(PollingReader):
                 # A bounded read whose last messages were removed: they are missing.
                 gap = self._missing(self.last + 1, self.stop)
                 named = [f"{self.last + 1}-{self.stop}"]
-                chunk = Chunk([gap], self.step, self.stream, self.offset, keys=named)
+                chunk = Chunk(
+                    [gap], self.step, self.stream, self.offset, keys=named, unreadable=True
+                )
                 self.last = self.stop
                 self.offset += 1
                 return chunk
@@ -256,7 +258,8 @@ class _StreamReader(PollingReader):
             _run(msgs[-1].ack(), 30)  # one ack covers the batch (ack policy "all")
         if not records:
             return None
-        chunk = Chunk(records, self.step, self.stream, self.offset, keys=keys)
+        flawed = any(r.__class__ is Unreadable for r in records)
+        chunk = Chunk(records, self.step, self.stream, self.offset, keys=keys, unreadable=flawed)
         self.offset += len(records)
         return chunk
 

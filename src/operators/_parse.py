@@ -19,6 +19,7 @@ from operators._stage import (
     Unreadable,
     _fan_out,
     _Run,
+    kept_made,
 )
 
 __all__ = ["ParseOp"]
@@ -58,6 +59,8 @@ class ParseOp(StageOp):
         row = run.table[self.index]
         if self.adapter is None:
             row[_IN] += len(items)
+            if run.chunk.unreadable:
+                items = self._readable(items, run, row)
             row[_OUT] += len(items)
             _fan_out(self.nexts, items, run, out, row)
             return
@@ -103,6 +106,18 @@ class ParseOp(StageOp):
             self._fail(position, raw, error, run, row)
         row[_OUT] += len(events)
         _fan_out(self.nexts, events, run, out, row)
+
+    def _readable(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
+        """Dead-letter the `Unreadable` records of a source read without a schema."""
+        kept = []
+        for position, x in enumerate(items):
+            if x.__class__ is Unreadable:
+                self._fail(position, x, x.error, run, row)
+            else:
+                kept.append(x)
+        if run.made is not None and len(kept) != len(items):
+            run.made = kept_made(items, kept, run.made)
+        return kept
 
     def _name(
         self,
@@ -172,7 +187,7 @@ class ParseOp(StageOp):
                 kind=kind,
                 error_type=type(exc).__qualname__,
                 message=message,
-                function="schema",
+                function=(raw.function if isinstance(raw, Unreadable) else None) or "schema",
                 errors=errors,
                 payload=payload,
                 origin=run.chunk.origin(run.base + position),

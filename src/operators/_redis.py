@@ -293,7 +293,9 @@ class _StreamReader(PollingReader):
             raise StopIteration
         letter = self._missing(tally.since, self.stop, tally.owed)
         tally.owed, tally.since = 0, self.stop
-        chunk = Chunk([letter], self.step, self.stream, self.offset, keys=[f"..{self.stop}"])
+        chunk = Chunk(
+            [letter], self.step, self.stream, self.offset, keys=[f"..{self.stop}"], unreadable=True
+        )
         self.offset += 1
         return chunk
 
@@ -359,7 +361,8 @@ class _StreamReader(PollingReader):
             else:
                 records.append(value)
         ids.extend(read)
-        chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids)
+        flawed = any(r.__class__ is Unreadable for r in records)
+        chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids, unreadable=flawed)
         self.offset += len(records)
         if read:
             self.last = read[-1]

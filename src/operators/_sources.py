@@ -29,7 +29,14 @@ from typing import Any, Generic, TypeVar
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators._event import Schema
-from operators._stage import Chunk, Counters, ResumeError, Unreadable, check_arity
+from operators._stage import (
+    Chunk,
+    Counters,
+    ResumeError,
+    Unreadable,
+    check_arity,
+    describe_function,
+)
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -796,7 +803,15 @@ class _CsvReader(Reader):
             self.last = fields
         if not records:
             raise StopIteration
-        chunk = Chunk(records, self.step, self.path, self.done, file=self.path, line=first)
+        chunk = Chunk(
+            records,
+            self.step,
+            self.path,
+            self.done,
+            file=self.path,
+            line=first,
+            unreadable=any(r.__class__ is Unreadable for r in records),
+        )
         self.done += len(records)
         return chunk
 
@@ -907,9 +922,25 @@ class _GenerateReader(Reader):
         rng = self.rng
         parts = src.parts
         first = self.made
-        items = [factory(rng, (first + i) * parts + self.part) for i in range(n)]
+        state = rng.getstate()
+        flawed = False
+        try:
+            items = [factory(rng, (first + i) * parts + self.part) for i in range(n)]
+        except Exception:  # noqa: BLE001 - made again one by one, the failures told
+            rng.setstate(state)
+            items = [self._made(factory, (first + i) * parts + self.part) for i in range(n)]
+            flawed = True
         self.made += n
-        return Chunk(items, self.step, f"gen{self.part}", first)
+        return Chunk(items, self.step, f"gen{self.part}", first, unreadable=flawed)
+
+    def _made(self, factory: Factory, index: int) -> Any:
+        """Make record ``index``; a factory that raises makes a `user_error` dead letter."""
+        try:
+            return factory(self.rng, index)
+        except Exception as exc:  # noqa: BLE001 - the read step dead-letters it
+            return Unreadable(
+                f"record {index}", exc, kind="user_error", function=describe_function(factory)
+            )
 
     def next_awake(self) -> datetime | None:
         return self.wake

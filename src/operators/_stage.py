@@ -115,6 +115,9 @@ class Chunk:
     #: Each record's own name in its partition, where it has one (a stream
     #: entry's id): dead letters carry it.
     keys: list[str] | None = None
+    #: Whether some records are `Unreadable` (the reader that made them says
+    #: so): the read step dead-letters them with or without a schema.
+    unreadable: bool = False
 
     def origin(self, index: int) -> Origin:
         """Return the origin of the record at ``index`` in this chunk."""
@@ -165,8 +168,11 @@ class Unreadable:
 
     text: str
     error: Exception
-    #: The dead letter's kind: ``missing`` for messages a broker removed unread.
+    #: The dead letter's kind: ``missing`` for messages a broker removed unread,
+    #: ``user_error`` for a record a user's function failed to make.
     kind: ErrorKind = "parse"
+    #: The function that failed (for a ``user_error``); the schema otherwise.
+    function: str | None = None
 
 
 class RunHalted(Exception):

@@ -576,3 +576,34 @@ def test_a_csv_row_the_csv_module_refuses_is_a_dead_letter_and_the_file_goes_on(
     chunk = again.next_chunk()
     assert chunk is not None and chunk.items == [{"user": "c", "n": "3"}] and chunk.line == 5
     again.close()
+
+
+def test_a_generate_factory_that_raises_makes_dead_letters_and_the_run_goes_on() -> None:
+    # The factory's exception stopped the whole run.
+    def make(rng: Any, i: int) -> dict[str, Any]:
+        value = rng.random()
+        if i % 7 == 3:
+            raise ValueError(f"no record {i}")
+        return {"i": i, "value": value}
+
+    def whole(rng: Any, i: int) -> dict[str, Any]:
+        return {"i": i, "value": rng.random()}
+
+    for schema in (None, View):
+        read = sources.generate(make, count=40, partitions=3, schema=schema)
+        result = Pipeline("g").read(read).write(sinks.memory("o")).run(workers=2)
+        assert result.reconciles
+        failed = [d for d in result.dead_letters if d.kind == "user_error"]
+        assert sorted(d.payload for d in failed) == sorted(
+            f"record {i}" for i in range(40) if i % 7 == 3
+        )
+        assert all(d.error_type == "ValueError" and "make line" in str(d.function) for d in failed)
+        if schema is None:
+            # the others are the records a factory that does not fail makes
+            fine = sources.generate(whole, count=40, partitions=3)
+            every = Pipeline("g").read(fine).write(sinks.memory("o")).run()["o"]
+            assert sorted(result["o"], key=lambda r: r["i"]) == [
+                r for r in sorted(every, key=lambda r: r["i"]) if r["i"] % 7 != 3
+            ]
+        else:
+            assert result["o"] == [] and result.dead == 40  # no view has a user: validation

@@ -137,3 +137,21 @@ def test_value_takes_the_record_out_of_each_message_and_a_failure_is_a_dead_lett
     assert sorted(d.kind for d in result.dead_letters) == ["parse", "parse"]
     assert any("a message with no value" in d.message for d in result.dead_letters)
     assert result.reconciles
+
+
+def test_a_value_that_fails_without_a_schema_is_a_dead_letter_not_a_record() -> None:
+    # Without a schema the failed message went on as a record (an Unreadable object
+    # in the output), and the run reconciled.
+    messages = [Message(b"one"), Message(None), Message(b"three")]
+
+    def value(m: Message) -> bytes:
+        if m.value is None:
+            raise ValueError("a message with no value")
+        return m.value
+
+    source = sources.bytewax(TestingSource(messages), value=value)
+    result = Pipeline("raw_msgs").read(source).write(sinks.memory("o")).run()
+    assert result["o"] == [b"one", b"three"]
+    [letter] = result.dead_letters
+    assert letter.kind == "parse" and letter.message == "a message with no value"
+    assert "value line" in str(letter.function) and result.reconciles

@@ -776,3 +776,29 @@ def test_a_groups_pending_entries_deleted_before_a_resume_are_missing_dead_lette
     assert set(written.values()) == {1} and len(written) == 2990 and gone == 10
     assert {gap["through"] for gap in gaps} == {w.decode() for w in waiting[-10:]}
     assert pending(client, "clicks", "g") == 0
+
+
+def test_entries_removed_unread_are_dead_letters_without_a_schema_too(
+    server: Server, client: redis.Redis
+) -> None:
+    # Read without a schema, the missing letter went on as a record (an Unreadable
+    # object in the output) and the run reconciled.
+    fill(client, "raw", 50)
+    ids = [raw.decode() for raw, _ in client.xrange("raw")]
+
+    def remove_ahead(record: bytes) -> bytes:
+        if b'"raw-5"' in record:
+            client.xdel("raw", ids[30], ids[31], ids[40])
+        return record
+
+    result = (
+        Pipeline("raw")
+        .read(sources.redis(server.url, "raw", batch_size=8))
+        .map(remove_ahead)
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert len(result["o"]) == 47 and all(isinstance(r, bytes) for r in result["o"])
+    assert [d.kind for d in result.dead_letters] == ["missing"]
+    assert json.loads(result.dead_letters[0].payload)["count"] == 3
+    assert result.reconciles
