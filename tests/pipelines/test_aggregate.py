@@ -329,6 +329,11 @@ def test_misuse_fails_at_build_time() -> None:
         win.aggregate(n=len)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"'key' cannot name a result value"):
         win.aggregate(key=agg.count())
+    # a name every result (an event) has already: get_type=... broke dispatch by type,
+    # model_config failed inside pydantic, copy= only warned
+    for taken in ("get_type", "model_config", "copy", "model_dump"):
+        with pytest.raises(ValueError, match=rf"'{taken}' cannot name a result value: every "):
+            win.aggregate(**{taken: agg.count()})
     with pytest.raises(TypeError, match=r"window\(\) needs a window; got int"):
         keyed.window(10)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"window\(clock=...\) needs windows.event_time"):

@@ -625,6 +625,13 @@ def _aggregate(
                 f"(reserved: {sorted(_RESERVED)}). Hint: pick another name."
             )
             raise ValueError(msg)
+        if hasattr(WindowResult, out_name):
+            msg = (
+                f"step {shown!r} (aggregate): {out_name!r} cannot name a result value: every "
+                f"result has a {out_name!r} of its own (results are events), which it would "
+                f"hide. Hint: pick another name, such as {out_name + '_n'!r}."
+            )
+            raise ValueError(msg)
         if keyed.event_classes is not None:
             aggregator.check(keyed.event_classes, shown)
     if isinstance(clock, EventTime):
