@@ -201,25 +201,35 @@ class AsyncCall:
         return record
 
 
-def test_an_async_function_where_a_step_does_not_await_is_refused_when_added() -> None:
-    # map(async_fn) wrote coroutine objects that never ran, filter(async_fn) kept every
-    # record (a coroutine is true), a callback sink "wrote" records nowhere.
+def one_value_steps(views: Any, two: Any, three: Any) -> dict[str, Any]:
+    """The steps that call a function for one value: what their refusal names, and the step.
+
+    ``two`` is given to ``stateful`` and ``three`` to ``process`` in place of the
+    function tried (their functions take more arguments).
+    """
     from operators import windows
     from pipelines import stateful
 
-    views = Pipeline("p").read(sources.memory([], schema=View))
     keyed = views.key_by(lambda v: v.user)
-    refused = {
+    return {
         r"step 'map' \(map\)": lambda f: views.map(f),
         r"step 'filter' \(filter\)": lambda f: views.filter(f),
-        r"step 'flat_map' \(flat_map\)": lambda f: views.flat_map(f),
+        r"step 'inspect' \(inspect\)": lambda f: views.inspect(f),
         r"step 'key_by' \(key_by\)": lambda f: views.key_by(f),
         r"\(forward\): route 'big'": lambda f: views.forward(big=f),
         r"callback sink": lambda f: sinks.callback(f),
         r"event_time": lambda f: windows.event_time(f),
-        r"stateful: fn": lambda f: stateful(_async_two, initial=int),
-        r"on_event": lambda f: keyed.process(_async_three, initial=int),
+        r"stateful: fn": lambda f: stateful(two, initial=int),
+        r"on_event": lambda f: keyed.process(three, initial=int),
     }
+
+
+def test_an_async_function_where_a_step_does_not_await_is_refused_when_added() -> None:
+    # map(async_fn) wrote coroutine objects that never ran, filter(async_fn) kept every
+    # record (a coroutine is true), a callback sink "wrote" records nowhere.
+    views = Pipeline("p").read(sources.memory([], schema=View))
+    refused = one_value_steps(views, _async_two, _async_three)
+    refused[r"step 'flat_map' \(flat_map\)"] = lambda f: views.flat_map(f)
     for fn in (fetch, fetch_all, AsyncCall()):
         for where, add in refused.items():
             with pytest.raises(TypeError, match=where + r".* is an async function \(async def\), "
@@ -251,22 +261,8 @@ def test_a_generator_function_where_a_step_takes_one_value_is_refused_when_added
     # map(fn_that_yields) wrote generator objects (a jsonl file got "<generator object
     # ...>"), filter kept every record (a generator is true), inspect and a callback
     # sink ran nothing, while the run reconciled.
-    from operators import windows
-    from pipelines import stateful
-
     views = Pipeline("p").read(sources.memory([View(user="a")], schema=View))
-    keyed = views.key_by(lambda v: v.user)
-    refused = {
-        r"step 'map' \(map\)": lambda f: views.map(f),
-        r"step 'filter' \(filter\)": lambda f: views.filter(f),
-        r"step 'inspect' \(inspect\)": lambda f: views.inspect(f),
-        r"step 'key_by' \(key_by\)": lambda f: views.key_by(f),
-        r"\(forward\): route 'big'": lambda f: views.forward(big=f),
-        r"callback sink": lambda f: sinks.callback(f),
-        r"event_time": lambda f: windows.event_time(f),
-        r"stateful: fn": lambda f: stateful(_each_two, initial=int),
-        r"on_event": lambda f: keyed.process(_each_three, initial=int),
-    }
+    refused = one_value_steps(views, _each_two, _each_three)
     for fn in (_each, EachCall()):
         for where, add in refused.items():
             with pytest.raises(TypeError, match=where + r".* is a generator function \(it "
