@@ -361,10 +361,14 @@ def _is_async(fn: Any) -> bool:
     >>> _is_async(fetch), _is_async(len), _is_async(lambda e: e)
     (True, False, False)
     """
-    candidates = [fn]
+    return any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in _called(fn))
+
+
+def _called(fn: Any) -> list[Any]:
+    """Return what runs when ``fn`` is called: itself, and an object's ``__call__``."""
     if not inspect.isroutine(fn) and callable(fn):
-        candidates.append(type(fn).__call__)
-    return any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in candidates)
+        return [fn, type(fn).__call__]
+    return [fn]
 
 
 def returns_nothing(fn: Any) -> bool:
@@ -376,8 +380,9 @@ def returns_nothing(fn: Any) -> bool:
     >>> def tag(e): e.tagged = True
     >>> def checked(e):
     ...     if e: return e
-    >>> returns_nothing(tag), returns_nothing(checked), returns_nothing(lambda e: None)
-    (True, False, True)
+    >>> def either(e): return e if e else None
+    >>> returns_nothing(tag), returns_nothing(checked), returns_nothing(either)
+    (True, False, False)
     """
     code = getattr(fn, "__code__", None)
     if code is None or not isinstance(code, types.CodeType):
@@ -392,7 +397,12 @@ def returns_nothing(fn: Any) -> bool:
         elif step.opname == "RETURN_VALUE":
             returns += 1
             before = steps[i - 1] if i else None
-            if before is None or before.opname != "LOAD_CONST" or before.argval is not None:
+            if (
+                before is None
+                or step.is_jump_target  # reached from elsewhere too: with another value
+                or before.opname != "LOAD_CONST"
+                or before.argval is not None
+            ):
                 return False
     return returns > 0
 
@@ -404,10 +414,7 @@ def _yields(fn: Any) -> bool:
     >>> _yields(each), _yields(len), _yields(lambda e: (x for x in e))
     (True, False, False)
     """
-    candidates = [fn]
-    if not inspect.isroutine(fn) and callable(fn):
-        candidates.append(type(fn).__call__)
-    return any(inspect.isgeneratorfunction(c) for c in candidates)
+    return any(inspect.isgeneratorfunction(c) for c in _called(fn))
 
 
 class _Run:
