@@ -7,9 +7,17 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["PAYLOAD_LIMIT", "DeadLetter", "ErrorKind", "Origin", "count_dead", "payload_text"]
+__all__ = [
+    "PAYLOAD_LIMIT",
+    "DeadLetter",
+    "ErrorKind",
+    "Origin",
+    "count_dead",
+    "explain",
+    "payload_text",
+]
 
 #: Payloads longer than this many characters are truncated in a dead letter.
 PAYLOAD_LIMIT = 2048
@@ -84,6 +92,34 @@ class DeadLetter(BaseModel):
             truncated=len(payload) > PAYLOAD_LIMIT,
             **fields,
         )
+
+
+def explain(exc: BaseException) -> str:
+    """Return what a user function's exception says, with a hint where evflow knows one.
+
+    An event is immutable: a function that sets one of its fields in place
+    fails with pydantic's ``frozen_instance``, and the dead letter says how
+    to make a changed copy instead.
+
+    >>> from operators import Event
+    >>> class Order(Event):
+    ...     amount: int
+    >>> try:
+    ...     Order(amount=1).amount = 2
+    ... except Exception as exc:
+    ...     print(explain(exc).splitlines()[-1])
+    Hint: events are immutable; return a changed copy: e.model_copy(update={'amount': ...}).
+    """
+    text = str(exc)
+    if isinstance(exc, ValidationError):
+        frozen = [e for e in exc.errors() if e["type"] == "frozen_instance"]
+        if frozen:
+            field = frozen[0]["loc"][-1] if frozen[0]["loc"] else "field"
+            text += (
+                f"\nHint: events are immutable; return a changed copy: "
+                f"e.model_copy(update={{{field!r}: ...}})."
+            )
+    return text
 
 
 def payload_text(item: Any) -> str:

@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators._deadletter import DeadLetter, payload_text
+from operators._deadletter import DeadLetter, explain, payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, check_layout
 from operators._ops import SubclassCheck
+from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
@@ -356,8 +357,11 @@ class Dispatch:
                 self._unhandled(event, row, dead)
                 continue
             created += len(handlers) - 1
-            for handler in handlers:
-                ok, value = self._call(handler, None, event, None, row, dead)
+            last = len(handlers) - 1
+            for i, handler in enumerate(handlers):
+                # Each handler but the last gets its own copy of a mutable event.
+                mine = event if i == last else own(event)
+                ok, value = self._call(handler, None, mine, None, row, dead)
                 if ok:
                     self._emit(value, out, row)
         row[_IN] += len(events)
@@ -384,17 +388,19 @@ class Dispatch:
                 continue
             if len(handlers) > 1:
                 row[_CREATED] += len(handlers) - 1
-            for handler in handlers:
+            last = len(handlers) - 1
+            for i, handler in enumerate(handlers):
+                mine = event if i == last else own(event)
                 if self.has_async:
                     slot: list[Any] = []
                     slots.append(slot)
                     if handler.is_async:
-                        waiting.append((slot, handler, key, event))
+                        waiting.append((slot, handler, key, mine))
                         continue
                     target = slot
                 else:
                     target = out
-                ok, value = self._call(handler, key, event, states, row, dead)
+                ok, value = self._call(handler, key, mine, states, row, dead)
                 if ok:
                     self._emit(value, target, row)
         if self.has_async:
@@ -451,7 +457,7 @@ class Dispatch:
         row[_DEAD] += 1
         dead.append(
             self._letter(
-                event, "user_error", type(error).__qualname__, str(error), culprit, attempts
+                event, "user_error", type(error).__qualname__, explain(error), culprit, attempts
             )
         )
         return False, None

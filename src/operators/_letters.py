@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from operators._deadletter import DeadLetter, payload_text
+from operators._deadletter import DeadLetter, explain, payload_text
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters, describe_function
 
@@ -266,5 +266,5 @@ class Letters(Making):
             counters: Counters = spec.counters
             counters.halt(halted)
         row[_DEAD] += 1
-        message = f"{name} raised {type(exc).__qualname__}: {exc}"
+        message = f"{name} raised {type(exc).__qualname__}: {explain(exc)}"
         out.append(self._dead("user_error", type(exc).__qualname__, message, payload, ts, name))

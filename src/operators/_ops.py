@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from operators._deadletter import ErrorKind
+from operators._owned import own
 from operators._policy import ErrorPolicy
 from operators._stage import (
     _CREATED,
@@ -296,12 +297,15 @@ def check_key(key: Any, step: str, kind: str, function: str) -> str:
 def _place(
     x: Any, hits: list[int], lists: list[list[Any]], rest: list[Any], row: list[int]
 ) -> None:
-    """Put a record on every route it matched (a copy past the first), or aside."""
+    """Put a record on every route it matched (a copy past the first: `own`), or aside."""
     if not hits:
         rest.append(x)
-    for i in hits:
-        lists[i].append(x)
-    if len(hits) > 1:
+    elif len(hits) == 1:
+        lists[hits[0]].append(x)
+    else:
+        lists[hits[0]].append(x)
+        for i in hits[1:]:
+            lists[i].append(own(x))
         row[_CREATED] += len(hits) - 1
 
 

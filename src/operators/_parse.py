@@ -62,7 +62,7 @@ class ParseOp(StageOp):
             if run.chunk.unreadable:
                 items = self._readable(items, run, row)
             row[_OUT] += len(items)
-            _fan_out(self.nexts, items, run, out, row)
+            _fan_out(self.nexts, items, run, out, row, fixed=run.chunk.fixed)
             return
         events: list[Any] = []
         append = events.append

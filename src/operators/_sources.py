@@ -21,7 +21,7 @@ import select
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators._event import Schema
+from operators._owned import all_fixed, owned
 from operators._stage import (
     Chunk,
     Counters,
@@ -351,7 +352,7 @@ def _check_batch(batch_size: int) -> int:
 class _ListReader(Reader):
     def __init__(
         self,
-        items: Sequence[Any],
+        items: list[Any],
         bounds: tuple[int, int],
         pos: int,
         step: str,
@@ -371,7 +372,10 @@ class _ListReader(Reader):
         if self.pos >= self.end:
             raise StopIteration
         stop = min(self.pos + self.batch, self.end)
-        chunk = Chunk(list(self.items[self.pos : stop]), self.step, self.part, self.pos)
+        # The run's own copies of mutable records: the user's list stays as it was.
+        items = self.items[self.pos : stop]
+        fixed = all_fixed(items)
+        chunk = Chunk(items if fixed else owned(items), self.step, self.part, self.pos, fixed=fixed)
         self.pos = stop
         return chunk
 

@@ -26,7 +26,8 @@ from typing import Any, Literal, NoReturn
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from operators._deadletter import DeadLetter, ErrorKind, Origin, payload_text
+from operators._deadletter import DeadLetter, ErrorKind, Origin, explain, payload_text
+from operators._owned import owned
 from operators._policy import ErrorPolicy, PipelineHalted
 
 __all__ = [
@@ -118,6 +119,9 @@ class Chunk:
     #: Whether some records are `Unreadable` (the reader that made them says
     #: so): the read step dead-letters them with or without a schema.
     unreadable: bool = False
+    #: Whether every record is immutable (the reader looked, `all_fixed`): the
+    #: step's readers share them without looking again.
+    fixed: bool = False
 
     def origin(self, index: int) -> Origin:
         """Return the origin of the record at ``index`` in this chunk."""
@@ -487,8 +491,11 @@ def _fan_out(
     out: list[list[Any]],
     row: list[int],
     keys: tuple[Callable[[Any], Any], list[str]] | None = None,
+    fixed: bool = False,
 ) -> None:
     """Hand ``items`` to each next node; ``keys`` are the items' keys and their function.
+
+    ``fixed``: every item is immutable (`Chunk.fixed`), so the readers share them.
 
     A keyed step after a key_by step with the same key function takes the
     keys as they are (``push_keyed``) instead of calling the function again.
@@ -504,12 +511,18 @@ def _fan_out(
         hand(nexts[0], items)
         return
     # Every further consumer of the same list gets a copy of each record:
-    # counted apart, so that "out" stays what the step handed on.
+    # counted apart, so that "out" stays what the step handed on. Each reader
+    # but the last gets its own copies of mutable records, made before the
+    # last, which takes the records themselves, changes them (`own`).
     row[_COPIES] += len(items) * (len(nexts) - 1)
     made = run.made
-    for node in nexts:
+    last = len(nexts) - 1
+    for i, node in enumerate(nexts):
         run.made = made  # what the node before handed on, whatever the last one did
-        hand(node, list(items))
+        if i == last:
+            hand(node, items)
+        else:
+            hand(node, list(items) if fixed else owned(items))
 
 
 class StageOp(Node):
@@ -620,7 +633,7 @@ class StageOp(Node):
                 step=self.step,
                 kind=self.error_kind if kind is None else kind,
                 error_type=type(exc).__qualname__ if error_type is None else error_type,
-                message=str(exc) if message is None else message,
+                message=explain(exc) if message is None else message,
                 function=named,
                 payload=payload,
                 event_time=getattr(item, "time", None),
@@ -714,10 +727,11 @@ def _push(
         part = items if start == 0 and stop == len(items) else items[start:stop]
         run.base = start
         try:
+            last = len(roots) - 1
             for i, root in enumerate(roots):
                 if made is not None:
                     run.made = made[start:stop]
-                root.push(part if i == 0 else list(part), run, out)
+                root.push(part if i == last else owned(part), run, out)
         except RunHalted:
             raise
         except BaseException as exc:  # noqa: BLE001 - a halt, a fault, a user's stop
