@@ -30,7 +30,7 @@ from operators._deadletter import DeadLetter, explain, payload_text
 from operators._event import Event
 from operators._keying import BUCKET_LAYOUT, check_layout
 from operators._ops import SubclassCheck
-from operators._owned import own
+from operators._owned import own, owned
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
@@ -442,7 +442,8 @@ class Dispatch:
                     new_state, value = _state_and_output(handler, handler.fn(state, event))
                     value = listed(value)  # before the state moves on: it may raise
                     states[key] = new_state
-                    return True, value
+                    # What flows on is as it is now: not the state later calls change.
+                    return True, owned(value) if value.__class__ is list else own(value)
                 if handler.is_async:
                     return True, run_async(lambda: handler.awaited(event))
                 return True, listed(handler.fn(event))

@@ -55,6 +55,7 @@ from operators._deadletter import payload_text
 from operators._event import Event, id_part, record_part
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout, check_shape
 from operators._letters import Letters, Notes
+from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
@@ -722,6 +723,10 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
         """
         spec = self.spec
         row[_CREATED] += 1
+        # The records are held in the step's state and meet others later: each
+        # result has its own copy of a mutable one, which later steps may change.
+        left = own(left)
+        right = own(right)
         if spec.select is not None:
             try:
                 value = spec.select(left, right)

@@ -6,8 +6,9 @@ each reader's own, as a record read from a file or a broker is: a function
 that changes its input in place (``e["seen"] = True``) changes nothing that
 another branch, or a later run of the same pipeline, sees. Immutable records
 (numbers, text, frozen events such as `Event`, tuples of these) are handed on
-as they are, so the common case costs one dictionary lookup; a mutable one (a
-dict, a list, an object that is not frozen) is deep-copied.
+as they are, so the common case costs one dictionary lookup; a mutable one is
+copied: a dict or list anew around each value's own (the frozen events in a
+list stay shared), an object that is not frozen deep.
 
 >>> shared = {"n": 1}
 >>> mine = own(shared)
@@ -39,8 +40,13 @@ __all__ = ["all_fixed", "own", "owned"]
 
 # How a type's values are handed to a further reader.
 _SHARE = 0  # immutable: the value itself
-_LOOK = 1  # immutable itself, but what it holds may not be: look at the value
-_COPY = 2  # mutable: a deep copy
+_LIST = 1  # a list, dict or set: a new one, holding each value's own (`own`)
+_DICT = 2
+_SET = 3
+_TUPLE = 4  # a tuple (or named tuple): itself unless it holds a mutable value
+_MODEL = 5  # a frozen pydantic model: itself, or a copy with its mutable fields' own
+_LOOK = 6  # another immutable container: itself unless it holds a mutable value
+_COPY = 7  # mutable: a deep copy
 
 _SCALARS: frozenset[type] = frozenset(
     {
@@ -100,41 +106,92 @@ def _kind(cls: type) -> int:
     kind = _COPY
     if issubclass(cls, enum.Enum) or cls in _SCALARS:
         kind = _SHARE
-    elif issubclass(cls, tuple | frozenset):
+    elif cls in (list, dict, set):
+        kind = {list: _LIST, dict: _DICT, set: _SET}[cls]
+    elif cls is tuple or (issubclass(cls, tuple) and hasattr(cls, "_make")):
+        kind = _TUPLE
+    elif issubclass(cls, frozenset):
         kind = _LOOK
     elif issubclass(cls, BaseModel):
         if cls.model_config.get("frozen"):
             fields = cls.model_fields.values()
-            extra = cls.model_config.get("extra") == "allow"
-            fixed_fields = all(_fixed_annotation(f.annotation) for f in fields)
-            kind = _SHARE if fixed_fields and not extra else _LOOK
+            if cls.model_config.get("extra") == "allow":
+                kind = _LOOK
+            elif all(_fixed_annotation(f.annotation) for f in fields):
+                kind = _SHARE
+            else:
+                kind = _MODEL
     elif dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         kind = _LOOK
     _KINDS[cls] = kind
     return kind
 
 
-def _holds_mutable(value: Any) -> bool:
-    """Whether an immutable container (a tuple, a frozen model) holds a mutable value."""
-    if isinstance(value, tuple | frozenset):
-        inner: Any = value
-    elif isinstance(value, BaseModel):
-        inner = [*value.__dict__.values(), *(value.__pydantic_extra__ or {}).values()]
-    else:
-        inner = [getattr(value, f.name) for f in dataclasses.fields(value)]
-    return any(own(v) is not v for v in inner)
+def _inner(value: Any) -> list[Any]:
+    """Return the values an immutable container of kind `_LOOK` holds."""
+    if isinstance(value, frozenset):
+        return list(value)
+    if isinstance(value, BaseModel):
+        return [*value.__dict__.values(), *(value.__pydantic_extra__ or {}).values()]
+    return [getattr(value, f.name) for f in dataclasses.fields(value)]
 
 
-def own(record: Any) -> Any:
-    """Return ``record`` if it is immutable, else a deep copy of it."""
+def _own(record: Any) -> Any:
     kind = _KINDS.get(record.__class__)
     if kind is None:
         kind = _kind(record.__class__)
     if kind == _SHARE:
         return record
-    if kind == _LOOK and not _holds_mutable(record):
+    if kind == _LIST:
+        return owned(record)
+    if kind == _DICT:
+        return {k: _own(v) for k, v in record.items()}
+    if kind == _SET:
+        return set(record)  # what a set holds is hashable: taken as immutable
+    if kind == _TUPLE:
+        kinds = _KINDS
+        for v in record:
+            if kinds.get(v.__class__) != _SHARE:
+                break
+        else:
+            return record  # the common case: a tuple of numbers and text
+        items = [_own(v) for v in record]
+        if all(a is b for a, b in zip(items, record, strict=True)):
+            return record
+        return tuple(items) if record.__class__ is tuple else record._make(items)
+    if kind == _MODEL:
+        changed = {}
+        for name, value in record.__dict__.items():
+            mine = _own(value)
+            if mine is not value:
+                changed[name] = mine
+        return record.model_copy(update=changed) if changed else record
+    if kind == _LOOK and all(_own(v) is v for v in _inner(record)):
         return record
     return copy.deepcopy(record)
+
+
+def own(record: Any) -> Any:
+    """Return ``record`` if it is immutable, else a copy of it that shares nothing mutable.
+
+    A list, dict or set is made anew around each value's own; a tuple or a
+    frozen event is kept, or remade around copies of its mutable values (a
+    frozen event's list field); anything else mutable is deep-copied.
+    """
+    kinds = _KINDS
+    kind = kinds.get(record.__class__)
+    if kind == _SHARE:
+        return record
+    if kind == _TUPLE:
+        for v in record:
+            if kinds.get(v.__class__) != _SHARE:
+                break
+        else:
+            return record  # the common case: a tuple of numbers and text
+    try:
+        return _own(record)
+    except RecursionError:  # a structure that holds itself
+        return copy.deepcopy(record)
 
 
 def owned(records: Iterable[Any]) -> list[Any]:

@@ -33,6 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 from operators._deadletter import payload_text
 from operators._keying import _EPOCH, BUCKET_LAYOUT, Marked, check_layout, event_seconds
 from operators._letters import Letters, Notes
+from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy
 from operators._stage import COUNTER_FIELDS, Counters
@@ -122,7 +123,12 @@ class Context(Generic[O]):
         return None if self._mark in (_NEVER, _DONE) else _utc(self._mark)
 
     def emit(self, record: O) -> None:
-        """Send ``record`` on, after the call returns."""
+        """Send ``record`` on, after the call returns: as it is now (a copy if mutable).
+
+        A state emitted and then changed by later calls (``ctx.emit(state)``)
+        is sent on as it was when emitted, and a later step that changes what
+        it is given does not change the key's state.
+        """
         if record is self:
             msg = (
                 "ctx.emit(ctx) sends on the context itself, which the next call reuses "
@@ -130,6 +136,7 @@ class Context(Generic[O]):
                 "ctx.emit((ctx.key, ctx.time, state))."
             )
             raise TypeError(msg)
+        record = own(record)
         if self._out is None:
             self._out = [record]
         else:

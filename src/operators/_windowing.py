@@ -45,6 +45,7 @@ from operators._deadletter import DeadLetter, payload_text
 from operators._event import Event, record_part
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout, check_shape
 from operators._letters import Making, Notes, _iso, dead_item
+from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
@@ -443,8 +444,11 @@ class WindowSpec:
 
         This is what pydantic's ``model_construct`` does, without its per-field
         checks, which cost four times as much as the rest of a window's work.
+        A result holds its own copies of mutable values (`own`): the records a
+        ``collect`` or ``first`` holds stay in the window's state (an early
+        result's window goes on, a sliding window's records are in the next).
         """
-        return construct_valid(self.result_model, fields, self.fields_set)
+        return own(construct_valid(self.result_model, fields, self.fields_set))
 
 
 def _setter(name: str) -> Callable[[Any, Any], None]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import pytest
 
-from operators import Event
+from operators import Event, agg, windows
 from operators._owned import own, owned
-from pipelines import Pipeline, sinks, sources
+from pipelines import Pipeline, sinks, sources, stateful
 
 
 def rows() -> list[dict[str, Any]]:
@@ -167,3 +168,127 @@ def test_a_function_that_sets_an_events_field_is_told_how_to_copy_it() -> None:
         assert dead.kind == "user_error" and "frozen" in dead.message
         assert dead.message.endswith("e.model_copy(update={'amount': ...}).")
     assert [o.amount for o in orders] == [0, 1, 2] and result.reconciles
+
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def timed_rows(n: int, keys: str = "a") -> list[dict[str, Any]]:
+    return [{"k": keys[i % len(keys)], "n": i, "t": T0 + timedelta(seconds=i)} for i in range(n)]
+
+
+def careless(record: Any) -> Any:
+    """A later step that changes what it is given in place."""
+    if isinstance(record, dict):
+        record["total"] = -1
+    else:
+        record.left["n"] = -1
+    return record
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100])
+def test_an_emitted_state_is_sent_on_as_it_was_and_later_steps_do_not_change_it(
+    batch_size: int,
+) -> None:
+    # ctx.emit(state) sent the state object itself: a sink that read it after the
+    # batch saw its last value, so the output depended on the batch size, and a later
+    # step that changed it changed the key's state.
+    def running(state: dict[str, Any], row: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        state["total"] = state.get("total", 0) + row["n"]
+        ctx.emit(state)
+        return state
+
+    keyed = (
+        Pipeline("emit")
+        .read(sources.memory(timed_rows(8), batch_size=batch_size))
+        .key_by(lambda r: r["k"])
+    )
+    totals = keyed.process(running, initial=dict, clock=windows.event_time(lambda r: r["t"])).map(
+        careless, name="careless"
+    )
+    result = totals.map(lambda s: s["total"], name="total").write(sinks.memory("o")).run()
+    assert result["o"] == [-1] * 8
+    plain = keyed.process(running, initial=dict, clock=windows.event_time(lambda r: r["t"]))
+    result = plain.write(sinks.memory("o")).run()
+    assert [s["total"] for s in result["o"]] == [0, 1, 3, 6, 10, 15, 21, 28]
+    both = (
+        plain.write(sinks.memory("o"))
+        | plain.map(careless, name="careless").write(sinks.memory("c"))
+    ).run()
+    assert [s["total"] for s in both["o"]] == [0, 1, 3, 6, 10, 15, 21, 28]
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_a_stateful_handlers_output_is_as_the_state_was_then(batch_size: int) -> None:
+    def keep(state: list[int], row: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        state.append(row["n"])
+        return state, {"seen": state}  # the state itself in the output
+
+    result = (
+        Pipeline("stateful")
+        .read(sources.memory(timed_rows(4), batch_size=batch_size))
+        .key_by(lambda r: r["k"])
+        .dispatch({dict: stateful(keep, initial=list)}, out=dict)
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert [o["seen"] for o in result["o"]] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+
+
+def test_a_joined_record_held_in_state_is_each_results_own() -> None:
+    # one left record meets three right ones: the three results held the same dict, so a
+    # later step that changed it in one result changed the next ones
+    left = [{"k": "a", "n": 1, "t": T0}]
+    right = [{"k": "a", "m": i, "t": T0 + timedelta(seconds=i)} for i in range(3)]
+    p = Pipeline("join")
+    clock = windows.event_time(lambda r: r["t"])
+    ls = p.read(sources.memory(left), name="l").key_by(lambda r: r["k"], name="lk")
+    rs = p.read(sources.memory(right), name="r").key_by(lambda r: r["k"], name="rk")
+
+    def read_then_spoil(joined: Any) -> tuple[int, int]:
+        seen = (joined.left["n"], joined.right["m"])
+        joined.left["n"] = -1
+        return seen
+
+    for kind in ({"window": windows.tumbling(minutes=1)}, {"between": (-60.0, 60.0)}):
+        joined = ls.join(rs, clock=clock, **kind)  # type: ignore[call-overload]
+        result = joined.map(read_then_spoil).write(sinks.memory("o")).run()
+        assert sorted(result["o"]) == [(1, 0), (1, 1), (1, 2)], kind
+    assert left == [{"k": "a", "n": 1, "t": T0}]
+
+
+def test_sliding_windows_results_hold_their_own_records() -> None:
+    # a record is in two sliding windows: a later step that changed it in the first
+    # window's result changed the second's
+    results = (
+        Pipeline("slide")
+        .read(sources.memory(timed_rows(4)))
+        .key_by(lambda r: r["k"])
+        .window(
+            windows.sliding(seconds=4, every=timedelta(seconds=2)),
+            clock=windows.event_time(lambda r: r["t"]),
+        )
+        .aggregate(rows=agg.collect())
+    )
+
+    def read_then_spoil(result: Any) -> list[int]:
+        seen = [r["n"] for r in result.rows]
+        for r in result.rows:
+            r["n"] = -1
+        return seen
+
+    out = results.map(read_then_spoil).write(sinks.memory("o")).run()
+    assert sorted(out["o"]) == [[0, 1], [0, 1, 2, 3], [2, 3]]
+
+
+def test_own_shares_what_is_immutable_inside_what_it_copies() -> None:
+    orders = [Order(amount=i) for i in range(3)]
+    mine = own(orders)
+    assert mine is not orders and all(a is b for a, b in zip(mine, orders, strict=True))
+    nested = {"orders": orders, "tags": {"a"}, "pair": (1, [2])}
+    copied = own(nested)
+    assert copied == nested and copied["orders"][0] is orders[0]
+    assert copied["pair"][1] is not nested["pair"][1] and copied["tags"] is not nested["tags"]
+    loop: list[Any] = []
+    loop.append(loop)  # a structure that holds itself is deep-copied
+    assert own(loop) is not loop
