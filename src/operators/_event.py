@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import operator
 import os
 import types
 import typing
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
@@ -14,11 +16,31 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from operators._deadletter import payload_text
 
-__all__ = ["Event", "Schema", "event_classes", "schema_adapter", "type_name"]
+__all__ = ["Event", "Schema", "event_classes", "field_reader", "schema_adapter", "type_name"]
 
 
 def _new_id() -> str:
     return os.urandom(16).hex()
+
+
+def field_reader(name: str) -> Callable[[Any], Any]:
+    """Return a function that reads field ``name`` of a record: an attribute, or a dict's key.
+
+    As the aggregators read their fields, so that ``event_time("ts")`` dates
+    a dict read without a schema as it dates an event.
+
+    >>> read = field_reader("ts")
+    >>> read({"ts": 5}), read(types.SimpleNamespace(ts=6))
+    (5, 6)
+    """
+    get = operator.attrgetter(name)
+
+    def read(record: Any) -> Any:
+        if record.__class__ is dict:
+            return record[name]
+        return get(record)
+
+    return read
 
 
 def id_part(text: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any, NoReturn, Protocol
 from pydantic_core import TzInfo
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
+from operators._event import field_reader
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import (
@@ -251,24 +252,51 @@ class _Epochs:
         return (value - epoch).total_seconds()
 
 
+def _utc_text(ts: float) -> str:
+    """Return epoch seconds ``ts`` as UTC text.
+
+    >>> _utc_text(60.5)
+    '1970-01-01T00:01:00+00:00'
+    """
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
 def event_seconds(value: Any) -> float:
-    """Turn an event time (aware datetime, or epoch seconds) into seconds.
+    """Turn an event time (aware datetime, epoch seconds, ISO 8601 text) into seconds.
+
+    Text is what a JSON record read without a schema holds: it must say its
+    offset (``Z`` or ``+02:00``), as a datetime must have a timezone.
 
     >>> from datetime import timezone
     >>> event_seconds(datetime(1970, 1, 1, 0, 1, tzinfo=timezone.utc))
     60.0
+    >>> event_seconds("1970-01-01T00:01:00Z"), event_seconds("1970-01-01T01:01:00+01:00")
+    (60.0, 60.0)
     """
+    if value.__class__ is str:
+        try:
+            value = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] == "Z" else value)
+        except ValueError:
+            msg = (
+                f"event time {value!r} is not an ISO 8601 date and time. Hint: "
+                f"'2026-01-01T12:00:00Z', an aware datetime, or epoch seconds."
+            )
+            raise ValueError(msg) from None
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             msg = (
                 f"event time {value.isoformat()} has no timezone; evflow needs aware "
-                f"timestamps. Hint: declare the field as pydantic AwareDatetime."
+                f"timestamps. Hint: declare the field as pydantic AwareDatetime (text: "
+                f"end it with Z or an offset such as +02:00)."
             )
             raise ValueError(msg)
         return value.timestamp()
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    msg = f"event time must be an aware datetime or epoch seconds; got {value!r}."
+    msg = (
+        f"event time must be an aware datetime, epoch seconds or ISO 8601 text; "
+        f"got {type(value).__name__} {value!r:.80}."
+    )
     raise TypeError(msg)
 
 
@@ -316,11 +344,20 @@ class ClockOp(StageOp):
         #: Where the clock reads an event's time: its function, or a field's name.
         self.clock_fn = clock.fn if isinstance(clock, EventTime) else None
         self.time_field = (clock.field or "time") if isinstance(clock, EventTime) else ""
+        #: An attribute's reader, and the reader that takes a dict's key as well
+        #: (`field_reader`): a clock on a field switches to it on the first dict.
+        self.by_attribute: Callable[[Any], Any] | None = None
+        self.by_key: Callable[[Any], Any] | None = None
         if isinstance(clock, EventTime):
-            read = self.read = clock.fn or operator.attrgetter(clock.field or "time")
+            if clock.fn is None:
+                self.by_attribute = operator.attrgetter(self.time_field)
+                self.by_key = field_reader(self.time_field)
+            self.read = clock.fn or self.by_attribute
             seconds = self.epochs.seconds
 
             def time_of(event: Any) -> float:
+                read = self.read
+                assert read is not None
                 value = read(event)
                 if value.__class__ is datetime and value.tzinfo is not None:
                     return seconds(value)
@@ -360,6 +397,8 @@ class ClockOp(StageOp):
         earliest = self.earliest
         limit = self.last if self.max_future is None else min(now + self.max_future, self.last)
         it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
+        if read is not None and read is self.by_attribute and items and items[0].__class__ is dict:
+            read = self.read = self.by_key  # dicts read without a schema: their key
         made = run.made
         keyed = None  # the last event keyed: a failure after it is its time's
         while True:
@@ -391,7 +430,11 @@ class ClockOp(StageOp):
                 break
             except Exception as exc:  # noqa: BLE001 - handed to the policy
                 row[_IN] += 1
-                if keyed is x:
+                if keyed is x and read is self.by_attribute and x.__class__ is dict:
+                    # A dict among events: from now on, read a dict's key as well.
+                    read = self.read = self.by_key
+                    ok, value = self._timed(x, key, earliest, limit, now, run, row)
+                elif keyed is x:
                     ok, value = self._untimed(x, exc, run, row)
                 else:
                     ok, value = self.recover(x, exc, run, row)
@@ -447,6 +490,29 @@ class ClockOp(StageOp):
             keys = [k for i, k in enumerate(keys) if i not in dropped]
         return kept, keys
 
+    def _timed(
+        self,
+        event: Any,
+        key: str,
+        earliest: float,
+        limit: float,
+        now: float,
+        run: _Run,
+        row: list[int],
+    ) -> tuple[bool, Any]:
+        """Time one keyed event as the loop of `push_keyed` does: ``(True, entry)``, or refused."""
+        try:
+            ts = self.time_of(event)
+        except Exception as exc:  # noqa: BLE001 - handed to the policy
+            return self._untimed(event, exc, run, row)
+        if not earliest <= ts <= limit:
+            row[_IN] -= 1  # `_refused` counts it
+            refused = self._refused(event, ts, now, run, row)
+            row[_IN] += 1
+            if refused:
+                return False, None
+        return True, (key, ts, event)
+
     def _untimed(self, event: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:
         """Apply the step's policy to an event whose time could not be read.
 
@@ -459,17 +525,24 @@ class ClockOp(StageOp):
             return self.recover(
                 event, exc, run, row, kind="user_error", function=describe_function(self.clock_fn)
             )
-        if isinstance(exc, AttributeError) and exc.obj is event and exc.name == field:
-            if isinstance(event, dict) and field in event:
-                hint = f"clock=windows.event_time(lambda r: r[{field!r}]) reads a dict's key"
+        missing_key = isinstance(exc, KeyError) and event.__class__ is dict and field not in event
+        if missing_key or (
+            isinstance(exc, AttributeError) and exc.obj is event and exc.name == field
+        ):
+            if event.__class__ is dict:
+                hint = (
+                    f"give each record a {field!r} key, or read the time with "
+                    f"clock=windows.event_time(lambda r: ...)"
+                )
             else:
                 hint = (
                     f"map records to events that have a {field!r} field before the step, "
                     f"read the time with clock=windows.event_time(lambda r: ...), or count "
                     f"on the wall clock with clock=windows.processing_time()"
                 )
+            what = "key" if event.__class__ is dict else "attribute"
             message = (
-                f"step {self.step!r} reads each event's time from its {field!r} attribute, "
+                f"step {self.step!r} reads each event's time from its {field!r} {what}, "
                 f"and this {type(event).__name__} has none. Hint: {hint}."
             )
             return self.recover(
@@ -504,12 +577,20 @@ class ClockOp(StageOp):
         if future:
             kind: ErrorKind = "future"
             error_type = "FutureEvent"
+            hint = "fix the event's time, or pass event_time(..., max_future=...) (None: no bound)"
+            assert self.max_future is not None
+            if ts / 1000 <= now + self.max_future and self.clock_fn is None:
+                # A number a thousand times too large: epoch milliseconds, as JSON often has.
+                hint = (
+                    f"it reads as epoch milliseconds ({_utc_text(ts / 1000)}): read seconds "
+                    f"with clock=windows.event_time(lambda r: r[{self.time_field!r}] / 1000) "
+                    f"(an event's field: lambda e: e.{self.time_field} / 1000)"
+                )
             message = (
                 f"event time {shown} is {ts - now:,.0f} s ahead of the wall clock "
                 f"({datetime.fromtimestamp(now, timezone.utc).isoformat(timespec='seconds')}), "
                 f"beyond the clock's max_future ({self.max_future:g} s); it would move its "
-                f"partition's watermark that far and make every later event late. Hint: fix "
-                f"the event's time, or pass event_time(..., max_future=...) (None: no bound)."
+                f"partition's watermark that far and make every later event late. Hint: {hint}."
             )
         else:
             kind, error_type = "validation", "EventTimeOutOfRange"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from operators._deadletter import DeadLetter, explain, payload_text
+from operators._event import field_reader
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters, describe_function
 
@@ -99,7 +99,7 @@ class Notes:
         self.readers = (
             None
             if readers is None
-            else [r if callable(r) else operator.attrgetter(r) for r in dict.fromkeys(readers)]
+            else [r if callable(r) else field_reader(r) for r in dict.fromkeys(readers)]
         )
         #: Whether the steps after read the ``time`` field alone: then evflow's own
         #: results (dated when they are made) need no note.

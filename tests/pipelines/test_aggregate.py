@@ -550,9 +550,11 @@ def test_event_times_and_keys_are_checked_where_they_are_read() -> None:
     assert event_seconds(1.5) == 1.5
     with pytest.raises(
         TypeError,
-        match=r"event time must be an aware datetime or epoch seconds; "
-        r"got '2026-01-01'",
+        match=r"event time must be an aware datetime, epoch seconds or ISO 8601 text; "
+        r"got list \[2026\]",
     ):
+        event_seconds([2026])
+    with pytest.raises(ValueError, match=r"event time 2026-01-01T00:00:00 has no timezone"):
         event_seconds("2026-01-01")
     clock = ClockOp(
         "agg", 0, lambda e: 7, windows.event_time(), as_policy("dead_letter"), kind="dispatch"
@@ -1881,3 +1883,74 @@ def test_results_into_a_named_class_read_back_as_that_class(tmp_path: Path) -> N
         assert all(r.id.startswith(f"{step}/") for r in rows)
         final = {r.key: (r.hits, r.top) for r in rows}
         assert final == {"a": (2, 2.0), "b": (2, 3.0)}
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 100])
+def test_a_clock_on_a_field_reads_a_dicts_key_as_the_aggregators_do(batch_size: int) -> None:
+    # JSON read without a schema gives dicts: event_time("ts") refused every one as
+    # having no 'ts' attribute, while agg.sum("n") read the key.
+    def stamp(i: int) -> Any:
+        moment = T0 + timedelta(seconds=20 * i)
+        return [moment.isoformat(), moment.isoformat().replace("+00:00", "Z"), moment][i % 3]
+
+    rows: list[Any] = [{"k": "a", "n": i, "ts": stamp(i)} for i in range(9)]
+    rows.insert(4, {"k": "a", "n": 100, "ts": (T0 + timedelta(seconds=70)).timestamp()})
+
+    def windowed(given: list[Any], clock: Any) -> Any:
+        return (
+            Pipeline("dicts")
+            .read(sources.memory(given, batch_size=batch_size))
+            .key_by(lambda r: r.user if isinstance(r, Hit) else r["k"])
+            .window(windows.tumbling(minutes=1), clock=clock)
+            .aggregate(n=agg.count())
+            .write(sinks.memory("o"))
+            .run()
+        )
+
+    result = windowed(rows, windows.event_time("ts"))
+    # 0, 20, 40 s | 60, 70 (epoch seconds), 80, 100 s | 120, 140, 160 s
+    assert [(r.start, r.n) for r in result["o"]] == [
+        (T0, 3),
+        (T0 + timedelta(minutes=1), 4),
+        (T0 + timedelta(minutes=2), 3),
+    ]
+    assert result.reconciles and not result.dead_letters
+    # events and dicts in one stream: an event's attribute, a dict's key
+    mixed = [hit("a", 1), hit("a", 2), {"k": "a", "time": T0 + timedelta(seconds=65)}]
+    mixed += [hit("a", 130), {"k": "a"}]
+    result = windowed(mixed, windows.event_time())
+    assert [(r.start, r.n) for r in result["o"]] == [
+        (T0, 2),
+        (T0 + timedelta(minutes=1), 1),
+        (T0 + timedelta(minutes=2), 1),
+    ]
+    [dead] = result.dead_letters
+    assert dead.error_type == "MissingEventTime" and "its 'time' key" in dead.message
+    assert result.reconciles
+
+
+def test_epoch_milliseconds_and_text_without_an_offset_are_dead_letters_that_say_so() -> None:
+    now = time.time()
+    rows = [
+        {"k": "a", "ts": int(now * 1000)},
+        {"k": "a", "ts": "2026-01-01T00:00:00"},
+        {"k": "a", "ts": "yesterday"},
+        {"k": "a", "ts": now},
+    ]
+    result = (
+        Pipeline("ms")
+        .read(sources.memory(rows))
+        .key_by(lambda r: r["k"])
+        .window(windows.tumbling(minutes=1), clock=windows.event_time("ts"))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert [r.n for r in result["o"]] == [1]
+    ms, naive, word = result.dead_letters
+    assert ms.kind == "future" and "it reads as epoch milliseconds" in ms.message
+    assert "clock=windows.event_time(lambda r: r['ts'] / 1000)" in ms.message
+    assert naive.kind == "validation" and "has no timezone" in naive.message
+    assert "end it with Z or an offset such as +02:00" in naive.message
+    assert "'yesterday' is not an ISO 8601 date and time" in word.message
+    assert result.reconciles
