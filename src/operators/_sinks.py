@@ -14,6 +14,8 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from datetime import time as dtime
 from typing import Any
 
 from bytewax.outputs import (
@@ -251,12 +253,34 @@ def to_json(item: Any) -> str:
 
 def _dumps(value: Any) -> str:
     try:
-        return json.dumps(value, default=str, allow_nan=False)
+        return json.dumps(value, default=_jsonable, allow_nan=False)
     except ValueError as exc:
         if str(exc).startswith("Circular reference"):
             raise  # a record that holds itself: no JSON can
         # A nan or an infinity somewhere in it.
-        return json.dumps(_finite(value), default=str, allow_nan=False)
+        return json.dumps(_finite(value), default=_jsonable, allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+    """Return what JSON writes for a value it has no form for, as pydantic would for an event.
+
+    A date or time as ISO 8601 text (read back as an event time), a set as a
+    list in order (the same on every run), anything else as its text.
+
+    >>> from datetime import datetime, timezone
+    >>> _jsonable(datetime(2026, 1, 1, 12, tzinfo=timezone.utc)), _jsonable({"b", "a"})
+    ('2026-01-01T12:00:00+00:00', ['a', 'b'])
+    >>> _jsonable({1, "a"}), _jsonable(frozenset())
+    (['a', 1], [])
+    """
+    if isinstance(value, datetime | date | dtime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:  # values that do not compare: by their text
+            return sorted(value, key=repr)
+    return str(value)
 
 
 def _finite(value: Any) -> Any:

@@ -146,3 +146,37 @@ def test_every_line_a_jsonl_sink_writes_is_json_even_with_nan(tmp_path: Path) ->
 
     rows = [json.loads(line, parse_constant=strict) for line in out.read_text().splitlines()]
     assert rows == [None, {"ratio": None, "parts": [1.5, None]}, [None, 2], {"NaN": 1}]
+
+
+def test_dates_and_sets_in_a_dict_are_written_as_json_that_reads_back(tmp_path: Path) -> None:
+    # A datetime was written as its str() ("2026-01-01 00:00:00+00:00") and a set as its
+    # repr ("{'b', 'a'}", in an order that changes from run to run).
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [
+        {"k": "a", "t": t0 + timedelta(seconds=40 * i), "tags": {"z", "b", str(i)}}
+        for i in range(4)
+    ]
+    path = tmp_path / "rows.jsonl"
+    Pipeline("out").read(sources.memory(rows)).write(sinks.jsonl(path)).run()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[1] == {"k": "a", "t": "2026-01-01T00:00:40+00:00", "tags": ["1", "b", "z"]}
+    counts = (
+        Pipeline("back")
+        .read(sources.memory(path.read_text().splitlines()))
+        .map(json.loads)
+        .key_by(lambda r: r["k"])
+        .window(windows.tumbling(minutes=1), clock=windows.event_time("t"))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    minute = timedelta(minutes=1)
+    assert [(r.start, r.n) for r in counts["o"]] == [
+        (t0, 2),
+        (t0 + minute, 1),
+        (t0 + 2 * minute, 1),
+    ]

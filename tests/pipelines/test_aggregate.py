@@ -1887,7 +1887,7 @@ def test_results_into_a_named_class_read_back_as_that_class(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("batch_size", [1, 4, 100])
 def test_a_clock_on_a_field_reads_a_dicts_key_as_the_aggregators_do(batch_size: int) -> None:
-    # JSON read without a schema gives dicts: event_time("ts") refused every one as
+    # dicts (what a map makes of JSON, say): event_time("ts") refused every one as
     # having no 'ts' attribute, while agg.sum("n") read the key.
     def stamp(i: int) -> Any:
         moment = T0 + timedelta(seconds=20 * i)
