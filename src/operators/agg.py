@@ -47,7 +47,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any, NoReturn
 
-from operators._event import Event
+from operators._event import Event, own_id
 
 __all__ = [
     "Aggregator",
@@ -475,8 +475,26 @@ def max(field: str) -> Aggregator:
     return _Extreme(field, largest=True)
 
 
+def _order(a: Any, b: Any) -> int:
+    """Return -1, 0 or 1 as ``a`` is before, level with or after ``b``: by value, else by text.
+
+    >>> _order(2, 10), _order("b", "a"), _order(1, "a"), _order({"n": 1}, {"n": 1})
+    (-1, 1, 1, 0)
+    """
+    try:
+        return int(a > b) - int(a < b)
+    except TypeError:  # values that do not compare
+        ra, rb = repr(a), repr(b)
+        return int(ra > rb) - int(ra < rb)
+
+
 class _Edge(Aggregator):
-    """The value of the earliest (or latest) event by time; ties by event id."""
+    """The value of the earliest (or latest) event by time; ties by event id, then by value.
+
+    So the result is the same whatever order events of one time arrive in (several
+    partitions, workers, batch sizes): of those without ids, ``first`` takes the
+    least value and ``last`` the greatest.
+    """
 
     slices = True
 
@@ -495,12 +513,17 @@ class _Edge(Aggregator):
         return None
 
     def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
-        return self.merge(acc, (ts, str(getattr(event, "id", "")), value))
+        return self.merge(acc, (ts, own_id(event) or "", value))
 
     def merge(self, a: Any, b: Any) -> Any:
         if a is None or b is None:
             return b if a is None else a
-        pick_b = (b[0], b[1]) > (a[0], a[1]) if self.latest else (b[0], b[1]) < (a[0], a[1])
+        ka, kb = (a[0], a[1]), (b[0], b[1])
+        if ka != kb:
+            pick_b = kb > ka if self.latest else kb < ka
+        else:  # the same time and id (or none): by value
+            order = _order(b[2], a[2])
+            pick_b = order > 0 if self.latest else order < 0
         return b if pick_b else a
 
     def result(self, acc: Any) -> Any:

@@ -1954,3 +1954,30 @@ def test_epoch_milliseconds_and_text_without_an_offset_are_dead_letters_that_say
     assert "end it with Z or an offset such as +02:00" in naive.message
     assert "'yesterday' is not an ISO 8601 date and time" in word.message
     assert result.reconciles
+
+
+@pytest.mark.parametrize(("partitions", "batch_size", "workers"), [(1, 4, 1), (4, 1, 2), (2, 1, 1)])
+def test_first_and_last_of_events_of_one_time_do_not_depend_on_arrival(
+    partitions: int, batch_size: int, workers: int
+) -> None:
+    # Of events of the same time, first and last took whichever arrived first, so the
+    # result changed with the partitions, batch size and workers (both gave 5 or 3).
+    def run(rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+        result = (
+            Pipeline("ties")
+            .read(sources.memory(rows, partitions=partitions, batch_size=batch_size))
+            .key_by(lambda r: r["k"])
+            .window(windows.tumbling(minutes=1), clock=windows.event_time("t"))
+            .aggregate(f=agg.first("v"), l=agg.last("v"))
+            .write(sinks.memory("o"))
+            .run(workers=workers)
+        )
+        [only] = result["o"]
+        return only.f, only.l
+
+    plain = [{"k": "a", "t": T0, "v": v} for v in (5, 3, 9, 1)]
+    assert run(plain) == (1, 9)  # no ids: the least and the greatest value
+    named = [{"k": "a", "t": T0, "v": v, "id": i} for v, i in ((5, "c"), (3, "d"), (9, "a"))]
+    assert run(named) == (9, 3)  # by id: "a" first, "d" last
+    mixed = [{"k": "a", "t": T0, "v": v} for v in (2, "x", 1.5)]
+    assert run(mixed) == ("x", 2)  # values that do not compare: by their text
