@@ -96,13 +96,15 @@ class Context(Generic[O]):
     reset, to every call): keep what it says, not the context itself.
     """
 
-    __slots__ = ("_at", "_firing", "_mark", "_out", "_timed", "_timers", "key")
+    __slots__ = ("_at", "_firing", "_mark", "_out", "_timed", "_timers", "_wall", "key")
 
     def __init__(self, key: str = "", at: float = _NEVER, mark: float = _NEVER) -> None:
         """Make the context of one call for ``key`` at event time ``at``."""
         self.key = key
         self._at = at
         self._mark = mark
+        #: Whether this is a processing-time timer's call (its watermark is the step's).
+        self._wall = False
         # Made when first used: most calls set no timer and emit little.
         self._out: list[Any] | None = None
         #: ``(kind, name, at)`` in the order called; ``at`` None cancels.
@@ -119,8 +121,18 @@ class Context(Generic[O]):
 
     @property
     def watermark(self) -> datetime | None:
-        """How far event time has advanced (None before any event)."""
-        return None if self._mark in (_NEVER, _DONE) else _utc(self._mark)
+        """How far event time has advanced, as this call sees it: the time being handled.
+
+        Events are delivered in time order once the watermark passes them, so
+        when one at ``t`` is handled (or a timer at ``t`` fires) every event
+        before ``t`` has been: ``t`` is the watermark the call sees, whatever
+        the batches. (The step's own watermark is further on by however much
+        input had arrived, so a call that read it would depend on the batch
+        size.) In a processing-time timer's call: the step's watermark then,
+        None before any event.
+        """
+        mark = self._mark if self._wall else self._at
+        return None if mark in (_NEVER, _DONE) else _utc(mark)
 
     def emit(self, record: O) -> None:
         """Send ``record`` on, after the call returns: as it is now (a copy if mutable).
@@ -552,6 +564,7 @@ class ProcessLogic(
         on_event = spec.on_event
         ctx = self.ctx
         ctx._mark = mark
+        ctx._wall = False
         delivered = 0
         i = 0
         n = len(incoming)
@@ -677,6 +690,7 @@ class ProcessLogic(
         ctx._at = at
         ctx._mark = mark
         ctx._firing = timer.kind == "event"
+        ctx._wall = not ctx._firing
         current = state
         if state is _MISSING:
             current = self._initial(partial(_timer_payload, timer), at, out, row)

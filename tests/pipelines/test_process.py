@@ -1038,3 +1038,42 @@ def test_process_state_ttl_and_timers_are_exact_across_halts_on_other_worker_cou
     assert runs == 5 and result.reconciles
     whole = sorted_lines(tmp_path / "whole.jsonl")
     assert len(whole) > 10_000 and sorted_lines(tmp_path / "halted.jsonl") == whole
+
+
+@pytest.mark.parametrize(("batch_size", "partitions"), [(1, 1), (1, 2), (3, 1), (8, 2)])
+def test_the_watermark_a_call_sees_does_not_depend_on_the_batches(
+    batch_size: int, partitions: int
+) -> None:
+    # ctx.watermark was the step's watermark when the batch was delivered: with batches
+    # of 1 the first events saw 00:00:05, with larger ones 00:00:07, so a function that
+    # read it (to set a timer after it, say) gave other results for other batch sizes.
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [{"k": "ab"[i % 2], "t": t0 + timedelta(seconds=i)} for i in range(8)]
+
+    def on_event(state: int, row: dict[str, Any], ctx: Context[Any]) -> int:
+        assert ctx.watermark is not None
+        ctx.emit(("event", ctx.time.second, ctx.watermark.second))
+        if state == 0:
+            ctx.timer(ctx.watermark + timedelta(seconds=3))
+        return state + 1
+
+    def on_timer(state: int, timer: Timer, ctx: Context[Any]) -> int:
+        assert ctx.watermark is not None
+        ctx.emit(("timer", ctx.time.second, ctx.watermark.second))
+        return state
+
+    result = (
+        Pipeline("marks")
+        .read(sources.memory(rows, batch_size=batch_size, partitions=partitions))
+        .key_by(lambda r: r["k"])
+        .process(
+            on_event,
+            initial=int,
+            on_timer=on_timer,
+            clock=windows.event_time("t", max_delay=timedelta(seconds=2)),
+        )
+        .write(sinks.memory("o"))
+        .run()
+    )
+    expected = [("event", s, s) for s in range(8)] + [("timer", 3, 3), ("timer", 4, 4)]
+    assert sorted(result["o"]) == sorted(expected)
