@@ -49,7 +49,7 @@ from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
-from operators.agg import Aggregator, exact_add, exact_merge, exact_total, unordered
+from operators.agg import Aggregator, exact_add, exact_merge, exact_total, level, unordered
 from operators.windows import (
     _END,
     Clock,
@@ -86,6 +86,7 @@ def _add_lines(
     """
     take, store = [], []
     env["unordered"] = unordered  # (the inline max and min refuse nan and None)
+    env["level"] = level  # (and tell equal values of two types apart)
     for i, g in enumerate(aggs):
         env[f"g{i}"] = g
         value = f"e[{g.field!r}]" if keys else f"e.{g.field}"
@@ -163,13 +164,14 @@ def make_spreader(aggs: Sequence[Aggregator]) -> Callable[[list[list[Any]], Any,
     >>> aggs = [agg.collect("real"), agg.max("imag"), agg.count()]
     >>> spread = make_spreader(aggs)
     >>> one, two = [g.create() for g in aggs], [g.create() for g in aggs]
-    >>> spread([one, two], 1.0, 0.0); spread([two], 2.0, 0.0); one, two
+    >>> def results(accs): return [g.result(a) for g, a in zip(aggs, accs)]
+    >>> spread([one, two], 1.0, 0.0); spread([two], 2.0, 0.0); results(one), results(two)
     ([[1.0], 0.0, 1], [[1.0, 2.0], 0.0, 2])
     >>> spread([one, two], "x", 0.0)
     Traceback (most recent call last):
     ...
     AttributeError: 'str' object has no attribute 'real'
-    >>> one, two
+    >>> results(one), results(two)
     ([[1.0], 0.0, 1], [[1.0, 2.0], 0.0, 2])
     """
     env: dict[str, Any] = {"exact_add": exact_add}

@@ -45,6 +45,7 @@ import types
 import typing
 from collections import Counter
 from decimal import Decimal
+from functools import cmp_to_key
 from typing import Any, NoReturn
 
 from operators._event import Event, own_id
@@ -405,8 +406,30 @@ def unordered(value: Any, label: str) -> NoReturn:
     raise ValueError(msg)
 
 
+def level(value: Any, acc: Any, label: str) -> Any:
+    """Return which of two values neither above nor below the other a max or min keeps.
+
+    Equal values of different types (``1`` and ``1.0``) are told apart by type name,
+    so the result is the same whatever order they come in; a value that cannot
+    be ordered (nan, None, or one neither equal to nor ordered with the other)
+    is refused.
+
+    >>> level(1, 1.0, "max(x)"), level(1.0, 1, "max(x)"), level(2, 2, "max(x)")
+    (1.0, 1.0, 2)
+    """
+    if value is None or value != value or value != acc:  # nan, or no order between them
+        unordered(value, label)
+    if value.__class__ is acc.__class__:
+        return acc
+    return value if (type(value).__name__, repr(value)) < (type(acc).__name__, repr(acc)) else acc
+
+
 class _Extreme(Aggregator):
-    """The largest (or smallest) value; a value that cannot be ordered (nan, None) is refused."""
+    """The largest (or smallest) value; a value that cannot be ordered (nan, None) is refused.
+
+    Of equal values of different types (``1``, ``1.0``), the one whose type name is
+    first: the same whatever order the events come in.
+    """
 
     def __init__(self, field: str, largest: bool) -> None:
         self.field = _field(field, "max" if largest else "min")
@@ -446,7 +469,9 @@ class _Extreme(Aggregator):
             if value < value:  # raises for a value with no order
                 unordered(value, self.label)
             return value
-        return (value if value > acc else acc) if self.largest else (value if value < acc else acc)
+        if self.largest:
+            return value if value > acc else (acc if value < acc else level(value, acc, self.label))
+        return value if value < acc else (acc if value > acc else level(value, acc, self.label))
 
     def merge(self, a: Any, b: Any) -> Any:
         if a is None or b is None:
@@ -457,10 +482,11 @@ class _Extreme(Aggregator):
         # `add`, as one expression: the value is read once, then compared; one
         # that is not above (below) the accumulator is checked for nan and None.
         tag = "".join(c if c.isalnum() else "_" for c in acc)
-        v, a, op = f"_v{tag}", f"_a{tag}", ">" if self.largest else "<"
+        v, a = f"_v{tag}", f"_a{tag}"
+        op, other = (">", "<") if self.largest else ("<", ">")
         bad = f"unordered({v}, {self.label!r})"
-        ok = f"{v} == {v} and {v} is not None"
-        keep = f"({v} if ({v} := {value}) {op} {a} else ({a} if {ok} else {bad}))"
+        tie = f"level({v}, {a}, {self.label!r})"  # nan, None and equal values: see `level`
+        keep = f"({v} if ({v} := {value}) {op} {a} else ({a} if {v} {other} {a} else {tie}))"
         first = f"({v} if ({v} := {value}) == {v} and not ({v} is None or {v} < {v}) else {bad})"
         return f"({first} if ({a} := {acc}) is None else {keep})"
 
@@ -476,16 +502,27 @@ def max(field: str) -> Aggregator:
 
 
 def _order(a: Any, b: Any) -> int:
-    """Return -1, 0 or 1 as ``a`` is before, level with or after ``b``: by value, else by text.
+    """Return -1, 0 or 1 as ``a`` is before, level with or after ``b``.
+
+    By value; values that do not compare (a number and a text) by type name,
+    then by their text.
+
+    Equal values of different types (``1`` and ``1.0``) go by type name, so
+    that values are placed alike whatever order they come in.
 
     >>> _order(2, 10), _order("b", "a"), _order(1, "a"), _order({"n": 1}, {"n": 1})
-    (-1, 1, 1, 0)
+    (-1, 1, -1, 0)
+    >>> _order(1, 1.0), _order(1.0, 1)
+    (1, -1)
     """
     try:
-        return int(a > b) - int(a < b)
+        found = int(a > b) - int(a < b)
     except TypeError:  # values that do not compare
-        ra, rb = repr(a), repr(b)
-        return int(ra > rb) - int(ra < rb)
+        found = 0
+    if found or (a.__class__ is b.__class__ and a == b):
+        return found
+    ka, kb = (type(a).__name__, repr(a)), (type(b).__name__, repr(b))
+    return int(ka > kb) - int(ka < kb)
 
 
 class _Edge(Aggregator):
@@ -700,16 +737,43 @@ class _Collect(Aggregator):
         return []
 
     def add(self, acc: list[Any], value: Any, ts: float, event: Any) -> list[Any]:
-        acc.append(value)
+        acc.append((ts, own_id(event) or "", value))
         return acc
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         return a + b
 
     def result(self, acc: list[Any]) -> list[Any]:
-        return list(acc)
+        held = sorted(acc, key=_time_and_id)  # stable; mostly in order already
+        out: list[Any] = []
+        i, n = 0, len(held)
+        while i < n:
+            j = i + 1
+            while j < n and held[j][0] == held[i][0] and held[j][1] == held[i][1]:
+                j += 1
+            if j == i + 1:
+                out.append(held[i][2])
+            else:  # one time, one id (or none): by value
+                out += sorted((h[2] for h in held[i:j]), key=cmp_to_key(_order))
+            i = j
+        return out
+
+
+def _time_and_id(held: tuple[float, str, Any]) -> tuple[float, str]:
+    return held[0], held[1]
 
 
 def collect(field: str | None = None) -> Aggregator:
-    """Every value of a field (or every event), in arrival order."""
+    """Every value of a field (or every event), in event-time order.
+
+    Values of one time go by event id, then by value: the list is the same
+    whatever order the events arrive in (several partitions, batch sizes).
+
+    >>> g = collect("n")
+    >>> acc = g.create()
+    >>> for n, ts in [(3, 2.0), (9, 1.0), (1, 2.0), (5, 0.5)]:
+    ...     acc = g.add(acc, n, ts, None)
+    >>> g.result(acc)
+    [5, 9, 1, 3]
+    """
     return _Collect(field)

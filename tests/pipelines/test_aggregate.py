@@ -1979,5 +1979,43 @@ def test_first_and_last_of_events_of_one_time_do_not_depend_on_arrival(
     assert run(plain) == (1, 9)  # no ids: the least and the greatest value
     named = [{"k": "a", "t": T0, "v": v, "id": i} for v, i in ((5, "c"), (3, "d"), (9, "a"))]
     assert run(named) == (9, 3)  # by id: "a" first, "d" last
-    mixed = [{"k": "a", "t": T0, "v": v} for v in (2, "x", 1.5)]
-    assert run(mixed) == ("x", 2)  # values that do not compare: by their text
+    mixed = [{"k": "a", "t": T0, "v": v} for v in (2, "x", 1.5, 1.0, 1)]
+    assert run(mixed) == (1.0, "x")  # numbers by value (1.0 before 1: by type name), then text
+
+
+def test_collect_max_and_min_do_not_depend_on_the_schedule() -> None:
+    # collect kept arrival order (which the batch size changes where partitions
+    # interleave), and max and min kept whichever of 1 and 1.0 came first.
+    rng = random.Random(4)
+    rows = sorted(
+        (
+            {
+                "k": rng.choice("ab"),
+                "t": (T0 + timedelta(seconds=rng.randrange(0, 120))).isoformat(),
+                "v": rng.choice([1, 2.0, 3, 2, 1.0]),
+            }
+            for _ in range(120)
+        ),
+        key=lambda r: r["t"],
+    )
+    aggregated = (
+        Pipeline("order")
+        .read(sources.memory(rows, partitions=3))
+        .key_by(lambda r: r["k"])
+        .window(windows.tumbling(minutes=1), clock=windows.event_time("t", max_delay=30))
+        .aggregate(c=agg.collect("v"), mx=agg.max("v"), mn=agg.min("v"))
+        .write(sinks.memory("o"))
+    )
+    found = testing.explore(aggregated, seed=1, runs=5)
+    results = list(found.outputs["memory_o"])
+    assert len(results) == 4  # two keys, two minutes
+    for line in results:
+        record = json.loads(line)
+        assert record["mx"] == 3 and record["mn"] in (1, 1.0)
+        assert isinstance(record["mn"], float)  # 1.0 and 1 are level: the float's type name first
+    direct = sorted((r["k"], r["t"][:16], r["v"]) for r in rows)
+    for line in results:
+        record = json.loads(line)
+        minute = record["start"][:16]
+        expected = [v for k, t, v in direct if k == record["key"] and t == minute]
+        assert sorted(record["c"]) == sorted(expected)
