@@ -168,7 +168,19 @@ def _own(record: Any) -> Any:
         return record.model_copy(update=changed) if changed else record
     if kind == _LOOK and all(_own(v) is v for v in _inner(record)):
         return record
-    return copy.deepcopy(record)
+    return _deep(record)
+
+
+def _deep(record: Any) -> Any:
+    """Return a deep copy of ``record``, or ``record`` itself where none can be made.
+
+    A record that holds a lock, a socket or an open file cannot be copied: it
+    is handed on shared, as it is, rather than stopping the run.
+    """
+    try:
+        return copy.deepcopy(record)
+    except Exception:  # noqa: BLE001 - whatever its __deepcopy__ or __reduce__ raises
+        return record
 
 
 def own(record: Any) -> Any:
@@ -191,7 +203,7 @@ def own(record: Any) -> Any:
     try:
         return _own(record)
     except RecursionError:  # a structure that holds itself
-        return copy.deepcopy(record)
+        return _deep(record)
 
 
 def owned(records: Iterable[Any]) -> list[Any]:

@@ -11,6 +11,7 @@ and a second run gives the same result.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -292,3 +293,25 @@ def test_own_shares_what_is_immutable_inside_what_it_copies() -> None:
     loop: list[Any] = []
     loop.append(loop)  # a structure that holds itself is deep-copied
     assert own(loop) is not loop
+
+
+class Connection:
+    """A record that cannot be copied: it holds a lock."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.lock = threading.Lock()
+
+
+def test_a_record_that_cannot_be_copied_is_handed_on_as_it_is() -> None:
+    # a copy for the second reader failed ("cannot pickle '_thread.lock' object") and
+    # stopped the run
+    given = [Connection(i) for i in range(5)]
+    stream = Pipeline("locks").read(sources.memory(given))
+    doubled = stream.map(lambda c: c.n * 2, name="double").write(sinks.memory("d"))
+    kept = stream.filter(lambda c: c.n % 2 == 0, name="even").write(sinks.memory("e"))
+    result = (doubled | kept).run(workers=2)
+    assert sorted(result["d"]) == [0, 2, 4, 6, 8]
+    assert sorted(c.n for c in result["e"]) == [0, 2, 4]
+    assert all(any(c is g for g in given) for c in result["e"])  # the records themselves
+    assert result.reconciles
