@@ -114,6 +114,7 @@ def _kind(cls: type) -> int:
         kind = _LOOK
     elif issubclass(cls, BaseModel):
         if cls.model_config.get("frozen"):
+            _KINDS[cls] = _MODEL  # meanwhile: a field of its own class is looked at
             fields = cls.model_fields.values()
             if cls.model_config.get("extra") == "allow":
                 kind = _LOOK

@@ -315,3 +315,19 @@ def test_a_record_that_cannot_be_copied_is_handed_on_as_it_is() -> None:
     assert sorted(c.n for c in result["e"]) == [0, 2, 4]
     assert all(any(c is g for g in given) for c in result["e"])  # the records themselves
     assert result.reconciles
+
+
+class Node(Event):
+    """A frozen event that may hold others of its class."""
+
+    type: Literal["node"] = "node"
+    name: str
+    children: tuple[Node, ...] = ()
+
+
+def test_a_frozen_event_of_its_own_class_inside_is_shared_or_copied_as_it_holds() -> None:
+    leaf = Node(name="leaf")
+    tree = Node(name="root", children=(leaf, Node(name="b")))
+    assert own(tree) is tree  # immutable all the way down: shared
+    listed = Basket(items=["a"])
+    assert own((tree, listed))[1] is not listed
