@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
+from datetime import time as dtime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,6 +19,7 @@ __all__ = [
     "count_dead",
     "explain",
     "payload_text",
+    "plain_json",
 ]
 
 #: Payloads longer than this many characters are truncated in a dead letter.
@@ -122,6 +125,22 @@ def explain(exc: BaseException) -> str:
     return text
 
 
+def plain_json(value: Any) -> Any:
+    """Return the JSON form of a date or time (ISO 8601) or a set (sorted); else TypeError.
+
+    What a sink writes and a dead letter's payload holds for them.
+    """
+    if isinstance(value, datetime | date | dtime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:
+            return sorted(value, key=repr)
+    msg = f"{type(value).__name__} is not JSON"
+    raise TypeError(msg)
+
+
 def payload_text(item: Any) -> str:
     """Render any payload (raw bytes, a string, an event, a value) as text.
 
@@ -134,11 +153,23 @@ def payload_text(item: Any) -> str:
     ...         raise RuntimeError("secret")
     >>> payload_text(Hidden())
     '<a Hidden that cannot be shown: RuntimeError: secret>'
+
+    A dict or list is JSON, as a sink writes it, so that it can be read back
+    and sent again (a date as ISO 8601 text, a set as a sorted list); one
+    that JSON cannot hold (a tuple key, an object) is shown as Python:
+
+    >>> payload_text({"user": "ada", "tags": {"b", "a"}}), payload_text({(1, 2): "x"})
+    ('{"user": "ada", "tags": ["a", "b"]}', "{(1, 2): 'x'}")
     """
     if isinstance(item, bytes | bytearray):
         return bytes(item).decode("utf-8", "replace")
     if isinstance(item, str):
         return item
+    if item.__class__ is dict or item.__class__ is list:
+        try:
+            return json.dumps(item, ensure_ascii=False, default=plain_json)
+        except (TypeError, ValueError, RecursionError):
+            pass  # shown as Python, below
     try:
         if isinstance(item, BaseModel):
             try:

@@ -14,8 +14,6 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
-from datetime import time as dtime
 from typing import Any
 
 from bytewax.outputs import (
@@ -27,7 +25,7 @@ from bytewax.outputs import (
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from operators._deadletter import DeadLetter, count_dead, payload_text
+from operators._deadletter import DeadLetter, count_dead, payload_text, plain_json
 from operators._sources import TAIL, digest, file_path, slug, tail_before
 from operators._stage import (
     COUNTER_FIELDS,
@@ -273,14 +271,10 @@ def _jsonable(value: Any) -> Any:
     >>> _jsonable({1, "a"}), _jsonable(frozenset())
     (['a', 1], [])
     """
-    if isinstance(value, datetime | date | dtime):
-        return value.isoformat()
-    if isinstance(value, set | frozenset):
-        try:
-            return sorted(value)
-        except TypeError:  # values that do not compare: by their text
-            return sorted(value, key=repr)
-    return str(value)
+    try:
+        return plain_json(value)
+    except TypeError:
+        return str(value)
 
 
 def _finite(value: Any) -> Any:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,27 @@ def test_policies() -> None:
         retry(0)
     with pytest.raises(ValueError, match=r"retry backoff must be zero or positive seconds"):
         retry(2, backoff=-1)
+
+
+def test_a_dict_records_payload_is_json_that_can_be_sent_again() -> None:
+    # A dict's payload was its Python repr ("{'user': 'ada', 'paid': True}"), which no
+    # JSON reader takes back.
+    from datetime import datetime, timezone
+
+    from pipelines import Pipeline, sinks, sources
+
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows: list[Any] = [
+        {"user": "ada", "paid": True, "at": when, "n": None},
+        [1, "two", 3.5],
+        {(1, 2): "a tuple key"},
+    ]
+
+    def fail(record: Any) -> Any:
+        raise ValueError("no")
+
+    result = Pipeline("again").read(sources.memory(rows)).map(fail).write(sinks.memory("o")).run()
+    first, second, third = (d.payload for d in result.dead_letters)
+    assert json.loads(first) == {"user": "ada", "paid": True, "at": when.isoformat(), "n": None}
+    assert json.loads(second) == [1, "two", 3.5]
+    assert third == "{(1, 2): 'a tuple key'}"  # no JSON holds it: shown as Python

@@ -440,7 +440,7 @@ def test_out_checks_the_results_class_and_dead_letters_the_others() -> None:
         assert sorted(r["o"]) == [-4.0, -2.0, 0.0, 0.0, 1.0, 2.0, 4.0]
         wrong = [d for d in r.dead_letters]
         assert len(wrong) == 3
-        assert {d.payload for d in wrong} == {"{'user': 'u1'}", "{'user': 'u3'}", "{'user': 'u5'}"}
+        assert {d.payload for d in wrong} == {'{"user": "u1"}', '{"user": "u3"}', '{"user": "u5"}'}
         assert all(d.error_type == "TypeError" and d.step == "dispatch" for d in wrong)
         assert wrong[0].message == "a handler returned dict, not Review (dispatch(..., out=Review))"
         step = r.counts["dispatch"]
