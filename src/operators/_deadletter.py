@@ -142,7 +142,7 @@ def plain_json(value: Any) -> Any:
 
 
 def payload_text(item: Any) -> str:
-    """Render any payload (raw bytes, a string, an event, a value) as text.
+    r"""Render any payload (raw bytes, a string, an event, a value) as text.
 
     A value that cannot be shown (its ``repr`` raises, an int too long for
     text) is named by its type and the error, so that its dead letter is
@@ -160,6 +160,8 @@ def payload_text(item: Any) -> str:
 
     >>> payload_text({"user": "ada", "tags": {"b", "a"}}), payload_text({(1, 2): "x"})
     ('{"user": "ada", "tags": ["a", "b"]}', "{(1, 2): 'x'}")
+    >>> payload_text({"k": "é\udcff"})  # text no UTF-8 holds: a JSON escape
+    '{"k": "\\u00e9\\udcff"}'
     """
     if isinstance(item, bytes | bytearray):
         return bytes(item).decode("utf-8", "replace")
@@ -167,7 +169,13 @@ def payload_text(item: Any) -> str:
         return item
     if item.__class__ is dict or item.__class__ is list:
         try:
-            return json.dumps(item, ensure_ascii=False, default=plain_json)
+            text = json.dumps(item, ensure_ascii=False, default=plain_json)
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:  # a lone surrogate: as a JSON escape
+                    text = json.dumps(item, default=plain_json)
+            return text
         except (TypeError, ValueError, RecursionError):
             pass  # shown as Python, below
     try:
