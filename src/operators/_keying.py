@@ -353,19 +353,29 @@ class ClockOp(StageOp):
                 self.by_attribute = operator.attrgetter(self.time_field)
                 self.by_key = field_reader(self.time_field)
             self.read = clock.fn or self.by_attribute
-            seconds = self.epochs.seconds
-
-            def time_of(event: Any) -> float:
-                read = self.read
-                assert read is not None
-                value = read(event)
-                if value.__class__ is datetime and value.tzinfo is not None:
-                    return seconds(value)
-                return event_seconds(value)
-
-            self.time_of: Callable[[Any], float] = time_of
+            assert self.read is not None
+            self.time_of: Callable[[Any], float] = self._timer_of(self.read)
         else:
             self.time_of = lambda e: time.time()
+
+    def _timer_of(self, read: Callable[[Any], Any]) -> Callable[[Any], float]:
+        """Return the function that gives an event's time in seconds, read with ``read``."""
+        seconds = self.epochs.seconds
+
+        def time_of(event: Any) -> float:
+            value = read(event)
+            if value.__class__ is datetime and value.tzinfo is not None:
+                return seconds(value)
+            return event_seconds(value)
+
+        return time_of
+
+    def _by_key(self) -> Callable[[Any], Any]:
+        """Read a dict's key as well from now on (`by_key`): return the new reader."""
+        assert self.by_key is not None
+        self.read = self.by_key
+        self.time_of = self._timer_of(self.by_key)
+        return self.by_key
 
     def call(self, item: Any) -> Any:
         """Key and time one event."""
@@ -398,7 +408,8 @@ class ClockOp(StageOp):
         limit = self.last if self.max_future is None else min(now + self.max_future, self.last)
         it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
         if read is not None and read is self.by_attribute and items and items[0].__class__ is dict:
-            read = self.read = self.by_key  # dicts read without a schema: their key
+            read = self._by_key()  # dicts: their key
+            time_of = self.time_of
         made = run.made
         keyed = None  # the last event keyed: a failure after it is its time's
         while True:
@@ -432,7 +443,8 @@ class ClockOp(StageOp):
                 row[_IN] += 1
                 if keyed is x and read is self.by_attribute and x.__class__ is dict:
                     # A dict among events: from now on, read a dict's key as well.
-                    read = self.read = self.by_key
+                    read = self._by_key()
+                    time_of = self.time_of
                     ok, value = self._timed(x, key, earliest, limit, now, run, row)
                 elif keyed is x:
                     ok, value = self._untimed(x, exc, run, row)
