@@ -517,10 +517,10 @@ def _order(a: Any, b: Any) -> int:
     """
     try:
         found = int(a > b) - int(a < b)
-    except TypeError:  # values that do not compare
-        found = 0
-    if found or (a.__class__ is b.__class__ and a == b):
-        return found
+        if found or (a.__class__ is b.__class__ and bool(a == b)):
+            return found
+    except Exception:  # noqa: BLE001 - values that do not compare (or compare to an array)
+        pass
     ka, kb = (type(a).__name__, repr(a)), (type(b).__name__, repr(b))
     return int(ka > kb) - int(ka < kb)
 

@@ -24,13 +24,15 @@ class Reading(Event):
     at: datetime | None = None
 
 
-def run_agg(a: agg.Aggregator, values: list[Any], split: int | None = None) -> Any:
-    """Add values (with their index as time); with split, add two halves apart and merge."""
+def run_agg(
+    a: agg.Aggregator, values: list[Any], split: int | None = None, *, same_time: bool = False
+) -> Any:
+    """Add values (their index as time, or all at 0); with split, add two halves, then merge."""
 
     def fold(part: list[tuple[int, Any]]) -> Any:
         acc = a.create()
         for ts, v in part:
-            acc = a.add(acc, v, float(ts), None)
+            acc = a.add(acc, v, 0.0 if same_time else float(ts), None)
         return acc
 
     indexed = list(enumerate(values))
@@ -216,3 +218,39 @@ def test_top_k_ties_go_in_the_values_order() -> None:
     assert run_agg(agg.top_k("v", 3), [3.5, 10, 2.25], 1) == [(2.25, 1), (3.5, 1), (10, 1)]
     # values that do not compare: by their text, the same on every run
     assert run_agg(agg.top_k("v", 3), [1, "a", 1.5], 2) == [("a", 1), (1, 1), (1.5, 1)]
+
+
+class _Vector:
+    """A value like an array: comparing gives something that is neither true nor false."""
+
+    def __init__(self, *xs: int) -> None:
+        self.xs = xs
+
+    def __eq__(self, other: object) -> Any:
+        return _Ambiguous()
+
+    def __lt__(self, other: object) -> Any:
+        return _Ambiguous()
+
+    def __gt__(self, other: object) -> Any:
+        return _Ambiguous()
+
+    def __repr__(self) -> str:
+        return f"_Vector{self.xs}"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Ambiguous:
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of an array is ambiguous")
+
+
+def test_values_of_one_time_that_compare_to_no_truth_are_placed_by_their_text() -> None:
+    # first, last and collect tell values of one time apart by value: values like
+    # arrays, whose comparisons are neither true nor false, made every such event a
+    # dead letter
+    a, b = _Vector(3, 4), _Vector(1, 2)
+    assert run_agg(agg.first("v"), [a, b], None, same_time=True) is b
+    assert run_agg(agg.last("v"), [a, b], None, same_time=True) is a
+    assert [id(v) for v in run_agg(agg.collect("v"), [a, b], 1, same_time=True)] == [id(b), id(a)]
