@@ -518,11 +518,10 @@ class ClockOp(StageOp):
         except Exception as exc:  # noqa: BLE001 - handed to the policy
             return self._untimed(event, exc, run, row)
         if not earliest <= ts <= limit:
-            row[_IN] -= 1  # `_refused` counts it
-            refused = self._refused(event, ts, now, run, row)
-            row[_IN] += 1
-            if refused:
+            row[_IN] -= 1  # `_refused` counts it, in and dead
+            if self._refused(event, ts, now, run, row):
                 return False, None
+            row[_IN] += 1  # not refused: counted in as the caller counts it
         return True, (key, ts, event)
 
     def _untimed(self, event: Any, exc: Exception, run: _Run, row: list[int]) -> tuple[bool, Any]:

@@ -1917,16 +1917,24 @@ def test_a_clock_on_a_field_reads_a_dicts_key_as_the_aggregators_do(batch_size: 
     assert result.reconciles and not result.dead_letters
     # events and dicts in one stream: an event's attribute, a dict's key
     mixed = [hit("a", 1), hit("a", 2), {"k": "a", "time": T0 + timedelta(seconds=65)}]
-    mixed += [hit("a", 130), {"k": "a"}]
+    mixed += [hit("a", 130), {"k": "a"}, {"k": "a", "time": T0 + timedelta(days=3650)}]
     result = windowed(mixed, windows.event_time())
     assert [(r.start, r.n) for r in result["o"]] == [
         (T0, 2),
         (T0 + timedelta(minutes=1), 1),
         (T0 + timedelta(minutes=2), 1),
     ]
-    [dead] = result.dead_letters
-    assert dead.error_type == "MissingEventTime" and "its 'time' key" in dead.message
-    assert result.reconciles
+    future, missing = sorted(result.dead_letters, key=lambda d: d.kind)
+    assert missing.error_type == "MissingEventTime" and "its 'time' key" in missing.message
+    assert future.kind == "future"  # a dict dated ten years on: refused
+    assert result.reconciles and result.read == len(mixed)
+    # the first dict after events dated beyond the clock's reach: refused, counted once
+    result = windowed(
+        [hit("a", 1), {"k": "a", "time": T0 + timedelta(days=3650)}], windows.event_time()
+    )
+    [step] = [c for name, c in result.counts.items() if name.startswith("aggregate")]
+    assert (step.received, step.dead, step.aggregated) == (2, 1, 1), step
+    assert [d.kind for d in result.dead_letters] == ["future"] and result.reconciles
 
 
 def test_epoch_milliseconds_and_text_without_an_offset_are_dead_letters_that_say_so() -> None:
