@@ -46,6 +46,7 @@ import typing
 from collections import Counter
 from decimal import Decimal
 from functools import cmp_to_key
+from itertools import groupby
 from typing import Any, NoReturn
 
 from operators._event import Event, own_id
@@ -419,9 +420,7 @@ def level(value: Any, acc: Any, label: str) -> Any:
     """
     if value is None or value != value or value != acc:  # nan, or no order between them
         unordered(value, label)
-    if value.__class__ is acc.__class__:
-        return acc
-    return value if (type(value).__name__, repr(value)) < (type(acc).__name__, repr(acc)) else acc
+    return value if _order(value, acc) < 0 else acc
 
 
 class _Extreme(Aggregator):
@@ -744,18 +743,11 @@ class _Collect(Aggregator):
         return a + b
 
     def result(self, acc: list[Any]) -> list[Any]:
-        held = sorted(acc, key=_time_and_id)  # stable; mostly in order already
         out: list[Any] = []
-        i, n = 0, len(held)
-        while i < n:
-            j = i + 1
-            while j < n and held[j][0] == held[i][0] and held[j][1] == held[i][1]:
-                j += 1
-            if j == i + 1:
-                out.append(held[i][2])
-            else:  # one time, one id (or none): by value
-                out += sorted((h[2] for h in held[i:j]), key=cmp_to_key(_order))
-            i = j
+        # stable, and mostly in order already; of one time and id (or none): by value
+        for _, group in groupby(sorted(acc, key=_time_and_id), key=_time_and_id):
+            values = [h[2] for h in group]
+            out += values if len(values) == 1 else sorted(values, key=cmp_to_key(_order))
         return out
 
 
