@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import inspect
 import operator
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from operators._deadletter import payload_text
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Event", "Schema", "event_classes", "field_reader", "schema_adapter", "type_name"]
 
@@ -181,6 +185,46 @@ class Event(BaseModel):
     def get_type(self) -> str:
         """Return the event's type name (the event-bus vocabulary)."""
         return str(self.type)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Return a copy, with the fields ``update`` names changed and validated.
+
+        pydantic's own ``model_copy`` sets what ``update`` holds as it is: a
+        value of the wrong type, a time without a timezone, a misspelt field
+        name would make an event its class forbids, found (or not) only where
+        it is written or read back. An event's copy is validated as the event
+        was: a wrong value raises pydantic's ``ValidationError`` (in a step's
+        function: a dead letter naming the field), a name that is no field a
+        ``ValueError``.
+
+        >>> class Order(Event):
+        ...     amount: int
+        >>> Order(amount=1).model_copy(update={"amount": "2"}).amount
+        2
+        >>> Order(amount=1).model_copy(update={"amout": 2})
+        Traceback (most recent call last):
+        ...
+        ValueError: Order.model_copy: 'amout' is not a field of Order. Hint: did you mean 'amount'?
+        """
+        copied = super().model_copy(deep=deep)
+        if not update:
+            return copied
+        cls = type(self)
+        fields = cls.model_fields
+        extra = copied.__pydantic_extra__
+        if extra is None:  # extra fields not allowed: each name must be a field
+            for name in update:
+                if name not in fields:
+                    close = difflib.get_close_matches(str(name), list(fields), n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"its fields: {[*fields]}."
+                    msg = (
+                        f"{cls.__name__}.model_copy: {name!r} is not a field of "
+                        f"{cls.__name__}. Hint: {hint}"
+                    )
+                    raise ValueError(msg)
+        made = cls.model_validate({**copied.__dict__, **(extra or {}), **update})
+        object.__setattr__(made, "__pydantic_fields_set__", copied.model_fields_set | set(update))
+        return made
 
 
 #: A schema is one event class or a union of them (``View | Purchase``).

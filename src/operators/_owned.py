@@ -162,7 +162,8 @@ def _own(record: Any) -> Any:
             mine = _own(value)
             if mine is not value:
                 changed[name] = mine
-        return record.model_copy(update=changed) if changed else record
+        # pydantic's own copy: values already valid, only copied (`Event.model_copy` validates).
+        return BaseModel.model_copy(record, update=changed) if changed else record
     if kind == _LOOK and all(_own(v) is v for v in _inner(record)):
         return record
     return _deep(record)

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 import pytest
-from pydantic import ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from operators import Event, event_classes, schema_adapter, type_name
 from tests.helpers import Purchase, View
@@ -90,3 +90,53 @@ def test_a_tuple_of_classes_is_a_schema_like_their_union() -> None:
     assert type(parsed) is Pong and parsed.n == 3
     with pytest.raises(TypeError, match=r"or a tuple of them"):
         event_classes((Ping, int))
+
+
+class Order(Event):
+    amount: int
+    tags: list[str] = Field(default_factory=list)
+
+
+def test_a_copy_validates_what_it_changes() -> None:
+    o = Order(id="o1", amount=1, tags=["a"], time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    c = o.model_copy(update={"amount": "2", "time": "2026-01-02T00:00:00Z"})
+    jan2 = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    assert (c.amount, c.time, c.id, c.tags) == (2, jan2, "o1", ["a"])
+    assert o.amount == 1  # the original is as it was
+    with pytest.raises(ValidationError) as info:
+        o.model_copy(update={"amount": "x"})
+    assert info.value.errors()[0]["loc"] == ("amount",)
+    with pytest.raises(ValidationError) as info:
+        o.model_copy(update={"time": datetime(2026, 1, 2)})  # noqa: DTZ001 - the point
+    assert info.value.errors()[0]["type"] == "timezone_aware"
+    with pytest.raises(ValidationError):
+        o.model_copy(update={"type": "refund"})  # the class's literal type
+
+
+def test_a_copy_refuses_a_name_that_is_no_field_and_says_the_nearest() -> None:
+    o = Order(amount=1)
+    nearest = r"'amout' is not a field of Order\. Hint: did you mean 'amount'\?"
+    with pytest.raises(ValueError, match=nearest):
+        o.model_copy(update={"amout": 2})
+    with pytest.raises(ValueError, match=r"its fields: \['type', 'id', 'time', 'amount', 'tags'\]"):
+        o.model_copy(update={"zzz": 2})
+
+
+def test_a_copy_keeps_extra_fields_where_the_class_allows_them() -> None:
+    class Loose(Event):
+        model_config = ConfigDict(extra="allow")
+        n: int
+
+    loose = Loose.model_validate({"n": 1, "note": "x"})
+    c = loose.model_copy(update={"n": "2", "other": 3})
+    assert (c.n, c.model_extra) == (2, {"note": "x", "other": 3})
+
+
+def test_a_copy_keeps_which_fields_were_set_and_copies_deep_when_asked() -> None:
+    o = Order(amount=1, tags=["a"])
+    c = o.model_copy(update={"amount": 2})
+    assert c.model_fields_set == {"amount", "tags"}
+    assert c.model_dump(exclude_unset=True) == {"amount": 2, "tags": ["a"]}
+    deep = o.model_copy(update={"amount": 3}, deep=True)
+    assert deep.tags == ["a"] and deep.tags is not o.tags
+    assert o.model_copy() == o and o.model_copy() is not o

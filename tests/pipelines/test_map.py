@@ -103,3 +103,17 @@ def test_a_map_function_that_never_returns_a_value_is_refused_when_added() -> No
         records.filter(is_big)
     with pytest.raises(TypeError, match=r"route 'big' .*no record would take this route"):
         records.forward(big=is_big)
+
+
+def test_a_map_that_copies_an_event_with_a_wrong_value_makes_a_dead_letter(tmp_path: Any) -> None:
+    """A changed copy is validated: a wrong value stops at the map, never reaches the file."""
+    out = tmp_path / "out.jsonl"
+    s = Pipeline("copy").read(sources.memory(EVENTS)).filter(Purchase)
+    priced = s.map(lambda p: p.model_copy(update={"amount": "free" if p.user == "a" else "7"}))
+    result = priced.write(sinks.jsonl(out)).run()
+    assert result.reconciles
+    (letter,) = result.dead_letters
+    assert (letter.step, letter.kind, letter.error_type) == ("map", "user_error", "ValidationError")
+    assert "amount" in letter.message and '"user":"a"' in letter.payload
+    (written,) = [Purchase.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert (written.user, written.amount) == ("b", 7.0)
