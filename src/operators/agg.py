@@ -70,23 +70,61 @@ _NUMERIC = (int, float, Decimal)
 
 
 def _is_numeric(annotation: Any) -> bool:
-    """Whether a field of this type holds numbers: a numeric type, or one that may be None.
+    """Whether a field of this type holds numbers: numeric types, which may be None.
 
     A None value of an optional field becomes a dead letter of the aggregate.
 
     >>> _is_numeric(int), _is_numeric(float | None), _is_numeric(typing.Optional[Decimal])
     (True, True, True)
-    >>> _is_numeric(bool), _is_numeric(str | None), _is_numeric(int | str)
-    (False, False, False)
+    >>> _is_numeric(int | float | Decimal), _is_numeric(bool), _is_numeric(str | None)
+    (True, False, False)
+    >>> _is_numeric(int | str)
+    False
     """
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return len(kinds) == 1 and _is_numeric(kinds[0])
+        return bool(kinds) and all(_is_numeric(kind) for kind in kinds)
     return (
         isinstance(annotation, type)
         and issubclass(annotation, _NUMERIC)
         and (annotation is not bool)
     )
+
+
+def _number_kinds(annotation: Any) -> set[type] | None:
+    """Return the kinds of number (int, float, Decimal) a field of this type holds; None: others.
+
+    Any (a field not known: dicts, or classes that differ) may hold each kind.
+
+    >>> sorted(k.__name__ for k in _number_kinds(int | None)), _number_kinds(str)
+    (['int'], None)
+    >>> sorted(k.__name__ for k in _number_kinds(Any))
+    ['Decimal', 'float', 'int']
+    """
+    if annotation is Any:
+        return set(_NUMERIC)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found: set[type] = set()
+        for part in typing.get_args(annotation):
+            if part is not type(None):
+                kinds = _number_kinds(part)
+                if kinds is None:
+                    return None
+                found |= kinds
+        return found or None
+    if isinstance(annotation, type):
+        for kind in _NUMERIC:
+            if issubclass(annotation, kind):  # bool is an int
+                return {kind}
+    return None
+
+
+def _union(kinds: list[type]) -> Any:
+    """Return one type, or the union of several (in the order given)."""
+    made: Any = kinds[0]
+    for kind in kinds[1:]:
+        made = made | kind
+    return made
 
 
 class Aggregator:
@@ -334,6 +372,27 @@ class _Sum(Aggregator):
     def result(self, acc: ExactSum) -> Any:
         return exact_total(acc)
 
+    def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
+        """Return the type of the sum: that of the values summed, kept exact.
+
+        A sum of ints is an int (of bools: how many are true), of Decimals a
+        Decimal, and a float once a float is among the values; of a field not
+        known (dicts), whichever the values make.
+
+        >>> class Line(Event):
+        ...     qty: int
+        ...     price: Decimal
+        ...     weight: float | int
+        >>> sum("qty").typed((Line,)), sum("price").typed((Line,))
+        (<class 'int'>, <class 'decimal.Decimal'>)
+        >>> sum("weight").typed((Line,)), sum("qty").typed(None)
+        (int | float, int | float | decimal.Decimal)
+        """
+        kinds = _number_kinds(field_type(self.field, classes))
+        if kinds is None:
+            return Any
+        return _union([kind for kind in _NUMERIC if kind in kinds])
+
     def inline(self, acc: str, value: str) -> str | None:
         return f"exact_add({acc}, {value})"
 
@@ -380,6 +439,22 @@ class _Mean(Aggregator):
 
     def result(self, acc: tuple[ExactSum, int]) -> float | None:
         return exact_total(acc[0], acc[1]) if acc[1] else None
+
+    def typed(self, classes: tuple[type[Event], ...] | None) -> Any:
+        """Return the type of the mean: a float, or a Decimal for Decimals (kept exact).
+
+        >>> class Line(Event):
+        ...     qty: int
+        ...     price: Decimal
+        >>> mean("qty").typed((Line,)), mean("price").typed((Line,)), mean("qty").typed(None)
+        (<class 'float'>, <class 'decimal.Decimal'>, float | decimal.Decimal)
+        """
+        kinds = _number_kinds(field_type(self.field, classes))
+        if kinds is None:
+            return Any
+        if kinds == {Decimal}:
+            return Decimal
+        return _union([float, Decimal] if Decimal in kinds else [float])
 
 
 def mean(field: str) -> Aggregator:

@@ -10,6 +10,7 @@ import random
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -2027,3 +2028,57 @@ def test_collect_max_and_min_do_not_depend_on_the_schedule() -> None:
         minute = record["start"][:16]
         expected = [v for k, t, v in direct if k == record["key"] and t == minute]
         assert sorted(record["c"]) == sorted(expected)
+
+
+class Line(Event):
+    user: str
+    qty: int
+    price: Decimal
+
+
+def test_sums_keep_the_kind_of_number_summed_in_the_result_and_the_file(tmp_path: Path) -> None:
+    """An int sum stays an int (past 2**53 too), a Decimal sum a Decimal, in memory and JSON."""
+    big = 10**30
+    lines = [
+        Line(user="a", qty=big + i, price=Decimal("0.10"), time=T0, id=f"l{i}") for i in range(3)
+    ]
+    rows = [line.model_dump() for line in lines]  # the same as dicts: types not known
+    sums = {
+        "s": agg.sum("qty"),
+        "p": agg.sum("price"),
+        "mp": agg.mean("price"),
+        "mq": agg.mean("qty"),
+    }
+    expected = (3 * big + 3, Decimal("0.30"), Decimal("0.10"), float(big + 1))
+    for records, schema in ((lines, Line), (rows, None)):
+        out = tmp_path / f"{schema is None}.jsonl"
+        p = Pipeline("sums").read(sources.memory(records, schema=schema))
+        window = p.key_by(lambda e: e.user if isinstance(e, Line) else e["user"]).window(
+            windows.tumbling(seconds=60), clock=windows.event_time("time")
+        )
+        results = window.aggregate(**sums)
+        run = (results.write(sinks.memory("o")) | results.write(sinks.jsonl(out))).run()
+        (r,) = run["o"]
+        assert (r.s, r.p, r.mp, r.mq) == expected
+        assert [type(v) for v in (r.s, r.p, r.mp)] == [int, Decimal, Decimal]
+        written = json.loads(out.read_text())
+        assert (written["s"], written["p"]) == (3 * big + 3, "0.30")
+        assert Decimal(written["mp"]) == Decimal("0.10")
+        fields = type(r).model_fields
+        if schema is not None:  # the declared types say which
+            assert (fields["s"].annotation, fields["p"].annotation) == (int, Decimal)
+            assert (fields["mp"].annotation, fields["mq"].annotation) == (Decimal, float)
+
+
+def test_a_window_over_sums_of_dicts_sums_them_again() -> None:
+    rows = [{"u": "a", "n": i, "time": (T0 + timedelta(seconds=i)).isoformat()} for i in range(20)]
+    per_10s = (
+        Pipeline("twice")
+        .read(sources.memory(rows))
+        .key_by(lambda r: r["u"])
+        .window(windows.tumbling(seconds=10), clock=windows.event_time("time"))
+        .aggregate(n=agg.sum("n"))
+    )
+    total = per_10s.window_all(windows.tumbling(seconds=60)).aggregate(n=agg.sum("n"))
+    (r,) = total.write(sinks.memory("o")).run()["o"]
+    assert r.n == sum(range(20)) and type(r.n) is int
