@@ -437,7 +437,7 @@ class Dispatch:
                         state = states[key]
                     else:
                         culprit = describe_function(handler.initial)
-                        state = handler.initial()
+                        state = own(handler.initial())  # each key's own (see _process)
                         culprit = handler.name
                     new_state, value = _state_and_output(handler, handler.fn(state, event))
                     value = listed(value)  # before the state moves on: it may raise

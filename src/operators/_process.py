@@ -721,10 +721,13 @@ class ProcessLogic(
         """Return a new key's first state, or `_MISSING` if ``initial`` raised (its dead letter).
 
         ``payload`` gives the dead letter's payload: the event's, or the timer's.
+        The state is the key's own (`own`): an ``initial`` that returns one
+        object every time (``lambda: EMPTY``) gives each key a copy of it, as
+        it is, instead of one state that every key (in this process) changes.
         """
         initial = self.spec.initial
         try:
-            return initial()
+            return own(initial())
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
             self._failed(payload(), at, exc, initial, out, row, held=True)
             return _MISSING

@@ -492,3 +492,27 @@ def test_stateful_handler_states_are_exact_across_halts_on_other_worker_counts(
     assert {u: sorted(ns) for u, ns in per_user.items()} == {
         u: list(range(1, n + 1)) for u, n in Counter(v.user for v in views).items()
     }
+
+
+EMPTY: dict[str, list[str]] = {"ids": []}
+
+
+def remember(state: dict[str, list[str]], e: Purchase) -> tuple[dict[str, list[str]], Any]:
+    state["ids"].append(e.id)  # in place, as a careless handler does
+    return state, (e.user, len(state["ids"]))
+
+
+def test_an_initial_state_made_once_is_each_keys_own_copy() -> None:
+    """``initial=lambda: EMPTY`` gives each key a copy: no key sees another's events."""
+    events = [Purchase(user=f"u{i % 3}", amount=i, id=f"e{i}") for i in range(30)]
+    p = (
+        Pipeline("s")
+        .read(sources.memory(events, batch_size=4))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: stateful(remember, initial=lambda: EMPTY)})
+        .write(sinks.memory("o"))
+    )
+    expected = sorted((f"u{u}", n) for u in range(3) for n in range(1, 11))
+    for workers in (1, 2):
+        assert sorted(p.run(workers=workers)["o"]) == expected
+    assert EMPTY == {"ids": []}

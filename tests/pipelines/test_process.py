@@ -1077,3 +1077,31 @@ def test_the_watermark_a_call_sees_does_not_depend_on_the_batches(
     )
     expected = [("event", s, s) for s in range(8)] + [("timer", 3, 3), ("timer", 4, 4)]
     assert sorted(result["o"]) == sorted(expected)
+
+
+START: dict[str, list[int]] = {"seen": []}
+
+
+def seen_so_far(state: dict[str, list[int]], e: Tick, ctx: Context[Any]) -> Any:
+    state["seen"].append(e.v)  # in place, as a careless function does
+    ctx.emit((e.k, list(state["seen"])))
+    return state
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_initial_state_made_once_is_each_keys_own_copy(workers: int) -> None:
+    """``initial=lambda: START`` gives each key a copy: no key sees another's events."""
+    ticks = [Tick(k="ab"[i % 2], v=i, time=T0 + timedelta(seconds=i), id=f"t{i}") for i in range(8)]
+    p = (
+        Pipeline("copies")
+        .read(sources.memory(ticks, batch_size=3))
+        .key_by(lambda t: t.k)
+        .process(seen_so_far, initial=lambda: START)
+        .write(sinks.memory("o"))
+    )
+    out = p.run(workers=workers)["o"]
+    expected = [
+        (k, [v for v in range(8) if "ab"[v % 2] == k][:n]) for k in "ab" for n in (1, 2, 3, 4)
+    ]
+    assert sorted(out) == sorted(expected)
+    assert START == {"seen": []}
