@@ -327,6 +327,10 @@ class ProcessLogic(
         """Start empty, or from a snapshot."""
         check_layout(spec.step, resume)
         self.spec = spec
+        #: Whether ``initial`` returns one mutable object every time (see `_initial`),
+        #: and what it returned the first time (None: not yet known).
+        self.copies: bool | None = None
+        self.first: Any = _MISSING
         state = resume or {}
         self.start_watermarks(state, spec.partitions, spec.idle)
         self.states: dict[str, Any] = state.get("states", {})
@@ -721,13 +725,23 @@ class ProcessLogic(
         """Return a new key's first state, or `_MISSING` if ``initial`` raised (its dead letter).
 
         ``payload`` gives the dead letter's payload: the event's, or the timer's.
-        The state is the key's own (`own`): an ``initial`` that returns one
-        object every time (``lambda: EMPTY``) gives each key a copy of it, as
-        it is, instead of one state that every key (in this process) changes.
+        The state is the key's own: an ``initial`` that returns one mutable
+        object every time (``lambda: EMPTY``) gives each key a copy of it
+        (`own`), instead of one state that every key (in this process) changes;
+        a fresh one each time is kept as it is. Which it is, the second key
+        tells (the first key's state is a copy, so the object stays as made).
         """
         initial = self.spec.initial
         try:
-            return own(initial())
+            made = initial()
+            copies = self.copies
+            if copies is None:
+                if self.first is _MISSING:
+                    self.first = made
+                    return own(made)
+                copies = self.copies = made is self.first and own(made) is not made
+                self.first = None
+            return own(made) if copies else made
         except Exception as exc:  # noqa: BLE001 - handed to the step's policy
             self._failed(payload(), at, exc, initial, out, row, held=True)
             return _MISSING
