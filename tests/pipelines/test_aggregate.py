@@ -2082,3 +2082,24 @@ def test_a_window_over_sums_of_dicts_sums_them_again() -> None:
     total = per_10s.window_all(windows.tumbling(seconds=60)).aggregate(n=agg.sum("n"))
     (r,) = total.write(sinks.memory("o")).run()["o"]
     assert r.n == sum(range(20)) and type(r.n) is int
+
+
+class Counted(WindowResult):
+    hits: str = ""  # a count is no text
+    top: float | None = None
+
+
+def test_a_named_result_class_whose_field_cannot_hold_its_aggregate_is_refused() -> None:
+    """A count into a str field was written as a number its class forbids (a warning, or worse)."""
+    keyed = Pipeline("into").read(sources.memory([hit("a", 1)])).key_by(lambda h: h.user)
+    window = keyed.window(windows.tumbling(minutes=1))
+    with pytest.raises(TypeError, match=r"field 'hits' is str, but count\(\) gives int.*hits: int"):
+        window.aggregate(into=Counted, hits=agg.count(), top=agg.max("amount"))
+    # what fits is taken: an int into a float, a float field's max into float | None
+    window.aggregate(into=Totals, hits=agg.count(), top=agg.max("amount"), name="fits")
+    window.aggregate(into=Totals, hits=agg.count(), top=agg.count(), name="int_into_float")
+    rows = [{"u": "a", "n": 1, "time": T0.isoformat()}]  # dicts: any kind of number may come
+    by_user = Pipeline("dicts").read(sources.memory(rows)).key_by(lambda r: r["u"])
+    by_user.window(windows.tumbling(minutes=1), clock=windows.event_time("time")).aggregate(
+        into=Totals, hits=agg.sum("n"), top=agg.max("n")
+    )

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import keyword
 import re
+import types
+import typing
 import zlib
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from pydantic import AwareDatetime, create_model
@@ -653,7 +656,7 @@ def _aggregate(
     model = (
         _result_model(step, aggregators, keyed.event_classes)
         if into is None
-        else _check_into(into, aggregators)
+        else _check_into(into, aggregators, keyed.event_classes)
     )
     node = Node(
         step,
@@ -679,8 +682,13 @@ def _aggregate(
     return AggregateStream(pipe, Port(node), (model,), keyed._scope, late)
 
 
-def _check_into(into: Any, aggregators: dict[str, Aggregator]) -> type[WindowResult]:
-    """Check a result model the user names: a WindowResult with a field per aggregator."""
+def _check_into(
+    into: Any, aggregators: dict[str, Aggregator], classes: tuple[type[Event], ...] | None
+) -> type[WindowResult]:
+    """Check a result model the user names: a WindowResult with a field per aggregator.
+
+    Each field must be able to hold what its aggregator gives (see `_fits`).
+    """
     if not (isinstance(into, type) and issubclass(into, WindowResult)):
         msg = (
             f"aggregate(into=...) must be a subclass of WindowResult; got {into!r}. Hint: "
@@ -705,7 +713,69 @@ def _check_into(into: Any, aggregators: dict[str, Aggregator]) -> type[WindowRes
             f"and have no default. Hint: give them defaults, or aggregate into them."
         )
         raise ValueError(msg)
+    for name, aggregator in aggregators.items():
+        declared = fields[name].annotation
+        made = aggregator.typed(classes)
+        if not _fits(made, declared):
+            msg = (
+                f"aggregate(into={into.__name__}): field {name!r} is {_shown(declared)}, but "
+                f"{aggregator.label} gives {_shown(made)}: its results would be written "
+                f"as what their class says they are not. Hint: declare {name}: "
+                f"{_shown(made)} (or a type that holds it) in {into.__name__}."
+            )
+            raise TypeError(msg)
     return into
+
+
+def _kinds_of(annotation: Any) -> list[type] | None:
+    """Return the classes a type is made of (a union's parts but None); None: any at all.
+
+    >>> _kinds_of(int | None), _kinds_of(list[tuple[Any, int]]), _kinds_of(Any)
+    ([<class 'int'>], [<class 'list'>], None)
+    """
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        found: list[type] = []
+        for part in typing.get_args(annotation):
+            if part is not type(None):
+                kinds = _kinds_of(part)
+                if kinds is None:
+                    return None
+                found += kinds
+        return found
+    if origin is typing.Annotated:
+        return _kinds_of(typing.get_args(annotation)[0])
+    if isinstance(origin, type):
+        return [origin]
+    if isinstance(annotation, type) and annotation not in (object, Any):
+        return [annotation]
+    return None  # Any, a type variable, a Literal: not told apart here
+
+
+def _fits(made: Any, declared: Any) -> bool:
+    """Whether a field ``declared`` so can hold some value of type ``made`` (an int a float too).
+
+    Lenient where a type says little: ``made`` is what the values may be (for
+    dicts, each kind of number), so one kind that fits is enough.
+
+    >>> _fits(int, float), _fits(int | float, int), _fits(list[Any], list[str]), _fits(Any, str)
+    (True, True, True, True)
+    >>> _fits(int, str), _fits(float, int), _fits(list[Any], int)
+    (False, False, False)
+    """
+    made_kinds, declared_kinds = _kinds_of(made), _kinds_of(declared)
+    if made_kinds is None or declared_kinds is None:
+        return True
+    return any(
+        issubclass(m, d) or (m is int and d in (float, Decimal))
+        for m in made_kinds
+        for d in declared_kinds
+    )
+
+
+def _shown(annotation: Any) -> str:
+    """Name a type as it is written: ``int``, ``list[typing.Any]``."""
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _result_model(
