@@ -340,11 +340,20 @@ def exact_merge(a: ExactSum, b: ExactSum) -> ExactSum:
     return (a[0] + b[0], (a[1] << (e - a[2])) + (b[1] << (e - b[2])), e)
 
 
-def exact_total(acc: ExactSum, divisor: int = 1) -> Any:
-    """Return the exact sum divided by ``divisor``, rounded once (a float if floats were added)."""
+def exact_total(acc: ExactSum, divisor: int | None = None) -> Any:
+    """Return the exact sum, or it divided by ``divisor`` (a mean), rounded once.
+
+    A sum is of the kind of number added (a float once a float was); a mean
+    is a float (a Decimal for Decimals), a mean of one int too:
+
+    >>> exact_total(exact_add(EXACT_ZERO, 3)), exact_total(exact_add(EXACT_ZERO, 3), 1)
+    (3, 3.0)
+    """
     other, m, e = acc
     if e < 0:
-        return other if divisor == 1 else other / divisor
+        return other if divisor is None else other / divisor
+    if divisor is None:
+        divisor = 1
     if other.__class__ is int:
         return (m + (other << e)) / ((1 << e) * divisor)  # int / int: rounded once
     return (other + m / (1 << e)) / divisor

@@ -2103,3 +2103,29 @@ def test_a_named_result_class_whose_field_cannot_hold_its_aggregate_is_refused()
     by_user.window(windows.tumbling(minutes=1), clock=windows.event_time("time")).aggregate(
         into=Totals, hits=agg.sum("n"), top=agg.max("n")
     )
+
+
+def test_a_mean_of_one_int_is_a_float_in_memory_and_in_the_file(tmp_path: Path) -> None:
+    """The mean of one int was that int: written to a file under ``float | Decimal`` it warned."""
+    rows = [
+        {"u": u, "n": n, "time": (T0 + timedelta(seconds=i)).isoformat()}
+        for i, (u, n) in enumerate([("a", 7), ("b", 2), ("b", 3)])
+    ]
+    means = (
+        Pipeline("means")
+        .read(sources.memory(rows))
+        .key_by(lambda r: r["u"])
+        .window(windows.tumbling(seconds=60), clock=windows.event_time("time"))
+        .aggregate(m=agg.mean("n"), s=agg.sum("n"))
+    )
+    out = tmp_path / "means.jsonl"
+    run = (means.write(sinks.memory("o")) | means.write(sinks.jsonl(out))).run()
+    assert run.reconciles and not run.dead_letters
+    assert sorted((r.key, r.m, type(r.m), r.s) for r in run["o"]) == [
+        ("a", 7.0, float, 7),
+        ("b", 2.5, float, 5),
+    ]
+    assert sorted((d["m"], d["s"]) for d in map(json.loads, out.read_text().splitlines())) == [
+        (2.5, 5),
+        (7.0, 7),
+    ]
