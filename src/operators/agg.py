@@ -707,34 +707,66 @@ class _TopK(Aggregator):
     def label(self) -> str:
         return f"top_k({self.field}, {self.k})"
 
-    def create(self) -> Counter[Any]:
-        return Counter()
+    def create(self) -> dict[Any, list[Any]]:
+        return {}
 
     def admit(self, value: Any) -> Any:
-        hash(value)  # a value a Counter cannot hold fails here, before anything changed
+        hash(value)  # a value a dict cannot hold fails here, before anything changed
         return value
 
-    def add(self, acc: Counter[Any], value: Any, ts: float, event: Any) -> Counter[Any]:
-        acc[value] += 1
+    def add(self, acc: dict[Any, list[Any]], value: Any, ts: float, event: Any) -> Any:
+        """Count ``value``: ``acc`` maps each value to ``[the value shown, its count]``.
+
+        Equal values of different types (``1`` and ``1.0``) are one value, shown
+        as the one `_order` puts first, whatever order they came in.
+        """
+        slot = acc.get(value)
+        if slot is None:
+            acc[value] = [value, 1]
+        elif slot.__class__ is list:
+            slot[1] += 1
+            if slot[0].__class__ is not value.__class__ and _order(value, slot[0]) < 0:
+                slot[0] = value
+        else:  # a Counter an earlier evflow saved in a snapshot
+            return self.add(_slots(acc), value, ts, event)
         return acc
 
-    def merge(self, a: Counter[Any], b: Counter[Any]) -> Counter[Any]:
-        return a + b
+    def merge(self, a: dict[Any, list[Any]], b: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        merged = {value: [*slot] for value, slot in _slots(a).items()}
+        for value, (shown, n) in _slots(b).items():
+            slot = merged.get(value)
+            if slot is None:
+                merged[value] = [shown, n]
+                continue
+            slot[1] += n
+            if slot[0].__class__ is not shown.__class__ and _order(shown, slot[0]) < 0:
+                slot[0] = shown
+        return merged
 
-    def result(self, acc: Counter[Any]) -> list[tuple[Any, int]]:
-        items = list(acc.items())
+    def result(self, acc: dict[Any, list[Any]]) -> list[tuple[Any, int]]:
+        items = [(shown, n) for shown, n in _slots(acc).values()]
         try:  # ties in the values' own order (2 before 10)
             ranked = sorted(items, key=lambda kv: (-kv[1], kv[0]))
-        except TypeError:  # values that do not compare (1 and "a"): by their text
-            ranked = sorted(items, key=lambda kv: (-kv[1], repr(kv[0])))
+        except TypeError:  # values that do not compare (1 and "a"): as `_order` places them
+            by_value = cmp_to_key(_order)
+            ranked = sorted(items, key=lambda kv: (-kv[1], by_value(kv[0])))
         return ranked[: self.k]
+
+
+def _slots(acc: Any) -> dict[Any, list[Any]]:
+    """Return a top_k accumulator as value -> ``[shown, count]`` (an earlier one was a Counter)."""
+    if acc.__class__ is Counter:
+        return {value: [value, n] for value, n in acc.items()}
+    return acc  # type: ignore[no-any-return]
 
 
 def top_k(field: str, k: int = 10) -> Aggregator:
     """Find the ``k`` most frequent values of a field, with counts (exact).
 
-    Ties are in the values' order, or by their ``repr`` where the values do not
-    compare (numbers and text together): the same on every run.
+    Ties are in the values' order; values that do not compare (numbers and
+    text together) by type name, then text; equal values of two types (``1``
+    and ``1.0``) are one value, shown as the type named first: the same on
+    every run, whatever order the events come in.
 
     >>> def fold(a, values):
     ...     acc = a.create()
@@ -744,7 +776,9 @@ def top_k(field: str, k: int = 10) -> Aggregator:
     >>> fold(top_k("n", 2), [10, 2, 2, 10, 1])
     [(2, 2), (10, 2)]
     >>> fold(top_k("n", 3), ["a", 1, 1.5])
-    [('a', 1), (1, 1), (1.5, 1)]
+    [(1, 1), (1.5, 1), ('a', 1)]
+    >>> fold(top_k("n", 2), [1, 2, 1.0]), fold(top_k("n", 2), [1.0, 2, 1])
+    ([(1.0, 2), (2, 1)], [(1.0, 2), (2, 1)])
     """
     return _TopK(field, k)
 

@@ -216,8 +216,28 @@ def test_top_k_ties_go_in_the_values_order() -> None:
     # by their text, 10 came before 2
     assert run_agg(agg.top_k("v", 2), [10, 2, 2, 10, 1], None) == [(2, 2), (10, 2)]
     assert run_agg(agg.top_k("v", 3), [3.5, 10, 2.25], 1) == [(2.25, 1), (3.5, 1), (10, 1)]
-    # values that do not compare: by their text, the same on every run
-    assert run_agg(agg.top_k("v", 3), [1, "a", 1.5], 2) == [("a", 1), (1, 1), (1.5, 1)]
+    # values that do not compare: by type name, then value, the same on every run
+    assert run_agg(agg.top_k("v", 3), [1, "a", 1.5], 2) == [(1, 1), (1.5, 1), ("a", 1)]
+
+
+@pytest.mark.parametrize("split", [None, 1, 3])
+def test_top_k_shows_equal_values_of_two_types_alike_whatever_their_order(
+    split: int | None,
+) -> None:
+    """1 and 1.0 are one value, shown as whichever came first: the schedule picked it."""
+    values = [1, 2, 1.0, 1, 2.0]
+    for order in (values, values[::-1], [2.0, 1.0, 2, 1, 1]):
+        shown = run_agg(agg.top_k("v", 2), order, split)
+        assert repr(shown) == "[(1.0, 3), (2.0, 2)]"  # (1, 3) == (1.0, 3): repr tells
+
+
+def test_top_k_resumes_from_an_accumulator_an_earlier_evflow_saved() -> None:
+    top = agg.top_k("v", 2)
+    saved = Counter({"a": 2, "b": 1})  # what top_k's accumulator was
+    assert top.result(top.add(saved, "b", 0.0, None)) == [("a", 2), ("b", 2)]
+    assert top.result(top.merge(Counter({"a": 1}), top.add(top.create(), "a", 0.0, None))) == [
+        ("a", 2)
+    ]
 
 
 class _Vector:

@@ -1992,9 +1992,9 @@ def test_first_and_last_of_events_of_one_time_do_not_depend_on_arrival(
     assert run(mixed) == (1.0, "x")  # numbers by value (1.0 before 1: by type name), then text
 
 
-def test_collect_max_and_min_do_not_depend_on_the_schedule() -> None:
+def test_collect_max_min_and_top_k_do_not_depend_on_the_schedule() -> None:
     # collect kept arrival order (which the batch size changes where partitions
-    # interleave), and max and min kept whichever of 1 and 1.0 came first.
+    # interleave), and max, min and top_k kept whichever of 1 and 1.0 came first.
     rng = random.Random(4)
     rows = sorted(
         (
@@ -2012,7 +2012,7 @@ def test_collect_max_and_min_do_not_depend_on_the_schedule() -> None:
         .read(sources.memory(rows, partitions=3))
         .key_by(lambda r: r["k"])
         .window(windows.tumbling(minutes=1), clock=windows.event_time("t", max_delay=30))
-        .aggregate(c=agg.collect("v"), mx=agg.max("v"), mn=agg.min("v"))
+        .aggregate(c=agg.collect("v"), mx=agg.max("v"), mn=agg.min("v"), top=agg.top_k("v", 3))
         .write(sinks.memory("o"))
     )
     found = testing.explore(aggregated, seed=1, runs=5)
@@ -2028,6 +2028,9 @@ def test_collect_max_and_min_do_not_depend_on_the_schedule() -> None:
         minute = record["start"][:16]
         expected = [v for k, t, v in direct if k == record["key"] and t == minute]
         assert sorted(record["c"]) == sorted(expected)
+        counts = Counter(expected)  # 1 and 1.0 are one value, 2 and 2.0 too
+        assert sorted(map(tuple, record["top"])) == sorted(counts.most_common(3))
+        assert all(isinstance(v, float) for v, _ in record["top"] if v != 3)  # float before int
 
 
 class Line(Event):
