@@ -49,7 +49,14 @@ from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
-from operators.agg import Aggregator, exact_add, exact_merge, exact_total, level, unordered
+from operators.agg import (
+    Aggregator,
+    exact_add,
+    exact_merge,
+    exact_total,
+    level,
+    unordered,
+)
 from operators.windows import (
     _END,
     Clock,
@@ -74,7 +81,7 @@ _MISSING: Any = object()
 
 
 def _add_lines(
-    aggs: Sequence[Aggregator], env: dict[str, Any], *, keys: bool = False
+    aggs: Sequence[Aggregator], env: dict[str, Any], *, keys: bool = False, inline: bool = True
 ) -> tuple[list[str], list[str]]:
     """Return an add in two: what each aggregator takes (no change), then the lines storing it.
 
@@ -83,6 +90,7 @@ def _add_lines(
     in place, the value it admits (named ``n{i}`` once taken). Storing
     changes the accumulators, and cannot fail once every value was taken.
     A field is an attribute of the event, or with ``keys`` a key of a dict.
+    Without ``inline``, each aggregator's own ``add`` is called (see `_guarded`).
     """
     take, store = [], []
     env["unordered"] = unordered  # (the inline max and min refuse nan and None)
@@ -96,7 +104,8 @@ def _add_lines(
             take.append(f"g{i}.admit({value})")
             store.append(f"a[{i}] = g{i}.add(a[{i}], n{i}, ts, e)")
         else:
-            take.append(g.inline(f"a[{i}]", value) or f"g{i}.add(a[{i}], {value}, ts, e)")
+            inlined = g.inline(f"a[{i}]", value) if inline else None
+            take.append(inlined or f"g{i}.add(a[{i}], {value}, ts, e)")
             store.append(f"a[{i}] = n{i}")
     return take, store
 
@@ -122,15 +131,43 @@ def make_adder(aggs: Sequence[Aggregator]) -> Callable[[list[Any], Any, float], 
     [2, 4.0, [0.0, 0.0]]
     """
     env: dict[str, Any] = {"exact_add": exact_add}
-    take, store = _add_lines(aggs, env)
-    body = [f"n{i} = {expr}" for i, expr in enumerate(take)]
-    if _reads_fields(aggs):  # a dict's fields are its keys: read when an attribute is not
-        keyed, _ = _add_lines(aggs, env, keys=True)
-        body = _or_keys(body, [f"n{i} = {expr}" for i, expr in enumerate(keyed)])
-    body += ["; ".join(store)] if store else ["pass"]
-    exec("\n".join(["def add(a, e, ts):", *(f"    {line}" for line in body)]), env)
+
+    def body(inline: bool) -> list[str]:
+        take, store = _add_lines(aggs, env, inline=inline)
+        lines = [f"n{i} = {expr}" for i, expr in enumerate(take)]
+        if _reads_fields(aggs):  # a dict's fields are its keys: read when an attribute is not
+            keyed, _ = _add_lines(aggs, env, keys=True, inline=inline)
+            lines = _or_keys(lines, [f"n{i} = {expr}" for i, expr in enumerate(keyed)])
+        return lines + (["; ".join(store)] if store else ["pass"])
+
+    exec("\n".join(_guarded("add", "a, e, ts", aggs, body)), env)
     adder: Callable[[list[Any], Any, float], None] = env["add"]
     return adder
+
+
+def _guarded(
+    name: str, args: str, aggs: Sequence[Aggregator], body: Callable[[bool], list[str]]
+) -> list[str]:
+    """Return the lines of function ``name``: ``body(True)``, inline expressions and all.
+
+    Where an aggregator's inline expression may raise a `TypeError` that its
+    ``add`` would not (``max`` of a number and a text: `Aggregator.inline_guarded`),
+    such a failure calls ``body(False)`` instead, which calls each ``add``: no
+    test on the quick path, which is free until it catches (taking changes
+    nothing, so the second try starts from where the first did).
+    """
+    quick = [f"def {name}({args}):", *(f"    {line}" for line in body(True))]
+    if not any(g.inline_guarded for g in aggs):
+        return quick
+    return [
+        f"def {name}({args}):",
+        "    try:",
+        *(f"        {line}" for line in body(True)),
+        "    except TypeError:",
+        f"        {name}_by_add({args})",
+        f"def {name}_by_add({args}):",
+        *(f"    {line}" for line in body(False)),
+    ]
 
 
 def _reads_fields(aggs: Sequence[Aggregator]) -> bool:
@@ -180,15 +217,18 @@ def make_spreader(aggs: Sequence[Aggregator]) -> Callable[[list[list[Any]], Any,
         values = ", ".join(take)  # one comprehension over the windows takes them all
         return f"taken = [{f'({values})' if len(aggs) > 1 else values} for a in windows]"
 
-    take, store = _add_lines(aggs, env)
-    body = [taking(take)]
-    if _reads_fields(aggs):  # a dict's fields are its keys: read when an attribute is not
-        body = _or_keys(body, [taking(_add_lines(aggs, env, keys=True)[0])])
     names = ", ".join(f"n{i}" for i in range(len(aggs)))
     if len(aggs) > 1:
         names = f"({names})"
-    body += [f"for a, {names} in zip(windows, taken):", f"    {'; '.join(store)}"]
-    lines = ["def spread(windows, e, ts):", *(f"    {line}" for line in body)]
+
+    def body(inline: bool) -> list[str]:
+        take, store = _add_lines(aggs, env, inline=inline)
+        lines = [taking(take)]
+        if _reads_fields(aggs):  # a dict's fields are its keys: read when an attribute is not
+            lines = _or_keys(lines, [taking(_add_lines(aggs, env, keys=True, inline=inline)[0])])
+        return [*lines, f"for a, {names} in zip(windows, taken):", f"    {'; '.join(store)}"]
+
+    lines = _guarded("spread", "windows, e, ts", aggs, body)
     if not aggs:
         lines = ["def spread(windows, e, ts):", "    pass"]
     exec("\n".join(lines), env)
@@ -271,10 +311,10 @@ def make_merger(aggs: Sequence[Aggregator]) -> Callable[[list[Any], list[Any]], 
     >>> held = [2, 5.0]
     >>> merge(held, [3, 7.0]); held
     [5, 7.0]
-    >>> merge(held, [1, "a"])
+    >>> merge(held, [1, float("nan")])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: '>' not supported between instances of 'str' and 'float'
+    ValueError: max(x) cannot take nan: it is neither above nor below any value, ...
     >>> held
     [5, 7.0]
     """
@@ -303,10 +343,10 @@ def make_merger_in_two(
     >>> values, in_place = make_merger_in_two([agg.collect("x"), agg.max("x")])
     >>> held = [[1.0], 1.0]
     >>> trial = held.copy()
-    >>> values(trial, [[2.0], 2.0]); values(trial, [[3.0], "a"])
+    >>> values(trial, [[2.0], 2.0]); values(trial, [[3.0], float("nan")])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: '>' not supported between instances of 'str' and 'float'
+    ValueError: max(x) cannot take nan: it is neither above nor below any value, ...
     >>> held
     [[1.0], 1.0]
     """

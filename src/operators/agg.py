@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 _NUMERIC = (int, float, Decimal)
+#: Types whose equal values show alike: a tie between two of them is a tie.
+_PLAIN = frozenset({int, str, bool, bytes, type(None)})
 
 
 def _is_numeric(annotation: Any) -> bool:
@@ -138,6 +140,10 @@ class Aggregator:
     result_type: Any = Any
     #: Whether ``add`` changes the accumulator itself (see `admit`).
     in_place = False
+    #: Whether the ``inline`` expression may raise a `TypeError` where ``add``
+    #: would not (it compares values that may be of two types): generated code
+    #: then calls ``add`` for such an event.
+    inline_guarded = False
     #: Whether a window's accumulator can be merged from slices of it (see
     #: the module docstring): ``add`` fails for the value alone, the result
     #: does not depend on the order of the values, nor change the accumulator.
@@ -491,6 +497,34 @@ def unordered(value: Any, label: str) -> NoReturn:
     raise ValueError(msg)
 
 
+def pick(value: Any, acc: Any, largest: bool, label: str) -> Any:
+    """Return which of ``value`` and ``acc`` a max (``largest``) or min keeps.
+
+    Values of two types that do not compare (a number and a text) are placed
+    as `_order` places them (by type name), so the result is the same
+    whatever order they come in; nan and None, and a value with no order even
+    with itself (a dict), are refused.
+
+    >>> pick(3, 2, True, "max(x)"), pick(3, 2, False, "min(x)")
+    (3, 2)
+    >>> pick("a", 1, True, "max(x)"), pick(1, "a", True, "max(x)"), pick("a", 1, False, "min(x)")
+    ('a', 'a', 1)
+    """
+    if value is None or value != value:  # (nan)
+        unordered(value, label)
+    try:
+        above, below = value > acc, value < acc
+    except TypeError:  # no order between the two types
+        try:
+            value < value  # noqa: B015 - raises for a value with no order at all
+        except TypeError:
+            unordered(value, label)
+        return value if (_order(value, acc) > 0) == largest else acc
+    if above or below:
+        return value if (above if largest else below) else acc
+    return level(value, acc, label)
+
+
 def level(value: Any, acc: Any, label: str) -> Any:
     """Return which of two values neither above nor below the other a max or min keeps.
 
@@ -514,6 +548,8 @@ class _Extreme(Aggregator):
     first: the same whatever order the events come in.
     """
 
+    inline_guarded = True
+
     def __init__(self, field: str, largest: bool) -> None:
         self.field = _field(field, "max" if largest else "min")
         self.largest = largest
@@ -529,8 +565,9 @@ class _Extreme(Aggregator):
         """Whether every value is of one ordered kind, so no add fails on what a window holds.
 
         So where every class declares the field an int, a float or a str: a
-        ``max`` of a string after a number could fail in one window and not in
-        another (see `slices`).
+        ``max`` of values that no order holds (a set after a set neither of
+        which holds the other) could fail in one window and not in another
+        (see `slices`).
 
         >>> class Bid(Event):
         ...     price: float
@@ -546,15 +583,11 @@ class _Extreme(Aggregator):
         return None
 
     def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
-        if value is None or value != value:  # (nan)
-            unordered(value, self.label)
         if acc is None:
-            if value < value:  # raises for a value with no order
+            if value is None or value != value or value < value:  # (nan; a value with no order)
                 unordered(value, self.label)
             return value
-        if self.largest:
-            return value if value > acc else (acc if value < acc else level(value, acc, self.label))
-        return value if value < acc else (acc if value > acc else level(value, acc, self.label))
+        return pick(value, acc, self.largest, self.label)
 
     def merge(self, a: Any, b: Any) -> Any:
         if a is None or b is None:
@@ -569,6 +602,8 @@ class _Extreme(Aggregator):
         op, other = (">", "<") if self.largest else ("<", ">")
         bad = f"unordered({v}, {self.label!r})"
         tie = f"level({v}, {a}, {self.label!r})"  # nan, None and equal values: see `level`
+        # Values of two types that do not compare raise here: `add` places them
+        # (`inline_guarded`).
         keep = f"({v} if ({v} := {value}) {op} {a} else ({a} if {v} {other} {a} else {tie}))"
         first = f"({v} if ({v} := {value}) == {v} and not ({v} is None or {v} < {v}) else {bad})"
         return f"({first} if ({a} := {acc}) is None else {keep})"
@@ -590,18 +625,25 @@ def _order(a: Any, b: Any) -> int:
     By value; values that do not compare (a number and a text) by type name,
     then by their text.
 
-    Equal values of different types (``1`` and ``1.0``) go by type name, so
-    that values are placed alike whatever order they come in.
+    Equal values of different types (``1`` and ``1.0``) go by type name, and
+    equal values of one type that show apart (``Decimal("1")`` and
+    ``Decimal("1.0")``, ``0.0`` and ``-0.0``) by their text, so that values
+    are placed alike whatever order they come in.
 
     >>> _order(2, 10), _order("b", "a"), _order(1, "a"), _order({"n": 1}, {"n": 1})
     (-1, 1, -1, 0)
-    >>> _order(1, 1.0), _order(1.0, 1)
-    (1, -1)
+    >>> _order(1, 1.0), _order(1.0, 1), _order(Decimal("1.0"), Decimal("1")), _order(-0.0, 0.0)
+    (1, -1, 1, -1)
     """
     try:
         found = int(a > b) - int(a < b)
-        if found or (a.__class__ is b.__class__ and bool(a == b)):
+        if found:
             return found
+        if a.__class__ is b.__class__ and bool(a == b):
+            if a.__class__ in _PLAIN:
+                return 0
+            ra, rb = repr(a), repr(b)
+            return int(ra > rb) - int(ra < rb)
     except Exception:  # noqa: BLE001 - values that do not compare (or compare to an array)
         pass
     ka, kb = (type(a).__name__, repr(a)), (type(b).__name__, repr(b))
@@ -717,15 +759,21 @@ class _TopK(Aggregator):
     def add(self, acc: dict[Any, list[Any]], value: Any, ts: float, event: Any) -> Any:
         """Count ``value``: ``acc`` maps each value to ``[the value shown, its count]``.
 
-        Equal values of different types (``1`` and ``1.0``) are one value, shown
-        as the one `_order` puts first, whatever order they came in.
+        Equal values (``1`` and ``1.0``, ``Decimal("1")`` and ``Decimal("1.0")``)
+        are one value, shown as the one `_order` puts first, whatever order
+        they came in.
         """
         slot = acc.get(value)
         if slot is None:
             acc[value] = [value, 1]
         elif slot.__class__ is list:
             slot[1] += 1
-            if slot[0].__class__ is not value.__class__ and _order(value, slot[0]) < 0:
+            shown = slot[0]
+            if (
+                shown is not value
+                and (shown.__class__ is not value.__class__ or value.__class__ not in _PLAIN)
+                and _order(value, shown) < 0
+            ):
                 slot[0] = value
         else:  # a Counter an earlier evflow saved in a snapshot
             return self.add(_slots(acc), value, ts, event)
@@ -739,7 +787,7 @@ class _TopK(Aggregator):
                 merged[value] = [shown, n]
                 continue
             slot[1] += n
-            if slot[0].__class__ is not shown.__class__ and _order(shown, slot[0]) < 0:
+            if slot[0] is not shown and _order(shown, slot[0]) < 0:
                 slot[0] = shown
         return merged
 

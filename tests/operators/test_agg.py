@@ -7,6 +7,7 @@ import statistics
 from collections import Counter
 from datetime import datetime
 from fractions import Fraction
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators import Event, agg
-from operators._windowing import make_adder
+from operators._windowing import make_adder, make_spreader
 
 
 class Reading(Event):
@@ -178,9 +179,24 @@ def test_generated_min_and_max_equal_their_add_and_refuse_what_they_cannot_compa
         add(accs, Box(v), 0.0)
     assert accs == [max(values), min(values), max(values)]
     assert accs == [run_agg(g, values) for g in aggs]
-    with pytest.raises(TypeError):
-        add(accs, Box(None), 0.0)  # None cannot be compared with a number
+    with pytest.raises(ValueError, match="cannot take None"):
+        add(accs, Box(None), 0.0)  # None is neither above nor below a number
     assert accs == [max(values), min(values), max(values)]
+    add(accs, Box("a"), 0.0)  # text and numbers do not compare: placed by type name
+    assert accs == ["a", min(values), "a"]
+    assert accs == [run_agg(g, [*values, "a"]) for g in aggs]
+
+
+def test_generated_spreads_place_a_number_and_a_text_as_add_does() -> None:
+    """The inline max compares at once: a number and a text raised there, where add places them."""
+    aggs = [agg.max("v"), agg.min("v"), agg.count()]
+    spread = make_spreader(aggs)
+    one, two = [g.create() for g in aggs], [g.create() for g in aggs]
+    spread([one, two], SimpleNamespace(v=3), 0.0)
+    spread([one], SimpleNamespace(v="a"), 0.0)
+    spread([one, two], SimpleNamespace(v=1), 0.0)
+    assert (one, two) == (["a", 1, 3], [3, 1, 2])
+    assert one[:2] == [run_agg(g, [3, "a", 1]) for g in aggs[:2]]
 
 
 @settings(max_examples=200, deadline=None)
