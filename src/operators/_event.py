@@ -20,7 +20,15 @@ from operators._deadletter import payload_text
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Event", "Schema", "event_classes", "field_reader", "schema_adapter", "type_name"]
+__all__ = [
+    "Event",
+    "Schema",
+    "event_classes",
+    "field_reader",
+    "given_id",
+    "schema_adapter",
+    "type_name",
+]
 
 
 def _new_id() -> str:
@@ -72,20 +80,43 @@ def own_id(record: Any) -> str | None:
     return None if found is None else str(found)
 
 
+def given_id(record: Any) -> str | None:
+    """Return ``record``'s id as `own_id` does, but None for an event whose id was not given.
+
+    An event made without an id (``Alert(user=...)`` in a map) gets a random
+    one (see `Event`): different on every run, it cannot place the event among
+    others (``first``, ``last``, ``collect``) nor name what is made from it,
+    the same way twice. Such an event is told apart by its content instead.
+
+    >>> class Ping(Event):
+    ...     n: int
+    >>> given_id(Ping(n=1, id="p1")), given_id(Ping(n=1)), given_id({"id": 7})
+    ('p1', None, '7')
+    """
+    if record.__class__ is dict:
+        found = record.get("id")
+    else:
+        found = getattr(record, "id", None)
+        if found is not None and "id" not in getattr(record, "__pydantic_fields_set__", ("id",)):
+            return None  # a model's default (a random id): not given
+    return None if found is None else str(found)
+
+
 def record_id(record: Any) -> str | None:
-    """Return ``record``'s id as a part of a made record's id, or None if it has none.
+    """Return ``record``'s given id as a part of a made record's id, or None if it has none.
 
     >>> record_id({"id": "orders/7"}), record_id({"n": 1}), record_id(("a", 1))
     ('orders%2F7', None, None)
     """
-    found = own_id(record)
+    found = given_id(record)
     return None if found is None else id_part(found)
 
 
 def record_part(record: Any) -> str:
     """Return what tells ``record`` apart in a made record's id: its id, or its content's digest.
 
-    A record without an id (a dict, a tuple, a number) is named by ``%23`` (an
+    A record without an id (a dict, a tuple, a number, an event made without
+    one: see `given_id`) is named by ``%23`` (an
     escaped ``#``, which no escaped id begins with) and a digest of its text,
     the same on every run and in every process: records of other content give
     results of other ids. Identical records without ids give identical
@@ -102,7 +133,11 @@ def record_part(record: Any) -> str:
     found = record_id(record)
     if found is not None:
         return found
-    text = payload_text(record).encode("utf-8", "replace")
+    if isinstance(record, BaseModel) and "id" in type(record).model_fields:
+        shown = record.model_dump_json(exclude={"id"})  # an event's random id: its content
+    else:
+        shown = payload_text(record)
+    text = shown.encode("utf-8", "replace")
     return "%23" + hashlib.blake2b(text, digest_size=8).hexdigest()
 
 

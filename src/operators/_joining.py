@@ -164,14 +164,18 @@ _TS = operator.itemgetter(0)
 _start_text = kept(lambda start: f"{start:.6f}")
 
 
+#: What an object that is no pydantic model is taken to say of its ``id``: given.
+_GIVEN = ("id",)
+
+
 def _id_of(record: Any) -> str:
     """Return a record's id as a part of a result's id (``-`` for no record).
 
-    An event's id is read at once; other records (a dict's ``"id"``, or a
-    digest for none) as `record_part` reads them.
+    An event's given id is read at once; other records (a dict's ``"id"``, an
+    event made without an id, or a digest for none) as `record_part` reads them.
     """
     found = getattr(record, "id", None)
-    if found is not None:
+    if found is not None and "id" in getattr(record, "__pydantic_fields_set__", _GIVEN):
         return id_part(str(found))
     return "-" if record is None else record_part(record)
 

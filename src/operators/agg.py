@@ -49,7 +49,7 @@ from functools import cmp_to_key
 from itertools import groupby
 from typing import Any, NoReturn
 
-from operators._event import Event, own_id
+from operators._event import Event, given_id
 
 __all__ = [
     "Aggregator",
@@ -675,7 +675,7 @@ class _Edge(Aggregator):
         return None
 
     def add(self, acc: Any, value: Any, ts: float, event: Any) -> Any:
-        return self.merge(acc, (ts, own_id(event) or "", value))
+        return self.merge(acc, (ts, given_id(event) or "", value))
 
     def merge(self, a: Any, b: Any) -> Any:
         if a is None or b is None:
@@ -902,7 +902,7 @@ class _Collect(Aggregator):
         return []
 
     def add(self, acc: list[Any], value: Any, ts: float, event: Any) -> list[Any]:
-        acc.append((ts, own_id(event) or "", value))
+        acc.append((ts, given_id(event) or "", value))
         return acc
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:

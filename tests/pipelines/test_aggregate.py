@@ -2183,3 +2183,32 @@ def test_values_that_do_not_compare_or_show_apart_do_not_depend_on_the_schedule(
     assert len(results) == 3
     for r in results:
         assert r["mx"] == "a" or "a" not in r["c"]  # text after numbers (by type name)
+
+
+class Made(Event):
+    k: str
+    n: int
+
+
+def test_events_a_map_makes_without_ids_are_placed_and_named_alike_on_every_run() -> None:
+    """Such events get random ids: ties of first, last and collect, and the ids of results
+    made from them (a running aggregate's, a join's), went by those, changing from run to run.
+    """
+    source = [Made(id=f"s{i}", k="a", n=i, time=T0 + timedelta(seconds=i // 4)) for i in range(20)]
+    p = Pipeline("made")
+    remade = p.read(sources.memory(source)).map(
+        lambda s: Made(k=s.k, n=s.n, time=s.time), name="remake"
+    )
+    keyed = remade.key_by(lambda m: m.k)
+    windowed = keyed.window(windows.tumbling(seconds=10)).aggregate(
+        f=agg.first("n"), l=agg.last("n"), c=agg.collect("n")
+    )
+    pairs = keyed.join(keyed, between=(0, 0), name="pairs").map(lambda j: (j.id, j.left.n))
+    flow = windowed.write(sinks.memory("w")) | pairs.write(sinks.memory("j"))
+    found = testing.explore(flow, runs=3, vary=("batch",))  # a second run on one schedule too
+    (window,) = [json.loads(line) for line in found.outputs["memory_w"]]
+    # of events of one time: the least value first, the greatest last, values in order
+    assert (window["f"], window["l"], window["c"]) == (0, 19, list(range(20)))
+    joined = [json.loads(line) for line in found.outputs["memory_j"]]
+    assert len(joined) == 5 * 16  # each second's 4 events with each other
+    assert len({i for i, _ in joined}) == 80 and all(i.count("/%23") == 2 for i, _ in joined)
