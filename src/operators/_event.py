@@ -153,8 +153,11 @@ class Event(BaseModel):
     declare ``type: Literal[...]`` gets its lower-cased class name.
     ``id`` defaults to a random 32-character hex string and ``time`` to the
     moment of creation (always timezone-aware), so ``MyEvent()`` is valid.
-    A record a source reads without an ``id`` gets ``source/partition/offset``
-    instead: the same on every read of the same input.
+    A record a source reads without an ``id`` (text, a dict, an event a
+    ``generate`` factory makes) gets ``source/partition/offset`` instead: the
+    same on every read of the same input. An event made without one keeps its
+    random id, but no step places it or names what it makes by it (see
+    `given_id`).
 
     >>> class Click(Event):
     ...     user: str = "anon"

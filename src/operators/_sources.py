@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from pydantic import BaseModel
 
 from operators._event import Schema
 from operators._owned import all_fixed, owned
@@ -935,6 +936,7 @@ class _GenerateReader(Reader):
             items = [self._made(factory, (first + i) * parts + self.part) for i in range(n)]
             flawed = True
         self.made += n
+        _name_made(items, f"{self.step}/gen{self.part}/", first)
         return Chunk(items, self.step, f"gen{self.part}", first, unreadable=flawed)
 
     def _made(self, factory: Factory, index: int) -> Any:
@@ -951,6 +953,22 @@ class _GenerateReader(Reader):
 
     def position(self) -> tuple[int, Any, int]:
         return (self.made, self.rng.getstate(), self.src.parts)
+
+
+def _name_made(items: list[Any], head: str, first: int) -> None:
+    """Give each event made without an id one from where it was made: ``head`` and its offset.
+
+    As a record parsed without an id is named (`ParseOp`): the factory's
+    events would otherwise keep random ids, other on every run (a resumed run
+    makes them again), so a sink could not tell a record written again.
+    """
+    for i, x in enumerate(items):
+        given = getattr(x, "__pydantic_fields_set__", None)
+        if given is None or "id" in given:
+            continue
+        declared = type(x).model_fields.get("id")
+        if declared is not None and declared.annotation is str:
+            items[i] = BaseModel.model_copy(x, update={"id": f"{head}{first + i}"})
 
 
 class GenerateSource(Source[Any]):

@@ -146,6 +146,32 @@ def test_generate_is_deterministic_and_independent_of_workers() -> None:
     assert multiset(one) != multiset(other)
 
 
+class Made(Event):
+    n: int
+
+
+def test_events_a_generate_factory_makes_without_ids_are_named_where_they_were_made() -> None:
+    """They kept random ids: another on every run, and on a resume that makes them again."""
+
+    def make(rng: object, i: int) -> Made:
+        return Made(n=i, id="mine") if i == 2 else Made(n=i)
+
+    def ids(workers: int) -> list[tuple[str, int]]:
+        src = sources.generate(make, count=5, partitions=2, batch_size=2)
+        return sorted(
+            (e.id, e.n) for e in testing.outputs(Pipeline("g").read(src), workers=workers)
+        )
+
+    named = [("mine", 2), *((f"read_generate/gen{i % 2}/{i // 2}", i) for i in (0, 1, 3, 4))]
+    assert ids(1) == ids(2) == sorted(named)
+    reader = GenerateSource(make, count=6, batch_size=2).open("gen0", "s", None)
+    reader.next_chunk()
+    again = GenerateSource(make, count=6, batch_size=2).open("gen0", "s", reader.position())
+    later, resumed = reader.next_chunk(), again.next_chunk()
+    assert later is not None and resumed is not None
+    assert [e.id for e in resumed.items] == [e.id for e in later.items] == ["mine", "s/gen0/3"]
+
+
 def test_generate_resumes_exactly() -> None:
     src = GenerateSource(lambda rng, i: (i, rng.random()), count=10, batch_size=4)
     reader = src.open("gen0", "s", None)
