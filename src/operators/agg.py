@@ -859,6 +859,12 @@ class _Quantile(Aggregator):
         return DDSketch(relative_accuracy=self.relative_accuracy)
 
     def admit(self, value: Any) -> float:
+        if isinstance(value, str | bytes | bytearray):  # float("5") would take text as a number
+            msg = (
+                f"{self.label} takes numbers; got {type(value).__name__} {value!r:.40} (sum and "
+                f"mean refuse it too). Hint: map the field to a number before the aggregate."
+            )
+            raise TypeError(msg)
         number = float(value)
         if not math.isfinite(number):  # (the sketch counted nan as a zero)
             msg = f"{self.label} cannot place nan or an infinite value in its sketch: {value!r}."

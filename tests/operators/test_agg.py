@@ -6,6 +6,7 @@ import random
 import statistics
 from collections import Counter
 from datetime import datetime
+from decimal import Decimal
 from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
@@ -59,6 +60,17 @@ def test_builtins_against_direct_computation(split: int | None) -> None:
     expected_top = sorted(Counter(ints).items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     assert run_agg(agg.top_k("v", 3), ints, split) == expected_top
     assert sorted(run_agg(agg.collect("v"), VALUES, split)) == sorted(VALUES)
+
+
+def test_quantile_takes_numbers_not_text_that_reads_as_one() -> None:
+    """float("5") made a text 5 a number in quantile, where sum and mean refuse it."""
+    q = agg.quantile("v", 0.5)
+    assert q.admit(5) == 5.0 and q.admit(Decimal("2.5")) == 2.5
+    for text in ("5", b"5"):
+        with pytest.raises(TypeError, match=r"quantile\(v, 0.5\) takes numbers; got"):
+            q.admit(text)
+    with pytest.raises(TypeError):
+        agg.sum("v").add(agg.sum("v").create(), "5", 0.0, None)
 
 
 def test_empty_aggregates() -> None:
