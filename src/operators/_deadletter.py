@@ -126,12 +126,19 @@ def explain(exc: BaseException) -> str:
 
 
 def plain_json(value: Any) -> Any:
-    """Return the JSON form of a date or time (ISO 8601) or a set (sorted); else TypeError.
+    r"""Return the JSON form of a date or time (ISO 8601), a set (sorted) or bytes; else TypeError.
 
-    What a sink writes and a dead letter's payload holds for them.
+    What a sink writes and a dead letter's payload holds for them. Bytes are
+    their UTF-8 text, as pydantic writes an event's (not ``"b'...'"``; a byte
+    that is no UTF-8 is kept as a lone surrogate, which JSON escapes):
+
+    >>> plain_json(b"caf\xc3\xa9"), plain_json(b"\xff")
+    ('café', '\udcff')
     """
     if isinstance(value, datetime | date | dtime):
         return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "surrogateescape")
     if isinstance(value, set | frozenset):
         try:
             return sorted(value)

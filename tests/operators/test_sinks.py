@@ -180,3 +180,19 @@ def test_dates_and_sets_in_a_dict_are_written_as_json_that_reads_back(tmp_path: 
         (t0 + minute, 1),
         (t0 + 2 * minute, 1),
     ]
+
+
+def test_bytes_in_a_dict_are_written_as_their_text_as_an_events_are(tmp_path: Path) -> None:
+    """Bytes were written as their repr ("b'caf\\xc3\\xa9'"); an event's are their UTF-8 text."""
+    from operators import Event
+
+    class Blob(Event):
+        body: bytes
+
+    path = tmp_path / "rows.jsonl"
+    rows = [{"body": "café".encode()}, {"body": b"\xff"}, Blob(id="b", body="café".encode())]
+    result = Pipeline("out").read(sources.memory(rows)).write(sinks.jsonl(path)).run()
+    assert result.reconciles and not result.dead_letters
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["body"] for line in lines] == ["café", "\udcff", "café"]
+    assert Blob.model_validate(lines[0] | {"id": "b"}).body == "café".encode()
