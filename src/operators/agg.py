@@ -769,11 +769,7 @@ class _TopK(Aggregator):
         elif slot.__class__ is list:
             slot[1] += 1
             shown = slot[0]
-            if (
-                shown is not value
-                and (shown.__class__ is not value.__class__ or value.__class__ not in _PLAIN)
-                and _order(value, shown) < 0
-            ):
+            if shown is not value and _may_show_apart(value, shown) and _order(value, shown) < 0:
                 slot[0] = value
         else:  # a Counter an earlier evflow saved in a snapshot
             return self.add(_slots(acc), value, ts, event)
@@ -799,6 +795,22 @@ class _TopK(Aggregator):
             by_value = cmp_to_key(_order)
             ranked = sorted(items, key=lambda kv: (-kv[1], by_value(kv[0])))
         return ranked[: self.k]
+
+
+def _may_show_apart(value: Any, shown: Any) -> bool:
+    """Whether two equal values may show apart (see `_order`): not two ints, texts, floats but 0.
+
+    A quick test, so that counting a value again costs no `_order` in the common case.
+
+    >>> _may_show_apart(1, 1), _may_show_apart(2.5, 2.5), _may_show_apart(1, 1.0)
+    (False, False, True)
+    >>> _may_show_apart(0.0, -0.0), _may_show_apart(Decimal("1"), Decimal("1.0"))
+    (True, True)
+    """
+    cls = value.__class__
+    if cls is not shown.__class__:
+        return True
+    return cls not in _PLAIN and not (cls is float and value)
 
 
 def _slots(acc: Any) -> dict[Any, list[Any]]:
