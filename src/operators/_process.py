@@ -327,8 +327,8 @@ class ProcessLogic(
         """Start empty, or from a snapshot."""
         check_layout(spec.step, resume)
         self.spec = spec
-        #: Whether ``initial`` returns one mutable object every time (see `_initial`),
-        #: and what it returned the first time (None: not yet known).
+        #: Whether ``initial`` returns one mutable object every time (None: not yet
+        #: told, see `_initial`), and what it returned for the first key until then.
         self.copies: bool | None = None
         self.first: Any = _MISSING
         state = resume or {}

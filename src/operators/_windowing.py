@@ -49,14 +49,7 @@ from operators._owned import own
 from operators._pickles import check_state
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import COUNTER_FIELDS, Counters
-from operators.agg import (
-    Aggregator,
-    exact_add,
-    exact_merge,
-    exact_total,
-    level,
-    unordered,
-)
+from operators.agg import Aggregator, exact_add, exact_merge, exact_total, level, unordered
 from operators.windows import (
     _END,
     Clock,
