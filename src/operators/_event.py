@@ -20,15 +20,7 @@ from operators._deadletter import payload_text
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = [
-    "Event",
-    "Schema",
-    "event_classes",
-    "field_reader",
-    "given_id",
-    "schema_adapter",
-    "type_name",
-]
+__all__ = ["Event", "Schema", "event_classes", "field_reader", "schema_adapter", "type_name"]
 
 
 def _new_id() -> str:
