@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pipelines import Pipeline, sinks, sources, testing
 from tests.helpers import Purchase, View
 
@@ -20,6 +22,13 @@ def test_map_changes_type_and_counts() -> None:
     result = s.write(sinks.memory("users")).run()
     assert sorted(result["users"]) == ["a", "a", "b", "bot"]
     assert result.counts["map"].received == 4 and result.counts["map"].out == 4
+
+
+def test_the_counts_of_a_step_the_run_has_not_say_the_steps_it_has() -> None:
+    result = Pipeline("m").read(sources.memory([1])).map(lambda n: n).write(sinks.memory("o")).run()
+    with pytest.raises(KeyError, match=r"no step 'mapp'; its steps: .*did you mean 'map'"):
+        result.counts["mapp"]
+    assert result.counts["map"].out == 1
 
 
 def test_flat_map_counts_created_and_empty_as_filtered() -> None:

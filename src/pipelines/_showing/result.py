@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,22 @@ class StepCounts:
         )
 
 
+class StepCountsByName(dict[str, StepCounts]):
+    """Each step's counts by its name; a name the run has no step of says the names it has.
+
+    >>> StepCountsByName(read=StepCounts("read", "read"))["reed"]
+    Traceback (most recent call last):
+    ...
+    KeyError: "the run has no step 'reed'; its steps: ['read']. Hint: did you mean 'read'?"
+    """
+
+    def __missing__(self, step: str) -> StepCounts:
+        close = difflib.get_close_matches(str(step), list(self), n=1)
+        hint = f" Hint: did you mean {close[0]!r}?" if close else ""
+        msg = f"the run has no step {step!r}; its steps: {list(self)}.{hint}"
+        raise KeyError(msg)
+
+
 class RunResult:
     """The outcome of a run: memory-sink outputs, dead letters, counts.
 
@@ -96,7 +113,7 @@ class RunResult:
             dead_counts = count_dead(dead_letters)
         #: Exact numbers of dead letters kept or counted, by ``(step, kind)``.
         self.dead_letter_counts = dead_counts
-        self.counts = counts
+        self.counts = StepCountsByName(counts)
         self.workers = workers
         self.seconds = seconds
         #: How many times a supervised run started its cluster again.
