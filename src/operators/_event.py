@@ -254,6 +254,8 @@ class Event(BaseModel):
                     raise ValueError(msg)
         made = cls.model_validate({**copied.__dict__, **(extra or {}), **update})
         object.__setattr__(made, "__pydantic_fields_set__", copied.model_fields_set | set(update))
+        if copied.__pydantic_private__ is not None:  # private attributes, as pydantic copies them
+            object.__setattr__(made, "__pydantic_private__", copied.__pydantic_private__)
         return made
 
 

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 import pytest
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from operators import Event, event_classes, schema_adapter, type_name
 from tests.helpers import Purchase, View
@@ -130,6 +130,16 @@ def test_a_copy_keeps_extra_fields_where_the_class_allows_them() -> None:
     loose = Loose.model_validate({"n": 1, "note": "x"})
     c = loose.model_copy(update={"n": "2", "other": 3})
     assert (c.n, c.model_extra) == (2, {"note": "x", "other": 3})
+
+
+def test_a_copy_keeps_private_attributes() -> None:
+    class Tracked(Event):
+        n: int
+        _seen: int = PrivateAttr(default=0)
+
+    t = Tracked(n=1)
+    t._seen = 5
+    assert t.model_copy(update={"n": 2})._seen == 5
 
 
 def test_a_copy_keeps_which_fields_were_set_and_copies_deep_when_asked() -> None:
