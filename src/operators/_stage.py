@@ -666,12 +666,16 @@ def run_stage(
     counters: Counters,
     chunks: Iterable[Chunk],
     followed: bool = False,
+    one_by_one: bool = False,
 ) -> list[Packet]:
     """Push each chunk through the stage tree and return one packet each.
 
     A chunk whose records say when they were made (`Chunk.made`) goes
     through whole where every node of the tree follows that (``followed``,
     see `Node.keeps_made`), else one run of records made at one time at a time.
+    ``one_by_one``: each record goes through alone, so that an exit several
+    paths of the tree reach (a merge of two routes) gets what each record
+    made before what the next did: the partition's order.
     """
     table = counters.table()
     packets: list[Packet] = []
@@ -680,7 +684,9 @@ def run_stage(
         run = _Run(pipeline, chunk, table)
         out: list[list[Any]] = [[] for _ in range(exits)]
         made: list[list[tuple[int, float | None]] | None] | None = None
-        if chunk.made is None:
+        if one_by_one:
+            made = _push_one_by_one(roots, chunk, run, out, counters, followed)
+        elif chunk.made is None:
             _push(roots, chunk.items, 0, len(chunk.items), run, out, counters)
         else:
             run.exit_made = [[] for _ in range(exits)]
@@ -708,6 +714,33 @@ def run_stage(
             )
         )
     return packets
+
+
+def _push_one_by_one(
+    roots: Sequence[Node],
+    chunk: Chunk,
+    run: _Run,
+    out: list[list[Any]],
+    counters: Counters,
+    followed: bool,
+) -> list[list[tuple[int, float | None]] | None] | None:
+    """Push a chunk's records through the tree one at a time; return the exits' making runs."""
+    items = chunk.items
+    if chunk.made is None:
+        for i in range(len(items)):
+            _push(roots, items, i, i + 1, run, out, counters)
+        return None
+    each = _each_made(chunk.made, len(items))
+    run.exit_made = [[] for _ in out]
+    for i in range(len(items)):
+        if followed:
+            _push(roots, items, i, i + 1, run, out, counters, each)
+            continue
+        before = [len(o) for o in out]
+        _push(roots, items, i, i + 1, run, out, counters)
+        for times, o, n in zip(run.exit_made, out, before, strict=True):
+            times += [each[i]] * (len(o) - n)
+    return [_made_runs(times) for times in run.exit_made]
 
 
 def _push(
@@ -784,14 +817,17 @@ def stage(
     exits: int,
     pipeline: str,
     counters: Counters,
+    *,
+    one_by_one: bool = False,
 ) -> Stream[Packet]:
     """Run a fused stage over a stream of chunks (a bytewax operator).
 
-    Each chunk becomes one `Packet` holding what reached each exit.
+    Each chunk becomes one `Packet` holding what reached each exit;
+    ``one_by_one``: record by record (see `run_stage`).
     """
     followed = all(follows_made(root) for root in roots)
 
     def mapper(chunks: list[Chunk]) -> list[Packet]:
-        return run_stage(roots, exits, pipeline, counters, chunks, followed)
+        return run_stage(roots, exits, pipeline, counters, chunks, followed, one_by_one)
 
     return op.flat_map_batch(step_id, up, mapper)

@@ -219,10 +219,28 @@ def _check_files(pipeline: Pipeline) -> None:
 class _Stage:
     root: Node
     exits: list[tuple[str, Node]] = field(default_factory=list)
+    #: Whether records of several paths of this stage meet at a merge (`merge_exit`).
+    rejoined: bool = False
 
     def exit(self, kind: str, node: Node) -> Exit:
         self.exits.append((kind, node))
         return Exit(len(self.exits) - 1)
+
+    def merge_exit(self, node: Node) -> Exit:
+        """Return the one exit to merge ``node`` for every path of this stage that reaches it.
+
+        Several paths (routes of a forward, two steps reading one stream) that
+        meet again at a merge share its exit, and the stage then goes record by
+        record (`rejoined`): the merged records keep their partition's order, as
+        a step on event time after the merge judges each against the records
+        before it (a route's records all before another's would make the
+        other's late).
+        """
+        for index, (kind, target) in enumerate(self.exits):
+            if kind == "merge" and target is node:
+                self.rejoined = True
+                return Exit(index)
+        return self.exit("merge", node)
 
 
 @dataclass
@@ -304,7 +322,9 @@ def compile_pipeline(
                     clock = user.params["clocks"][side]
                     key = user.params["keys"][side]
                     nodes.append(_clock_op(user, row[user.name], key, clock, exit_))
-            elif user.kind in ("write", "merge"):
+            elif user.kind == "merge":
+                nodes.append(stage_.merge_exit(user))
+            elif user.kind == "write":
                 nodes.append(stage_.exit(user.kind, user))
             elif user.kind in ("aggregate", "process"):
                 exit_ = stage_.exit("aggregate", user)
@@ -423,7 +443,13 @@ def compile_pipeline(
                 chunks = op.merge(node.name, *merge_inputs.pop(node.name))
             root = ParseOp(node.name, row[node.name], adapter, node.policy, nexts)
         packets = stage(
-            f"{node.name}_stage", chunks, [root], len(stage_.exits), pipeline.name, counters
+            f"{node.name}_stage",
+            chunks,
+            [root],
+            len(stage_.exits),
+            pipeline.name,
+            counters,
+            one_by_one=stage_.rejoined,
         )
         targets = []
         for i, (kind, target) in enumerate(stage_.exits):
