@@ -2001,21 +2001,25 @@ def test_first_and_last_of_events_of_one_time_do_not_depend_on_arrival(
     assert run(mixed) == (1.0, "x")  # numbers by value (1.0 before 1: by type name), then text
 
 
+def mixed_rows(
+    rng: random.Random, keys: str, seconds: int, values: list[Any], n: int
+) -> list[dict[str, Any]]:
+    """``n`` dict rows of the keys, times in the first ``seconds`` (in order), values drawn."""
+    rows = [
+        {
+            "k": rng.choice(keys),
+            "t": (T0 + timedelta(seconds=rng.randrange(0, seconds))).isoformat(),
+            "v": rng.choice(values),
+        }
+        for _ in range(n)
+    ]
+    return sorted(rows, key=lambda r: r["t"])
+
+
 def test_collect_max_min_and_top_k_do_not_depend_on_the_schedule() -> None:
     # collect kept arrival order (which the batch size changes where partitions
     # interleave), and max, min and top_k kept whichever of 1 and 1.0 came first.
-    rng = random.Random(4)
-    rows = sorted(
-        (
-            {
-                "k": rng.choice("ab"),
-                "t": (T0 + timedelta(seconds=rng.randrange(0, 120))).isoformat(),
-                "v": rng.choice([1, 2.0, 3, 2, 1.0]),
-            }
-            for _ in range(120)
-        ),
-        key=lambda r: r["t"],
-    )
+    rows = mixed_rows(random.Random(4), "ab", 120, [1, 2.0, 3, 2, 1.0], 120)
     aggregated = (
         Pipeline("order")
         .read(sources.memory(rows, partitions=3))
@@ -2150,19 +2154,8 @@ def test_values_that_do_not_compare_or_show_apart_do_not_depend_on_the_schedule(
     Decimals kept the first to arrive, so the results (and which events were
     dead letters) followed the schedule.
     """
-    rng = random.Random(9)
     pool: list[Any] = [1, "1", 2.0, "a", Decimal("1"), Decimal("1.0"), -0.0, 0.0]
-    rows = sorted(
-        (
-            {
-                "k": "k",
-                "t": (T0 + timedelta(seconds=rng.randrange(0, 30))).isoformat(),
-                "v": rng.choice(pool),
-            }
-            for _ in range(60)
-        ),
-        key=lambda r: r["t"],
-    )
+    rows = mixed_rows(random.Random(9), "k", 30, pool, 60)
     aggregated = (
         Pipeline("apart")
         .read(sources.memory(rows, partitions=3))
