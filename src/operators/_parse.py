@@ -43,10 +43,16 @@ class ParseOp(StageOp):
         adapter: TypeAdapter[Any] | None,
         policy: ErrorPolicy,
         nexts: Sequence[Node] = (),
+        classes: tuple[type[BaseModel], ...] | None = None,
     ) -> None:
-        """Make a parse step with a compiled validator (None: pass records on)."""
+        """Make a parse step with a compiled validator (None: pass records on).
+
+        ``classes``: the schema's event classes; an event of another class is
+        validated as its fields say, as a dict is (see `parse_one`).
+        """
         super().__init__(step, index, None, policy, nexts)
         self.adapter = adapter
+        self.classes = classes
         self.function = "schema"
         if adapter is not None:
             # The compiled validator itself: no Python wrapper per record.
@@ -155,9 +161,19 @@ class ParseOp(StageOp):
             event.__pydantic_fields_set__.add("id")
 
     def parse_one(self, x: Any) -> Any:
-        """Parse one record of any form: text, an event, a mapping."""
+        """Parse one record of any form: text, an event, a mapping.
+
+        An event of one of the schema's classes goes on as it is; one of
+        another class (a `Buy` read with ``schema=View``) is validated from
+        its fields, as a dict of them would be: refused here (its type is not
+        the schema's), rather than failing in a later step that reads it as
+        the schema's.
+        """
         if isinstance(x, BaseModel):
-            return x
+            classes = self.classes
+            if classes is None or isinstance(x, classes):
+                return x
+            return self.parse_python(x.model_dump())
         if isinstance(x, bytes | str):
             return self.parse_json(x)
         if isinstance(x, Unreadable):

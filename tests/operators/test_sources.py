@@ -633,3 +633,21 @@ def test_a_generate_factory_that_raises_makes_dead_letters_and_the_run_goes_on()
             ]
         else:
             assert result["o"] == [] and result.dead == 40  # no view has a user: validation
+
+
+def test_an_event_of_a_class_the_schema_has_not_is_refused_where_it_is_read() -> None:
+    """A Buy read with schema=View went on, and failed in the first step reading a View's field."""
+
+    class Buy(Event):
+        amount: float
+
+    class Special(View):
+        pass
+
+    records = [View(user="a"), Buy(amount=1.0), Special(user="s")]
+    read = Pipeline("p").read(sources.memory(records, schema=View))
+    result = read.map(lambda v: v.user).write(sinks.memory("o")).run()
+    assert result["o"] == ["a", "s"] and result.reconciles
+    (letter,) = result.dead_letters
+    assert (letter.step, letter.kind) == ("read_memory", "validation")
+    assert '"type":"buy"' in letter.payload

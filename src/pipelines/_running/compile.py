@@ -44,6 +44,7 @@ from operators import (
     ResumeError,
     RunContext,
     Sink,
+    event_classes,
     schema_adapter,
     stage,
 )
@@ -441,7 +442,8 @@ def compile_pipeline(
                 partitions[f"{pipeline.name}.{node.name}"] = source.partitions
             else:
                 chunks = op.merge(node.name, *merge_inputs.pop(node.name))
-            root = ParseOp(node.name, row[node.name], adapter, node.policy, nexts)
+            classes = None if adapter is None else event_classes(node.params["source"].schema)
+            root = ParseOp(node.name, row[node.name], adapter, node.policy, nexts, classes)
         packets = stage(
             f"{node.name}_stage",
             chunks,
