@@ -52,7 +52,7 @@ from bytewax.operators import StatefulBatchLogic
 from pydantic import AwareDatetime
 
 from operators._deadletter import payload_text
-from operators._event import Event, id_part, record_part
+from operators._event import Event, given_id, id_part, record_part
 from operators._keying import BUCKET_LAYOUT, Marked, check_layout, check_shape
 from operators._letters import Letters, Notes
 from operators._owned import own
@@ -164,19 +164,16 @@ _TS = operator.itemgetter(0)
 _start_text = kept(lambda start: f"{start:.6f}")
 
 
-#: What an object that is no pydantic model is taken to say of its ``id``: given.
-_GIVEN = ("id",)
-
-
 def _id_of(record: Any) -> str:
     """Return a record's id as a part of a result's id (``-`` for no record).
 
-    An event's given id is read at once; other records (a dict's ``"id"``, an
-    event made without an id, or a digest for none) as `record_part` reads them.
+    A given id (`given_id`: an event's, a dict's ``"id"``) is read at once;
+    other records (an event made without an id, a digest for none) as
+    `record_part` names them.
     """
-    found = getattr(record, "id", None)
-    if found is not None and "id" in getattr(record, "__pydantic_fields_set__", _GIVEN):
-        return id_part(str(found))
+    found = given_id(record)
+    if found is not None:
+        return id_part(found)
     return "-" if record is None else record_part(record)
 
 
