@@ -94,6 +94,15 @@ def given_id(record: Any) -> str | None:
     return None if found is None else str(found)
 
 
+def named_by_text(cls: type[BaseModel]) -> bool:
+    """Whether ``cls`` keeps its ``id`` as text (an event class may declare another kind).
+
+    Only then does a source name its records without one (``source/partition/offset``).
+    """
+    found = cls.model_fields.get("id")
+    return found is not None and found.annotation is str
+
+
 def record_id(record: Any) -> str | None:
     """Return ``record``'s given id as a part of a made record's id, or None if it has none.
 

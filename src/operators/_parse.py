@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
+from operators._event import named_by_text
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
     _DEAD,
@@ -154,7 +155,7 @@ class ParseOp(StageOp):
         for i in unnamed:
             at = positions[i]
             event = events[i]
-            if isinstance(items[at], BaseModel) or not _named_by_text(type(event)):
+            if isinstance(items[at], BaseModel) or not named_by_text(type(event)):
                 continue  # an event made before it was read, or ids of another kind
             own = keys[run.base + at] if keys is not None else None
             event.__dict__["id"] = f"{head}{first + at if own is None else own}"
@@ -213,12 +214,6 @@ class ParseOp(StageOp):
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Unused: parse overrides `push`."""
         raise NotImplementedError
-
-
-def _named_by_text(cls: type[BaseModel]) -> bool:
-    """Whether ``cls`` keeps its ``id`` as text (an event class may declare another kind)."""
-    found = cls.model_fields.get("id")
-    return found is not None and found.annotation is str
 
 
 def _plain(error: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from pydantic import BaseModel
 
-from operators._event import Schema
+from operators._event import Schema, named_by_text
 from operators._owned import all_fixed, owned
 from operators._stage import (
     Chunk,
@@ -964,10 +964,7 @@ def _name_made(items: list[Any], head: str, first: int) -> None:
     """
     for i, x in enumerate(items):
         given = getattr(x, "__pydantic_fields_set__", None)
-        if given is None or "id" in given:
-            continue
-        declared = type(x).model_fields.get("id")
-        if declared is not None and declared.annotation is str:
+        if given is not None and "id" not in given and named_by_text(type(x)):
             items[i] = BaseModel.model_copy(x, update={"id": f"{head}{first + i}"})
 
 
