@@ -93,6 +93,31 @@ def _is_numeric(annotation: Any) -> bool:
     )
 
 
+def kinds_of(annotation: Any) -> list[type] | None:
+    """Return the classes a type is made of (a union's parts but None); None: any at all.
+
+    >>> kinds_of(int | None), kinds_of(list[tuple[Any, int]]), kinds_of(Any)
+    ([<class 'int'>], [<class 'list'>], None)
+    """
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        found: list[type] = []
+        for part in typing.get_args(annotation):
+            if part is not type(None):
+                kinds = kinds_of(part)
+                if kinds is None:
+                    return None
+                found += kinds
+        return found
+    if origin is typing.Annotated:
+        return kinds_of(typing.get_args(annotation)[0])
+    if isinstance(origin, type):
+        return [origin]
+    if isinstance(annotation, type) and annotation not in (object, Any):
+        return [annotation]
+    return None  # Any, a type variable, a Literal: not told apart here
+
+
 def _number_kinds(annotation: Any) -> set[type] | None:
     """Return the kinds of number (int, float, Decimal) a field of this type holds; None: others.
 
@@ -105,20 +130,13 @@ def _number_kinds(annotation: Any) -> set[type] | None:
     """
     if annotation is Any:
         return set(_NUMERIC)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        found: set[type] = set()
-        for part in typing.get_args(annotation):
-            if part is not type(None):
-                kinds = _number_kinds(part)
-                if kinds is None:
-                    return None
-                found |= kinds
-        return found or None
-    if isinstance(annotation, type):
-        for kind in _NUMERIC:
-            if issubclass(annotation, kind):  # bool is an int
-                return {kind}
-    return None
+    found: set[type] = set()
+    for cls in kinds_of(annotation) or ():
+        kind = next((k for k in _NUMERIC if issubclass(cls, k)), None)  # bool is an int
+        if kind is None:
+            return None
+        found.add(kind)
+    return found or None
 
 
 def _union(kinds: list[type]) -> Any:

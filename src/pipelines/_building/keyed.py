@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import keyword
 import re
-import types
-import typing
 import zlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,7 +20,7 @@ from pydantic import AwareDatetime, create_model
 
 from operators import Context, Event, Joined, Policy, Timer, as_policy
 from operators._stage import check_arity
-from operators.agg import Aggregator
+from operators.agg import Aggregator, kinds_of
 from operators.windows import Clock, Count, EventTime, Window, event_time, to_seconds
 from pipelines._building.builder import Pipeline, Stream
 from pipelines._building.graph import Graph, Node, Port, check_name
@@ -727,31 +725,6 @@ def _check_into(
     return into
 
 
-def _kinds_of(annotation: Any) -> list[type] | None:
-    """Return the classes a type is made of (a union's parts but None); None: any at all.
-
-    >>> _kinds_of(int | None), _kinds_of(list[tuple[Any, int]]), _kinds_of(Any)
-    ([<class 'int'>], [<class 'list'>], None)
-    """
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        found: list[type] = []
-        for part in typing.get_args(annotation):
-            if part is not type(None):
-                kinds = _kinds_of(part)
-                if kinds is None:
-                    return None
-                found += kinds
-        return found
-    if origin is typing.Annotated:
-        return _kinds_of(typing.get_args(annotation)[0])
-    if isinstance(origin, type):
-        return [origin]
-    if isinstance(annotation, type) and annotation not in (object, Any):
-        return [annotation]
-    return None  # Any, a type variable, a Literal: not told apart here
-
-
 def _fits(made: Any, declared: Any) -> bool:
     """Whether a field ``declared`` so can hold some value of type ``made`` (an int a float too).
 
@@ -763,7 +736,7 @@ def _fits(made: Any, declared: Any) -> bool:
     >>> _fits(int, str), _fits(float, int), _fits(list[Any], int)
     (False, False, False)
     """
-    made_kinds, declared_kinds = _kinds_of(made), _kinds_of(declared)
+    made_kinds, declared_kinds = kinds_of(made), kinds_of(declared)
     if made_kinds is None or declared_kinds is None:
         return True
     return any(
