@@ -786,9 +786,7 @@ class _TopK(Aggregator):
             acc[value] = [value, 1]
         elif slot.__class__ is list:
             slot[1] += 1
-            shown = slot[0]
-            if shown is not value and _may_show_apart(value, shown) and _order(value, shown) < 0:
-                slot[0] = value
+            _show_first(slot, value)
         else:  # a Counter an earlier evflow saved in a snapshot
             return self.add(_slots(acc), value, ts, event)
         return acc
@@ -801,8 +799,7 @@ class _TopK(Aggregator):
                 merged[value] = [shown, n]
                 continue
             slot[1] += n
-            if slot[0] is not shown and _order(shown, slot[0]) < 0:
-                slot[0] = shown
+            _show_first(slot, shown)
         return merged
 
     def result(self, acc: dict[Any, list[Any]]) -> list[tuple[Any, int]]:
@@ -813,6 +810,13 @@ class _TopK(Aggregator):
             by_value = cmp_to_key(_order)
             ranked = sorted(items, key=lambda kv: (-kv[1], by_value(kv[0])))
         return ranked[: self.k]
+
+
+def _show_first(slot: list[Any], value: Any) -> None:
+    """Show ``value`` in a top_k slot ``[shown, count]`` if `_order` puts it first."""
+    shown = slot[0]
+    if shown is not value and _may_show_apart(value, shown) and _order(value, shown) < 0:
+        slot[0] = value
 
 
 def _may_show_apart(value: Any, shown: Any) -> bool:
