@@ -684,20 +684,19 @@ def run_stage(
         run = _Run(pipeline, chunk, table)
         out: list[list[Any]] = [[] for _ in range(exits)]
         made: list[list[tuple[int, float | None]] | None] | None = None
-        if one_by_one:
-            made = _push_one_by_one(roots, chunk, run, out, counters, followed)
-        elif chunk.made is None:
-            _push(roots, chunk.items, 0, len(chunk.items), run, out, counters)
+        step = 1 if one_by_one else SLICE
+        if chunk.made is None:
+            _push(roots, chunk.items, 0, len(chunk.items), run, out, counters, step=step)
         else:
             run.exit_made = [[] for _ in range(exits)]
             if followed:
                 each = _each_made(chunk.made, len(chunk.items))
-                _push(roots, chunk.items, 0, len(chunk.items), run, out, counters, each)
+                _push(roots, chunk.items, 0, len(chunk.items), run, out, counters, each, step)
             else:
                 ends = [at for at, _ in chunk.made[1:]] + [len(chunk.items)]
                 for (begin, made_at), end in zip(chunk.made, ends, strict=True):
                     before = [len(o) for o in out]
-                    _push(roots, chunk.items, begin, end, run, out, counters)
+                    _push(roots, chunk.items, begin, end, run, out, counters, step=step)
                     for times, o, n in zip(run.exit_made, out, before, strict=True):
                         times += [made_at] * (len(o) - n)
             made = [_made_runs(times) for times in run.exit_made]
@@ -716,33 +715,6 @@ def run_stage(
     return packets
 
 
-def _push_one_by_one(
-    roots: Sequence[Node],
-    chunk: Chunk,
-    run: _Run,
-    out: list[list[Any]],
-    counters: Counters,
-    followed: bool,
-) -> list[list[tuple[int, float | None]] | None] | None:
-    """Push a chunk's records through the tree one at a time; return the exits' making runs."""
-    items = chunk.items
-    if chunk.made is None:
-        for i in range(len(items)):
-            _push(roots, items, i, i + 1, run, out, counters)
-        return None
-    each = _each_made(chunk.made, len(items))
-    run.exit_made = [[] for _ in out]
-    for i in range(len(items)):
-        if followed:
-            _push(roots, items, i, i + 1, run, out, counters, each)
-            continue
-        before = [len(o) for o in out]
-        _push(roots, items, i, i + 1, run, out, counters)
-        for times, o, n in zip(run.exit_made, out, before, strict=True):
-            times += [each[i]] * (len(o) - n)
-    return [_made_runs(times) for times in run.exit_made]
-
-
 def _push(
     roots: Sequence[Node],
     items: list[Any],
@@ -752,11 +724,15 @@ def _push(
     out: list[list[Any]],
     counters: Counters,
     made: list[float | None] | None = None,
+    step: int = SLICE,
 ) -> None:
-    """Push ``items[begin:end]`` (made at ``made``, record by record) through the tree."""
-    # Work through a large chunk in slices (`SLICE`): fewer records alive at once.
-    for start in range(begin, end, SLICE):
-        stop = min(start + SLICE, end)
+    """Push ``items[begin:end]`` (made at ``made``, record by record) through the tree.
+
+    ``step`` records at a time: a large chunk in slices (`SLICE`), fewer records
+    alive at once; or one by one (see `run_stage`).
+    """
+    for start in range(begin, end, step):
+        stop = min(start + step, end)
         part = items if start == 0 and stop == len(items) else items[start:stop]
         run.base = start
         try:
