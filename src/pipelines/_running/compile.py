@@ -427,12 +427,13 @@ def compile_pipeline(
                 tree(stage_, (node.name, None)), tree(stage_, (node.name, "late")), row[node.name]
             )
         else:
-            adapter = None
+            adapter = classes = None
             nexts = tree(stage_, (node.name, None))
             if node.kind == "read":
                 source = node.params["source"]
                 if source.schema is not None:
                     adapter = schema_adapter(source.schema)
+                    classes = event_classes(source.schema)
                 # Steps past the stage's sinks (keyed steps, merges) take several
                 # chunks at once; a stage that only writes reads one at a time.
                 ahead = any(kind != "write" for kind, _ in stage_.exits)
@@ -442,7 +443,6 @@ def compile_pipeline(
                 partitions[f"{pipeline.name}.{node.name}"] = source.partitions
             else:
                 chunks = op.merge(node.name, *merge_inputs.pop(node.name))
-            classes = None if adapter is None else event_classes(node.params["source"].schema)
             root = ParseOp(node.name, row[node.name], adapter, node.policy, nexts, classes)
         packets = stage(
             f"{node.name}_stage",
