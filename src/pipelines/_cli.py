@@ -105,23 +105,43 @@ def load_target(target: str) -> Pipeline:
         if not path.is_file():
             msg = f"no such file: {where}"
             raise TargetError(msg)
-        spec = importlib.util.spec_from_file_location(path.stem, path)
+        name = _module_name(path)
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
+        sys.modules[name] = module
         sys.path.insert(0, str(path.parent.resolve()))
         spec.loader.exec_module(module)
     else:
         sys.path.insert(0, ".")
         module = importlib.import_module(where)
     if not hasattr(module, attr):
+        found = _pipelines_in(module)
+        values = [n for n in found if isinstance(getattr(module, n), Pipeline)]
+        if ":" not in target and len(values) == 1:
+            return _resolve(getattr(module, values[0]), target)
         names = sorted(n for n in vars(module) if not n.startswith("_"))
         msg = f"{where} has no attribute {attr!r}; it has {names}."
-        found = _pipelines_in(module)
         if found:
             msg += f" Hint: its pipelines: {', '.join(f'{where}:{n}' for n in found)}."
         raise TargetError(msg)
     return _resolve(getattr(module, attr), target)
+
+
+def _module_name(path: Path) -> str:
+    """Name the module a pipeline file is imported as: its own name, unless taken.
+
+    A file named like a module already imported (``pipelines.py``, ``operators.py``,
+    ``json.py``) must not stand in for it: evflow's own imports would find the
+    file. It gets a name of its own then, the same on every run (snapshots name
+    its classes by their module).
+    """
+    if path.stem not in sys.modules:
+        return path.stem
+    taken = getattr(sys.modules[path.stem], "__file__", None)
+    if taken is not None and Path(taken).resolve() == path.resolve():
+        return path.stem  # loaded before (a test, a notebook)
+    return f"evflow_file_{path.stem}"
 
 
 def _user_traceback(exc: BaseException) -> str:

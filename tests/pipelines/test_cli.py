@@ -354,6 +354,49 @@ def test_a_file_without_an_attribute_runs_its_pipeline(
     assert "has no attribute 'pipeline'" in capsys.readouterr().err
 
 
+ONE_FLOW = """
+from pipelines import Event, Pipeline, sinks, sources
+
+class Click(Event):
+    user: str
+
+flow = Pipeline("clicks").read(
+    sources.memory([{"user": "a"}, {"user": "b"}], schema=Click)
+).write(sinks.jsonl(OUT))
+"""
+
+
+@pytest.mark.parametrize("stem", ["pipelines", "operators", "time", "clicks_app"])
+def test_a_file_named_like_a_module_runs_its_only_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stem: str
+) -> None:
+    # A file called pipelines.py (or operators.py, time.py) stood in for the module of
+    # that name: its own `from pipelines import Pipeline` failed with an ImportError,
+    # time.py broke every later `import time`. A file with one pipeline under another
+    # name than `pipeline` was refused with a hint naming it.
+    out = tmp_path / "out.jsonl"
+    app = tmp_path / f"{stem}.py"
+    app.write_text(f"OUT = {str(out)!r}\n" + ONE_FLOW)
+    assert main(["run", str(app), "--quiet"]) == 0, capsys.readouterr().err
+    assert "reconciles" in capsys.readouterr().out
+    assert [line.count('"user"') for line in out.read_text().splitlines()] == [1, 1]
+    assert sys.modules["pipelines"].__file__ != str(app)
+    assert sys.modules["time"].__name__ == "time" and hasattr(sys.modules["time"], "monotonic")
+    if stem != "clicks_app":
+        assert f"evflow_file_{stem}" in sys.modules
+
+
+def test_a_file_with_several_pipelines_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = tmp_path / "two_flows.py"
+    app.write_text(f"OUT = {str(tmp_path / 'o.jsonl')!r}\n" + ONE_FLOW + "other = flow\n")
+    assert main(["run", str(app)]) == 2
+    err = capsys.readouterr().err
+    assert "has no attribute 'pipeline'" in err
+    assert f"Hint: its pipelines: {app}:flow, {app}:other." in err
+
+
 def test_a_reader_that_closes_stdout_stops_the_run_with_a_word(tmp_path: Path) -> None:
     # `evflow run app.py:pipeline | head -3` on an endless pipeline printing its
     # records: the run stops (exit 141, as a shell says of a broken pipe) with
