@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ class ServerProcess:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
+                # The port first: a client refused at once may wait seconds to try again.
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 answers()
                 return
             except Exception:

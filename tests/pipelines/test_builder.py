@@ -180,6 +180,39 @@ def test_branches_that_reach_no_sink_fail_when_compiling() -> None:
         Pipeline("p").run()
 
 
+def test_a_branch_whose_written_pipeline_was_thrown_away_is_refused() -> None:
+    # Written as in a framework where a write registers its sink: the first branch's
+    # pipeline is dropped, so it never ran, and the run of the second reconciled.
+    s = Pipeline("shop").read(sources.memory([1, 5, 10]))
+    s.filter(lambda x: x > 4, name="big").write(sinks.memory("big"))
+    line = test_a_branch_whose_written_pipeline_was_thrown_away_is_refused.__code__.co_firstlineno
+    rest = s.filter(lambda x: x <= 4, name="small").write(sinks.memory("small"))
+    with pytest.raises(
+        PipelineError,
+        match=rf"pipeline 'shop': step 'memory_big' \(write, at test_builder\.py:{line + 4}\) "
+        r"is not part of it: the pipeline that \.write\(\.\.\.\) returned was thrown away, "
+        r"so that branch would never run\. Hint: keep both branches and combine them",
+    ):
+        rest.run()
+    # Both kept and combined: both run.
+    big = s.filter(lambda x: x > 4, name="big").write(sinks.memory("big"))
+    result = (big | rest).run()
+    assert (sorted(result["big"]), result["small"]) == ([5, 10], [1])
+
+
+def test_pipelines_used_or_written_again_are_not_thrown_away() -> None:
+    s = Pipeline("nb").read(sources.memory([1, 2, 3]))
+    s.map(lambda x: x + 1).write(sinks.memory("shown")).check()  # used, then dropped
+    for _ in range(2):  # a notebook cell run twice: the first pipeline is dropped unused
+        kept = s.filter(lambda x: x > 1).write(sinks.memory("kept"))
+    assert s.map(lambda x: x * 2).write(sinks.memory("other")).run()["other"] == [2, 4, 6]
+    assert kept.run()["kept"] == [2, 3]
+    # Another pipeline, built apart, is not refused for this one's dropped branch.
+    other = Pipeline("nb").read(sources.memory([7]))
+    s.map(str).write(sinks.memory("dropped"))
+    assert other.write(sinks.memory("o")).run()["o"] == [7]
+
+
 def test_dead_letter_sinks_must_agree_when_combining() -> None:
     s = Pipeline("p").read(src())
     a = s.write(sinks.memory("a")).dead_letters(sinks.memory("d1"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import keyword
 import os
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
@@ -21,6 +22,7 @@ from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_
 from operators._bytewax_io import BytewaxSink, BytewaxSource
 from operators._stage import check_arity, describe_function, returns_nothing
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
+from pipelines._building.thrown import LIVE, Written, caller, dropped
 
 if TYPE_CHECKING:
     from operators.windows import Clock, Window
@@ -112,17 +114,29 @@ class Pipeline:
     [10, 20, 30]
     """
 
-    __slots__ = ("_dead", "_graph", "_name")
+    __slots__ = ("__weakref__", "_dead", "_graph", "_name", "_written")
 
     _name: str
     _graph: Graph
     _dead: Sink | None
+    _written: Written | None
 
     def __init__(self, name: str, *, _graph: Graph | None = None, _dead: Sink | None = None):
         """Start an empty pipeline called ``name`` (a plain identifier)."""
         object.__setattr__(self, "_name", check_name(name, "pipeline name"))
         object.__setattr__(self, "_graph", _graph or Graph())
         object.__setattr__(self, "_dead", _dead)
+        object.__setattr__(self, "_written", None)
+
+    if not TYPE_CHECKING:  # every attribute stays typed as declared
+
+        def __getattribute__(self, key: str) -> Any:
+            """Note that a pipeline ``write`` returned was used (see `thrown_away`)."""
+            written = object.__getattribute__(self, "_written")
+            if written is not None:
+                written.used = True
+                object.__setattr__(self, "_written", None)
+            return object.__getattribute__(self, key)
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Refuse changes: pipelines are immutable values."""
@@ -780,7 +794,12 @@ class Stream(Generic[T]):
         graph = self._pipeline.graph
         step = check_name(name) if name else graph.unique(self._auto(sink.label, None))
         node = Node(step, "write", (self._port,), params={"sink": sink})
-        return self._pipeline._with(graph.add(node))
+        pipeline = self._pipeline._with(graph.add(node))
+        written = Written(pipeline._graph, node, caller())
+        object.__setattr__(pipeline, "_written", written)
+        weakref.finalize(pipeline, dropped, written).atexit = False
+        LIVE.add(pipeline)
+        return pipeline
 
     def _at(self, pipeline: Pipeline) -> Stream[T]:
         """Return this stream, inside a larger pipeline that contains it."""

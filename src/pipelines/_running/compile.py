@@ -67,6 +67,7 @@ from operators._sources import file_pattern
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
 from pipelines._building.graph import Node, early_ancestor, makes_marks
+from pipelines._building.thrown import thrown_away
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
@@ -125,6 +126,16 @@ def check(pipeline: Pipeline) -> None:
         msg = (
             f"pipeline {pipeline.name!r} reads nothing. Hint: "
             f"Pipeline({pipeline.name!r}).read(sources.memory([...]))."
+        )
+        raise PipelineError(msg)
+    thrown = thrown_away(pipeline)
+    if thrown is not None:
+        msg = (
+            f"pipeline {pipeline.name!r}: step {thrown.node.name!r} (write, at {thrown.where}) "
+            f"is not part of it: the pipeline that .write(...) returned was thrown away, so "
+            f"that branch would never run. Hint: keep both branches and combine them, e.g. "
+            f"first = stream.filter(...).write(...); second = stream.map(...).write(...); "
+            f"(first | second).run()."
         )
         raise PipelineError(msg)
     for (step, route), users in graph.consumers().items():
