@@ -200,6 +200,41 @@ def test_a_branch_whose_written_pipeline_was_thrown_away_is_refused() -> None:
     assert (sorted(result["big"]), result["small"]) == ([5, 10], [1])
 
 
+def test_a_step_whose_stream_was_thrown_away_is_refused() -> None:
+    # As if filter changed the stream in place: the bot was written.
+    s = Pipeline("clicks").read(sources.memory(["ada", "bot", "cy"]))
+    s.filter(lambda u: u != "bot", name="humans")
+    s.key_by(lambda u: u).map(str.upper, name="shout")
+    line = test_a_step_whose_stream_was_thrown_away_is_refused.__code__.co_firstlineno
+    with pytest.raises(
+        PipelineError,
+        match=rf"pipeline 'clicks': step 'humans' \(filter, at test_builder\.py:{line + 3}\) is "
+        r"not part of it: the stream that \.filter\(\.\.\.\) returned was thrown away, so "
+        r"the steps after it read the stream before it\. Hint: methods return a new stream "
+        r"and leave the old one as it was: stream = stream\.filter\(\.\.\.\)\.",
+    ):
+        s.write(sinks.memory("o")).run()
+    with pytest.raises(PipelineError, match=r"step 'shout' \(map, at test_builder\.py:"):
+        s.write(sinks.memory("o")).check()
+    s = s.filter(lambda u: u != "bot", name="humans")
+    assert s.write(sinks.memory("o")).run()["o"] == ["ada", "cy"]
+
+
+def test_running_the_empty_pipeline_names_the_write_that_was_thrown_away() -> None:
+    p = Pipeline("empty_run")
+    p.read(sources.memory([1])).write(sinks.memory("o"))
+    line = test_running_the_empty_pipeline_names_the_write_that_was_thrown_away.__code__
+    with pytest.raises(
+        PipelineError,
+        match=rf"pipeline 'empty_run' reads nothing: it is the empty pipeline, and its steps "
+        rf"are in the pipeline that \.write\(\.\.\.\) returned at test_builder\.py:"
+        rf"{line.co_firstlineno + 2}, which was thrown away\. Hint: keep what",
+    ):
+        p.run()
+    with pytest.raises(PipelineError, match=r"pipeline 'never' reads nothing\. Hint: Pipeline"):
+        Pipeline("never").run()
+
+
 def test_pipelines_used_or_written_again_are_not_thrown_away() -> None:
     s = Pipeline("nb").read(sources.memory([1, 2, 3]))
     s.map(lambda x: x + 1).write(sinks.memory("shown")).check()  # used, then dropped
@@ -207,6 +242,9 @@ def test_pipelines_used_or_written_again_are_not_thrown_away() -> None:
         kept = s.filter(lambda x: x > 1).write(sinks.memory("kept"))
     assert s.map(lambda x: x * 2).write(sinks.memory("other")).run()["other"] == [2, 4, 6]
     assert kept.run()["kept"] == [2, 3]
+    # A stream shown (its repr, a notebook's display) is used.
+    repr(s.filter(lambda x: x > 2, name="shown_filter"))
+    assert s.write(sinks.memory("all")).run()["all"] == [1, 2, 3]
     # Another pipeline, built apart, is not refused for this one's dropped branch.
     other = Pipeline("nb").read(sources.memory([7]))
     s.map(str).write(sinks.memory("dropped"))

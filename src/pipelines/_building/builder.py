@@ -11,7 +11,6 @@ from __future__ import annotations
 import keyword
 import os
 import typing
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, overload
 
@@ -22,7 +21,7 @@ from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_
 from operators._bytewax_io import BytewaxSink, BytewaxSource
 from operators._stage import check_arity, describe_function, returns_nothing
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
-from pipelines._building.thrown import LIVE, Written, caller, dropped
+from pipelines._building.thrown import Made, used, watch
 
 if TYPE_CHECKING:
     from operators.windows import Clock, Window
@@ -114,28 +113,25 @@ class Pipeline:
     [10, 20, 30]
     """
 
-    __slots__ = ("__weakref__", "_dead", "_graph", "_name", "_written")
+    __slots__ = ("__weakref__", "_dead", "_graph", "_made", "_name")
 
     _name: str
     _graph: Graph
     _dead: Sink | None
-    _written: Written | None
+    _made: Made | None
 
     def __init__(self, name: str, *, _graph: Graph | None = None, _dead: Sink | None = None):
         """Start an empty pipeline called ``name`` (a plain identifier)."""
         object.__setattr__(self, "_name", check_name(name, "pipeline name"))
         object.__setattr__(self, "_graph", _graph or Graph())
         object.__setattr__(self, "_dead", _dead)
-        object.__setattr__(self, "_written", None)
+        object.__setattr__(self, "_made", None)
 
     if not TYPE_CHECKING:  # every attribute stays typed as declared
 
         def __getattribute__(self, key: str) -> Any:
             """Note that a pipeline ``write`` returned was used (see `thrown_away`)."""
-            written = object.__getattribute__(self, "_written")
-            if written is not None:
-                written.used = True
-                object.__setattr__(self, "_written", None)
+            used(object.__getattribute__(self, "_made"))
             return object.__getattribute__(self, key)
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -340,7 +336,7 @@ class Pipeline:
 class Stream(Generic[T]):
     """A stream of records of type ``T`` inside a pipeline under construction."""
 
-    __slots__ = ("_classes", "_pipeline", "_port", "_scope")
+    __slots__ = ("__weakref__", "_classes", "_made", "_pipeline", "_port", "_scope")
 
     #: The keyed stream class that ``key_by`` gives: `pipelines._building.keyed` sets
     #: it when imported (the package imports it), so that this module does not
@@ -363,6 +359,16 @@ class Stream(Generic[T]):
         self._port = port
         self._classes = classes
         self._scope = scope
+        graph = object.__getattribute__(pipeline, "_graph")
+        name = object.__getattribute__(pipeline, "_name")
+        self._made = watch(self, name, graph, port.node, f".{port.node.kind}(...)")
+
+    if not TYPE_CHECKING:  # every attribute stays typed as declared
+
+        def __getattribute__(self, key: str) -> Any:
+            """Note that the stream was used (see `pipelines._building.thrown`)."""
+            used(object.__getattribute__(self, "_made"))
+            return object.__getattribute__(self, key)
 
     def _next(
         self, pipe: Pipeline, node: Node, classes: tuple[type[Event], ...] | None
@@ -795,10 +801,14 @@ class Stream(Generic[T]):
         step = check_name(name) if name else graph.unique(self._auto(sink.label, None))
         node = Node(step, "write", (self._port,), params={"sink": sink})
         pipeline = self._pipeline._with(graph.add(node))
-        written = Written(pipeline._graph, node, caller())
-        object.__setattr__(pipeline, "_written", written)
-        weakref.finalize(pipeline, dropped, written).atexit = False
-        LIVE.add(pipeline)
+        made = watch(
+            pipeline,
+            self._pipeline.name,
+            object.__getattribute__(pipeline, "_graph"),
+            node,
+            ".write(...)",
+        )
+        object.__setattr__(pipeline, "_made", made)
         return pipeline
 
     def _at(self, pipeline: Pipeline) -> Stream[T]:

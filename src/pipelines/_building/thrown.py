@@ -1,8 +1,11 @@
-"""Writes whose pipeline was thrown away: branches that would never run.
+"""Steps whose stream or pipeline was thrown away: branches that would never run.
 
-Pipelines are values: ``s.filter(f).write(x)`` as a statement makes a
-pipeline with that branch and drops it, and a later ``s.map(g).write(y).run()``
-runs without it. `thrown_away` finds such a write for `check` to refuse.
+Pipelines and streams are values. ``s.filter(f)`` as a statement makes a
+stream with that step and drops it, so ``s.write(x)`` after it writes every
+record; ``s.map(g).write(y)`` as a statement drops a whole branch, and a
+later ``s.write(z).run()`` runs without it. `watch` follows each stream and
+each pipeline ``write`` returns until something of it is used (any
+attribute), and `thrown_away` finds one dropped unused for `check` to refuse.
 """
 
 from __future__ import annotations
@@ -11,37 +14,37 @@ import os
 import sys
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING
 
 from pipelines._building.graph import Graph, Node
 
-if TYPE_CHECKING:
-    from pipelines._building.builder import Pipeline
-
-__all__ = ["LIVE", "Written", "caller", "dropped", "thrown_away"]
+__all__ = ["Made", "thrown_away", "thrown_write", "used", "watch"]
 
 
-class Written:
-    """A write step and the pipeline that ``write`` returned with it (until used)."""
+class Made:
+    """A step and the graph of the value (stream or pipeline) that came with it."""
 
-    __slots__ = ("graph", "node", "used", "where")
+    __slots__ = ("graph", "node", "pipeline", "used", "what", "where")
 
-    def __init__(self, graph: Graph, node: Node, where: str) -> None:
+    def __init__(self, pipeline: str, graph: Graph, node: Node, what: str, where: str) -> None:
+        self.pipeline = pipeline
         self.graph = graph
         self.node = node
+        self.what = what
         self.where = where
         self.used = False
 
 
-#: Writes whose pipeline was thrown away unused (the newest last): a branch that would
-#: never run. A pipeline that shares steps with one of them is refused (`thrown_away`).
-THROWN: deque[Written] = deque(maxlen=64)
+#: Steps whose value was dropped unused (the newest last): a pipeline that shares
+#: steps with one of them but lacks it is refused (`thrown_away`).
+THROWN: deque[Made] = deque(maxlen=1024)
+
+#: The values `watch` follows that are still held somewhere, and what came with each.
+LIVE: weakref.WeakKeyDictionary[object, Made] = weakref.WeakKeyDictionary()
 
 
-def dropped(written: Written) -> None:
-    """Keep ``written`` when the pipeline it came with goes unused."""
-    if not written.used:
-        THROWN.append(written)
+def _dropped(made: Made) -> None:
+    if not made.used:
+        THROWN.append(made)
 
 
 #: evflow's own packages' folders (pipelines, operators): frames there are not the caller.
@@ -51,7 +54,7 @@ _OWN = tuple(
 )
 
 
-def caller() -> str:
+def _caller() -> str:
     """Name the file and line of the user's code that called into evflow."""
     frame = sys._getframe(1)
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN):
@@ -59,29 +62,50 @@ def caller() -> str:
     return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
-#: The pipelines ``write`` returned that are still held somewhere.
-LIVE: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+def watch(value: object, pipeline: str, graph: Graph, node: Node, what: str) -> Made:
+    """Follow ``value`` (which came with ``node`` of ``graph``) until it is used or dropped."""
+    made = Made(pipeline, graph, node, what, _caller())
+    weakref.finalize(value, _dropped, made).atexit = False
+    LIVE[value] = made
+    return made
 
 
-def thrown_away(pipeline: Pipeline) -> Written | None:
-    """Return a write made on ``pipeline``'s steps whose pipeline was thrown away unused.
+def used(made: Made | None) -> None:
+    """Note that the value ``made`` came with was used."""
+    if made is not None:
+        made.used = True
 
-    ``a = s.filter(f).write(x)`` then ``s.map(g).write(y).run()`` runs only the
-    second branch: pipelines are values, and the first was never combined
-    with it (``|``). One such write is returned once (then forgotten), unless
-    ``pipeline`` or a pipeline still held has a write of its name (the branch
-    written again: a notebook cell run twice).
+
+def thrown_away(graph: Graph) -> Made | None:
+    """Return a step built on ``graph``'s steps, missing from it, whose value was dropped unused.
+
+    ``s.filter(f)`` then ``s.write(x)``: the filter is not in what is written.
+    ``a = s.filter(f).write(x)`` then ``s.map(g).write(y).run()``: the first
+    branch is not in what runs (it was never combined with it, ``|``). One
+    such step is returned once (then forgotten), unless ``graph`` or a value
+    still held has a step of its name (built again: a notebook cell run twice).
     """
-    mine = {id(node) for node in pipeline.graph}
-    for written in list(THROWN):
-        shared = any(id(node) in mine for node in written.graph if node is not written.node)
-        if not shared:
+    mine = {id(node) for node in graph}
+    for made in list(THROWN):
+        if id(made.node) in mine:
+            THROWN.remove(made)  # it is part of what runs
             continue
-        name = written.node.name
-        again = name in pipeline.graph or any(
-            name in object.__getattribute__(live, "_graph") for live in list(LIVE)
-        )
-        THROWN.remove(written)
-        if not again:
-            return written
+        if not any(id(node) in mine for node in made.graph):
+            continue  # another pipeline's
+        THROWN.remove(made)
+        name = made.node.name
+        if name not in graph and not any(name in m.graph for m in list(LIVE.values())):
+            return made
+    return None
+
+
+def thrown_write(pipeline: str) -> Made | None:
+    """Return the newest write of pipeline ``pipeline`` whose pipeline was dropped unused.
+
+    ``p.read(...).write(x)`` as a statement, then ``p.run()``: ``p`` is still
+    empty, and the steps were in the pipeline ``write`` returned.
+    """
+    for made in reversed(THROWN):
+        if made.pipeline == pipeline and made.node.kind == "write":
+            return made
     return None

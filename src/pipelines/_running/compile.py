@@ -67,7 +67,7 @@ from operators._sources import file_pattern
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
 from pipelines._building.graph import Node, early_ancestor, makes_marks
-from pipelines._building.thrown import thrown_away
+from pipelines._building.thrown import thrown_away, thrown_write
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
@@ -127,16 +127,32 @@ def check(pipeline: Pipeline) -> None:
             f"pipeline {pipeline.name!r} reads nothing. Hint: "
             f"Pipeline({pipeline.name!r}).read(sources.memory([...]))."
         )
+        thrown = thrown_write(pipeline.name) if not len(graph) else None
+        if thrown is not None:
+            msg = (
+                f"pipeline {pipeline.name!r} reads nothing: it is the empty pipeline, and its "
+                f"steps are in the pipeline that .write(...) returned at {thrown.where}, which "
+                f"was thrown away. Hint: keep what .write(...) returns and run it: flow = "
+                f"Pipeline({pipeline.name!r}).read(...).write(...); flow.run()."
+            )
         raise PipelineError(msg)
-    thrown = thrown_away(pipeline)
+    thrown = thrown_away(graph)
     if thrown is not None:
-        msg = (
-            f"pipeline {pipeline.name!r}: step {thrown.node.name!r} (write, at {thrown.where}) "
-            f"is not part of it: the pipeline that .write(...) returned was thrown away, so "
-            f"that branch would never run. Hint: keep both branches and combine them, e.g. "
-            f"first = stream.filter(...).write(...); second = stream.map(...).write(...); "
-            f"(first | second).run()."
-        )
+        node = thrown.node
+        msg = f"pipeline {pipeline.name!r}: step {node.name!r} ({node.kind}, at {thrown.where}) "
+        if node.kind == "write":
+            msg += (
+                "is not part of it: the pipeline that .write(...) returned was thrown away, so "
+                "that branch would never run. Hint: keep both branches and combine them, e.g. "
+                "first = stream.filter(...).write(...); second = stream.map(...).write(...); "
+                "(first | second).run()."
+            )
+        else:
+            msg += (
+                f"is not part of it: the stream that {thrown.what} returned was thrown away, "
+                f"so the steps after it read the stream before it. Hint: methods return a new "
+                f"stream and leave the old one as it was: stream = stream{thrown.what}."
+            )
         raise PipelineError(msg)
     for (step, route), users in graph.consumers().items():
         if users or route == "late":
