@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from datetime import date, datetime
 from datetime import time as dtime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_jsonable_python
 
 __all__ = [
     "PAYLOAD_LIMIT",
@@ -18,6 +20,8 @@ __all__ = [
     "Origin",
     "count_dead",
     "explain",
+    "json_text",
+    "jsonable",
     "payload_text",
     "plain_json",
 ]
@@ -148,6 +152,86 @@ def plain_json(value: Any) -> Any:
     raise TypeError(msg)
 
 
+def jsonable(value: Any) -> Any:
+    """Return what JSON writes for a value it has no form for, as pydantic would for an event.
+
+    A date or time as ISO 8601 text (read back as an event time), a set as a
+    list in order (the same on every run), a model, a dataclass, an Enum, a
+    UUID or a Decimal as pydantic writes them, anything else with a text of
+    its own as its text; a value with no data to write is refused (`_no_data`).
+
+    >>> import enum
+    >>> from dataclasses import dataclass
+    >>> from datetime import datetime, timezone
+    >>> jsonable(datetime(2026, 1, 1, 12, tzinfo=timezone.utc)), jsonable({"b", "a"})
+    ('2026-01-01T12:00:00+00:00', ['a', 'b'])
+    >>> jsonable({1, "a"}), jsonable(frozenset())
+    (['a', 1], [])
+    >>> class Color(enum.Enum):
+    ...     RED = "red"
+    >>> @dataclass
+    ... class Point:
+    ...     x: int
+    ...     color: Color
+    >>> jsonable(Point(1, Color.RED))
+    {'x': 1, 'color': 'red'}
+    """
+    try:
+        return plain_json(value)
+    except TypeError:
+        pass
+    why = _no_data(value)
+    if why is not None:
+        raise TypeError(why)
+    return to_jsonable_python(value, fallback=json_text)
+
+
+def json_text(value: Any) -> Any:
+    """Return what JSON writes for a value pydantic has no form for: its text, if it has one."""
+    try:
+        return plain_json(value)
+    except TypeError:
+        pass
+    why = _no_data(value)
+    if why is not None:
+        raise TypeError(why)
+    return str(value)
+
+
+def _no_data(value: Any) -> str | None:
+    """Say why ``value`` has nothing to write, or None when it has.
+
+    >>> print(_no_data(object()))  # doctest: +NORMALIZE_WHITESPACE
+    an object is not data JSON can hold: its only text is Python's default, which names where
+    it is in memory. Hint: write its fields, e.g. {"x": o.x}, or give its class a __str__.
+    >>> print(_no_data(len))  # doctest: +NORMALIZE_WHITESPACE
+    a builtin_function_or_method is not data JSON can hold. Hint: call it, or leave it out of
+    the record.
+    >>> _no_data(3) is None and _no_data("text") is None
+    True
+    """
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    if isinstance(value, Iterator | AsyncIterator | Coroutine):
+        return (
+            f"{article} {name} is not data JSON can hold: a step handed on the {name}, not its "
+            f"items (a map whose function yields or returns a generator expression). Hint: "
+            f"flat_map(fn) hands on each item; list(...) keeps them as one list."
+        )
+    if isinstance(value, type) or inspect.isroutine(value):
+        return (
+            f"{article} {name} is not data JSON can hold. Hint: call it, or leave it out of "
+            f"the record."
+        )
+    if all(getattr(type(value), how) is getattr(object, how) for how in ("__str__", "__repr__")):
+        return (
+            f"{article} {name} is not data JSON can hold: its only text is Python's default, "
+            f'which names where it is in memory. Hint: write its fields, e.g. {{"x": o.x}}, '
+            f"or give its class a __str__."
+        )
+    return None
+
+
 def payload_text(item: Any) -> str:
     r"""Render any payload (raw bytes, a string, an event, a value) as text.
 
@@ -176,12 +260,12 @@ def payload_text(item: Any) -> str:
         return item
     if item.__class__ is dict or item.__class__ is list:
         try:
-            text = json.dumps(item, ensure_ascii=False, default=plain_json)
+            text = json.dumps(item, ensure_ascii=False, default=jsonable)
             if not text.isascii():
                 try:
                     text.encode()
                 except UnicodeEncodeError:  # a lone surrogate: as a JSON escape
-                    text = json.dumps(item, default=plain_json)
+                    text = json.dumps(item, default=jsonable)
             return text
         except (TypeError, ValueError, RecursionError):
             pass  # shown as Python, below

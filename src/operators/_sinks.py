@@ -25,7 +25,7 @@ from bytewax.outputs import (
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from operators._deadletter import DeadLetter, count_dead, payload_text, plain_json
+from operators._deadletter import DeadLetter, count_dead, json_text, jsonable, payload_text
 from operators._sources import TAIL, digest, file_path, slug, tail_before
 from operators._stage import (
     COUNTER_FIELDS,
@@ -227,8 +227,10 @@ def to_json(item: Any) -> str:
     >>> to_json({"mean": float("nan"), "all": [1.5, float("inf")], float("inf"): 0})
     '{"mean": null, "all": [1.5, null], "Infinity": 0}'
 
-    A value JSON has no form for is written as its ``str()``, in an event's
-    field as in a dict:
+    An event, a pydantic model, a dataclass or an Enum inside a dict or list
+    is written as pydantic writes it (its fields; the Enum's value), and a
+    value JSON has no other form for as its ``str()``, in an event's field
+    as in a dict:
 
     >>> from typing import Any
     >>> from operators import Event
@@ -240,41 +242,34 @@ def to_json(item: Any) -> str:
     >>> line = to_json(Tagged(id="t1", time="2026-01-01T00:00:00Z", tag=Opaque()))
     >>> line.endswith('"tag": "opaque"}'), to_json({"tag": Opaque()})
     (True, '{"tag": "opaque"}')
+    >>> to_json({"first": Tagged(id="t1", time="2026-01-01T00:00:00Z", tag=1)})
+    '{"first": {"type": "tagged", "id": "t1", "time": "2026-01-01T00:00:00Z", "tag": 1}}'
+
+    A value with no data to write (a generator, an iterator, a function, an
+    object whose only text is Python's default, naming where it is in
+    memory) is refused, so its record becomes a dead letter:
+
+    >>> to_json({"items": (n for n in [1, 2])})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: a generator is not data JSON can hold: a step handed on the generator, ...
     """
     if isinstance(item, BaseModel):
         try:
             return item.model_dump_json()
         except PydanticSerializationError:
-            return _dumps(to_jsonable_python(item, fallback=str))
+            return _dumps(to_jsonable_python(item, fallback=json_text))
     return _dumps(item)
 
 
 def _dumps(value: Any) -> str:
     try:
-        return json.dumps(value, default=_jsonable, allow_nan=False)
+        return json.dumps(value, default=jsonable, allow_nan=False)
     except ValueError as exc:
         if str(exc).startswith("Circular reference"):
             raise  # a record that holds itself: no JSON can
         # A nan or an infinity somewhere in it.
-        return json.dumps(_finite(value), default=_jsonable, allow_nan=False)
-
-
-def _jsonable(value: Any) -> Any:
-    """Return what JSON writes for a value it has no form for, as pydantic would for an event.
-
-    A date or time as ISO 8601 text (read back as an event time), a set as a
-    list in order (the same on every run), anything else as its text.
-
-    >>> from datetime import datetime, timezone
-    >>> _jsonable(datetime(2026, 1, 1, 12, tzinfo=timezone.utc)), _jsonable({"b", "a"})
-    ('2026-01-01T12:00:00+00:00', ['a', 'b'])
-    >>> _jsonable({1, "a"}), _jsonable(frozenset())
-    (['a', 1], [])
-    """
-    try:
-        return plain_json(value)
-    except TypeError:
-        return str(value)
+        return json.dumps(_finite(value), default=jsonable, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:

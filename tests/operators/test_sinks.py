@@ -196,3 +196,77 @@ def test_bytes_in_a_dict_are_written_as_their_text_as_an_events_are(tmp_path: Pa
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["body"] for line in lines] == ["café", "\udcff", "café"]
     assert Blob.model_validate(lines[0] | {"id": "b"}).body == "café".encode()
+
+
+def test_events_dataclasses_and_enums_in_a_dict_are_written_as_pydantic_writes_them(
+    tmp_path: Path,
+) -> None:
+    # Each was written as its str(): an event as "type='view' id='v1' time=datetime...",
+    # a dataclass as "Point(x=1)", an Enum as "Color.RED".
+    import enum
+    from dataclasses import dataclass
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    @dataclass
+    class Point:
+        x: int
+        color: Color
+
+    seen = View(id="v1", time="2026-01-01T00:00:00Z", user="ada")
+    rows = [{"view": seen, "at": Point(1, Color.RED), "all": [seen], "c": Color.RED}]
+    path = tmp_path / "rows.jsonl"
+    result = Pipeline("out").read(sources.memory(rows)).write(sinks.jsonl(path)).run()
+    assert result.reconciles and not result.dead_letters
+    [line] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert line == {
+        "view": json.loads(seen.model_dump_json()),
+        "at": {"x": 1, "color": "red"},
+        "all": [json.loads(seen.model_dump_json())],
+        "c": "red",
+    }
+    assert View.model_validate(line["view"]) == seen
+
+
+def test_a_generator_or_an_object_without_data_is_a_dead_letter_not_its_address(
+    tmp_path: Path,
+) -> None:
+    # A map returning a generator wrote "<generator object <genexpr> at 0x7f...>" for
+    # each record, and the run reconciled.
+    path = tmp_path / "rows.jsonl"
+    result = (
+        Pipeline("out")
+        .read(sources.memory([[1, 2], [3], {"x": 4}]))
+        .map(lambda r: {"o": object()} if isinstance(r, dict) else (n * 2 for n in r))
+        .write(sinks.jsonl(path))
+        .run()
+    )
+    assert path.read_text() == ""
+    assert result.reconciles and result.dead == 3
+    kinds = sorted((d.step, d.error_type, d.message.split(":")[0]) for d in result.dead_letters)
+    assert kinds == [
+        ("jsonl_rows", "TypeError", "a generator is not data JSON can hold"),
+        ("jsonl_rows", "TypeError", "a generator is not data JSON can hold"),
+        ("jsonl_rows", "TypeError", "an object is not data JSON can hold"),
+    ]
+    assert all("0x" not in d.message for d in result.dead_letters)
+    generator = next(d for d in result.dead_letters if "generator" in d.message)
+    assert "Hint: flat_map(fn) hands on each item" in generator.message
+
+
+def test_a_dead_letters_payload_holding_an_event_is_json() -> None:
+    seen = View(id="v1", time="2026-01-01T00:00:00Z", user="ada")
+
+    def fail(r: Any) -> Any:
+        raise ValueError("no")
+
+    result = (
+        Pipeline("p")
+        .read(sources.memory([{"view": seen}]))
+        .map(fail)
+        .write(sinks.memory("o"))
+        .run()
+    )
+    [letter] = result.dead_letters
+    assert json.loads(letter.payload) == {"view": json.loads(seen.model_dump_json())}
