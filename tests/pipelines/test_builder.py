@@ -220,6 +220,23 @@ def test_a_step_whose_stream_was_thrown_away_is_refused() -> None:
     assert s.write(sinks.memory("o")).run()["o"] == ["ada", "cy"]
 
 
+@pytest.mark.parametrize("how", ["testing.run", "preview", "explore"])
+def test_the_test_seams_refuse_a_step_whose_stream_was_thrown_away(how: str) -> None:
+    # They run a copy of the pipeline with other sources: the copy's steps are new.
+    from pipelines import testing
+
+    s = Pipeline("clicks").read(sources.memory(["ada", "bot"]))
+    s.filter(lambda u: u != "bot", name="humans")
+    flow = s.write(sinks.memory("o"))
+    runs = {
+        "testing.run": lambda: testing.run(flow, ["bot"]),
+        "preview": lambda: flow.preview(["bot"]),
+        "explore": lambda: testing.explore(flow, ["bot"], runs=2),
+    }
+    with pytest.raises(PipelineError, match=r"step 'humans' \(filter, at test_builder\.py:"):
+        runs[how]()
+
+
 def test_running_the_empty_pipeline_names_the_write_that_was_thrown_away() -> None:
     p = Pipeline("empty_run")
     p.read(sources.memory([1])).write(sinks.memory("o"))

@@ -171,6 +171,9 @@ class Pipeline:
         or None to keep the step as it is; ``dead`` is the copy's dead-letter
         sink. The test seam uses it to swap sources and sinks.
         """
+        from pipelines._running.compile import check_thrown
+
+        check_thrown(self._name, self._graph)  # the copy's steps are new: told here
         replaced: dict[str, Node] = {}
         for node in self._graph:
             params = change(node)

@@ -10,6 +10,7 @@ attribute), and `thrown_away` finds one dropped unused for `check` to refuse.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import weakref
@@ -82,21 +83,30 @@ def thrown_away(graph: Graph) -> Made | None:
     ``s.filter(f)`` then ``s.write(x)``: the filter is not in what is written.
     ``a = s.filter(f).write(x)`` then ``s.map(g).write(y).run()``: the first
     branch is not in what runs (it was never combined with it, ``|``). One
-    such step is returned once (then forgotten), unless ``graph`` or a value
-    still held has a step of its name (built again: a notebook cell run twice).
+    such step is returned once (then forgotten), unless ``graph``, or a value
+    still held that shares steps with it, has a step of its name (built
+    again: a notebook cell run twice).
     """
     mine = {id(node) for node in graph}
     for made in list(THROWN):
         if id(made.node) in mine:
-            THROWN.remove(made)  # it is part of what runs
+            _forget(made)  # it is part of what runs
             continue
         if not any(id(node) in mine for node in made.graph):
             continue  # another pipeline's
-        THROWN.remove(made)
+        _forget(made)
         name = made.node.name
-        if name not in graph and not any(name in m.graph for m in list(LIVE.values())):
+        if name not in graph and not any(
+            name in held.graph and any(id(node) in mine for node in held.graph)
+            for held in list(LIVE.values())
+        ):
             return made
     return None
+
+
+def _forget(made: Made) -> None:
+    with contextlib.suppress(ValueError):  # another thread's check forgot it first
+        THROWN.remove(made)
 
 
 def thrown_write(pipeline: str) -> Made | None:

@@ -66,13 +66,13 @@ from operators._process import ProcessLogic, ProcessSpec
 from operators._sources import file_pattern
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
-from pipelines._building.graph import Node, early_ancestor, makes_marks
+from pipelines._building.graph import Graph, Node, early_ancestor, makes_marks
 from pipelines._building.thrown import thrown_away, thrown_write
 
 if TYPE_CHECKING:
     from pipelines._building.builder import Pipeline
 
-__all__ = ["Compiled", "PipelineError", "check", "compile_pipeline"]
+__all__ = ["Compiled", "PipelineError", "check", "check_thrown", "compile_pipeline"]
 
 _NEVER = -math.inf
 _DONE = math.inf
@@ -136,24 +136,7 @@ def check(pipeline: Pipeline) -> None:
                 f"Pipeline({pipeline.name!r}).read(...).write(...); flow.run()."
             )
         raise PipelineError(msg)
-    thrown = thrown_away(graph)
-    if thrown is not None:
-        node = thrown.node
-        msg = f"pipeline {pipeline.name!r}: step {node.name!r} ({node.kind}, at {thrown.where}) "
-        if node.kind == "write":
-            msg += (
-                "is not part of it: the pipeline that .write(...) returned was thrown away, so "
-                "that branch would never run. Hint: keep both branches and combine them, e.g. "
-                "first = stream.filter(...).write(...); second = stream.map(...).write(...); "
-                "(first | second).run()."
-            )
-        else:
-            msg += (
-                f"is not part of it: the stream that {thrown.what} returned was thrown away, "
-                f"so the steps after it read the stream before it. Hint: methods return a new "
-                f"stream and leave the old one as it was: stream = stream{thrown.what}."
-            )
-        raise PipelineError(msg)
+    check_thrown(pipeline.name, graph)
     for (step, route), users in graph.consumers().items():
         if users or route == "late":
             continue  # unwritten late events become dead letters
@@ -173,6 +156,28 @@ def check(pipeline: Pipeline) -> None:
         raise PipelineError(msg)
     _check_files(pipeline)
     _check_memory(pipeline)
+
+
+def check_thrown(name: str, graph: Graph) -> None:
+    """Refuse a step built on ``graph``'s steps whose stream or pipeline was thrown away."""
+    thrown = thrown_away(graph)
+    if thrown is not None:
+        node = thrown.node
+        msg = f"pipeline {name!r}: step {node.name!r} ({node.kind}, at {thrown.where}) "
+        if node.kind == "write":
+            msg += (
+                "is not part of it: the pipeline that .write(...) returned was thrown away, so "
+                "that branch would never run. Hint: keep both branches and combine them, e.g. "
+                "first = stream.filter(...).write(...); second = stream.map(...).write(...); "
+                "(first | second).run()."
+            )
+        else:
+            msg += (
+                f"is not part of it: the stream that {thrown.what} returned was thrown away, "
+                f"so the steps after it read the stream before it. Hint: methods return a new "
+                f"stream and leave the old one as it was: stream = stream{thrown.what}."
+            )
+        raise PipelineError(msg)
 
 
 def _check_memory(pipeline: Pipeline) -> None:
