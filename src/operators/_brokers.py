@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -103,6 +104,63 @@ def missing(what: dict[str, Any], message: str) -> Unreadable:
     return Unreadable(json.dumps(what), LookupError(message), kind="missing")
 
 
+#: The URL schemes each broker's client takes, and an example URL for hints.
+_SCHEMES = {
+    "redis": (("redis", "rediss", "unix"), "redis://localhost:6379/0"),
+    "nats": (("nats", "tls", "ws", "wss"), "nats://localhost:4222"),
+}
+
+
+def check_settings(where: str, kind: str, url: Any, **numbers: Any) -> None:
+    """Refuse a URL the broker's client cannot take and settings that cannot work.
+
+    ``numbers``: ``batch_size`` (a whole number, at least 1), ``poll`` and
+    ``retry_for`` (seconds, 0 or more), ``connect_timeout`` (seconds, more
+    than 0), ``maxlen`` (None or a whole number, at least 1); each finite.
+
+    >>> check_settings("sources.redis", "redis", "localhost:6379")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: sources.redis: url must start with redis://, rediss:// or unix://; got ...
+    >>> check_settings("sinks.nats", "nats", "nats://a:4222", connect_timeout=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: sinks.nats: connect_timeout must be a number of seconds more than 0; got 0.
+    """
+    schemes, example = _SCHEMES[kind]
+    scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else None
+    bare = kind == "nats" and isinstance(url, str) and bool(url) and scheme is None
+    if not bare and scheme not in schemes:
+        listed = ", ".join(f"{s}://" for s in schemes[:-1]) + f" or {schemes[-1]}://"
+        msg = (
+            f"{where}: url must start with {listed}; got {_masked_any(url)}. "
+            f"Hint: {where}({example!r}, ...)."
+        )
+        raise ValueError(msg)
+    for name, value in numbers.items():
+        whole = name in ("batch_size", "maxlen")
+        if value is None and name == "maxlen":
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if whole:
+            good = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            need = "a whole number of at least 1"
+        elif name == "connect_timeout":
+            good = number and math.isfinite(value) and value > 0
+            need = "a number of seconds more than 0"
+        else:
+            good = number and math.isfinite(value) and value >= 0
+            need = "a number of seconds, 0 or more"
+        if not good:
+            msg = f"{where}: {name} must be {need}; got {value!r}."
+            raise ValueError(msg)
+
+
+def _masked_any(url: Any) -> str:
+    """Show ``url`` for a message, its password hidden."""
+    return repr(masked(url)) if isinstance(url, str) else repr(url)
+
+
 class BrokerUnreachable(ConnectionError):
     """A broker could not be reached (at the start, or for longer than allowed)."""
 
@@ -196,6 +254,15 @@ class BrokerSource(Source[Any]):
         name: str | None,
     ) -> None:
         """Check and keep the settings."""
+        check_settings(
+            f"sources.{self.kind}",
+            self.kind,
+            url,
+            batch_size=batch_size,
+            poll=poll,
+            connect_timeout=connect_timeout,
+            retry_for=retry_for,
+        )
         names = [streams] if isinstance(streams, str) else list(streams)
         if not names or not all(isinstance(s, str) and s for s in names):
             msg = f"sources.{self.kind}: streams must be stream names; got {streams!r}."
@@ -240,6 +307,13 @@ class BrokerSink(Sink):
         self, url: str, target: str, *, connect_timeout: float, retry_for: float, name: str | None
     ) -> None:
         """Check and keep the settings."""
+        check_settings(
+            f"sinks.{self.kind}",
+            self.kind,
+            url,
+            connect_timeout=connect_timeout,
+            retry_for=retry_for,
+        )
         if not isinstance(target, str) or not target:
             msg = f"sinks.{self.kind}: {self.noun} must be a {self.noun} name; got {target!r}."
             raise ValueError(msg)

@@ -44,6 +44,7 @@ from operators._brokers import (
     BrokerSource,
     BrokerUnreachable,
     PollingReader,
+    check_settings,
     masked,
     messages_of,
     missing,
@@ -666,6 +667,7 @@ class RedisStreamSink(BrokerSink, ExactSink):
         super().__init__(
             url, stream, connect_timeout=connect_timeout, retry_for=retry_for, name=name
         )
+        check_settings("sinks.redis", "redis", url, maxlen=maxlen)
         self.stream = stream
         self.maxlen = maxlen
         self.field = field

@@ -344,8 +344,8 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _check_batch(batch_size: int) -> int:
-    if batch_size < 1:
-        msg = f"batch_size must be at least 1; got {batch_size}."
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        msg = f"batch_size must be a whole number of at least 1; got {batch_size!r}."
         raise ValueError(msg)
     return batch_size
 

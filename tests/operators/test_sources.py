@@ -38,8 +38,12 @@ def test_memory_partitions_split_contiguously_and_resume() -> None:
 
 
 def test_batch_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match=r"batch_size must be at least 1; got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be a whole number of at least 1; got 0"):
         sources.memory([], batch_size=0)
+    # 2.5 failed in the middle of the run (slice indices must be integers); True read as 1.
+    for odd in (2.5, True, "10"):
+        with pytest.raises(ValueError, match=rf"batch_size must be a whole .*; got {odd!r}"):
+            sources.memory([1, 2, 3], batch_size=odd)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"partitions must be at least 1; got 0"):
         sources.memory([], partitions=0)
 
@@ -651,3 +655,53 @@ def test_an_event_of_a_class_the_schema_has_not_is_refused_where_it_is_read() ->
     (letter,) = result.dead_letters
     assert (letter.step, letter.kind) == ("read_memory", "validation")
     assert '"type":"buy"' in letter.payload
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        # The Redis client refused it only when the run started, with its own words.
+        (
+            lambda: sources.redis("localhost:6379", "clicks"),
+            r"sources\.redis: url must start with redis://, rediss:// or unix://; got "
+            r"'localhost:6379'\. Hint: sources\.redis\('redis://localhost:6379/0', \.\.\.\)\.",
+        ),
+        (
+            lambda: sinks.nats("redis://:s3cret@h:4222", "out"),
+            r"sinks\.nats: url must start with nats://, tls://, ws:// or wss://; got "
+            r"'redis://:\*\*\*\*@h:4222'",
+        ),
+        (
+            lambda: sources.redis("redis://h", "clicks", batch_size=0),
+            r"sources\.redis: batch_size must be a whole number of at least 1; got 0\.",
+        ),
+        (
+            lambda: sources.nats("nats://h", "CLICKS", poll=-1),
+            r"sources\.nats: poll must be a number of seconds, 0 or more; got -1\.",
+        ),
+        (
+            lambda: sources.nats("nats://h", "CLICKS", connect_timeout=0),
+            r"connect_timeout must be a number of seconds more than 0; got 0\.",
+        ),
+        (
+            lambda: sinks.redis("redis://h", "out", retry_for=float("nan")),
+            r"sinks\.redis: retry_for must be a number of seconds, 0 or more; got nan\.",
+        ),
+        (
+            lambda: sinks.redis("redis://h", "out", maxlen=0),
+            r"sinks\.redis: maxlen must be a whole number of at least 1; got 0\.",
+        ),
+    ],
+)
+def test_broker_urls_and_settings_that_cannot_work_are_refused_when_made(
+    make: Any, said: str
+) -> None:
+    with pytest.raises(ValueError, match=said):
+        make()
+
+
+def test_broker_urls_the_clients_take_are_accepted() -> None:
+    for url in ("redis://h:6379/0", "rediss://:pw@h", "unix:///tmp/redis.sock"):
+        assert sources.redis(url, "s").url == url
+    for url in ("nats://h:4222", "tls://h:4222", "h:4222"):
+        assert sinks.nats(url, "out").url == url
