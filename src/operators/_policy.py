@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,11 +28,13 @@ class ErrorPolicy:
 
     def __post_init__(self) -> None:
         """Check the numbers."""
-        if self.attempts < 1:
-            msg = f"retry attempts must be at least 1; got {self.attempts}."
+        attempts, backoff = self.attempts, self.backoff
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            msg = f"retry attempts must be a whole number of at least 1; got {attempts!r}."
             raise ValueError(msg)
-        if self.backoff < 0:
-            msg = f"retry backoff must be zero or positive seconds; got {self.backoff}."
+        real = isinstance(backoff, int | float) and not isinstance(backoff, bool)
+        if not real or not 0 <= backoff < math.inf:
+            msg = f"retry backoff must be zero or positive seconds; got {backoff!r}."
             raise ValueError(msg)
 
 

@@ -408,8 +408,8 @@ class MemorySource(Source[R]):
                 f"themselves; got {type(items).__name__} {items!r:.80}. Hint: {hint}."
             )
             raise TypeError(msg)
-        if partitions < 1:
-            msg = f"partitions must be at least 1; got {partitions}."
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            msg = f"partitions must be a whole number of at least 1; got {partitions!r}."
             raise ValueError(msg)
         self.items = list(items)
         self.schema = schema
@@ -1002,8 +1002,8 @@ class GenerateSource(Source[Any]):
         if count is not None and count < 0:
             msg = f"generate: count must be zero or more, or None for unbounded; got {count}."
             raise ValueError(msg)
-        if partitions < 1:
-            msg = f"generate: partitions must be at least 1; got {partitions}."
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            msg = f"generate: partitions must be a whole number of at least 1; got {partitions!r}."
             raise ValueError(msg)
         if rate is not None and not 0 < rate < math.inf:
             msg = f"generate: rate must be a positive number of records per second; got {rate}."

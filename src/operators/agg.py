@@ -758,7 +758,7 @@ class _TopK(Aggregator):
 
     def __init__(self, field: str, k: int) -> None:
         self.field = _field(field, "top_k")
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             msg = f"top_k: k must be a positive int; got {k!r}."
             raise ValueError(msg)
         self.k = k

@@ -130,8 +130,9 @@ def test_fields_are_checked_against_the_model() -> None:
         agg.quantile("value", 1.5)
     with pytest.raises(ValueError, match=r"quantile: relative_accuracy must be in \(0, 1\)"):
         agg.quantile("value", 0.5, relative_accuracy=0)
-    with pytest.raises(ValueError, match=r"top_k: k must be a positive int; got 0"):
-        agg.top_k("note", 0)
+    for odd in (0, True):  # True was a k of 1
+        with pytest.raises(ValueError, match=rf"top_k: k must be a positive int; got {odd!r}"):
+            agg.top_k("note", odd)
     with pytest.raises(TypeError, match=r"count\(cls\): cls must be an event class; got 'x'"):
         agg.count("x")  # type: ignore[arg-type]
 

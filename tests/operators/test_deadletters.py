@@ -39,10 +39,13 @@ def test_policies() -> None:
     assert retry(2, backoff=0.5) == ErrorPolicy("retry", 2, 0.5)
     with pytest.raises(ValueError, match=r"unknown error policy 'ignore'. Hint: use"):
         as_policy("ignore")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"retry attempts must be at least 1; got 0"):
-        retry(0)
-    with pytest.raises(ValueError, match=r"retry backoff must be zero or positive seconds"):
-        retry(2, backoff=-1)
+    # 2.5 attempts ran 3 times, a backoff of nan failed in the middle of the run.
+    for odd in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"retry attempts must be a whole .*; got {odd!r}"):
+            retry(odd)  # type: ignore[arg-type]
+    for odd in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"retry backoff must be zero or positive seconds"):
+            retry(2, backoff=odd)
 
 
 def test_a_dict_records_payload_is_json_that_can_be_sent_again() -> None:

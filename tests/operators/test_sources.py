@@ -44,8 +44,9 @@ def test_batch_size_must_be_positive() -> None:
     for odd in (2.5, True, "10"):
         with pytest.raises(ValueError, match=rf"batch_size must be a whole .*; got {odd!r}"):
             sources.memory([1, 2, 3], batch_size=odd)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"partitions must be at least 1; got 0"):
-        sources.memory([], partitions=0)
+    for odd in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"partitions must be a whole .*; got {odd!r}"):
+            sources.memory([], partitions=odd)  # type: ignore[arg-type]
 
 
 def test_jsonl_one_partition_per_file_with_lines(tmp_path: Path) -> None:
@@ -202,8 +203,9 @@ def test_generate_checks_its_arguments() -> None:
         sources.generate(3, count=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"generate: count must be zero or more"):
         sources.generate(lambda r, i: i, count=-1)
-    with pytest.raises(ValueError, match=r"generate: partitions must be at least 1"):
-        sources.generate(lambda r, i: i, count=1, partitions=0)
+    for odd in (0, 1.5):
+        with pytest.raises(ValueError, match=r"generate: partitions must be a whole number"):
+            sources.generate(lambda r, i: i, count=1, partitions=odd)  # type: ignore[arg-type]
     for rate in (0, math.nan, math.inf):
         with pytest.raises(ValueError, match=r"generate: rate must be a positive number"):
             sources.generate(lambda r, i: i, count=1, rate=rate)
