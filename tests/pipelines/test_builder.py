@@ -211,7 +211,8 @@ def test_a_step_whose_stream_was_thrown_away_is_refused() -> None:
         match=rf"pipeline 'clicks': step 'humans' \(filter, at test_builder\.py:{line + 3}\) is "
         r"not part of it: the stream that \.filter\(\.\.\.\) returned was thrown away, so "
         r"the steps after it read the stream before it\. Hint: methods return a new stream "
-        r"and leave the old one as it was: stream = stream\.filter\(\.\.\.\)\.",
+        r"and leave the old one as it was: stream = stream\.filter\(\.\.\.\); or leave "
+        r"that line out if the step is not wanted\.",
     ):
         s.write(sinks.memory("o")).run()
     with pytest.raises(PipelineError, match=r"step 'shout' \(map, at test_builder\.py:"):

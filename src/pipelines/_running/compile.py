@@ -169,13 +169,14 @@ def check_thrown(name: str, graph: Graph) -> None:
                 "is not part of it: the pipeline that .write(...) returned was thrown away, so "
                 "that branch would never run. Hint: keep both branches and combine them, e.g. "
                 "first = stream.filter(...).write(...); second = stream.map(...).write(...); "
-                "(first | second).run()."
+                "(first | second).run(); or leave that line out if the branch is not wanted."
             )
         else:
             msg += (
                 f"is not part of it: the stream that {thrown.what} returned was thrown away, "
                 f"so the steps after it read the stream before it. Hint: methods return a new "
-                f"stream and leave the old one as it was: stream = stream{thrown.what}."
+                f"stream and leave the old one as it was: stream = stream{thrown.what}; or "
+                f"leave that line out if the step is not wanted."
             )
         raise PipelineError(msg)
 
