@@ -435,3 +435,23 @@ def test_a_function_that_cannot_take_what_its_step_passes_is_refused_when_added(
     views.map(functools.partial(two, 1)).key_by(operator.attrgetter("user"))
     keyed.process(lambda *args: None, initial=dict, on_timer=lambda s, t, c, extra=0: s)
     views.filter(str.isupper).map("{}".format)
+
+
+def test_a_stream_previews_its_records_before_a_sink_is_chosen() -> None:
+    s = Pipeline("look").read(sources.memory([{"user": "ada"}, "not json"], schema=View))
+    result = s.filter(lambda v: v.user != "bob").preview()
+    assert [v.user for v in result["preview"]] == ["ada"]
+    assert result.dead == 1 and result.reconciles
+    assert s.map(lambda v: v.user).preview([{"user": "cy"}])["preview"] == ["cy"]
+
+
+@pytest.mark.parametrize("method", ["run", "check", "dead_letters"])
+def test_a_stream_says_it_must_be_written_before_it_runs(method: str) -> None:
+    s = Pipeline("look").read(sources.memory([1]))
+    with pytest.raises(
+        AttributeError,
+        match=rf"stream 'read_memory' is not written anywhere yet, so it has no {method}\(\): "
+        r"a pipeline does \(what \.write\(\.\.\.\) returns\)\. Hint: "
+        rf"\.write\(sinks\.memory\('out'\)\)\.{method}\(\.\.\.\), or \.preview\(\)",
+    ):
+        getattr(s, method)()

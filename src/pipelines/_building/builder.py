@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, over
 from bytewax.inputs import DynamicSource, FixedPartitionedSource
 from bytewax.outputs import DynamicSink
 
-from operators import Event, IsInstance, Policy, Sink, Source, as_policy, event_classes
+from operators import (
+    Event,
+    IsInstance,
+    MemorySink,
+    Policy,
+    Sink,
+    Source,
+    as_policy,
+    event_classes,
+)
 from operators._bytewax_io import BytewaxSink, BytewaxSource
 from operators._stage import check_arity, describe_function, returns_nothing
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
@@ -814,6 +823,24 @@ class Stream(Generic[T]):
         object.__setattr__(pipeline, "_made", made)
         return pipeline
 
+    def preview(
+        self,
+        records: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        *,
+        limit: int = 20,
+    ) -> RunResult:
+        """Run the steps so far on a small sample; this stream's records are output ``preview``.
+
+        As `Pipeline.preview`, with this stream written to a memory output
+        (a notebook's look at a chain before its sink is chosen).
+
+        >>> from pipelines import Pipeline, sources
+        >>> doubled = Pipeline("p").read(sources.memory(range(100))).map(lambda x: x * 2)
+        >>> tuple(doubled.preview(limit=3)["preview"])
+        (0, 2, 4)
+        """
+        return self.write(MemorySink("preview")).preview(records, limit=limit)
+
     def _at(self, pipeline: Pipeline) -> Stream[T]:
         """Return this stream, inside a larger pipeline that contains it."""
         return self._rebuild(pipeline, self._port, self._classes)
@@ -826,6 +853,13 @@ class Stream(Generic[T]):
                 msg = (
                     f"stream {self.step!r} is not keyed, so it has no {name}(). Hint: "
                     f"key it first: .key_by(lambda e: e.user).{name}(...)."
+                )
+                raise AttributeError(msg)
+            if name in ("run", "check", "explain", "dead_letters"):
+                msg = (
+                    f"stream {self.step!r} is not written anywhere yet, so it has no {name}(): "
+                    f"a pipeline does (what .write(...) returns). Hint: "
+                    f".write(sinks.memory('out')).{name}(...), or .preview() to look at it."
                 )
                 raise AttributeError(msg)
             msg = f"{type(self).__name__!r} object has no attribute {name!r}"
