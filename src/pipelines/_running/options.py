@@ -32,5 +32,7 @@ def seconds_option(name: str, value: float) -> float:
         usable = False
     if not usable:
         msg = f"{name} must be a positive, finite number of seconds; got {value!r}."
+        if isinstance(value, int | float) and 0 < value < 1e-6:
+            msg += " Durations are counted in whole microseconds: 0.000001 at least."
         raise OptionError(msg)
     return value
