@@ -125,7 +125,8 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         ),
         (
             ["--recovery", str(tmp_path / "s"), "--snapshot-interval", "1e-9"],
-            "got 1e-09. Durations are counted in whole microseconds: 0.000001 at least.",
+            "snapshot_interval must be a positive, finite number of seconds; got 1e-09. "
+            "Durations are counted in whole microseconds: 0.000001 at least.",
         ),
         (
             ["-p", "2", "--formation-timeout", "nan"],
