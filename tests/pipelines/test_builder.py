@@ -260,6 +260,11 @@ def test_pipelines_used_or_written_again_are_not_thrown_away() -> None:
         kept = s.filter(lambda x: x > 1).write(sinks.memory("kept"))
     assert s.map(lambda x: x * 2).write(sinks.memory("other")).run()["other"] == [2, 4, 6]
     assert kept.run()["kept"] == [2, 3]
+    # A branch bound to a name and left unused is kept aside, not thrown away.
+    aside = s.filter(lambda x: x > 2, name="aside").write(sinks.memory("aside"))
+    unused_keyed = s.key_by(str, name="unused_key")
+    assert s.write(sinks.memory("plain")).run()["plain"] == [1, 2, 3]
+    assert aside.steps[-1] == "memory_aside" and unused_keyed.step == "unused_key"
     # A stream shown (its repr, a notebook's display) is used.
     repr(s.filter(lambda x: x > 2, name="shown_filter"))
     assert s.write(sinks.memory("all")).run()["all"] == [1, 2, 3]

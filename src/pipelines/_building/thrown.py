@@ -4,17 +4,20 @@ Pipelines and streams are values. ``s.filter(f)`` as a statement makes a
 stream with that step and drops it, so ``s.write(x)`` after it writes every
 record; ``s.map(g).write(y)`` as a statement drops a whole branch, and a
 later ``s.write(z).run()`` runs without it. `watch` follows each stream and
-each pipeline ``write`` returns until something of it is used (any
-attribute), and `thrown_away` finds one dropped unused for `check` to refuse.
+each pipeline ``write`` returns that the user's statement throws away at once
+(its value popped, unused), and `thrown_away` finds one for `check` to refuse.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dis
+import functools
 import os
 import sys
 import weakref
 from collections import deque
+from types import CodeType, FrameType
 
 from pipelines._building.graph import Graph, Node
 
@@ -55,18 +58,53 @@ _OWN = tuple(
 )
 
 
-def _caller() -> str:
-    """Name the file and line of the user's code that called into evflow."""
+def _caller() -> FrameType:
+    """Return the frame of the user's code that called into evflow."""
     frame = sys._getframe(1)
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN):
         frame = frame.f_back
-    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    return frame
+
+
+@functools.lru_cache(maxsize=512)
+def _discarding(code: CodeType) -> frozenset[int]:
+    """Offsets in ``code`` of the calls whose value is thrown away (a ``POP_TOP`` next)."""
+    caches = {"show_caches": True} if sys.version_info >= (3, 11) else {}
+    found: set[int] = set()
+    call: list[int] = []  # the offsets of a call and its inline caches
+    for instruction in dis.get_instructions(code, **caches):
+        if instruction.opname == "CACHE":
+            call.append(instruction.offset)
+            continue
+        if instruction.opname == "POP_TOP":
+            found.update(call)
+        call = [instruction.offset] if instruction.opname.startswith(("CALL", "PRECALL")) else []
+    return frozenset(found)
+
+
+def _discarded(frame: FrameType) -> bool:
+    """Whether ``frame``'s code throws away the value of the call it is making.
+
+    ``stream.filter(f)`` as a statement: its value is popped at once. A value
+    bound to a name, passed on or shown in a notebook is not.
+    """
+    try:
+        return frame.f_lasti in _discarding(frame.f_code)
+    except Exception:  # noqa: BLE001 - code dis cannot read: taken as thrown away when dropped
+        return True
 
 
 def watch(value: object, pipeline: str, graph: Graph, node: Node, what: str) -> Made:
-    """Follow ``value`` (which came with ``node`` of ``graph``) until it is used or dropped."""
-    made = Made(pipeline, graph, node, what, _caller())
-    weakref.finalize(value, _dropped, made).atexit = False
+    """Follow ``value`` (which came with ``node`` of ``graph``) until it is used or dropped.
+
+    Only a value the user's statement throws away at once is followed: one
+    bound to a name and never used is left alone (a branch kept aside).
+    """
+    frame = _caller()
+    where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    made = Made(pipeline, graph, node, what, where)
+    if _discarded(frame):
+        weakref.finalize(value, _dropped, made).atexit = False
     LIVE[value] = made
     return made
 
