@@ -98,8 +98,14 @@ class Observed:
 class ScheduleDependence(AssertionError):
     """A pipeline's results depend on the schedule; says the smallest schedule that shows it."""
 
-    def __init__(self, seed: int, schedule: Schedule, difference: str) -> None:
-        """Say what differs, under which schedule, from which seed."""
+    def __init__(
+        self, seed: int, schedule: Schedule, difference: str, arrival: Collection[str] = ()
+    ) -> None:
+        """Say what differs, under which schedule, from which seed.
+
+        ``arrival``: the pipeline's steps that take each key's events in
+        arrival order (see `arrival_order_steps`), named as a likely cause.
+        """
         self.seed = seed
         self.schedule = schedule
         self.difference = difference
@@ -110,7 +116,37 @@ class ScheduleDependence(AssertionError):
             )
         else:
             where = f"with {schedule.describe()} (shrunk; explore seed={seed})"
-        super().__init__(f"results depend on the schedule: {where}: {difference}")
+        why = ""
+        if arrival and schedule != Schedule():
+            why = (
+                f". Steps that take each key's events in arrival order, which is the "
+                f"schedule's where a key's events come from several partitions: "
+                f"{', '.join(arrival)}. Hint: a process step (keyed.process) takes them in "
+                f"event-time order; or read each key's events from one partition."
+            )
+        super().__init__(f"results depend on the schedule: {where}: {difference}{why}")
+
+
+def arrival_order_steps(pipeline: Pipeline) -> list[str]:
+    """Name the steps that take each key's events in arrival order, with why.
+
+    A keyed dispatch with `stateful` handlers and a count window: their
+    results follow the order a key's events arrive in, which across
+    partitions is the schedule's.
+    """
+    from operators._dispatch import Stateful
+    from operators.windows import Count
+
+    found = []
+    for node in pipeline.graph:
+        if node.kind == "dispatch" and node.params.get("key") is not None:
+            handlers = [h for hs in node.params["table"].values() for h in hs]
+            handlers += list(node.params.get("default") or ())
+            if any(isinstance(h, Stateful) for h in handlers):
+                found.append(f"{node.name!r} (stateful handlers)")
+        elif node.kind == "aggregate" and isinstance(node.params.get("window"), Count):
+            found.append(f"{node.name!r} (a count window)")
+    return found
 
 
 @dataclass
@@ -513,5 +549,5 @@ def explore(
             found_difference = difference(first, runner.observe(schedule))
             if found_difference is not None:
                 small, what = _shrink(runner, first, schedule, found_difference)
-                raise ScheduleDependence(seed, small, what)
+                raise ScheduleDependence(seed, small, what, arrival_order_steps(pipeline))
     return found

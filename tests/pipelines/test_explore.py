@@ -58,6 +58,34 @@ def test_explore_finds_a_planted_schedule_dependence_and_names_the_record() -> N
     assert f"with {found.schedule.describe()} (shrunk; explore seed=3)" in str(found)
 
 
+@pytest.mark.parametrize("kind", ["stateful", "count"])
+def test_a_dependence_names_the_steps_that_take_events_in_arrival_order(kind: str) -> None:
+    # Each key's events come from two partitions: a running sum kept by a stateful
+    # handler, or a count window, follows their interleaving.
+    from pipelines import stateful
+
+    keyed = Pipeline("arrival").read(sources.memory([], partitions=2)).key_by(lambda t: t.k)
+    if kind == "stateful":
+        sums = stateful(lambda n, t: (n + t.v, (t.id, n)), initial=int)
+        out = keyed.dispatch({Tick: sums}, name="sums")
+        step = "'sums' (stateful handlers)"
+    else:
+        out = keyed.window(windows.count(3)).aggregate(all=agg.collect("v"), name="threes")
+        step = "'threes' (a count window)"
+    with pytest.raises(testing.ScheduleDependence) as caught:
+        testing.explore(out.write(sinks.memory("o")), ticks(80), partitions=2, seed=2, runs=6)
+    assert str(caught.value).endswith(
+        f"Steps that take each key's events in arrival order, which is the schedule's where "
+        f"a key's events come from several partitions: {step}. Hint: a process step "
+        f"(keyed.process) takes them in event-time order; or read each key's events from "
+        f"one partition."
+    )
+    # Not named where no such step is.
+    with pytest.raises(testing.ScheduleDependence) as caught:
+        testing.explore(planted(400), seed=3, runs=6)
+    assert "arrival order" not in str(caught.value)
+
+
 def test_shrinking_sets_back_what_does_not_matter() -> None:
     pipeline = planted(300)
     with tempfile.TemporaryDirectory() as folder:
