@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from datetime import date, datetime
 from datetime import time as dtime
 from typing import Any, Literal
@@ -176,18 +176,16 @@ def jsonable(value: Any) -> Any:
     >>> jsonable(Point(1, Color.RED))
     {'x': 1, 'color': 'red'}
     """
-    try:
-        return plain_json(value)
-    except TypeError:
-        pass
-    why = _no_data(value)
-    if why is not None:
-        raise TypeError(why)
-    return to_jsonable_python(value, fallback=json_text)
+    return _json_form(value, lambda: to_jsonable_python(value, fallback=json_text))
 
 
 def json_text(value: Any) -> Any:
     """Return what JSON writes for a value pydantic has no form for: its text, if it has one."""
+    return _json_form(value, lambda: str(value))
+
+
+def _json_form(value: Any, otherwise: Callable[[], Any]) -> Any:
+    """Return `plain_json`'s form of ``value``; refuse one without data; else ``otherwise()``."""
     try:
         return plain_json(value)
     except TypeError:
@@ -195,7 +193,7 @@ def json_text(value: Any) -> Any:
     why = _no_data(value)
     if why is not None:
         raise TypeError(why)
-    return str(value)
+    return otherwise()
 
 
 def _no_data(value: Any) -> str | None:
