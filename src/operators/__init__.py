@@ -136,3 +136,9 @@ __all__ = [
     "type_name",
     "windows",
 ]
+
+# Errors are shown (and pickled) under the package that exports them, not the
+# private module that defines them: ``operators.ResumeError``.
+for _error in (OutputChangedError, PipelineHalted, ResumeError, StateNotSavable, TimerInThePast):
+    _error.__module__ = __name__
+del _error

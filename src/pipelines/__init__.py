@@ -76,3 +76,6 @@ __all__ = [
     "stateful",
     "testing",
 ]
+
+# Shown (and pickled) as ``pipelines.PipelineError``, not under its private module.
+PipelineError.__module__ = __name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from typing import Any, Literal
@@ -10,7 +11,16 @@ from typing import Any, Literal
 import pytest
 
 from operators import Event
-from pipelines import Pipeline, PipelineHalted, retry, sinks, sources, stateful, testing
+from pipelines import (
+    Pipeline,
+    PipelineError,
+    PipelineHalted,
+    retry,
+    sinks,
+    sources,
+    stateful,
+    testing,
+)
 from tests.helpers import Halts, Purchase, View, multiset, resumed_until_done
 
 
@@ -516,3 +526,73 @@ def test_an_initial_state_made_once_is_each_keys_own_copy() -> None:
     for workers in (1, 2):
         assert sorted(p.run(workers=workers)["o"]) == expected
     assert EMPTY == {"ids": []}
+
+
+@pytest.mark.parametrize("after", ["window", "window_all", "join", "process"])
+def test_a_step_on_event_time_after_a_keyed_dispatch_is_refused(after: str) -> None:
+    # A window after a keyed dispatch closed only when the input ended (never on a
+    # live input) and judged lateness one way on one process, another on two.
+    from datetime import timedelta
+
+    from operators import agg, windows
+
+    clock = windows.event_time("time", max_delay=timedelta(seconds=1))
+    p = Pipeline("bus")
+    handled = (
+        p.read(sources.memory([Purchase(user="a", amount=1)]))
+        .key_by(lambda e: e.user)
+        .dispatch({Purchase: stateful(lambda n, e: (n + 1, e), initial=int)}, name="counted")
+        .map(lambda e: e, name="again")
+    )
+    keyed = handled.key_by(lambda e: e.user, name="rekeyed")
+    if after == "window":
+        out: Any = keyed.window(windows.tumbling(seconds=10), clock=clock).aggregate(
+            n=agg.count(), name="per_10s"
+        )
+        step = "'per_10s' (aggregate)"
+    elif after == "window_all":
+        out = handled.window_all(windows.tumbling(seconds=10), clock=clock, name="all").aggregate(
+            n=agg.count(), name="per_10s"
+        )
+        step = "'per_10s' (aggregate)"
+    elif after == "join":
+        other = p.read(sources.memory([View(user="a")]), name="views").key_by(
+            lambda e: e.user, name="by_user"
+        )
+        out = keyed.join(other, window=windows.tumbling(seconds=10), clock=clock, name="paired")
+        step = "'paired' (join)"
+    else:
+        out = keyed.process(lambda s, e, ctx: s, initial=int, clock=clock, name="timed")
+        step = "'timed' (process)"
+    with pytest.raises(
+        PipelineError,
+        match=rf"pipeline 'bus': step {re.escape(step)} is on event time, and it reads what "
+        r"the keyed dispatch 'counted' hands on: .* Hint: put the step on event time before the "
+        r"dispatch; or keep per-key state in a process step instead",
+    ):
+        out.write(sinks.memory("o")).check()
+
+
+def test_processing_time_and_an_unkeyed_dispatch_still_go_before_a_window() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from operators import agg, windows
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    buys = [Purchase(user="a", amount=n, time=t0 + timedelta(seconds=n)) for n in range(30)]
+    s = Pipeline("bus").read(sources.memory(buys))
+    wall = (
+        s.key_by(lambda e: e.user)
+        .dispatch({Purchase: stateful(lambda n, e: (n + 1, e), initial=int)})
+        .key_by(lambda e: e.user, name="again")
+        .window(windows.tumbling(seconds=60), clock=windows.processing_time())
+        .aggregate(n=agg.count())
+    )
+    assert sum(r.n for r in wall.write(sinks.memory("o")).run()["o"]) == 30
+    unkeyed = (
+        s.dispatch({Purchase: lambda e: e})
+        .key_by(lambda e: e.user)
+        .window(windows.tumbling(seconds=10), clock=windows.event_time("time"))
+        .aggregate(n=agg.count())
+    )
+    assert [r.n for r in unkeyed.write(sinks.memory("o")).run()["o"]] == [10, 10, 10]
