@@ -66,3 +66,26 @@ def test_packages_are_typed() -> None:
 
     for pkg in (operators, pipelines):
         assert (importlib.resources.files(pkg) / "py.typed").is_file()
+
+
+def test_exported_errors_are_named_by_the_package_that_exports_them() -> None:
+    # The command line showed "pipelines._running.compile.PipelineError: ..." and
+    # doctests "operators._stage.ResumeError": a private module users cannot import.
+    import pickle
+
+    for package in ("operators", "pipelines"):
+        mod = importlib.import_module(package)
+        errors = [
+            getattr(mod, name)
+            for name in mod.__all__
+            if isinstance(getattr(mod, name), type)
+            and issubclass(getattr(mod, name), BaseException)
+        ]
+        assert errors
+        for error in errors:
+            owner = importlib.import_module(error.__module__)
+            assert not error.__module__.split(".")[-1].startswith("_"), error
+            assert getattr(owner, error.__name__) is error
+            if error.__name__ != "PipelineHalted":  # (made with a step, function and payload)
+                copy = pickle.loads(pickle.dumps(error("why")))
+                assert type(copy) is error and str(copy) == "why"
