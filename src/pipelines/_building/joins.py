@@ -216,11 +216,13 @@ def unmarked_upstream(node: Node) -> Node | None:
 
     Steps on event time (timed event-time aggregates, joins, process steps)
     report their watermarks with their results; running aggregates, count
-    windows and processing-time windows do not, so no step on event time
-    can follow them.
+    windows, processing-time windows and keyed dispatches do not, so no step
+    on event time can follow them.
     """
     if node.kind in ("aggregate", "join", "process"):
         return None if makes_marks(node) else node
+    if node.kind == "dispatch" and node.params["key"] is not None:
+        return node  # each key's events handed on from its worker, with no watermark
     for port in node.inputs:
         found = unmarked_upstream(port.node)
         if found is not None:
@@ -247,13 +249,22 @@ def early_upstream(node: Node) -> Node | None:
 
 def no_watermark(step: str, what: str, found: Node) -> ValueError:
     """Say that an event-time step cannot follow ``found``."""
-    window = found.params.get("window")
-    label = "running" if window is None else window.label
+    if found.kind == "dispatch":
+        label = "keyed"
+        hint = (
+            "put the event-time step before it, or keep the per-key state in a process step "
+            "on event time instead (keyed.process(fn, initial=...): each key's events in "
+            "event-time order, the watermark carried on)"
+        )
+    else:
+        window = found.params.get("window")
+        label = "running" if window is None else window.label
+        hint = "put the event-time step before it, or use an event-time window there"
     msg = (
         f"{what} {step!r} comes after {found.name!r} ({found.kind}, {label}), whose results "
-        f"carry no watermark (running aggregates, count windows and processing-time "
-        f"windows), so a step on event time cannot follow it. Hint: put the event-time "
-        f"step before it, or use an event-time window there."
+        f"carry no watermark (running aggregates, count windows, processing-time windows "
+        f"and keyed dispatches), so a step on event time cannot follow it: it could not tell "
+        f"when its windows close (on a live input, never) nor what is late. Hint: {hint}."
     )
     return ValueError(msg)
 

@@ -156,50 +156,6 @@ def check(pipeline: Pipeline) -> None:
         raise PipelineError(msg)
     _check_files(pipeline)
     _check_memory(pipeline)
-    _check_time_after_dispatch(pipeline)
-
-
-def _on_event_time(node: Node) -> bool:
-    """Whether a step judges its input on event time (a watermark closes its windows)."""
-    if node.kind == "join":
-        return any(isinstance(c, EventTime) for c in node.params["clocks"])
-    if node.kind == "process":
-        return isinstance(node.params["clock"], EventTime)
-    return node.kind == "aggregate" and makes_marks(node)
-
-
-def _check_time_after_dispatch(pipeline: Pipeline) -> None:
-    """Refuse a step on event time that reads what a keyed dispatch hands on.
-
-    A keyed dispatch hands each key's events on from the worker of its key,
-    in arrival order, with no watermark: a window after it would close only
-    when the input ends (never, on a live input), judged one way on one
-    process and another on several.
-    """
-    for node in pipeline.graph:
-        if not _on_event_time(node):
-            continue
-        seen: set[int] = set()
-        todo = [port.node for port in node.inputs]
-        while todo:
-            found = todo.pop()
-            if id(found) in seen or makes_marks(found):
-                continue  # a step on event time before: it carries a watermark on
-            seen.add(id(found))
-            if found.kind == "dispatch" and found.params["key"] is not None:
-                msg = (
-                    f"pipeline {pipeline.name!r}: step {node.name!r} ({node.kind}) is on event "
-                    f"time, and it reads what the keyed dispatch {found.name!r} hands on: a "
-                    f"keyed dispatch hands each key's events on from its key's worker with no "
-                    f"watermark, so {node.name!r} could not tell when its windows close (on a "
-                    f"live input, never) nor what is late. Hint: put the step on event time "
-                    f"before the dispatch; or keep per-key state in a process step instead "
-                    f"(keyed.process(fn, initial=...): events in event-time order, the "
-                    f"watermark carried on); or use processing time "
-                    f"(clock=windows.processing_time())."
-                )
-                raise PipelineError(msg)
-            todo.extend(port.node for port in found.inputs)
 
 
 def check_thrown(name: str, graph: Graph) -> None:
