@@ -855,7 +855,7 @@ class Stream(Generic[T]):
                     f"key it first: .key_by(lambda e: e.user).{name}(...)."
                 )
                 raise AttributeError(msg)
-            if name in ("run", "check", "explain", "dead_letters"):
+            if name in ("run", "check", "dead_letters"):
                 msg = (
                     f"stream {self.step!r} is not written anywhere yet, so it has no {name}(): "
                     f"a pipeline does (what .write(...) returns). Hint: "

@@ -119,7 +119,7 @@ def thrown_away(graph: Graph) -> Made | None:
     """Return a step built on ``graph``'s steps, missing from it, whose value was dropped unused.
 
     ``s.filter(f)`` then ``s.write(x)``: the filter is not in what is written.
-    ``a = s.filter(f).write(x)`` then ``s.map(g).write(y).run()``: the first
+    ``s.filter(f).write(x)`` then ``s.map(g).write(y).run()``: the first
     branch is not in what runs (it was never combined with it, ``|``). One
     such step is returned once (then forgotten), unless ``graph``, or a value
     still held that shares steps with it, has a step of its name (built
