@@ -460,3 +460,24 @@ def test_a_stream_says_it_must_be_written_before_it_runs(method: str) -> None:
         rf"\.write\(sinks\.memory\('out'\)\)\.{method}\(\.\.\.\), or \.preview\(\)",
     ):
         getattr(s, method)()
+
+
+@pytest.mark.parametrize(
+    ("method", "hint"),
+    [
+        ("write", r"write the stream to each sink and combine: stream\.write\(a\) \| "),
+        ("filter", r"add \.filter\(\.\.\.\) to the stream before \.write\(\.\.\.\)"),
+        ("key_by", r"add \.key_by\(\.\.\.\) to the stream before \.write\(\.\.\.\)"),
+    ],
+)
+def test_a_pipeline_asked_for_a_streams_method_says_where_steps_go(method: str, hint: str) -> None:
+    # It was a bare "'Pipeline' object has no attribute 'write'".
+    flow = Pipeline("flow").read(sources.memory([1])).write(sinks.memory("o"))
+    with pytest.raises(
+        AttributeError,
+        match=rf"pipeline 'flow' has no {method}\(\): a pipeline is what \.write\(\.\.\.\) "
+        rf"returns, and steps are added to streams\. Hint: {hint}",
+    ):
+        getattr(flow, method)
+    with pytest.raises(AttributeError, match=r"'Pipeline' object has no attribute 'nosuch'$"):
+        flow.nosuch  # type: ignore[attr-defined]  # noqa: B018

@@ -112,6 +112,13 @@ def _check_key_type(key: Any, step: str) -> None:
         raise TypeError(msg)
 
 
+#: What a stream has and a pipeline has not (`Pipeline.__getattr__` explains them).
+_STREAM_METHODS = frozenset(
+    {"write", "filter", "map", "flat_map", "key_by", "merge", "inspect", "forward", "dispatch"}
+    | {"window", "window_all", "aggregate", "join", "process", "as_table"}
+)
+
+
 class Pipeline:
     """A named dataflow graph, built by chaining and run with `run`.
 
@@ -142,6 +149,25 @@ class Pipeline:
             """Note that a pipeline ``write`` returned was used (see `thrown_away`)."""
             used(object.__getattribute__(self, "_made"))
             return object.__getattribute__(self, key)
+
+        def __getattr__(self, key: str) -> Any:
+            """Explain a stream's method asked of a pipeline."""
+            if key in _STREAM_METHODS:
+                name = object.__getattribute__(self, "_name")
+                hint = (
+                    "write the stream to each sink and combine: stream.write(a) | "
+                    "stream.write(b)"
+                    if key == "write"
+                    else f"add .{key}(...) to the stream before .write(...)"
+                )
+                msg = (
+                    f"pipeline {name!r} has no {key}(): a pipeline is what .write(...) "
+                    f"returns, and steps are added to streams. Hint: {hint}; or read another "
+                    f"source with pipeline.read(source)."
+                )
+                raise AttributeError(msg)
+            msg = f"'Pipeline' object has no attribute {key!r}"
+            raise AttributeError(msg)
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Refuse changes: pipelines are immutable values."""
