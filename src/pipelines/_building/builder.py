@@ -155,8 +155,7 @@ class Pipeline:
             if key in _STREAM_METHODS:
                 name = object.__getattribute__(self, "_name")
                 hint = (
-                    "write the stream to each sink and combine: stream.write(a) | "
-                    "stream.write(b)"
+                    "write the stream to each sink and combine: stream.write(a) | stream.write(b)"
                     if key == "write"
                     else f"add .{key}(...) to the stream before .write(...)"
                 )
