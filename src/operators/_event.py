@@ -205,8 +205,36 @@ class Event(BaseModel):
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        """Give a subclass without a docstring one: ``help()`` shows evflow's words first."""
+        """Give a subclass without a docstring one: ``help()`` shows evflow's words first.
+
+        A ``time`` declared so that it takes a time without a timezone (plain
+        ``datetime``, or a default that has none) is refused here: every such
+        event would be a dead letter at the first step on event time.
+
+        >>> from datetime import datetime
+        >>> class Click(Event):  # doctest: +ELLIPSIS
+        ...     time: datetime
+        Traceback (most recent call last):
+        ...
+        TypeError: event class Click declares time: datetime, which takes times without a ...
+        """
         super().__pydantic_init_subclass__(**kwargs)
+        when = cls.model_fields["time"]
+        msg = None
+        if when.annotation is datetime:
+            msg = (
+                f"event class {cls.__name__} declares time: datetime, which takes times "
+                f"without a timezone; evflow's event times are aware. Hint: from pydantic "
+                f"import AwareDatetime; time: AwareDatetime (text ends with Z or an offset)."
+            )
+        elif isinstance(when.default, datetime) and when.default.tzinfo is None:
+            msg = (
+                f"event class {cls.__name__} gives time the default {when.default!r}, which "
+                f"has no timezone; evflow's event times are aware. Hint: give it one, e.g. "
+                f"datetime(2026, 1, 1, tzinfo=timezone.utc)."
+            )
+        if msg is not None:
+            raise TypeError(msg)
         if cls.__doc__ is None:
             fields = ", ".join(
                 f"{name}: {getattr(info.annotation, '__name__', info.annotation)}"

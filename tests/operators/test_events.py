@@ -150,3 +150,31 @@ def test_a_copy_keeps_which_fields_were_set_and_copies_deep_when_asked() -> None
     deep = o.model_copy(update={"amount": 3}, deep=True)
     assert deep.tags == ["a"] and deep.tags is not o.tags
     assert o.model_copy() == o and o.model_copy() is not o
+
+
+def test_an_event_class_whose_time_takes_no_timezone_is_refused_when_defined() -> None:
+    # `time: datetime` took "2026-01-01T00:00:00" as a naive time: every such event
+    # was a dead letter at the first step on event time, found only when running.
+    from datetime import datetime
+
+    import pytest
+    from pydantic import AwareDatetime
+
+    with pytest.raises(
+        TypeError,
+        match=r"event class Click declares time: datetime, which takes times without a "
+        r"timezone; evflow's event times are aware\. Hint: from pydantic import AwareDatetime",
+    ):
+
+        class Click(Event):
+            time: datetime
+
+    with pytest.raises(TypeError, match=r"event class Tick gives time the default datetime\."):
+
+        class Tick(Event):
+            time: AwareDatetime = datetime(2026, 1, 1)  # type: ignore[assignment]  # noqa: DTZ001
+
+    class Required(Event):
+        time: AwareDatetime
+
+    assert Required(time="2026-01-01T00:00:00Z").time.tzinfo is not None
