@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from datetime import date, datetime
 from datetime import time as dtime
@@ -20,6 +21,7 @@ __all__ = [
     "Origin",
     "count_dead",
     "explain",
+    "finite",
     "json_text",
     "jsonable",
     "payload_text",
@@ -176,7 +178,25 @@ def jsonable(value: Any) -> Any:
     >>> jsonable(Point(1, Color.RED))
     {'x': 1, 'color': 'red'}
     """
-    return _json_form(value, lambda: to_jsonable_python(value, fallback=json_text))
+    return _json_form(value, lambda: finite(to_jsonable_python(value, fallback=json_text)))
+
+
+def finite(value: Any) -> Any:
+    """Return ``value`` with every float that is not finite as None (as a key: its name)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_key(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    """Return a key JSON can hold: a float that is not finite by the name JSON gives it."""
+    if isinstance(key, float) and not math.isfinite(key):
+        return "NaN" if key != key else ("Infinity" if key > 0 else "-Infinity")
+    return key
 
 
 def json_text(value: Any) -> Any:

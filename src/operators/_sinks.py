@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -25,7 +24,14 @@ from bytewax.outputs import (
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from operators._deadletter import DeadLetter, count_dead, json_text, jsonable, payload_text
+from operators._deadletter import (
+    DeadLetter,
+    count_dead,
+    finite,
+    json_text,
+    jsonable,
+    payload_text,
+)
 from operators._sources import TAIL, digest, file_path, slug, tail_before
 from operators._stage import (
     COUNTER_FIELDS,
@@ -269,25 +275,7 @@ def _dumps(value: Any) -> str:
         if str(exc).startswith("Circular reference"):
             raise  # a record that holds itself: no JSON can
         # A nan or an infinity somewhere in it.
-        return json.dumps(_finite(value), default=jsonable, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    """Return ``value`` with every float that is not finite as None (as a key: its name)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {_key(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _key(key: Any) -> Any:
-    """Return a key JSON can hold: a float that is not finite by the name JSON gives it."""
-    if isinstance(key, float) and not math.isfinite(key):
-        return "NaN" if key != key else ("Infinity" if key > 0 else "-Infinity")
-    return key
+        return json.dumps(finite(value), default=jsonable, allow_nan=False)
 
 
 def write_all(handle: Any, data: bytes) -> int:

@@ -214,12 +214,20 @@ def test_events_dataclasses_and_enums_in_a_dict_are_written_as_pydantic_writes_t
         x: int
         color: Color
 
+    @dataclass
+    class Reading:
+        value: float
+
     seen = View(id="v1", time="2026-01-01T00:00:00Z", user="ada")
-    rows = [{"view": seen, "at": Point(1, Color.RED), "all": [seen], "c": Color.RED}]
+    rows = [
+        {"view": seen, "at": Point(1, Color.RED), "all": [seen], "c": Color.RED},
+        {"reading": Reading(float("nan"))},  # not finite: null, as in a dict
+    ]
     path = tmp_path / "rows.jsonl"
     result = Pipeline("out").read(sources.memory(rows)).write(sinks.jsonl(path)).run()
     assert result.reconciles and not result.dead_letters
-    [line] = [json.loads(line) for line in path.read_text().splitlines()]
+    [line, reading] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert reading == {"reading": {"value": None}}
     assert line == {
         "view": json.loads(seen.model_dump_json()),
         "at": {"x": 1, "color": "red"},
