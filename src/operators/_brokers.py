@@ -304,15 +304,23 @@ class BrokerSink(Sink):
     noun = "stream"
 
     def __init__(
-        self, url: str, target: str, *, connect_timeout: float, retry_for: float, name: str | None
+        self,
+        url: str,
+        target: str,
+        *,
+        connect_timeout: float,
+        retry_for: float,
+        name: str | None,
+        **more: Any,
     ) -> None:
-        """Check and keep the settings."""
+        """Check and keep the settings (``more``: a sink's own, checked alike: `check_settings`)."""
         check_settings(
             f"sinks.{self.kind}",
             self.kind,
             url,
             connect_timeout=connect_timeout,
             retry_for=retry_for,
+            **more,
         )
         if not isinstance(target, str) or not target:
             msg = f"sinks.{self.kind}: {self.noun} must be a {self.noun} name; got {target!r}."

@@ -44,7 +44,6 @@ from operators._brokers import (
     BrokerSource,
     BrokerUnreachable,
     PollingReader,
-    check_settings,
     masked,
     messages_of,
     missing,
@@ -665,9 +664,13 @@ class RedisStreamSink(BrokerSink, ExactSink):
     ) -> None:
         """Append to ``stream`` at ``url``."""
         super().__init__(
-            url, stream, connect_timeout=connect_timeout, retry_for=retry_for, name=name
+            url,
+            stream,
+            connect_timeout=connect_timeout,
+            retry_for=retry_for,
+            name=name,
+            maxlen=maxlen,
         )
-        check_settings("sinks.redis", "redis", url, maxlen=maxlen)
         self.stream = stream
         self.maxlen = maxlen
         self.field = field
