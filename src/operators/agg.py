@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import types
 import typing
 from collections import Counter
@@ -118,6 +119,52 @@ def kinds_of(annotation: Any) -> list[type] | None:
     return None  # Any, a type variable, a Literal: not told apart here
 
 
+def _allows(annotation: Any, need: str) -> bool:
+    """Whether some value of a field of this type can be hashed (``need="hash"``) or ordered.
+
+    Only what the type tells for sure is refused: a field of a class (or a union
+    of classes) none of which allows it. Any, a Literal, and the abstract types
+    of `collections.abc` and `typing` are not judged.
+
+    >>> _allows(list[str], "hash"), _allows(tuple[str, ...] | None, "hash"), _allows(Any, "hash")
+    (False, True, True)
+    >>> _allows(dict[str, int], "order"), _allows(str | dict[str, int], "order")
+    (False, True)
+    """
+    kinds = kinds_of(annotation)
+    if not kinds:
+        return True
+    for kind in kinds:
+        if kind.__module__ in ("collections.abc", "typing", "abc"):
+            return True
+        if need == "hash" and getattr(kind, "__hash__", None) is not None:
+            return True
+        if (
+            need == "order"
+            and getattr(kind, "__lt__", None) is not vars(object)["__lt__"]
+            and not issubclass(kind, dict | complex)  # a `__lt__` that answers no order
+        ):
+            return True
+    return False
+
+
+#: What an aggregator whose values must be hashed or ordered says of a field that cannot be.
+_NEEDS = {
+    "hash": (
+        "counts equal values, so it needs values a set can hold",
+        "no set can hold (they are not hashable)",
+        "map the field to one that is first (a tuple for a list, a frozenset for a set, a "
+        "model with frozen=True), or count another field",
+    ),
+    "order": (
+        "compares values",
+        "have no order",
+        "aggregate a field that has one (a number, a str, a datetime): keep one in the "
+        "event, or map the events to a model with it first",
+    ),
+}
+
+
 def _number_kinds(annotation: Any) -> set[type] | None:
     """Return the kinds of number (int, float, Decimal) a field of this type holds; None: others.
 
@@ -154,6 +201,9 @@ class Aggregator:
     field: str | None = None
     #: Whether the field must be numeric.
     numeric = False
+    #: What the field's values must allow: ``"hash"`` (a set or a dict holds
+    #: them), ``"order"`` (they are compared), or None.
+    needs: str | None = None
     #: The Python type of ``result`` (used for the typed result record).
     result_type: Any = Any
     #: Whether ``add`` changes the accumulator itself (see `admit`).
@@ -256,6 +306,14 @@ class Aggregator:
                     f"fields of {cls.__name__} are {numeric}."
                 )
                 raise TypeError(msg)
+            if self.needs is not None and not _allows(annotation, self.needs):
+                does, cannot, hint = _NEEDS[self.needs]
+                msg = (
+                    f"step {step!r} (aggregate): {self.label} {does}, but "
+                    f"{cls.__name__}.{self.field} is {_shown_type(annotation)}, whose values "
+                    f"{cannot}: every event would be a dead letter. Hint: {hint}."
+                )
+                raise TypeError(msg)
 
 
 def field_type(field: str | None, classes: tuple[type[Event], ...] | None) -> Any:
@@ -282,6 +340,17 @@ def field_type(field: str | None, classes: tuple[type[Event], ...] | None) -> An
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def _shown_type(annotation: Any) -> str:
+    """Show a type as written, without modules.
+
+    >>> _shown_type(list[str]), _shown_type(Decimal | None), _shown_type(Decimal)
+    ('list[str]', 'Decimal | None', 'Decimal')
+    """
+    if isinstance(annotation, type):
+        return _type_name(annotation)
+    return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation))
 
 
 class _Count(Aggregator):
@@ -567,6 +636,7 @@ class _Extreme(Aggregator):
     """
 
     inline_guarded = True
+    needs = "order"
 
     def __init__(self, field: str, largest: bool) -> None:
         self.field = _field(field, "max" if largest else "min")
@@ -722,6 +792,7 @@ def last(field: str | None = None) -> Aggregator:
 
 class _Distinct(Aggregator):
     result_type = int
+    needs = "hash"
     in_place = True
     slices = True
 
@@ -753,6 +824,7 @@ def count_distinct(field: str) -> Aggregator:
 
 class _TopK(Aggregator):
     result_type = list[tuple[Any, int]]
+    needs = "hash"
     in_place = True
     slices = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import statistics
 from collections import Counter
 from datetime import datetime
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from operators import Event, agg
 from operators._windowing import make_adder, make_spreader
@@ -135,6 +137,51 @@ def test_fields_are_checked_against_the_model() -> None:
             agg.top_k("note", odd)
     with pytest.raises(TypeError, match=r"count\(cls\): cls must be an event class; got 'x'"):
         agg.count("x")  # type: ignore[arg-type]
+
+
+class Shelf(BaseModel):
+    row: int = 0
+
+
+class Stocked(Event):
+    tags: list[str]
+    shelf: Shelf = Shelf()
+    extra: dict[str, int]
+    maybe: Shelf | None = None
+    either: str | list[str] = ""
+    pair: tuple[str, int] = ("", 0)
+    anything: Any = None
+
+
+def test_values_no_set_can_hold_or_no_order_can_rank_are_refused_at_build() -> None:
+    """count_distinct and top_k of a field no set holds, max or min of one with no order.
+
+    Each took every event as a dead letter at run time (unhashable type, '<' not
+    supported). A union with one usable part, a tuple and Any are taken.
+    """
+    for bad, field, cannot in [
+        (agg.count_distinct, "tags", "list[str], whose values no set can hold"),
+        (lambda f: agg.top_k(f, 2), "shelf", "Shelf, whose values no set can hold"),
+        (agg.count_distinct, "extra", "dict[str, int], whose values no set can hold"),
+        (agg.max, "shelf", "Shelf, whose values have no order"),
+        (agg.min, "maybe", "Shelf | None, whose values have no order"),
+        (lambda f: agg.top_k(f, 2), "maybe", "Shelf | None, whose values no set can hold"),
+        (agg.max, "extra", "dict[str, int], whose values have no order"),
+    ]:
+        shown = re.escape(f"Stocked.{field} is {cannot}")
+        with pytest.raises(TypeError, match=rf"step 's' \(aggregate\): .*{shown}"):
+            bad(field).check((Stocked,), "s")
+    for good, field in [
+        (agg.count_distinct, "either"),
+        (agg.count_distinct, "pair"),
+        (agg.count_distinct, "anything"),
+        (agg.max, "tags"),
+        (agg.max, "either"),
+        (agg.min, "anything"),
+        (agg.collect, "shelf"),
+        (agg.first, "extra"),
+    ]:
+        good(field).check((Stocked,), "s")
 
 
 class Spread(agg.Aggregator):

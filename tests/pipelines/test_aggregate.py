@@ -303,6 +303,12 @@ def test_processing_time_windows_close_at_the_end() -> None:
     assert sorted((x.key, x.n) for x in r["o"]) == [("a", 2), ("b", 1)]
 
 
+class Tagged(Event):
+    user: str = "u"
+    tags: list[str]
+    extra: dict[str, int]
+
+
 class WithNaive(Event):
     user: str
     at: datetime
@@ -324,6 +330,16 @@ def test_misuse_fails_at_build_time() -> None:
         win.aggregate(total=agg.sum("price"))
     with pytest.raises(TypeError, match=r"mean\(page\) needs a numeric field"):
         win.aggregate(avg=agg.mean("page"))
+    tagged = Pipeline("t").read(sources.memory([], schema=Tagged)).key_by(lambda e: e.user)
+    with pytest.raises(
+        TypeError,
+        match=r"top_k\(tags, 3\) counts equal values, so it needs values a set can hold, but "
+        r"Tagged.tags is list\[str\], whose values no set can hold \(they are not hashable\): "
+        r"every event would be a dead letter\. Hint: map the field",
+    ):
+        tagged.window(windows.tumbling(seconds=1)).aggregate(top=agg.top_k("tags", 3))
+    with pytest.raises(TypeError, match=r"max\(extra\) compares values, but Tagged.extra is dict"):
+        tagged.aggregate(most=agg.max("extra"))  # a running aggregate is checked alike
     with pytest.raises(ValueError, match=r"no aggregators given"):
         win.aggregate()
     with pytest.raises(TypeError, match=r"n= must be an aggregator from operators.agg"):
