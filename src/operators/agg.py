@@ -364,6 +364,18 @@ class _Count(Aggregator):
     def label(self) -> str:
         return f"count({self.cls.__name__ if self.cls else ''})"
 
+    def check(self, classes: tuple[type[Event], ...], step: str) -> None:
+        """Refuse a class that none of the stream's classes is (its count would stay 0)."""
+        cls = self.cls
+        if cls is not None and not any(issubclass(c, cls) for c in classes):
+            known = ", ".join(c.__name__ for c in classes)
+            msg = (
+                f"step {step!r} (aggregate): {self.label} counts {cls.__name__} events, but the "
+                f"stream carries {known}, never {cls.__name__}: it would be 0 in every result. "
+                f"Hint: count one of {known}, or add {cls.__name__} to the source schema."
+            )
+            raise TypeError(msg)
+
     def create(self) -> int:
         return 0
 

@@ -135,6 +135,13 @@ def test_fields_are_checked_against_the_model() -> None:
     for odd in (0, True):  # True was a k of 1
         with pytest.raises(ValueError, match=rf"top_k: k must be a positive int; got {odd!r}"):
             agg.top_k("note", odd)
+    agg.count(Event).check((Reading,), "s")  # a base class of the stream's
+    with pytest.raises(
+        TypeError,
+        match=r"step 's' \(aggregate\): count\(Stocked\) counts Stocked events, but the stream "
+        r"carries Reading, never Stocked: it would be 0 in every result\. Hint: count one of",
+    ):
+        agg.count(Stocked).check((Reading,), "s")
     with pytest.raises(TypeError, match=r"count\(cls\): cls must be an event class; got 'x'"):
         agg.count("x")  # type: ignore[arg-type]
 
