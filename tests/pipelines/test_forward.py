@@ -82,10 +82,70 @@ def test_routes_may_be_a_dict_and_a_class_as_a_route_says_what_to_write() -> Non
         amount: float = 0.0
 
     stream = Pipeline("e").read(nums())
-    with pytest.raises(TypeError, match=r"got the class Order .*Hint: forward\(order=lambda e: "
-                       r"isinstance\(e, Order\)\), or dispatch\(\{Order: handler\}\)"):  # fmt: skip
+    with pytest.raises(
+        TypeError,
+        match=r"got the class Order .*Hint: forward\(order=Order\), or "
+        r"dispatch\(\{Order: handler\}\)",
+    ):
         stream.forward({Order: lambda e: True})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"route 'big' given both in the dict and as a keyword"):
         stream.forward({"big": lambda x: x > 5}, big=lambda x: x > 9)
     with pytest.raises(TypeError, match=r"routes are named predicates; got list"):
         stream.forward([lambda x: x > 5])  # type: ignore[arg-type]
+
+
+def test_a_class_routes_its_instances_as_filter_keeps_them() -> None:
+    """forward(views=View): a class as a route, its branch typed by it.
+
+    A class was taken as a function of one record, and refused with its
+    constructor's signature.
+    """
+    import pytest
+
+    from operators import Event
+
+    class View(Event):
+        page: str = "/"
+
+    class Buy(Event):
+        amount: float = 0.0
+
+    class BigBuy(Buy):
+        pass
+
+    class Refund(Event):
+        amount: float = 0.0
+
+    records = [View(), Buy(amount=3), BigBuy(amount=300), View(page="/a"), Buy(amount=1)]
+    stream = Pipeline("c").read(sources.memory(records, schema=View | Buy | BigBuy))
+    routes = stream.forward(buys=Buy, views=View, mode="all")
+    assert routes.buys.event_classes == (Buy, BigBuy)
+    assert routes.views.event_classes == (View,)
+    # steps after a class route know its fields: a Buy field on the views branch is refused
+    with pytest.raises(ValueError, match=r"reads field 'amount', which View does not have"):
+        from operators import agg
+
+        routes.views.key_by(lambda v: v.page).aggregate(total=agg.sum("amount"))
+    result = routes.write(buys=sinks.memory("buys"), views=sinks.memory("views")).run(workers=2)
+    assert sorted((type(b).__name__, b.amount) for b in result["buys"]) == [
+        ("BigBuy", 300.0),
+        ("Buy", 1.0),
+        ("Buy", 3.0),
+    ]
+    assert sorted(v.page for v in result["views"]) == ["/", "/a"]
+    assert result.reconciles
+    # mixed with predicates, first match wins; the rest go to otherwise
+    first = stream.forward(big=lambda e: getattr(e, "amount", 0) > 100, buys=Buy, otherwise="rest")
+    result = first.write(
+        big=sinks.memory("big"), buys=sinks.memory("buys"), rest=sinks.memory("rest")
+    ).run()
+    assert [b.amount for b in result["big"]] == [300.0]
+    assert sorted(b.amount for b in result["buys"]) == [1.0, 3.0]
+    assert len(result["rest"]) == 2
+    with pytest.raises(
+        TypeError,
+        match=r"step 'forward' \(forward\): route 'refunds' takes Refund, but stream 'read_memory' "
+        r"carries View, Buy, BigBuy, never Refund\. Hint: route by one of View, Buy, BigBuy, or "
+        r"add Refund to the source schema",
+    ):
+        stream.forward(refunds=Refund, otherwise="rest")

@@ -484,7 +484,6 @@ class Stream(Generic[T]):
         >>> sorted(testing.outputs(s))
         [0, 2, 4]
         """
-        classes = self._classes
         if isinstance(predicate, type):
             cls = predicate
             if not issubclass(cls, Event):
@@ -493,15 +492,7 @@ class Stream(Generic[T]):
                     f"subclass; got {cls.__name__}. Hint: filter(lambda e: isinstance(e, X))."
                 )
                 raise TypeError(msg)
-            if classes is not None and not any(issubclass(c, cls) for c in classes):
-                known = ", ".join(c.__name__ for c in classes)
-                msg = (
-                    f"step {name or 'filter_' + cls.__name__!r} (filter): stream "
-                    f"{self.step!r} carries {known}, never {cls.__name__}. Hint: "
-                    f"filter by one of {known}, or add {cls.__name__} to the source schema."
-                )
-                raise TypeError(msg)
-            narrowed = tuple(c for c in classes or (cls,) if issubclass(c, cls))
+            narrowed = self._narrowed(cls, name or f"filter_{cls.__name__}", "filter", "")
             pipe, node = self._add(
                 "filter", IsInstance(cls), name, cls.__name__, on_error, {"cls": cls}
             )
@@ -515,6 +506,26 @@ class Stream(Generic[T]):
         )
         pipe, node = self._add("filter", predicate, name, _detail(predicate), on_error)
         return self._same(pipe, node)
+
+    def _narrowed(
+        self, cls: type[Event], step: str, kind: str, what: str
+    ) -> tuple[type[Event], ...]:
+        """Return the classes of this stream's records that are ``cls``; refuse none.
+
+        What a class filter keeps, or a class route takes (``what`` names it).
+        """
+        classes = self._classes
+        if classes is not None and not any(issubclass(c, cls) for c in classes):
+            known = ", ".join(c.__name__ for c in classes)
+            takes = f"{what} takes {cls.__name__}, but " if what else ""
+            verb = "route" if what else kind
+            msg = (
+                f"step {step!r} ({kind}): {takes}stream {self.step!r} carries {known}, never "
+                f"{cls.__name__}. Hint: {verb} by one of {known}, or add {cls.__name__} to the "
+                f"source schema."
+            )
+            raise TypeError(msg)
+        return tuple(c for c in classes or (cls,) if issubclass(c, cls))
 
     def _same(
         self, pipe: Pipeline, node: Node, classes: tuple[type[Event], ...] | bool | None = True
@@ -661,19 +672,21 @@ class Stream(Generic[T]):
 
     def forward(
         self,
-        by: Mapping[str, Callable[[T], object]] | None = None,
+        by: Mapping[str, Callable[[T], object] | type[Event]] | None = None,
         /,
         *,
         otherwise: str | None = None,
         mode: Literal["first", "all"] = "first",
         name: str | None = None,
         on_error: Policy = "dead_letter",
-        **routes: Callable[[T], object],
+        **routes: Callable[[T], object] | type[Event],
     ) -> Routes[T]:
-        """Route records to named branches by predicates.
+        """Route records to named branches by predicates, or by event class.
 
         Routes are keywords (``forward(big=..., small=...)``) or a dict of
-        them (``forward({"big": ..., "small": ...})``), in order.
+        them (``forward({"big": ..., "small": ...})``), in order. A route
+        given an event class (``forward(views=View)``) takes its instances, as
+        ``filter(View)`` keeps them.
         ``mode="first"`` sends each record to the first route that matches;
         ``mode="all"`` copies it to every route that matches. Records matching
         none go to the branch named by ``otherwise``, or are counted unrouted.
@@ -717,7 +730,7 @@ class Stream(Generic[T]):
                 msg = (
                     f"step {step!r} (forward): routes are named, by predicates; got the class "
                     f"{route.__name__} as a route's name. Hint: forward("
-                    f"{route.__name__.lower()}=lambda e: isinstance(e, {route.__name__})), or "
+                    f"{route.__name__.lower()}={route.__name__}), or "
                     f"dispatch({{{route.__name__}: handler}}) to hand each class to a function."
                 )
                 raise TypeError(msg)
@@ -740,12 +753,20 @@ class Stream(Generic[T]):
                 f"Hint: give the unmatched branch its own name."
             )
             raise ValueError(msg)
+        tests: list[Callable[[Any], object]] = []
+        carried: dict[str, tuple[type[Event], ...] | None] = {}
         for route, pred in routes.items():
+            if isinstance(pred, type) and issubclass(pred, Event):
+                # A class routes its instances, as filter(cls) keeps them.
+                carried[route] = self._narrowed(pred, step, "forward", f"route {route!r}")
+                tests.append(IsInstance(pred))
+                continue
             _callable(pred, step, "forward", f"route {route!r}", f"forward({route}=lambda e: ...).")
+            tests.append(pred)
         detail = "_".join(routes)
         pipe, node = self._add(
             "forward",
-            tuple(routes.values()),
+            tuple(tests),
             name,
             detail,
             on_error,
@@ -754,7 +775,10 @@ class Stream(Generic[T]):
         prefix = f"{self._scope}_" if self._scope else ""
         return Routes(
             pipe,
-            {r: Stream(pipe, Port(node, r), self._classes, prefix + r) for r in names},
+            {
+                r: Stream(pipe, Port(node, r), carried.get(r, self._classes), prefix + r)
+                for r in names
+            },
         )
 
     @overload
