@@ -11,6 +11,7 @@ import pytest
 
 from operators import Event
 from pipelines import (
+    EventBus,
     Pipeline,
     PipelineHalted,
     retry,
@@ -143,6 +144,33 @@ def test_exhaustiveness_is_checked_when_the_step_is_added() -> None:
     s.dispatch({Purchase: print}, default="dead_letter")  # explicit: fine
     s.dispatch({Purchase: print, "refund": print, View: print})  # covered by name and class
     s.dispatch({Event: print})  # a base class covers everything
+
+
+def test_a_handler_no_event_of_the_stream_can_reach_is_refused_when_the_step_is_added() -> None:
+    """A misspelt type name, or a class the stream never carries.
+
+    Its handler was never called, and the events meant for it went to the default.
+    """
+    s = Pipeline("d").read(sources.memory([], schema=Purchase | View))
+    with pytest.raises(
+        ValueError,
+        match=r"step 'dispatch' \(dispatch\): the handler for 'purchse' would never be called: "
+        r"stream 'read_memory' carries Purchase \('purchase'\), View \('view'\), never "
+        r"'purchse'\. Hint: did you mean 'purchase'\? key each handler by one of",
+    ):
+        s.dispatch({"purchse": print}, default="dead_letter")
+    with pytest.raises(ValueError, match=r"the handler for Refund would never be called: .*"):
+        s.dispatch({Purchase: print, View: print, Refund: print})
+    with pytest.raises(ValueError, match=r"the handler for BigPurchase would never be called"):
+        s.dispatch({BigPurchase: print}, default="dead_letter")
+    # a base class, a carried type name, and a stream whose classes are not known are taken
+    s.dispatch({Event: print, "view": print})
+    Pipeline("d").read(sources.memory([])).dispatch({"anything": print, Refund: print})
+    # the classic bus's registrations may hold more than one source carries
+    bus = EventBus()
+    bus.register(Refund, print)
+    bus.register(Purchase, print)
+    bus.pipeline(sources.memory([], schema=Purchase))
 
 
 def test_misuse_is_caught_when_the_step_is_added() -> None:

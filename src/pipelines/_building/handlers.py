@@ -7,6 +7,7 @@ through their methods, so that the builder can import it.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,6 +41,35 @@ def _as_list(value: Any) -> list[Any]:
 
 def _label(key: Any) -> str:
     return key.__name__ if isinstance(key, type) else repr(key)
+
+
+def _check_reached(
+    table: Mapping[type | str, Any], classes: tuple[type[Event], ...], step: str, source: str
+) -> None:
+    """Refuse a handler for a class or type name that no event of the stream can have.
+
+    A typo in a type name (``"purchse"``) left its handler never called, and the
+    events it was meant for went to the default.
+    """
+    names = {type_name(c): c for c in classes}
+    for event_type in table:
+        if isinstance(event_type, str):
+            if event_type in names:
+                continue
+            close = difflib.get_close_matches(event_type, list(names), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+        elif any(issubclass(c, event_type) for c in classes):
+            continue
+        else:
+            guess = ""
+        known = ", ".join(f"{c.__name__} ({type_name(c)!r})" for c in classes)
+        msg = (
+            f"step {step!r} (dispatch): the handler for {_label(event_type)} would never be "
+            f"called: stream {source!r} carries {known}, never {_label(event_type)}. Hint: "
+            f"{guess}key each handler by one of these classes or type names, or add the "
+            f"class to the source schema."
+        )
+        raise ValueError(msg)
 
 
 def add_dispatch(
@@ -116,6 +146,8 @@ def add_dispatch(
         msg = f"step {step!r} (dispatch): concurrency must be a positive int; got {concurrency!r}."
         raise ValueError(msg)
     classes = stream.event_classes
+    if classes is not None and not every:
+        _check_reached(table, classes, step, stream.step)
     if classes is not None and default is None:
         names = {k for k in table if isinstance(k, str)}
         bases = [k for k in table if isinstance(k, type)]
