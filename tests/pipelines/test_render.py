@@ -306,6 +306,10 @@ def test_results_convert_to_dicts_and_dataframes() -> None:
     assert isinstance(frame, pd.DataFrame) and list(frame["amount"]) == [1.0, 2.5]
     with pytest.raises(KeyError, match=r"no memory output 'x'; it has: o"):
         result.to_dicts("x")
+    # a result reads as a dict of its outputs: `in` and iteration asked for output 0, 1, ...
+    # and raised "no memory output 0"
+    assert "o" in result and "x" not in result and 0 not in result
+    assert list(result) == ["o"] and {name: len(result[name]) for name in result} == {"o": 2}
     broken = (
         Pipeline("dl").read(sources.memory([1, 0])).map(lambda x: 1 // x).write(sinks.memory("o"))
     ).run()

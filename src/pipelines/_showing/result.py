@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,6 +352,20 @@ class RunResult:
     def __getitem__(self, name: str) -> list[Any]:
         """Return the outputs of memory sink ``name``."""
         return self._output(name)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether the run has a memory output ``name``.
+
+        >>> from pipelines import Pipeline, sources, sinks
+        >>> r = Pipeline("p").read(sources.memory([1])).write(sinks.memory("o")).run()
+        >>> "o" in r, "x" in r, list(r)
+        (True, False, ['o'])
+        """
+        return name in self.outputs
+
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over the memory outputs' names, as a dict over its keys."""
+        return iter(self.outputs)
 
     def __repr__(self) -> str:
         """Summarise in one line."""
