@@ -955,6 +955,18 @@ class Routes(Generic[T]):
         """Iterate over the branches."""
         return iter(self._streams.values())
 
+    def __contains__(self, route: object) -> bool:
+        """Whether ``route`` names a branch (``"big" in routes``), or is one.
+
+        >>> from pipelines import sources
+        >>> routes = Pipeline("p").read(sources.memory([1])).forward(big=lambda x: x > 5)
+        >>> "big" in routes, "small" in routes, routes.big in routes
+        (True, False, True)
+        """
+        if isinstance(route, str):
+            return route in self._streams
+        return any(route is stream for stream in self._streams.values())
+
     def write(self, **sinks: Sink) -> Pipeline:
         """Write each named branch to its sink and return the combined pipeline."""
         if not sinks:
