@@ -10,6 +10,7 @@ is what bytewax snapshots for recovery.
 from __future__ import annotations
 
 import csv
+import difflib
 import glob
 import hashlib
 import json
@@ -29,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from pydantic import BaseModel
 
-from operators._event import Schema, named_by_text
+from operators._event import Schema, event_classes, named_by_text
 from operators._owned import all_fixed, owned
 from operators._stage import (
     Chunk,
@@ -665,7 +666,13 @@ class _CsvReader(Reader):
     """
 
     def __init__(
-        self, path: str, step: str, batch: int, resume: Any | None, delimiter: str | None = None
+        self,
+        path: str,
+        step: str,
+        batch: int,
+        resume: Any | None,
+        delimiter: str | None = None,
+        fields: dict[str, str] | None = None,
     ) -> None:
         self.path = path
         self.step = step
@@ -704,6 +711,8 @@ class _CsvReader(Reader):
                 )
                 break
             seen[name] = column
+        if fields is not None and header and self.spoiled is None:
+            self.spoiled = _header_misses(header, fields)
         self.pending: tuple[list[str], int] | None = None
         self.done = 0
         #: The fields of the last row read: a digest of them is kept in the position.
@@ -835,6 +844,68 @@ _REFUSED = "\x00refused"
 _RAW_LIMIT = 1 << 20
 
 
+def _header_misses(header: list[str], fields: dict[str, str]) -> str | None:
+    """Say why a CSV header does not fit the schema's fields, or None when it may.
+
+    ``fields`` maps each name a column may have (a field's name or alias) to
+    the classes that have it. Columns that are no field are left out of the
+    records, and fields that no column names take their defaults: so a column
+    that is a field's name but for its spaces, case or a slip of a letter
+    (``" amount"``, ``"Amount"``, ``"amout"``), or a header that names no
+    field at all, would make every record of its defaults without a word.
+    Columns of other names are left out as any CSV reader leaves them.
+
+    >>> fields = {"user": "Sale", "amount": "Sale", "type": "Sale", "id": "Sale", "time": "Sale"}
+    >>> _header_misses(["user", "amount", "note"], fields) is None
+    True
+    >>> _header_misses(["user", " amount"], fields)  # doctest: +ELLIPSIS
+    "the header's column ' amount' is no field of Sale, but 'amount' is, and no column ...
+    >>> _header_misses(["name", "price"], fields)  # doctest: +ELLIPSIS
+    'the header (name, price) names none of the fields of Sale (amount, user): every ...
+    """
+    named = set(header)
+    missing = [f for f in fields if f not in named]
+    for column in header:
+        if column in fields:
+            continue
+        plain = column.strip().casefold()
+        near = [f for f in missing if f.casefold() == plain] or difflib.get_close_matches(
+            column.strip(), missing, n=1, cutoff=0.8
+        )
+        if near:
+            return (
+                f"the header's column {column!r} is no field of {fields[near[0]]}, but "
+                f"{near[0]!r} is, and no column names it: each record would leave the "
+                f"column's value out and take the field's default. Hint: name the column "
+                f"{near[0]!r} in the file's header"
+            )
+    if not named & fields.keys():
+        shown = sorted({f for f in fields if f not in ("type", "id", "time")} or fields)
+        classes = ", ".join(sorted(set(fields.values())))
+        return (
+            f"the header ({', '.join(header)}) names none of the fields of {classes} "
+            f"({', '.join(shown)}): every record would hold only their defaults. Hint: read "
+            f"this file with the schema it was written for, or name its columns after the fields"
+        )
+    return None
+
+
+def _column_names(schema: Schema | None) -> dict[str, str] | None:
+    """Map each name a CSV column may have for ``schema`` (field names, aliases) to its classes.
+
+    None for no schema (rows are read as dicts).
+    """
+    if schema is None:
+        return None
+    found: dict[str, list[str]] = {}
+    for cls in event_classes(schema):
+        for name, info in cls.model_fields.items():
+            for named in (name, info.alias, info.validation_alias):
+                if isinstance(named, str) and cls.__name__ not in found.get(named, []):
+                    found.setdefault(named, []).append(cls.__name__)
+    return {name: " or ".join(classes) for name, classes in found.items()}
+
+
 class CsvSource(_FileSource[R]):
     """CSV files with a header row: one partition per file, a row per record.
 
@@ -867,7 +938,9 @@ class CsvSource(_FileSource[R]):
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open one file."""
-        return _CsvReader(partition, step, self.batch_size, resume, self.delimiter)
+        return _CsvReader(
+            partition, step, self.batch_size, resume, self.delimiter, _column_names(self.schema)
+        )
 
 
 Factory = Callable[[random.Random, int], Any]

@@ -460,6 +460,48 @@ def test_every_row_of_a_csv_whose_header_names_a_column_twice_is_a_dead_letter(
     assert result.reconciles
 
 
+def test_every_row_of_a_csv_whose_header_misses_the_schemas_fields_is_a_dead_letter(
+    tmp_path: Path,
+) -> None:
+    """A column that is a field's name but for spaces, case or a slip; a header of no field.
+
+    The column was left out of every record, the field took its default (an amount of
+    0.0, a user of ""), and the run reconciled.
+    """
+
+    def read(header: str, schema: Any = Purchase) -> Any:
+        path = tmp_path / "sales.csv"
+        path.write_text(f"{header}\npurchase,ada,3\npurchase,eve,4\n")
+        return Pipeline("c").read(sources.csv(path, schema=schema)).write(sinks.memory("o")).run()
+
+    for header, column, field in [
+        ("type,user, amount", " amount", "amount"),  # a space after the comma
+        ("type,User,amount", "User", "user"),
+        ("type,user,amout", "amout", "amount"),
+    ]:
+        result = read(header)
+        assert result["o"] == [] and result.reconciles
+        assert [d.kind for d in result.dead_letters] == ["parse", "parse"]
+        assert result.dead_letters[0].message == (
+            f"the header's column {column!r} is no field of Purchase, but {field!r} is, and no "
+            f"column names it: each record would leave the column's value out and take the "
+            f"field's default. Hint: name the column {field!r} in the file's header"
+        )
+        assert [d.origin.line for d in result.dead_letters if d.origin] == [2, 3]
+    result = read("kind,name,price")
+    assert result["o"] == [] and len(result.dead_letters) == 2
+    assert result.dead_letters[0].message.startswith(
+        "the header (kind, name, price) names none of the fields of Purchase (amount, user): "
+        "every record would hold only their defaults."
+    )
+    # Columns of other names are left out; a required field with no column fails each
+    # row's validation; rows read as dicts (no schema) are not judged.
+    taken = read("type,user,amount,note")
+    assert [(p.user, p.amount) for p in taken["o"]] == [("ada", 3.0), ("eve", 4.0)]
+    assert [d.kind for d in read("type,user,note").dead_letters] == ["validation"] * 2
+    assert [r["name"] for r in read("kind,name,price", schema=None)["o"]] == ["ada", "eve"]
+
+
 def test_a_record_read_without_an_id_gets_one_from_where_it_was_read(tmp_path: Path) -> None:
     # Each got a random id: the same input gave other ids on every read, so a resumed
     # run's records read again were new to a sink de-duplicating by id, and
