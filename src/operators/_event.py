@@ -9,9 +9,10 @@ import operator
 import os
 import types
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NoReturn, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -249,6 +250,44 @@ class Event(BaseModel):
                 f"times and validation."
             )
 
+    if not TYPE_CHECKING:  # type checkers keep pydantic's signature of the fields
+
+        def __init__(self, /, **data: Any) -> None:
+            """Make an event of the given fields; a name that is no field is refused.
+
+            pydantic drops what it does not know: ``Order(amout=2)`` made an
+            order of the default amount without a word. Records parsed from
+            text or dicts still leave unknown keys out (a newer producer may
+            add fields); a class that allows extra fields, or rewrites its
+            input in a ``mode="before"`` validator, is taken as it is.
+
+            >>> class Order(Event):
+            ...     amount: int = 0
+            >>> Order(amout=2)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            TypeError: Order() got 'amout', which is not a field of Order ... 'amount'?
+            """
+            cls = type(self)
+            names = _KWARGS.get(cls, _UNSEEN)
+            if names is _UNSEEN:
+                names = _KWARGS[cls] = _keyword_names(cls)
+            if names is not None and not names.issuperset(data):
+                _refuse_names(cls, data, names)
+            # What pydantic's own __init__ does, without a second call's cost.
+            made = self.__pydantic_validator__.validate_python(data, self_instance=self)
+            if made is not self:
+                msg = (
+                    f"a model validator of {cls.__name__} returned another object than the "
+                    f"{cls.__name__} being made, which keeps the fields it was given"
+                )
+                warnings.warn(msg, stacklevel=2)
+
+        # pydantic builds what it parses or validates without calling a model's own
+        # __init__ when it is marked as its base one's (as pydantic's RootModel does): so
+        # records read from text or dicts skip the check above, and parse at full speed.
+        __init__.__pydantic_base_init__ = True
+
     def get_type(self) -> str:
         """Return the event's type name (the event-bus vocabulary)."""
         return str(self.type)
@@ -282,11 +321,9 @@ class Event(BaseModel):
         if extra is None:  # extra fields not allowed: each name must be a field
             for name in update:
                 if name not in fields:
-                    close = difflib.get_close_matches(str(name), list(fields), n=1)
-                    hint = f"did you mean {close[0]!r}?" if close else f"its fields: {[*fields]}."
                     msg = (
                         f"{cls.__name__}.model_copy: {name!r} is not a field of "
-                        f"{cls.__name__}. Hint: {hint}"
+                        f"{cls.__name__}. Hint: {_nearest(str(name), [*fields])}"
                     )
                     raise ValueError(msg)
         made = cls.model_validate({**copied.__dict__, **(extra or {}), **update})
@@ -294,6 +331,50 @@ class Event(BaseModel):
         if copied.__pydantic_private__ is not None:  # private attributes, as pydantic copies them
             object.__setattr__(made, "__pydantic_private__", copied.__pydantic_private__)
         return made
+
+
+#: The keyword names each event class takes (see `Event.__init__`); None: any.
+_KWARGS: dict[type, frozenset[str] | None] = {}
+_UNSEEN: Any = object()
+
+
+def _keyword_names(cls: type[BaseModel]) -> frozenset[str] | None:
+    """Return the names ``cls(...)`` takes: fields and their aliases; None where it takes any.
+
+    Any: a class that allows extra fields (or forbids them: pydantic says so
+    itself), takes a field by a choice of aliases or a path, or has a model
+    validator that sees its input first (it may take other names).
+    """
+    if cls.model_config.get("extra") in ("allow", "forbid"):
+        return None
+    for decorator in cls.__pydantic_decorators__.model_validators.values():
+        if decorator.info.mode in ("before", "wrap"):
+            return None
+    names: set[str] = set()
+    for name, info in cls.model_fields.items():
+        names.add(name)
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                names.add(alias)
+            elif alias is not None:
+                return None
+    return frozenset(names)
+
+
+def _refuse_names(cls: type[BaseModel], data: Mapping[str, Any], names: frozenset[str]) -> NoReturn:
+    """Raise for the first name in ``data`` that ``cls`` does not take, with the nearest."""
+    wrong = next(str(name) for name in data if name not in names)
+    msg = (
+        f"{cls.__name__}() got {wrong!r}, which is not a field of {cls.__name__} (pydantic "
+        f"would drop it without a word). Hint: {_nearest(wrong, [*cls.model_fields])}"
+    )
+    raise TypeError(msg)
+
+
+def _nearest(name: str, fields: list[str]) -> str:
+    """Say which field a name that is none may have meant, or list the fields."""
+    close = difflib.get_close_matches(name, fields, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"its fields: {fields}."
 
 
 #: A schema is one event class or a union of them (``View | Purchase``).

@@ -178,3 +178,80 @@ def test_an_event_class_whose_time_takes_no_timezone_is_refused_when_defined() -
         time: AwareDatetime
 
     assert Required(time="2026-01-01T00:00:00Z").time.tzinfo is not None
+
+
+def test_a_name_that_is_no_field_is_refused_when_an_event_is_made_in_code() -> None:
+    """``Purchase(user="a", amout=3)`` in a step's function.
+
+    pydantic dropped the misspelt name without a word: the purchase had the default
+    amount (or failed for a missing one, naming the field it was given instead).
+    """
+    from pydantic import AliasChoices, model_validator
+
+    class Sale(Event):
+        user: str = ""
+        amount: float = 0.0
+        shop: str = Field("main", alias="Shop")
+
+    with pytest.raises(
+        TypeError,
+        match=r"^Sale\(\) got 'amout', which is not a field of Sale \(pydantic would drop it "
+        r"without a word\)\. Hint: did you mean 'amount'\?$",
+    ):
+        Sale(user="a", amout=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"got 'zzz'.*its fields: \['type', 'id', 'time'\]"):
+        Event(zzz=1)  # type: ignore[call-arg]
+    assert Sale(user="a", Shop="north").shop == "north"  # an alias is a name it takes
+    # records parsed from text or dicts leave unknown keys out, as before
+    parsed = schema_adapter(Sale).validate_python({"user": "a", "amount": 2, "note": "x"})
+    assert (parsed.user, parsed.amount) == ("a", 2.0)
+    assert schema_adapter(Sale).validate_json(b'{"user": "b", "colour": 1}').user == "b"
+
+    class Loose(Event):
+        model_config = ConfigDict(extra="allow")
+        n: int = 0
+
+    assert Loose(n=1, note="x").model_extra == {"note": "x"}  # type: ignore[call-arg]
+
+    class Strict(Event):
+        model_config = ConfigDict(extra="forbid")
+        n: int = 0
+
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        Strict(n=1, note="x")  # type: ignore[call-arg]
+
+    class Renamed(Event):
+        n: int = 0
+
+        @model_validator(mode="before")
+        @classmethod
+        def old_name(cls, data: object) -> object:
+            if isinstance(data, dict) and "count" in data:
+                data = {**data, "n": data.pop("count")}
+            return data
+
+    assert Renamed(count=3).n == 3  # type: ignore[call-arg]
+
+    class Choices(Event):
+        n: int = Field(0, validation_alias=AliasChoices("n", "number"))
+
+    assert Choices(number=4).n == 4  # type: ignore[call-arg]
+
+
+def test_a_misspelt_name_in_a_steps_function_is_a_dead_letter_naming_it() -> None:
+    from pipelines import Pipeline, sinks, sources
+
+    class Alert(Event):
+        user: str = ""
+
+    result = (
+        Pipeline("a")
+        .read(sources.memory([View(user="ada")]))
+        .map(lambda v: Alert(usr=v.user))  # type: ignore[call-arg]
+        .write(sinks.memory("alerts"))
+        .run()
+    )
+    assert result["alerts"] == [] and result.reconciles
+    [letter] = result.dead_letters
+    assert (letter.kind, letter.error_type) == ("user_error", "TypeError")
+    assert "Alert() got 'usr'" in letter.message and "did you mean 'user'?" in letter.message
