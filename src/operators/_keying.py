@@ -300,6 +300,78 @@ def event_seconds(value: Any) -> float:
     raise TypeError(msg)
 
 
+def without_early(
+    items: list[Any], keys: list[str] | None, run: _Run, index: int, step: str, message: str
+) -> tuple[list[Any], list[str] | None]:
+    """Dead-letter the early results among ``items`` at ``step`` (row ``index``) with ``message``.
+
+    An early result is a window's value so far (``final=False``, an id with
+    ``/early-``): one that reaches a later aggregate would be counted again
+    with every early result and the final one.
+    """
+    early = [
+        i
+        for i, x in enumerate(items)
+        if getattr(x, "final", True) is False and "/early-" in str(getattr(x, "id", ""))
+    ]
+    if not early:
+        return items, keys
+    row = run.table[index]
+    row[_IN] += len(early)
+    row[_DEAD] += len(early)
+    for i in early:
+        run.dead.append(
+            DeadLetter.build(
+                pipeline=run.pipeline,
+                step=step,
+                kind="validation",
+                error_type="EarlyResult",
+                message=message,
+                payload=payload_text(items[i]),
+                event_time=getattr(items[i], "time", None),
+            )
+        )
+    dropped = set(early)
+    kept = [x for i, x in enumerate(items) if i not in dropped]
+    if run.made is not None:
+        run.made = kept_made(items, kept, run.made)
+    if keys is not None:
+        keys = [k for i, k in enumerate(keys) if i not in dropped]
+    return kept, keys
+
+
+class EarlyGuard(Node):
+    """Before a map whose records go on to an aggregate: early results are dead letters there.
+
+    What the map makes of an early result is no early result any more (a new
+    event, a tuple), so the aggregate after it could not tell it apart and
+    would count each window's value again and again.
+    """
+
+    keeps_made = True
+
+    def __init__(self, inner: StageOp, early_from: str, later: str) -> None:
+        """Guard step ``inner``, which early results of ``early_from`` may reach."""
+        self.inner = inner
+        self.message = (
+            f"an early result of {early_from!r} (final=False: its window's value so far) "
+            f"reached {inner.kind} {inner.step!r}, whose records go on to aggregate {later!r}, "
+            f"which would count what it makes of it again with every early result and the "
+            f"final one. Hint: keep the final ones first, .filter(lambda r: r.final), before "
+            f"{inner.step!r}."
+        )
+
+    def children(self) -> list[Node]:
+        """Return the guarded step."""
+        return [self.inner]
+
+    def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
+        """Dead-letter the early results, and hand the rest to the guarded step."""
+        kept, _ = without_early(items, None, run, self.inner.index, self.inner.step, self.message)
+        if kept:
+            self.inner.push(kept, run, out)
+
+
 class ClockOp(StageOp):
     """Give each event its key and time: ``(key, ts, event)``."""
 
@@ -466,41 +538,14 @@ class ClockOp(StageOp):
 
         Kept, they would count each window's value again and again.
         """
-        early = [
-            i
-            for i, x in enumerate(items)
-            if getattr(x, "final", True) is False and "/early-" in str(getattr(x, "id", ""))
-        ]
-        if not early:
-            return items, keys
-        row = run.table[self.index]
-        row[_IN] += len(early)
-        row[_DEAD] += len(early)
+        assert self.early_from is not None
         message = (
             f"an early result of {self.early_from!r} (final=False: its window's value so far) "
             f"reached aggregate {self.step!r}, which would count it again with every early "
             f"result and the final one. Hint: keep the final ones first, "
             f".filter(lambda r: r.final), before the steps that lead here."
         )
-        for i in early:
-            run.dead.append(
-                DeadLetter.build(
-                    pipeline=run.pipeline,
-                    step=self.step,
-                    kind="validation",
-                    error_type="EarlyResult",
-                    message=message,
-                    payload=payload_text(items[i]),
-                    event_time=getattr(items[i], "time", None),
-                )
-            )
-        dropped = set(early)
-        kept = [x for i, x in enumerate(items) if i not in dropped]
-        if run.made is not None:
-            run.made = kept_made(items, kept, run.made)
-        if keys is not None:
-            keys = [k for i, k in enumerate(keys) if i not in dropped]
-        return kept, keys
+        return without_early(items, keys, run, self.index, self.step, message)
 
     def _timed(
         self,

@@ -1668,23 +1668,45 @@ def test_early_results_a_filter_or_a_map_lets_through_are_dead_letters_not_count
     # Refused at build only through steps that pass records on as they are: after a
     # filter on something else, or a map that keeps the results, every early result
     # was summed again (40 events counted as 334 in one run).
+    # A map that made new records of them (an event of another class, a tuple) hid them
+    # from the aggregate: 40 events summed to 92. Such a map dead-letters them itself.
     per_second = early_counts(seconds=10, rate=200, every=0.01, name="tens")
-    for passed in (
-        per_second.filter(lambda r: r.n > 0, name="some"),
-        per_second.map(lambda r: r.model_copy(update={"n": r.n}), name="copied"),
+    for passed, at in (
+        (per_second.filter(lambda r: r.n > 0, name="some"), "total"),
+        (per_second.map(lambda r: r.model_copy(update={"n": r.n}), name="copied"), "copied"),
+        (
+            per_second.map(lambda r: Hit(user=r.key, amount=r.n, time=r.time), name="remade"),
+            "remade",
+        ),
     ):
         total = passed.window_all(windows.tumbling(seconds=100), name="all").aggregate(
-            total=agg.sum("n"), name="total"
+            total=agg.sum("amount" if at == "remade" else "n"), name="total"
         )
         result = total.write(sinks.memory("out")).run()
         assert [r.total for r in result["out"]] == [40]  # each event once
         letters = result.dead_letters
         assert result.early == len(letters) > 0 and result.reconciles
         assert {(d.step, d.kind, d.error_type) for d in letters} == {
-            ("total", "validation", "EarlyResult")
+            (at, "validation", "EarlyResult")
         }
         assert "an early result of 'tens'" in letters[0].message
+        if at != "total":
+            assert (
+                f"reached map {at!r}, whose records go on to aggregate 'total', which would count "
+                f"what it makes of it again" in letters[0].message
+            )
+            assert letters[0].message.endswith(f".filter(lambda r: r.final), before {at!r}.")
         assert all(not json.loads(d.payload)["final"] for d in letters)
+    # The final ones kept first, or a map whose records reach no aggregate: no dead letter.
+    finals = per_second.filter(lambda r: r.final, name="finals").map(
+        lambda r: Hit(user=r.key, amount=r.n, time=r.time), name="remade"
+    )
+    total = finals.window_all(windows.tumbling(seconds=100)).aggregate(total=agg.sum("amount"))
+    result = total.write(sinks.memory("out")).run()
+    assert [r.total for r in result["out"]] == [40] and not result.dead_letters
+    shown = per_second.map(lambda r: (r.n, r.final), name="shown").write(sinks.memory("out")).run()
+    assert [n for n, final in shown["out"] if final] == [10] * 4 and len(shown["out"]) > 4
+    assert not shown.dead_letters and shown.reconciles
 
 
 def test_a_session_whose_start_moves_goes_on_numbering_its_early_results() -> None:

@@ -169,11 +169,38 @@ class Graph:
         return users
 
 
+#: Steps that hand each record on as it is, or make one of each (a map): what an
+#: early result becomes through them reaches the steps after them.
+_ONE_FOR_ONE = frozenset({"key_by", "inspect", "merge", "map"})
+
+
+def later_aggregate(node: Node, consumers: dict[tuple[str, str | None], list[Node]]) -> Node | None:
+    """Return an aggregate that what ``node`` hands on reaches one for one, if any.
+
+    Through steps that pass each record on (key_by, inspect, merge, map): a
+    filter, a route or a step that makes any number of records is where the
+    user chooses what goes on.
+    """
+    seen: set[int] = set()
+    todo = [node]
+    while todo:
+        step = todo.pop()
+        for port in step.ports():
+            for user in consumers[(step.name, port)]:
+                if user.kind == "aggregate":
+                    return user
+                if user.kind in _ONE_FOR_ONE and id(user) not in seen:
+                    seen.add(id(user))
+                    todo.append(user)
+    return None
+
+
 def early_ancestor(node: Node) -> Node | None:
     """Return an ``emit="early"`` aggregate whose results may reach ``node``, by any steps.
 
     Through a filter or a map they may or may not: the aggregate after them
-    dead-letters any early result that comes (see ``joins.early_upstream``).
+    dead-letters any early result that comes (see ``joins.early_upstream``), and
+    so does a map whose records reach an aggregate (`later_aggregate`).
     """
     seen: set[int] = set()
     todo = [port.node for port in node.inputs]

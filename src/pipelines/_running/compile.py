@@ -57,6 +57,7 @@ from operators._keying import (
     Bucketize,
     ClockOp,
     Crossing,
+    EarlyGuard,
     Marked,
     Sent,
     SplitOp,
@@ -66,7 +67,7 @@ from operators._process import ProcessLogic, ProcessSpec
 from operators._sources import file_pattern
 from operators._windowing import Combiner, WindowLogic, WindowSpec, can_combine
 from operators.windows import Count, EventTime, Sliding, Tumbling, Window
-from pipelines._building.graph import Graph, Node, early_ancestor, makes_marks
+from pipelines._building.graph import Graph, Node, early_ancestor, later_aggregate, makes_marks
 from pipelines._building.thrown import thrown_away, thrown_write
 
 if TYPE_CHECKING:
@@ -113,6 +114,24 @@ def _clock_op(node: Node, index: int, key: Any, clock: Any, exit_: Exit) -> Cloc
         fits=fits,
         early_from=None if early is None else early.name,
     )
+
+
+def _guarded(
+    made: StageNode, node: Node, users: dict[tuple[str, str | None], list[Node]]
+) -> StageNode:
+    """Guard a map that early results may reach and whose records reach an aggregate.
+
+    What the map makes of an early result is none any more: the aggregate
+    could not tell it apart, and would count it again (see `EarlyGuard`).
+    """
+    if node.kind != "map":
+        return made
+    early = early_ancestor(node)
+    later = None if early is None else later_aggregate(node, users)
+    if early is None or later is None:
+        return made
+    assert isinstance(made, MapOp)
+    return EarlyGuard(made, early.name, later.name)
 
 
 class PipelineError(ValueError):
@@ -398,9 +417,8 @@ def compile_pipeline(
                 )
             else:
                 nexts = tree(stage_, (user.name, None))
-                nodes.append(
-                    _OPS[user.kind](user.name, row[user.name], user.fn, user.policy, nexts)
-                )
+                made = _OPS[user.kind](user.name, row[user.name], user.fn, user.policy, nexts)
+                nodes.append(_guarded(made, user, users))
         return nodes
 
     for node in graph:
