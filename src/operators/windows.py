@@ -64,6 +64,20 @@ def to_seconds(
     (60.0, 90.0)
     """
     if value is None:
+        parts = {
+            "milliseconds": milliseconds,
+            "seconds": seconds,
+            "minutes": minutes,
+            "hours": hours,
+            "days": days,
+        }
+        for name, part in parts.items():
+            if isinstance(part, bool) or not isinstance(part, int | float):
+                msg = (
+                    f"{what}: {name}= must be a number; got {type(part).__name__} {part!r}. "
+                    f"Hint: {_example(what)}."
+                )
+                raise TypeError(msg)
         given = milliseconds / 1000 + seconds + minutes * 60 + hours * 3600 + days * 86400
         try:
             total = timedelta(

@@ -95,6 +95,10 @@ def test_window_arguments_are_checked() -> None:
                 windows.tumbling(**{part: bad})
         with pytest.raises(ValueError, match=r"tumbling window size must be at most 1000 years"):
             windows.tumbling(**{part: 1e300})  # more than a timedelta holds
+        # True was a second, "5" failed inside timedelta with its own words
+        for odd in (True, "5"):
+            with pytest.raises(TypeError, match=rf"tumbling window size: {part}= must be a number"):
+                windows.tumbling(**{part: odd})
     with pytest.raises(ValueError, match=r"sliding window every must be a finite number"):
         windows.sliding(seconds=10, every=math.nan)
     with pytest.raises(ValueError, match=r"count window: n must be a positive int; got 0"):
