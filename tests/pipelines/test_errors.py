@@ -15,7 +15,7 @@ import pytest
 from pydantic import ConfigDict
 
 from operators import Chunk, Event, ExactSink, ExactWriter, Reader, RunContext, Sink, Source, Writer
-from pipelines import Pipeline, PipelineError, PipelineHalted, retry, sinks, sources
+from pipelines import Pipeline, PipelineError, PipelineHalted, retry, sinks, sources, testing
 from tests.helpers import Purchase, View
 
 
@@ -689,3 +689,21 @@ def test_a_memory_dead_letter_sink_named_as_an_output_is_refused_before_running(
         mixed.run()
     apart = written.write(sinks.memory("o")).dead_letters(sinks.memory("dead")).run()
     assert sorted(apart["o"]) == [5, 10] and [d.kind for d in apart["dead"]] == ["user_error"]
+
+
+def test_two_memory_sinks_of_one_name_are_refused_before_running() -> None:
+    # Named apart, they kept their records in one list: result["big"] held the big
+    # numbers and the negated small ones, and the run reconciled.
+    numbers = Pipeline("m").read(sources.memory([1, 5, 9]))
+    big = numbers.filter(lambda x: x > 4, name="bigs").write(sinks.memory("big"), name="big")
+    small = numbers.filter(lambda x: x <= 4).map(lambda x: -x).write(sinks.memory("big"), name="sm")
+    with pytest.raises(
+        PipelineError,
+        match=r"pipeline 'm': steps 'big' and 'sm' would both keep their records in the memory "
+        r"output 'big', mixed in one list \(result\['big'\]\)\. Hint: give each sink a name",
+    ):
+        (big | small).run()
+    with pytest.raises(PipelineError, match=r"would both keep their records"):
+        testing.run(big | small, [1, 5])
+    apart = (big | numbers.write(sinks.memory("all"), name="all")).run()
+    assert sorted(apart["big"]) == [5, 9] and sorted(apart["all"]) == [1, 5, 9]

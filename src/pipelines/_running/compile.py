@@ -201,7 +201,24 @@ def check_thrown(name: str, graph: Graph) -> None:
 
 
 def _check_memory(pipeline: Pipeline) -> None:
-    """Refuse a memory dead-letter sink named as an output: letters would pass for results."""
+    """Refuse two memory sinks of one name: their records would mix in one output.
+
+    And a memory dead-letter sink named as an output: letters would pass for results.
+    """
+    kept: dict[str, str] = {}
+    for node in pipeline.graph:
+        sink = node.params.get("sink") if node.kind == "write" else None
+        if not isinstance(sink, MemorySink):
+            continue
+        other = kept.setdefault(sink.name, node.name)
+        if other != node.name:
+            msg = (
+                f"pipeline {pipeline.name!r}: steps {other!r} and {node.name!r} would both keep "
+                f"their records in the memory output {sink.name!r}, mixed in one list "
+                f"(result[{sink.name!r}]). Hint: give each sink a name of its own, or write "
+                f"a.merge(b) once."
+            )
+            raise PipelineError(msg)
     dead = pipeline.dead_letter_sink
     if not isinstance(dead, MemorySink):
         return
