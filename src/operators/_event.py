@@ -342,10 +342,12 @@ def _keyword_names(cls: type[BaseModel]) -> frozenset[str] | None:
     """Return the names ``cls(...)`` takes: fields and their aliases; None where it takes any.
 
     Any: a class that allows extra fields (or forbids them: pydantic says so
-    itself), takes a field by a choice of aliases or a path, or has a model
-    validator that sees its input first (it may take other names).
+    itself), takes a field by a choice of aliases or a path, has a model
+    validator that sees its input first (it may take other names), or an
+    ``__init__`` of its own.
     """
-    if cls.model_config.get("extra") in ("allow", "forbid"):
+    if cls.model_config.get("extra") in ("allow", "forbid") or cls.__pydantic_custom_init__:
+        # (A class's own __init__ is called by pydantic on parsed records too.)
         return None
     for decorator in cls.__pydantic_decorators__.model_validators.values():
         if decorator.info.mode in ("before", "wrap"):
