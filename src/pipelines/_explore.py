@@ -525,12 +525,14 @@ def explore(
     >>> len(found.schedules), sum(found.outputs["memory_o"].values())
     (3, 50)
     """
+    if isinstance(vary, str):
+        vary = (vary,)  # one dimension, not its letters
     unknown = set(vary) - set(DIMENSIONS)
     if unknown:
         msg = f"explore: vary takes {list(DIMENSIONS)}; got {sorted(unknown)}."
         raise ValueError(msg)
-    if runs < 1:
-        msg = f"explore: runs must be at least 1; got {runs}."
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        msg = f"explore: runs must be a whole number of at least 1; got {runs!r}."
         raise ValueError(msg)
     check_pipeline(pipeline, "testing.explore")
     if records is not None:

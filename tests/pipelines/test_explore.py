@@ -219,5 +219,10 @@ def test_misuse_of_explore_is_refused() -> None:
     p = Pipeline("m").read(sources.memory([1])).write(sinks.memory("o"))
     with pytest.raises(ValueError, match=r"vary takes \['batch', 'workers'"):
         testing.explore(p, vary=("speed",))
-    with pytest.raises(ValueError, match="runs must be at least 1"):
-        testing.explore(p, runs=0)
+    for odd in (0, 2.5, True):  # 2.5 failed inside range(), True ran once
+        with pytest.raises(
+            ValueError, match=rf"runs must be a whole number of at least 1; got {odd}"
+        ):
+            testing.explore(p, runs=odd)
+    # one dimension named alone is that dimension, not its letters ('b', 'a', 't', ...)
+    assert len(testing.explore(p, vary="batch", runs=2).schedules) == 2
