@@ -22,7 +22,7 @@ import select
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -385,6 +385,26 @@ class _ListReader(Reader):
         return (self.pos, *self.bounds)
 
 
+def check_records(items: Any, what: str) -> None:
+    """Refuse what is no collection of records: text, bytes, a path, a dict, a single value.
+
+    Each would be read as records one by one: characters, byte values, a
+    dict's keys.
+    """
+    if isinstance(items, str | bytes | os.PathLike | Mapping) or not isinstance(items, Iterable):
+        if isinstance(items, str | os.PathLike):
+            hint = f"sources.jsonl({items!r:.60}, schema=...) reads a file's records"
+        elif isinstance(items, Mapping):
+            hint = "a dict is one record: put it in a list, [{'user': 'ada'}]"
+        else:
+            hint = "sources.memory([{'user': 'ada'}, ...])"
+        msg = (
+            f"{what} must be a list (or another iterable) of the records themselves; got "
+            f"{type(items).__name__} {items!r:.80}. Hint: {hint}."
+        )
+        raise TypeError(msg)
+
+
 class MemorySource(Source[R]):
     """Records held in memory: events, dicts or JSON text (with a schema)."""
 
@@ -398,17 +418,7 @@ class MemorySource(Source[R]):
         name: str = "memory",
     ) -> None:
         """Hold ``items``, split into ``partitions`` contiguous parts."""
-        if isinstance(items, str | bytes | os.PathLike) or not isinstance(items, Iterable):
-            hint = (
-                f"sources.jsonl({items!r:.60}, schema=...) reads a file's records"
-                if isinstance(items, str | os.PathLike)
-                else "sources.memory([{'user': 'ada'}, ...])"
-            )
-            msg = (
-                f"memory source: items must be a list (or another iterable) of the records "
-                f"themselves; got {type(items).__name__} {items!r:.80}. Hint: {hint}."
-            )
-            raise TypeError(msg)
+        check_records(items, "memory source: items")
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             msg = f"partitions must be a whole number of at least 1; got {partitions!r}."
             raise ValueError(msg)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from operators import MemorySink, MemorySource, Schema, Source
+from operators._sources import check_records
 from pipelines.sinks import memory
 
 if TYPE_CHECKING:
@@ -100,8 +101,11 @@ def _by_step(pipeline: Pipeline, records: Records) -> dict[str, list[Any]]:
     """
     reads = [node.name for node in pipeline.graph if node.kind == "read"]
     if not isinstance(records, Mapping):
+        check_records(records, "records")
         items = list(records)
         return {step: items for step in reads}
+    for step, given in records.items():
+        check_records(given, f"records for {step!r}")
     by_step = {str(step): list(items) for step, items in records.items()}
     for step in by_step:
         if step not in reads:

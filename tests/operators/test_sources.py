@@ -567,6 +567,21 @@ def test_a_source_or_sink_given_no_path_or_no_records_says_what_it_needs() -> No
         r"memory source: items must be .*got int 5\. Hint: sources\.memory\(\[": (
             lambda: sources.memory(5)  # type: ignore[call-overload]
         ),
+        # a dict was read as its keys: one record per key, its values lost
+        r"memory source: items must be .*got dict \{'user': 'ada'\}\. Hint: a dict is one "
+        r"record: put it in a list": (lambda: sources.memory({"user": "ada"})),
+        # testing.run read text as its characters
+        r"records must be a list .*got str 'abc'": (
+            lambda: testing.run(
+                Pipeline("t").read(sources.memory([1])).write(sinks.memory("o")), "abc"
+            )
+        ),
+        r"records for 'read_memory' must be a list .*got bytes": (
+            lambda: testing.run(
+                Pipeline("t").read(sources.memory([1])).write(sinks.memory("o")),
+                {"read_memory": b"ab"},
+            )
+        ),
     }
     for message, call in told.items():
         with pytest.raises(TypeError, match=message):
