@@ -389,7 +389,7 @@ def check_records(items: Any, what: str) -> None:
     """Refuse what is no collection of records: text, bytes, a path, a dict, a single value.
 
     Each would be read as records one by one: characters, byte values, a
-    dict's keys.
+    dict's keys. A set is refused too: its order is no order of its own.
     """
     if isinstance(items, str | bytes | os.PathLike | Mapping) or not isinstance(items, Iterable):
         if isinstance(items, str | os.PathLike):
@@ -401,6 +401,14 @@ def check_records(items: Any, what: str) -> None:
         msg = (
             f"{what} must be a list (or another iterable) of the records themselves; got "
             f"{type(items).__name__} {items!r:.80}. Hint: {hint}."
+        )
+        raise TypeError(msg)
+    if isinstance(items, set | frozenset):
+        msg = (
+            f"{what} must be in an order of their own; got a {type(items).__name__}, whose "
+            f"order is its hashes': another process, or a rerun resuming from a recovery store, "
+            f"would read them in another order (and a resume skip some and repeat others). "
+            f"Hint: sorted(...), or a list."
         )
         raise TypeError(msg)
 
