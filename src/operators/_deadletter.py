@@ -9,7 +9,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from datetime import date, datetime
 from datetime import time as dtime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import to_jsonable_python
@@ -90,6 +90,27 @@ class DeadLetter(BaseModel):
     event_time: datetime | None = None
     attempts: int = 1
 
+    if not TYPE_CHECKING:  # type checkers know the fields
+
+        def __getattr__(self, name: str) -> Any:
+            """Say which field holds what a name that is none asks for (``reason``: ``message``).
+
+            >>> DeadLetter.build(pipeline="p", step="s", kind="parse", error_type="E",
+            ...     message="bad", payload="x").reason
+            Traceback (most recent call last):
+            ...
+            AttributeError: a DeadLetter has no 'reason'. Hint: message holds what went wrong ...
+            """
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                if name.startswith("__"):
+                    raise
+                meant = _MEANT.get(name.lower())
+                hint = meant or f"its fields are {', '.join(type(self).model_fields)}."
+                msg = f"a DeadLetter has no {name!r}. Hint: {hint}"
+                raise AttributeError(msg) from None
+
     @classmethod
     def build(cls, *, payload: str, **fields: Any) -> DeadLetter:
         """Make a dead letter, truncating and hashing the payload."""
@@ -101,6 +122,29 @@ class DeadLetter(BaseModel):
             truncated=len(payload) > PAYLOAD_LIMIT,
             **fields,
         )
+
+
+#: What a dead letter's field is often sought as, and where it is.
+_MEANT = {
+    **dict.fromkeys(
+        ("reason", "error", "exception", "why", "msg", "cause"),
+        "message holds what went wrong (error_type its exception's class, kind its sort).",
+    ),
+    **dict.fromkeys(
+        ("record", "data", "event", "value", "raw", "item", "body"),
+        "payload holds the record as text (JSON for events and dicts); origin says where it "
+        "was read.",
+    ),
+    **dict.fromkeys(
+        ("stage", "operator", "op", "node", "where"),
+        "step names the step it came from (pipeline the pipeline).",
+    ),
+    **dict.fromkeys(
+        ("type", "category", "reason_type"),
+        "kind is its sort (parse, validation, user_error, ...), error_type the exception's class.",
+    ),
+    **dict.fromkeys(("time", "timestamp", "at"), "event_time holds the record's event time."),
+}
 
 
 def explain(exc: BaseException) -> str:

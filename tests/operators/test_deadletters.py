@@ -70,3 +70,28 @@ def test_a_dict_records_payload_is_json_that_can_be_sent_again() -> None:
     assert json.loads(first) == {"user": "ada", "paid": True, "at": when.isoformat(), "n": None}
     assert json.loads(second) == [1, "two", 3.5]
     assert third == "{(1, 2): 'a tuple key'}"  # no JSON holds it: shown as Python
+
+
+def test_a_name_a_dead_letter_does_not_have_says_which_field_holds_it() -> None:
+    """``letter.reason`` or ``letter.record`` was a bare AttributeError."""
+    from operators import DeadLetter
+
+    letter = DeadLetter.build(
+        pipeline="p",
+        step="parse",
+        kind="parse",
+        error_type="ValueError",
+        message="bad",
+        payload="{",
+    )
+    for asked, told in [
+        ("reason", "message holds what went wrong"),
+        ("error", "message holds what went wrong"),
+        ("record", "payload holds the record as text"),
+        ("stage", "step names the step it came from"),
+        ("timestamp", "event_time holds the record's event time"),
+        ("zzz", "its fields are pipeline, step, kind, error_type, message"),
+    ]:
+        with pytest.raises(AttributeError, match=rf"^a DeadLetter has no '{asked}'\. Hint: {told}"):
+            getattr(letter, asked)
+    assert not hasattr(letter, "__len__") and letter.message == "bad"
