@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -310,6 +311,16 @@ def test_results_convert_to_dicts_and_dataframes() -> None:
     # and raised "no memory output 0"
     assert "o" in result and "x" not in result and 0 not in result
     assert list(result) == ["o"] and {name: len(result[name]) for name in result} == {"o": 2}
+    # a name that is none says where it is (a bare AttributeError before)
+    for asked, told in [
+        ("output", r"result\['o'\] is what memory sink 'o' kept"),
+        ("o", r"result\['o'\] is what memory sink 'o' kept"),
+        ("errors", r"result\.dead_letters holds them"),
+        ("reconcile", r"did you mean 'reconciles'\?"),
+    ]:
+        with pytest.raises(AttributeError, match=rf"^a RunResult has no '{asked}'\. Hint: {told}"):
+            getattr(result, asked)
+    assert not hasattr(result, "_repr_latex_") and copy.copy(result)["o"] == result["o"]
     broken = (
         Pipeline("dl").read(sources.memory([1, 0])).map(lambda x: 1 // x).write(sinks.memory("o"))
     ).run()

@@ -82,6 +82,27 @@ class StepCountsByName(dict[str, StepCounts]):
         raise KeyError(msg)
 
 
+#: What a run's result is often asked for by, and where it is.
+_RESULT_MEANT = {
+    **dict.fromkeys(
+        ("output", "results", "records", "data", "out", "values"),
+        "result['o'] is what memory sink 'o' kept; result.outputs holds them all by name.",
+    ),
+    **dict.fromkeys(
+        ("errors", "failures", "failed", "dlq", "dead_letter", "deadletters", "bad"),
+        "result.dead_letters holds them (result.dead counts them).",
+    ),
+    **dict.fromkeys(
+        ("ok", "success", "valid", "balanced", "reconciled"),
+        "result.reconciles says whether every record read is accounted for.",
+    ),
+    **dict.fromkeys(
+        ("steps", "stats", "metrics", "step_counts"),
+        "result.counts['step'] holds each step's counts; result.summary() shows them.",
+    ),
+}
+
+
 class RunResult:
     """The outcome of a run: memory-sink outputs, dead letters, counts.
 
@@ -124,6 +145,27 @@ class RunResult:
         self.member: int | None = None
         #: The recovery store a run resumed from (None: no store, or a fresh one).
         self.resumed_from: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """Say where what a name that is none asks for is (``result.errors``: ``dead_letters``).
+
+        >>> from pipelines import Pipeline, sources, sinks
+        >>> Pipeline("p").read(sources.memory([1])).write(sinks.memory("o")).run().output
+        Traceback (most recent call last):
+        ...
+        AttributeError: a RunResult has no 'output'. Hint: result['o'] is what memory sink 'o' ...
+        """
+        if name.startswith("__") or name in ("outputs", "counts", "dead_letters"):
+            raise AttributeError(name)  # (being made, or unpickled)
+        if name in self.outputs:
+            meant = f"result[{name!r}] is what memory sink {name!r} kept."
+        else:
+            close = difflib.get_close_matches(name, [a for a in dir(self) if a[0] != "_"], n=1)
+            meant = _RESULT_MEANT.get(name.lower()) or (
+                f"did you mean {close[0]!r}?" if close else "see help(RunResult)."
+            )
+        msg = f"a RunResult has no {name!r}. Hint: {meant}"
+        raise AttributeError(msg)
 
     @property
     def partial(self) -> bool:
