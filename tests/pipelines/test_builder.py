@@ -200,6 +200,37 @@ def test_a_branch_whose_written_pipeline_was_thrown_away_is_refused() -> None:
     assert (sorted(result["big"]), result["small"]) == ([5, 10], [1])
 
 
+def test_a_combination_thrown_away_is_refused_for_either_of_its_parts() -> None:
+    """``big | small`` as a statement, as if | joined the branches in place.
+
+    The combination was dropped; ``big.run()`` ran without the small branch and
+    reconciled.
+    """
+    s = Pipeline("split").read(sources.memory([1, 5, 10]))
+    big = s.filter(lambda x: x > 4, name="big").write(sinks.memory("big"), name="write_big")
+    small = s.filter(lambda x: x <= 4, name="small").write(
+        sinks.memory("small"), name="write_small"
+    )
+    big | small
+    line = test_a_combination_thrown_away_is_refused_for_either_of_its_parts.__code__
+    at = line.co_firstlineno + 11
+    with pytest.raises(
+        PipelineError,
+        match=rf"pipeline 'split': step 'write_small' \(write, at test_builder\.py:{at}\) is not "
+        r"part of it: the pipeline that \| combined it into was thrown away \(the pipelines "
+        r"combined are left as they were\), so that branch would never run\. Hint: keep and run "
+        r"the combination: flow = first \| second; flow\.run\(\)\.",
+    ):
+        big.run()
+    with pytest.raises(PipelineError, match=r"step 'write_big' \(write, at test_builder\.py:"):
+        small.check()
+    # Kept, run, or combined by evflow itself (a catalog's build): nothing is refused.
+    flow = big | small
+    result = flow.run()
+    assert (sorted(result["big"]), result["small"]) == ([5, 10], [1])
+    assert (big | small).run().reconciles and big.run()["big"] == [5, 10]
+
+
 def test_a_step_whose_stream_was_thrown_away_is_refused() -> None:
     # As if filter changed the stream in place: the bot was written.
     s = Pipeline("clicks").read(sources.memory(["ada", "bot", "cy"]))

@@ -30,7 +30,7 @@ from operators import (
 from operators._bytewax_io import BytewaxSink, BytewaxSource
 from operators._stage import check_arity, describe_function, returns_nothing
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
-from pipelines._building.thrown import Made, used, watch
+from pipelines._building.thrown import Made, by_user, used, watch
 
 if TYPE_CHECKING:
     from operators.windows import Clock, Window
@@ -269,7 +269,17 @@ class Pipeline:
                 f"letters to different sinks. Hint: call dead_letters() once, on the result."
             )
             raise ValueError(msg)
-        return self._with(self._graph.union([other._graph]), other._dead)
+        combined = self._with(self._graph.union([other._graph]), other._dead)
+        graph = object.__getattribute__(combined, "_graph")
+        pairs = ((self._graph, other._graph), (other._graph, self._graph)) if by_user() else ()
+        for mine, theirs in pairs:
+            # `a | b` as a statement: running `a` then would leave `b`'s steps out.
+            held = {id(node) for node in mine}
+            apart = [node for node in theirs if id(node) not in held]
+            if apart:
+                writes = [node for node in apart if node.kind == "write"]
+                watch(combined, self._name, graph, (writes or apart)[-1], "|")
+        return combined
 
     def check(self) -> None:
         """Check the whole graph before running; raise on the first problem."""

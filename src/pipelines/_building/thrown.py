@@ -21,7 +21,7 @@ from types import CodeType, FrameType
 
 from pipelines._building.graph import Graph, Node
 
-__all__ = ["Made", "thrown_away", "thrown_write", "used", "watch"]
+__all__ = ["Made", "by_user", "thrown_away", "thrown_write", "used", "watch"]
 
 
 class Made:
@@ -58,12 +58,22 @@ _OWN = tuple(
 )
 
 
+def by_user() -> bool:
+    """Whether the function calling this one was called by the user's code, not evflow's."""
+    frame = sys._getframe(2)
+    return not os.path.abspath(frame.f_code.co_filename).startswith(_OWN)
+
+
 def _caller() -> FrameType:
     """Return the frame of the user's code that called into evflow."""
     frame = sys._getframe(1)
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN):
         frame = frame.f_back
     return frame
+
+
+#: Instructions that call into evflow: a method, or ``|`` (`Pipeline.__or__`).
+_CALLS = ("CALL", "PRECALL", "BINARY_OP", "BINARY_OR")
 
 
 @functools.lru_cache(maxsize=512)
@@ -78,7 +88,7 @@ def _discarding(code: CodeType) -> frozenset[int]:
             continue
         if instruction.opname == "POP_TOP":
             found.update(call)
-        call = [instruction.offset] if instruction.opname.startswith(("CALL", "PRECALL")) else []
+        call = [instruction.offset] if instruction.opname.startswith(_CALLS) else []
     return frozenset(found)
 
 
@@ -127,17 +137,23 @@ def thrown_away(graph: Graph) -> Made | None:
     """
     mine = {id(node) for node in graph}
     for made in list(THROWN):
-        if id(made.node) in mine:
+        combined = made.what == "|"
+        if all(id(node) in mine for node in made.graph) if combined else id(made.node) in mine:
             _forget(made)  # it is part of what runs
             continue
         if not any(id(node) in mine for node in made.graph):
             continue  # another pipeline's
-        _forget(made)
         name = made.node.name
-        if name not in graph and not any(
+        if combined and name in graph:
+            continue  # the other part's is told when that part runs
+        _forget(made)
+        if name in graph:
+            continue
+        if made.what == "|" or not any(
             name in held.graph and any(id(node) in mine for node in held.graph)
             for held in list(LIVE.values())
         ):
+            # (What `|` combined is held by its parts: the combination was what was meant.)
             return made
     return None
 

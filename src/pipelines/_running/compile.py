@@ -183,7 +183,13 @@ def check_thrown(name: str, graph: Graph) -> None:
     if thrown is not None:
         node = thrown.node
         msg = f"pipeline {name!r}: step {node.name!r} ({node.kind}, at {thrown.where}) "
-        if node.kind == "write":
+        if thrown.what == "|":
+            msg += (
+                "is not part of it: the pipeline that | combined it into was thrown away (the "
+                "pipelines combined are left as they were), so that branch would never run. "
+                "Hint: keep and run the combination: flow = first | second; flow.run()."
+            )
+        elif node.kind == "write":
             msg += (
                 "is not part of it: the pipeline that .write(...) returned was thrown away, so "
                 "that branch would never run. Hint: keep both branches and combine them, e.g. "
