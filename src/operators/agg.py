@@ -348,8 +348,8 @@ def _shown_type(annotation: Any) -> str:
     >>> _shown_type(list[str]), _shown_type(Decimal | None), _shown_type(Decimal)
     ('list[str]', 'Decimal | None', 'Decimal')
     """
-    if isinstance(annotation, type):
-        return _type_name(annotation)
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return _type_name(annotation)  # (on Python 3.10, list[str] is a type too)
     return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation))
 
 
