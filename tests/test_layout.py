@@ -1,4 +1,4 @@
-"""The import graph: no module imports one that imports it back (directly or not)."""
+"""The layout: no module imports one that imports it back, and the top folder holds only ours."""
 
 from __future__ import annotations
 
@@ -73,3 +73,22 @@ def test_operators_modules_import_no_circle() -> None:
 
 def test_pipelines_modules_import_no_circle() -> None:
     assert cycles(imports("pipelines")) == []
+
+
+#: What the repository's top folder holds: the project's own files, and what the
+#: tools make there (ignored by .gitignore).
+TOP = {
+    ".ci", ".git", ".gitignore", "README.md", "bench", "docs", "mkdocs.yml", "notebooks",
+    "pyproject.toml", "src", "tests",
+}  # fmt: skip
+MADE_BY_TOOLS = {
+    ".venv", ".hypothesis", ".mypy_cache", ".ruff_cache", ".pytest_cache", "site", "build",
+    "dist", "__pycache__",
+}  # fmt: skip
+
+
+def test_the_top_folder_holds_only_the_projects_files() -> None:
+    # A scratch file written by hand (a CSV a probe read, a sink's output) was committed
+    # twice beside README.md.
+    stray = sorted(p.name for p in ROOT.iterdir() if p.name not in TOP | MADE_BY_TOOLS)
+    assert stray == [], f"files that are no part of the project at its top: {stray}"
