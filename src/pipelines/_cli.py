@@ -157,6 +157,8 @@ def _user_traceback(exc: BaseException) -> str:
     ]
     lines = traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)
+    if sys.version_info < (3, 11):  # 3.11 shows an exception's notes after it; 3.10 does not
+        lines += [f"{note}\n" for note in getattr(exc, "__notes__", ())]
     return "".join(lines)
 
 

@@ -479,8 +479,10 @@ def _run_members(
         _, error, cause, detail = outcomes[proc_id]
         if cause is not None:
             error.__cause__ = cause
-        if detail and hasattr(error, "add_note"):
-            error.add_note(f"in process {proc_id}:\n{detail}")
+        if detail:
+            # (BaseException.add_note is Python 3.11's: 3.10 keeps the same list.)
+            notes = getattr(error, "__notes__", None)
+            error.__notes__ = [*(notes or []), f"in process {proc_id}:\n{detail}"]
         raise_error(error)
     return [outcomes[i][0] for i in ids]
 
