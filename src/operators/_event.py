@@ -269,9 +269,10 @@ class Event(BaseModel):
             TypeError: Order() got 'amout', which is not a field of Order ... 'amount'?
             """
             cls = type(self)
-            names = _KWARGS.get(cls, _UNSEEN)
+            names = cls.__dict__.get("__evflow_kwargs__", _UNSEEN)
             if names is _UNSEEN:
-                names = _KWARGS[cls] = _keyword_names(cls)
+                names = _keyword_names(cls)
+                type.__setattr__(cls, "__evflow_kwargs__", names)
             if names is not None and not names.issuperset(data):
                 _refuse_names(cls, data, names)
             # What pydantic's own __init__ does, without a second call's cost.
@@ -333,8 +334,8 @@ class Event(BaseModel):
         return made
 
 
-#: The keyword names each event class takes (see `Event.__init__`); None: any.
-_KWARGS: dict[type, frozenset[str] | None] = {}
+#: Not yet known: the keyword names a class takes are kept in its own
+#: ``__evflow_kwargs__`` once found (see `Event.__init__`; None: any).
 _UNSEEN: Any = object()
 
 
