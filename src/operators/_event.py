@@ -188,6 +188,9 @@ class Event(BaseModel):
     time: AwareDatetime = Field(default_factory=_now)
 
     __evflow_type__: ClassVar[str] = "event"
+    #: The names ``cls(...)`` takes (see `__init__`; None: any), found for each class
+    #: when it is made.
+    __evflow_kwargs__: ClassVar[frozenset[str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give a subclass without its own ``type`` a literal one.
@@ -236,6 +239,7 @@ class Event(BaseModel):
             )
         if msg is not None:
             raise TypeError(msg)
+        cls.__evflow_kwargs__ = _keyword_names(cls)  # each class its own (see __init__)
         if cls.__doc__ is None:
             fields = ", ".join(
                 f"{name}: {getattr(info.annotation, '__name__', info.annotation)}"
@@ -269,10 +273,7 @@ class Event(BaseModel):
             TypeError: Order() got 'amout', which is not a field of Order ... 'amount'?
             """
             cls = type(self)
-            names = cls.__dict__.get("__evflow_kwargs__", _UNSEEN)
-            if names is _UNSEEN:
-                names = _keyword_names(cls)
-                type.__setattr__(cls, "__evflow_kwargs__", names)
+            names = cls.__evflow_kwargs__
             if names is not None and not names.issuperset(data):
                 _refuse_names(cls, data, names)
             # What pydantic's own __init__ does, without a second call's cost.
@@ -334,11 +335,6 @@ class Event(BaseModel):
         return made
 
 
-#: Not yet known: the keyword names a class takes are kept in its own
-#: ``__evflow_kwargs__`` once found (see `Event.__init__`; None: any).
-_UNSEEN: Any = object()
-
-
 def _keyword_names(cls: type[BaseModel]) -> frozenset[str] | None:
     """Return the names ``cls(...)`` takes: fields and their aliases; None where it takes any.
 
@@ -379,6 +375,8 @@ def _nearest(name: str, fields: list[str]) -> str:
     close = difflib.get_close_matches(name, fields, n=1)
     return f"did you mean {close[0]!r}?" if close else f"its fields: {fields}."
 
+
+Event.__evflow_kwargs__ = _keyword_names(Event)  # (its subclasses find theirs when made)
 
 #: A schema is one event class or a union of them (``View | Purchase``).
 Schema = Any
