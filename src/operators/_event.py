@@ -434,6 +434,21 @@ def event_classes(schema: Schema) -> tuple[type[Event], ...]:
     raise TypeError(msg)
 
 
+def never_carried(classes: tuple[type[Event], ...], cls: type) -> str | None:
+    """Name the classes a stream carries when none of them is ``cls`` (or a subclass), else None.
+
+    What a class filter, route, count or handler of ``cls`` would never see.
+
+    >>> class A(Event): pass
+    >>> class B(Event): pass
+    >>> never_carried((A, B), Event), never_carried((A, B), int)
+    (None, 'A, B')
+    """
+    if any(issubclass(c, cls) for c in classes):
+        return None
+    return ", ".join(c.__name__ for c in classes)
+
+
 def type_name(cls: type[Event]) -> str:
     """Return the discriminator value of an event class."""
     default = cls.model_fields["type"].default

@@ -50,7 +50,7 @@ from functools import cmp_to_key
 from itertools import groupby
 from typing import Any, NoReturn
 
-from operators._event import Event, given_id
+from operators._event import Event, given_id, never_carried
 
 __all__ = [
     "Aggregator",
@@ -367,8 +367,8 @@ class _Count(Aggregator):
     def check(self, classes: tuple[type[Event], ...], step: str) -> None:
         """Refuse a class that none of the stream's classes is (its count would stay 0)."""
         cls = self.cls
-        if cls is not None and not any(issubclass(c, cls) for c in classes):
-            known = ", ".join(c.__name__ for c in classes)
+        known = None if cls is None else never_carried(classes, cls)
+        if cls is not None and known is not None:
             msg = (
                 f"step {step!r} (aggregate): {self.label} counts {cls.__name__} events, but the "
                 f"stream carries {known}, never {cls.__name__}: it would be 0 in every result. "

@@ -28,6 +28,7 @@ from operators import (
     event_classes,
 )
 from operators._bytewax_io import BytewaxSink, BytewaxSource
+from operators._event import never_carried
 from operators._stage import check_arity, describe_function, returns_nothing
 from pipelines._building.graph import Graph, Node, Port, auto_name, check_name
 from pipelines._building.thrown import Made, by_user, used, watch
@@ -525,8 +526,8 @@ class Stream(Generic[T]):
         What a class filter keeps, or a class route takes (``what`` names it).
         """
         classes = self._classes
-        if classes is not None and not any(issubclass(c, cls) for c in classes):
-            known = ", ".join(c.__name__ for c in classes)
+        known = None if classes is None else never_carried(classes, cls)
+        if known is not None:
             takes = f"{what} takes {cls.__name__}, but " if what else ""
             verb = "route" if what else kind
             msg = (

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from operators import Event, Policy, as_policy, type_name
 from operators._dispatch import Stateful
+from operators._event import never_carried
 from operators._stage import check_arity
 from pipelines._building.graph import Node, check_name
 
@@ -58,7 +59,7 @@ def _check_reached(
                 continue
             close = difflib.get_close_matches(event_type, list(names), n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
-        elif any(issubclass(c, event_type) for c in classes):
+        elif never_carried(classes, event_type) is None:
             continue
         else:
             guess = ""
