@@ -692,8 +692,11 @@ class JoinLogic(Letters, Watermarks, StatefulBatchLogic[_Sided, tuple[str, Any],
             return
         ts, _, _, removes, _ = rows[at]
         ttl = self.spec.ttl
-        if removes or (ttl is not None and ts + ttl < mark):
-            at += 1  # the row valid at mark is a delete marker, or has expired
+        if (removes and ts < mark) or (ttl is not None and ts + ttl < mark):
+            # The row valid at mark is a delete marker, or has expired. (A marker dated
+            # mark itself is kept: a row of its time from a partition whose name sorts
+            # before its own may still come, and must lose to it.)
+            at += 1
         if at:
             del rows[:at]
             row[_OPEN] -= at
