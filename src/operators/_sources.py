@@ -953,12 +953,12 @@ class CsvSource(_FileSource[R]):
             )
             raise ValueError(msg)
         self.delimiter = delimiter
+        #: The names a column may have (see `_header_misses`), found once for every file.
+        self.columns = _column_names(schema)
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open one file."""
-        return _CsvReader(
-            partition, step, self.batch_size, resume, self.delimiter, _column_names(self.schema)
-        )
+        return _CsvReader(partition, step, self.batch_size, resume, self.delimiter, self.columns)
 
 
 Factory = Callable[[random.Random, int], Any]

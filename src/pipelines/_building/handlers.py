@@ -52,12 +52,12 @@ def _check_reached(
     A typo in a type name (``"purchse"``) left its handler never called, and the
     events it was meant for went to the default.
     """
-    names = {type_name(c): c for c in classes}
+    names = [type_name(c) for c in classes]
     for event_type in table:
         if isinstance(event_type, str):
             if event_type in names:
                 continue
-            close = difflib.get_close_matches(event_type, list(names), n=1)
+            close = difflib.get_close_matches(event_type, names, n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
         elif never_carried(classes, event_type) is None:
             continue

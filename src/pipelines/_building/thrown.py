@@ -149,7 +149,7 @@ def thrown_away(graph: Graph) -> Made | None:
         _forget(made)
         if name in graph:
             continue
-        if made.what == "|" or not any(
+        if combined or not any(
             name in held.graph and any(id(node) in mine for node in held.graph)
             for held in list(LIVE.values())
         ):

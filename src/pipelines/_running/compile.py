@@ -211,11 +211,20 @@ def _check_memory(pipeline: Pipeline) -> None:
 
     And a memory dead-letter sink named as an output: letters would pass for results.
     """
+    dead = pipeline.dead_letter_sink
+    dead_name = dead.name if isinstance(dead, MemorySink) else None
     kept: dict[str, str] = {}
     for node in pipeline.graph:
         sink = node.params.get("sink") if node.kind == "write" else None
         if not isinstance(sink, MemorySink):
             continue
+        if sink.name == dead_name:
+            msg = (
+                f"pipeline {pipeline.name!r}: its dead-letter sink and step {node.name!r} "
+                f"would both keep their records in the memory output {dead_name!r}, so dead "
+                f"letters would pass for results. Hint: dead_letters(sinks.memory('dead'))."
+            )
+            raise PipelineError(msg)
         other = kept.setdefault(sink.name, node.name)
         if other != node.name:
             msg = (
@@ -223,18 +232,6 @@ def _check_memory(pipeline: Pipeline) -> None:
                 f"their records in the memory output {sink.name!r}, mixed in one list "
                 f"(result[{sink.name!r}]). Hint: give each sink a name of its own, or write "
                 f"a.merge(b) once."
-            )
-            raise PipelineError(msg)
-    dead = pipeline.dead_letter_sink
-    if not isinstance(dead, MemorySink):
-        return
-    for node in pipeline.graph:
-        sink = node.params.get("sink") if node.kind == "write" else None
-        if isinstance(sink, MemorySink) and sink.name == dead.name:
-            msg = (
-                f"pipeline {pipeline.name!r}: its dead-letter sink and step {node.name!r} "
-                f"would both keep their records in the memory output {dead.name!r}, so dead "
-                f"letters would pass for results. Hint: dead_letters(sinks.memory('dead'))."
             )
             raise PipelineError(msg)
 
