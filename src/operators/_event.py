@@ -154,7 +154,10 @@ class Event(BaseModel):
     event classes apart when records are parsed; a subclass that does not
     declare ``type: Literal[...]`` gets its lower-cased class name.
     ``id`` defaults to a random 32-character hex string and ``time`` to the
-    moment of creation (always timezone-aware), so ``MyEvent()`` is valid.
+    moment of creation (always timezone-aware), so ``MyEvent()`` is valid; a
+    step on event time refuses an event made during the run with that default
+    time (parsed from a record without one, or made by a step without
+    ``time=``): it says when the run made it, not when it happened.
     A record a source reads without an ``id`` (text, a dict, an event a
     ``generate`` factory makes) gets ``source/partition/offset`` instead: the
     same on every read of the same input. An event made without one keeps its

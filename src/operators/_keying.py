@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any, NoReturn, Protocol
 
+from pydantic import AwareDatetime
 from pydantic_core import TzInfo
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
@@ -372,6 +373,35 @@ class EarlyGuard(Node):
             self.inner.push(kept, run, out)
 
 
+class DefaultEventTime(ValueError):
+    """An event made during the run whose time field took its default (see `ClockOp._stamped`)."""
+
+
+def _default_time_message(step: str, field: str, cls: type[Any]) -> str:
+    """Say why an event dated by its time field's default is refused, and what to do."""
+    others = [
+        name
+        for name, info in cls.model_fields.items()
+        if name != field and info.annotation in (datetime, AwareDatetime)
+    ]
+    hints = [f"pass {field}= where a step makes the event (the {field} of the one it comes from)"]
+    if others:
+        hints.insert(0, f"read the time the class has with clock=windows.event_time({others[0]!r})")
+    hints.insert(
+        0,
+        f"records read from text or dicts take it from their {field!r} key: name the key "
+        f"they use as well, {field}: AwareDatetime = "
+        f'Field(validation_alias=AliasChoices({field!r}, "timestamp"))',
+    )
+    hints.append("count by arrival with clock=windows.processing_time()")
+    return (
+        f"step {step!r} reads each event's time from its {field!r} field, and this "
+        f"{cls.__name__} was made during the run without one: the field's default dated it "
+        f"when it was made, so its windows would differ on a rerun, a resume or another "
+        f"batch size. Hint: {'; '.join(hints)}."
+    )
+
+
 class ClockOp(StageOp):
     """Give each event its key and time: ``(key, ts, event)``."""
 
@@ -429,6 +459,9 @@ class ClockOp(StageOp):
             self.time_of: Callable[[Any], float] = self._timer_of(self.read)
         else:
             self.time_of = lambda e: time.time()
+        #: Events dated since then whose time field took its default were dated by
+        #: when the run made them (see `_stamped`); never for a clock's own function.
+        self.since = time.time() if self.by_attribute is not None else math.inf
 
     def _timer_of(self, read: Callable[[Any], Any]) -> Callable[[Any], float]:
         """Return the function that gives an event's time in seconds, read with ``read``."""
@@ -452,7 +485,28 @@ class ClockOp(StageOp):
     def call(self, item: Any) -> Any:
         """Key and time one event."""
         key = check_key(self.key(item), self.step, self.kind, self.function)
-        return (key, self.time_of(item), item)
+        ts = self.time_of(item)
+        if ts >= self.since:
+            self._stamped(item)
+        return (key, ts, item)
+
+    def _stamped(self, event: Any) -> None:
+        """Refuse an event made during the run whose time field took its default.
+
+        Such a time (``Event.time``'s default is the moment of making) says
+        when the run parsed or made the event, not when it happened: its
+        windows would differ on a rerun, a resume or another batch size, and a
+        key like ``timestamp`` that the records carry instead would be left
+        out without a word. Raises `DefaultEventTime`; returns for any other.
+        """
+        given = getattr(event, "__pydantic_fields_set__", None)
+        field = self.time_field
+        if given is None or field in given:
+            return
+        info = type(event).model_fields.get(field)
+        if info is None or info.default_factory is None:
+            return  # a fixed default dates the event alike on every run
+        raise DefaultEventTime(_default_time_message(self.step, field, type(event)))
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Key and time a list (not counted: the aggregate step counts)."""
@@ -477,6 +531,7 @@ class ClockOp(StageOp):
         append = records.append
         now = time.time()
         earliest = self.earliest
+        since = self.since
         limit = self.last if self.max_future is None else min(now + self.max_future, self.last)
         it = iter(items) if keys is None else iter(zip(items, keys, strict=True))
         if read is not None and read is self.by_attribute and items and items[0].__class__ is dict:
@@ -509,6 +564,8 @@ class ClockOp(StageOp):
                         zone, epoch = epochs.last
                     if not earliest <= ts <= limit and self._refused(x, ts, now, run, row):
                         continue  # (nan too)
+                    if ts >= since:
+                        self._stamped(x)
                     append((key, ts, x))
                 break
             except Exception as exc:  # noqa: BLE001 - handed to the policy
@@ -577,6 +634,17 @@ class ClockOp(StageOp):
         clock's own function failing (a ``user_error`` of that function).
         """
         field = self.time_field
+        if isinstance(exc, DefaultEventTime):
+            return self.recover(
+                event,
+                exc,
+                run,
+                row,
+                kind="validation",
+                function=None,
+                message=str(exc),
+                error_type="DefaultEventTime",
+            )
         if self.clock_fn is not None:
             return self.recover(
                 event, exc, run, row, kind="user_error", function=describe_function(self.clock_fn)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import AliasChoices, AwareDatetime, Field
 
 from operators import Chunk, Event, Reader, Source, agg, windows
 from operators._keying import Marked
@@ -1983,6 +1984,132 @@ def test_a_clock_on_a_field_reads_a_dicts_key_as_the_aggregators_do(batch_size: 
     [step] = [c for name, c in result.counts.items() if name.startswith("aggregate")]
     assert (step.received, step.dead, step.aggregated) == (2, 1, 1), step
     assert [d.kind for d in result.dead_letters] == ["future"] and result.reconciles
+
+
+class Sale(Event):
+    user: str
+    amount: float
+
+
+class SaleAt(Event):
+    user: str
+    amount: float
+    time: AwareDatetime = Field(validation_alias=AliasChoices("time", "timestamp"))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_an_event_dated_by_its_time_default_during_the_run_is_a_dead_letter(
+    tmp_path: Path, batch_size: int
+) -> None:
+    # Records with a `timestamp` key, read with a class that has no such field: each
+    # event's time took its default, the moment it was parsed.
+    lines = [
+        json.dumps({"user": "a", "amount": i, "timestamp": f"2026-03-01T00:0{i}:30Z"})
+        for i in range(5)
+    ]
+    path = tmp_path / "sales.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    def per_minute(schema: Any, **reading: Any) -> Any:
+        return (
+            Pipeline("sales")
+            .read(sources.jsonl(str(path), schema=schema, batch_size=batch_size), **reading)
+            .key_by(lambda s: s.user)
+            .window(windows.tumbling(minutes=1))
+            .aggregate(n=agg.count(), total=agg.sum("amount"))
+            .write(sinks.memory("o"))
+            .run()
+        )
+
+    result = per_minute(Sale)
+    assert result["o"] == [] and result.reconciles
+    assert [d.error_type for d in result.dead_letters] == ["DefaultEventTime"] * 5
+    letter = result.dead_letters[0]
+    assert letter.kind == "validation" and letter.step == "aggregate_tumbling_60s_n_total"
+    assert "this Sale was made during the run without one" in letter.message
+    assert "AliasChoices('time', \"timestamp\")" in letter.message
+    # named where the records keep it: one window a minute, as the records say
+    result = per_minute(SaleAt)
+    assert [(r.start, r.n, r.total) for r in result["o"]] == [
+        (T0 + timedelta(minutes=i), 1, i) for i in range(5)
+    ]
+    assert result.reconciles and not result.dead_letters
+
+
+@pytest.mark.parametrize("batch_size", [1, 1000])
+def test_events_a_step_makes_without_a_time_are_refused_by_the_steps_on_event_time(
+    batch_size: int,
+) -> None:
+    hits = [hit("a", 10 * i) for i in range(12)]
+
+    def windowed(make: Any, clock: Any = None) -> Any:
+        return (
+            Pipeline("made")
+            .read(sources.memory(hits, batch_size=batch_size))
+            .map(make)
+            .key_by(lambda s: s.user)
+            .window(windows.tumbling(minutes=1), **({} if clock is None else {"clock": clock}))
+            .aggregate(n=agg.count())
+            .write(sinks.memory("o"))
+            .run()
+        )
+
+    # forgot time=h.time: dated when the map ran, every one refused
+    result = windowed(lambda h: Sale(id=h.id, user=h.user, amount=h.amount))
+    assert result["o"] == [] and result.reconciles
+    assert {d.error_type for d in result.dead_letters} == {"DefaultEventTime"}
+    assert len(result.dead_letters) == len(hits)
+    # carried on: two windows of six
+    result = windowed(lambda h: Sale(id=h.id, user=h.user, amount=h.amount, time=h.time))
+    assert [r.n for r in result["o"]] == [6, 6] and not result.dead_letters
+    # on the wall clock, its own time is what is asked for
+    result = windowed(
+        lambda h: Sale(id=h.id, user=h.user, amount=h.amount), windows.processing_time()
+    )
+    assert sum(r.n for r in result["o"]) == len(hits) and not result.dead_letters
+    # a clock's own function reads what it chooses
+    result = windowed(
+        lambda h: Sale(id=h.id, user=h.user, amount=h.amount),
+        windows.event_time(lambda s: T0 + timedelta(seconds=s.amount)),
+    )
+    assert [r.n for r in result["o"]] == [len(hits)] and not result.dead_letters
+
+
+def test_a_join_and_a_process_step_refuse_events_dated_by_their_time_default() -> None:
+    hits = [hit("a", 10 * i) for i in range(6)]
+    made = Pipeline("steps").read(sources.memory(hits)).key_by(lambda h: h.user)
+    undated = made.map(lambda h: Sale(id=h.id, user=h.user, amount=h.amount)).key_by(
+        lambda s: s.user
+    )
+    joined = made.join(undated, window=windows.tumbling(minutes=1), how="left")
+    result = joined.write(sinks.memory("o")).run()
+    # each hit unmatched (its partner refused), each sale a dead letter at the join
+    assert [j.right for j in result["o"]] == [None] * 6 and result.reconciles
+    assert [d.error_type for d in result.dead_letters] == ["DefaultEventTime"] * 6
+    assert {d.step for d in result.dead_letters} == {"join_window"}
+
+    def total(state: float, sale: Sale, ctx: Any) -> float:
+        ctx.emit(state + sale.amount)
+        return state + sale.amount
+
+    result = undated.process(total, initial=float).write(sinks.memory("o")).run()
+    assert result["o"] == [] and result.reconciles
+    assert [d.error_type for d in result.dead_letters] == ["DefaultEventTime"] * 6
+
+
+def test_events_made_without_a_time_before_the_run_keep_their_time() -> None:
+    # made in the program before the run: dated once, the same on every read of them
+    sales = [Sale(id=f"s{i}", user="a", amount=i) for i in range(4)]
+    result = (
+        Pipeline("before")
+        .read(sources.memory(sales))
+        .key_by(lambda s: s.user)
+        .window(windows.tumbling(days=1))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sum(r.n for r in result["o"]) == 4 and not result.dead_letters
 
 
 def test_epoch_milliseconds_and_text_without_an_offset_are_dead_letters_that_say_so() -> None:

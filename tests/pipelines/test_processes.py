@@ -165,7 +165,7 @@ def test_a_record_holding_what_cannot_be_pickled_stops_the_run_saying_which_fiel
     made = (
         Pipeline("holding")
         .read(sources.memory(range(8), partitions=2))
-        .map(lambda n: Holding(k=str(n), extra=lock))
+        .map(lambda n: Holding(k=str(n), extra=lock, time=T0 + timedelta(seconds=n)))
     )
     if to == "keyed":
         p = made.key_by(lambda e: e.k).aggregate(n=agg.count(), name="counted")
