@@ -384,7 +384,10 @@ def _default_time_message(step: str, field: str, cls: type[Any]) -> str:
         for name, info in cls.model_fields.items()
         if name != field and info.annotation in (datetime, AwareDatetime)
     ]
-    hints = [f"pass {field}= where a step makes the event (the {field} of the one it comes from)"]
+    hints = [
+        f"pass {field}= where the event is made (in a step, the {field} of the event it comes "
+        f"from; in a generate factory, one its index gives)"
+    ]
     if others:
         hints.insert(0, f"read the time the class has with clock=windows.event_time({others[0]!r})")
     hints.insert(
