@@ -550,7 +550,13 @@ def sliding(
     if abs(ratio - round(ratio)) > 1e-9:
         msg = (
             f"sliding window: the size ({length:g}s) must be a whole multiple of every "
-            f"({step:g}s). Hint: sliding(seconds=60, every=15)."
+            f"({step:g}s), so that each window is whole slices of it. Hint: "
+            + " or ".join(
+                f"sliding(seconds={n * step:g}, every={step:g})"
+                for n in (math.floor(ratio), math.ceil(ratio))
+                if n > 1
+            )
+            + "."
         )
         raise ValueError(msg)
     every_us = whole_micros(step, "sliding window every")

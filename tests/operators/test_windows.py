@@ -83,8 +83,14 @@ def test_window_arguments_are_checked() -> None:
         windows.tumbling("10s")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"every \(20s\) is longer than the size \(10s\)"):
         windows.sliding(seconds=10, every=20)
-    with pytest.raises(ValueError, match=r"must be a whole multiple of every \(3s\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must be a whole multiple of every \(3s\), .* Hint: sliding\(seconds=9, every=3\) "
+        r"or sliding\(seconds=12, every=3\)\.",
+    ):
         windows.sliding(seconds=10, every=3)
+    with pytest.raises(ValueError, match=r"Hint: sliding\(seconds=6, every=3\)\.$"):
+        windows.sliding(seconds=4, every=3)
     with pytest.raises(ValueError, match=r"session gap must be positive"):
         windows.session(seconds=0)
     for part in ("milliseconds", "seconds", "minutes", "hours"):
