@@ -180,7 +180,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--restart",
         type=int,
-        default=0,
         metavar="N",
         help="with --recovery: when a process dies, restart the cluster from the last "
         "snapshot, up to N times",
@@ -309,6 +308,7 @@ _NEEDS = (
     ("process_id", "addresses", "it is this process's place in the cluster --addresses lists"),
     ("snapshot_interval", "recovery", "snapshots are taken only into a recovery store"),
     ("metrics_host", "metrics_port", "metrics are served only on a port"),
+    ("restart", "recovery", "a restarted cluster resumes from the last snapshot"),
 )
 
 
@@ -331,6 +331,7 @@ def _idle_option(args: argparse.Namespace) -> str | None:
     args.process_id = 0 if args.process_id is None else args.process_id
     args.snapshot_interval = 5.0 if args.snapshot_interval is None else args.snapshot_interval
     args.metrics_host = "127.0.0.1" if args.metrics_host is None else args.metrics_host
+    args.restart = 0 if args.restart is None else args.restart
     return None
 
 

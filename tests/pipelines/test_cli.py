@@ -132,8 +132,10 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
             ["-p", "2", "--formation-timeout", "nan"],
             "formation_timeout must be a positive, finite number of seconds; got nan",
         ),
-        (["--restart", "-1"], "restart must be an int >= 0; got -1"),
-        (["--restart", "1"], "restart=1 needs recovery"),
+        (
+            ["--recovery", str(tmp_path / "s"), "--restart", "-1"],
+            "restart must be an int >= 0; got -1",
+        ),
         (["--metrics-port", "99999"], "metrics port must be in 0..65535; got 99999"),
         (["--addresses", "127.0.0.1:x"], "cluster address '127.0.0.1:x' is not host:port"),
         # An empty path made the current directory the store (an unset variable,
@@ -147,6 +149,8 @@ def test_an_option_that_cannot_work_is_an_error_of_the_command_line(
         (["--process-id", "1"], "--process-id does nothing without --addresses: it is this"),
         (["--snapshot-interval", "1"], "--snapshot-interval does nothing without --recovery"),
         (["--metrics-host", "::1"], "--metrics-host does nothing without --metrics-port"),
+        # (the hint was the Python call's, run(recovery='state/', restart=1))
+        (["--restart", "1"], "--restart does nothing without --recovery: a restarted cluster"),
         (
             ["--addresses", "127.0.0.1:2101,127.0.0.1:2102", "-p", "2"],
             "--processes 2 with --addresses: a member started by hand is one process",
