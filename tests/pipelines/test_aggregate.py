@@ -2096,6 +2096,22 @@ def test_a_join_and_a_process_step_refuse_events_dated_by_their_time_default() -
     assert result["o"] == [] and result.reconciles
     assert [d.error_type for d in result.dead_letters] == ["DefaultEventTime"] * 6
 
+    def alert(state: int, h: Hit, ctx: Any) -> int:
+        ctx.emit(Sale(user=h.user, amount=state))  # no time=ctx.time
+        return state + 1
+
+    counted = (
+        made.process(alert, initial=int)
+        .key_by(lambda s: s.user)
+        .window(windows.tumbling(minutes=1))
+        .aggregate(n=agg.count(), name="per_minute")
+    )
+    result = counted.write(sinks.memory("o")).run()
+    assert result["o"] == [] and result.reconciles
+    assert [(d.step, d.error_type) for d in result.dead_letters] == [
+        ("per_minute", "DefaultEventTime")
+    ] * 6
+
 
 def test_events_made_without_a_time_before_the_run_keep_their_time() -> None:
     # made in the program before the run: dated once, the same on every read of them
