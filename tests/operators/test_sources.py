@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from operators import Event, GenerateSource, JsonlSource, MemorySource
+from operators._sources import record_digest
 from pipelines import Pipeline, PipelineError, sinks, sources, testing
 from tests.helpers import Purchase, View, line, multiset
 
@@ -68,8 +69,6 @@ def test_a_records_digest_is_the_same_in_every_run_of_the_program() -> None:
         for seed in (1, 2, 3)
     }
     assert len(seen) == 1 and "None" not in seen.pop()
-    from operators._sources import record_digest
-
     assert record_digest(object()) is None
     assert record_digest({"n": 1}) != record_digest({"n": 2}) != record_digest({"m": 2})
     assert record_digest(Tagged(id="a", tags=frozenset("ab"))) != record_digest(
@@ -287,7 +286,8 @@ def test_a_partition_hands_over_the_chunks_ready_now_up_to_its_read_ahead() -> N
     assert sizes[0] == READ_AHEAD > 1  # 13 chunks ready: the first call takes 8
     assert sum(sizes) == 14 and batches[-1][-1].eof  # 13 chunks, then the end
     assert [x for b in batches for c in b for x in c.items] == list(range(25))
-    assert part.snapshot() == (25, 0, 25)  # read up to 25 of the part 0 to 25
+    # read up to 25 of the part 0 to 25, the last of them 24
+    assert part.snapshot() == (25, 0, 25, record_digest(24))
 
 
 def test_standard_input_hands_on_each_chunk_as_it_is_read(

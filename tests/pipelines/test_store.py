@@ -623,6 +623,7 @@ def test_durable_states_come_from_a_helper_that_checks_and_can_be_replaced(
     import sys
     import time
 
+    from operators._sources import record_digest
     from pipelines._running import store as store_module
     from pipelines._running.store import DurableStates
 
@@ -631,8 +632,9 @@ def test_durable_states_come_from_a_helper_that_checks_and_can_be_replaced(
     p.run(recovery=store)
     states = DurableStates(store)
     try:
-        # The position a resume would start from: the source's end (10 of 0 to 10 read).
-        assert states("t.read_memory", "part0") == (True, (10, 0, 10))
+        # The position a resume would start from: the source's end (10 of 0 to 10 read,
+        # the last of them 9).
+        assert states("t.read_memory", "part0") == (True, (10, 0, 10, record_digest(9)))
         assert states("t.read_memory", "no_such_part") == (False, None)
         # A snapshot that could run code is never unpickled here.
         blob = payload("operators._sources", "os.system", FORMS[0], "short", call=False)
