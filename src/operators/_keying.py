@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any, NoReturn, Protocol
 
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BaseModel
 from pydantic_core import TzInfo
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
-from operators._event import field_reader
+from operators._event import Event, field_reader
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import (
@@ -373,6 +373,24 @@ class EarlyGuard(Node):
             self.inner.push(kept, run, out)
 
 
+def _may_set_fields(cls: type[BaseModel]) -> bool:
+    """Whether code of ``cls`` may set fields after validation, unseen by pydantic.
+
+    A ``mode="after"`` or ``"wrap"`` model validator, or a ``model_post_init``,
+    can set ``time`` from another field (``object.__setattr__``), which leaves
+    it out of the fields set: such a time is not known to be the default.
+    """
+    validators = cls.__pydantic_decorators__.model_validators.values()
+    if any(v.info.mode != "before" for v in validators):
+        return True
+    for base in cls.__mro__:
+        if base is Event or base is BaseModel:
+            return False
+        if "model_post_init" in base.__dict__:
+            return True
+    return False
+
+
 class DefaultEventTime(ValueError):
     """An event made during the run whose time field took its default (see `ClockOp._stamped`)."""
 
@@ -506,10 +524,13 @@ class ClockOp(StageOp):
         field = self.time_field
         if given is None or field in given:
             return
-        info = type(event).model_fields.get(field)
+        cls = type(event)
+        info = cls.model_fields.get(field)
         if info is None or info.default_factory is None:
             return  # a fixed default dates the event alike on every run
-        raise DefaultEventTime(_default_time_message(self.step, field, type(event)))
+        if _may_set_fields(cls):
+            return  # its own code may have set the time, unseen by pydantic
+        raise DefaultEventTime(_default_time_message(self.step, field, cls))
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Key and time a list (not counted: the aggregate step counts)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import AliasChoices, AwareDatetime, Field
+from pydantic import AliasChoices, AwareDatetime, Field, model_validator
 
 from operators import Chunk, Event, Reader, Source, agg, windows
 from operators._keying import Marked
@@ -2111,6 +2111,46 @@ def test_a_join_and_a_process_step_refuse_events_dated_by_their_time_default() -
     assert [(d.step, d.error_type) for d in result.dead_letters] == [
         ("per_minute", "DefaultEventTime")
     ] * 6
+
+
+class SelfDated(Event):
+    """Dated by its own code from a field of epoch milliseconds, after validation."""
+
+    user: str
+    ms: int
+
+    @model_validator(mode="after")
+    def _dated(self) -> SelfDated:
+        object.__setattr__(self, "time", datetime.fromtimestamp(self.ms / 1000, timezone.utc))
+        return self
+
+
+class Posted(Event):
+    user: str
+    ms: int
+
+    def model_post_init(self, context: Any) -> None:
+        object.__setattr__(self, "time", datetime.fromtimestamp(self.ms / 1000, timezone.utc))
+
+
+@pytest.mark.parametrize("cls", [SelfDated, Posted])
+def test_an_event_whose_own_code_sets_its_time_is_not_taken_for_one_of_the_default(
+    cls: type[Event],
+) -> None:
+    # Live records dated now by the class itself: their time is not in pydantic's
+    # fields set, and not the default either (all but the first were refused).
+    now = int(time.time() * 1000) + 60_000
+    lines = [json.dumps({"user": "a", "ms": now + 100 * i}) for i in range(5)]
+    result = (
+        Pipeline("own")
+        .read(sources.memory(lines, schema=cls))
+        .key_by(lambda c: c.user)
+        .window(windows.tumbling(hours=1))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sum(r.n for r in result["o"]) == 5 and not result.dead_letters
 
 
 def test_events_made_without_a_time_before_the_run_keep_their_time() -> None:
