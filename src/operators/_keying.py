@@ -658,23 +658,15 @@ class ClockOp(StageOp):
         clock's own function failing (a ``user_error`` of that function).
         """
         field = self.time_field
-        if isinstance(exc, DefaultEventTime):
-            return self.recover(
-                event,
-                exc,
-                run,
-                row,
-                kind="validation",
-                function=None,
-                message=str(exc),
-                error_type="DefaultEventTime",
-            )
         if self.clock_fn is not None:
             return self.recover(
                 event, exc, run, row, kind="user_error", function=describe_function(self.clock_fn)
             )
+        message = error_type = None
         missing_key = isinstance(exc, KeyError) and event.__class__ is dict and field not in event
-        if missing_key or (
+        if isinstance(exc, DefaultEventTime):
+            message, error_type = str(exc), "DefaultEventTime"
+        elif missing_key or (
             isinstance(exc, AttributeError) and exc.obj is event and exc.name == field
         ):
             if event.__class__ is dict:
@@ -693,17 +685,17 @@ class ClockOp(StageOp):
                 f"step {self.step!r} reads each event's time from its {field!r} {what}, "
                 f"and this {type(event).__name__} has none. Hint: {hint}."
             )
-            return self.recover(
-                event,
-                exc,
-                run,
-                row,
-                kind="validation",
-                function=None,
-                message=message,
-                error_type="MissingEventTime",
-            )
-        return self.recover(event, exc, run, row, kind="validation", function=None)
+            error_type = "MissingEventTime"
+        return self.recover(
+            event,
+            exc,
+            run,
+            row,
+            kind="validation",
+            function=None,
+            message=message,
+            error_type=error_type,
+        )
 
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Unused: the clock overrides `push`."""

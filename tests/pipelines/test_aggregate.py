@@ -2141,30 +2141,27 @@ def test_an_event_whose_own_code_sets_its_time_is_not_taken_for_one_of_the_defau
     # fields set, and not the default either (all but the first were refused).
     now = int(time.time() * 1000) + 60_000
     lines = [json.dumps({"user": "a", "ms": now + 100 * i}) for i in range(5)]
-    result = (
-        Pipeline("own")
-        .read(sources.memory(lines, schema=cls))
-        .key_by(lambda c: c.user)
-        .window(windows.tumbling(hours=1))
+    result = counted_per_user(sources.memory(lines, schema=cls), windows.tumbling(hours=1))
+    assert sum(r.n for r in result["o"]) == 5 and not result.dead_letters
+
+
+def counted_per_user(source: Any, window: Any) -> Any:
+    """Run a count per user and window of what ``source`` reads."""
+    return (
+        Pipeline("counted")
+        .read(source)
+        .key_by(lambda e: e.user)
+        .window(window)
         .aggregate(n=agg.count())
         .write(sinks.memory("o"))
         .run()
     )
-    assert sum(r.n for r in result["o"]) == 5 and not result.dead_letters
 
 
 def test_events_made_without_a_time_before_the_run_keep_their_time() -> None:
     # made in the program before the run: dated once, the same on every read of them
     sales = [Sale(id=f"s{i}", user="a", amount=i) for i in range(4)]
-    result = (
-        Pipeline("before")
-        .read(sources.memory(sales))
-        .key_by(lambda s: s.user)
-        .window(windows.tumbling(days=1))
-        .aggregate(n=agg.count())
-        .write(sinks.memory("o"))
-        .run()
-    )
+    result = counted_per_user(sources.memory(sales), windows.tumbling(days=1))
     assert sum(r.n for r in result["o"]) == 4 and not result.dead_letters
 
 
