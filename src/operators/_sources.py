@@ -400,12 +400,15 @@ def record_digest(record: Any) -> str | None:
     None for a record whose content has no such form (an object whose text
     may name where it sits in memory): nothing is checked of it. A set's
     values are taken in order, not in their hashes' order (which text's hash
-    makes differ from run to run).
+    makes differ from run to run), and so are a dict's keys (a dict made from
+    a set holds them in that order).
 
     >>> record_digest({"n": 1}) == record_digest({"n": 1}) != record_digest({"n": 2})
     True
     >>> record_digest({"b", "a"}) == record_digest({"a", "b"}), record_digest(object()) is None
     (True, True)
+    >>> record_digest({"a": 1, "b": 2}) == record_digest({"b": 2, "a": 1})
+    True
     """
     try:
         form = _stable_form(record)
@@ -427,8 +430,9 @@ def _stable_form(value: Any) -> Any:
     if isinstance(value, BaseModel):
         fields = {**value.__dict__, **(value.__pydantic_extra__ or {})}
         return [type(value).__qualname__, _stable_form(fields)]
-    if isinstance(value, Mapping):
-        return [[_stable_form(k), _stable_form(v)] for k, v in value.items()]
+    if isinstance(value, Mapping):  # in the keys' order: equal dicts are equal in any order
+        pairs = [[_stable_form(k), _stable_form(v)] for k, v in value.items()]
+        return sorted(pairs, key=lambda pair: json.dumps(pair[0]))
     if isinstance(value, list | tuple):
         return [_stable_form(v) for v in value]
     if isinstance(value, set | frozenset):

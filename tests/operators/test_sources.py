@@ -46,9 +46,10 @@ class Tagged(Event):
 def test_a_records_digest_is_the_same_in_every_run_of_the_program() -> None:
     """What a memory source keeps of its last record read, to check it on a resume.
 
-    A set of text is in its hashes' order, which differs from run to run: taken in
-    order, one record gives one digest in every process (else a resume was refused
-    for records that had not changed); an object shown by where it sits is not kept.
+    A set of text is in its hashes' order, which differs from run to run (and so is a
+    dict made from one): taken in order, one record gives one digest in every process
+    (else a resume was refused for records that had not changed); an object shown by
+    where it sits is not kept.
     """
     program = (
         "from datetime import datetime, timezone\n"
@@ -57,6 +58,7 @@ def test_a_records_digest_is_the_same_in_every_run_of_the_program() -> None:
         "t = datetime(2026, 1, 1, tzinfo=timezone.utc)\n"
         "r = Tagged(id='a', time=t, tags=frozenset('abcdefgh'))\n"
         "print(record_digest(r), record_digest([{'k': {'x', 'y', 'z'}}, b'b', 1.5]))\n"
+        "print(record_digest({w: len(w) for w in set('abcdefgh')}))\n"
     )
     seen = {
         subprocess.run(
