@@ -2075,6 +2075,17 @@ def test_events_a_step_makes_without_a_time_are_refused_by_the_steps_on_event_ti
     assert [r.n for r in result["o"]] == [len(hits)] and not result.dead_letters
 
 
+def counted_after(stream: Any) -> Any:
+    """Run a count per user and minute of what ``stream`` carries (step ``per_minute``)."""
+    return (
+        stream.key_by(lambda s: s.user, name="sale_user")
+        .window(windows.tumbling(minutes=1))
+        .aggregate(n=agg.count(), name="per_minute")
+        .write(sinks.memory("o"))
+        .run()
+    )
+
+
 def test_a_join_and_a_process_step_refuse_events_dated_by_their_time_default() -> None:
     hits = [hit("a", 10 * i) for i in range(6)]
     made = Pipeline("steps").read(sources.memory(hits)).key_by(lambda h: h.user)
@@ -2088,6 +2099,18 @@ def test_a_join_and_a_process_step_refuse_events_dated_by_their_time_default() -
     assert [d.error_type for d in result.dead_letters] == ["DefaultEventTime"] * 6
     assert {d.step for d in result.dead_letters} == {"join_window"}
 
+    # a select that builds an event without time=: refused by the window after the join
+    built = made.join(
+        made.map(lambda h: h, name="same").key_by(lambda h: h.user, name="same_user"),
+        between=(0, 0),
+        select=lambda a, b: Sale(id=f"{a.id}+{b.id}", user=a.user, amount=a.amount),
+    )
+    result = counted_after(built)
+    assert result["o"] == [] and result.reconciles
+    assert [(d.step, d.error_type) for d in result.dead_letters] == [
+        ("per_minute", "DefaultEventTime")
+    ] * 6
+
     def total(state: float, sale: Sale, ctx: Any) -> float:
         ctx.emit(state + sale.amount)
         return state + sale.amount
@@ -2100,13 +2123,7 @@ def test_a_join_and_a_process_step_refuse_events_dated_by_their_time_default() -
         ctx.emit(Sale(user=h.user, amount=state))  # no time=ctx.time
         return state + 1
 
-    counted = (
-        made.process(alert, initial=int)
-        .key_by(lambda s: s.user)
-        .window(windows.tumbling(minutes=1))
-        .aggregate(n=agg.count(), name="per_minute")
-    )
-    result = counted.write(sinks.memory("o")).run()
+    result = counted_after(made.process(alert, initial=int))
     assert result["o"] == [] and result.reconciles
     assert [(d.step, d.error_type) for d in result.dead_letters] == [
         ("per_minute", "DefaultEventTime")
