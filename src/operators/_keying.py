@@ -391,6 +391,10 @@ def _may_set_fields(cls: type[BaseModel]) -> bool:
     return False
 
 
+#: Not looked up yet (`ClockOp.refusals`).
+_UNSEEN: Any = object()
+
+
 class DefaultEventTime(ValueError):
     """An event made during the run whose time field took its default (see `ClockOp._stamped`)."""
 
@@ -483,6 +487,8 @@ class ClockOp(StageOp):
         #: Events dated since then whose time field took its default were dated by
         #: when the run made them (see `_stamped`); never for a clock's own function.
         self.since = time.time() if self.by_attribute is not None else math.inf
+        #: Why an event of each class met without its time is refused (None: it is not).
+        self.refusals: dict[type, str | None] = {}
 
     def _timer_of(self, read: Callable[[Any], Any]) -> Callable[[Any], float]:
         """Return the function that gives an event's time in seconds, read with ``read``."""
@@ -525,12 +531,23 @@ class ClockOp(StageOp):
         if given is None or field in given:
             return
         cls = type(event)
-        info = cls.model_fields.get(field)
-        if info is None or info.default_factory is None:
-            return  # a fixed default dates the event alike on every run
-        if _may_set_fields(cls):
-            return  # its own code may have set the time, unseen by pydantic
-        raise DefaultEventTime(_default_time_message(self.step, field, cls))
+        refusal = self.refusals.get(cls, _UNSEEN)
+        if refusal is _UNSEEN:
+            refusal = self.refusals[cls] = self._refusal(cls)
+        if refusal is not None:
+            raise DefaultEventTime(refusal)
+
+    def _refusal(self, cls: type[BaseModel]) -> str | None:
+        """Say why an event of ``cls`` whose time is not in its fields set is refused, or None.
+
+        None where the time need not be its default factory's: a fixed default
+        dates the event alike on every run, and the class's own code may have
+        set the time, unseen by pydantic.
+        """
+        info = cls.model_fields.get(self.time_field)
+        if info is None or info.default_factory is None or _may_set_fields(cls):
+            return None
+        return _default_time_message(self.step, self.time_field, cls)
 
     def push(self, items: list[Any], run: _Run, out: list[list[Any]]) -> None:
         """Key and time a list (not counted: the aggregate step counts)."""
