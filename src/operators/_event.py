@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -136,11 +138,53 @@ def record_part(record: Any) -> str:
     if found is not None:
         return found
     if isinstance(record, BaseModel) and "id" in type(record).model_fields:
-        shown = record.model_dump_json(exclude={"id"})  # an event's random id: its content
+        if _may_hold_set(type(record)):  # as JSON with sets in order (`payload_text`)
+            shown = payload_text(record.model_dump(exclude={"id"}))
+        else:
+            shown = record.model_dump_json(exclude={"id"})  # an event's random id: its content
+    elif record.__class__ is tuple and any(isinstance(v, set | frozenset) for v in record):
+        shown = payload_text(list(record))
     else:
         shown = payload_text(record)
     text = shown.encode("utf-8", "replace")
     return "%23" + hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+#: Classes `_may_hold_set` has looked at, and its answer.
+_SET_HOLDERS: dict[type[BaseModel], bool] = {}
+
+
+def _may_hold_set(cls: type[BaseModel]) -> bool:
+    """Whether an instance of ``cls`` may hold a set, which pydantic writes in its hashes' order.
+
+    A set of text iterates in another order in each run of a program, so
+    `record_part` writes such a record with its sets in order. Decided once
+    per class, from its fields' types (a field of any type may hold one).
+    """
+    known = _SET_HOLDERS.get(cls)
+    if known is None:
+        _SET_HOLDERS[cls] = False  # a model that holds itself: decided by its other fields
+        known = cls.model_config.get("extra") == "allow" or any(
+            _type_may_hold_set(info.annotation) for info in cls.model_fields.values()
+        )
+        _SET_HOLDERS[cls] = known
+    return known
+
+
+def _type_may_hold_set(annotation: Any) -> bool:
+    """Whether a value of a field's type may be, or hold, a set (see `_may_hold_set`)."""
+    if annotation is Any or annotation is object or isinstance(annotation, typing.TypeVar):
+        return True
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (set, frozenset, typing.AbstractSet, typing.MutableSet):
+        return True
+    if origin is collections.abc.Set or origin is collections.abc.MutableSet:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _may_hold_set(annotation)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return True  # its fields' types may be text: not looked into
+    return any(_type_may_hold_set(arg) for arg in typing.get_args(annotation))
 
 
 def _now() -> datetime:
