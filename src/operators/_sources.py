@@ -747,7 +747,7 @@ def _grew_from(fields: list[str], kept: str) -> bool:
 class _CsvReader(Reader):
     """Reads a CSV file with a header row; a row it cannot make out is `Unreadable`.
 
-    Bytes that are not UTF-8, rows with more fields than the header, and every
+    Bytes that are not UTF-8, rows with more or fewer fields than the header, and every
     row of a file whose header names a column twice become dead letters at the
     read step (with the file and line); a byte-order mark before the header is
     skipped.
@@ -878,11 +878,18 @@ class _CsvReader(Reader):
                 return Unreadable(raw.decode("utf-8", "replace"), exc)
         if self.spoiled is not None:
             return Unreadable(text, ValueError(self.spoiled))
-        if len(fields) > len(self.header):
+        if len(fields) != len(self.header):  # cut short, or shifted: no field is known to be
             reason = (
-                f"the row has {len(fields)} fields; the header has {len(self.header)} "
-                f"({', '.join(self.header)})"
+                f"the row has {len(fields)} field{'s' * (len(fields) != 1)}; the header has "
+                f"{len(self.header)} ({', '.join(self.header)})"
             )
+            if len(fields) < len(self.header):
+                missing = len(self.header) - len(fields)
+                last = "the last is" if missing == 1 else f"the last {missing} are"
+                reason += (
+                    f". Hint: write every column, an empty one too (if {last} empty, end the "
+                    f"row with {self.delimiter * missing!r})"
+                )
             return Unreadable(text, ValueError(reason))
         return {k: v for k, v in zip(self.header, fields, strict=False) if v != ""}
 

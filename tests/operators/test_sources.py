@@ -346,6 +346,27 @@ def test_a_csv_row_with_extra_fields_is_a_dead_letter(tmp_path: Path) -> None:
     assert letter.origin is not None and letter.origin.line == 3
 
 
+def test_a_csv_row_cut_short_is_a_dead_letter_not_a_record_of_defaults(tmp_path: Path) -> None:
+    # A row with fewer fields than the header took the defaults of the fields it lacked
+    # (an amount of 0.0): a line cut short, or one whose writer left a column out, was
+    # read as a record, and the run reconciled.
+    rows = [b"purchase,ada,3", b"purchase,bob", b"purchase", b"purchase,eve,", b",,"]
+    path = _csv_purchases(tmp_path, rows)
+    result = Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("out")).run()
+    assert [(p.user, p.amount) for p in result["out"]] == [("ada", 3.0)]
+    assert result.reconciles
+    short, shorter, empty_amount, empty_row = result.dead_letters
+    assert short.payload == "purchase,bob" and short.message == (
+        "the row has 2 fields; the header has 3 (type, user, amount). Hint: write every "
+        "column, an empty one too (if the last is empty, end the row with ',')"
+    )
+    assert short.origin is not None and short.origin.line == 3
+    assert shorter.message.startswith("the row has 1 field; the header has 3")
+    assert shorter.message.endswith("(if the last 2 are empty, end the row with ',,')")
+    # A row of every column, some empty, is read: its empty cells are absent fields.
+    assert [empty_amount.kind, empty_row.kind] == ["validation", "validation"]
+
+
 def test_a_byte_order_mark_is_skipped_in_csv_and_jsonl(tmp_path: Path) -> None:
     path = _csv_purchases(tmp_path, [b"purchase,ada,3"], head=b"\xef\xbb\xbf")
     result = Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("out")).run()
@@ -511,9 +532,9 @@ def test_every_row_of_a_csv_whose_header_misses_the_schemas_fields_is_a_dead_let
     0.0, a user of ""), and the run reconciled.
     """
 
-    def read(header: str, schema: Any = Purchase) -> Any:
+    def read(header: str, schema: Any = Purchase, tail: str = "") -> Any:
         path = tmp_path / "sales.csv"
-        path.write_text(f"{header}\npurchase,ada,3\npurchase,eve,4\n")
+        path.write_text(f"{header}\npurchase,ada,3{tail}\npurchase,eve,4{tail}\n")
         return Pipeline("c").read(sources.csv(path, schema=schema)).write(sinks.memory("o")).run()
 
     for header, column, field in [
@@ -538,7 +559,7 @@ def test_every_row_of_a_csv_whose_header_misses_the_schemas_fields_is_a_dead_let
     )
     # Columns of other names are left out; a required field with no column fails each
     # row's validation; rows read as dicts (no schema) are not judged.
-    taken = read("type,user,amount,note")
+    taken = read("type,user,amount,note", tail=",hi")
     assert [(p.user, p.amount) for p in taken["o"]] == [("ada", 3.0), ("eve", 4.0)]
     assert [d.kind for d in read("type,user,note").dead_letters] == ["validation"] * 2
     assert [r["name"] for r in read("kind,name,price", schema=None)["o"]] == ["ada", "eve"]
