@@ -150,6 +150,46 @@ def record_part(record: Any) -> str:
     return "%23" + hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
+def may_set_fields(cls: type[BaseModel]) -> bool:
+    """Whether code of ``cls`` may set fields after validation, unseen by pydantic.
+
+    A ``mode="after"`` or ``"wrap"`` model validator, or a ``model_post_init``,
+    can set ``time`` from another field (``object.__setattr__``), which leaves
+    it out of the fields set: such a time is not known to be the default.
+    """
+    validators = cls.__pydantic_decorators__.model_validators.values()
+    if any(v.info.mode != "before" for v in validators):
+        return True
+    for base in cls.__mro__:
+        if base is Event or base is BaseModel:
+            return False
+        if "model_post_init" in base.__dict__:
+            return True
+    return False
+
+
+#: Classes `dated_by_default` has looked at, and its answer.
+_DEFAULT_DATED: dict[type[Any], bool] = {}
+
+
+def dated_by_default(cls: type[Any]) -> bool:
+    """Whether an event of ``cls`` given no ``time`` is dated by its default factory (now).
+
+    False for a class without such a field, or whose own code may set it
+    (`may_set_fields`): a source that knows when a record was stored (a
+    stream entry) dates it so only where the event would otherwise be dated
+    when it was parsed.
+    """
+    known = _DEFAULT_DATED.get(cls)
+    if known is None:
+        fields = getattr(cls, "model_fields", {})
+        info = fields.get("time")
+        known = _DEFAULT_DATED[cls] = (
+            info is not None and info.default_factory is not None and not may_set_fields(cls)
+        )
+    return known
+
+
 #: Classes `_may_hold_set` has looked at, and its answer.
 _SET_HOLDERS: dict[type[BaseModel], bool] = {}
 

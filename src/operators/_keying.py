@@ -24,7 +24,7 @@ from pydantic import AwareDatetime, BaseModel
 from pydantic_core import TzInfo
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
-from operators._event import Event, field_reader
+from operators._event import field_reader, may_set_fields
 from operators._ops import check_key
 from operators._policy import ErrorPolicy
 from operators._stage import (
@@ -373,24 +373,6 @@ class EarlyGuard(Node):
             self.inner.push(kept, run, out)
 
 
-def _may_set_fields(cls: type[BaseModel]) -> bool:
-    """Whether code of ``cls`` may set fields after validation, unseen by pydantic.
-
-    A ``mode="after"`` or ``"wrap"`` model validator, or a ``model_post_init``,
-    can set ``time`` from another field (``object.__setattr__``), which leaves
-    it out of the fields set: such a time is not known to be the default.
-    """
-    validators = cls.__pydantic_decorators__.model_validators.values()
-    if any(v.info.mode != "before" for v in validators):
-        return True
-    for base in cls.__mro__:
-        if base is Event or base is BaseModel:
-            return False
-        if "model_post_init" in base.__dict__:
-            return True
-    return False
-
-
 #: Not looked up yet (`ClockOp.refusals`).
 _UNSEEN: Any = object()
 
@@ -545,7 +527,7 @@ class ClockOp(StageOp):
         set the time, unseen by pydantic.
         """
         info = cls.model_fields.get(self.time_field)
-        if info is None or info.default_factory is None or _may_set_fields(cls):
+        if info is None or info.default_factory is None or may_set_fields(cls):
             return None
         return _default_time_message(self.step, self.time_field, cls)
 

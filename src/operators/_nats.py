@@ -244,6 +244,7 @@ class _StreamReader(PollingReader):
         self.read_well()
         records: list[Any] = []
         keys: list[str] = []
+        times: list[float | None] = []  # when the stream stored each message
         for msg in msgs:
             seq = int(msg.metadata.sequence.stream)
             if seq <= self.last or (self.stop is not None and seq > self.stop):
@@ -251,15 +252,19 @@ class _StreamReader(PollingReader):
             if seq > self.last + 1 and (self.offset or records or self.resumed):
                 records.append(self._missing(self.last + 1, seq - 1))
                 keys.append(f"{self.last + 1}-{seq - 1}")
+                times.append(None)
             records.append(msg.data)
             keys.append(str(seq))
+            times.append(msg.metadata.timestamp.timestamp())
             self.last = seq
         if msgs:
             _run(msgs[-1].ack(), 30)  # one ack covers the batch (ack policy "all")
         if not records:
             return None
         flawed = any(r.__class__ is Unreadable for r in records)
-        chunk = Chunk(records, self.step, self.stream, self.offset, keys=keys, unreadable=flawed)
+        chunk = Chunk(
+            records, self.step, self.stream, self.offset, keys=keys, unreadable=flawed, times=times
+        )
         self.offset += len(records)
         return chunk
 

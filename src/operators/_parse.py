@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from operators._deadletter import DeadLetter, ErrorKind, payload_text
-from operators._event import named_by_text
+from operators._event import dated_by_default, named_by_text
 from operators._policy import ErrorPolicy, PipelineHalted
 from operators._stage import (
     _DEAD,
@@ -142,13 +143,20 @@ class ParseOp(StageOp):
         de-duplicates by id stores it once. A random id would differ each time.
         """
         unnamed = [i for i, e in enumerate(events) if "id" not in e.__pydantic_fields_set__]
-        if not unnamed:
+        chunk = run.chunk
+        undated: list[int] = []
+        if chunk.times is not None:
+            undated = [i for i, e in enumerate(events) if "time" not in e.__pydantic_fields_set__]
+        if not unnamed and not undated:
             return
         positions: list[int] | range = range(len(items))
         if failures or blanks:
             skipped = {position for position, _, _ in failures}.union(blanks)
             positions = [i for i in positions if i not in skipped]
-        chunk = run.chunk
+        if undated:
+            self._date(items, events, undated, positions, run)
+        if not unnamed:
+            return
         keys = chunk.keys
         head = f"{chunk.source}/{chunk.own_name or chunk.partition}/"
         first = chunk.offset + run.base
@@ -160,6 +168,33 @@ class ParseOp(StageOp):
             own = keys[run.base + at] if keys is not None else None
             event.__dict__["id"] = f"{head}{first + at if own is None else own}"
             event.__pydantic_fields_set__.add("id")
+
+    def _date(
+        self,
+        items: list[Any],
+        events: list[Any],
+        undated: list[int],
+        positions: list[int] | range,
+        run: _Run,
+    ) -> None:
+        """Date each event parsed without a ``time`` by when its broker stored it.
+
+        Its time field's default would say when this run parsed it: another
+        time on every read. A stream entry's time is the same on every read
+        (as a message's timestamp is to a Kafka reader).
+        """
+        times = run.chunk.times
+        assert times is not None
+        for i in undated:
+            at = positions[i]
+            event = events[i]
+            stored = times[run.base + at]
+            if stored is None or isinstance(items[at], BaseModel):
+                continue  # a gap's letter, or an event made before it was read
+            if not dated_by_default(type(event)):
+                continue
+            event.__dict__["time"] = datetime.fromtimestamp(stored, timezone.utc)
+            event.__pydantic_fields_set__.add("time")
 
     def parse_one(self, x: Any) -> Any:
         """Parse one record of any form: text, an event, a mapping.

@@ -362,7 +362,14 @@ class _StreamReader(PollingReader):
                 records.append(value)
         ids.extend(read)
         flawed = any(r.__class__ is Unreadable for r in records)
-        chunk = Chunk(records, self.step, self.stream, self.offset, keys=ids, unreadable=flawed)
+        # An entry's id starts with when the stream stored it (milliseconds).
+        times: list[float | None] = [
+            None if r.__class__ is Unreadable else int(k.partition("-")[0]) / 1000
+            for r, k in zip(records, ids, strict=True)
+        ]
+        chunk = Chunk(
+            records, self.step, self.stream, self.offset, keys=ids, unreadable=flawed, times=times
+        )
         self.offset += len(records)
         if read:
             self.last = read[-1]

@@ -116,6 +116,10 @@ class Chunk:
     #: Each record's own name in its partition, where it has one (a stream
     #: entry's id): dead letters carry it.
     keys: list[str] | None = None
+    #: Each record's time at its broker (seconds since the epoch; None for a
+    #: gap's letter), where the source knows it (a stream entry's): an event
+    #: parsed without a ``time`` is dated by it, not by when it was parsed.
+    times: list[float | None] | None = None
     #: Whether some records are `Unreadable` (the reader that made them says
     #: so): the read step dead-letters them with or without a schema.
     unreadable: bool = False

@@ -345,12 +345,14 @@ def redis(
     ``until="end"`` reads up to the last entry present when the run starts
     and ends (backfills, tests), ``until=None`` tails the streams forever.
     Each entry's field ``field`` (JSON text) is the record, parsed with
-    ``schema``; an entry without it is handed on as a dict of its fields. A
-    malformed entry is a dead letter whose origin names the stream and the
-    entry id. The last entry id read is kept in evflow's snapshots: with
-    ``recovery=`` a resumed run neither loses nor repeats an entry. Entries
-    trimmed or deleted before they were read are counted: a ``missing``
-    dead letter (not with ``group=``).
+    ``schema``; an entry without it is handed on as a dict of its fields. An
+    event parsed without a ``time`` is dated by when the stream stored the
+    entry (its id's milliseconds), the same on every read. A malformed entry
+    is a dead letter whose origin names the stream and the entry id. The
+    last entry id read is kept in evflow's snapshots: with ``recovery=`` a
+    resumed run neither loses nor repeats an entry. Entries trimmed or
+    deleted before they were read are counted: a ``missing`` dead letter
+    (not with ``group=``).
 
     With ``group=`` the streams are read as ``consumer`` of that consumer
     group (made at ``start`` if it does not exist, ``MKSTREAM``), sharing
@@ -396,8 +398,9 @@ def nats(
     ``start``: a stream sequence (1, the beginning, by default) or ``"end"``;
     ``until="end"`` stops at the last message present when the run starts,
     ``until=None`` tails the streams. Each message's data (JSON text) is the
-    record, parsed with ``schema``; a malformed one is a dead letter whose
-    origin names the stream and the sequence. The last sequence read is kept
+    record, parsed with ``schema`` (an event without a ``time`` is dated by
+    when the stream stored the message); a malformed one is a dead letter
+    whose origin names the stream and the sequence. The last sequence read is kept
     in evflow's snapshots (an exact resume); a stream that does not exist is
     an error. Needs the ``nats`` client (``pip install 'evflow[nats]'``).
     """

@@ -120,6 +120,42 @@ def stored(server: Server, stream: str) -> list[dict[str, Any]]:
     return result
 
 
+def test_a_message_without_a_time_is_dated_by_when_the_stream_stored_it(server: Server) -> None:
+    # Dated by its time field's default, the moment it was parsed: another time on every
+    # read, and a step on event time refused it. A stream's message keeps when it was stored.
+    async def go(js: Any) -> list[datetime]:
+        await js.add_stream(name="views", subjects=["views.>"])
+        for user in ("ada", "bob", "ada"):
+            await js.publish("views.in", json.dumps({"user": user}).encode())
+            await asyncio.sleep(0.05)
+        await js.publish(
+            "views.in", json.dumps({"user": "cy", "time": "2027-01-01T00:00Z"}).encode()
+        )
+        return [(await js.get_msg("views", seq)).time for seq in (1, 2, 3)]
+
+    stored_at = server.call(go)
+    read = sources.nats(server.url, "views", schema=Click)
+    runs = []
+    for _ in range(2):
+        result = Pipeline("dated").read(read).write(sinks.memory("out")).run()
+        runs.append([c.time for c in result["out"]])
+    assert runs[0] == runs[1]
+    gaps = [abs(got - want) for got, want in zip(runs[0][:3], stored_at, strict=True)]
+    assert max(gaps) < timedelta(milliseconds=1), (runs[0], stored_at)
+    assert runs[0][3] == datetime(2027, 1, 1, tzinfo=timezone.utc)  # its own time is kept
+    counted = (
+        Pipeline("counted")
+        .read(read)
+        .key_by(lambda c: c.user)
+        .window(windows.tumbling(days=1))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sorted((r.key, r.n) for r in counted["o"]) == [("ada", 2), ("bob", 1), ("cy", 1)]
+    assert counted.reconciles and not counted.dead_letters
+
+
 def test_a_bounded_read_gives_every_message_once_on_any_worker_count(server: Server) -> None:
     fill(server, "clicks", 3000, broken=frozenset({11, 2999}))
     fill(server, "more", 1000)

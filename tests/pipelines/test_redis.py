@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from operators import agg, windows
 from pipelines import Pipeline, sinks, sources
 from pipelines._running.cluster import free_ports
 from tests.brokers import (
@@ -125,6 +126,37 @@ def test_a_bounded_read_gives_every_entry_once_on_any_worker_count(server: Serve
         ("clicks:0", entry_ids[17].decode()),
         ("clicks:0", entry_ids[2500].decode()),
     ]
+
+
+def test_an_entry_without_a_time_is_dated_by_when_the_stream_stored_it(server: Server) -> None:
+    # Dated by its time field's default, the moment it was parsed: a window counted every
+    # such record in the window of the read (another one on each read), and a step on event
+    # time then refused them. An entry's id is when the stream stored it (milliseconds).
+    client = server.client()
+    base = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    for n, (seconds, user) in enumerate([(0, "ada"), (30, "ada"), (90, "ada"), (100, "bob")]):
+        client.xadd("views", {"data": json.dumps({"user": user})}, id=f"{base + seconds * 1000}-0")
+        client.xadd("dated", {"data": json.dumps({"user": user, "time": f"2026-03-01T00:0{n}Z"})})
+    read = sources.redis(server.url, ["views"], schema=Click, name="views")
+    minutes = []
+    for _ in range(2):  # the same windows on every read
+        counted = (
+            Pipeline("dated")
+            .read(read)
+            .key_by(lambda c: c.user)
+            .window(windows.tumbling(minutes=1))
+            .aggregate(n=agg.count())
+            .write(sinks.memory("o"))
+            .run()
+        )
+        assert counted.reconciles and not counted.dead_letters
+        minutes.append(sorted((r.key, r.start.minute, r.n) for r in counted["o"]))
+    assert minutes[0] == minutes[1] == [("ada", 0, 2), ("ada", 1, 1), ("bob", 1, 1)]
+    # A record's own time is kept; a record read without a schema stays as it was.
+    kept = Pipeline("own").read(sources.redis(server.url, "dated", schema=Click))
+    assert [c.time.minute for c in kept.write(sinks.memory("o")).run()["o"]] == [0, 1, 2, 3]
+    raw = Pipeline("raw").read(sources.redis(server.url, "views")).write(sinks.memory("o")).run()
+    assert raw["o"] == [b'{"user": "ada"}'] * 3 + [b'{"user": "bob"}']
 
 
 def test_a_stream_that_does_not_exist_reads_as_empty(server: Server) -> None:
