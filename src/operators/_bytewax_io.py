@@ -16,44 +16,70 @@ raises becomes dead letters, one per record, with the error.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators._event import Schema
+from operators._keying import event_seconds
 from operators._sinks import RunContext, Sink, Writer
 from operators._sources import DEFAULT_BATCH, Reader, Source, slug
 from operators._stage import Chunk, Unreadable, describe_function
 
 __all__ = ["BytewaxSink", "BytewaxSource"]
 
+#: The times a message's time may be (epoch seconds): years 1 to 9999.
+_EARLIEST = (
+    datetime(1, 1, 1, tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+).total_seconds()
+_LATEST = (
+    datetime(9999, 12, 31, tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+).total_seconds()
+
 
 class _PartReader(Reader):
     """One partition of a bytewax source, read a bytewax batch at a time."""
 
     def __init__(
-        self, part: Any, step: str, partition: str, value: Callable[[Any], Any] | None
+        self,
+        part: Any,
+        step: str,
+        partition: str,
+        value: Callable[[Any], Any] | None,
+        time: Callable[[Any], Any] | None = None,
     ) -> None:
         self.part = part
         self.step = step
         self.partition = partition
         self.value = value
+        self.time = time
         self.offset = 0
 
     def next_chunk(self) -> Chunk | None:
         items = self.part.next_batch()  # raises StopIteration at the end
         if not items:
             return None
+        times: list[float | None] | None = None
+        if self.time is not None:
+            dated = [self._time(item) for item in items]
+            times = [t if t.__class__ is float else None for t in dated]
+            items = [
+                t if t.__class__ is Unreadable else item
+                for t, item in zip(dated, items, strict=True)
+            ]
         if self.value is not None:
-            items = [self._value(item) for item in items]
+            items = [i if i.__class__ is Unreadable else self._value(i) for i in items]
         chunk = Chunk(
             list(items),
             self.step,
             self.partition,
             self.offset,
-            unreadable=any(i.__class__ is Unreadable for i in items) if self.value else False,
+            unreadable=any(i.__class__ is Unreadable for i in items)
+            if self.value or self.time
+            else False,
+            times=times,
         )
         self.offset += len(items)
         return chunk
@@ -65,6 +91,22 @@ class _PartReader(Reader):
             return self.value(item)
         except Exception as exc:  # noqa: BLE001 - the parse step dead-letters it
             return Unreadable(repr(item), exc, function=describe_function(self.value))
+
+    def _time(self, item: Any) -> float | Unreadable | None:
+        """Read a message's time (epoch seconds; None: none); a failure is a dead letter."""
+        assert self.time is not None
+        try:
+            found = self.time(item)
+            if found is None:
+                return None
+            seconds = event_seconds(found)
+            if not _EARLIEST <= seconds < _LATEST:
+                hint = " (epoch milliseconds? divide by 1000)" if seconds > 1e11 else ""
+                msg = f"the message's time {found!r} is no date evflow can hold{hint}"
+                raise ValueError(msg)
+            return seconds
+        except Exception as exc:  # noqa: BLE001 - the parse step dead-letters it
+            return Unreadable(repr(item), exc, function=describe_function(self.time))
 
     def next_awake(self) -> datetime | None:
         awake: datetime | None = self.part.next_awake()
@@ -88,13 +130,16 @@ class BytewaxSource(Source[Any]):
         *,
         schema: Schema | None = None,
         value: Callable[[Any], Any] | None = None,
+        time: Callable[[Any], Any] | None = None,
         name: str | None = None,
     ) -> None:
         """Wrap ``source``; ``schema`` parses and validates its records (JSON text or dicts).
 
         ``value`` takes the record out of each of the connector's messages
-        (``lambda m: m.value`` for Kafka's); a message it fails on is a dead
-        letter.
+        (``lambda m: m.value`` for Kafka's); ``time`` reads when the broker
+        stored it (an aware datetime or epoch seconds; None for none), which
+        dates an event parsed without a ``time``. A message either fails on
+        is a dead letter.
         """
         if not isinstance(source, FixedPartitionedSource | DynamicSource):
             msg = (
@@ -109,6 +154,7 @@ class BytewaxSource(Source[Any]):
         self.batch_size = DEFAULT_BATCH
         self.name = name
         self.value = value
+        self.time = time
         self.replayable = isinstance(source, FixedPartitionedSource)
 
     @property
@@ -129,7 +175,7 @@ class BytewaxSource(Source[Any]):
             part = self.source.build_part(step, partition, resume)
         else:
             part = self.source.build(step, 0, 1)
-        return _PartReader(part, step, partition, self.value)
+        return _PartReader(part, step, partition, self.value, self.time)
 
 
 class _PartWriter(Writer):

@@ -303,6 +303,7 @@ def bytewax(
     *,
     schema: Schema | None = None,
     value: Callable[[Any], Any] | None = None,
+    time: Callable[[Any], Any] | None = None,
     name: str | None = None,
 ) -> BytewaxSource:
     """Read a bytewax source (Kafka's, files, community connectors) with evflow around it.
@@ -310,8 +311,12 @@ def bytewax(
     Each partition of a ``FixedPartitionedSource`` is an evflow partition,
     resumed from its own snapshot in evflow's recovery store; ``value``
     takes the record out of each message (``lambda m: m.value`` for
-    Kafka's); ``schema`` parses and validates records (bad ones become dead
-    letters). A ``DynamicSource`` is read as one partition, with no resume.
+    Kafka's); ``time`` reads when the broker stored it (an aware datetime or
+    epoch seconds: ``lambda m: m.timestamp[1] / 1000`` for Kafka's), which
+    dates an event parsed without a ``time``; ``schema`` parses and
+    validates records (bad ones become dead letters, and so do messages
+    ``value`` or ``time`` fails on). A ``DynamicSource`` is read as one
+    partition, with no resume.
 
     >>> from bytewax.testing import TestingSource
     >>> from pipelines import Pipeline, sinks
@@ -320,7 +325,7 @@ def bytewax(
     >>> sorted(p.run()["o"])
     ['oops', '{"a": 1}']
     """
-    return BytewaxSource(source, schema=schema, value=value, name=name)
+    return BytewaxSource(source, schema=schema, value=value, time=time, name=name)
 
 
 def redis(

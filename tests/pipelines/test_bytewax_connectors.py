@@ -12,7 +12,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
 
-from operators import Event
+from operators import Event, agg, windows
 from pipelines import Pipeline, sinks, sources
 
 
@@ -155,3 +155,58 @@ def test_a_value_that_fails_without_a_schema_is_a_dead_letter_not_a_record() -> 
     [letter] = result.dead_letters
     assert letter.kind == "parse" and letter.message == "a message with no value"
     assert "value line" in str(letter.function) and result.reconciles
+
+
+class Stamped:
+    """A message as Kafka's source gives it: a value and a ``(kind, milliseconds)`` timestamp."""
+
+    def __init__(self, value: bytes, ms: int | None) -> None:
+        self.value = value
+        self.timestamp = None if ms is None else (1, ms)
+
+
+def test_time_dates_each_event_read_without_one_by_its_message() -> None:
+    # Without it, such events were dated when they were parsed: a step on event time
+    # refused every one (or, before that, counted them in the window of the read).
+    base = 1_767_225_600_000  # 2026-01-01T00:00:00Z, in milliseconds
+    messages = [
+        Stamped(b'{"user": "ada"}', base),
+        Stamped(b'{"user": "ada"}', base + 30_000),
+        Stamped(b'{"user": "ada"}', base + 90_000),
+        Stamped(b'{"user": "bob", "time": "2026-01-01T00:01:30Z"}', base),  # its own is kept
+        Stamped(b'{"user": "cy"}', None),  # no time known: dated when parsed, then refused
+        Stamped(b'{"user": "dan"}', -1),  # raises in the time function below
+    ]
+
+    def stored(m: Stamped) -> float | None:
+        if m.timestamp is None:
+            return None
+        if m.timestamp[1] < 0:
+            raise ValueError("no timestamp")
+        return m.timestamp[1] / 1000
+
+    read = sources.bytewax(
+        TestingSource(messages), value=lambda m: m.value, time=stored, schema=Click
+    )
+    result = (
+        Pipeline("stamped")
+        .read(read)
+        .key_by(lambda c: c.user)
+        .window(windows.tumbling(minutes=1))
+        .aggregate(n=agg.count())
+        .write(sinks.memory("o"))
+        .run()
+    )
+    assert sorted((r.key, r.start.minute, r.n) for r in result["o"]) == [
+        ("ada", 0, 2),
+        ("ada", 1, 1),
+        ("bob", 1, 1),
+    ]
+    assert sorted(d.error_type for d in result.dead_letters) == ["DefaultEventTime", "ValueError"]
+    assert result.reconciles
+    # Milliseconds given as seconds: a dead letter that says so, not a record of year 57,000.
+    wrong = sources.bytewax(
+        TestingSource(messages[:1]), value=lambda m: m.value, time=lambda m: m.timestamp[1]
+    )
+    [letter] = Pipeline("ms").read(wrong).write(sinks.memory("o")).run().dead_letters
+    assert "epoch milliseconds? divide by 1000" in letter.message
