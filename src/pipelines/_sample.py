@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from operators import MemorySink, MemorySource, Schema, Source
-from operators._sources import check_records
+from operators._sources import Reader, check_records
+from operators._stage import Chunk
 from pipelines.sinks import memory
 
 if TYPE_CHECKING:
@@ -141,12 +143,22 @@ def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         msg = f"testing.head: limit must be a whole number of records; got {limit!r}."
         raise ValueError(msg)
-    items: list[Any] = []
+    return [x for chunk in _first_chunks(source, limit, timeout) for x in chunk.items]
+
+
+def _first_chunks(source: Source[Any], limit: int, timeout: float = 10.0) -> list[Chunk]:
+    """Read the chunks of ``source``'s first ``limit`` raw records (see `head`).
+
+    As read: each keeps its partition, its records' names in it and when
+    their broker stored them, which a preview's run reads as the source's.
+    """
+    chunks: list[Chunk] = []
+    taken = 0
     deadline = time.monotonic() + timeout
     for part in source.partitions():
         reader = source.open(part, "preview", None)
         try:
-            while len(items) < limit and time.monotonic() < deadline:
+            while taken < limit and time.monotonic() < deadline:
                 try:
                     chunk = reader.next_chunk()
                 except StopIteration:
@@ -156,12 +168,65 @@ def head(source: Source[Any], limit: int, *, timeout: float = 10.0) -> list[Any]
                     pause = 0.01 if wake is None else (wake - datetime.now(timezone.utc))
                     time.sleep(min(max(_seconds(pause), 0.001), 0.2))
                     continue
-                items.extend(chunk.items[: limit - len(items)])
+                if chunk.items:
+                    chunk = _cut(chunk, limit - taken)
+                    chunks.append(chunk)
+                    taken += len(chunk.items)
+                if chunk.eof:
+                    break
         finally:
             reader.close()
-        if len(items) >= limit:
+        if taken >= limit:
             break
-    return items
+    return chunks
+
+
+def _cut(chunk: Chunk, n: int) -> Chunk:
+    """Return ``chunk`` with its first ``n`` records only (the chunk itself if it has no more)."""
+    if len(chunk.items) <= n:
+        return replace(chunk, eof=False)
+    keys, times = chunk.keys, chunk.times
+    return replace(
+        chunk,
+        items=chunk.items[:n],
+        keys=None if keys is None else keys[:n],
+        times=None if times is None else times[:n],
+        eof=False,
+    )
+
+
+class _Sample(Source[Any]):
+    """The chunks a source gave first, read again as they were (`preview`)."""
+
+    def __init__(self, chunks: list[Chunk], schema: Schema | None) -> None:
+        self.chunks = chunks
+        self.schema = schema
+
+    @property
+    def label(self) -> str:
+        return "sample"
+
+    def partitions(self) -> list[str]:
+        return list(dict.fromkeys(c.partition for c in self.chunks)) or ["sample"]
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        mine = [replace(c, source=step) for c in self.chunks if c.partition == partition]
+        return _SampleReader(mine)
+
+
+class _SampleReader(Reader):
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+        self.read = 0
+
+    def next_chunk(self) -> Chunk | None:
+        if self.read == len(self.chunks):
+            raise StopIteration
+        self.read += 1
+        return self.chunks[self.read - 1]
+
+    def position(self) -> Any:
+        return self.read
 
 
 def _seconds(pause: Any) -> float:
@@ -183,8 +248,9 @@ def preview(pipeline: Pipeline, records: Records | None = None, *, limit: int = 
     def in_memory(node: Node) -> dict[str, Any] | None:
         if node.kind == "read":
             old = node.params["source"]
-            items = sample[node.name] if node.name in sample else head(old, limit)
-            return {"source": MemorySource(items, schema=old.schema)}
+            if node.name in sample:
+                return {"source": MemorySource(sample[node.name], schema=old.schema)}
+            return {"source": _Sample(_first_chunks(old, limit), old.schema)}
         if node.kind == "write" and not isinstance(node.params["sink"], MemorySink):
             return {"sink": memory(node.name)}
         return None

@@ -152,6 +152,21 @@ def test_an_entry_without_a_time_is_dated_by_when_the_stream_stored_it(server: S
         assert counted.reconciles and not counted.dead_letters
         minutes.append(sorted((r.key, r.start.minute, r.n) for r in counted["o"]))
     assert minutes[0] == minutes[1] == [("ada", 0, 2), ("ada", 1, 1), ("bob", 1, 1)]
+    # A preview reads the stream's first entries as the run does: dated the same.
+    previewed = (
+        Pipeline("dated")
+        .read(read)
+        .key_by(lambda c: c.user)
+        .window(windows.tumbling(minutes=1))
+        .aggregate(n=agg.count())
+        .write(sinks.redis(server.url, "never"))
+        .preview(limit=3)
+    )
+    assert sorted((r.key, r.start.minute, r.n) for r in previewed["redis_never"]) == [
+        ("ada", 0, 2),
+        ("ada", 1, 1),
+    ]
+    assert not previewed.dead_letters and client.exists("never") == 0
     # A record's own time is kept; a record read without a schema stays as it was.
     kept = Pipeline("own").read(sources.redis(server.url, "dated", schema=Click))
     assert [c.time.minute for c in kept.write(sinks.memory("o")).run()["o"]] == [0, 1, 2, 3]
