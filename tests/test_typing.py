@@ -47,6 +47,24 @@ receipts: Stream[Receipt] = start.dispatch(
     {Buy: lambda b: Receipt(user=b.user, total=b.amount)}, out=Receipt
 )
 totals: Stream[float] = receipts.map(lambda r: r.total)
+
+# Broker, generated and bytewax sources are typed by their schema (or factory) too.
+from_redis: Stream[Buy] = Pipeline("t").read(
+    sources.redis("redis://h", "s", schema=Buy, until=None, group="g", poll=0.1)
+)
+from_nats: Stream[Buy | Visit] = Pipeline("t").read(
+    sources.nats("nats://h", ["a", "b"], schema=(Buy, Visit), start="end")
+)
+made: Stream[dict[str, int]] = Pipeline("t").read(
+    sources.generate(lambda rng, i: {"n": i}, count=None, rate=5.0, seed=1)
+)
+parsed: Stream[Buy] = Pipeline("t").read(
+    sources.generate(lambda rng, i: {"user": "a", "amount": i}, count=3, schema=Buy)
+)
+from_bytewax: Stream[Buy] = Pipeline("t").read(
+    sources.bytewax(object(), schema=Buy, value=lambda m: m, name="k")
+)
+untyped = Pipeline("t").read(sources.redis("redis://h", "s")).map(lambda r: r.anything)
 """
 
 RESULTS = """
@@ -118,6 +136,22 @@ Pipeline("t").read(sources.jsonl("t.jsonl", schema=Txn)).map(lambda t: t.amout)
 """,
         '"Txn" has no attribute "amout"',
     ),
+    # a typo in a field of a broker's, or a generator's, events
+    "broker": (
+        """
+from pipelines import Event, Pipeline, sources
+
+class Ping(Event):
+    host: str
+
+Pipeline("t").read(sources.redis("redis://h", "s", schema=Ping, poll=1.0)).map(lambda p: p.hots)
+Pipeline("t").read(sources.nats("nats://h", "s", schema=Ping)).map(lambda p: p.hst)
+Pipeline("t").read(sources.generate(lambda r, i: Ping(host="a"), count=1)).map(lambda p: p.hot)
+""",
+        '"Ping" has no attribute "hots"',
+    ),
+    "broker_nats": ("", '"Ping" has no attribute "hst"'),
+    "generated": ("", '"Ping" has no attribute "hot"'),
     # a field that only one class of a (tuple) union has
     "union": (
         """

@@ -11,7 +11,7 @@ from typing import Any
 
 from operators._event import Schema, own_id
 from operators._sinks import Sink, to_json
-from operators._sources import Reader, Source, slug
+from operators._sources import R, Reader, Source, slug
 from operators._stage import Unreadable
 
 __all__ = [
@@ -234,7 +234,7 @@ class PollingReader(Reader):
         return (self.last, self.stop, self.offset)
 
 
-class BrokerSource(Source[Any]):
+class BrokerSource(Source[R]):
     """The settings every broker source shares: a partition per stream, bounded or live."""
 
     #: The broker's name in step names and messages ("redis", "nats").

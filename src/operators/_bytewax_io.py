@@ -25,7 +25,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from operators._event import Schema
 from operators._keying import event_seconds
 from operators._sinks import RunContext, Sink, Writer
-from operators._sources import DEFAULT_BATCH, Reader, Source, slug
+from operators._sources import DEFAULT_BATCH, R, Reader, Source, slug
 from operators._stage import Chunk, Unreadable, describe_function
 
 __all__ = ["BytewaxSink", "BytewaxSource"]
@@ -121,7 +121,7 @@ class _PartReader(Reader):
         self.part.close()
 
 
-class BytewaxSource(Source[Any]):
+class BytewaxSource(Source[R]):
     """A bytewax source (``FixedPartitionedSource`` or ``DynamicSource``) read by evflow."""
 
     def __init__(

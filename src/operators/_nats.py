@@ -45,7 +45,7 @@ from operators._brokers import (
 )
 from operators._event import Schema
 from operators._sinks import RunContext, Writer
-from operators._sources import DEFAULT_BATCH, Reader
+from operators._sources import DEFAULT_BATCH, R, Reader
 from operators._stage import Chunk, ResumeError, Unreadable
 
 __all__ = ["JetStreamSink", "JetStreamSource"]
@@ -121,7 +121,7 @@ def _close(nc: Any) -> None:
 
 
 class _StreamReader(PollingReader):
-    def __init__(self, source: JetStreamSource, stream: str, step: str, resume: Any) -> None:
+    def __init__(self, source: JetStreamSource[Any], stream: str, step: str, resume: Any) -> None:
         super().__init__(source.url, step, stream, source.poll, source.retry_for, "NATS")
         self.source = source
         what = f"read step {step!r} (stream {stream!r})"
@@ -272,7 +272,7 @@ class _StreamReader(PollingReader):
         _close(self.nc)
 
 
-class JetStreamSource(BrokerSource):
+class JetStreamSource(BrokerSource[R]):
     """Messages of JetStream streams, a partition per stream."""
 
     kind = "nats"

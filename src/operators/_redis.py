@@ -51,7 +51,7 @@ from operators._brokers import (
 )
 from operators._event import Schema
 from operators._sinks import ExactSink, ExactWriter, OutputChangedError, RunContext, Writer
-from operators._sources import DEFAULT_BATCH, Reader
+from operators._sources import DEFAULT_BATCH, R, Reader
 from operators._stage import Chunk, Unreadable
 
 __all__ = ["RedisStreamSink", "RedisStreamSource"]
@@ -191,7 +191,7 @@ class _StreamReader(PollingReader):
     #: Whether entries removed unread are counted (no for a group: its consumers share them).
     tallies = True
 
-    def __init__(self, source: RedisStreamSource, stream: str, step: str, resume: Any) -> None:
+    def __init__(self, source: RedisStreamSource[Any], stream: str, step: str, resume: Any) -> None:
         super().__init__(source.url, step, stream, source.poll, source.retry_for, "Redis")
         self.source = source
         what = f"read step {step!r} (stream {stream!r})"
@@ -396,7 +396,7 @@ class _GroupReader(_StreamReader):
     on in a run without recovery.
     """
 
-    def __init__(self, source: RedisStreamSource, stream: str, step: str, resume: Any) -> None:
+    def __init__(self, source: RedisStreamSource[Any], stream: str, step: str, resume: Any) -> None:
         self.group = source.group
         self.again = True
         #: Ids handed on and not acknowledged yet, oldest first.
@@ -487,7 +487,7 @@ class _GroupReader(_StreamReader):
             self.unacked.extendleft(reversed(done))
 
 
-class RedisStreamSource(BrokerSource):
+class RedisStreamSource(BrokerSource[R]):
     """Entries of Redis streams, a partition per stream."""
 
     kind = "redis"

@@ -1042,7 +1042,7 @@ Factory = Callable[[random.Random, int], Any]
 
 
 class _GenerateReader(Reader):
-    def __init__(self, src: GenerateSource, part: int, step: str, resume: Any | None) -> None:
+    def __init__(self, src: GenerateSource[Any], part: int, step: str, resume: Any | None) -> None:
         self.src = src
         self.part = part
         self.step = step
@@ -1136,7 +1136,7 @@ def _name_made(items: list[Any], head: str, first: int) -> None:
             items[i] = BaseModel.model_copy(x, update={"id": f"{head}{first + i}"})
 
 
-class GenerateSource(Source[Any]):
+class GenerateSource(Source[R]):
     """Deterministic synthetic records from a seed.
 
     ``factory(rng, i)`` makes record number ``i`` (an event, a dict or JSON

@@ -8,8 +8,9 @@ and validated in one step, and failures become dead letters with their origin.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, overload
 
 from operators import (
     DEFAULT_BATCH,
@@ -26,6 +27,9 @@ from operators._bytewax_io import BytewaxSource
 from operators._nats import JetStreamSource
 from operators._redis import RedisStreamSource
 from operators._sources import Factory
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Source", "bytewax", "csv", "generate", "jsonl", "memory", "nats", "redis", "stdin"]
 
@@ -243,6 +247,66 @@ def csv(
     return CsvSource(path, schema=schema, batch_size=batch_size, delimiter=delimiter)
 
 
+class _GenerateOptions(TypedDict, total=False):
+    seed: int
+    partitions: int
+    rate: float | None
+    batch_size: int
+    name: str
+
+
+@overload
+def generate(
+    factory: Callable[[random.Random, int], T],
+    *,
+    count: int | None,
+    schema: None = ...,
+    **options: Unpack[_GenerateOptions],
+) -> GenerateSource[T]: ...
+
+
+@overload
+def generate(
+    factory: Factory, *, count: int | None, schema: type[E], **options: Unpack[_GenerateOptions]
+) -> GenerateSource[E]: ...
+
+
+@overload
+def generate(
+    factory: Factory,
+    *,
+    count: int | None,
+    schema: tuple[type[E], type[E2]],
+    **options: Unpack[_GenerateOptions],
+) -> GenerateSource[E | E2]: ...
+
+
+@overload
+def generate(
+    factory: Factory,
+    *,
+    count: int | None,
+    schema: tuple[type[E], type[E2], type[E3]],
+    **options: Unpack[_GenerateOptions],
+) -> GenerateSource[E | E2 | E3]: ...
+
+
+@overload
+def generate(
+    factory: Factory,
+    *,
+    count: int | None,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    **options: Unpack[_GenerateOptions],
+) -> GenerateSource[E | E2 | E3 | E4]: ...
+
+
+@overload
+def generate(
+    factory: Factory, *, count: int | None, schema: Schema, **options: Unpack[_GenerateOptions]
+) -> GenerateSource[Any]: ...
+
+
 def generate(
     factory: Factory,
     *,
@@ -253,7 +317,7 @@ def generate(
     schema: Schema | None = None,
     batch_size: int = DEFAULT_BATCH,
     name: str = "generate",
-) -> GenerateSource:
+) -> GenerateSource[Any]:
     """Generate deterministic synthetic records: ``factory(rng, index)``.
 
     ``count=None`` never ends; ``rate`` caps records per second.
@@ -298,6 +362,51 @@ def stdin(*, schema: Schema, batch_size: int = DEFAULT_BATCH) -> StdinSource[Any
     return StdinSource(schema=schema, batch_size=batch_size)
 
 
+class _BytewaxOptions(TypedDict, total=False):
+    value: Callable[[Any], Any] | None
+    time: Callable[[Any], Any] | None
+    name: str | None
+
+
+@overload
+def bytewax(
+    source: Any, *, schema: type[E], **options: Unpack[_BytewaxOptions]
+) -> BytewaxSource[E]: ...
+
+
+@overload
+def bytewax(
+    source: Any,
+    *,
+    schema: tuple[type[E], type[E2]],
+    **options: Unpack[_BytewaxOptions],
+) -> BytewaxSource[E | E2]: ...
+
+
+@overload
+def bytewax(
+    source: Any,
+    *,
+    schema: tuple[type[E], type[E2], type[E3]],
+    **options: Unpack[_BytewaxOptions],
+) -> BytewaxSource[E | E2 | E3]: ...
+
+
+@overload
+def bytewax(
+    source: Any,
+    *,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    **options: Unpack[_BytewaxOptions],
+) -> BytewaxSource[E | E2 | E3 | E4]: ...
+
+
+@overload
+def bytewax(
+    source: Any, *, schema: Schema | None = ..., **options: Unpack[_BytewaxOptions]
+) -> BytewaxSource[Any]: ...
+
+
 def bytewax(
     source: Any,
     *,
@@ -305,7 +414,7 @@ def bytewax(
     value: Callable[[Any], Any] | None = None,
     time: Callable[[Any], Any] | None = None,
     name: str | None = None,
-) -> BytewaxSource:
+) -> BytewaxSource[Any]:
     """Read a bytewax source (Kafka's, files, community connectors) with evflow around it.
 
     Each partition of a ``FixedPartitionedSource`` is an evflow partition,
@@ -328,6 +437,68 @@ def bytewax(
     return BytewaxSource(source, schema=schema, value=value, time=time, name=name)
 
 
+class _BrokerOptions(TypedDict, total=False):
+    until: str | None
+    batch_size: int
+    poll: float
+    connect_timeout: float
+    retry_for: float
+    name: str | None
+
+
+class _RedisOptions(_BrokerOptions, total=False):
+    start: str
+    field: str
+    group: str | None
+    consumer: str
+
+
+@overload
+def redis(
+    url: str, streams: str | list[str], *, schema: type[E], **options: Unpack[_RedisOptions]
+) -> RedisStreamSource[E]: ...
+
+
+@overload
+def redis(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: tuple[type[E], type[E2]],
+    **options: Unpack[_RedisOptions],
+) -> RedisStreamSource[E | E2]: ...
+
+
+@overload
+def redis(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3]],
+    **options: Unpack[_RedisOptions],
+) -> RedisStreamSource[E | E2 | E3]: ...
+
+
+@overload
+def redis(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    **options: Unpack[_RedisOptions],
+) -> RedisStreamSource[E | E2 | E3 | E4]: ...
+
+
+@overload
+def redis(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: Schema | None = ...,
+    **options: Unpack[_RedisOptions],
+) -> RedisStreamSource[Any]: ...
+
+
 def redis(
     url: str,
     streams: str | list[str],
@@ -343,7 +514,7 @@ def redis(
     name: str | None = None,
     group: str | None = None,
     consumer: str = "evflow",
-) -> RedisStreamSource:
+) -> RedisStreamSource[Any]:
     """Read Redis streams (Redis or Valkey), a partition per stream.
 
     ``start``: ``"0"`` (the beginning), ``"$"`` (the end) or an entry id;
@@ -385,6 +556,56 @@ def redis(
     )
 
 
+class _NatsOptions(_BrokerOptions, total=False):
+    start: int | str
+
+
+@overload
+def nats(
+    url: str, streams: str | list[str], *, schema: type[E], **options: Unpack[_NatsOptions]
+) -> JetStreamSource[E]: ...
+
+
+@overload
+def nats(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: tuple[type[E], type[E2]],
+    **options: Unpack[_NatsOptions],
+) -> JetStreamSource[E | E2]: ...
+
+
+@overload
+def nats(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3]],
+    **options: Unpack[_NatsOptions],
+) -> JetStreamSource[E | E2 | E3]: ...
+
+
+@overload
+def nats(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: tuple[type[E], type[E2], type[E3], type[E4]],
+    **options: Unpack[_NatsOptions],
+) -> JetStreamSource[E | E2 | E3 | E4]: ...
+
+
+@overload
+def nats(
+    url: str,
+    streams: str | list[str],
+    *,
+    schema: Schema | None = ...,
+    **options: Unpack[_NatsOptions],
+) -> JetStreamSource[Any]: ...
+
+
 def nats(
     url: str,
     streams: str | list[str],
@@ -397,7 +618,7 @@ def nats(
     connect_timeout: float = 5.0,
     retry_for: float = 30.0,
     name: str | None = None,
-) -> JetStreamSource:
+) -> JetStreamSource[Any]:
     """Read NATS JetStream streams, a partition per stream, from a sequence number.
 
     ``start``: a stream sequence (1, the beginning, by default) or ``"end"``;
