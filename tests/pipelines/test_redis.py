@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,42 @@ def test_an_entry_without_a_time_is_dated_by_when_the_stream_stored_it(server: S
     assert [c.time.minute for c in kept.write(sinks.memory("o")).run()["o"]] == [0, 1, 2, 3]
     raw = Pipeline("raw").read(sources.redis(server.url, "views")).write(sinks.memory("o")).run()
     assert raw["o"] == [b'{"user": "ada"}'] * 3 + [b'{"user": "bob"}']
+
+
+def test_windows_of_entries_dated_by_the_stream_match_a_direct_count(server: Server) -> None:
+    # Two streams of entries 0 to 5 s apart, some carrying a time of their own: per user and
+    # 10-second window, the counts on any batch size, worker and process count are those
+    # counted directly from the entries' ids and times.
+    client = server.client()
+    rng = random.Random(7)
+    expected: Counter[tuple[str, int]] = Counter()
+    for stream in ("a", "b"):
+        ms = 1_767_225_600_000 + rng.randrange(1000)
+        pipe = client.pipeline(transaction=False)
+        for i in range(400):
+            ms += rng.randrange(0, 5000)
+            user = f"u{rng.randrange(3)}"
+            record: dict[str, Any] = {"user": user}
+            at = ms / 1000
+            if i % 5 == 0:  # its own time, a little before the entry's
+                at -= rng.randrange(0, 3)
+                record["time"] = datetime.fromtimestamp(at, timezone.utc).isoformat()
+            expected[(user, int(at // 10))] += 1
+            pipe.xadd(stream, {"data": json.dumps(record)}, id=f"{ms}-{i}")
+        pipe.execute()
+    for batch, workers, processes in ((1000, 1, 1), (7, 2, 1), (50, 1, 2)):
+        result = (
+            Pipeline("dated")
+            .read(sources.redis(server.url, ["a", "b"], schema=Click, batch_size=batch))
+            .key_by(lambda c: c.user)
+            .window(windows.tumbling(seconds=10), clock=windows.event_time(max_delay=5))
+            .aggregate(n=agg.count())
+            .write(sinks.memory("o"))
+            .run(workers=workers, processes=processes)
+        )
+        got = Counter({(r.key, int(r.start.timestamp() // 10)): r.n for r in result["o"]})
+        assert got == expected, (batch, workers, processes)
+        assert result.reconciles and not result.dead_letters
 
 
 def test_a_stream_that_does_not_exist_reads_as_empty(server: Server) -> None:
