@@ -9,12 +9,15 @@ is what bytewax snapshots for recovery.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import dataclasses
 import difflib
 import glob
+import gzip
 import hashlib
 import json
+import lzma
 import math
 import os
 import random
@@ -22,6 +25,7 @@ import re
 import select
 import sys
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
@@ -590,6 +594,60 @@ def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
     return sorted(glob.glob(file_pattern(path_or_glob)))
 
 
+#: The first bytes of the compressed files a file source reads, and their kind.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+#: The first bytes of archives it does not read, and what to do with them.
+_ARCHIVES = {
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (zstd -d)"),
+    b"PK\x03\x04": ("a zip archive", "unzip it first"),
+    b"7z\xbc\xaf\x27\x1c": ("a 7z archive", "extract it first"),
+}
+#: What reading a compressed file that is cut short (or not what it says) raises.
+_CUT = (EOFError, OSError, lzma.LZMAError, zlib.error)
+
+
+def compression(path: str) -> str | None:
+    """Return how the file at ``path`` is compressed (``gzip``, ``bz2``, ``xz``), or None."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def unreadable_archive(path: str) -> str | None:
+    """Say why the file at ``path`` is not read (an archive or a compression it cannot read)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, (what, hint) in _ARCHIVES.items():
+        if head.startswith(magic):
+            return f"file {path!r} is {what}, which evflow does not read. Hint: {hint}"
+    return None
+
+
+def open_file(path: str, kind: str | None, mode: str, **text: Any) -> Any:
+    """Open ``path`` for reading, decompressing it as ``kind`` says (see `compression`)."""
+    if kind == "gzip":
+        return gzip.open(path, mode, **text)
+    if kind == "bz2":
+        return bz2.open(path, mode, **text)
+    if kind == "xz":
+        return lzma.open(path, mode, **text)
+    return open(path, mode, **text)
+
+
+def cut_short(path: str, kind: str, exc: BaseException) -> Unreadable:
+    """Stand for the rest of a compressed file that cannot be read (cut short, or corrupt)."""
+    return Unreadable(
+        "",
+        ValueError(
+            f"file {path!r} ({kind}) cannot be read on: {exc}. It was cut short, is still "
+            f"being written, or is corrupt; the records after this point are not read"
+        ),
+    )
+
+
 class _LinesReader(Reader):
     """Reads a text file line by line, keeping line numbers.
 
@@ -604,20 +662,78 @@ class _LinesReader(Reader):
         self.path = path
         self.step = step
         self.batch = batch
-        self.file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        #: Why the file is not read (an archive), or None.
+        self.refused = unreadable_archive(path)
+        #: How the file is compressed (None: not): its offsets are then in what it holds.
+        self.kind = compression(path)
+        self.file = open_file(path, self.kind, "rb")
+        #: The last bytes read of a compressed file (`TAIL` at most), for `position`.
+        self.tail = b""
+        #: Whether the file ended in what cannot be read (a compressed file cut short).
+        self.broken = False
         self.line = 0
         #: Where the last line read began, when no line end closed it (the end of the file).
         self.open_line: int | None = None
         if resume is not None:
             self.line, offset, *seen = resume
-            if seen and seen[0] != self._before(offset):
+            if len(seen) > 2 and seen[2]:
+                self.broken = True  # its dead letter was handed on: nothing is left to read
+            elif seen and seen[0] != self._resumed_at(offset):
                 self.file.close()
                 raise _file_changed(step, path, f"line {self.line}, byte {offset}")
-            self.file.seek(offset)
+            else:
+                self.file.seek(offset)
             if len(seen) > 1 and seen[1] is not None:
                 self.open_line = int(seen[1])
-        elif self.file.read(3) != b"\xef\xbb\xbf":
+        elif self.refused is None and self._head(3) != b"\xef\xbb\xbf":
             self.file.seek(0)  # no byte-order mark to skip
+
+    def _read_compressed(self, lines: list[Any]) -> bytes:
+        """Read a batch of a compressed file's lines into ``lines``; return the last as read.
+
+        Keeps the last bytes read (`position` digests them: its offsets are in
+        what the file holds); what cannot be read on ends the file in a letter.
+        """
+        assert self.kind is not None
+        readline = self.file.readline
+        taken: list[bytes] = []
+        raw = b""
+        try:
+            for _ in range(self.batch):
+                line = readline()
+                if not line:
+                    break
+                raw = line
+                taken.append(line)
+                lines.append(line.rstrip(b"\r\n"))
+        except _CUT as exc:
+            self.broken = True
+            lines.append(cut_short(self.path, self.kind, exc))
+            raw = b"\n"
+        if taken:
+            self.tail = (self.tail + b"".join(taken[-TAIL:]))[-TAIL:]
+        return raw
+
+    def _head(self, n: int) -> bytes:
+        """Read the file's first ``n`` bytes (none of a compressed file cut before them)."""
+        try:
+            found: bytes = self.file.read(n)
+        except _CUT:
+            found = b""
+        return found
+
+    def _resumed_at(self, offset: int) -> str:
+        """Return the digest of the bytes before ``offset``, as `position` kept it."""
+        if self.kind is None:
+            return self._before(offset)
+        start = max(0, offset - TAIL)
+        try:
+            self.file.seek(start)  # a compressed file: read again up to there
+            held = self.file.read(offset - start)
+        except _CUT:
+            return ""
+        self.tail = held
+        return digest(held) if len(held) == min(offset, TAIL) else ""
 
     def _reopen(self, began: int) -> bool:
         """Go on after a last line that was read without its line end, which began at ``began``.
@@ -639,28 +755,50 @@ class _LinesReader(Reader):
         return True
 
     def next_chunk(self) -> Chunk | None:
+        if self.broken:
+            raise StopIteration
+        if self.refused is not None:
+            self.broken = True
+            letter = Unreadable("", ValueError(self.refused))
+            return Chunk([letter], self.step, self.path, 0, file=self.path, unreadable=True)
         if self.open_line is not None and not self._reopen(self.open_line):
             raise StopIteration  # the end, as far as is written yet
-        lines = []
-        readline = self.file.readline
+        lines: list[Any] = []
         raw = b""
-        for _ in range(self.batch):
-            line = readline()
-            if not line:
-                break
-            raw = line
-            lines.append(line.rstrip(b"\r\n"))
+        if self.kind is None:
+            readline = self.file.readline
+            for _ in range(self.batch):
+                line = readline()
+                if not line:
+                    break
+                raw = line
+                lines.append(line.rstrip(b"\r\n"))
+        else:
+            raw = self._read_compressed(lines)
         if not lines:
             raise StopIteration
         if raw[-1:] != b"\n":  # the file's last line, with no line end (yet)
             self.open_line = self.file.tell() - len(raw)
-        chunk = Chunk(lines, self.step, self.path, self.line, file=self.path, line=self.line + 1)
+        chunk = Chunk(
+            lines,
+            self.step,
+            self.path,
+            self.line,
+            file=self.path,
+            line=self.line + 1,
+            unreadable=self.broken,
+        )
         self.line += len(lines)
         return chunk
 
-    def position(self) -> tuple[int, int, str, int | None]:
+    def position(self) -> tuple[int, int, str, int | None, bool]:
+        if self.broken:  # read to where it cannot be read on, its dead letter handed on
+            return (self.line, 0, "", None, True)
         offset = self.file.tell()
-        return (self.line, offset, self._before(offset), self.open_line)
+        if self.kind is None:
+            return (self.line, offset, self._before(offset), self.open_line, False)
+        kept = digest(self.tail) if len(self.tail) == min(offset, TAIL) else ""
+        return (self.line, offset, kept, self.open_line, False)
 
     def _before(self, offset: int) -> str:
         """Return a digest of the file's last bytes before ``offset`` ("" if it is shorter)."""
@@ -691,8 +829,11 @@ class _FileSource(Source[R]):
 
     @property
     def label(self) -> str:
-        """Name the read step after the file pattern."""
-        return f"{self.kind}_" + slug(Path(self.path).stem)
+        """Name the read step after the file pattern (less a compressed file's suffixes)."""
+        name = Path(self.path)
+        if name.suffix in (".gz", ".bz2", ".xz"):
+            name = name.with_suffix("")
+        return f"{self.kind}_" + slug(name.stem)
 
     def partitions(self) -> list[str]:
         """One partition per file."""
@@ -766,15 +907,28 @@ class _CsvReader(Reader):
         self.step = step
         self.batch = batch
         self.delimiter = delimiter or ","
+        #: Why the file is not read (an archive), or None.
+        self.refused = unreadable_archive(path)
+        self.kind = compression(path)
         # Undecodable bytes survive as surrogates, so one bad row spoils no other.
-        self.file = open(  # noqa: SIM115 - closed in close()
-            path, newline="", encoding="utf-8", errors="surrogateescape"
+        self.file = open_file(
+            path, self.kind, "rt", newline="", encoding="utf-8", errors="surrogateescape"
         )
         self.reader = csv.reader(self.file, delimiter=self.delimiter)
         #: A second handle on the file, read only for the raw lines of a refused row.
         self.raw: Any = None
         self.raw_line = 0
-        header = next(self.reader, [])
+        #: What ended the file before its end (a compressed file cut short), once met.
+        self.broken: Unreadable | None = None
+        #: Whether the dead letter of a refused or broken file was handed on.
+        self.told = False
+        header: list[str] = []
+        if self.refused is None:
+            try:
+                header = next(self.reader, [])
+            except _CUT as exc:
+                assert self.kind is not None
+                self.broken = cut_short(path, self.kind, exc)
         if header and header[0].startswith("\ufeff"):
             header[0] = header[0][1:]
         self.header = header
@@ -806,6 +960,8 @@ class _CsvReader(Reader):
         #: The fields of the last row read: a digest of them is kept in the position.
         self.last: list[str] = []
         skip, *kept = resume if isinstance(resume, tuple) else (int(resume or 0),)
+        if len(kept) > 1 and kept[1]:
+            self.told = True  # the file's dead letter was handed on: not again
         for _ in range(skip):
             found = self._row()
             if found is None:
@@ -833,6 +989,8 @@ class _CsvReader(Reader):
         if self.pending is not None:
             row, self.pending = self.pending, None
             return row
+        if self.refused is not None or self.broken is not None:
+            return None
         while True:
             before = self.reader.line_num
             try:
@@ -841,6 +999,10 @@ class _CsvReader(Reader):
                 return None
             except csv.Error as exc:
                 return [_REFUSED, str(exc), self._raw(before + 1, self.reader.line_num)], before + 1
+            except _CUT as exc:
+                assert self.kind is not None
+                self.broken = cut_short(self.path, self.kind, exc)
+                return None
             if fields:  # blank lines are skipped
                 return fields, self.reader.line_num
 
@@ -849,8 +1011,8 @@ class _CsvReader(Reader):
         if self.raw is None or self.raw_line >= first:
             if self.raw is not None:
                 self.raw.close()
-            self.raw = open(  # noqa: SIM115 - closed in close()
-                self.path, newline="", encoding="utf-8", errors="surrogateescape"
+            self.raw = open_file(
+                self.path, self.kind, "rt", newline="", encoding="utf-8", errors="surrogateescape"
             )
             self.raw_line = 0
         taken: list[str] = []
@@ -910,6 +1072,11 @@ class _CsvReader(Reader):
                 break
             records.append(self._record(fields))
             self.last = fields
+        if not records and not self.told and (self.refused or self.broken):
+            # All of the file (an archive), or what is left of it, as one dead letter.
+            self.told = True
+            letter = self.broken or Unreadable("", ValueError(self.refused))
+            return Chunk([letter], self.step, self.path, self.done, file=self.path, unreadable=True)
         if not records:
             raise StopIteration
         chunk = Chunk(
@@ -924,8 +1091,8 @@ class _CsvReader(Reader):
         self.done += len(records)
         return chunk
 
-    def position(self) -> tuple[int, str]:
-        return (self.done, _row_digest(self.last))
+    def position(self) -> tuple[int, str, bool]:
+        return (self.done, _row_digest(self.last), self.told)
 
     def close(self) -> None:
         self.file.close()
