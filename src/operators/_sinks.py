@@ -7,12 +7,16 @@ packet's lists go to their sinks, and its dead letters to the dead-letter sink.
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
 import json
+import lzma
 import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from bytewax.outputs import (
@@ -312,6 +316,29 @@ def to_lines(items: list[Any]) -> tuple[str, list[tuple[Any, Exception]]]:
         return "".join(lines), failed
 
 
+def packer(path: str) -> Callable[[bytes], bytes] | None:
+    r"""Return what compresses a batch written to ``path``, as its suffix says, or None.
+
+    ``.gz``, ``.bz2`` and ``.xz``: each batch is a whole compressed stream of
+    its own, and a file of such streams one after another is what gzip,
+    bzip2 and xz (and evflow's file sources) read as the whole: a file cut
+    back to a batch's end, as a resume does, is still whole.
+
+    >>> import gzip
+    >>> pack = packer("out.jsonl.gz")
+    >>> gzip.decompress(pack(b"a\n") + pack(b"b\n")), packer("out.jsonl") is None
+    (b'a\nb\n', True)
+    """
+    suffix = os.path.splitext(path)[1]
+    if suffix == ".gz":
+        return partial(gzip.compress, compresslevel=6, mtime=0)
+    if suffix == ".bz2":
+        return bz2.compress
+    if suffix == ".xz":
+        return lzma.compress
+    return None
+
+
 class _SharedFile:
     """One open file for all of a run's workers, written under a lock."""
 
@@ -326,10 +353,14 @@ class _SharedFile:
         mode = "ab" if append else "wb"
         self.handle: Any = open(path, mode, buffering=0)  # noqa: SIM115 - closed by close()
         self.lock = threading.Lock()
+        self.pack = packer(path)
 
     def write(self, text: str) -> None:
+        data = text.encode()
+        if self.pack is not None and data:
+            data = self.pack(data)
         with self.lock:
-            write_all(self.handle, text.encode())
+            write_all(self.handle, data)
 
     def flush(self) -> None:
         with self.lock:
@@ -366,8 +397,10 @@ class JsonlSink(ExactSink):
 
     @property
     def label(self) -> str:
-        """Name the write step after the file."""
+        """Name the write step after the file (less a compressed file's suffixes)."""
         stem = os.path.splitext(os.path.basename(self.path))[0]
+        if packer(self.path) is not None:
+            stem = os.path.splitext(stem)[0]
         return f"jsonl_{slug(stem)}"
 
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
@@ -663,6 +696,7 @@ class _ExactFile(ExactWriter):
         if parent:
             os.makedirs(parent, exist_ok=True)
         self.tail = b""
+        self.pack = packer(path)
         if offset:
             self.tail = _check_resumable(path, offset, kept)
         if offset is None or not os.path.exists(path):
@@ -679,6 +713,8 @@ class _ExactFile(ExactWriter):
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         text, failed = to_lines(items)
         data = text.encode()
+        if self.pack is not None and data:
+            data = self.pack(data)
         self.offset += write_all(self.handle, data)
         self.tail = (self.tail + data)[-TAIL:] if len(data) < TAIL else data[-TAIL:]
         return failed

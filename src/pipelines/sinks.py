@@ -31,7 +31,12 @@ def stdout(prefix: str = "") -> StdoutSink:
 
 
 def jsonl(path: str | os.PathLike[str]) -> JsonlSink:
-    """Write records as JSON Lines to ``path`` (truncated at the start of a run)."""
+    """Write records as JSON Lines to ``path`` (truncated at the start of a run).
+
+    A path ending in ``.gz``, ``.bz2`` or ``.xz`` is written compressed, each
+    batch a compressed stream of its own (read as one file by gzip, bzip2, xz
+    and `sources.jsonl`; exactly once with recovery, as a plain file).
+    """
     return JsonlSink(path)
 
 
