@@ -355,6 +355,12 @@ def stdin(
 
 
 @overload
+def stdin(
+    *, schema: tuple[type[E], type[E2], type[E3], type[E4]], batch_size: int = ...
+) -> StdinSource[E | E2 | E3 | E4]: ...
+
+
+@overload
 def stdin(*, schema: Schema, batch_size: int = ...) -> StdinSource[Any]: ...
 
 
