@@ -32,6 +32,39 @@ def line(**record: Any) -> str:
     return json.dumps(record)
 
 
+def printed_under_hash_seeds(program: str, seeds: Iterable[int] = (1, 2, 3)) -> set[str]:
+    """What ``program`` prints when run with each ``PYTHONHASHSEED`` (one text: the same in all)."""
+    import os
+    import subprocess
+    import sys
+
+    return {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in seeds
+    }
+
+
+def per_user_counts(source: Any, window: Any, clock: Any = None, sink: Any = None) -> Any:
+    """A pipeline that counts the events ``source`` reads per user and window (into ``o``)."""
+    from operators import agg
+    from pipelines import Pipeline, sinks
+
+    keyed = Pipeline("counted").read(source).key_by(lambda e: e.user)
+    windowed = keyed.window(window) if clock is None else keyed.window(window, clock=clock)
+    return windowed.aggregate(n=agg.count()).write(sink or sinks.memory("o"))
+
+
+def counted_per_user(source: Any, window: Any, clock: Any = None, **run: Any) -> Any:
+    """Run `per_user_counts` (``run``: the run's options); return the result."""
+    return per_user_counts(source, window, clock).run(**run)
+
+
 def children(pid: int) -> list[int]:
     """The process ids of ``pid``'s children (Linux)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")

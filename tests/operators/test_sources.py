@@ -16,7 +16,7 @@ import pytest
 from operators import Event, GenerateSource, JsonlSource, MemorySource
 from operators._sources import record_digest
 from pipelines import Pipeline, PipelineError, sinks, sources, testing
-from tests.helpers import Purchase, View, line, multiset
+from tests.helpers import Purchase, View, line, multiset, printed_under_hash_seeds
 
 
 def _drain(source: object, step: str = "s") -> list[object]:
@@ -63,16 +63,7 @@ def test_a_records_digest_is_the_same_in_every_run_of_the_program() -> None:
         "print(record_digest(r), record_digest([{'k': {'x', 'y', 'z'}}, b'b', 1.5]))\n"
         "print(record_digest({w: len(w) for w in set('abcdefgh')}))\n"
     )
-    seen = {
-        subprocess.run(
-            [sys.executable, "-c", program],
-            env={**os.environ, "PYTHONHASHSEED": str(seed)},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for seed in (1, 2, 3)
-    }
+    seen = printed_under_hash_seeds(program)
     assert len(seen) == 1 and "None" not in seen.pop()
     assert record_digest(object()) is None
     assert record_digest({"n": 1}) != record_digest({"n": 2}) != record_digest({"m": 2})

@@ -22,7 +22,7 @@ from operators._keying import Marked
 from operators._stage import Counters
 from operators._windowing import WindowLogic, WindowSpec, can_slice
 from pipelines import Pipeline, PipelineHalted, WindowResult, sinks, sources, stateful, testing
-from tests.helpers import multiset
+from tests.helpers import counted_per_user, multiset
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -2160,19 +2160,6 @@ def test_an_event_whose_own_code_sets_its_time_is_not_taken_for_one_of_the_defau
     lines = [json.dumps({"user": "a", "ms": now + 100 * i}) for i in range(5)]
     result = counted_per_user(sources.memory(lines, schema=cls), windows.tumbling(hours=1))
     assert sum(r.n for r in result["o"]) == 5 and not result.dead_letters
-
-
-def counted_per_user(source: Any, window: Any) -> Any:
-    """Run a count per user and window of what ``source`` reads."""
-    return (
-        Pipeline("counted")
-        .read(source)
-        .key_by(lambda e: e.user)
-        .window(window)
-        .aggregate(n=agg.count())
-        .write(sinks.memory("o"))
-        .run()
-    )
 
 
 def test_events_made_without_a_time_before_the_run_keep_their_time() -> None:

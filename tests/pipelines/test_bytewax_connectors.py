@@ -12,8 +12,9 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
 
-from operators import Event, agg, windows
+from operators import Event, windows
 from pipelines import Pipeline, sinks, sources
+from tests.helpers import counted_per_user
 
 
 class Click(Event):
@@ -188,15 +189,7 @@ def test_time_dates_each_event_read_without_one_by_its_message() -> None:
     read = sources.bytewax(
         TestingSource(messages), value=lambda m: m.value, time=stored, schema=Click
     )
-    result = (
-        Pipeline("stamped")
-        .read(read)
-        .key_by(lambda c: c.user)
-        .window(windows.tumbling(minutes=1))
-        .aggregate(n=agg.count())
-        .write(sinks.memory("o"))
-        .run()
-    )
+    result = counted_per_user(read, windows.tumbling(minutes=1))
     assert sorted((r.key, r.start.minute, r.n) for r in result["o"]) == [
         ("ada", 0, 2),
         ("ada", 1, 1),

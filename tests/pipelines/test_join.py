@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -18,7 +17,13 @@ from operators import COUNTER_FIELDS, Counters, Event, Joined, agg, windows
 from operators._joining import JoinLogic, JoinSpec
 from operators._keying import Marked
 from pipelines import Pipeline, render, sinks, sources, testing
-from tests.helpers import Halts, kill_at_random, resumed_until_done, sorted_lines
+from tests.helpers import (
+    Halts,
+    kill_at_random,
+    printed_under_hash_seeds,
+    resumed_until_done,
+    sorted_lines,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -252,16 +257,7 @@ def test_a_result_id_of_records_holding_sets_of_text_is_the_same_in_every_progra
         "import json\n"
         "print(json.dumps(sorted(r.id for r in j.write(sinks.memory('out')).run()['out'])))\n"
     )
-    seen = {
-        subprocess.run(
-            [sys.executable, "-c", program],
-            env={**os.environ, "PYTHONHASHSEED": str(seed)},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for seed in (1, 2, 3)
-    }
+    seen = printed_under_hash_seeds(program)
     assert len(seen) == 1, seen
     ids = json.loads(seen.pop())
     assert len(ids) == 2 and len(set(ids)) == 2 and all("/%23" in i for i in ids), ids

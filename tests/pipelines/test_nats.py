@@ -35,7 +35,7 @@ from tests.brokers import (
     write_with_a_loop,
     written_ids,
 )
-from tests.helpers import Halts
+from tests.helpers import Halts, counted_per_user
 
 
 def server_binary() -> str:
@@ -143,15 +143,7 @@ def test_a_message_without_a_time_is_dated_by_when_the_stream_stored_it(server: 
     gaps = [abs(got - want) for got, want in zip(runs[0][:3], stored_at, strict=True)]
     assert max(gaps) < timedelta(milliseconds=1), (runs[0], stored_at)
     assert runs[0][3] == datetime(2027, 1, 1, tzinfo=timezone.utc)  # its own time is kept
-    counted = (
-        Pipeline("counted")
-        .read(read)
-        .key_by(lambda c: c.user)
-        .window(windows.tumbling(days=1))
-        .aggregate(n=agg.count())
-        .write(sinks.memory("o"))
-        .run()
-    )
+    counted = counted_per_user(read, windows.tumbling(days=1))
     assert sorted((r.key, r.n) for r in counted["o"]) == [("ada", 2), ("bob", 1), ("cy", 1)]
     assert counted.reconciles and not counted.dead_letters
 

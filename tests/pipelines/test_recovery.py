@@ -766,15 +766,8 @@ def _compressed(path: Path, kind: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz"])
-def test_a_compressed_file_halted_and_resumed_writes_each_record_once(
-    tmp_path: Path, fmt: str, kind: str
-) -> None:
-    # Read as its compressed bytes, each line of such a file was a dead letter (or a
-    # few records of garbage); it is read as what it holds, and resumed from where it was.
-    path = _compressed(tmp_path / f"in.{fmt}.{kind}", kind, _numbers(fmt, range(20_000)))
-    halts = {3_000, 11_000, 19_999}
+def _halting_numbers(path: Path, fmt: str, halts: set[int], out: Path) -> Pipeline:
+    """Read the numbers of ``path`` (``fmt``) into ``out``, halting once at each of ``halts``."""
 
     def stop(record: Any) -> int:
         n = int(record["n"]) if fmt == "csv" else int(json.loads(record)["n"])
@@ -784,14 +777,25 @@ def test_a_compressed_file_halted_and_resumed_writes_each_record_once(
         return n
 
     read = sources.csv if fmt == "csv" else sources.jsonl
-    # Written compressed too: a batch a resume writes again is cut back with its stream.
-    out = tmp_path / f"out.jsonl.{ {'gzip': 'gz'}.get(kind, kind) }"
-    flow = (
+    return (
         Pipeline("packed")
         .read(read(path, schema=None, batch_size=100), name="numbers")
         .map(stop, on_error="halt")
         .write(sinks.jsonl(out))
     )
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz"])
+def test_a_compressed_file_halted_and_resumed_writes_each_record_once(
+    tmp_path: Path, fmt: str, kind: str
+) -> None:
+    # Read as its compressed bytes, each line of such a file was a dead letter (or a
+    # few records of garbage); it is read as what it holds, and resumed from where it was.
+    path = _compressed(tmp_path / f"in.{fmt}.{kind}", kind, _numbers(fmt, range(20_000)))
+    # Written compressed too: a batch a resume writes again is cut back with its stream.
+    out = tmp_path / f"out.jsonl.{ {'gzip': 'gz'}.get(kind, kind) }"
+    flow = _halting_numbers(path, fmt, {3_000, 11_000, 19_999}, out)
     store = tmp_path / "store"
     for _ in range(3):
         with pytest.raises(PipelineHalted):
@@ -849,20 +853,7 @@ def test_a_compressed_file_replaced_before_a_resume_is_refused(tmp_path: Path, f
     from pipelines import ResumeError
 
     path = _compressed(tmp_path / f"in.{fmt}.gz", "gzip", _numbers(fmt, range(20_000)))
-
-    def stop(record: Any) -> int:
-        n = int(record["n"]) if fmt == "csv" else int(json.loads(record)["n"])
-        if n == 15_000:
-            raise RuntimeError("stop")
-        return n
-
-    read = sources.csv if fmt == "csv" else sources.jsonl
-    flow = (
-        Pipeline("packed")
-        .read(read(path, schema=None, batch_size=100), name="numbers")
-        .map(stop, on_error="halt")
-        .write(sinks.jsonl(tmp_path / "out.jsonl"))
-    )
+    flow = _halting_numbers(path, fmt, {15_000}, tmp_path / "out.jsonl")
     with pytest.raises(PipelineHalted):
         flow.run(recovery=tmp_path / "store", snapshot_interval=0.01)
     _compressed(path, "gzip", _numbers(fmt, range(100_000, 130_000)))
@@ -879,23 +870,8 @@ def test_a_compressed_file_cut_short_is_one_dead_letter_across_a_resume(
     whole = _compressed(tmp_path / "whole.gz", "gzip", _numbers(fmt, range(2_000))).read_bytes()
     (tmp_path / f"a.{fmt}.gz").write_bytes(whole[: len(whole) // 2])
     _compressed(tmp_path / f"b.{fmt}.gz", "gzip", _numbers(fmt, range(10_000, 30_000)))
-    halted = {25_000}
-
-    def stop(record: Any) -> int:
-        n = int(record["n"]) if fmt == "csv" else int(json.loads(record)["n"])
-        if n in halted:
-            halted.discard(n)
-            raise RuntimeError("stop")
-        return n
-
-    read = sources.csv if fmt == "csv" else sources.jsonl
-    flow = (
-        Pipeline("cut")
-        .read(read(tmp_path / f"*.{fmt}.gz", schema=None, batch_size=100), name="numbers")
-        .map(stop, on_error="halt")
-        .write(sinks.jsonl(tmp_path / "out.jsonl"))
-        .dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
-    )
+    flow = _halting_numbers(tmp_path / f"*.{fmt}.gz", fmt, {25_000}, tmp_path / "out.jsonl")
+    flow = flow.dead_letters(sinks.jsonl(tmp_path / "dead.jsonl"))
     store = tmp_path / "store"
     with pytest.raises(PipelineHalted):
         flow.run(recovery=store, snapshot_interval=0.01)
@@ -925,19 +901,8 @@ def test_an_input_file_changed_before_a_resume_is_read_on_only_if_it_grew(
     path.write_text(_numbers(fmt, range(20_000)))
 
     def pipeline(halt_at: int | None = None) -> Pipeline:
-        def stop(record: Any) -> int:
-            n = int(record["n"]) if fmt == "csv" else int(json.loads(record)["n"])
-            if n == halt_at:
-                raise RuntimeError("stop")
-            return n
-
-        read = sources.csv if fmt == "csv" else sources.jsonl
-        return (
-            Pipeline("files")
-            .read(read(path, schema=None, batch_size=100), name="numbers")
-            .map(stop, on_error="halt")
-            .write(sinks.jsonl(tmp_path / "out.jsonl"))
-        )
+        halts = set() if halt_at is None else {halt_at}
+        return _halting_numbers(path, fmt, halts, tmp_path / "out.jsonl")
 
     store = tmp_path / "store"
     with pytest.raises(PipelineHalted):

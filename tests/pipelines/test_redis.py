@@ -36,7 +36,7 @@ from tests.brokers import (
     write_with_a_loop,
     written_ids,
 )
-from tests.helpers import kill_at_random
+from tests.helpers import counted_per_user, kill_at_random, per_user_counts
 
 
 def server_binary() -> str:
@@ -142,28 +142,13 @@ def test_an_entry_without_a_time_is_dated_by_when_the_stream_stored_it(server: S
     read = sources.redis(server.url, ["views"], schema=Click, name="views")
     minutes = []
     for _ in range(2):  # the same windows on every read
-        counted = (
-            Pipeline("dated")
-            .read(read)
-            .key_by(lambda c: c.user)
-            .window(windows.tumbling(minutes=1))
-            .aggregate(n=agg.count())
-            .write(sinks.memory("o"))
-            .run()
-        )
+        counted = counted_per_user(read, windows.tumbling(minutes=1))
         assert counted.reconciles and not counted.dead_letters
         minutes.append(sorted((r.key, r.start.minute, r.n) for r in counted["o"]))
     assert minutes[0] == minutes[1] == [("ada", 0, 2), ("ada", 1, 1), ("bob", 1, 1)]
     # A preview reads the stream's first entries as the run does: dated the same.
-    previewed = (
-        Pipeline("dated")
-        .read(read)
-        .key_by(lambda c: c.user)
-        .window(windows.tumbling(minutes=1))
-        .aggregate(n=agg.count())
-        .write(sinks.redis(server.url, "never"))
-        .preview(limit=3)
-    )
+    never = sinks.redis(server.url, "never")
+    previewed = per_user_counts(read, windows.tumbling(minutes=1), sink=never).preview(limit=3)
     assert sorted((r.key, r.start.minute, r.n) for r in previewed["redis_never"]) == [
         ("ada", 0, 2),
         ("ada", 1, 1),
@@ -198,14 +183,12 @@ def test_windows_of_entries_dated_by_the_stream_match_a_direct_count(server: Ser
             pipe.xadd(stream, {"data": json.dumps(record)}, id=f"{ms}-{i}")
         pipe.execute()
     for batch, workers, processes in ((1000, 1, 1), (7, 2, 1), (50, 1, 2)):
-        result = (
-            Pipeline("dated")
-            .read(sources.redis(server.url, ["a", "b"], schema=Click, batch_size=batch))
-            .key_by(lambda c: c.user)
-            .window(windows.tumbling(seconds=10), clock=windows.event_time(max_delay=5))
-            .aggregate(n=agg.count())
-            .write(sinks.memory("o"))
-            .run(workers=workers, processes=processes)
+        result = counted_per_user(
+            sources.redis(server.url, ["a", "b"], schema=Click, batch_size=batch),
+            windows.tumbling(seconds=10),
+            windows.event_time(max_delay=5),
+            workers=workers,
+            processes=processes,
         )
         got = Counter({(r.key, int(r.start.timestamp() // 10)): r.n for r in result["o"]})
         assert got == expected, (batch, workers, processes)
@@ -583,7 +566,7 @@ pipeline = (
 
 
 def test_the_whole_loop_from_the_command_line(server: Server, tmp_path: Path) -> None:
-    from operators import agg, windows
+    from operators import windows
     from pipelines import testing
     from pipelines.catalog import clickstream
 
