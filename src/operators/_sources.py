@@ -606,10 +606,17 @@ _ARCHIVES = {
 _CUT = (EOFError, OSError, lzma.LZMAError, zlib.error)
 
 
+def _head(path: str) -> bytes:
+    """Return the first bytes of the file at ``path`` (none of a pipe: they would be lost)."""
+    if not os.path.isfile(path):
+        return b""
+    with open(path, "rb") as f:
+        return f.read(6)
+
+
 def compression(path: str) -> str | None:
     """Return how the file at ``path`` is compressed (``gzip``, ``bz2``, ``xz``), or None."""
-    with open(path, "rb") as f:
-        head = f.read(6)
+    head = _head(path)
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
             return kind
@@ -618,8 +625,7 @@ def compression(path: str) -> str | None:
 
 def unreadable_archive(path: str) -> str | None:
     """Say why the file at ``path`` is not read (an archive or a compression it cannot read)."""
-    with open(path, "rb") as f:
-        head = f.read(6)
+    head = _head(path)
     for magic, (what, hint) in _ARCHIVES.items():
         if head.startswith(magic):
             return f"file {path!r} is {what}, which evflow does not read. Hint: {hint}"
@@ -848,6 +854,13 @@ class _FileSource(Source[R]):
                     f"files in it with a glob, e.g. {os.path.join(name, '*.' + self.kind)!r}."
                 )
                 raise IsADirectoryError(msg)
+            if not os.path.isfile(name):
+                msg = (
+                    f"{self.kind} source: {name!r} is no regular file (a pipe or a device): a "
+                    f"file source reads a file it can read again on a resume. Hint: "
+                    f"sources.stdin(schema=...) reads lines piped to the program."
+                )
+                raise ValueError(msg)
         return files
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:

@@ -864,3 +864,13 @@ def test_broker_urls_the_clients_take_are_accepted() -> None:
         assert sources.redis(url, "s").url == url
     for url in ("nats://h:4222", "tls://h:4222", "h:4222"):
         assert sinks.nats(url, "out").url == url
+
+
+def test_a_pipe_named_as_a_file_source_is_refused_saying_what_reads_one(tmp_path: Path) -> None:
+    # It failed inside the reader ("File or stream is not seekable"), in the middle of a run.
+    pipe = tmp_path / "events.jsonl"
+    os.mkfifo(pipe)
+    for read in (sources.jsonl, sources.csv):
+        flow = Pipeline("p").read(read(pipe, schema=None)).write(sinks.memory("o"))
+        with pytest.raises(ValueError, match=r"is no regular file \(a pipe or a device\).*stdin"):
+            flow.run()
