@@ -606,7 +606,7 @@ _ARCHIVES = {
 _CUT = (EOFError, OSError, lzma.LZMAError, zlib.error)
 
 
-def _head(path: str) -> bytes:
+def _first_bytes(path: str) -> bytes:
     """Return the first bytes of the file at ``path`` (none of a pipe: they would be lost)."""
     if not os.path.isfile(path):
         return b""
@@ -616,7 +616,7 @@ def _head(path: str) -> bytes:
 
 def compression(path: str) -> str | None:
     """Return how the file at ``path`` is compressed (``gzip``, ``bz2``, ``xz``), or None."""
-    head = _head(path)
+    head = _first_bytes(path)
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
             return kind
@@ -625,7 +625,7 @@ def compression(path: str) -> str | None:
 
 def unreadable_archive(path: str) -> str | None:
     """Say why the file at ``path`` is not read (an archive or a compression it cannot read)."""
-    head = _head(path)
+    head = _first_bytes(path)
     for magic, (what, hint) in _ARCHIVES.items():
         if head.startswith(magic):
             return f"file {path!r} is {what}, which evflow does not read. Hint: {hint}"
