@@ -868,11 +868,80 @@ class _FileSource(Source[R]):
         return type(self).reader(partition, step, self.batch_size, resume)
 
 
+def json_array(path: str) -> list[Any] | None:
+    """Return the records of a file that is one JSON array over several lines, or None.
+
+    Such a file (``[`` alone on its first line, as ``json.dump(..., indent=2)``
+    writes it) is no JSON Lines: each of its lines would be a dead letter. A
+    first line that is more (a record that is a list) is JSON Lines; so is a
+    file that is no array after all (its lines are dead letters).
+    """
+    kind = compression(path)
+    if unreadable_archive(path) is not None:
+        return None
+    try:
+        with open_file(path, kind, "rb") as f:
+            first = f.readline(64)
+            if first.strip(b"\xef\xbb\xbf \t\r\n") != b"[":
+                return None
+            found = json.loads(first.lstrip(b"\xef\xbb\xbf") + f.read())
+    except (*_CUT, ValueError):
+        return None  # read as lines: each bad one is a dead letter
+    return found if isinstance(found, list) else None
+
+
+class _ArrayReader(Reader):
+    """Reads the records of a file that is one JSON array (see `json_array`).
+
+    Each is handed on as its JSON text, as a line of JSON Lines is; the
+    position is how many were read and a digest of the last.
+    """
+
+    def __init__(
+        self, path: str, step: str, batch: int, resume: Any | None, records: list[Any]
+    ) -> None:
+        self.path = path
+        self.step = step
+        self.batch = batch
+        self.records = records
+        self.done = 0
+        if resume is not None:
+            done, kept = resume
+            if done > len(records) or (done and record_digest(records[done - 1]) != kept):
+                raise _file_changed(step, path, f"record {done} of its JSON array")
+            self.done = done
+
+    def next_chunk(self) -> Chunk | None:
+        first = self.done
+        taken = self.records[first : first + self.batch]
+        if not taken:
+            raise StopIteration
+        self.done += len(taken)
+        items = [json.dumps(r).encode() for r in taken]
+        return Chunk(items, self.step, self.path, first, file=self.path)
+
+    def position(self) -> tuple[int, str | None]:
+        last = record_digest(self.records[self.done - 1]) if self.done else None
+        return (self.done, last)
+
+
+def _jsonl_reader(path: str, step: str, batch: int, resume: Any | None) -> Reader:
+    """Read a JSON Lines file, or the records of a file that is one JSON array."""
+    records = None if isinstance(resume, tuple) and len(resume) > 2 else json_array(path)
+    if records is not None:
+        return _ArrayReader(path, step, batch, resume, records)
+    return _LinesReader(path, step, batch, resume)
+
+
 class JsonlSource(_FileSource[R]):
-    """JSON Lines files: one partition per file, one record per line."""
+    """JSON Lines files: one partition per file, one record per line.
+
+    A file that is one JSON array over several lines (``json.dump(records,
+    f, indent=2)``) is read as its records.
+    """
 
     kind = "jsonl"
-    reader = _LinesReader
+    reader = staticmethod(_jsonl_reader)
 
 
 def _row_digest(fields: list[str]) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import math
 import os
@@ -874,3 +875,38 @@ def test_a_pipe_named_as_a_file_source_is_refused_saying_what_reads_one(tmp_path
         flow = Pipeline("p").read(read(pipe, schema=None)).write(sinks.memory("o"))
         with pytest.raises(ValueError, match=r"is no regular file \(a pipe or a device\).*stdin"):
             flow.run()
+
+
+def test_a_file_that_is_one_json_array_is_read_as_its_records(tmp_path: Path) -> None:
+    # Written by json.dump(..., indent=2) and read as JSON Lines, each of its lines was a
+    # dead letter ("[", "  {", '    "user": "u0",' ...) and no record was read.
+    records: list[Any] = [{"type": "purchase", "user": f"u{i}", "amount": i} for i in range(30)]
+    records[7] = {"type": "purchase", "user": "bad"}  # no amount: a validation dead letter
+    path = tmp_path / "buys.json"
+    path.write_text("\ufeff" + json.dumps(records, indent=2))
+    packed = tmp_path / "buys.json.gz"
+    with gzip.open(packed, "wt") as f:
+        json.dump(records, f, indent=1)
+    for source in (path, packed):
+        result = (
+            Pipeline("a")
+            .read(sources.jsonl(source, schema=Purchase, batch_size=8))
+            .write(sinks.memory("o"))
+            .run()
+        )
+        assert [p.amount for p in result["o"]] == [i for i in range(30) if i != 7]
+        [letter] = result.dead_letters
+        assert letter.kind == "validation" and letter.origin is not None
+        assert (letter.origin.file, letter.origin.offset) == (str(source), 7)
+        assert json.loads(letter.payload) == records[7] and result.reconciles
+        assert result["o"][0].id == f"read_jsonl_buys/{source}/0"
+    # Without a schema each record is its JSON text, as a line of JSON Lines is.
+    raw = testing.outputs(Pipeline("r").read(sources.jsonl(path, schema=None)))
+    assert [json.loads(r) for r in raw] == records
+    # A first line that is JSON by itself is JSON Lines: here, records that are lists.
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text("[1, 2]\n[3]\n")
+    assert testing.outputs(Pipeline("l").read(sources.jsonl(lists, schema=None))) == [
+        b"[1, 2]",
+        b"[3]",
+    ]

@@ -847,6 +847,30 @@ def test_a_compressed_output_killed_at_random_and_resumed_holds_each_record_once
         assert sorted(int(n) for n in f.read().split()) == list(range(30_000))
 
 
+def test_a_json_array_file_halted_and_resumed_writes_each_record_once(tmp_path: Path) -> None:
+    # Its position is a count of its records and a digest of the last: a resume reads on
+    # from there, and one over another array is refused.
+    from pipelines import ResumeError
+
+    path = tmp_path / "numbers.json"
+    path.write_text(json.dumps([{"n": i} for i in range(20_000)], indent=2))
+    out = tmp_path / "out.jsonl"
+    flow = _halting_numbers(path, "jsonl", {4_000, 12_000}, out)
+    store = tmp_path / "store"
+    for _ in range(2):
+        with pytest.raises(PipelineHalted):
+            flow.run(recovery=store, snapshot_interval=0.01)
+    assert flow.run(recovery=store).reconciles
+    assert sorted(int(n) for n in out.read_text().split()) == list(range(20_000))
+    # halted again, then the array changed under the store
+    other = tmp_path / "store2"
+    with pytest.raises(PipelineHalted):
+        _halting_numbers(path, "jsonl", {9_000}, out).run(recovery=other, snapshot_interval=0.01)
+    path.write_text(json.dumps([{"n": -i} for i in range(20_000)], indent=2))
+    with pytest.raises(ResumeError, match=r"no longer holds what was read of it.*JSON array"):
+        flow.run(recovery=other)
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_compressed_file_replaced_before_a_resume_is_refused(tmp_path: Path, fmt: str) -> None:
     # Its position is an offset in what it holds, checked against the bytes before it.
