@@ -984,6 +984,7 @@ class _CsvReader(Reader):
         resume: Any | None,
         delimiter: str | None = None,
         fields: dict[str, str] | None = None,
+        columns: list[str] | None = None,
     ) -> None:
         self.path = path
         self.step = step
@@ -1004,8 +1005,8 @@ class _CsvReader(Reader):
         self.broken: Unreadable | None = None
         #: Whether the dead letter of a refused or broken file was handed on.
         self.told = False
-        header: list[str] = []
-        if self.refused is None:
+        header: list[str] = [] if columns is None else list(columns)
+        if self.refused is None and columns is None:  # the first row names the columns
             try:
                 header = next(self.reader, [])
             except _CUT as exc:
@@ -1229,7 +1230,8 @@ def _header_misses(header: list[str], fields: dict[str, str]) -> str | None:
         return (
             f"the header ({', '.join(header)}) names none of the fields of {classes} "
             f"({', '.join(shown)}): every record would hold only their defaults. Hint: read "
-            f"this file with the schema it was written for, or name its columns after the fields"
+            f"this file with the schema it was written for, or name its columns after the "
+            f"fields; a file without a header row: sources.csv(..., columns=[...])"
         )
     return None
 
@@ -1254,7 +1256,8 @@ class CsvSource(_FileSource[R]):
     """CSV files with a header row: one partition per file, a row per record.
 
     Empty cells are left out. Fields are separated by ``delimiter`` (a comma
-    unless told).
+    unless told). ``columns`` names the columns of files without a header
+    row (their first row is a record).
     """
 
     kind = "csv"
@@ -1267,9 +1270,29 @@ class CsvSource(_FileSource[R]):
         schema: Schema,
         batch_size: int = DEFAULT_BATCH,
         delimiter: str | None = None,
+        columns: list[str] | None = None,
     ) -> None:
         """Read the files matching ``path``, fields separated by ``delimiter``."""
         super().__init__(path, schema=schema, batch_size=batch_size)
+        if columns is not None:
+            named = list(columns) if isinstance(columns, list | tuple) else []
+            if not named or not all(isinstance(c, str) and c for c in named):
+                msg = (
+                    f"csv source: columns must be a list of the names of the file's columns, "
+                    f"in order; got {columns!r}. Hint: columns=['user', 'amount']."
+                )
+                raise ValueError(msg)
+            twice = sorted({c for c in named if named.count(c) > 1})
+            if twice:
+                msg = f"csv source: columns names {twice} more than once; got {named!r}."
+                raise ValueError(msg)
+            columns = named
+            missing = _header_misses(columns, _column_names(schema) or {})
+            if schema is not None and missing is not None:  # refused now, not row by row
+                said = missing.split(". Hint")[0].replace("the header's column", "column")
+                msg = f"csv source: columns={columns!r}: {said.replace('the header (', '(')}."
+                raise ValueError(msg)
+        self.given_columns = columns
         if delimiter is not None and (
             not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"'"
         ):
@@ -1284,7 +1307,15 @@ class CsvSource(_FileSource[R]):
 
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open one file."""
-        return _CsvReader(partition, step, self.batch_size, resume, self.delimiter, self.columns)
+        return _CsvReader(
+            partition,
+            step,
+            self.batch_size,
+            resume,
+            self.delimiter,
+            self.columns,
+            self.given_columns,
+        )
 
 
 Factory = Callable[[random.Random, int], Any]

@@ -189,6 +189,7 @@ def csv(
     schema: type[E],
     batch_size: int = ...,
     delimiter: str | None = ...,
+    columns: list[str] | None = ...,
 ) -> CsvSource[E]: ...
 
 
@@ -199,6 +200,7 @@ def csv(
     schema: tuple[type[E], type[E2]],
     batch_size: int = ...,
     delimiter: str | None = ...,
+    columns: list[str] | None = ...,
 ) -> CsvSource[E | E2]: ...
 
 
@@ -209,6 +211,7 @@ def csv(
     schema: tuple[type[E], type[E2], type[E3]],
     batch_size: int = ...,
     delimiter: str | None = ...,
+    columns: list[str] | None = ...,
 ) -> CsvSource[E | E2 | E3]: ...
 
 
@@ -219,6 +222,7 @@ def csv(
     schema: tuple[type[E], type[E2], type[E3], type[E4]],
     batch_size: int = ...,
     delimiter: str | None = ...,
+    columns: list[str] | None = ...,
 ) -> CsvSource[E | E2 | E3 | E4]: ...
 
 
@@ -229,6 +233,7 @@ def csv(
     schema: Schema,
     batch_size: int = ...,
     delimiter: str | None = ...,
+    columns: list[str] | None = ...,
 ) -> CsvSource[Any]: ...
 
 
@@ -238,15 +243,19 @@ def csv(
     schema: Schema,
     batch_size: int = DEFAULT_BATCH,
     delimiter: str | None = None,
+    columns: list[str] | None = None,
 ) -> CsvSource[Any]:
     r"""Read CSV files with a header row (a path or a glob), one partition per file.
 
     Fields are separated by commas, or by ``delimiter`` (one character, such
     as ``";"`` or ``"\t"``). Without one, a file whose header is one column
     that another common separator splits is refused row by row, with a hint
-    to name it.
+    to name it. ``columns=["user", "amount"]`` reads files without a header
+    row: their first row is a record.
     """
-    return CsvSource(path, schema=schema, batch_size=batch_size, delimiter=delimiter)
+    return CsvSource(
+        path, schema=schema, batch_size=batch_size, delimiter=delimiter, columns=columns
+    )
 
 
 class _GenerateOptions(TypedDict, total=False):

@@ -910,3 +910,26 @@ def test_a_file_that_is_one_json_array_is_read_as_its_records(tmp_path: Path) ->
         b"[1, 2]",
         b"[3]",
     ]
+
+
+def test_columns_reads_a_csv_file_without_a_header_row(tmp_path: Path) -> None:
+    # Its first row was taken for the header: that record was never read, and every
+    # other row was a dead letter saying the header named none of the fields.
+    path = tmp_path / "buys.csv"
+    path.write_text("purchase,ada,3\npurchase,bob\npurchase,eve,5\n")
+    unnamed = Pipeline("c").read(sources.csv(path, schema=Purchase)).write(sinks.memory("o"))
+    letters = unnamed.run().dead_letters
+    assert letters and letters[0].message.endswith("sources.csv(..., columns=[...])")
+    named = sources.csv(path, schema=Purchase, columns=["type", "user", "amount"])
+    result = Pipeline("c").read(named).write(sinks.memory("o")).run()
+    assert [(p.user, p.amount) for p in result["o"]] == [("ada", 3.0), ("eve", 5.0)]
+    [short] = result.dead_letters  # a row cut short, on its own line
+    assert short.origin is not None and short.origin.line == 2 and result.reconciles
+    # Names that would leave every record of its defaults are refused when the step is made.
+    with pytest.raises(ValueError, match=r"column 'amout' is no field of Purchase, but 'amount'"):
+        sources.csv(path, schema=Purchase, columns=["type", "user", "amout"])
+    for bad in ("type,user,amount", [], ["user", ""]):
+        with pytest.raises(ValueError, match=r"columns must be a list of the names"):
+            sources.csv(path, schema=Purchase, columns=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"columns names \['user'\] more than once"):
+        sources.csv(path, schema=Purchase, columns=["user", "user"])
