@@ -868,13 +868,15 @@ class _FileSource(Source[R]):
         return type(self).reader(partition, step, self.batch_size, resume)
 
 
-def json_array(path: str) -> list[Any] | None:
-    """Return the records of a file that is one JSON array over several lines, or None.
+def json_document(path: str) -> list[Any] | None:
+    """Return the records of a file of JSON written over several lines, or None.
 
-    Such a file (``[`` alone on its first line, as ``json.dump(..., indent=2)``
-    writes it) is no JSON Lines: each of its lines would be a dead letter. A
-    first line that is more (a record that is a list) is JSON Lines; so is a
-    file that is no array after all (its lines are dead letters).
+    Such a file is no JSON Lines, and each of its lines would be a dead
+    letter: one JSON array (``[`` alone on its first line, as
+    ``json.dump(records, f, indent=2)`` writes it), or records one after
+    another, each over several lines (``{`` alone on the first line, as
+    ``jq '.[]'`` writes them). A first line that is more is JSON Lines; so
+    is a file that is no such document after all (its lines are dead letters).
     """
     kind = compression(path)
     if unreadable_archive(path) is not None:
@@ -882,16 +884,46 @@ def json_array(path: str) -> list[Any] | None:
     try:
         with open_file(path, kind, "rb") as f:
             first = f.readline(64)
-            if first.strip(b"\xef\xbb\xbf \t\r\n") != b"[":
+            opening = first.strip(b"\xef\xbb\xbf \t\r\n")
+            if opening not in (b"[", b"{"):
                 return None
-            found = json.loads(first.lstrip(b"\xef\xbb\xbf") + f.read())
+            text = (first + f.read()).decode("utf-8").lstrip("\ufeff")
     except (*_CUT, ValueError):
         return None  # read as lines: each bad one is a dead letter
-    return found if isinstance(found, list) else None
+    if opening == b"[":
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return None
+        return found if isinstance(found, list) else None
+    return _one_after_another(text)
+
+
+def _one_after_another(text: str) -> list[Any] | None:
+    r"""Return the JSON objects ``text`` holds one after another, or None if it holds more.
+
+    >>> _one_after_another('{"a": 1}\n{\n  "a": 2\n}\n'), _one_after_another('{"a": 1} 7')
+    ([{'a': 1}, {'a': 2}], None)
+    """
+    decode = json.JSONDecoder().raw_decode
+    records: list[Any] = []
+    at = 0
+    while True:
+        while at < len(text) and text[at] in " \t\r\n":
+            at += 1
+        if at == len(text):
+            return records
+        try:
+            record, at = decode(text, at)
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+        records.append(record)
 
 
 class _ArrayReader(Reader):
-    """Reads the records of a file that is one JSON array (see `json_array`).
+    """Reads the records of a file of JSON over several lines (see `json_document`).
 
     Each is handed on as its JSON text, as a line of JSON Lines is; the
     position is how many were read and a digest of the last.
@@ -908,7 +940,7 @@ class _ArrayReader(Reader):
         if resume is not None:
             done, kept = resume
             if done > len(records) or (done and record_digest(records[done - 1]) != kept):
-                raise _file_changed(step, path, f"record {done} of its JSON array")
+                raise _file_changed(step, path, f"its JSON record {done}")
             self.done = done
 
     def next_chunk(self) -> Chunk | None:
@@ -926,8 +958,8 @@ class _ArrayReader(Reader):
 
 
 def _jsonl_reader(path: str, step: str, batch: int, resume: Any | None) -> Reader:
-    """Read a JSON Lines file, or the records of a file that is one JSON array."""
-    records = None if isinstance(resume, tuple) and len(resume) > 2 else json_array(path)
+    """Read a JSON Lines file, or the records of a file of JSON over several lines."""
+    records = None if isinstance(resume, tuple) and len(resume) > 2 else json_document(path)
     if records is not None:
         return _ArrayReader(path, step, batch, resume, records)
     return _LinesReader(path, step, batch, resume)
@@ -936,8 +968,8 @@ def _jsonl_reader(path: str, step: str, batch: int, resume: Any | None) -> Reade
 class JsonlSource(_FileSource[R]):
     """JSON Lines files: one partition per file, one record per line.
 
-    A file that is one JSON array over several lines (``json.dump(records,
-    f, indent=2)``) is read as its records.
+    A file of JSON over several lines (see `json_document`) is read as its
+    records.
     """
 
     kind = "jsonl"

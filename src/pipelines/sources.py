@@ -175,9 +175,10 @@ def jsonl(
     """Read JSON Lines files (a path or a glob), one partition per file.
 
     A malformed line or a schema violation becomes a dead letter naming the
-    file and line. A file that is one JSON array over several lines is read
-    as its records. A file compressed with gzip, bzip2 or xz is read as what
-    it holds (so is a csv file).
+    file and line. A file that is one JSON array over several lines, or
+    records one after another each over several lines, is read as its
+    records. A file compressed with gzip, bzip2 or xz is read as what it
+    holds (so is a csv file).
     """
     return JsonlSource(path, schema=schema, batch_size=batch_size)
 

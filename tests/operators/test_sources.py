@@ -877,7 +877,7 @@ def test_a_pipe_named_as_a_file_source_is_refused_saying_what_reads_one(tmp_path
             flow.run()
 
 
-def test_a_file_that_is_one_json_array_is_read_as_its_records(tmp_path: Path) -> None:
+def test_a_file_of_json_over_several_lines_is_read_as_its_records(tmp_path: Path) -> None:
     # Written by json.dump(..., indent=2) and read as JSON Lines, each of its lines was a
     # dead letter ("[", "  {", '    "user": "u0",' ...) and no record was read.
     records: list[Any] = [{"type": "purchase", "user": f"u{i}", "amount": i} for i in range(30)]
@@ -900,6 +900,11 @@ def test_a_file_that_is_one_json_array_is_read_as_its_records(tmp_path: Path) ->
         assert (letter.origin.file, letter.origin.offset) == (str(source), 7)
         assert json.loads(letter.payload) == records[7] and result.reconciles
         assert result["o"][0].id == f"read_jsonl_buys/{source}/0"
+    # Records one after another, each over several lines (as `jq '.[]'` writes them).
+    spread = tmp_path / "spread.json"
+    spread.write_text("".join(json.dumps(r, indent=2) + "\n" for r in records))
+    result = Pipeline("s").read(sources.jsonl(spread, schema=Purchase)).write(sinks.memory("o"))
+    assert len(result.run()["o"]) == 29
     # Without a schema each record is its JSON text, as a line of JSON Lines is.
     raw = testing.outputs(Pipeline("r").read(sources.jsonl(path, schema=None)))
     assert [json.loads(r) for r in raw] == records
