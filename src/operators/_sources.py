@@ -547,6 +547,8 @@ def digest(data: bytes) -> str:
 
 #: How many bytes before a file position its digest covers.
 TAIL = 256
+#: How often a followed file is looked at again once all of it is read (seconds).
+FOLLOW_POLL = 0.05
 
 
 def tail_before(fd: int, offset: int) -> bytes:
@@ -664,7 +666,9 @@ class _LinesReader(Reader):
     end passed over if that is what came.
     """
 
-    def __init__(self, path: str, step: str, batch: int, resume: Any | None) -> None:
+    def __init__(
+        self, path: str, step: str, batch: int, resume: Any | None, follow: bool = False
+    ) -> None:
         self.path = path
         self.step = step
         self.batch = batch
@@ -672,6 +676,11 @@ class _LinesReader(Reader):
         self.refused = unreadable_archive(path)
         #: How the file is compressed (None: not): its offsets are then in what it holds.
         self.kind = compression(path)
+        #: Whether to wait at the end for lines still to be written (a compressed file
+        #: is read whole), and when to look again.
+        self.follow = follow and self.kind is None and self.refused is None
+        self.read_ahead = not self.follow
+        self.wake: datetime | None = None
         self.file = open_file(path, self.kind, "rb")
         #: The last bytes read of a compressed file (`TAIL` at most), for `position`.
         self.tail = b""
@@ -781,8 +790,18 @@ class _LinesReader(Reader):
                 lines.append(line.rstrip(b"\r\n"))
         else:
             raw = self._read_compressed(lines)
+        if self.follow and lines and raw[-1:] != b"\n":
+            # Its writer has not ended the last line yet: it is read once it is whole.
+            self.file.seek(self.file.tell() - len(raw))
+            lines.pop()
+            raw = b"\n"  # the lines left are whole
         if not lines:
-            raise StopIteration
+            if not self.follow:
+                raise StopIteration
+            self._not_cut()
+            self.wake = datetime.now(timezone.utc) + timedelta(seconds=FOLLOW_POLL)
+            return None
+        self.wake = None
         if raw[-1:] != b"\n":  # the file's last line, with no line end (yet)
             self.open_line = self.file.tell() - len(raw)
         chunk = Chunk(
@@ -796,6 +815,23 @@ class _LinesReader(Reader):
         )
         self.line += len(lines)
         return chunk
+
+    def _not_cut(self) -> None:
+        """Refuse to go on following a file cut shorter than what was read of it."""
+        size = os.fstat(self.file.fileno()).st_size
+        if size < self.file.tell():
+            msg = (
+                f"step {self.step!r}: file {self.path!r} was cut while it was followed (it holds "
+                f"{size} bytes; {self.file.tell()} were read): what was written in its place "
+                f"cannot be told apart from what was read. Hint: rotate such a file by renaming "
+                f"it (a run follows the files there when it started), not by cutting it "
+                f"(copytruncate)"
+            )
+            raise ValueError(msg)
+
+    def next_awake(self) -> datetime | None:
+        """When to look again at the end of a followed file (None: at once)."""
+        return self.wake
 
     def position(self) -> tuple[int, int, str, int | None, bool]:
         if self.broken:  # read to where it cannot be read on, its dead letter handed on
@@ -957,12 +993,14 @@ class _ArrayReader(Reader):
         return (self.done, last)
 
 
-def _jsonl_reader(path: str, step: str, batch: int, resume: Any | None) -> Reader:
+def _jsonl_reader(
+    path: str, step: str, batch: int, resume: Any | None, follow: bool = False
+) -> Reader:
     """Read a JSON Lines file, or the records of a file of JSON over several lines."""
     records = None if isinstance(resume, tuple) and len(resume) > 2 else json_document(path)
     if records is not None:
         return _ArrayReader(path, step, batch, resume, records)
-    return _LinesReader(path, step, batch, resume)
+    return _LinesReader(path, step, batch, resume, follow)
 
 
 class JsonlSource(_FileSource[R]):
@@ -974,6 +1012,25 @@ class JsonlSource(_FileSource[R]):
 
     kind = "jsonl"
     reader = staticmethod(_jsonl_reader)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        schema: Schema,
+        batch_size: int = DEFAULT_BATCH,
+        follow: bool = False,
+    ) -> None:
+        """Read the files matching ``path``; ``follow``: wait at their end for more lines."""
+        super().__init__(path, schema=schema, batch_size=batch_size)
+        if not isinstance(follow, bool):
+            msg = f"jsonl source: follow must be True or False; got {follow!r}."
+            raise TypeError(msg)
+        self.follow = follow
+
+    def open(self, partition: str, step: str, resume: Any | None) -> Reader:
+        """Open one file (followed, if told)."""
+        return _jsonl_reader(partition, step, self.batch_size, resume, self.follow)
 
 
 def _row_digest(fields: list[str]) -> str:

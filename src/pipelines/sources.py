@@ -135,13 +135,17 @@ def memory(
 
 @overload
 def jsonl(
-    path: str | os.PathLike[str], *, schema: type[E], batch_size: int = ...
+    path: str | os.PathLike[str], *, schema: type[E], batch_size: int = ..., follow: bool = ...
 ) -> JsonlSource[E]: ...
 
 
 @overload
 def jsonl(
-    path: str | os.PathLike[str], *, schema: tuple[type[E], type[E2]], batch_size: int = ...
+    path: str | os.PathLike[str],
+    *,
+    schema: tuple[type[E], type[E2]],
+    batch_size: int = ...,
+    follow: bool = ...,
 ) -> JsonlSource[E | E2]: ...
 
 
@@ -151,6 +155,7 @@ def jsonl(
     *,
     schema: tuple[type[E], type[E2], type[E3]],
     batch_size: int = ...,
+    follow: bool = ...,
 ) -> JsonlSource[E | E2 | E3]: ...
 
 
@@ -160,17 +165,22 @@ def jsonl(
     *,
     schema: tuple[type[E], type[E2], type[E3], type[E4]],
     batch_size: int = ...,
+    follow: bool = ...,
 ) -> JsonlSource[E | E2 | E3 | E4]: ...
 
 
 @overload
 def jsonl(
-    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = ...
+    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = ..., follow: bool = ...
 ) -> JsonlSource[Any]: ...
 
 
 def jsonl(
-    path: str | os.PathLike[str], *, schema: Schema, batch_size: int = DEFAULT_BATCH
+    path: str | os.PathLike[str],
+    *,
+    schema: Schema,
+    batch_size: int = DEFAULT_BATCH,
+    follow: bool = False,
 ) -> JsonlSource[Any]:
     """Read JSON Lines files (a path or a glob), one partition per file.
 
@@ -178,9 +188,11 @@ def jsonl(
     file and line. A file that is one JSON array over several lines, or
     records one after another each over several lines, is read as its
     records. A file compressed with gzip, bzip2 or xz is read as what it
-    holds (so is a csv file).
+    holds (so is a csv file). ``follow=True`` reads on as lines are added to
+    the files (as ``tail -f`` does) until the run is stopped; a line is read
+    once its writer has ended it.
     """
-    return JsonlSource(path, schema=schema, batch_size=batch_size)
+    return JsonlSource(path, schema=schema, batch_size=batch_size, follow=follow)
 
 
 @overload

@@ -847,6 +847,76 @@ def test_a_compressed_output_killed_at_random_and_resumed_holds_each_record_once
         assert sorted(int(n) for n in f.read().split()) == list(range(30_000))
 
 
+FOLLOW_APP = """
+import json, os, time
+from pipelines import Pipeline, sinks, sources
+
+def slow(line):
+    time.sleep(0.0005)
+    return json.loads(line)
+
+pipeline = (
+    Pipeline("follow")
+    .read(sources.jsonl(os.environ["IN"], schema=None, batch_size=20, follow=True))
+    .map(slow)
+    .write(sinks.jsonl(os.environ["OUT"]))
+    .dead_letters(sinks.jsonl(os.environ["DEAD"]))
+)
+"""
+
+
+def test_a_followed_file_reads_lines_as_they_are_written_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    # Without follow=True a file source ends at the end of what is written when it gets
+    # there. Followed, lines appended later are read, a line is read once its writer ends
+    # it (written in two parts here), and a run killed and resumed reads each line once.
+    from tests.helpers import kill_at_random
+
+    app = tmp_path / "app.py"
+    app.write_text(FOLLOW_APP)
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3000)))
+    dead = tmp_path / "dead.jsonl"
+    env = {**os.environ, "IN": str(source), "OUT": str(out), "DEAD": str(dead)}
+    run = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"]
+    run += ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
+    assert kill_at_random(run, env, kills=2, seed=5, after=(0.8, 1.4)) == 2
+    proc = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+
+    def written() -> list[int]:
+        lines = out.read_text().splitlines() if out.exists() else []
+        return [json.loads(line)["n"] for line in lines]
+
+    deadline = time.monotonic() + 60
+    while len(written()) < 3000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with source.open("a") as f:
+        f.write('{"n": 3000}\n{"n": 30')  # a whole line and the start of the next, at once
+        f.flush()
+        while len(written()) < 3001 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the reader has met the end of the file in the middle of a line
+        f.write("01}\n")
+    while len(written()) < 3002 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert sorted(written()) == list(range(3002))
+    assert dead.read_text() == ""  # no line was read before its writer ended it
+    # A followed file cut shorter than what was read stops the run, saying so (a resume
+    # over it is refused: the bytes before its position are not what was read).
+    out.unlink()
+    plain = subprocess.Popen(run[:-4], env=env, stderr=subprocess.PIPE, text=True)
+    while len(written()) < 3002 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    source.write_text("")
+    _, err = plain.communicate(timeout=30)
+    assert plain.returncode == 1 and "was cut while it was followed" in err, err[-2000:]
+
+
 def test_a_json_array_file_halted_and_resumed_writes_each_record_once(tmp_path: Path) -> None:
     # Its position is a count of its records and a digest of the last: a resume reads on
     # from there, and one over another array is refused.
