@@ -777,7 +777,10 @@ class _LinesReader(Reader):
             letter = Unreadable("", ValueError(self.refused))
             return Chunk([letter], self.step, self.path, 0, file=self.path, unreadable=True)
         if self.open_line is not None and not self._reopen(self.open_line):
-            raise StopIteration  # the end, as far as is written yet
+            if not self.follow:
+                raise StopIteration  # the end, as far as is written yet
+            self.wake = datetime.now(timezone.utc) + timedelta(seconds=FOLLOW_POLL)
+            return None  # (a position kept by a run that did not follow the file)
         lines: list[Any] = []
         raw = b""
         if self.kind is None:
