@@ -827,6 +827,14 @@ pipeline = (
 """
 
 
+def _recovering_app(tmp_path: Path, text: str) -> list[str]:
+    """Write the app ``text`` and return the command that runs it with a recovery store."""
+    app = tmp_path / "app.py"
+    app.write_text(text)
+    run = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"]
+    return [*run, "--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
+
+
 def test_a_compressed_output_killed_at_random_and_resumed_holds_each_record_once(
     tmp_path: Path,
 ) -> None:
@@ -834,12 +842,9 @@ def test_a_compressed_output_killed_at_random_and_resumed_holds_each_record_once
     # the end of the last stream its snapshot covers, so the file stays whole.
     from tests.helpers import kill_at_random
 
-    app = tmp_path / "app.py"
-    app.write_text(PACKED_APP)
+    run = _recovering_app(tmp_path, PACKED_APP)
     out = tmp_path / "out.jsonl.gz"
     env = {**os.environ, "OUT": str(out)}
-    run = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"]
-    run += ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
     assert kill_at_random(run, env, kills=3, seed=3, after=(1.0, 2.0)) == 3
     done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -873,14 +878,11 @@ def test_a_followed_file_reads_lines_as_they_are_written_and_resumes_exactly(
     # it (written in two parts here), and a run killed and resumed reads each line once.
     from tests.helpers import kill_at_random
 
-    app = tmp_path / "app.py"
-    app.write_text(FOLLOW_APP)
+    run = _recovering_app(tmp_path, FOLLOW_APP)
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(3000)))
     dead = tmp_path / "dead.jsonl"
     env = {**os.environ, "IN": str(source), "OUT": str(out), "DEAD": str(dead)}
-    run = [sys.executable, "-m", "pipelines", "run", f"{app}:pipeline", "--quiet"]
-    run += ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.1"]
     assert kill_at_random(run, env, kills=2, seed=5, after=(0.8, 1.4)) == 2
     proc = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
 
