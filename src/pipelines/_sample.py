@@ -6,6 +6,7 @@ itself (`Pipeline.rebuilt`).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -152,6 +153,9 @@ def _first_chunks(source: Source[Any], limit: int, timeout: float = 10.0) -> lis
     As read: each keeps its partition, its records' names in it and when
     their broker stored them, which a preview's run reads as the source's.
     """
+    if getattr(source, "follow", False):  # a sample is what the files hold now
+        source = copy.copy(source)
+        source.follow = False  # type: ignore[attr-defined]
     chunks: list[Chunk] = []
     taken = 0
     deadline = time.monotonic() + timeout

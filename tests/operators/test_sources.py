@@ -938,3 +938,17 @@ def test_columns_reads_a_csv_file_without_a_header_row(tmp_path: Path) -> None:
             sources.csv(path, schema=Purchase, columns=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"columns names \['user'\] more than once"):
         sources.csv(path, schema=Purchase, columns=["user", "user"])
+
+
+def test_a_preview_of_a_followed_file_reads_what_it_holds_and_ends(tmp_path: Path) -> None:
+    # A followed file never ends: a preview waited out its 10 s for records to come.
+    path = tmp_path / "live.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    flow = Pipeline("p").read(sources.jsonl(path, schema=None, follow=True))
+    started = time.monotonic()
+    assert flow.write(sinks.memory("o")).preview()["o"] == [b'{"a": 1}', b'{"a": 2}']
+    assert testing.head(sources.jsonl(path, schema=None, follow=True), 5) == [
+        b'{"a": 1}',
+        b'{"a": 2}',
+    ]
+    assert time.monotonic() - started < 5
