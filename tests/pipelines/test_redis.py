@@ -149,6 +149,11 @@ def test_an_entry_without_a_time_is_dated_by_when_the_stream_stored_it(server: S
     # A preview reads the stream's first entries as the run does: dated the same.
     never = sinks.redis(server.url, "never")
     previewed = per_user_counts(read, windows.tumbling(minutes=1), sink=never).preview(limit=3)
+    # A live read's preview takes what the stream holds now (it waited 10 s for more).
+    live = sources.redis(server.url, ["views"], schema=Click, until=None)
+    started = time.monotonic()
+    assert len(per_user_counts(live, windows.tumbling(minutes=1)).preview()["o"]) == 3
+    assert time.monotonic() - started < 5
     assert sorted((r.key, r.start.minute, r.n) for r in previewed["redis_never"]) == [
         ("ada", 0, 2),
         ("ada", 1, 1),
