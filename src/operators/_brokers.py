@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -293,6 +294,14 @@ class BrokerSource(Source[R]):
     def partitions(self) -> list[str]:
         """One partition per stream."""
         return list(self.streams)
+
+    def held_now(self) -> BrokerSource[R]:
+        """Return this source, read up to the end the streams have now (not live)."""
+        if self.until is not None:
+            return self
+        now = copy.copy(self)
+        now.until = "end"
+        return now
 
 
 class BrokerSink(Sink):

@@ -7,11 +7,9 @@ packet's lists go to their sinks, and its dead letters to the dead-letter sink.
 
 from __future__ import annotations
 
-import bz2
 import errno
 import gzip
 import json
-import lzma
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -36,7 +34,7 @@ from operators._deadletter import (
     jsonable,
     payload_text,
 )
-from operators._sources import TAIL, digest, file_path, slug, tail_before
+from operators._sources import CODECS, SUFFIXES, TAIL, digest, file_path, slug, tail_before
 from operators._stage import (
     COUNTER_FIELDS,
     Counters,
@@ -329,14 +327,13 @@ def packer(path: str) -> Callable[[bytes], bytes] | None:
     >>> gzip.decompress(pack(b"a\n") + pack(b"b\n")), packer("out.jsonl") is None
     (b'a\nb\n', True)
     """
-    suffix = os.path.splitext(path)[1]
-    if suffix == ".gz":
+    kind = SUFFIXES.get(os.path.splitext(path)[1])
+    if kind is None:
+        return None
+    if kind == "gzip":  # the same bytes on every run: no time in the header
         return partial(gzip.compress, compresslevel=6, mtime=0)
-    if suffix == ".bz2":
-        return bz2.compress
-    if suffix == ".xz":
-        return lzma.compress
-    return None
+    pack: Callable[[bytes], bytes] = CODECS[kind].compress
+    return pack
 
 
 class _SharedFile:
@@ -399,7 +396,7 @@ class JsonlSink(ExactSink):
     def label(self) -> str:
         """Name the write step after the file (less a compressed file's suffixes)."""
         stem = os.path.splitext(os.path.basename(self.path))[0]
-        if packer(self.path) is not None:
+        if os.path.splitext(self.path)[1] in SUFFIXES:
             stem = os.path.splitext(stem)[0]
         return f"jsonl_{slug(stem)}"
 

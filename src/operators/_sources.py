@@ -10,6 +10,7 @@ is what bytewax snapshots for recovery.
 from __future__ import annotations
 
 import bz2
+import copy
 import csv
 import dataclasses
 import difflib
@@ -142,6 +143,13 @@ class Source(ABC, Generic[R]):
     @abstractmethod
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open a reader on ``partition``, resuming at ``resume`` if given."""
+
+    def held_now(self) -> Source[R]:
+        """Return a source of what this one holds now: itself, unless it waits for more.
+
+        A sample (`testing.head`, a preview) reads it, and ends.
+        """
+        return self
 
 
 class _Partition(StatefulSourcePartition[Chunk, Any]):
@@ -598,6 +606,10 @@ def _expand(path_or_glob: str | os.PathLike[str]) -> list[str]:
 
 #: The first bytes of the compressed files a file source reads, and their kind.
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+#: The module that reads and writes each kind.
+CODECS: dict[str, Any] = {"gzip": gzip, "bz2": bz2, "xz": lzma}
+#: The kind a file name's suffix says (what `sinks.jsonl` writes such a path in).
+SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 #: The first bytes of archives it does not read, and what to do with them.
 _ARCHIVES = {
     b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (zstd -d)"),
@@ -608,41 +620,31 @@ _ARCHIVES = {
 _CUT = (EOFError, OSError, lzma.LZMAError, zlib.error)
 
 
-def _first_bytes(path: str) -> bytes:
-    """Return the first bytes of the file at ``path`` (none of a pipe: they would be lost)."""
-    if not os.path.isfile(path):
-        return b""
-    with open(path, "rb") as f:
-        return f.read(6)
+def sniff(path: str) -> tuple[str | None, str | None]:
+    """Return how the file at ``path`` is compressed, and why it is not read, from its first bytes.
 
-
-def compression(path: str) -> str | None:
-    """Return how the file at ``path`` is compressed (``gzip``, ``bz2``, ``xz``), or None."""
-    head = _first_bytes(path)
+    The kind is ``gzip``, ``bz2``, ``xz`` or None (not compressed); the
+    reason names an archive or a compression evflow does not read (None: it
+    is read). A pipe is not looked at: its first bytes would be lost.
+    """
+    head = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(6)
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
-            return kind
-    return None
-
-
-def unreadable_archive(path: str) -> str | None:
-    """Say why the file at ``path`` is not read (an archive or a compression it cannot read)."""
-    head = _first_bytes(path)
+            return kind, None
     for magic, (what, hint) in _ARCHIVES.items():
         if head.startswith(magic):
-            return f"file {path!r} is {what}, which evflow does not read. Hint: {hint}"
-    return None
+            return None, f"file {path!r} is {what}, which evflow does not read. Hint: {hint}"
+    return None, None
 
 
 def open_file(path: str, kind: str | None, mode: str, **text: Any) -> Any:
-    """Open ``path`` for reading, decompressing it as ``kind`` says (see `compression`)."""
-    if kind == "gzip":
-        return gzip.open(path, mode, **text)
-    if kind == "bz2":
-        return bz2.open(path, mode, **text)
-    if kind == "xz":
-        return lzma.open(path, mode, **text)
-    return open(path, mode, **text)
+    """Open ``path`` for reading, decompressing it as ``kind`` says (see `sniff`)."""
+    if kind is None:
+        return open(path, mode, **text)
+    return CODECS[kind].open(path, mode, **text)
 
 
 def cut_short(path: str, kind: str, exc: BaseException) -> Unreadable:
@@ -667,15 +669,20 @@ class _LinesReader(Reader):
     """
 
     def __init__(
-        self, path: str, step: str, batch: int, resume: Any | None, follow: bool = False
+        self,
+        path: str,
+        step: str,
+        batch: int,
+        resume: Any | None,
+        follow: bool = False,
+        sniffed: tuple[str | None, str | None] | None = None,
     ) -> None:
         self.path = path
         self.step = step
         self.batch = batch
-        #: Why the file is not read (an archive), or None.
-        self.refused = unreadable_archive(path)
-        #: How the file is compressed (None: not): its offsets are then in what it holds.
-        self.kind = compression(path)
+        #: How the file is compressed (None: not): its offsets are then in what it holds;
+        #: and why the file is not read (an archive), or None (``sniffed``: told).
+        self.kind, self.refused = sniff(path) if sniffed is None else sniffed
         #: Whether to wait at the end for lines still to be written (a compressed file
         #: is read whole), and when to look again.
         self.follow = follow and self.kind is None and self.refused is None
@@ -779,8 +786,8 @@ class _LinesReader(Reader):
         if self.open_line is not None and not self._reopen(self.open_line):
             if not self.follow:
                 raise StopIteration  # the end, as far as is written yet
-            self.wake = datetime.now(timezone.utc) + timedelta(seconds=FOLLOW_POLL)
-            return None  # (a position kept by a run that did not follow the file)
+            self._wait()  # (a position kept by a run that did not follow the file)
+            return None
         lines: list[Any] = []
         raw = b""
         if self.kind is None:
@@ -802,7 +809,7 @@ class _LinesReader(Reader):
             if not self.follow:
                 raise StopIteration
             self._not_cut()
-            self.wake = datetime.now(timezone.utc) + timedelta(seconds=FOLLOW_POLL)
+            self._wait()
             return None
         self.wake = None
         if raw[-1:] != b"\n":  # the file's last line, with no line end (yet)
@@ -818,6 +825,10 @@ class _LinesReader(Reader):
         )
         self.line += len(lines)
         return chunk
+
+    def _wait(self) -> None:
+        """Look at a followed file again in a moment: nothing more is written yet."""
+        self.wake = datetime.now(timezone.utc) + timedelta(seconds=FOLLOW_POLL)
 
     def _not_cut(self) -> None:
         """Refuse to go on following a file cut shorter than what was read of it."""
@@ -876,7 +887,7 @@ class _FileSource(Source[R]):
     def label(self) -> str:
         """Name the read step after the file pattern (less a compressed file's suffixes)."""
         name = Path(self.path)
-        if name.suffix in (".gz", ".bz2", ".xz"):
+        if name.suffix in SUFFIXES:
             name = name.with_suffix("")
         return f"{self.kind}_" + slug(name.stem)
 
@@ -907,7 +918,7 @@ class _FileSource(Source[R]):
         return type(self).reader(partition, step, self.batch_size, resume)
 
 
-def json_document(path: str) -> list[Any] | None:
+def json_document(path: str, kind: str | None) -> list[Any] | None:
     """Return the records of a file of JSON written over several lines, or None.
 
     Such a file is no JSON Lines, and each of its lines would be a dead
@@ -916,10 +927,8 @@ def json_document(path: str) -> list[Any] | None:
     another, each over several lines (``{`` alone on the first line, as
     ``jq '.[]'`` writes them). A first line that is more is JSON Lines; so
     is a file that is no such document after all (its lines are dead letters).
+    ``kind``: how it is compressed (see `sniff`).
     """
-    kind = compression(path)
-    if unreadable_archive(path) is not None:
-        return None
     try:
         with open_file(path, kind, "rb") as f:
             first = f.readline(64)
@@ -1000,10 +1009,12 @@ def _jsonl_reader(
     path: str, step: str, batch: int, resume: Any | None, follow: bool = False
 ) -> Reader:
     """Read a JSON Lines file, or the records of a file of JSON over several lines."""
-    records = None if isinstance(resume, tuple) and len(resume) > 2 else json_document(path)
+    kind, refused = sniff(path)
+    lines_position = isinstance(resume, tuple) and len(resume) > 2
+    records = None if lines_position or refused else json_document(path, kind)
     if records is not None:
         return _ArrayReader(path, step, batch, resume, records)
-    return _LinesReader(path, step, batch, resume, follow)
+    return _LinesReader(path, step, batch, resume, follow, (kind, refused))
 
 
 class JsonlSource(_FileSource[R]):
@@ -1034,6 +1045,14 @@ class JsonlSource(_FileSource[R]):
     def open(self, partition: str, step: str, resume: Any | None) -> Reader:
         """Open one file (followed, if told)."""
         return _jsonl_reader(partition, step, self.batch_size, resume, self.follow)
+
+    def held_now(self) -> JsonlSource[R]:
+        """Return this source, not following its files (what they hold now)."""
+        if not self.follow:
+            return self
+        now = copy.copy(self)
+        now.follow = False
+        return now
 
 
 def _row_digest(fields: list[str]) -> str:
@@ -1082,9 +1101,8 @@ class _CsvReader(Reader):
         self.step = step
         self.batch = batch
         self.delimiter = delimiter or ","
-        #: Why the file is not read (an archive), or None.
-        self.refused = unreadable_archive(path)
-        self.kind = compression(path)
+        #: How the file is compressed, and why it is not read (an archive), or None.
+        self.kind, self.refused = sniff(path)
         # Undecodable bytes survive as surrogates, so one bad row spoils no other.
         self.file = open_file(
             path, self.kind, "rt", newline="", encoding="utf-8", errors="surrogateescape"

@@ -6,7 +6,6 @@ itself (`Pipeline.rebuilt`).
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -14,7 +13,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from operators import MemorySink, MemorySource, Schema, Source
-from operators._brokers import BrokerSource
 from operators._sources import Reader, check_records
 from operators._stage import Chunk
 from pipelines.sinks import memory
@@ -154,14 +152,7 @@ def _first_chunks(source: Source[Any], limit: int, timeout: float = 10.0) -> lis
     As read: each keeps its partition, its records' names in it and when
     their broker stored them, which a preview's run reads as the source's.
     """
-    # A sample is what the files or streams hold now, not what may come.
-    if getattr(source, "follow", False):
-        source = copy.copy(source)
-        source.follow = False  # type: ignore[attr-defined]
-    elif isinstance(source, BrokerSource) and source.until is None:
-        bounded = copy.copy(source)
-        bounded.until = "end"
-        source = bounded
+    source = source.held_now()  # what the files or streams hold now, not what may come
     chunks: list[Chunk] = []
     taken = 0
     deadline = time.monotonic() + timeout
