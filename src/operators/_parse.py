@@ -230,7 +230,7 @@ class ParseOp(StageOp):
             errors = [_plain(e) for e in exc.errors(include_url=False)]
             if not any(e["type"] == "json_invalid" for e in errors):
                 kind = "validation"
-            message = f"{exc.error_count()} validation error(s) for {exc.title}"
+            message = said(errors)
         row[_DEAD] += 1
         run.dead.append(
             DeadLetter.build(
@@ -249,6 +249,22 @@ class ParseOp(StageOp):
     def apply(self, items: list[Any], run: _Run, row: list[int]) -> list[Any]:
         """Unused: parse overrides `push`."""
         raise NotImplementedError
+
+
+def said(errors: list[dict[str, Any]], most: int = 3) -> str:
+    """Say what a record's first few validation errors are, each with where it is.
+
+    >>> said([{"loc": ["amount"], "msg": "Field required"}, {"loc": [], "msg": "Bad"}])
+    'amount: Field required; Bad'
+    >>> said([{"loc": ["a", "0"], "msg": "x"}] * 5)
+    'a.0: x; a.0: x; a.0: x (and 2 more)'
+    """
+    parts = [
+        f"{'.'.join(e['loc'])}: {e['msg']}" if e.get("loc") else str(e["msg"])
+        for e in errors[:most]
+    ]
+    more = len(errors) - most
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _plain(error: Any) -> dict[str, Any]:

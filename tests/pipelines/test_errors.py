@@ -106,6 +106,41 @@ class Flaky:
         return x * 10
 
 
+def test_a_bad_records_dead_letter_says_what_is_wrong_and_where() -> None:
+    lines = [
+        '{"type": "purchase", "user": "eve"',
+        '{"type": "purchase", "user": "eve", "amount": "a lot"}',
+        '{"type": "refund", "user": "eve"}',
+        '{"type": "purchase", "time": "2026-01-01T00:00:00", "amount": "x"}',
+        "null",
+    ]
+    result = (
+        Pipeline("said")
+        .read(sources.memory(lines, schema=View | Purchase))
+        .write(sinks.memory("out"))
+        .run()
+    )
+    assert [(d.kind, d.message) for d in result.dead_letters] == [
+        ("parse", "Invalid JSON: EOF while parsing an object at line 1 column 34"),
+        (
+            "validation",
+            "purchase.amount: Input should be a valid number, unable to parse string as a number",
+        ),
+        (
+            "validation",
+            "Input tag 'refund' found using 'type' does not match any of the expected tags: "
+            "'view', 'purchase'",
+        ),
+        (
+            "validation",
+            "purchase.time: Input should have timezone info; purchase.user: Field required; "
+            "purchase.amount: Input should be a valid number, unable to parse string as a number",
+        ),
+        ("validation", "Input should be an object"),
+    ]
+    assert result.reconciles
+
+
 def test_retry_then_succeed() -> None:
     flaky = Flaky(fails=2)
     result = (
