@@ -925,49 +925,163 @@ def json_document(path: str, kind: str | None) -> list[Any] | None:
     letter: one JSON array (``[`` alone on its first line, as
     ``json.dump(records, f, indent=2)`` writes it), or records one after
     another, each over several lines (``{`` alone on the first line, as
-    ``jq '.[]'`` writes them). A first line that is more is JSON Lines; so
-    is a file that is no such document after all (its lines are dead letters).
-    ``kind``: how it is compressed (see `sniff`).
+    ``jq '.[]'`` writes them). A first line that is more is JSON Lines (None).
+    No line of JSON Lines is ``[`` or ``{`` alone, so a document that breaks
+    off (cut short, bytes that are not UTF-8, text after its end) is read up
+    to there, and the rest is one `Unreadable` saying where and why, the
+    last of the records. ``kind``: how it is compressed (see `sniff`).
     """
+    parts: list[bytes] = []
+    cut: BaseException | None = None
     try:
         with open_file(path, kind, "rb") as f:
             first = f.readline(64)
             opening = first.strip(b"\xef\xbb\xbf \t\r\n")
             if opening not in (b"[", b"{"):
                 return None
-            text = (first + f.read()).decode("utf-8").lstrip("\ufeff")
-    except (*_CUT, ValueError):
-        return None  # read as lines: each bad one is a dead letter
-    if opening == b"[":
-        try:
-            found = json.loads(text)
-        except ValueError:
-            return None
-        return found if isinstance(found, list) else None
-    return _one_after_another(text)
+            parts.append(first)
+            # A compressed file is read a piece as it comes (read1), so that what came
+            # before a cut is kept.
+            read = f.read if kind is None else f.read1
+            while True:
+                try:
+                    part = read(1 << 16)
+                except _CUT as exc:  # a compressed file cut short: what came before is read
+                    cut = exc
+                    break
+                if not part:
+                    break
+                parts.append(part)
+    except _CUT:
+        return None  # not even its first line: read as lines, which say why
+    raw = b"".join(parts).removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # each record that holds such bytes is a dead letter
+        text = raw.decode("utf-8", "surrogateescape")
+    return _records_of(path, text, opening == b"[", cut, raw)
 
 
-def _one_after_another(text: str) -> list[Any] | None:
-    r"""Return the JSON objects ``text`` holds one after another, or None if it holds more.
+def _records_of(
+    path: str, text: str, array: bool, cut: BaseException | None, raw: bytes
+) -> list[Any]:
+    r"""Return the records of a JSON document: an array's items, or objects one after another.
 
-    >>> _one_after_another('{"a": 1}\n{\n  "a": 2\n}\n'), _one_after_another('{"a": 1} 7')
-    ([{'a': 1}, {'a': 2}], None)
+    Where the document breaks off, the rest (from ``raw``, the file's bytes)
+    is one `Unreadable` that says where (line and column) and why: ``cut``
+    when the text ends there because the file could not be read on.
+
+    >>> _records_of("f", '[\n{"a": 1},\n{"a": 2}\n]\n', True, None, b"")
+    [{'a': 1}, {'a': 2}]
+    >>> *ok, rest = _records_of("f", '{\n"a": 1}\n{"a": 2}\n{"a"\n', False, None, b"")
+    >>> ok, str(rest.error).split(". ")[0]  # doctest: +NORMALIZE_WHITESPACE
+    ([{'a': 1}, {'a': 2}], "file 'f' is a JSON document that breaks off at line 4,
+    column 1: expecting ':' delimiter at line 5, column 1")
     """
     decode = json.JSONDecoder().raw_decode
     records: list[Any] = []
-    at = 0
+    end = len(text)
+    mixed = _NOT_UTF8.search(text) is not None  # bytes decoded with surrogateescape
+    at = _past_blanks(text, 0)
+    if array:
+        at = _past_blanks(text, at + 1)  # past the "["
+        if at < end and text[at] == "]":
+            return _after_array(path, text, _past_blanks(text, at + 1), records, cut, raw)
     while True:
-        while at < len(text) and text[at] in " \t\r\n":
-            at += 1
-        if at == len(text):
+        if at == end:
+            if array or cut is not None:
+                records.append(_broken(path, text, at, "the array does not end", cut, raw))
             return records
+        began = at
         try:
             record, at = decode(text, at)
-        except ValueError:
-            return None
-        if not isinstance(record, dict):
-            return None
-        records.append(record)
+        except json.JSONDecodeError as exc:
+            records.append(_broken(path, text, at, exc.msg, cut, raw, exc.pos))
+            return records
+        if mixed and _NOT_UTF8.search(text, began, at):
+            records.append(_not_utf8(path, text, began, at))
+        else:
+            records.append(record)
+        at = _past_blanks(text, at)
+        if not array or at == end:
+            continue
+        if text[at] == "]":
+            return _after_array(path, text, _past_blanks(text, at + 1), records, cut, raw)
+        if text[at] != ",":
+            records.append(_broken(path, text, at, "expected ',' or ']'", cut, raw))
+            return records
+        at = _past_blanks(text, at + 1)
+
+
+def _after_array(
+    path: str, text: str, at: int, records: list[Any], cut: BaseException | None, raw: bytes
+) -> list[Any]:
+    """Return an array's ``records``, and a letter for what follows its end (``at``), if any."""
+    if at < len(text) or cut is not None:
+        records.append(_broken(path, text, at, "text after the array's end", cut, raw))
+    return records
+
+
+#: A byte that is not UTF-8, decoded with ``surrogateescape``.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(path: str, text: str, began: int, at: int) -> Unreadable:
+    """Stand for a record of a JSON document (``text[began:at]``) holding bytes no UTF-8 holds."""
+    bad = _NOT_UTF8.search(text, began, at)
+    spot = _line_column(text, bad.start() if bad else began)
+    return Unreadable(
+        text[began:at].encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+        ValueError(
+            f"file {path!r}: a record of its JSON document holds bytes that are not "
+            f"UTF-8, at {spot}"
+        ),
+    )
+
+
+def _past_blanks(text: str, at: int) -> int:
+    """Return the index of the first character at or after ``at`` that is no blank."""
+    end = len(text)
+    while at < end and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _broken(
+    path: str,
+    text: str,
+    at: int,
+    why: str,
+    cut: BaseException | None,
+    raw: bytes,
+    where: int | None = None,
+) -> Unreadable:
+    """Stand for the rest of a JSON document, from ``at``, which cannot be read as records.
+
+    ``where``: where the JSON in it goes wrong (``at`` by default).
+    """
+    where = at if where is None else where
+    if cut is not None:  # the text ends where the file could not be read on
+        where = len(text)
+        why = f"the file cannot be read on ({cut})"
+    else:
+        why = why.removesuffix(" starting at").lower()
+    rest = raw[len(text[:at].encode("utf-8")) :] if raw else text[at:].encode()
+    return Unreadable(
+        rest.decode("utf-8", "replace"),
+        ValueError(
+            f"file {path!r} is a JSON document that breaks off at {_line_column(text, at)}: "
+            f"{why}{'' if where == at else ' at ' + _line_column(text, where)}. The records "
+            f"before it are read; the rest "
+            f"is this one dead letter (the file was cut short, is still being written, or is "
+            f"no JSON there)"
+        ),
+    )
+
+
+def _line_column(text: str, at: int) -> str:
+    """Say where ``at`` is in ``text``: ``line 3, column 5``."""
+    return f"line {text.count(chr(10), 0, at) + 1}, column {at - text.rfind(chr(10), 0, at)}"
 
 
 class _ArrayReader(Reader):
@@ -987,7 +1101,7 @@ class _ArrayReader(Reader):
         self.done = 0
         if resume is not None:
             done, kept = resume
-            if done > len(records) or (done and record_digest(records[done - 1]) != kept):
+            if done > len(records) or (done and _array_digest(records[done - 1]) != kept):
                 raise _file_changed(step, path, f"its JSON record {done}")
             self.done = done
 
@@ -997,12 +1111,18 @@ class _ArrayReader(Reader):
         if not taken:
             raise StopIteration
         self.done += len(taken)
-        items = [json.dumps(r).encode() for r in taken]
-        return Chunk(items, self.step, self.path, first, file=self.path)
+        items = [r if r.__class__ is Unreadable else json.dumps(r).encode() for r in taken]
+        broken = items[-1].__class__ is Unreadable  # where the document breaks off: the last
+        return Chunk(items, self.step, self.path, first, file=self.path, unreadable=broken)
 
     def position(self) -> tuple[int, str | None]:
-        last = record_digest(self.records[self.done - 1]) if self.done else None
+        last = _array_digest(self.records[self.done - 1]) if self.done else None
         return (self.done, last)
+
+
+def _array_digest(record: Any) -> str | None:
+    """Return a digest of a JSON document's record (of its text, where the document broke off)."""
+    return record_digest(record.text if record.__class__ is Unreadable else record)
 
 
 def _jsonl_reader(

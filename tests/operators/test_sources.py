@@ -6,6 +6,7 @@ import json
 import lzma
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -915,6 +916,62 @@ def test_a_file_of_json_over_several_lines_is_read_as_its_records(tmp_path: Path
         b"[1, 2]",
         b"[3]",
     ]
+
+
+def test_a_json_document_that_breaks_off_is_read_up_to_there_then_one_dead_letter(
+    tmp_path: Path,
+) -> None:
+    # A JSON document that did not parse whole (cut short, text after its end, a record
+    # with bytes that are not UTF-8) was read as JSON Lines: each of its lines a dead
+    # letter ("[", "  {", ...) and none of its records read, a file of 3 records 15 letters.
+    records = [{"type": "purchase", "user": f"u{i}", "amount": i} for i in range(200)]
+    whole = json.dumps(records, indent=2)
+    at_40 = whole.index('"u40"')  # inside record 40
+    packed = gzip.compress(whole.encode())
+    files = {
+        "cut.json": whole[:at_40].encode(),
+        "trailing.json": (whole + "\ngarbage\n").encode(),
+        "unclosed.json": whole[: whole.rindex("]")].encode(),
+        "latin.json": b"\xef\xbb\xbf" + whole.encode().replace(b'"u7"', b'"u\xe97"'),
+        "jq.json": "".join(json.dumps(r, indent=2) + "\n" for r in records[:40]).encode()
+        + b'{\n  "user": "x",\n',
+        "cut.json.gz": packed[: len(packed) // 2],
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    for name, (kept, broken_at, said) in {
+        "cut.json": (40, 40, r"breaks off at line 202, column 3: expecting value at line 204"),
+        "trailing.json": (200, 200, r"breaks off at line 1003, column 1: text after the array"),
+        "unclosed.json": (200, 200, r"breaks off at line 1002, column 1: the array does not end"),
+        "latin.json": (199, 7, r"a record of its JSON document holds bytes that are not UTF-8"),
+        "jq.json": (40, 40, r"breaks off at line 201, column 1: expecting property name"),
+        "cut.json.gz": (None, None, r"the file cannot be read on \(Compressed file ended"),
+    }.items():
+        source = sources.jsonl(tmp_path / name, schema=Purchase, batch_size=16)
+        result = Pipeline("b").read(source).write(sinks.memory("o")).run()
+        [letter] = result.dead_letters
+        assert letter.kind == "parse" and letter.origin is not None, name
+        assert re.search(said, letter.message), (name, letter.message)
+        got = [p.user for p in result["o"]]
+        if kept is None:  # what the first half of the compressed bytes holds, then the letter
+            kept = broken_at = len(got)
+            assert 0 < kept < 200 and letter.payload.lstrip().startswith("{")
+        assert got == [f"u{i}" for i in range(kept + (broken_at < kept)) if i != broken_at]
+        assert letter.origin.offset == broken_at and result.read == kept + 1, name
+        assert result.reconciles
+    # The letter holds the rest of the file as it is there (here: from record 40 on).
+    cut = Pipeline("c").read(sources.jsonl(tmp_path / "cut.json", schema=Purchase))
+    [letter] = cut.write(sinks.memory("o")).run().dead_letters
+    assert letter.payload == whole[whole.rindex("{", 0, at_40) : at_40]
+    # A resume after the letter reads nothing again, and nothing more.
+    src = JsonlSource(tmp_path / "trailing.json", schema=Purchase, batch_size=150)
+    reader = src.open(str(tmp_path / "trailing.json"), "s", None)
+    first, second = reader.next_chunk(), reader.next_chunk()
+    assert first is not None and second is not None and len(second.items) == 51
+    assert second.unreadable and not first.unreadable
+    again = src.open(str(tmp_path / "trailing.json"), "s", reader.position())
+    with pytest.raises(StopIteration):
+        again.next_chunk()
 
 
 def test_columns_reads_a_csv_file_without_a_header_row(tmp_path: Path) -> None:
