@@ -557,6 +557,9 @@ def digest(data: bytes) -> str:
 TAIL = 256
 #: How often a followed file is looked at again once all of it is read (seconds).
 FOLLOW_POLL = 0.05
+#: How long a followed file whose path names a new file is still read (seconds): its
+#: writer's last lines, written before it opened the new one, are not lost.
+ROTATED_AFTER = 1.0
 
 
 def tail_before(fd: int, offset: int) -> bytes:
@@ -694,10 +697,16 @@ class _LinesReader(Reader):
         #: Whether the file ended in what cannot be read (a compressed file cut short).
         self.broken = False
         self.line = 0
+        #: The lines read of the files the path named before (a followed log rotated), and
+        #: since when (monotonic seconds) the path has named a file other than the one read.
+        self.base = 0
+        self.moved_at: float | None = None
         #: Where the last line read began, when no line end closed it (the end of the file).
         self.open_line: int | None = None
         if resume is not None:
             self.line, offset, *seen = resume
+            if len(seen) > 3:
+                self.base = int(seen[3])
             if len(seen) > 2 and seen[2]:
                 self.broken = True  # its dead letter was handed on: nothing is left to read
             elif seen and seen[0] != self._resumed_at(offset):
@@ -800,8 +809,9 @@ class _LinesReader(Reader):
                 lines.append(line.rstrip(b"\r\n"))
         else:
             raw = self._read_compressed(lines)
-        if self.follow and lines and raw[-1:] != b"\n":
-            # Its writer has not ended the last line yet: it is read once it is whole.
+        if self.follow and lines and raw[-1:] != b"\n" and not self._rotated():
+            # Its writer has not ended the last line yet: it is read once it is whole
+            # (or once the path names a new file: then no one ends it).
             self.file.seek(self.file.tell() - len(raw))
             lines.pop()
             raw = b"\n"  # the lines left are whole
@@ -809,10 +819,13 @@ class _LinesReader(Reader):
             if not self.follow:
                 raise StopIteration
             self._not_cut()
+            if self._rotated():
+                self._next_file()
+                return None
             self._wait()
             return None
         self.wake = None
-        if raw[-1:] != b"\n":  # the file's last line, with no line end (yet)
+        if raw[-1:] != b"\n" and not self.follow:  # the file's last line, with no line end (yet)
             self.open_line = self.file.tell() - len(raw)
         chunk = Chunk(
             lines,
@@ -820,11 +833,43 @@ class _LinesReader(Reader):
             self.path,
             self.line,
             file=self.path,
-            line=self.line + 1,
+            line=self.line - self.base + 1,
             unreadable=self.broken,
         )
         self.line += len(lines)
         return chunk
+
+    def _rotated(self) -> bool:
+        """Whether a followed path has named another file for `ROTATED_AFTER` seconds.
+
+        A log rotated by renaming the file read and making a new one: the file
+        read is read to its end (its writer may still end a line or write a
+        few before it opens the new one: they are waited for that long), then
+        the new one from its start. A path that names no file yet (renamed,
+        none made again) is waited for; the file read may still grow meanwhile.
+        """
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self.file.fileno())
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            self.moved_at = None
+            return False
+        if self.moved_at is None:
+            self.moved_at = time.monotonic()
+        return time.monotonic() - self.moved_at >= ROTATED_AFTER
+
+    def _next_file(self) -> None:
+        """Go on to the file the followed path names now, from its start."""
+        self.file.close()
+        self.file = open_file(self.path, None, "rb")
+        if self._head(3) != b"\xef\xbb\xbf":
+            self.file.seek(0)
+        self.base = self.line
+        self.open_line = None
+        self.wake = None
+        self.moved_at = None
 
     def _wait(self) -> None:
         """Look at a followed file again in a moment: nothing more is written yet."""
@@ -838,8 +883,8 @@ class _LinesReader(Reader):
                 f"step {self.step!r}: file {self.path!r} was cut while it was followed (it holds "
                 f"{size} bytes; {self.file.tell()} were read): what was written in its place "
                 f"cannot be told apart from what was read. Hint: rotate such a file by renaming "
-                f"it (a run follows the files there when it started), not by cutting it "
-                f"(copytruncate)"
+                f"it and making a new one (a followed path goes on to the new file), not by "
+                f"cutting it (copytruncate)"
             )
             raise ValueError(msg)
 
@@ -847,11 +892,13 @@ class _LinesReader(Reader):
         """When to look again at the end of a followed file (None: at once)."""
         return self.wake
 
-    def position(self) -> tuple[int, int, str, int | None, bool]:
+    def position(self) -> tuple[Any, ...]:
         if self.broken:  # read to where it cannot be read on, its dead letter handed on
             return (self.line, 0, "", None, True)
         offset = self.file.tell()
         if self.kind is None:
+            if self.base:  # (a followed log rotated: the lines of the files before it)
+                return (self.line, offset, self._before(offset), self.open_line, False, self.base)
             return (self.line, offset, self._before(offset), self.open_line, False)
         kept = digest(self.tail) if len(self.tail) == min(offset, TAIL) else ""
         return (self.line, offset, kept, self.open_line, False)

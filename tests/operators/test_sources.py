@@ -997,6 +997,41 @@ def test_columns_reads_a_csv_file_without_a_header_row(tmp_path: Path) -> None:
         sources.csv(path, schema=Purchase, columns=["user", "user"])
 
 
+def test_a_followed_file_renamed_away_is_read_to_its_end_then_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import operators._sources as files
+
+    monkeypatch.setattr(files, "ROTATED_AFTER", 0.0)
+    path = tmp_path / "app.log"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    src = JsonlSource(path, schema=None, follow=True)
+    reader = src.open(str(path), "s", None)
+    first = reader.next_chunk()
+    assert first is not None and first.items == [b'{"a": 1}', b'{"a": 2}']
+    assert reader.next_chunk() is None  # at its end: waits for more
+    with path.open("a") as f:
+        f.write('{"a": 3}\n{"a": ')  # renamed before its writer ended the last line
+    path.rename(tmp_path / "app.log.1")
+    path.write_text('\ufeff{"b": 1}\n')
+    rest = reader.next_chunk()  # the old file's last lines, the unended one too
+    assert rest is not None and rest.items == [b'{"a": 3}', b'{"a": ']
+    assert reader.next_chunk() is None  # goes on to the new file
+    new = reader.next_chunk()
+    assert new is not None and new.items == [b'{"b": 1}']
+    assert (new.offset, new.line, new.origin(0).file) == (4, 1, str(path))  # its own line 1
+    position = reader.position()
+    reader.close()
+    with path.open("a") as f:
+        f.write('{"b": 2}\n')
+    again = src.open(str(path), "s", position)  # resumed in the new file, lines counted on
+    chunk = again.next_chunk()
+    assert (
+        chunk is not None and chunk.items == [b'{"b": 2}'] and (chunk.offset, chunk.line) == (5, 2)
+    )
+    again.close()
+
+
 def test_a_preview_of_a_followed_file_reads_what_it_holds_and_ends(tmp_path: Path) -> None:
     # A followed file never ends: a preview waited out its 10 s for records to come.
     path = tmp_path / "live.jsonl"

@@ -919,6 +919,54 @@ def test_a_followed_file_reads_lines_as_they_are_written_and_resumes_exactly(
     assert plain.returncode == 1 and "was cut while it was followed" in err, err[-2000:]
 
 
+def test_a_followed_log_rotated_by_renaming_goes_on_to_the_new_file(tmp_path: Path) -> None:
+    # A followed file renamed away (logrotate's default) was followed for ever: lines
+    # written to the new file at its path were never read, and nothing said so.
+    run = _recovering_app(tmp_path, FOLLOW_APP)
+    source, out, dead = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "dead.jsonl"
+    source.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(500)))
+    env = {**os.environ, "IN": str(source), "OUT": str(out), "DEAD": str(dead)}
+    deadline = time.monotonic() + 90
+
+    def written(n: int) -> list[int]:
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = out.read_text().splitlines() if out.exists() else []
+            if len(lines) >= n:
+                break
+            time.sleep(0.05)
+        return sorted(json.loads(line)["n"] for line in lines)
+
+    def lines(first: int, last: int) -> str:
+        return "".join(json.dumps({"n": i}) + "\n" for i in range(first, last))
+
+    proc = subprocess.Popen(run, env=env, stderr=subprocess.DEVNULL)
+    assert written(500) == list(range(500))
+    with source.open("a") as f:  # renamed while its writer is in the middle of a line
+        f.write(lines(500, 520) + '{"n": 5')
+        f.flush()
+        source.rename(tmp_path / "in.jsonl.1")
+        source.write_text(lines(521, 700))  # the new file, made before the old one ends
+        time.sleep(0.2)
+        f.write("20}\n" + lines(700, 710))  # the writer's last lines to the old one
+    assert written(710) == list(range(710))
+    proc.send_signal(signal.SIGKILL)  # killed while following the new file
+    proc.wait(timeout=30)
+    proc = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+    with source.open("a") as f:
+        f.write(lines(710, 800) + '{"n": 8')
+    assert written(800) == list(range(800))  # the resumed run follows the second file
+    source.rename(tmp_path / "in.jsonl.2")  # no one ends that last line: a dead letter
+    source.write_text(lines(900, 950))
+    assert written(850) == [*range(800), *range(900, 950)]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert written(850) == [*range(800), *range(900, 950)]  # each line once
+    [letter] = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert (letter["kind"], letter["payload"]) == ("user_error", '{"n": 8')
+
+
 def test_a_json_array_file_halted_and_resumed_writes_each_record_once(tmp_path: Path) -> None:
     # Its position is a count of its records and a digest of the last: a resume reads on
     # from there, and one over another array is refused.
