@@ -18,8 +18,10 @@ exist, is an error within ``connect_timeout``.
 header set from the subject and its event id (``out.clicks c7``), the
 publishes of a batch concurrently, each acknowledged by the stream: within
 the stream's duplicate window, JetStream drops a record published again to
-its subject after a crash and resume, so each is stored once; the same record
-written to two subjects of one stream is stored on each.
+its subject; the same record written to two subjects of one stream is stored
+on each. In a run with recovery one publisher (`_ExactPublisher`) takes every
+record and does not publish again what its killed executions published after
+the snapshot, whenever the run resumes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from operators._brokers import (
@@ -44,7 +47,7 @@ from operators._brokers import (
     missing,
 )
 from operators._event import Schema
-from operators._sinks import RunContext, Writer
+from operators._sinks import ExactSink, ExactWriter, OutputChangedError, RunContext, Writer
 from operators._sources import DEFAULT_BATCH, R, Reader
 from operators._stage import Chunk, ResumeError, Unreadable
 
@@ -346,6 +349,7 @@ class _Publisher(Writer):
             info = _run(self.js.stream_info(stream), sink.connect_timeout)
             return info.state.last_seq, info.config.duplicate_window or 0.0
 
+        self.stream = stream
         # The stream's last message before this run (read once for this process's
         # writers) and how long it remembers ids: a duplicate's sequence says
         # whether a record of this run or one before it holds the id.
@@ -354,17 +358,32 @@ class _Publisher(Writer):
         #: published after their last snapshot: found, those are not lost.
         self.resumed = ctx.store_created is not None
 
+    def _unsent(
+        self, messages: list[tuple[Any, bytes, str | None]]
+    ) -> list[tuple[Any, bytes, str | None]]:
+        """Return the ``messages`` to publish (all of them: see `_ExactPublisher`)."""
+        return messages
+
+    def _headers(self, message_id: str) -> dict[str, str]:
+        """Return the headers of the message of id ``message_id``."""
+        return {"Nats-Msg-Id": message_id}
+
+    def _stored(self, seq: int) -> None:
+        """Hear that the stream stored a message of this writer at sequence ``seq``."""
+
     def write(self, items: list[Any]) -> list[tuple[Any, Exception]]:
         sink = self.sink
         messages, unwritable = messages_of(items)
+        messages = self._unsent(messages)
         prefix = f"{sink.subject} "  # a subject holds no space: read back one way only
+        headers_of = self._headers
 
         async def publish(indices: list[int]) -> list[Any]:
             sends = []
             for i in indices:
                 _, data, event_id = messages[i]
                 # Per subject: a record written to two subjects of one stream is two messages.
-                headers = None if event_id is None else {"Nats-Msg-Id": f"{prefix}{event_id}"}
+                headers = None if event_id is None else headers_of(f"{prefix}{event_id}")
                 sends.append(self.js.publish(sink.subject, data, headers=headers, timeout=10))
             return await asyncio.gather(*sends, return_exceptions=True)
 
@@ -384,6 +403,8 @@ class _Publisher(Writer):
                     failed.append(i)
                 elif result.duplicate:
                     doubles.append((i, result, i in tried))
+                else:
+                    self._stored(int(result.seq))
             tried.update(pending)
             if not failed:
                 return unwritable + self._dropped(messages, doubles)
@@ -469,7 +490,141 @@ class _Publisher(Writer):
         _close(self.nc)
 
 
-class JetStreamSink(BrokerSink):
+#: The header that names the one publisher of a run with recovery (see `_ExactPublisher`).
+WRITER_HEADER = "Evflow-Writer"
+
+
+class _ExactPublisher(_Publisher, ExactWriter):
+    """The one publisher of a run with recovery: each record stored once, however late the resume.
+
+    Each message of a record with an id carries this writer's tag (the
+    pipeline, the step and when the recovery store was made) in a header.
+    Its position is the stream sequence up to which its messages are covered
+    by the snapshot, and when the stream was made. A resumed run first reads
+    the headers of the subject's messages after that position: the records
+    that its killed executions published after the snapshot, which the run
+    hands it again, are not published again. (JetStream's duplicate window
+    would drop them only while it lasts, two minutes by default: a run may
+    be resumed hours later.) Records without an id cannot be told apart so:
+    they are published again (at least once).
+    """
+
+    def __init__(self, sink: JetStreamSink, ctx: RunContext, step: str, resume: Any) -> None:
+        super().__init__(sink, ctx)
+        made = ctx.store_created
+        self.tag = f"{ctx.pipeline}.{step}" + ("" if made is None else f"@{int(made)}")
+        try:
+            info = _run(self.js.stream_info(self.stream), sink.connect_timeout)
+            #: When the stream was made: one made again numbers its messages from 1 again.
+            self.made = None if info.created is None else info.created.isoformat()
+            #: The message ids this writer's killed executions published after the
+            #: position, with their sequences: not published again.
+            self.after: dict[str, int] = {}
+            if resume is None:
+                self.last = int(info.state.last_seq)
+                if made is not None:  # executions killed before their first snapshot
+                    self.after = self._published(None, made)
+                return
+            last, was_made = resume
+            if None not in (was_made, self.made) and was_made != self.made:
+                msg = (
+                    f"nats sink: the stream {self.stream!r} that subject {sink.subject!r} is "
+                    f"stored in was made at {was_made} when the recovery store was written, "
+                    f"and again at {self.made} since: the records the earlier run published "
+                    f"are gone. Hint: start over: remove the recovery store and run again."
+                )
+                raise OutputChangedError(msg)
+            self.last = int(last)
+            self.after = self._published(self.last + 1, None)
+        except BaseException:
+            self.close()
+            raise
+
+    def _published(self, first: int | None, since: float | None) -> dict[str, int]:
+        """Return the ids of this writer's messages from sequence ``first`` (or time ``since``)."""
+        api = _nats().js.api
+        if first is not None:
+            where: dict[str, Any] = {
+                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": first,
+            }
+        else:
+            start = datetime.fromtimestamp(max(0.0, (since or 0.0) - 1.0), timezone.utc)
+            where = {
+                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
+                "opt_start_time": start.isoformat().replace("+00:00", "Z"),
+            }
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=self.sink.subject,
+            headers_only=True,
+            inactive_threshold=30.0,
+            **where,
+        )
+        timeout_error = _nats().errors.TimeoutError
+        tag = self.tag
+
+        async def scan() -> dict[str, int]:
+            info = await self.js.stream_info(self.stream)
+            if int(info.state.last_seq) < (first or 1):
+                return {}
+            sub = await self.js.pull_subscribe(self.sink.subject, stream=self.stream, config=config)
+            found: dict[str, int] = {}
+            try:
+                while True:
+                    try:
+                        msgs = await sub.fetch(1000, timeout=1.0)
+                    except timeout_error:
+                        return found  # nothing more (none of the subject after ``first``)
+                    for msg in msgs:
+                        headers = msg.headers or {}
+                        if headers.get(WRITER_HEADER) == tag and "Nats-Msg-Id" in headers:
+                            found[headers["Nats-Msg-Id"]] = int(msg.metadata.sequence.stream)
+                    if not msgs or msgs[-1].metadata.num_pending == 0:
+                        return found
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+        try:
+            return _run(scan(), self.sink.retry_for + 60)
+        except Exception as exc:  # noqa: BLE001 - reported with what it was for
+            msg = (
+                f"nats sink: a run with recovery reads back the ids of what it published to "
+                f"{self.sink.subject!r} after its snapshot, with a consumer on stream "
+                f"{self.stream!r}, and that failed: {type(exc).__name__}: {exc}. Hint: the "
+                f"account needs to make consumers on that stream as well as publish"
+            )
+            raise BrokerUnreachable(msg) from None
+
+    def _unsent(
+        self, messages: list[tuple[Any, bytes, str | None]]
+    ) -> list[tuple[Any, bytes, str | None]]:
+        """Leave out the records a killed execution of this run published after the snapshot."""
+        after = self.after
+        if not after:
+            return messages
+        prefix = f"{self.sink.subject} "
+        return [m for m in messages if m[2] is None or after.pop(f"{prefix}{m[2]}", None) is None]
+
+    def _headers(self, message_id: str) -> dict[str, str]:
+        return {"Nats-Msg-Id": message_id, WRITER_HEADER: self.tag}
+
+    def _stored(self, seq: int) -> None:
+        if seq > self.last:
+            self.last = seq
+
+    def position(self) -> Any:
+        """Return the sequence up to which its messages are covered, and when the stream was made.
+
+        While messages of a killed execution are still to be met again, not
+        past the first of them: a later resume reads them again.
+        """
+        covered = min(self.after.values()) - 1 if self.after else self.last
+        return (covered, self.made)
+
+
+class JetStreamSink(BrokerSink, ExactSink):
     """Publish records to a JetStream subject (see `pipelines.sinks.nats`)."""
 
     kind = "nats"
@@ -493,3 +648,7 @@ class JetStreamSink(BrokerSink):
     def open(self, ctx: RunContext, worker_index: int, worker_count: int) -> Writer:
         """Connect this worker's publisher."""
         return _Publisher(self, ctx)
+
+    def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
+        """Connect the one publisher of a run with recovery (exactly once)."""
+        return _ExactPublisher(self, ctx, step, resume)

@@ -467,12 +467,17 @@ pipeline = (
 """
 
 
-def publishing(server: Server, tmp_path: Path, n: int) -> tuple[Path, dict[str, str], Path]:
+def publishing(
+    server: Server, tmp_path: Path, n: int, window: float | None = None
+) -> tuple[Path, dict[str, str], Path]:
     """Write PUBLISH_APP and ``n`` lines without ids for it; make the ``out`` stream.
 
+    ``window``: the stream's duplicate window in seconds (JetStream's default: None).
     Returns the app, its environment and the lines' file.
     """
-    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"]))
+    server.call(
+        lambda js: js.add_stream(name="out", subjects=["out.>"], duplicate_window=window or 0)
+    )
     lines = tmp_path / "clicks.jsonl"
     lines.write_text("".join(f'{{"type": "click", "user": "u{i}"}}\n' for i in range(n)))
     app = tmp_path / "publish.py"
@@ -502,6 +507,42 @@ def test_records_read_without_ids_killed_and_resumed_are_published_exactly_once(
     assert {m["id"] for m in got} == {f"out.clicks read_jsonl_clicks/{lines}/{i}" for i in range(n)}
     # What the killed runs published, published again (stamped anew), is no letter.
     assert summary["dead"] == 0 and summary["reconciles"]
+
+
+def test_a_run_resumed_after_the_duplicate_window_publishes_each_record_once(
+    server: Server, tmp_path: Path
+) -> None:
+    # JetStream drops a record published again only within its duplicate window (two
+    # minutes by default): a run killed and resumed later (here: the window is 0.3 s)
+    # published again what its killed execution published after the snapshot.
+    import random
+
+    n = 6000
+    app, env, lines = publishing(server, tmp_path, n, window=0.3)
+    resume = ["--recovery", str(tmp_path / "store"), "--snapshot-interval", "0.5"]
+    rng = random.Random(11)
+    killed = 0
+    for _ in range(8):
+        proc = subprocess.Popen(command(app, *resume), env=env, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.2, 2.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed += 1
+        time.sleep(0.6)  # the window passes before the resume
+        if killed == 3:
+            break
+    assert killed == 3
+    done = subprocess.run(
+        command(app, *resume, summary="--json"), env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = stored(server, "out")
+    assert Counter(m["data"]["user"] for m in got) == Counter(f"u{i}" for i in range(n))
+    assert len({m["id"] for m in got}) == n
+    assert {m["id"] for m in got} == {f"out.clicks read_jsonl_clicks/{lines}/{i}" for i in range(n)}
+    assert json.loads(done.stdout)["reconciles"]
 
 
 JOIN_APP = """
