@@ -323,8 +323,10 @@ def test_misuse_fails_at_build_time() -> None:
         r"window\(\)\. Hint: key it first",
     ):
         s.window(windows.tumbling(seconds=1))  # type: ignore[attr-defined]
-    with pytest.raises(AttributeError, match=r"has no aggregate\(\)"):
+    with pytest.raises(AttributeError, match=r"has no aggregate\(\).*or window the whole stream"):
         s.aggregate(n=agg.count())  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match=r"has no join\(\)\. Hint: key it first: [^,]*\.$"):
+        s.join(s)  # type: ignore[attr-defined]
     keyed = s.key_by(lambda e: e.user)
     win = keyed.window(windows.tumbling(seconds=1))
     with pytest.raises(ValueError, match=r"sum\(price\) reads field 'price', which Hit does not"):

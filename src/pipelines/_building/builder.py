@@ -910,9 +910,15 @@ class Stream(Generic[T]):
         def __getattr__(self, name: str) -> Any:
             """Explain keyed-only methods on an unkeyed stream."""
             if name in ("window", "aggregate", "join", "as_table", "process"):
+                whole = (
+                    ", or window the whole stream: .window_all(windows.tumbling(minutes=1))"
+                    ".aggregate(...)"
+                    if name in ("window", "aggregate")
+                    else ""
+                )
                 msg = (
                     f"stream {self.step!r} is not keyed, so it has no {name}(). Hint: "
-                    f"key it first: .key_by(lambda e: e.user).{name}(...)."
+                    f"key it first: .key_by(lambda e: e.user).{name}(...){whole}."
                 )
                 raise AttributeError(msg)
             if name in ("run", "check", "dead_letters"):
