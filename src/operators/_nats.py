@@ -549,7 +549,9 @@ class _ExactPublisher(_Publisher, ExactWriter):
                 "opt_start_seq": first,
             }
         else:
-            start = datetime.fromtimestamp(max(0.0, (since or 0.0) - 1.0), timezone.utc)
+            # (From a while before: the server's clock may be behind this host's. Only this
+            # store's writer tags its messages so.)
+            start = datetime.fromtimestamp(max(0.0, (since or 0.0) - 300.0), timezone.utc)
             where = {
                 "deliver_policy": api.DeliverPolicy.BY_START_TIME,
                 "opt_start_time": start.isoformat().replace("+00:00", "Z"),

@@ -545,6 +545,48 @@ def test_a_run_resumed_after_the_duplicate_window_publishes_each_record_once(
     assert json.loads(done.stdout)["reconciles"]
 
 
+def test_an_output_stream_made_again_before_a_resume_refuses_it(
+    server: Server, tmp_path: Path
+) -> None:
+    # The records published before the snapshot went with the old stream: a resume that
+    # published only those after it into the new one would reconcile over the loss.
+    from pipelines import OutputChangedError
+
+    def stop(x: int) -> int:
+        time.sleep(0.0002)  # snapshots are taken meanwhile
+        if x == 2000:
+            raise RuntimeError("stop")
+        return x
+
+    def pipeline(step: Any) -> Pipeline:
+        return (
+            Pipeline("copied")
+            .read(sources.memory(list(range(3000)), batch_size=10))
+            .map(step, on_error="halt")
+            .map(lambda x: {"id": str(x)})
+            .write(sinks.nats(server.url, "copies.x"))
+        )
+
+    server.call(lambda js: js.add_stream(name="copies", subjects=["copies.>"]))
+    store = tmp_path / "store"
+    with pytest.raises(PipelineHalted):
+        pipeline(stop).run(recovery=store, snapshot_interval=0.01)
+    assert 0 < len(stored(server, "copies")) <= 2000
+
+    async def made_again(js: Any) -> None:
+        await js.delete_stream("copies")
+        await js.add_stream(name="copies", subjects=["copies.>"])
+
+    server.call(made_again)
+    with pytest.raises(OutputChangedError, match=r"stream 'copies' .* was made at .* and again"):
+        pipeline(lambda x: x).run(recovery=store)
+
+    async def held(js: Any) -> int:
+        return int((await js.stream_info("copies")).state.messages)
+
+    assert server.call(held) == 0  # nothing published into the new stream
+
+
 JOIN_APP = """
 import os, time
 from operators import windows
