@@ -499,14 +499,17 @@ class _ExactPublisher(_Publisher, ExactWriter):
 
     Each message of a record with an id carries this writer's tag (the
     pipeline, the step and when the recovery store was made) in a header.
-    Its position is the stream sequence up to which its messages are covered
-    by the snapshot, and when the stream was made. A resumed run first reads
-    the headers of the subject's messages after that position: the records
-    that its killed executions published after the snapshot, which the run
-    hands it again, are not published again. (JetStream's duplicate window
-    would drop them only while it lasts, two minutes by default: a run may
-    be resumed hours later.) Records without an id cannot be told apart so:
-    they are published again (at least once).
+    Its position is the stream sequence of its last message, when the
+    stream was made, and the ids of a killed execution's messages not met
+    again yet. A resumed run first reads the headers of the subject's
+    messages after that sequence: the records that its killed executions
+    published after the snapshot, which the run hands it again, are not
+    published again. (JetStream's duplicate window would drop them only
+    while it lasts, two minutes by default: a run may be resumed hours
+    later.) Records without an id cannot be told apart so: they are
+    published again (at least once); nor can records whose id differs on
+    each run (made with a random one): a killed execution's ids of those are
+    never met again, and stay in the position.
     """
 
     def __init__(self, sink: JetStreamSink, ctx: RunContext, step: str, resume: Any) -> None:
@@ -518,14 +521,14 @@ class _ExactPublisher(_Publisher, ExactWriter):
             #: When the stream was made: one made again numbers its messages from 1 again.
             self.made = None if info.created is None else info.created.isoformat()
             #: The message ids this writer's killed executions published after the
-            #: position, with their sequences: not published again.
-            self.after: dict[str, int] = {}
+            #: snapshot, not met again yet: not published again.
+            self.after: set[str] = set()
             if resume is None:
                 self.last = int(info.state.last_seq)
                 if made is not None:  # executions killed before their first snapshot
                     self.after = self._published(None, made)
                 return
-            last, was_made = resume
+            last, was_made, *held = resume
             if None not in (was_made, self.made) and was_made != self.made:
                 msg = (
                     f"nats sink: the stream {self.stream!r} that subject {sink.subject!r} is "
@@ -535,12 +538,12 @@ class _ExactPublisher(_Publisher, ExactWriter):
                 )
                 raise OutputChangedError(msg)
             self.last = int(last)
-            self.after = self._published(self.last + 1, None)
+            self.after = self._published(self.last + 1, None).union(*held)
         except BaseException:
             self.close()
             raise
 
-    def _published(self, first: int | None, since: float | None) -> dict[str, int]:
+    def _published(self, first: int | None, since: float | None) -> set[str]:
         """Return the ids of this writer's messages from sequence ``first`` (or time ``since``)."""
         api = _nats().js.api
         if first is not None:
@@ -566,12 +569,12 @@ class _ExactPublisher(_Publisher, ExactWriter):
         timeout_error = _nats().errors.TimeoutError
         tag = self.tag
 
-        async def scan() -> dict[str, int]:
+        async def scan() -> set[str]:
             info = await self.js.stream_info(self.stream)
             if int(info.state.last_seq) < (first or 1):
-                return {}
+                return set()
             sub = await self.js.pull_subscribe(self.sink.subject, stream=self.stream, config=config)
-            found: dict[str, int] = {}
+            found: set[str] = set()
             try:
                 while True:
                     try:
@@ -581,7 +584,7 @@ class _ExactPublisher(_Publisher, ExactWriter):
                     for msg in msgs:
                         headers = msg.headers or {}
                         if headers.get(WRITER_HEADER) == tag and "Nats-Msg-Id" in headers:
-                            found[headers["Nats-Msg-Id"]] = int(msg.metadata.sequence.stream)
+                            found.add(headers["Nats-Msg-Id"])
                     if not msgs or msgs[-1].metadata.num_pending == 0:
                         return found
             finally:
@@ -607,7 +610,14 @@ class _ExactPublisher(_Publisher, ExactWriter):
         if not after:
             return messages
         prefix = f"{self.sink.subject} "
-        return [m for m in messages if m[2] is None or after.pop(f"{prefix}{m[2]}", None) is None]
+        left = []
+        for message in messages:
+            key = None if message[2] is None else f"{prefix}{message[2]}"
+            if key in after:
+                after.discard(key)
+            else:
+                left.append(message)
+        return left
 
     def _headers(self, message_id: str) -> dict[str, str]:
         return {"Nats-Msg-Id": message_id, WRITER_HEADER: self.tag}
@@ -617,13 +627,14 @@ class _ExactPublisher(_Publisher, ExactWriter):
             self.last = seq
 
     def position(self) -> Any:
-        """Return the sequence up to which its messages are covered, and when the stream was made.
+        """Return its last message's sequence, the stream's making and the ids still to meet.
 
-        While messages of a killed execution are still to be met again, not
-        past the first of them: a later resume reads them again.
+        The ids are a killed execution's messages not met again yet: a later
+        resume takes them with those it reads back after the sequence.
         """
-        covered = min(self.after.values()) - 1 if self.after else self.last
-        return (covered, self.made)
+        if self.after:
+            return (self.last, self.made, sorted(self.after))
+        return (self.last, self.made)
 
 
 class JetStreamSink(BrokerSink, ExactSink):

@@ -545,6 +545,38 @@ def test_a_run_resumed_after_the_duplicate_window_publishes_each_record_once(
     assert json.loads(done.stdout)["reconciles"]
 
 
+def test_the_one_publisher_of_a_resumed_run_skips_what_it_published_after_the_snapshot(
+    server: Server,
+) -> None:
+    from operators import RunContext
+    from operators._nats import JetStreamSink
+
+    server.call(lambda js: js.add_stream(name="out", subjects=["out.>"], duplicate_window=0.2))
+    ctx = RunContext("p")
+    ctx.store_created = time.time()
+    sink = JetStreamSink(server.url, "out.x")
+    killed = sink.open_exact(ctx, "w", None)
+    assert killed.write([{"id": "a"}, {"id": "b"}]) == []
+    snapshot = killed.position()
+    # After the snapshot: c, and r1, a record whose id is made anew on each run (random).
+    assert killed.write([{"id": "c"}, {"id": "r1"}, {"n": 1}]) == []
+    killed.close()
+    time.sleep(0.4)  # the duplicate window passes
+    resumed = sink.open_exact(ctx, "w", snapshot)
+    assert resumed.write([{"id": "c"}, {"id": "r2"}, {"n": 1}]) == []
+    last, made, held = resumed.position()
+    resumed.close()
+    got = stored(server, "out")
+    ids = [m["id"] for m in got]
+    assert ids == ["out.x a", "out.x b", "out.x c", "out.x r1", None, "out.x r2", None]
+    # Its sequence moves on; r1, never met again, is held in the position, not read again.
+    assert (last, held) == (len(got), ["out.x r1"]) and made is not None
+    again = sink.open_exact(ctx, "w", (last, made, held))
+    assert again.write([{"id": "r1"}, {"id": "d"}]) == []
+    again.close()
+    assert [m["id"] for m in stored(server, "out")][len(got) :] == ["out.x d"]
+
+
 def test_an_output_stream_made_again_before_a_resume_refuses_it(
     server: Server, tmp_path: Path
 ) -> None:
