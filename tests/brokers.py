@@ -91,6 +91,34 @@ def killed_then_finished(
     return summary
 
 
+def halted_copy(sink: Sink, store: Path) -> Callable[[], Pipeline]:
+    """Copy 0..2999 as ``{"id": ...}`` to ``sink`` with recovery in ``store``, halted at 2000.
+
+    Snapshots are taken meanwhile. Returns what makes the pipeline again, halting
+    nowhere, for a resume.
+    """
+    from pipelines import PipelineHalted
+
+    def stop(x: int) -> int:
+        time.sleep(0.0002)  # snapshots are taken meanwhile
+        if x == 2000:
+            raise RuntimeError("stop")
+        return x
+
+    def pipeline(step: Callable[[int], int]) -> Pipeline:
+        return (
+            Pipeline("copied")
+            .read(sources.memory(list(range(3000)), batch_size=10))
+            .map(step, on_error="halt")
+            .map(lambda x: {"id": str(x)})
+            .write(sink)
+        )
+
+    with pytest.raises(PipelineHalted):
+        pipeline(stop).run(recovery=store, snapshot_interval=0.01)
+    return lambda: pipeline(lambda x: x)
+
+
 def line_count(path: Path) -> int:
     """How many lines ``path`` holds (0 while it does not exist)."""
     return len(path.read_text().splitlines()) if path.exists() else 0

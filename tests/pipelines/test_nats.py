@@ -30,6 +30,7 @@ from tests.brokers import (
     Click,
     ServerProcess,
     command,
+    halted_copy,
     killed_then_finished,
     line_count,
     write_with_a_loop,
@@ -584,25 +585,8 @@ def test_an_output_stream_made_again_before_a_resume_refuses_it(
     # published only those after it into the new one would reconcile over the loss.
     from pipelines import OutputChangedError
 
-    def stop(x: int) -> int:
-        time.sleep(0.0002)  # snapshots are taken meanwhile
-        if x == 2000:
-            raise RuntimeError("stop")
-        return x
-
-    def pipeline(step: Any) -> Pipeline:
-        return (
-            Pipeline("copied")
-            .read(sources.memory(list(range(3000)), batch_size=10))
-            .map(step, on_error="halt")
-            .map(lambda x: {"id": str(x)})
-            .write(sinks.nats(server.url, "copies.x"))
-        )
-
     server.call(lambda js: js.add_stream(name="copies", subjects=["copies.>"]))
-    store = tmp_path / "store"
-    with pytest.raises(PipelineHalted):
-        pipeline(stop).run(recovery=store, snapshot_interval=0.01)
+    resumed = halted_copy(sinks.nats(server.url, "copies.x"), tmp_path / "store")
     assert 0 < len(stored(server, "copies")) <= 2000
 
     async def made_again(js: Any) -> None:
@@ -611,7 +595,7 @@ def test_an_output_stream_made_again_before_a_resume_refuses_it(
 
     server.call(made_again)
     with pytest.raises(OutputChangedError, match=r"stream 'copies' .* was made at .* and again"):
-        pipeline(lambda x: x).run(recovery=store)
+        resumed().run(recovery=tmp_path / "store")
 
     async def held(js: Any) -> int:
         return int((await js.stream_info("copies")).state.messages)

@@ -31,6 +31,7 @@ from tests.brokers import (
     Click,
     ServerProcess,
     command,
+    halted_copy,
     killed_then_finished,
     line_count,
     write_with_a_loop,
@@ -843,32 +844,14 @@ def test_an_output_stream_deleted_before_a_resume_refuses_it(
     # As a jsonl output deleted after a halt: the resumed run wrote only the
     # records after the snapshot into a new stream, the earlier ones gone,
     # and reconciled. Refused now, from the stream's count of entries ever added.
-    from pipelines import OutputChangedError, PipelineHalted
+    from pipelines import OutputChangedError
 
-    def stop(x: int) -> int:
-        time.sleep(0.0002)  # snapshots are taken meanwhile
-        if x == 2000:
-            raise RuntimeError("stop")
-        return x
-
-    def pipeline(step: Callable[[int], int]) -> Pipeline:
-        read = sources.memory(list(range(3000)), batch_size=10)
-        return (
-            Pipeline("copied")
-            .read(read)
-            .map(step, on_error="halt")
-            .map(lambda x: {"id": str(x)})
-            .write(sinks.redis(server.url, "copies"))
-        )
-
-    store = tmp_path / "store"
-    with pytest.raises(PipelineHalted):
-        pipeline(stop).run(recovery=store, snapshot_interval=0.01)
+    resumed = halted_copy(sinks.redis(server.url, "copies"), tmp_path / "store")
     assert client.xlen("copies") > 0
     client.delete("copies")
     client.xadd("copies", {"data": json.dumps({"id": "another"})})  # made again by another
     with pytest.raises(OutputChangedError, match=r"stream 'copies' .* was deleted or made again"):
-        pipeline(lambda x: x).run(recovery=store)
+        resumed().run(recovery=tmp_path / "store")
     assert stream_ids(client, "copies") == Counter(["another"])
 
 
