@@ -639,9 +639,21 @@ def event_time(
     >>> event_time(max_future=timedelta(hours=1)).max_future
     3600.0
     """
-    delay = max_delay.total_seconds() if isinstance(max_delay, timedelta) else float(max_delay)
+    if isinstance(max_delay, timedelta):
+        delay = max_delay.total_seconds()
+    elif isinstance(max_delay, int | float) and not isinstance(max_delay, bool):
+        delay = float(max_delay)
+    else:
+        msg = (
+            f"event_time: max_delay must be a timedelta or a number of seconds; got "
+            f"{max_delay!r}. Hint: max_delay=5 or max_delay=timedelta(seconds=5)."
+        )
+        raise TypeError(msg)
     if not math.isfinite(delay) or delay < 0:
-        msg = f"event_time: max_delay must be zero or positive; got {max_delay!r}."
+        msg = (
+            f"event_time: max_delay must be a finite number of seconds, zero or more; got "
+            f"{max_delay!r}."
+        )
         raise ValueError(msg)
     idle = to_seconds(idle_timeout, what="event_time idle_timeout")
     ahead = None if max_future is None else to_seconds(max_future, what="event_time max_future")

@@ -109,8 +109,12 @@ def test_window_arguments_are_checked() -> None:
         windows.sliding(seconds=10, every=math.nan)
     with pytest.raises(ValueError, match=r"count window: n must be a positive int; got 0"):
         windows.count(0)
-    with pytest.raises(ValueError, match=r"event_time: max_delay must be zero or positive"):
-        windows.event_time("ts", max_delay=-1)
+    for far in (-1, math.inf):
+        with pytest.raises(ValueError, match=r"event_time: max_delay must be a finite number"):
+            windows.event_time("ts", max_delay=far)
+    for odd in ("5s", None, True):  # float("5s") and float(None) said nothing of max_delay
+        with pytest.raises(TypeError, match=r"max_delay must be a timedelta or a number of"):
+            windows.event_time("ts", max_delay=odd)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"event_time needs a field name or a function"):
         windows.event_time(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"event_time idle_timeout must be positive"):
