@@ -862,8 +862,13 @@ class _LinesReader(Reader):
 
     def _next_file(self) -> None:
         """Go on to the file the followed path names now, from its start."""
+        try:
+            new = open_file(self.path, None, "rb")
+        except FileNotFoundError:  # renamed away again meanwhile: looked at again later
+            self._wait()
+            return
         self.file.close()
-        self.file = open_file(self.path, None, "rb")
+        self.file = new
         if self._head(3) != b"\xef\xbb\xbf":
             self.file.seek(0)
         self.base = self.line
@@ -1159,8 +1164,8 @@ class _ArrayReader(Reader):
             raise StopIteration
         self.done += len(taken)
         items = [r if r.__class__ is Unreadable else json.dumps(r).encode() for r in taken]
-        broken = items[-1].__class__ is Unreadable  # where the document breaks off: the last
-        return Chunk(items, self.step, self.path, first, file=self.path, unreadable=broken)
+        flawed = any(r.__class__ is Unreadable for r in items)
+        return Chunk(items, self.step, self.path, first, file=self.path, unreadable=flawed)
 
     def position(self) -> tuple[int, str | None]:
         last = _array_digest(self.records[self.done - 1]) if self.done else None

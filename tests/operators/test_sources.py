@@ -959,6 +959,10 @@ def test_a_json_document_that_breaks_off_is_read_up_to_there_then_one_dead_lette
         assert got == [f"u{i}" for i in range(kept + (broken_at < kept)) if i != broken_at]
         assert letter.origin.offset == broken_at and result.read == kept + 1, name
         assert result.reconciles
+    # Without a schema too, each is a dead letter (not a record handed on).
+    raw = Pipeline("r").read(sources.jsonl(tmp_path / "latin.json", schema=None, batch_size=16))
+    result = raw.write(sinks.memory("o")).run()
+    assert len(result["o"]) == 199 and [d.origin.offset for d in result.dead_letters] == [7]
     # The letter holds the rest of the file as it is there (here: from record 40 on).
     cut = Pipeline("c").read(sources.jsonl(tmp_path / "cut.json", schema=Purchase))
     [letter] = cut.write(sinks.memory("o")).run().dead_letters
