@@ -1667,6 +1667,30 @@ def test_an_aggregate_of_early_results_is_refused_until_the_final_ones_are_kept(
     assert result.early > 0 and result.reconciles
 
 
+def test_a_join_of_early_results_is_refused_and_a_table_of_them_keeps_the_latest() -> None:
+    # Joined as they were, each early result was a pair of its own: 6 pairs for one window.
+    per_second = early_counts(seconds=1000, rate=200, every=0.01, name="tens")
+    counts = per_second.key_by(lambda r: r.key, name="k")
+    users = per_second.pipeline.read(
+        sources.memory([hit("ada", 0, amount=1.0)]), name="users"
+    ).key_by(lambda e: e.user, name="user")
+    hint = r"pair the early results of 'tens' \(emit='early'\) on its (left|right) side"
+    for make in (
+        lambda: counts.join(users, window=windows.tumbling(seconds=1000)),
+        lambda: users.join(counts, between=(timedelta(0), timedelta(hours=1))),
+        lambda: counts.join(users.as_table()),
+    ):
+        with pytest.raises(ValueError, match=hint + r".*\.filter\(lambda r: r\.final\)"):
+            make()
+    latest = users.join(counts.as_table(), name="latest")  # each user's count as of its time
+    result = latest.write(sinks.memory("out")).run()
+    assert len(result["out"]) == 1 and result.reconciles
+    finals = per_second.filter(lambda r: r.final).key_by(lambda r: r.key, name="kf")
+    paired = finals.join(users, window=windows.tumbling(seconds=1000), name="paired")
+    result = paired.write(sinks.memory("out")).run()
+    assert [(j.left.n, j.right.user) for j in result["out"]] == [(40, "ada")]
+
+
 def test_early_results_a_filter_or_a_map_lets_through_are_dead_letters_not_counted_again() -> None:
     # Refused at build only through steps that pass records on as they are: after a
     # filter on something else, or a map that keeps the results, every early result

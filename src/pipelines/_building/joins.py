@@ -405,6 +405,18 @@ def join_streams(
         found = unmarked_upstream(side._port.node)
         if found is not None:
             raise no_watermark(shown, "join", found)
+    # A table keeps the latest value of each key, early or final: its stream may carry both.
+    for side, named in ((left, "left"), (right, "right")):
+        early = None if side is right and table is not None else early_upstream(side._port.node)
+        if early is not None:
+            msg = (
+                f"join {shown!r} would pair the early results of {early.name!r} "
+                f"(emit='early') on its {named} side besides its final ones: each window's "
+                f"value so far, again and again, each a pair of its own. Hint: keep the final "
+                f"ones first, .filter(lambda r: r.final), before key_by(...); or join a table "
+                f"of the latest values, .as_table()."
+            )
+            raise ValueError(msg)
     params["keys"] = (left._key, right._key)
     graph = left.pipeline.graph.union([right.pipeline.graph])
     detail = {"window": "window", "interval": "interval", "table": "table"}[params["kind"]]
