@@ -703,18 +703,29 @@ class _LinesReader(Reader):
         self.moved_at: float | None = None
         #: Where the last line read began, when no line end closed it (the end of the file).
         self.open_line: int | None = None
+        #: A followed file rotated away while the run was stopped, and gone from its folder:
+        #: the letter that says so, to hand on first, and the position to keep till then.
+        self.lost: Unreadable | None = None
+        self.held: Any = None
         if resume is not None:
             self.line, offset, *seen = resume
             if len(seen) > 3:
                 self.base = int(seen[3])
-            if len(seen) > 2 and seen[2]:
+            # (A followed file: which one it was, to find it if the path names another now.)
+            found = not (self.follow and len(seen) > 5) or self._find(int(seen[4]), int(seen[5]))
+            if not found:
+                self._gone(resume, "is no longer in its folder (deleted, compressed or moved)")
+            elif len(seen) > 2 and seen[2]:
                 self.broken = True  # its dead letter was handed on: nothing is left to read
             elif seen and seen[0] != self._resumed_at(offset):
-                self.file.close()
-                raise _file_changed(step, path, f"line {self.line}, byte {offset}")
+                if self.follow and len(seen) > 5:  # made anew where the one read was (its inode)
+                    self._gone(resume, "no longer holds what was read of it (made anew)")
+                else:
+                    self.file.close()
+                    raise _file_changed(step, path, f"line {self.line}, byte {offset}")
             else:
                 self.file.seek(offset)
-            if len(seen) > 1 and seen[1] is not None:
+            if len(seen) > 1 and seen[1] is not None and self.lost is None:
                 self.open_line = int(seen[1])
         elif self.refused is None and self._head(3) != b"\xef\xbb\xbf":
             self.file.seek(0)  # no byte-order mark to skip
@@ -786,6 +797,14 @@ class _LinesReader(Reader):
         return True
 
     def next_chunk(self) -> Chunk | None:
+        if self.lost is not None:
+            letter, self.lost, self.held = self.lost, None, None
+            chunk = Chunk(
+                [letter], self.step, self.path, self.line, file=self.path, unreadable=True
+            )
+            self.line += 1
+            self.base = self.line
+            return chunk
         if self.broken:
             raise StopIteration
         if self.refused is not None:
@@ -838,6 +857,51 @@ class _LinesReader(Reader):
         )
         self.line += len(lines)
         return chunk
+
+    def _gone(self, resume: Any, why: str) -> None:
+        """Read the file at a followed path from its start: the one read while stopped ``why``.
+
+        A `missing` letter, handed on first, says that what was written to the
+        old one after the position was not read; till then the position stays.
+        """
+        self.lost = Unreadable(
+            "",
+            ValueError(
+                f"file {self.path!r} was rotated while the run was stopped, and the file it "
+                f"was reading (read up to its line {self.line - self.base}) {why}: the lines "
+                f"written to it after that were not read; the new file at {self.path!r} is "
+                f"read from its start"
+            ),
+            kind="missing",
+        )
+        self.held = resume
+        self.file.seek(0)
+        if self._head(3) != b"\xef\xbb\xbf":
+            self.file.seek(0)
+
+    def _find(self, device: int, inode: int) -> bool:
+        """Find the file a followed path named when the position was kept (device, inode).
+
+        The same file still at the path, or one renamed in its folder (a log
+        rotated while the run was stopped: it is read to its end, then the
+        file at the path): True, and it is the one to read. False when it is
+        nowhere there.
+        """
+        held = os.fstat(self.file.fileno())
+        if (held.st_dev, held.st_ino) == (device, inode):
+            return True
+        folder = os.path.dirname(self.path) or "."
+        for entry in os.scandir(folder):
+            try:
+                found = entry.stat()
+            except OSError:
+                continue
+            if (found.st_dev, found.st_ino) == (device, inode) and entry.is_file():
+                self.file.close()
+                self.file = open(entry.path, "rb")  # noqa: SIM115 - closed by `close`
+                self.moved_at = time.monotonic() - ROTATED_AFTER  # on to the path's once read
+                return True
+        return False
 
     def _rotated(self) -> bool:
         """Whether a followed path has named another file for `ROTATED_AFTER` seconds.
@@ -898,13 +962,17 @@ class _LinesReader(Reader):
         return self.wake
 
     def position(self) -> tuple[Any, ...]:
+        if self.held is not None:  # (the letter for a file gone while stopped, not handed yet)
+            return tuple(self.held)
         if self.broken:  # read to where it cannot be read on, its dead letter handed on
             return (self.line, 0, "", None, True)
         offset = self.file.tell()
         if self.kind is None:
-            if self.base:  # (a followed log rotated: the lines of the files before it)
-                return (self.line, offset, self._before(offset), self.open_line, False, self.base)
-            return (self.line, offset, self._before(offset), self.open_line, False)
+            at = (self.line, offset, self._before(offset), self.open_line, False)
+            if self.follow:  # which file it is, and the lines of those the path named before
+                held = os.fstat(self.file.fileno())
+                return (*at, self.base, held.st_dev, held.st_ino)
+            return at
         kept = digest(self.tail) if len(self.tail) == min(offset, TAIL) else ""
         return (self.line, offset, kept, self.open_line, False)
 

@@ -940,31 +940,77 @@ def test_a_followed_log_rotated_by_renaming_goes_on_to_the_new_file(tmp_path: Pa
     def lines(first: int, last: int) -> str:
         return "".join(json.dumps({"n": i}) + "\n" for i in range(first, last))
 
-    proc = subprocess.Popen(run, env=env, stderr=subprocess.DEVNULL)
-    assert written(500) == list(range(500))
-    with source.open("a") as f:  # renamed while its writer is in the middle of a line
-        f.write(lines(500, 520) + '{"n": 5')
-        f.flush()
-        source.rename(tmp_path / "in.jsonl.1")
-        source.write_text(lines(521, 700))  # the new file, made before the old one ends
-        time.sleep(0.2)
-        f.write("20}\n" + lines(700, 710))  # the writer's last lines to the old one
-    assert written(710) == list(range(710))
-    proc.send_signal(signal.SIGKILL)  # killed while following the new file
-    proc.wait(timeout=30)
-    proc = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
-    with source.open("a") as f:
-        f.write(lines(710, 800) + '{"n": 8')
-    assert written(800) == list(range(800))  # the resumed run follows the second file
-    source.rename(tmp_path / "in.jsonl.2")  # no one ends that last line: a dead letter
-    source.write_text(lines(900, 950))
-    assert written(850) == [*range(800), *range(900, 950)]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err[-2000:]
-    assert written(850) == [*range(800), *range(900, 950)]  # each line once
-    [letter] = [json.loads(line) for line in dead.read_text().splitlines()]
-    assert (letter["kind"], letter["payload"]) == ("user_error", '{"n": 8')
+    procs: list[subprocess.Popen[Any]] = []
+
+    def start(**streams: Any) -> subprocess.Popen[Any]:
+        procs.append(subprocess.Popen(run, env=env, **streams))
+        return procs[-1]
+
+    try:
+        proc = start(stderr=subprocess.DEVNULL)
+        assert written(500) == list(range(500))
+        with source.open("a") as f:  # renamed while its writer is in the middle of a line
+            f.write(lines(500, 520) + '{"n": 5')
+            f.flush()
+            source.rename(tmp_path / "in.jsonl.1")
+            source.write_text(lines(521, 700))  # the new file, made before the old one ends
+            time.sleep(0.2)
+            f.write("20}\n" + lines(700, 710))  # the writer's last lines to the old one
+        assert written(710) == list(range(710))
+        proc.send_signal(signal.SIGKILL)  # killed while following the new file
+        proc.wait(timeout=30)
+        proc = start(stderr=subprocess.PIPE, text=True)
+        with source.open("a") as f:
+            f.write(lines(710, 800) + '{"n": 8')
+        assert written(800) == list(range(800))  # the resumed run follows the second file
+        source.rename(tmp_path / "in.jsonl.2")  # no one ends that last line: a dead letter
+        source.write_text(lines(900, 950))
+        assert written(850) == [*range(800), *range(900, 950)]
+        time.sleep(0.5)  # a snapshot holds the new file's position (not the one renamed twice)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err[-2000:]
+        assert written(850) == [*range(800), *range(900, 950)]  # each line once
+        [letter] = [json.loads(line) for line in dead.read_text().splitlines()]
+        assert (letter["kind"], letter["payload"]) == ("user_error", '{"n": 8')
+        # Rotated while the run is stopped: the file read is found under its new name in its
+        # folder and read to its end, then the new one.
+        with source.open("a") as f:
+            f.write(lines(950, 960))
+        source.rename(tmp_path / "in.jsonl.3")
+        source.write_text(lines(1000, 1010))
+        proc = start(stderr=subprocess.DEVNULL)
+        assert written(870) == [*range(800), *range(900, 960), *range(1000, 1010)]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 130
+        # Rotated and gone (compressed, deleted) while stopped: what was written to it since
+        # is one `missing` dead letter, and the new file is read.
+        with source.open("a") as f:
+            f.write(lines(1010, 1020))
+        source.rename(tmp_path / "in.jsonl.4")
+        (tmp_path / "in.jsonl.4").unlink()
+        source.write_text(lines(1100, 1110))
+        proc = start(stderr=subprocess.DEVNULL)
+        assert written(880) == [
+            *range(800),
+            *range(900, 960),
+            *range(1000, 1010),
+            *range(1100, 1110),
+        ]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 130
+        _, gone = [json.loads(line) for line in dead.read_text().splitlines()]
+        assert (
+            gone["kind"] == "missing"
+            and "was rotated while the run was stopped" in (gone["message"])
+        )
+        assert "read up to its line 10" in gone["message"]
+    finally:
+        for left in procs:  # a followed run never ends by itself
+            if left.poll() is None:
+                left.kill()
+                left.wait()
 
 
 def test_a_json_array_file_halted_and_resumed_writes_each_record_once(tmp_path: Path) -> None:
