@@ -97,9 +97,11 @@ def nats(
 
     The header is the subject and the record's id (``out.clicks c7``).
     JetStream drops a message whose id it stored within the stream's
-    duplicate window (two minutes by default): records published again after
-    a crash and resume are stored once, and a record written to two subjects
-    of one stream is stored on each. A batch the server refuses for
+    duplicate window (two minutes by default), and a record written to two
+    subjects of one stream is stored on each. In a run with recovery one
+    publisher takes every record, and a resume does not publish again what
+    the killed run published after its snapshot, however late it comes: each
+    record with an id is stored once. A batch the server refuses for
     ``retry_for`` seconds becomes dead letters.
     """
     return JetStreamSink(

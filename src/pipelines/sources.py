@@ -187,10 +187,12 @@ def jsonl(
     A malformed line or a schema violation becomes a dead letter naming the
     file and line. A file that is one JSON array over several lines, or
     records one after another each over several lines, is read as its
-    records. A file compressed with gzip, bzip2 or xz is read as what it
-    holds (so is a csv file). ``follow=True`` reads on as lines are added to
-    the files (as ``tail -f`` does) until the run is stopped; a line is read
-    once its writer has ended it.
+    records (up to where it breaks off, the rest one dead letter). A file
+    compressed with gzip, bzip2 or xz is read as what it holds (so is a csv
+    file). ``follow=True`` reads on as lines are added to the files (as
+    ``tail -F`` does) until the run is stopped; a line is read once its
+    writer has ended it, and a file renamed away and made anew (a log
+    rotated) is read to its end, then the new one.
     """
     return JsonlSource(path, schema=schema, batch_size=batch_size, follow=follow)
 
