@@ -48,6 +48,19 @@ __all__ = [
 ]
 
 
+def seconds_of(value: Any) -> float | None:
+    """Return the seconds of a timedelta or a number of seconds; None for anything else.
+
+    >>> seconds_of(timedelta(minutes=1)), seconds_of(5), seconds_of("5s"), seconds_of(True)
+    (60.0, 5.0, None, None)
+    """
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def to_seconds(
     value: timedelta | float | None = None,
     *,
@@ -639,11 +652,8 @@ def event_time(
     >>> event_time(max_future=timedelta(hours=1)).max_future
     3600.0
     """
-    if isinstance(max_delay, timedelta):
-        delay = max_delay.total_seconds()
-    elif isinstance(max_delay, int | float) and not isinstance(max_delay, bool):
-        delay = float(max_delay)
-    else:
+    delay = seconds_of(max_delay)
+    if delay is None:
         msg = (
             f"event_time: max_delay must be a timedelta or a number of seconds; got "
             f"{max_delay!r}. Hint: max_delay=5 or max_delay=timedelta(seconds=5)."

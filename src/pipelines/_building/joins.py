@@ -26,6 +26,7 @@ from operators.windows import (
     EventTime,
     Window,
     event_time,
+    seconds_of,
     to_seconds,
 )
 from pipelines._building.builder import Stream
@@ -103,11 +104,8 @@ def _bound(value: Any, step: str) -> float:
     watermark passes the end of its interval, and times are dates (which end
     with the year 9999), so every record would be refused at run time.
     """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
+    seconds = seconds_of(value)
+    if seconds is None:
         msg = (
             f"join {step!r}: an interval bound must be a timedelta or a number of seconds; "
             f"got {value!r}. Hint: between=(timedelta(0), timedelta(minutes=10))."
