@@ -1679,6 +1679,7 @@ def test_a_join_of_early_results_is_refused_and_a_table_of_them_keeps_the_latest
         lambda: counts.join(users, window=windows.tumbling(seconds=1000)),
         lambda: users.join(counts, between=(timedelta(0), timedelta(hours=1))),
         lambda: counts.join(users.as_table()),
+        lambda: counts.join(counts.as_table()),  # its left side, though its table may be
     ):
         with pytest.raises(ValueError, match=hint + r".*\.filter\(lambda r: r\.final\)"):
             make()

@@ -404,8 +404,8 @@ def join_streams(
         if found is not None:
             raise no_watermark(shown, "join", found)
     # A table keeps the latest value of each key, early or final: its stream may carry both.
-    for side, named in ((left, "left"), (right, "right")):
-        early = None if side is right and table is not None else early_upstream(side._port.node)
+    for side, named, latest in ((left, "left", False), (right, "right", table is not None)):
+        early = None if latest else early_upstream(side._port.node)
         if early is not None:
             msg = (
                 f"join {shown!r} would pair the early results of {early.name!r} "
