@@ -1186,7 +1186,8 @@ def _broken(
         why = f"the file cannot be read on ({cut})"
     else:
         why = why.removesuffix(" starting at").lower()
-    rest = raw[len(text[:at].encode("utf-8")) :] if raw else text[at:].encode()
+    # (Bytes that are not UTF-8 are in ``text`` as surrogates: back to the bytes they were.)
+    rest = raw[len(text[:at].encode("utf-8", "surrogateescape")) :]
     return Unreadable(
         rest.decode("utf-8", "replace"),
         ValueError(

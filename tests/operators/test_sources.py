@@ -933,6 +933,8 @@ def test_a_json_document_that_breaks_off_is_read_up_to_there_then_one_dead_lette
         "trailing.json": (whole + "\ngarbage\n").encode(),
         "unclosed.json": whole[: whole.rindex("]")].encode(),
         "latin.json": b"\xef\xbb\xbf" + whole.encode().replace(b'"u7"', b'"u\xe97"'),
+        # Such bytes, then a cut: the cut's letter holds the rest from its own place.
+        "latin_cut.json": whole[:at_40].encode().replace(b'"u7"', b'"u\xe97"'),
         "jq.json": "".join(json.dumps(r, indent=2) + "\n" for r in records[:40]).encode()
         + b'{\n  "user": "x",\n',
         "cut.json.gz": packed[: len(packed) // 2],
@@ -959,6 +961,13 @@ def test_a_json_document_that_breaks_off_is_read_up_to_there_then_one_dead_lette
         assert got == [f"u{i}" for i in range(kept + (broken_at < kept)) if i != broken_at]
         assert letter.origin.offset == broken_at and result.read == kept + 1, name
         assert result.reconciles
+    # Such bytes, then a cut (this stopped the read: the rest's bytes were taken for text).
+    both = Pipeline("l").read(sources.jsonl(tmp_path / "latin_cut.json", schema=Purchase))
+    result = both.write(sinks.memory("o")).run()
+    assert len(result["o"]) == 39 and result.reconciles
+    bad, cut = result.dead_letters
+    assert [d.origin.offset for d in (bad, cut) if d.origin] == [7, 40]
+    assert cut.payload == whole[whole.rindex("{", 0, at_40) : at_40]
     # Without a schema too, each is a dead letter (not a record handed on).
     raw = Pipeline("r").read(sources.jsonl(tmp_path / "latin.json", schema=None, batch_size=16))
     result = raw.write(sinks.memory("o")).run()
