@@ -711,14 +711,14 @@ class _LinesReader(Reader):
             self.line, offset, *seen = resume
             if len(seen) > 3:
                 self.base = int(seen[3])
-            # (A followed file: which one it was, to find it if the path names another now.)
-            found = not (self.follow and len(seen) > 5) or self._find(int(seen[4]), int(seen[5]))
-            if not found:
+            # A followed file: which one it was, to find it if the path names another now.
+            which = (int(seen[4]), int(seen[5])) if self.follow and len(seen) > 5 else None
+            if which is not None and not self._find(*which):
                 self._gone(resume, "is no longer in its folder (deleted, compressed or moved)")
             elif len(seen) > 2 and seen[2]:
                 self.broken = True  # its dead letter was handed on: nothing is left to read
             elif seen and seen[0] != self._resumed_at(offset):
-                if self.follow and len(seen) > 5:  # made anew where the one read was (its inode)
+                if which is not None:  # made anew where the one read was (its inode)
                     self._gone(resume, "no longer holds what was read of it (made anew)")
                 else:
                     self.file.close()
@@ -727,8 +727,8 @@ class _LinesReader(Reader):
                 self.file.seek(offset)
             if len(seen) > 1 and seen[1] is not None and self.lost is None:
                 self.open_line = int(seen[1])
-        elif self.refused is None and self._head(3) != b"\xef\xbb\xbf":
-            self.file.seek(0)  # no byte-order mark to skip
+        elif self.refused is None:
+            self._from_start()
 
     def _read_compressed(self, lines: list[Any]) -> bytes:
         """Read a batch of a compressed file's lines into ``lines``; return the last as read.
@@ -755,6 +755,17 @@ class _LinesReader(Reader):
         if taken:
             self.tail = (self.tail + b"".join(taken[-TAIL:]))[-TAIL:]
         return raw
+
+    def _from_start(self) -> None:
+        """Stand at the start of the file, past a byte-order mark if it has one."""
+        self.file.seek(0)
+        if self._head(3) != b"\xef\xbb\xbf":
+            self.file.seek(0)
+
+    def _held(self) -> tuple[int, int]:
+        """Which file the reader has open: its device and inode."""
+        held = os.fstat(self.file.fileno())
+        return held.st_dev, held.st_ino
 
     def _head(self, n: int) -> bytes:
         """Read the file's first ``n`` bytes (none of a compressed file cut before them)."""
@@ -875,9 +886,7 @@ class _LinesReader(Reader):
             kind="missing",
         )
         self.held = resume
-        self.file.seek(0)
-        if self._head(3) != b"\xef\xbb\xbf":
-            self.file.seek(0)
+        self._from_start()
 
     def _find(self, device: int, inode: int) -> bool:
         """Find the file a followed path named when the position was kept (device, inode).
@@ -887,8 +896,7 @@ class _LinesReader(Reader):
         file at the path): True, and it is the one to read. False when it is
         nowhere there.
         """
-        held = os.fstat(self.file.fileno())
-        if (held.st_dev, held.st_ino) == (device, inode):
+        if self._held() == (device, inode):
             return True
         folder = os.path.dirname(self.path) or "."
         for entry in os.scandir(folder):
@@ -916,8 +924,7 @@ class _LinesReader(Reader):
             now = os.stat(self.path)
         except FileNotFoundError:
             return False
-        held = os.fstat(self.file.fileno())
-        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+        if (now.st_dev, now.st_ino) == self._held():
             self.moved_at = None
             return False
         if self.moved_at is None:
@@ -933,8 +940,7 @@ class _LinesReader(Reader):
             return
         self.file.close()
         self.file = new
-        if self._head(3) != b"\xef\xbb\xbf":
-            self.file.seek(0)
+        self._from_start()
         self.base = self.line
         self.open_line = None
         self.wake = None
@@ -970,8 +976,7 @@ class _LinesReader(Reader):
         if self.kind is None:
             at = (self.line, offset, self._before(offset), self.open_line, False)
             if self.follow:  # which file it is, and the lines of those the path named before
-                held = os.fstat(self.file.fileno())
-                return (*at, self.base, held.st_dev, held.st_ino)
+                return (*at, self.base, *self._held())
             return at
         kept = digest(self.tail) if len(self.tail) == min(offset, TAIL) else ""
         return (self.line, offset, kept, self.open_line, False)
@@ -1118,8 +1123,9 @@ def _records_of(
         except json.JSONDecodeError as exc:
             records.append(_broken(path, text, at, exc.msg, cut, raw, exc.pos))
             return records
-        if mixed and _NOT_UTF8.search(text, began, at):
-            records.append(_not_utf8(path, text, began, at))
+        bad = _NOT_UTF8.search(text, began, at) if mixed else None
+        if bad is not None:
+            records.append(_not_utf8(path, text, began, at, bad.start()))
         else:
             records.append(record)
         at = _past_blanks(text, at)
@@ -1146,10 +1152,12 @@ def _after_array(
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
-def _not_utf8(path: str, text: str, began: int, at: int) -> Unreadable:
-    """Stand for a record of a JSON document (``text[began:at]``) holding bytes no UTF-8 holds."""
-    bad = _NOT_UTF8.search(text, began, at)
-    spot = _line_column(text, bad.start() if bad else began)
+def _not_utf8(path: str, text: str, began: int, at: int, bad: int) -> Unreadable:
+    """Stand for a record of a JSON document (``text[began:at]``) holding bytes no UTF-8 holds.
+
+    ``bad``: where the first of them is.
+    """
+    spot = _line_column(text, bad)
     return Unreadable(
         text[began:at].encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
         ValueError(
