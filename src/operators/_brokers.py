@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from operators._event import Schema, own_id
-from operators._sinks import Sink, to_json
+from operators._sinks import RunContext, Sink, to_json
 from operators._sources import R, Reader, Source, slug
 from operators._stage import Unreadable
 
@@ -95,6 +95,17 @@ def messages_of(
         else:
             messages.append((item, data, event_id))
     return messages, failed
+
+
+def writer_tag(ctx: RunContext, step: str) -> str:
+    """Name the one exactly-once writer of write step ``step`` in a shared stream.
+
+    The pipeline, the step and when the recovery store was made
+    (``clicks.redis_out@1767225600``): a resumed run tells what its killed
+    executions wrote from what runs of other stores wrote.
+    """
+    made = ctx.store_created
+    return f"{ctx.pipeline}.{step}" + ("" if made is None else f"@{int(made)}")
 
 
 def missing(what: dict[str, Any], message: str) -> Unreadable:

@@ -45,6 +45,7 @@ from operators._brokers import (
     masked,
     messages_of,
     missing,
+    writer_tag,
 )
 from operators._event import Schema
 from operators._sinks import ExactSink, ExactWriter, OutputChangedError, RunContext, Writer
@@ -515,7 +516,7 @@ class _ExactPublisher(_Publisher, ExactWriter):
     def __init__(self, sink: JetStreamSink, ctx: RunContext, step: str, resume: Any) -> None:
         super().__init__(sink, ctx)
         made = ctx.store_created
-        self.tag = f"{ctx.pipeline}.{step}" + ("" if made is None else f"@{int(made)}")
+        self.tag = writer_tag(ctx, step)
         try:
             info = _run(self.js.stream_info(self.stream), sink.connect_timeout)
             #: When the stream was made: one made again numbers its messages from 1 again.

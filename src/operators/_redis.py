@@ -48,6 +48,7 @@ from operators._brokers import (
     messages_of,
     missing,
     without_secret,
+    writer_tag,
 )
 from operators._event import Schema
 from operators._sinks import ExactSink, ExactWriter, OutputChangedError, RunContext, Writer
@@ -688,6 +689,4 @@ class RedisStreamSink(BrokerSink, ExactSink):
 
     def open_exact(self, ctx: RunContext, step: str, resume: Any | None) -> ExactWriter:
         """Connect the one writer of a run with recovery (exactly once)."""
-        made = ctx.store_created
-        tag = f"{ctx.pipeline}.{step}" + ("" if made is None else f"@{int(made)}")
-        return _StreamWriter(self, tag, resume, made)
+        return _StreamWriter(self, writer_tag(ctx, step), resume, ctx.store_created)
